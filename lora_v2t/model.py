@@ -1,0 +1,321 @@
+"""Vector2Text: a frozen causal LM + peft LoRA adapters + one prefix projector per adapter.
+
+Training input is ``inputs_embeds = [P ; wte(tokens)]`` where ``P = projector(v)`` fills the first k slots;
+labels are -100 on the prefix and on padding, so the loss covers the sentence tokens and the final EOS.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbone import load_backbone
+from .config import GenerationConfig, LoRAConfig, ProjectorConfig
+from .encoders import Encoder, load_encoder
+from .errors import V2TError
+from .projector import PrefixProjector, embedding_rms
+
+logger = logging.getLogger(__name__)
+
+# attention projections per architecture (the q/k/v/o of each attention block)
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "attn.c_proj"],
+    "gpt_neox": ["query_key_value", "attention.dense"],
+    "bloom": ["query_key_value", "self_attention.dense"],
+    "falcon": ["query_key_value", "self_attention.dense"],
+}
+QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+for _arch in ("llama", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3",
+              "phi3", "olmo", "olmo2", "granite", "smollm3"):
+    LORA_TARGETS[_arch] = QKVO
+
+
+def default_target_modules(model_type: str) -> list[str]:
+    """The LoRA target modules for a model type: attention q/k/v/o, or peft's own default."""
+    if model_type in LORA_TARGETS:
+        return list(LORA_TARGETS[model_type])
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    if model_type in PEFT_DEFAULTS:
+        return list(PEFT_DEFAULTS[model_type])
+    raise V2TError(f"no default LoRA target modules for model type {model_type!r}: "
+                   "pass target_modules=[...] (names of the attention projection layers)")
+
+
+def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
+    """Validate sentence vectors and return a float32 (N, d) CPU tensor."""
+    if isinstance(vectors, torch.Tensor):
+        tensor = vectors.detach().to("cpu", torch.float32)
+    else:
+        try:
+            tensor = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise V2TError(f"vectors must be a numeric (N, {embedding_dim}) array: {exc}") from exc
+    if tensor.ndim == 1:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 2:
+        raise V2TError(f"vectors must have shape (N, {embedding_dim}), got {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0:
+        raise V2TError("empty batch: pass at least one vector")
+    if tensor.shape[1] != embedding_dim:
+        raise V2TError(f"vectors have dimension {tensor.shape[1]} but the adapter's encoder makes "
+                       f"{embedding_dim}-d vectors: encode with the encoder named in the adapter")
+    bad = ~torch.isfinite(tensor).all(dim=1)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise V2TError(f"vector(s) {rows[:10]} contain NaN or inf: fix or drop those rows")
+    return tensor
+
+
+class Vector2Text(nn.Module):
+    """Backbone + LoRA adapters + projectors, with the adapter registry of DESIGN.md.
+
+    Build one with :meth:`create` (fresh, untrained adapter) or :func:`lora_v2t.load_adapter`.
+    """
+
+    def __init__(self, peft_model, tokenizer, backbone_name: str):
+        super().__init__()
+        self.model = peft_model  # peft.PeftModel around the frozen backbone
+        self.tokenizer = tokenizer
+        self.projectors = nn.ModuleDict()  # adapter name -> PrefixProjector
+        self.adapter_meta: dict[str, dict] = {}  # adapter name -> encoder / generation / training metadata
+        self._encoders: dict[str, Encoder] = {}  # encoder spec -> loaded encoder (loaded on first use)
+        base = self.base_model
+        self.backbone_info = {
+            "name": backbone_name,
+            "model_type": base.config.model_type,
+            "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
+            "vocab_size": int(base.get_input_embeddings().weight.shape[0]),
+            "quantization": getattr(base, "v2t_quantization", "none"),
+        }
+        self._target_rms = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, backbone: str, encoder: str | Encoder, projector: str = "mlp", prefix_length: int = 1,
+               lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.05,
+               target_modules: list[str] | None = None, quantization: str = "auto",
+               device: str | None = None, projector_hidden_dim: int | None = None,
+               adapter_name: str = "default", seed: int | None = 0) -> Vector2Text:
+        """A fresh, untrained adapter on a base model and an encoder.
+
+        Args:
+            backbone: hub id, local folder, ``.gguf`` file or ``offline:gemma-3-270m``.
+            encoder: encoder spec (see :mod:`lora_v2t.encoders`) or an Encoder object.
+            projector: ``zero-pad`` | ``linear`` | ``mlp``.
+            prefix_length: number of prefix slots k.
+            lora_r, lora_alpha, lora_dropout, target_modules: the LoRA settings (alpha defaults to 2r;
+                target modules default to the attention projections of the architecture).
+            quantization: ``auto`` (8bit on CUDA, none on CPU) | ``8bit`` | ``4bit`` | ``none``.
+            device: where to run; None picks CUDA when available.
+            projector_hidden_dim: hidden width of the MLP projector (default: the backbone's hidden size).
+            adapter_name: name of this adapter in the registry.
+            seed: seeds the projector and LoRA initialisation (None: leave the RNG alone).
+        """
+        projector_cfg = ProjectorConfig(kind=projector, prefix_length=prefix_length,
+                                        hidden_dim=projector_hidden_dim)
+        lora_cfg = LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
+        enc = load_encoder(encoder)
+        base, tokenizer = load_backbone(backbone, quantization=quantization, device=device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        from peft import get_peft_model
+
+        peft_config = make_lora_config(lora_cfg, base.config.model_type)
+        peft_model = get_peft_model(base, peft_config, adapter_name=adapter_name)
+        v2t = cls(peft_model, tokenizer, backbone)
+        v2t._encoders[enc.spec] = enc
+        v2t.add_projector(adapter_name, projector_cfg, enc.dim)
+        v2t.adapter_meta[adapter_name] = {
+            "encoder": {"spec": enc.spec, "dim": enc.dim},
+            "lora": asdict(lora_cfg) | {"alpha": peft_config.lora_alpha,
+                                        "target_modules": sorted(peft_config.target_modules)},
+            "generation": asdict(GenerationConfig()),
+            "training": {},
+        }
+        v2t.model.set_adapter(adapter_name)
+        v2t.eval()
+        return v2t
+
+    def add_projector(self, name: str, cfg: ProjectorConfig, embedding_dim: int) -> PrefixProjector:
+        """Create the projector of adapter ``name`` on the backbone's device, in fp32."""
+        if self._target_rms is None:
+            self._target_rms = embedding_rms(self.base_model)
+        projector = PrefixProjector(cfg.kind, embedding_dim, self.backbone_info["hidden_size"],
+                                    cfg.prefix_length, target_rms=self._target_rms, hidden_dim=cfg.hidden_dim)
+        self.projectors[name] = projector.to(self.device)
+        return self.projectors[name]
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def base_model(self) -> nn.Module:
+        """The frozen transformers model under the LoRA layers."""
+        return self.model.get_base_model()
+
+    @property
+    def device(self) -> torch.device:
+        return self.base_model.get_input_embeddings().weight.device
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the adapters loaded on this base."""
+        return list(self.projectors.keys())
+
+    @property
+    def active_adapter(self) -> str:
+        return self.model.active_adapter
+
+    @property
+    def projector(self) -> PrefixProjector:
+        """The active adapter's projector."""
+        return self.projectors[self.active_adapter]
+
+    @property
+    def meta(self) -> dict:
+        """The active adapter's metadata (encoder, LoRA, generation defaults, training summary)."""
+        return self.adapter_meta[self.active_adapter]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.projector.embedding_dim
+
+    @property
+    def encoder(self) -> Encoder:
+        """The active adapter's encoder, loaded on first use."""
+        spec = self.meta["encoder"]["spec"]
+        if spec not in self._encoders:
+            enc = load_encoder(spec)
+            if enc.dim != self.embedding_dim:
+                raise V2TError(f"encoder {spec!r} makes {enc.dim}-d vectors but the adapter expects "
+                               f"{self.embedding_dim}-d: it was trained with another encoder")
+            self._encoders[spec] = enc
+        return self._encoders[spec]
+
+    def set_encoder(self, encoder: str | Encoder) -> None:
+        """Use another encoder object (same dimension) for the active adapter, e.g. a local copy."""
+        enc = load_encoder(encoder)
+        if enc.dim != self.embedding_dim:
+            raise V2TError(f"encoder {enc.spec!r} makes {enc.dim}-d vectors but the adapter expects "
+                           f"{self.embedding_dim}-d")
+        self._encoders[self.meta["encoder"]["spec"]] = enc
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The active adapter's LoRA and projector parameters."""
+        name = self.active_adapter
+        lora = [p for n, p in self.model.named_parameters() if "lora_" in n and f".{name}." in n + "."]
+        return lora + list(self.projector.parameters())
+
+    # ------------------------------------------------------------------ training inputs
+    def tokenize(self, texts: list[str], max_length: int = 64) -> dict[str, torch.Tensor]:
+        """Token ids of the texts + EOS, truncated to ``max_length`` tokens, right-padded."""
+        from .encoders import check_texts
+
+        texts = check_texts(texts)
+        eos = self.tokenizer.eos_token_id
+        rows = [ids[: max_length - 1] + [eos]
+                for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def prefix(self, vectors) -> torch.Tensor:
+        """Projected prefix embeddings (B, k, h) in the backbone's compute dtype."""
+        vec = to_vectors(vectors, self.embedding_dim).to(self.device)
+        dtype = self.base_model.get_input_embeddings().weight.dtype
+        return self.projector(vec).to(dtype)
+
+    def build_inputs(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        """``inputs_embeds = [P ; wte(tokens)]``, its attention mask, and labels (-100 on P and padding)."""
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device)
+        prefix = self.prefix(vectors)  # (B, k, h)
+        batch, k = prefix.shape[:2]
+        if batch != input_ids.shape[0]:
+            raise V2TError(f"{batch} vectors but {input_ids.shape[0]} texts: give one vector per text")
+        token_embeds = self.model.get_input_embeddings()(input_ids)  # (B, T, h)
+        inputs_embeds = torch.cat([prefix.to(token_embeds.dtype), token_embeds], dim=1)  # (B, k+T, h)
+        ones = torch.ones((batch, k), dtype=attention_mask.dtype, device=self.device)
+        ignore = torch.full((batch, k), -100, dtype=torch.long, device=self.device)
+        labels = torch.cat([ignore, input_ids.masked_fill(attention_mask == 0, -100)], dim=1)  # (B, k+T)
+        return {"inputs_embeds": inputs_embeds, "attention_mask": torch.cat([ones, attention_mask], 1),
+                "labels": labels}
+
+    def forward(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Run the backbone on ``[P ; wte(tokens)]``; returns the transformers output with ``.loss``."""
+        return self.model(**self.build_inputs(vectors, input_ids, attention_mask))
+
+    def loss(self, vectors, texts: list[str], max_length: int = 64) -> torch.Tensor:
+        """Mean next-token cross-entropy of ``texts`` given their vectors."""
+        return self.forward(vectors, **self.tokenize(texts, max_length)).loss
+
+    # ------------------------------------------------------------------ inference
+    def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+        """Embed texts with the active adapter's encoder: float32 (N, d)."""
+        enc = self.encoder
+        try:
+            return enc.encode(texts, show_progress=show_progress)
+        except TypeError:  # a user-supplied Encoder without show_progress
+            return enc.encode(texts)
+
+    def generate(self, vectors, **options):
+        """Decode vectors into text; see :func:`lora_v2t.generate.generate` for the options."""
+        from .generate import generate
+
+        return generate(self, vectors, **options)
+
+    def invert(self, texts: list[str], **options):
+        """Encode texts with the adapter's encoder, then generate from the vectors."""
+        return self.generate(self.encode(texts), **options)
+
+    # ------------------------------------------------------------------ adapter registry
+    def load_adapter(self, path: str | Path, name: str) -> None:
+        """Load another adapter bundle onto this same base (the base is not reloaded)."""
+        from .adapter import load_into
+
+        load_into(self, path, name)
+
+    def set_adapter(self, name: str) -> None:
+        """Make adapter ``name`` the active one."""
+        if name not in self.projectors:
+            raise V2TError(f"no adapter named {name!r}; loaded: {self.adapters}")
+        self.model.set_adapter(name)
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` (not the active one) and free its weights."""
+        if name not in self.projectors:
+            raise V2TError(f"no adapter named {name!r}; loaded: {self.adapters}")
+        if name == self.active_adapter:
+            raise V2TError(f"adapter {name!r} is active: set_adapter(<another>) before deleting it")
+        self.model.delete_adapter(name)
+        del self.projectors[name]
+        del self.adapter_meta[name]
+
+    def save_adapter(self, path: str | Path, training: dict | None = None) -> Path:
+        """Save the active adapter as a bundle folder (atomically); ``training`` updates its summary."""
+        from .adapter import save_adapter
+
+        return save_adapter(self, path, training=training)
+
+    def generation_defaults(self) -> GenerationConfig:
+        """The active adapter's generation defaults."""
+        return GenerationConfig(**copy.deepcopy(self.meta["generation"]))
+
+
+def make_lora_config(cfg: LoRAConfig, model_type: str):
+    """A peft LoraConfig for a causal LM of ``model_type``."""
+    from peft import LoraConfig, TaskType
+
+    targets = cfg.target_modules or default_target_modules(model_type)
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha or 2 * cfg.r,
+                      lora_dropout=cfg.dropout, target_modules=targets,
+                      fan_in_fan_out=model_type == "gpt2", bias="none")

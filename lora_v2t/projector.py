@@ -1,0 +1,84 @@
+"""The prefix projector: maps a sentence vector v (d) to k prefix embeddings P (k x h) for the backbone.
+
+Output is always at the scale of the backbone's own token embeddings (``target_rms``: the root mean square of
+``get_input_embeddings()(ids)``, which includes Gemma's multiplication by sqrt(hidden) inside its embedding
+layer). Kinds:
+
+- ``zero-pad``: the original experiment: v padded with zeros to h, one slot, rescaled; no trainable weights.
+- ``linear``: one linear map d -> k*h, then an RMS normalisation with a learned gain.
+- ``mlp`` (default): d -> hidden -> k*h with GELU, then the same normalisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import PROJECTOR_KINDS, check_choice
+from .errors import V2TError
+
+
+class PrefixProjector(nn.Module):
+    """Sentence vector (B, d) -> prefix embeddings (B, k, h) at the backbone's embedding scale."""
+
+    def __init__(self, kind: str, embedding_dim: int, hidden_size: int, prefix_length: int = 1,
+                 target_rms: float = 1.0, hidden_dim: int | None = None):
+        super().__init__()
+        check_choice("projector kind", kind, PROJECTOR_KINDS)
+        if kind == "zero-pad":
+            if prefix_length != 1:
+                raise V2TError("the zero-pad projector fills exactly one slot: set prefix_length=1")
+            if embedding_dim > hidden_size:
+                raise V2TError(
+                    f"zero-pad needs embedding_dim <= hidden_size, got {embedding_dim} > {hidden_size}; "
+                    "use the 'linear' or 'mlp' projector"
+                )
+        self.kind = kind
+        self.embedding_dim = embedding_dim
+        self.hidden_size = hidden_size
+        self.prefix_length = prefix_length
+        self.hidden_dim = hidden_dim or hidden_size
+        # the RMS of the backbone's token embeddings, kept with the weights so a bundle is self-contained
+        self.register_buffer("target_rms", torch.tensor(float(target_rms)))
+        if kind == "linear":
+            self.net = nn.Linear(embedding_dim, prefix_length * hidden_size)
+        elif kind == "mlp":
+            self.net = nn.Sequential(
+                nn.Linear(embedding_dim, self.hidden_dim),
+                nn.GELU(),
+                nn.Linear(self.hidden_dim, prefix_length * hidden_size),
+            )
+        if kind != "zero-pad":
+            self.norm = nn.RMSNorm(hidden_size, elementwise_affine=True)
+            with torch.no_grad():
+                self.norm.weight.fill_(float(target_rms))
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Map (B, d) vectors to (B, k, h) prefix embeddings."""
+        if vectors.shape[-1] != self.embedding_dim:
+            raise V2TError(
+                f"vectors have dimension {vectors.shape[-1]} but this projector expects {self.embedding_dim}"
+            )
+        if self.kind == "zero-pad":
+            padded = nn.functional.pad(vectors, (0, self.hidden_size - self.embedding_dim))  # (B, h)
+            rms = padded.pow(2).mean(-1, keepdim=True).clamp_min(1e-12).sqrt()
+            return (padded / rms * self.target_rms).unsqueeze(1)  # (B, 1, h)
+        out = self.net(vectors).view(vectors.shape[0], self.prefix_length, self.hidden_size)  # (B, k, h)
+        return self.norm(out)
+
+    def describe(self) -> dict:
+        """The fields v2t_config.json stores about this projector."""
+        return {"kind": self.kind, "embedding_dim": self.embedding_dim, "hidden_size": self.hidden_size,
+                "prefix_length": self.prefix_length, "hidden_dim": self.hidden_dim,
+                "target_rms": float(self.target_rms)}
+
+
+@torch.no_grad()
+def embedding_rms(model: nn.Module, sample: int = 8192, seed: int = 0) -> float:
+    """RMS of the backbone's token embeddings as its embedding layer returns them (scaling included)."""
+    layer = model.get_input_embeddings()
+    vocab = layer.weight.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (min(sample, vocab),), generator=generator)
+    ids = ids.to(layer.weight.device)
+    return float(layer(ids).float().pow(2).mean().sqrt())

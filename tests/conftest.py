@@ -1,0 +1,106 @@
+"""Tiny random models built inside the tests: a 2-layer GPT-2 backbone and a LaBSE-shaped encoder.
+
+Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SENTENCES = [
+    "Где лодка?", "Я люблю читать книги.", "Сегодня хорошая погода.", "Мы пошли в лес за грибами.",
+    "Он открыл окно и посмотрел на улицу.", "Кошка спит на диване.", "Это очень интересная история.",
+    "Завтра будет дождь.", "Where is the boat?", "The cat sleeps on the sofa.",
+]
+TINY_VOCAB = 300
+TINY_ENCODER_DIM = 24
+
+
+def _train_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(SENTENCES * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory) -> str:
+    """A 2-layer random GPT-2 with a byte-level BPE tokenizer, saved as a local HF folder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = _train_tokenizer()
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=len(tokenizer),
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory) -> str:
+    """A LaBSE-shaped sentence-transformers model (BERT + CLS pooling + Dense + Normalize), random weights."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-labse")
+    bert_dir = path / "bert"
+    bert_dir.mkdir()
+    chars = sorted({c for s in SENTENCES for c in s.lower() if not c.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars]
+    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(bert_dir / "vocab.txt")).save_pretrained(bert_dir)
+    torch.manual_seed(1)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(bert_dir)
+    transformer = Transformer(str(bert_dir), max_seq_length=64)
+    pooling = Pooling(32, pooling_mode="cls")
+    dense = Dense(32, TINY_ENCODER_DIM, activation_function=torch.nn.Tanh())
+    model = SentenceTransformer(modules=[transformer, pooling, dense, Normalize()], device="cpu")
+    model.save(str(path / "st"))
+    return str(path / "st")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_encoder_dir):
+    from lora_v2t.encoders import load_encoder
+
+    return load_encoder(tiny_encoder_dir)
+
+
+def make_v2t(backbone_dir, encoder, seed=0, **kwargs):
+    """A fresh Vector2Text on the tiny models, with LoRA B matrices randomised so the adapter matters."""
+    from lora_v2t import Vector2Text
+
+    v2t = Vector2Text.create(backbone=backbone_dir, encoder=encoder, quantization=kwargs.pop("quantization", "none"),
+                             device="cpu", seed=seed, **kwargs)
+    perturb_lora(v2t, seed)
+    return v2t
+
+
+def perturb_lora(v2t, seed):
+    """peft initialises LoRA B to zero (a no-op adapter); give it random values so adapters differ."""
+    generator = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for name, param in v2t.model.named_parameters():
+            if "lora_B" in name and f".{v2t.active_adapter}." in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+@pytest.fixture()
+def v2t(tiny_backbone_dir, tiny_encoder):
+    return make_v2t(tiny_backbone_dir, tiny_encoder)
