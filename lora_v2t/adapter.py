@@ -20,8 +20,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from . import __version__
 from .config import ProjectorConfig
 from .errors import V2TError

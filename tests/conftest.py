@@ -44,6 +44,7 @@ def tiny_backbone_dir(tmp_path_factory) -> str:
     tokenizer = _train_tokenizer()
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=len(tokenizer),
+                        initializer_range=0.2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -82,13 +83,14 @@ def tiny_encoder(tiny_encoder_dir):
     return load_encoder(tiny_encoder_dir)
 
 
-def make_v2t(backbone_dir, encoder, seed=0, **kwargs):
-    """A fresh Vector2Text on the tiny models, with LoRA B matrices randomised so the adapter matters."""
+def make_v2t(backbone_dir, encoder, seed=0, perturb=True, **kwargs):
+    """A fresh Vector2Text on the tiny models; ``perturb`` randomises LoRA B so the adapter matters."""
     from lora_v2t import Vector2Text
 
-    v2t = Vector2Text.create(backbone=backbone_dir, encoder=encoder, quantization=kwargs.pop("quantization", "none"),
-                             device="cpu", seed=seed, **kwargs)
-    perturb_lora(v2t, seed)
+    kwargs.setdefault("quantization", "none")
+    v2t = Vector2Text.create(backbone=backbone_dir, encoder=encoder, device="cpu", seed=seed, **kwargs)
+    if perturb:
+        perturb_lora(v2t, seed)
     return v2t
 
 

@@ -1,0 +1,191 @@
+"""The ``lora-v2t`` command line: generate, info (train, evaluate and embed come with the training issue).
+
+Every user error is printed as one line ``error: ...`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from .errors import V2TError
+
+logger = logging.getLogger("lora_v2t")
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("decoding (unset options use the adapter's defaults)")
+    g.add_argument("--max-new-tokens", type=int, help="longest output, in tokens")
+    g.add_argument("--num-beams", type=int, help="beam search width (1 = greedy)")
+    g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
+    g.add_argument("--temperature", type=float, help="sampling temperature")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    g.add_argument("--num-return-sequences", type=int, help="candidates per vector (printed, or reranked)")
+    g.add_argument("--rerank", action="store_true",
+                   help="re-embed the candidates and keep the one closest to the target vector (prints cosine)")
+    g.add_argument("--batch-size", type=int, help="vectors decoded together")
+    g.add_argument("--seed", type=int, help="seed for reproducible sampling")
+
+
+def _add_loading_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("loading")
+    g.add_argument("--adapter", required=True, help="adapter bundle folder")
+    g.add_argument("--backbone", help="load on this base instead of the one the bundle names")
+    g.add_argument("--encoder", help="use this encoder spec instead of the bundle's (same dimension)")
+    g.add_argument("--quantization", default="auto", choices=["auto", "8bit", "4bit", "none"],
+                   help="auto = 8bit on CUDA, none on CPU (default: auto)")
+    g.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: CUDA when available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-v2t",
+        description="Turn sentence-embedding vectors back into text with a frozen LM, a prefix projector "
+                    "and LoRA adapters.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="reconstruct text from sentences or vectors",
+                         description="Encode --text with the adapter's encoder (or read --vectors) and decode "
+                                     "each vector back into text. Prints 'original ==> generated' for texts.")
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", nargs="+", help="sentence(s) to encode and reconstruct")
+    src.add_argument("--vectors", type=Path, help=".npy file of shape (N, d) with the encoder's vectors")
+    _add_loading_options(gen)
+    _add_generation_options(gen)
+    gen.add_argument("--json", action="store_true", help="print one JSON object per line")
+    gen.set_defaults(func=cmd_generate)
+
+    info = sub.add_parser("info", help="describe an adapter bundle without loading the base model",
+                          description="Print what an adapter bundle holds: base, encoder, projector, LoRA, "
+                                      "sizes and training summary.")
+    info.add_argument("adapter", type=Path, help="adapter bundle folder")
+    info.add_argument("--json", action="store_true", help="print the bundle's v2t_config.json as JSON")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def load_vectors_file(path: Path):
+    """Read an (N, d) float array from a .npy file, never unpickling."""
+    import numpy as np
+
+    if not path.is_file():
+        raise V2TError(f"vectors file {path} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise V2TError(f"{path} is not a plain numeric .npy array ({str(exc).splitlines()[0]}); "
+                       "save it with numpy.save(path, array)") from exc
+    except OSError as exc:
+        raise V2TError(f"cannot read {path} as .npy: {exc}") from exc
+
+
+def cmd_generate(args) -> int:
+    from .adapter import load_adapter, validate_bundle
+    from .encoders import check_texts
+    from .model import to_vectors
+
+    config = validate_bundle(args.adapter)
+    texts = check_texts(args.text) if args.text else None
+    vectors = None
+    if args.vectors:  # check the file before the slow base load
+        vectors = to_vectors(load_vectors_file(args.vectors), int(config["encoder"]["dim"])).numpy()
+    v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
+                       quantization=args.quantization, device=args.device)
+    if texts is not None:
+        vectors = v2t.encode(texts)
+    options = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
+                                             "top_p", "num_return_sequences", "batch_size")}
+    options = {k: v for k, v in options.items() if v is not None}
+    outputs = v2t.generate(vectors, rerank=args.rerank, seed=args.seed, show_progress=len(vectors) > 64,
+                           **options)
+    for i, out in enumerate(outputs):
+        original = texts[i] if texts else None
+        record = {"index": i, "original": original}
+        if args.rerank:
+            record |= {"generated": out.text, "cosine": round(out.cosine, 4)}
+            shown = f"{out.text}    [cos {out.cosine:.3f}]"
+        elif isinstance(out, list):
+            record["candidates"] = out
+            shown = " | ".join(out)
+        else:
+            record["generated"] = out
+            shown = out
+        if args.json:
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(f"{original} ==> {shown}" if original is not None else f"[{i}] {shown}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .adapter import BUNDLE_FILES, validate_bundle
+
+    config = validate_bundle(args.adapter)
+    if args.json:
+        print(json.dumps(config, indent=2, ensure_ascii=False))
+        return 0
+    from safetensors import safe_open
+
+    def count(file: str) -> int:
+        with safe_open(str(args.adapter / file), framework="pt") as handle:
+            return sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
+
+    enc, bb, proj, lora = (config[k] for k in ("encoder", "backbone", "projector", "lora"))
+    size = sum((args.adapter / f).stat().st_size for f in BUNDLE_FILES if (args.adapter / f).exists())
+    lines = [
+        f"adapter      {args.adapter}  (bundle format {config['format_version']}, {size / 2**20:.2f} MiB)",
+        f"base         {bb['name']}  ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']})",
+        f"encoder      {enc['spec']}  ({enc['dim']}-d)",
+        f"projector    {proj['kind']}, {proj['prefix_length']} slot(s), {count('projector.safetensors'):,} params",
+        f"LoRA         r={lora['r']} alpha={lora['alpha']} on {', '.join(lora['target_modules'])}, "
+        f"{count('adapter_model.safetensors'):,} params",
+    ]
+    training = config.get("training") or {}
+    if not training:
+        lines.append("training     none (a fresh, untrained adapter)")
+    for key, value in training.items():
+        if key != "samples":
+            lines.append(f"training     {key}: {value}")
+    print("\n".join(lines))
+    return 0
+
+
+def _quiet_libraries() -> None:
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except V2TError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

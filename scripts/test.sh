@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# One step from a fresh machine to a green test run: makes .venv, installs everything, lints, runs all tests
+# (the `slow` ones on the real offline models included). Pass pytest arguments through, e.g. -m "not slow".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/ruff check lora_v2t tests bench
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,221 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lora_v2t import V2TError, load_adapter
+from lora_v2t.adapter import BUNDLE_FILES, FORMAT_VERSION
+
+from .conftest import make_v2t
+
+
+def vectors_for(v2t, n=4, seed=0):
+    return torch.randn(n, v2t.embedding_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def logits_of(v2t, vectors):
+    with torch.no_grad():
+        return v2t.forward(vectors, **v2t.tokenize(["Где лодка?", "Кошка спит.", "Завтра дождь.", "Мы тут."]))\
+            .logits
+
+
+@pytest.fixture()
+def bundle(v2t, tmp_path):
+    return v2t.save_adapter(tmp_path / "bundle", training={"steps": 3, "data": "unit test"})
+
+
+def test_bundle_has_exactly_the_documented_files_and_no_base_weights(v2t, bundle):
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)
+    with safe_open(str(bundle / "adapter_model.safetensors"), framework="pt") as handle:
+        keys = list(handle.keys())
+    assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
+    with safe_open(str(bundle / "projector.safetensors"), framework="pt") as handle:
+        assert set(handle.keys()) == set(v2t.projector.state_dict())
+    config = json.loads((bundle / "v2t_config.json").read_text())
+    assert config["format_version"] == FORMAT_VERSION
+    assert config["encoder"] == {"spec": v2t.meta["encoder"]["spec"], "dim": v2t.embedding_dim}
+    assert config["backbone"]["hidden_size"] == 32 and config["backbone"]["vocab_size"] == 300
+    assert config["training"] == {"steps": 3, "data": "unit test"}
+    assert "load_adapter" in (bundle / "README.md").read_text()
+    assert not list(bundle.parent.glob(".bundle*"))  # no temporary folder left behind
+
+
+def test_save_then_load_gives_identical_logits_and_greedy_text(v2t, bundle):
+    vectors = vectors_for(v2t)
+    loaded = load_adapter(bundle, device="cpu")
+    assert torch.equal(logits_of(v2t, vectors), logits_of(loaded, vectors))
+    assert v2t.generate(vectors, max_new_tokens=10) == loaded.generate(vectors, max_new_tokens=10)
+    assert loaded.meta["training"]["steps"] == 3
+
+
+def test_plain_peft_loads_the_lora_part(v2t, bundle, tiny_backbone_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_backbone_dir)
+    peft_model = PeftModel.from_pretrained(base, str(bundle))
+    ours = {k.replace(".default", ""): v for k, v in v2t.model.state_dict().items() if "lora_" in k}
+    theirs = {k.replace(".default", ""): v for k, v in peft_model.state_dict().items() if "lora_" in k}
+    assert ours.keys() == theirs.keys() and ours
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_two_adapters_on_one_base_switch_back_and_forth(tiny_backbone_dir, tiny_encoder, tmp_path):
+    first = make_v2t(tiny_backbone_dir, tiny_encoder, seed=1)
+    second = make_v2t(tiny_backbone_dir, tiny_encoder, seed=2, projector="linear", prefix_length=2)
+    first.save_adapter(tmp_path / "a")
+    second.save_adapter(tmp_path / "b")
+    vectors = vectors_for(first)
+    expected_a, expected_b = logits_of(first, vectors), logits_of(second, vectors)
+    assert not torch.allclose(expected_a[:, -4:], expected_b[:, -4:])
+
+    v2t = load_adapter(tmp_path / "a", device="cpu", name="a")
+    base_id = id(v2t.base_model)
+    v2t.load_adapter(tmp_path / "b", name="b")
+    assert v2t.adapters == ["a", "b"] and v2t.active_adapter == "a"
+    for _ in range(2):
+        v2t.set_adapter("b")
+        assert v2t.active_adapter == "b" and torch.equal(logits_of(v2t, vectors), expected_b)
+        v2t.set_adapter("a")
+        assert torch.equal(logits_of(v2t, vectors), expected_a)
+    assert id(v2t.base_model) == base_id  # switching never reloads the base
+    with pytest.raises(V2TError, match="is active"):
+        v2t.delete_adapter("a")
+    with pytest.raises(V2TError, match="already loaded"):
+        v2t.load_adapter(tmp_path / "b", name="b")
+    v2t.delete_adapter("b")
+    assert v2t.adapters == ["a"] and not any(".b." in n for n, _ in v2t.model.named_parameters())
+    with pytest.raises(V2TError, match="no adapter named 'b'"):
+        v2t.set_adapter("b")
+    assert torch.equal(logits_of(v2t, vectors), expected_a)
+
+
+def test_saving_a_named_adapter_writes_a_flat_bundle(tiny_backbone_dir, tiny_encoder, tmp_path, bundle):
+    v2t = load_adapter(bundle, device="cpu", name="news")
+    out = v2t.save_adapter(tmp_path / "news")
+    assert sorted(p.name for p in out.iterdir()) == sorted(BUNDLE_FILES)
+    vectors = vectors_for(v2t)
+    assert torch.equal(logits_of(load_adapter(out, device="cpu"), vectors), logits_of(v2t, vectors))
+
+
+def test_resaving_replaces_the_old_bundle_and_a_crash_keeps_it(v2t, bundle, monkeypatch):
+    before = (bundle / "projector.safetensors").read_bytes()
+    import safetensors.torch
+
+    def crash(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match="No space left"):
+        v2t.save_adapter(bundle)
+    assert (bundle / "projector.safetensors").read_bytes() == before
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)
+    assert not list(bundle.parent.glob(".bundle*"))
+    monkeypatch.undo()
+    with torch.no_grad():
+        v2t.projector.norm.weight.add_(1.0)
+    v2t.save_adapter(bundle)
+    assert (bundle / "projector.safetensors").read_bytes() != before
+
+
+def test_refuses_to_overwrite_a_folder_that_is_not_a_bundle(v2t, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("important")
+    with pytest.raises(V2TError, match="not an adapter bundle"):
+        v2t.save_adapter(tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "important"
+
+
+# ---------------------------------------------------------------- bad bundles
+def copy_bundle(bundle, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def edit_config(path, **changes):
+    config = json.loads((path / "v2t_config.json").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__") if "__" in dotted else (None, dotted)
+        (config[section] if section else config)[key] = value
+    (path / "v2t_config.json").write_text(json.dumps(config))
+
+
+def test_missing_folder_and_missing_file(bundle, tmp_path):
+    with pytest.raises(V2TError, match="does not exist"):
+        load_adapter(tmp_path / "nothing-here")
+    broken = copy_bundle(bundle, tmp_path)
+    (broken / "projector.safetensors").unlink()
+    with pytest.raises(V2TError, match="missing projector.safetensors"):
+        load_adapter(broken)
+
+
+@pytest.mark.parametrize("file", ["adapter_model.safetensors", "projector.safetensors"])
+def test_truncated_weights(bundle, tmp_path, file):
+    broken = copy_bundle(bundle, tmp_path)
+    data = (broken / file).read_bytes()
+    (broken / file).write_bytes(data[: len(data) // 2])
+    with pytest.raises(V2TError, match=f"{file} is truncated or corrupt"):
+        load_adapter(broken)
+
+
+def test_corrupt_json(bundle, tmp_path):
+    broken = copy_bundle(bundle, tmp_path)
+    (broken / "v2t_config.json").write_text('{"format_version": 1, "encoder": ')
+    with pytest.raises(V2TError, match="not valid JSON"):
+        load_adapter(broken)
+
+
+def test_newer_format_version(bundle, tmp_path):
+    broken = copy_bundle(bundle, tmp_path)
+    edit_config(broken, format_version=FORMAT_VERSION + 1)
+    with pytest.raises(V2TError, match="upgrade lora_v2t"):
+        load_adapter(broken)
+
+
+@pytest.mark.parametrize("key,value", [("backbone__hidden_size", 64), ("backbone__vocab_size", 50257)])
+def test_bundle_for_another_backbone(bundle, tmp_path, key, value):
+    broken = copy_bundle(bundle, tmp_path)
+    edit_config(broken, **{key: value})
+    with pytest.raises(V2TError, match=f"made for backbone .* {key.split('__')[1]} {value}"):
+        load_adapter(broken, device="cpu")
+
+
+def test_bundle_for_another_backbone_onto_a_loaded_base(bundle, tmp_path, v2t):
+    broken = copy_bundle(bundle, tmp_path)
+    edit_config(broken, backbone__hidden_size=1536)
+    with pytest.raises(V2TError, match="hidden_size 1536"):
+        v2t.load_adapter(broken, name="other")
+    assert v2t.adapters == ["default"]
+
+
+def test_encoder_of_another_dimension(bundle):
+    with pytest.raises(V2TError, match="expects 24-d vectors .* makes 768-d"):
+        load_adapter(bundle, encoder="precomputed:768", device="cpu")
+
+
+def test_unknown_projector_kind_in_bundle(bundle, tmp_path):
+    broken = copy_bundle(bundle, tmp_path)
+    edit_config(broken, projector__kind="transformer")
+    with pytest.raises(V2TError, match="unknown projector kind 'transformer'"):
+        load_adapter(broken)
+
+
+def test_pickle_offered_as_weights(bundle, tmp_path):
+    broken = copy_bundle(bundle, tmp_path)
+    torch.save({"w": torch.zeros(2)}, broken / "projector.safetensors")
+    with pytest.raises(V2TError, match="pickle"):
+        load_adapter(broken)
+    (broken / "projector.safetensors").unlink()
+    torch.save({"w": torch.zeros(2)}, broken / "projector.bin")
+    with pytest.raises(V2TError, match=r"pickle file\(s\) \['projector.bin'\]"):
+        load_adapter(broken)
+
+
+def test_projector_weights_that_do_not_match_the_config(bundle, tmp_path):
+    broken = copy_bundle(bundle, tmp_path)
+    edit_config(broken, projector__prefix_length=3)
+    with pytest.raises(V2TError, match="does not match its v2t_config.json"):
+        load_adapter(broken, device="cpu")

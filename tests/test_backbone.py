@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from lora_v2t import V2TError
+from lora_v2t.backbone import load_backbone, resolve_backbone, resolve_quantization
+
+from .conftest import SENTENCES, make_v2t
+
+
+def test_backbone_loads_frozen_with_a_pad_token(tiny_backbone_dir):
+    model, tokenizer = load_backbone(tiny_backbone_dir, quantization="none", device="cpu")
+    assert not any(p.requires_grad for p in model.parameters())
+    assert tokenizer.pad_token_id is not None
+    assert not model.training
+
+
+def test_auto_quantization_is_8bit_on_cuda_and_none_on_cpu():
+    assert resolve_quantization("auto", torch.device("cuda")) == "8bit"
+    assert resolve_quantization("auto", torch.device("cpu")) == "none"
+    assert resolve_quantization("4bit", torch.device("cpu")) == "4bit"
+
+
+def test_bad_backbone_inputs(tmp_path, tiny_backbone_dir):
+    with pytest.raises(V2TError, match="unknown quantization '3bit'"):
+        load_backbone(tiny_backbone_dir, quantization="3bit")
+    with pytest.raises(V2TError, match="GGUF file .* does not exist"):
+        resolve_backbone(str(tmp_path / "model.gguf"))
+    with pytest.raises(V2TError, match="unknown offline backbone"):
+        resolve_backbone("offline:llama-7b")
+    (tmp_path / "weights.txt").write_text("x")
+    with pytest.raises(V2TError, match="is a file"):
+        resolve_backbone(str(tmp_path / "weights.txt"))
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_backbones_run_forward_and_backward_on_cpu(tiny_backbone_dir, tiny_encoder, quantization):
+    pytest.importorskip("bitsandbytes")
+    v2t = make_v2t(tiny_backbone_dir, tiny_encoder, quantization=quantization)
+    assert v2t.backbone_info["quantization"] == quantization
+    import bitsandbytes as bnb
+
+    layer_type = bnb.nn.Linear8bitLt if quantization == "8bit" else bnb.nn.Linear4bit
+    assert any(isinstance(m, layer_type) for m in v2t.base_model.modules())
+    vectors = torch.randn(3, tiny_encoder.dim)
+    v2t.train()
+    loss = v2t.loss(vectors, SENTENCES[:3])
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in v2t.trainable_parameters()]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert len(v2t.generate(vectors, max_new_tokens=4)) == 3

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from lora_v2t import Reranked, V2TError
+from lora_v2t.generate import cosine_rows, generate_naive
+
+
+def random_vectors(n, dim, seed=0):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_batched_greedy_equals_the_one_at_a_time_no_cache_loop(v2t):
+    vectors = random_vectors(12, v2t.embedding_dim)
+    batched = v2t.generate(vectors, max_new_tokens=16, batch_size=5)
+    reference = generate_naive(v2t, vectors, max_new_tokens=16)
+    assert batched == reference
+    assert len(set(batched)) > 1  # different vectors give different text
+
+
+def test_greedy_is_the_default_and_deterministic(v2t):
+    vectors = random_vectors(3, v2t.embedding_dim)
+    assert v2t.generate(vectors, max_new_tokens=8) == v2t.generate(vectors.numpy(), max_new_tokens=8)
+    assert v2t.generate(vectors[0], max_new_tokens=8) == v2t.generate(vectors[:1], max_new_tokens=8)
+
+
+def test_beam_search_returns_several_candidates_best_first(v2t):
+    vectors = random_vectors(2, v2t.embedding_dim)
+    out = v2t.generate(vectors, max_new_tokens=8, num_beams=4, num_return_sequences=3)
+    assert len(out) == 2 and all(isinstance(c, list) and len(c) == 3 for c in out)
+    best = v2t.generate(vectors, max_new_tokens=8, num_beams=4)
+    assert [c[0] for c in out] == best
+
+
+def test_sampling_is_reproducible_with_a_seed_and_varies_without(v2t):
+    vectors = random_vectors(2, v2t.embedding_dim)
+    opts = {"max_new_tokens": 10, "do_sample": True, "temperature": 1.5, "top_k": 0, "top_p": 1.0}
+    a = v2t.generate(vectors, seed=3, **opts)
+    assert a == v2t.generate(vectors, seed=3, **opts)
+    assert a != v2t.generate(vectors, seed=4, **opts)
+
+
+def test_rerank_returns_the_candidate_closest_to_the_target(v2t):
+    vectors = v2t.encode(["Где лодка?", "Я люблю читать книги."])
+    out = v2t.generate(vectors, max_new_tokens=8, do_sample=True, num_return_sequences=4, rerank=True, seed=0)
+    candidates = v2t.generate(vectors, max_new_tokens=8, do_sample=True, num_return_sequences=4, seed=0)
+    for target, best, cands in zip(vectors, out, candidates):
+        assert isinstance(best, Reranked) and best.text in cands
+        cosines = [float(cosine_rows(v2t.encode([c]), target[None])[0]) if c.strip() else -1.0 for c in cands]
+        assert best.cosine == pytest.approx(max(cosines), abs=1e-5)
+
+
+def test_invert_encodes_then_generates(v2t):
+    texts = ["Где лодка?", "Кошка спит."]
+    assert v2t.invert(texts, max_new_tokens=6) == v2t.generate(v2t.encode(texts), max_new_tokens=6)
+
+
+def test_cosine_rows_by_hand():
+    a = np.array([[1.0, 0.0], [1.0, 1.0]])
+    b = np.array([[0.0, 2.0], [2.0, 2.0]])
+    assert np.allclose(cosine_rows(a, b), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"num_return_sequences": 3}, "needs num_beams >= that many or do_sample"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ({"beam_width": 3}, r"unknown generation option\(s\) \['beam_width'\]"),
+])
+def test_bad_generation_options(v2t, options, message):
+    with pytest.raises(V2TError, match=message):
+        v2t.generate(random_vectors(1, v2t.embedding_dim), **options)
+
+
+def test_bad_generation_inputs(v2t):
+    with pytest.raises(V2TError, match="dimension 5"):
+        v2t.generate(np.zeros((2, 5)))
+    with pytest.raises(V2TError, match="NaN or inf"):
+        v2t.generate(np.full((1, v2t.embedding_dim), np.nan))
+    with pytest.raises(V2TError, match="empty batch"):
+        v2t.generate(np.zeros((0, v2t.embedding_dim)))
+    with pytest.raises(V2TError, match="text 0 is empty"):
+        v2t.invert([""])
+    with pytest.raises(V2TError, match="empty batch"):
+        v2t.invert([])

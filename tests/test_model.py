@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from lora_v2t import V2TError
+from lora_v2t.model import default_target_modules, to_vectors
+
+from .conftest import SENTENCES, make_v2t
+
+
+def test_inputs_are_prefix_then_tokens_with_masked_labels(v2t):
+    batch = v2t.tokenize(["Где лодка?", "Кошка спит на диване."])
+    vectors = torch.randn(2, v2t.embedding_dim)
+    inputs = v2t.build_inputs(vectors, **batch)
+    k = v2t.projector.prefix_length
+    n_short = int(batch["attention_mask"][0].sum())
+    assert inputs["inputs_embeds"].shape[:2] == (2, k + batch["input_ids"].shape[1])
+    assert torch.equal(inputs["inputs_embeds"][:, :k], v2t.prefix(vectors))
+    labels = inputs["labels"]
+    assert (labels[:, :k] == -100).all()
+    assert (labels[0, k + n_short:] == -100).all()  # padding of the shorter sentence
+    assert labels[0, k + n_short - 1] == v2t.tokenizer.eos_token_id  # every target ends with EOS
+    assert torch.equal(labels[1, k:], batch["input_ids"][1])
+    assert inputs["attention_mask"][:, :k].eq(1).all()
+
+
+def test_prefix_length_is_respected(tiny_backbone_dir, tiny_encoder):
+    v2t = make_v2t(tiny_backbone_dir, tiny_encoder, prefix_length=3, projector="linear")
+    vectors = torch.randn(2, tiny_encoder.dim)
+    assert v2t.prefix(vectors).shape == (2, 3, v2t.backbone_info["hidden_size"])
+    assert torch.isfinite(v2t.loss(vectors, SENTENCES[:2]))
+
+
+def test_only_lora_and_projector_train(v2t):
+    trainable = {id(p) for p in v2t.trainable_parameters()}
+    base_names = [n for n, p in v2t.model.named_parameters() if "lora_" not in n]
+    assert base_names and not any(p.requires_grad for n, p in v2t.model.named_parameters() if "lora_" not in n)
+    assert all(id(p) in trainable for p in v2t.projector.parameters())
+    lora = [n for n, _ in v2t.model.named_parameters() if "lora_" in n]
+    assert any("c_attn" in n for n in lora) and any("attn.c_proj" in n for n in lora)
+    assert not any("mlp.c_proj" in n for n in lora)  # attention only by default
+
+
+def test_loss_falls_when_overfitting_four_sentences(tiny_backbone_dir, tiny_encoder):
+    v2t = make_v2t(tiny_backbone_dir, tiny_encoder, perturb=False, lora_dropout=0.0)
+    vectors = torch.randn(4, v2t.embedding_dim, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(v2t.trainable_parameters(), lr=1e-2)
+    v2t.train()
+    first = None
+    for _ in range(60):
+        loss = v2t.loss(vectors, SENTENCES[:4])
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.4 * first
+    assert v2t.generate(vectors[:1], max_new_tokens=12)[0] == SENTENCES[0]  # memorised
+
+
+def test_target_modules_per_architecture():
+    assert default_target_modules("gpt2") == ["c_attn", "attn.c_proj"]
+    assert default_target_modules("gemma3_text") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert default_target_modules("llama") == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    with pytest.raises(V2TError, match="pass target_modules"):
+        default_target_modules("my-new-arch")
+
+
+def test_target_modules_can_be_overridden(tiny_backbone_dir, tiny_encoder):
+    v2t = make_v2t(tiny_backbone_dir, tiny_encoder, target_modules=["c_fc"])
+    names = [n for n, _ in v2t.model.named_parameters() if "lora_" in n]
+    assert names and all("c_fc" in n for n in names)
+
+
+@pytest.mark.parametrize("vectors,message", [
+    (torch.randn(2, 7), "dimension 7 but the adapter's encoder makes 24-d"),
+    (torch.tensor([[float("nan")] * 24]), r"vector\(s\) \[0\] contain NaN or inf"),
+    (torch.tensor([[1.0] * 23 + [float("inf")], [0.0] * 24]), r"\[0\] contain NaN or inf"),
+    (torch.zeros(0, 24), "empty batch"),
+    (torch.zeros(2, 3, 24), "must have shape"),
+    ([["a", "b"]], "numeric"),
+])
+def test_bad_vectors(vectors, message):
+    with pytest.raises(V2TError, match=message):
+        to_vectors(vectors, 24)
+
+
+def test_mismatched_batch_sizes(v2t):
+    with pytest.raises(V2TError, match="one vector per text"):
+        v2t.forward(torch.randn(3, v2t.embedding_dim), **v2t.tokenize(SENTENCES[:2]))
+
+
+def test_bad_create_arguments(tiny_backbone_dir, tiny_encoder):
+    with pytest.raises(V2TError, match="unknown projector kind"):
+        make_v2t(tiny_backbone_dir, tiny_encoder, projector="transformer")
+    with pytest.raises(V2TError, match="unknown quantization"):
+        make_v2t(tiny_backbone_dir, tiny_encoder, quantization="2bit")
+    with pytest.raises(V2TError, match="prefix_length"):
+        make_v2t(tiny_backbone_dir, tiny_encoder, prefix_length=0)
