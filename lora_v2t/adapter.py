@@ -66,7 +66,7 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("saved adapter %r to %s", name, path)
+    logger.debug("saved adapter %r to %s", name, path)
     return path
 
 

@@ -61,6 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object per line")
     gen.set_defaults(func=cmd_generate)
 
+    train = sub.add_parser(
+        "train", help="train an adapter from a recipe",
+        description="Train the projector and LoRA weights of a frozen backbone as RECIPE.yaml says. Any recipe "
+                    "value can be overridden as --section.key=value (e.g. --training.max_steps=500 "
+                    "--data.train=my_corpus.txt). Sections: encoder, backbone, projector, lora, generation, data, "
+                    "training; see recipes/*.yaml for every key with its meaning. Checkpoints go to "
+                    "<output_dir>/<run_name>/step-NNNNNN/, the finished adapter to .../final/. Ctrl-C saves a "
+                    "checkpoint first; --resume continues from the last one.",
+        epilog="example: lora-v2t train recipes/tiny_debug.yaml --training.max_steps=20")
+    train.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                       help="continue the recipe's run folder (or RUN_DIR) from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    train.set_defaults(func=cmd_train)
+
+    embed = sub.add_parser(
+        "embed", help="fill the embedding cache of a recipe ahead of training",
+        description="Encode the recipe's training and validation sentences once and store the vectors in the "
+                    "embedding cache (resumable), so that `train` starts at once. Accepts the same "
+                    "--section.key=value overrides as train.")
+    embed.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
+    embed.set_defaults(func=cmd_embed)
+
     info = sub.add_parser("info", help="describe an adapter bundle without loading the base model",
                           description="Print what an adapter bundle holds: base, encoder, projector, LoRA, "
                                       "sizes and training summary.")
@@ -123,6 +146,27 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.recipe, args.overrides)
+    final = train(cfg, resume=args.resume, show_progress=not args.no_progress)
+    print(f"adapter saved to {final}\nload it with:  from lora_v2t import load_adapter; "
+          f"v2t = load_adapter({str(final)!r})")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from .config import load_config
+    from .train import prepare_data
+
+    cfg = load_config(args.recipe, args.overrides)
+    train_texts, val_texts, _, _ = prepare_data(cfg, show_progress=True)
+    print(f"cached vectors for {len(train_texts)} training and {len(val_texts)} validation sentences")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .adapter import BUNDLE_FILES, validate_bundle
 
@@ -174,7 +218,11 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command in ("train", "embed"):
+        args.overrides = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     _quiet_libraries()
     try:

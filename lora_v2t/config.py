@@ -5,7 +5,10 @@ Every field carries a one-line comment; recipes in ``recipes/`` are commented du
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from .errors import V2TError
 
@@ -93,6 +96,174 @@ class GenerationConfig:
         return GenerationConfig(**merged)
 
 
+@dataclass
+class DataConfig:
+    train: str = "../shared/data/ru/train.txt"  # training corpus: UTF-8 text, one sentence per line
+    val: str | None = None  # validation corpus; None = hold out val_size sentences of the training corpus
+    val_size: int = 200  # sentences held out for validation when val is None
+    max_sentences: int | None = None  # use at most this many training sentences (a seeded random sample)
+    min_chars: int = 2  # skip shorter lines (counted)
+    max_chars: int = 400  # skip longer lines (counted)
+    max_tokens: int = 48  # truncate target sentences to this many tokens (EOS included)
+    cache_dir: str | None = None  # embedding cache; None = <checkpoints>/cache
+    seed: int = 0  # seeds the sample, the split and the batch order
+
+    def __post_init__(self):
+        if self.max_tokens < 2:
+            raise V2TError(f"data.max_tokens must be >= 2, got {self.max_tokens}")
+
+
+@dataclass
+class TrainingConfig:
+    run_name: str = "run"  # run folder: <output_dir>/<run_name>/
+    output_dir: str | None = None  # None = <checkpoints>/runs
+    trainable: str = "lora"  # lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)
+    batch_size: int = 16  # sentences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 1000  # optimizer steps
+    max_minutes: float | None = None  # stop (and save final/) after this much wall time
+    lr: float = 2e-4  # learning rate of the LoRA weights (or of the backbone in full mode)
+    projector_lr: float = 1e-3  # learning rate of the projector
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 50  # linear warm-up, then cosine decay
+    min_lr_ratio: float = 0.1  # the cosine decays to this fraction of the peak rate
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | bf16 | fp16
+    gradient_checkpointing: bool = False  # trade compute for activation memory
+    eval_every: int = 100  # steps between validation + printed reconstructions
+    save_every: int = 200  # steps between checkpoints
+    keep_checkpoints: int = 2  # keep only the last K step-NNNNNN/ folders
+    log_every: int = 10  # steps between training-loss log lines
+    num_samples: int = 4  # reconstructions printed at each evaluation
+    tensorboard: bool = False  # also log to TensorBoard (needs the tensorboard package)
+    seed: int = 0  # seeds the initialisation and dropout
+
+    def __post_init__(self):
+        check_choice("training.trainable", self.trainable, ("lora", "full"))
+        check_choice("training.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "save_every", "keep_checkpoints",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise V2TError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class RunConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value, hint, where: str):
+    """Check ``value`` against a field's type hint; ints are accepted for floats."""
+    args = typing.get_args(hint)
+    if hint is type(None) or value is None:
+        if value is None and (hint is type(None) or type(None) in args):
+            return None
+        raise V2TError(f"{where} must be {_type_name(hint)}, got null")
+    if type(None) in args:  # X | None with a value
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise V2TError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
+        raise V2TError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(known))}"
+
+
+def config_from_dict(data: dict, source: str = "config") -> RunConfig:
+    """Build a RunConfig from nested dicts, naming unknown keys (with the nearest known) and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise V2TError(f"{source} must be a mapping of sections, got {type(data).__name__}")
+    sections = {f.name: f for f in fields(RunConfig)}
+    built = {}
+    for section, values in data.items():
+        if section not in sections:
+            raise V2TError(f"{source}: unknown section {section!r}{_suggest(section, sections)}")
+        cls = sections[section].default_factory
+        hints = typing.get_type_hints(cls)
+        values = values or {}
+        if not isinstance(values, dict):
+            raise V2TError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise V2TError(f"{source}: unknown key {section}.{key}{_suggest(key, hints)}")
+            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+        built[section] = cls(**kwargs)
+    return RunConfig(**built)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ``["--training.lr=1e-4", "data.train=x.txt"]`` into nested dicts (values parsed as YAML)."""
+    import yaml
+
+    nested: dict = {}
+    for item in overrides:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text or "." not in text.split("=", 1)[0]:
+            raise V2TError(f"bad override {item!r}: write --section.key=value, e.g. --training.lr=1e-4")
+        dotted, raw = text.split("=", 1)
+        section, key = dotted.split(".", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise V2TError(f"bad value in override {item!r}: {exc}") from exc
+        nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a recipe YAML and apply ``--section.key=value`` overrides."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise V2TError(f"recipe {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise V2TError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(data, dict):
+            raise V2TError(f"recipe {path} must be a mapping of sections")
+    for section, values in parse_overrides(overrides or []).items():
+        if isinstance(data.get(section), dict):
+            data[section] = {**data[section], **values}
+        else:
+            data[section] = values
+    return config_from_dict(data, source=str(path) if path else "overrides")
+
+
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise a one-line error unless ``value`` is one of ``choices``."""
     if value not in choices:
@@ -101,6 +272,11 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 
 __all__ = [
     "BackboneConfig",
+    "DataConfig",
+    "RunConfig",
+    "TrainingConfig",
+    "config_from_dict",
+    "load_config",
     "EncoderConfig",
     "GenerationConfig",
     "LoRAConfig",
