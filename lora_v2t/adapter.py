@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 BUNDLE_FILES = ("adapter_config.json", "adapter_model.safetensors", "projector.safetensors", "v2t_config.json",
                 "README.md")
-SAFETENSORS_FILES = ("adapter_model.safetensors", "projector.safetensors")
+# a fully fine-tuned model (training.trainable=full, a baseline) is saved whole: no LoRA, a backbone/ folder
+FULL_MODEL_FILES = ("backbone", "projector.safetensors", "v2t_config.json", "README.md")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -48,8 +49,12 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        v2t.model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
-        if name != "default":  # peft writes non-default adapters into a subfolder named after them
+        if not v2t.is_peft:
+            v2t.base_model.save_pretrained(tmp / "backbone")
+            v2t.tokenizer.save_pretrained(tmp / "backbone")
+        else:
+            v2t.model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
+        if v2t.is_peft and name != "default":  # peft writes non-default adapters into a subfolder named after them
             for item in (tmp / name).iterdir():
                 item.replace(tmp / item.name)
             (tmp / name).rmdir()
@@ -59,9 +64,10 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
         (tmp / "v2t_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")
         (tmp / "README.md").write_text(model_card(config), encoding="utf-8")
-        extra = sorted(p.name for p in tmp.iterdir() if p.name not in BUNDLE_FILES)
-        for item in extra:
-            (tmp / item).unlink()
+        expected = BUNDLE_FILES if v2t.is_peft else FULL_MODEL_FILES
+        for item in tmp.iterdir():
+            if item.name not in expected:
+                item.unlink()
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -86,10 +92,11 @@ def bundle_config(v2t) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "lora_v2t_version": __version__,
+        "trainable": "lora" if v2t.is_peft else "full",
         "encoder": dict(meta["encoder"]),
         "backbone": backbone,
         "projector": v2t.projector.describe(),
-        "lora": dict(meta["lora"]),
+        "lora": dict(meta["lora"]) if meta["lora"] else None,
         "generation": dict(meta["generation"]),
         "training": dict(meta["training"]),
     }
@@ -105,7 +112,8 @@ def model_card(config: dict) -> str:
         f"`{bb['name']}` ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']}).",
         "",
         f"- projector: `{proj['kind']}`, {proj['prefix_length']} prefix slot(s)",
-        f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}",
+        f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}" if lora else
+        "- no LoRA: the whole backbone was fine-tuned and is saved in `backbone/` (a baseline, not an adapter)",
         f"- bundle format {config['format_version']}, written by lora_v2t {config['lora_v2t_version']}",
         "",
         "## Training",
@@ -141,25 +149,34 @@ def validate_bundle(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_dir():
         raise V2TError(f"adapter folder {path} does not exist (or is not a folder)")
-    for required in ("adapter_config.json", "adapter_model.safetensors", "projector.safetensors",
-                     "v2t_config.json"):
+    if not (path / "v2t_config.json").is_file():
+        raise V2TError(f"adapter bundle {path} is missing v2t_config.json: it is incomplete or not a lora_v2t "
+                       "adapter; save or copy it again")
+    config = _read_json(path / "v2t_config.json")
+    full = config.get("trainable") == "full"
+    required_files = ("projector.safetensors",) if full else (
+        "adapter_config.json", "adapter_model.safetensors", "projector.safetensors")
+    if full and not (path / "backbone" / "config.json").is_file():
+        raise V2TError(f"{path} is a fully fine-tuned model but lacks backbone/config.json: copy it again")
+    for required in required_files:
         if not (path / required).is_file():
             pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
             if required.endswith(".safetensors") and pickled:
                 raise V2TError(f"{path} holds pickle file(s) {pickled} instead of {required}: lora_v2t loads "
                                "only safetensors; re-save the weights with safetensors")
             raise V2TError(f"adapter bundle {path} is missing {required}: it is incomplete; save or copy it again")
-    for name in SAFETENSORS_FILES:
-        _check_safetensors(path / name)
-    config = _read_json(path / "v2t_config.json")
-    _read_json(path / "adapter_config.json")
+    for name in required_files:
+        if name.endswith(".safetensors"):
+            _check_safetensors(path / name)
+    if not full:
+        _read_json(path / "adapter_config.json")
     version = config.get("format_version")
     if not isinstance(version, int):
         raise V2TError(f"{path / 'v2t_config.json'} has no integer format_version: it is not a lora_v2t bundle")
     if version > FORMAT_VERSION:
         raise V2TError(f"adapter {path} uses bundle format {version}, newer than this lora_v2t reads "
                        f"({FORMAT_VERSION}): upgrade lora_v2t")
-    for key in ("encoder", "backbone", "projector", "lora"):
+    for key in ("encoder", "backbone", "projector") + (() if full else ("lora",)):
         if not isinstance(config.get(key), dict):
             raise V2TError(f"{path / 'v2t_config.json'} lacks the '{key}' section: the file is corrupt")
     try:
@@ -249,13 +266,19 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
     enc = load_encoder(encoder) if encoder is not None else None
     if enc is not None:
         check_encoder(config, enc, path)
-    backbone_name = backbone or config["backbone"]["name"]
+    full = config.get("trainable") == "full"
+    backbone_name = str(path / "backbone") if full else backbone or config["backbone"]["name"]
     base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device)
     info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
             "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
     check_compatible(config, info, path)
-    peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable)
-    v2t = Vector2Text(peft_model, tokenizer, backbone_name)
+    if full:
+        for param in base.parameters():
+            param.requires_grad_(trainable)
+        v2t = Vector2Text(base, tokenizer, config["backbone"]["name"])
+    else:
+        v2t = Vector2Text(PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable),
+                          tokenizer, backbone_name)
     _attach(v2t, path, name, config)
     if enc is not None:
         v2t._encoders[config["encoder"]["spec"]] = enc
@@ -269,6 +292,9 @@ def load_into(v2t, path: str | Path, name: str) -> None:
     if name in v2t.adapters:
         raise V2TError(f"an adapter named {name!r} is already loaded: pick another name or delete it first")
     config = validate_bundle(path)
+    if config.get("trainable") == "full" or not v2t.is_peft:
+        raise V2TError(f"{path} or the loaded model is a fully fine-tuned model, not an adapter: "
+                       "load it on its own with load_adapter(path)")
     check_compatible(config, v2t.backbone_info, path)
     v2t.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
     _attach(v2t, path, name, config)
@@ -290,7 +316,7 @@ def _attach(v2t, path: Path, name: str, config: dict) -> None:
                        f"({_short(exc)}): the bundle is corrupt") from exc
     v2t.adapter_meta[name] = {
         "encoder": dict(config["encoder"]),
-        "lora": dict(config["lora"]),
+        "lora": dict(config["lora"]) if config.get("lora") else None,
         "generation": dict(config.get("generation") or {}),
         "training": dict(config.get("training") or {}),
     }

@@ -12,6 +12,7 @@ import math
 import sys
 from pathlib import Path
 
+from .config import describe_keys
 from .errors import V2TError
 
 logger = logging.getLogger("lora_v2t")
@@ -69,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "training; see recipes/*.yaml for every key with its meaning. Checkpoints go to "
                     "<output_dir>/<run_name>/step-NNNNNN/, the finished adapter to .../final/. Ctrl-C saves a "
                     "checkpoint first; --resume continues from the last one.",
-        epilog="example: lora-v2t train recipes/tiny_debug.yaml --training.max_steps=20")
+        epilog="example: lora-v2t train recipes/offline_use_gemma270m.yaml --training.max_minutes=30\n\n"
+               "recipe keys (--section.key=value; shown with their defaults):\n" + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     train.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                        help="continue the recipe's run folder (or RUN_DIR) from its last checkpoint")
@@ -83,6 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "--section.key=value overrides as train.")
     embed.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     embed.set_defaults(func=cmd_embed)
+
+    ev = sub.add_parser(
+        "evaluate", help="reconstruct a file's sentences from their embeddings and score them",
+        description="Encode every sentence of --data with the adapter's encoder (or read --vectors), decode it "
+                    "greedily and with reranking, and report corpus BLEU and chrF, token F1, exact match and "
+                    "re-embedding cosine with bootstrap 95%% intervals. Writes sentences.tsv, summary.json, "
+                    "summary.md and cosine_hist.png into --out. Cross-lingual: --source-column 0 "
+                    "--target-column 1 encodes column 0 of a TSV (e.g. English) and scores against column 1.")
+    _add_loading_options(ev)
+    ev.add_argument("--data", type=Path, required=True, help="text file (one sentence per line) or TSV")
+    ev.add_argument("--source-column", help="TSV column to encode (0-based index, or a name with --header)")
+    ev.add_argument("--target-column", default="1", help="TSV column of the references (default 1)")
+    ev.add_argument("--header", action="store_true", help="the TSV's first line names its columns")
+    ev.add_argument("--vectors", type=Path, help=".npy vectors, one per reference line, instead of encoding")
+    ev.add_argument("--rerank", type=int, default=8,
+                    help="beam candidates for the reranked column (default 8; 0 = greedy only)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N usable lines")
+    ev.add_argument("--max-chars", type=int, default=1000, help="skip (and count) longer lines (default 1000)")
+    ev.add_argument("--batch-size", type=int, default=32, help="vectors decoded together")
+    ev.add_argument("--max-new-tokens", type=int, help="longest output (default: the adapter's)")
+    ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    ev.add_argument("--out", type=Path, help="report folder (default: <adapter>/eval/<data file name>)")
+    ev.set_defaults(func=cmd_evaluate)
 
     info = sub.add_parser("info", help="describe an adapter bundle without loading the base model",
                           description="Print what an adapter bundle holds: base, encoder, projector, LoRA, "
@@ -167,8 +193,36 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .adapter import load_adapter, validate_bundle
+    from .evaluate import evaluate, read_eval_file
+    from .model import to_vectors
+
+    config = validate_bundle(args.adapter)
+    data = read_eval_file(args.data, source_column=args.source_column, target_column=args.target_column,
+                          header=args.header, max_chars=args.max_chars, limit=args.limit)
+    if data.skipped:
+        logger.info("skipped lines: %s", data.skipped)
+    if args.vectors:  # checked before the slow base load
+        vectors = load_vectors_file(args.vectors)
+        data.vectors = to_vectors(vectors, int(config["encoder"]["dim"])).numpy()
+        if len(data.vectors) != len(data.references):
+            raise V2TError(f"{args.vectors} holds {len(data.vectors)} vectors but {args.data} has "
+                           f"{len(data.references)} usable lines: give one vector per line")
+    v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
+                       quantization=args.quantization, device=args.device)
+    out = args.out or args.adapter / "eval" / args.data.stem
+    summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens, resamples=args.resamples)
+    from .evaluate import markdown_table
+
+    print(markdown_table(summary), end="")
+    print(f"report: {out}/summary.md, sentences.tsv, cosine_hist.png")
+    return 0
+
+
 def cmd_info(args) -> int:
-    from .adapter import BUNDLE_FILES, validate_bundle
+    from .adapter import validate_bundle
 
     config = validate_bundle(args.adapter)
     if args.json:
@@ -181,15 +235,18 @@ def cmd_info(args) -> int:
             return sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
 
     enc, bb, proj, lora = (config[k] for k in ("encoder", "backbone", "projector", "lora"))
-    size = sum((args.adapter / f).stat().st_size for f in BUNDLE_FILES if (args.adapter / f).exists())
+    size = sum(p.stat().st_size for p in args.adapter.rglob("*") if p.is_file())
     lines = [
         f"adapter      {args.adapter}  (bundle format {config['format_version']}, {size / 2**20:.2f} MiB)",
         f"base         {bb['name']}  ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']})",
         f"encoder      {enc['spec']}  ({enc['dim']}-d)",
         f"projector    {proj['kind']}, {proj['prefix_length']} slot(s), {count('projector.safetensors'):,} params",
-        f"LoRA         r={lora['r']} alpha={lora['alpha']} on {', '.join(lora['target_modules'])}, "
-        f"{count('adapter_model.safetensors'):,} params",
     ]
+    if lora:
+        lines.append(f"LoRA         r={lora['r']} alpha={lora['alpha']} on {', '.join(lora['target_modules'])}, "
+                     f"{count('adapter_model.safetensors'):,} params")
+    else:
+        lines.append("LoRA         none: a fully fine-tuned backbone is saved in backbone/ (a baseline)")
     training = config.get("training") or {}
     if not training:
         lines.append("training     none (a fresh, untrained adapter)")

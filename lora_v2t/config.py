@@ -5,6 +5,7 @@ Every field carries a one-line comment; recipes in ``recipes/`` are commented du
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -118,6 +119,7 @@ class TrainingConfig:
     run_name: str = "run"  # run folder: <output_dir>/<run_name>/
     output_dir: str | None = None  # None = <checkpoints>/runs
     trainable: str = "lora"  # lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)
+    loss_vocab: str = "full"  # full | corpus: softmax over the tokens the corpus uses only (much faster on CPU)
     batch_size: int = 16  # sentences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000  # optimizer steps
@@ -140,6 +142,7 @@ class TrainingConfig:
 
     def __post_init__(self):
         check_choice("training.trainable", self.trainable, ("lora", "full"))
+        check_choice("training.loss_vocab", self.loss_vocab, ("full", "corpus"))
         check_choice("training.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "save_every", "keep_checkpoints",
                      "log_every"):
@@ -262,6 +265,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         else:
             data[section] = values
     return config_from_dict(data, source=str(path) if path else "overrides")
+
+
+def describe_keys() -> str:
+    """Every recipe key with its default and the comment beside its field, for ``--help``."""
+    import inspect
+    import re
+
+    lines = []
+    for section in fields(RunConfig):
+        cls = section.default_factory
+        source = inspect.getsource(cls)
+        comments = dict(re.findall(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, flags=re.M))
+        lines.append(f"{section.name}:")
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            lines.append(f"  {section.name}.{f.name}={default}  {comments.get(f.name, '')}".rstrip())
+    return "\n".join(lines)
 
 
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

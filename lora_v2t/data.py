@@ -160,13 +160,17 @@ def _write_meta(path: Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def token_lengths(tokenizer, sentences: list[str], max_tokens: int, chunk: int = 10000) -> np.ndarray:
-    """Target length of each sentence in tokens (EOS included), capped at ``max_tokens``."""
-    out = np.empty(len(sentences), dtype=np.int32)
+def tokenize_corpus(tokenizer, sentences: list[str], max_tokens: int, chunk: int = 10000):
+    """Target length of each sentence in tokens (EOS included, capped at ``max_tokens``), and the sorted
+    token ids the targets use (EOS included): the corpus vocabulary."""
+    lengths = np.empty(len(sentences), dtype=np.int32)
+    used: set[int] = {tokenizer.eos_token_id}
     for start in range(0, len(sentences), chunk):
         ids = tokenizer(sentences[start:start + chunk], add_special_tokens=False)["input_ids"]
-        out[start:start + len(ids)] = [min(len(i) + 1, max_tokens) for i in ids]
-    return out
+        lengths[start:start + len(ids)] = [min(len(i) + 1, max_tokens) for i in ids]
+        for row in ids:
+            used.update(row[: max_tokens - 1])
+    return lengths, np.array(sorted(used), dtype=np.int64)
 
 
 def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,

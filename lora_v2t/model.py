@@ -54,7 +54,8 @@ def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
         tensor = vectors.detach().to("cpu", torch.float32)
     else:
         try:
-            tensor = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+            array = np.asarray(vectors, dtype=np.float32)
+            tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
         except (TypeError, ValueError) as exc:
             raise V2TError(f"vectors must be a numeric (N, {embedding_dim}) array: {exc}") from exc
     if tensor.ndim == 1:
@@ -102,7 +103,7 @@ class Vector2Text(nn.Module):
                lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.05,
                target_modules: list[str] | None = None, quantization: str = "auto",
                device: str | None = None, projector_hidden_dim: int | None = None,
-               adapter_name: str = "default", seed: int | None = 0) -> Vector2Text:
+               adapter_name: str = "default", seed: int | None = 0, trainable: str = "lora") -> Vector2Text:
         """A fresh, untrained adapter on a base model and an encoder.
 
         Args:
@@ -117,6 +118,8 @@ class Vector2Text(nn.Module):
             projector_hidden_dim: hidden width of the MLP projector (default: the backbone's hidden size).
             adapter_name: name of this adapter in the registry.
             seed: seeds the projector and LoRA initialisation (None: leave the RNG alone).
+            trainable: ``lora`` (default), or ``full``: no LoRA, every backbone weight trains (the original
+                experiment's way; a baseline for benchmarks; saved as a full model, not an adapter).
         """
         projector_cfg = ProjectorConfig(kind=projector, prefix_length=prefix_length,
                                         hidden_dim=projector_hidden_dim)
@@ -127,19 +130,26 @@ class Vector2Text(nn.Module):
             torch.manual_seed(seed)
         from peft import get_peft_model
 
-        peft_config = make_lora_config(lora_cfg, base.config.model_type)
-        peft_model = get_peft_model(base, peft_config, adapter_name=adapter_name)
-        v2t = cls(peft_model, tokenizer, backbone)
+        if trainable == "full":
+            if base.v2t_quantization != "none":
+                raise V2TError("full fine-tuning trains the weights themselves: use quantization none")
+            for param in base.parameters():
+                param.requires_grad_(True)
+            v2t = cls(base, tokenizer, backbone)
+            lora_meta = None
+        elif trainable == "lora":
+            peft_config = make_lora_config(lora_cfg, base.config.model_type)
+            v2t = cls(get_peft_model(base, peft_config, adapter_name=adapter_name), tokenizer, backbone)
+            lora_meta = asdict(lora_cfg) | {"alpha": peft_config.lora_alpha,
+                                            "target_modules": sorted(peft_config.target_modules)}
+        else:
+            raise V2TError(f"unknown trainable mode {trainable!r}; choose lora or full")
         v2t._encoders[enc.spec] = enc
         v2t.add_projector(adapter_name, projector_cfg, enc.dim)
-        v2t.adapter_meta[adapter_name] = {
-            "encoder": {"spec": enc.spec, "dim": enc.dim},
-            "lora": asdict(lora_cfg) | {"alpha": peft_config.lora_alpha,
-                                        "target_modules": sorted(peft_config.target_modules)},
-            "generation": asdict(GenerationConfig()),
-            "training": {},
-        }
-        v2t.model.set_adapter(adapter_name)
+        v2t.adapter_meta[adapter_name] = {"encoder": {"spec": enc.spec, "dim": enc.dim}, "lora": lora_meta,
+                                          "generation": asdict(GenerationConfig()), "training": {}}
+        if lora_meta:
+            v2t.model.set_adapter(adapter_name)
         v2t.eval()
         return v2t
 
@@ -155,8 +165,15 @@ class Vector2Text(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def base_model(self) -> nn.Module:
-        """The frozen transformers model under the LoRA layers."""
-        return self.model.get_base_model()
+        """The transformers model under the LoRA layers (frozen, unless fully fine-tuned)."""
+        return self.model.get_base_model() if self.is_peft else self.model
+
+    @property
+    def is_peft(self) -> bool:
+        """False for a fully fine-tuned model (no LoRA adapters)."""
+        from peft import PeftModel
+
+        return isinstance(self.model, PeftModel)
 
     @property
     def device(self) -> torch.device:
@@ -169,7 +186,7 @@ class Vector2Text(nn.Module):
 
     @property
     def active_adapter(self) -> str:
-        return self.model.active_adapter
+        return self.model.active_adapter if self.is_peft else next(iter(self.projectors), "default")
 
     @property
     def projector(self) -> PrefixProjector:
@@ -206,7 +223,9 @@ class Vector2Text(nn.Module):
         self._encoders[self.meta["encoder"]["spec"]] = enc
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The active adapter's LoRA and projector parameters."""
+        """The active adapter's LoRA and projector parameters (every backbone weight when fully fine-tuned)."""
+        if not self.is_peft:
+            return list(self.model.parameters()) + list(self.projector.parameters())
         name = self.active_adapter
         lora = [p for n, p in self.model.named_parameters() if "lora_" in n and f".{name}." in n + "."]
         return lora + list(self.projector.parameters())
@@ -250,9 +269,38 @@ class Vector2Text(nn.Module):
         return {"inputs_embeds": inputs_embeds, "attention_mask": torch.cat([ones, attention_mask], 1),
                 "labels": labels}
 
-    def forward(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Run the backbone on ``[P ; wte(tokens)]``; returns the transformers output with ``.loss``."""
-        return self.model(**self.build_inputs(vectors, input_ids, attention_mask))
+    def forward(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                loss_vocab: torch.Tensor | None = None):
+        """Run the backbone on ``[P ; wte(tokens)]``; returns the transformers output with ``.loss``.
+
+        Args:
+            loss_vocab: optional sorted token ids that every label belongs to. The loss is then a softmax over
+                these tokens only, computed only at the labelled positions: on a CPU this removes most of the
+                cost of a large output layer (Gemma's 262k tokens). The model and adapter are unchanged.
+        """
+        inputs = self.build_inputs(vectors, input_ids, attention_mask)
+        if loss_vocab is None:
+            return self.model(**inputs)
+        return _Output(loss=self.subset_loss(inputs, loss_vocab.to(self.device)))
+
+    def subset_loss(self, inputs: dict, vocab: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy with the softmax restricted to ``vocab`` (see :meth:`forward`)."""
+        base = self.base_model
+        body = getattr(base, base.base_model_prefix)  # the decoder stack, LoRA layers included
+        hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"])[0]
+        labels = inputs["labels"][:, 1:]  # position t predicts token t+1
+        keep = labels != -100
+        states = hidden[:, :-1][keep]  # (N, h): only the positions that have a label
+        head = base.get_output_embeddings()
+        logits = nn.functional.linear(states, head.weight[vocab],
+                                      None if head.bias is None else head.bias[vocab]).float()  # (N, V')
+        cap = getattr(base.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        targets = torch.searchsorted(vocab, labels[keep])
+        if not torch.equal(vocab[targets.clamp(max=len(vocab) - 1)], labels[keep]):
+            raise V2TError("a label is missing from loss_vocab: build it from every training sentence")
+        return nn.functional.cross_entropy(logits, targets)
 
     def loss(self, vectors, texts: list[str], max_length: int = 64) -> torch.Tensor:
         """Mean next-token cross-entropy of ``texts`` given their vectors."""
@@ -309,6 +357,13 @@ class Vector2Text(nn.Module):
     def generation_defaults(self) -> GenerationConfig:
         """The active adapter's generation defaults."""
         return GenerationConfig(**copy.deepcopy(self.meta["generation"]))
+
+
+class _Output:
+    """The part of a transformers output the trainer reads."""
+
+    def __init__(self, loss: torch.Tensor):
+        self.loss = loss
 
 
 def make_lora_config(cfg: LoRAConfig, model_type: str):

@@ -27,7 +27,7 @@ import torch
 
 from .backbone import checkpoints_dir
 from .config import RunConfig
-from .data import bucketed_batches, embed_corpus, read_sentences, sample_and_split, token_lengths
+from .data import bucketed_batches, embed_corpus, read_sentences, sample_and_split, tokenize_corpus
 from .errors import V2TError
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,7 @@ def describe_cost(v2t, cfg: RunConfig) -> dict:
     """Trainable and frozen parameter counts and a rough peak accelerator memory estimate for one step."""
     trainable = sum(p.numel() for p in v2t.trainable_parameters())
     base = v2t.base_model
-    frozen = sum(p.numel() for p in base.parameters()) - sum(
-        p.numel() for n, p in v2t.model.named_parameters() if "lora_" in n)
+    frozen = sum(p.numel() for p in base.parameters() if not p.requires_grad)
     weight_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     info = v2t.backbone_info
     cfg_model = base.config
@@ -138,10 +137,17 @@ def load_checkpoint(path: Path, v2t, optimizer, scheduler) -> dict:
 
     validate_bundle(path)
     trainer_state = json.loads((path / "trainer_state.json").read_text())
-    lora = load_file(str(path / "adapter_model.safetensors"), device=str(v2t.device))
-    result = set_peft_model_state_dict(v2t.model, lora, adapter_name=v2t.active_adapter)
-    if getattr(result, "unexpected_keys", None):
-        raise V2TError(f"{path}: LoRA weights do not fit this model ({result.unexpected_keys[:2]})")
+    if v2t.is_peft:
+        lora = load_file(str(path / "adapter_model.safetensors"), device=str(v2t.device))
+        result = set_peft_model_state_dict(v2t.model, lora, adapter_name=v2t.active_adapter)
+        if getattr(result, "unexpected_keys", None):
+            raise V2TError(f"{path}: LoRA weights do not fit this model ({result.unexpected_keys[:2]})")
+    else:  # full fine-tuning: the whole backbone was saved
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(path / "backbone", dtype=v2t.base_model.dtype)
+        v2t.base_model.load_state_dict(saved.state_dict())
+        del saved
     v2t.projector.load_state_dict(load_file(str(path / "projector.safetensors"), device=str(v2t.device)))
     tensors = load_file(str(path / "optimizer.safetensors"))
     opt_state = {"state": {}, "param_groups": trainer_state["param_groups"]}
@@ -239,8 +245,6 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     from .model import Vector2Text
 
     tc, dc = cfg.training, cfg.data
-    if tc.trainable != "lora":
-        raise V2TError("training.trainable=full is not implemented yet: use lora")
     run_dir = Path(resume) if isinstance(resume, (str, Path)) else run_dir_of(cfg)
     checkpoints = list_checkpoints(run_dir)
     if resume:
@@ -252,6 +256,11 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
         raise V2TError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or choose "
                        "another --training.run_name")
 
+    if tc.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise V2TError("training.tensorboard=true needs the tensorboard package: pip install tensorboard")
     mixed = tc.mixed_precision
     cuda = torch.cuda.is_available() and (cfg.backbone.device or "cuda").startswith("cuda")
     if mixed == "auto":
@@ -269,7 +278,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
                              lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                              target_modules=cfg.lora.target_modules, quantization=cfg.backbone.quantization,
                              device=str(accelerator.device), projector_hidden_dim=cfg.projector.hidden_dim,
-                             seed=tc.seed)
+                             seed=tc.seed, trainable=tc.trainable)
     v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
     if tc.gradient_checkpointing:
         v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -303,7 +312,12 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     if accelerator.is_main_process and tc.tensorboard:
         accelerator.init_trackers(tc.run_name)
 
-    lengths = token_lengths(v2t.tokenizer, train_texts, dc.max_tokens)
+    lengths, corpus_vocab = tokenize_corpus(v2t.tokenizer, train_texts, dc.max_tokens)
+    loss_vocab = None
+    if tc.loss_vocab == "corpus":
+        loss_vocab = torch.from_numpy(corpus_vocab).to(v2t.device)
+        logger.info("training loss over the %d tokens the corpus uses (of %d)", len(corpus_vocab),
+                    v2t.backbone_info["vocab_size"])
     batches = bucketed_batches(lengths, tc.batch_size, dc.seed, state["epoch"])
     metrics_file = run_dir / "metrics.jsonl"
 
@@ -367,7 +381,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
                 sync = micro == tc.grad_accum - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                     with accelerator.autocast():
-                        loss = model(vectors, batch["input_ids"], batch["attention_mask"]).loss
+                        loss = model(vectors, batch["input_ids"], batch["attention_mask"], loss_vocab).loss
                     accelerator.backward(loss / tc.grad_accum)
                 step_loss += loss.item() / tc.grad_accum
                 state["sentences_seen"] += len(idx)

@@ -55,7 +55,10 @@ def tiny_backbone_dir(tmp_path_factory) -> str:
 def tiny_encoder_dir(tmp_path_factory) -> str:
     """A LaBSE-shaped sentence-transformers model (BERT + CLS pooling + Dense + Normalize), random weights."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+    try:
+        from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path = tmp_path_factory.mktemp("tiny-labse")
@@ -67,7 +70,8 @@ def tiny_encoder_dir(tmp_path_factory) -> str:
     BertTokenizerFast(vocab_file=str(bert_dir / "vocab.txt")).save_pretrained(bert_dir)
     torch.manual_seed(1)
     BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(bert_dir)
+                         intermediate_size=64, max_position_embeddings=128,
+                         initializer_range=0.5)).save_pretrained(bert_dir)  # distinct vectors per sentence
     transformer = Transformer(str(bert_dir), max_seq_length=64)
     pooling = Pooling(32, pooling_mode="cls")
     dense = Dense(32, TINY_ENCODER_DIM, activation_function=torch.nn.Tanh())

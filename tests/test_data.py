@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+
+from lora_v2t import V2TError
+from lora_v2t.data import bucketed_batches, embed_corpus, read_sentences, sample_and_split
+
+
+class CountingEncoder:
+    """Wraps an encoder and counts the sentences it was asked to encode."""
+
+    def __init__(self, inner, spec=None):
+        self.inner, self.dim, self.spec, self.calls = inner, inner.dim, spec or inner.spec, 0
+
+    def encode(self, texts):
+        self.calls += len(texts)
+        return self.inner.encode(texts)
+
+
+def test_read_skips_and_counts_bad_lines(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes("Привет, мир.\n\n   \nа\n".encode() + b"\xff\xfe broken\n" + ("x" * 500 + "\n").encode()
+                     + "Где лодка?\n".encode())
+    sentences, stats = read_sentences(path, min_chars=2, max_chars=400)
+    assert sentences == ["Привет, мир.", "Где лодка?"]
+    assert (stats.empty, stats.too_short, stats.undecodable, stats.too_long) == (2, 1, 1, 1)
+    assert "skipped 2 empty, 1 too short, 1 too long, 1 undecodable" in stats.summary()
+
+
+def test_missing_empty_and_all_filtered_corpora(tmp_path):
+    with pytest.raises(V2TError, match="does not exist"):
+        read_sentences(tmp_path / "none.txt")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(V2TError, match="is empty"):
+        read_sentences(tmp_path / "empty.txt")
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    with pytest.raises(V2TError, match="no line of .* passes the filters"):
+        read_sentences(tmp_path / "short.txt", min_chars=2)
+
+
+def test_sample_and_split_is_seeded_and_disjoint():
+    sentences = [f"s{i}" for i in range(100)]
+    train, val = sample_and_split(sentences, val_size=10, max_sentences=30, seed=1)
+    assert len(train) == 30 and len(val) == 10 and not set(train) & set(val)
+    assert (train, val) == sample_and_split(sentences, val_size=10, max_sentences=30, seed=1)
+    assert train != sample_and_split(sentences, val_size=10, max_sentences=30, seed=2)[0]
+    with pytest.raises(V2TError, match="val_size"):
+        sample_and_split(sentences[:5], val_size=10, max_sentences=None, seed=0)
+
+
+def test_cache_is_reused_and_invalidated(tiny_encoder, tmp_path):
+    sentences = ["Где лодка?", "Кошка спит.", "Завтра дождь.", "Мы пошли в лес."]
+    enc = CountingEncoder(tiny_encoder)
+    first = np.array(embed_corpus(sentences, enc, tmp_path, "corpus", chunk=3, show_progress=False))
+    assert enc.calls == 4 and np.allclose(first, tiny_encoder.encode(sentences), atol=1e-6)
+    again = embed_corpus(sentences, enc, tmp_path, "corpus", show_progress=False)
+    assert enc.calls == 4 and np.array_equal(np.asarray(again), first)  # reused: the encoder is not called
+    changed = sentences[:3] + ["Совсем другое предложение."]
+    embed_corpus(changed, enc, tmp_path, "corpus", show_progress=False)
+    assert enc.calls == 8  # the corpus changed: rebuilt
+    other = CountingEncoder(tiny_encoder, spec="another-encoder")
+    embed_corpus(changed, other, tmp_path, "corpus", show_progress=False)
+    assert other.calls == 4  # another encoder: its own cache
+
+
+def test_interrupted_cache_fill_resumes(tiny_encoder, tmp_path):
+    sentences = [f"предложение номер {i}" for i in range(10)]
+
+    class Failing(CountingEncoder):
+        def encode(self, texts):
+            if self.calls >= 4:
+                raise KeyboardInterrupt
+            return super().encode(texts)
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_corpus(sentences, Failing(tiny_encoder), tmp_path, "c", chunk=4, show_progress=False)
+    meta = json.loads(next(tmp_path.glob("*/meta.json")).read_text())
+    assert meta["done"] == 4
+    enc = CountingEncoder(tiny_encoder)
+    out = embed_corpus(sentences, enc, tmp_path, "c", chunk=4, show_progress=False)
+    assert enc.calls == 6  # only the rest
+    assert np.allclose(np.asarray(out), tiny_encoder.encode(sentences), atol=1e-6)
+
+
+def test_bucketed_batches_cover_everything_once_and_group_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, size=1000)
+    batches = bucketed_batches(lengths, batch_size=16, seed=0, epoch=0, bucket_batches=10)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    random_spread = np.mean([np.ptp(lengths[rng.permutation(1000)[:16]]) for _ in range(50)])
+    assert spread < 0.3 * random_spread  # much less padding than random batches
+    again = bucketed_batches(lengths, batch_size=16, seed=0, epoch=0, bucket_batches=10)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    other = bucketed_batches(lengths, batch_size=16, seed=0, epoch=1, bucket_batches=10)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, other))

@@ -1,0 +1,187 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lora_v2t.train as train_module
+from lora_v2t import V2TError, load_adapter
+from lora_v2t.adapter import BUNDLE_FILES
+from lora_v2t.cli import main
+from lora_v2t.config import load_config
+from lora_v2t.train import train
+
+from .conftest import SENTENCES
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_debug.yaml"
+CORPUS = [
+    "Где лодка?", "Я люблю читать книги.", "Сегодня хорошая погода.", "Мы пошли в лес за грибами.",
+    "Он открыл окно.", "Кошка спит на диване.", "Это интересная история.", "Завтра будет дождь.",
+]
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(CORPUS * 3) + "\n", encoding="utf-8")
+    return path
+
+
+def recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, *extra):
+    overrides = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+                 f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
+                 f"--data.train={corpus}", f"--data.val={corpus}", "--data.val_size=4", *extra]
+    return load_config(RECIPE, overrides)
+
+
+def adapter_state(folder: Path) -> dict:
+    return load_file(str(folder / "adapter_model.safetensors")) | {
+        f"projector.{k}": v for k, v in load_file(str(folder / "projector.safetensors")).items()}
+
+
+def test_a_few_steps_make_the_documented_run_folder(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=12",
+                 "--training.save_every=4", "--training.keep_checkpoints=2", "--training.eval_every=6")
+    final = train(cfg, show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+    assert final == run / "final"
+    assert sorted(p.name for p in run.iterdir()) == ["final", "loss.png", "metrics.jsonl", "recipe.yaml",
+                                                       "step-000008", "step-000012"]
+    assert sorted(p.name for p in final.iterdir()) == sorted(BUNDLE_FILES)
+    for step in ("step-000008", "step-000012"):
+        assert {"optimizer.safetensors", "trainer_state.json"} | set(BUNDLE_FILES) == \
+            {p.name for p in (run / step).iterdir()}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [6, 12]
+    assert all(r["samples"] and "generated" in r["samples"][0] for r in rows if r["kind"] == "eval")
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    v2t = load_adapter(final, device="cpu")
+    assert v2t.meta["training"]["steps"] == 12 and len(v2t.meta["training"]["samples"]) == 2  # num_samples
+    assert torch.equal(adapter_state(final)["projector.norm.weight"],
+                       adapter_state(run / "step-000012")["projector.norm.weight"])
+
+
+def test_loss_falls_when_overfitting_eight_sentences(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=100",
+                 "--training.log_every=5", "--training.eval_every=100", "--training.save_every=100")
+    train(cfg, show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "runs/tiny-debug/metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_corpus_vocabulary_loss_trains_too(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=40",
+                 "--training.loss_vocab=corpus", "--training.log_every=5", "--training.eval_every=10",
+                 "--training.save_every=40")
+    train(cfg, show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "runs/tiny-debug/metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    val = [r["val_loss"] for r in rows if r["kind"] == "eval"]
+    assert losses[-1] < 0.6 * losses[0]
+    assert val[-1] < val[0] - 0.5  # validation loss, over the full vocabulary, falls too
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
+                                                         monkeypatch):
+    common = ["--training.max_steps=20", "--training.eval_every=10", "--training.save_every=20",
+              "--lora.dropout=0.1"]  # dropout: the RNG state must be restored too
+    straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common),
+                     show_progress=False)
+
+    cfg = recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, *common)
+    real = train_module.validation_loss
+
+    def ctrl_c_at_step_10(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "validation_loss", ctrl_c_at_step_10)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, show_progress=False)
+    run = tmp_path / "b" / "runs" / "tiny-debug"
+    assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000010"]  # Ctrl-C saved it
+    monkeypatch.setattr(train_module, "validation_loss", real)
+    resumed = train(cfg, resume=True, show_progress=False)
+    a, b = adapter_state(straight), adapter_state(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
+                                                     monkeypatch):
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=20",
+                 "--training.save_every=10")
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+    calls = {"n": 0}
+
+    def disk_full_on_second_checkpoint(tensors, filename, *args, **kwargs):
+        if filename.endswith("optimizer.safetensors"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                Path(filename).write_bytes(b"half")
+                raise OSError(28, "No space left on device")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full_on_second_checkpoint)
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg, show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith((".", "step"))) == ["step-000010"]
+    assert load_adapter(run / "step-000010", device="cpu").meta["training"]["steps"] == 10
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    train(cfg, resume=True, show_progress=False)  # and the run can go on from it
+    assert (run / "final").is_dir()
+
+
+def test_bad_runs(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
+                 "--training.save_every=2")
+    with pytest.raises(V2TError, match="nothing to resume"):
+        train(cfg, resume=True, show_progress=False)
+    train(cfg, show_progress=False)
+    with pytest.raises(V2TError, match="already holds a run: pass --resume"):
+        train(cfg, show_progress=False)
+    other = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
+                   "--lora.r=4")
+    with pytest.raises(V2TError, match="made by another recipe: lora.r was 8, now 4"):
+        train(other, resume=True, show_progress=False)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    bad = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, empty, "--training.run_name=x")
+    with pytest.raises(V2TError, match="is empty"):
+        train(bad, show_progress=False)
+
+
+def test_full_fine_tuning_baseline_trains_the_backbone(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.trainable=full",
+                 "--projector.kind=zero-pad", "--training.max_steps=4", "--training.save_every=4",
+                 "--training.lr=1e-3")
+    final = train(cfg, show_progress=False)
+    assert {p.name for p in final.iterdir()} == {"backbone", "projector.safetensors", "v2t_config.json",
+                                                 "README.md"}
+    v2t = load_adapter(final, device="cpu")
+    assert not v2t.is_peft
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(tiny_backbone_dir).state_dict()
+    after = v2t.base_model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert len(v2t.generate(v2t.encode(SENTENCES[:2]), max_new_tokens=4)) == 2
+
+
+def test_cli_train_and_embed(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
+    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+            f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
+            f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=3"]
+    assert main(["embed", str(RECIPE), *args]) == 0
+    assert "cached vectors for 20 training and 4 validation" in capsys.readouterr().out
+    assert main(["train", str(RECIPE), *args, "--no-progress"]) == 0
+    assert "load_adapter" in capsys.readouterr().out
+    assert main(["train", str(RECIPE), *args, "--training.lrr=3"]) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--resume" in capsys.readouterr().out
