@@ -176,7 +176,8 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         v2t: a loaded adapter.
         data: references with source texts or vectors.
         out_dir: where to write the report.
-        rerank: candidates (beam search) for the reranked column; 0 or 1 = greedy only.
+        rerank: beam candidates for the reranked column (the greedy output competes too); 0 or 1 = greedy
+            only. Needs an encoder that can encode text.
         resamples: bootstrap resamples for the 95% intervals.
     """
     from .model import to_vectors
@@ -199,10 +200,13 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     boot = rng.integers(0, n, size=(resamples, n))
     greedy_cos = _reembed_cosines(v2t, greedy, vectors)
     systems = {"greedy": (greedy, greedy_cos)}
-    if rerank and rerank > 1:
+    if rerank and rerank > 1 and greedy_cos is not None:
+        # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
         ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,
                               num_return_sequences=rerank, **options)
-        systems[f"reranked ({rerank} beams)"] = ([r.text for r in ranked], np.array([r.cosine for r in ranked]))
+        texts = [r.text if r.cosine > g_cos else g for r, g, g_cos in zip(ranked, greedy, greedy_cos)]
+        cos = np.maximum(np.array([r.cosine for r in ranked]), greedy_cos)
+        systems[f"reranked (greedy + {rerank} beams)"] = (texts, cos)
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
     summary = {"sentences": n, "skipped": data.skipped, "encoder": v2t.meta["encoder"]["spec"],
                "backbone": v2t.backbone_info["name"], "bootstrap_resamples": resamples,

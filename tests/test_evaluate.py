@@ -1,0 +1,120 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lora_v2t import V2TError
+from lora_v2t.cli import main
+from lora_v2t.evaluate import (
+    EvalData,
+    bootstrap_interval,
+    evaluate,
+    exact_match,
+    read_eval_file,
+    score_outputs,
+    token_f1,
+)
+
+
+def test_token_f1_by_hand():
+    assert token_f1("Кошка спит.", "кошка спит на диване") == pytest.approx(2 * 1 * 0.5 / 1.5)  # P=1, R=1/2
+    assert token_f1("ёлка, ёлка!", "елка") == pytest.approx(2 * 0.5 * 1 / 1.5)  # P=1/2 (two tokens), R=1
+    assert token_f1("совсем другое", "где лодка") == 0.0
+    assert token_f1("", "") == 1.0 and token_f1("", "где") == 0.0
+
+
+def test_exact_match_normalises_whitespace_only():
+    assert exact_match("Где  лодка? ", "Где лодка?") == 1.0
+    assert exact_match("где лодка?", "Где лодка?") == 0.0
+
+
+def test_corpus_bleu_and_chrf_by_hand():
+    boot = np.zeros((1, 1), dtype=int)
+    hyp, ref = ["the cat sat on the mat today"], ["the cat sat on the mat"]
+    scores = score_outputs(hyp, ref, None, boot)
+    # precisions 6/7, 5/6, 4/5, 3/4; the hypothesis is longer, so no brevity penalty
+    assert scores["bleu"][0] == pytest.approx(100 * (6 / 7 * 5 / 6 * 4 / 5 * 3 / 4) ** 0.25, abs=1e-6)
+    assert score_outputs(ref, ref, None, boot)["chrf"][0] == pytest.approx(100)
+    assert score_outputs(["xyz"], ["abc"], None, boot)["chrf"][0] == pytest.approx(0)
+    assert scores["token_f1"][0] == pytest.approx(100 * 2 * (6 / 7) * 1 / (6 / 7 + 1))
+    assert "cosine" not in scores
+
+
+def test_bootstrap_interval_of_a_mean():
+    values = np.array([0.0, 1.0] * 100)
+    resamples = np.random.default_rng(0).integers(0, 200, size=(2000, 200))
+    point, low, high = bootstrap_interval(values, resamples)
+    half_width = 1.96 * math.sqrt(0.25 / 200)  # the normal approximation: 0.069
+    assert point == 0.5 and low == pytest.approx(0.5 - half_width, abs=0.015)
+    assert high == pytest.approx(0.5 + half_width, abs=0.015)
+
+
+def test_eval_file_skips_and_counts(tmp_path):
+    path = tmp_path / "dev.txt"
+    path.write_text("Где лодка?\n\n   \n" + "х" * 2000 + "\nКошка спит.\n", encoding="utf-8")
+    data = read_eval_file(path, max_chars=1000)
+    assert data.references == ["Где лодка?", "Кошка спит."] and data.sources == data.references
+    assert data.skipped == {"empty": 2, "overlong": 1}
+
+
+def test_tsv_columns_and_missing_columns(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("english\trussian\nWhere is the boat?\tГде лодка?\nThe cat sleeps.\tКошка спит.\n")
+    data = read_eval_file(path, source_column="english", target_column="russian", header=True)
+    assert data.sources == ["Where is the boat?", "The cat sleeps."]
+    assert data.references == ["Где лодка?", "Кошка спит."]
+    with pytest.raises(V2TError, match="has no column 'german'; its columns are: english, russian"):
+        read_eval_file(path, source_column="german", target_column="russian", header=True)
+    with pytest.raises(V2TError, match="has no column 2; its columns are 0, 1"):
+        read_eval_file(path, source_column=0, target_column=2)
+    with pytest.raises(V2TError, match="does not exist"):
+        read_eval_file(tmp_path / "nope.tsv")
+
+
+def test_evaluate_writes_the_report_and_reranking_never_lowers_cosine(v2t, tmp_path):
+    refs = ["Где лодка?", "Я люблю читать книги.", "Сегодня хорошая погода.", "Кошка спит на диване."]
+    summary = evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "report", rerank=3,
+                       max_new_tokens=8, resamples=50, show_progress=False)
+    names = list(summary["scores"])
+    assert names == ["greedy", "reranked (greedy + 3 beams)"]
+    for name in names:
+        assert set(summary["scores"][name]) == {"bleu", "chrf", "token_f1", "exact_match", "cosine"}
+        for stats in summary["scores"][name].values():
+            assert stats["ci95"][0] <= stats["value"] + 1e-9 and stats["value"] <= stats["ci95"][1] + 1e-9
+    assert summary["scores"][names[1]]["cosine"]["value"] >= summary["scores"][names[0]]["cosine"]["value"]
+    report = tmp_path / "report"
+    assert {p.name for p in report.iterdir()} == {"sentences.tsv", "summary.json", "summary.md", "cosine_hist.png"}
+    rows = (report / "sentences.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 5 and rows[0].startswith("index\treference\tgreedy_output")
+    greedy = v2t.generate(v2t.encode(refs), max_new_tokens=8)
+    assert [r.split("\t")[2] for r in rows[1:]] == greedy
+    assert json.loads((report / "summary.json").read_text())["sentences"] == 4
+    assert "| chrf |" in (report / "summary.md").read_text()
+
+
+def test_cross_lingual_evaluation_on_a_tiny_tsv(v2t, tmp_path, capsys):
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    tsv = tmp_path / "en_ru.tsv"
+    tsv.write_text("Where is the boat?\tГде лодка?\nThe cat sleeps on the sofa.\tКошка спит на диване.\n")
+    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tsv), "--source-column", "0",
+                 "--target-column", "1", "--rerank", "0", "--max-new-tokens", "6", "--resamples", "20",
+                 "--out", str(tmp_path / "xl")]) == 0
+    assert "| bleu |" in capsys.readouterr().out
+    rows = (tmp_path / "xl" / "sentences.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:3] == ["index", "reference", "source"]
+    expected = v2t.generate(v2t.encode(["Where is the boat?"]), max_new_tokens=6)[0]
+    assert rows[1].split("\t")[1:4] == ["Где лодка?", "Where is the boat?", expected]
+
+
+def test_evaluate_from_vectors_of_the_wrong_dimension(v2t, tmp_path, capsys):
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    (tmp_path / "dev.txt").write_text("Где лодка?\nКошка спит.\n")
+    np.save(tmp_path / "v.npy", np.zeros((2, 7), dtype=np.float32))
+    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"),
+                 "--vectors", str(tmp_path / "v.npy")]) == 2
+    assert "dimension 7" in capsys.readouterr().err
+    np.save(tmp_path / "v.npy", np.zeros((3, v2t.embedding_dim), dtype=np.float32))
+    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"),
+                 "--vectors", str(tmp_path / "v.npy")]) == 2
+    assert "3 vectors but" in capsys.readouterr().err
