@@ -87,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     embed.set_defaults(func=cmd_embed)
 
+    demo = sub.add_parser(
+        "demo", help="the offline main job: train a small adapter here, show it learning, save it",
+        description="Prepare the offline default models (Gemma-3-270M + multilingual USE, no internet needed), "
+                    "train an adapter for --minutes on a sample of Russian sentences shipped with lora_v2t, "
+                    "print reconstructions as it learns, save it and show how to load it. Re-running resumes "
+                    "an interrupted demo, or shows the finished one.")
+    demo.add_argument("--minutes", type=float, default=9.0, help="training time budget (default 9)")
+    demo.add_argument("--output-dir", help="where the run folder goes (default: checkpoints/runs)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
+
     ev = sub.add_parser(
         "evaluate", help="reconstruct a file's sentences from their embeddings and score them",
         description="Encode every sentence of --data with the adapter's encoder (or read --vectors), decode it "
@@ -190,6 +201,15 @@ def cmd_embed(args) -> int:
     cfg = load_config(args.recipe, args.overrides)
     train_texts, val_texts, _, _ = prepare_data(cfg, show_progress=True)
     print(f"cached vectors for {len(train_texts)} training and {len(val_texts)} validation sentences")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    if args.minutes <= 0:
+        raise V2TError("--minutes must be positive")
+    run_demo(minutes=args.minutes, output_dir=args.output_dir, show_progress=not args.no_progress)
     return 0
 
 
