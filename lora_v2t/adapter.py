@@ -79,9 +79,15 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move the finished folder ``src`` to ``dst``; an older ``dst`` is removed only after the swap."""
     old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-    if dst.exists():
+    had_old = dst.exists()
+    if had_old:
         dst.rename(old)
-    src.rename(dst)
+    try:
+        src.rename(dst)
+    except BaseException:
+        if had_old:  # put the previous folder back before giving up
+            old.rename(dst)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -179,6 +185,11 @@ def validate_bundle(path: str | Path) -> dict:
     for key in ("encoder", "backbone", "projector") + (() if full else ("lora",)):
         if not isinstance(config.get(key), dict):
             raise V2TError(f"{path / 'v2t_config.json'} lacks the '{key}' section: the file is corrupt")
+    for section, key, kind in (("encoder", "spec", str), ("encoder", "dim", int), ("backbone", "name", str),
+                               ("backbone", "hidden_size", int), ("backbone", "vocab_size", int)):
+        if not isinstance(config[section].get(key), kind):
+            raise V2TError(f"{path / 'v2t_config.json'} lacks {section}.{key} (a {kind.__name__}): "
+                           "the file is corrupt")
     try:
         ProjectorConfig(kind=config["projector"]["kind"], prefix_length=config["projector"]["prefix_length"])
     except KeyError as exc:
@@ -297,7 +308,11 @@ def load_into(v2t, path: str | Path, name: str) -> None:
                        "load it on its own with load_adapter(path)")
     check_compatible(config, v2t.backbone_info, path)
     v2t.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-    _attach(v2t, path, name, config)
+    try:
+        _attach(v2t, path, name, config)
+    except BaseException:
+        v2t.model.delete_adapter(name)  # leave no half-loaded adapter behind
+        raise
 
 
 def _attach(v2t, path: Path, name: str, config: dict) -> None:

@@ -118,13 +118,15 @@ def resolve_backbone(name: str) -> tuple[str, str | None]:
     return str(path) if path.exists() else name, None
 
 
-def load_backbone(name: str, quantization: str = "auto", device: str | None = None):
+def load_backbone(name: str, quantization: str = "auto", device: str | None = None,
+                  dtype: torch.dtype | None = None):
     """Load a frozen causal LM and its tokenizer.
 
     Args:
         name: hub id, local folder, ``.gguf`` file, or ``offline:gemma-3-270m``.
         quantization: ``auto`` | ``8bit`` | ``4bit`` | ``none``.
         device: ``cuda``, ``cpu``, ``cuda:1``...; None picks CUDA when available.
+        dtype: weight dtype; None = bf16/fp16 on CUDA, fp32 on the CPU (full fine-tuning passes fp32).
 
     Returns:
         (model, tokenizer); every model parameter has ``requires_grad=False``.
@@ -134,7 +136,7 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
     dev = pick_device(device)
     quantization = resolve_quantization(quantization, dev)
     source, gguf_file = resolve_backbone(name)
-    dtype = compute_dtype(dev)
+    dtype = dtype or compute_dtype(dev)
     kwargs: dict = {"dtype": dtype}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
@@ -149,7 +151,7 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise V2TError(f"cannot load backbone {name!r}: {str(exc).strip().splitlines()[0]}") from exc
     if quantization == "none":
         model.to(dev)

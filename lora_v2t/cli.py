@@ -1,4 +1,4 @@
-"""The ``lora-v2t`` command line: generate, info (train, evaluate and embed come with the training issue).
+"""The ``lora-v2t`` command line: train, embed, generate, evaluate, info, demo.
 
 Every user error is printed as one line ``error: ...`` with exit status 2.
 """
@@ -35,7 +35,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("loading")
-    g.add_argument("--adapter", required=True, help="adapter bundle folder")
+    g.add_argument("--adapter", type=Path, required=True, help="adapter bundle folder")
     g.add_argument("--backbone", help="load on this base instead of the one the bundle names")
     g.add_argument("--encoder", help="use this encoder spec instead of the bundle's (same dimension)")
     g.add_argument("--quantization", default="auto", choices=["auto", "8bit", "4bit", "none"],
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32, help="vectors decoded together")
     ev.add_argument("--max-new-tokens", type=int, help="longest output (default: the adapter's)")
     ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    ev.add_argument("--out", type=Path, help="report folder (default: <adapter>/eval/<data file name>)")
+    ev.add_argument("--out", type=Path, help="report folder (default: eval/<adapter name>-<data file name>)")
     ev.set_defaults(func=cmd_evaluate)
 
     info = sub.add_parser("info", help="describe an adapter bundle without loading the base model",
@@ -231,7 +231,7 @@ def cmd_evaluate(args) -> int:
                            f"{len(data.references)} usable lines: give one vector per line")
     v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
                        quantization=args.quantization, device=args.device)
-    out = args.out or args.adapter / "eval" / args.data.stem
+    out = args.out or Path("eval") / f"{args.adapter.name}-{args.data.stem}"
     summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resamples=args.resamples)
     from .evaluate import markdown_table

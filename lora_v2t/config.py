@@ -31,7 +31,7 @@ class EncoderConfig:
 class BackboneConfig:
     name: str = DEFAULT_BACKBONE  # hub id, local folder, .gguf file, or offline:gemma-3-270m
     quantization: str = "auto"  # auto (8bit on CUDA, none on CPU) | 8bit | 4bit | none
-    device: str | None = None  # cuda / cpu / cuda:1; None picks CUDA when available
+    device: str | None = None  # cuda / cpu / cuda:1; None picks CUDA when available (training: cpu or accelerate's)
 
     def __post_init__(self):
         check_choice("quantization", self.quantization, QUANTIZATION_MODES)

@@ -70,7 +70,12 @@ class SentenceTransformerEncoder:
             ) from exc
         self.model.eval()
         self.spec = model_name_or_path
-        self.dim = int(self.model.get_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension  # the name before sentence-transformers 6
+        dim = get_dim()
+        if dim is None:
+            raise V2TError(f"sentence encoder {model_name_or_path!r} does not declare its embedding dimension")
+        self.dim = int(dim)
         self.batch_size = batch_size
 
     def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:

@@ -125,7 +125,9 @@ class Vector2Text(nn.Module):
                                         hidden_dim=projector_hidden_dim)
         lora_cfg = LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
         enc = load_encoder(encoder)
-        base, tokenizer = load_backbone(backbone, quantization=quantization, device=device)
+        # full fine-tuning keeps fp32 master weights (autocast handles the compute dtype on CUDA)
+        base, tokenizer = load_backbone(backbone, quantization=quantization, device=device,
+                                        dtype=torch.float32 if trainable == "full" else None)
         if seed is not None:
             torch.manual_seed(seed)
         from peft import get_peft_model

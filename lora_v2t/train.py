@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .adapter import _replace_dir
 from .backbone import checkpoints_dir
 from .config import RunConfig
 from .data import bucketed_batches, embed_corpus, read_sentences, sample_and_split, tokenize_corpus
@@ -93,7 +94,8 @@ def describe_cost(v2t, cfg: RunConfig) -> dict:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def save_checkpoint(v2t, optimizer, scheduler, state: dict, cfg: RunConfig, run_dir: Path) -> Path:
+def save_checkpoint(v2t, optimizer, scheduler, state: dict, cfg: RunConfig, run_dir: Path,
+                    rng_state: torch.Tensor | None = None) -> Path:
     """Write step-NNNNNN/ atomically (bundle + optimizer + trainer state), then prune old ones."""
     from safetensors.torch import save_file
 
@@ -108,7 +110,7 @@ def save_checkpoint(v2t, optimizer, scheduler, state: dict, cfg: RunConfig, run_
             layout[str(idx)] = sorted(param_state)
             for key, value in param_state.items():
                 tensors[f"state.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.torch"] = torch.get_rng_state() if rng_state is None else rng_state
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
         save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -116,9 +118,7 @@ def save_checkpoint(v2t, optimizer, scheduler, state: dict, cfg: RunConfig, run_
                          "param_groups": optimizer.state_dict()["param_groups"],
                          "scheduler": scheduler.state_dict(), "recipe": cfg.to_dict()}
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -262,6 +262,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
         if importlib.util.find_spec("tensorboard") is None:
             raise V2TError("training.tensorboard=true needs the tensorboard package: pip install tensorboard")
     mixed = tc.mixed_precision
+    # accelerate places each process on its device; backbone.device=cpu forces the CPU
     cuda = torch.cuda.is_available() and (cfg.backbone.device or "cuda").startswith("cuda")
     if mixed == "auto":
         mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
@@ -302,6 +303,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     else:
         import yaml
 
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a crashed run's leftovers start over
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
     cost = describe_cost(v2t, cfg)
     logger.info("parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
@@ -321,14 +323,17 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     batches = bucketed_batches(lengths, tc.batch_size, dc.seed, state["epoch"])
     metrics_file = run_dir / "metrics.jsonl"
 
+    world, rank = accelerator.num_processes, accelerator.process_index
+
     def next_batch() -> np.ndarray:
+        """The next batch of this process: with several processes, each takes its own of every `world`."""
         nonlocal batches
-        if state["batch_in_epoch"] >= len(batches):
+        if state["batch_in_epoch"] + world > len(batches):
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
             batches = bucketed_batches(lengths, tc.batch_size, dc.seed, state["epoch"])
-        idx = batches[state["batch_in_epoch"]]
-        state["batch_in_epoch"] += 1
+        idx = batches[state["batch_in_epoch"] + rank]
+        state["batch_in_epoch"] += world
         return idx
 
     def log_metrics(record: dict) -> None:
@@ -341,7 +346,8 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     def evaluate(train_loss: float | None, ms_per_step: float | None) -> dict:
         val_loss = validation_loss(v2t, val_texts, val_vectors, tc.batch_size, dc.max_tokens)
         n = min(tc.num_samples, len(val_texts))
-        samples = v2t.generate(val_vectors[:n], max_new_tokens=dc.max_tokens) if n else []
+        samples = v2t.generate(val_vectors[:n], max_new_tokens=dc.max_tokens, do_sample=False, num_beams=1,
+                               num_return_sequences=1) if n else []
         parts = [f"step {state['step']}"]
         if train_loss is not None:
             parts.append(f"loss {train_loss:.3f}")
@@ -364,6 +370,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     recent: list[float] = []
     window_start, window_steps = time.perf_counter(), 0
     last_eval: dict | None = None
+    snapshot = None
     bar = tqdm(total=tc.max_steps, initial=state["step"], desc="training", unit="step",
                disable=not show_progress or not accelerator.is_main_process)
     try:
@@ -372,6 +379,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
                 logger.info("time budget of %.1f minutes reached at step %d", tc.max_minutes, state["step"])
                 break
             model.train()
+            snapshot = (json.loads(json.dumps(state)), torch.get_rng_state())  # the state before this step
             step_loss = 0.0
             for micro in range(tc.grad_accum):
                 idx = next_batch()
@@ -384,13 +392,14 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
                         loss = model(vectors, batch["input_ids"], batch["attention_mask"], loss_vocab).loss
                     accelerator.backward(loss / tc.grad_accum)
                 step_loss += loss.item() / tc.grad_accum
-                state["sentences_seen"] += len(idx)
+                state["sentences_seen"] += len(idx) * world
             if tc.max_grad_norm:
                 accelerator.clip_grad_norm_(lora_params + projector_params, tc.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
+            snapshot = None  # the step is complete
             state["elapsed_s"] = base_elapsed + time.perf_counter() - clock
             window_steps += 1
             recent.append(step_loss)
@@ -407,20 +416,27 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
                              "elapsed_s": round(state["elapsed_s"], 1), "sentences_seen": state["sentences_seen"]})
                 if state["step"] % tc.eval_every:
                     logger.debug("step %d | loss %.3f | %.0f ms/step", state["step"], mean, ms)
-            if state["step"] % tc.eval_every == 0:
+            if state["step"] % tc.eval_every == 0 and accelerator.is_main_process:
                 ms = (time.perf_counter() - window_start) * 1000 / max(window_steps, 1)
                 last_eval = evaluate(sum(recent) / len(recent), ms)
             if state["step"] % tc.log_every == 0 or state["step"] % tc.eval_every == 0:
                 recent, window_start, window_steps = [], time.perf_counter(), 0
-            if state["step"] % tc.save_every == 0:
+            if state["step"] % tc.save_every == 0 and accelerator.is_main_process:
                 save_checkpoint(v2t, optimizer, scheduler, state, cfg, run_dir)
     except KeyboardInterrupt:
         bar.close()
+        rng = None
+        if snapshot is not None:  # interrupted inside a step: save the state from before it, so that
+            state, rng = snapshot  # --resume redoes that step on the same batch with the same dropout
         logger.info("interrupted: saving a checkpoint at step %d before exiting", state["step"])
-        if state["step"] > 0 and not (run_dir / f"step-{state['step']:06d}").exists():
-            save_checkpoint(v2t, optimizer, scheduler, state, cfg, run_dir)
+        if accelerator.is_main_process and state["step"] > 0 and \
+                not (run_dir / f"step-{state['step']:06d}").exists():
+            save_checkpoint(v2t, optimizer, scheduler, state, cfg, run_dir, rng_state=rng)
         raise
     bar.close()
+    if not accelerator.is_main_process:
+        accelerator.end_training()
+        return run_dir / "final"
     if state["step"] > 0 and not (run_dir / f"step-{state['step']:06d}").exists():
         save_checkpoint(v2t, optimizer, scheduler, state, cfg, run_dir)
     record = last_eval

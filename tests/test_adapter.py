@@ -120,6 +120,25 @@ def test_resaving_replaces_the_old_bundle_and_a_crash_keeps_it(v2t, bundle, monk
     assert (bundle / "projector.safetensors").read_bytes() != before
 
 
+def test_a_failed_final_rename_puts_the_old_bundle_back(v2t, bundle, monkeypatch):
+    import pathlib
+
+    before = (bundle / "projector.safetensors").read_bytes()
+    real_rename = pathlib.Path.rename
+
+    def fail_moving_the_new_bundle(self, target):
+        if self.name.startswith(".bundle.tmp"):
+            raise OSError("rename failed")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(pathlib.Path, "rename", fail_moving_the_new_bundle)
+    with pytest.raises(OSError, match="rename failed"):
+        v2t.save_adapter(bundle)
+    monkeypatch.undo()
+    assert (bundle / "projector.safetensors").read_bytes() == before
+    assert not list(bundle.parent.glob(".bundle*"))
+
+
 def test_refuses_to_overwrite_a_folder_that_is_not_a_bundle(v2t, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("important")
@@ -194,6 +213,25 @@ def test_bundle_for_another_backbone_onto_a_loaded_base(bundle, tmp_path, v2t):
 def test_encoder_of_another_dimension(bundle):
     with pytest.raises(V2TError, match="expects 24-d vectors .* makes 768-d"):
         load_adapter(bundle, encoder="precomputed:768", device="cpu")
+
+
+@pytest.mark.parametrize("key", ["encoder__dim", "encoder__spec", "backbone__name"])
+def test_bundle_config_missing_a_key(bundle, tmp_path, key):
+    broken = copy_bundle(bundle, tmp_path)
+    config = json.loads((broken / "v2t_config.json").read_text())
+    section, name = key.split("__")
+    del config[section][name]
+    (broken / "v2t_config.json").write_text(json.dumps(config))
+    with pytest.raises(V2TError, match=f"lacks {section}.{name}"):
+        load_adapter(broken)
+
+
+def test_a_failed_load_onto_a_base_leaves_nothing_half_loaded(bundle, tmp_path, v2t):
+    broken = copy_bundle(bundle, tmp_path)
+    edit_config(broken, projector__prefix_length=2)
+    with pytest.raises(V2TError, match="does not match"):
+        v2t.load_adapter(broken, name="other")
+    assert v2t.adapters == ["default"] and "other" not in v2t.model.peft_config
 
 
 def test_unknown_projector_kind_in_bundle(bundle, tmp_path):

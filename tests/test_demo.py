@@ -23,6 +23,7 @@ def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, t
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "validation_loss", interrupt_at_second_evaluation)
+    monkeypatch.setenv("LORA_V2T_HOME", str(tmp_path / "home"))  # the embedding cache goes there
     kwargs = {"minutes": 5.0, "output_dir": str(tmp_path), "backbone": tiny_backbone_dir,
               "encoder": tiny_encoder_dir, "max_steps": 12, "eval_every": 4, "show_progress": False}
     with pytest.raises(KeyboardInterrupt):

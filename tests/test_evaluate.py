@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lora_v2t import V2TError
+from lora_v2t.adapter import BUNDLE_FILES
 from lora_v2t.cli import main
 from lora_v2t.evaluate import (
     EvalData,
@@ -15,6 +16,7 @@ from lora_v2t.evaluate import (
     score_outputs,
     token_f1,
 )
+from lora_v2t.generate import cosine_rows
 
 
 def test_token_f1_by_hand():
@@ -82,8 +84,16 @@ def test_evaluate_writes_the_report_and_reranking_never_lowers_cosine(v2t, tmp_p
         assert set(summary["scores"][name]) == {"bleu", "chrf", "token_f1", "exact_match", "cosine"}
         for stats in summary["scores"][name].values():
             assert stats["ci95"][0] <= stats["value"] + 1e-9 and stats["value"] <= stats["ci95"][1] + 1e-9
-    assert summary["scores"][names[1]]["cosine"]["value"] >= summary["scores"][names[0]]["cosine"]["value"]
     report = tmp_path / "report"
+    rows = [r.split("\t") for r in (report / "sentences.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    vectors = v2t.encode(refs)
+    beams = v2t.generate(vectors, max_new_tokens=8, num_beams=3, num_return_sequences=3)
+    for row, vector, candidates in zip(rows, vectors, beams):
+        greedy_text, greedy_cos, ranked_text, ranked_cos = row[2], float(row[3]), row[6], float(row[7])
+        assert ranked_text in candidates + [greedy_text] and ranked_cos >= greedy_cos
+        if ranked_text.strip():  # the reported cosine is the re-embedding cosine of the chosen text
+            assert ranked_cos == pytest.approx(float(cosine_rows(v2t.encode([ranked_text]), vector[None])[0]),
+                                               abs=1e-4)
     assert {p.name for p in report.iterdir()} == {"sentences.tsv", "summary.json", "summary.md", "cosine_hist.png"}
     rows = (report / "sentences.tsv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 5 and rows[0].startswith("index\treference\tgreedy_output")
@@ -105,6 +115,16 @@ def test_cross_lingual_evaluation_on_a_tiny_tsv(v2t, tmp_path, capsys):
     assert rows[0].split("\t")[:3] == ["index", "reference", "source"]
     expected = v2t.generate(v2t.encode(["Where is the boat?"]), max_new_tokens=6)[0]
     assert rows[1].split("\t")[1:4] == ["Где лодка?", "Where is the boat?", expected]
+
+
+def test_evaluate_cli_default_report_folder(v2t, tmp_path, capsys, monkeypatch):
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    (tmp_path / "dev.txt").write_text("Где лодка?\nКошка спит.\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--rerank", "0",
+                 "--max-new-tokens", "4", "--resamples", "10"]) == 0
+    assert (tmp_path / "eval" / "bundle-dev" / "summary.md").is_file()
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)  # nothing added to the bundle
 
 
 def test_evaluate_from_vectors_of_the_wrong_dimension(v2t, tmp_path, capsys):

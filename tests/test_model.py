@@ -32,6 +32,9 @@ def test_prefix_length_is_respected(tiny_backbone_dir, tiny_encoder):
 
 def test_only_lora_and_projector_train(v2t):
     trainable = {id(p) for p in v2t.trainable_parameters()}
+    lora_params = {id(p) for n, p in v2t.model.named_parameters() if "lora_" in n}
+    base_params = {id(p) for n, p in v2t.model.named_parameters() if "lora_" not in n}
+    assert lora_params and lora_params <= trainable and not base_params & trainable
     base_names = [n for n, p in v2t.model.named_parameters() if "lora_" not in n]
     assert base_names and not any(p.requires_grad for n, p in v2t.model.named_parameters() if "lora_" not in n)
     assert all(id(p) in trainable for p in v2t.projector.parameters())

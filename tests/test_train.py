@@ -108,6 +108,47 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny_backbone
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_resume_after_ctrl_c_inside_a_step_redoes_that_step(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                             corpus, monkeypatch):
+    from lora_v2t.model import Vector2Text
+
+    common = ["--training.max_steps=12", "--training.eval_every=100", "--training.save_every=100",
+              "--lora.dropout=0.1"]
+    straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common),
+                     show_progress=False)
+    cfg = recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, *common)
+    real_forward = Vector2Text.forward
+    calls = {"n": 0}
+
+    def ctrl_c_in_the_seventh_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Vector2Text, "forward", ctrl_c_in_the_seventh_forward)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, show_progress=False)
+    run = tmp_path / "b" / "runs" / "tiny-debug"
+    state = json.loads((run / "step-000006" / "trainer_state.json").read_text())["state"]
+    assert state["step"] == 6 and state["sentences_seen"] == 6 * 8  # the batch of step 7 is not counted
+    monkeypatch.setattr(Vector2Text, "forward", real_forward)
+    resumed = train(cfg, resume=True, show_progress=False)
+    a, b = adapter_state(straight), adapter_state(resumed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_fresh_run_does_not_append_to_a_crashed_runs_metrics(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                               corpus):
+    run = tmp_path / "runs" / "tiny-debug"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"kind": "train", "step": 999, "loss": 1.0}\n')
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=5"),
+          show_progress=False)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 999 not in steps and steps[-1] == 5
+
+
 def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
                                                      monkeypatch):
     cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=20",
