@@ -5,7 +5,7 @@ no-cache loop of the original experiment (which recomputes the whole sequence at
 give the same text, and prints the ratios. Also: adapter size on disk as a fraction of the base model's, and
 the time to switch (and to load) an adapter as a fraction of the time to load the base.
 
-    .venv/bin/python bench/generation.py            # batch 32, 32 new tokens; ~5 minutes on a 2-core CPU
+    .venv/bin/python bench/generation.py            # batch 32, 32 new tokens; about 2 minutes on a 2-core CPU
 """
 
 from __future__ import annotations
