@@ -215,7 +215,7 @@ def cmd_demo(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .adapter import load_adapter, validate_bundle
-    from .evaluate import evaluate, read_eval_file
+    from .evaluate import evaluate, markdown_table, read_eval_file
     from .model import to_vectors
 
     config = validate_bundle(args.adapter)
@@ -234,8 +234,6 @@ def cmd_evaluate(args) -> int:
     out = args.out or Path("eval") / f"{args.adapter.name}-{args.data.stem}"
     summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resamples=args.resamples)
-    from .evaluate import markdown_table
-
     print(markdown_table(summary), end="")
     print(f"report: {out}/summary.md, sentences.tsv, cosine_hist.png")
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import V2TError
-from .generate import cosine_rows
+from .generate import reembed_cosines
 
 logger = logging.getLogger(__name__)
 
@@ -224,11 +224,7 @@ def _reembed_cosines(v2t, texts: list[str], vectors: np.ndarray) -> np.ndarray |
 
     if isinstance(v2t.encoder, PrecomputedEncoder):
         return None
-    cos = np.full(len(texts), 0.0, dtype=np.float64)  # an empty output scores 0
-    keep = [i for i, t in enumerate(texts) if t.strip()]
-    if keep:
-        cos[keep] = cosine_rows(v2t.encode([texts[i] for i in keep]), vectors[keep])
-    return cos
+    return reembed_cosines(v2t, texts, vectors, empty=0.0)  # an empty output scores 0
 
 
 def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:

@@ -83,18 +83,24 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
 def rerank_candidates(v2t, target: np.ndarray, groups: list[list[str]]) -> list[Reranked]:
     """For each vector, the candidate whose re-embedding has the highest cosine with it."""
     flat = [t for g in groups for t in g]
-    nonempty = [i for i, t in enumerate(flat) if t.strip()]
-    cosines = np.full(len(flat), -1.0, dtype=np.float32)  # an empty candidate can never win
-    if nonempty:
-        emb = v2t.encode([flat[i] for i in nonempty])
-        rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])[nonempty]
-        cosines[nonempty] = cosine_rows(emb, target[rows])
+    rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+    cosines = reembed_cosines(v2t, flat, target[rows], empty=-1.0)  # an empty candidate can never win
     out, pos = [], 0
     for g in groups:
         best = pos + int(np.argmax(cosines[pos:pos + len(g)]))
         out.append(Reranked(flat[best], float(cosines[best])))
         pos += len(g)
     return out
+
+
+def reembed_cosines(v2t, texts: list[str], targets: np.ndarray, empty: float) -> np.ndarray:
+    """Cosine between each text's re-embedding (adapter's encoder) and its target row; ``empty`` for blank
+    texts, which the encoder refuses."""
+    cosines = np.full(len(texts), empty, dtype=np.float64)
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    if keep:
+        cosines[keep] = cosine_rows(v2t.encode([texts[i] for i in keep]), targets[keep])
+    return cosines
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
