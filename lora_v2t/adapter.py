@@ -8,6 +8,7 @@ A bundle is a folder:
 | ``projector.safetensors`` | projector weights |
 | ``v2t_config.json`` | format version, encoder, backbone, projector, LoRA, generation defaults, training |
 | ``README.md`` | model card |
+| ``output_vocab.safetensors`` | optional: the token ids the adapter may emit (trained with ``loss_vocab: corpus``) |
 
 Never base weights, never pickle. Written to a temporary folder and renamed into place.
 """
@@ -31,6 +32,7 @@ BUNDLE_FILES = ("adapter_config.json", "adapter_model.safetensors", "projector.s
                 "README.md")
 # a fully fine-tuned model (training.trainable=full, a baseline) is saved whole: no LoRA, a backbone/ folder
 FULL_MODEL_FILES = ("backbone", "projector.safetensors", "v2t_config.json", "README.md")
+OUTPUT_VOCAB_FILE = "output_vocab.safetensors"  # optional, see Vector2Text.output_vocab
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -60,11 +62,14 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
             (tmp / name).rmdir()
         state = {k: v.detach().to("cpu").contiguous() for k, v in v2t.projector.state_dict().items()}
         save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
+        if v2t.output_vocab is not None:
+            save_file({"token_ids": v2t.output_vocab.to("cpu").contiguous()}, str(tmp / OUTPUT_VOCAB_FILE),
+                      metadata={"format": "pt"})
         config = bundle_config(v2t)
         (tmp / "v2t_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")
         (tmp / "README.md").write_text(model_card(config), encoding="utf-8")
-        expected = BUNDLE_FILES if v2t.is_peft else FULL_MODEL_FILES
+        expected = (BUNDLE_FILES if v2t.is_peft else FULL_MODEL_FILES) + (OUTPUT_VOCAB_FILE,)
         for item in tmp.iterdir():
             if item.name not in expected:
                 item.unlink()
@@ -104,6 +109,7 @@ def bundle_config(v2t) -> dict:
         "projector": v2t.projector.describe(),
         "lora": dict(meta["lora"]) if meta["lora"] else None,
         "generation": dict(meta["generation"]),
+        "output_vocab_size": None if v2t.output_vocab is None else int(v2t.output_vocab.numel()),
         "training": dict(meta["training"]),
     }
 
@@ -120,6 +126,8 @@ def model_card(config: dict) -> str:
         f"- projector: `{proj['kind']}`, {proj['prefix_length']} prefix slot(s)",
         f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}" if lora else
         "- no LoRA: the whole backbone was fine-tuned and is saved in `backbone/` (a baseline, not an adapter)",
+        f"- output vocabulary: the {config['output_vocab_size']} tokens of its training corpus (generation keeps "
+        "to them)" if config.get("output_vocab_size") else "- output vocabulary: the whole tokenizer",
         f"- bundle format {config['format_version']}, written by lora_v2t {config['lora_v2t_version']}",
         "",
         "## Training",
@@ -171,6 +179,11 @@ def validate_bundle(path: str | Path) -> dict:
                 raise V2TError(f"{path} holds pickle file(s) {pickled} instead of {required}: lora_v2t loads "
                                "only safetensors; re-save the weights with safetensors")
             raise V2TError(f"adapter bundle {path} is missing {required}: it is incomplete; save or copy it again")
+    if config.get("output_vocab_size") is not None:
+        if not (path / OUTPUT_VOCAB_FILE).is_file():
+            raise V2TError(f"adapter bundle {path} is missing {OUTPUT_VOCAB_FILE} (its v2t_config.json names an "
+                           "output vocabulary): it is incomplete; save or copy it again")
+        required_files += (OUTPUT_VOCAB_FILE,)
     for name in required_files:
         if name.endswith(".safetensors"):
             _check_safetensors(path / name)
@@ -329,6 +342,13 @@ def _attach(v2t, path: Path, name: str, config: dict) -> None:
         del v2t.projectors[name]
         raise V2TError(f"{path / 'projector.safetensors'} does not match its v2t_config.json "
                        f"({_short(exc)}): the bundle is corrupt") from exc
+    if config.get("output_vocab_size") is not None:
+        ids = load_file(str(path / OUTPUT_VOCAB_FILE)).get("token_ids")
+        if ids is None or ids.numel() != config["output_vocab_size"]:
+            del v2t.projectors[name]
+            raise V2TError(f"{path / OUTPUT_VOCAB_FILE} does not hold the {config['output_vocab_size']} token ids "
+                           "its v2t_config.json announces: the bundle is corrupt")
+        v2t.output_vocabs[name] = ids.long()
     v2t.adapter_meta[name] = {
         "encoder": dict(config["encoder"]),
         "lora": dict(config["lora"]) if config.get("lora") else None,

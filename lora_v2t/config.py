@@ -74,6 +74,7 @@ class GenerationConfig:
     num_return_sequences: int = 1  # candidates returned (or reranked) per vector
     repetition_penalty: float = 1.0  # >1 discourages repeating tokens
     batch_size: int = 32  # vectors decoded together
+    restrict_vocab: bool = True  # decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

@@ -87,6 +87,7 @@ class Vector2Text(nn.Module):
         self.projectors = nn.ModuleDict()  # adapter name -> PrefixProjector
         self.adapter_meta: dict[str, dict] = {}  # adapter name -> encoder / generation / training metadata
         self._encoders: dict[str, Encoder] = {}  # encoder spec -> loaded encoder (loaded on first use)
+        self.output_vocabs: dict[str, torch.Tensor] = {}  # adapter name -> sorted token ids it may emit
         base = self.base_model
         self.backbone_info = {
             "name": backbone_name,
@@ -199,6 +200,30 @@ class Vector2Text(nn.Module):
     def meta(self) -> dict:
         """The active adapter's metadata (encoder, LoRA, generation defaults, training summary)."""
         return self.adapter_meta[self.active_adapter]
+
+    @property
+    def output_vocab(self) -> torch.Tensor | None:
+        """Sorted token ids the active adapter was trained to emit (None: the whole vocabulary).
+
+        An adapter trained with ``loss_vocab: corpus`` only ever learned to rank these tokens, so generation
+        keeps to them; tokens outside were never pushed down and would otherwise leak into the output.
+        """
+        return self.output_vocabs.get(self.active_adapter)
+
+    def set_output_vocab(self, token_ids) -> None:
+        """Record the token ids the active adapter may emit (None: the whole vocabulary); EOS is added."""
+        if token_ids is None:
+            self.output_vocabs.pop(self.active_adapter, None)
+            return
+        ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long).flatten().cpu()
+        size = self.backbone_info["vocab_size"]
+        if ids.numel() == 0:
+            raise V2TError("an output vocabulary needs at least one token id; pass None to allow every token")
+        if int(ids.min()) < 0 or int(ids.max()) >= size:
+            raise V2TError(f"output vocabulary ids must lie in [0, {size}) for this backbone; got "
+                           f"[{int(ids.min())}, {int(ids.max())}]: it was made for another tokenizer")
+        eos = torch.tensor([self.tokenizer.eos_token_id])
+        self.output_vocabs[self.active_adapter] = torch.unique(torch.cat([ids, eos]))  # sorted, unique
 
     @property
     def embedding_dim(self) -> int:
@@ -349,6 +374,7 @@ class Vector2Text(nn.Module):
         self.model.delete_adapter(name)
         del self.projectors[name]
         del self.adapter_meta[name]
+        self.output_vocabs.pop(name, None)
 
     def save_adapter(self, path: str | Path, training: dict | None = None) -> Path:
         """Save the active adapter as a bundle folder (atomically); ``training`` updates its summary."""

@@ -318,6 +318,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     loss_vocab = None
     if tc.loss_vocab == "corpus":
         loss_vocab = torch.from_numpy(corpus_vocab).to(v2t.device)
+        v2t.set_output_vocab(corpus_vocab)  # saved with the adapter: generation keeps to what the loss ranked
         logger.info("training loss over the %d tokens the corpus uses (of %d)", len(corpus_vocab),
                     v2t.backbone_info["vocab_size"])
     batches = bucketed_batches(lengths, tc.batch_size, dc.seed, state["epoch"])

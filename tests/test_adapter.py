@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.adapter import BUNDLE_FILES, FORMAT_VERSION
+from lora_v2t.adapter import BUNDLE_FILES, FORMAT_VERSION, OUTPUT_VOCAB_FILE
 
 from .conftest import make_v2t
 
@@ -257,3 +257,40 @@ def test_projector_weights_that_do_not_match_the_config(bundle, tmp_path):
     edit_config(broken, projector__prefix_length=3)
     with pytest.raises(V2TError, match="does not match its v2t_config.json"):
         load_adapter(broken, device="cpu")
+
+
+@pytest.fixture()
+def vocab_bundle(v2t, tmp_path):
+    v2t.set_output_vocab([7, 3, 40, 7])
+    try:
+        yield v2t.save_adapter(tmp_path / "vocab-bundle")
+    finally:
+        v2t.set_output_vocab(None)
+
+
+def test_an_output_vocabulary_travels_with_the_bundle(v2t, vocab_bundle):
+    assert sorted(p.name for p in vocab_bundle.iterdir()) == sorted(BUNDLE_FILES + (OUTPUT_VOCAB_FILE,))
+    eos = v2t.tokenizer.eos_token_id
+    config = json.loads((vocab_bundle / "v2t_config.json").read_text())
+    assert config["output_vocab_size"] == len({3, 7, 40, eos})
+    assert f"the {config['output_vocab_size']} tokens" in (vocab_bundle / "README.md").read_text()
+    loaded = load_adapter(vocab_bundle, device="cpu")
+    assert loaded.output_vocab.tolist() == sorted({3, 7, 40, eos})
+    v2t.set_output_vocab(None)
+    loaded.load_adapter(v2t.save_adapter(vocab_bundle.parent / "plain"), name="plain")
+    loaded.set_adapter("plain")
+    assert loaded.output_vocab is None  # each adapter keeps its own
+    loaded.set_adapter("default")
+    loaded.delete_adapter("plain")
+    assert loaded.output_vocab.tolist() == sorted({3, 7, 40, eos})
+
+
+def test_a_bundle_whose_output_vocabulary_is_missing_or_wrong(vocab_bundle, tmp_path, v2t):
+    broken = copy_bundle(vocab_bundle, tmp_path)
+    edit_config(broken, output_vocab_size=99)
+    with pytest.raises(V2TError, match="does not hold the 99 token ids"):
+        v2t.load_adapter(broken, name="other")
+    assert v2t.adapters == ["default"] and "other" not in v2t.model.peft_config
+    (broken / OUTPUT_VOCAB_FILE).unlink()
+    with pytest.raises(V2TError, match=f"missing {OUTPUT_VOCAB_FILE}"):
+        load_adapter(broken)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lora_v2t import Reranked, V2TError
-from lora_v2t.generate import cosine_rows, generate_naive
+from lora_v2t.generate import SubsetHead, cosine_rows, generate_naive
 
 
 def random_vectors(n, dim, seed=0):
@@ -82,3 +82,42 @@ def test_bad_generation_inputs(v2t):
         v2t.invert([""])
     with pytest.raises(V2TError, match="empty batch"):
         v2t.invert([])
+
+
+def test_an_output_vocabulary_keeps_decoding_inside_it(v2t):
+    vectors = random_vectors(6, v2t.embedding_dim)
+    free = v2t.generate(vectors, max_new_tokens=10)
+    letter = v2t.tokenizer.convert_tokens_to_ids("a")
+    v2t.set_output_vocab([letter])  # EOS is always added
+    try:
+        assert v2t.output_vocab.tolist() == sorted({letter, v2t.tokenizer.eos_token_id})
+        head = v2t.base_model.get_output_embeddings()
+        kept = v2t.generate(vectors, max_new_tokens=10, batch_size=4)
+        assert v2t.base_model.get_output_embeddings() is head  # the full output layer is back after decoding
+        assert all(set(text) <= {"a"} for text in kept)
+        assert any(set(text) - {"a"} for text in free)  # without the restriction other tokens come out
+        assert kept == generate_naive(v2t, vectors, max_new_tokens=10)
+        assert v2t.generate(vectors, max_new_tokens=10, restrict_vocab=False) == free
+    finally:
+        v2t.set_output_vocab(None)
+    assert v2t.output_vocab is None and v2t.generate(vectors, max_new_tokens=10) == free
+
+
+@pytest.mark.parametrize("ids, message", [([], "at least one token id"), ([5, 10**6], "must lie in")])
+def test_bad_output_vocabulary(v2t, ids, message):
+    with pytest.raises(V2TError, match=message):
+        v2t.set_output_vocab(ids)
+    assert v2t.output_vocab is None
+
+
+def test_the_subset_output_layer_equals_the_full_one_on_its_tokens(v2t):
+    head = v2t.base_model.get_output_embeddings()
+    ids = torch.tensor([0, 5, 17, 200])
+    states = torch.randn(2, 3, head.weight.shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, sub = head(states), SubsetHead(head, ids)(states)
+    assert sub.shape == full.shape
+    assert torch.allclose(sub[..., ids], full[..., ids], atol=1e-5)
+    others = torch.ones(full.shape[-1], dtype=torch.bool)
+    others[ids] = False
+    assert (sub[..., others] == torch.finfo(sub.dtype).min).all()

@@ -81,6 +81,13 @@ def test_corpus_vocabulary_loss_trains_too(tmp_path, tiny_backbone_dir, tiny_enc
     val = [r["val_loss"] for r in rows if r["kind"] == "eval"]
     assert losses[-1] < 0.6 * losses[0]
     assert val[-1] < val[0] - 0.5  # validation loss, over the full vocabulary, falls too
+    from lora_v2t import load_adapter
+    from lora_v2t.data import read_sentences, tokenize_corpus
+
+    adapter = load_adapter(tmp_path / "runs/tiny-debug/final", device="cpu")
+    texts = read_sentences(corpus)[0]
+    _, vocab = tokenize_corpus(adapter.tokenizer, texts, cfg.data.max_tokens)
+    assert adapter.output_vocab.tolist() == vocab.tolist()  # the bundle keeps the vocabulary the loss ranked
 
 
 def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
