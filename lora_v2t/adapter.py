@@ -124,7 +124,8 @@ def model_card(config: dict) -> str:
         f"`{bb['name']}` ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']}).",
         "",
         f"- projector: `{proj['kind']}`, {proj['prefix_length']} prefix slot(s)",
-        f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}" if lora else
+        f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}"
+        f"{' of blocks ' + ', '.join(map(str, lora['layers'])) if lora.get('layers') else ''}" if lora else
         "- no LoRA: the whole backbone was fine-tuned and is saved in `backbone/` (a baseline, not an adapter)",
         f"- output vocabulary: the {config['output_vocab_size']} tokens of its training corpus (generation keeps "
         "to them)" if config.get("output_vocab_size") else "- output vocabulary: the whole tokenizer",

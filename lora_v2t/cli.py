@@ -31,6 +31,8 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
                    help="re-embed the candidates and keep the one closest to the target vector (prints cosine)")
     g.add_argument("--batch-size", type=int, help="vectors decoded together")
     g.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    g.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
+                   help="let every token out, not only the adapter's output vocabulary (when it has one)")
 
 
 def _add_loading_options(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32, help="vectors decoded together")
     ev.add_argument("--max-new-tokens", type=int, help="longest output (default: the adapter's)")
     ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    ev.add_argument("--full-vocab", dest="restrict_vocab", action="store_false",
+                    help="let every token out, not only the adapter's output vocabulary (when it has one)")
     ev.add_argument("--out", type=Path, help="report folder (default: eval/<adapter name>-<data file name>)")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -160,7 +164,7 @@ def cmd_generate(args) -> int:
     if texts is not None:
         vectors = v2t.encode(texts)
     options = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
-                                             "top_p", "num_return_sequences", "batch_size")}
+                                             "top_p", "num_return_sequences", "batch_size", "restrict_vocab")}
     options = {k: v for k, v in options.items() if v is not None}
     outputs = v2t.generate(vectors, rerank=args.rerank, seed=args.seed, show_progress=len(vectors) > 64,
                            **options)
@@ -233,7 +237,8 @@ def cmd_evaluate(args) -> int:
                        quantization=args.quantization, device=args.device)
     out = args.out or Path("eval") / f"{args.adapter.name}-{args.data.stem}"
     summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens, resamples=args.resamples)
+                       max_new_tokens=args.max_new_tokens, resamples=args.resamples,
+                       restrict_vocab=args.restrict_vocab)
     print(markdown_table(summary), end="")
     print(f"report: {out}/summary.md, sentences.tsv, cosine_hist.png")
     return 0

@@ -57,10 +57,13 @@ class LoRAConfig:
     alpha: int | None = None  # LoRA scaling numerator; None = 2 * r
     dropout: float = 0.05  # dropout on the LoRA input during training
     target_modules: list[str] | None = None  # module names to adapt; None = attention projections per architecture
+    layers: list[int] | None = None  # indices of the transformer blocks that get LoRA; None = every block
 
     def __post_init__(self):
         if not isinstance(self.r, int) or self.r < 1:
             raise V2TError(f"lora r must be an integer >= 1, got {self.r!r}")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise V2TError(f"lora layers must be a non-empty list of block indices >= 0, got {self.layers!r}")
 
 
 @dataclass

@@ -169,7 +169,7 @@ def _column(column: int | str, names: list[str] | None, path: Path) -> int:
 # ---------------------------------------------------------------------- the run
 def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_size: int = 32,
              max_new_tokens: int | None = None, resamples: int = 1000, seed: int = 0,
-             show_progress: bool = True) -> dict:
+             show_progress: bool = True, restrict_vocab: bool = True) -> dict:
     """Reconstruct and score; write the per-sentence TSV, the summary (JSON + Markdown) and the histogram.
 
     Args:
@@ -179,6 +179,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         rerank: beam candidates for the reranked column (the greedy output competes too); 0 or 1 = greedy
             only. Needs an encoder that can encode text.
         resamples: bootstrap resamples for the 95% intervals.
+        restrict_vocab: decode inside the adapter's output vocabulary when it has one (False: every token).
     """
     from .model import to_vectors
 
@@ -192,7 +193,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     else:
         logger.info("encoding %d sentences with %s", n, v2t.meta["encoder"]["spec"])
         vectors = v2t.encode(data.sources, show_progress=show_progress)
-    options = {"batch_size": batch_size}
+    options = {"batch_size": batch_size, "restrict_vocab": restrict_vocab}
     if max_new_tokens:
         options["max_new_tokens"] = max_new_tokens
     greedy = v2t.generate(vectors, show_progress=show_progress, **options)
@@ -210,6 +211,8 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
     summary = {"sentences": n, "skipped": data.skipped, "encoder": v2t.meta["encoder"]["spec"],
                "backbone": v2t.backbone_info["name"], "bootstrap_resamples": resamples,
+               "output_vocab": v2t.output_vocab.numel() if restrict_vocab and v2t.output_vocab is not None
+               else "full",
                "scores": {name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]}
                                  for m, (v, lo, hi) in s.items()} for name, s in scores.items()}}
     _write_tsv(out_dir / "sentences.tsv", data, systems)
@@ -246,8 +249,11 @@ def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
 def markdown_table(summary: dict) -> str:
     names = list(summary["scores"])
     metrics = list(summary["scores"][names[0]])
+    vocab = summary.get("output_vocab", "full")
+    vocab = "every token" if vocab == "full" else f"the adapter's {vocab} output tokens"
     lines = [f"{summary['sentences']} sentences; encoder `{summary['encoder']}`; backbone `{summary['backbone']}`; "
-             f"95% bootstrap intervals over {summary['bootstrap_resamples']} resamples.", "",
+             f"decoding over {vocab}; 95% bootstrap intervals over {summary['bootstrap_resamples']} resamples.",
+             "",
              "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for m in metrics:
         cells = []

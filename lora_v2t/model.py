@@ -102,7 +102,8 @@ class Vector2Text(nn.Module):
     @classmethod
     def create(cls, backbone: str, encoder: str | Encoder, projector: str = "mlp", prefix_length: int = 1,
                lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.05,
-               target_modules: list[str] | None = None, quantization: str = "auto",
+               target_modules: list[str] | None = None, lora_layers: list[int] | None = None,
+               quantization: str = "auto",
                device: str | None = None, projector_hidden_dim: int | None = None,
                adapter_name: str = "default", seed: int | None = 0, trainable: str = "lora") -> Vector2Text:
         """A fresh, untrained adapter on a base model and an encoder.
@@ -114,6 +115,7 @@ class Vector2Text(nn.Module):
             prefix_length: number of prefix slots k.
             lora_r, lora_alpha, lora_dropout, target_modules: the LoRA settings (alpha defaults to 2r;
                 target modules default to the attention projections of the architecture).
+            lora_layers: indices of the transformer blocks that get LoRA (None: every block).
             quantization: ``auto`` (8bit on CUDA, none on CPU) | ``8bit`` | ``4bit`` | ``none``.
             device: where to run; None picks CUDA when available.
             projector_hidden_dim: hidden width of the MLP projector (default: the backbone's hidden size).
@@ -124,7 +126,8 @@ class Vector2Text(nn.Module):
         """
         projector_cfg = ProjectorConfig(kind=projector, prefix_length=prefix_length,
                                         hidden_dim=projector_hidden_dim)
-        lora_cfg = LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
+        lora_cfg = LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
+                              layers=lora_layers)
         enc = load_encoder(encoder)
         # full fine-tuning keeps fp32 master weights (autocast handles the compute dtype on CUDA)
         base, tokenizer = load_backbone(backbone, quantization=quantization, device=device,
@@ -141,6 +144,10 @@ class Vector2Text(nn.Module):
             v2t = cls(base, tokenizer, backbone)
             lora_meta = None
         elif trainable == "lora":
+            blocks = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", None)
+            if lora_cfg.layers and blocks and max(lora_cfg.layers) >= blocks:
+                raise V2TError(f"lora layers {lora_cfg.layers} name a block beyond the backbone's {blocks} "
+                               f"(indices 0..{blocks - 1})")
             peft_config = make_lora_config(lora_cfg, base.config.model_type)
             v2t = cls(get_peft_model(base, peft_config, adapter_name=adapter_name), tokenizer, backbone)
             lora_meta = asdict(lora_cfg) | {"alpha": peft_config.lora_alpha,
@@ -400,5 +407,5 @@ def make_lora_config(cfg: LoRAConfig, model_type: str):
 
     targets = cfg.target_modules or default_target_modules(model_type)
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha or 2 * cfg.r,
-                      lora_dropout=cfg.dropout, target_modules=targets,
+                      lora_dropout=cfg.dropout, target_modules=targets, layers_to_transform=cfg.layers,
                       fan_in_fan_out=model_type == "gpt2", bias="none")

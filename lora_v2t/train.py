@@ -277,7 +277,8 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     v2t = Vector2Text.create(backbone=cfg.backbone.name, encoder=encoder, projector=cfg.projector.kind,
                              prefix_length=cfg.projector.prefix_length, lora_r=cfg.lora.r,
                              lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                             target_modules=cfg.lora.target_modules, quantization=cfg.backbone.quantization,
+                             target_modules=cfg.lora.target_modules, lora_layers=cfg.lora.layers,
+                             quantization=cfg.backbone.quantization,
                              device=str(accelerator.device), projector_hidden_dim=cfg.projector.hidden_dim,
                              seed=tc.seed, trainable=tc.trainable)
     v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)

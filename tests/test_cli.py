@@ -29,6 +29,21 @@ def test_generate_from_vectors_as_json_with_rerank(bundle, v2t, tmp_path, capsys
     assert record["generated"] == best.text and record["cosine"] == pytest.approx(best.cosine, abs=1e-4)
 
 
+def test_generate_keeps_to_the_output_vocabulary_unless_full_vocab(v2t, tmp_path, capsys):
+    v2t.set_output_vocab([v2t.tokenizer.convert_tokens_to_ids("a")])
+    try:
+        bundle = v2t.save_adapter(tmp_path / "vocab-bundle")
+    finally:
+        v2t.set_output_vocab(None)
+    args = ["generate", "--adapter", str(bundle), "--text", "Где лодка?", "Кошка спит.", "--max-new-tokens", "6"]
+    assert main(args) == 0
+    kept = [line.split(" ==> ")[1] if " ==> " in line else "" for line in capsys.readouterr().out.splitlines()]
+    assert len(kept) == 2 and all(set(text) <= {"a"} for text in kept)
+    assert main(args + ["--full-vocab"]) == 0
+    free = [line.split(" ==> ", 1)[-1] for line in capsys.readouterr().out.splitlines()]
+    assert free == v2t.invert(["Где лодка?", "Кошка спит."], max_new_tokens=6)
+
+
 def test_info_describes_the_bundle(bundle, capsys):
     assert main(["info", str(bundle)]) == 0
     out = capsys.readouterr().out

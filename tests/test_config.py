@@ -40,6 +40,8 @@ def test_overrides_apply_and_parse_types():
     ("--data.train=3", "data.train must be str"),
     ("--projector.kind=conv", "unknown projector kind 'conv'"),
     ("--training.loss_vocab=some", "unknown training.loss_vocab 'some'"),
+    ("--lora.layers=[-1]", "lora layers must be a non-empty list of block indices"),
+    ("--lora.layers=3", "lora.layers must be a list, got 3"),
     ("training", "write --section.key=value"),
 ])
 def test_bad_recipe_values(override, message):

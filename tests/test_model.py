@@ -73,6 +73,16 @@ def test_target_modules_can_be_overridden(tiny_backbone_dir, tiny_encoder):
     assert names and all("c_fc" in n for n in names)
 
 
+def test_lora_can_be_limited_to_some_blocks(tiny_backbone_dir, tiny_encoder, tmp_path):
+    v2t = make_v2t(tiny_backbone_dir, tiny_encoder, lora_layers=[1])
+    names = [n for n, _ in v2t.model.named_parameters() if "lora_" in n]
+    assert names and all(".h.1." in n for n in names)
+    bundle = v2t.save_adapter(tmp_path / "upper")
+    assert "of blocks 1" in (bundle / "README.md").read_text()
+    with pytest.raises(V2TError, match=r"beyond the backbone's 2 \(indices 0..1\)"):
+        make_v2t(tiny_backbone_dir, tiny_encoder, lora_layers=[0, 2])
+
+
 @pytest.mark.parametrize("vectors,message", [
     (torch.randn(2, 7), "dimension 7 but the adapter's encoder makes 24-d"),
     (torch.tensor([[float("nan")] * 24]), r"vector\(s\) \[0\] contain NaN or inf"),
