@@ -375,6 +375,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     snapshot = None
     bar = tqdm(total=tc.max_steps, initial=state["step"], desc="training", unit="step",
                disable=not show_progress or not accelerator.is_main_process)
+    restore_sigterm = sigterm_as_interrupt()
     try:
         while state["step"] < tc.max_steps:
             if tc.max_minutes is not None and state["elapsed_s"] >= tc.max_minutes * 60:
@@ -435,6 +436,8 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
                 not (run_dir / f"step-{state['step']:06d}").exists():
             save_checkpoint(v2t, optimizer, scheduler, state, cfg, run_dir, rng_state=rng)
         raise
+    finally:
+        restore_sigterm()
     bar.close()
     if not accelerator.is_main_process:
         accelerator.end_training()
@@ -449,6 +452,23 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     accelerator.end_training()
     logger.info("final adapter: %s", final)
     return final
+
+
+def sigterm_as_interrupt():
+    """Treat SIGTERM (``kill``, a job scheduler's stop) like Ctrl-C while training: a checkpoint is saved and
+    ``--resume`` continues exactly. Background jobs ignore SIGINT, so this is how to stop them cleanly.
+    Returns the function that puts the previous handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 @torch.no_grad()

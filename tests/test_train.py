@@ -145,6 +145,33 @@ def test_resume_after_ctrl_c_inside_a_step_redoes_that_step(tmp_path, tiny_backb
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    import os
+    import signal
+
+    from lora_v2t.model import Vector2Text
+
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=12",
+                 "--training.eval_every=100", "--training.save_every=100")
+    real_forward = Vector2Text.forward
+    calls = {"n": 0}
+
+    def killed_after_the_fourth_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from another shell
+        return real_forward(self, *args, **kwargs)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(Vector2Text, "forward", killed_after_the_fourth_forward)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, show_progress=False)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    run = tmp_path / "runs" / "tiny-debug"
+    # the signal landed inside step 5: the state from before it is saved, and --resume redoes that step
+    assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000004"]
+
+
 def test_a_fresh_run_does_not_append_to_a_crashed_runs_metrics(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
                                                                corpus):
     run = tmp_path / "runs" / "tiny-debug"
