@@ -100,6 +100,7 @@ class EvalData:
     sources: list[str] | None = None  # texts to encode (the references themselves unless cross-lingual)
     vectors: np.ndarray | None = None
     skipped: dict = field(default_factory=dict)
+    name: str = ""  # the file's name, for reports
 
 
 def read_eval_file(path: str | Path, source_column: int | str | None = None, target_column: int | str = 1,
@@ -150,7 +151,8 @@ def read_eval_file(path: str | Path, source_column: int | str | None = None, tar
             break
     if not refs:
         raise V2TError(f"{path} has no usable line (skipped: {skipped})")
-    return EvalData(references=refs, sources=srcs, skipped={k: v for k, v in skipped.items() if v})
+    return EvalData(references=refs, sources=srcs, skipped={k: v for k, v in skipped.items() if v},
+                    name=Path(path).name)
 
 
 def _column(column: int | str, names: list[str] | None, path: Path) -> int:
@@ -209,7 +211,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         cos = np.maximum(np.array([r.cosine for r in ranked]), greedy_cos)
         systems[f"reranked (greedy + {rerank} beams)"] = (texts, cos)
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
-    summary = {"sentences": n, "skipped": data.skipped, "encoder": v2t.meta["encoder"]["spec"],
+    summary = {"data": data.name, "sentences": n, "skipped": data.skipped, "encoder": v2t.meta["encoder"]["spec"],
                "backbone": v2t.backbone_info["name"], "bootstrap_resamples": resamples,
                "output_vocab": v2t.output_vocab.numel() if restrict_vocab and v2t.output_vocab is not None
                else "full",

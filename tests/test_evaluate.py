@@ -100,7 +100,25 @@ def test_evaluate_writes_the_report_and_reranking_never_lowers_cosine(v2t, tmp_p
     greedy = v2t.generate(v2t.encode(refs), max_new_tokens=8)
     assert [r.split("\t")[2] for r in rows[1:]] == greedy
     assert json.loads((report / "summary.json").read_text())["sentences"] == 4
+    assert json.loads((report / "summary.json").read_text())["output_vocab"] == "full"
     assert "| chrf |" in (report / "summary.md").read_text()
+
+
+def test_evaluation_decodes_inside_the_output_vocabulary_unless_told(v2t, tmp_path):
+    refs = ["Где лодка?", "Кошка спит на диване."]
+    v2t.set_output_vocab([v2t.tokenizer.convert_tokens_to_ids("a")])
+    try:
+        kept = evaluate(v2t, EvalData(references=refs, sources=refs, name="x.txt"), tmp_path / "kept", rerank=0,
+                        max_new_tokens=6, resamples=10, show_progress=False)
+        free = evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "free", rerank=0,
+                        max_new_tokens=6, resamples=10, show_progress=False, restrict_vocab=False)
+    finally:
+        v2t.set_output_vocab(None)
+    assert kept["output_vocab"] == 2 and free["output_vocab"] == "full" and kept["data"] == "x.txt"
+    assert "decoding over the adapter's 2 output tokens" in (tmp_path / "kept" / "summary.md").read_text()
+    outputs = [r.split("\t")[2] for r in (tmp_path / "kept" / "sentences.tsv").read_text().splitlines()[1:]]
+    assert all(set(text) <= {"a"} for text in outputs)
+    assert outputs != [r.split("\t")[2] for r in (tmp_path / "free" / "sentences.tsv").read_text().splitlines()[1:]]
 
 
 def test_cross_lingual_evaluation_on_a_tiny_tsv(v2t, tmp_path, capsys):

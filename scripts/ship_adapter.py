@@ -1,0 +1,63 @@
+"""Copy a trained run's adapter into checkpoints/adapters/ with its dev metrics and card samples.
+
+    .venv/bin/python scripts/ship_adapter.py \\
+        --adapter checkpoints/runs/use-gemma270m-ru/final --recipe recipes/offline_use_gemma270m.yaml \\
+        --eval eval/use-gemma270m-ru-dev_conversational eval/... --out checkpoints/adapters/use-gemma270m-ru
+
+The bundle's training summary gets every greedy and reranked BLEU / chrF / cosine of the given evaluation
+reports, and three dev_conversational sentences with their greedy reconstructions (the card shows them and a
+slow test checks the adapter still writes exactly those). An adapter trained with `loss_vocab: corpus` by an
+older lora_v2t that did not save its output vocabulary gets it here, rebuilt from the recipe's corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ["Я знаю много людей, у которых нет прав.", "Мой начальник отпустил меня сегодня пораньше.",
+           "Вы сегодня проверяли почту?"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", type=Path, required=True, help="the trained bundle (a run's final/)")
+    parser.add_argument("--recipe", type=Path, required=True, help="the recipe it was trained with")
+    parser.add_argument("--eval", type=Path, nargs="*", default=[], help="report folders of `lora-v2t evaluate`")
+    parser.add_argument("--out", type=Path, required=True, help="where the shipped bundle goes")
+    args = parser.parse_args()
+
+    from lora_v2t import load_adapter
+    from lora_v2t.config import load_config
+    from lora_v2t.data import tokenize_corpus
+    from lora_v2t.train import prepare_data
+
+    cfg = load_config(args.recipe)
+    v2t = load_adapter(args.adapter, quantization="none", device="cpu")
+    if v2t.output_vocab is None and cfg.training.loss_vocab == "corpus":
+        train_texts, _, _, _ = prepare_data(cfg, v2t.encoder, show_progress=False)
+        v2t.set_output_vocab(tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens)[1])
+        print(f"output vocabulary rebuilt from the corpus: {v2t.output_vocab.numel()} tokens")
+    metrics = {"val_loss": v2t.meta["training"].get("metrics", {}).get("val_loss")}
+    for report in args.eval:
+        summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
+        data = Path(summary.get("data") or report.name).stem
+        for system, scores in summary["scores"].items():
+            for metric in ("bleu", "chrf", "cosine"):
+                if metric in scores:
+                    metrics[f"{data} {system.split()[0]} {metric} (n={summary['sentences']})"] = \
+                        round(scores[metric]["value"], 4)
+    samples = [{"text": t, "generated": g} for t, g in zip(SAMPLES, v2t.invert(SAMPLES))]
+    v2t.meta["training"]["metrics"] = metrics
+    v2t.save_adapter(args.out, training={"samples": samples})
+    print(json.dumps(v2t.meta["training"], indent=1, ensure_ascii=False))
+    print(f"shipped: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
