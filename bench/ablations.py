@@ -79,6 +79,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stamp = int(time.time())
     rows = []
+    vocab = None  # the training corpus's vocabulary: the same sentences for every variant
     for i, name in enumerate(args.only or VARIANTS):
         cfg = load_config(RECIPE, VARIANTS[name] + [
             f"--training.run_name=variant-{i}-{stamp}", f"--training.output_dir={out}",
@@ -89,7 +90,8 @@ def main() -> None:
         summary = json.loads((final / "v2t_config.json").read_text())["training"]
         train_texts, val_texts, _, val_vectors = prepare_data(cfg, show_progress=False)
         v2t = load_adapter(final, quantization="none", device="cpu")
-        _, vocab = tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens)
+        if vocab is None:
+            _, vocab = tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens)
         corpus_loss, kept = corpus_vocab_val_loss(v2t, val_texts, val_vectors, vocab, 16, cfg.data.max_tokens)
         rows.append({"variant": name, "overrides": VARIANTS[name], "minutes": args.minutes,
                      "steps": summary["steps"], "sentences_seen": summary["sentences_seen"],
