@@ -27,7 +27,7 @@ from .errors import V2TError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional output vocabulary, generation.restrict_vocab, lora.layers
 BUNDLE_FILES = ("adapter_config.json", "adapter_model.safetensors", "projector.safetensors", "v2t_config.json",
                 "README.md")
 # a fully fine-tuned model (training.trainable=full, a baseline) is saved whole: no LoRA, a backbone/ folder
@@ -180,7 +180,11 @@ def validate_bundle(path: str | Path) -> dict:
                 raise V2TError(f"{path} holds pickle file(s) {pickled} instead of {required}: lora_v2t loads "
                                "only safetensors; re-save the weights with safetensors")
             raise V2TError(f"adapter bundle {path} is missing {required}: it is incomplete; save or copy it again")
-    if config.get("output_vocab_size") is not None:
+    vocab_size = config.get("output_vocab_size")
+    if vocab_size is not None:
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
+            raise V2TError(f"{path / 'v2t_config.json'}: output_vocab_size must be a positive integer or null, "
+                           f"got {vocab_size!r}: the file is corrupt")
         if not (path / OUTPUT_VOCAB_FILE).is_file():
             raise V2TError(f"adapter bundle {path} is missing {OUTPUT_VOCAB_FILE} (its v2t_config.json names an "
                            "output vocabulary): it is incomplete; save or copy it again")
@@ -324,8 +328,11 @@ def load_into(v2t, path: str | Path, name: str) -> None:
     v2t.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
     try:
         _attach(v2t, path, name, config)
-    except BaseException:
-        v2t.model.delete_adapter(name)  # leave no half-loaded adapter behind
+    except BaseException:  # leave no half-loaded adapter behind
+        v2t.model.delete_adapter(name)
+        for registry in (v2t.projectors, v2t.output_vocabs, v2t.adapter_meta):
+            if name in registry:
+                del registry[name]
         raise
 
 
@@ -349,7 +356,11 @@ def _attach(v2t, path: Path, name: str, config: dict) -> None:
             del v2t.projectors[name]
             raise V2TError(f"{path / OUTPUT_VOCAB_FILE} does not hold the {config['output_vocab_size']} token ids "
                            "its v2t_config.json announces: the bundle is corrupt")
-        v2t.output_vocabs[name] = ids.long()
+        try:
+            v2t.set_output_vocab(ids, name=name)
+        except V2TError as exc:
+            del v2t.projectors[name]
+            raise V2TError(f"{path / OUTPUT_VOCAB_FILE}: {exc}") from exc
     v2t.adapter_meta[name] = {
         "encoder": dict(config["encoder"]),
         "lora": dict(config["lora"]) if config.get("lora") else None,

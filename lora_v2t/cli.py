@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32, help="vectors decoded together")
     ev.add_argument("--max-new-tokens", type=int, help="longest output (default: the adapter's)")
     ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    ev.add_argument("--full-vocab", dest="restrict_vocab", action="store_false",
+    ev.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
                     help="let every token out, not only the adapter's output vocabulary (when it has one)")
     ev.add_argument("--out", type=Path, help="report folder (default: eval/<adapter name>-<data file name>)")
     ev.set_defaults(func=cmd_evaluate)

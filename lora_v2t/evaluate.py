@@ -171,7 +171,7 @@ def _column(column: int | str, names: list[str] | None, path: Path) -> int:
 # ---------------------------------------------------------------------- the run
 def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_size: int = 32,
              max_new_tokens: int | None = None, resamples: int = 1000, seed: int = 0,
-             show_progress: bool = True, restrict_vocab: bool = True) -> dict:
+             show_progress: bool = True, restrict_vocab: bool | None = None) -> dict:
     """Reconstruct and score; write the per-sentence TSV, the summary (JSON + Markdown) and the histogram.
 
     Args:
@@ -181,7 +181,8 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         rerank: beam candidates for the reranked column (the greedy output competes too); 0 or 1 = greedy
             only. Needs an encoder that can encode text.
         resamples: bootstrap resamples for the 95% intervals.
-        restrict_vocab: decode inside the adapter's output vocabulary when it has one (False: every token).
+        restrict_vocab: decode inside the adapter's output vocabulary when it has one (False: every token;
+            None: the adapter's default).
     """
     from .model import to_vectors
 
@@ -195,6 +196,8 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     else:
         logger.info("encoding %d sentences with %s", n, v2t.meta["encoder"]["spec"])
         vectors = v2t.encode(data.sources, show_progress=show_progress)
+    if restrict_vocab is None:
+        restrict_vocab = v2t.generation_defaults().restrict_vocab
     options = {"batch_size": batch_size, "restrict_vocab": restrict_vocab}
     if max_new_tokens:
         options["max_new_tokens"] = max_new_tokens

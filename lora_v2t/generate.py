@@ -21,27 +21,29 @@ from .model import to_vectors
 class AllowedTokens:
     """A transformers logits processor that keeps only the given token ids (the others get -inf)."""
 
-    def __init__(self, token_ids: torch.Tensor, vocab_size: int):
-        self.blocked = torch.ones(vocab_size, dtype=torch.bool)
-        self.blocked[token_ids] = False
+    def __init__(self, token_ids: torch.Tensor):
+        self.token_ids = token_ids
+        self.blocked: torch.Tensor | None = None  # (V,) built on the first call, at the logits' size and device
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.blocked.device != scores.device:
-            self.blocked = self.blocked.to(scores.device)
-        return scores.masked_fill(self.blocked[: scores.shape[-1]], float("-inf"))
+        if self.blocked is None or self.blocked.shape[0] != scores.shape[-1] or self.blocked.device != scores.device:
+            self.blocked = torch.ones(scores.shape[-1], dtype=torch.bool, device=scores.device)
+            self.blocked[self.token_ids.to(scores.device)] = False
+        return scores.masked_fill(self.blocked, float("-inf"))
 
 
 class SubsetHead(nn.Module):
     """The backbone's output layer computed only for ``token_ids``; every other logit gets the dtype's lowest
     value. On Gemma's 262k-token vocabulary this removes most of a decoding step's work on a CPU."""
 
-    def __init__(self, head: nn.Module, token_ids: torch.Tensor):
+    def __init__(self, head: nn.Linear, token_ids: torch.Tensor):
         super().__init__()
+        self.original = head  # put back after decoding
         self.vocab_size = head.weight.shape[0]
         ids = token_ids.to(head.weight.device)
         self.token_ids = ids
         self.weight = head.weight.detach()[ids]  # (V', h)
-        self.bias = None if getattr(head, "bias", None) is None else head.bias.detach()[ids]
+        self.bias = None if head.bias is None else head.bias.detach()[ids]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = nn.functional.linear(hidden_states.to(self.weight.dtype), self.weight, self.bias)  # (..., V')
@@ -53,19 +55,24 @@ class SubsetHead(nn.Module):
 def decoding_vocab(v2t, restrict_vocab: bool):
     """While decoding, keep to the active adapter's output vocabulary, if it has one and ``restrict_vocab``.
 
-    Yields the logits processors to pass to ``generate`` (a mask, so the rule holds whatever the head does);
-    meanwhile the backbone's output layer computes only the allowed tokens' logits.
+    Yields the logits processors to pass to ``generate``: a mask, which alone decides what may come out.
+    Meanwhile, when the output layer is a plain floating-point ``nn.Linear`` (not quantised, not LoRA-adapted),
+    it is swapped for a :class:`SubsetHead` that computes only the allowed tokens' logits, for speed.
     """
-    base = v2t.base_model
-    head = base.get_output_embeddings()
-    if not restrict_vocab or v2t.output_vocab is None or not isinstance(getattr(head, "weight", None),
-                                                                         torch.Tensor):
+    if not restrict_vocab or v2t.output_vocab is None:
         yield []
         return
+    base = v2t.base_model
+    head = base.get_output_embeddings()
+    head = getattr(head, "original", head)  # another decoding's SubsetHead: start from the real layer
     vocab = v2t.output_vocab
+    processors = [AllowedTokens(vocab)]
+    if type(head) is not nn.Linear or not head.weight.is_floating_point():
+        yield processors
+        return
     base.set_output_embeddings(SubsetHead(head, vocab))
     try:
-        yield [AllowedTokens(vocab, head.weight.shape[0])]
+        yield processors
     finally:
         base.set_output_embeddings(head)
 

@@ -217,20 +217,26 @@ class Vector2Text(nn.Module):
         """
         return self.output_vocabs.get(self.active_adapter)
 
-    def set_output_vocab(self, token_ids) -> None:
-        """Record the token ids the active adapter may emit (None: the whole vocabulary); EOS is added."""
+    def set_output_vocab(self, token_ids, name: str | None = None) -> None:
+        """Record the token ids adapter ``name`` (default: the active one) may emit; None allows every token.
+
+        The ids must be a non-empty 1-D list of integers of this backbone's vocabulary; EOS is always added.
+        """
+        name = name or self.active_adapter
         if token_ids is None:
-            self.output_vocabs.pop(self.active_adapter, None)
+            self.output_vocabs.pop(name, None)
             return
-        ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long).flatten().cpu()
+        array = np.asarray(token_ids.cpu() if isinstance(token_ids, torch.Tensor) else token_ids)
+        if array.ndim != 1 or array.size == 0 or (array.dtype.kind not in "iu"):
+            raise V2TError(f"an output vocabulary is a non-empty 1-D list of integer token ids; got shape "
+                           f"{array.shape} of {array.dtype}; pass None to allow every token")
+        ids = torch.from_numpy(array.astype(np.int64))
         size = self.backbone_info["vocab_size"]
-        if ids.numel() == 0:
-            raise V2TError("an output vocabulary needs at least one token id; pass None to allow every token")
         if int(ids.min()) < 0 or int(ids.max()) >= size:
             raise V2TError(f"output vocabulary ids must lie in [0, {size}) for this backbone; got "
                            f"[{int(ids.min())}, {int(ids.max())}]: it was made for another tokenizer")
         eos = torch.tensor([self.tokenizer.eos_token_id])
-        self.output_vocabs[self.active_adapter] = torch.unique(torch.cat([ids, eos]))  # sorted, unique
+        self.output_vocabs[name] = torch.unique(torch.cat([ids, eos]))  # sorted, unique
 
     @property
     def embedding_dim(self) -> int:

@@ -375,7 +375,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
     snapshot = None
     bar = tqdm(total=tc.max_steps, initial=state["step"], desc="training", unit="step",
                disable=not show_progress or not accelerator.is_main_process)
-    restore_sigterm = sigterm_as_interrupt()
+    restore_sigterm, ignore_sigterm = sigterm_as_interrupt()
     try:
         while state["step"] < tc.max_steps:
             if tc.max_minutes is not None and state["elapsed_s"] >= tc.max_minutes * 60:
@@ -427,6 +427,7 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
             if state["step"] % tc.save_every == 0 and accelerator.is_main_process:
                 save_checkpoint(v2t, optimizer, scheduler, state, cfg, run_dir)
     except KeyboardInterrupt:
+        ignore_sigterm()  # a second SIGTERM must not cut the checkpoint short
         bar.close()
         rng = None
         if snapshot is not None:  # interrupted inside a step: save the state from before it, so that
@@ -457,18 +458,18 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
 def sigterm_as_interrupt():
     """Treat SIGTERM (``kill``, a job scheduler's stop) like Ctrl-C while training: a checkpoint is saved and
     ``--resume`` continues exactly. Background jobs ignore SIGINT, so this is how to stop them cleanly.
-    Returns the function that puts the previous handler back."""
+    Returns two functions: one puts the previous handler back, one ignores SIGTERM (while saving)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+        return (lambda: None), (lambda: None)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    return (lambda: signal.signal(signal.SIGTERM, previous)), (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
 
 
 @torch.no_grad()

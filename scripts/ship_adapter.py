@@ -46,6 +46,11 @@ def main() -> None:
     metrics = {"val_loss": v2t.meta["training"].get("metrics", {}).get("val_loss")}
     for report in args.eval:
         summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
+        decoded = summary.get("output_vocab", "full")
+        expected = "full" if v2t.output_vocab is None else v2t.output_vocab.numel()
+        if decoded != expected:
+            raise SystemExit(f"{report} was decoded over {decoded} tokens but the shipped adapter decodes over "
+                             f"{expected}: evaluate it again")
         data = Path(summary.get("data") or report.name).stem
         for system, scores in summary["scores"].items():
             for metric in ("bleu", "chrf", "cosine"):

@@ -110,3 +110,22 @@ def perturb_lora(v2t, seed):
 @pytest.fixture()
 def v2t(tiny_backbone_dir, tiny_encoder):
     return make_v2t(tiny_backbone_dir, tiny_encoder)
+
+
+def first_token_vocab(v2t, vectors) -> tuple[int, str]:
+    """A token that greedy decoding emits first for one of ``vectors`` (not EOS) and its text: an output
+    vocabulary of it (+ EOS) gives non-empty outputs made only of that text."""
+    from lora_v2t.model import to_vectors
+
+    with torch.no_grad():
+        logits = v2t.model(inputs_embeds=v2t.prefix(to_vectors(vectors, v2t.embedding_dim))).logits[:, -1]  # (N, V)
+    eos = v2t.tokenizer.eos_token_id
+    for token in logits.argmax(dim=-1).tolist():
+        piece = v2t.tokenizer.decode([token]).strip()
+        if token != eos and piece:
+            return token, piece
+    raise AssertionError("every vector starts with EOS or a blank token: pick other vectors")
+
+
+def only_made_of(text: str, piece: str) -> bool:
+    return text.replace(piece, "").strip() == ""

@@ -291,6 +291,18 @@ def test_a_bundle_whose_output_vocabulary_is_missing_or_wrong(vocab_bundle, tmp_
     with pytest.raises(V2TError, match="does not hold the 99 token ids"):
         v2t.load_adapter(broken, name="other")
     assert v2t.adapters == ["default"] and "other" not in v2t.model.peft_config
+    assert "other" not in v2t.output_vocabs and "other" not in v2t.adapter_meta
+    for bad in ("12", -3, 0, True, 4.0):
+        edit_config(broken, output_vocab_size=bad)
+        with pytest.raises(V2TError, match="output_vocab_size must be a positive integer or null"):
+            load_adapter(broken)
+    from safetensors.torch import save_file
+
+    save_file({"token_ids": torch.tensor([3, 10**6, 7, 0])}, str(broken / OUTPUT_VOCAB_FILE))
+    edit_config(broken, output_vocab_size=4)
+    with pytest.raises(V2TError, match=r"output_vocab.safetensors: output vocabulary ids must lie in \[0, 300\)"):
+        v2t.load_adapter(broken, name="other")
+    assert v2t.adapters == ["default"] and "other" not in v2t.output_vocabs
     (broken / OUTPUT_VOCAB_FILE).unlink()
     with pytest.raises(V2TError, match=f"missing {OUTPUT_VOCAB_FILE}"):
         load_adapter(broken)

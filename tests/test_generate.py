@@ -5,6 +5,8 @@ import torch
 from lora_v2t import Reranked, V2TError
 from lora_v2t.generate import SubsetHead, cosine_rows, generate_naive
 
+from .conftest import first_token_vocab, only_made_of
+
 
 def random_vectors(n, dim, seed=0):
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
@@ -87,15 +89,18 @@ def test_bad_generation_inputs(v2t):
 def test_an_output_vocabulary_keeps_decoding_inside_it(v2t):
     vectors = random_vectors(6, v2t.embedding_dim)
     free = v2t.generate(vectors, max_new_tokens=10)
-    letter = v2t.tokenizer.convert_tokens_to_ids("a")
+    letter, piece = first_token_vocab(v2t, vectors)
     v2t.set_output_vocab([letter])  # EOS is always added
     try:
         assert v2t.output_vocab.tolist() == sorted({letter, v2t.tokenizer.eos_token_id})
         head = v2t.base_model.get_output_embeddings()
         kept = v2t.generate(vectors, max_new_tokens=10, batch_size=4)
         assert v2t.base_model.get_output_embeddings() is head  # the full output layer is back after decoding
-        assert all(set(text) <= {"a"} for text in kept)
-        assert any(set(text) - {"a"} for text in free)  # without the restriction other tokens come out
+        assert all(only_made_of(text, piece) for text in kept) and any(kept)
+        beams = v2t.generate(vectors, max_new_tokens=6, num_beams=3, num_return_sequences=2)
+        sampled = v2t.generate(vectors, max_new_tokens=6, do_sample=True, temperature=2.0, top_k=0, seed=0)
+        assert all(only_made_of(text, piece) for text in [t for group in beams for t in group] + sampled)
+        assert not all(only_made_of(text, piece) for text in free)  # without the restriction others come out
         assert kept == generate_naive(v2t, vectors, max_new_tokens=10)
         assert v2t.generate(vectors, max_new_tokens=10, restrict_vocab=False) == free
     finally:
@@ -103,7 +108,9 @@ def test_an_output_vocabulary_keeps_decoding_inside_it(v2t):
     assert v2t.output_vocab is None and v2t.generate(vectors, max_new_tokens=10) == free
 
 
-@pytest.mark.parametrize("ids, message", [([], "at least one token id"), ([5, 10**6], "must lie in")])
+@pytest.mark.parametrize("ids, message", [([], "non-empty 1-D list"), ([[1, 2]], "non-empty 1-D list"),
+                                         ([1.5], "integer token ids"), ([5, 10**6], "must lie in"),
+                                         ([-1, 5], "must lie in")])
 def test_bad_output_vocabulary(v2t, ids, message):
     with pytest.raises(V2TError, match=message):
         v2t.set_output_vocab(ids)
@@ -121,3 +128,25 @@ def test_the_subset_output_layer_equals_the_full_one_on_its_tokens(v2t):
     others = torch.ones(full.shape[-1], dtype=torch.bool)
     others[ids] = False
     assert (sub[..., others] == torch.finfo(sub.dtype).min).all()
+
+
+def test_without_a_plain_output_layer_the_mask_alone_keeps_the_vocabulary(v2t, monkeypatch):
+    from torch import nn
+
+    class WrappedHead(nn.Linear):  # stands for a quantised or LoRA-adapted output layer
+        pass
+
+    base = v2t.base_model
+    head = base.get_output_embeddings()
+    wrapped = WrappedHead(head.in_features, head.out_features, bias=head.bias is not None)
+    wrapped.load_state_dict(head.state_dict())
+    monkeypatch.setattr(base, "lm_head", wrapped)
+    vectors = random_vectors(4, v2t.embedding_dim)
+    token, piece = first_token_vocab(v2t, vectors)
+    v2t.set_output_vocab([token])
+    try:
+        kept = v2t.generate(vectors, max_new_tokens=8)
+        assert base.get_output_embeddings() is wrapped  # never swapped
+    finally:
+        v2t.set_output_vocab(None)
+    assert all(only_made_of(text, piece) for text in kept) and any(kept)
