@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32, help="vectors decoded together")
     ev.add_argument("--max-new-tokens", type=int, help="longest output (default: the adapter's)")
     ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
                     help="let every token out, not only the adapter's output vocabulary (when it has one)")
     ev.add_argument("--out", type=Path, help="report folder (default: eval/<adapter name>-<data file name>)")
@@ -238,7 +239,7 @@ def cmd_evaluate(args) -> int:
     out = args.out or Path("eval") / f"{args.adapter.name}-{args.data.stem}"
     summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resamples=args.resamples,
-                       restrict_vocab=args.restrict_vocab)
+                       restrict_vocab=args.restrict_vocab, show_progress=not args.no_progress)
     print(markdown_table(summary), end="")
     print(f"report: {out}/summary.md, sentences.tsv, cosine_hist.png")
     return 0
