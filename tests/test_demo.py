@@ -1,7 +1,7 @@
 import pytest
 
 import lora_v2t.train as train_module
-from lora_v2t.adapter import BUNDLE_FILES
+from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
 from lora_v2t.demo import DEMO_SENTENCES, run_demo
 
 
@@ -37,7 +37,7 @@ def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, t
 
     steps = [json.loads(line)["step"] for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 12 and steps.count(4) == 1  # resumed after step 8: nothing was redone
-    assert sorted(p.name for p in final.iterdir()) == sorted(BUNDLE_FILES)
+    assert sorted(p.name for p in final.iterdir()) == sorted(BUNDLE_FILES + (OUTPUT_VOCAB_FILE,))  # corpus loss
     assert "load_adapter(" in out and " ==> " in out and "about 8 minutes" in out
     assert not list((tmp_path / "demo").glob(".*"))  # nothing half-written left behind
     run_demo(**kwargs)
