@@ -41,26 +41,19 @@ VARIANTS = {
 
 def corpus_vocab_val_loss(v2t, texts: list[str], vectors, vocab, batch_size: int,
                           max_tokens: int) -> tuple[float, int]:
-    """Token-weighted validation loss with the softmax over ``vocab``; sentences with a token outside it are
-    left out (returns the loss and how many sentences were kept)."""
+    """Validation loss with the softmax over ``vocab``; sentences with a token outside it are left out
+    (returns the loss and how many sentences were kept)."""
     import numpy as np
     import torch
+
+    from lora_v2t.train import validation_loss
 
     allowed = set(vocab.tolist())
     keep = [i for i, t in enumerate(texts)
             if set(v2t.tokenizer(t, add_special_tokens=False)["input_ids"][: max_tokens - 1]) <= allowed]
-    vocab_t = torch.as_tensor(vocab)
-    total, count = 0.0, 0
-    v2t.eval()
-    with torch.no_grad():
-        for start in range(0, len(keep), batch_size):
-            rows = keep[start:start + batch_size]
-            batch = v2t.tokenize([texts[i] for i in rows], max_tokens)
-            n_tokens = int(batch["attention_mask"].sum())
-            loss = v2t.forward(np.asarray(vectors[rows]), **batch, loss_vocab=vocab_t).loss
-            total += float(loss) * n_tokens
-            count += n_tokens
-    return total / max(count, 1), len(keep)
+    loss = validation_loss(v2t, [texts[i] for i in keep], np.asarray(vectors[keep]), batch_size, max_tokens,
+                           loss_vocab=torch.as_tensor(vocab))
+    return loss, len(keep)
 
 
 def main() -> None:

@@ -337,7 +337,8 @@ def load_into(v2t, path: str | Path, name: str) -> None:
 
 
 def _attach(v2t, path: Path, name: str, config: dict) -> None:
-    """Create adapter ``name``'s projector from the bundle and record its metadata."""
+    """Create adapter ``name``'s projector from the bundle and record its metadata (a failure may leave parts
+    registered: :func:`load_into` removes them, :func:`load_adapter` discards the whole model)."""
     from safetensors.torch import load_file
 
     proj = config["projector"]
@@ -347,19 +348,16 @@ def _attach(v2t, path: Path, name: str, config: dict) -> None:
     try:
         projector.load_state_dict({k: v.to(projector.target_rms.device) for k, v in state.items()})
     except RuntimeError as exc:
-        del v2t.projectors[name]
         raise V2TError(f"{path / 'projector.safetensors'} does not match its v2t_config.json "
                        f"({_short(exc)}): the bundle is corrupt") from exc
     if config.get("output_vocab_size") is not None:
         ids = load_file(str(path / OUTPUT_VOCAB_FILE)).get("token_ids")
         if ids is None or ids.numel() != config["output_vocab_size"]:
-            del v2t.projectors[name]
             raise V2TError(f"{path / OUTPUT_VOCAB_FILE} does not hold the {config['output_vocab_size']} token ids "
                            "its v2t_config.json announces: the bundle is corrupt")
         try:
             v2t.set_output_vocab(ids, name=name)
         except V2TError as exc:
-            del v2t.projectors[name]
             raise V2TError(f"{path / OUTPUT_VOCAB_FILE}: {exc}") from exc
     v2t.adapter_meta[name] = {
         "encoder": dict(config["encoder"]),

@@ -186,7 +186,7 @@ def generate_naive(v2t, vectors, max_new_tokens: int = 48, restrict_vocab: bool 
     embed = v2t.model.get_input_embeddings()
     was_training = v2t.training
     v2t.eval()
-    with torch.no_grad(), decoding_vocab(v2t, restrict_vocab) as processors:
+    with decoding_vocab(v2t, restrict_vocab) as processors:
         texts = [_naive_one(v2t, row, max_new_tokens, processors, embed, eos) for row in target]
     v2t.train(was_training)
     return texts

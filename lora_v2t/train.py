@@ -473,15 +473,17 @@ def sigterm_as_interrupt():
 
 
 @torch.no_grad()
-def validation_loss(v2t, texts: list[str], vectors: np.ndarray, batch_size: int, max_tokens: int) -> float:
-    """Token-weighted mean cross-entropy over a validation set, in eval mode."""
+def validation_loss(v2t, texts: list[str], vectors: np.ndarray, batch_size: int, max_tokens: int,
+                    loss_vocab: torch.Tensor | None = None) -> float:
+    """Token-weighted mean cross-entropy over a validation set, in eval mode; over the full vocabulary, or
+    over ``loss_vocab`` (see :meth:`Vector2Text.forward`)."""
     was_training = v2t.training
     v2t.eval()
     total, count = 0.0, 0
     for start in range(0, len(texts), batch_size):
         batch = v2t.tokenize(texts[start:start + batch_size], max_tokens)
         n_tokens = int(batch["attention_mask"].sum())
-        loss = v2t.forward(vectors[start:start + batch_size], **batch).loss
+        loss = v2t.forward(vectors[start:start + batch_size], **batch, loss_vocab=loss_vocab).loss
         total += float(loss) * n_tokens
         count += n_tokens
     v2t.train(was_training)
