@@ -41,7 +41,8 @@ def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", help="load on this base instead of the one the bundle names")
     g.add_argument("--encoder", help="use this encoder spec instead of the bundle's (same dimension)")
     g.add_argument("--quantization", default="auto", choices=["auto", "8bit", "4bit", "none"],
-                   help="auto = 8bit on CUDA, none on CPU (default: auto)")
+                   help="auto = as the adapter was trained (its v2t_config.json says; bundles that do not say: "
+                        "8bit on CUDA, none on CPU); another choice is honoured with a warning (default: auto)")
     g.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: CUDA when available)")
 
 
@@ -194,6 +195,8 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.recipe, args.overrides)
     final = train(cfg, resume=args.resume, show_progress=not args.no_progress)
+    if _process_rank() != 0:  # with several processes, the main one reports
+        return 0
     print(f"adapter saved to {final}\nload it with:  from lora_v2t import load_adapter; "
           f"v2t = load_adapter({str(final)!r})")
     return 0
@@ -297,6 +300,13 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _process_rank() -> int:
+    """This process's rank under ``accelerate launch`` / ``torchrun`` (0 when run alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -304,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    level = logging.DEBUG if args.verbose else logging.INFO if _process_rank() == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")  # with several processes the main one logs
     _quiet_libraries()
     try:
         return args.func(args)

@@ -189,3 +189,35 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+class BatchOrder:
+    """The run's sequence of length-bucketed batches, epoch after epoch, shared out among processes.
+
+    Every process builds the same order from (seed, epoch); at each turn the processes together take the next
+    ``world`` batches and process ``r`` trains on the ``r``-th, so no two processes see the same batch. The
+    position is kept in the run's state (``epoch``, ``batch_in_epoch``), so a resumed run continues exactly.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self._epoch, self._batches = None, []
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, bucketed_batches(self.lengths, self.batch_size, self.seed, epoch)
+        return self._batches
+
+    def take(self, state, world: int) -> list[np.ndarray]:
+        """The next ``world`` batches (one per process), moving ``state.epoch`` / ``state.batch_in_epoch`` on;
+        an epoch's last batches that are too few for every process are skipped."""
+        if state.batch_in_epoch + world > len(self.batches(state.epoch)):
+            if world > len(self.batches(state.epoch)):
+                raise V2TError(f"{len(self.lengths)} training sentences make {len(self.batches(state.epoch))} "
+                               f"batches of {self.batch_size}, fewer than the {world} processes: use more "
+                               "sentences or a smaller training.batch_size")
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        taken = self.batches(state.epoch)[state.batch_in_epoch:state.batch_in_epoch + world]
+        state.batch_in_epoch += world
+        return taken

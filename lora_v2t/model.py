@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .backbone import load_backbone
-from .config import GenerationConfig, LoRAConfig, ProjectorConfig
+from .config import GenerationConfig, LoRAConfig, ProjectorConfig, RunConfig
 from .encoders import Encoder, load_encoder
 from .errors import V2TError
 from .projector import PrefixProjector, embedding_rms
@@ -95,6 +95,7 @@ class Vector2Text(nn.Module):
             "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
             "vocab_size": int(base.get_input_embeddings().weight.shape[0]),
             "quantization": getattr(base, "v2t_quantization", "none"),
+            "compute_dtype": str(getattr(base, "v2t_dtype", base.dtype)).removeprefix("torch."),
         }
         self._target_rms = None
 
@@ -162,6 +163,20 @@ class Vector2Text(nn.Module):
             v2t.model.set_adapter(adapter_name)
         v2t.eval()
         return v2t
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, encoder: str | Encoder | None = None,
+                    device: str | None = None) -> Vector2Text:
+        """A fresh, untrained adapter as a recipe describes it: its encoder (or ``encoder``, an already loaded
+        one), backbone, quantization, projector, LoRA, training mode and seed; on ``device`` (default: the
+        recipe's ``backbone.device``)."""
+        return cls.create(backbone=cfg.backbone.name, encoder=encoder or cfg.encoder.spec,
+                          projector=cfg.projector.kind, prefix_length=cfg.projector.prefix_length,
+                          projector_hidden_dim=cfg.projector.hidden_dim, lora_r=cfg.lora.r,
+                          lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=cfg.lora.target_modules, lora_layers=cfg.lora.layers,
+                          quantization=cfg.backbone.quantization, device=device or cfg.backbone.device,
+                          seed=cfg.training.seed, trainable=cfg.training.trainable)
 
     def add_projector(self, name: str, cfg: ProjectorConfig, embedding_dim: int) -> PrefixProjector:
         """Create the projector of adapter ``name`` on the backbone's device, in fp32."""
@@ -253,6 +268,11 @@ class Vector2Text(nn.Module):
                                f"{self.embedding_dim}-d: it was trained with another encoder")
             self._encoders[spec] = enc
         return self._encoders[spec]
+
+    def release_encoders(self) -> None:
+        """Drop the loaded encoders (each loads again on first use): training needs none once the embedding
+        cache is filled, and a GPU should not hold one through training."""
+        self._encoders.clear()
 
     def set_encoder(self, encoder: str | Encoder) -> None:
         """Use another encoder object (same dimension) for the active adapter, e.g. a local copy."""

@@ -5,201 +5,81 @@ Run folder ``<output_dir>/<run_name>/``:
 - ``recipe.yaml``: the resolved configuration;
 - ``metrics.jsonl``: one JSON line per evaluation (and per log line, with ``"kind": "train"``);
 - ``loss.png``: training and validation loss against steps, redrawn at every evaluation;
-- ``step-NNNNNN/``: checkpoints: complete adapter bundles plus ``optimizer.safetensors`` and
-  ``trainer_state.json`` (no pickle anywhere); the last ``keep_checkpoints`` are kept;
+- ``step-NNNNNN/``: checkpoints (see :mod:`lora_v2t.checkpoint`); the last ``keep_checkpoints`` are kept;
 - ``final/``: the finished adapter bundle.
+
+A run is a :class:`Trainer` walking through named steps: :meth:`~Trainer.prepare_data`,
+:meth:`~Trainer.build_model`, :meth:`~Trainer.start_or_resume`, then :meth:`~Trainer.train_step` and
+:meth:`~Trainer.after_step` (log, evaluate, checkpoint) until the budget is spent, then :meth:`~Trainer.finish`.
+Whatever stops it (Ctrl-C, SIGTERM, CUDA out of memory, a failed write) is met by :meth:`~Trainer.rescue`,
+which saves a checkpoint whenever the weights are in a consistent state.
+
+Several processes (``accelerate launch --multi_gpu --num_processes N -m lora_v2t.cli train RECIPE``): the main
+process fills the embedding cache first and the others then read it; each process takes its own batch of
+every N; the main process evaluates, writes metrics and checkpoints (with every process's RNG state).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import gc
 import logging
 import math
 import os
-import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .adapter import _replace_dir
 from .backbone import checkpoints_dir
+from .checkpoint import check_same_recipe, list_checkpoints, load_checkpoint, rng_state, save_checkpoint
 from .config import RunConfig
-from .data import bucketed_batches, embed_corpus, read_sentences, sample_and_split, tokenize_corpus
+from .cost import describe_cost
+from .data import BatchOrder, embed_corpus, read_sentences, sample_and_split, tokenize_corpus
 from .errors import V2TError
+from .runlog import RunLog
 
 logger = logging.getLogger(__name__)
 
-# keys that may change when a run is resumed; any other difference means another recipe
-RESUMABLE_CHANGES = {"training.max_steps", "training.max_minutes", "training.eval_every", "training.save_every",
-                     "training.keep_checkpoints", "training.log_every", "training.num_samples",
-                     "training.tensorboard", "training.output_dir", "data.cache_dir"}
+__all__ = ["train", "Trainer", "prepare_data", "run_dir_of", "list_checkpoints", "validation_loss",
+           "TrainingStopped"]
+
+
+class TrainingStopped(V2TError):
+    """Training stopped on an unexpected error; the message says what was saved and how to go on."""
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved in every checkpoint's trainer_state.json."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # passes over the training sentences begun
+    batch_in_epoch: int = 0  # batches of this epoch taken (by all processes together)
+    sentences_seen: int = 0  # training sentences read, by all processes together
+    elapsed_s: float = 0.0  # training wall time, over every session of the run
 
 
 def run_dir_of(cfg: RunConfig) -> Path:
     return Path(cfg.training.output_dir or checkpoints_dir() / "runs") / cfg.training.run_name
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
-    if not run_dir.is_dir():
-        return []
-    return sorted(p for p in run_dir.glob("step-*") if p.is_dir() and (p / "trainer_state.json").exists())
+def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool = True) -> Path:
+    """Train an adapter as the recipe says; returns the ``final/`` bundle folder.
 
+    Args:
+        cfg: the recipe.
+        resume: False for a new run; True to continue this recipe's run folder; or a run folder to continue.
+        show_progress: progress bars for embedding and training.
 
-def _flatten(cfg: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out |= _flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def check_same_recipe(saved: dict, current: dict, where: Path) -> None:
-    """Raise if a resume folder was made by a different recipe (beyond the keys that may change)."""
-    a, b = _flatten(saved), _flatten(current)
-    for key in sorted(set(a) | set(b)):
-        if key.split(".")[0] == "generation" or key in RESUMABLE_CHANGES:
-            continue
-        if a.get(key) != b.get(key):
-            raise V2TError(f"resume folder {where} was made by another recipe: {key} was {a.get(key)!r}, now "
-                           f"{b.get(key)!r}; resume with the same recipe or start a new --training.run_name")
-
-
-# ---------------------------------------------------------------------- cost
-def describe_cost(v2t, cfg: RunConfig) -> dict:
-    """Trainable and frozen parameter counts and a rough peak accelerator memory estimate for one step."""
-    trainable = sum(p.numel() for p in v2t.trainable_parameters())
-    base = v2t.base_model
-    frozen = sum(p.numel() for p in base.parameters() if not p.requires_grad)
-    weight_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
-    info = v2t.backbone_info
-    cfg_model = base.config
-    layers = getattr(cfg_model, "num_hidden_layers", None) or getattr(cfg_model, "n_layer", 12)
-    seq = cfg.data.max_tokens + cfg.projector.prefix_length
-    batch = cfg.training.batch_size
-    act_bytes = 2 if v2t.device.type == "cuda" else 4
-    # activations kept for backward: ~18 tensors of (B, T, h) per layer, or 2 per layer with checkpointing
-    per_layer = (2 if cfg.training.gradient_checkpointing else 18) * batch * seq * info["hidden_size"] * act_bytes
-    logits = 3 * batch * seq * info["vocab_size"] * 4  # fp32 logits, their softmax and gradient
-    optimizer = trainable * 4 * 4  # weights, gradients, two AdamW moments in fp32
-    peak = weight_bytes + layers * per_layer + logits + optimizer
-    return {"trainable_params": trainable, "frozen_params": frozen, "weights_gib": weight_bytes / 2**30,
-            "estimated_peak_gib": peak / 2**30}
-
-
-# ---------------------------------------------------------------------- checkpoints
-def save_checkpoint(v2t, optimizer, scheduler, state: dict, cfg: RunConfig, run_dir: Path,
-                    rng_state: torch.Tensor | None = None) -> Path:
-    """Write step-NNNNNN/ atomically (bundle + optimizer + trainer state), then prune old ones."""
-    from safetensors.torch import save_file
-
-    name = f"step-{state['step']:06d}"
-    final = run_dir / name
-    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        v2t.save_adapter(tmp, training=training_summary(cfg, state))
-        tensors, layout = {}, {}
-        for idx, param_state in optimizer.state_dict()["state"].items():
-            layout[str(idx)] = sorted(param_state)
-            for key, value in param_state.items():
-                tensors[f"state.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state() if rng_state is None else rng_state
-        if torch.cuda.is_available():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        trainer_state = {"state": state, "optimizer_layout": layout,
-                         "param_groups": optimizer.state_dict()["param_groups"],
-                         "scheduler": scheduler.state_dict(), "recipe": cfg.to_dict()}
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in list_checkpoints(run_dir)[: -cfg.training.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    logger.info("checkpoint saved: %s", final)
-    return final
-
-
-def load_checkpoint(path: Path, v2t, optimizer, scheduler) -> dict:
-    """Restore LoRA, projector, optimizer, scheduler and RNG from a checkpoint; return the trainer state."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from .adapter import validate_bundle
-
-    validate_bundle(path)
-    trainer_state = json.loads((path / "trainer_state.json").read_text())
-    if v2t.is_peft:
-        lora = load_file(str(path / "adapter_model.safetensors"), device=str(v2t.device))
-        result = set_peft_model_state_dict(v2t.model, lora, adapter_name=v2t.active_adapter)
-        if getattr(result, "unexpected_keys", None):
-            raise V2TError(f"{path}: LoRA weights do not fit this model ({result.unexpected_keys[:2]})")
-    else:  # full fine-tuning: the whole backbone was saved
-        from transformers import AutoModelForCausalLM
-
-        saved = AutoModelForCausalLM.from_pretrained(path / "backbone", dtype=v2t.base_model.dtype)
-        v2t.base_model.load_state_dict(saved.state_dict())
-        del saved
-    v2t.projector.load_state_dict(load_file(str(path / "projector.safetensors"), device=str(v2t.device)))
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    opt_state = {"state": {}, "param_groups": trainer_state["param_groups"]}
-    for idx, keys in trainer_state["optimizer_layout"].items():
-        opt_state["state"][int(idx)] = {k: tensors[f"state.{idx}.{k}"] for k in keys}
-    optimizer.load_state_dict(opt_state)
-    scheduler.load_state_dict(trainer_state["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return trainer_state["state"]
-
-
-def training_summary(cfg: RunConfig, state: dict, metrics: dict | None = None) -> dict:
-    summary = {
-        "steps": state["step"],
-        "sentences_seen": state["sentences_seen"],
-        "data": cfg.data.train,
-        "batch_size": cfg.training.batch_size * cfg.training.grad_accum,
-        "lr": cfg.training.lr,
-        "projector_lr": cfg.training.projector_lr,
-        "wall_minutes": round(state["elapsed_s"] / 60, 1),
-    }
-    if metrics:
-        summary["metrics"] = metrics
-    return summary
-
-
-# ---------------------------------------------------------------------- plotting
-def plot_losses(metrics_file: Path, out: Path) -> None:
-    """Training and validation loss against steps, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
-    val = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train", alpha=0.7)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(out.parent.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    Raises:
+        V2TError: a bad recipe or data (before anything is trained), or :class:`TrainingStopped` when an error
+            stopped training (the message says which checkpoint holds the work done).
+        KeyboardInterrupt: Ctrl-C or SIGTERM, after saving a checkpoint.
+    """
+    return Trainer(cfg, resume, show_progress).run()
 
 
 # ---------------------------------------------------------------------- data
@@ -227,238 +107,422 @@ def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True):
     return train_texts, val_texts, train_vectors, val_vectors
 
 
-# ---------------------------------------------------------------------- the loop
-def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool = True) -> Path:
-    """Train an adapter as the recipe says; returns the ``final/`` bundle folder.
+# ---------------------------------------------------------------------- devices
+def training_device(spec: str | None) -> torch.device | None:
+    """The device ``backbone.device`` asks for (None: accelerate's choice), checked before anything loads.
 
-    Args:
-        cfg: the recipe.
-        resume: False for a new run; True to continue this recipe's run folder; or a run folder to continue.
-        show_progress: progress bars for embedding and training.
+    ``cuda:N`` is honoured in a single process (it becomes the current CUDA device); with several processes
+    each one takes the GPU of its rank, so an explicit index is refused.
     """
+    if spec is None:
+        return None
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise V2TError(f"backbone.device {spec!r} is not a device: use cpu, cuda or cuda:N") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise V2TError(f"backbone.device {spec!r}: training runs on cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise V2TError(f"backbone.device={spec} but CUDA is not available here: use --backbone.device=cpu")
+    if device.index is None:
+        return device
+    if device.index >= torch.cuda.device_count():
+        raise V2TError(f"backbone.device={spec} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                       f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise V2TError(f"backbone.device={spec} with several processes: each process takes the GPU of its rank; "
+                       "leave backbone.device unset and choose GPUs with `accelerate launch --gpu_ids`")
+    torch.cuda.set_device(device)
+    return device
+
+
+def make_accelerator(cfg: RunConfig, device: torch.device | None, run_dir: Path):
+    """An ``Accelerator`` on ``device`` with the recipe's mixed precision (``auto``: bf16/fp16 on CUDA)."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-    from .encoders import load_encoder
-    from .model import Vector2Text
+    cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    mixed = cfg.training.mixed_precision
+    if mixed == "auto":
+        mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    return Accelerator(mixed_precision=mixed, cpu=not cuda,
+                       log_with="tensorboard" if cfg.training.tensorboard else None, project_dir=str(run_dir))
 
-    tc, dc = cfg.training, cfg.data
-    run_dir = Path(resume) if isinstance(resume, (str, Path)) else run_dir_of(cfg)
-    checkpoints = list_checkpoints(run_dir)
-    if resume:
-        if not checkpoints:
-            raise V2TError(f"nothing to resume in {run_dir}: it holds no step-NNNNNN checkpoint")
-        saved = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["recipe"]
-        check_same_recipe(saved, cfg.to_dict(), run_dir)
-    elif checkpoints or (run_dir / "final").exists():
-        raise V2TError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or choose "
-                       "another --training.run_name")
 
-    if tc.tensorboard:
+def _check_tensorboard(cfg: RunConfig) -> None:
+    if cfg.training.tensorboard:
         import importlib.util
 
         if importlib.util.find_spec("tensorboard") is None:
             raise V2TError("training.tensorboard=true needs the tensorboard package: pip install tensorboard")
-    mixed = tc.mixed_precision
-    # accelerate places each process on its device; backbone.device=cpu forces the CPU
-    cuda = torch.cuda.is_available() and (cfg.backbone.device or "cuda").startswith("cuda")
-    if mixed == "auto":
-        mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda,
-                              log_with="tensorboard" if tc.tensorboard else None, project_dir=str(run_dir))
-    set_seed(tc.seed)
 
-    encoder = load_encoder(cfg.encoder.spec)
-    train_texts, val_texts, train_vectors, val_vectors = prepare_data(cfg, encoder, show_progress)
 
-    # ---- model and optimiser
-    v2t = Vector2Text.create(backbone=cfg.backbone.name, encoder=encoder, projector=cfg.projector.kind,
-                             prefix_length=cfg.projector.prefix_length, lora_r=cfg.lora.r,
-                             lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                             target_modules=cfg.lora.target_modules, lora_layers=cfg.lora.layers,
-                             quantization=cfg.backbone.quantization,
-                             device=str(accelerator.device), projector_hidden_dim=cfg.projector.hidden_dim,
-                             seed=tc.seed, trainable=tc.trainable)
-    v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
-    if tc.gradient_checkpointing:
-        v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+def _locate_run(cfg: RunConfig, resume: bool | str | Path) -> tuple[Path, Path | None]:
+    """The run folder and the checkpoint to resume from (None for a new run); refuses what cannot work."""
+    run_dir = Path(resume) if isinstance(resume, (str, Path)) else run_dir_of(cfg)
+    checkpoints = list_checkpoints(run_dir)
+    if not resume:
+        if checkpoints or (run_dir / "final").exists():
+            raise V2TError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or choose "
+                           "another --training.run_name")
+        return run_dir, None
+    if not checkpoints:
+        raise V2TError(f"nothing to resume in {run_dir}: it holds no step-NNNNNN checkpoint")
+    import json
+
+    saved = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["recipe"]
+    check_same_recipe(saved, cfg.to_dict(), run_dir)
+    return run_dir, checkpoints[-1]
+
+
+# ---------------------------------------------------------------------- the trainer
+class Trainer:
+    """One training run. ``Trainer(cfg).run()`` does what :func:`train` documents."""
+
+    def __init__(self, cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool = True):
+        self.cfg = cfg
+        self.run_dir, self.resume_from = _locate_run(cfg, resume)
+        _check_tensorboard(cfg)
+        self.device = training_device(cfg.backbone.device)
+        self.accelerator = make_accelerator(cfg, self.device, self.run_dir)
+        self.show_progress = show_progress and self.accelerator.is_main_process
+        self.log = RunLog(self.run_dir, self.accelerator, cfg.training.tensorboard)
+        self.state = TrainState()
+        self.phase = "setup"  # setup | step | update | after | checkpoint: what rescue() may save
+        self.snapshot: tuple[TrainState, dict] | None = None  # state and RNG from before the current step
+        self.last_eval: dict | None = None
+        self.saved_step = -1  # the step of the last checkpoint saved or resumed from (the same on every process)
+
+    def run(self) -> Path:
+        from accelerate.utils import set_seed
+
+        set_seed(self.cfg.training.seed)
+        self.prepare_data()
+        self.build_model()
+        self.start_or_resume()
+        restore_signals, self.ignore_signals = sigterm_as_interrupt()
+        try:
+            self.loop()
+            final = self.finish()
+        except BaseException as exc:
+            raise self.rescue(exc)  # noqa: B904 (rescue sets the cause of a TrainingStopped)
+        finally:
+            restore_signals()
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return final
+
+    # ------------------------------------------------------------------ setup
+    def prepare_data(self) -> None:
+        """Read and embed the corpus (the main process fills the cache, then the others read it)."""
+        from .encoders import load_encoder
+
+        with self.accelerator.main_process_first():
+            self.encoder = load_encoder(self.cfg.encoder.spec)
+            self.train_texts, self.val_texts, self.train_vectors, self.val_vectors = prepare_data(
+                self.cfg, self.encoder, self.show_progress)
+
+    def build_model(self) -> None:
+        """The backbone with a fresh adapter, its optimizer and schedule, prepared by accelerate."""
+        from .model import Vector2Text
+
+        cfg, tc = self.cfg, self.cfg.training
+        device = self.device if self.device is not None else self.accelerator.device
+        self.v2t = v2t = Vector2Text.from_config(cfg, encoder=self.encoder, device=str(device))
+        self.release_encoder()
+        if self.accelerator.mixed_precision in ("bf16", "fp16"):  # the precision the adapter learns in
+            v2t.backbone_info["compute_dtype"] = "bfloat16" if self.accelerator.mixed_precision == "bf16" \
+                else "float16"
+        v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
+        if tc.gradient_checkpointing:
+            v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.params = v2t.trainable_parameters()
+        for param in self.params:
+            param.requires_grad_(True)
+        optimizer, self.scheduler = make_optimizer(v2t, tc)
+        self.model, self.optimizer = self.accelerator.prepare(v2t, optimizer)
+        self.lengths, corpus_vocab = tokenize_corpus(v2t.tokenizer, self.train_texts, cfg.data.max_tokens)
+        self.loss_vocab = None
+        if tc.loss_vocab == "corpus":
+            self.loss_vocab = torch.from_numpy(corpus_vocab).to(v2t.device)
+            v2t.set_output_vocab(corpus_vocab)  # saved with the adapter: generation keeps to what the loss ranked
+            logger.info("training loss over the %d tokens the corpus uses (of %d)", len(corpus_vocab),
+                        v2t.backbone_info["vocab_size"])
+
+    def release_encoder(self) -> None:
+        """The embedding cache is filled: free the encoder (LaBSE alone is 1.8 GB of GPU memory in fp32)."""
+        self.v2t.release_encoders()
+        self.encoder = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def start_or_resume(self) -> None:
+        """Load the last checkpoint, or start the run folder afresh; log what the run costs."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume_from is not None:
+            saved = load_checkpoint(self.resume_from, self.v2t, self.optimizer, self.scheduler,
+                                    rank=self.accelerator.process_index)
+            self.state = TrainState(**saved)
+            self.saved_step = self.state.step
+            logger.info("resumed %s at step %d", self.resume_from, self.state.step)
+        elif self.accelerator.is_main_process:
+            import yaml
+
+            self.log.start_over()
+            (self.run_dir / "recipe.yaml").write_text(
+                yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        cost = describe_cost(self.v2t, cfg)
+        logger.info("parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
+                    "%.2f GiB for batch %d x %d tokens", f"{cost['trainable_params']:,}",
+                    f"{cost['frozen_params']:,}", cost["weights_gib"], cost["estimated_peak_gib"],
+                    cfg.training.batch_size, cfg.data.max_tokens + cfg.projector.prefix_length)
+        logger.info("training %d sentences, validating on %d; run folder %s", len(self.train_texts),
+                    len(self.val_texts), self.run_dir)
+        if self.accelerator.is_main_process and cfg.training.tensorboard:
+            self.accelerator.init_trackers(cfg.training.run_name)
+        self.batch_order = BatchOrder(self.lengths, cfg.training.batch_size, cfg.data.seed)
+
+    # ------------------------------------------------------------------ the loop
+    def loop(self) -> None:
+        from tqdm.auto import tqdm
+
+        tc = self.cfg.training
+        self.clock, self.base_elapsed = time.perf_counter(), self.state.elapsed_s
+        self.window = _Window()
+        self.bar = tqdm(total=tc.max_steps, initial=self.state.step, desc="training", unit="step",
+                        disable=not self.show_progress)
+        while self.state.step < tc.max_steps:
+            if tc.max_minutes is not None and self.state.elapsed_s >= tc.max_minutes * 60:
+                logger.info("time budget of %.1f minutes reached at step %d", tc.max_minutes, self.state.step)
+                break
+            self.after_step(self.train_step())
+        self.bar.close()
+
+    def next_batch(self) -> tuple[np.ndarray, int]:
+        """This process's next batch, and how many sentences all processes take together this time."""
+        taken = self.batch_order.take(self.state, self.accelerator.num_processes)
+        return taken[self.accelerator.process_index], sum(len(b) for b in taken)
+
+    def train_step(self) -> float:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its mean loss."""
+        tc, acc = self.cfg.training, self.accelerator
+        self.model.train()
+        self.snapshot = (TrainState(**asdict(self.state)), rng_state())
+        self.phase = "step"
+        step_loss = 0.0
+        for micro in range(tc.grad_accum):
+            idx, sentences = self.next_batch()
+            texts = [self.train_texts[i] for i in idx]
+            vectors = torch.from_numpy(np.asarray(self.train_vectors[idx]))
+            batch = self.v2t.tokenize(texts, self.cfg.data.max_tokens)
+            with contextlib.nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(self.model):
+                with acc.autocast():
+                    loss = self.model(vectors, batch["input_ids"], batch["attention_mask"], self.loss_vocab).loss
+                acc.backward(loss / tc.grad_accum)
+            step_loss += loss.item() / tc.grad_accum
+            self.state.sentences_seen += sentences
+        if not math.isfinite(step_loss):
+            raise V2TError(f"the loss became {step_loss} at step {self.state.step + 1}: lower training.lr / "
+                           "training.projector_lr")
+        if tc.max_grad_norm:
+            acc.clip_grad_norm_(self.params, tc.max_grad_norm)
+        self.phase = "update"  # from here until the step is counted, the weights are half-updated
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.snapshot, self.phase = None, "after"
+        return step_loss
+
+    def after_step(self, step_loss: float) -> None:
+        """Progress, the training log, evaluation and checkpoints, each on its own schedule."""
+        tc, state = self.cfg.training, self.state
+        state.elapsed_s = self.base_elapsed + time.perf_counter() - self.clock
+        self.window.add(step_loss)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{step_loss:.3f}")
+        if state.step % tc.log_every == 0:
+            self.log.append({"kind": "train", "step": state.step, "loss": self.window.mean_loss,
+                             "lr": self.scheduler.get_last_lr()[0], "ms_per_step": self.window.ms_per_step,
+                             "elapsed_s": round(state.elapsed_s, 1), "sentences_seen": state.sentences_seen})
+        if state.step % tc.eval_every == 0 and self.accelerator.is_main_process:
+            self.evaluate(self.window.mean_loss, self.window.ms_per_step)
+        if state.step % tc.log_every == 0 or state.step % tc.eval_every == 0:
+            self.window = _Window()
+        if state.step % tc.save_every == 0:
+            self.checkpoint()
+
+    # ------------------------------------------------------------------ evaluation and checkpoints
+    def evaluate(self, train_loss: float | None, ms_per_step: float | None) -> dict:
+        """Validation loss and a few greedy reconstructions: logged, recorded, plotted."""
+        v2t, state, n = self.v2t, self.state, min(self.cfg.training.num_samples, len(self.val_texts))
+        max_tokens = self.cfg.data.max_tokens
+        val_loss = validation_loss(v2t, self.val_texts, self.val_vectors, self.cfg.training.batch_size, max_tokens)
+        samples = v2t.generate(self.val_vectors[:n], max_new_tokens=max_tokens, do_sample=False, num_beams=1,
+                               num_return_sequences=1) if n else []
+        parts = [f"step {state.step}"] + ([f"loss {train_loss:.3f}"] if train_loss is not None else [])
+        parts += [f"val {val_loss:.3f}"] + ([f"{ms_per_step:.0f} ms/step"] if ms_per_step is not None else [])
+        logger.info(" | ".join(parts))
+        for original, generated in zip(self.val_texts[:n], samples):
+            logger.info("    %s ==> %s", original, generated)
+        record = {"kind": "eval", "step": state.step, "val_loss": val_loss, "train_loss": train_loss,
+                  "sentences_seen": state.sentences_seen, "elapsed_s": round(state.elapsed_s, 1),
+                  "samples": [{"text": t, "generated": g} for t, g in zip(self.val_texts[:n], samples)]}
+        self.log.append(record)
+        self.log.plot()
+        self.last_eval = record
+        return record
+
+    def checkpoint(self) -> None:
+        """A regular checkpoint: every process hands its RNG states to the main process, which saves."""
+        from accelerate.utils import gather_object
+
+        self.phase = "checkpoint"
+        rngs = gather_object([rng_state()]) if self.accelerator.num_processes > 1 else [rng_state()]
+        if self.accelerator.is_main_process:
+            self.save(self.state, rngs)
+        self.saved_step, self.phase = self.state.step, "after"
+
+    def save(self, state: TrainState, rngs: list[dict]) -> Path:
+        return save_checkpoint(self.run_dir, self.v2t, self.optimizer, self.scheduler, asdict(state), self.cfg,
+                               rngs, training_summary(self.cfg, state))
+
+    def finish(self) -> Path:
+        """Last checkpoint, last evaluation, and the ``final/`` bundle."""
+        state = self.state
+        if state.step > 0 and self.saved_step != state.step:
+            self.checkpoint()
+        final = self.run_dir / "final"
+        if not self.accelerator.is_main_process:
+            return final
+        record = self.last_eval
+        if record is None or record["step"] != state.step:
+            record = self.evaluate(self.window.mean_loss if self.window.losses else None, None)
+        summary = training_summary(self.cfg, state, {"val_loss": round(record["val_loss"], 4)})
+        self.v2t.save_adapter(final, training=summary | {"samples": record["samples"][:3]})
+        logger.info("final adapter: %s", final)
+        return final
+
+    # ------------------------------------------------------------------ when something stops the run
+    def rescue(self, exc: BaseException) -> BaseException:
+        """Save what was trained, if the weights are consistent; return the exception to raise: ``exc`` itself,
+        or for an unexpected error one :class:`TrainingStopped` line that says where the work is."""
+        self.ignore_signals()  # a second Ctrl-C or SIGTERM must not cut the checkpoint short
+        if hasattr(self, "bar"):
+            self.bar.close()
+        saved = self.save_on_stop(exc) if self.accelerator.is_main_process else None
+        if isinstance(exc, (KeyboardInterrupt, V2TError)) or not isinstance(exc, Exception):
+            return exc
+        where = f"checkpoint {saved} holds the work done: fix the cause, then continue with --resume" if saved \
+            else _last_checkpoint_hint(self.run_dir)
+        stopped = TrainingStopped(f"training stopped at step {self.state.step} by {type(exc).__name__}: "
+                                  f"{_first_line(exc)}{_hint(exc)}; {where}")
+        stopped.__cause__ = exc
+        return stopped
+
+    def save_on_stop(self, exc: BaseException) -> Path | None:
+        """The checkpoint :meth:`rescue` writes: the state from before an unfinished step (so ``--resume``
+        redoes that step on the same batch with the same dropout), none while the optimizer was updating."""
+        state, rng = self.state, rng_state()
+        if self.phase in ("setup", "update", "checkpoint"):
+            if self.phase != "setup":
+                logger.warning("not saving a checkpoint: %s", "the weights were half-updated"
+                               if self.phase == "update" else "writing the checkpoint itself failed")
+            return None
+        if self.snapshot is not None:
+            state, rng = self.snapshot
+        target = self.run_dir / f"step-{state.step:06d}"
+        if state.step == 0 or target.exists():
+            return target if target.exists() else None
+        self.optimizer.zero_grad(set_to_none=True)  # free the gradients (after CUDA running out of memory)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped by {type(exc).__name__}"
+        logger.info("%s: saving a checkpoint at step %d before exiting", what, state.step)
+        try:
+            return self.save(state, [rng])
+        except Exception as save_error:  # e.g. the disk is full: say so, and report the original error
+            logger.error("could not save a checkpoint either: %s", _first_line(save_error))
+            return None
+
+
+class _Window:
+    """Training losses and step times since the last log line."""
+
+    def __init__(self):
+        self.start, self.losses = time.perf_counter(), []
+
+    def add(self, loss: float) -> None:
+        self.losses.append(loss)
+
+    @property
+    def mean_loss(self) -> float | None:
+        return sum(self.losses) / len(self.losses) if self.losses else None
+
+    @property
+    def ms_per_step(self) -> float:
+        return (time.perf_counter() - self.start) * 1000 / max(len(self.losses), 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def _hint(exc: BaseException) -> str:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return " (lower training.batch_size, or set training.gradient_checkpointing=true)"
+    return ""
+
+
+def _last_checkpoint_hint(run_dir: Path) -> str:
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        return f"the last checkpoint is {checkpoints[-1]}: continue with --resume"
+    return "no checkpoint was saved"
+
+
+def make_optimizer(v2t, tc):
+    """AdamW over the LoRA weights (``training.lr``) and the projector (``training.projector_lr``), with
+    linear warm-up and a cosine decay to ``min_lr_ratio``."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
     projector_params = list(v2t.projector.parameters())
-    lora_params = [p for p in v2t.trainable_parameters() if all(p is not q for q in projector_params)]
-    for p in lora_params + projector_params:
-        p.requires_grad_(True)
-    groups = [{"params": lora_params, "lr": tc.lr}]
+    others = [p for p in v2t.trainable_parameters() if all(p is not q for q in projector_params)]
+    groups = [{"params": others, "lr": tc.lr}]
     if projector_params:
         groups.append({"params": projector_params, "lr": tc.projector_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps,
                                                             min_lr_rate=tc.min_lr_ratio)
-    model, optimizer = accelerator.prepare(v2t, optimizer)
+    return optimizer, scheduler
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "sentences_seen": 0, "elapsed_s": 0.0}
-    if resume:
-        state = load_checkpoint(checkpoints[-1], v2t, optimizer, scheduler)
-        logger.info("resumed %s at step %d", checkpoints[-1], state["step"])
-    else:
-        import yaml
 
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a crashed run's leftovers start over
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
-    cost = describe_cost(v2t, cfg)
-    logger.info("parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
-                "%.2f GiB for batch %d x %d tokens", f"{cost['trainable_params']:,}", f"{cost['frozen_params']:,}",
-                cost["weights_gib"], cost["estimated_peak_gib"], tc.batch_size,
-                dc.max_tokens + cfg.projector.prefix_length)
-    logger.info("training %d sentences, validating on %d; run folder %s", len(train_texts), len(val_texts), run_dir)
-    if accelerator.is_main_process and tc.tensorboard:
-        accelerator.init_trackers(tc.run_name)
-
-    lengths, corpus_vocab = tokenize_corpus(v2t.tokenizer, train_texts, dc.max_tokens)
-    loss_vocab = None
-    if tc.loss_vocab == "corpus":
-        loss_vocab = torch.from_numpy(corpus_vocab).to(v2t.device)
-        v2t.set_output_vocab(corpus_vocab)  # saved with the adapter: generation keeps to what the loss ranked
-        logger.info("training loss over the %d tokens the corpus uses (of %d)", len(corpus_vocab),
-                    v2t.backbone_info["vocab_size"])
-    batches = bucketed_batches(lengths, tc.batch_size, dc.seed, state["epoch"])
-    metrics_file = run_dir / "metrics.jsonl"
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-
-    def next_batch() -> np.ndarray:
-        """The next batch of this process: with several processes, each takes its own of every `world`."""
-        nonlocal batches
-        if state["batch_in_epoch"] + world > len(batches):
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-            batches = bucketed_batches(lengths, tc.batch_size, dc.seed, state["epoch"])
-        idx = batches[state["batch_in_epoch"] + rank]
-        state["batch_in_epoch"] += world
-        return idx
-
-    def log_metrics(record: dict) -> None:
-        if accelerator.is_main_process:
-            with open(metrics_file, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-            if tc.tensorboard:
-                accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=record["step"])
-
-    def evaluate(train_loss: float | None, ms_per_step: float | None) -> dict:
-        val_loss = validation_loss(v2t, val_texts, val_vectors, tc.batch_size, dc.max_tokens)
-        n = min(tc.num_samples, len(val_texts))
-        samples = v2t.generate(val_vectors[:n], max_new_tokens=dc.max_tokens, do_sample=False, num_beams=1,
-                               num_return_sequences=1) if n else []
-        parts = [f"step {state['step']}"]
-        if train_loss is not None:
-            parts.append(f"loss {train_loss:.3f}")
-        parts.append(f"val {val_loss:.3f}")
-        if ms_per_step is not None:
-            parts.append(f"{ms_per_step:.0f} ms/step")
-        logger.info(" | ".join(parts))
-        for original, generated in zip(val_texts[:n], samples):
-            logger.info("    %s ==> %s", original, generated)
-        record = {"kind": "eval", "step": state["step"], "val_loss": val_loss, "train_loss": train_loss,
-                  "sentences_seen": state["sentences_seen"], "elapsed_s": round(state["elapsed_s"], 1),
-                  "samples": [{"text": t, "generated": g} for t, g in zip(val_texts[:n], samples)]}
-        log_metrics(record)
-        if accelerator.is_main_process:
-            plot_losses(metrics_file, run_dir / "loss.png")
-        return record
-
-    clock = time.perf_counter()
-    base_elapsed = state["elapsed_s"]
-    recent: list[float] = []
-    window_start, window_steps = time.perf_counter(), 0
-    last_eval: dict | None = None
-    snapshot = None
-    bar = tqdm(total=tc.max_steps, initial=state["step"], desc="training", unit="step",
-               disable=not show_progress or not accelerator.is_main_process)
-    restore_sigterm, ignore_sigterm = sigterm_as_interrupt()
-    try:
-        while state["step"] < tc.max_steps:
-            if tc.max_minutes is not None and state["elapsed_s"] >= tc.max_minutes * 60:
-                logger.info("time budget of %.1f minutes reached at step %d", tc.max_minutes, state["step"])
-                break
-            model.train()
-            snapshot = (json.loads(json.dumps(state)), torch.get_rng_state())  # the state before this step
-            step_loss = 0.0
-            for micro in range(tc.grad_accum):
-                idx = next_batch()
-                texts = [train_texts[i] for i in idx]
-                vectors = torch.from_numpy(np.asarray(train_vectors[idx]))
-                batch = v2t.tokenize(texts, dc.max_tokens)
-                sync = micro == tc.grad_accum - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    with accelerator.autocast():
-                        loss = model(vectors, batch["input_ids"], batch["attention_mask"], loss_vocab).loss
-                    accelerator.backward(loss / tc.grad_accum)
-                step_loss += loss.item() / tc.grad_accum
-                state["sentences_seen"] += len(idx) * world
-            if tc.max_grad_norm:
-                accelerator.clip_grad_norm_(lora_params + projector_params, tc.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            snapshot = None  # the step is complete
-            state["elapsed_s"] = base_elapsed + time.perf_counter() - clock
-            window_steps += 1
-            recent.append(step_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}")
-            if not math.isfinite(step_loss):
-                raise V2TError(f"the loss became {step_loss} at step {state['step']}: lower training.lr / "
-                               "training.projector_lr")
-            if state["step"] % tc.log_every == 0:
-                ms = (time.perf_counter() - window_start) * 1000 / window_steps
-                mean = sum(recent) / len(recent)
-                log_metrics({"kind": "train", "step": state["step"], "loss": mean,
-                             "lr": scheduler.get_last_lr()[0], "ms_per_step": ms,
-                             "elapsed_s": round(state["elapsed_s"], 1), "sentences_seen": state["sentences_seen"]})
-                if state["step"] % tc.eval_every:
-                    logger.debug("step %d | loss %.3f | %.0f ms/step", state["step"], mean, ms)
-            if state["step"] % tc.eval_every == 0 and accelerator.is_main_process:
-                ms = (time.perf_counter() - window_start) * 1000 / max(window_steps, 1)
-                last_eval = evaluate(sum(recent) / len(recent), ms)
-            if state["step"] % tc.log_every == 0 or state["step"] % tc.eval_every == 0:
-                recent, window_start, window_steps = [], time.perf_counter(), 0
-            if state["step"] % tc.save_every == 0 and accelerator.is_main_process:
-                save_checkpoint(v2t, optimizer, scheduler, state, cfg, run_dir)
-    except KeyboardInterrupt:
-        ignore_sigterm()  # a second SIGTERM must not cut the checkpoint short
-        bar.close()
-        rng = None
-        if snapshot is not None:  # interrupted inside a step: save the state from before it, so that
-            state, rng = snapshot  # --resume redoes that step on the same batch with the same dropout
-        logger.info("interrupted: saving a checkpoint at step %d before exiting", state["step"])
-        if accelerator.is_main_process and state["step"] > 0 and \
-                not (run_dir / f"step-{state['step']:06d}").exists():
-            save_checkpoint(v2t, optimizer, scheduler, state, cfg, run_dir, rng_state=rng)
-        raise
-    finally:
-        restore_sigterm()
-    bar.close()
-    if not accelerator.is_main_process:
-        accelerator.end_training()
-        return run_dir / "final"
-    if state["step"] > 0 and not (run_dir / f"step-{state['step']:06d}").exists():
-        save_checkpoint(v2t, optimizer, scheduler, state, cfg, run_dir)
-    record = last_eval
-    if record is None or record["step"] != state["step"]:
-        record = evaluate(sum(recent) / len(recent) if recent else None, None)
-    final = v2t.save_adapter(run_dir / "final", training=training_summary(
-        cfg, state, {"val_loss": round(record["val_loss"], 4)}) | {"samples": record["samples"][:3]})
-    accelerator.end_training()
-    logger.info("final adapter: %s", final)
-    return final
+def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = None) -> dict:
+    summary = {
+        "steps": state.step,
+        "sentences_seen": state.sentences_seen,
+        "data": cfg.data.train,
+        "batch_size": cfg.training.batch_size * cfg.training.grad_accum,
+        "lr": cfg.training.lr,
+        "projector_lr": cfg.training.projector_lr,
+        "wall_minutes": round(state.elapsed_s / 60, 1),
+    }
+    if metrics:
+        summary["metrics"] = metrics
+    return summary
 
 
 def sigterm_as_interrupt():
     """Treat SIGTERM (``kill``, a job scheduler's stop) like Ctrl-C while training: a checkpoint is saved and
     ``--resume`` continues exactly. Background jobs ignore SIGINT, so this is how to stop them cleanly.
-    Returns two functions: one puts the previous handler back, one ignores SIGTERM (while saving)."""
+
+    Returns two functions: one puts the previous handlers back; one ignores SIGTERM and SIGINT while the
+    checkpoint is written, so that a second Ctrl-C or ``kill`` cannot cut it short.
+    """
     import signal
     import threading
 
@@ -468,8 +532,18 @@ def sigterm_as_interrupt():
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return (lambda: signal.signal(signal.SIGTERM, previous)), (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
+
+    def restore():
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def ignore():
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+
+    return restore, ignore
 
 
 @torch.no_grad()

@@ -96,3 +96,33 @@ def test_bucketed_batches_cover_everything_once_and_group_lengths():
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
     other = bucketed_batches(lengths, batch_size=16, seed=0, epoch=1, bucket_batches=10)
     assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
+
+
+def test_batch_order_shares_every_batch_out_once_among_processes():
+    from lora_v2t.data import BatchOrder
+    from lora_v2t.train import TrainState
+
+    lengths = np.random.default_rng(0).integers(1, 30, size=100)
+    order = BatchOrder(lengths, batch_size=8, seed=3)
+    state = TrainState()
+    seen = []
+    for _ in range(6):  # 13 batches per epoch: 6 turns of 2 processes, the 13th is skipped
+        rank0, rank1 = order.take(state, world=2)
+        assert not set(rank0) & set(rank1)  # the two processes never train on the same sentences
+        seen += [*rank0, *rank1]
+    first_twelve = np.concatenate(bucketed_batches(lengths, 8, 3, 0)[:12])
+    assert len(seen) == len(set(seen)) and sorted(seen) == sorted(first_twelve) and state.batch_in_epoch == 12
+    order.take(state, world=2)
+    assert (state.epoch, state.batch_in_epoch) == (1, 2)
+    again = BatchOrder(lengths, batch_size=8, seed=3)  # a resumed run, rebuilt from the saved position
+    resumed = TrainState(epoch=0, batch_in_epoch=4)
+    assert [b.tolist() for b in again.take(resumed, world=2)] == \
+        [b.tolist() for b in bucketed_batches(lengths, 8, 3, 0)[4:6]]
+
+
+def test_batch_order_refuses_more_processes_than_batches():
+    from lora_v2t.data import BatchOrder
+    from lora_v2t.train import TrainState
+
+    with pytest.raises(V2TError, match="make 2 batches of 8, fewer than the 4 processes"):
+        BatchOrder(np.ones(10, dtype=int), batch_size=8, seed=0).take(TrainState(), world=4)

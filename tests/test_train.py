@@ -10,7 +10,7 @@ from lora_v2t import V2TError, load_adapter
 from lora_v2t.adapter import BUNDLE_FILES
 from lora_v2t.cli import main
 from lora_v2t.config import load_config
-from lora_v2t.train import train
+from lora_v2t.train import TrainingStopped, train
 
 from .conftest import SENTENCES
 
@@ -21,11 +21,15 @@ CORPUS = [
 ]
 
 
+def corpus_file(folder: Path, repeat: int = 3) -> Path:
+    path = folder / "corpus.txt"
+    path.write_text("\n".join(CORPUS * repeat) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture()
 def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(CORPUS * 3) + "\n", encoding="utf-8")
-    return path
+    return corpus_file(tmp_path)
 
 
 def recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, *extra):
@@ -201,8 +205,10 @@ def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir
         return real(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full_on_second_checkpoint)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(TrainingStopped, match=r"by OSError: .*No space left.*the last checkpoint is .*step-000010: "
+                       "continue with --resume") as stopped:
         train(cfg, show_progress=False)
+    assert isinstance(stopped.value.__cause__, OSError)  # no second write attempt after a failed checkpoint
     run = tmp_path / "runs" / "tiny-debug"
     assert sorted(p.name for p in run.iterdir() if p.name.startswith((".", "step"))) == ["step-000010"]
     assert load_adapter(run / "step-000010", device="cpu").meta["training"]["steps"] == 10
@@ -260,3 +266,165 @@ def test_cli_train_and_embed(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corp
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--resume" in capsys.readouterr().out
+
+
+def test_cuda_out_of_memory_inside_a_step_keeps_the_work_and_resume_redoes_that_step(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    from lora_v2t.model import Vector2Text
+
+    common = ["--training.max_steps=10", "--training.eval_every=100", "--training.save_every=100",
+              "--lora.dropout=0.1"]
+    straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common),
+                     show_progress=False)
+    cfg = recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, *common)
+    real_forward = Vector2Text.forward
+    calls = {"n": 0}
+
+    def out_of_memory_in_the_sixth_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Vector2Text, "forward", out_of_memory_in_the_sixth_forward)
+    with pytest.raises(TrainingStopped) as stopped:
+        train(cfg, show_progress=False)
+    message = str(stopped.value)
+    run = tmp_path / "b" / "runs" / "tiny-debug"
+    assert "\n" not in message and message.startswith("training stopped at step 5 by OutOfMemoryError: CUDA out")
+    assert "lower training.batch_size" in message and f"checkpoint {run / 'step-000005'} holds" in message
+    assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000005"]
+    monkeypatch.setattr(Vector2Text, "forward", real_forward)
+    resumed = train(cfg, resume=True, show_progress=False)
+    a, b = adapter_state(straight), adapter_state(resumed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("failing", ["metrics", "plot", "evaluation"])
+def test_a_failing_write_or_evaluation_saves_the_step_and_says_so_in_one_line(
+        failing, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch, capsys):
+    import lora_v2t.runlog as runlog
+
+    def fail(*args, **kwargs):
+        if failing == "evaluation":
+            raise RuntimeError("evaluation blew up")
+        raise OSError(5, "Input/output error")
+
+    target = {"metrics": (runlog.RunLog, "append"), "plot": (runlog, "plot_losses"),
+              "evaluation": (train_module, "validation_loss")}[failing]
+    monkeypatch.setattr(*target, fail)
+    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+            f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
+            f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=12", "--training.log_every=5",
+            "--training.eval_every=5", "--training.save_every=100", "--no-progress"]
+    assert main(["train", str(RECIPE), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    run = tmp_path / "runs" / "tiny-debug"
+    assert err[-1].startswith("error: training stopped at step 5 by ")
+    assert f"checkpoint {run / 'step-000005'} holds the work done" in err[-1]
+    assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000005"]
+    monkeypatch.undo()
+    assert main(["train", str(RECIPE), *args, "--resume"]) == 0
+    assert load_adapter(run / "final", device="cpu").meta["training"]["steps"] == 12
+
+
+def test_the_encoder_is_freed_once_the_cache_is_filled(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
+                                                       monkeypatch):
+    import gc
+    import weakref
+
+    import lora_v2t.encoders as encoders
+
+    made, during = [], {}
+    real_load, real_validation = encoders.load_encoder, train_module.validation_loss
+
+    def tracked_load(spec):
+        encoder = real_load(spec)
+        made.append(weakref.ref(encoder))
+        return encoder
+
+    def validation_that_looks_around(v2t, *args, **kwargs):
+        gc.collect()
+        during["registered"] = dict(v2t._encoders)
+        during["alive"] = [ref() is not None for ref in made]
+        return real_validation(v2t, *args, **kwargs)
+
+    monkeypatch.setattr(encoders, "load_encoder", tracked_load)
+    monkeypatch.setattr(train_module, "validation_loss", validation_that_looks_around)
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"),
+          show_progress=False)
+    assert made and during == {"registered": {}, "alive": [False] * len(made)}
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("cuda:1", "backbone.device=cuda:1 but CUDA is not available here: use --backbone.device=cpu"),
+    ("foo", "backbone.device 'foo' is not a device"),
+    ("meta", "training runs on cpu, cuda or cuda:N"),
+])
+def test_a_training_device_that_cannot_be_honoured_is_refused_before_loading(
+        device, message, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
+    if torch.cuda.is_available():
+        pytest.skip("checks the refusals of a machine without CUDA")
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, f"--backbone.device={device}")
+    with pytest.raises(V2TError, match=message):
+        train(cfg, show_progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cuda_index_checks_with_fake_devices(monkeypatch):
+    from lora_v2t.train import training_device
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    with pytest.raises(V2TError, match="has 2 CUDA device"):
+        training_device("cuda:2")
+    assert training_device("cuda:1") == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(V2TError, match="several processes: each process takes the GPU of its rank"):
+        training_device("cuda:1")
+
+
+def test_a_bundle_records_its_precision_and_loads_that_way(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                           corpus, caplog):
+    pytest.importorskip("bitsandbytes")
+    final = train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"),
+                  show_progress=False)
+    config = json.loads((final / "v2t_config.json").read_text())
+    assert (config["backbone"]["quantization"], config["backbone"]["compute_dtype"]) == ("none", "float32")
+    assert "trained on a `none` base computing in `float32`" in (final / "README.md").read_text()
+    config["backbone"]["quantization"] = "8bit"  # as if trained on an 8-bit base
+    (final / "v2t_config.json").write_text(json.dumps(config))
+    assert load_adapter(final, device="cpu").backbone_info["quantization"] == "8bit"  # auto: as trained
+    with caplog.at_level("WARNING"):
+        assert load_adapter(final, device="cpu", quantization="none").backbone_info["quantization"] == "none"
+    assert "was trained with quantization 8bit; loading it with none as asked" in caplog.text
+
+
+def test_a_second_ctrl_c_during_the_save_does_not_cut_the_checkpoint_short(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    import os
+    import signal
+
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=12",
+                 "--training.eval_every=3", "--training.save_every=100")
+    real_save = train_module.save_checkpoint
+
+    def impatient_user(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C pressed again while the checkpoint is written
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(*args, **kwargs)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(train_module, "validation_loss", ctrl_c)
+    monkeypatch.setattr(train_module, "save_checkpoint", impatient_user)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, show_progress=False)
+    assert signal.getsignal(signal.SIGINT) == before  # Ctrl-C works as usual again afterwards
+    run = tmp_path / "runs" / "tiny-debug"
+    assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000003"]
+    assert load_adapter(run / "step-000003", device="cpu").meta["training"]["steps"] == 3

@@ -1,0 +1,173 @@
+"""Training checkpoints: ``step-NNNNNN/`` folders that ``--resume`` continues from exactly.
+
+A checkpoint is a complete adapter bundle (see :mod:`lora_v2t.adapter`) plus
+
+- ``optimizer.safetensors``: the AdamW moments, and the random-number-generator states: the CPU's and those of
+  every CUDA device, for every process of the run (``rng.torch``, ``rng.cuda.0`` ... for the main process,
+  ``rng.rank1.torch`` ... for the others);
+- ``trainer_state.json``: step, epoch, position in the epoch, sentences seen, wall time, the optimizer's layout
+  and parameter groups, the scheduler, and the resolved recipe.
+
+No pickle anywhere. A checkpoint is written to a temporary folder and renamed into place; only the last
+``training.keep_checkpoints`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .adapter import replace_dir, validate_bundle
+from .config import RunConfig
+from .errors import V2TError
+
+logger = logging.getLogger(__name__)
+
+# recipe keys that may change when a run is resumed; any other difference means another recipe
+RESUMABLE_CHANGES = {"training.max_steps", "training.max_minutes", "training.eval_every", "training.save_every",
+                     "training.keep_checkpoints", "training.log_every", "training.num_samples",
+                     "training.tensorboard", "training.output_dir", "data.cache_dir"}
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are ignored)."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.glob("step-*") if p.is_dir() and (p / "trainer_state.json").exists())
+
+
+def check_same_recipe(saved: dict, current: dict, where: Path) -> None:
+    """Raise if a resume folder was made by a different recipe (beyond the keys that may change)."""
+    a, b = _flatten(saved), _flatten(current)
+    for key in sorted(set(a) | set(b)):
+        if key.split(".")[0] == "generation" or key in RESUMABLE_CHANGES:
+            continue
+        if a.get(key) != b.get(key):
+            raise V2TError(f"resume folder {where} was made by another recipe: {key} was {a.get(key)!r}, now "
+                           f"{b.get(key)!r}; resume with the same recipe or start a new --training.run_name")
+
+
+def _flatten(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# ---------------------------------------------------------------------- random number generators
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's RNG states: the CPU generator and the generator of every CUDA device."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda.{index}"] = cuda_state
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    """Restore what :func:`rng_state` returned (CUDA devices beyond this machine's count are skipped)."""
+    torch.set_rng_state(state["torch"])
+    if not torch.cuda.is_available():
+        return
+    if "cuda" in state:  # checkpoints written before every device was saved: the current device only
+        torch.cuda.set_rng_state(state["cuda"])
+    for index in range(torch.cuda.device_count()):
+        if f"cuda.{index}" in state:
+            torch.cuda.set_rng_state(state[f"cuda.{index}"], index)
+
+
+def _rng_prefix(rank: int) -> str:
+    return "rng." if rank == 0 else f"rng.rank{rank}."
+
+
+def _rng_of_rank(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """The RNG states saved for process ``rank`` (the main process's when that rank's were not saved)."""
+    prefix = _rng_prefix(rank)
+    if f"{prefix}torch" not in tensors:
+        prefix = _rng_prefix(0)
+    picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k: v for k, v in picked.items() if not k.startswith("rank")}  # not the other ranks' states
+
+
+# ---------------------------------------------------------------------- save and load
+def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: RunConfig,
+                    rng_states: list[dict[str, torch.Tensor]], summary: dict) -> Path:
+    """Write ``step-NNNNNN/`` atomically (bundle + optimizer + RNG + trainer state), then prune old ones.
+
+    Args:
+        rng_states: the RNG states of every process, in rank order (see :func:`rng_state`).
+        summary: the training summary recorded in the bundle's v2t_config.json.
+    """
+    from safetensors.torch import save_file
+
+    name = f"step-{state['step']:06d}"
+    final = run_dir / name
+    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        v2t.save_adapter(tmp, training=summary)
+        tensors, layout = {}, {}
+        for idx, param_state in optimizer.state_dict()["state"].items():
+            layout[str(idx)] = sorted(param_state)
+            for key, value in param_state.items():
+                tensors[f"state.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        for rank, rng in enumerate(rng_states):
+            tensors |= {f"{_rng_prefix(rank)}{key}": value.cpu().contiguous() for key, value in rng.items()}
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        trainer_state = {"state": state, "optimizer_layout": layout,
+                         "param_groups": optimizer.state_dict()["param_groups"],
+                         "scheduler": scheduler.state_dict(), "recipe": cfg.to_dict()}
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[: -cfg.training.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    logger.info("checkpoint saved: %s", final)
+    return final
+
+
+def load_checkpoint(path: Path, v2t, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore LoRA (or the whole backbone), projector, optimizer, scheduler and this process's RNG states
+    from a checkpoint; return the trainer state."""
+    from safetensors.torch import load_file
+
+    validate_bundle(path)
+    trainer_state = json.loads((path / "trainer_state.json").read_text())
+    _load_weights(path, v2t)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    opt_state = {"state": {}, "param_groups": trainer_state["param_groups"]}
+    for idx, keys in trainer_state["optimizer_layout"].items():
+        opt_state["state"][int(idx)] = {k: tensors[f"state.{idx}.{k}"] for k in keys}
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(trainer_state["scheduler"])
+    set_rng_state(_rng_of_rank(tensors, rank))
+    return trainer_state["state"]
+
+
+def _load_weights(path: Path, v2t) -> None:
+    """Put a checkpoint's trained weights into the model being trained."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if v2t.is_peft:
+        lora = load_file(str(path / "adapter_model.safetensors"), device=str(v2t.device))
+        result = set_peft_model_state_dict(v2t.model, lora, adapter_name=v2t.active_adapter)
+        if getattr(result, "unexpected_keys", None):
+            raise V2TError(f"{path}: LoRA weights do not fit this model ({result.unexpected_keys[:2]})")
+    else:  # full fine-tuning: the whole backbone was saved
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(path / "backbone", dtype=v2t.base_model.dtype)
+        v2t.base_model.load_state_dict(saved.state_dict())
+        del saved
+    v2t.projector.load_state_dict(load_file(str(path / "projector.safetensors"), device=str(v2t.device)))

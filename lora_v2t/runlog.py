@@ -1,0 +1,68 @@
+"""What a training run records as it goes: ``metrics.jsonl``, ``loss.png`` and, optionally, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class RunLog:
+    """Appends one JSON line per log or evaluation and redraws the loss plot; only the main process writes.
+
+    Args:
+        run_dir: the run folder.
+        accelerator: the run's accelerate ``Accelerator`` (for the main-process check and TensorBoard).
+        tensorboard: also log float values to TensorBoard through accelerate's tracker.
+    """
+
+    def __init__(self, run_dir: Path, accelerator, tensorboard: bool = False):
+        self.metrics_file = run_dir / "metrics.jsonl"
+        self.plot_file = run_dir / "loss.png"
+        self.accelerator = accelerator
+        self.tensorboard = tensorboard
+
+    @property
+    def writes(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def start_over(self) -> None:
+        """A fresh run does not append to a crashed run's leftovers."""
+        if self.writes:
+            self.metrics_file.unlink(missing_ok=True)
+
+    def append(self, record: dict) -> None:
+        if not self.writes:
+            return
+        with open(self.metrics_file, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.tensorboard:
+            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=record["step"])
+
+    def plot(self) -> None:
+        if self.writes:
+            plot_losses(self.metrics_file, self.plot_file)
+
+
+def plot_losses(metrics_file: Path, out: Path) -> None:
+    """Training and validation loss against steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", alpha=0.7)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(out.parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
