@@ -34,6 +34,10 @@ BUNDLE_FILES = ("adapter_config.json", "adapter_model.safetensors", "projector.s
 FULL_MODEL_FILES = ("backbone", "projector.safetensors", "v2t_config.json", "README.md")
 OUTPUT_VOCAB_FILE = "output_vocab.safetensors"  # optional, see Vector2Text.output_vocab
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+SAFETENSORS_MAX_HEADER = 100 * 2**20  # safetensors refuses JSON headers above 100 MB
+PICKLE_PROTOCOLS = range(2, 6)  # a binary pickle starts with 0x80 and its protocol byte (torch.save's legacy format)
+REWRITE = "save or copy the adapter again"
+NO_PICKLE = "lora_v2t never loads pickle; convert it with safetensors.torch.save_file"
 
 
 # ---------------------------------------------------------------------- saving
@@ -73,7 +77,7 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
         for item in tmp.iterdir():
             if item.name not in expected:
                 item.unlink()
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -81,7 +85,7 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
     return path
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Move the finished folder ``src`` to ``dst``; an older ``dst`` is removed only after the swap."""
     old = dst.parent / f".{dst.name}.old-{os.getpid()}"
     had_old = dst.exists()
@@ -99,7 +103,8 @@ def _replace_dir(src: Path, dst: Path) -> None:
 def bundle_config(v2t) -> dict:
     """The content of ``v2t_config.json`` for the active adapter."""
     meta = v2t.meta
-    backbone = {k: v2t.backbone_info[k] for k in ("name", "model_type", "hidden_size", "vocab_size")}
+    backbone = {k: v2t.backbone_info[k] for k in ("name", "model_type", "hidden_size", "vocab_size",
+                                                  "quantization", "compute_dtype")}
     return {
         "format_version": FORMAT_VERSION,
         "lora_v2t_version": __version__,
@@ -129,6 +134,8 @@ def model_card(config: dict) -> str:
         "- no LoRA: the whole backbone was fine-tuned and is saved in `backbone/` (a baseline, not an adapter)",
         f"- output vocabulary: the {config['output_vocab_size']} tokens of its training corpus (generation keeps "
         "to them)" if config.get("output_vocab_size") else "- output vocabulary: the whole tokenizer",
+        f"- trained on a `{bb.get('quantization', 'unrecorded')}` base computing in "
+        f"`{bb.get('compute_dtype', 'unrecorded')}` (`load_adapter` loads it the same way unless told otherwise)",
         f"- bundle format {config['format_version']}, written by lora_v2t {config['lora_v2t_version']}",
         "",
         "## Training",
@@ -226,11 +233,26 @@ def _read_json(file: Path) -> dict:
 
 
 def _check_safetensors(file: Path) -> None:
+    """Raise V2TError unless ``file`` is a complete safetensors file; the message says what it is instead.
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header, then the tensor data. Its first
+    byte is the header length's low byte and may be anything (0x80 included), so the header is parsed first and
+    only a file without a valid header is classified (empty, pickle, zip, truncated, corrupt).
+    """
+    size = file.stat().st_size
     with open(file, "rb") as handle:
         head = handle.read(8)
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
-        raise V2TError(f"{file} is a pickle (torch.save) file, not safetensors: lora_v2t never loads pickle; "
-                       "convert it with safetensors.torch.save_file")
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = _parse_safetensors_header(handle.read(length)) if 2 <= length <= min(
+            size - 8, SAFETENSORS_MAX_HEADER) else None
+        start = handle.read(1) if header is None and length > size - 8 else b""
+    if header is None:
+        raise V2TError(f"{file} {_not_safetensors(head, size, length, start)}")
+    data_size = size - 8 - length
+    end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    if end > data_size:
+        raise V2TError(f"{file} is truncated: its header places tensor data up to byte {end} but only "
+                       f"{data_size} bytes of data follow it; {REWRITE}")
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -239,8 +261,42 @@ def _check_safetensors(file: Path) -> None:
             if keys:
                 handle.get_tensor(keys[-1])
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise V2TError(f"{file} is truncated or corrupt ({_short(exc)}): save or copy the adapter again") \
-            from exc
+        raise V2TError(f"{file} is a corrupt safetensors file ({_short(exc)}): {REWRITE}") from exc
+
+
+def _parse_safetensors_header(raw: bytes) -> dict | None:
+    """The tensor entries of a safetensors JSON header, or None when ``raw`` is not such a header."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(header, dict) or not raw.lstrip().startswith(b"{"):
+        return None
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    for entry in entries.values():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]):
+            return None
+    return entries
+
+
+def _not_safetensors(head: bytes, size: int, length: int, after_length: bytes) -> str:
+    """What a file without a valid safetensors header is, and the fix (the end of a one-line message)."""
+    if size == 0:
+        return f"is empty (0 bytes): the adapter was not written completely; {REWRITE}"
+    if head[:4] == b"PK\x03\x04":
+        return f"is a zip archive (torch.save's default format, pickle inside), not safetensors: {NO_PICKLE}"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] in PICKLE_PROTOCOLS:
+        return f"is a pickle file (protocol {head[1]}, e.g. torch.save's legacy format), not safetensors: {NO_PICKLE}"
+    if size < 8:
+        return f"is truncated: {size} bytes, less than a safetensors header length; {REWRITE}"
+    if length > size - 8 and after_length == b"{":
+        return (f"is truncated: its header alone should take {length} bytes but only {size - 8} follow its "
+                f"length; {REWRITE}")
+    return (f"is corrupt: not a safetensors file (no valid header; it starts with bytes {head.hex(' ')}); "
+            f"{REWRITE}")
 
 
 def _short(exc: BaseException) -> str:
@@ -276,7 +332,8 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
         path: the bundle folder.
         backbone: load on this base instead of the one named in the bundle (same hidden and vocab size).
         encoder: an encoder spec or object to use instead of the bundle's (same dimension).
-        quantization: ``auto`` | ``8bit`` | ``4bit`` | ``none``.
+        quantization: ``auto`` (as the bundle was trained, see :func:`load_precision`) | ``8bit`` | ``4bit`` |
+            ``none``.
         device: where to run; None picks CUDA when available.
         name: the adapter's name in the registry.
         trainable: load the LoRA and projector weights as trainable (to resume training).
@@ -286,7 +343,7 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
     """
     from peft import PeftModel
 
-    from .backbone import load_backbone
+    from .backbone import compute_dtype, load_backbone, pick_device
     from .encoders import load_encoder
     from .model import Vector2Text
 
@@ -297,7 +354,9 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
         check_encoder(config, enc, path)
     full = config.get("trainable") == "full"
     backbone_name = str(path / "backbone") if full else backbone or config["backbone"]["name"]
-    base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device)
+    quantization, trained_dtype = load_precision(config, quantization, path)
+    dtype = compute_dtype(pick_device(device), trained_dtype)
+    base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device, dtype=dtype)
     info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
             "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
     check_compatible(config, info, path)
@@ -313,6 +372,27 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
         v2t._encoders[config["encoder"]["spec"]] = enc
     v2t.eval()
     return v2t
+
+
+def load_precision(config: dict, quantization: str, path: Path) -> tuple[str, str | None]:
+    """The quantization to load a bundle with, and the compute dtype it was trained in (None if unrecorded).
+
+    ``auto`` means as the bundle was trained (an fp32-trained adapter is not put on an int8 base because a GPU
+    is there); another choice is honoured, with a warning when it differs from training. Bundles that do not
+    record their precision (written before lora_v2t did) keep ``auto``: 8-bit on CUDA, none on the CPU.
+    """
+    trained = config["backbone"].get("quantization")
+    trained_dtype = config["backbone"].get("compute_dtype")
+    if trained is None:
+        return quantization, None
+    if quantization == "auto":
+        logger.info("loading adapter %s as it was trained: quantization %s, compute dtype %s", path, trained,
+                    trained_dtype)
+        return trained, trained_dtype
+    if quantization != trained:
+        logger.warning("adapter %s was trained with quantization %s; loading it with %s as asked: its outputs "
+                       "may differ from those it was measured with", path, trained, quantization)
+    return quantization, trained_dtype
 
 
 def load_into(v2t, path: str | Path, name: str) -> None:

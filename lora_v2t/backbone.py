@@ -53,11 +53,17 @@ def resolve_quantization(quantization: str, device: torch.device) -> str:
     return quantization
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA where supported, else fp16 on CUDA, fp32 on the CPU."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+def compute_dtype(device: torch.device, trained: str | None = None) -> torch.dtype:
+    """bf16 on CUDA where supported, else fp16 on CUDA, fp32 on the CPU.
+
+    ``trained``: the dtype name an adapter was trained in; on CUDA, float32 and float16 are kept (bfloat16 falls
+    back to float16 where the GPU lacks it); the CPU always computes in float32.
+    """
+    if device.type != "cuda":
+        return torch.float32
+    if trained in ("float32", "float16"):
+        return getattr(torch, trained)
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def convert_offline_gemma(target: str | Path | None = None, force: bool = False) -> Path:
@@ -118,6 +124,36 @@ def resolve_backbone(name: str) -> tuple[str, str | None]:
     return str(path) if path.exists() else name, None
 
 
+def cpu_4bit_problem(model) -> str | None:
+    """Why bitsandbytes' CPU 4-bit kernels cannot run ``model``'s 4-bit layers, or None when they can.
+
+    bitsandbytes quantizes a 4-bit weight (out_features, in_features) in flat blocks of ``blocksize`` (64)
+    values, but its CPU kernels index the blocks per row: with in_features not a multiple of the block size,
+    the CPU ``dequantize_4bit`` kernel (training, and inference without AVX-512 BF16) silently reads the wrong
+    scales, and on CPUs with AVX-512 BF16 the inference repacking (``_convert_weight_packed_for_cpu``) crashes
+    in ``generate`` (e.g. ``shape '[96, 0]' is invalid``). That repacking also needs out_features to be a
+    multiple of 32.
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import has_avx512bf16
+
+    packs_rows = has_avx512bf16()  # the AVX-512 BF16 inference kernel packs 32 output rows at a time
+    for module_name, module in model.named_modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        state = module.weight.quant_state
+        out_features, in_features = state.shape if state is not None else (module.out_features,
+                                                                           module.in_features)
+        blocksize = state.blocksize if state is not None else module.weight.blocksize
+        if in_features % blocksize:
+            return (f"layer {module_name} has in_features {in_features}, not a multiple of bitsandbytes' 4-bit "
+                    f"block size {blocksize} (its CPU kernels then crash or compute wrong weights)")
+        if packs_rows and out_features % 32:
+            return (f"layer {module_name} has out_features {out_features}, not a multiple of 32 (bitsandbytes' "
+                    "AVX-512 BF16 CPU kernel crashes on it)")
+    return None
+
+
 def load_backbone(name: str, quantization: str = "auto", device: str | None = None,
                   dtype: torch.dtype | None = None):
     """Load a frozen causal LM and its tokenizer.
@@ -155,6 +191,12 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
         raise V2TError(f"cannot load backbone {name!r}: {str(exc).strip().splitlines()[0]}") from exc
     if quantization == "none":
         model.to(dev)
+    if quantization == "4bit" and dev.type == "cpu":
+        problem = cpu_4bit_problem(model)
+        if problem:
+            del model
+            raise V2TError(f"backbone {name!r} cannot run in 4-bit on the CPU: {problem}; "
+                           "use quantization 8bit or none (--quantization 8bit)")
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -163,4 +205,5 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
     logger.info("loaded backbone %s (%s, %s) on %s in %.1f s", name, quantization, dtype, dev,
                 time.perf_counter() - start)
     model.v2t_quantization = quantization
+    model.v2t_dtype = dtype  # the compute dtype (of the quantized layers too)
     return model, tokenizer

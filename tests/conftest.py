@@ -38,16 +38,30 @@ def _train_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_backbone_dir(tmp_path_factory) -> str:
     """A 2-layer random GPT-2 with a byte-level BPE tokenizer, saved as a local HF folder."""
+    return save_random_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), n_layer=2, n_embd=32, n_head=2, n_positions=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_64_dir(tmp_path_factory) -> str:
+    """Like ``tiny_backbone_dir`` with hidden size 64: every layer's in_features is a multiple of bitsandbytes'
+    4-bit block size (64), which its CPU 4-bit kernels need (hidden 32 crashes or computes wrong weights)."""
+    return save_random_gpt2(tmp_path_factory.mktemp("tiny-gpt2-64"), n_layer=2, n_embd=64, n_head=2,
+                            n_positions=128)
+
+
+def save_random_gpt2(path, seed: int = 0, **shape) -> str:
+    """A random GPT-2 of the given shape (GPT2Config keywords) with the tiny tokenizer, saved as an HF folder."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    path = tmp_path_factory.mktemp("tiny-gpt2")
     tokenizer = _train_tokenizer()
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=len(tokenizer),
-                        initializer_range=0.2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    GPT2LMHeadModel(config).save_pretrained(path)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), initializer_range=0.2, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        **shape)
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    del model
     return str(path)
 
 

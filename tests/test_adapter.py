@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import pytest
@@ -176,7 +177,7 @@ def test_truncated_weights(bundle, tmp_path, file):
     broken = copy_bundle(bundle, tmp_path)
     data = (broken / file).read_bytes()
     (broken / file).write_bytes(data[: len(data) // 2])
-    with pytest.raises(V2TError, match=f"{file} is truncated or corrupt"):
+    with pytest.raises(V2TError, match=f"{file} is truncated: "):
         load_adapter(broken)
 
 
@@ -250,6 +251,56 @@ def test_pickle_offered_as_weights(bundle, tmp_path):
     torch.save({"w": torch.zeros(2)}, broken / "projector.bin")
     with pytest.raises(V2TError, match=r"pickle file\(s\) \['projector.bin'\]"):
         load_adapter(broken)
+
+
+def safetensors_starting_with(tensors: dict, first: int, second: range) -> bytes:
+    """``tensors`` in safetensors whose header length's low byte is ``first`` and next byte lies in ``second``
+    (padding a metadata string), so the file opens like a pickle of protocol 2..5 would."""
+    from safetensors.torch import save
+
+    for pad in range(4096):
+        data = save(tensors, metadata={"format": "pt", "pad": "x" * pad})
+        if data[0] == first and data[1] in second:
+            return data
+    raise AssertionError("no padding gives that header length")
+
+
+def test_a_safetensors_file_that_starts_like_a_pickle_loads(v2t, bundle, tmp_path):
+    # the default recipe's LoRA header is 12,416 = 0x3080 bytes: its first byte is 0x80, like a pickle's
+    copy = copy_bundle(bundle, tmp_path)
+    state = {k: v.contiguous() for k, v in v2t.projector.state_dict().items()}
+    data = safetensors_starting_with(state, 0x80, range(2, 6))
+    assert data[0] == 0x80 and 2 <= data[1] <= 5  # 0x80 + a pickle protocol byte
+    (copy / "projector.safetensors").write_bytes(data)
+    vectors = vectors_for(v2t)
+    assert torch.equal(logits_of(load_adapter(copy, device="cpu"), vectors), logits_of(v2t, vectors))
+
+
+@pytest.mark.parametrize("write,message", [
+    pytest.param(lambda f: torch.save({"w": torch.zeros(2)}, f, _use_new_zipfile_serialization=False),
+                 "is a pickle file .*never loads pickle; convert it with safetensors.torch.save_file", id="pickle"),
+    pytest.param(lambda f: torch.save({"w": torch.zeros(2)}, f),
+                 r"is a zip archive \(torch.save's default format.*never loads pickle; convert it", id="zip"),
+    pytest.param(lambda f: f.write_bytes(b""), r"is empty \(0 bytes\).*save or copy the adapter again", id="empty"),
+    pytest.param(lambda f: f.write_bytes(f.read_bytes()[:-10]),
+                 r"is truncated: its header places tensor data up to byte \d+ but only \d+ bytes.*save or copy",
+                 id="truncated-data"),
+    pytest.param(lambda f: f.write_bytes(f.read_bytes()[:40]),
+                 r"is truncated: its header alone should take \d+ bytes but only 32 follow.*save or copy",
+                 id="truncated-header"),
+    pytest.param(lambda f: f.write_bytes(f.read_bytes()[:5]), "is truncated: 5 bytes", id="truncated-length"),
+    pytest.param(lambda f: f.write_bytes(b"\x93NUMPY" + bytes(200)), "is corrupt: not a safetensors file",
+                 id="corrupt"),
+    pytest.param(lambda f: f.write_bytes(f.read_bytes()[:8] + b"[" + f.read_bytes()[9:]),
+                 "is corrupt: not a safetensors file", id="corrupt-header"),
+])
+def test_weights_that_are_not_safetensors_are_named(bundle, tmp_path, write, message):
+    broken = copy_bundle(bundle, tmp_path)
+    file = broken / "adapter_model.safetensors"
+    write(file)
+    with pytest.raises(V2TError, match=f"^{re.escape(str(file))} {message}") as error:
+        load_adapter(broken)
+    assert "\n" not in str(error.value)
 
 
 def test_projector_weights_that_do_not_match_the_config(bundle, tmp_path):

@@ -33,9 +33,10 @@ def test_bad_backbone_inputs(tmp_path, tiny_backbone_dir):
 
 
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
-def test_quantized_backbones_run_forward_and_backward_on_cpu(tiny_backbone_dir, tiny_encoder, quantization):
+def test_quantized_backbones_run_forward_and_backward_on_cpu(tiny_backbone_64_dir, tiny_encoder, quantization):
     pytest.importorskip("bitsandbytes")
-    v2t = make_v2t(tiny_backbone_dir, tiny_encoder, quantization=quantization)
+    # hidden 64: bitsandbytes' CPU 4-bit kernels need in_features to be a multiple of its block size (64)
+    v2t = make_v2t(tiny_backbone_64_dir, tiny_encoder, quantization=quantization)
     assert v2t.backbone_info["quantization"] == quantization
     import bitsandbytes as bnb
 
@@ -50,3 +51,28 @@ def test_quantized_backbones_run_forward_and_backward_on_cpu(tiny_backbone_dir, 
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
     assert len(v2t.generate(vectors, max_new_tokens=4)) == 3
+
+
+def test_4bit_on_a_shape_the_cpu_kernels_cannot_run_is_refused_at_load(tiny_backbone_dir, tiny_encoder):
+    pytest.importorskip("bitsandbytes")
+    # hidden 32 < the 4-bit block size 64: bitsandbytes crashes in generate (AVX-512 BF16 CPUs) or silently
+    # dequantizes with the wrong scales (other CPUs)
+    with pytest.raises(V2TError, match=r"^backbone .* cannot run in 4-bit on the CPU: layer transformer\.h\.0\.attn"
+                                       r"\.c_attn has in_features 32, not a multiple of bitsandbytes' 4-bit block size "
+                                       r"64 .*; use quantization 8bit or none") as error:
+        make_v2t(tiny_backbone_dir, tiny_encoder, quantization="4bit")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("avx512_bf16", [True, False])
+def test_cpu_4bit_rules(monkeypatch, avx512_bf16):
+    bnb = pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional
+
+    from lora_v2t.backbone import cpu_4bit_problem
+
+    monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: avx512_bf16)
+    assert cpu_4bit_problem(torch.nn.Sequential(bnb.nn.Linear4bit(128, 96), bnb.nn.Linear4bit(64, 64))) is None
+    assert "in_features 96, not a multiple" in cpu_4bit_problem(torch.nn.Sequential(bnb.nn.Linear4bit(96, 64)))
+    rows = cpu_4bit_problem(torch.nn.Sequential(bnb.nn.Linear4bit(64, 48)))  # AVX-512 BF16 packs 32 rows
+    assert (rows is not None and "out_features 48, not a multiple of 32" in rows) == avx512_bf16

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from lora_v2t import load_adapter
-from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, validate_bundle
+from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, load_precision, validate_bundle
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru"
 
@@ -19,11 +19,13 @@ def test_the_shipped_adapter_is_a_complete_small_bundle():
     assert len(config["training"]["samples"]) == 3
     # trained with the corpus-vocabulary loss: decoding keeps to the corpus's tokens, a small part of Gemma's
     assert 1000 < config["output_vocab_size"] < config["backbone"]["vocab_size"] // 10
+    # trained in fp32 on the CPU: `quantization="auto"` must not put it on an int8 base because a GPU is there
+    assert load_precision(config, "auto", SHIPPED) == ("none", "float32")
 
 
 @pytest.mark.slow
 def test_the_shipped_adapter_reproduces_its_model_card():
-    v2t = load_adapter(SHIPPED, quantization="none", device="cpu")
+    v2t = load_adapter(SHIPPED, device="cpu")  # as it was trained: no quantization, fp32
     samples = v2t.meta["training"]["samples"]
     card = (SHIPPED / "README.md").read_text(encoding="utf-8")
     texts = [s["text"] for s in samples]

@@ -1,0 +1,142 @@
+"""Every recipe's adapter at its real model's shapes: built with the recipe's own settings, saved, loaded back.
+
+The GPT-2 backbones are random, with the real block shapes (ruGPT-3 large: 24 x 1536, 16 heads; small:
+12 x 768, 12 heads) and the tiny tokenizer of conftest: LoRA and projector shapes do not depend on the vocabulary.
+The offline recipe runs on the real offline Gemma-3-270M. Encoders are ``precomputed:<dim>`` of the recipe's
+dimension (LaBSE 768, USE 512): the projector's shape depends on the dimension only.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lora_v2t import Vector2Text, load_adapter
+from lora_v2t.adapter import validate_bundle
+from lora_v2t.config import load_config
+from lora_v2t.model import default_target_modules
+
+from .conftest import SENTENCES, perturb_lora, save_random_gpt2
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RUGPT3_LARGE = {"n_layer": 24, "n_embd": 1536, "n_head": 16, "n_positions": 2048}  # ~680M parameters
+RUGPT3_SMALL = {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 2048}
+LABSE = "precomputed:768"
+# recipe -> (the fixture giving its backbone, or None for the recipe's own; encoder spec, or None for the recipe's)
+SHAPES = {
+    "labse_rugpt3large_8bit.yaml": ("rugpt3large_dir", LABSE),
+    "original_experiment.yaml": ("rugpt3large_dir", LABSE),
+    "labse_rugpt3small.yaml": ("rugpt3small_dir", LABSE),
+    "offline_use_gemma270m.yaml": (None, "precomputed:512"),  # offline:gemma-3-270m, the real one
+    "tiny_debug.yaml": ("tiny_backbone_dir", None),
+}
+TOLERANCE = {"none": 1e-5, "8bit": 1e-4}  # atol = rtol on logits, per quantization
+
+
+@pytest.fixture(scope="module")
+def rugpt3large_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rugpt3large-shaped")
+    yield save_random_gpt2(path, **RUGPT3_LARGE)
+    shutil.rmtree(path, ignore_errors=True)  # 2.7 GB: pytest would keep it for three sessions
+
+
+@pytest.fixture(scope="module")
+def rugpt3small_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rugpt3small-shaped")
+    yield save_random_gpt2(path, **RUGPT3_SMALL)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_every_recipe_has_a_shape_test():
+    assert sorted(p.name for p in RECIPES_DIR.glob("*.yaml")) == sorted(SHAPES)
+
+
+def create_from_recipe(cfg) -> Vector2Text:
+    """The adapter ``lora-v2t train`` would start from: the recipe's settings, as train.py passes them."""
+    v2t = Vector2Text.create(backbone=cfg.backbone.name, encoder=cfg.encoder.spec, projector=cfg.projector.kind,
+                             prefix_length=cfg.projector.prefix_length, lora_r=cfg.lora.r,
+                             lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                             target_modules=cfg.lora.target_modules, lora_layers=cfg.lora.layers,
+                             quantization=cfg.backbone.quantization, device="cpu",
+                             projector_hidden_dim=cfg.projector.hidden_dim, seed=cfg.training.seed,
+                             trainable=cfg.training.trainable)
+    v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
+    return v2t
+
+
+def logits_of(v2t, vectors) -> torch.Tensor:
+    with torch.no_grad():
+        return v2t.forward(vectors, **v2t.tokenize(SENTENCES[:3], max_length=12)).logits.float()
+
+
+def perturb_last_block(v2t) -> None:
+    """Full fine-tuning: change some backbone weights, so only a bundle holding the trained weights matches."""
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for param in [p for p in v2t.base_model.parameters() if p.ndim == 2][-4:]:
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+@pytest.mark.parametrize("recipe", [pytest.param(name, marks=[] if name == "tiny_debug.yaml" else pytest.mark.slow)
+                                    for name in SHAPES])
+def test_recipe_adapter_saves_and_loads_at_the_real_shapes(recipe, request, tmp_path):
+    backbone_fixture, encoder = SHAPES[recipe]
+    overrides = [f"--backbone.name={request.getfixturevalue(backbone_fixture)}"] if backbone_fixture else []
+    overrides += [f"--encoder.spec={encoder}"] if encoder else []
+    cfg = load_config(RECIPES_DIR / recipe, overrides)
+    full = cfg.training.trainable == "full"
+    if cfg.backbone.quantization in ("8bit", "4bit"):
+        pytest.importorskip("bitsandbytes")
+    v2t = create_from_recipe(cfg)
+    quantization = v2t.backbone_info["quantization"]  # auto is none on the CPU
+    assert quantization == (cfg.backbone.quantization if cfg.backbone.quantization != "auto" else "none")
+    vectors = torch.randn(3, v2t.embedding_dim, generator=torch.Generator().manual_seed(0))
+    if full:
+        before = logits_of(v2t, vectors)
+        perturb_last_block(v2t)
+    else:
+        perturb_lora(v2t, 0)
+        with v2t.model.disable_adapter():
+            before = logits_of(v2t, vectors)
+    expected = logits_of(v2t, vectors)
+    assert not torch.allclose(before, expected, atol=1e-3)  # the adapter (or the fine-tuned weights) matters
+
+    bundle = v2t.save_adapter(tmp_path / "bundle", training={"steps": 0, "data": "shape test"})
+    config = validate_bundle(bundle)
+    assert config["trainable"] == cfg.training.trainable
+    assert config["projector"]["kind"] == cfg.projector.kind
+    assert config["projector"]["prefix_length"] == cfg.projector.prefix_length
+    assert config["generation"] == asdict(cfg.generation)
+    if full:
+        assert config["lora"] is None and (bundle / "backbone" / "config.json").is_file()
+    else:
+        assert config["lora"]["r"] == cfg.lora.r and config["lora"]["alpha"] == (cfg.lora.alpha or 2 * cfg.lora.r)
+        assert config["lora"]["layers"] == cfg.lora.layers
+        targets = cfg.lora.target_modules or default_target_modules(config["backbone"]["model_type"])
+        assert config["lora"]["target_modules"] == sorted(targets)
+        with safe_open(str(bundle / "adapter_model.safetensors"), framework="pt") as handle:
+            keys = list(handle.keys())
+            blocks = len(cfg.lora.layers or range(v2t.base_model.config.num_hidden_layers))
+            assert len(keys) == 2 * len(targets) * blocks  # A and B of every target in every block
+            first_a = handle.get_slice(next(k for k in keys if "lora_A" in k)).get_shape()
+        assert first_a == [cfg.lora.r, v2t.backbone_info["hidden_size"]]
+    if recipe == "labse_rugpt3large_8bit.yaml":
+        # the default recipe's LoRA header is 12,416 = 0x3080 bytes: its first byte is a pickle's 0x80
+        assert (bundle / "adapter_model.safetensors").read_bytes()[:1] == b"\x80"
+    del v2t
+    gc.collect()  # one model in memory at a time
+
+    loaded = load_adapter(bundle, quantization=quantization, device="cpu")
+    assert loaded.backbone_info["quantization"] == quantization
+    tolerance = TOLERANCE[quantization]
+    got = logits_of(loaded, vectors)
+    assert torch.allclose(got, expected, atol=tolerance, rtol=tolerance), (got - expected).abs().max()
+    del loaded
+    gc.collect()
+    shutil.rmtree(bundle, ignore_errors=True)  # a fully fine-tuned bundle holds the whole backbone
