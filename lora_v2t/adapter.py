@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from . import __version__
-from .config import ProjectorConfig
+from .config import PRECISION_KEYS, ProjectorConfig
 from .errors import V2TError
 
 logger = logging.getLogger(__name__)
@@ -103,8 +103,9 @@ def replace_dir(src: Path, dst: Path) -> None:
 def bundle_config(v2t) -> dict:
     """The content of ``v2t_config.json`` for the active adapter."""
     meta = v2t.meta
-    backbone = {k: v2t.backbone_info[k] for k in ("name", "model_type", "hidden_size", "vocab_size",
-                                                  "quantization", "compute_dtype")}
+    backbone = {k: v2t.backbone_info[k] for k in ("name", "model_type", "hidden_size", "vocab_size")}
+    # the precision the adapter was trained in, kept from its bundle; the loaded base's when it never said
+    backbone |= meta.get("precision") or {k: v2t.backbone_info[k] for k in PRECISION_KEYS}
     return {
         "format_version": FORMAT_VERSION,
         "lora_v2t_version": __version__,
@@ -288,13 +289,13 @@ def _not_safetensors(head: bytes, size: int, length: int, after_length: bytes) -
         return f"is empty (0 bytes): the adapter was not written completely; {REWRITE}"
     if head[:4] == b"PK\x03\x04":
         return f"is a zip archive (torch.save's default format, pickle inside), not safetensors: {NO_PICKLE}"
+    if length > size - 8 and after_length == b"{":  # before the pickle test: a header length may start 0x80 0x02
+        return (f"is truncated: its header alone should take {length} bytes but only {size - 8} follow its "
+                f"length; {REWRITE}")
     if head[:1] == b"\x80" and len(head) > 1 and head[1] in PICKLE_PROTOCOLS:
         return f"is a pickle file (protocol {head[1]}, e.g. torch.save's legacy format), not safetensors: {NO_PICKLE}"
     if size < 8:
         return f"is truncated: {size} bytes, less than a safetensors header length; {REWRITE}"
-    if length > size - 8 and after_length == b"{":
-        return (f"is truncated: its header alone should take {length} bytes but only {size - 8} follow its "
-                f"length; {REWRITE}")
     return (f"is corrupt: not a safetensors file (no valid header; it starts with bytes {head.hex(' ')}); "
             f"{REWRITE}")
 
@@ -405,6 +406,10 @@ def load_into(v2t, path: str | Path, name: str) -> None:
         raise V2TError(f"{path} or the loaded model is a fully fine-tuned model, not an adapter: "
                        "load it on its own with load_adapter(path)")
     check_compatible(config, v2t.backbone_info, path)
+    trained = config["backbone"].get("quantization")
+    if trained is not None and trained != v2t.backbone_info["quantization"]:
+        logger.warning("adapter %s was trained with quantization %s; the loaded base uses %s: its outputs may "
+                       "differ from those it was measured with", path, trained, v2t.backbone_info["quantization"])
     v2t.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
     try:
         _attach(v2t, path, name, config)
@@ -444,4 +449,5 @@ def _attach(v2t, path: Path, name: str, config: dict) -> None:
         "lora": dict(config["lora"]) if config.get("lora") else None,
         "generation": dict(config.get("generation") or {}),
         "training": dict(config.get("training") or {}),
+        "precision": {k: config["backbone"][k] for k in PRECISION_KEYS if k in config["backbone"]} or None,
     }

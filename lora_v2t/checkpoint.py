@@ -6,7 +6,7 @@ A checkpoint is a complete adapter bundle (see :mod:`lora_v2t.adapter`) plus
   every CUDA device, for every process of the run (``rng.torch``, ``rng.cuda.0`` ... for the main process,
   ``rng.rank1.torch`` ... for the others);
 - ``trainer_state.json``: step, epoch, position in the epoch, sentences seen, wall time, the optimizer's layout
-  and parameter groups, the scheduler, and the resolved recipe.
+  and parameter groups, the scheduler, the fp16 loss scaler (when training in fp16), and the resolved recipe.
 
 No pickle anywhere. A checkpoint is written to a temporary folder and renamed into place; only the last
 ``training.keep_checkpoints`` are kept.
@@ -92,6 +92,8 @@ def _rng_of_rank(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch
     """The RNG states saved for process ``rank`` (the main process's when that rank's were not saved)."""
     prefix = _rng_prefix(rank)
     if f"{prefix}torch" not in tensors:
+        logger.warning("the checkpoint holds no RNG state of process %d (it was written when the run stopped): "
+                       "that process resumes from the main process's, so dropout will not repeat exactly", rank)
         prefix = _rng_prefix(0)
     picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     return {k: v for k, v in picked.items() if not k.startswith("rank")}  # not the other ranks' states
@@ -99,12 +101,14 @@ def _rng_of_rank(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch
 
 # ---------------------------------------------------------------------- save and load
 def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: RunConfig,
-                    rng_states: list[dict[str, torch.Tensor]], summary: dict) -> Path:
+                    rng_states: list[dict[str, torch.Tensor]], summary: dict, scaler=None) -> Path:
     """Write ``step-NNNNNN/`` atomically (bundle + optimizer + RNG + trainer state), then prune old ones.
 
     Args:
-        rng_states: the RNG states of every process, in rank order (see :func:`rng_state`).
+        rng_states: the RNG states of every process, in rank order (see :func:`rng_state`); a checkpoint
+            written when a run stops holds the main process's only, and the others then resume from it.
         summary: the training summary recorded in the bundle's v2t_config.json.
+        scaler: the fp16 ``GradScaler`` (None otherwise): its scale and growth tracker are saved.
     """
     from safetensors.torch import save_file
 
@@ -124,7 +128,8 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         trainer_state = {"state": state, "optimizer_layout": layout,
                          "param_groups": optimizer.state_dict()["param_groups"],
-                         "scheduler": scheduler.state_dict(), "recipe": cfg.to_dict()}
+                         "scheduler": scheduler.state_dict(), "recipe": cfg.to_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else None}
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
         replace_dir(tmp, final)
     except BaseException:
@@ -136,9 +141,9 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
     return final
 
 
-def load_checkpoint(path: Path, v2t, optimizer, scheduler, rank: int = 0) -> dict:
-    """Restore LoRA (or the whole backbone), projector, optimizer, scheduler and this process's RNG states
-    from a checkpoint; return the trainer state."""
+def load_checkpoint(path: Path, v2t, optimizer, scheduler, rank: int = 0, scaler=None) -> dict:
+    """Restore LoRA (or the whole backbone), projector, optimizer, scheduler, the fp16 loss scaler and this
+    process's RNG states from a checkpoint; return the trainer state."""
     from safetensors.torch import load_file
 
     validate_bundle(path)
@@ -150,6 +155,8 @@ def load_checkpoint(path: Path, v2t, optimizer, scheduler, rank: int = 0) -> dic
         opt_state["state"][int(idx)] = {k: tensors[f"state.{idx}.{k}"] for k in keys}
     optimizer.load_state_dict(opt_state)
     scheduler.load_state_dict(trainer_state["scheduler"])
+    if scaler is not None and trainer_state.get("scaler"):
+        scaler.load_state_dict(trainer_state["scaler"])
     set_rng_state(_rng_of_rank(tensors, rank))
     return trainer_state["state"]
 

@@ -266,6 +266,8 @@ def cmd_info(args) -> int:
     lines = [
         f"adapter      {args.adapter}  (bundle format {config['format_version']}, {size / 2**20:.2f} MiB)",
         f"base         {bb['name']}  ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']})",
+        f"trained on   quantization {bb.get('quantization', 'unrecorded')}, compute dtype "
+        f"{bb.get('compute_dtype', 'unrecorded')} (loaded that way unless --quantization says otherwise)",
         f"encoder      {enc['spec']}  ({enc['dim']}-d)",
         f"projector    {proj['kind']}, {proj['prefix_length']} slot(s), {count('projector.safetensors'):,} params",
     ]

@@ -15,6 +15,7 @@ from .errors import V2TError
 
 PROJECTOR_KINDS = ("zero-pad", "linear", "mlp")
 QUANTIZATION_MODES = ("auto", "8bit", "4bit", "none")
+PRECISION_KEYS = ("quantization", "compute_dtype")  # how a base computes; each adapter records its training's
 
 DEFAULT_ENCODER = "sentence-transformers/LaBSE"
 DEFAULT_BACKBONE = "ai-forever/rugpt3large_based_on_gpt2"
@@ -31,7 +32,7 @@ class EncoderConfig:
 class BackboneConfig:
     name: str = DEFAULT_BACKBONE  # hub id, local folder, .gguf file, or offline:gemma-3-270m
     quantization: str = "auto"  # auto (8bit on CUDA, none on CPU) | 8bit | 4bit | none
-    device: str | None = None  # cuda / cpu / cuda:1; None picks CUDA when available (training: cpu or accelerate's)
+    device: str | None = None  # cpu / cuda / cuda:N (training: cuda:N in a single process only); None = CUDA if any
 
     def __post_init__(self):
         check_choice("quantization", self.quantization, QUANTIZATION_MODES)

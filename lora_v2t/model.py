@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .backbone import load_backbone
-from .config import GenerationConfig, LoRAConfig, ProjectorConfig, RunConfig
+from .config import PRECISION_KEYS, GenerationConfig, LoRAConfig, ProjectorConfig, RunConfig
 from .encoders import Encoder, load_encoder
 from .errors import V2TError
 from .projector import PrefixProjector, embedding_rms
@@ -157,8 +157,10 @@ class Vector2Text(nn.Module):
             raise V2TError(f"unknown trainable mode {trainable!r}; choose lora or full")
         v2t._encoders[enc.spec] = enc
         v2t.add_projector(adapter_name, projector_cfg, enc.dim)
+        precision = {k: v2t.backbone_info[k] for k in PRECISION_KEYS}  # what the adapter will learn on
         v2t.adapter_meta[adapter_name] = {"encoder": {"spec": enc.spec, "dim": enc.dim}, "lora": lora_meta,
-                                          "generation": asdict(GenerationConfig()), "training": {}}
+                                          "generation": asdict(GenerationConfig()), "training": {},
+                                          "precision": precision}
         if lora_meta:
             v2t.model.set_adapter(adapter_name)
         v2t.eval()

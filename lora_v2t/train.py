@@ -201,14 +201,13 @@ class Trainer:
         self.prepare_data()
         self.build_model()
         self.start_or_resume()
-        restore_signals, self.ignore_signals = sigterm_as_interrupt()
-        try:
-            self.loop()
-            final = self.finish()
-        except BaseException as exc:
-            raise self.rescue(exc)  # noqa: B904 (rescue sets the cause of a TrainingStopped)
-        finally:
-            restore_signals()
+        self.signals = StopSignals(holding=lambda: self.phase in ("update", "checkpoint"))
+        with self.signals:  # rescue() runs inside, so that it can shut the signals out while it saves
+            try:
+                self.loop()
+                final = self.finish()
+            except BaseException as exc:
+                raise self.rescue(exc)  # noqa: B904 (rescue sets the cause of a TrainingStopped)
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return final
@@ -232,7 +231,7 @@ class Trainer:
         self.v2t = v2t = Vector2Text.from_config(cfg, encoder=self.encoder, device=str(device))
         self.release_encoder()
         if self.accelerator.mixed_precision in ("bf16", "fp16"):  # the precision the adapter learns in
-            v2t.backbone_info["compute_dtype"] = "bfloat16" if self.accelerator.mixed_precision == "bf16" \
+            v2t.meta["precision"]["compute_dtype"] = "bfloat16" if self.accelerator.mixed_precision == "bf16" \
                 else "float16"
         v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
         if tc.gradient_checkpointing:
@@ -264,7 +263,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resume_from is not None:
             saved = load_checkpoint(self.resume_from, self.v2t, self.optimizer, self.scheduler,
-                                    rank=self.accelerator.process_index)
+                                    rank=self.accelerator.process_index, scaler=self.accelerator.scaler)
             self.state = TrainState(**saved)
             self.saved_step = self.state.step
             logger.info("resumed %s at step %d", self.resume_from, self.state.step)
@@ -295,11 +294,24 @@ class Trainer:
         self.bar = tqdm(total=tc.max_steps, initial=self.state.step, desc="training", unit="step",
                         disable=not self.show_progress)
         while self.state.step < tc.max_steps:
-            if tc.max_minutes is not None and self.state.elapsed_s >= tc.max_minutes * 60:
+            if self.out_of_time():
                 logger.info("time budget of %.1f minutes reached at step %d", tc.max_minutes, self.state.step)
                 break
             self.after_step(self.train_step())
         self.bar.close()
+
+    def out_of_time(self) -> bool:
+        """Whether ``training.max_minutes`` is spent; with several processes the main one's clock decides for
+        all, so that they all stop at the same step."""
+        budget = self.cfg.training.max_minutes
+        if budget is None:
+            return False
+        spent = self.state.elapsed_s >= budget * 60
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            spent = broadcast_object_list([spent])[0]
+        return spent
 
     def next_batch(self) -> tuple[np.ndarray, int]:
         """This process's next batch, and how many sentences all processes take together this time."""
@@ -322,8 +334,9 @@ class Trainer:
                 with acc.autocast():
                     loss = self.model(vectors, batch["input_ids"], batch["attention_mask"], self.loss_vocab).loss
                 acc.backward(loss / tc.grad_accum)
-            step_loss += loss.item() / tc.grad_accum
+            step_loss += loss.detach() / tc.grad_accum
             self.state.sentences_seen += sentences
+        step_loss = (acc.reduce(step_loss, "mean") if acc.num_processes > 1 else step_loss).item()  # all ranks'
         if not math.isfinite(step_loss):
             raise V2TError(f"the loss became {step_loss} at step {self.state.step + 1}: lower training.lr / "
                            "training.projector_lr")
@@ -335,6 +348,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.snapshot, self.phase = None, "after"
+        self.signals.deliver()  # a Ctrl-C that came during the update stops the run now
         return step_loss
 
     def after_step(self, step_loss: float) -> None:
@@ -385,10 +399,11 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.save(self.state, rngs)
         self.saved_step, self.phase = self.state.step, "after"
+        self.signals.deliver()  # a Ctrl-C that came during the write stops the run now, the checkpoint complete
 
     def save(self, state: TrainState, rngs: list[dict]) -> Path:
         return save_checkpoint(self.run_dir, self.v2t, self.optimizer, self.scheduler, asdict(state), self.cfg,
-                               rngs, training_summary(self.cfg, state))
+                               rngs, training_summary(self.cfg, state), scaler=self.accelerator.scaler)
 
     def finish(self) -> Path:
         """Last checkpoint, last evaluation, and the ``final/`` bundle."""
@@ -410,7 +425,7 @@ class Trainer:
     def rescue(self, exc: BaseException) -> BaseException:
         """Save what was trained, if the weights are consistent; return the exception to raise: ``exc`` itself,
         or for an unexpected error one :class:`TrainingStopped` line that says where the work is."""
-        self.ignore_signals()  # a second Ctrl-C or SIGTERM must not cut the checkpoint short
+        self.signals.ignore()  # a second Ctrl-C or SIGTERM must not cut the checkpoint short
         if hasattr(self, "bar"):
             self.bar.close()
         saved = self.save_on_stop(exc) if self.accelerator.is_main_process else None
@@ -425,7 +440,9 @@ class Trainer:
 
     def save_on_stop(self, exc: BaseException) -> Path | None:
         """The checkpoint :meth:`rescue` writes: the state from before an unfinished step (so ``--resume``
-        redoes that step on the same batch with the same dropout), none while the optimizer was updating."""
+        redoes that step on the same batch with the same dropout); none when an error struck while the optimizer
+        was updating the weights or a checkpoint was being written. It holds the main process's RNG states only
+        (the others cannot be gathered once a process has stopped)."""
         state, rng = self.state, rng_state()
         if self.phase in ("setup", "update", "checkpoint"):
             if self.phase != "setup":
@@ -516,34 +533,52 @@ def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = N
     return summary
 
 
-def sigterm_as_interrupt():
-    """Treat SIGTERM (``kill``, a job scheduler's stop) like Ctrl-C while training: a checkpoint is saved and
-    ``--resume`` continues exactly. Background jobs ignore SIGINT, so this is how to stop them cleanly.
+class StopSignals:
+    """Ctrl-C (SIGINT) and ``kill`` (SIGTERM) stop training as a ``KeyboardInterrupt``, so that a checkpoint is
+    saved and ``--resume`` continues exactly (background jobs ignore SIGINT: SIGTERM is how to stop them).
 
-    Returns two functions: one puts the previous handlers back; one ignores SIGTERM and SIGINT while the
-    checkpoint is written, so that a second Ctrl-C or ``kill`` cannot cut it short.
+    While ``holding()`` is true (the optimizer is updating the weights, or a checkpoint is being written) a
+    signal is held and :meth:`deliver` raises it once that is over. :meth:`ignore` shuts both signals out while
+    the stop's own checkpoint is written. Used as a context manager; it puts the previous handlers back.
     """
-    import signal
-    import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        return (lambda: None), (lambda: None)
+    SIGNALS = ("SIGINT", "SIGTERM")
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    def __init__(self, holding):
+        self.holding, self.pending, self.previous = holding, False, {}
 
-    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
-    previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, interrupt)
+    def __enter__(self) -> StopSignals:
+        import signal
+        import threading
 
-    def restore():
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for name in self.SIGNALS:
+                self.previous[name] = signal.signal(getattr(signal, name), self._handle)
+        return self
 
-    def ignore():
-        for signum in previous:
-            signal.signal(signum, signal.SIG_IGN)
+    def __exit__(self, *exc_info) -> None:
+        import signal
 
-    return restore, ignore
+        for name, handler in self.previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.holding():
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def deliver(self) -> None:
+        """Raise the stop that came while holding, if any."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def ignore(self) -> None:
+        import signal
+
+        for name in self.previous:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 @torch.no_grad()

@@ -274,6 +274,9 @@ def test_a_safetensors_file_that_starts_like_a_pickle_loads(v2t, bundle, tmp_pat
     (copy / "projector.safetensors").write_bytes(data)
     vectors = vectors_for(v2t)
     assert torch.equal(logits_of(load_adapter(copy, device="cpu"), vectors), logits_of(v2t, vectors))
+    (copy / "projector.safetensors").write_bytes(data[:40])  # the same file cut inside its header
+    with pytest.raises(V2TError, match="projector.safetensors is truncated: its header alone should take"):
+        load_adapter(copy, device="cpu")
 
 
 @pytest.mark.parametrize("write,message", [
@@ -357,3 +360,21 @@ def test_a_bundle_whose_output_vocabulary_is_missing_or_wrong(vocab_bundle, tmp_
     (broken / OUTPUT_VOCAB_FILE).unlink()
     with pytest.raises(V2TError, match=f"missing {OUTPUT_VOCAB_FILE}"):
         load_adapter(broken)
+
+
+def test_an_adapter_keeps_the_precision_it_was_trained_in_through_loads_and_saves(bundle, tmp_path, v2t, caplog):
+    pytest.importorskip("bitsandbytes")
+    assert json.loads((bundle / "v2t_config.json").read_text())["backbone"]["quantization"] == "none"
+    on_int8 = load_adapter(bundle, device="cpu", quantization="8bit")  # forced: a warning, not a new record
+    assert "was trained with quantization none; loading it with 8bit as asked" in caplog.text
+    resaved = on_int8.save_adapter(tmp_path / "resaved")
+    backbone = json.loads((resaved / "v2t_config.json").read_text())["backbone"]
+    assert (backbone["quantization"], backbone["compute_dtype"]) == ("none", "float32")
+    other = copy_bundle(bundle, tmp_path)
+    edit_config(other, backbone__quantization="8bit")
+    caplog.clear()
+    v2t.load_adapter(other, name="int8-trained")  # onto a base that computes in fp32
+    assert "trained with quantization 8bit; the loaded base uses none" in caplog.text
+    v2t.set_adapter("int8-trained")
+    saved = v2t.save_adapter(tmp_path / "second")
+    assert json.loads((saved / "v2t_config.json").read_text())["backbone"]["quantization"] == "8bit"

@@ -94,3 +94,22 @@ def test_training_checkpoints_hold_the_cuda_states_of_the_moment_they_describe(
     monkeypatch.setattr(Vector2Text, "forward", real_forward)
     train_module.train(cfg, resume=True, show_progress=False)
     assert restored[0] == saved
+
+
+def test_the_fp16_loss_scaler_is_saved_and_restored(tmp_path, tiny_backbone_dir, tiny_encoder):
+    from lora_v2t.checkpoint import load_checkpoint, save_checkpoint
+    from lora_v2t.config import RunConfig, TrainingConfig
+    from lora_v2t.train import make_optimizer
+
+    from .conftest import make_v2t
+
+    v2t = make_v2t(tiny_backbone_dir, tiny_encoder)
+    cfg = RunConfig(training=TrainingConfig())
+    optimizer, scheduler = make_optimizer(v2t, cfg.training)
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
+    state = {"step": 3, "epoch": 0, "batch_in_epoch": 3, "sentences_seen": 24, "elapsed_s": 1.0}
+    saved = save_checkpoint(tmp_path, v2t, optimizer, scheduler, state, cfg, [rng_state()], {"steps": 3},
+                            scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu")  # a resumed run starts from the default scale 65536
+    assert load_checkpoint(saved, v2t, optimizer, scheduler, scaler=fresh) == state
+    assert fresh.state_dict()["scale"] == 512.0 and fresh.state_dict()["growth_interval"] == 7

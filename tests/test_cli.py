@@ -53,6 +53,7 @@ def test_info_describes_the_bundle(bundle, capsys):
     assert main(["info", str(bundle)]) == 0
     out = capsys.readouterr().out
     assert "hidden 32, vocab 300" in out and "24-d" in out and "steps: 7" in out and "mlp, 1 slot(s)" in out
+    assert "trained on   quantization none, compute dtype float32" in out
     assert main(["info", str(bundle), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["training"] == {"steps": 7}
 

@@ -58,14 +58,8 @@ def test_every_recipe_has_a_shape_test():
 
 
 def create_from_recipe(cfg) -> Vector2Text:
-    """The adapter ``lora-v2t train`` would start from: the recipe's settings, as train.py passes them."""
-    v2t = Vector2Text.create(backbone=cfg.backbone.name, encoder=cfg.encoder.spec, projector=cfg.projector.kind,
-                             prefix_length=cfg.projector.prefix_length, lora_r=cfg.lora.r,
-                             lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                             target_modules=cfg.lora.target_modules, lora_layers=cfg.lora.layers,
-                             quantization=cfg.backbone.quantization, device="cpu",
-                             projector_hidden_dim=cfg.projector.hidden_dim, seed=cfg.training.seed,
-                             trainable=cfg.training.trainable)
+    """The adapter ``lora-v2t train`` starts from: ``Vector2Text.from_config``, as the trainer builds it."""
+    v2t = Vector2Text.from_config(cfg, device="cpu")
     v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
     return v2t
 
@@ -132,7 +126,8 @@ def test_recipe_adapter_saves_and_loads_at_the_real_shapes(recipe, request, tmp_
     del v2t
     gc.collect()  # one model in memory at a time
 
-    loaded = load_adapter(bundle, quantization=quantization, device="cpu")
+    assert (config["backbone"]["quantization"], config["backbone"]["compute_dtype"]) == (quantization, "float32")
+    loaded = load_adapter(bundle, device="cpu")  # quantization auto: as the bundle was made
     assert loaded.backbone_info["quantization"] == quantization
     tolerance = TOLERANCE[quantization]
     got = logits_of(loaded, vectors)

@@ -428,3 +428,58 @@ def test_a_second_ctrl_c_during_the_save_does_not_cut_the_checkpoint_short(
     run = tmp_path / "runs" / "tiny-debug"
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000003"]
     assert load_adapter(run / "step-000003", device="cpu").meta["training"]["steps"] == 3
+
+
+@pytest.mark.parametrize("during", ["update", "checkpoint"])
+def test_ctrl_c_while_weights_update_or_a_checkpoint_is_written_waits_for_it_then_saves(
+        during, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    import os
+    import signal
+
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=12",
+                 "--training.eval_every=100", "--training.save_every=4")
+    calls = {"n": 0}
+    if during == "update":
+        real_step = torch.optim.AdamW.step
+
+        def ctrl_c_in_the_third_update(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_step(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", ctrl_c_in_the_third_update)
+        expected = "step-000003"  # the step completes, then the run stops and saves it
+    else:
+        real_save = train_module.save_checkpoint
+
+        def ctrl_c_while_writing(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return real_save(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "save_checkpoint", ctrl_c_while_writing)
+        expected = "step-000004"  # the regular checkpoint is finished, then the run stops
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+    assert [p.name for p in train_module.list_checkpoints(run)] == [expected]
+    assert json.loads((run / expected / "trainer_state.json").read_text())["state"]["step"] == int(expected[-6:])
+
+
+def test_each_process_trains_on_its_own_batch_of_each_turn():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lora_v2t.data import BatchOrder
+    from lora_v2t.train import Trainer, TrainState
+
+    lengths = np.arange(64) % 7 + 1
+    taken = {}
+    for rank in (0, 1):
+        trainer = Trainer.__new__(Trainer)  # only what next_batch reads
+        trainer.accelerator = SimpleNamespace(num_processes=2, process_index=rank)
+        trainer.state, trainer.batch_order = TrainState(), BatchOrder(lengths, batch_size=8, seed=0)
+        taken[rank] = [trainer.next_batch() for _ in range(3)]
+    for (mine, together0), (theirs, together1) in zip(taken[0], taken[1]):
+        assert not set(mine) & set(theirs) and together0 == together1 == len(mine) + len(theirs) == 16
