@@ -1,8 +1,13 @@
+import json
+
 import pytest
 
 import lora_v2t.train as train_module
 from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
-from lora_v2t.demo import DEMO_SENTENCES, run_demo
+from lora_v2t.demo import DEMO_SENTENCES, HELD_OUT, SHARED_CORPUS, DemoConfig, demo_recipe, run_demo
+
+from .conftest import make_v2t
+from .test_train import corpus_file
 
 
 def test_the_shipped_sample_is_real_russian_text():
@@ -11,8 +16,24 @@ def test_the_shipped_sample_is_real_russian_text():
     assert all(line.strip() and any("а" <= c <= "я" for c in line.lower()) for line in lines)
 
 
-def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, tiny_encoder_dir, capsys,
-                                                  monkeypatch):
+def test_the_held_out_sentences_are_in_no_training_or_dev_file():
+    held_out = set(HELD_OUT.read_text(encoding="utf-8").splitlines())
+    assert len(held_out) >= 6
+    others = [DEMO_SENTENCES] + ([SHARED_CORPUS] + sorted(SHARED_CORPUS.parent.glob("dev_*"))
+                                 if SHARED_CORPUS.is_file() else [])
+    for path in others:
+        lines = {part for line in path.read_text(encoding="utf-8").splitlines() for part in line.split("\t")}
+        assert not held_out & lines, path
+
+
+def test_the_demo_validates_on_held_out_sentences_and_is_boxed_in_time():
+    recipe = demo_recipe(DemoConfig(minutes=3, corpus="corpus.txt"))
+    assert recipe.data.val == str(HELD_OUT) and recipe.data.train == "corpus.txt"
+    assert recipe.training.max_minutes == 3 and recipe.training.max_steps > 10_000  # the minutes end it
+
+
+def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, tiny_encoder, tiny_encoder_dir,
+                                                  capsys, monkeypatch):
     real = train_module.validation_loss
     calls = {"n": 0}
 
@@ -22,23 +43,29 @@ def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, t
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
+    shipped = make_v2t(tiny_backbone_dir, tiny_encoder).save_adapter(tmp_path / "shipped")
     monkeypatch.setattr(train_module, "validation_loss", interrupt_at_second_evaluation)
     monkeypatch.setenv("LORA_V2T_HOME", str(tmp_path / "home"))  # the embedding cache goes there
-    kwargs = {"minutes": 5.0, "output_dir": str(tmp_path), "backbone": tiny_backbone_dir,
-              "encoder": tiny_encoder_dir, "max_steps": 12, "eval_every": 4, "show_progress": False}
+    cfg = DemoConfig(minutes=5.0, output_dir=str(tmp_path), corpus=str(corpus_file(tmp_path)),
+                     shipped=str(shipped), backbone=tiny_backbone_dir, encoder=tiny_encoder_dir, max_steps=12,
+                     eval_every=4, show_progress=False)
     with pytest.raises(KeyboardInterrupt):
-        run_demo(**kwargs)
+        run_demo(cfg)
     assert [p.name for p in train_module.list_checkpoints(tmp_path / "demo")] == ["step-000008"]
-    capsys.readouterr()
-    final = run_demo(**kwargs)  # picks up where it stopped
+    out = capsys.readouterr().out
+    assert out.startswith("lora_v2t demo: about 7 minutes")
+    assert "1. The shipped adapter shipped writes back sentences it never saw" in out and "[cos " in out
+    final = run_demo(cfg)  # picks up where it stopped
     out = capsys.readouterr().out
     assert "Resuming the interrupted demo from step-000008" in out
-    import json
-
-    steps = [json.loads(line)["step"] for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == 12 and steps.count(4) == 1  # resumed after step 8: nothing was redone
+    rows = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 12 and [r["step"] for r in rows].count(4) == 1  # nothing was redone
+    held_out = set(HELD_OUT.read_text(encoding="utf-8").splitlines())
+    shown = {s["text"] for r in rows if r["kind"] == "eval" for s in r["samples"]}
+    assert shown and shown <= held_out  # validation and samples are held-out sentences only
     assert sorted(p.name for p in final.iterdir()) == sorted(BUNDLE_FILES + (OUTPUT_VOCAB_FILE,))  # corpus loss
-    assert "load_adapter(" in out and " ==> " in out and "about 8 minutes" in out
+    assert "3. Both adapters on one base: switching between them takes" in out and " ms (median of 10" in out
+    assert "load_adapter(" in out and out.count("[cos ") == 2 * len(held_out)
     assert not list((tmp_path / "demo").glob(".*"))  # nothing half-written left behind
-    run_demo(**kwargs)
+    run_demo(cfg)
     assert "already trained" in capsys.readouterr().out
