@@ -402,7 +402,7 @@ class Bench:
                           "--num-return-sequences", "4", "--json", *decode]),
             ("evaluate", ["evaluate", "--adapter", str(final), "--data", str(self.dev), "--limit",
                           str(s["eval_limit"]), "--rerank", "4", "--resamples", "100", "--no-progress",
-                          "--out", str(self.work / "e2e-eval"), *decode]),
+                          "--out", str(self.work / "e2e-eval"), "--overwrite", *decode]),
             ("resume", ["train", RECIPE, *common, "--resume", f"--training.max_steps={more}",
                         f"--training.eval_every={more}", f"--training.save_every={more}"]),
         ]

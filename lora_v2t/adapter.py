@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
@@ -59,7 +61,7 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
             v2t.base_model.save_pretrained(tmp / "backbone")
             v2t.tokenizer.save_pretrained(tmp / "backbone")
         else:
-            v2t.model.save_pretrained(tmp, selected_adapters=[name], safe_serialization=True)
+            _save_lora(v2t.model, name, tmp)
         if v2t.is_peft and name != "default":  # peft writes non-default adapters into a subfolder named after them
             for item in (tmp / name).iterdir():
                 item.replace(tmp / item.name)
@@ -72,7 +74,11 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
         config = bundle_config(v2t)
         (tmp / "v2t_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(config), encoding="utf-8")
+        if v2t.is_peft:  # name the base by its hub id, never by a local path (peft writes where it was loaded from)
+            _set_peft_base(tmp / "adapter_config.json", config["backbone"]["name"])
+        from .hub import bundle_card
+
+        bundle_card(config).save(tmp / "README.md")  # a huggingface_hub ModelCard: metadata header, then the text
         expected = (BUNDLE_FILES if v2t.is_peft else FULL_MODEL_FILES) + (OUTPUT_VOCAB_FILE,)
         for item in tmp.iterdir():
             if item.name not in expected:
@@ -100,10 +106,36 @@ def replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _save_lora(peft_model, name: str, folder: Path) -> None:
+    """peft's save of adapter ``name``, with its config naming the base by the folder it was loaded from while peft
+    saves: peft's vocabulary check then reads that folder's config.json instead of asking the hub about the hub id
+    a loaded bundle's adapter_config.json names (see :func:`_set_peft_base`)."""
+    config = peft_model.peft_config[name]
+    named = config.base_model_name_or_path
+    config.base_model_name_or_path = peft_model.get_base_model().name_or_path or named
+    try:
+        peft_model.save_pretrained(folder, selected_adapters=[name], safe_serialization=True)
+    finally:
+        config.base_model_name_or_path = named
+
+
+def _set_peft_base(file: Path, backbone_name: str) -> None:
+    """Make peft's adapter_config.json name the base by its hub id (or its folder's name): peft records the path
+    the base was loaded from, which means nothing on another machine (``AutoPeftModelForCausalLM`` reads it)."""
+    from .hub import peft_base_name
+
+    config = json.loads(file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = peft_base_name(backbone_name)
+    file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
 def bundle_config(v2t) -> dict:
     """The content of ``v2t_config.json`` for the active adapter."""
+    from .hub import backbone_hub_id
+
     meta = v2t.meta
     backbone = {k: v2t.backbone_info[k] for k in ("name", "model_type", "hidden_size", "vocab_size")}
+    backbone["hub_id"] = backbone_hub_id(backbone["name"])  # None for a local folder; see adapter_config.json
     # the precision the adapter was trained in, kept from its bundle; the loaded base's when it never said
     backbone |= meta.get("precision") or {k: v2t.backbone_info[k] for k in PRECISION_KEYS}
     return {
@@ -120,14 +152,18 @@ def bundle_config(v2t) -> dict:
     }
 
 
-def model_card(config: dict) -> str:
-    """A short README for the bundle: what it is, how it was trained, its metrics, how to load it."""
+def model_card(config: dict, source: str = "path/to/this/folder", revision: str | None = None) -> str:
+    """A short README for the bundle: what it is, how it was trained, its metrics, how to load it (from ``source``,
+    a folder or hub id, at ``revision``). :func:`lora_v2t.hub.bundle_card` adds the hub's metadata header."""
+    at = f', revision="{revision}"' if revision else ""
+    hub_id = config["backbone"].get("hub_id")
+    hub_note = f" (from `{hub_id}` on the hub)" if hub_id and hub_id != config["backbone"]["name"] else ""
     enc, bb, proj, lora, train = (config[k] for k in ("encoder", "backbone", "projector", "lora", "training"))
     lines = [
         "# lora_v2t adapter",
         "",
         f"Turns `{enc['spec']}` sentence vectors ({enc['dim']}-d) back into text with the frozen base model "
-        f"`{bb['name']}` ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']}).",
+        f"`{bb['name']}`{hub_note} ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']}).",
         "",
         f"- projector: `{proj['kind']}`, {proj['prefix_length']} prefix slot(s)",
         f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}"
@@ -156,11 +192,12 @@ def model_card(config: dict) -> str:
         "",
         "```python",
         "from lora_v2t import load_adapter",
-        'v2t = load_adapter("path/to/this/folder")',
+        f'v2t = load_adapter("{source}"{at})',
         'print(v2t.invert(["Где лодка?"]))',
         "```",
         "",
-        "or `lora-v2t generate --adapter path/to/this/folder --text \"Где лодка?\"`.",
+        f"or `lora-v2t generate --adapter {source}{' --revision ' + revision if revision else ''} "
+        "--text \"Где лодка?\"`.",
         "",
     ]
     return "\n".join(lines)
@@ -170,6 +207,14 @@ def model_card(config: dict) -> str:
 def validate_bundle(path: str | Path) -> dict:
     """Check a bundle folder's files and return its v2t_config; raise V2TError naming any problem."""
     path = Path(path)
+    try:
+        return _validate_bundle(path)
+    except PermissionError as exc:
+        raise V2TError(f"cannot read adapter bundle {path}: permission denied on {exc.filename or path}; make it "
+                       f"readable (e.g. chmod -R u+rX {path})") from exc
+
+
+def _validate_bundle(path: Path) -> dict:
     if not path.is_dir():
         raise V2TError(f"adapter folder {path} does not exist (or is not a folder)")
     if not (path / "v2t_config.json").is_file():
@@ -200,8 +245,10 @@ def validate_bundle(path: str | Path) -> dict:
     for name in required_files:
         if name.endswith(".safetensors"):
             _check_safetensors(path / name)
+            if name != OUTPUT_VOCAB_FILE:
+                _check_finite(path / name)
     if not full:
-        _read_json(path / "adapter_config.json")
+        _check_lora_shapes(path / "adapter_model.safetensors", _read_json(path / "adapter_config.json"))
     version = config.get("format_version")
     if not isinstance(version, int):
         raise V2TError(f"{path / 'v2t_config.json'} has no integer format_version: it is not a lora_v2t bundle")
@@ -265,6 +312,59 @@ def _check_safetensors(file: Path) -> None:
         raise V2TError(f"{file} is a corrupt safetensors file ({_short(exc)}): {REWRITE}") from exc
 
 
+def _check_finite(file: Path) -> None:
+    """Raise naming the first tensor of ``file`` that holds NaN or inf: such weights decode to empty or wrong
+    text with no error at all."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        for key in handle.keys():
+            tensor = handle.get_tensor(key)
+            bad = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+            if bad:
+                raise V2TError(f"{file}: tensor {key!r} holds {bad} NaN or inf value(s) (of {tensor.numel()}): the "
+                               "weights are broken (training diverged, or the file was damaged); use an earlier "
+                               "checkpoint or train again")
+
+
+def _check_lora_shapes(file: Path, peft_config: dict) -> None:
+    """Raise naming a LoRA tensor that cannot be a rank-r update: ``lora_A`` is (r, in_features) and ``lora_B``
+    (out_features, r), with r from adapter_config.json. The sizes that depend on the base are checked when the
+    base is there (see :func:`_lora_load_errors`)."""
+    from safetensors import safe_open
+
+    rank = peft_config.get("r")
+    check_rank = isinstance(rank, int) and not peft_config.get("rank_pattern")  # per-layer ranks: base load checks
+    with safe_open(str(file), framework="pt") as handle:
+        for key in handle.keys():
+            part = "A" if ".lora_A." in key or ".lora_embedding_A" in key else \
+                "B" if ".lora_B." in key or ".lora_embedding_B" in key else None
+            if part is None:
+                continue
+            shape = list(handle.get_slice(key).get_shape())
+            if len(shape) != 2 or (check_rank and shape[0 if part == "A" else 1] != rank):
+                expected = "(r, in_features)" if part == "A" else "(out_features, r)"
+                raise V2TError(f"{file}: tensor {key!r} has shape {shape}, but a LoRA {part} matrix is {expected} "
+                               f"with r={rank} (adapter_config.json): the bundle is corrupt; {REWRITE}")
+
+
+@contextmanager
+def _lora_load_errors(path: Path, name: str):
+    """Turn peft's "size mismatch" (a LoRA tensor that does not fit the base's layer) into one line naming it."""
+    try:
+        yield
+    except RuntimeError as exc:
+        match = re.search(r"size mismatch for (\S+?): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                          r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", str(exc))
+        if match is None:
+            raise
+        key, found, needed = match.groups()
+        raise V2TError(f"{path / 'adapter_model.safetensors'}: tensor {key.replace(f'.{name}.', '.')!r} has shape "
+                       f"{found} but the base's layer takes {needed}: the bundle is corrupt or was made for another "
+                       f"base; {REWRITE}") from exc
+
+
 def _parse_safetensors_header(raw: bytes) -> dict | None:
     """The tensor entries of a safetensors JSON header, or None when ``raw`` is not such a header."""
     try:
@@ -326,11 +426,13 @@ def check_encoder(config: dict, encoder, path: Path) -> None:
 
 # ---------------------------------------------------------------------- loading
 def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: str = "auto",
-                 device: str | None = None, name: str = "default", trainable: bool = False):
-    """Load a bundle on its base model: ``v2t = load_adapter("checkpoints/.../final")``.
+                 device: str | None = None, name: str = "default", trainable: bool = False,
+                 revision: str | None = None):
+    """Load a bundle on its base model: ``load_adapter("checkpoints/.../final")`` or ``load_adapter("org/name")``.
 
     Args:
-        path: the bundle folder.
+        path: the bundle folder, or a hub id ``org/name`` (a folder of that spelling wins; see
+            :func:`lora_v2t.hub.resolve_adapter`).
         backbone: load on this base instead of the one named in the bundle (same hidden and vocab size).
         encoder: an encoder spec or object to use instead of the bundle's (same dimension).
         quantization: ``auto`` (as the bundle was trained, see :func:`load_precision`) | ``8bit`` | ``4bit`` |
@@ -338,6 +440,7 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
         device: where to run; None picks CUDA when available.
         name: the adapter's name in the registry.
         trainable: load the LoRA and projector weights as trainable (to resume training).
+        revision: for a hub id, a branch, tag or commit (default: main).
 
     Returns:
         a :class:`lora_v2t.Vector2Text` with this adapter active.
@@ -346,9 +449,10 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
 
     from .backbone import compute_dtype, load_backbone, pick_device
     from .encoders import load_encoder
+    from .hub import resolve_adapter
     from .model import Vector2Text
 
-    path = Path(path)
+    path = resolve_adapter(path, revision)
     config = validate_bundle(path)
     enc = load_encoder(encoder) if encoder is not None else None
     if enc is not None:
@@ -366,8 +470,9 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
             param.requires_grad_(trainable)
         v2t = Vector2Text(base, tokenizer, config["backbone"]["name"])
     else:
-        v2t = Vector2Text(PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable),
-                          tokenizer, backbone_name)
+        with _lora_load_errors(path, name):
+            peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable)
+        v2t = Vector2Text(peft_model, tokenizer, backbone_name)
     _attach(v2t, path, name, config)
     if enc is not None:
         v2t._encoders[config["encoder"]["spec"]] = enc
@@ -396,11 +501,14 @@ def load_precision(config: dict, quantization: str, path: Path) -> tuple[str, st
     return quantization, trained_dtype
 
 
-def load_into(v2t, path: str | Path, name: str) -> None:
-    """Load a bundle as adapter ``name`` onto the base ``v2t`` already holds; the active adapter stays."""
-    path = Path(path)
+def load_into(v2t, path: str | Path, name: str, revision: str | None = None) -> None:
+    """Load a bundle (a folder or hub id) as adapter ``name`` onto the base ``v2t`` already holds; the active
+    adapter stays."""
+    from .hub import resolve_adapter
+
     if name in v2t.adapters:
         raise V2TError(f"an adapter named {name!r} is already loaded: pick another name or delete it first")
+    path = resolve_adapter(path, revision)
     config = validate_bundle(path)
     if config.get("trainable") == "full" or not v2t.is_peft:
         raise V2TError(f"{path} or the loaded model is a fully fine-tuned model, not an adapter: "
@@ -410,11 +518,13 @@ def load_into(v2t, path: str | Path, name: str) -> None:
     if trained is not None and trained != v2t.backbone_info["quantization"]:
         logger.warning("adapter %s was trained with quantization %s; the loaded base uses %s: its outputs may "
                        "differ from those it was measured with", path, trained, v2t.backbone_info["quantization"])
-    v2t.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
     try:
+        with _lora_load_errors(path, name):
+            v2t.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         _attach(v2t, path, name, config)
     except BaseException:  # leave no half-loaded adapter behind
-        v2t.model.delete_adapter(name)
+        if name in v2t.model.peft_config:
+            v2t.model.delete_adapter(name)
         for registry in (v2t.projectors, v2t.output_vocabs, v2t.adapter_meta):
             if name in registry:
                 del registry[name]

@@ -37,12 +37,57 @@ def checkpoints_dir() -> Path:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """The requested device, or CUDA when available, else the CPU."""
-    if device:
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
+    """The requested device (``cpu``, ``cuda``, ``cuda:N``, ``mps``), checked against this machine, or CUDA when
+    available, else the CPU."""
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise V2TError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
             raise V2TError(f"device {device!r} requested but CUDA is not available: use --device cpu")
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise V2TError(f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
+                           f"cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise V2TError(f"device {device!r} requested but MPS is not available: use --device cpu")
+    elif dev.type != "cpu":
+        raise V2TError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
+    return dev
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence (prefix + generated tokens) a model config allows, or None when it does not say."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(config, "max_position_embeddings", None)  # GPT-2's n_positions answers to this name too
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def peek_max_positions(name: str) -> int | None:
+    """:func:`max_positions` of backbone ``name`` read from its config alone, without weights or downloads; None
+    where the config is not at hand (a GGUF file, an offline model not converted yet, a hub model not cached)."""
+    from transformers import AutoConfig
+
+    if name == OFFLINE_BACKBONE:
+        source = str(checkpoints_dir() / "base" / OFFLINE_GEMMA_FOLDER)
+    elif name.startswith("offline:") or name.endswith(".gguf"):
+        return None
+    else:
+        source = str(Path(name).expanduser())
+    try:
+        return max_positions(AutoConfig.from_pretrained(source, local_files_only=True))
+    except Exception:  # only a peek: the load itself reports what is wrong with the backbone
+        return None
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a backbone or adapter name is meant as a local path rather than a hub id (``org/name``)."""
+    return (name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/") or name.count("/") > 1
+            or os.path.isabs(name))
 
 
 def resolve_quantization(quantization: str, device: torch.device) -> str:
@@ -121,6 +166,9 @@ def resolve_backbone(name: str) -> tuple[str, str | None]:
         return str(path.parent), path.name
     if path.exists() and not path.is_dir():
         raise V2TError(f"backbone {name!r} is a file; give a model folder, a .gguf file or a hub id")
+    if not path.exists() and looks_like_path(name):
+        raise V2TError(f"backbone folder {name!r} does not exist: give an existing model folder, a .gguf file or "
+                       "a hub id (org/name)")
     return str(path) if path.exists() else name, None
 
 

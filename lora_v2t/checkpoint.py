@@ -9,29 +9,39 @@ A checkpoint is a complete adapter bundle (see :mod:`lora_v2t.adapter`) plus
   and parameter groups, the scheduler, the fp16 loss scaler (when training in fp16), and the resolved recipe.
 
 No pickle anywhere. A checkpoint is written to a temporary folder and renamed into place; only the last
-``training.keep_checkpoints`` are kept.
+``training.keep_checkpoints`` are kept. ``trainer_state.json`` also records a digest of the corpus files, so that a
+run resumes where the corpus path is spelled differently (a copied run folder, another working folder) as long as
+the files hold the same bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from .adapter import replace_dir, validate_bundle
+from .adapter import _check_safetensors, replace_dir, validate_bundle
 from .config import RunConfig
 from .errors import V2TError
+from .locks import pid_alive
 
 logger = logging.getLogger(__name__)
 
-# recipe keys that may change when a run is resumed; any other difference means another recipe
+# recipe keys that may change when a run is resumed; any other difference means another recipe (output_dir,
+# run_name and cache_dir only say where things are: a copied or moved run folder resumes under new ones)
 RESUMABLE_CHANGES = {"training.max_steps", "training.max_minutes", "training.eval_every", "training.save_every",
                      "training.keep_checkpoints", "training.log_every", "training.num_samples",
-                     "training.tensorboard", "training.output_dir", "data.cache_dir"}
+                     "training.tensorboard", "training.output_dir", "training.run_name", "data.cache_dir"}
+DATA_FILE_KEYS = ("data.train", "data.val")  # compared by content when their paths differ
+TRAINER_STATE_KEYS = ("state", "optimizer_layout", "param_groups", "scheduler", "recipe")
+# what a process that was killed while writing leaves in a run folder: .step-000200.tmp-PID, .final.old-PID ...
+TEMPORARY_FOLDER = re.compile(r"^\.(?P<name>[^/]+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -41,15 +51,124 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.glob("step-*") if p.is_dir() and (p / "trainer_state.json").exists())
 
 
-def check_same_recipe(saved: dict, current: dict, where: Path) -> None:
-    """Raise if a resume folder was made by a different recipe (beyond the keys that may change)."""
+def check_same_recipe(saved: dict, current: dict, where: Path, data_files: dict | None = None) -> None:
+    """Raise if a resume folder was made by a different recipe (beyond the keys that may change).
+
+    Args:
+        data_files: the checkpoint's digests of its corpus files (see :func:`data_file_digests`): a corpus path
+            spelled differently is the same corpus when the file now there has the same digest.
+    """
     a, b = _flatten(saved), _flatten(current)
     for key in sorted(set(a) | set(b)):
         if key.split(".")[0] == "generation" or key in RESUMABLE_CHANGES:
             continue
+        if key in DATA_FILE_KEYS and (data_files or {}).get(key) and isinstance(b.get(key), str) \
+                and file_digest(b[key]) == data_files[key]:
+            continue
         if a.get(key) != b.get(key):
             raise V2TError(f"resume folder {where} was made by another recipe: {key} was {a.get(key)!r}, now "
                            f"{b.get(key)!r}; resume with the same recipe or start a new --training.run_name")
+
+
+def file_digest(path: str | Path) -> str | None:
+    """SHA-256 of a file's bytes (None when it cannot be read)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def data_file_digests(cfg: RunConfig) -> dict[str, str | None]:
+    """The digests of a recipe's corpus files, by recipe key, as checkpoints record them."""
+    return {key: file_digest(path) for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val))
+            if path}
+
+
+def check_checkpoint(path: Path) -> dict:
+    """The trainer state of a complete checkpoint; V2TError naming what is missing, truncated or corrupt.
+
+    Reads headers and sizes, not the weights (a few milliseconds), so that ``--resume`` can pick a good
+    checkpoint before the models load."""
+    config = validate_bundle(path)
+    if config.get("trainable") == "full":
+        for weights in sorted((path / "backbone").glob("*.safetensors")):
+            _check_safetensors(weights)
+    state_file, optimizer_file = path / "trainer_state.json", path / "optimizer.safetensors"
+    try:
+        trainer_state = json.loads(state_file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise V2TError(f"{state_file} is missing") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise V2TError(f"{state_file} is not valid JSON ({_first_line(exc)})") from exc
+    if not isinstance(trainer_state, dict) or any(k not in trainer_state for k in TRAINER_STATE_KEYS):
+        raise V2TError(f"{state_file} lacks some of {', '.join(TRAINER_STATE_KEYS)}")
+    if not optimizer_file.is_file():
+        raise V2TError(f"{optimizer_file} is missing")
+    _check_safetensors(optimizer_file)
+    from safetensors import safe_open
+
+    with safe_open(str(optimizer_file), framework="pt") as handle:
+        stored = set(handle.keys())
+    try:
+        wanted = {f"state.{idx}.{k}" for idx, keys in trainer_state["optimizer_layout"].items() for k in keys}
+    except (AttributeError, TypeError):
+        wanted = {""}  # not the layout save_checkpoint writes
+    if not wanted <= stored:
+        raise V2TError(f"{optimizer_file} lacks optimizer state that {state_file.name} lists")
+    return trainer_state
+
+
+def newest_good_checkpoint(run_dir: Path) -> tuple[Path, dict]:
+    """The newest checkpoint of a run that :func:`check_checkpoint` accepts, and its trainer state.
+
+    Damaged newer ones (a copy cut short, a disk error) are named in a warning and left where they are: the run
+    replaces each when it saves that step again. Raises V2TError when none is good."""
+    damaged = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            trainer_state = check_checkpoint(path)
+        except (V2TError, OSError) as exc:
+            damaged.append(f"{path.name} is damaged: {_first_line(exc)}")
+            continue
+        if damaged:
+            logger.warning("resuming from %s, the newest good checkpoint, not from the newer %s (left as it is: "
+                           "move it away to keep it; the run replaces it when it gets there again)",
+                           path.name, "; ".join(damaged))
+        return path, trainer_state
+    if not damaged:
+        raise V2TError(f"nothing to resume in {run_dir}: it holds no step-NNNNNN checkpoint")
+    raise V2TError(f"no checkpoint in {run_dir} can be resumed ({'; '.join(damaged)}): start a new run "
+                   "(another --training.run_name)")
+
+
+def clean_stale_temporaries(run_dir: Path) -> None:
+    """Tidy what processes killed while writing left in a run folder: the temporary ``.NAME.tmp-PID`` and
+    ``.NAME.old-PID`` folders of processes that no longer run.
+
+    A ``.NAME.tmp-PID`` is an unfinished write (the step is redone from the checkpoint before it) and is
+    removed; a ``.NAME.old-PID`` is a folder that was being replaced: removed when ``NAME`` exists, put back as
+    ``NAME`` when the kill fell between the two renames of the replacement, so nothing finished is lost. Only
+    call this while holding the run folder's lock."""
+    for item in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        match = TEMPORARY_FOLDER.match(item.name)
+        if not match or not item.is_dir() or pid_alive(int(match["pid"])):
+            continue
+        target = run_dir / match["name"]
+        if match["kind"] == "old" and not target.exists():
+            item.rename(target)
+            logger.warning("put back %s, which a killed process (pid %s) was replacing", target, match["pid"])
+        else:
+            shutil.rmtree(item, ignore_errors=True)
+            logger.info("removed %s, left by a killed process (pid %s)", item, match["pid"])
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
@@ -101,7 +220,8 @@ def _rng_of_rank(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch
 
 # ---------------------------------------------------------------------- save and load
 def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: RunConfig,
-                    rng_states: list[dict[str, torch.Tensor]], summary: dict, scaler=None) -> Path:
+                    rng_states: list[dict[str, torch.Tensor]], summary: dict, scaler=None,
+                    data_files: dict | None = None) -> Path:
     """Write ``step-NNNNNN/`` atomically (bundle + optimizer + RNG + trainer state), then prune old ones.
 
     Args:
@@ -109,6 +229,7 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
             written when a run stops holds the main process's only, and the others then resume from it.
         summary: the training summary recorded in the bundle's v2t_config.json.
         scaler: the fp16 ``GradScaler`` (None otherwise): its scale and growth tracker are saved.
+        data_files: the digests of the corpus files (:func:`data_file_digests`), recorded for ``--resume``.
     """
     from safetensors.torch import save_file
 
@@ -129,7 +250,8 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
         trainer_state = {"state": state, "optimizer_layout": layout,
                          "param_groups": optimizer.state_dict()["param_groups"],
                          "scheduler": scheduler.state_dict(), "recipe": cfg.to_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else None}
+                         "scaler": scaler.state_dict() if scaler is not None else None,
+                         "data_files": data_files}
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
         replace_dir(tmp, final)
     except BaseException:

@@ -1,4 +1,4 @@
-"""The ``lora-v2t`` command line: train, embed, generate, evaluate, info, demo.
+"""The ``lora-v2t`` command line: train, embed, generate, evaluate, info, push, demo.
 
 Every user error is printed as one line ``error: ...`` with exit status 2.
 """
@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 from .config import describe_keys
@@ -20,16 +21,20 @@ logger = logging.getLogger("lora_v2t")
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("decoding (unset options use the adapter's defaults)")
-    g.add_argument("--max-new-tokens", type=int, help="longest output, in tokens")
-    g.add_argument("--num-beams", type=int, help="beam search width (1 = greedy)")
+    g.add_argument("--max-new-tokens", type=int,
+                   help="longest output, in tokens (>= 1; with the prefix, within the base model's context)")
+    g.add_argument("--num-beams", type=int, help="beam search width (>= 1; 1 = greedy)")
     g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
-    g.add_argument("--temperature", type=float, help="sampling temperature")
-    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    g.add_argument("--top-p", type=float, help="nucleus sampling mass")
-    g.add_argument("--num-return-sequences", type=int, help="candidates per vector (printed, or reranked)")
+    g.add_argument("--temperature", type=float, help="sampling temperature (> 0; with --do-sample)")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens (>= 0; 0 = off)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass (0 < p <= 1; 1 = off)")
+    g.add_argument("--repetition-penalty", type=float,
+                   help="penalty on tokens already generated (> 0; 1 = off, above 1 discourages repeats)")
+    g.add_argument("--num-return-sequences", type=int,
+                   help="candidates per vector, printed or reranked (>= 1; at most --num-beams unless sampling)")
     g.add_argument("--rerank", action="store_true",
                    help="re-embed the candidates and keep the one closest to the target vector (prints cosine)")
-    g.add_argument("--batch-size", type=int, help="vectors decoded together")
+    g.add_argument("--batch-size", type=int, help="vectors decoded together (>= 1)")
     g.add_argument("--seed", type=int, help="seed for reproducible sampling")
     g.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
                    help="let every token out, not only the adapter's output vocabulary (when it has one)")
@@ -37,13 +42,16 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("loading")
-    g.add_argument("--adapter", type=Path, required=True, help="adapter bundle folder")
+    g.add_argument("--adapter", required=True,
+                   help="adapter bundle folder, or hub id org/name (downloaded once into the local hub cache; "
+                        "a folder of the same name wins)")
+    g.add_argument("--revision", help="for a hub id: branch, tag or commit (default: main)")
     g.add_argument("--backbone", help="load on this base instead of the one the bundle names")
     g.add_argument("--encoder", help="use this encoder spec instead of the bundle's (same dimension)")
     g.add_argument("--quantization", default="auto", choices=["auto", "8bit", "4bit", "none"],
                    help="auto = as the adapter was trained (its v2t_config.json says; bundles that do not say: "
                         "8bit on CUDA, none on CPU); another choice is honoured with a warning (default: auto)")
-    g.add_argument("--device", help="cuda, cpu, cuda:1 ... (default: CUDA when available)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,12 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train", help="train an adapter from a recipe",
-        description="Train the projector and LoRA weights of a frozen backbone as RECIPE.yaml says. Any recipe "
+        description=textwrap.fill(
+                    "Train the projector and LoRA weights of a frozen backbone as RECIPE.yaml says. Any recipe "
                     "value can be overridden as --section.key=value (e.g. --training.max_steps=500 "
                     "--data.train=my_corpus.txt). Sections: encoder, backbone, projector, lora, generation, data, "
                     "training; see recipes/*.yaml for every key with its meaning. Checkpoints go to "
                     "<output_dir>/<run_name>/step-NNNNNN/, the finished adapter to .../final/. Ctrl-C saves a "
-                    "checkpoint first; --resume continues from the last one.",
+                    "checkpoint first; --resume continues from the last one.", 100) + "\n\n" + textwrap.fill(
+                    "Where runs go: training.output_dir, by default <checkpoints>/runs, where <checkpoints> is "
+                    "$LORA_V2T_HOME when set, else the checkpoints/ folder of the source checkout lora_v2t runs from "
+                    "(whichever the current folder), else ~/.cache/lora_v2t. The embedding cache "
+                    "(<checkpoints>/cache) and converted base models (<checkpoints>/base) live there too.", 100),
         epilog="example: lora-v2t train recipes/offline_use_gemma270m.yaml --training.max_minutes=30\n\n"
                "recipe keys (--section.key=value; shown with their defaults):\n" + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,12 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=cmd_embed)
 
     demo = sub.add_parser(
-        "demo", help="the offline main job: train a small adapter here, show it learning, save it",
-        description="Prepare the offline default models (Gemma-3-270M + multilingual USE, no internet needed), "
-                    "train an adapter for --minutes on a sample of Russian sentences shipped with lora_v2t, "
-                    "print reconstructions as it learns, save it and show how to load it. Re-running resumes "
-                    "an interrupted demo, or shows the finished one.")
-    demo.add_argument("--minutes", type=float, default=9.0, help="training time budget (default 9)")
+        "demo", help="the offline main job: what lora_v2t does, then an adapter trained here",
+        description="With no internet: the shipped adapter writes back sentences it never saw (with cosines); "
+                    "then a new adapter trains for --minutes on Russian sentences (../shared/data/ru/train.txt "
+                    "when present, else a sample shipped with lora_v2t), printing held-out reconstructions as "
+                    "they improve; then both adapters share one base and switch in milliseconds. About "
+                    "--minutes + 2 minutes on a 2-core CPU (+1.5 the first time, to prepare the models). "
+                    "Re-running resumes an interrupted demo, or shows the finished one.")
+    demo.add_argument("--minutes", type=float, default=8.0, help="training time, > 0 (default 8)")
+    demo.add_argument("--corpus", help="training sentences, one per line (default: ../shared/data/ru/train.txt "
+                                       "if present, else the shipped sample)")
     demo.add_argument("--output-dir", help="where the run folder goes (default: checkpoints/runs)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
@@ -105,69 +122,154 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="reconstruct a file's sentences from their embeddings and score them",
         description="Encode every sentence of --data with the adapter's encoder (or read --vectors), decode it "
                     "greedily and with reranking, and report corpus BLEU and chrF, token F1, exact match and "
-                    "re-embedding cosine with bootstrap 95%% intervals. Writes sentences.tsv, summary.json, "
-                    "summary.md and cosine_hist.png into --out. Cross-lingual: --source-column 0 "
-                    "--target-column 1 encodes column 0 of a TSV (e.g. English) and scores against column 1.")
+                    "re-embedding cosine with bootstrap 95% intervals. Writes sentences.tsv, summary.json (which "
+                    "records the adapter and its configuration), summary.md and cosine_hist.png into --out, or into "
+                    "a new folder eval/<adapter's parent folder>-<adapter folder>-<data file>[-N]; an existing report "
+                    "is replaced only with --overwrite. Cross-lingual: --source-column 0 --target-column 1 encodes "
+                    "column 0 of a TSV (e.g. English) and scores against column 1.")
     _add_loading_options(ev)
     ev.add_argument("--data", type=Path, required=True, help="text file (one sentence per line) or TSV")
-    ev.add_argument("--source-column", help="TSV column to encode (0-based index, or a name with --header)")
-    ev.add_argument("--target-column", default="1", help="TSV column of the references (default 1)")
+    ev.add_argument("--source-column", help="TSV column to encode (0-based index >= 0, or a name with --header)")
+    ev.add_argument("--target-column",
+                    help="TSV column of the references, with --source-column (0-based index >= 0, or a name with "
+                         "--header; default 1)")
     ev.add_argument("--header", action="store_true", help="the TSV's first line names its columns")
     ev.add_argument("--vectors", type=Path, help=".npy vectors, one per reference line, instead of encoding")
     ev.add_argument("--rerank", type=int, default=8,
-                    help="beam candidates for the reranked column (default 8; 0 = greedy only)")
-    ev.add_argument("--limit", type=int, help="evaluate only the first N usable lines")
-    ev.add_argument("--max-chars", type=int, default=1000, help="skip (and count) longer lines (default 1000)")
-    ev.add_argument("--batch-size", type=int, default=32, help="vectors decoded together")
-    ev.add_argument("--max-new-tokens", type=int, help="longest output (default: the adapter's)")
-    ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+                    help="beam candidates for the reranked column (>= 0; default 8; 0 or 1 = greedy only)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N usable lines (N >= 1; default: all)")
+    ev.add_argument("--max-chars", type=int, default=1000,
+                    help="skip (and count) longer lines (>= 1; default 1000)")
+    ev.add_argument("--batch-size", type=int, default=32, help="vectors decoded together (>= 1; default 32)")
+    ev.add_argument("--max-new-tokens", type=int,
+                    help="longest output (>= 1, within the base model's context; default: the adapter's)")
+    ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (>= 1; default 1000)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
     ev.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
                     help="let every token out, not only the adapter's output vocabulary (when it has one)")
-    ev.add_argument("--out", type=Path, help="report folder (default: eval/<adapter name>-<data file name>)")
+    ev.add_argument("--out", type=Path,
+                    help="report folder, new or empty (default: eval/<adapter's parent folder>-<adapter folder>-"
+                         "<data file>, numbered -2, -3... when taken)")
+    ev.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
     ev.set_defaults(func=cmd_evaluate)
 
     info = sub.add_parser("info", help="describe an adapter bundle without loading the base model",
                           description="Print what an adapter bundle holds: base, encoder, projector, LoRA, "
                                       "sizes and training summary.")
-    info.add_argument("adapter", type=Path, help="adapter bundle folder")
+    info.add_argument("adapter", help="adapter bundle folder, or hub id org/name (a folder of that name wins)")
+    info.add_argument("--revision", help="for a hub id: branch, tag or commit (default: main)")
     info.add_argument("--json", action="store_true", help="print the bundle's v2t_config.json as JSON")
     info.set_defaults(func=cmd_info)
+
+    push = sub.add_parser(
+        "push", help="upload an adapter bundle to the Hugging Face hub",
+        description="Check that DIR is a complete adapter bundle, then upload its files (only the bundle's: a "
+                    "training checkpoint's optimizer state stays) to the hub repository REPO_ID in one commit, "
+                    "creating the repository if needed. A model card without the hub metadata (bundles written "
+                    "before lora_v2t wrote it) is uploaded with base_model, library_name, tags and metrics filled "
+                    "in; DIR is not changed. Log in first with `hf auth login` (or set HF_TOKEN).",
+        epilog="then: lora-v2t generate --adapter REPO_ID --text ...   or   load_adapter(\"REPO_ID\")")
+    push.add_argument("folder", type=Path, metavar="DIR", help="adapter bundle folder")
+    push.add_argument("repo_id", metavar="REPO_ID", help="hub repository id, org/name")
+    push.add_argument("--private", action="store_true", default=None,
+                      help="create the repository private (an existing one keeps its visibility)")
+    push.add_argument("--revision", "--branch", dest="revision",
+                      help="branch to commit to, created from main if missing (default: main)")
+    push.add_argument("--commit-message", help="the commit's message")
+    push.set_defaults(func=cmd_push)
     return parser
 
 
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
+
+
 def load_vectors_file(path: Path):
-    """Read an (N, d) float array from a .npy file, never unpickling."""
+    """Read an (N, d) real array from a .npy file, never unpickling; any other file is named for what it is."""
     import numpy as np
 
-    if not path.is_file():
+    if not path.exists():
         raise V2TError(f"vectors file {path} does not exist")
+    if not path.is_file():
+        raise V2TError(f"vectors file {path} is not a file: give a .npy file written by numpy.save")
     try:
-        return np.load(path, allow_pickle=False)
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        raise V2TError(f"cannot read vectors file {path}: {exc.strerror or exc}; check its permissions") from exc
+    if not head.startswith(NPY_MAGIC):
+        raise V2TError(f"vectors file {path} {_not_npy(head)}")
+    try:
+        array = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise V2TError(f"{path} is not a plain numeric .npy array ({str(exc).splitlines()[0]}); "
                        "save it with numpy.save(path, array)") from exc
-    except OSError as exc:
-        raise V2TError(f"cannot read {path} as .npy: {exc}") from exc
+    except (OSError, EOFError) as exc:
+        raise V2TError(f"cannot read {path} as .npy ({str(exc).splitlines()[0] or type(exc).__name__}): it is "
+                       "truncated or damaged; save it again with numpy.save(path, array)") from exc
+    if array.dtype.kind == "c":
+        raise V2TError(f"{path} holds complex numbers ({array.dtype}); sentence vectors are real: save a real "
+                       "array (e.g. array.real, if dropping the imaginary part is what you mean)")
+    if array.dtype.kind not in "fiu":
+        raise V2TError(f"{path} holds {array.dtype} values, not numbers: save the vectors as a float array")
+    return array
+
+
+def _not_npy(head: bytes) -> str:
+    """What a file that is not a .npy array is, and the fix (the end of a one-line message)."""
+    import codecs
+
+    fix = "save the vectors with numpy.save(path, array)"
+    if not head:
+        return f"is empty (0 bytes): {fix}"
+    if head.startswith(b"PK\x03\x04"):
+        return f"is a zip archive (numpy.savez writes those), not a .npy array: {fix}"
+    if head[:1] == b"\x80":
+        return f"is a pickle file, not a .npy array, and lora_v2t never unpickles: {fix}"
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a cut multi-byte character is no error
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c.isspace() for c in text):
+        return (f"is a text file, not a .npy array: give sentences with --text (or --data when evaluating), "
+                f"or {fix}")
+    return f"is not a .npy array (it starts with bytes {head[:8].hex(' ')}): {fix}"
+
+
+def _check_decoding(args, config: dict, options: dict) -> None:
+    """Check the device, the decoding options over the adapter's defaults and the output length against the
+    base's context, all before the slow model load."""
+    from .backbone import peek_max_positions, pick_device
+    from .config import GenerationConfig
+    from .generate import check_length
+
+    pick_device(args.device)
+    opts = GenerationConfig().updated(**(config.get("generation") or {})).updated(**options)
+    backbone = str(Path(args.adapter) / "backbone") if config.get("trainable") == "full" else \
+        args.backbone or config["backbone"]["name"]
+    check_length(opts.max_new_tokens, config["projector"]["prefix_length"], peek_max_positions(backbone), backbone)
 
 
 def cmd_generate(args) -> int:
     from .adapter import load_adapter, validate_bundle
     from .encoders import check_texts
+    from .hub import resolve_adapter
     from .model import to_vectors
 
+    args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
     texts = check_texts(args.text) if args.text else None
     vectors = None
     if args.vectors:  # check the file before the slow base load
         vectors = to_vectors(load_vectors_file(args.vectors), int(config["encoder"]["dim"])).numpy()
+    options = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
+                                             "top_p", "repetition_penalty", "num_return_sequences", "batch_size",
+                                             "restrict_vocab")}
+    options = {k: v for k, v in options.items() if v is not None}
+    _check_decoding(args, config, options)
     v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
                        quantization=args.quantization, device=args.device)
     if texts is not None:
         vectors = v2t.encode(texts)
-    options = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
-                                             "top_p", "num_return_sequences", "batch_size", "restrict_vocab")}
-    options = {k: v for k, v in options.items() if v is not None}
     outputs = v2t.generate(vectors, rerank=args.rerank, seed=args.seed, show_progress=len(vectors) > 64,
                            **options)
     for i, out in enumerate(outputs):
@@ -213,21 +315,39 @@ def cmd_embed(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .demo import DemoConfig, run_demo
 
     if args.minutes <= 0:
         raise V2TError("--minutes must be positive")
-    run_demo(minutes=args.minutes, output_dir=args.output_dir, show_progress=not args.no_progress)
+    run_demo(DemoConfig(minutes=args.minutes, corpus=args.corpus, output_dir=args.output_dir,
+                        show_progress=not args.no_progress))
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from .adapter import load_adapter, validate_bundle
-    from .evaluate import evaluate, markdown_table, read_eval_file
+    from .evaluate import (
+        check_evaluation_options,
+        check_report_dir,
+        default_report_dir,
+        evaluate,
+        markdown_table,
+        read_eval_file,
+    )
+    from .hub import resolve_adapter
     from .model import to_vectors
 
+    source = args.adapter  # as given: a folder or a hub id (not the cache's commit folder)
+    args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
-    data = read_eval_file(args.data, source_column=args.source_column, target_column=args.target_column,
+    check_evaluation_options(args.rerank, args.resamples)
+    if args.target_column is not None and args.source_column is None:
+        raise V2TError("--target-column picks the reference column of a TSV read with --source-column: give "
+                       "--source-column too (without it, every line of --data is one sentence)")
+    out = check_report_dir(args.out, args.overwrite) if args.out else check_report_dir(
+        default_report_dir(source, args.data))
+    data = read_eval_file(args.data, source_column=args.source_column,
+                          target_column=1 if args.target_column is None else args.target_column,
                           header=args.header, max_chars=args.max_chars, limit=args.limit)
     if data.skipped:
         logger.info("skipped lines: %s", data.skipped)
@@ -237,20 +357,26 @@ def cmd_evaluate(args) -> int:
         if len(data.vectors) != len(data.references):
             raise V2TError(f"{args.vectors} holds {len(data.vectors)} vectors but {args.data} has "
                            f"{len(data.references)} usable lines: give one vector per line")
+    rerank = {"num_beams": args.rerank, "num_return_sequences": args.rerank} if args.rerank > 1 else {}
+    _check_decoding(args, config, {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                                   "restrict_vocab": args.restrict_vocab, **rerank})
     v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
                        quantization=args.quantization, device=args.device)
-    out = args.out or Path("eval") / f"{args.adapter.name}-{args.data.stem}"
     summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resamples=args.resamples,
-                       restrict_vocab=args.restrict_vocab, show_progress=not args.no_progress)
+                       restrict_vocab=args.restrict_vocab, show_progress=not args.no_progress, adapter=source,
+                       overwrite=args.overwrite)
     print(markdown_table(summary), end="")
-    print(f"report: {out}/summary.md, sentences.tsv, cosine_hist.png")
+    print(f"report: {summary['report']}/summary.md, sentences.tsv, cosine_hist.png")
     return 0
 
 
 def cmd_info(args) -> int:
     from .adapter import validate_bundle
+    from .hub import resolve_adapter
 
+    source = args.adapter
+    args.adapter = resolve_adapter(source, args.revision)
     config = validate_bundle(args.adapter)
     if args.json:
         print(json.dumps(config, indent=2, ensure_ascii=False))
@@ -263,9 +389,12 @@ def cmd_info(args) -> int:
 
     enc, bb, proj, lora = (config[k] for k in ("encoder", "backbone", "projector", "lora"))
     size = sum(p.stat().st_size for p in args.adapter.rglob("*") if p.is_file())
+    shown = source if Path(source).expanduser() == args.adapter else f"{source} (hub, cached in {args.adapter})"
+    hub_id = bb.get("hub_id")
     lines = [
-        f"adapter      {args.adapter}  (bundle format {config['format_version']}, {size / 2**20:.2f} MiB)",
-        f"base         {bb['name']}  ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']})",
+        f"adapter      {shown}  (bundle format {config['format_version']}, {size / 2**20:.2f} MiB)",
+        f"base         {bb['name']}{f' (from {hub_id} on the hub)' if hub_id and hub_id != bb['name'] else ''}"
+        f"  ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']})",
         f"trained on   quantization {bb.get('quantization', 'unrecorded')}, compute dtype "
         f"{bb.get('compute_dtype', 'unrecorded')} (loaded that way unless --quantization says otherwise)",
         f"encoder      {enc['spec']}  ({enc['dim']}-d)",
@@ -283,6 +412,17 @@ def cmd_info(args) -> int:
         if key != "samples":
             lines.append(f"training     {key}: {value}")
     print("\n".join(lines))
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .hub import push_folder
+
+    url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                      commit_message=args.commit_message)
+    at = f", revision={args.revision!r}" if args.revision else ""
+    print(f"pushed {args.folder} to {args.repo_id}: {url}\nload it with:  from lora_v2t import load_adapter; "
+          f"v2t = load_adapter({args.repo_id!r}{at})")
     return 0
 
 
@@ -323,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except V2TError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:  # a file or folder the checks above did not name; still the user's to fix
+        print(f"error: permission denied on {exc.filename or exc}: fix its permissions or choose another path",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

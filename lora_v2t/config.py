@@ -1,6 +1,7 @@
 """Configuration dataclasses: encoder, backbone, projector, LoRA and generation.
 
-Every field carries a one-line comment; recipes in ``recipes/`` are commented dumps of these.
+Every field carries its one-line help as field metadata (see :func:`setting`), which ``lora-v2t train
+--help`` lists; recipes in ``recipes/`` are commented dumps of these.
 """
 
 from __future__ import annotations
@@ -23,16 +24,24 @@ OFFLINE_ENCODER = "offline:use-multilingual"
 OFFLINE_BACKBONE = "offline:gemma-3-270m"
 
 
+def setting(default, doc: str):
+    """A dataclass field with a default and its one-line help (field metadata), which ``lora-v2t train --help``
+    lists through :func:`describe_keys`."""
+    return field(default=default, metadata={"help": doc})
+
+
 @dataclass
 class EncoderConfig:
-    spec: str = DEFAULT_ENCODER  # hub id or folder of a sentence-transformers model, or offline:use-multilingual
+    spec: str = setting(
+        DEFAULT_ENCODER, "hub id or folder of a sentence-transformers model, or offline:use-multilingual")
 
 
 @dataclass
 class BackboneConfig:
-    name: str = DEFAULT_BACKBONE  # hub id, local folder, .gguf file, or offline:gemma-3-270m
-    quantization: str = "auto"  # auto (8bit on CUDA, none on CPU) | 8bit | 4bit | none
-    device: str | None = None  # cpu / cuda / cuda:N (training: cuda:N in a single process only); None = CUDA if any
+    name: str = setting(DEFAULT_BACKBONE, "hub id, local folder, .gguf file, or offline:gemma-3-270m")
+    quantization: str = setting("auto", "auto (8bit on CUDA, none on CPU) | 8bit | 4bit | none")
+    device: str | None = setting(
+        None, "cpu / cuda / cuda:N (training: cuda:N in a single process only); None = CUDA if any")
 
     def __post_init__(self):
         check_choice("quantization", self.quantization, QUANTIZATION_MODES)
@@ -40,9 +49,9 @@ class BackboneConfig:
 
 @dataclass
 class ProjectorConfig:
-    kind: str = "mlp"  # zero-pad (the original experiment: pad d -> h, one slot) | linear | mlp
-    prefix_length: int = 1  # k, the number of prefix slots the vector fills
-    hidden_dim: int | None = None  # width of the MLP's hidden layer; None = the backbone's hidden size
+    kind: str = setting("mlp", "zero-pad (the original experiment: pad d -> h, one slot) | linear | mlp")
+    prefix_length: int = setting(1, "k, the number of prefix slots the vector fills")
+    hidden_dim: int | None = setting(None, "width of the MLP's hidden layer; None = the backbone's hidden size")
 
     def __post_init__(self):
         check_choice("projector kind", self.kind, PROJECTOR_KINDS)
@@ -54,37 +63,54 @@ class ProjectorConfig:
 
 @dataclass
 class LoRAConfig:
-    r: int = 16  # rank of the LoRA update matrices
-    alpha: int | None = None  # LoRA scaling numerator; None = 2 * r
-    dropout: float = 0.05  # dropout on the LoRA input during training
-    target_modules: list[str] | None = None  # module names to adapt; None = attention projections per architecture
-    layers: list[int] | None = None  # indices of the transformer blocks that get LoRA; None = every block
+    r: int = setting(16, "rank of the LoRA update matrices")
+    alpha: int | None = setting(None, "LoRA scaling numerator; None = 2 * r")
+    dropout: float = setting(0.05, "dropout on the LoRA input during training")
+    target_modules: list[str] | None = setting(
+        None, "module names to adapt; None = attention projections per architecture")
+    layers: list[int] | None = setting(None, "indices of the transformer blocks that get LoRA; None = every block")
 
     def __post_init__(self):
         if not isinstance(self.r, int) or self.r < 1:
             raise V2TError(f"lora r must be an integer >= 1, got {self.r!r}")
         if self.layers is not None and (not self.layers or min(self.layers) < 0):
             raise V2TError(f"lora layers must be a non-empty list of block indices >= 0, got {self.layers!r}")
+        if self.alpha is not None:
+            check_range("lora.alpha", self.alpha, low=0, above=True)
+        check_range("lora.dropout", self.dropout, low=0, high=1, below=True)
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 48  # longest reconstruction, in tokens
-    do_sample: bool = False  # sample instead of greedy / beam search
-    temperature: float = 1.0  # sampling temperature
-    top_k: int = 50  # sample among the k most likely tokens (0 = off)
-    top_p: float = 1.0  # nucleus sampling mass
-    num_beams: int = 1  # beam search width (1 = greedy or sampling)
-    num_return_sequences: int = 1  # candidates returned (or reranked) per vector
-    repetition_penalty: float = 1.0  # >1 discourages repeating tokens
-    batch_size: int = 32  # vectors decoded together
-    restrict_vocab: bool = True  # decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)
+    max_new_tokens: int = setting(
+        48, "longest reconstruction, in tokens (>= 1; with the prefix, within the backbone's context)")
+    do_sample: bool = setting(False, "sample instead of greedy / beam search")
+    temperature: float = setting(1.0, "sampling temperature (> 0; used when do_sample)")
+    top_k: int = setting(50, "sample among the k most likely tokens (>= 0; 0 = off)")
+    top_p: float = setting(1.0, "nucleus sampling mass (0 < top_p <= 1; 1 = off)")
+    num_beams: int = setting(1, "beam search width (>= 1; 1 = greedy or sampling)")
+    num_return_sequences: int = setting(
+        1, "candidates returned (or reranked) per vector (>= 1; at most num_beams unless sampling)")
+    repetition_penalty: float = setting(
+        1.0, "penalty on tokens already generated (> 0; 1 = off, above 1 discourages repeats)")
+    no_repeat_ngram_size: int = setting(0, "never repeat an n-gram of this many tokens (>= 0; 0 = off)")
+    batch_size: int = setting(32, "vectors decoded together (>= 1)")
+    restrict_vocab: bool = setting(
+        True, "decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)")
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise V2TError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.num_return_sequences < 1 or self.num_beams < 1 or self.batch_size < 1:
-            raise V2TError("num_return_sequences, num_beams and batch_size must be >= 1")
+        counts = ("max_new_tokens", "num_beams", "num_return_sequences", "batch_size", "top_k", "no_repeat_ngram_size")
+        for name in counts:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise V2TError(f"{name} must be an integer, got {value!r}")
+            check_range(name, value, low=0 if name in ("top_k", "no_repeat_ngram_size") else 1)
+        check_range("top_p", self.top_p, low=0, high=1, above=True)
+        check_range("repetition_penalty", self.repetition_penalty, low=0, above=True)
+        if self.do_sample:
+            check_range("temperature (when sampling)", self.temperature, low=0, above=True)
+        else:
+            check_range("temperature", self.temperature)  # unused without sampling, but a number
         if not self.do_sample and self.num_return_sequences > self.num_beams:
             raise V2TError(
                 f"num_return_sequences={self.num_return_sequences} needs num_beams >= that many "
@@ -104,46 +130,54 @@ class GenerationConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "../shared/data/ru/train.txt"  # training corpus: UTF-8 text, one sentence per line
-    val: str | None = None  # validation corpus; None = hold out val_size sentences of the training corpus
-    val_size: int = 200  # sentences held out for validation when val is None
-    max_sentences: int | None = None  # use at most this many training sentences (a seeded random sample)
-    min_chars: int = 2  # skip shorter lines (counted)
-    max_chars: int = 400  # skip longer lines (counted)
-    max_tokens: int = 48  # truncate target sentences to this many tokens (EOS included)
-    cache_dir: str | None = None  # embedding cache; None = <checkpoints>/cache
-    seed: int = 0  # seeds the sample, the split and the batch order
+    train: str = setting("../shared/data/ru/train.txt", "training corpus: UTF-8 text, one sentence per line")
+    val: str | None = setting(None, "validation corpus; None = hold out val_size sentences of the training corpus")
+    val_size: int = setting(200, "sentences held out for validation when val is None")
+    max_sentences: int | None = setting(None, "use at most this many training sentences (a seeded random sample)")
+    min_chars: int = setting(2, "skip shorter lines (counted)")
+    max_chars: int = setting(400, "skip longer lines (counted)")
+    max_tokens: int = setting(48, "truncate target sentences to this many tokens (EOS included)")
+    cache_dir: str | None = setting(None, "embedding cache; None = <checkpoints>/cache")
+    seed: int = setting(0, "seeds the sample, the split and the batch order")
 
     def __post_init__(self):
         if self.max_tokens < 2:
             raise V2TError(f"data.max_tokens must be >= 2, got {self.max_tokens}")
+        check_range("data.val_size", self.val_size, low=1)
+        if self.max_sentences is not None:
+            check_range("data.max_sentences", self.max_sentences, low=1)
+        check_range("data.min_chars", self.min_chars, low=1)
+        if self.max_chars < self.min_chars:
+            raise V2TError(f"data.max_chars must be >= data.min_chars ({self.min_chars}), got {self.max_chars}")
 
 
 @dataclass
 class TrainingConfig:
-    run_name: str = "run"  # run folder: <output_dir>/<run_name>/
-    output_dir: str | None = None  # None = <checkpoints>/runs
-    trainable: str = "lora"  # lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)
-    loss_vocab: str = "full"  # full | corpus: softmax over the tokens the corpus uses only (much faster on CPU)
-    batch_size: int = 16  # sentences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 1000  # optimizer steps
-    max_minutes: float | None = None  # stop (and save final/) after this much wall time
-    lr: float = 2e-4  # learning rate of the LoRA weights (or of the backbone in full mode)
-    projector_lr: float = 1e-3  # learning rate of the projector
-    weight_decay: float = 0.0  # AdamW weight decay
-    warmup_steps: int = 50  # linear warm-up, then cosine decay
-    min_lr_ratio: float = 0.1  # the cosine decays to this fraction of the peak rate
-    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
-    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | no | bf16 | fp16
-    gradient_checkpointing: bool = False  # trade compute for activation memory
-    eval_every: int = 100  # steps between validation + printed reconstructions
-    save_every: int = 200  # steps between checkpoints
-    keep_checkpoints: int = 2  # keep only the last K step-NNNNNN/ folders
-    log_every: int = 10  # steps between training-loss log lines
-    num_samples: int = 4  # reconstructions printed at each evaluation
-    tensorboard: bool = False  # also log to TensorBoard (needs the tensorboard package)
-    seed: int = 0  # seeds the initialisation and dropout
+    run_name: str = setting("run", "run folder: <output_dir>/<run_name>/")
+    output_dir: str | None = setting(
+        None, "folder of the run folders; None = <checkpoints>/runs (see lora-v2t train --help for <checkpoints>)")
+    trainable: str = setting("lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)")
+    loss_vocab: str = setting(
+        "full", "full | corpus: softmax over the tokens the corpus uses only (much faster on CPU)")
+    batch_size: int = setting(16, "sentences per micro-batch")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    max_steps: int = setting(1000, "optimizer steps")
+    max_minutes: float | None = setting(None, "stop (and save final/) after this much wall time")
+    lr: float = setting(2e-4, "learning rate of the LoRA weights (or of the backbone in full mode)")
+    projector_lr: float = setting(1e-3, "learning rate of the projector")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_steps: int = setting(50, "linear warm-up, then cosine decay")
+    min_lr_ratio: float = setting(0.1, "the cosine decays to this fraction of the peak rate")
+    max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
+    mixed_precision: str = setting("auto", "auto (bf16/fp16 on CUDA, off on CPU) | no | bf16 | fp16")
+    gradient_checkpointing: bool = setting(False, "trade compute for activation memory")
+    eval_every: int = setting(100, "steps between validation + printed reconstructions")
+    save_every: int = setting(200, "steps between checkpoints")
+    keep_checkpoints: int = setting(2, "keep only the last K step-NNNNNN/ folders")
+    log_every: int = setting(10, "steps between training-loss log lines")
+    num_samples: int = setting(4, "reconstructions printed at each evaluation")
+    tensorboard: bool = setting(False, "also log to TensorBoard (needs the tensorboard package)")
+    seed: int = setting(0, "seeds the initialisation and dropout")
 
     def __post_init__(self):
         check_choice("training.trainable", self.trainable, ("lora", "full"))
@@ -153,6 +187,18 @@ class TrainingConfig:
                      "log_every"):
             if getattr(self, name) < 1:
                 raise V2TError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        check_range("training.lr", self.lr, low=0, above=True)
+        check_range("training.projector_lr", self.projector_lr, low=0, above=True)
+        check_range("training.weight_decay", self.weight_decay, low=0)
+        check_range("training.warmup_steps", self.warmup_steps, low=0)
+        check_range("training.min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        check_range("training.max_grad_norm", self.max_grad_norm, low=0)
+        if self.max_minutes is not None:
+            check_range("training.max_minutes", self.max_minutes, low=0, above=True)
+        name = self.run_name
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise V2TError(f"training.run_name must be a plain folder name (no '/', '\\' or '..'), got {name!r}: "
+                           "it names the run's folder inside training.output_dir; set output_dir to write elsewhere")
 
 
 @dataclass
@@ -273,20 +319,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def describe_keys() -> str:
-    """Every recipe key with its default and the comment beside its field, for ``--help``."""
-    import inspect
-    import re
-
+    """Every recipe key with its default and its one-line help (the field's ``help`` metadata), for ``--help``."""
     lines = []
     for section in fields(RunConfig):
-        cls = section.default_factory
-        source = inspect.getsource(cls)
-        comments = dict(re.findall(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", source, flags=re.M))
         lines.append(f"{section.name}:")
-        for f in fields(cls):
+        for f in fields(section.default_factory):
             default = f.default if f.default is not dataclasses.MISSING else None
-            lines.append(f"  {section.name}.{f.name}={default}  {comments.get(f.name, '')}".rstrip())
+            lines.append(f"  {section.name}.{f.name}={default}  {f.metadata.get('help', '')}".rstrip())
     return "\n".join(lines)
+
+
+def check_range(key: str, value, low: float | None = None, high: float | None = None, *, above: bool = False,
+                below: bool = False) -> None:
+    """Raise a one-line error naming ``key`` and its valid range unless ``low <= value <= high`` (``above`` /
+    ``below``: strictly); NaN and infinities never pass."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    bad = not number or value != value or value in (float("inf"), float("-inf"))
+    if not bad and low is not None:
+        bad = value <= low if above else value < low
+    if not bad and high is not None:
+        bad = value >= high if below else value > high
+    if bad:
+        limits = ([f"{'>' if above else '>='} {low:g}"] if low is not None else []) + \
+            ([f"{'<' if below else '<='} {high:g}"] if high is not None else [])
+        raise V2TError(f"{key} must be {' and '.join(limits)}, got {value!r}")
 
 
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

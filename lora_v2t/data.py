@@ -1,8 +1,11 @@
 """Corpora -> (text, vector) pairs: reading and filtering, an embedding cache on disk, length-bucketed batches.
 
-The cache lives in ``<cache_dir>/<encoder>__<corpus>/`` as ``vectors.npy`` (a memory-mapped float32 array)
-and ``meta.json``. ``meta.json`` records a key over the encoder spec and the exact sentence list; a different
-key rebuilds the cache, the same key reuses it, and an interrupted fill resumes where it stopped.
+The cache keeps one entry per encoder and exact sentence list: ``<cache_dir>/<encoder>__<corpus>-<key>/`` (the
+key is the start of a hash over the encoder spec and the sentences, so two runs that sample or split a corpus
+differently never share an entry) holding ``vectors.npy`` (a memory-mapped float32 array) and ``meta.json``. An
+entry is filled into ``vectors.partial.npy`` under a lock (``.lock``: a second process wanting the same entry
+waits, then reuses it) and renamed to ``vectors.npy`` once complete; a complete ``vectors.npy`` is never written
+again, so a process that has it mapped keeps valid vectors. An interrupted fill resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import V2TError
+from .locks import FileLock
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +37,51 @@ class CorpusStats:
     too_short: int = 0
     too_long: int = 0
     undecodable: int = 0
+    control_chars: int = 0
     skipped_examples: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        skipped = {k: getattr(self, k) for k in ("empty", "too_short", "too_long", "undecodable") if getattr(self, k)}
-        parts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items())
+        skipped = {k: getattr(self, k) for k in ("empty", "too_short", "too_long", "undecodable", "control_chars")
+                   if getattr(self, k)}
+        parts = ", ".join(f"{v} {k.replace('_', ' ').replace('chars', 'characters')}" for k, v in skipped.items())
         return f"{self.path}: {self.kept} sentences" + (f" (skipped {parts})" if parts else "")
 
 
+# byte-order marks of the encodings a text editor may save instead of UTF-8 (UTF-32 first: it starts like UTF-16)
+FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"), (b"\xff\xfe", "UTF-16LE"),
+                (b"\xfe\xff", "UTF-16BE"))
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0/C1 controls, not tab (nor newlines)
+
+
+def _not_utf8(path: Path, what: str, encoding: str = "UTF-16") -> V2TError:
+    return V2TError(f"corpus {path} {what}, not UTF-8 text: convert it to UTF-8, e.g. "
+                    f"iconv -f {encoding} -t UTF-8 {path} > {path.stem}.utf8.txt")
+
+
 def read_sentences(path: str | Path, min_chars: int = 2, max_chars: int = 400) -> tuple[list[str], CorpusStats]:
-    """Read a UTF-8 corpus, one sentence per line; empty, too short/long and undecodable lines are skipped
-    and counted, never fatal."""
+    """Read a UTF-8 corpus, one sentence per line; empty, too short/long, undecodable lines and lines with
+    control characters are skipped and counted, never fatal. A file in another encoding (a UTF-16/UTF-32
+    byte-order mark, NUL bytes, mostly control characters) is refused; a UTF-8 byte-order mark is dropped."""
     path = Path(path)
     if not path.is_file():
         raise V2TError(f"corpus {path} does not exist: give a UTF-8 text file with one sentence per line")
     stats = CorpusStats(str(path))
     sentences = []
-    with open(path, "rb") as handle:
-        for raw in handle:
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise V2TError(f"cannot read corpus {path}: {exc.strerror or exc}; make it readable "
+                       f"(chmod a+r {path}) or give another file") from exc
+    with handle:
+        for number, raw in enumerate(handle, 1):
+            if number == 1:
+                for bom, encoding in FOREIGN_BOMS:
+                    if raw.startswith(bom):
+                        raise _not_utf8(path, f"is {encoding} (it starts with a {encoding} byte-order mark)",
+                                        encoding)
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+            if b"\x00" in raw:
+                raise _not_utf8(path, f"holds NUL bytes (line {number}): it is UTF-16, UTF-32 or binary")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -59,6 +90,8 @@ def read_sentences(path: str | Path, min_chars: int = 2, max_chars: int = 400) -
             text = line.strip()
             if not text:
                 stats.empty += 1
+            elif CONTROL_CHARS.search(text):
+                stats.control_chars += 1
             elif len(text) < min_chars:
                 stats.too_short += 1
             elif len(text) > max_chars:
@@ -66,6 +99,9 @@ def read_sentences(path: str | Path, min_chars: int = 2, max_chars: int = 400) -
             else:
                 sentences.append(text)
     stats.kept = len(sentences)
+    if stats.control_chars > stats.kept:
+        raise _not_utf8(path, f"is mostly control characters ({stats.control_chars} lines with them, "
+                              f"{stats.kept} without): it is in another encoding or binary")
     if not sentences:
         if stats.empty and not (stats.too_short or stats.too_long or stats.undecodable):
             raise V2TError(f"corpus {path} is empty: it has no non-blank line")
@@ -111,40 +147,85 @@ def embed_corpus(sentences: list[str], encoder, cache_dir: str | Path, name: str
                  show_progress: bool = True) -> np.ndarray:
     """Vectors of ``sentences`` (N, d), computed once and cached on disk; resumes an interrupted fill.
 
-    Returns a read-only memory map, so a million-sentence cache is not held in memory.
+    Returns a read-only memory map, so a million-sentence cache is not held in memory. The entry is the one of
+    this exact sentence list (see the module's docstring); another process filling it is waited for.
     """
-    folder = Path(cache_dir) / f"{_slug(encoder.spec)}__{_slug(name)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    meta_file, vec_file = folder / "meta.json", folder / "vectors.npy"
     key = corpus_key(encoder.spec, sentences)
     n, dim = len(sentences), encoder.dim
-    meta = _read_meta(meta_file)
-    if meta.get("key") == key and meta.get("done") == n and vec_file.exists():
+    folder = Path(cache_dir) / f"{_slug(encoder.spec)}__{_slug(name)}-{key[:16]}"
+    vec_file, meta_file = folder / "vectors.npy", folder / "meta.json"
+    cached = _complete_entry(vec_file, meta_file, key, n, dim)
+    if cached is not None:
         logger.info("embedding cache hit: %s (%d vectors)", folder, n)
-        return np.load(vec_file, mmap_mode="r")
-    if meta.get("key") == key and vec_file.exists() and 0 <= meta.get("done", 0) < n:
-        vectors = np.load(vec_file, mmap_mode="r+")
-        done = int(meta["done"])
-        logger.info("resuming the embedding cache %s at %d/%d", folder, done, n)
-    else:
-        if meta:
-            logger.info("embedding cache %s is for another corpus or encoder: rebuilding it", folder)
-        vectors = np.lib.format.open_memmap(vec_file, mode="w+", dtype=np.float32, shape=(n, dim))
-        done = 0
-        _write_meta(meta_file, {"key": key, "encoder": encoder.spec, "dim": dim, "count": n, "done": 0})
+        return cached
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise V2TError(f"cannot create the embedding cache {folder}: {exc.strerror or exc}; set data.cache_dir to "
+                       "a writable folder") from exc
+
+    def waiting(pid):
+        logger.info("waiting for %s to finish filling the embedding cache %s",
+                    f"process {pid}" if pid else "another process", folder)
+
+    with FileLock(folder / ".lock", wait=True, on_wait=waiting):
+        cached = _complete_entry(vec_file, meta_file, key, n, dim)  # filled by the process we waited for
+        if cached is None:
+            _fill(sentences, encoder, folder, key, chunk, show_progress, name)
+            cached = np.load(vec_file, mmap_mode="r")
+    return cached
+
+
+def _complete_entry(vec_file: Path, meta_file: Path, key: str, n: int, dim: int) -> np.ndarray | None:
+    """The finished vectors of a cache entry as a read-only memory map, or None when they are not there.
+
+    ``vectors.npy`` only ever appears by a rename of a complete fill, so its presence (with the right key and
+    shape) means it is complete."""
+    if not vec_file.exists() or _read_meta(meta_file).get("key") != key:
+        return None
+    try:
+        vectors = np.load(vec_file, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return vectors if vectors.shape == (n, dim) and vectors.dtype == np.float32 else None
+
+
+def _fill(sentences: list[str], encoder, folder: Path, key: str, chunk: int, show_progress: bool,
+          name: str) -> None:
+    """Encode into ``vectors.partial.npy`` (continuing an interrupted fill), then rename it ``vectors.npy``.
+
+    Only the holder of the entry's lock calls this, so no other process has the partial file open."""
+    n, dim = len(sentences), encoder.dim
+    partial, meta_file = folder / "vectors.partial.npy", folder / "meta.json"
+    meta = {"key": key, "encoder": encoder.spec, "dim": dim, "count": n, "done": 0}
+    saved, vectors = _read_meta(meta_file), None
+    if saved.get("key") == key and partial.exists():
+        try:
+            vectors = np.load(partial, mmap_mode="r+")
+        except (OSError, ValueError):
+            vectors = None
+        if vectors is not None and vectors.shape == (n, dim) and vectors.dtype == np.float32:
+            meta["done"] = min(max(int(saved.get("done", 0)), 0), n)
+            logger.info("resuming the embedding cache %s at %d/%d", folder, meta["done"], n)
+        else:
+            vectors = None
+    if vectors is None:
+        vectors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, dim))
+        _write_meta(meta_file, meta)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=done, desc=f"embedding {name}", unit="sent", disable=not show_progress)
-    for start in range(done, n, chunk):
+    bar = tqdm(total=n, initial=meta["done"], desc=f"embedding {name}", unit="sent", disable=not show_progress)
+    for start in range(meta["done"], n, chunk):
         batch = sentences[start:start + chunk]
         vectors[start:start + len(batch)] = encoder.encode(batch)
         vectors.flush()
-        _write_meta(meta_file, {"key": key, "encoder": encoder.spec, "dim": dim, "count": n,
-                                "done": start + len(batch)})
+        _write_meta(meta_file, meta | {"done": start + len(batch)})
         bar.update(len(batch))
     bar.close()
+    vectors.flush()
     del vectors
-    return np.load(vec_file, mmap_mode="r")
+    os.replace(partial, folder / "vectors.npy")
+    _write_meta(meta_file, meta | {"done": n})
 
 
 def _read_meta(path: Path) -> dict:

@@ -8,10 +8,13 @@ and ``cosine_hist.png`` into the output folder.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
+import os
 import re
+import shutil
 import string
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,10 +56,6 @@ def token_f1(hypothesis: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _corpus_stats(metric, hypotheses: list[str], references: list[str]) -> np.ndarray:
-    return np.asarray(metric._extract_corpus_statistics(hypotheses, [references]), dtype=np.float64)
-
-
 def bootstrap_interval(values: np.ndarray, resamples: np.ndarray, score=None) -> tuple[float, float, float]:
     """Score and 95% bootstrap interval. ``values`` (N, ...) are per-sentence values or sufficient
     statistics; ``score`` maps a column sum to a corpus score (default: the mean)."""
@@ -70,17 +69,98 @@ def bootstrap_interval(values: np.ndarray, resamples: np.ndarray, score=None) ->
     return point, float(low), float(high)
 
 
+# Corpus BLEU and chrF are functions of sums of per-sentence statistics, so a bootstrap resample costs a sum, not
+# a rescoring of its sentences. BLEU's statistics and score come from sacrebleu's public API (a BLEUScore's
+# lengths, counts and totals; BLEU.compute_bleu). sacrebleu makes no chrF statistics public: they are counted
+# with its public n-gram helper and scored with chrF's formula. The point value is always sacrebleu's
+# corpus_score, and the statistics are used only where they reproduce it exactly; otherwise (another sacrebleu,
+# other metric options) every resample is rescored with corpus_score: slower, same definition.
+def bleu_statistics(metric, hypotheses: list[str], references: list[str]) -> np.ndarray:
+    """(N, 2 + 2 * order) per sentence: hypothesis and reference length, then matching and total n-grams of
+    each order, read from sacrebleu's sentence-level BLEUScore."""
+    twin = copy.copy(metric)
+    twin.effective_order = True  # silences sacrebleu's advice for sentence scores; the counts do not change
+    rows = []
+    for hyp, ref in zip(hypotheses, references):
+        s = twin.sentence_score(hyp, [ref])
+        rows.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def bleu_from_statistics(metric, stats: np.ndarray) -> float:
+    """Corpus BLEU of summed :func:`bleu_statistics`, with ``metric``'s smoothing."""
+    order = metric.max_ngram_order
+    return metric.compute_bleu(correct=stats[2:2 + order].tolist(), total=stats[2 + order:].tolist(),
+                               sys_len=int(stats[0]), ref_len=int(stats[1]), smooth_method=metric.smooth_method,
+                               smooth_value=metric.smooth_value, effective_order=metric.effective_order,
+                               max_ngram_order=order).score
+
+
+def chrf_statistics(metric, hypotheses: list[str], references: list[str]) -> np.ndarray:
+    """(N, 3 * char_order) per sentence and character n-gram order: the hypothesis's n-grams (counted only
+    where the reference has n-grams of that order, as sacrebleu does), the reference's, and their clipped
+    matches."""
+    from sacrebleu.metrics.helpers import extract_all_char_ngrams
+
+    rows = []
+    for hyp, ref in zip(hypotheses, references):
+        if metric.lowercase:
+            hyp, ref = hyp.lower(), ref.lower()
+        row = []
+        for h, r in zip(extract_all_char_ngrams(hyp, metric.char_order, metric.whitespace),
+                        extract_all_char_ngrams(ref, metric.char_order, metric.whitespace)):
+            row += [h.total() if r else 0, r.total(), (h & r).total()]
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64)
+
+
+def chrf_from_statistics(metric, stats: np.ndarray) -> float:
+    """chrF of summed :func:`chrf_statistics`: precision and recall averaged over the orders both sides have,
+    then their F-beta (sacrebleu's default, ``eps_smoothing=False``)."""
+    hyp, ref, match = stats[0::3], stats[1::3], stats[2::3]
+    seen = (hyp > 0) & (ref > 0)
+    if not seen.any():
+        return 0.0
+    precision, recall = float((match[seen] / hyp[seen]).mean()), float((match[seen] / ref[seen]).mean())
+    if precision + recall == 0:
+        return 0.0
+    factor = metric.beta ** 2
+    return 100 * (1 + factor) * precision * recall / (factor * precision + recall)
+
+
+def rescore_resamples(metric, hypotheses: list[str], references: list[str], resamples: np.ndarray) -> np.ndarray:
+    """sacrebleu's corpus_score of every resample (rows of sentence indices): the definition, without shortcuts."""
+    return np.array([metric.corpus_score([hypotheses[i] for i in idx], [[references[i] for i in idx]]).score
+                     for idx in resamples])
+
+
+def corpus_interval(metric, hypotheses: list[str], references: list[str],
+                    resamples: np.ndarray) -> tuple[float, float, float]:
+    """sacrebleu's corpus score of ``metric`` (a ``BLEU`` or ``CHRF``) and its 95% bootstrap interval."""
+    from sacrebleu.metrics import BLEU
+
+    point = float(metric.corpus_score(hypotheses, [references]).score)
+    if isinstance(metric, BLEU):
+        stats, from_stats = bleu_statistics(metric, hypotheses, references), bleu_from_statistics
+    else:
+        stats, from_stats = chrf_statistics(metric, hypotheses, references), chrf_from_statistics
+    if abs(from_stats(metric, stats.sum(axis=0)) - point) <= 1e-9 * max(1.0, abs(point)):
+        _, low, high = bootstrap_interval(stats, resamples, lambda summed: from_stats(metric, summed))
+        return point, low, high
+    logger.warning("%s: per-sentence statistics do not reproduce sacrebleu's corpus score; rescoring each of the "
+                   "%d bootstrap resamples with corpus_score (slower)", type(metric).__name__, len(resamples))
+    low, high = np.percentile(rescore_resamples(metric, hypotheses, references, resamples), [2.5, 97.5])
+    return point, float(low), float(high)
+
+
 def score_outputs(hypotheses: list[str], references: list[str], cosines: np.ndarray | None,
                   resamples: np.ndarray) -> dict:
     """Corpus BLEU and chrF, token F1, exact match and cosine, each as (value, low, high)."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    bleu, chrf = BLEU(), CHRF()
     out = {
-        "bleu": bootstrap_interval(_corpus_stats(bleu, hypotheses, references), resamples,
-                                   lambda s: bleu._compute_score_from_stats(s.tolist()).score),
-        "chrf": bootstrap_interval(_corpus_stats(chrf, hypotheses, references), resamples,
-                                   lambda s: chrf._compute_score_from_stats(s.tolist()).score),
+        "bleu": corpus_interval(BLEU(), hypotheses, references, resamples),
+        "chrf": corpus_interval(CHRF(), hypotheses, references, resamples),
         "token_f1": bootstrap_interval(np.array([token_f1(h, r) for h, r in zip(hypotheses, references)]) * 100,
                                        resamples),
         "exact_match": bootstrap_interval(
@@ -106,21 +186,32 @@ class EvalData:
 def read_eval_file(path: str | Path, source_column: int | str | None = None, target_column: int | str = 1,
                    header: bool = False, max_chars: int = 1000, limit: int | None = None) -> EvalData:
     """Read a text file (one reference per line) or, with ``source_column``, a TSV whose source column is
-    encoded and whose target column is the reference. Empty and overlong lines are skipped and counted."""
+    encoded and whose target column is the reference. Empty and overlong lines are skipped and counted.
+    ``limit``: keep the first ``limit`` usable lines (None: all)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise V2TError(f"evaluation file {path} does not exist")
+    if not path.is_file():
+        raise V2TError(f"evaluation file {path} is not a file: give a text file or a TSV")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise V2TError(f"limit must be an integer >= 1 (the number of usable lines to evaluate), got {limit!r}; "
+                       "leave it out to evaluate every line")
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        raise V2TError(f"max_chars must be an integer >= 1, got {max_chars!r}")
     skipped = {"empty": 0, "overlong": 0, "undecodable": 0}
     refs, srcs = [], []
-    with open(path, "rb") as handle:
-        raw_lines = handle.read().split(b"\n")
+    try:
+        with open(path, "rb") as handle:
+            raw_lines = handle.read().split(b"\n")
+    except OSError as exc:
+        raise V2TError(f"cannot read evaluation file {path}: {exc.strerror or exc}; check its permissions") from exc
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
     names = None
     if source_column is not None and header and raw_lines:
         names = raw_lines.pop(0).decode("utf-8", errors="replace").rstrip("\r").split("\t")
-    src_idx = _column(source_column, names, path) if source_column is not None else None
-    tgt_idx = _column(target_column, names, path) if source_column is not None else None
+    src_idx = _column(source_column, names, path, "source") if source_column is not None else None
+    tgt_idx = _column(target_column, names, path, "target") if source_column is not None else None
     for raw in raw_lines:
         try:
             line = raw.decode("utf-8").rstrip("\r")
@@ -147,7 +238,7 @@ def read_eval_file(path: str | Path, source_column: int | str | None = None, tar
         else:
             refs.append(target)
             srcs.append(source)
-        if limit and len(refs) >= limit:
+        if limit is not None and len(refs) >= limit:
             break
     if not refs:
         raise V2TError(f"{path} has no usable line (skipped: {skipped})")
@@ -155,40 +246,103 @@ def read_eval_file(path: str | Path, source_column: int | str | None = None, tar
                     name=Path(path).name)
 
 
-def _column(column: int | str, names: list[str] | None, path: Path) -> int:
-    if isinstance(column, str) and not column.isdigit():
+def _column(column: int | str, names: list[str] | None, path: Path, role: str) -> int:
+    """The 0-based index of the ``role`` (source/target) column: an index, or a name from the header line."""
+    if isinstance(column, str) and not column.strip().lstrip("-").isdigit():
         if names is None:
             raise V2TError(f"column {column!r} is a name but {path} is read without --header: give a 0-based index")
         if column not in names:
             raise V2TError(f"{path} has no column {column!r}; its columns are: {', '.join(names)}")
         return names.index(column)
     index = int(column)
+    if index < 0:
+        raise V2TError(f"{role} column {index}: columns are counted from 0 (the first column is 0), so give an "
+                       "index >= 0 (or, with --header, a column name)")
     if names is not None and index >= len(names):
         raise V2TError(f"{path} has no column {index}; its columns are: {', '.join(names)}")
     return index
 
 
 # ---------------------------------------------------------------------- the run
+REPORT_FILES = ("sentences.tsv", "summary.json", "summary.md", "cosine_hist.png")
+
+
+def default_report_dir(adapter: str | Path, data: str | Path, root: str | Path = "eval") -> Path:
+    """``eval/<adapter's parent folder>-<adapter folder>-<data file>``: the parent tells apart the ``final/``
+    folders of different runs (a hub id ``org/name`` gives ``org-name``); numbered ``-2``, ``-3``... past
+    folders that exist already, so a second evaluation never overwrites the first."""
+    path = Path(str(adapter))
+    if path.exists():
+        path = path.resolve()
+    names = [part for part in path.parts[-2:] if part not in (path.anchor, "", ".", "..")]
+    base = Path(root) / "-".join([*names, Path(data).stem])
+    return _unused(base)
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or the first of ``path-2``, ``path-3``... that does not exist."""
+    candidate, number = path, 2
+    while candidate.exists():
+        candidate, number = path.with_name(f"{path.name}-{number}"), number + 1
+    return candidate
+
+
+def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Raise (before any decoding) unless a report can go to ``out_dir``: a new or empty folder, or an older
+    report when ``overwrite``; its nearest existing parent must be writable."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise V2TError(f"report folder {out_dir} is an existing file: give --out a new folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / "summary.json").is_file():
+            raise V2TError(f"report folder {out_dir} exists and holds other files than a report: give --out a new "
+                           "or empty folder")
+        if not overwrite:
+            raise V2TError(f"report folder {out_dir} holds a report already: pass --overwrite to replace it, or "
+                           "give --out another folder")
+    parent = out_dir.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise V2TError(f"cannot write the report {out_dir}: {parent} is not a writable folder; give --out another "
+                       "folder")
+    return out_dir
+
+
 def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_size: int = 32,
              max_new_tokens: int | None = None, resamples: int = 1000, seed: int = 0,
-             show_progress: bool = True, restrict_vocab: bool | None = None) -> dict:
+             show_progress: bool = True, restrict_vocab: bool | None = None, adapter: str | Path | None = None,
+             overwrite: bool = False) -> dict:
     """Reconstruct and score; write the per-sentence TSV, the summary (JSON + Markdown) and the histogram.
+
+    The report is written to a temporary folder and renamed into place at the end: an interrupted evaluation
+    leaves no half-written report, and an older report is replaced only with ``overwrite``.
 
     Args:
         v2t: a loaded adapter.
         data: references with source texts or vectors.
-        out_dir: where to write the report.
+        out_dir: where to write the report: a new or empty folder (or an older report, with ``overwrite``).
         rerank: beam candidates for the reranked column (the greedy output competes too); 0 or 1 = greedy
             only. Needs an encoder that can encode text.
-        resamples: bootstrap resamples for the 95% intervals.
+        resamples: bootstrap resamples for the 95% intervals (>= 1).
         restrict_vocab: decode inside the adapter's output vocabulary when it has one (False: every token;
             None: the adapter's default).
+        adapter: the adapter's folder or hub id, recorded in the summary with its configuration.
+        overwrite: replace a report already in ``out_dir``.
     """
     from .model import to_vectors
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_evaluation_options(rerank, resamples)
     n = len(data.references)
+    if n == 0:
+        raise V2TError("nothing to evaluate: no reference sentences")
+    out_dir = check_report_dir(out_dir, overwrite)
+    if restrict_vocab is None:
+        restrict_vocab = v2t.generation_defaults().restrict_vocab
+    options = {"batch_size": batch_size, "restrict_vocab": restrict_vocab}
+    if max_new_tokens is not None:
+        options["max_new_tokens"] = max_new_tokens
+    v2t.generation_defaults().updated(**options)  # bad options fail here, before any encoding or decoding
     if data.vectors is not None:
         if len(data.vectors) != n:
             raise V2TError(f"{len(data.vectors)} vectors for {n} reference sentences: give one vector per line")
@@ -196,17 +350,12 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     else:
         logger.info("encoding %d sentences with %s", n, v2t.meta["encoder"]["spec"])
         vectors = v2t.encode(data.sources, show_progress=show_progress)
-    if restrict_vocab is None:
-        restrict_vocab = v2t.generation_defaults().restrict_vocab
-    options = {"batch_size": batch_size, "restrict_vocab": restrict_vocab}
-    if max_new_tokens:
-        options["max_new_tokens"] = max_new_tokens
     greedy = v2t.generate(vectors, show_progress=show_progress, **options)
     rng = np.random.default_rng(seed)
     boot = rng.integers(0, n, size=(resamples, n))
     greedy_cos = _reembed_cosines(v2t, greedy, vectors)
     systems = {"greedy": (greedy, greedy_cos)}
-    if rerank and rerank > 1 and greedy_cos is not None:
+    if rerank > 1 and greedy_cos is not None:
         # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
         ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,
                               num_return_sequences=rerank, **options)
@@ -214,17 +363,64 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         cos = np.maximum(np.array([r.cosine for r in ranked]), greedy_cos)
         systems[f"reranked (greedy + {rerank} beams)"] = (texts, cos)
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
-    summary = {"data": data.name, "sentences": n, "skipped": data.skipped, "encoder": v2t.meta["encoder"]["spec"],
+    summary = {"adapter": None if adapter is None else str(adapter), "adapter_config": adapter_summary(v2t),
+               "data": data.name, "sentences": n, "skipped": data.skipped, "encoder": v2t.meta["encoder"]["spec"],
                "backbone": v2t.backbone_info["name"], "bootstrap_resamples": resamples,
                "output_vocab": v2t.output_vocab.numel() if restrict_vocab and v2t.output_vocab is not None
                else "full",
                "scores": {name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]}
                                  for m, (v, lo, hi) in s.items()} for name, s in scores.items()}}
-    _write_tsv(out_dir / "sentences.tsv", data, systems)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    (out_dir / "summary.md").write_text(markdown_table(summary))
-    plot_cosines({name: cos for name, (_, cos) in systems.items() if cos is not None}, out_dir / "cosine_hist.png")
+    written = _write_report(out_dir, overwrite, data, systems, summary)
+    if written != out_dir:
+        logger.warning("%s was taken while evaluating; the report went to %s", out_dir, written)
+    summary["report"] = str(written)
     return summary
+
+
+def check_evaluation_options(rerank: int, resamples: int) -> None:
+    """Raise unless ``rerank`` (beam candidates, >= 0) and ``resamples`` (bootstrap, >= 1) are valid."""
+    for name, value, low, what in (("rerank", rerank, 0, "beam candidates; 0 or 1 = greedy only"),
+                                   ("resamples", resamples, 1, "bootstrap resamples for the 95% intervals")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise V2TError(f"{name} must be an integer >= {low} ({what}), got {value!r}")
+
+
+def adapter_summary(v2t) -> dict:
+    """The active adapter's v2t_config (encoder, backbone, projector, LoRA, generation defaults, training
+    summary without its sample reconstructions), as recorded in an evaluation summary."""
+    from .adapter import bundle_config
+
+    config = bundle_config(v2t)
+    config["training"] = {k: v for k, v in (config.get("training") or {}).items() if k != "samples"}
+    return config
+
+
+def _write_report(out_dir: Path, overwrite: bool, data: EvalData, systems: dict, summary: dict) -> Path:
+    """Write the report into a temporary sibling folder, then rename it to ``out_dir`` (replacing an older
+    report only when ``overwrite``; if another report took ``out_dir`` meanwhile, the next free ``-N`` name)."""
+    from .adapter import replace_dir
+
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write_tsv(tmp / "sentences.tsv", data, systems)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
+        plot_cosines({name: cos for name, (_, cos) in systems.items() if cos is not None}, tmp / "cosine_hist.png")
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        if out_dir.exists() and not overwrite:
+            out_dir = _unused(out_dir)
+        replace_dir(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise V2TError(f"cannot write the report {out_dir}: {exc.strerror or exc}; give --out another folder") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
 
 
 def _reembed_cosines(v2t, texts: list[str], vectors: np.ndarray) -> np.ndarray | None:
@@ -256,7 +452,9 @@ def markdown_table(summary: dict) -> str:
     metrics = list(summary["scores"][names[0]])
     vocab = summary.get("output_vocab", "full")
     vocab = "every token" if vocab == "full" else f"the adapter's {vocab} output tokens"
-    lines = [f"{summary['sentences']} sentences; encoder `{summary['encoder']}`; backbone `{summary['backbone']}`; "
+    adapter = f"Adapter `{summary['adapter']}`; " if summary.get("adapter") else ""
+    lines = [f"{adapter}{summary['sentences']} sentences; encoder `{summary['encoder']}`; "
+             f"backbone `{summary['backbone']}`; "
              f"decoding over {vocab}; 95% bootstrap intervals over {summary['bootstrap_resamples']} resamples.",
              "",
              "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]

@@ -96,8 +96,8 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
         seed: seed the RNG first (for reproducible sampling).
         **options: any field of :class:`lora_v2t.config.GenerationConfig`: ``max_new_tokens``,
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``num_return_sequences``,
-            ``repetition_penalty``, ``batch_size``, ``restrict_vocab``. Unset ones come from the adapter's
-            defaults.
+            ``repetition_penalty``, ``no_repeat_ngram_size``, ``batch_size``, ``restrict_vocab``. Unset ones
+            come from the adapter's defaults.
 
     Returns:
         ``list[str]`` (one text per vector); ``list[list[str]]`` when ``num_return_sequences > 1``
@@ -107,12 +107,17 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     from transformers import GenerationConfig as HFGenerationConfig
     from transformers import LogitsProcessorList
 
+    from .backbone import max_positions
+
     opts = v2t.generation_defaults().updated(**options)
+    check_length(opts.max_new_tokens, v2t.projector.prefix_length, max_positions(v2t.base_model.config),
+                 v2t.backbone_info["name"])
     target = to_vectors(vectors, v2t.embedding_dim)
     tok = v2t.tokenizer
     hf_kwargs = {"max_new_tokens": opts.max_new_tokens, "num_beams": opts.num_beams,
                  "num_return_sequences": opts.num_return_sequences, "do_sample": opts.do_sample,
-                 "repetition_penalty": opts.repetition_penalty, "eos_token_id": tok.eos_token_id,
+                 "repetition_penalty": opts.repetition_penalty, "no_repeat_ngram_size": opts.no_repeat_ngram_size,
+                 "eos_token_id": tok.eos_token_id,
                  "pad_token_id": tok.pad_token_id}
     if opts.do_sample:
         hf_kwargs |= {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p}
@@ -142,6 +147,14 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     if rerank:
         return rerank_candidates(v2t, target.numpy(), groups)
     return [g[0] for g in groups] if n == 1 else groups
+
+
+def check_length(max_new_tokens: int, prefix_length: int, positions: int | None, backbone: str) -> None:
+    """Raise unless the prefix slots and ``max_new_tokens`` fit the ``positions`` the backbone can read."""
+    if positions is not None and prefix_length + max_new_tokens > positions:
+        raise V2TError(f"max_new_tokens {max_new_tokens} does not fit backbone {backbone!r}: it reads at most "
+                       f"{positions} positions, {prefix_length} of them taken by the prefix; give max_new_tokens "
+                       f"<= {positions - prefix_length}")
 
 
 def rerank_candidates(v2t, target: np.ndarray, groups: list[list[str]]) -> list[Reranked]:

@@ -51,8 +51,13 @@ def default_target_modules(model_type: str) -> list[str]:
 def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
     """Validate sentence vectors and return a float32 (N, d) CPU tensor."""
     if isinstance(vectors, torch.Tensor):
+        if vectors.is_complex():
+            raise V2TError(f"vectors are complex ({vectors.dtype}); sentence vectors are real: pass a real array")
         tensor = vectors.detach().to("cpu", torch.float32)
     else:
+        if np.iscomplexobj(vectors):  # converting would silently drop the imaginary part
+            raise V2TError(f"vectors are complex ({np.asarray(vectors).dtype}); sentence vectors are real: "
+                           "pass a real array")
         try:
             array = np.asarray(vectors, dtype=np.float32)
             tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
@@ -388,11 +393,12 @@ class Vector2Text(nn.Module):
         return self.generate(self.encode(texts), **options)
 
     # ------------------------------------------------------------------ adapter registry
-    def load_adapter(self, path: str | Path, name: str) -> None:
-        """Load another adapter bundle onto this same base (the base is not reloaded)."""
+    def load_adapter(self, path: str | Path, name: str, revision: str | None = None) -> None:
+        """Load another adapter bundle (a folder, or a hub id ``org/name`` at ``revision``) onto this same base
+        (the base is not reloaded)."""
         from .adapter import load_into
 
-        load_into(self, path, name)
+        load_into(self, path, name, revision=revision)
 
     def set_adapter(self, name: str) -> None:
         """Make adapter ``name`` the active one."""
@@ -416,6 +422,16 @@ class Vector2Text(nn.Module):
         from .adapter import save_adapter
 
         return save_adapter(self, path, training=training)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, revision: str | None = None,
+                    commit_message: str | None = None, token: str | None = None) -> str:
+        """Upload the active adapter as a bundle, with its model card, to the hub repository ``repo_id``
+        (``org/name``, created if missing; ``revision``: the branch); returns the commit's URL. See
+        :func:`lora_v2t.hub.push_folder`."""
+        from .hub import push_adapter
+
+        return push_adapter(self, repo_id, private=private, revision=revision, commit_message=commit_message,
+                            token=token)
 
     def generation_defaults(self) -> GenerationConfig:
         """The active adapter's generation defaults."""

@@ -6,7 +6,9 @@ Run folder ``<output_dir>/<run_name>/``:
 - ``metrics.jsonl``: one JSON line per evaluation (and per log line, with ``"kind": "train"``);
 - ``loss.png``: training and validation loss against steps, redrawn at every evaluation;
 - ``step-NNNNNN/``: checkpoints (see :mod:`lora_v2t.checkpoint`); the last ``keep_checkpoints`` are kept;
-- ``final/``: the finished adapter bundle.
+- ``final/``: the finished adapter bundle;
+- ``.lock``: while a run trains in the folder (its main process holds it; a second run into the folder is
+  refused, naming the first one's pid).
 
 A run is a :class:`Trainer` walking through named steps: :meth:`~Trainer.prepare_data`,
 :meth:`~Trainer.build_model`, :meth:`~Trainer.start_or_resume`, then :meth:`~Trainer.train_step` and
@@ -34,11 +36,21 @@ import numpy as np
 import torch
 
 from .backbone import checkpoints_dir
-from .checkpoint import check_same_recipe, list_checkpoints, load_checkpoint, rng_state, save_checkpoint
+from .checkpoint import (
+    check_same_recipe,
+    clean_stale_temporaries,
+    data_file_digests,
+    list_checkpoints,
+    load_checkpoint,
+    newest_good_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from .config import RunConfig
 from .cost import describe_cost
 from .data import BatchOrder, embed_corpus, read_sentences, sample_and_split, tokenize_corpus
 from .errors import V2TError
+from .locks import FileLock, LockBusy
 from .runlog import RunLog
 
 logger = logging.getLogger(__name__)
@@ -100,7 +112,7 @@ def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True):
         logger.info("validation %s", val_stats.summary())
     train_texts, val_texts = sample_and_split(sentences, dc.val_size, dc.max_sentences, dc.seed, val_given)
     del sentences
-    cache_dir = Path(dc.cache_dir) if dc.cache_dir else checkpoints_dir() / "cache"
+    cache_dir = cache_dir_of(cfg)
     stem = Path(dc.train).stem
     train_vectors = embed_corpus(train_texts, encoder, cache_dir, f"{stem}-train", show_progress=show_progress)
     val_vectors = np.asarray(embed_corpus(val_texts, encoder, cache_dir, f"{stem}-val", show_progress=False))
@@ -158,22 +170,48 @@ def _check_tensorboard(cfg: RunConfig) -> None:
             raise V2TError("training.tensorboard=true needs the tensorboard package: pip install tensorboard")
 
 
-def _locate_run(cfg: RunConfig, resume: bool | str | Path) -> tuple[Path, Path | None]:
-    """The run folder and the checkpoint to resume from (None for a new run); refuses what cannot work."""
-    run_dir = Path(resume) if isinstance(resume, (str, Path)) else run_dir_of(cfg)
-    checkpoints = list_checkpoints(run_dir)
+def cache_dir_of(cfg: RunConfig) -> Path:
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else checkpoints_dir() / "cache"
+
+
+def check_paths(cfg: RunConfig, run_dir: Path) -> None:
+    """Before anything loads: the corpus files can be read, and the run folder and the embedding cache can be
+    written (or created)."""
+    for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
+        if not path:
+            continue
+        if not os.path.isfile(path):
+            raise V2TError(f"corpus {path} ({key}) does not exist: give a UTF-8 text file with one sentence per line")
+        if not os.access(path, os.R_OK):
+            raise V2TError(f"cannot read corpus {path} ({key}): permission denied; make it readable "
+                           f"(chmod a+r {path}) or give another file")
+    for what, folder, key in (("run folder", run_dir, "training.output_dir"),
+                              ("embedding cache", cache_dir_of(cfg), "data.cache_dir")):
+        existing = Path(folder)
+        while not os.path.exists(existing) and existing != existing.parent:
+            existing = existing.parent
+        if not os.path.isdir(existing):
+            raise V2TError(f"cannot create the {what} {folder}: {existing} is a file, not a folder; set {key} to "
+                           "a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise V2TError(f"cannot write the {what} {folder}: {existing} is not writable (permission denied); set "
+                           f"{key} to a writable folder or change its permissions")
+
+
+def _locate_run(cfg: RunConfig, run_dir: Path, resume: bool | str | Path) -> Path | None:
+    """The checkpoint to resume from (None for a new run): the newest good one (a damaged newer one is named
+    in a warning); refuses what cannot work."""
     if not resume:
-        if checkpoints or (run_dir / "final").exists():
+        if list_checkpoints(run_dir) or (run_dir / "final").exists():
             raise V2TError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or choose "
                            "another --training.run_name")
-        return run_dir, None
-    if not checkpoints:
-        raise V2TError(f"nothing to resume in {run_dir}: it holds no step-NNNNNN checkpoint")
-    import json
+        return None
+    checkpoint, trainer_state = newest_good_checkpoint(run_dir)
+    check_same_recipe(trainer_state["recipe"], cfg.to_dict(), run_dir, trainer_state.get("data_files"))
+    return checkpoint
 
-    saved = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["recipe"]
-    check_same_recipe(saved, cfg.to_dict(), run_dir)
-    return run_dir, checkpoints[-1]
+
+RUN_LOCK = ".lock"  # held by the main process of the run training in the folder
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -181,8 +219,12 @@ class Trainer:
     """One training run. ``Trainer(cfg).run()`` does what :func:`train` documents."""
 
     def __init__(self, cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool = True):
-        self.cfg = cfg
-        self.run_dir, self.resume_from = _locate_run(cfg, resume)
+        self.cfg, self.resume = cfg, resume
+        self.run_dir = Path(resume) if isinstance(resume, (str, Path)) else run_dir_of(cfg)
+        self.resume_from: Path | None = None  # decided by claim_run_dir()
+        self.run_lock: FileLock | None = None
+        self.created_run_dir, self.data_files = False, None
+        check_paths(cfg, self.run_dir)
         _check_tensorboard(cfg)
         self.device = training_device(cfg.backbone.device)
         self.accelerator = make_accelerator(cfg, self.device, self.run_dir)
@@ -195,6 +237,13 @@ class Trainer:
         self.saved_step = -1  # the step of the last checkpoint saved or resumed from (the same on every process)
 
     def run(self) -> Path:
+        self.claim_run_dir()
+        try:
+            return self.run_claimed()
+        finally:
+            self.release_run_dir()
+
+    def run_claimed(self) -> Path:
         from accelerate.utils import set_seed
 
         set_seed(self.cfg.training.seed)
@@ -213,6 +262,52 @@ class Trainer:
         return final
 
     # ------------------------------------------------------------------ setup
+    def claim_run_dir(self) -> None:
+        """Take the run folder: the main process locks it for the whole run (a second run into the same folder
+        fails at once, naming this one's pid), tidies what killed runs left there and decides where to start (a
+        new run, or the newest good checkpoint); with several processes it tells the others."""
+        problem, resume_from = None, None
+        if self.accelerator.is_main_process:
+            try:
+                self.lock_run_dir()
+                clean_stale_temporaries(self.run_dir)
+                resume_from = _locate_run(self.cfg, self.run_dir, self.resume)
+                self.data_files = data_file_digests(self.cfg)
+            except V2TError as exc:
+                problem = exc
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            message, resume_from = broadcast_object_list([None if problem is None else str(problem), resume_from])
+            problem = problem or (V2TError(message) if message is not None else None)
+        if problem is not None:
+            self.release_run_dir()
+            raise problem
+        self.resume_from = resume_from
+
+    def lock_run_dir(self) -> None:
+        """Hold ``<run_dir>/.lock`` (an exclusive lock that ends with this process, however it ends)."""
+        self.created_run_dir = not self.run_dir.exists()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.run_lock = FileLock(self.run_dir / RUN_LOCK).acquire()
+        except LockBusy as busy:
+            holder = f"pid {busy.pid}" if busy.pid else "another process"
+            raise V2TError(f"run folder {self.run_dir} is in use by another training run ({holder}): wait for it to "
+                           "end (or stop it), or choose another --training.run_name") from None
+        except OSError as exc:
+            raise V2TError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}; set "
+                           "training.output_dir to a writable folder") from exc
+
+    def release_run_dir(self) -> None:
+        """Let go of the run folder's lock; remove the folder again if this run created it and left it empty."""
+        if self.run_lock is not None:
+            self.run_lock.release()
+            self.run_lock = None
+        if self.created_run_dir and self.accelerator.is_main_process:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()  # only succeeds when empty
+
     def prepare_data(self) -> None:
         """Read and embed the corpus (the main process fills the cache, then the others read it)."""
         from .encoders import load_encoder
@@ -286,19 +381,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def loop(self) -> None:
-        from tqdm.auto import tqdm
-
         tc = self.cfg.training
         self.clock, self.base_elapsed = time.perf_counter(), self.state.elapsed_s
         self.window = _Window()
-        self.bar = tqdm(total=tc.max_steps, initial=self.state.step, desc="training", unit="step",
-                        disable=not self.show_progress)
+        self.bar = self.progress_bar()
         while self.state.step < tc.max_steps:
             if self.out_of_time():
                 logger.info("time budget of %.1f minutes reached at step %d", tc.max_minutes, self.state.step)
                 break
             self.after_step(self.train_step())
         self.bar.close()
+
+    def progress_bar(self):
+        """Steps out of ``max_steps``; or, for a run boxed by ``max_minutes``, the minutes left (such a run
+        rarely reaches its step count, so a step bar would show an ETA it will not keep)."""
+        from tqdm.auto import tqdm
+
+        tc, hide = self.cfg.training, not self.show_progress
+        if tc.max_minutes is None:
+            return tqdm(total=tc.max_steps, initial=self.state.step, desc="training", unit="step", disable=hide)
+        budget = round(tc.max_minutes * 60)
+        return tqdm(total=budget, initial=min(round(self.state.elapsed_s), budget), desc="training", unit="s",
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {remaining} left{postfix}", disable=hide)
 
     def out_of_time(self) -> bool:
         """Whether ``training.max_minutes`` is spent; with several processes the main one's clock decides for
@@ -356,8 +460,9 @@ class Trainer:
         tc, state = self.cfg.training, self.state
         state.elapsed_s = self.base_elapsed + time.perf_counter() - self.clock
         self.window.add(step_loss)
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{step_loss:.3f}")
+        timed = tc.max_minutes is not None  # see progress_bar
+        self.bar.update(min(round(state.elapsed_s), round(tc.max_minutes * 60)) - self.bar.n if timed else 1)
+        self.bar.set_postfix_str(f"step {state.step}, loss {step_loss:.3f}" if timed else f"loss={step_loss:.3f}")
         if state.step % tc.log_every == 0:
             self.log.append({"kind": "train", "step": state.step, "loss": self.window.mean_loss,
                              "lr": self.scheduler.get_last_lr()[0], "ms_per_step": self.window.ms_per_step,
@@ -403,7 +508,8 @@ class Trainer:
 
     def save(self, state: TrainState, rngs: list[dict]) -> Path:
         return save_checkpoint(self.run_dir, self.v2t, self.optimizer, self.scheduler, asdict(state), self.cfg,
-                               rngs, training_summary(self.cfg, state), scaler=self.accelerator.scaler)
+                               rngs, training_summary(self.cfg, state), scaler=self.accelerator.scaler,
+                               data_files=self.data_files)
 
     def finish(self) -> Path:
         """Last checkpoint, last evaluation, and the ``final/`` bundle."""

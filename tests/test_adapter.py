@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import shutil
 
@@ -378,3 +379,106 @@ def test_an_adapter_keeps_the_precision_it_was_trained_in_through_loads_and_save
     v2t.set_adapter("int8-trained")
     saved = v2t.save_adapter(tmp_path / "second")
     assert json.loads((saved / "v2t_config.json").read_text())["backbone"]["quantization"] == "8bit"
+
+
+def rewrite_tensor(file, change):
+    """Rewrite one safetensors file of a bundle, applying ``change(tensors)`` to its dict of tensors."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(file))
+    change(tensors)
+    save_file(tensors, str(file), metadata={"format": "pt"})
+
+
+@pytest.fixture()
+def no_base_load(monkeypatch):
+    """Fail the test if the base model starts loading: the check must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the base model was loaded before the bundle was checked")
+
+    monkeypatch.setattr("lora_v2t.backbone.load_backbone", refuse)
+
+
+@pytest.mark.parametrize("file,pick,value", [
+    ("projector.safetensors", lambda keys: keys[0], float("nan")),
+    ("adapter_model.safetensors", lambda keys: [k for k in keys if "lora_B" in k][-1], float("inf")),
+])
+def test_nan_or_inf_weights_are_refused_at_load_naming_file_and_tensor(bundle, tmp_path, v2t, file, pick, value,
+                                                                       capsys, no_base_load):
+    from lora_v2t.cli import main
+
+    broken = copy_bundle(bundle, tmp_path)
+    with safe_open(str(broken / file), framework="pt") as handle:
+        key = pick(sorted(handle.keys()))
+
+    def poison(tensors):
+        tensors[key].view(-1)[3] = value
+
+    rewrite_tensor(broken / file, poison)
+    message = f"{broken / file}: tensor {key!r} holds 1 NaN or inf value(s)"
+    with pytest.raises(V2TError, match=re.escape(message)):
+        load_adapter(broken, device="cpu")
+    with pytest.raises(V2TError, match=re.escape(message)):
+        v2t.load_adapter(broken, name="other")
+    assert v2t.adapters == ["default"]
+    assert main(["generate", "--adapter", str(broken), "--text", "Где лодка?"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+
+
+def test_a_lora_tensor_of_another_rank_is_refused_before_the_base_loads(bundle, tmp_path, no_base_load):
+    broken = copy_bundle(bundle, tmp_path)
+    file = broken / "adapter_model.safetensors"
+    with safe_open(str(file), framework="pt") as handle:
+        key = sorted(k for k in handle.keys() if "lora_A" in k)[0]
+    rewrite_tensor(file, lambda tensors: tensors.update({key: torch.zeros(12, tensors[key].shape[1])}))
+    with pytest.raises(V2TError, match=re.escape(f"{file}: tensor {key!r} has shape [12, 32], but a LoRA A matrix "
+                                                 "is (r, in_features) with r=16 (adapter_config.json)")):
+        load_adapter(broken, device="cpu")
+
+
+def test_a_lora_tensor_that_does_not_fit_the_base_is_one_line_and_loads_nothing(bundle, tmp_path, v2t):
+    broken = copy_bundle(bundle, tmp_path)
+    file = broken / "adapter_model.safetensors"
+    with safe_open(str(file), framework="pt") as handle:
+        key = sorted(k for k in handle.keys() if "lora_A" in k)[0]
+    rewrite_tensor(file, lambda tensors: tensors.update({key: torch.zeros(16, 35)}))  # the layer takes 32 inputs
+    message = f"{file}: tensor {key!r} has shape [16, 35] but the base's layer takes [16, 32]"
+    with pytest.raises(V2TError, match=re.escape(message)) as error:
+        load_adapter(broken, device="cpu")
+    assert "\n" not in str(error.value)
+    with pytest.raises(V2TError, match=re.escape(message)):
+        v2t.load_adapter(broken, name="other")
+    assert v2t.adapters == ["default"] and "other" not in v2t.model.peft_config
+    vectors = vectors_for(v2t)
+    assert v2t.generate(vectors, max_new_tokens=4) == load_adapter(bundle, device="cpu").generate(
+        vectors, max_new_tokens=4)  # the loaded adapter still works as before
+
+
+def test_a_bundle_that_cannot_be_read_is_one_line(bundle, tmp_path, monkeypatch, capsys):
+    import pathlib
+
+    from lora_v2t.cli import main
+
+    real_read_text = pathlib.Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == "v2t_config.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", denied)
+    message = f"cannot read adapter bundle {bundle}: permission denied on {bundle / 'v2t_config.json'}"
+    with pytest.raises(V2TError, match=re.escape(message)):
+        load_adapter(bundle)
+    assert main(["info", str(bundle)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message}") and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads every file")
+def test_a_bundle_file_without_read_permission_is_one_line(bundle, tmp_path):
+    broken = copy_bundle(bundle, tmp_path)
+    (broken / "projector.safetensors").chmod(0)
+    with pytest.raises(V2TError, match="permission denied on .*projector.safetensors"):
+        load_adapter(broken)

@@ -80,3 +80,91 @@ def test_help_lists_every_option(capsys):
     out = capsys.readouterr().out
     for option in ("--adapter", "--text", "--vectors", "--num-beams", "--rerank", "--quantization", "--seed"):
         assert option in out
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Fail the test if the models start loading: the CLI must check its input first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the models were loaded before the input was checked")
+
+    monkeypatch.setattr("lora_v2t.adapter.load_adapter", refuse)
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "empty.npy")],
+     "empty.npy is empty (0 bytes): save the vectors with numpy.save(path, array)"),
+    (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "sentences.txt")],
+     "sentences.txt is a text file, not a .npy array: give sentences with --text"),
+    (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "complex.npy")],
+     "complex.npy holds complex numbers (complex64); sentence vectors are real"),
+    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--do-sample", "--temperature", "0"],
+     "temperature (when sampling) must be > 0, got 0.0"),
+    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--top-k", "-3"], "top_k must be >= 0, got -3"),
+    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--top-p", "1.5"],
+     "top_p must be > 0 and <= 1, got 1.5"),
+    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--repetition-penalty", "0"],
+     "repetition_penalty must be > 0, got 0.0"),
+    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--device", "foo"],
+     "unknown device 'foo': use cpu, cuda or cuda:N"),
+    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--max-new-tokens", "500"],
+     "max_new_tokens 500 does not fit backbone"),
+    (lambda b, t: ["evaluate", "--adapter", str(b), "--data", str(t / "dev.txt"), "--device", "foo"],
+     "unknown device 'foo'"),
+    (lambda b, t: ["evaluate", "--adapter", str(b), "--data", str(t / "dev.txt"), "--max-new-tokens", "500"],
+     "max_new_tokens 500 does not fit backbone"),
+    (lambda b, t: ["evaluate", "--adapter", str(b), "--data", str(t / "dev.txt"), "--batch-size", "0"],
+     "batch_size must be >= 1, got 0"),
+])
+def test_bad_input_is_refused_before_the_models_load(bundle, tmp_path, capsys, no_model_load, make_args, message):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "sentences.txt").write_text("Где лодка?\nКошка спит.\n", encoding="utf-8")
+    np.save(tmp_path / "complex.npy", np.ones((1, 24), dtype=np.complex64))
+    (tmp_path / "dev.txt").write_text("Где лодка?\n", encoding="utf-8")
+    assert main(make_args(bundle, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_a_missing_backbone_folder_is_called_a_missing_folder(bundle, capsys):
+    assert main(["generate", "--adapter", str(bundle), "--text", "a", "--backbone", "./no/such/base"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: backbone folder './no/such/base' does not exist: give an existing model folder, a .gguf "
+                   "file or a hub id (org/name)")
+
+
+def test_repetition_penalty_reaches_decoding(bundle, v2t, capsys):
+    assert main(["generate", "--adapter", str(bundle), "--text", "Где лодка?", "--max-new-tokens", "8",
+                 "--repetition-penalty", "1.8", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["generated"] == v2t.invert(["Где лодка?"], max_new_tokens=8, repetition_penalty=1.8)[0]
+
+
+def test_help_states_valid_ranges_and_where_runs_go(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--repetition-penalty", "(> 0; with --do-sample)", "(>= 0; 0 = off)", "(0 < p <= 1; 1 = off)",
+                 "(>= 1; 1 = greedy)", "cpu, cuda or cuda:N"):
+        assert text in out
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "bootstrap 95% intervals" in out and "%%" not in out
+    assert "(N >= 1; default: all)" in out and "(>= 1; default 1000)" in out and "--overwrite" in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "$LORA_V2T_HOME" in out and "~/.cache/lora_v2t" in out and "<checkpoints>/runs" in out
+
+
+def test_any_permission_error_is_one_line(bundle, monkeypatch, capsys):
+    import lora_v2t.cli as cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/some/folder/file")
+
+    monkeypatch.setattr(cli, "cmd_info", denied)
+    assert main(["info", str(bundle)]) == 2
+    assert capsys.readouterr().err == ("error: permission denied on /some/folder/file: fix its permissions or choose "
+                                       "another path\n")

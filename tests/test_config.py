@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,35 @@ def test_bad_recipe_values(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("override,message", [
+    ("--data.val_size=-1", "data.val_size must be >= 1, got -1"),
+    ("--data.val_size=0", "data.val_size must be >= 1, got 0"),
+    ("--data.max_sentences=0", "data.max_sentences must be >= 1, got 0"),
+    ("--data.min_chars=0", "data.min_chars must be >= 1, got 0"),
+    ("--data.max_chars=1", "data.max_chars must be >= data.min_chars (2), got 1"),
+    ("--training.lr=-1", "training.lr must be > 0, got -1.0"),
+    ("--training.lr=.nan", "training.lr must be > 0, got nan"),
+    ("--training.projector_lr=0", "training.projector_lr must be > 0, got 0.0"),
+    ("--training.weight_decay=-0.1", "training.weight_decay must be >= 0, got -0.1"),
+    ("--training.warmup_steps=-5", "training.warmup_steps must be >= 0, got -5"),
+    ("--training.min_lr_ratio=1.5", "training.min_lr_ratio must be >= 0 and <= 1, got 1.5"),
+    ("--training.max_grad_norm=-1", "training.max_grad_norm must be >= 0, got -1.0"),
+    ("--training.max_minutes=-1", "training.max_minutes must be > 0, got -1.0"),
+    ("--training.max_minutes=0", "training.max_minutes must be > 0, got 0.0"),
+    ("--training.run_name=../../x", "training.run_name must be a plain folder name (no '/', '\\' or '..'), got "
+                                    "'../../x'"),
+    ("--training.run_name=..", "training.run_name must be a plain folder name"),
+    ("--training.run_name=''", "training.run_name must be a plain folder name"),
+    ("--lora.dropout=1", "lora.dropout must be >= 0 and < 1, got 1.0"),
+    ("--lora.dropout=-0.1", "lora.dropout must be >= 0 and < 1, got -0.1"),
+    ("--lora.alpha=0", "lora.alpha must be > 0, got 0"),
+])
+def test_values_out_of_range_name_the_key_and_the_range(override, message):
+    with pytest.raises(V2TError, match=re.escape(message)) as refused:
+        load_config(None, [override])
+    assert "\n" not in str(refused.value)
+
+
 def test_bad_recipe_files(tmp_path):
     with pytest.raises(V2TError, match="does not exist"):
         load_config(tmp_path / "none.yaml")
@@ -58,3 +88,51 @@ def test_bad_recipe_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(V2TError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"do_sample": True, "temperature": 0.0}, "temperature (when sampling) must be > 0, got 0.0"),
+    ({"do_sample": True, "temperature": float("nan")}, "temperature (when sampling) must be > 0, got nan"),
+    ({"top_k": -3}, "top_k must be >= 0, got -3"),
+    ({"top_k": 2.5}, "top_k must be an integer, got 2.5"),
+    ({"top_p": 1.5}, "top_p must be > 0 and <= 1, got 1.5"),
+    ({"top_p": 0.0}, "top_p must be > 0 and <= 1, got 0.0"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0, got 0.0"),
+    ({"repetition_penalty": -1.0}, "repetition_penalty must be > 0, got -1.0"),
+    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be >= 0, got -1"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
+    ({"num_beams": 0}, "num_beams must be >= 1, got 0"),
+    ({"batch_size": -2}, "batch_size must be >= 1, got -2"),
+])
+def test_generation_options_out_of_range(options, message):
+    from lora_v2t.config import GenerationConfig
+
+    with pytest.raises(V2TError, match=re.escape(message)):
+        GenerationConfig(**options)
+    with pytest.raises(V2TError, match=re.escape(message)):
+        GenerationConfig().updated(**options)
+
+
+def test_generation_ranges_accept_their_edges():
+    from lora_v2t.config import GenerationConfig
+
+    GenerationConfig(do_sample=True, temperature=0.01, top_k=0, top_p=1.0, repetition_penalty=0.5)
+    GenerationConfig(temperature=0.0)  # unused without sampling
+
+
+def test_recipe_help_comes_from_field_metadata_not_from_the_source(monkeypatch):
+    import dataclasses
+    import inspect
+
+    from lora_v2t.config import describe_keys
+
+    def no_source(*args, **kwargs):
+        raise OSError("no source available (e.g. an installed .pyc-only package)")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    text = describe_keys()
+    for section in dataclasses.fields(RunConfig):
+        for f in dataclasses.fields(section.default_factory):
+            assert f.metadata.get("help"), f"{section.name}.{f.name} has no help"
+            assert f"  {section.name}.{f.name}=" in text and f.metadata["help"] in text
+    assert "generation.top_p=1.0  nucleus sampling mass (0 < top_p <= 1; 1 = off)" in text

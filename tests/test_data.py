@@ -83,6 +83,80 @@ def test_interrupted_cache_fill_resumes(tiny_encoder, tmp_path):
     assert np.allclose(np.asarray(out), tiny_encoder.encode(sentences), atol=1e-6)
 
 
+def test_runs_that_sample_or_split_differently_never_share_a_cache_file(tiny_encoder, tmp_path):
+    first = ["Где лодка?", "Кошка спит.", "Завтра дождь."]
+    other_seed = ["Мы пошли в лес.", "Он открыл окно.", "Где лодка?"]  # as many sentences, another data.seed
+    more = first + ["Это интересная история.", "Сегодня хорошая погода."]  # another data.max_sentences
+    enc = CountingEncoder(tiny_encoder)
+    mapped = embed_corpus(first, enc, tmp_path, "corpus-train", show_progress=False)  # a run is reading these
+    b = embed_corpus(other_seed, enc, tmp_path, "corpus-train", show_progress=False)
+    c = embed_corpus(more, enc, tmp_path, "corpus-train", show_progress=False)
+    for vectors, sentences in ((mapped, first), (b, other_seed), (c, more)):
+        assert np.allclose(np.asarray(vectors), tiny_encoder.encode(sentences), atol=1e-6)
+    assert enc.calls == 11 and len(list(tmp_path.glob("*/vectors.npy"))) == 3
+    for sentences in (first, other_seed, more):  # each entry is kept: no run rebuilds another's
+        embed_corpus(sentences, enc, tmp_path, "corpus-train", show_progress=False)
+    assert enc.calls == 11
+
+
+def test_a_fill_in_progress_is_waited_for_then_reused(tiny_encoder, tmp_path):
+    import threading
+    import time
+
+    sentences = [f"предложение номер {i}" for i in range(6)]
+    started, go = threading.Event(), threading.Event()
+
+    class Slow(CountingEncoder):
+        def encode(self, texts):
+            started.set()
+            go.wait(20)
+            return super().encode(texts)
+
+    filler, waiter, got = Slow(tiny_encoder), CountingEncoder(tiny_encoder), {}
+
+    def embed(key, enc):
+        got[key] = np.array(embed_corpus(sentences, enc, tmp_path, "c", chunk=4, show_progress=False))
+
+    first = threading.Thread(target=embed, args=("first", filler))
+    first.start()
+    assert started.wait(20)
+    second = threading.Thread(target=embed, args=("second", waiter))
+    second.start()
+    time.sleep(0.5)
+    assert second.is_alive() and not list(tmp_path.glob("*/vectors.npy"))  # waiting; nothing complete yet
+    go.set()
+    first.join(30)
+    second.join(30)
+    assert waiter.calls == 0 and filler.calls == 6  # filled once, by the first
+    assert np.allclose(got["second"], tiny_encoder.encode(sentences), atol=1e-6)
+    assert not list(tmp_path.glob("*/.lock")) and not list(tmp_path.glob("*/*.partial.npy"))
+
+
+@pytest.mark.parametrize("encoding,message", [
+    ("utf-16", "is UTF-16LE (it starts with a UTF-16LE byte-order mark)"),
+    ("utf-16-be", "holds NUL bytes (line 1): it is UTF-16, UTF-32 or binary"),
+    ("utf-32", "is UTF-32LE (it starts with a UTF-32LE byte-order mark)"),
+])
+def test_a_corpus_in_another_encoding_is_refused_in_one_line(tmp_path, encoding, message):
+    path = tmp_path / "c.txt"
+    path.write_text("Привет, мир.\nГде лодка?\n" * 5, encoding=encoding)
+    with pytest.raises(V2TError) as refused:
+        read_sentences(path)
+    text = str(refused.value)
+    assert message in text and "convert it to UTF-8" in text and "\n" not in text
+
+
+def test_control_characters_are_skipped_and_a_file_made_of_them_is_refused(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes("\ufeffПривет, мир.\nГде\x07 лодка?\nКошка спит.\n".encode())
+    sentences, stats = read_sentences(path)
+    assert sentences == ["Привет, мир.", "Кошка спит."]  # the UTF-8 byte-order mark is dropped
+    assert stats.control_chars == 1 and "1 control characters" in stats.summary()
+    path.write_bytes(b"\x10\x04\x1f\x04\x01\n\x12\x04\x05\x04\nok line\n")
+    with pytest.raises(V2TError, match="is mostly control characters .*convert it to UTF-8"):
+        read_sentences(path)
+
+
 def test_bucketed_batches_cover_everything_once_and_group_lengths():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 50, size=1000)

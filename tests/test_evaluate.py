@@ -144,7 +144,7 @@ def test_evaluate_cli_default_report_folder(v2t, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--rerank", "0",
                  "--max-new-tokens", "4", "--resamples", "10"]) == 0
-    assert (tmp_path / "eval" / "bundle-dev" / "summary.md").is_file()
+    assert (tmp_path / "eval" / f"{tmp_path.name}-bundle-dev" / "summary.md").is_file()
     assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)  # nothing added to the bundle
 
 
@@ -159,3 +159,171 @@ def test_evaluate_from_vectors_of_the_wrong_dimension(v2t, tmp_path, capsys):
     assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"),
                  "--vectors", str(tmp_path / "v.npy")]) == 2
     assert "3 vectors but" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Fail the test if the models start loading: the CLI must check its input first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the models were loaded before the input was checked")
+
+    monkeypatch.setattr("lora_v2t.adapter.load_adapter", refuse)
+
+
+def test_two_adapters_named_final_get_their_own_reports_that_say_which_adapter(tiny_backbone_dir, tiny_encoder,
+                                                                                tmp_path, capsys, monkeypatch):
+    from .conftest import make_v2t
+
+    finals = []
+    for run, seed in (("run-a", 0), ("run-b", 1)):
+        finals.append(make_v2t(tiny_backbone_dir, tiny_encoder, seed=seed).save_adapter(
+            tmp_path / run / "final", training={"steps": 10 + seed}))
+    (tmp_path / "dev.txt").write_text("Где лодка?\nКошка спит.\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data", "dev.txt", "--rerank", "0", "--max-new-tokens", "4", "--resamples", "10", "--no-progress"]
+    for final in finals:
+        assert main(["evaluate", "--adapter", str(final), *argv]) == 0
+    assert main(["evaluate", "--adapter", str(finals[0]), *argv]) == 0  # again: a third report, not an overwrite
+    capsys.readouterr()
+    reports = {name: json.loads((tmp_path / "eval" / name / "summary.json").read_text())
+               for name in ("run-a-final-dev", "run-b-final-dev", "run-a-final-dev-2")}
+    assert [r["adapter"] for r in reports.values()] == [str(finals[0]), str(finals[1]), str(finals[0])]
+    assert [r["adapter_config"]["training"]["steps"] for r in reports.values()] == [10, 11, 10]
+    config = reports["run-a-final-dev"]["adapter_config"]
+    assert config["encoder"]["dim"] == 24 and config["lora"]["r"] == 16 and config["projector"]["kind"] == "mlp"
+    assert f"Adapter `{finals[1]}`" in (tmp_path / "eval" / "run-b-final-dev" / "summary.md").read_text()
+
+
+def test_an_existing_report_is_replaced_only_when_told(v2t, tmp_path, capsys, no_model_load):
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    (tmp_path / "dev.txt").write_text("Где лодка?\n")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text('{"old": true}\n')
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    base = ["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--out"]
+    for out, message in ((report, f"report folder {report} holds a report already: pass --overwrite"),
+                         (tmp_path / "a-file", "is an existing file: give --out a new folder"),
+                         (tmp_path / "other", "exists and holds other files than a report")):
+        assert main(base + [str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert (report / "summary.json").read_text() == '{"old": true}\n'
+
+
+def test_overwrite_replaces_an_old_report_whole(v2t, tmp_path):
+    refs = ["Где лодка?", "Кошка спит на диване."]
+    data = EvalData(references=refs, sources=refs, name="dev.txt")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text("{}")
+    (report / "stale.txt").write_text("from an older lora_v2t")
+    with pytest.raises(V2TError, match="holds a report already"):
+        evaluate(v2t, data, report, rerank=0, max_new_tokens=4, resamples=5, show_progress=False)
+    summary = evaluate(v2t, data, report, rerank=0, max_new_tokens=4, resamples=5, show_progress=False,
+                       overwrite=True, adapter="some/adapter")
+    assert {p.name for p in report.iterdir()} == {"sentences.tsv", "summary.json", "summary.md", "cosine_hist.png"}
+    assert json.loads((report / "summary.json").read_text())["adapter"] == "some/adapter" == summary["adapter"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_an_interrupted_report_leaves_nothing_half_written(v2t, tmp_path, monkeypatch):
+    import lora_v2t.evaluate as module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "plot_cosines", crash)
+    refs = ["Где лодка?"]
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "report", rerank=0, max_new_tokens=4,
+                 resamples=5, show_progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("limit,message", [(0, "got 0"), (-3, "got -3")])
+def test_limit_below_one_is_refused(tmp_path, limit, message):
+    path = tmp_path / "dev.txt"
+    path.write_text("один\nдва\nтри\n", encoding="utf-8")
+    with pytest.raises(V2TError, match=f"limit must be an integer >= 1 .*{message}"):
+        read_eval_file(path, limit=limit)
+    assert read_eval_file(path, limit=1).references == ["один"]
+    assert read_eval_file(path).references == ["один", "два", "три"]
+
+
+@pytest.mark.parametrize("column", [-1, "-1"])
+def test_a_negative_column_is_explained(tmp_path, column):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("Where is the boat?\tГде лодка?\n")
+    with pytest.raises(V2TError, match=r"target column -1: columns are counted from 0 \(the first column is 0\)"):
+        read_eval_file(path, source_column=0, target_column=column)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--limit", "0"], "limit must be an integer >= 1"),
+    (["--limit", "-3"], "limit must be an integer >= 1"),
+    (["--resamples", "0"], "resamples must be an integer >= 1"),
+    (["--rerank", "-2"], "rerank must be an integer >= 0"),
+    (["--max-chars", "0"], "max_chars must be an integer >= 1"),
+    (["--source-column", "0", "--target-column", "-1"], "target column -1: columns are counted from 0"),
+    (["--target-column", "1"], "--target-column picks the reference column of a TSV read with --source-column"),
+    (["--out", "{tmp}/dev.txt"], "is an existing file: give --out a new folder"),
+    (["--vectors", "{tmp}/dev.txt"], "dev.txt is a text file, not a .npy array"),
+])
+def test_evaluate_options_are_checked_before_the_models_load(v2t, tmp_path, capsys, no_model_load, extra, message):
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    (tmp_path / "dev.txt").write_text("Where is the boat?\tГде лодка?\n")
+    argv = ["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt")]
+    assert main(argv + [a.format(tmp=tmp_path) for a in extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_the_bootstrap_uses_only_sacrebleus_public_api():
+    import inspect
+
+    import lora_v2t.evaluate as module
+
+    source = inspect.getsource(module)
+    assert "_extract_corpus_statistics" not in source and "_compute_score_from_stats" not in source
+
+
+def hypotheses_and_references():
+    refs = ["Где лодка?", "Я люблю читать книги.", "Сегодня хорошая погода.", "Кошка спит на диване.",
+            "Мы пошли в лес за грибами.", "the cat sat on the mat", "Он открыл окно.", "Завтра будет дождь."]
+    hyps = ["Где лодка", "Я люблю книги читать.", "", "Кошка спит на диване.", "Мы пошли в лес.",
+            "the cat sat on a mat today", "Окно открыто", "Завтра дождь будет, наверное."]
+    return hyps, refs
+
+
+def test_bleu_and_chrf_intervals_equal_sacrebleus_corpus_score_of_every_resample():
+    from sacrebleu.metrics import BLEU, CHRF
+
+    from lora_v2t.evaluate import corpus_interval, rescore_resamples
+
+    hyps, refs = hypotheses_and_references()
+    resamples = np.random.default_rng(3).integers(0, len(refs), size=(40, len(refs)))
+    for metric in (BLEU(), CHRF()):
+        point, low, high = corpus_interval(metric, hyps, refs, resamples)
+        assert point == metric.corpus_score(hyps, [refs]).score
+        exact = np.percentile(rescore_resamples(metric, hyps, refs, resamples), [2.5, 97.5])
+        assert (low, high) == pytest.approx(tuple(exact), abs=1e-9)
+        assert low < high
+
+
+def test_statistics_that_miss_sacrebleus_score_fall_back_to_rescoring(monkeypatch, caplog):
+    from sacrebleu.metrics import CHRF
+
+    import lora_v2t.evaluate as module
+
+    hyps, refs = hypotheses_and_references()
+    resamples = np.random.default_rng(4).integers(0, len(refs), size=(20, len(refs)))
+    fast = module.corpus_interval(CHRF(), hyps, refs, resamples)
+    real = module.chrf_from_statistics
+    monkeypatch.setattr(module, "chrf_from_statistics", lambda metric, stats: real(metric, stats) + 1)
+    with caplog.at_level("WARNING"):
+        slow = module.corpus_interval(CHRF(), hyps, refs, resamples)
+    assert "rescoring each of the 20 bootstrap resamples" in caplog.text
+    assert slow == pytest.approx(fast, abs=1e-9)

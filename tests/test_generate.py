@@ -150,3 +150,30 @@ def test_without_a_plain_output_layer_the_mask_alone_keeps_the_vocabulary(v2t, m
     finally:
         v2t.set_output_vocab(None)
     assert all(only_made_of(text, piece) for text in kept) and any(kept)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"do_sample": True, "temperature": 0.0}, r"temperature \(when sampling\) must be > 0"),
+    ({"top_k": -3}, "top_k must be >= 0"),
+    ({"top_p": 1.5}, r"top_p must be > 0 and <= 1"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+    # the tiny GPT-2 reads 128 positions, one of them the prefix slot
+    ({"max_new_tokens": 128}, r"max_new_tokens 128 does not fit backbone .* at most 128 positions, 1 of them taken "
+                              r"by the prefix; give max_new_tokens <= 127"),
+])
+def test_generation_options_out_of_range_are_refused_before_decoding(v2t, options, message):
+    with pytest.raises(V2TError, match=message):
+        v2t.generate(random_vectors(1, v2t.embedding_dim), **options)
+
+
+def test_the_longest_output_that_fits_the_context_decodes(v2t):
+    out = v2t.generate(random_vectors(1, v2t.embedding_dim), max_new_tokens=127)
+    assert isinstance(out[0], str)
+
+
+def test_complex_vectors_are_refused_not_truncated_to_their_real_part(v2t):
+    vectors = random_vectors(2, v2t.embedding_dim).numpy() + 1j
+    with pytest.raises(V2TError, match=r"vectors are complex \(complex64\); sentence vectors are real"):
+        v2t.generate(vectors)
+    with pytest.raises(V2TError, match="vectors are complex"):
+        v2t.generate(torch.from_numpy(vectors))

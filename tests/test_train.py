@@ -236,6 +236,141 @@ def test_bad_runs(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
         train(bad, show_progress=False)
 
 
+def test_a_second_run_into_a_busy_run_folder_fails_at_once_naming_the_first(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    import os
+    import threading
+
+    import yaml
+
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2")
+    evaluating, go, done = threading.Event(), threading.Event(), {}
+    real = train_module.validation_loss
+
+    def first_run_evaluating(*args, **kwargs):
+        evaluating.set()
+        go.wait(60)
+        return real(*args, **kwargs)
+
+    def not_before_the_lock(*args, **kwargs):
+        raise AssertionError("the second run got as far as reading its data")
+
+    monkeypatch.setattr(train_module, "validation_loss", first_run_evaluating)
+    first = threading.Thread(target=lambda: done.setdefault("final", train(cfg, show_progress=False)))
+    first.start()
+    try:
+        assert evaluating.wait(120)
+        monkeypatch.setattr(train_module.Trainer, "prepare_data", not_before_the_lock)
+        second = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=3")
+        with pytest.raises(V2TError, match=rf"tiny-debug is in use by another training run \(pid {os.getpid()}\)"):
+            train(second, show_progress=False)
+    finally:
+        go.set()
+        first.join(120)
+    run = tmp_path / "runs" / "tiny-debug"
+    assert done["final"] == run / "final" and not (run / ".lock").exists()  # the lock goes with its run
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["training"]["max_steps"] == 2
+
+
+def test_what_killed_runs_left_behind_is_tidied_when_a_run_resumes(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                                  corpus, caplog):
+    import subprocess
+    import sys
+
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
+                 "--training.save_every=2"), show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (run / "step-000004").rename(run / f".step-000004.old-{dead}")  # killed between the renames of a rewrite
+    for name in (f".step-000004.tmp-{dead}", f".final.tmp-{dead}", f".step-000006.tmp-{dead}", ".step-000006.tmp-1"):
+        (run / name).mkdir()
+        (run / name / "half-written").write_bytes(b"x")
+    with caplog.at_level("INFO", logger="lora_v2t"):
+        train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6",
+                     "--training.save_every=2"), resume=True, show_progress=False)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".step-000006.tmp-1"]  # pid 1 runs
+    assert f"resumed {run / 'step-000004'} at step 4" in caplog.text  # the finished checkpoint was put back
+    assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000004", "step-000006"]
+
+
+def test_a_copied_run_folder_resumes_where_only_its_location_changed(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                                    corpus):
+    import shutil
+
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
+                 "--training.save_every=2"), show_progress=False)
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "runs" / "tiny-debug", moved / "runs" / "copied")
+    shutil.copy(corpus, moved / "corpus.txt")  # the corpus came along, to another path
+    copied = recipe(moved, tiny_backbone_dir, tiny_encoder_dir, moved / "corpus.txt", "--training.max_steps=6",
+                    "--training.save_every=2", "--training.run_name=copied")
+    final = train(copied, resume=True, show_progress=False)
+    assert final == moved / "runs" / "copied" / "final"
+    assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
+    (moved / "other.txt").write_text("Совсем другой корпус.\n" * 30, encoding="utf-8")
+    other = recipe(moved, tiny_backbone_dir, tiny_encoder_dir, moved / "other.txt", "--training.max_steps=8",
+                   "--training.run_name=copied")
+    with pytest.raises(V2TError, match="made by another recipe: data.train was"):  # another corpus is refused
+        train(other, resume=True, show_progress=False)
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.safetensors", "trainer_state.json"])
+def test_resume_passes_over_a_damaged_last_checkpoint_and_says_so(damaged, tmp_path, tiny_backbone_dir,
+                                                                  tiny_encoder_dir, corpus, caplog):
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
+                 "--training.save_every=2"), show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+
+    def cut(file: Path) -> None:
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+    cut(run / "step-000004" / damaged)
+    more = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6",
+                  "--training.save_every=2")
+    with caplog.at_level("WARNING"):
+        final = train(more, resume=True, show_progress=False)
+    assert "resuming from step-000002, the newest good checkpoint, not from the newer step-000004 is damaged: " \
+        in caplog.text
+    assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
+    from lora_v2t.checkpoint import check_checkpoint
+
+    assert check_checkpoint(run / "step-000004")["state"]["step"] == 4  # rewritten whole on the way
+    for step in ("step-000004", "step-000006"):
+        cut(run / step / damaged)
+    with pytest.raises(V2TError, match="no checkpoint in .* can be resumed \\(step-000006 is damaged: .*; "
+                                       "step-000004 is damaged: ") as refused:
+        train(more, resume=True, show_progress=False)
+    assert "\n" not in str(refused.value)
+
+
+def test_an_unreadable_corpus_or_unwritable_output_is_refused_before_loading(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    import os
+
+    def not_before_the_checks(*args, **kwargs):
+        raise AssertionError("read the data before checking the paths")
+
+    real_access, denied = os.access, set()
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: str(path) not in denied and real_access(
+        path, mode, *a, **k))  # as for a user without the permission (the tests may run as root)
+    monkeypatch.setattr(train_module.Trainer, "prepare_data", not_before_the_checks)
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
+    denied.add(str(corpus))
+    with pytest.raises(V2TError, match=r"cannot read corpus .*corpus.txt \(data.train\): permission denied"):
+        train(cfg, show_progress=False)
+    denied.clear()
+    denied.add(str(tmp_path))  # runs/ does not exist yet: the folder it would be made in decides
+    with pytest.raises(V2TError, match=r"cannot write the run folder .*tiny-debug: .* is not writable"):
+        train(cfg, show_progress=False)
+    (tmp_path / "file").write_text("x")
+    blocked = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
+                     f"--training.output_dir={tmp_path / 'file' / 'runs'}")
+    with pytest.raises(V2TError, match=r"cannot create the run folder .* is a file, not a folder"):
+        train(blocked, show_progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_full_fine_tuning_baseline_trains_the_backbone(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
     cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.trainable=full",
                  "--projector.kind=zero-pad", "--training.max_steps=4", "--training.save_every=4",
