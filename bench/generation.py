@@ -76,7 +76,8 @@ def main() -> None:
         vectors = v2t.encode(sentences)
         v2t.generate(vectors[:2], max_new_tokens=2)  # warm-up
         start = time.perf_counter()
-        batched = v2t.generate(vectors, max_new_tokens=args.new_tokens, batch_size=args.batch)
+        batched = v2t.generate(vectors, max_new_tokens=args.new_tokens, batch_size=args.batch,
+                               repetition_penalty=1.0)  # plain greedy, as the reference loop
         batched_s = time.perf_counter() - start
         n_naive = min(args.naive_count, len(vectors))
         start = time.perf_counter()
@@ -85,7 +86,8 @@ def main() -> None:
         full_s = None
         if v2t.output_vocab is not None:  # the same batched decoding with the whole 262k-token output layer
             start = time.perf_counter()
-            full = v2t.generate(vectors, max_new_tokens=args.new_tokens, batch_size=args.batch, restrict_vocab=False)
+            full = v2t.generate(vectors, max_new_tokens=args.new_tokens, batch_size=args.batch, restrict_vocab=False,
+                                repetition_penalty=1.0)
             full_s = time.perf_counter() - start
             full_tokens = sum(len(v2t.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in full)
 

@@ -595,7 +595,7 @@ class Bench:
             sync()
             plain_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            texts = v2t.generate(vec, max_new_tokens=new_tokens, batch_size=batch)
+            texts = v2t.generate(vec, max_new_tokens=new_tokens, batch_size=batch, repetition_penalty=1.0)
             sync()
             ours_s = time.perf_counter() - t0
             ids = ids.cpu()

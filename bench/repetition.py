@@ -24,7 +24,7 @@ SHIPPED = ROOT / "checkpoints" / "adapters" / "use-gemma270m-ru"
 SETTINGS = {
     "greedy": {},
     "no_repeat_ngram_size=3": {"no_repeat_ngram_size": 3},
-    "no_repeat_ngram_size=4": {"no_repeat_ngram_size": 4},
+    "repetition_penalty=1.1": {"repetition_penalty": 1.1},
     "repetition_penalty=1.2": {"repetition_penalty": 1.2},
 }
 

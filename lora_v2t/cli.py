@@ -29,7 +29,10 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, help="sample among the k most likely tokens (>= 0; 0 = off)")
     g.add_argument("--top-p", type=float, help="nucleus sampling mass (0 < p <= 1; 1 = off)")
     g.add_argument("--repetition-penalty", type=float,
-                   help="penalty on tokens already generated (> 0; 1 = off, above 1 discourages repeats)")
+                   help="penalty on tokens already generated (> 0; 1 = off, above 1 discourages repeats; "
+                        "adapters default to 1.1)")
+    g.add_argument("--no-repeat-ngram-size", type=int,
+                   help="never repeat an n-gram of this many tokens (>= 0; 0 = off)")
     g.add_argument("--num-return-sequences", type=int,
                    help="candidates per vector, printed or reranked (>= 1; at most --num-beams unless sampling)")
     g.add_argument("--rerank", action="store_true",
@@ -262,8 +265,8 @@ def cmd_generate(args) -> int:
     if args.vectors:  # check the file before the slow base load
         vectors = to_vectors(load_vectors_file(args.vectors), int(config["encoder"]["dim"])).numpy()
     options = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
-                                             "top_p", "repetition_penalty", "num_return_sequences", "batch_size",
-                                             "restrict_vocab")}
+                                             "top_p", "repetition_penalty", "no_repeat_ngram_size",
+                                             "num_return_sequences", "batch_size", "restrict_vocab")}
     options = {k: v for k, v in options.items() if v is not None}
     _check_decoding(args, config, options)
     v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
@@ -433,6 +436,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
+    # bitsandbytes warns at import that an optional CPU kernel package is missing; nothing here needs it
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 

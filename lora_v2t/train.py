@@ -35,14 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import checkpoints_dir
 from .checkpoint import (
-    check_same_recipe,
     clean_stale_temporaries,
     data_file_digests,
     list_checkpoints,
     load_checkpoint,
-    newest_good_checkpoint,
     rng_state,
     save_checkpoint,
 )
@@ -50,8 +47,9 @@ from .config import RunConfig
 from .cost import describe_cost
 from .data import BatchOrder, embed_corpus, read_sentences, sample_and_split, tokenize_corpus
 from .errors import V2TError
-from .locks import FileLock, LockBusy
+from .rundir import RunDirLock, cache_dir_of, check_paths, locate_run, run_dir_of
 from .runlog import RunLog
+from .signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +70,6 @@ class TrainState:
     batch_in_epoch: int = 0  # batches of this epoch taken (by all processes together)
     sentences_seen: int = 0  # training sentences read, by all processes together
     elapsed_s: float = 0.0  # training wall time, over every session of the run
-
-
-def run_dir_of(cfg: RunConfig) -> Path:
-    return Path(cfg.training.output_dir or checkpoints_dir() / "runs") / cfg.training.run_name
 
 
 def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool = True) -> Path:
@@ -170,50 +164,6 @@ def _check_tensorboard(cfg: RunConfig) -> None:
             raise V2TError("training.tensorboard=true needs the tensorboard package: pip install tensorboard")
 
 
-def cache_dir_of(cfg: RunConfig) -> Path:
-    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else checkpoints_dir() / "cache"
-
-
-def check_paths(cfg: RunConfig, run_dir: Path) -> None:
-    """Before anything loads: the corpus files can be read, and the run folder and the embedding cache can be
-    written (or created)."""
-    for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
-        if not path:
-            continue
-        if not os.path.isfile(path):
-            raise V2TError(f"corpus {path} ({key}) does not exist: give a UTF-8 text file with one sentence per line")
-        if not os.access(path, os.R_OK):
-            raise V2TError(f"cannot read corpus {path} ({key}): permission denied; make it readable "
-                           f"(chmod a+r {path}) or give another file")
-    for what, folder, key in (("run folder", run_dir, "training.output_dir"),
-                              ("embedding cache", cache_dir_of(cfg), "data.cache_dir")):
-        existing = Path(folder)
-        while not os.path.exists(existing) and existing != existing.parent:
-            existing = existing.parent
-        if not os.path.isdir(existing):
-            raise V2TError(f"cannot create the {what} {folder}: {existing} is a file, not a folder; set {key} to "
-                           "a folder")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise V2TError(f"cannot write the {what} {folder}: {existing} is not writable (permission denied); set "
-                           f"{key} to a writable folder or change its permissions")
-
-
-def _locate_run(cfg: RunConfig, run_dir: Path, resume: bool | str | Path) -> Path | None:
-    """The checkpoint to resume from (None for a new run): the newest good one (a damaged newer one is named
-    in a warning); refuses what cannot work."""
-    if not resume:
-        if list_checkpoints(run_dir) or (run_dir / "final").exists():
-            raise V2TError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or choose "
-                           "another --training.run_name")
-        return None
-    checkpoint, trainer_state = newest_good_checkpoint(run_dir)
-    check_same_recipe(trainer_state["recipe"], cfg.to_dict(), run_dir, trainer_state.get("data_files"))
-    return checkpoint
-
-
-RUN_LOCK = ".lock"  # held by the main process of the run training in the folder
-
-
 # ---------------------------------------------------------------------- the trainer
 class Trainer:
     """One training run. ``Trainer(cfg).run()`` does what :func:`train` documents."""
@@ -222,8 +172,8 @@ class Trainer:
         self.cfg, self.resume = cfg, resume
         self.run_dir = Path(resume) if isinstance(resume, (str, Path)) else run_dir_of(cfg)
         self.resume_from: Path | None = None  # decided by claim_run_dir()
-        self.run_lock: FileLock | None = None
-        self.created_run_dir, self.data_files = False, None
+        self.run_lock = RunDirLock(self.run_dir)
+        self.data_files = None
         check_paths(cfg, self.run_dir)
         _check_tensorboard(cfg)
         self.device = training_device(cfg.backbone.device)
@@ -241,7 +191,7 @@ class Trainer:
         try:
             return self.run_claimed()
         finally:
-            self.release_run_dir()
+            self.run_lock.release()
 
     def run_claimed(self) -> Path:
         from accelerate.utils import set_seed
@@ -269,9 +219,9 @@ class Trainer:
         problem, resume_from = None, None
         if self.accelerator.is_main_process:
             try:
-                self.lock_run_dir()
+                self.run_lock.acquire()
                 clean_stale_temporaries(self.run_dir)
-                resume_from = _locate_run(self.cfg, self.run_dir, self.resume)
+                resume_from = locate_run(self.cfg, self.run_dir, self.resume)
                 self.data_files = data_file_digests(self.cfg)
             except V2TError as exc:
                 problem = exc
@@ -281,32 +231,9 @@ class Trainer:
             message, resume_from = broadcast_object_list([None if problem is None else str(problem), resume_from])
             problem = problem or (V2TError(message) if message is not None else None)
         if problem is not None:
-            self.release_run_dir()
+            self.run_lock.release()
             raise problem
         self.resume_from = resume_from
-
-    def lock_run_dir(self) -> None:
-        """Hold ``<run_dir>/.lock`` (an exclusive lock that ends with this process, however it ends)."""
-        self.created_run_dir = not self.run_dir.exists()
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.run_lock = FileLock(self.run_dir / RUN_LOCK).acquire()
-        except LockBusy as busy:
-            holder = f"pid {busy.pid}" if busy.pid else "another process"
-            raise V2TError(f"run folder {self.run_dir} is in use by another training run ({holder}): wait for it to "
-                           "end (or stop it), or choose another --training.run_name") from None
-        except OSError as exc:
-            raise V2TError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}; set "
-                           "training.output_dir to a writable folder") from exc
-
-    def release_run_dir(self) -> None:
-        """Let go of the run folder's lock; remove the folder again if this run created it and left it empty."""
-        if self.run_lock is not None:
-            self.run_lock.release()
-            self.run_lock = None
-        if self.created_run_dir and self.accelerator.is_main_process:
-            with contextlib.suppress(OSError):
-                self.run_dir.rmdir()  # only succeeds when empty
 
     def prepare_data(self) -> None:
         """Read and embed the corpus (the main process fills the cache, then the others read it)."""
@@ -637,54 +564,6 @@ def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = N
     if metrics:
         summary["metrics"] = metrics
     return summary
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and ``kill`` (SIGTERM) stop training as a ``KeyboardInterrupt``, so that a checkpoint is
-    saved and ``--resume`` continues exactly (background jobs ignore SIGINT: SIGTERM is how to stop them).
-
-    While ``holding()`` is true (the optimizer is updating the weights, or a checkpoint is being written) a
-    signal is held and :meth:`deliver` raises it once that is over. :meth:`ignore` shuts both signals out while
-    the stop's own checkpoint is written. Used as a context manager; it puts the previous handlers back.
-    """
-
-    SIGNALS = ("SIGINT", "SIGTERM")
-
-    def __init__(self, holding):
-        self.holding, self.pending, self.previous = holding, False, {}
-
-    def __enter__(self) -> StopSignals:
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for name in self.SIGNALS:
-                self.previous[name] = signal.signal(getattr(signal, name), self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        import signal
-
-        for name, handler in self.previous.items():
-            signal.signal(getattr(signal, name), handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.holding():
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
-
-    def deliver(self) -> None:
-        """Raise the stop that came while holding, if any."""
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-    def ignore(self) -> None:
-        import signal
-
-        for name in self.previous:
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 @torch.no_grad()

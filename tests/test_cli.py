@@ -168,3 +168,15 @@ def test_any_permission_error_is_one_line(bundle, monkeypatch, capsys):
     assert main(["info", str(bundle)]) == 2
     assert capsys.readouterr().err == ("error: permission denied on /some/folder/file: fix its permissions or choose "
                                        "another path\n")
+
+
+def test_no_repeat_ngram_size_reaches_decoding(bundle, v2t, capsys):
+    assert main(["generate", "--adapter", str(bundle), "--text", "Где лодка?", "--max-new-tokens", "12",
+                 "--no-repeat-ngram-size", "1", "--json"]) == 0
+    generated = json.loads(capsys.readouterr().out)["generated"]
+    assert generated == v2t.invert(["Где лодка?"], max_new_tokens=12, no_repeat_ngram_size=1)[0]
+    ids = v2t.tokenizer(generated, add_special_tokens=False)["input_ids"]
+    free = v2t.invert(["Где лодка?"], max_new_tokens=12, no_repeat_ngram_size=0, repetition_penalty=1.0)[0]
+    free_ids = v2t.tokenizer(free, add_special_tokens=False)["input_ids"]
+    assert len(set(free_ids)) < len(free_ids)  # this random adapter repeats itself when let
+    assert len(set(ids)) == len(ids) > 0  # with size 1, no token comes twice

@@ -39,6 +39,22 @@ def recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, *extra):
     return load_config(RECIPE, overrides)
 
 
+def fail_in_forward(monkeypatch, call: int, error: BaseException):
+    """Make the ``call``-th forward pass of training raise ``error``; returns a function that mends it."""
+    from lora_v2t.model import Vector2Text
+
+    real_forward, calls = Vector2Text.forward, {"n": 0}
+
+    def failing_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise error
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Vector2Text, "forward", failing_forward)
+    return lambda: monkeypatch.setattr(Vector2Text, "forward", real_forward)
+
+
 def adapter_state(folder: Path) -> dict:
     return load_file(str(folder / "adapter_model.safetensors")) | {
         f"projector.{k}": v for k, v in load_file(str(folder / "projector.safetensors")).items()}
@@ -121,29 +137,18 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny_backbone
 
 def test_resume_after_ctrl_c_inside_a_step_redoes_that_step(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
                                                              corpus, monkeypatch):
-    from lora_v2t.model import Vector2Text
-
     common = ["--training.max_steps=12", "--training.eval_every=100", "--training.save_every=100",
               "--lora.dropout=0.1"]
     straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common),
                      show_progress=False)
     cfg = recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, *common)
-    real_forward = Vector2Text.forward
-    calls = {"n": 0}
-
-    def ctrl_c_in_the_seventh_forward(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(Vector2Text, "forward", ctrl_c_in_the_seventh_forward)
+    mend = fail_in_forward(monkeypatch, 7, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         train(cfg, show_progress=False)
     run = tmp_path / "b" / "runs" / "tiny-debug"
     state = json.loads((run / "step-000006" / "trainer_state.json").read_text())["state"]
     assert state["step"] == 6 and state["sentences_seen"] == 6 * 8  # the batch of step 7 is not counted
-    monkeypatch.setattr(Vector2Text, "forward", real_forward)
+    mend()
     resumed = train(cfg, resume=True, show_progress=False)
     a, b = adapter_state(straight), adapter_state(resumed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -405,23 +410,12 @@ def test_cli_train_and_embed(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corp
 
 def test_cuda_out_of_memory_inside_a_step_keeps_the_work_and_resume_redoes_that_step(
         tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
-    from lora_v2t.model import Vector2Text
-
     common = ["--training.max_steps=10", "--training.eval_every=100", "--training.save_every=100",
               "--lora.dropout=0.1"]
     straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common),
                      show_progress=False)
     cfg = recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, *common)
-    real_forward = Vector2Text.forward
-    calls = {"n": 0}
-
-    def out_of_memory_in_the_sixth_forward(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(Vector2Text, "forward", out_of_memory_in_the_sixth_forward)
+    mend = fail_in_forward(monkeypatch, 6, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     with pytest.raises(TrainingStopped) as stopped:
         train(cfg, show_progress=False)
     message = str(stopped.value)
@@ -429,7 +423,7 @@ def test_cuda_out_of_memory_inside_a_step_keeps_the_work_and_resume_redoes_that_
     assert "\n" not in message and message.startswith("training stopped at step 5 by OutOfMemoryError: CUDA out")
     assert "lower training.batch_size" in message and f"checkpoint {run / 'step-000005'} holds" in message
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000005"]
-    monkeypatch.setattr(Vector2Text, "forward", real_forward)
+    mend()
     resumed = train(cfg, resume=True, show_progress=False)
     a, b = adapter_state(straight), adapter_state(resumed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
