@@ -125,24 +125,35 @@ def check_checkpoint(path: Path) -> dict:
 def newest_good_checkpoint(run_dir: Path) -> tuple[Path, dict]:
     """The newest checkpoint of a run that :func:`check_checkpoint` accepts, and its trainer state.
 
-    Damaged newer ones (a copy cut short, a disk error) are named in a warning and left where they are: the run
-    replaces each when it saves that step again. Raises V2TError when none is good."""
-    damaged = []
-    for path in reversed(list_checkpoints(run_dir)):
+    Damaged newer ones (a copy cut short, a disk error) are named in a warning and renamed ``damaged-step-NNNNNN``
+    (kept for a look, but no longer checkpoints: pruning and rescue saves must not count them). Raises V2TError
+    when none is good. Only call this while holding the run folder's lock."""
+    damaged, found = [], list_checkpoints(run_dir)
+    for path in reversed(found):
         try:
             trainer_state = check_checkpoint(path)
         except (V2TError, OSError) as exc:
-            damaged.append(f"{path.name} is damaged: {_first_line(exc)}")
+            damaged.append((path, f"{path.name} is damaged: {_first_line(exc)}"))
             continue
         if damaged:
-            logger.warning("resuming from %s, the newest good checkpoint, not from the newer %s (left as it is: "
-                           "move it away to keep it; the run replaces it when it gets there again)",
-                           path.name, "; ".join(damaged))
+            moved = [_set_aside(bad) for bad, _ in damaged]
+            logger.warning("resuming from %s, the newest good checkpoint, not from the newer %s (set aside as %s)",
+                           path.name, "; ".join(why for _, why in damaged), ", ".join(p.name for p in moved))
         return path, trainer_state
     if not damaged:
         raise V2TError(f"nothing to resume in {run_dir}: it holds no step-NNNNNN checkpoint")
-    raise V2TError(f"no checkpoint in {run_dir} can be resumed ({'; '.join(damaged)}): start a new run "
-                   "(another --training.run_name)")
+    raise V2TError(f"no checkpoint in {run_dir} can be resumed ({'; '.join(why for _, why in damaged)}): start a "
+                   "new run (another --training.run_name)")
+
+
+def _set_aside(checkpoint: Path) -> Path:
+    """Rename a damaged checkpoint out of the ``step-*`` pattern (``damaged-step-NNNNNN``, numbered if taken)."""
+    target, n = checkpoint.with_name(f"damaged-{checkpoint.name}"), 1
+    while target.exists():
+        n += 1
+        target = checkpoint.with_name(f"damaged-{checkpoint.name}-{n}")
+    checkpoint.rename(target)
+    return target
 
 
 def clean_stale_temporaries(run_dir: Path) -> None:

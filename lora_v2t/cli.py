@@ -367,11 +367,20 @@ def cmd_evaluate(args) -> int:
                        quantization=args.quantization, device=args.device)
     summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resamples=args.resamples,
-                       restrict_vocab=args.restrict_vocab, show_progress=not args.no_progress, adapter=source,
+                       restrict_vocab=args.restrict_vocab, show_progress=not args.no_progress,
+                       adapter=_adapter_label(source, args.adapter, args.revision),
                        overwrite=args.overwrite)
     print(markdown_table(summary), end="")
     print(f"report: {summary['report']}/summary.md, sentences.tsv, cosine_hist.png")
     return 0
+
+
+def _adapter_label(source, resolved: Path, revision: str | None) -> str:
+    """What a report names: a local folder by its absolute path; a hub id with its revision and the commit that
+    was read (the cache's snapshot folder), so that two revisions' reports can be told apart."""
+    if Path(source).exists():
+        return str(Path(source).resolve())
+    return f"{source}@{revision or 'main'} (commit {Path(resolved).name})"
 
 
 def cmd_info(args) -> int:

@@ -61,7 +61,8 @@ def _not_utf8(path: Path, what: str, encoding: str = "UTF-16") -> V2TError:
 def read_sentences(path: str | Path, min_chars: int = 2, max_chars: int = 400) -> tuple[list[str], CorpusStats]:
     """Read a UTF-8 corpus, one sentence per line; empty, too short/long, undecodable lines and lines with
     control characters are skipped and counted, never fatal. A file in another encoding (a UTF-16/UTF-32
-    byte-order mark, NUL bytes, mostly control characters) is refused; a UTF-8 byte-order mark is dropped."""
+    byte-order mark, NUL bytes on its first line, mostly control characters) is refused; a UTF-8 byte-order mark
+    is dropped."""
     path = Path(path)
     if not path.is_file():
         raise V2TError(f"corpus {path} does not exist: give a UTF-8 text file with one sentence per line")
@@ -80,8 +81,8 @@ def read_sentences(path: str | Path, min_chars: int = 2, max_chars: int = 400) -
                         raise _not_utf8(path, f"is {encoding} (it starts with a {encoding} byte-order mark)",
                                         encoding)
                 raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
-            if b"\x00" in raw:
-                raise _not_utf8(path, f"holds NUL bytes (line {number}): it is UTF-16, UTF-32 or binary")
+                if b"\x00" in raw:  # later lines with NUL are counted with the control characters
+                    raise _not_utf8(path, "holds NUL bytes on its first line: it is UTF-16, UTF-32 or binary")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:

@@ -106,6 +106,10 @@ def _download(repo_id: str, revision: str | None) -> str:
                            "while HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE and connect once to download it, "
                            "or give the bundle's folder") from exc
         cause = exc.__cause__ or exc
+        if isinstance(cause, hub_errors.HfHubHTTPError):  # the hub answered, with an error status
+            status = getattr(getattr(cause, "response", None), "status_code", None)
+            raise V2TError(f"{nothing}, and the hub answered HTTP {status or '?'} for {where} "
+                           f"({_first_line(cause)}): {_HTTP_HINTS.get(status, 'try again later')}") from exc
         raise V2TError(f"{nothing}, and the hub could not be reached to download {where} (network error: "
                        f"{_first_line(cause)}) nor is it in the local hub cache: check the connection (or "
                        "HF_ENDPOINT) and try again, or give the bundle's folder") from exc
@@ -120,6 +124,9 @@ def _download(repo_id: str, revision: str | None) -> str:
             raise
         raise V2TError(f"{nothing}, and downloading {where} from the hub failed (network error: "
                        f"{_first_line(exc)}): check the connection and try again") from exc
+
+
+_HTTP_HINTS = {403: f"{_LOGIN} with an account that may read it", 429: "too many requests: wait, then try again"}
 
 
 def _network_error(exc: BaseException) -> bool:

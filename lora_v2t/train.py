@@ -485,8 +485,10 @@ class Trainer:
         if self.snapshot is not None:
             state, rng = self.snapshot
         target = self.run_dir / f"step-{state.step:06d}"
-        if state.step == 0 or target.exists():
-            return target if target.exists() else None
+        if state.step == 0:
+            return None
+        if state.step == self.saved_step and target.exists():  # this very state is saved already
+            return target
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients (after CUDA running out of memory)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -135,9 +135,10 @@ def test_a_missing_backbone_folder_is_called_a_missing_folder(bundle, capsys):
 
 def test_repetition_penalty_reaches_decoding(bundle, v2t, capsys):
     assert main(["generate", "--adapter", str(bundle), "--text", "Где лодка?", "--max-new-tokens", "8",
-                 "--repetition-penalty", "1.8", "--json"]) == 0
+                 "--repetition-penalty", "0.1", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["generated"] == v2t.invert(["Где лодка?"], max_new_tokens=8, repetition_penalty=1.8)[0]
+    assert record["generated"] == v2t.invert(["Где лодка?"], max_new_tokens=8, repetition_penalty=0.1)[0]
+    assert record["generated"] != v2t.invert(["Где лодка?"], max_new_tokens=8)[0]  # not the adapter's default (1.1)
 
 
 def test_help_states_valid_ranges_and_where_runs_go(capsys):
@@ -180,3 +181,13 @@ def test_no_repeat_ngram_size_reaches_decoding(bundle, v2t, capsys):
     free_ids = v2t.tokenizer(free, add_special_tokens=False)["input_ids"]
     assert len(set(free_ids)) < len(free_ids)  # this random adapter repeats itself when let
     assert len(set(ids)) == len(ids) > 0  # with size 1, no token comes twice
+
+
+def test_reports_name_a_hub_adapter_with_its_revision_and_commit(bundle, tmp_path, monkeypatch):
+    from lora_v2t.cli import _adapter_label
+
+    snapshot = tmp_path / "models--org--name" / "snapshots" / "3f2a9c"
+    assert _adapter_label("org/name", snapshot, "v1") == "org/name@v1 (commit 3f2a9c)"
+    assert _adapter_label("org/name", snapshot, None) == "org/name@main (commit 3f2a9c)"
+    monkeypatch.chdir(bundle.parent)
+    assert _adapter_label(bundle.name, bundle, None) == str(bundle.resolve())  # a folder: its absolute path

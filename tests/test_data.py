@@ -134,7 +134,7 @@ def test_a_fill_in_progress_is_waited_for_then_reused(tiny_encoder, tmp_path):
 
 @pytest.mark.parametrize("encoding,message", [
     ("utf-16", "is UTF-16LE (it starts with a UTF-16LE byte-order mark)"),
-    ("utf-16-be", "holds NUL bytes (line 1): it is UTF-16, UTF-32 or binary"),
+    ("utf-16-be", "holds NUL bytes on its first line: it is UTF-16, UTF-32 or binary"),
     ("utf-32", "is UTF-32LE (it starts with a UTF-32LE byte-order mark)"),
 ])
 def test_a_corpus_in_another_encoding_is_refused_in_one_line(tmp_path, encoding, message):
@@ -152,6 +152,8 @@ def test_control_characters_are_skipped_and_a_file_made_of_them_is_refused(tmp_p
     sentences, stats = read_sentences(path)
     assert sentences == ["Привет, мир.", "Кошка спит."]  # the UTF-8 byte-order mark is dropped
     assert stats.control_chars == 1 and "1 control characters" in stats.summary()
+    path.write_bytes("Привет, мир.\nГде\x00 лодка?\nКошка спит.\n".encode())  # one stray NUL: one line skipped
+    assert read_sentences(path)[0] == ["Привет, мир.", "Кошка спит."]
     path.write_bytes(b"\x10\x04\x1f\x04\x01\n\x12\x04\x05\x04\nok line\n")
     with pytest.raises(V2TError, match="is mostly control characters .*convert it to UTF-8"):
         read_sentences(path)

@@ -170,7 +170,7 @@ def test_a_missing_adapter_is_one_line_and_exit_2(cached, capsys, args, message)
     ("RepositoryNotFoundError", "the hub has no repository tiny-org/missing (or it is private"),
     ("RevisionNotFoundError", "has no revision 'v2'"),
     ("GatedRepoError", "is gated"),
-    ("HfHubHTTPError", "could not be reached to download tiny-org/missing at revision 'v2' (network error"),
+    ("HfHubHTTPError", "the hub answered HTTP 404 for tiny-org/missing at revision 'v2'"),
 ])
 def test_hub_answers_become_one_line_errors(hub_cache, monkeypatch, error, message):
     from huggingface_hub import errors

@@ -336,11 +336,12 @@ def test_resume_passes_over_a_damaged_last_checkpoint_and_says_so(damaged, tmp_p
     with caplog.at_level("WARNING"):
         final = train(more, resume=True, show_progress=False)
     assert "resuming from step-000002, the newest good checkpoint, not from the newer step-000004 is damaged: " \
-        in caplog.text
+        in caplog.text and "(set aside as damaged-step-000004)" in caplog.text
     assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
     from lora_v2t.checkpoint import check_checkpoint
 
     assert check_checkpoint(run / "step-000004")["state"]["step"] == 4  # rewritten whole on the way
+    assert (run / "damaged-step-000004").is_dir()  # kept for a look, no longer a checkpoint
     for step in ("step-000004", "step-000006"):
         cut(run / step / damaged)
     with pytest.raises(V2TError, match="no checkpoint in .* can be resumed \\(step-000006 is damaged: .*; "
@@ -612,3 +613,18 @@ def test_each_process_trains_on_its_own_batch_of_each_turn():
         taken[rank] = [trainer.next_batch() for _ in range(3)]
     for (mine, together0), (theirs, together1) in zip(taken[0], taken[1]):
         assert not set(mine) & set(theirs) and together0 == together1 == len(mine) + len(theirs) == 16
+
+
+def test_a_set_aside_damaged_checkpoint_never_makes_pruning_delete_good_ones(tmp_path, tiny_backbone_dir,
+                                                                            tiny_encoder_dir, corpus):
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6",
+                 "--training.save_every=3"), show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+    (run / "final").rename(tmp_path / "first-final")  # as if the run had stopped after step 6
+    optimizer = run / "step-000006" / "optimizer.safetensors"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    more = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=5",
+                  "--training.save_every=2", "--training.keep_checkpoints=1")
+    train(more, resume=True, show_progress=False)  # from step 3: saves 4, then 5
+    assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000005"]  # not pruned by step 6
+    assert (run / "damaged-step-000006").is_dir()
