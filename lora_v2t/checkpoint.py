@@ -91,8 +91,9 @@ def data_file_digests(cfg: RunConfig) -> dict[str, str | None]:
 def check_checkpoint(path: Path) -> dict:
     """The trainer state of a complete checkpoint; V2TError naming what is missing, truncated or corrupt.
 
-    Reads headers and sizes, not the weights (a few milliseconds), so that ``--resume`` can pick a good
-    checkpoint before the models load."""
+    Reads the optimizer's header and sizes, and the adapter's small weight files (checked for NaN by
+    :func:`~lora_v2t.adapter.validate_bundle`; under a second for the offline recipe), so that ``--resume`` can
+    pick a good checkpoint before the models load."""
     config = validate_bundle(path)
     if config.get("trainable") == "full":
         for weights in sorted((path / "backbone").glob("*.safetensors")):

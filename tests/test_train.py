@@ -628,3 +628,16 @@ def test_a_set_aside_damaged_checkpoint_never_makes_pruning_delete_good_ones(tmp
     train(more, resume=True, show_progress=False)  # from step 3: saves 4, then 5
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000005"]  # not pruned by step 6
     assert (run / "damaged-step-000006").is_dir()
+
+
+def test_a_time_boxed_run_shows_minutes_left_not_a_step_count(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                              corpus, capsys):
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=3",
+                 "--training.max_minutes=5"), show_progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in bar if line.startswith("training:")][-1]
+    assert " left" in last and "step 3, loss " in last and "/3 " not in last  # 5 minutes of time, not 3 steps
+    train(recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=3"),
+          show_progress=True)
+    steps = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "training:" in line]
+    assert "3/3" in steps[-1]  # without a time box, the bar counts steps
