@@ -1,4 +1,4 @@
-"""The ``lora-v2t`` command line: train, embed, generate, evaluate, info, push, demo.
+"""The ``lora-v2t`` command line: train, embed, generate, invert, evaluate, info, push, demo.
 
 Every user error is printed as one line ``error: ...`` with exit status 2.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import describe_keys
 from .errors import V2TError
+from .vectorfile import load_vectors_file
 
 logger = logging.getLogger("lora_v2t")
 
@@ -156,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
     ev.set_defaults(func=cmd_evaluate)
 
+    inv = sub.add_parser(
+        "invert", help="decode a whole file of vectors (or sentences) into JSONL or TSV, resumable",
+        description="Decode every row of a .npy file of vectors (memory-mapped: any size) or of a text file of "
+                    "sentences (encoded with the adapter's encoder) and append the texts to --out (.jsonl: one "
+                    "object per row with index, text and, with --cosine, the re-embedding cosine; .tsv: index, "
+                    "text, cosine) batch by batch. Stopped and run again, it continues after the last complete "
+                    "row; OUT.meta.json names the adapter, decoding options and source, and a run with others is "
+                    "refused rather than appended.")
+    inv_src = inv.add_mutually_exclusive_group(required=True)
+    inv_src.add_argument("--vectors", type=Path, help=".npy file of shape (N, d), read memory-mapped")
+    inv_src.add_argument("--texts", type=Path, help="UTF-8 text file, one sentence per line (row i = line i+1)")
+    inv.add_argument("--out", required=True, help="the .jsonl or .tsv file the rows are appended to")
+    inv.add_argument("--cosine", action="store_true",
+                     help="also write the cosine between each vector and its text's re-embedding")
+    inv.add_argument("--on-nan", choices=["refuse", "skip"], default="refuse",
+                     help="vectors with NaN or inf: refuse the job naming the rows, or skip them (counted; "
+                          "default: refuse)")
+    inv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_loading_options(inv)
+    _add_generation_options(inv)
+    inv.set_defaults(func=cmd_invert)
+
     info = sub.add_parser("info", help="describe an adapter bundle without loading the base model",
                           description="Print what an adapter bundle holds: base, encoder, projector, LoRA, "
                                       "sizes and training summary.")
@@ -181,61 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit-message", help="the commit's message")
     push.set_defaults(func=cmd_push)
     return parser
-
-
-NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
-
-
-def load_vectors_file(path: Path):
-    """Read an (N, d) real array from a .npy file, never unpickling; any other file is named for what it is."""
-    import numpy as np
-
-    if not path.exists():
-        raise V2TError(f"vectors file {path} does not exist")
-    if not path.is_file():
-        raise V2TError(f"vectors file {path} is not a file: give a .npy file written by numpy.save")
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(64)
-    except OSError as exc:
-        raise V2TError(f"cannot read vectors file {path}: {exc.strerror or exc}; check its permissions") from exc
-    if not head.startswith(NPY_MAGIC):
-        raise V2TError(f"vectors file {path} {_not_npy(head)}")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise V2TError(f"{path} is not a plain numeric .npy array ({str(exc).splitlines()[0]}); "
-                       "save it with numpy.save(path, array)") from exc
-    except (OSError, EOFError) as exc:
-        raise V2TError(f"cannot read {path} as .npy ({str(exc).splitlines()[0] or type(exc).__name__}): it is "
-                       "truncated or damaged; save it again with numpy.save(path, array)") from exc
-    if array.dtype.kind == "c":
-        raise V2TError(f"{path} holds complex numbers ({array.dtype}); sentence vectors are real: save a real "
-                       "array (e.g. array.real, if dropping the imaginary part is what you mean)")
-    if array.dtype.kind not in "fiu":
-        raise V2TError(f"{path} holds {array.dtype} values, not numbers: save the vectors as a float array")
-    return array
-
-
-def _not_npy(head: bytes) -> str:
-    """What a file that is not a .npy array is, and the fix (the end of a one-line message)."""
-    import codecs
-
-    fix = "save the vectors with numpy.save(path, array)"
-    if not head:
-        return f"is empty (0 bytes): {fix}"
-    if head.startswith(b"PK\x03\x04"):
-        return f"is a zip archive (numpy.savez writes those), not a .npy array: {fix}"
-    if head[:1] == b"\x80":
-        return f"is a pickle file, not a .npy array, and lora_v2t never unpickles: {fix}"
-    try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(head)  # a cut multi-byte character is no error
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and all(c.isprintable() or c.isspace() for c in text):
-        return (f"is a text file, not a .npy array: give sentences with --text (or --data when evaluating), "
-                f"or {fix}")
-    return f"is not a .npy array (it starts with bytes {head[:8].hex(' ')}): {fix}"
 
 
 def _check_decoding(args, config: dict, options: dict) -> None:
@@ -381,6 +349,36 @@ def _adapter_label(source, resolved: Path, revision: str | None) -> str:
     if Path(source).exists():
         return str(Path(source).resolve())
     return f"{source}@{revision or 'main'} (commit {Path(resolved).name})"
+
+
+def cmd_invert(args) -> int:
+    from .adapter import load_adapter, validate_bundle
+    from .hub import resolve_adapter
+    from .invert import InvertJob, prepare_job, run_job
+
+    if args.rerank:
+        raise V2TError("invert writes the greedy (or sampled, or best-beam) text of each row: drop --rerank, or "
+                       "use `lora-v2t generate --rerank` for a few vectors")
+    source_arg = args.adapter
+    args.adapter = resolve_adapter(args.adapter, args.revision)
+    options = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
+                                             "top_p", "repetition_penalty", "no_repeat_ngram_size",
+                                             "num_return_sequences", "restrict_vocab")}
+    options = {k: v for k, v in options.items() if v is not None}
+    job = InvertJob(source=str(args.vectors or args.texts), out=args.out, cosine=args.cosine, on_nan=args.on_nan,
+                    batch_size=args.batch_size, options=options)
+    _check_decoding(args, validate_bundle(args.adapter), options)
+    prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision))
+    v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
+                       quantization=args.quantization, device=args.device)
+    counts = run_job(v2t, job, prepared, show_progress=not args.no_progress)
+    notes = [f"batch {counts['batch_size']}"]
+    if counts["resumed_at"]:
+        notes.append(f"continued from row {counts['resumed_at']}")
+    if counts["skipped"]:
+        notes.append(f"{counts['skipped']} rows skipped for NaN or inf")
+    print(f"{counts['written']} rows written to {args.out} ({', '.join(notes)})")
+    return 0
 
 
 def cmd_info(args) -> int:

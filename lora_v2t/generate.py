@@ -7,6 +7,7 @@ and reranking: re-embed the candidates with the adapter's encoder and keep the o
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -133,7 +134,9 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     was_training = v2t.training
     v2t.eval()
     try:
-        with torch.no_grad(), decoding_vocab(v2t, opts.restrict_vocab) as processors:
+        with torch.no_grad(), decoding_vocab(v2t, opts.restrict_vocab) as processors, warnings.catch_warnings():
+            # the prompt is the prefix alone, no tokens: penalising only generated tokens is what we want
+            warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
             for start in starts:
                 prefix = v2t.prefix(target[start:start + opts.batch_size])  # (b, k, h)
                 mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)

@@ -1,0 +1,258 @@
+"""Bulk inversion: vectors from a (memory-mapped) ``.npy`` file, or texts from a file, decoded batch by batch and
+appended to a JSONL or TSV file as they come.
+
+Each batch's rows are written in one write and flushed, so a stop (Ctrl-C, kill, a full disk) leaves only complete
+rows; a row cut short by a crash is dropped when the job restarts, and the job continues after the last complete
+row. ``OUT.meta.json`` names the adapter, the decoding options and the source the rows come from: a restart with
+another adapter, other options or another source is refused rather than appended to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import V2TError
+from .vectorfile import load_vectors_file
+
+logger = logging.getLogger(__name__)
+
+FORMATS = (".jsonl", ".tsv")
+NAN_POLICIES = ("refuse", "skip")
+
+
+@dataclass
+class InvertJob:
+    """What to invert, where the rows go and how."""
+
+    source: str  # a .npy file of (N, d) vectors, or a UTF-8 text file with one sentence per line
+    out: str  # the .jsonl or .tsv file the rows are appended to
+    cosine: bool = False  # also write the cosine between each row's vector and its text's re-embedding
+    on_nan: str = "refuse"  # a vector with NaN or inf: refuse the job (naming the rows) or skip the row (counted)
+    batch_size: int | None = None  # vectors decoded together; None = chosen from the free memory
+    options: dict = field(default_factory=dict)  # decoding options (GenerationConfig fields) over the adapter's
+
+    def __post_init__(self):
+        if Path(self.out).suffix not in FORMATS:
+            raise V2TError(f"--out {self.out} must end in .jsonl or .tsv (the format of the rows)")
+        if self.on_nan not in NAN_POLICIES:
+            raise V2TError(f"--on-nan must be one of {list(NAN_POLICIES)}, got {self.on_nan!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise V2TError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+class Source:
+    """The rows to invert: vectors (memory-mapped) or texts (encoded batch by batch)."""
+
+    def __init__(self, path: str | Path, dim: int, on_nan: str):
+        self.path, self.dim = Path(path), dim
+        self.vectors, self.texts = None, None
+        if self.path.suffix == ".npy":
+            self.vectors = load_vectors_file(self.path, mmap=True)
+            if self.vectors.ndim != 2 or self.vectors.shape[1] != dim:
+                raise V2TError(f"{self.path} holds an array of shape {tuple(self.vectors.shape)}, but the adapter "
+                               f"inverts ({dim},) vectors: give an (N, {dim}) array")
+            if on_nan == "refuse":
+                self.refuse_non_finite()
+        else:
+            self.texts = read_texts(self.path)
+
+    def __len__(self) -> int:
+        return len(self.vectors) if self.vectors is not None else len(self.texts)
+
+    def refuse_non_finite(self, chunk: int = 65536) -> None:
+        """Name the first rows holding NaN or inf (read in chunks: the file may not fit in memory)."""
+        for start in range(0, len(self.vectors), chunk):
+            bad = ~np.isfinite(np.asarray(self.vectors[start:start + chunk])).all(axis=1)
+            if bad.any():
+                rows = (np.flatnonzero(bad)[:5] + start).tolist()
+                raise V2TError(f"{self.path}: row(s) {rows} hold NaN or inf: fix them, or pass --on-nan skip to "
+                               "skip such rows (they are counted)")
+
+    def batch(self, v2t, start: int, stop: int) -> np.ndarray:
+        """Vectors of rows [start, stop), float32 (N, d); texts are encoded with the adapter's encoder."""
+        if self.vectors is not None:
+            return np.asarray(self.vectors[start:stop], dtype=np.float32)
+        return np.asarray(v2t.encode(self.texts[start:stop]), dtype=np.float32)
+
+
+def read_texts(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file, one sentence each; row i is line i + 1, so blank lines are refused."""
+    if not path.is_file():
+        raise V2TError(f"source {path} does not exist: give a .npy file of vectors or a text file of sentences")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise V2TError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8") from exc
+    except OSError as exc:
+        raise V2TError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if blank:
+        raise V2TError(f"{path}: line(s) {blank[:5]} are blank: every line must be a sentence (rows are numbered "
+                       "by line), remove them")
+    if not lines:
+        raise V2TError(f"{path} is empty: give one sentence per line")
+    return lines
+
+
+@dataclass
+class PreparedJob:
+    """A job checked before any model loads: its source, what OUT.meta.json records, the row to start from."""
+
+    source: Source
+    identity: dict
+    start: int
+
+
+def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = None) -> PreparedJob:
+    """Check the source, the decoding options and OUT against its meta file, all before the models load.
+
+    Args:
+        adapter_dir: the adapter's bundle folder (its config and projector weights identify it in OUT.meta.json).
+        label: how OUT.meta.json names the adapter (default: the folder's absolute path).
+    """
+    from .adapter import validate_bundle
+    from .config import GenerationConfig
+
+    adapter_dir = Path(adapter_dir)
+    config = validate_bundle(adapter_dir)
+    source = Source(job.source, int(config["encoder"]["dim"]), job.on_nan)
+    options = GenerationConfig().updated(**(config.get("generation") or {})).updated(**job.options)
+    if options.num_return_sequences > 1:
+        raise V2TError("invert writes one text per row: leave --num-return-sequences at 1")
+    weights = hashlib.sha256((adapter_dir / "projector.safetensors").read_bytes()).hexdigest()[:16]
+    decoding = {k: v for k, v in asdict(options).items() if k != "batch_size"}  # the batch does not change rows
+    identity = {"format": 1, "adapter": label or str(adapter_dir.resolve()), "projector_sha256": weights,
+                "decoding": decoding, "source": str(Path(job.source).resolve()), "rows": len(source),
+                "cosine": job.cosine, "on_nan": job.on_nan}
+    return PreparedJob(source, identity, prepare_output(job, identity))
+
+
+def prepare_output(job: InvertJob, identity: dict) -> int:
+    """Check OUT against its meta file, drop a row cut short by a crash; return the next source row to invert."""
+    out, meta = Path(job.out), Path(job.out + ".meta.json")
+    if out.exists() and not out.is_file():
+        raise V2TError(f"--out {out} is a folder: give a .jsonl or .tsv file")
+    if out.exists() and not meta.exists():
+        raise V2TError(f"{out} exists but was not written by `lora-v2t invert` (no {meta.name}): choose another "
+                       "--out, or delete it")
+    if meta.exists():
+        try:
+            saved = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise V2TError(f"{meta} is unreadable ({exc}): delete {out} and {meta.name} to start over") from exc
+        for key, value in identity.items():
+            if saved.get(key) != value:
+                raise V2TError(f"{out} was written with another {key} ({saved.get(key)!r}, now {value!r}): choose "
+                               f"another --out, or delete {out} and {meta.name} to start over")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not meta.exists():
+        tmp = meta.with_name(meta.name + ".tmp")
+        tmp.write_text(json.dumps(identity, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, meta)
+    return _resume_position(out)
+
+
+def _resume_position(out: Path) -> int:
+    """The source row after the last complete row of OUT (0 for a new file); a trailing partial row is cut."""
+    if not out.exists() or out.stat().st_size == 0:
+        if out.suffix == ".tsv":
+            out.write_text("index\ttext\tcosine\n", encoding="utf-8")
+        return 0
+    data = out.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        logger.warning("%s ends with a row cut short (%d bytes): dropping it and inverting that row again", out,
+                       len(data) - end)
+        with open(out, "r+b") as handle:
+            handle.truncate(end)
+    lines = data[:end].decode("utf-8").splitlines()
+    rows = [line for line in lines if line and not line.startswith("index\t")]
+    if not rows:
+        return 0
+    last = json.loads(rows[-1])["index"] if out.suffix == ".jsonl" else int(rows[-1].split("\t", 1)[0])
+    return last + 1
+
+
+def format_rows(suffix: str, indices, texts: list[str], cosines) -> str:
+    """JSONL objects, or TSV lines (tabs, newlines and backslashes in texts escaped as \\t, \\n, \\\\)."""
+    lines = []
+    for i, (index, text) in enumerate(zip(indices, texts)):
+        cosine = None if cosines is None else round(float(cosines[i]), 4)
+        if suffix == ".jsonl":
+            row = {"index": int(index), "text": text} | ({} if cosine is None else {"cosine": cosine})
+            lines.append(json.dumps(row, ensure_ascii=False))
+        else:
+            escaped = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+            lines.append(f"{int(index)}\t{escaped}\t{'' if cosine is None else cosine}")
+    return "".join(line + "\n" for line in lines)
+
+
+def append_rows(out: Path, text: str) -> None:
+    """Append complete rows in one write; if the write fails (a full disk), cut the file back to where it was."""
+    with open(out, "ab") as handle:
+        before = handle.tell()
+        try:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            handle.truncate(before)
+            raise V2TError(f"cannot write to {out} ({exc.strerror or exc}): the rows written so far are complete; "
+                           "free some space, then run the same command again to continue") from exc
+
+
+def auto_batch_size(v2t, max_new_tokens: int) -> int:
+    """Vectors decoded together: what half the free memory holds of the KV cache (at most 512 on a GPU, 64 on a
+    CPU, where larger batches gain little)."""
+    import torch
+
+    cfg = v2t.base_model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 12)
+    per_row = 2 * layers * v2t.backbone_info["hidden_size"] * (max_new_tokens + 8) * 4  # keys and values, fp32
+    if v2t.device.type == "cuda":
+        free, cap = torch.cuda.mem_get_info(v2t.device)[0], 512
+    else:
+        free, cap = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), 64
+    return int(max(1, min(cap, free // 2 // per_row)))
+
+
+def invert_file(v2t, job: InvertJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
+    """Invert every row of ``job.source`` not yet in ``job.out`` with ``v2t`` (loaded from ``adapter_dir``)."""
+    return run_job(v2t, job, prepare_job(job, adapter_dir), show_progress)
+
+
+def run_job(v2t, job: InvertJob, prepared: PreparedJob, show_progress: bool = True) -> dict:
+    """Decode the rows from ``prepared.start`` on, appending each batch; returns counts (written, skipped,
+    resumed_at, batch_size)."""
+    from tqdm.auto import tqdm
+
+    from .generate import reembed_cosines
+
+    source, start, out = prepared.source, prepared.start, Path(job.out)
+    opts = v2t.generation_defaults().updated(**job.options)
+    batch = job.batch_size or auto_batch_size(v2t, opts.max_new_tokens)
+    if start:
+        logger.info("%s holds rows up to %d: continuing from row %d", out, start - 1, start)
+    counts = {"written": 0, "skipped": 0, "resumed_at": start, "batch_size": batch}
+    bar = tqdm(total=len(source), initial=start, unit="row", desc="inverting", disable=not show_progress)
+    for begin in range(start, len(source), batch):
+        stop = min(begin + batch, len(source))
+        vectors = source.batch(v2t, begin, stop)
+        keep = np.isfinite(vectors).all(axis=1)
+        counts["skipped"] += int((~keep).sum())
+        indices, vectors = np.arange(begin, stop)[keep], vectors[keep]
+        if len(vectors):
+            texts = v2t.generate(vectors, **(job.options | {"batch_size": batch}))
+            cosines = reembed_cosines(v2t, texts, vectors, empty=0.0) if job.cosine else None
+            append_rows(out, format_rows(out.suffix, indices, texts, cosines))
+            counts["written"] += len(texts)
+        bar.update(stop - begin)
+    bar.close()
+    return counts

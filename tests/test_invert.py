@@ -1,0 +1,156 @@
+"""Bulk inversion to JSONL / TSV: rows as they come, restart after the last complete row, bad input refused."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lora_v2t import V2TError
+from lora_v2t.cli import main
+from lora_v2t.invert import InvertJob, format_rows, invert_file, prepare_job
+
+from .conftest import SENTENCES
+
+
+@pytest.fixture()
+def bundle(v2t, tmp_path):
+    return v2t.save_adapter(tmp_path / "bundle")
+
+
+@pytest.fixture()
+def vectors_file(v2t, tmp_path):
+    path = tmp_path / "vectors.npy"
+    np.save(path, v2t.encode(SENTENCES))
+    return path
+
+
+def rows_of(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_vectors_become_rows_equal_to_generate_with_cosines(v2t, bundle, vectors_file, tmp_path):
+    out = tmp_path / "out.jsonl"
+    counts = invert_file(v2t, InvertJob(str(vectors_file), str(out), cosine=True, batch_size=3,
+                                        options={"max_new_tokens": 6}), bundle, show_progress=False)
+    rows = rows_of(out)
+    expected = v2t.generate(np.load(vectors_file), max_new_tokens=6)
+    assert [r["index"] for r in rows] == list(range(len(SENTENCES))) and counts["written"] == len(SENTENCES)
+    assert [r["text"] for r in rows] == expected and all(-1 <= r["cosine"] <= 1 for r in rows)
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert meta["adapter"] == str(bundle.resolve()) and meta["decoding"]["max_new_tokens"] == 6
+
+
+def test_a_stopped_job_continues_after_its_last_complete_row(v2t, bundle, vectors_file, tmp_path, monkeypatch):
+    import lora_v2t.invert as invert_module
+
+    out = tmp_path / "out.tsv"
+    job = InvertJob(str(vectors_file), str(out), batch_size=4, options={"max_new_tokens": 6})
+    real_append, calls = invert_module.append_rows, {"n": 0}
+
+    def ctrl_c_after_the_first_batch(path, text):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real_append(path, text)
+
+    monkeypatch.setattr(invert_module, "append_rows", ctrl_c_after_the_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        invert_file(v2t, job, bundle, show_progress=False)
+    with open(out, "a", encoding="utf-8") as handle:
+        handle.write("4\tа row cut sh")  # as if the process had died inside a write
+    monkeypatch.undo()
+    counts = invert_file(v2t, job, bundle, show_progress=False)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert counts["resumed_at"] == 4 and lines[0] == "index\ttext\tcosine"
+    assert [int(line.split("\t")[0]) for line in lines[1:]] == list(range(len(SENTENCES)))  # each row once
+    expected = v2t.generate(np.load(vectors_file), max_new_tokens=6)
+    assert [line.split("\t")[1] for line in lines[1:]] == [t.replace("\t", "\\t") for t in expected]
+
+
+def test_a_restart_with_another_adapter_or_options_is_refused(v2t, bundle, vectors_file, tmp_path):
+    out = tmp_path / "out.jsonl"
+    invert_file(v2t, InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}), bundle,
+                show_progress=False)
+    before = out.read_bytes()
+    with pytest.raises(V2TError, match="was written with another decoding"):
+        prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 5}), bundle)
+    v2t.projector.norm.weight.data += 1  # other weights at the same path
+    other = v2t.save_adapter(bundle)
+    with pytest.raises(V2TError, match="was written with another projector_sha256"):
+        prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}), other)
+    assert out.read_bytes() == before  # nothing appended
+    (tmp_path / "foreign.jsonl").write_text('{"a": 1}\n')
+    with pytest.raises(V2TError, match="was not written by `lora-v2t invert`"):
+        prepare_job(InvertJob(str(vectors_file), str(tmp_path / "foreign.jsonl")), bundle)
+
+
+def test_nan_rows_are_refused_by_row_or_skipped_and_counted(v2t, bundle, tmp_path):
+    vectors = v2t.encode(SENTENCES[:5])
+    vectors[3, 0] = np.nan
+    path = tmp_path / "v.npy"
+    np.save(path, vectors)
+    with pytest.raises(V2TError, match=r"row\(s\) \[3\] hold NaN or inf: .*--on-nan skip"):
+        prepare_job(InvertJob(str(path), str(tmp_path / "a.jsonl")), bundle)
+    assert not (tmp_path / "a.jsonl").exists()
+    counts = invert_file(v2t, InvertJob(str(path), str(tmp_path / "b.jsonl"), on_nan="skip",
+                                        options={"max_new_tokens": 4}), bundle, show_progress=False)
+    assert counts["skipped"] == 1 and [r["index"] for r in rows_of(tmp_path / "b.jsonl")] == [0, 1, 2, 4]
+
+
+def test_a_full_disk_leaves_only_complete_rows(v2t, bundle, vectors_file, tmp_path, monkeypatch):
+    import os
+
+    out = tmp_path / "out.jsonl"
+    job = InvertJob(str(vectors_file), str(out), batch_size=4, options={"max_new_tokens": 4})
+    real_fsync, calls = os.fsync, {"n": 0}
+
+    def disk_full_on_the_second_batch(fd):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_on_the_second_batch)
+    with pytest.raises(V2TError, match="No space left on device.*rows written so far are complete"):
+        invert_file(v2t, job, bundle, show_progress=False)
+    assert [r["index"] for r in rows_of(out)] == [0, 1, 2, 3]  # the failed batch was cut back out
+    monkeypatch.undo()
+    assert invert_file(v2t, job, bundle, show_progress=False)["resumed_at"] == 4
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda t, v: np.save(t / "x.npy", v[:, :5]), r"shape \(10, 5\), but the adapter inverts \(24,\) vectors"),
+    (lambda t, v: np.save(t / "x.npy", v[0]), r"shape \(24,\), but the adapter inverts"),
+    (lambda t, v: (t / "x.npy").write_text("Где лодка?\n"), "is a text file, not a .npy array"),
+    (lambda t, v: np.save(t / "x.npy", v.astype(np.complex64)), "holds complex numbers"),
+])
+def test_bad_vector_files_are_refused_before_the_models_load(make, message, bundle, v2t, tmp_path, capsys,
+                                                             monkeypatch):
+    import lora_v2t.adapter as adapter_module
+
+    make(tmp_path, v2t.encode(SENTENCES))
+    monkeypatch.setattr(adapter_module, "load_adapter", lambda *a, **k: pytest.fail("loaded the models"))
+    code = main(["invert", "--adapter", str(bundle), "--vectors", str(tmp_path / "x.npy"), "--out",
+                 str(tmp_path / "o.jsonl"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
+    assert __import__("re").search(message, err)
+
+
+def test_cli_inverts_a_text_file_and_refuses_a_wrong_output_name(bundle, v2t, tmp_path, capsys):
+    texts = tmp_path / "s.txt"
+    texts.write_text("\n".join(SENTENCES[:3]) + "\n", encoding="utf-8")
+    assert main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / "o.jsonl"),
+                 "--max-new-tokens", "4", "--cosine", "--no-progress"]) == 0
+    assert "3 rows written to" in capsys.readouterr().out
+    assert [r["text"] for r in rows_of(tmp_path / "o.jsonl")] == v2t.invert(SENTENCES[:3], max_new_tokens=4)
+    assert main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / "o.csv")]) == 2
+    assert "must end in .jsonl or .tsv" in capsys.readouterr().err
+    texts.write_text("Где лодка?\n\nКошка спит.\n", encoding="utf-8")
+    assert main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "line(s) [2] are blank" in capsys.readouterr().err
+
+
+def test_tsv_rows_escape_tabs_and_newlines():
+    assert format_rows(".tsv", [7], ["a\tb\nc\\d"], [0.51234]) == "7\ta\\tb\\nc\\\\d\t0.5123\n"
+    assert json.loads(format_rows(".jsonl", [7], ["ё"], None)) == {"index": 7, "text": "ё"}
