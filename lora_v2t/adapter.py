@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import PRECISION_KEYS, ProjectorConfig
-from .errors import V2TError
+from .errors import V2TError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def _check_safetensors(file: Path) -> None:
             if keys:
                 handle.get_tensor(keys[-1])
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise V2TError(f"{file} is a corrupt safetensors file ({_short(exc)}): {REWRITE}") from exc
+        raise V2TError(f"{file} is a corrupt safetensors file ({first_line(exc, 120)}): {REWRITE}") from exc
 
 
 def _check_finite(file: Path) -> None:
@@ -398,11 +398,6 @@ def _not_safetensors(head: bytes, size: int, length: int, after_length: bytes) -
         return f"is truncated: {size} bytes, less than a safetensors header length; {REWRITE}"
     return (f"is corrupt: not a safetensors file (no valid header; it starts with bytes {head.hex(' ')}); "
             f"{REWRITE}")
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:120] if text else type(exc).__name__
 
 
 def check_compatible(config: dict, backbone_info: dict, path: Path) -> None:
@@ -544,7 +539,7 @@ def _attach(v2t, path: Path, name: str, config: dict) -> None:
         projector.load_state_dict({k: v.to(projector.target_rms.device) for k, v in state.items()})
     except RuntimeError as exc:
         raise V2TError(f"{path / 'projector.safetensors'} does not match its v2t_config.json "
-                       f"({_short(exc)}): the bundle is corrupt") from exc
+                       f"({first_line(exc, 120)}): the bundle is corrupt") from exc
     if config.get("output_vocab_size") is not None:
         ids = load_file(str(path / OUTPUT_VOCAB_FILE)).get("token_ids")
         if ids is None or ids.numel() != config["output_vocab_size"]:

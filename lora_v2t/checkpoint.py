@@ -28,7 +28,7 @@ import torch
 
 from .adapter import _check_safetensors, replace_dir, validate_bundle
 from .config import RunConfig
-from .errors import V2TError
+from .errors import V2TError, first_line
 from .locks import pid_alive
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def check_checkpoint(path: Path) -> dict:
     except FileNotFoundError as exc:
         raise V2TError(f"{state_file} is missing") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise V2TError(f"{state_file} is not valid JSON ({_first_line(exc)})") from exc
+        raise V2TError(f"{state_file} is not valid JSON ({first_line(exc)})") from exc
     if not isinstance(trainer_state, dict) or any(k not in trainer_state for k in TRAINER_STATE_KEYS):
         raise V2TError(f"{state_file} lacks some of {', '.join(TRAINER_STATE_KEYS)}")
     if not optimizer_file.is_file():
@@ -134,7 +134,7 @@ def newest_good_checkpoint(run_dir: Path) -> tuple[Path, dict]:
         try:
             trainer_state = check_checkpoint(path)
         except (V2TError, OSError) as exc:
-            damaged.append((path, f"{path.name} is damaged: {_first_line(exc)}"))
+            damaged.append((path, f"{path.name} is damaged: {first_line(exc)}"))
             continue
         if damaged:
             moved = [_set_aside(bad) for bad, _ in damaged]
@@ -176,11 +176,6 @@ def clean_stale_temporaries(run_dir: Path) -> None:
         else:
             shutil.rmtree(item, ignore_errors=True)
             logger.info("removed %s, left by a killed process (pid %s)", item, match["pid"])
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:

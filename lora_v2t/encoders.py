@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from .config import DEFAULT_ENCODER, OFFLINE_ENCODER
-from .errors import V2TError
+from .errors import V2TError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class SentenceTransformerEncoder:
             self.model = SentenceTransformer(model_name_or_path, device=device)
         except OSError as exc:
             raise V2TError(
-                f"cannot load sentence encoder {model_name_or_path!r} ({_first_line(exc)}); "
+                f"cannot load sentence encoder {model_name_or_path!r} ({first_line(exc)}); "
                 "give a local folder, or go online for hub ids"
             ) from exc
         self.model.eval()
@@ -147,6 +147,3 @@ def load_encoder(spec: str | Encoder, device: str | None = None) -> Encoder:
     return SentenceTransformerEncoder(spec, device=device)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

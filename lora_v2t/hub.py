@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, model_card, save_adapter, validate_bundle
 from .config import OFFLINE_BACKBONE
-from .errors import V2TError
+from .errors import V2TError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -109,21 +109,21 @@ def _download(repo_id: str, revision: str | None) -> str:
         if isinstance(cause, hub_errors.HfHubHTTPError):  # the hub answered, with an error status
             status = getattr(getattr(cause, "response", None), "status_code", None)
             raise V2TError(f"{nothing}, and the hub answered HTTP {status or '?'} for {where} "
-                           f"({_first_line(cause)}): {_HTTP_HINTS.get(status, 'try again later')}") from exc
+                           f"({first_line(cause, 200)}): {_HTTP_HINTS.get(status, 'try again later')}") from exc
         raise V2TError(f"{nothing}, and the hub could not be reached to download {where} (network error: "
-                       f"{_first_line(cause)}) nor is it in the local hub cache: check the connection (or "
+                       f"{first_line(cause, 200)}) nor is it in the local hub cache: check the connection (or "
                        "HF_ENDPOINT) and try again, or give the bundle's folder") from exc
     except hub_errors.HfHubHTTPError as exc:
-        raise V2TError(f"{nothing}, and the hub refused to send {where} ({_first_line(exc)}): {_LOGIN} with "
+        raise V2TError(f"{nothing}, and the hub refused to send {where} ({first_line(exc, 200)}): {_LOGIN} with "
                        "an account that may read it") from exc
     except ValueError as exc:  # an id the hub's own validation refuses
         raise V2TError(f"adapter folder {repo_id} does not exist, and it is not a valid hub id "
-                       f"({_first_line(exc)}): give a bundle folder or a hub repository id") from exc
+                       f"({first_line(exc, 200)}): give a bundle folder or a hub repository id") from exc
     except Exception as exc:
         if not _network_error(exc):
             raise
         raise V2TError(f"{nothing}, and downloading {where} from the hub failed (network error: "
-                       f"{_first_line(exc)}): check the connection and try again") from exc
+                       f"{first_line(exc, 200)}): check the connection and try again") from exc
 
 
 _HTTP_HINTS = {403: f"{_LOGIN} with an account that may read it", 429: "too many requests: wait, then try again"}
@@ -134,11 +134,6 @@ def _network_error(exc: BaseException) -> bool:
     (httpx or its fork httpx2 and their httpcore; requests and urllib3 in huggingface_hub < 1.0)."""
     package = type(exc).__module__.split(".")[0].rstrip("0123456789")
     return isinstance(exc, OSError) or package in ("httpx", "httpcore", "requests", "urllib3")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 # ---------------------------------------------------------------------- names and model cards
@@ -275,14 +270,14 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, r
         info = api.create_commit(repo_id, operations=operations, revision=revision,
                                  commit_message=commit_message or f"Upload lora_v2t adapter ({len(files) + 1} files)")
     except HfHubHTTPError as exc:
-        raise V2TError(f"the hub refused to push {folder} to {target} ({_first_line(exc)}): {_LOGIN} with a token "
+        raise V2TError(f"the hub refused to push {folder} to {target} ({first_line(exc, 200)}): {_LOGIN} with a token "
                        "that may write to it") from exc
     except Exception as exc:
         if not _network_error(exc):
             raise
         if offline_mode():
             raise V2TError(f"cannot push {folder} to {target}: HF_HUB_OFFLINE is set; unset it to push") from exc
-        raise V2TError(f"cannot push {folder} to {target} (network error: {_first_line(exc)}): check the "
+        raise V2TError(f"cannot push {folder} to {target} (network error: {first_line(exc, 200)}): check the "
                        "connection and try again") from exc
     url = getattr(info, "commit_url", None) or str(info)
     logger.info("pushed %s to %s: %s", folder, target, url)

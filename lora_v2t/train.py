@@ -46,7 +46,7 @@ from .checkpoint import (
 from .config import RunConfig
 from .cost import describe_cost
 from .data import BatchOrder, embed_corpus, read_sentences, sample_and_split, tokenize_corpus
-from .errors import V2TError
+from .errors import V2TError, first_line
 from .rundir import RunDirLock, cache_dir_of, check_paths, locate_run, run_dir_of
 from .runlog import RunLog
 from .signals import StopSignals
@@ -467,7 +467,7 @@ class Trainer:
         where = f"checkpoint {saved} holds the work done: fix the cause, then continue with --resume" if saved \
             else _last_checkpoint_hint(self.run_dir)
         stopped = TrainingStopped(f"training stopped at step {self.state.step} by {type(exc).__name__}: "
-                                  f"{_first_line(exc)}{_hint(exc)}; {where}")
+                                  f"{first_line(exc, 300)}{_hint(exc)}; {where}")
         stopped.__cause__ = exc
         return stopped
 
@@ -497,7 +497,7 @@ class Trainer:
         try:
             return self.save(state, [rng])
         except Exception as save_error:  # e.g. the disk is full: say so, and report the original error
-            logger.error("could not save a checkpoint either: %s", _first_line(save_error))
+            logger.error("could not save a checkpoint either: %s", first_line(save_error, 300))
             return None
 
 
@@ -517,11 +517,6 @@ class _Window:
     @property
     def ms_per_step(self) -> float:
         return (time.perf_counter() - self.start) * 1000 / max(len(self.losses), 1)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _hint(exc: BaseException) -> str:
