@@ -36,9 +36,9 @@ def checkpoints_dir() -> Path:
     return Path.home() / ".cache" / "lora_v2t"
 
 
-def pick_device(device: str | None = None) -> torch.device:
+def pick_device(device: str | None = None, use_cpu: str = "--device cpu") -> torch.device:
     """The requested device (``cpu``, ``cuda``, ``cuda:N``, ``mps``), checked against this machine, or CUDA when
-    available, else the CPU."""
+    available, else the CPU. ``use_cpu``: how the fix in a message asks for the CPU (the option's spelling)."""
     if not device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -47,14 +47,14 @@ def pick_device(device: str | None = None) -> torch.device:
         raise V2TError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise V2TError(f"device {device!r} requested but CUDA is not available: use --device cpu")
+            raise V2TError(f"device {device!r} requested but CUDA is not available: use {use_cpu}")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise V2TError(f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
                            f"cuda:0 to cuda:{count - 1}")
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise V2TError(f"device {device!r} requested but MPS is not available: use --device cpu")
+            raise V2TError(f"device {device!r} requested but MPS is not available: use {use_cpu}")
     elif dev.type != "cpu":
         raise V2TError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
     return dev

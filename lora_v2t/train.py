@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backbone import pick_device
 from .checkpoint import (
     clean_stale_temporaries,
     data_file_digests,
@@ -122,21 +123,11 @@ def training_device(spec: str | None) -> torch.device | None:
     """
     if spec is None:
         return None
-    try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise V2TError(f"backbone.device {spec!r} is not a device: use cpu, cuda or cuda:N") from exc
+    device = pick_device(spec, use_cpu="--backbone.device=cpu")  # a device this machine has
     if device.type not in ("cpu", "cuda"):
         raise V2TError(f"backbone.device {spec!r}: training runs on cpu, cuda or cuda:N")
-    if device.type == "cpu":
+    if device.type == "cpu" or device.index is None:
         return device
-    if not torch.cuda.is_available():
-        raise V2TError(f"backbone.device={spec} but CUDA is not available here: use --backbone.device=cpu")
-    if device.index is None:
-        return device
-    if device.index >= torch.cuda.device_count():
-        raise V2TError(f"backbone.device={spec} but this machine has {torch.cuda.device_count()} CUDA device(s) "
-                       f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise V2TError(f"backbone.device={spec} with several processes: each process takes the GPU of its rank; "
                        "leave backbone.device unset and choose GPUs with `accelerate launch --gpu_ids`")

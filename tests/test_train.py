@@ -487,9 +487,9 @@ def test_the_encoder_is_freed_once_the_cache_is_filled(tmp_path, tiny_backbone_d
 
 
 @pytest.mark.parametrize(("device", "message"), [
-    ("cuda:1", "backbone.device=cuda:1 but CUDA is not available here: use --backbone.device=cpu"),
-    ("foo", "backbone.device 'foo' is not a device"),
-    ("meta", "training runs on cpu, cuda or cuda:N"),
+    ("cuda:1", "device 'cuda:1' requested but CUDA is not available: use --backbone.device=cpu"),
+    ("foo", "unknown device 'foo': use cpu, cuda or cuda:N"),
+    ("meta", "device 'meta' is not supported: use cpu, cuda or cuda:N"),
 ])
 def test_a_training_device_that_cannot_be_honoured_is_refused_before_loading(
         device, message, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
