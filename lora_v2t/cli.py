@@ -206,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DECODING_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                    "no_repeat_ngram_size", "num_return_sequences", "restrict_vocab")
+
+
+def _decoding_options(args, *extra: str) -> dict:
+    """The decoding options given on the command line (unset ones stay the adapter's), plus ``extra`` ones."""
+    names = DECODING_OPTIONS + extra
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
 def _check_decoding(args, config: dict, options: dict) -> None:
     """Check the device, the decoding options over the adapter's defaults and the output length against the
     base's context, all before the slow model load."""
@@ -214,7 +224,7 @@ def _check_decoding(args, config: dict, options: dict) -> None:
     from .generate import check_length
 
     pick_device(args.device)
-    opts = GenerationConfig().updated(**(config.get("generation") or {})).updated(**options)
+    opts = GenerationConfig.of_bundle(config, **options)
     backbone = str(Path(args.adapter) / "backbone") if config.get("trainable") == "full" else \
         args.backbone or config["backbone"]["name"]
     check_length(opts.max_new_tokens, config["projector"]["prefix_length"], peek_max_positions(backbone), backbone)
@@ -232,10 +242,7 @@ def cmd_generate(args) -> int:
     vectors = None
     if args.vectors:  # check the file before the slow base load
         vectors = to_vectors(load_vectors_file(args.vectors), int(config["encoder"]["dim"])).numpy()
-    options = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
-                                             "top_p", "repetition_penalty", "no_repeat_ngram_size",
-                                             "num_return_sequences", "batch_size", "restrict_vocab")}
-    options = {k: v for k, v in options.items() if v is not None}
+    options = _decoding_options(args, "batch_size")
     _check_decoding(args, config, options)
     v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
                        quantization=args.quantization, device=args.device)
@@ -361,14 +368,12 @@ def cmd_invert(args) -> int:
                        "use `lora-v2t generate --rerank` for a few vectors")
     source_arg = args.adapter
     args.adapter = resolve_adapter(args.adapter, args.revision)
-    options = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k",
-                                             "top_p", "repetition_penalty", "no_repeat_ngram_size",
-                                             "num_return_sequences", "restrict_vocab")}
-    options = {k: v for k, v in options.items() if v is not None}
+    config = validate_bundle(args.adapter)
+    options = _decoding_options(args)  # the batch size is the job's own (chosen from free memory if unset)
     job = InvertJob(source=str(args.vectors or args.texts), out=args.out, cosine=args.cosine, on_nan=args.on_nan,
                     batch_size=args.batch_size, options=options)
-    _check_decoding(args, validate_bundle(args.adapter), options)
-    prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision))
+    _check_decoding(args, config, options)
+    prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision), config)
     v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
                        quantization=args.quantization, device=args.device)
     counts = run_job(v2t, job, prepared, show_progress=not args.no_progress)

@@ -127,6 +127,11 @@ class GenerationConfig:
         merged.update({k: v for k, v in overrides.items() if v is not None})
         return GenerationConfig(**merged)
 
+    @classmethod
+    def of_bundle(cls, bundle_config: dict, **overrides) -> GenerationConfig:
+        """A bundle's decoding defaults (from its v2t_config.json, without loading it), then ``overrides``."""
+        return cls().updated(**(bundle_config.get("generation") or {})).updated(**overrides)
+
 
 @dataclass
 class DataConfig:

@@ -110,20 +110,22 @@ class PreparedJob:
     start: int
 
 
-def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = None) -> PreparedJob:
+def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = None,
+                config: dict | None = None) -> PreparedJob:
     """Check the source, the decoding options and OUT against its meta file, all before the models load.
 
     Args:
         adapter_dir: the adapter's bundle folder (its config and projector weights identify it in OUT.meta.json).
         label: how OUT.meta.json names the adapter (default: the folder's absolute path).
+        config: the bundle's v2t_config, when the caller has validated it already.
     """
     from .adapter import validate_bundle
     from .config import GenerationConfig
 
     adapter_dir = Path(adapter_dir)
-    config = validate_bundle(adapter_dir)
+    config = config or validate_bundle(adapter_dir)
     source = Source(job.source, int(config["encoder"]["dim"]), job.on_nan)
-    options = GenerationConfig().updated(**(config.get("generation") or {})).updated(**job.options)
+    options = GenerationConfig.of_bundle(config, **job.options)
     if options.num_return_sequences > 1:
         raise V2TError("invert writes one text per row: leave --num-return-sequences at 1")
     weights = hashlib.sha256((adapter_dir / "projector.safetensors").read_bytes()).hexdigest()[:16]
