@@ -143,3 +143,23 @@ def first_token_vocab(v2t, vectors) -> tuple[int, str]:
 
 def only_made_of(text: str, piece: str) -> bool:
     return text.replace(piece, "").strip() == ""
+
+
+def refuse_calls(monkeypatch, target: str, what: str) -> None:
+    """Make ``target`` (a dotted path) fail the test if called: ``what`` must not happen before the check."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} before the input was checked")
+
+    monkeypatch.setattr(target, refuse)
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Fail the test if the CLI starts loading the models: it must check its input first."""
+    refuse_calls(monkeypatch, "lora_v2t.adapter.load_adapter", "the models were loaded")
+
+
+@pytest.fixture()
+def no_base_load(monkeypatch):
+    """Fail the test if the base model starts loading: the bundle check must come first."""
+    refuse_calls(monkeypatch, "lora_v2t.backbone.load_backbone", "the base model was loaded")

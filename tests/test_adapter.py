@@ -390,15 +390,6 @@ def rewrite_tensor(file, change):
     save_file(tensors, str(file), metadata={"format": "pt"})
 
 
-@pytest.fixture()
-def no_base_load(monkeypatch):
-    """Fail the test if the base model starts loading: the check must come first."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the base model was loaded before the bundle was checked")
-
-    monkeypatch.setattr("lora_v2t.backbone.load_backbone", refuse)
-
-
 @pytest.mark.parametrize("file,pick,value", [
     ("projector.safetensors", lambda keys: keys[0], float("nan")),
     ("adapter_model.safetensors", lambda keys: [k for k in keys if "lora_B" in k][-1], float("inf")),

@@ -82,15 +82,6 @@ def test_help_lists_every_option(capsys):
         assert option in out
 
 
-@pytest.fixture()
-def no_model_load(monkeypatch):
-    """Fail the test if the models start loading: the CLI must check its input first."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the models were loaded before the input was checked")
-
-    monkeypatch.setattr("lora_v2t.adapter.load_adapter", refuse)
-
-
 @pytest.mark.parametrize("make_args,message", [
     (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "empty.npy")],
      "empty.npy is empty (0 bytes): save the vectors with numpy.save(path, array)"),

@@ -161,15 +161,6 @@ def test_evaluate_from_vectors_of_the_wrong_dimension(v2t, tmp_path, capsys):
     assert "3 vectors but" in capsys.readouterr().err
 
 
-@pytest.fixture()
-def no_model_load(monkeypatch):
-    """Fail the test if the models start loading: the CLI must check its input first."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the models were loaded before the input was checked")
-
-    monkeypatch.setattr("lora_v2t.adapter.load_adapter", refuse)
-
-
 def test_two_adapters_named_final_get_their_own_reports_that_say_which_adapter(tiny_backbone_dir, tiny_encoder,
                                                                                 tmp_path, capsys, monkeypatch):
     from .conftest import make_v2t

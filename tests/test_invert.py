@@ -125,11 +125,8 @@ def test_a_full_disk_leaves_only_complete_rows(v2t, bundle, vectors_file, tmp_pa
     (lambda t, v: np.save(t / "x.npy", v.astype(np.complex64)), "holds complex numbers"),
 ])
 def test_bad_vector_files_are_refused_before_the_models_load(make, message, bundle, v2t, tmp_path, capsys,
-                                                             monkeypatch):
-    import lora_v2t.adapter as adapter_module
-
+                                                             no_model_load):
     make(tmp_path, v2t.encode(SENTENCES))
-    monkeypatch.setattr(adapter_module, "load_adapter", lambda *a, **k: pytest.fail("loaded the models"))
     code = main(["invert", "--adapter", str(bundle), "--vectors", str(tmp_path / "x.npy"), "--out",
                  str(tmp_path / "o.jsonl"), "--no-progress"])
     err = capsys.readouterr().err.strip()
