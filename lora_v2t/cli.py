@@ -374,6 +374,9 @@ def cmd_invert(args) -> int:
                     batch_size=args.batch_size, options=options)
     _check_decoding(args, config, options)
     prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision), config)
+    if prepared.start >= len(prepared.source):  # nothing left: no need to load the models
+        print(f"{args.out} is complete: it holds all {len(prepared.source)} rows")
+        return 0
     v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
                        quantization=args.quantization, device=args.device)
     counts = run_job(v2t, job, prepared, show_progress=not args.no_progress)

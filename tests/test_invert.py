@@ -9,7 +9,7 @@ from lora_v2t import V2TError
 from lora_v2t.cli import main
 from lora_v2t.invert import InvertJob, format_rows, invert_file, prepare_job
 
-from .conftest import SENTENCES
+from .conftest import SENTENCES, refuse_calls
 
 
 @pytest.fixture()
@@ -151,3 +151,17 @@ def test_cli_inverts_a_text_file_and_refuses_a_wrong_output_name(bundle, v2t, tm
 def test_tsv_rows_escape_tabs_and_newlines():
     assert format_rows(".tsv", [7], ["a\tb\nc\\d"], [0.51234]) == "7\ta\\tb\\nc\\\\d\t0.5123\n"
     assert json.loads(format_rows(".jsonl", [7], ["ё"], None)) == {"index": 7, "text": "ё"}
+
+
+def test_a_complete_output_is_left_as_it_is_without_loading_the_models(bundle, v2t, tmp_path, capsys, monkeypatch):
+    texts = tmp_path / "s.txt"
+    texts.write_text("\n".join(SENTENCES[:2]) + "\n", encoding="utf-8")
+    args = ["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / "o.jsonl"),
+            "--max-new-tokens", "4", "--no-progress"]
+    assert main(args) == 0
+    before = (tmp_path / "o.jsonl").read_bytes()
+    capsys.readouterr()
+    refuse_calls(monkeypatch, "lora_v2t.adapter.load_adapter", "the models were loaded")
+    assert main(args) == 0
+    assert "is complete: it holds all 2 rows" in capsys.readouterr().out
+    assert (tmp_path / "o.jsonl").read_bytes() == before
