@@ -7,7 +7,6 @@
 
 __version__ = "0.1.0"
 
-from .adapter import load_adapter  # noqa: E402
 from .config import (  # noqa: E402
     BackboneConfig,
     EncoderConfig,
@@ -18,6 +17,7 @@ from .config import (  # noqa: E402
 from .encoders import Encoder, load_encoder  # noqa: E402
 from .errors import V2TError  # noqa: E402
 from .generate import Reranked  # noqa: E402
+from .loading import load_adapter  # noqa: E402
 from .model import Vector2Text  # noqa: E402
 
 __all__ = [

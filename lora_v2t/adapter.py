@@ -1,4 +1,5 @@
-"""Adapter bundles: save, validate, load, and load onto an already loaded base.
+"""Adapter bundles: save, validate, and load onto an already loaded base (:mod:`lora_v2t.loading` loads one
+with its base).
 
 A bundle is a folder:
 
@@ -24,17 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
+from .cards import bundle_card
 from .config import PRECISION_KEYS, ProjectorConfig
 from .errors import V2TError, first_line
+from .hub import backbone_hub_id, peft_base_name, resolve_adapter
+from .layout import BUNDLE_FILES, FORMAT_VERSION, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: optional output vocabulary, generation.restrict_vocab, lora.layers
-BUNDLE_FILES = ("adapter_config.json", "adapter_model.safetensors", "projector.safetensors", "v2t_config.json",
-                "README.md")
-# a fully fine-tuned model (training.trainable=full, a baseline) is saved whole: no LoRA, a backbone/ folder
-FULL_MODEL_FILES = ("backbone", "projector.safetensors", "v2t_config.json", "README.md")
-OUTPUT_VOCAB_FILE = "output_vocab.safetensors"  # optional, see Vector2Text.output_vocab
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 SAFETENSORS_MAX_HEADER = 100 * 2**20  # safetensors refuses JSON headers above 100 MB
 PICKLE_PROTOCOLS = range(2, 6)  # a binary pickle starts with 0x80 and its protocol byte (torch.save's legacy format)
@@ -76,8 +74,6 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
                                              encoding="utf-8")
         if v2t.is_peft:  # name the base by its hub id, never by a local path (peft writes where it was loaded from)
             _set_peft_base(tmp / "adapter_config.json", config["backbone"]["name"])
-        from .hub import bundle_card
-
         bundle_card(config).save(tmp / "README.md")  # a huggingface_hub ModelCard: metadata header, then the text
         expected = (BUNDLE_FILES if v2t.is_peft else FULL_MODEL_FILES) + (OUTPUT_VOCAB_FILE,)
         for item in tmp.iterdir():
@@ -122,8 +118,6 @@ def _save_lora(peft_model, name: str, folder: Path) -> None:
 def _set_peft_base(file: Path, backbone_name: str) -> None:
     """Make peft's adapter_config.json name the base by its hub id (or its folder's name): peft records the path
     the base was loaded from, which means nothing on another machine (``AutoPeftModelForCausalLM`` reads it)."""
-    from .hub import peft_base_name
-
     config = json.loads(file.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = peft_base_name(backbone_name)
     file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
@@ -131,8 +125,6 @@ def _set_peft_base(file: Path, backbone_name: str) -> None:
 
 def bundle_config(v2t) -> dict:
     """The content of ``v2t_config.json`` for the active adapter."""
-    from .hub import backbone_hub_id
-
     meta = v2t.meta
     backbone = {k: v2t.backbone_info[k] for k in ("name", "model_type", "hidden_size", "vocab_size")}
     backbone["hub_id"] = backbone_hub_id(backbone["name"])  # None for a local folder; see adapter_config.json
@@ -150,57 +142,6 @@ def bundle_config(v2t) -> dict:
         "output_vocab_size": None if v2t.output_vocab is None else int(v2t.output_vocab.numel()),
         "training": dict(meta["training"]),
     }
-
-
-def model_card(config: dict, source: str = "path/to/this/folder", revision: str | None = None) -> str:
-    """A short README for the bundle: what it is, how it was trained, its metrics, how to load it (from ``source``,
-    a folder or hub id, at ``revision``). :func:`lora_v2t.hub.bundle_card` adds the hub's metadata header."""
-    at = f', revision="{revision}"' if revision else ""
-    hub_id = config["backbone"].get("hub_id")
-    hub_note = f" (from `{hub_id}` on the hub)" if hub_id and hub_id != config["backbone"]["name"] else ""
-    enc, bb, proj, lora, train = (config[k] for k in ("encoder", "backbone", "projector", "lora", "training"))
-    lines = [
-        "# lora_v2t adapter",
-        "",
-        f"Turns `{enc['spec']}` sentence vectors ({enc['dim']}-d) back into text with the frozen base model "
-        f"`{bb['name']}`{hub_note} ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']}).",
-        "",
-        f"- projector: `{proj['kind']}`, {proj['prefix_length']} prefix slot(s)",
-        f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}"
-        f"{' of blocks ' + ', '.join(map(str, lora['layers'])) if lora.get('layers') else ''}" if lora else
-        "- no LoRA: the whole backbone was fine-tuned and is saved in `backbone/` (a baseline, not an adapter)",
-        f"- output vocabulary: the {config['output_vocab_size']} tokens of its training corpus (generation keeps "
-        "to them)" if config.get("output_vocab_size") else "- output vocabulary: the whole tokenizer",
-        f"- trained on a `{bb.get('quantization', 'unrecorded')}` base computing in "
-        f"`{bb.get('compute_dtype', 'unrecorded')}` (`load_adapter` loads it the same way unless told otherwise)",
-        f"- bundle format {config['format_version']}, written by lora_v2t {config['lora_v2t_version']}",
-        "",
-        "## Training",
-        "",
-    ]
-    summary = {k: v for k, v in train.items() if k not in ("metrics", "samples")}
-    lines += [f"- {k}: {v}" for k, v in summary.items()] or ["- untrained (fresh adapter)"]
-    if train.get("metrics"):
-        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in train["metrics"].items()]
-    if train.get("samples"):
-        lines += ["", "## Greedy reconstructions", "", "| original | generated |", "|---|---|"]
-        lines += [f"| {s['text']} | {s['generated']} |" for s in train["samples"]]
-    lines += [
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from lora_v2t import load_adapter",
-        f'v2t = load_adapter("{source}"{at})',
-        'print(v2t.invert(["Где лодка?"]))',
-        "```",
-        "",
-        f"or `lora-v2t generate --adapter {source}{' --revision ' + revision if revision else ''} "
-        "--text \"Где лодка?\"`.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- validation
@@ -331,7 +272,7 @@ def _check_finite(file: Path) -> None:
 def _check_lora_shapes(file: Path, peft_config: dict) -> None:
     """Raise naming a LoRA tensor that cannot be a rank-r update: ``lora_A`` is (r, in_features) and ``lora_B``
     (out_features, r), with r from adapter_config.json. The sizes that depend on the base are checked when the
-    base is there (see :func:`_lora_load_errors`)."""
+    base is there (see :func:`lora_load_errors`)."""
     from safetensors import safe_open
 
     rank = peft_config.get("r")
@@ -350,7 +291,7 @@ def _check_lora_shapes(file: Path, peft_config: dict) -> None:
 
 
 @contextmanager
-def _lora_load_errors(path: Path, name: str):
+def lora_load_errors(path: Path, name: str):
     """Turn peft's "size mismatch" (a LoRA tensor that does not fit the base's layer) into one line naming it."""
     try:
         yield
@@ -419,88 +360,10 @@ def check_encoder(config: dict, encoder, path: Path) -> None:
                        f"encoder {encoder.spec!r} makes {encoder.dim}-d vectors: use the adapter's encoder")
 
 
-# ---------------------------------------------------------------------- loading
-def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: str = "auto",
-                 device: str | None = None, name: str = "default", trainable: bool = False,
-                 revision: str | None = None):
-    """Load a bundle on its base model: ``load_adapter("checkpoints/.../final")`` or ``load_adapter("org/name")``.
-
-    Args:
-        path: the bundle folder, or a hub id ``org/name`` (a folder of that spelling wins; see
-            :func:`lora_v2t.hub.resolve_adapter`).
-        backbone: load on this base instead of the one named in the bundle (same hidden and vocab size).
-        encoder: an encoder spec or object to use instead of the bundle's (same dimension).
-        quantization: ``auto`` (as the bundle was trained, see :func:`load_precision`) | ``8bit`` | ``4bit`` |
-            ``none``.
-        device: where to run; None picks CUDA when available.
-        name: the adapter's name in the registry.
-        trainable: load the LoRA and projector weights as trainable (to resume training).
-        revision: for a hub id, a branch, tag or commit (default: main).
-
-    Returns:
-        a :class:`lora_v2t.Vector2Text` with this adapter active.
-    """
-    from peft import PeftModel
-
-    from .backbone import compute_dtype, load_backbone, pick_device
-    from .encoders import load_encoder
-    from .hub import resolve_adapter
-    from .model import Vector2Text
-
-    path = resolve_adapter(path, revision)
-    config = validate_bundle(path)
-    enc = load_encoder(encoder) if encoder is not None else None
-    if enc is not None:
-        check_encoder(config, enc, path)
-    full = config.get("trainable") == "full"
-    backbone_name = str(path / "backbone") if full else backbone or config["backbone"]["name"]
-    quantization, trained_dtype = load_precision(config, quantization, path)
-    dtype = compute_dtype(pick_device(device), trained_dtype)
-    base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device, dtype=dtype)
-    info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
-            "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
-    check_compatible(config, info, path)
-    if full:
-        for param in base.parameters():
-            param.requires_grad_(trainable)
-        v2t = Vector2Text(base, tokenizer, config["backbone"]["name"])
-    else:
-        with _lora_load_errors(path, name):
-            peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable)
-        v2t = Vector2Text(peft_model, tokenizer, backbone_name)
-    _attach(v2t, path, name, config)
-    if enc is not None:
-        v2t._encoders[config["encoder"]["spec"]] = enc
-    v2t.eval()
-    return v2t
-
-
-def load_precision(config: dict, quantization: str, path: Path) -> tuple[str, str | None]:
-    """The quantization to load a bundle with, and the compute dtype it was trained in (None if unrecorded).
-
-    ``auto`` means as the bundle was trained (an fp32-trained adapter is not put on an int8 base because a GPU
-    is there); another choice is honoured, with a warning when it differs from training. Bundles that do not
-    record their precision (written before lora_v2t did) keep ``auto``: 8-bit on CUDA, none on the CPU.
-    """
-    trained = config["backbone"].get("quantization")
-    trained_dtype = config["backbone"].get("compute_dtype")
-    if trained is None:
-        return quantization, None
-    if quantization == "auto":
-        logger.info("loading adapter %s as it was trained: quantization %s, compute dtype %s", path, trained,
-                    trained_dtype)
-        return trained, trained_dtype
-    if quantization != trained:
-        logger.warning("adapter %s was trained with quantization %s; loading it with %s as asked: its outputs "
-                       "may differ from those it was measured with", path, trained, quantization)
-    return quantization, trained_dtype
-
-
+# ---------------------------------------------------------------------- loading onto a loaded base
 def load_into(v2t, path: str | Path, name: str, revision: str | None = None) -> None:
     """Load a bundle (a folder or hub id) as adapter ``name`` onto the base ``v2t`` already holds; the active
     adapter stays."""
-    from .hub import resolve_adapter
-
     if name in v2t.adapters:
         raise V2TError(f"an adapter named {name!r} is already loaded: pick another name or delete it first")
     path = resolve_adapter(path, revision)
@@ -514,9 +377,9 @@ def load_into(v2t, path: str | Path, name: str, revision: str | None = None) -> 
         logger.warning("adapter %s was trained with quantization %s; the loaded base uses %s: its outputs may "
                        "differ from those it was measured with", path, trained, v2t.backbone_info["quantization"])
     try:
-        with _lora_load_errors(path, name):
+        with lora_load_errors(path, name):
             v2t.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        _attach(v2t, path, name, config)
+        attach(v2t, path, name, config)
     except BaseException:  # leave no half-loaded adapter behind
         if name in v2t.model.peft_config:
             v2t.model.delete_adapter(name)
@@ -526,9 +389,9 @@ def load_into(v2t, path: str | Path, name: str, revision: str | None = None) -> 
         raise
 
 
-def _attach(v2t, path: Path, name: str, config: dict) -> None:
+def attach(v2t, path: Path, name: str, config: dict) -> None:
     """Create adapter ``name``'s projector from the bundle and record its metadata (a failure may leave parts
-    registered: :func:`load_into` removes them, :func:`load_adapter` discards the whole model)."""
+    registered: :func:`load_into` removes them, :func:`lora_v2t.loading.load_adapter` discards the whole model)."""
     from safetensors.torch import load_file
 
     proj = config["projector"]

@@ -231,10 +231,11 @@ def _check_decoding(args, config: dict, options: dict) -> None:
 
 
 def cmd_generate(args) -> int:
-    from .adapter import load_adapter, validate_bundle
+    from .adapter import validate_bundle
     from .encoders import check_texts
     from .hub import resolve_adapter
-    from .model import to_vectors
+    from .loading import load_adapter
+    from .vectors import to_vectors
 
     args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
@@ -303,7 +304,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .adapter import load_adapter, validate_bundle
+    from .adapter import validate_bundle
     from .evaluate import (
         check_evaluation_options,
         check_report_dir,
@@ -313,7 +314,8 @@ def cmd_evaluate(args) -> int:
         read_eval_file,
     )
     from .hub import resolve_adapter
-    from .model import to_vectors
+    from .loading import load_adapter
+    from .vectors import to_vectors
 
     source = args.adapter  # as given: a folder or a hub id (not the cache's commit folder)
     args.adapter = resolve_adapter(args.adapter, args.revision)
@@ -359,9 +361,10 @@ def _adapter_label(source, resolved: Path, revision: str | None) -> str:
 
 
 def cmd_invert(args) -> int:
-    from .adapter import load_adapter, validate_bundle
+    from .adapter import validate_bundle
     from .hub import resolve_adapter
     from .invert import InvertJob, prepare_job, run_job
+    from .loading import load_adapter
 
     if args.rerank:
         raise V2TError("invert writes the greedy (or sampled, or best-beam) text of each row: drop --rerank, or "
@@ -434,7 +437,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from .hub import push_folder
+    from .push import push_folder
 
     url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision,
                       commit_message=args.commit_message)

@@ -103,7 +103,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 def show_shipped(shipped: Path | None, held_out: list[str]):
     """Part 1: the shipped adapter on sentences it never saw, with cosines; returns it loaded (or None)."""
-    from .adapter import load_adapter
+    from .loading import load_adapter
 
     if shipped is None:
         print("(No shipped adapter in this installation: part 1 is skipped.)\n")

@@ -330,7 +330,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         adapter: the adapter's folder or hub id, recorded in the summary with its configuration.
         overwrite: replace a report already in ``out_dir``.
     """
-    from .model import to_vectors
+    from .vectors import to_vectors
 
     check_evaluation_options(rerank, resamples)
     n = len(data.references)

@@ -8,7 +8,6 @@ and reranking: re-embed the candidates with the adapter's encoder and keep the o
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -16,66 +15,8 @@ import torch
 from torch import nn
 
 from .errors import V2TError
-from .model import to_vectors
-
-
-class AllowedTokens:
-    """A transformers logits processor that keeps only the given token ids (the others get -inf)."""
-
-    def __init__(self, token_ids: torch.Tensor):
-        self.token_ids = token_ids
-        self.blocked: torch.Tensor | None = None  # (V,) built on the first call, at the logits' size and device
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.blocked is None or self.blocked.shape[0] != scores.shape[-1] or self.blocked.device != scores.device:
-            self.blocked = torch.ones(scores.shape[-1], dtype=torch.bool, device=scores.device)
-            self.blocked[self.token_ids.to(scores.device)] = False
-        return scores.masked_fill(self.blocked, float("-inf"))
-
-
-class SubsetHead(nn.Module):
-    """The backbone's output layer computed only for ``token_ids``; every other logit gets the dtype's lowest
-    value. On Gemma's 262k-token vocabulary this removes most of a decoding step's work on a CPU."""
-
-    def __init__(self, head: nn.Linear, token_ids: torch.Tensor):
-        super().__init__()
-        self.original = head  # put back after decoding
-        self.vocab_size = head.weight.shape[0]
-        ids = token_ids.to(head.weight.device)
-        self.token_ids = ids
-        self.weight = head.weight.detach()[ids]  # (V', h)
-        self.bias = None if head.bias is None else head.bias.detach()[ids]
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = nn.functional.linear(hidden_states.to(self.weight.dtype), self.weight, self.bias)  # (..., V')
-        full = logits.new_full((*logits.shape[:-1], self.vocab_size), torch.finfo(logits.dtype).min)
-        return full.index_copy_(-1, self.token_ids, logits)  # (..., V)
-
-
-@contextmanager
-def decoding_vocab(v2t, restrict_vocab: bool):
-    """While decoding, keep to the active adapter's output vocabulary, if it has one and ``restrict_vocab``.
-
-    Yields the logits processors to pass to ``generate``: a mask, which alone decides what may come out.
-    Meanwhile, when the output layer is a plain floating-point ``nn.Linear`` (not quantised, not LoRA-adapted),
-    it is swapped for a :class:`SubsetHead` that computes only the allowed tokens' logits, for speed.
-    """
-    if not restrict_vocab or v2t.output_vocab is None:
-        yield []
-        return
-    base = v2t.base_model
-    head = base.get_output_embeddings()
-    head = getattr(head, "original", head)  # another decoding's SubsetHead: start from the real layer
-    vocab = v2t.output_vocab
-    processors = [AllowedTokens(vocab)]
-    if type(head) is not nn.Linear or not head.weight.is_floating_point():
-        yield processors
-        return
-    base.set_output_embeddings(SubsetHead(head, vocab))
-    try:
-        yield processors
-    finally:
-        base.set_output_embeddings(head)
+from .vectors import cosine_rows, to_vectors
+from .vocab import decoding_vocab
 
 
 class Reranked(NamedTuple):
@@ -181,16 +122,6 @@ def reembed_cosines(v2t, texts: list[str], targets: np.ndarray, empty: float) ->
     if keep:
         cosines[keep] = cosine_rows(v2t.encode([texts[i] for i in keep]), targets[keep])
     return cosines
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two (N, d) arrays."""
-    a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
-    if a.shape != b.shape:
-        raise V2TError(f"cannot compare vectors of shapes {a.shape} and {b.shape}")
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(denom, 1e-12)
 
 
 @torch.no_grad()

@@ -15,11 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adapter import load_into, save_adapter
 from .backbone import load_backbone
 from .config import PRECISION_KEYS, GenerationConfig, LoRAConfig, ProjectorConfig, RunConfig
-from .encoders import Encoder, load_encoder
+from .encoders import Encoder, check_texts, load_encoder
 from .errors import V2TError
+from .generate import generate
+from .loss import subset_loss
 from .projector import PrefixProjector, embedding_rms
+from .push import push_adapter
+from .vectors import to_vectors
+from .vocab import check_output_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -46,37 +52,6 @@ def default_target_modules(model_type: str) -> list[str]:
         return list(PEFT_DEFAULTS[model_type])
     raise V2TError(f"no default LoRA target modules for model type {model_type!r}: "
                    "pass target_modules=[...] (names of the attention projection layers)")
-
-
-def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
-    """Validate sentence vectors and return a float32 (N, d) CPU tensor."""
-    if isinstance(vectors, torch.Tensor):
-        if vectors.is_complex():
-            raise V2TError(f"vectors are complex ({vectors.dtype}); sentence vectors are real: pass a real array")
-        tensor = vectors.detach().to("cpu", torch.float32)
-    else:
-        if np.iscomplexobj(vectors):  # converting would silently drop the imaginary part
-            raise V2TError(f"vectors are complex ({np.asarray(vectors).dtype}); sentence vectors are real: "
-                           "pass a real array")
-        try:
-            array = np.asarray(vectors, dtype=np.float32)
-            tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
-        except (TypeError, ValueError) as exc:
-            raise V2TError(f"vectors must be a numeric (N, {embedding_dim}) array: {exc}") from exc
-    if tensor.ndim == 1:
-        tensor = tensor.unsqueeze(0)
-    if tensor.ndim != 2:
-        raise V2TError(f"vectors must have shape (N, {embedding_dim}), got {tuple(tensor.shape)}")
-    if tensor.shape[0] == 0:
-        raise V2TError("empty batch: pass at least one vector")
-    if tensor.shape[1] != embedding_dim:
-        raise V2TError(f"vectors have dimension {tensor.shape[1]} but the adapter's encoder makes "
-                       f"{embedding_dim}-d vectors: encode with the encoder named in the adapter")
-    bad = ~torch.isfinite(tensor).all(dim=1)
-    if bad.any():
-        rows = bad.nonzero().flatten().tolist()
-        raise V2TError(f"vector(s) {rows[:10]} contain NaN or inf: fix or drop those rows")
-    return tensor
 
 
 class Vector2Text(nn.Module):
@@ -248,17 +223,8 @@ class Vector2Text(nn.Module):
         if token_ids is None:
             self.output_vocabs.pop(name, None)
             return
-        array = np.asarray(token_ids.cpu() if isinstance(token_ids, torch.Tensor) else token_ids)
-        if array.ndim != 1 or array.size == 0 or (array.dtype.kind not in "iu"):
-            raise V2TError(f"an output vocabulary is a non-empty 1-D list of integer token ids; got shape "
-                           f"{array.shape} of {array.dtype}; pass None to allow every token")
-        ids = torch.from_numpy(array.astype(np.int64))
-        size = self.backbone_info["vocab_size"]
-        if int(ids.min()) < 0 or int(ids.max()) >= size:
-            raise V2TError(f"output vocabulary ids must lie in [0, {size}) for this backbone; got "
-                           f"[{int(ids.min())}, {int(ids.max())}]: it was made for another tokenizer")
-        eos = torch.tensor([self.tokenizer.eos_token_id])
-        self.output_vocabs[name] = torch.unique(torch.cat([ids, eos]))  # sorted, unique
+        self.output_vocabs[name] = check_output_vocab(token_ids, self.backbone_info["vocab_size"],
+                                                      self.tokenizer.eos_token_id)
 
     @property
     def embedding_dim(self) -> int:
@@ -300,8 +266,6 @@ class Vector2Text(nn.Module):
     # ------------------------------------------------------------------ training inputs
     def tokenize(self, texts: list[str], max_length: int = 64) -> dict[str, torch.Tensor]:
         """Token ids of the texts + EOS, truncated to ``max_length`` tokens, right-padded."""
-        from .encoders import check_texts
-
         texts = check_texts(texts)
         eos = self.tokenizer.eos_token_id
         rows = [ids[: max_length - 1] + [eos]
@@ -348,26 +312,7 @@ class Vector2Text(nn.Module):
         inputs = self.build_inputs(vectors, input_ids, attention_mask)
         if loss_vocab is None:
             return self.model(**inputs)
-        return _Output(loss=self.subset_loss(inputs, loss_vocab.to(self.device)))
-
-    def subset_loss(self, inputs: dict, vocab: torch.Tensor) -> torch.Tensor:
-        """Next-token cross-entropy with the softmax restricted to ``vocab`` (see :meth:`forward`)."""
-        base = self.base_model
-        body = getattr(base, base.base_model_prefix)  # the decoder stack, LoRA layers included
-        hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"])[0]
-        labels = inputs["labels"][:, 1:]  # position t predicts token t+1
-        keep = labels != -100
-        states = hidden[:, :-1][keep]  # (N, h): only the positions that have a label
-        head = base.get_output_embeddings()
-        logits = nn.functional.linear(states, head.weight[vocab],
-                                      None if head.bias is None else head.bias[vocab]).float()  # (N, V')
-        cap = getattr(base.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        targets = torch.searchsorted(vocab, labels[keep])
-        if not torch.equal(vocab[targets.clamp(max=len(vocab) - 1)], labels[keep]):
-            raise V2TError("a label is missing from loss_vocab: build it from every training sentence")
-        return nn.functional.cross_entropy(logits, targets)
+        return _Output(loss=subset_loss(self.base_model, inputs, loss_vocab.to(self.device)))
 
     def loss(self, vectors, texts: list[str], max_length: int = 64) -> torch.Tensor:
         """Mean next-token cross-entropy of ``texts`` given their vectors."""
@@ -384,8 +329,6 @@ class Vector2Text(nn.Module):
 
     def generate(self, vectors, **options):
         """Decode vectors into text; see :func:`lora_v2t.generate.generate` for the options."""
-        from .generate import generate
-
         return generate(self, vectors, **options)
 
     def invert(self, texts: list[str], **options):
@@ -396,8 +339,6 @@ class Vector2Text(nn.Module):
     def load_adapter(self, path: str | Path, name: str, revision: str | None = None) -> None:
         """Load another adapter bundle (a folder, or a hub id ``org/name`` at ``revision``) onto this same base
         (the base is not reloaded)."""
-        from .adapter import load_into
-
         load_into(self, path, name, revision=revision)
 
     def set_adapter(self, name: str) -> None:
@@ -419,17 +360,13 @@ class Vector2Text(nn.Module):
 
     def save_adapter(self, path: str | Path, training: dict | None = None) -> Path:
         """Save the active adapter as a bundle folder (atomically); ``training`` updates its summary."""
-        from .adapter import save_adapter
-
         return save_adapter(self, path, training=training)
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, revision: str | None = None,
                     commit_message: str | None = None, token: str | None = None) -> str:
         """Upload the active adapter as a bundle, with its model card, to the hub repository ``repo_id``
         (``org/name``, created if missing; ``revision``: the branch); returns the commit's URL. See
-        :func:`lora_v2t.hub.push_folder`."""
-        from .hub import push_adapter
-
+        :func:`lora_v2t.push.push_folder`."""
         return push_adapter(self, repo_id, private=private, revision=revision, commit_message=commit_message,
                             token=token)
 

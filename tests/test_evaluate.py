@@ -16,7 +16,7 @@ from lora_v2t.evaluate import (
     score_outputs,
     token_f1,
 )
-from lora_v2t.generate import cosine_rows
+from lora_v2t.vectors import cosine_rows
 
 from .conftest import first_token_vocab, only_made_of
 

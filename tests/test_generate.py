@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from lora_v2t import Reranked, V2TError
-from lora_v2t.generate import SubsetHead, cosine_rows, generate_naive
+from lora_v2t.generate import generate_naive
+from lora_v2t.vectors import cosine_rows
+from lora_v2t.vocab import SubsetHead
 
 from .conftest import first_token_vocab, only_made_of
 

@@ -161,7 +161,7 @@ def test_a_complete_output_is_left_as_it_is_without_loading_the_models(bundle, v
     assert main(args) == 0
     before = (tmp_path / "o.jsonl").read_bytes()
     capsys.readouterr()
-    refuse_calls(monkeypatch, "lora_v2t.adapter.load_adapter", "the models were loaded")
+    refuse_calls(monkeypatch, "lora_v2t.loading.load_adapter", "the models were loaded")
     assert main(args) == 0
     assert "is complete: it holds all 2 rows" in capsys.readouterr().out
     assert (tmp_path / "o.jsonl").read_bytes() == before

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from lora_v2t import load_adapter
-from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, load_precision, validate_bundle
+from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, validate_bundle
+from lora_v2t.loading import load_precision
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru"
 

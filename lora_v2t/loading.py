@@ -1,0 +1,85 @@
+"""``load_adapter``: a bundle (a folder or a hub id) on its base model, as a :class:`lora_v2t.Vector2Text`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from peft import PeftModel
+
+from .adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
+from .backbone import compute_dtype, load_backbone, pick_device
+from .encoders import load_encoder
+from .hub import resolve_adapter
+from .model import Vector2Text
+
+logger = logging.getLogger(__name__)
+
+
+def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: str = "auto",
+                 device: str | None = None, name: str = "default", trainable: bool = False,
+                 revision: str | None = None):
+    """Load a bundle on its base model: ``load_adapter("checkpoints/.../final")`` or ``load_adapter("org/name")``.
+
+    Args:
+        path: the bundle folder, or a hub id ``org/name`` (a folder of that spelling wins; see
+            :func:`lora_v2t.hub.resolve_adapter`).
+        backbone: load on this base instead of the one named in the bundle (same hidden and vocab size).
+        encoder: an encoder spec or object to use instead of the bundle's (same dimension).
+        quantization: ``auto`` (as the bundle was trained, see :func:`load_precision`) | ``8bit`` | ``4bit`` |
+            ``none``.
+        device: where to run; None picks CUDA when available.
+        name: the adapter's name in the registry.
+        trainable: load the LoRA and projector weights as trainable (to resume training).
+        revision: for a hub id, a branch, tag or commit (default: main).
+
+    Returns:
+        a :class:`lora_v2t.Vector2Text` with this adapter active.
+    """
+    path = resolve_adapter(path, revision)
+    config = validate_bundle(path)
+    enc = load_encoder(encoder) if encoder is not None else None
+    if enc is not None:
+        check_encoder(config, enc, path)
+    full = config.get("trainable") == "full"
+    backbone_name = str(path / "backbone") if full else backbone or config["backbone"]["name"]
+    quantization, trained_dtype = load_precision(config, quantization, path)
+    dtype = compute_dtype(pick_device(device), trained_dtype)
+    base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device, dtype=dtype)
+    info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
+            "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
+    check_compatible(config, info, path)
+    if full:
+        for param in base.parameters():
+            param.requires_grad_(trainable)
+        v2t = Vector2Text(base, tokenizer, config["backbone"]["name"])
+    else:
+        with lora_load_errors(path, name):
+            peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable)
+        v2t = Vector2Text(peft_model, tokenizer, backbone_name)
+    attach(v2t, path, name, config)
+    if enc is not None:
+        v2t.set_encoder(enc)
+    v2t.eval()
+    return v2t
+
+
+def load_precision(config: dict, quantization: str, path: Path) -> tuple[str, str | None]:
+    """The quantization to load a bundle with, and the compute dtype it was trained in (None if unrecorded).
+
+    ``auto`` means as the bundle was trained (an fp32-trained adapter is not put on an int8 base because a GPU
+    is there); another choice is honoured, with a warning when it differs from training. Bundles that do not
+    record their precision (written before lora_v2t did) keep ``auto``: 8-bit on CUDA, none on the CPU.
+    """
+    trained = config["backbone"].get("quantization")
+    trained_dtype = config["backbone"].get("compute_dtype")
+    if trained is None:
+        return quantization, None
+    if quantization == "auto":
+        logger.info("loading adapter %s as it was trained: quantization %s, compute dtype %s", path, trained,
+                    trained_dtype)
+        return trained, trained_dtype
+    if quantization != trained:
+        logger.warning("adapter %s was trained with quantization %s; loading it with %s as asked: its outputs "
+                       "may differ from those it was measured with", path, trained, quantization)
+    return quantization, trained_dtype
