@@ -26,10 +26,11 @@ from pathlib import Path
 
 from . import __version__
 from .cards import bundle_card
-from .config import PRECISION_KEYS, ProjectorConfig
+from .config import PRECISION_KEYS, ROLES, ProjectorConfig
 from .errors import V2TError, first_line
 from .hub import backbone_hub_id, peft_base_name, resolve_adapter
-from .layout import BUNDLE_FILES, FORMAT_VERSION, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
+from .layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSION, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
+from .projector import projector_input_dim
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +131,9 @@ def bundle_config(v2t) -> dict:
     backbone["hub_id"] = backbone_hub_id(backbone["name"])  # None for a local folder; see adapter_config.json
     # the precision the adapter was trained in, kept from its bundle; the loaded base's when it never said
     backbone |= meta.get("precision") or {k: v2t.backbone_info[k] for k in PRECISION_KEYS}
+    role = meta.get("role") or "hypothesizer"
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": CORRECTOR_FORMAT_VERSION if role == "corrector" else FORMAT_VERSION,
         "lora_v2t_version": __version__,
         "trainable": "lora" if v2t.is_peft else "full",
         "encoder": dict(meta["encoder"]),
@@ -141,6 +143,8 @@ def bundle_config(v2t) -> dict:
         "generation": dict(meta["generation"]),
         "output_vocab_size": None if v2t.output_vocab is None else int(v2t.output_vocab.numel()),
         "training": dict(meta["training"]),
+        "role": role,
+        "corrector": meta.get("corrector"),  # a hypothesizer's corrector: a folder relative to this one, or a hub id
     }
 
 
@@ -193,9 +197,15 @@ def _validate_bundle(path: Path) -> dict:
     version = config.get("format_version")
     if not isinstance(version, int):
         raise V2TError(f"{path / 'v2t_config.json'} has no integer format_version: it is not a lora_v2t bundle")
-    if version > FORMAT_VERSION:
+    if version > CORRECTOR_FORMAT_VERSION:
         raise V2TError(f"adapter {path} uses bundle format {version}, newer than this lora_v2t reads "
-                       f"({FORMAT_VERSION}): upgrade lora_v2t")
+                       f"({CORRECTOR_FORMAT_VERSION}): upgrade lora_v2t")
+    if config.get("role", "hypothesizer") not in ROLES:
+        raise V2TError(f"{path / 'v2t_config.json'}: role must be one of {', '.join(ROLES)}, got "
+                       f"{config.get('role')!r}: the file is corrupt")
+    if config.get("corrector") is not None and not isinstance(config["corrector"], str):
+        raise V2TError(f"{path / 'v2t_config.json'}: corrector must be a folder or hub id (a string), got "
+                       f"{config['corrector']!r}")
     for key in ("encoder", "backbone", "projector") + (() if full else ("lora",)):
         if not isinstance(config.get(key), dict):
             raise V2TError(f"{path / 'v2t_config.json'} lacks the '{key}' section: the file is corrupt")
@@ -396,7 +406,8 @@ def attach(v2t, path: Path, name: str, config: dict) -> None:
 
     proj = config["projector"]
     cfg = ProjectorConfig(kind=proj["kind"], prefix_length=proj["prefix_length"], hidden_dim=proj.get("hidden_dim"))
-    projector = v2t.add_projector(name, cfg, int(config["encoder"]["dim"]))
+    role = config.get("role") or "hypothesizer"
+    projector = v2t.add_projector(name, cfg, projector_input_dim(int(config["encoder"]["dim"]), role))
     state = load_file(str(path / "projector.safetensors"))
     try:
         projector.load_state_dict({k: v.to(projector.target_rms.device) for k, v in state.items()})
@@ -418,4 +429,7 @@ def attach(v2t, path: Path, name: str, config: dict) -> None:
         "generation": dict(config.get("generation") or {}),
         "training": dict(config.get("training") or {}),
         "precision": {k: config["backbone"][k] for k in PRECISION_KEYS if k in config["backbone"]} or None,
+        "role": config.get("role") or "hypothesizer",
+        "corrector": config.get("corrector"),
+        "source": str(path),  # where it was loaded from: a corrector it names is found beside it
     }

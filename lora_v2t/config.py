@@ -80,6 +80,9 @@ class LoRAConfig:
         check_range("lora.dropout", self.dropout, low=0, high=1, below=True)
 
 
+ROLES = ("hypothesizer", "corrector")  # see lora_v2t.correct
+
+
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = setting(
@@ -142,6 +145,9 @@ class DataConfig:
     min_chars: int = setting(2, "skip shorter lines (counted)")
     max_chars: int = setting(400, "skip longer lines (counted)")
     max_tokens: int = setting(48, "truncate target sentences to this many tokens (EOS included)")
+    hypotheses: str | None = setting(
+        None, "a corrector's training data: the `lora-v2t invert --texts` JSONL of its hypothesizer on data.train "
+        "(sentences the hypothesizer never trained on: `lora-v2t heldout`)")
     cache_dir: str | None = setting(None, "embedding cache; None = <checkpoints>/cache")
     seed: int = setting(0, "seeds the sample, the split and the batch order")
 
@@ -159,6 +165,8 @@ class DataConfig:
 @dataclass
 class TrainingConfig:
     run_name: str = setting("run", "run folder: <output_dir>/<run_name>/")
+    role: str = setting("hypothesizer", "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see "
+                        "lora_v2t.correct)")
     output_dir: str | None = setting(
         None, "folder of the run folders; None = <checkpoints>/runs (see lora-v2t train --help for <checkpoints>)")
     trainable: str = setting("lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)")
@@ -186,6 +194,7 @@ class TrainingConfig:
 
     def __post_init__(self):
         check_choice("training.trainable", self.trainable, ("lora", "full"))
+        check_choice("training.role", self.role, ROLES)
         check_choice("training.loss_vocab", self.loss_vocab, ("full", "corpus"))
         check_choice("training.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "save_every", "keep_checkpoints",
@@ -242,6 +251,8 @@ def _coerce(value, hint, where: str):
             return float(value)
         except ValueError:
             pass
+    if hint is str and isinstance(value, bool):  # YAML 1.1 reads an unquoted no / off / yes / on as a boolean
+        return "yes" if value else "no"  # the choice checks then say what the setting accepts
     if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
         raise V2TError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
     return value

@@ -7,13 +7,13 @@ and reranking: re-embed the candidates with the adapter's encoder and keep the o
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from .correct import check_role
 from .errors import V2TError
 from .vectors import cosine_rows, to_vectors
 from .vocab import decoding_vocab
@@ -27,7 +27,7 @@ class Reranked(NamedTuple):
 
 
 def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False, seed: int | None = None,
-             **options):
+             contexts: list[str] | None = None, **options):
     """Decode (N, d) vectors into text.
 
     Args:
@@ -36,6 +36,8 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
         rerank: re-embed the candidates and keep the closest one; returns :class:`Reranked` items.
         show_progress: show a progress bar over batches.
         seed: seed the RNG first (for reproducible sampling).
+        contexts: for a corrector (the active adapter), the hypothesis each row corrects; its ``vectors`` are then
+            :func:`lora_v2t.correct.condition` rows. See :mod:`lora_v2t.correct`.
         **options: any field of :class:`lora_v2t.config.GenerationConfig`: ``max_new_tokens``,
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``num_return_sequences``,
             ``repetition_penalty``, ``no_repeat_ngram_size``, ``batch_size``, ``restrict_vocab``. Unset ones
@@ -51,14 +53,18 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
 
     from .backbone import max_positions
 
+    check_role(v2t.meta, "hypothesizer" if contexts is None else "corrector", v2t.active_adapter)
     opts = v2t.generation_defaults().updated(**options)
     check_length(opts.max_new_tokens, v2t.projector.prefix_length, max_positions(v2t.base_model.config),
                  v2t.backbone_info["name"])
-    target = to_vectors(vectors, v2t.embedding_dim)
+    target = to_vectors(vectors, v2t.projector.embedding_dim)
+    if contexts is not None and (rerank or len(contexts) != target.shape[0]):
+        raise V2TError(f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and "
+                       "does not rerank")
     tok = v2t.tokenizer
     hf_kwargs = {"max_new_tokens": opts.max_new_tokens, "num_beams": opts.num_beams,
                  "num_return_sequences": opts.num_return_sequences, "do_sample": opts.do_sample,
-                 "repetition_penalty": opts.repetition_penalty, "no_repeat_ngram_size": opts.no_repeat_ngram_size,
+                 "no_repeat_ngram_size": opts.no_repeat_ngram_size,
                  "eos_token_id": tok.eos_token_id,
                  "pad_token_id": tok.pad_token_id}
     if opts.do_sample:
@@ -75,13 +81,13 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     was_training = v2t.training
     v2t.eval()
     try:
-        with torch.no_grad(), decoding_vocab(v2t, opts.restrict_vocab) as processors, warnings.catch_warnings():
-            # the prompt is the prefix alone, no tokens: penalising only generated tokens is what we want
-            warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
+        with torch.no_grad(), decoding_vocab(v2t, opts.restrict_vocab) as processors:
+            processors = processors + penalties(opts)
             for start in starts:
-                prefix = v2t.prefix(target[start:start + opts.batch_size])  # (b, k, h)
-                mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
-                out = v2t.model.generate(inputs_embeds=prefix, attention_mask=mask, generation_config=gen_config,
+                stop = start + opts.batch_size
+                prompt, mask = v2t.prompt(target[start:stop], None if contexts is None else contexts[start:stop],
+                                          opts.max_new_tokens)
+                out = v2t.model.generate(inputs_embeds=prompt, attention_mask=mask, generation_config=gen_config,
                                           logits_processor=LogitsProcessorList(processors))
                 texts += [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
     finally:
@@ -91,6 +97,18 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     if rerank:
         return rerank_candidates(v2t, target.numpy(), groups)
     return [g[0] for g in groups] if n == 1 else groups
+
+
+def penalties(opts) -> list:
+    """The repetition penalty as a logits processor that sees the generated tokens only.
+
+    Given ``repetition_penalty``, transformers' ``generate`` skips as many tokens of each row as the row has left
+    padding, which with ``inputs_embeds`` (no prompt tokens) skips *generated* tokens of the padded rows of a
+    corrector's batch; its processor built without that offset penalises exactly what each row generated.
+    """
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    return [] if opts.repetition_penalty == 1.0 else [RepetitionPenaltyLogitsProcessor(float(opts.repetition_penalty))]
 
 
 def check_length(max_new_tokens: int, prefix_length: int, positions: int | None, backbone: str) -> None:

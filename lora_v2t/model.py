@@ -17,12 +17,13 @@ from torch import nn
 
 from .adapter import load_into, save_adapter
 from .backbone import load_backbone
-from .config import PRECISION_KEYS, GenerationConfig, LoRAConfig, ProjectorConfig, RunConfig
+from .config import PRECISION_KEYS, ROLES, GenerationConfig, LoRAConfig, ProjectorConfig, RunConfig, check_choice
+from .correct import CorrectionConfig, correct
 from .encoders import Encoder, check_texts, load_encoder
 from .errors import V2TError
-from .generate import generate
+from .generate import Reranked, generate
 from .loss import subset_loss
-from .projector import PrefixProjector, embedding_rms
+from .projector import PrefixProjector, embedding_rms, projector_input_dim
 from .push import push_adapter
 from .vectors import to_vectors
 from .vocab import check_output_vocab
@@ -86,7 +87,8 @@ class Vector2Text(nn.Module):
                target_modules: list[str] | None = None, lora_layers: list[int] | None = None,
                quantization: str = "auto",
                device: str | None = None, projector_hidden_dim: int | None = None,
-               adapter_name: str = "default", seed: int | None = 0, trainable: str = "lora") -> Vector2Text:
+               adapter_name: str = "default", seed: int | None = 0, trainable: str = "lora",
+               role: str = "hypothesizer") -> Vector2Text:
         """A fresh, untrained adapter on a base model and an encoder.
 
         Args:
@@ -104,7 +106,10 @@ class Vector2Text(nn.Module):
             seed: seeds the projector and LoRA initialisation (None: leave the RNG alone).
             trainable: ``lora`` (default), or ``full``: no LoRA, every backbone weight trains (the original
                 experiment's way; a baseline for benchmarks; saved as a full model, not an adapter).
+            role: ``hypothesizer`` (writes text from a vector) or ``corrector`` (rewrites a hypothesis closer to
+                its target vector; see :mod:`lora_v2t.correct`).
         """
+        check_choice("role", role, ROLES)
         projector_cfg = ProjectorConfig(kind=projector, prefix_length=prefix_length,
                                         hidden_dim=projector_hidden_dim)
         lora_cfg = LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
@@ -136,11 +141,11 @@ class Vector2Text(nn.Module):
         else:
             raise V2TError(f"unknown trainable mode {trainable!r}; choose lora or full")
         v2t._encoders[enc.spec] = enc
-        v2t.add_projector(adapter_name, projector_cfg, enc.dim)
+        v2t.add_projector(adapter_name, projector_cfg, projector_input_dim(enc.dim, role))
         precision = {k: v2t.backbone_info[k] for k in PRECISION_KEYS}  # what the adapter will learn on
         v2t.adapter_meta[adapter_name] = {"encoder": {"spec": enc.spec, "dim": enc.dim}, "lora": lora_meta,
                                           "generation": asdict(GenerationConfig()), "training": {},
-                                          "precision": precision}
+                                          "precision": precision, "role": role, "corrector": None}
         if lora_meta:
             v2t.model.set_adapter(adapter_name)
         v2t.eval()
@@ -158,7 +163,7 @@ class Vector2Text(nn.Module):
                           lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=cfg.lora.target_modules, lora_layers=cfg.lora.layers,
                           quantization=cfg.backbone.quantization, device=device or cfg.backbone.device,
-                          seed=cfg.training.seed, trainable=cfg.training.trainable)
+                          seed=cfg.training.seed, trainable=cfg.training.trainable, role=cfg.training.role)
 
     def add_projector(self, name: str, cfg: ProjectorConfig, embedding_dim: int) -> PrefixProjector:
         """Create the projector of adapter ``name`` on the backbone's device, in fp32."""
@@ -228,7 +233,13 @@ class Vector2Text(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return self.projector.embedding_dim
+        """The dimension of the active adapter's sentence vectors (its encoder's)."""
+        return int(self.meta["encoder"]["dim"])
+
+    @property
+    def role(self) -> str:
+        """The active adapter's role: ``hypothesizer`` or ``corrector`` (see :mod:`lora_v2t.correct`)."""
+        return self.meta.get("role") or "hypothesizer"
 
     @property
     def encoder(self) -> Encoder:
@@ -264,28 +275,70 @@ class Vector2Text(nn.Module):
         return lora + list(self.projector.parameters())
 
     # ------------------------------------------------------------------ training inputs
-    def tokenize(self, texts: list[str], max_length: int = 64) -> dict[str, torch.Tensor]:
-        """Token ids of the texts + EOS, truncated to ``max_length`` tokens, right-padded."""
+    def tokenize(self, texts: list[str], max_length: int = 64,
+                 contexts: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Token ids of the texts + EOS, truncated to ``max_length`` tokens, right-padded.
+
+        With ``contexts`` (a corrector's hypotheses), each row is ``context + EOS + text + EOS`` (each part
+        truncated to ``max_length``), and ``label_mask`` marks the text's tokens: only those are learned.
+        """
         texts = check_texts(texts)
         eos = self.tokenizer.eos_token_id
-        rows = [ids[: max_length - 1] + [eos]
-                for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        rows = [ids[: max_length - 1] + [eos] for ids in self.token_ids(texts)]
+        starts = [0] * len(rows)
+        if contexts is not None:
+            if len(contexts) != len(texts):
+                raise V2TError(f"{len(contexts)} contexts for {len(texts)} texts: give one context per text")
+            heads = [ids[: max_length - 1] + [eos] for ids in self.token_ids(contexts)]
+            starts = [len(h) for h in heads]
+            rows = [h + r for h, r in zip(heads, rows)]
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
+        label_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, start) in enumerate(zip(rows, starts)):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+            label_mask[i, start: len(row)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return batch if contexts is None else batch | {"label_mask": label_mask}
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """The tokenizer's ids of each text, without special tokens (empty texts give empty lists)."""
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def prefix(self, vectors) -> torch.Tensor:
-        """Projected prefix embeddings (B, k, h) in the backbone's compute dtype."""
-        vec = to_vectors(vectors, self.embedding_dim).to(self.device)
+        """Projected prefix embeddings (B, k, h) in the backbone's compute dtype (a corrector's vectors are its
+        :func:`lora_v2t.correct.condition` rows)."""
+        vec = to_vectors(vectors, self.projector.embedding_dim).to(self.device)
         dtype = self.base_model.get_input_embeddings().weight.dtype
         return self.projector(vec).to(dtype)
 
-    def build_inputs(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-        """``inputs_embeds = [P ; wte(tokens)]``, its attention mask, and labels (-100 on P and padding)."""
+    def prompt(self, vectors, contexts: list[str] | None = None,
+               max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """What decoding starts from: ``[P]``, or with ``contexts`` (a corrector's hypotheses, each truncated to
+        ``max_length`` tokens) ``[P ; wte(context + EOS)]``, left-padded; returns (inputs_embeds, attention_mask)."""
+        prefix = self.prefix(vectors)  # (b, k, h)
+        batch, k, hidden = prefix.shape
+        if contexts is None:
+            return prefix, torch.ones((batch, k), dtype=torch.long, device=prefix.device)
+        eos = self.tokenizer.eos_token_id
+        rows = [ids[: max_length - 1] + [eos] for ids in self.token_ids(contexts)]
+        width = max(len(r) for r in rows)
+        embeds = prefix.new_zeros((batch, k + width, hidden))
+        mask = torch.zeros((batch, k + width), dtype=torch.long, device=prefix.device)
+        embed = self.model.get_input_embeddings()
+        for i, row in enumerate(rows):
+            start = width - len(row)
+            embeds[i, start:start + k] = prefix[i]
+            embeds[i, start + k:] = embed(torch.tensor(row, device=prefix.device)).to(prefix.dtype)
+            mask[i, start:] = 1
+        return embeds, mask
+
+    def build_inputs(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     label_mask: torch.Tensor | None = None) -> dict:
+        """``inputs_embeds = [P ; wte(tokens)]``, its attention mask, and labels (-100 on P, on padding and
+        where ``label_mask`` is 0)."""
         input_ids = input_ids.to(self.device)
         attention_mask = attention_mask.to(self.device)
         prefix = self.prefix(vectors)  # (B, k, h)
@@ -296,20 +349,22 @@ class Vector2Text(nn.Module):
         inputs_embeds = torch.cat([prefix.to(token_embeds.dtype), token_embeds], dim=1)  # (B, k+T, h)
         ones = torch.ones((batch, k), dtype=attention_mask.dtype, device=self.device)
         ignore = torch.full((batch, k), -100, dtype=torch.long, device=self.device)
-        labels = torch.cat([ignore, input_ids.masked_fill(attention_mask == 0, -100)], dim=1)  # (B, k+T)
+        learned = attention_mask if label_mask is None else attention_mask * label_mask.to(self.device)
+        labels = torch.cat([ignore, input_ids.masked_fill(learned == 0, -100)], dim=1)  # (B, k+T)
         return {"inputs_embeds": inputs_embeds, "attention_mask": torch.cat([ones, attention_mask], 1),
                 "labels": labels}
 
     def forward(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                loss_vocab: torch.Tensor | None = None):
+                loss_vocab: torch.Tensor | None = None, label_mask: torch.Tensor | None = None):
         """Run the backbone on ``[P ; wte(tokens)]``; returns the transformers output with ``.loss``.
 
         Args:
             loss_vocab: optional sorted token ids that every label belongs to. The loss is then a softmax over
                 these tokens only, computed only at the labelled positions: on a CPU this removes most of the
                 cost of a large output layer (Gemma's 262k tokens). The model and adapter are unchanged.
+            label_mask: 1 where a token is learned (see :meth:`tokenize` with contexts); None: every token.
         """
-        inputs = self.build_inputs(vectors, input_ids, attention_mask)
+        inputs = self.build_inputs(vectors, input_ids, attention_mask, label_mask)
         if loss_vocab is None:
             return self.model(**inputs)
         return _Output(loss=subset_loss(self.base_model, inputs, loss_vocab.to(self.device)))
@@ -327,9 +382,22 @@ class Vector2Text(nn.Module):
         except TypeError:  # a user-supplied Encoder without show_progress
             return enc.encode(texts)
 
-    def generate(self, vectors, **options):
-        """Decode vectors into text; see :func:`lora_v2t.generate.generate` for the options."""
-        return generate(self, vectors, **options)
+    def generate(self, vectors, correct_steps: int = 0, corrector: str | None = None, correct_width: int = 1,
+                 **options):
+        """Decode vectors into text; see :func:`lora_v2t.generate.generate` for the options.
+
+        ``correct_steps`` > 0 corrects the hypotheses that many times at most (see :mod:`lora_v2t.correct`):
+        with the corrector the adapter names, or ``corrector`` (a corrector bundle folder or hub id, or
+        ``"shift"`` for the training-free correction), keeping ``correct_width`` candidates per vector.
+        """
+        if correct_steps == 0 and corrector is None and correct_width == 1:
+            return generate(self, vectors, **options)
+        rerank = options.pop("rerank", False)
+        cfg = CorrectionConfig(steps=correct_steps, corrector=corrector, width=correct_width)
+        trace = correct(self, vectors, cfg, **options)
+        if rerank:
+            return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1])]
+        return trace.final
 
     def invert(self, texts: list[str], **options):
         """Encode texts with the adapter's encoder, then generate from the vectors."""
@@ -390,3 +458,4 @@ def make_lora_config(cfg: LoRAConfig, model_type: str):
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha or 2 * cfg.r,
                       lora_dropout=cfg.dropout, target_modules=targets, layers_to_transform=cfg.layers,
                       fan_in_fan_out=model_type == "gpt2", bias="none")
+

@@ -82,3 +82,9 @@ def embedding_rms(model: nn.Module, sample: int = 8192, seed: int = 0) -> float:
     ids = torch.randint(0, vocab, (min(sample, vocab),), generator=generator)
     ids = ids.to(layer.weight.device)
     return float(layer(ids).float().pow(2).mean().sqrt())
+
+
+def projector_input_dim(encoder_dim: int, role: str) -> int:
+    """What an adapter's projector reads: the sentence vector, or for a corrector the three vectors of
+    :func:`lora_v2t.correct.condition` side by side."""
+    return 3 * encoder_dim if role == "corrector" else encoder_dim

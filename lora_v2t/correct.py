@@ -1,0 +1,240 @@
+"""Iterative correction: hypothesize, re-embed, correct, keep the candidate closest to the target vector.
+
+Step 0 is the hypothesizer's text for each vector v. Each later step re-embeds the candidates kept so far
+(their vectors e) and writes new ones, in one of two ways:
+
+- a trained **corrector**: a second adapter on the same loaded base (switching never reloads it). It reads
+  :func:`condition` (v, e and v - e, through its own projector), then the candidate's tokens and EOS, and writes
+  a text closer to v;
+- ``shift`` (no training): the hypothesizer decodes ``v + a (v - e)`` for each a in ``CorrectionConfig.shifts``.
+
+Every new candidate is re-embedded; for each vector the ``width`` best distinct candidates by cosine are kept (a
+beam over corrections), and correction stops early once no vector's best cosine rises by more than ``min_gain``.
+
+    v2t = load_adapter("checkpoints/adapters/use-gemma270m-ru")    # names the corrector shipped with it
+    v2t.generate(vectors, correct_steps=5)                          # or corrector="shift", or a bundle folder
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .adapter import validate_bundle
+from .errors import V2TError
+from .hub import resolve_adapter
+from .vectors import cosine_rows, to_vectors
+
+logger = logging.getLogger(__name__)
+
+SHIFT = "shift"  # CorrectionConfig.corrector for the training-free correction
+
+
+@dataclass
+class CorrectionConfig:
+    """How :func:`correct` corrects (``steps`` 0: the hypothesis alone)."""
+
+    steps: int = 0  # correction steps after the hypothesis
+    corrector: str | None = None  # None: the one the hypothesizer names; "shift": no training; else a bundle
+    width: int = 1  # candidates kept per vector between steps (a beam over corrections)
+    shifts: tuple[float, ...] = (0.5, 1.0, 2.0)  # "shift": decode v + a (v - e) for each a
+    min_gain: float = 1e-4  # stop when no vector's best cosine rose by more than this
+    rerank: int = 0  # > 1: step 0 also keeps this many beam candidates besides the greedy hypothesis
+
+    def __post_init__(self):
+        for name, value, low in (("correct_steps", self.steps, 0), ("correct_width", self.width, 1),
+                                 ("rerank", self.rerank, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise V2TError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not self.shifts or any(not a > 0 for a in self.shifts):
+            raise V2TError(f"correction shifts must be positive numbers, got {self.shifts!r}")
+        if self.min_gain < 0:
+            raise V2TError(f"min_gain must be >= 0, got {self.min_gain}")
+
+    @property
+    def decodes_per_step(self) -> int:
+        """Decodes per vector in each correction step."""
+        return self.width * (len(self.shifts) if self.corrector == SHIFT else 1)
+
+
+@dataclass
+class Trace:
+    """The best text and cosine per vector after each step (0 = the hypothesis), and each step's cost."""
+
+    texts: list[list[str]] = field(default_factory=list)  # [step][vector]
+    cosines: list[np.ndarray] = field(default_factory=list)  # [step] (N,)
+    seconds: list[float] = field(default_factory=list)  # [step] wall time of the step
+    decodes: list[int] = field(default_factory=list)  # [step] decodes per vector
+
+    @property
+    def final(self) -> list[str]:
+        return self.texts[-1]
+
+
+def condition(targets: np.ndarray, embedded: np.ndarray) -> np.ndarray:
+    """A corrector's input vectors: ``[v, e, v - e]`` side by side, (N, 3d) float32."""
+    targets = np.asarray(targets, dtype=np.float32)
+    embedded = np.asarray(embedded, dtype=np.float32)
+    if targets.shape != embedded.shape:
+        raise V2TError(f"target vectors {targets.shape} and hypothesis vectors {embedded.shape} differ in shape")
+    return np.concatenate([targets, embedded, targets - embedded], axis=1)
+
+
+# ---------------------------------------------------------------------- the corrector adapter
+def corrector_name(hypothesizer: str) -> str:
+    """The registry name of the corrector loaded for adapter ``hypothesizer``."""
+    return f"{hypothesizer}-corrector"
+
+
+def use_corrector(v2t, source: str | Path | None, revision: str | None = None) -> str:
+    """Load the active hypothesizer's corrector onto the same base (once) and return its adapter name.
+
+    ``source``: a bundle folder or hub id; None: the corrector the hypothesizer's bundle names (a path relative
+    to the hypothesizer's folder, or a hub id).
+    """
+    hypothesizer = v2t.active_adapter
+    check_role(v2t.meta, "hypothesizer", hypothesizer)
+    name = corrector_name(hypothesizer)
+    if source is None and name in v2t.adapters:
+        return name
+    path = corrector_path(v2t.meta, hypothesizer, source, revision)
+    config = validate_bundle(path)
+    check_pair(config, v2t.meta, path)
+    if name in v2t.adapters:
+        v2t.delete_adapter(name)
+    v2t.load_adapter(path, name)
+    return name
+
+
+def corrector_path(meta: dict, hypothesizer: str, source, revision: str | None) -> Path:
+    """Where the corrector lives: ``source``, else what the hypothesizer's bundle names."""
+    if source is None:
+        source = meta.get("corrector")
+        if not source:
+            raise V2TError(f"adapter {hypothesizer!r} names no corrector: pass corrector=<corrector bundle folder or "
+                           "hub id> (--corrector DIR), or corrector='shift' for the training-free correction")
+        home = meta.get("source")
+        if home and not Path(source).is_absolute() and (Path(home) / source).is_dir():
+            source = Path(home) / source
+    return resolve_adapter(source, revision)
+
+
+def check_role(meta: dict, role: str, name: str) -> None:
+    """Raise unless adapter ``name`` (its metadata ``meta``) has ``role``."""
+    has = meta.get("role") or "hypothesizer"
+    if has == role:
+        return
+    if has == "corrector":
+        raise V2TError(f"adapter {name!r} is a corrector: it rewrites a hypothesis, it does not write from a vector; "
+                       "load a hypothesizer and pass this one as its corrector (corrector=..., --corrector DIR)")
+    raise V2TError(f"adapter {name!r} is a hypothesizer, not a corrector: pass a corrector bundle (trained with "
+                   "training.role=corrector) or corrector='shift'")
+
+
+def check_pair(config: dict, hypothesizer_meta: dict, path: Path) -> None:
+    """Raise unless the bundle at ``path`` is a corrector for the hypothesizer's encoder."""
+    check_role(config, "corrector", str(path))
+    mine, theirs = config["encoder"], hypothesizer_meta["encoder"]
+    if (mine.get("spec"), mine.get("dim")) != (theirs.get("spec"), theirs.get("dim")):
+        raise V2TError(f"corrector {path} was trained for encoder {mine.get('spec')!r} ({mine.get('dim')}-d), but "
+                       f"the hypothesizer uses {theirs.get('spec')!r} ({theirs.get('dim')}-d): use the corrector "
+                       "trained with this hypothesizer")
+
+
+# ---------------------------------------------------------------------- the loop
+def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, **options) -> Trace:
+    """Hypothesize, then correct ``cfg.steps`` times; see the module's docstring. ``options``: decoding options
+    of :func:`lora_v2t.generate.generate` (used for every decode)."""
+    target = to_vectors(vectors, v2t.embedding_dim).numpy()
+    check_role(v2t.meta, "hypothesizer", v2t.active_adapter)
+    corrector = None if cfg.steps == 0 or cfg.corrector == SHIFT else use_corrector(v2t, cfg.corrector)
+    trace = Trace()
+    clock = time.perf_counter()
+    beam = Beam(v2t, target, max(cfg.width, 1))
+    beam.add(v2t.generate(target, show_progress=show_progress, **options), np.arange(len(target)))
+    if cfg.rerank > 1:
+        groups = v2t.generate(target, show_progress=show_progress, **options, num_beams=cfg.rerank,
+                              num_return_sequences=cfg.rerank)
+        beam.add([t for g in groups for t in g], np.repeat(np.arange(len(target)), cfg.rerank))
+    trace_step(trace, beam, clock, 1 + (cfg.rerank if cfg.rerank > 1 else 0))
+    for step in range(1, cfg.steps + 1):
+        clock = time.perf_counter()
+        before = beam.best_cosines()
+        texts, rows = propose(v2t, beam, cfg, corrector, options)
+        beam.add(texts, rows)
+        trace_step(trace, beam, clock, cfg.decodes_per_step)
+        gain = float(np.max(beam.best_cosines() - before))
+        logger.info("correction step %d: mean cosine %.4f (best gain %.4f) in %.1f s", step,
+                    float(trace.cosines[-1].mean()), gain, trace.seconds[-1])
+        if gain <= cfg.min_gain:
+            break
+    return trace
+
+
+def trace_step(trace: Trace, beam: Beam, clock: float, decodes: int) -> None:
+    trace.texts.append(beam.best_texts())
+    trace.cosines.append(beam.best_cosines())
+    trace.seconds.append(time.perf_counter() - clock)
+    trace.decodes.append(decodes)
+
+
+def propose(v2t, beam: Beam, cfg: CorrectionConfig, corrector: str | None, options: dict):
+    """New candidates from every kept one: (texts, the row of the target vector each belongs to)."""
+    rows, texts, embedded = beam.kept()
+    if not texts:
+        return [], rows
+    targets = beam.target[rows]
+    if corrector is None:  # shift: the hypothesizer decodes v + a (v - e)
+        shifted = np.concatenate([targets + a * (targets - embedded) for a in cfg.shifts])
+        return v2t.generate(shifted, **options), np.tile(rows, len(cfg.shifts))
+    hypothesizer = v2t.active_adapter
+    v2t.set_adapter(corrector)
+    try:
+        out = v2t.generate(condition(targets, embedded), contexts=texts, **options)
+    finally:
+        v2t.set_adapter(hypothesizer)
+    return out, rows
+
+
+class Beam:
+    """Per target vector, the ``width`` distinct candidates with the highest cosine so far, with their vectors."""
+
+    def __init__(self, v2t, target: np.ndarray, width: int):
+        self.v2t, self.target, self.width = v2t, target, width
+        self.items: list[dict[str, tuple[float, np.ndarray]]] = [{} for _ in range(len(target))]
+
+    def add(self, texts: list[str], rows: np.ndarray) -> None:
+        """Score new candidates (re-embedding them) and keep the best ``width`` per vector."""
+        fresh = [(int(r), t) for r, t in zip(rows, texts) if t.strip() and t not in self.items[int(r)]]
+        if fresh:
+            unique = list(dict.fromkeys(fresh))
+            vecs = self.v2t.encode([t for _, t in unique])
+            cos = cosine_rows(vecs, self.target[[r for r, _ in unique]])
+            for (r, t), c, e in zip(unique, cos, vecs):
+                self.items[r][t] = (float(c), e)
+        for r, kept in enumerate(self.items):
+            if len(kept) > self.width:
+                self.items[r] = dict(sorted(kept.items(), key=lambda kv: -kv[1][0])[:self.width])
+
+    def kept(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Every kept candidate: its target row, its text and its vector (vectors with no candidate are skipped)."""
+        rows, texts, vecs = [], [], []
+        for r, kept in enumerate(self.items):
+            for text, (_, vec) in kept.items():
+                rows.append(r)
+                texts.append(text)
+                vecs.append(vec)
+        if not rows:
+            dim = self.target.shape[1]
+            return np.zeros(0, dtype=np.int64), [], np.zeros((0, dim), dtype=np.float32)
+        return np.array(rows), texts, np.stack(vecs)
+
+    def best_texts(self) -> list[str]:
+        return [max(kept.items(), key=lambda kv: kv[1][0])[0] if kept else "" for kept in self.items]
+
+    def best_cosines(self) -> np.ndarray:
+        return np.array([max(c for c, _ in kept.values()) if kept else -1.0 for kept in self.items])

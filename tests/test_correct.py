@@ -1,0 +1,150 @@
+"""Correction: the corrector's inputs, the loop, the pairing of hypothesizer and corrector, and bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lora_v2t import V2TError, load_adapter
+from lora_v2t.correct import SHIFT, CorrectionConfig, condition, correct
+from lora_v2t.vectors import cosine_rows
+
+from .conftest import SENTENCES, make_v2t
+
+
+@pytest.fixture()
+def corrector(tiny_backbone_dir, tiny_encoder):
+    return make_v2t(tiny_backbone_dir, tiny_encoder, seed=3, role="corrector")
+
+
+@pytest.fixture()
+def bundles(tmp_path, tiny_backbone_dir, tiny_encoder, corrector):
+    """A hypothesizer bundle naming a corrector bundle saved beside it."""
+    corrector.save_adapter(tmp_path / "corr")
+    hyp = make_v2t(tiny_backbone_dir, tiny_encoder)
+    hyp.meta["corrector"] = "../corr"
+    hyp.save_adapter(tmp_path / "hyp")
+    return tmp_path / "hyp", tmp_path / "corr"
+
+
+def conditions(v2t, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(n, v2t.embedding_dim, generator=g).numpy()
+    e = torch.randn(n, v2t.embedding_dim, generator=g).numpy()
+    return condition(v, e)
+
+
+def test_condition_is_target_hypothesis_and_difference():
+    v, e = np.ones((2, 3), np.float32), np.full((2, 3), 0.25, np.float32)
+    c = condition(v, e)
+    assert c.shape == (2, 9)
+    assert np.allclose(c[:, :3], v) and np.allclose(c[:, 3:6], e) and np.allclose(c[:, 6:], 0.75)
+    with pytest.raises(V2TError, match="differ in shape"):
+        condition(v, e[:1])
+
+
+def test_a_corrector_reads_three_vectors_and_learns_only_the_target_tokens(corrector):
+    assert corrector.role == "corrector"
+    assert corrector.projector.embedding_dim == 3 * corrector.embedding_dim
+    batch = corrector.tokenize(["кот спит", "где лодка"], 16, contexts=["кот", "лодка где она сейчас"])
+    ids, mask, learned = batch["input_ids"], batch["attention_mask"], batch["label_mask"]
+    eos = corrector.tokenizer.eos_token_id
+    for row in range(2):
+        context_len = int(mask[row].sum() - learned[row].sum())
+        assert ids[row, context_len - 1] == eos  # the separator closes the context
+        assert learned[row, :context_len].sum() == 0 and learned[row, context_len:].sum() > 0
+    inputs = corrector.build_inputs(conditions(corrector, 2), ids, mask, learned)
+    k = corrector.projector.prefix_length
+    labelled = inputs["labels"][:, k:] != -100
+    assert torch.equal(labelled, (learned * mask).bool())
+    loss = corrector(conditions(corrector, 2), ids, mask, label_mask=learned).loss
+    assert torch.isfinite(loss)
+
+
+def test_batched_left_padded_correction_equals_one_row_at_a_time(corrector):
+    contexts = ["кот", "лодка где она сейчас и почему", "сегодня"]
+    cond = conditions(corrector, 3)
+    batched = corrector.generate(cond, contexts=contexts, max_new_tokens=10, batch_size=3)
+    single = [corrector.generate(cond[i:i + 1], contexts=contexts[i:i + 1], max_new_tokens=10)[0] for i in range(3)]
+    assert batched == single
+    assert len(set(batched)) > 1
+
+
+def test_shift_correction_only_improves_and_counts_its_decodes(v2t):
+    vectors = v2t.encode(SENTENCES[:6])
+    trace = correct(v2t, vectors, CorrectionConfig(steps=3, corrector=SHIFT, min_gain=0.0), max_new_tokens=12)
+    assert len(trace.texts) == len(trace.cosines) == len(trace.seconds) >= 2
+    assert trace.decodes[0] == 1 and set(trace.decodes[1:]) == {3}
+    for before, after in zip(trace.cosines, trace.cosines[1:]):
+        assert np.all(after >= before - 1e-6)
+    final = [t for t in trace.final if t.strip()]
+    assert final  # the tiny model writes something
+    rows = [i for i, t in enumerate(trace.final) if t.strip()]
+    assert np.allclose(cosine_rows(v2t.encode(final), vectors[rows]), trace.cosines[-1][rows], atol=1e-5)
+
+
+def test_correction_stops_early_when_the_cosine_stops_rising(v2t):
+    vectors = v2t.encode(SENTENCES[:3])
+    trace = correct(v2t, vectors, CorrectionConfig(steps=5, corrector=SHIFT, min_gain=10.0), max_new_tokens=8)
+    assert len(trace.texts) == 2  # the hypothesis and one step that gained less than 10
+
+
+def test_a_hypothesizer_finds_the_corrector_it_names_on_the_same_base(bundles):
+    hyp_dir, _ = bundles
+    v2t = load_adapter(hyp_dir, device="cpu")
+    base = v2t.base_model
+    vectors = v2t.encode(SENTENCES[:4])
+    out = v2t.generate(vectors, correct_steps=2, max_new_tokens=10)
+    assert len(out) == 4 and all(isinstance(t, str) for t in out)
+    assert "default-corrector" in v2t.adapters and v2t.active_adapter == "default"
+    assert v2t.base_model is base  # the corrector went onto the loaded base
+    plain = v2t.generate(vectors, max_new_tokens=10)
+    trace = correct(v2t, vectors, CorrectionConfig(steps=2), max_new_tokens=10)
+    assert trace.texts[0] == plain
+
+
+def test_a_corrector_bundle_records_its_role_and_loads_only_as_a_corrector(bundles):
+    hyp_dir, corr_dir = bundles
+    config = json.loads((corr_dir / "v2t_config.json").read_text())
+    assert config["role"] == "corrector" and config["format_version"] == 3
+    assert json.loads((hyp_dir / "v2t_config.json").read_text())["corrector"] == "../corr"
+    alone = load_adapter(corr_dir, device="cpu")
+    with pytest.raises(V2TError, match="is a corrector: .*load a hypothesizer"):
+        alone.generate(np.zeros((1, alone.embedding_dim), np.float32))
+
+
+def test_a_hypothesizer_is_refused_as_a_corrector(bundles, tmp_path):
+    hyp_dir, _ = bundles
+    v2t = load_adapter(hyp_dir, device="cpu")
+    with pytest.raises(V2TError, match="is a hypothesizer, not a corrector"):
+        v2t.generate(v2t.encode(SENTENCES[:1]), correct_steps=1, corrector=str(hyp_dir))
+
+
+def test_a_corrector_for_another_encoder_is_refused(bundles, tmp_path):
+    hyp_dir, corr_dir = bundles
+    other = tmp_path / "other"
+    shutil.copytree(corr_dir, other)
+    config = json.loads((other / "v2t_config.json").read_text())
+    config["encoder"]["spec"] = "sentence-transformers/LaBSE"
+    (other / "v2t_config.json").write_text(json.dumps(config))
+    v2t = load_adapter(hyp_dir, device="cpu")
+    with pytest.raises(V2TError, match="trained for encoder 'sentence-transformers/LaBSE'"):
+        v2t.generate(v2t.encode(SENTENCES[:1]), correct_steps=1, corrector=str(other))
+    assert v2t.adapters == ["default"]  # nothing half-loaded
+
+
+def test_correction_without_a_corrector_says_what_to_load(v2t):
+    with pytest.raises(V2TError, match="names no corrector: pass corrector=.*'shift'"):
+        v2t.generate(v2t.encode(SENTENCES[:1]), correct_steps=1)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"correct_steps": -1}, "correct_steps must be an integer >= 0"),
+    ({"correct_steps": 1.5}, "correct_steps must be an integer"),
+    ({"correct_steps": 1, "corrector": SHIFT, "correct_width": 0}, "correct_width must be an integer >= 1"),
+])
+def test_bad_correction_options_are_refused(v2t, options, message):
+    with pytest.raises(V2TError, match=message):
+        v2t.generate(v2t.encode(SENTENCES[:1]), **options)
