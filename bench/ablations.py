@@ -66,7 +66,8 @@ def main() -> None:
     from lora_v2t import load_adapter
     from lora_v2t.config import load_config
     from lora_v2t.data import tokenize_corpus
-    from lora_v2t.train import prepare_data, train
+    from lora_v2t.pairs import prepare_data
+    from lora_v2t.train import train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,8 @@ def main() -> None:
         print(f"\n== {name}: {' '.join(VARIANTS[name]) or '(the recipe as it is)'}", flush=True)
         final = train(cfg, show_progress=False)
         summary = json.loads((final / "v2t_config.json").read_text())["training"]
-        train_texts, val_texts, _, val_vectors = prepare_data(cfg, show_progress=False)
+        data = prepare_data(cfg, show_progress=False)
+        train_texts, val_texts, val_vectors = data.train_texts, data.val_texts, data.val_vectors
         v2t = load_adapter(final, quantization="none", device="cpu")
         if vocab is None:
             _, vocab = tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens)

@@ -44,6 +44,32 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
                    help="let every token out, not only the adapter's output vocabulary (when it has one)")
 
 
+def _add_correction_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("correction (see lora_v2t.correct)")
+    g.add_argument("--correct-steps", type=int, default=0,
+                   help="correct the outputs up to N times (>= 0; default 0): re-embed, rewrite, keep the text "
+                        "closest to the vector; stops early when the cosine stops rising")
+    g.add_argument("--corrector",
+                   help="corrector bundle folder or hub id (default: the one the adapter names), or 'shift' for "
+                        "the training-free correction (decode v + a (v - e), a = 0.5, 1, 2)")
+    g.add_argument("--correct-width", type=int, default=1,
+                   help="candidates kept per vector between steps (>= 1; default 1)")
+
+
+def _correction(args, config: dict):
+    """The correction the command line asks for, checked (with the corrector's bundle) before any model loads."""
+    from .adapter import validate_bundle
+    from .correct import SHIFT, CorrectionConfig, check_pair, corrector_path
+
+    correction = CorrectionConfig(steps=args.correct_steps, corrector=args.corrector, width=args.correct_width)
+    if correction.steps == 0 or correction.corrector == SHIFT:
+        return correction
+    meta = {"encoder": config["encoder"], "corrector": config.get("corrector"), "source": str(args.adapter)}
+    path = corrector_path(meta, str(args.adapter), correction.corrector, None)
+    check_pair(validate_bundle(path), meta, path)
+    return correction
+
+
 def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("loading")
     g.add_argument("--adapter", required=True,
@@ -74,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--vectors", type=Path, help=".npy file of shape (N, d) with the encoder's vectors")
     _add_loading_options(gen)
     _add_generation_options(gen)
+    _add_correction_options(gen)
     gen.add_argument("--json", action="store_true", help="print one JSON object per line")
     gen.set_defaults(func=cmd_generate)
 
@@ -106,6 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "--section.key=value overrides as train.")
     embed.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     embed.set_defaults(func=cmd_embed)
+
+    held = sub.add_parser(
+        "heldout", help="write sentences a recipe's adapter never trained on (a corrector's training data)",
+        description="Write to --out a seeded sample of the sentences of the recipe's data.train that its run "
+                    "neither trained nor validated on (same sample, split and filters as `train`). Then "
+                    "`lora-v2t invert --adapter <that adapter> --texts OUT --out HYPS.jsonl` writes the "
+                    "hypotheses a corrector trains on (see lora_v2t.pairs). Accepts the same --section.key=value "
+                    "overrides as train.")
+    held.add_argument("recipe", type=Path, help="the hypothesizer's recipe YAML, with the overrides it ran with")
+    held.add_argument("--count", type=int, help="at most this many sentences (>= 1; default: all of them)")
+    held.add_argument("--out", type=Path, required=True, help="text file to write, one sentence per line (new)")
+    held.set_defaults(func=cmd_heldout)
 
     demo = sub.add_parser(
         "demo", help="the offline main job: what lora_v2t does, then an adapter trained here",
@@ -155,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="report folder, new or empty (default: eval/<adapter's parent folder>-<adapter folder>-"
                          "<data file>, numbered -2, -3... when taken)")
     ev.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
+    _add_correction_options(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     inv = sub.add_parser(
@@ -245,10 +285,14 @@ def cmd_generate(args) -> int:
         vectors = to_vectors(load_vectors_file(args.vectors), int(config["encoder"]["dim"])).numpy()
     options = _decoding_options(args, "batch_size")
     _check_decoding(args, config, options)
+    correction = _correction(args, config)
     v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
                        quantization=args.quantization, device=args.device)
     if texts is not None:
         vectors = v2t.encode(texts)
+    if correction.steps:
+        options |= {"correct_steps": correction.steps, "corrector": correction.corrector,
+                    "correct_width": correction.width}
     outputs = v2t.generate(vectors, rerank=args.rerank, seed=args.seed, show_progress=len(vectors) > 64,
                            **options)
     for i, out in enumerate(outputs):
@@ -285,11 +329,31 @@ def cmd_train(args) -> int:
 
 def cmd_embed(args) -> int:
     from .config import load_config
-    from .train import prepare_data
+    from .pairs import prepare_data
 
     cfg = load_config(args.recipe, args.overrides)
-    train_texts, val_texts, _, _ = prepare_data(cfg, show_progress=True)
-    print(f"cached vectors for {len(train_texts)} training and {len(val_texts)} validation sentences")
+    data = prepare_data(cfg, show_progress=True)
+    print(f"cached vectors for {len(data.train_texts)} training and {len(data.val_texts)} validation sentences")
+    return 0
+
+
+def cmd_heldout(args) -> int:
+    from .config import load_config
+    from .pairs import unseen_sentences
+
+    if args.count is not None and args.count < 1:
+        raise V2TError(f"--count must be >= 1, got {args.count}")
+    if args.out.exists():
+        raise V2TError(f"{args.out} exists: choose a new file (it is never overwritten)")
+    cfg = load_config(args.recipe, args.overrides)
+    sentences = unseen_sentences(cfg, args.count)
+    if not sentences:
+        raise V2TError(f"every sentence of {cfg.data.train} is in the recipe's training sample or validation set: "
+                       "lower data.max_sentences")
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    tmp.replace(args.out)
+    print(f"wrote {len(sentences)} unseen sentences of {cfg.data.train} to {args.out}")
     return 0
 
 
@@ -340,13 +404,14 @@ def cmd_evaluate(args) -> int:
     rerank = {"num_beams": args.rerank, "num_return_sequences": args.rerank} if args.rerank > 1 else {}
     _check_decoding(args, config, {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                                    "restrict_vocab": args.restrict_vocab, **rerank})
+    correction = _correction(args, config)
     v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
                        quantization=args.quantization, device=args.device)
     summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resamples=args.resamples,
                        restrict_vocab=args.restrict_vocab, show_progress=not args.no_progress,
                        adapter=_adapter_label(source, args.adapter, args.revision),
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, correction=correction)
     print(markdown_table(summary), end="")
     print(f"report: {summary['report']}/summary.md, sentences.tsv, cosine_hist.png")
     return 0
@@ -475,7 +540,7 @@ def _process_rank() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if args.command in ("train", "embed"):
+    if args.command in ("train", "embed", "heldout"):
         args.overrides = unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .correct import CorrectionConfig, correct
 from .errors import V2TError
 from .generate import reembed_cosines
 
@@ -312,7 +313,7 @@ def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
 def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_size: int = 32,
              max_new_tokens: int | None = None, resamples: int = 1000, seed: int = 0,
              show_progress: bool = True, restrict_vocab: bool | None = None, adapter: str | Path | None = None,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, correction: CorrectionConfig | None = None) -> dict:
     """Reconstruct and score; write the per-sentence TSV, the summary (JSON + Markdown) and the histogram.
 
     The report is written to a temporary folder and renamed into place at the end: an interrupted evaluation
@@ -329,6 +330,8 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
             None: the adapter's default).
         adapter: the adapter's folder or hub id, recorded in the summary with its configuration.
         overwrite: replace a report already in ``out_dir``.
+        correction: with ``steps`` > 0, correct the greedy outputs (see :mod:`lora_v2t.correct`) and report every
+            step, with the seconds and decodes per vector it cost.
     """
     from .vectors import to_vectors
 
@@ -350,11 +353,19 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     else:
         logger.info("encoding %d sentences with %s", n, v2t.meta["encoder"]["spec"])
         vectors = v2t.encode(data.sources, show_progress=show_progress)
-    greedy = v2t.generate(vectors, show_progress=show_progress, **options)
+    trace = None
+    if correction is not None and correction.steps > 0:
+        trace = correct(v2t, vectors, correction, show_progress=show_progress, **options)
+        greedy = trace.texts[0]
+    else:
+        greedy = v2t.generate(vectors, show_progress=show_progress, **options)
     rng = np.random.default_rng(seed)
     boot = rng.integers(0, n, size=(resamples, n))
     greedy_cos = _reembed_cosines(v2t, greedy, vectors)
     systems = {"greedy": (greedy, greedy_cos)}
+    if trace is not None:
+        for step in range(1, len(trace.texts)):
+            systems[f"corrected, step {step}"] = (trace.texts[step], _reembed_cosines(v2t, trace.texts[step], vectors))
     if rerank > 1 and greedy_cos is not None:
         # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
         ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,
@@ -370,6 +381,12 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
                else "full",
                "scores": {name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]}
                                  for m, (v, lo, hi) in s.items()} for name, s in scores.items()}}
+    if trace is not None:
+        summary["correction"] = {"corrector": correction.corrector or v2t.meta.get("corrector"),
+                                 "width": correction.width, "steps_asked": correction.steps,
+                                 "steps_run": len(trace.texts) - 1,
+                                 "seconds_per_step": [round(s, 2) for s in trace.seconds],
+                                 "decodes_per_vector_per_step": trace.decodes}
     written = _write_report(out_dir, overwrite, data, systems, summary)
     if written != out_dir:
         logger.warning("%s was taken while evaluating; the report went to %s", out_dir, written)
@@ -466,6 +483,12 @@ def markdown_table(summary: dict) -> str:
             cells.append(f"{fmt.format(s['value'])} [{fmt.format(s['ci95'][0])}, {fmt.format(s['ci95'][1])}]"
                          if s else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if summary.get("correction"):
+        c = summary["correction"]
+        cost = ", ".join(f"step {i}: {s} s, {d} decode(s)/vector"
+                         for i, (s, d) in enumerate(zip(c["seconds_per_step"], c["decodes_per_vector_per_step"])))
+        lines += ["", f"Correction with `{c['corrector']}` (width {c['width']}): {c['steps_run']} of "
+                      f"{c['steps_asked']} steps run (it stops when the cosine stops rising); {cost}."]
     if summary["skipped"]:
         lines += ["", f"Skipped lines: {summary['skipped']}"]
     return "\n".join(lines) + "\n"

@@ -46,15 +46,16 @@ from .checkpoint import (
 )
 from .config import RunConfig
 from .cost import describe_cost
-from .data import BatchOrder, embed_corpus, read_sentences, sample_and_split, tokenize_corpus
+from .data import BatchOrder, tokenize_corpus
 from .errors import V2TError, first_line
-from .rundir import RunDirLock, cache_dir_of, check_paths, locate_run, run_dir_of
+from .pairs import prepare_data
+from .rundir import RunDirLock, check_paths, locate_run, run_dir_of
 from .runlog import RunLog
 from .signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "Trainer", "prepare_data", "run_dir_of", "list_checkpoints", "validation_loss",
+__all__ = ["train", "Trainer", "run_dir_of", "list_checkpoints", "validation_loss",
            "TrainingStopped"]
 
 
@@ -90,30 +91,6 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
 
 
 # ---------------------------------------------------------------------- data
-def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True):
-    """Read, filter, sample and split the corpus, and embed it through the cache.
-
-    Returns (train_texts, val_texts, train_vectors (memory map), val_vectors).
-    """
-    from .encoders import load_encoder
-
-    dc = cfg.data
-    encoder = encoder or load_encoder(cfg.encoder.spec)
-    sentences, stats = read_sentences(dc.train, dc.min_chars, dc.max_chars)
-    logger.info("corpus %s", stats.summary())
-    val_given = None
-    if dc.val:
-        val_given, val_stats = read_sentences(dc.val, dc.min_chars, dc.max_chars)
-        logger.info("validation %s", val_stats.summary())
-    train_texts, val_texts = sample_and_split(sentences, dc.val_size, dc.max_sentences, dc.seed, val_given)
-    del sentences
-    cache_dir = cache_dir_of(cfg)
-    stem = Path(dc.train).stem
-    train_vectors = embed_corpus(train_texts, encoder, cache_dir, f"{stem}-train", show_progress=show_progress)
-    val_vectors = np.asarray(embed_corpus(val_texts, encoder, cache_dir, f"{stem}-val", show_progress=False))
-    return train_texts, val_texts, train_vectors, val_vectors
-
-
 # ---------------------------------------------------------------------- devices
 def training_device(spec: str | None) -> torch.device | None:
     """The device ``backbone.device`` asks for (None: accelerate's choice), checked before anything loads.
@@ -232,8 +209,10 @@ class Trainer:
 
         with self.accelerator.main_process_first():
             self.encoder = load_encoder(self.cfg.encoder.spec)
-            self.train_texts, self.val_texts, self.train_vectors, self.val_vectors = prepare_data(
-                self.cfg, self.encoder, self.show_progress)
+            data = prepare_data(self.cfg, self.encoder, self.show_progress)
+        self.train_texts, self.val_texts = data.train_texts, data.val_texts
+        self.train_vectors, self.val_vectors = data.train_vectors, data.val_vectors
+        self.train_contexts, self.val_contexts = data.train_contexts, data.val_contexts  # a corrector's hypotheses
 
     def build_model(self) -> None:
         """The backbone with a fresh adapter, its optimizer and schedule, prepared by accelerate."""
@@ -350,11 +329,13 @@ class Trainer:
         for micro in range(tc.grad_accum):
             idx, sentences = self.next_batch()
             texts = [self.train_texts[i] for i in idx]
+            contexts = None if self.train_contexts is None else [self.train_contexts[i] for i in idx]
             vectors = torch.from_numpy(np.asarray(self.train_vectors[idx]))
-            batch = self.v2t.tokenize(texts, self.cfg.data.max_tokens)
+            batch = self.v2t.tokenize(texts, self.cfg.data.max_tokens, contexts=contexts)
             with contextlib.nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(self.model):
                 with acc.autocast():
-                    loss = self.model(vectors, batch["input_ids"], batch["attention_mask"], self.loss_vocab).loss
+                    loss = self.model(vectors, batch["input_ids"], batch["attention_mask"], self.loss_vocab,
+                                      batch.get("label_mask")).loss
                 acc.backward(loss / tc.grad_accum)
             step_loss += loss.detach() / tc.grad_accum
             self.state.sentences_seen += sentences
@@ -397,9 +378,11 @@ class Trainer:
         """Validation loss and a few greedy reconstructions: logged, recorded, plotted."""
         v2t, state, n = self.v2t, self.state, min(self.cfg.training.num_samples, len(self.val_texts))
         max_tokens = self.cfg.data.max_tokens
-        val_loss = validation_loss(v2t, self.val_texts, self.val_vectors, self.cfg.training.batch_size, max_tokens)
+        val_loss = validation_loss(v2t, self.val_texts, self.val_vectors, self.cfg.training.batch_size, max_tokens,
+                                   contexts=self.val_contexts)
+        contexts = None if self.val_contexts is None else self.val_contexts[:n]
         samples = v2t.generate(self.val_vectors[:n], max_new_tokens=max_tokens, do_sample=False, num_beams=1,
-                               num_return_sequences=1) if n else []
+                               num_return_sequences=1, contexts=contexts) if n else []
         parts = [f"step {state.step}"] + ([f"loss {train_loss:.3f}"] if train_loss is not None else [])
         parts += [f"val {val_loss:.3f}"] + ([f"{ms_per_step:.0f} ms/step"] if ms_per_step is not None else [])
         logger.info(" | ".join(parts))
@@ -556,15 +539,16 @@ def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = N
 
 @torch.no_grad()
 def validation_loss(v2t, texts: list[str], vectors: np.ndarray, batch_size: int, max_tokens: int,
-                    loss_vocab: torch.Tensor | None = None) -> float:
+                    loss_vocab: torch.Tensor | None = None, contexts: list[str] | None = None) -> float:
     """Token-weighted mean cross-entropy over a validation set, in eval mode; over the full vocabulary, or
-    over ``loss_vocab`` (see :meth:`Vector2Text.forward`)."""
+    over ``loss_vocab`` (see :meth:`Vector2Text.forward`); a corrector's given its ``contexts``."""
     was_training = v2t.training
     v2t.eval()
     total, count = 0.0, 0
     for start in range(0, len(texts), batch_size):
-        batch = v2t.tokenize(texts[start:start + batch_size], max_tokens)
-        n_tokens = int(batch["attention_mask"].sum())
+        batch = v2t.tokenize(texts[start:start + batch_size], max_tokens,
+                             contexts=None if contexts is None else contexts[start:start + batch_size])
+        n_tokens = int((batch["attention_mask"] * batch.get("label_mask", 1)).sum())
         loss = v2t.forward(vectors[start:start + batch_size], **batch, loss_vocab=loss_vocab).loss
         total += float(loss) * n_tokens
         count += n_tokens

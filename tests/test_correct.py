@@ -148,3 +148,76 @@ def test_correction_without_a_corrector_says_what_to_load(v2t):
 def test_bad_correction_options_are_refused(v2t, options, message):
     with pytest.raises(V2TError, match=message):
         v2t.generate(v2t.encode(SENTENCES[:1]), **options)
+
+
+# ---------------------------------------------------------------------- training a corrector
+def test_heldout_then_invert_then_a_trained_corrector_that_corrects(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                                    capsys):
+    from lora_v2t.cli import main
+    from lora_v2t.config import load_config
+    from lora_v2t.pairs import unseen_sentences
+    from lora_v2t.train import train
+
+    from .test_train import RECIPE
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{s} {i}" for i in range(4) for s in SENTENCES) + "\n", encoding="utf-8")
+    common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+              f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
+              f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=4", "--training.eval_every=4",
+              "--training.save_every=4"]
+    sample = ["--data.max_sentences=12"]
+    hypothesizer = train(load_config(RECIPE, common + sample + ["--training.run_name=hyp"]), show_progress=False)
+    held = tmp_path / "held.txt"
+    assert main(["heldout", str(RECIPE), "--out", str(held), *common, *sample]) == 0
+    unseen = held.read_text(encoding="utf-8").splitlines()
+    cfg = load_config(RECIPE, common + sample)
+    assert unseen == unseen_sentences(cfg) and len(unseen) > 8
+    trained_on = json.loads((hypothesizer / "v2t_config.json").read_text())
+    assert trained_on["role"] == "hypothesizer"
+    assert main(["heldout", str(RECIPE), "--out", str(held), *common, *sample]) == 2  # never overwritten
+    hyps = tmp_path / "hyps.jsonl"
+    assert main(["invert", "--adapter", str(hypothesizer), "--texts", str(held), "--out", str(hyps),
+                 "--max-new-tokens", "8", "--no-progress"]) == 0
+    corrector = train(load_config(RECIPE, common + [f"--data.train={held}", f"--data.hypotheses={hyps}",
+                                                    "--training.role=corrector", "--training.run_name=corr"]),
+                      show_progress=False)
+    config = json.loads((corrector / "v2t_config.json").read_text())
+    assert config["role"] == "corrector" and config["projector"]["embedding_dim"] == 3 * config["encoder"]["dim"]
+    v2t = load_adapter(hypothesizer, device="cpu")
+    out = v2t.generate(v2t.encode(unseen[:3]), correct_steps=2, corrector=str(corrector), max_new_tokens=8)
+    assert len(out) == 3
+    capsys.readouterr()
+    assert main(["generate", "--adapter", str(hypothesizer), "--text", unseen[0], "--correct-steps", "1",
+                 "--corrector", str(corrector), "--max-new-tokens", "8"]) == 0
+    assert "==>" in capsys.readouterr().out
+
+
+def test_a_corrector_recipe_without_hypotheses_is_refused(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
+    from lora_v2t.config import load_config
+    from lora_v2t.train import train
+
+    from .test_train import RECIPE
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    cfg = load_config(RECIPE, [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+                               f"--training.output_dir={tmp_path / 'runs'}", f"--data.train={corpus}",
+                               "--training.role=corrector"])
+    with pytest.raises(V2TError, match="needs data.hypotheses"):
+        train(cfg, show_progress=False)
+
+
+def test_the_command_line_checks_correction_before_loading_models(tmp_path, bundles, no_model_load, capsys):
+    from lora_v2t.cli import main
+
+    hyp_dir, corr_dir = bundles
+    base = ["generate", "--adapter", str(hyp_dir), "--text", "кот"]
+    assert main(base + ["--correct-steps", "-1"]) == 2
+    assert "correct_steps must be an integer >= 0" in capsys.readouterr().err
+    assert main(base + ["--correct-steps", "1", "--corrector", str(hyp_dir)]) == 2
+    assert "is a hypothesizer, not a corrector" in capsys.readouterr().err
+    (hyp_dir / "v2t_config.json").write_text(
+        (hyp_dir / "v2t_config.json").read_text().replace('"../corr"', "null"))
+    assert main(base + ["--correct-steps", "1"]) == 2
+    assert "names no corrector" in capsys.readouterr().err

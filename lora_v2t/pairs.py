@@ -1,0 +1,127 @@
+"""What a run trains on: sentences and their vectors, and for a corrector also the hypotheses it corrects.
+
+A hypothesizer learns ``vector -> sentence`` from ``data.train``. A corrector learns ``(v, e, v - e, hypothesis)
+-> sentence`` (see :mod:`lora_v2t.correct`), from three files that must line up:
+
+1. ``lora-v2t heldout RECIPE --out held.txt``: sentences of the corpus that the hypothesizer's recipe never trained
+   or validated on (a corrector trained on hypotheses of seen sentences learns to expect better ones);
+2. ``lora-v2t invert --adapter HYPOTHESIZER --texts held.txt --out hyps.jsonl``: its hypotheses (resumable);
+3. a corrector recipe with ``data.train: held.txt``, ``data.hypotheses: hyps.jsonl`` and
+   ``training.role: corrector``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig
+from .correct import condition
+from .data import embed_corpus, read_sentences, sample_and_split
+from .encoders import load_encoder
+from .errors import V2TError
+from .invert import read_texts
+from .rundir import cache_dir_of
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Training and validation sentences with their vectors (a corrector's: :func:`condition` rows) and, for a
+    corrector, the hypothesis each one corrects."""
+
+    train_texts: list[str]
+    val_texts: list[str]
+    train_vectors: np.ndarray
+    val_vectors: np.ndarray
+    train_contexts: list[str] | None = None
+    val_contexts: list[str] | None = None
+
+
+def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True) -> TrainingData:
+    """Read, filter, sample and split the corpus, and embed it through the cache (a corrector's: its pairs)
+    with ``encoder`` (default: the recipe's)."""
+    encoder = encoder or load_encoder(cfg.encoder.spec)
+    if cfg.training.role == "corrector":
+        return corrector_data(cfg, encoder, show_progress)
+    dc = cfg.data
+    sentences, stats = read_sentences(dc.train, dc.min_chars, dc.max_chars)
+    logger.info("corpus %s", stats.summary())
+    val_given = None
+    if dc.val:
+        val_given, val_stats = read_sentences(dc.val, dc.min_chars, dc.max_chars)
+        logger.info("validation %s", val_stats.summary())
+    train_texts, val_texts = sample_and_split(sentences, dc.val_size, dc.max_sentences, dc.seed, val_given)
+    del sentences
+    cache_dir = cache_dir_of(cfg)
+    stem = Path(dc.train).stem
+    train_vectors = embed_corpus(train_texts, encoder, cache_dir, f"{stem}-train", show_progress=show_progress)
+    val_vectors = np.asarray(embed_corpus(val_texts, encoder, cache_dir, f"{stem}-val", show_progress=False))
+    return TrainingData(train_texts, val_texts, train_vectors, val_vectors)
+
+
+def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> TrainingData:
+    """The (sentence, hypothesis) pairs of ``data.train`` and ``data.hypotheses``, split and embedded."""
+    dc = cfg.data
+    if not dc.hypotheses:
+        raise V2TError("training.role=corrector needs data.hypotheses: the `lora-v2t invert --texts DATA.TRAIN` "
+                       "JSONL of its hypothesizer (see lora_v2t.pairs)")
+    targets = read_texts(Path(dc.train))
+    hypotheses = read_hypotheses(Path(dc.hypotheses), len(targets))
+    pairs = [(t, h) for t, h in zip(targets, hypotheses) if h and h.strip()]
+    logger.info("corrector pairs: %d of %d sentences have a hypothesis", len(pairs), len(targets))
+    if len(pairs) <= dc.val_size:
+        raise V2TError(f"{len(pairs)} sentence/hypothesis pairs, not more than data.val_size={dc.val_size}: invert "
+                       f"more of {dc.train} (`lora-v2t invert` resumes) or lower data.val_size")
+    random.Random(dc.seed).shuffle(pairs)
+    if dc.max_sentences is not None:
+        pairs = pairs[:dc.val_size + dc.max_sentences]
+    cache_dir, stem = cache_dir_of(cfg), Path(dc.train).stem
+    parts = {}
+    for split, chunk in (("val", pairs[:dc.val_size]), ("train", pairs[dc.val_size:])):
+        texts, contexts = [t for t, _ in chunk], [h for _, h in chunk]
+        v = embed_corpus(texts, encoder, cache_dir, f"{stem}-{split}", show_progress=show_progress)
+        e = embed_corpus(contexts, encoder, cache_dir, f"{stem}-{split}-hypotheses", show_progress=show_progress)
+        parts[split] = (texts, condition(v, e), contexts)
+    (train_texts, train_vectors, train_contexts), (val_texts, val_vectors, val_contexts) = parts["train"], parts["val"]
+    return TrainingData(train_texts, val_texts, train_vectors, val_vectors, train_contexts, val_contexts)
+
+
+def read_hypotheses(path: Path, rows: int) -> list[str | None]:
+    """The texts of an ``invert`` JSONL by row (None where a row is missing: an unfinished inversion)."""
+    if not path.is_file():
+        raise V2TError(f"hypotheses file {path} does not exist: write it with `lora-v2t invert --texts ... --out "
+                       f"{path}`")
+    out: list[str | None] = [None] * rows
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                row = json.loads(line)
+                index, text = int(row["index"]), str(row["text"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise V2TError(f"{path}:{number} is not an `invert` JSONL row ({exc}): write the hypotheses with "
+                               "`lora-v2t invert --out FILE.jsonl`") from exc
+            if not 0 <= index < rows:
+                raise V2TError(f"{path}:{number} names row {index}, but data.train has {rows} lines: the "
+                               "hypotheses were written for another file")
+            out[index] = text
+    return out
+
+
+def unseen_sentences(cfg: RunConfig, count: int | None = None) -> list[str]:
+    """Sentences of ``data.train`` that a hypothesizer trained with ``cfg`` never saw: neither in its training
+    sample nor in its validation set (nor equal to a sentence that is); a seeded sample of ``count`` of them."""
+    dc = cfg.data
+    sentences, _ = read_sentences(dc.train, dc.min_chars, dc.max_chars)
+    val_given = read_sentences(dc.val, dc.min_chars, dc.max_chars)[0] if dc.val else None
+    train, val = sample_and_split(sentences, dc.val_size, dc.max_sentences, dc.seed, val_given)
+    seen = set(train) | set(val)
+    unseen = list(dict.fromkeys(s for s in sentences if s not in seen))
+    random.Random(dc.seed + 1).shuffle(unseen)
+    return unseen[:count] if count is not None else unseen
