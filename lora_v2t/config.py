@@ -182,7 +182,8 @@ class TrainingConfig:
     warmup_steps: int = setting(50, "linear warm-up, then cosine decay")
     min_lr_ratio: float = setting(0.1, "the cosine decays to this fraction of the peak rate")
     max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
-    mixed_precision: str = setting("auto", "auto (bf16/fp16 on CUDA, off on CPU) | no | bf16 | fp16")
+    mixed_precision: str = setting(
+        "auto", "auto (bf16/fp16 on CUDA; bf16 on CPUs with AVX-512 BF16 or AMX, else off) | no | bf16 | fp16")
     gradient_checkpointing: bool = setting(False, "trade compute for activation memory")
     eval_every: int = setting(100, "steps between validation + printed reconstructions")
     save_every: int = setting(200, "steps between checkpoints")

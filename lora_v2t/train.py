@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import pick_device
+from .backbone import cpu_has_bf16_units, pick_device
 from .checkpoint import (
     clean_stale_temporaries,
     data_file_digests,
@@ -113,15 +113,31 @@ def training_device(spec: str | None) -> torch.device | None:
 
 
 def make_accelerator(cfg: RunConfig, device: torch.device | None, run_dir: Path):
-    """An ``Accelerator`` on ``device`` with the recipe's mixed precision (``auto``: bf16/fp16 on CUDA)."""
+    """An ``Accelerator`` on ``device`` with the recipe's mixed precision (``auto``: bf16/fp16 on CUDA; bf16 on
+    CPUs with bf16 matrix units, see :func:`lora_v2t.backbone.cpu_has_bf16_units`; else fp32)."""
     from accelerate import Accelerator
 
     cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
-    mixed = cfg.training.mixed_precision
-    if mixed == "auto":
-        mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    return Accelerator(mixed_precision=mixed, cpu=not cuda,
-                       log_with="tensorboard" if cfg.training.tensorboard else None, project_dir=str(run_dir))
+    mixed = mixed_precision(cfg.training.mixed_precision, cuda)
+    try:
+        return Accelerator(mixed_precision=mixed, cpu=not cuda,
+                           log_with="tensorboard" if cfg.training.tensorboard else None, project_dir=str(run_dir))
+    except ValueError as exc:
+        if "already been initialized" not in str(exc):
+            raise
+        raise V2TError(f"this Python process already trained with another mixed precision or device, and "
+                       f"accelerate cannot change them within a process: run this training (mixed precision "
+                       f"{mixed}) in a new process") from exc
+
+
+def mixed_precision(setting: str, cuda: bool) -> str:
+    """What ``training.mixed_precision`` means on this machine: ``auto`` is bf16 (fp16 without bf16 support) on
+    CUDA, bf16 on CPUs with bf16 matrix units (:func:`lora_v2t.backbone.cpu_has_bf16_units`), else ``no``."""
+    if setting != "auto":
+        return setting
+    if cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16_units() else "no"
 
 
 def _check_tensorboard(cfg: RunConfig) -> None:

@@ -9,6 +9,7 @@ from safetensors import safe_open
 
 from lora_v2t import V2TError, load_adapter
 from lora_v2t.adapter import BUNDLE_FILES, FORMAT_VERSION, OUTPUT_VOCAB_FILE
+from lora_v2t.layout import CORRECTOR_FORMAT_VERSION
 
 from .conftest import make_v2t
 
@@ -191,7 +192,7 @@ def test_corrupt_json(bundle, tmp_path):
 
 def test_newer_format_version(bundle, tmp_path):
     broken = copy_bundle(bundle, tmp_path)
-    edit_config(broken, format_version=FORMAT_VERSION + 1)
+    edit_config(broken, format_version=CORRECTOR_FORMAT_VERSION + 1)  # newer than any this version writes
     with pytest.raises(V2TError, match="upgrade lora_v2t"):
         load_adapter(broken)
 

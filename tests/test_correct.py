@@ -109,7 +109,9 @@ def test_a_corrector_bundle_records_its_role_and_loads_only_as_a_corrector(bundl
     hyp_dir, corr_dir = bundles
     config = json.loads((corr_dir / "v2t_config.json").read_text())
     assert config["role"] == "corrector" and config["format_version"] == 3
-    assert json.loads((hyp_dir / "v2t_config.json").read_text())["corrector"] == "../corr"
+    hyp_config = json.loads((hyp_dir / "v2t_config.json").read_text())
+    assert hyp_config["corrector"] == "../corr"
+    assert hyp_config["format_version"] == 2  # a hypothesizer stays readable by lora_v2t versions before correctors
     alone = load_adapter(corr_dir, device="cpu")
     with pytest.raises(V2TError, match="is a corrector: .*load a hypothesizer"):
         alone.generate(np.zeros((1, alone.embedding_dim), np.float32))

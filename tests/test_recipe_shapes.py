@@ -34,6 +34,7 @@ SHAPES = {
     "original_experiment.yaml": ("rugpt3large_dir", LABSE),
     "labse_rugpt3small.yaml": ("rugpt3small_dir", LABSE),
     "offline_use_gemma270m.yaml": (None, "precomputed:512"),  # offline:gemma-3-270m, the real one
+    "offline_use_gemma270m_corrector.yaml": (None, "precomputed:512"),
     "tiny_debug.yaml": ("tiny_backbone_dir", None),
 }
 TOLERANCE = {"none": 1e-5, "8bit": 1e-4}  # atol = rtol on logits, per quantization
@@ -90,7 +91,7 @@ def test_recipe_adapter_saves_and_loads_at_the_real_shapes(recipe, request, tmp_
     v2t = create_from_recipe(cfg)
     quantization = v2t.backbone_info["quantization"]  # auto is none on the CPU
     assert quantization == (cfg.backbone.quantization if cfg.backbone.quantization != "auto" else "none")
-    vectors = torch.randn(3, v2t.embedding_dim, generator=torch.Generator().manual_seed(0))
+    vectors = torch.randn(3, v2t.projector.embedding_dim, generator=torch.Generator().manual_seed(0))  # 3d: corrector
     if full:
         before = logits_of(v2t, vectors)
         perturb_last_block(v2t)
@@ -104,6 +105,7 @@ def test_recipe_adapter_saves_and_loads_at_the_real_shapes(recipe, request, tmp_
     bundle = v2t.save_adapter(tmp_path / "bundle", training={"steps": 0, "data": "shape test"})
     config = validate_bundle(bundle)
     assert config["trainable"] == cfg.training.trainable
+    assert config["role"] == cfg.training.role
     assert config["projector"]["kind"] == cfg.projector.kind
     assert config["projector"]["prefix_length"] == cfg.projector.prefix_length
     assert config["generation"] == asdict(cfg.generation)

@@ -641,3 +641,37 @@ def test_a_time_boxed_run_shows_minutes_left_not_a_step_count(tmp_path, tiny_bac
           show_progress=True)
     steps = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "training:" in line]
     assert "3/3" in steps[-1]  # without a time box, the bar counts steps
+
+
+@pytest.mark.parametrize("units, expected", [(True, "bf16"), (False, "no")])
+def test_auto_mixed_precision_on_the_cpu_follows_its_bf16_units(monkeypatch, units, expected):
+    monkeypatch.setattr(train_module, "cpu_has_bf16_units", lambda: units)
+    assert train_module.mixed_precision("auto", cuda=False) == expected
+    assert train_module.mixed_precision("no", cuda=False) == "no"
+
+
+def test_a_bf16_run_on_the_cpu_records_that_its_adapter_learned_in_bf16(tmp_path, tiny_backbone_dir,
+                                                                       tiny_encoder_dir, corpus):
+    import subprocess
+    import sys
+
+    # accelerate fixes the mixed precision once per process (the other tests train in fp32): a process of its own
+    overrides = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+                 f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
+                 f"--data.train={corpus}", f"--data.val={corpus}", "--data.val_size=4",
+                 "--training.mixed_precision=bf16", "--training.max_steps=4", "--training.eval_every=4",
+                 "--training.save_every=4"]
+    done = subprocess.run([sys.executable, "-m", "lora_v2t.cli", "train", str(RECIPE), "--no-progress", *overrides],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = tmp_path / "runs" / "tiny-debug" / "final"
+    config = json.loads((final / "v2t_config.json").read_text())
+    assert config["backbone"]["compute_dtype"] == "bfloat16"
+    assert all(torch.isfinite(v).all() for v in adapter_state(final).values())
+
+
+def test_yaml_booleans_for_text_settings_become_their_words(tmp_path):
+    cfg = load_config(RECIPE, ["--training.mixed_precision=no"])  # YAML reads an unquoted no as false
+    assert cfg.training.mixed_precision == "no"
+    with pytest.raises(V2TError, match="mixed_precision"):
+        load_config(RECIPE, ["--training.mixed_precision=on"])
