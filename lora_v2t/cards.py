@@ -26,6 +26,10 @@ def model_card(config: dict, source: str = "path/to/this/folder", revision: str 
         f"`{bb['name']}`{hub_note} ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']}).",
         "",
         f"- projector: `{proj['kind']}`, {proj['prefix_length']} prefix slot(s)",
+        "- role: corrector: rewrites a hypothesis closer to its target vector (pass it as `corrector=` with its "
+        "hypothesizer; see `lora_v2t.correct`)" if config.get("role") == "corrector" else
+        f"- role: hypothesizer; corrector: `{config['corrector']}` (`generate(..., correct_steps=N)` uses it)"
+        if config.get("corrector") else "- role: hypothesizer",
         f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}"
         f"{' of blocks ' + ', '.join(map(str, lora['layers'])) if lora.get('layers') else ''}" if lora else
         "- no LoRA: the whole backbone was fine-tuned and is saved in `backbone/` (a baseline, not an adapter)",

@@ -484,6 +484,7 @@ def cmd_info(args) -> int:
         f"trained on   quantization {bb.get('quantization', 'unrecorded')}, compute dtype "
         f"{bb.get('compute_dtype', 'unrecorded')} (loaded that way unless --quantization says otherwise)",
         f"encoder      {enc['spec']}  ({enc['dim']}-d)",
+        f"role         {_describe_role(config)}",
         f"projector    {proj['kind']}, {proj['prefix_length']} slot(s), {count('projector.safetensors'):,} params",
     ]
     if lora:
@@ -499,6 +500,14 @@ def cmd_info(args) -> int:
             lines.append(f"training     {key}: {value}")
     print("\n".join(lines))
     return 0
+
+
+def _describe_role(config: dict) -> str:
+    if config.get("role") == "corrector":
+        return "corrector: rewrites a hypothesis closer to its vector (reads v, e and v - e; see lora_v2t.correct)"
+    paired = config.get("corrector")
+    return "hypothesizer" + (f"; its corrector: {paired} (--correct-steps N uses it)" if paired else
+                             " (no corrector named: --correct-steps N needs --corrector DIR or shift)")
 
 
 def cmd_push(args) -> int:
