@@ -30,17 +30,19 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, required=True, help="the recipe it was trained with")
     parser.add_argument("--eval", type=Path, nargs="*", default=[], help="report folders of `lora-v2t evaluate`")
     parser.add_argument("--out", type=Path, required=True, help="where the shipped bundle goes")
+    parser.add_argument("--corrector", help="a hypothesizer's corrector, as its bundle names it (a folder relative "
+                                             "to --out, e.g. ../use-gemma270m-ru-v2-corrector, or a hub id)")
     args = parser.parse_args()
 
     from lora_v2t import load_adapter
     from lora_v2t.config import load_config
     from lora_v2t.data import tokenize_corpus
-    from lora_v2t.train import prepare_data
+    from lora_v2t.pairs import prepare_data
 
     cfg = load_config(args.recipe)
     v2t = load_adapter(args.adapter, quantization="none", device="cpu")
     if v2t.output_vocab is None and cfg.training.loss_vocab == "corpus":
-        train_texts, _, _, _ = prepare_data(cfg, v2t.encoder, show_progress=False)
+        train_texts = prepare_data(cfg, v2t.encoder, show_progress=False).train_texts
         v2t.set_output_vocab(tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens)[1])
         print(f"output vocabulary rebuilt from the corpus: {v2t.output_vocab.numel()} tokens")
     metrics = {"val_loss": v2t.meta["training"].get("metrics", {}).get("val_loss")}
@@ -53,13 +55,17 @@ def main() -> None:
                              f"{expected}: evaluate it again")
         data = Path(summary.get("data") or report.name).stem
         for system, scores in summary["scores"].items():
+            name = system.split()[0] if not system.startswith("corrected") else f"corrected-{system.split()[-1]}"
             for metric in ("bleu", "chrf", "cosine"):
                 if metric in scores:
-                    metrics[f"{data} {system.split()[0]} {metric} (n={summary['sentences']})"] = \
-                        round(scores[metric]["value"], 4)
-    samples = [{"text": t, "generated": g} for t, g in zip(SAMPLES, v2t.invert(SAMPLES))]
+                    metrics[f"{data} {name} {metric} (n={summary['sentences']})"] = round(scores[metric]["value"], 4)
     v2t.meta["training"]["metrics"] = metrics
-    v2t.save_adapter(args.out, training={"samples": samples})
+    if args.corrector:
+        v2t.meta["corrector"] = args.corrector
+    training = {}
+    if v2t.role == "hypothesizer":
+        training["samples"] = [{"text": t, "generated": g} for t, g in zip(SAMPLES, v2t.invert(SAMPLES))]
+    v2t.save_adapter(args.out, training=training)
     print(json.dumps(v2t.meta["training"], indent=1, ensure_ascii=False))
     print(f"shipped: {args.out}")
 
