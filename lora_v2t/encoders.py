@@ -147,3 +147,31 @@ def load_encoder(spec: str | Encoder, device: str | None = None) -> Encoder:
     return SentenceTransformerEncoder(spec, device=device)
 
 
+class EncoderCache:
+    """Loaded encoders by spec, shared by the adapters of one model; each loads on first use."""
+
+    def __init__(self):
+        self._loaded: dict[str, Encoder] = {}
+
+    def get(self, spec: str, dim: int) -> Encoder:
+        """The encoder ``spec`` (loading it now if needed), which must make ``dim``-d vectors."""
+        if spec not in self._loaded:
+            self.put(spec, load_encoder(spec), dim)
+        return self._loaded[spec]
+
+    def put(self, spec: str, encoder: Encoder, dim: int) -> None:
+        """Use ``encoder`` wherever ``spec`` is asked for; it must make ``dim``-d vectors."""
+        if encoder.dim != dim:
+            raise V2TError(f"encoder {encoder.spec!r} makes {encoder.dim}-d vectors but the adapter expects "
+                           f"{dim}-d: use the encoder it was trained with ({spec!r})")
+        self._loaded[spec] = encoder
+
+    def clear(self) -> None:
+        self._loaded.clear()
+
+    def __contains__(self, spec: str) -> bool:
+        return spec in self._loaded
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+

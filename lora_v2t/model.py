@@ -19,9 +19,10 @@ from .adapter import load_into, save_adapter
 from .backbone import load_backbone
 from .config import PRECISION_KEYS, ROLES, GenerationConfig, LoRAConfig, ProjectorConfig, RunConfig, check_choice
 from .correct import CorrectionConfig, correct
-from .encoders import Encoder, check_texts, load_encoder
+from .encoders import Encoder, EncoderCache, check_texts, load_encoder
 from .errors import V2TError
 from .generate import Reranked, generate
+from .lora import make_lora_config
 from .loss import subset_loss
 from .projector import PrefixProjector, embedding_rms, projector_input_dim
 from .push import push_adapter
@@ -29,31 +30,6 @@ from .vectors import to_vectors
 from .vocab import check_output_vocab
 
 logger = logging.getLogger(__name__)
-
-# attention projections per architecture (the q/k/v/o of each attention block)
-LORA_TARGETS = {
-    "gpt2": ["c_attn", "attn.c_proj"],
-    "gpt_neox": ["query_key_value", "attention.dense"],
-    "bloom": ["query_key_value", "self_attention.dense"],
-    "falcon": ["query_key_value", "self_attention.dense"],
-}
-QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
-for _arch in ("llama", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3",
-              "phi3", "olmo", "olmo2", "granite", "smollm3"):
-    LORA_TARGETS[_arch] = QKVO
-
-
-def default_target_modules(model_type: str) -> list[str]:
-    """The LoRA target modules for a model type: attention q/k/v/o, or peft's own default."""
-    if model_type in LORA_TARGETS:
-        return list(LORA_TARGETS[model_type])
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
-
-    if model_type in PEFT_DEFAULTS:
-        return list(PEFT_DEFAULTS[model_type])
-    raise V2TError(f"no default LoRA target modules for model type {model_type!r}: "
-                   "pass target_modules=[...] (names of the attention projection layers)")
-
 
 class Vector2Text(nn.Module):
     """Backbone + LoRA adapters + projectors, with the adapter registry of DESIGN.md.
@@ -67,7 +43,7 @@ class Vector2Text(nn.Module):
         self.tokenizer = tokenizer
         self.projectors = nn.ModuleDict()  # adapter name -> PrefixProjector
         self.adapter_meta: dict[str, dict] = {}  # adapter name -> encoder / generation / training metadata
-        self._encoders: dict[str, Encoder] = {}  # encoder spec -> loaded encoder (loaded on first use)
+        self.encoders = EncoderCache()  # encoder spec -> loaded encoder (loaded on first use)
         self.output_vocabs: dict[str, torch.Tensor] = {}  # adapter name -> sorted token ids it may emit
         base = self.base_model
         self.backbone_info = {
@@ -140,7 +116,7 @@ class Vector2Text(nn.Module):
                                             "target_modules": sorted(peft_config.target_modules)}
         else:
             raise V2TError(f"unknown trainable mode {trainable!r}; choose lora or full")
-        v2t._encoders[enc.spec] = enc
+        v2t.encoders.put(enc.spec, enc, enc.dim)
         v2t.add_projector(adapter_name, projector_cfg, projector_input_dim(enc.dim, role))
         precision = {k: v2t.backbone_info[k] for k in PRECISION_KEYS}  # what the adapter will learn on
         v2t.adapter_meta[adapter_name] = {"encoder": {"spec": enc.spec, "dim": enc.dim}, "lora": lora_meta,
@@ -244,27 +220,16 @@ class Vector2Text(nn.Module):
     @property
     def encoder(self) -> Encoder:
         """The active adapter's encoder, loaded on first use."""
-        spec = self.meta["encoder"]["spec"]
-        if spec not in self._encoders:
-            enc = load_encoder(spec)
-            if enc.dim != self.embedding_dim:
-                raise V2TError(f"encoder {spec!r} makes {enc.dim}-d vectors but the adapter expects "
-                               f"{self.embedding_dim}-d: it was trained with another encoder")
-            self._encoders[spec] = enc
-        return self._encoders[spec]
+        return self.encoders.get(self.meta["encoder"]["spec"], self.embedding_dim)
 
     def release_encoders(self) -> None:
         """Drop the loaded encoders (each loads again on first use): training needs none once the embedding
         cache is filled, and a GPU should not hold one through training."""
-        self._encoders.clear()
+        self.encoders.clear()
 
     def set_encoder(self, encoder: str | Encoder) -> None:
         """Use another encoder object (same dimension) for the active adapter, e.g. a local copy."""
-        enc = load_encoder(encoder)
-        if enc.dim != self.embedding_dim:
-            raise V2TError(f"encoder {enc.spec!r} makes {enc.dim}-d vectors but the adapter expects "
-                           f"{self.embedding_dim}-d")
-        self._encoders[self.meta["encoder"]["spec"]] = enc
+        self.encoders.put(self.meta["encoder"]["spec"], load_encoder(encoder), self.embedding_dim)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The active adapter's LoRA and projector parameters (every backbone weight when fully fine-tuned)."""
@@ -448,14 +413,3 @@ class _Output:
 
     def __init__(self, loss: torch.Tensor):
         self.loss = loss
-
-
-def make_lora_config(cfg: LoRAConfig, model_type: str):
-    """A peft LoraConfig for a causal LM of ``model_type``."""
-    from peft import LoraConfig, TaskType
-
-    targets = cfg.target_modules or default_target_modules(model_type)
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha or 2 * cfg.r,
-                      lora_dropout=cfg.dropout, target_modules=targets, layers_to_transform=cfg.layers,
-                      fan_in_fan_out=model_type == "gpt2", bias="none")
-

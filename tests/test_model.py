@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lora_v2t import V2TError
-from lora_v2t.model import default_target_modules
+from lora_v2t.lora import default_target_modules
 from lora_v2t.vectors import to_vectors
 
 from .conftest import SENTENCES, make_v2t

@@ -1,0 +1,41 @@
+"""LoRA settings per architecture: which modules get adapters, as a peft ``LoraConfig``."""
+
+from __future__ import annotations
+
+from .config import LoRAConfig
+from .errors import V2TError
+
+# attention projections per architecture (the q/k/v/o of each attention block)
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "attn.c_proj"],
+    "gpt_neox": ["query_key_value", "attention.dense"],
+    "bloom": ["query_key_value", "self_attention.dense"],
+    "falcon": ["query_key_value", "self_attention.dense"],
+}
+QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+for _arch in ("llama", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3",
+              "phi3", "olmo", "olmo2", "granite", "smollm3"):
+    LORA_TARGETS[_arch] = QKVO
+
+
+def default_target_modules(model_type: str) -> list[str]:
+    """The LoRA target modules for a model type: attention q/k/v/o, or peft's own default."""
+    if model_type in LORA_TARGETS:
+        return list(LORA_TARGETS[model_type])
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    if model_type in PEFT_DEFAULTS:
+        return list(PEFT_DEFAULTS[model_type])
+    raise V2TError(f"no default LoRA target modules for model type {model_type!r}: "
+                   "pass target_modules=[...] (names of the attention projection layers)")
+
+
+def make_lora_config(cfg: LoRAConfig, model_type: str):
+    """A peft LoraConfig for a causal LM of ``model_type``."""
+    from peft import LoraConfig, TaskType
+
+    targets = cfg.target_modules or default_target_modules(model_type)
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha or 2 * cfg.r,
+                      lora_dropout=cfg.dropout, target_modules=targets, layers_to_transform=cfg.layers,
+                      fan_in_fan_out=model_type == "gpt2", bias="none")
+
