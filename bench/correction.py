@@ -1,0 +1,88 @@
+"""Correction against reranking at equal decoding cost: what each extra decode per vector buys.
+
+Decodes the first --dev sentences of a dev file from their vectors with a hypothesizer and compares, on the same
+vectors in one run:
+
+- greedy (1 decode per vector);
+- greedy + K beams, keeping the candidate closest to the vector (reranking; counted as 1 + K decodes);
+- training-free correction (``shift``: v + a (v - e), a = 0.5, 1, 2; 3 decodes per step), after each step;
+- the trained corrector (1 decode per step at width 1), after each step, when one is given or named.
+
+Every system's text is scored by corpus chrF and BLEU (sacrebleu), exact match and the re-embedding cosine, with
+its decodes per vector and seconds.
+
+    .venv/bin/python bench/correction.py --adapter checkpoints/adapters/use-gemma270m-ru-v2 --dev 300 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = ROOT.parent / "shared" / "data" / "ru" / "dev_conversational.txt"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--adapter", required=True, help="the hypothesizer")
+    parser.add_argument("--corrector", help="its corrector (default: the one it names; none: skip)")
+    parser.add_argument("--data", type=Path, default=DEV, help="dev file, one sentence per line")
+    parser.add_argument("--dev", type=int, default=300, help="sentences to decode (default 300)")
+    parser.add_argument("--steps", type=int, default=5, help="correction steps (default 5)")
+    parser.add_argument("--beams", type=int, nargs="*", default=[4, 6], help="reranked beam widths (default 4 6)")
+    parser.add_argument("--shift-steps", type=int, default=2, help="training-free correction steps (default 2)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "correction.json")
+    args = parser.parse_args()
+    from lora_v2t import load_adapter
+    from lora_v2t.correct import SHIFT, CorrectionConfig, correct
+    from lora_v2t.evaluate import read_eval_file, score_outputs
+
+    data = read_eval_file(args.data, limit=args.dev)
+    v2t = load_adapter(args.adapter, device="cpu")
+    vectors = v2t.encode(data.sources)
+    rows, boot = [], np.random.default_rng(0).integers(0, len(vectors), (200, len(vectors)))
+
+    def record(name: str, texts: list[str], cosines, decodes: int, seconds: float) -> None:
+        scores = score_outputs(texts, data.references, cosines, boot)
+        rows.append({"system": name, "decodes": decodes, "seconds": round(seconds, 1),
+                     **{m: round(scores[m][0], 4) for m in ("chrf", "bleu", "exact_match", "cosine")}})
+        print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+
+    def traced(name: str, cfg: CorrectionConfig, with_greedy: bool) -> None:
+        trace = correct(v2t, vectors, cfg)
+        decodes, seconds = 0, 0.0
+        for step, (texts, cosines) in enumerate(zip(trace.texts, trace.cosines)):
+            decodes, seconds = decodes + trace.decodes[step], seconds + trace.seconds[step]
+            if step or with_greedy:
+                record(f"{name}, step {step}" if step else "greedy", texts, cosines, decodes, seconds)
+
+    traced(SHIFT, CorrectionConfig(steps=args.shift_steps, corrector=SHIFT, min_gain=0.0), with_greedy=True)
+    for beams in args.beams:
+        clock = time.perf_counter()
+        cfg = CorrectionConfig(steps=0, rerank=beams)
+        trace = correct(v2t, vectors, cfg)
+        record(f"greedy + {beams} beams reranked", trace.final, trace.cosines[-1], 1 + beams,
+               time.perf_counter() - clock)
+    if args.corrector != "none" and (args.corrector or v2t.meta.get("corrector")):
+        traced("corrector", CorrectionConfig(steps=args.steps, corrector=args.corrector, min_gain=0.0),
+               with_greedy=False)
+    print(f"\n{len(vectors)} sentences of {args.data.name}; adapter {args.adapter}\n")
+    print("| system | decodes per vector | seconds | chrF | BLEU | exact % | cosine |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['system']} | {r['decodes']} | {r['seconds']} | {r['chrf']:.1f} | {r['bleu']:.1f} | "
+              f"{r['exact_match']:.1f} | {r['cosine']:.4f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"adapter": str(args.adapter), "data": str(args.data), "rows": rows},
+                                   indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
