@@ -145,6 +145,7 @@ def bundle_config(v2t) -> dict:
         "training": dict(meta["training"]),
         "role": role,
         "corrector": meta.get("corrector"),  # a hypothesizer's corrector: a folder relative to this one, or a hub id
+        "context_tokens": meta.get("context_tokens"),  # a corrector's: how long a hypothesis it reads may be
     }
 
 
@@ -431,5 +432,6 @@ def attach(v2t, path: Path, name: str, config: dict) -> None:
         "precision": {k: config["backbone"][k] for k in PRECISION_KEYS if k in config["backbone"]} or None,
         "role": config.get("role") or "hypothesizer",
         "corrector": config.get("corrector"),
+        "context_tokens": config.get("context_tokens"),
         "source": str(path),  # where it was loaded from: a corrector it names is found beside it
     }

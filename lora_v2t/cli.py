@@ -62,9 +62,12 @@ def _correction(args, config: dict):
     from .correct import SHIFT, CorrectionConfig, check_pair, corrector_path
 
     correction = CorrectionConfig(steps=args.correct_steps, corrector=args.corrector, width=args.correct_width)
+    if correction.steps == 0 and (args.corrector is not None or args.correct_width != 1):
+        raise V2TError("--corrector and --correct-width choose how to correct: give --correct-steps N (N >= 1) too")
     if correction.steps == 0 or correction.corrector == SHIFT:
         return correction
-    meta = {"encoder": config["encoder"], "corrector": config.get("corrector"), "source": str(args.adapter)}
+    meta = {"encoder": config["encoder"], "backbone": config["backbone"], "corrector": config.get("corrector"),
+            "source": str(args.adapter)}
     path = corrector_path(meta, str(args.adapter), correction.corrector, None)
     check_pair(validate_bundle(path), meta, path)
     return correction
@@ -272,6 +275,7 @@ def _check_decoding(args, config: dict, options: dict) -> None:
 
 def cmd_generate(args) -> int:
     from .adapter import validate_bundle
+    from .correct import check_role
     from .encoders import check_texts
     from .hub import resolve_adapter
     from .loading import load_adapter
@@ -279,6 +283,7 @@ def cmd_generate(args) -> int:
 
     args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
+    check_role(config, "hypothesizer", str(args.adapter))
     texts = check_texts(args.text) if args.text else None
     vectors = None
     if args.vectors:  # check the file before the slow base load
@@ -346,10 +351,14 @@ def cmd_heldout(args) -> int:
     if args.out.exists():
         raise V2TError(f"{args.out} exists: choose a new file (it is never overwritten)")
     cfg = load_config(args.recipe, args.overrides)
+    if cfg.training.role != "hypothesizer":
+        raise V2TError(f"{args.recipe} trains a {cfg.training.role}: give the recipe of the hypothesizer whose unseen "
+                       "sentences you want")
     sentences = unseen_sentences(cfg, args.count)
     if not sentences:
         raise V2TError(f"every sentence of {cfg.data.train} is in the recipe's training sample or validation set: "
-                       "lower data.max_sentences")
+                       "train the hypothesizer with data.max_sentences below the corpus size")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     tmp.replace(args.out)
@@ -369,6 +378,7 @@ def cmd_demo(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .adapter import validate_bundle
+    from .correct import check_role
     from .evaluate import (
         check_evaluation_options,
         check_report_dir,
@@ -384,6 +394,7 @@ def cmd_evaluate(args) -> int:
     source = args.adapter  # as given: a folder or a hub id (not the cache's commit folder)
     args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
+    check_role(config, "hypothesizer", str(args.adapter))
     check_evaluation_options(args.rerank, args.resamples)
     if args.target_column is not None and args.source_column is None:
         raise V2TError("--target-column picks the reference column of a TSV read with --source-column: give "

@@ -252,8 +252,8 @@ def _coerce(value, hint, where: str):
             return float(value)
         except ValueError:
             pass
-    if hint is str and isinstance(value, bool):  # YAML 1.1 reads an unquoted no / off / yes / on as a boolean
-        return "yes" if value else "no"  # the choice checks then say what the setting accepts
+    if hint is str and value is False:  # YAML 1.1 reads an unquoted no (or off) as false: mixed_precision: no
+        return "no"
     if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
         raise V2TError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
     return value

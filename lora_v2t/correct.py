@@ -52,8 +52,8 @@ class CorrectionConfig:
                 raise V2TError(f"{name} must be an integer >= {low}, got {value!r}")
         if not self.shifts or any(not a > 0 for a in self.shifts):
             raise V2TError(f"correction shifts must be positive numbers, got {self.shifts!r}")
-        if self.min_gain < 0:
-            raise V2TError(f"min_gain must be >= 0, got {self.min_gain}")
+        if not self.min_gain >= 0:  # NaN too
+            raise V2TError(f"min_gain must be a number >= 0, got {self.min_gain}")
 
     @property
     def decodes_per_step(self) -> int:
@@ -99,11 +99,11 @@ def use_corrector(v2t, source: str | Path | None, revision: str | None = None) -
     hypothesizer = v2t.active_adapter
     check_role(v2t.meta, "hypothesizer", hypothesizer)
     name = corrector_name(hypothesizer)
-    if source is None and name in v2t.adapters:
-        return name
     path = corrector_path(v2t.meta, hypothesizer, source, revision)
+    if name in v2t.adapters and v2t.adapter_meta[name].get("source") == str(path):
+        return name  # already loaded from there
     config = validate_bundle(path)
-    check_pair(config, v2t.meta, path)
+    check_pair(config, {**v2t.meta, "backbone": v2t.backbone_info}, path)
     if name in v2t.adapters:
         v2t.delete_adapter(name)
     v2t.load_adapter(path, name)
@@ -112,15 +112,19 @@ def use_corrector(v2t, source: str | Path | None, revision: str | None = None) -
 
 def corrector_path(meta: dict, hypothesizer: str, source, revision: str | None) -> Path:
     """Where the corrector lives: ``source``, else what the hypothesizer's bundle names."""
-    if source is None:
-        source = meta.get("corrector")
-        if not source:
-            raise V2TError(f"adapter {hypothesizer!r} names no corrector: pass corrector=<corrector bundle folder or "
-                           "hub id> (--corrector DIR), or corrector='shift' for the training-free correction")
-        home = meta.get("source")
-        if home and not Path(source).is_absolute() and (Path(home) / source).is_dir():
-            source = Path(home) / source
-    return resolve_adapter(source, revision)
+    if source is not None:
+        return resolve_adapter(source, revision)
+    named, home = meta.get("corrector"), meta.get("source")
+    if not named:
+        raise V2TError(f"adapter {hypothesizer!r} names no corrector: pass corrector=<corrector bundle folder or "
+                       "hub id> (--corrector DIR), or corrector='shift' for the training-free correction")
+    if home and (named.startswith((".", "/")) or (Path(home) / named).exists()):  # a folder beside the bundle
+        path = (Path(home) / named).resolve()
+        if not path.is_dir():
+            raise V2TError(f"adapter {home} names its corrector {named!r}, but {path} is not a folder: copy the "
+                           "corrector there, or pass corrector=DIR (--corrector DIR)")
+        return path
+    return resolve_adapter(named, revision)  # a hub id
 
 
 def check_role(meta: dict, role: str, name: str) -> None:
@@ -135,14 +139,21 @@ def check_role(meta: dict, role: str, name: str) -> None:
                    "training.role=corrector) or corrector='shift'")
 
 
-def check_pair(config: dict, hypothesizer_meta: dict, path: Path) -> None:
-    """Raise unless the bundle at ``path`` is a corrector for the hypothesizer's encoder."""
+def check_pair(config: dict, hypothesizer: dict, path: Path) -> None:
+    """Raise unless the bundle at ``path`` (its ``config``) is a corrector for the hypothesizer's encoder and base
+    (``hypothesizer``: a bundle config, or an adapter's metadata with ``backbone`` the loaded base's info)."""
     check_role(config, "corrector", str(path))
-    mine, theirs = config["encoder"], hypothesizer_meta["encoder"]
+    mine, theirs = config["encoder"], hypothesizer["encoder"]
     if (mine.get("spec"), mine.get("dim")) != (theirs.get("spec"), theirs.get("dim")):
         raise V2TError(f"corrector {path} was trained for encoder {mine.get('spec')!r} ({mine.get('dim')}-d), but "
                        f"the hypothesizer uses {theirs.get('spec')!r} ({theirs.get('dim')}-d): use the corrector "
                        "trained with this hypothesizer")
+    mine, theirs = config["backbone"], hypothesizer.get("backbone") or {}
+    for key in ("model_type", "hidden_size", "vocab_size"):
+        if key in theirs and mine.get(key) != theirs[key]:
+            raise V2TError(f"corrector {path} was trained on base {mine.get('name')!r} ({key} {mine.get(key)}), but "
+                           f"the hypothesizer runs on {theirs.get('name')!r} ({key} {theirs[key]}): use the "
+                           "corrector trained with this hypothesizer")
 
 
 # ---------------------------------------------------------------------- the loop
@@ -151,14 +162,17 @@ def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, **
     of :func:`lora_v2t.generate.generate` (used for every decode)."""
     target = to_vectors(vectors, v2t.embedding_dim).numpy()
     check_role(v2t.meta, "hypothesizer", v2t.active_adapter)
+    if options.get("num_return_sequences", 1) > 1 or options.get("rerank"):
+        raise V2TError("correction keeps one text per vector: leave num_return_sequences at 1 and rerank off "
+                       "(correct_width keeps several candidates between steps)")
     corrector = None if cfg.steps == 0 or cfg.corrector == SHIFT else use_corrector(v2t, cfg.corrector)
     trace = Trace()
     clock = time.perf_counter()
     beam = Beam(v2t, target, max(cfg.width, 1))
     beam.add(v2t.generate(target, show_progress=show_progress, **options), np.arange(len(target)))
     if cfg.rerank > 1:
-        groups = v2t.generate(target, show_progress=show_progress, **options, num_beams=cfg.rerank,
-                              num_return_sequences=cfg.rerank)
+        groups = v2t.generate(target, show_progress=show_progress,
+                              **(options | {"num_beams": cfg.rerank, "num_return_sequences": cfg.rerank}))
         beam.add([t for g in groups for t in g], np.repeat(np.arange(len(target)), cfg.rerank))
     trace_step(trace, beam, clock, 1 + (cfg.rerank if cfg.rerank > 1 else 0))
     for step in range(1, cfg.steps + 1):

@@ -365,7 +365,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     systems = {"greedy": (greedy, greedy_cos)}
     if trace is not None:
         for step in range(1, len(trace.texts)):
-            systems[f"corrected, step {step}"] = (trace.texts[step], _reembed_cosines(v2t, trace.texts[step], vectors))
+            systems[f"corrected-{step}"] = (trace.texts[step], _reembed_cosines(v2t, trace.texts[step], vectors))
     if rerank > 1 and greedy_cos is not None:
         # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
         ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,

@@ -55,7 +55,8 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
 
     check_role(v2t.meta, "hypothesizer" if contexts is None else "corrector", v2t.active_adapter)
     opts = v2t.generation_defaults().updated(**options)
-    check_length(opts.max_new_tokens, v2t.projector.prefix_length, max_positions(v2t.base_model.config),
+    context = 0 if contexts is None else v2t.context_tokens or opts.max_new_tokens  # a corrector's hypothesis
+    check_length(opts.max_new_tokens, v2t.projector.prefix_length + context, max_positions(v2t.base_model.config),
                  v2t.backbone_info["name"])
     target = to_vectors(vectors, v2t.projector.embedding_dim)
     if contexts is not None and (rerank or len(contexts) != target.shape[0]):
@@ -86,7 +87,7 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
             for start in starts:
                 stop = start + opts.batch_size
                 prompt, mask = v2t.prompt(target[start:stop], None if contexts is None else contexts[start:stop],
-                                          opts.max_new_tokens)
+                                          context)
                 out = v2t.model.generate(inputs_embeds=prompt, attention_mask=mask, generation_config=gen_config,
                                           logits_processor=LogitsProcessorList(processors))
                 texts += [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]

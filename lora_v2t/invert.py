@@ -121,9 +121,11 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     """
     from .adapter import validate_bundle
     from .config import GenerationConfig
+    from .correct import check_role
 
     adapter_dir = Path(adapter_dir)
     config = config or validate_bundle(adapter_dir)
+    check_role(config, "hypothesizer", str(adapter_dir))
     source = Source(job.source, int(config["encoder"]["dim"]), job.on_nan)
     options = GenerationConfig.of_bundle(config, **job.options)
     if options.num_return_sequences > 1:

@@ -213,6 +213,11 @@ class Vector2Text(nn.Module):
         return int(self.meta["encoder"]["dim"])
 
     @property
+    def context_tokens(self) -> int | None:
+        """A corrector's hypotheses are cut to this many tokens (EOS included), as in its training."""
+        return self.meta.get("context_tokens")
+
+    @property
     def role(self) -> str:
         """The active adapter's role: ``hypothesizer`` or ``corrector`` (see :mod:`lora_v2t.correct`)."""
         return self.meta.get("role") or "hypothesizer"

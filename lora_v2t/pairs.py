@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors.torch import load_file
 
-from .config import RunConfig
+from .config import DataConfig, RunConfig
 from .correct import condition
 from .data import embed_corpus, read_sentences, sample_and_split
 from .encoders import load_encoder
 from .errors import V2TError
 from .invert import read_texts
+from .layout import OUTPUT_VOCAB_FILE
 from .rundir import cache_dir_of
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class TrainingData:
     val_vectors: np.ndarray
     train_contexts: list[str] | None = None
     val_contexts: list[str] | None = None
+    extra_vocab: np.ndarray | None = None  # token ids the loss ranks besides the corpus's (a corrector: its
+    # hypothesizer's output vocabulary, so that it may write every word its hypothesizer may)
 
 
 def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True) -> TrainingData:
@@ -73,7 +77,10 @@ def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> Train
         raise V2TError("training.role=corrector needs data.hypotheses: the `lora-v2t invert --texts DATA.TRAIN` "
                        "JSONL of its hypothesizer (see lora_v2t.pairs)")
     targets = read_texts(Path(dc.train))
+    hypothesizer = check_hypotheses_source(Path(dc.hypotheses), Path(dc.train), len(targets))
     hypotheses = read_hypotheses(Path(dc.hypotheses), len(targets))
+    if hypothesizer is not None:
+        check_unseen(targets, hypothesizer)
     pairs = [(t, h) for t, h in zip(targets, hypotheses) if h and h.strip()]
     logger.info("corrector pairs: %d of %d sentences have a hypothesis", len(pairs), len(targets))
     if len(pairs) <= dc.val_size:
@@ -90,7 +97,43 @@ def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> Train
         e = embed_corpus(contexts, encoder, cache_dir, f"{stem}-{split}-hypotheses", show_progress=show_progress)
         parts[split] = (texts, condition(v, e), contexts)
     (train_texts, train_vectors, train_contexts), (val_texts, val_vectors, val_contexts) = parts["train"], parts["val"]
-    return TrainingData(train_texts, val_texts, train_vectors, val_vectors, train_contexts, val_contexts)
+    extra = None
+    if hypothesizer is not None and (hypothesizer / OUTPUT_VOCAB_FILE).is_file():
+        extra = load_file(str(hypothesizer / OUTPUT_VOCAB_FILE))["token_ids"].numpy()
+    return TrainingData(train_texts, val_texts, train_vectors, val_vectors, train_contexts, val_contexts, extra)
+
+
+def check_hypotheses_source(path: Path, train: Path, rows: int) -> Path | None:
+    """Check with ``path``'s ``.meta.json`` (written by ``invert``) that the hypotheses were written for the
+    sentences of ``train``; return the hypothesizer's bundle folder when it is on this machine."""
+    meta_file = path.with_name(path.name + ".meta.json")
+    if not meta_file.is_file():
+        raise V2TError(f"{path} has no {meta_file.name}: write the hypotheses with `lora-v2t invert --texts "
+                       f"{train} --out {path}`")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if Path(meta.get("source", "")).resolve() != train.resolve() or meta.get("rows") != rows:
+        raise V2TError(f"{path} holds hypotheses for {meta.get('source')} ({meta.get('rows')} rows), not for "
+                       f"data.train {train} ({rows} rows): invert data.train into a new file")
+    folder = Path(str(meta.get("adapter", "")))
+    return folder if (folder / "v2t_config.json").is_file() else None
+
+
+def check_unseen(targets: list[str], hypothesizer: Path) -> None:
+    """Raise if the hypothesizer trained or validated on any of ``targets`` (when its bundle records its sample):
+    a corrector trained on hypotheses of seen sentences learns to expect better hypotheses than it will get."""
+    config = json.loads((hypothesizer / "v2t_config.json").read_text(encoding="utf-8"))
+    sample = (config.get("training") or {}).get("sample")
+    if not sample or not Path(sample["train"]).is_file():
+        logger.warning("hypothesizer %s does not record the sentences it trained on (or its corpus is not here): "
+                       "cannot check that the corrector's sentences are unseen", hypothesizer)
+        return
+    data = DataConfig(**sample)
+    seen = seen_sentences(data, read_sentences(data.train, data.min_chars, data.max_chars)[0])
+    leaked = [t for t in targets if t in seen]
+    if leaked:
+        raise V2TError(f"{len(leaked)} of the corrector's sentences were in hypothesizer {hypothesizer}'s training "
+                       f"or validation set (e.g. {leaked[0]!r}): write them with `lora-v2t heldout` and the "
+                       "hypothesizer's recipe")
 
 
 def read_hypotheses(path: Path, rows: int) -> list[str | None]:
@@ -119,9 +162,14 @@ def unseen_sentences(cfg: RunConfig, count: int | None = None) -> list[str]:
     sample nor in its validation set (nor equal to a sentence that is); a seeded sample of ``count`` of them."""
     dc = cfg.data
     sentences, _ = read_sentences(dc.train, dc.min_chars, dc.max_chars)
-    val_given = read_sentences(dc.val, dc.min_chars, dc.max_chars)[0] if dc.val else None
-    train, val = sample_and_split(sentences, dc.val_size, dc.max_sentences, dc.seed, val_given)
-    seen = set(train) | set(val)
+    seen = seen_sentences(cfg.data, sentences)
     unseen = list(dict.fromkeys(s for s in sentences if s not in seen))
     random.Random(dc.seed + 1).shuffle(unseen)
     return unseen[:count] if count is not None else unseen
+
+
+def seen_sentences(data: DataConfig, sentences: list[str]) -> set[str]:
+    """The training sample and validation set a run with ``data`` draws from the corpus ``sentences``."""
+    val_given = read_sentences(data.val, data.min_chars, data.max_chars)[0] if data.val else None
+    train, val = sample_and_split(sentences, data.val_size, data.max_sentences, data.seed, val_given)
+    return set(train) | set(val)

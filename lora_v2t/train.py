@@ -229,6 +229,7 @@ class Trainer:
         self.train_texts, self.val_texts = data.train_texts, data.val_texts
         self.train_vectors, self.val_vectors = data.train_vectors, data.val_vectors
         self.train_contexts, self.val_contexts = data.train_contexts, data.val_contexts  # a corrector's hypotheses
+        self.extra_vocab = data.extra_vocab
 
     def build_model(self) -> None:
         """The backbone with a fresh adapter, its optimizer and schedule, prepared by accelerate."""
@@ -242,6 +243,8 @@ class Trainer:
             v2t.meta["precision"]["compute_dtype"] = "bfloat16" if self.accelerator.mixed_precision == "bf16" \
                 else "float16"
         v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
+        if tc.role == "corrector":  # it reads hypotheses cut as in training
+            v2t.adapter_meta[v2t.active_adapter]["context_tokens"] = cfg.data.max_tokens
         if tc.gradient_checkpointing:
             v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.params = v2t.trainable_parameters()
@@ -250,6 +253,8 @@ class Trainer:
         optimizer, self.scheduler = make_optimizer(v2t, tc)
         self.model, self.optimizer = self.accelerator.prepare(v2t, optimizer)
         self.lengths, corpus_vocab = tokenize_corpus(v2t.tokenizer, self.train_texts, cfg.data.max_tokens)
+        if self.extra_vocab is not None:
+            corpus_vocab = np.union1d(corpus_vocab, self.extra_vocab)
         self.loss_vocab = None
         if tc.loss_vocab == "corpus":
             self.loss_vocab = torch.from_numpy(corpus_vocab).to(v2t.device)
@@ -547,6 +552,9 @@ def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = N
         "lr": cfg.training.lr,
         "projector_lr": cfg.training.projector_lr,
         "wall_minutes": round(state.elapsed_s / 60, 1),
+        # what it trained on, so that a corrector's data can be checked to be unseen (see lora_v2t.pairs)
+        "sample": {k: getattr(cfg.data, k) for k in ("train", "val", "val_size", "max_sentences", "min_chars",
+                                                      "max_chars", "seed")},
     }
     if metrics:
         summary["metrics"] = metrics

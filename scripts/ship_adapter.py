@@ -55,7 +55,7 @@ def main() -> None:
                              f"{expected}: evaluate it again")
         data = Path(summary.get("data") or report.name).stem
         for system, scores in summary["scores"].items():
-            name = system.split()[0] if not system.startswith("corrected") else f"corrected-{system.split()[-1]}"
+            name = system.split()[0]  # greedy, reranked, corrected-N
             for metric in ("bleu", "chrf", "cosine"):
                 if metric in scores:
                     metrics[f"{data} {name} {metric} (n={summary['sentences']})"] = round(scores[metric]["value"], 4)

@@ -223,3 +223,96 @@ def test_the_command_line_checks_correction_before_loading_models(tmp_path, bund
         (hyp_dir / "v2t_config.json").read_text().replace('"../corr"', "null"))
     assert main(base + ["--correct-steps", "1"]) == 2
     assert "names no corrector" in capsys.readouterr().err
+
+
+def test_correction_refuses_several_outputs_per_vector(v2t):
+    with pytest.raises(V2TError, match="keeps one text per vector"):
+        v2t.generate(v2t.encode(SENTENCES[:1]), correct_steps=1, corrector=SHIFT, num_beams=2,
+                     num_return_sequences=2)
+
+
+def test_a_named_corrector_missing_beside_its_hypothesizer_names_the_bundle(bundles):
+    hyp_dir, corr_dir = bundles
+    shutil.rmtree(corr_dir)
+    v2t = load_adapter(hyp_dir, device="cpu")
+    with pytest.raises(V2TError, match=f"adapter {hyp_dir} names its corrector '../corr'"):
+        v2t.generate(v2t.encode(SENTENCES[:1]), correct_steps=1)
+
+
+def test_an_explicit_corrector_is_loaded_once_and_replaced_when_another_is_asked(bundles, tmp_path):
+    hyp_dir, corr_dir = bundles
+    other = tmp_path / "corr2"
+    shutil.copytree(corr_dir, other)
+    v2t = load_adapter(hyp_dir, device="cpu")
+    vectors = v2t.encode(SENTENCES[:2])
+    v2t.generate(vectors, correct_steps=1, corrector=str(other), max_new_tokens=6)
+    first = v2t.projectors["default-corrector"]
+    v2t.generate(vectors, correct_steps=1, corrector=str(other), max_new_tokens=6)
+    assert v2t.projectors["default-corrector"] is first  # not reloaded
+    v2t.generate(vectors, correct_steps=1, max_new_tokens=6)  # the one the hypothesizer names
+    assert v2t.adapter_meta["default-corrector"]["source"] == str(corr_dir.resolve())
+
+
+def test_evaluate_reports_every_correction_step_with_its_cost(v2t, tmp_path):
+    from lora_v2t.evaluate import EvalData, evaluate, markdown_table
+
+    data = EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five")
+    summary = evaluate(v2t, data, tmp_path / "report", rerank=0, resamples=20, show_progress=False,
+                       max_new_tokens=10, correction=CorrectionConfig(steps=2, corrector=SHIFT, min_gain=0.0))
+    steps = summary["correction"]["steps_run"]
+    assert steps >= 1 and list(summary["scores"]) == ["greedy"] + [f"corrected-{s}" for s in range(1, steps + 1)]
+    assert set(summary["scores"]["corrected-1"]) >= {"chrf", "bleu", "cosine", "exact_match"}
+    assert len(summary["correction"]["seconds_per_step"]) == steps + 1
+    assert summary["scores"]["corrected-1"]["cosine"]["value"] >= summary["scores"]["greedy"]["cosine"]["value"] - 1e-6
+    header = (tmp_path / "report" / "sentences.tsv").read_text(encoding="utf-8").splitlines()[0].split("\t")
+    assert len(header) == len(set(header)) and "corrected-1_output" in header
+    assert "Correction with `shift`" in markdown_table(summary)
+
+
+def test_corrector_data_must_be_the_hypotheses_of_its_sentences_and_unseen(tmp_path, tiny_backbone_dir,
+                                                                          tiny_encoder_dir):
+    from lora_v2t.cli import main
+    from lora_v2t.config import load_config
+    from lora_v2t.pairs import corrector_data
+    from lora_v2t.train import train
+
+    from .test_train import RECIPE
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{s} {i}" for i in range(4) for s in SENTENCES) + "\n", encoding="utf-8")
+    common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+              f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
+              f"--data.train={corpus}", "--data.val_size=4", "--data.max_sentences=12", "--training.max_steps=2",
+              "--training.eval_every=2", "--training.save_every=2"]
+    hypothesizer = train(load_config(RECIPE, common), show_progress=False)
+    seen = tmp_path / "seen.txt"  # the corpus itself: the hypothesizer trained on some of it
+    seen.write_text(corpus.read_text(encoding="utf-8"), encoding="utf-8")
+    hyps = tmp_path / "hyps.jsonl"
+    assert main(["invert", "--adapter", str(hypothesizer), "--texts", str(seen), "--out", str(hyps),
+                 "--max-new-tokens", "4", "--no-progress"]) == 0
+    corrector_cfg = common + [f"--data.hypotheses={hyps}", "--training.role=corrector", "--data.max_sentences=null"]
+    with pytest.raises(V2TError, match="were in hypothesizer .*'s training or validation set"):
+        corrector_data(load_config(RECIPE, corrector_cfg + [f"--data.train={seen}"]), None, show_progress=False)
+    other = tmp_path / "other.txt"
+    other.write_text(seen.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(V2TError, match="holds hypotheses for .*seen.txt .* not for data.train .*other.txt"):
+        corrector_data(load_config(RECIPE, corrector_cfg + [f"--data.train={other}"]), None, show_progress=False)
+
+
+def test_the_command_line_refuses_a_corrector_as_the_adapter_before_loading(bundles, no_model_load, capsys):
+    from lora_v2t.cli import main
+
+    _, corr_dir = bundles
+    assert main(["generate", "--adapter", str(corr_dir), "--text", "кот"]) == 2
+    assert "is a corrector" in capsys.readouterr().err
+    assert main(["invert", "--adapter", str(corr_dir), "--texts", str(corr_dir / "README.md"), "--out",
+                 str(corr_dir.parent / "x.jsonl")]) == 2
+    assert "is a corrector" in capsys.readouterr().err
+
+
+def test_corrector_options_without_steps_are_refused(bundles, no_model_load, capsys):
+    from lora_v2t.cli import main
+
+    hyp_dir, corr_dir = bundles
+    assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--corrector", str(corr_dir)]) == 2
+    assert "give --correct-steps N" in capsys.readouterr().err

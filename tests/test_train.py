@@ -674,4 +674,4 @@ def test_yaml_booleans_for_text_settings_become_their_words(tmp_path):
     cfg = load_config(RECIPE, ["--training.mixed_precision=no"])  # YAML reads an unquoted no as false
     assert cfg.training.mixed_precision == "no"
     with pytest.raises(V2TError, match="mixed_precision"):
-        load_config(RECIPE, ["--training.mixed_precision=on"])
+        load_config(RECIPE, ["--training.mixed_precision=yes"])
