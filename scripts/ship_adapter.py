@@ -60,6 +60,9 @@ def main() -> None:
                 if metric in scores:
                     metrics[f"{data} {name} {metric} (n={summary['sentences']})"] = round(scores[metric]["value"], 4)
     v2t.meta["training"]["metrics"] = metrics
+    # what it trained on (runs of lora_v2t before it recorded this): lets a corrector's data be checked unseen
+    v2t.meta["training"].setdefault("sample", {k: getattr(cfg.data, k) for k in (
+        "train", "val", "val_size", "max_sentences", "min_chars", "max_chars", "seed")})
     if args.corrector:
         v2t.meta["corrector"] = args.corrector
     training = {}
