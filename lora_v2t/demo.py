@@ -52,6 +52,7 @@ class DemoConfig:
     encoder: str = OFFLINE_ENCODER
     max_steps: int = 100_000  # the minutes end the run first
     eval_every: int = 50
+    mixed_precision: str = "auto"  # training.mixed_precision: bf16 on CPUs with bf16 units
     show_progress: bool = True
 
 
@@ -67,7 +68,8 @@ def demo_recipe(cfg: DemoConfig) -> RunConfig:
         training=TrainingConfig(run_name="demo", output_dir=cfg.output_dir, batch_size=16,
                                 max_steps=cfg.max_steps, max_minutes=cfg.minutes, lr=5e-4, projector_lr=1e-3,
                                 warmup_steps=20, eval_every=cfg.eval_every, save_every=cfg.eval_every,
-                                log_every=10, num_samples=4, loss_vocab="corpus", keep_checkpoints=1),
+                                log_every=10, num_samples=4, loss_vocab="corpus", keep_checkpoints=1,
+                                mixed_precision=cfg.mixed_precision),
     )
 
 
