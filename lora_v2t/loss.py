@@ -16,7 +16,8 @@ def subset_loss(base: nn.Module, inputs: dict, vocab: torch.Tensor) -> torch.Ten
     262k tokens): the hidden states of the unlabelled positions never reach the head.
     """
     body = getattr(base, base.base_model_prefix)  # the decoder stack, LoRA layers included
-    hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"])[0]
+    hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+                  use_cache=False)[0]  # no KV cache: nothing is decoded here
     labels = inputs["labels"][:, 1:]  # position t predicts token t+1
     keep = labels != -100
     states = hidden[:, :-1][keep]  # (N, h): only the positions that have a label

@@ -336,7 +336,7 @@ class Vector2Text(nn.Module):
         """
         inputs = self.build_inputs(vectors, input_ids, attention_mask, label_mask)
         if loss_vocab is None:
-            return self.model(**inputs)
+            return self.model(**inputs, use_cache=False)  # training and scoring decode nothing: no KV cache
         return _Output(loss=subset_loss(self.base_model, inputs, loss_vocab.to(self.device)))
 
     def loss(self, vectors, texts: list[str], max_length: int = 64) -> torch.Tensor:
