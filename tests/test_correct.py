@@ -316,3 +316,17 @@ def test_corrector_options_without_steps_are_refused(bundles, no_model_load, cap
     hyp_dir, corr_dir = bundles
     assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--corrector", str(corr_dir)]) == 2
     assert "give --correct-steps N" in capsys.readouterr().err
+
+
+def test_a_corrector_for_another_base_is_refused_before_loading(bundles, tmp_path, no_model_load, capsys):
+    from lora_v2t.cli import main
+
+    hyp_dir, corr_dir = bundles
+    other = tmp_path / "other-base"
+    shutil.copytree(corr_dir, other)
+    config = json.loads((other / "v2t_config.json").read_text())
+    config["backbone"]["model_type"] = "llama"
+    (other / "v2t_config.json").write_text(json.dumps(config))
+    assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--correct-steps", "1",
+                 "--corrector", str(other)]) == 2
+    assert "was trained on base" in capsys.readouterr().err
