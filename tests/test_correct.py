@@ -12,6 +12,7 @@ from lora_v2t.correct import SHIFT, CorrectionConfig, condition, correct
 from lora_v2t.vectors import cosine_rows
 
 from .conftest import SENTENCES, make_v2t
+from .test_train import RECIPE
 
 
 @pytest.fixture()
@@ -153,6 +154,16 @@ def test_bad_correction_options_are_refused(v2t, options, message):
 
 
 # ---------------------------------------------------------------------- training a corrector
+def tiny_run(tmp_path, backbone_dir, encoder_dir):
+    """A corpus of 40 distinct sentences and the recipe overrides of a 4-step run on the tiny models."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{s} {i}" for i in range(4) for s in SENTENCES) + "\n", encoding="utf-8")
+    return corpus, [f"--backbone.name={backbone_dir}", f"--encoder.spec={encoder_dir}",
+                    f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
+                    f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=4",
+                    "--training.eval_every=4", "--training.save_every=4"]
+
+
 def test_heldout_then_invert_then_a_trained_corrector_that_corrects(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
                                                                     capsys):
     from lora_v2t.cli import main
@@ -160,14 +171,7 @@ def test_heldout_then_invert_then_a_trained_corrector_that_corrects(tmp_path, ti
     from lora_v2t.pairs import unseen_sentences
     from lora_v2t.train import train
 
-    from .test_train import RECIPE
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"{s} {i}" for i in range(4) for s in SENTENCES) + "\n", encoding="utf-8")
-    common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-              f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
-              f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=4", "--training.eval_every=4",
-              "--training.save_every=4"]
+    corpus, common = tiny_run(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
     sample = ["--data.max_sentences=12"]
     hypothesizer = train(load_config(RECIPE, common + sample + ["--training.run_name=hyp"]), show_progress=False)
     held = tmp_path / "held.txt"
@@ -198,8 +202,6 @@ def test_heldout_then_invert_then_a_trained_corrector_that_corrects(tmp_path, ti
 def test_a_corrector_recipe_without_hypotheses_is_refused(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
     from lora_v2t.config import load_config
     from lora_v2t.train import train
-
-    from .test_train import RECIPE
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
@@ -276,14 +278,8 @@ def test_corrector_data_must_be_the_hypotheses_of_its_sentences_and_unseen(tmp_p
     from lora_v2t.pairs import corrector_data
     from lora_v2t.train import train
 
-    from .test_train import RECIPE
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"{s} {i}" for i in range(4) for s in SENTENCES) + "\n", encoding="utf-8")
-    common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-              f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
-              f"--data.train={corpus}", "--data.val_size=4", "--data.max_sentences=12", "--training.max_steps=2",
-              "--training.eval_every=2", "--training.save_every=2"]
+    corpus, common = tiny_run(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
+    common.append("--data.max_sentences=12")
     hypothesizer = train(load_config(RECIPE, common), show_progress=False)
     seen = tmp_path / "seen.txt"  # the corpus itself: the hypothesizer trained on some of it
     seen.write_text(corpus.read_text(encoding="utf-8"), encoding="utf-8")
