@@ -30,6 +30,15 @@ def bundles(tmp_path, tiny_backbone_dir, tiny_encoder, corrector):
     return tmp_path / "hyp", tmp_path / "corr"
 
 
+def edited_copy(bundle, folder, section, key, value):
+    """A copy of ``bundle`` whose v2t_config.json says ``section.key = value``."""
+    shutil.copytree(bundle, folder)
+    config = json.loads((folder / "v2t_config.json").read_text())
+    config[section][key] = value
+    (folder / "v2t_config.json").write_text(json.dumps(config))
+    return folder
+
+
 def conditions(v2t, n, seed=0):
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(n, v2t.embedding_dim, generator=g).numpy()
@@ -127,11 +136,7 @@ def test_a_hypothesizer_is_refused_as_a_corrector(bundles, tmp_path):
 
 def test_a_corrector_for_another_encoder_is_refused(bundles, tmp_path):
     hyp_dir, corr_dir = bundles
-    other = tmp_path / "other"
-    shutil.copytree(corr_dir, other)
-    config = json.loads((other / "v2t_config.json").read_text())
-    config["encoder"]["spec"] = "sentence-transformers/LaBSE"
-    (other / "v2t_config.json").write_text(json.dumps(config))
+    other = edited_copy(corr_dir, tmp_path / "other", "encoder", "spec", "sentence-transformers/LaBSE")
     v2t = load_adapter(hyp_dir, device="cpu")
     with pytest.raises(V2TError, match="trained for encoder 'sentence-transformers/LaBSE'"):
         v2t.generate(v2t.encode(SENTENCES[:1]), correct_steps=1, corrector=str(other))
@@ -318,11 +323,7 @@ def test_a_corrector_for_another_base_is_refused_before_loading(bundles, tmp_pat
     from lora_v2t.cli import main
 
     hyp_dir, corr_dir = bundles
-    other = tmp_path / "other-base"
-    shutil.copytree(corr_dir, other)
-    config = json.loads((other / "v2t_config.json").read_text())
-    config["backbone"]["model_type"] = "llama"
-    (other / "v2t_config.json").write_text(json.dumps(config))
+    other = edited_copy(corr_dir, tmp_path / "other-base", "backbone", "model_type", "llama")
     assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--correct-steps", "1",
                  "--corrector", str(other)]) == 2
     assert "was trained on base" in capsys.readouterr().err
