@@ -1,4 +1,4 @@
-"""The adapter shipped in checkpoints/adapters/ loads on the offline base and does what its card says."""
+"""The adapters shipped in checkpoints/adapters/ load on the offline base and do what their cards say."""
 
 from pathlib import Path
 
@@ -6,30 +6,61 @@ import pytest
 
 from lora_v2t import load_adapter
 from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, validate_bundle
+from lora_v2t.correct import check_pair, corrector_path
 from lora_v2t.loading import load_precision
 
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru"
+ADAPTERS = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters"
+SHIPPED = ADAPTERS / "use-gemma270m-ru"  # the first one (prefix 1, fp32); the demo shows it
+V2 = ADAPTERS / "use-gemma270m-ru-v2"  # the retuned hypothesizer (prefix 4, bf16), with its corrector
+CORRECTOR = ADAPTERS / "use-gemma270m-ru-v2-corrector"
+HYPOTHESIZERS = {SHIPPED: "float32", V2: "bfloat16"}  # each with the compute dtype it trained in
 
 
-def test_the_shipped_adapter_is_a_complete_small_bundle():
-    config = validate_bundle(SHIPPED)
-    assert sorted(p.name for p in SHIPPED.iterdir()) == sorted(BUNDLE_FILES + (OUTPUT_VOCAB_FILE,))
-    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 20 * 2**20
+@pytest.mark.parametrize("folder", HYPOTHESIZERS, ids=lambda p: p.name)
+def test_the_shipped_adapters_are_complete_small_bundles(folder):
+    config = validate_bundle(folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(BUNDLE_FILES + (OUTPUT_VOCAB_FILE,))
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 20 * 2**20
     assert config["backbone"]["name"] == "offline:gemma-3-270m"
     assert config["encoder"] == {"spec": "offline:use-multilingual", "dim": 512}
     assert len(config["training"]["samples"]) == 3
     # trained with the corpus-vocabulary loss: decoding keeps to the corpus's tokens, a small part of Gemma's
     assert 1000 < config["output_vocab_size"] < config["backbone"]["vocab_size"] // 10
-    # trained in fp32 on the CPU: `quantization="auto"` must not put it on an int8 base because a GPU is there
-    assert load_precision(config, "auto", SHIPPED) == ("none", "float32")
+    # trained on an unquantized base on the CPU: `quantization="auto"` must not put it on an int8 base because a
+    # GPU is there
+    assert load_precision(config, "auto", folder) == ("none", HYPOTHESIZERS[folder])
+
+
+def test_the_v2_hypothesizer_names_the_corrector_shipped_beside_it():
+    config = validate_bundle(V2)
+    meta = {"encoder": config["encoder"], "backbone": config["backbone"], "corrector": config["corrector"],
+            "source": str(V2)}
+    path = corrector_path(meta, "default", None, None)
+    assert path == CORRECTOR.resolve()
+    corrector = validate_bundle(path)
+    check_pair(corrector, meta, path)
+    assert corrector["role"] == "corrector" and corrector["format_version"] == 3
+    assert sum(p.stat().st_size for p in CORRECTOR.iterdir()) < 20 * 2**20
 
 
 @pytest.mark.slow
-def test_the_shipped_adapter_reproduces_its_model_card():
-    v2t = load_adapter(SHIPPED, device="cpu")  # as it was trained: no quantization, fp32
+@pytest.mark.parametrize("folder", HYPOTHESIZERS, ids=lambda p: p.name)
+def test_the_shipped_adapters_reproduce_their_model_cards(folder):
+    v2t = load_adapter(folder, device="cpu")  # as it was trained: no quantization; the CPU computes in fp32
     samples = v2t.meta["training"]["samples"]
-    card = (SHIPPED / "README.md").read_text(encoding="utf-8")
+    card = (folder / "README.md").read_text(encoding="utf-8")
     texts = [s["text"] for s in samples]
     assert v2t.invert(texts) == [s["generated"] for s in samples]
     for s in samples:
         assert f"| {s['text']} | {s['generated']} |" in card
+
+
+@pytest.mark.slow
+def test_the_shipped_corrector_never_lowers_the_cosine():
+    v2t = load_adapter(V2, device="cpu")
+    texts = [s["text"] for s in v2t.meta["training"]["samples"]]
+    from lora_v2t.correct import CorrectionConfig, correct
+
+    trace = correct(v2t, v2t.encode(texts), CorrectionConfig(steps=2))
+    assert "default-corrector" in v2t.adapters
+    assert all((after >= before - 1e-6).all() for before, after in zip(trace.cosines, trace.cosines[1:]))
