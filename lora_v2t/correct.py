@@ -168,7 +168,7 @@ def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, **
     corrector = None if cfg.steps == 0 or cfg.corrector == SHIFT else use_corrector(v2t, cfg.corrector)
     trace = Trace()
     clock = time.perf_counter()
-    beam = Beam(v2t, target, max(cfg.width, 1))
+    beam = Beam(v2t, target, cfg.width)
     beam.add(v2t.generate(target, show_progress=show_progress, **options), np.arange(len(target)))
     if cfg.rerank > 1:
         groups = v2t.generate(target, show_progress=show_progress,
