@@ -11,12 +11,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from .correct import check_role
 from .errors import V2TError
 from .vectors import cosine_rows, to_vectors
-from .vocab import decoding_vocab
+from .vocab import DecodingVocab
 
 
 class Reranked(NamedTuple):
@@ -63,16 +62,17 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
         raise V2TError(f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and "
                        "does not rerank")
     tok = v2t.tokenizer
+    vocab = DecodingVocab(v2t, opts.restrict_vocab)
     hf_kwargs = {"max_new_tokens": opts.max_new_tokens, "num_beams": opts.num_beams,
                  "num_return_sequences": opts.num_return_sequences, "do_sample": opts.do_sample,
                  "no_repeat_ngram_size": opts.no_repeat_ngram_size,
-                 "eos_token_id": tok.eos_token_id,
-                 "pad_token_id": tok.pad_token_id}
+                 "eos_token_id": vocab.eos, "pad_token_id": vocab.pad}
     if opts.do_sample:
         hf_kwargs |= {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p}
     else:
         hf_kwargs |= {"temperature": None, "top_k": None, "top_p": None}
     gen_config = HFGenerationConfig(**hf_kwargs)
+    processors = LogitsProcessorList(vocab.processors + penalties(opts))
     if seed is not None:
         torch.manual_seed(seed)
     starts = range(0, target.shape[0], opts.batch_size)
@@ -82,15 +82,15 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     was_training = v2t.training
     v2t.eval()
     try:
-        with torch.no_grad(), decoding_vocab(v2t, opts.restrict_vocab) as processors:
-            processors = processors + penalties(opts)
+        with torch.no_grad():
             for start in starts:
                 stop = start + opts.batch_size
                 prompt, mask = v2t.prompt(target[start:stop], None if contexts is None else contexts[start:stop],
                                           context)
-                out = v2t.model.generate(inputs_embeds=prompt, attention_mask=mask, generation_config=gen_config,
-                                          logits_processor=LogitsProcessorList(processors))
-                texts += [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+                with vocab.active():
+                    out = v2t.model.generate(inputs_embeds=prompt, attention_mask=mask, generation_config=gen_config,
+                                             logits_processor=processors)
+                texts += [t.strip() for t in tok.batch_decode(vocab.tokens(out), skip_special_tokens=True)]
     finally:
         v2t.train(was_training)
     n = opts.num_return_sequences
@@ -148,28 +148,33 @@ def generate_naive(v2t, vectors, max_new_tokens: int = 48, restrict_vocab: bool 
     """Reference greedy decoding, the original experiment's way: one vector at a time, no KV cache, the
     whole sequence recomputed at every step. Used by the tests and the benchmark as the baseline."""
     target = to_vectors(vectors, v2t.embedding_dim)
-    eos = v2t.tokenizer.eos_token_id
-    embed = v2t.model.get_input_embeddings()
+    vocab = DecodingVocab(v2t, restrict_vocab)
     was_training = v2t.training
     v2t.eval()
-    with decoding_vocab(v2t, restrict_vocab) as processors:
-        texts = [_naive_one(v2t, row, max_new_tokens, processors, embed, eos) for row in target]
-    v2t.train(was_training)
+    try:
+        texts = []
+        for row in target:
+            prefix = v2t.prefix(row[None])  # (1, k, h)
+            with vocab.active():
+                ids = _naive_one(v2t, prefix, max_new_tokens, vocab)
+            texts.append(v2t.tokenizer.decode(vocab.tokens(ids), skip_special_tokens=True).strip())
+    finally:
+        v2t.train(was_training)
     return texts
 
 
-def _naive_one(v2t, row: torch.Tensor, max_new_tokens: int, processors: list, embed: nn.Module, eos: int) -> str:
-    """Greedy decoding of one vector, recomputing the whole sequence at every step."""
-    embeds = v2t.prefix(row[None])  # (1, k, h)
+def _naive_one(v2t, embeds: torch.Tensor, max_new_tokens: int, vocab: DecodingVocab) -> torch.Tensor:
+    """Greedy decoding from prefix ``embeds``, recomputing the whole sequence at every step; returns the ids."""
+    embed = v2t.model.get_input_embeddings()
     ids: list[int] = []
     for _ in range(max_new_tokens):
         logits = v2t.model(inputs_embeds=embeds, use_cache=False).logits[:, -1]  # (1, V)
-        for process in processors:
+        for process in vocab.processors:
             logits = process(None, logits)
         next_id = int(logits[0].argmax())
-        if next_id == eos:
+        if next_id == vocab.eos:
             break
         ids.append(next_id)
         next_embed = embed(torch.tensor([[next_id]], device=embeds.device)).to(embeds.dtype)
         embeds = torch.cat([embeds, next_embed], dim=1)
-    return v2t.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return torch.tensor(ids, dtype=torch.long)

@@ -1,7 +1,7 @@
 """Output vocabularies: the token ids an adapter may emit, and how decoding keeps to them.
 
-An adapter trained with ``loss_vocab: corpus`` only ever learned to rank the tokens of its corpus; decoding masks
-every other token, and (on a plain output layer) computes only the allowed tokens' logits.
+An adapter trained with ``loss_vocab: corpus`` only ever learned to rank the tokens of its corpus; decoding keeps to
+them: on a plain output layer by running over those tokens alone, elsewhere by masking every other token.
 """
 
 from __future__ import annotations
@@ -44,45 +44,78 @@ class AllowedTokens:
 
 
 class SubsetHead(nn.Module):
-    """The backbone's output layer computed only for ``token_ids``; every other logit gets the dtype's lowest
-    value. On Gemma's 262k-token vocabulary this removes most of a decoding step's work on a CPU."""
+    """The backbone's output layer computed only for ``token_ids``: logits (..., V') whose index i is token
+    ``token_ids[i]``. With :class:`SubsetEmbedding` it makes decoding run over those indices (see
+    :class:`DecodingVocab`); on Gemma's 262k-token vocabulary this removes most of a decoding step's work on a
+    CPU, and every pass over the full vocabulary (mask, penalties, argmax)."""
 
     def __init__(self, head: nn.Linear, token_ids: torch.Tensor):
         super().__init__()
         self.original = head  # put back after decoding
-        self.vocab_size = head.weight.shape[0]
-        ids = token_ids.to(head.weight.device)
-        self.token_ids = ids
-        self.weight = head.weight.detach()[ids]  # (V', h)
-        self.bias = None if head.bias is None else head.bias.detach()[ids]
+        self.weight = head.weight.detach()[token_ids]  # (V', h)
+        self.bias = None if head.bias is None else head.bias.detach()[token_ids]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = nn.functional.linear(hidden_states.to(self.weight.dtype), self.weight, self.bias)  # (..., V')
-        full = logits.new_full((*logits.shape[:-1], self.vocab_size), torch.finfo(logits.dtype).min)
-        return full.index_copy_(-1, self.token_ids, logits)  # (..., V)
+        return nn.functional.linear(hidden_states.to(self.weight.dtype), self.weight, self.bias)  # (..., V')
 
 
-@contextmanager
-def decoding_vocab(v2t, restrict_vocab: bool):
-    """While decoding, keep to the active adapter's output vocabulary, if it has one and ``restrict_vocab``.
+class SubsetEmbedding(nn.Module):
+    """The backbone's input embedding read through subset indices: index i embeds token ``token_ids[i]`` (with
+    whatever the real layer does, e.g. Gemma's scaling by sqrt(hidden))."""
 
-    Yields the logits processors to pass to ``generate``: a mask, which alone decides what may come out.
-    Meanwhile, when the output layer is a plain floating-point ``nn.Linear`` (not quantised, not LoRA-adapted),
-    it is swapped for a :class:`SubsetHead` that computes only the allowed tokens' logits, for speed.
+    def __init__(self, embed: nn.Module, token_ids: torch.Tensor):
+        super().__init__()
+        self.original = embed  # put back after decoding
+        self.token_ids = token_ids
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.original(self.token_ids[input_ids])
+
+
+class DecodingVocab:
+    """What one decoding keeps to: the active adapter's output vocabulary, when it has one and ``restrict``.
+
+    Where the output layer is a plain floating-point ``nn.Linear`` (not quantised, not LoRA-adapted), decoding
+    runs over the vocabulary's indices: inside :meth:`active` the output layer computes only those tokens'
+    logits and the input embedding reads those indices, so nothing passes over the full vocabulary; generated ids
+    are indices, which :meth:`tokens` maps back, and ``eos``/``pad`` are the indices to give ``generate``. Greedy
+    text is the same as masking every other token. Elsewhere, :attr:`processors` holds that mask.
     """
-    if not restrict_vocab or v2t.output_vocab is None:
-        yield []
-        return
-    base = v2t.base_model
-    head = base.get_output_embeddings()
-    head = getattr(head, "original", head)  # another decoding's SubsetHead: start from the real layer
-    vocab = v2t.output_vocab
-    processors = [AllowedTokens(vocab)]
-    if type(head) is not nn.Linear or not head.weight.is_floating_point():
-        yield processors
-        return
-    base.set_output_embeddings(SubsetHead(head, vocab))
-    try:
-        yield processors
-    finally:
-        base.set_output_embeddings(head)
+
+    def __init__(self, v2t, restrict: bool):
+        self.base = v2t.base_model
+        eos = v2t.tokenizer.eos_token_id
+        pad = v2t.tokenizer.pad_token_id
+        self.eos, self.pad = eos, eos if pad is None else pad
+        self.processors: list = []
+        self.token_ids: torch.Tensor | None = None  # index -> token id, when decoding runs over indices
+        vocab = v2t.output_vocab if restrict else None
+        if vocab is None:
+            return
+        head = self.base.get_output_embeddings()
+        if type(head) is not nn.Linear or not head.weight.is_floating_point():
+            self.processors = [AllowedTokens(vocab)]
+            return
+        self.token_ids = vocab.to(head.weight.device)
+        self.eos = self.pad = int(torch.searchsorted(self.token_ids, eos))  # the vocabulary always holds EOS
+        self.head = SubsetHead(head, self.token_ids)
+        self.embed = SubsetEmbedding(self.base.get_input_embeddings(), self.token_ids)
+
+    def tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids of generated ``ids`` (indices into the vocabulary while it is active)."""
+        return ids if self.token_ids is None else self.token_ids[ids.to(self.token_ids.device)]
+
+    @contextmanager
+    def active(self):
+        """Decode over the vocabulary's indices meanwhile (no change where only the mask applies)."""
+        if self.token_ids is None:
+            yield
+            return
+        head, embed = self.head.original, self.embed.original
+        self.base.set_output_embeddings(self.head)
+        self.base.set_input_embeddings(self.embed)
+        try:
+            yield
+        finally:
+            self.base.set_output_embeddings(head)
+            self.base.set_input_embeddings(embed)

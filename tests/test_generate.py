@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+import lora_v2t.vocab
 from lora_v2t import Reranked, V2TError
 from lora_v2t.generate import generate_naive
 from lora_v2t.vectors import cosine_rows
-from lora_v2t.vocab import SubsetHead
+from lora_v2t.vocab import SubsetEmbedding, SubsetHead
 
 from .conftest import first_token_vocab, only_made_of
 
@@ -98,6 +99,7 @@ def test_an_output_vocabulary_keeps_decoding_inside_it(v2t):
         head = v2t.base_model.get_output_embeddings()
         kept = v2t.generate(vectors, max_new_tokens=10, batch_size=4)
         assert v2t.base_model.get_output_embeddings() is head  # the full output layer is back after decoding
+        assert v2t.base_model.get_input_embeddings().__class__.__name__ != "SubsetEmbedding"
         assert all(only_made_of(text, piece) for text in kept) and any(kept)
         beams = v2t.generate(vectors, max_new_tokens=6, num_beams=3, num_return_sequences=2)
         sampled = v2t.generate(vectors, max_new_tokens=6, do_sample=True, temperature=2.0, top_k=0, seed=0)
@@ -119,17 +121,50 @@ def test_bad_output_vocabulary(v2t, ids, message):
     assert v2t.output_vocab is None
 
 
-def test_the_subset_output_layer_equals_the_full_one_on_its_tokens(v2t):
-    head = v2t.base_model.get_output_embeddings()
+def test_the_subset_layers_equal_the_full_ones_on_their_tokens(v2t):
+    head, embed = v2t.base_model.get_output_embeddings(), v2t.base_model.get_input_embeddings()
     ids = torch.tensor([0, 5, 17, 200])
     states = torch.randn(2, 3, head.weight.shape[1], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full, sub = head(states), SubsetHead(head, ids)(states)
-    assert sub.shape == full.shape
-    assert torch.allclose(sub[..., ids], full[..., ids], atol=1e-5)
-    others = torch.ones(full.shape[-1], dtype=torch.bool)
-    others[ids] = False
-    assert (sub[..., others] == torch.finfo(sub.dtype).min).all()
+        indices = torch.tensor([[3, 0, 1]])
+        assert torch.equal(SubsetEmbedding(embed, ids)(indices), embed(ids[indices]))
+    assert sub.shape == (*full.shape[:-1], len(ids))
+    assert torch.allclose(sub, full[..., ids], atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}])
+def test_decoding_over_the_vocabulary_gives_the_masked_decodings_text(v2t, monkeypatch, options):
+    """Greedy decoding over the vocabulary's indices (plain output layer) and with every other token of the full
+    layer masked (what a quantised layer gets) give the same text. (Beam search may order near-equal beams
+    differently: the two log-softmaxes differ in the last bits.)"""
+    vectors = random_vectors(5, v2t.embedding_dim)
+    with torch.no_grad():
+        logits = v2t.model(inputs_embeds=v2t.prefix(vectors)).logits[:, -1]  # (N, V)
+    vocab = logits.topk(40, dim=-1).indices.flatten().unique()  # tokens these vectors are likely to emit
+    v2t.set_output_vocab(vocab)
+    base = v2t.base_model
+    head, embed = base.get_output_embeddings(), base.get_input_embeddings()
+    try:
+        indexed = v2t.generate(vectors, max_new_tokens=12, batch_size=3, **options)
+        assert base.get_output_embeddings() is head and base.get_input_embeddings() is embed  # put back
+        vocab_class = lora_v2t.vocab.DecodingVocab
+        monkeypatch.setattr(vocab_class, "__init__", masked_only(vocab_class.__init__))
+        masked = v2t.generate(vectors, max_new_tokens=12, batch_size=3, **options)
+    finally:
+        v2t.set_output_vocab(None)
+    assert indexed == masked and any(indexed)
+
+
+def masked_only(init):
+    """DecodingVocab.__init__ as if the output layer could not be cut: the mask alone."""
+
+    def wrapped(self, v2t, restrict):
+        init(self, v2t, restrict)
+        if self.token_ids is not None:
+            self.processors, self.token_ids = [lora_v2t.vocab.AllowedTokens(self.token_ids)], None
+            self.eos, self.pad = v2t.tokenizer.eos_token_id, v2t.tokenizer.pad_token_id
+    return wrapped
 
 
 def test_without_a_plain_output_layer_the_mask_alone_keeps_the_vocabulary(v2t, monkeypatch):
