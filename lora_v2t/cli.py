@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .config import describe_keys
+from .config import DTYPES, describe_keys
 from .errors import V2TError
 from .vectorfile import load_vectors_file
 
@@ -85,6 +85,18 @@ def _add_loading_options(parser: argparse.ArgumentParser) -> None:
                    help="auto = as the adapter was trained (its v2t_config.json says; bundles that do not say: "
                         "8bit on CUDA, none on CPU); another choice is honoured with a warning (default: auto)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
+    g.add_argument("--dtype", default="auto", choices=list(DTYPES),
+                   help="what the base computes in. auto = as the adapter was trained where the device can: on "
+                        "CUDA bf16 (fp16 without bf16); on a CPU bf16 for a bf16-trained adapter if the CPU has "
+                        "AVX-512 BF16 or AMX (about 1.6x faster decoding), else fp32 (default: auto)")
+
+
+def _load(args):
+    """The adapter of a command's loading options, on its base."""
+    from .loading import load_adapter
+
+    return load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder, quantization=args.quantization,
+                        device=args.device, dtype=args.dtype)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,7 +290,6 @@ def cmd_generate(args) -> int:
     from .correct import check_role
     from .encoders import check_texts
     from .hub import resolve_adapter
-    from .loading import load_adapter
     from .vectors import to_vectors
 
     args.adapter = resolve_adapter(args.adapter, args.revision)
@@ -291,8 +302,7 @@ def cmd_generate(args) -> int:
     options = _decoding_options(args, "batch_size")
     _check_decoding(args, config, options)
     correction = _correction(args, config)
-    v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
-                       quantization=args.quantization, device=args.device)
+    v2t = _load(args)
     if texts is not None:
         vectors = v2t.encode(texts)
     if correction.steps:
@@ -388,7 +398,6 @@ def cmd_evaluate(args) -> int:
         read_eval_file,
     )
     from .hub import resolve_adapter
-    from .loading import load_adapter
     from .vectors import to_vectors
 
     source = args.adapter  # as given: a folder or a hub id (not the cache's commit folder)
@@ -416,8 +425,7 @@ def cmd_evaluate(args) -> int:
     _check_decoding(args, config, {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                                    "restrict_vocab": args.restrict_vocab, **rerank})
     correction = _correction(args, config)
-    v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
-                       quantization=args.quantization, device=args.device)
+    v2t = _load(args)
     summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resamples=args.resamples,
                        restrict_vocab=args.restrict_vocab, show_progress=not args.no_progress,
@@ -440,7 +448,7 @@ def cmd_invert(args) -> int:
     from .adapter import validate_bundle
     from .hub import resolve_adapter
     from .invert import InvertJob, prepare_job, run_job
-    from .loading import load_adapter
+    from .loading import load_dtype
 
     if args.rerank:
         raise V2TError("invert writes the greedy (or sampled, or best-beam) text of each row: drop --rerank, or "
@@ -450,14 +458,14 @@ def cmd_invert(args) -> int:
     config = validate_bundle(args.adapter)
     options = _decoding_options(args)  # the batch size is the job's own (chosen from free memory if unset)
     job = InvertJob(source=str(args.vectors or args.texts), out=args.out, cosine=args.cosine, on_nan=args.on_nan,
-                    batch_size=args.batch_size, options=options)
+                    batch_size=args.batch_size, options=options,
+                    dtype=str(load_dtype(config, args.dtype, args.device)).removeprefix("torch."))
     _check_decoding(args, config, options)
     prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision), config)
     if prepared.start >= len(prepared.source):  # nothing left: no need to load the models
         print(f"{args.out} is complete: it holds all {len(prepared.source)} rows")
         return 0
-    v2t = load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder,
-                       quantization=args.quantization, device=args.device)
+    v2t = _load(args)
     counts = run_job(v2t, job, prepared, show_progress=not args.no_progress)
     notes = [f"batch {counts['batch_size']}"]
     if counts["resumed_at"]:

@@ -362,6 +362,9 @@ def check_range(key: str, value, low: float | None = None, high: float | None = 
         raise V2TError(f"{key} must be {' and '.join(limits)}, got {value!r}")
 
 
+DTYPES = ("auto", "float32", "bfloat16")  # what a user may ask a loaded base to compute in
+
+
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
     """Raise a one-line error unless ``value`` is one of ``choices``."""
     if value not in choices:

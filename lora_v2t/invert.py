@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class InvertJob:
     on_nan: str = "refuse"  # a vector with NaN or inf: refuse the job (naming the rows) or skip the row (counted)
     batch_size: int | None = None  # vectors decoded together; None = chosen from the free memory
     options: dict = field(default_factory=dict)  # decoding options (GenerationConfig fields) over the adapter's
+    dtype: str | None = None  # what the base computes in ("float32", "bfloat16"...); None: as loaded (invert_file)
 
     def __post_init__(self):
         if Path(self.out).suffix not in FORMATS:
@@ -134,7 +135,7 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     decoding = {k: v for k, v in asdict(options).items() if k != "batch_size"}  # the batch does not change rows
     identity = {"format": 1, "adapter": label or str(adapter_dir.resolve()), "projector_sha256": weights,
                 "decoding": decoding, "source": str(Path(job.source).resolve()), "rows": len(source),
-                "cosine": job.cosine, "on_nan": job.on_nan}
+                "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype}
     return PreparedJob(source, identity, prepare_output(job, identity))
 
 
@@ -229,6 +230,11 @@ def auto_batch_size(v2t, max_new_tokens: int) -> int:
 
 def invert_file(v2t, job: InvertJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
     """Invert every row of ``job.source`` not yet in ``job.out`` with ``v2t`` (loaded from ``adapter_dir``)."""
+    loaded = v2t.backbone_info["compute_dtype"]
+    if job.dtype not in (None, loaded):
+        raise V2TError(f"the job asks for dtype {job.dtype} but the base was loaded in {loaded}: load it with "
+                       f"load_adapter(..., dtype={job.dtype!r})")
+    job = replace(job, dtype=loaded)
     return run_job(v2t, job, prepare_job(job, adapter_dir), show_progress)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 
 from .adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
 from .backbone import compute_dtype, load_backbone, pick_device
+from .config import DTYPES, check_choice
 from .encoders import load_encoder
 from .hub import resolve_adapter
 from .model import Vector2Text
@@ -18,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: str = "auto",
                  device: str | None = None, name: str = "default", trainable: bool = False,
-                 revision: str | None = None):
+                 revision: str | None = None, dtype: str = "auto"):
     """Load a bundle on its base model: ``load_adapter("checkpoints/.../final")`` or ``load_adapter("org/name")``.
 
     Args:
@@ -32,6 +34,7 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
         name: the adapter's name in the registry.
         trainable: load the LoRA and projector weights as trainable (to resume training).
         revision: for a hub id, a branch, tag or commit (default: main).
+        dtype: what the base computes in: ``auto`` (see :func:`load_dtype`) | ``float32`` | ``bfloat16``.
 
     Returns:
         a :class:`lora_v2t.Vector2Text` with this adapter active.
@@ -43,9 +46,9 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
         check_encoder(config, enc, path)
     full = config.get("trainable") == "full"
     backbone_name = str(path / "backbone") if full else backbone or config["backbone"]["name"]
-    quantization, trained_dtype = load_precision(config, quantization, path)
-    dtype = compute_dtype(pick_device(device), trained_dtype)
-    base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device, dtype=dtype)
+    quantization, _ = load_precision(config, quantization, path)
+    base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device,
+                                    dtype=load_dtype(config, dtype, device))
     info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
             "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
     check_compatible(config, info, path)
@@ -62,6 +65,16 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
         v2t.set_encoder(enc)
     v2t.eval()
     return v2t
+
+
+def load_dtype(config: dict, dtype: str, device: str | None) -> torch.dtype:
+    """The dtype a bundle's base computes in on ``device``: ``dtype`` when not ``auto``; else as the adapter was
+    trained where the device can (:func:`lora_v2t.backbone.compute_dtype`). Known before anything loads, so that
+    ``invert`` can name it in its output's meta file."""
+    check_choice("dtype", dtype, DTYPES)
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    return compute_dtype(pick_device(device), config["backbone"].get("compute_dtype"))
 
 
 def load_precision(config: dict, quantization: str, path: Path) -> tuple[str, str | None]:

@@ -74,6 +74,11 @@ def test_a_restart_with_another_adapter_or_options_is_refused(v2t, bundle, vecto
     before = out.read_bytes()
     with pytest.raises(V2TError, match="was written with another decoding"):
         prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 5}), bundle)
+    with pytest.raises(V2TError, match="was written with another dtype"):  # a restart on a bf16 CPU, say
+        prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="bfloat16"), bundle)
+    with pytest.raises(V2TError, match="asks for dtype bfloat16 but the base was loaded in float32"):
+        invert_file(v2t, InvertJob(str(vectors_file), str(tmp_path / "new.jsonl"), dtype="bfloat16"), bundle)
+    assert not (tmp_path / "new.jsonl.meta.json").exists()
     v2t.projector.norm.weight.data += 1  # other weights at the same path
     other = v2t.save_adapter(bundle)
     with pytest.raises(V2TError, match="was written with another projector_sha256"):

@@ -3,11 +3,13 @@
 from pathlib import Path
 
 import pytest
+import torch
 
-from lora_v2t import load_adapter
+import lora_v2t.backbone as backbone
+from lora_v2t import V2TError, load_adapter
 from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, validate_bundle
 from lora_v2t.correct import check_pair, corrector_path
-from lora_v2t.loading import load_precision
+from lora_v2t.loading import load_dtype, load_precision
 
 ADAPTERS = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters"
 SHIPPED = ADAPTERS / "use-gemma270m-ru"  # the first one (prefix 1, fp32); the demo shows it
@@ -31,6 +33,17 @@ def test_the_shipped_adapters_are_complete_small_bundles(folder):
     assert load_precision(config, "auto", folder) == ("none", HYPOTHESIZERS[folder])
 
 
+@pytest.mark.parametrize("units", [True, False], ids=["bf16-cpu", "other-cpu"])
+def test_auto_dtype_is_bf16_for_a_bf16_adapter_on_a_cpu_with_bf16_units(monkeypatch, units):
+    monkeypatch.setattr(backbone, "cpu_has_bf16_units", lambda: units)
+    v2, first = validate_bundle(V2), validate_bundle(SHIPPED)
+    assert load_dtype(v2, "auto", "cpu") == (torch.bfloat16 if units else torch.float32)
+    assert load_dtype(first, "auto", "cpu") == torch.float32  # trained in fp32: decoded in fp32
+    assert load_dtype(v2, "float32", "cpu") == torch.float32 and load_dtype(first, "bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(V2TError, match="unknown dtype 'fp8'; choose one of: auto, float32, bfloat16"):
+        load_dtype(v2, "fp8", "cpu")
+
+
 def test_the_v2_hypothesizer_names_the_corrector_shipped_beside_it():
     config = validate_bundle(V2)
     meta = {"encoder": config["encoder"], "backbone": config["backbone"], "corrector": config["corrector"],
@@ -46,7 +59,7 @@ def test_the_v2_hypothesizer_names_the_corrector_shipped_beside_it():
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", HYPOTHESIZERS, ids=lambda p: p.name)
 def test_the_shipped_adapters_reproduce_their_model_cards(folder):
-    v2t = load_adapter(folder, device="cpu")  # as it was trained: no quantization; the CPU computes in fp32
+    v2t = load_adapter(folder, device="cpu", dtype="float32")  # the cards' samples were decoded in fp32
     samples = v2t.meta["training"]["samples"]
     card = (folder / "README.md").read_text(encoding="utf-8")
     texts = [s["text"] for s in samples]
