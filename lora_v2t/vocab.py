@@ -56,7 +56,10 @@ class SubsetHead(nn.Module):
         self.bias = None if head.bias is None else head.bias.detach()[token_ids]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(hidden_states.to(self.weight.dtype), self.weight, self.bias)  # (..., V')
+        # as rows of a 2-D matrix: on a strided 3-D view (the prefill's last position) linear would broadcast the
+        # weight over the batch into a (B, h, V') copy
+        rows = hidden_states.to(self.weight.dtype).reshape(-1, hidden_states.shape[-1])
+        return nn.functional.linear(rows, self.weight, self.bias).view(*hidden_states.shape[:-1], -1)  # (..., V')
 
 
 class SubsetEmbedding(nn.Module):
