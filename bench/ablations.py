@@ -86,7 +86,7 @@ def main() -> None:
         train_texts, val_texts, val_vectors = data.train_texts, data.val_texts, data.val_vectors
         v2t = load_adapter(final, quantization="none", device="cpu")
         if vocab is None:
-            _, vocab = tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens)
+            vocab = tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens).vocab
         corpus_loss, kept = corpus_vocab_val_loss(v2t, val_texts, val_vectors, vocab, 16, cfg.data.max_tokens)
         rows.append({"variant": name, "overrides": VARIANTS[name], "minutes": args.minutes,
                      "steps": summary["steps"], "sentences_seen": summary["sentences_seen"],

@@ -47,7 +47,8 @@ def run_mode(name: str, steps: int, batch_size: int, max_tokens: int) -> dict:
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    vocab = torch.from_numpy(tokenize_corpus(v2t.tokenizer, lines, max_tokens)[1]) if loss_vocab == "corpus" else None
+    corpus = tokenize_corpus(v2t.tokenizer, lines, max_tokens)
+    vocab = torch.from_numpy(corpus.vocab) if loss_vocab == "corpus" else None
     rng = np.random.default_rng(0)
     vectors = torch.from_numpy(rng.standard_normal((len(lines), 512)).astype("float32"))
     cuda = v2t.device.type == "cuda"

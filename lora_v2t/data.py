@@ -242,17 +242,30 @@ def _write_meta(path: Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def tokenize_corpus(tokenizer, sentences: list[str], max_tokens: int, chunk: int = 10000):
-    """Target length of each sentence in tokens (EOS included, capped at ``max_tokens``), and the sorted
-    token ids the targets use (EOS included): the corpus vocabulary."""
-    lengths = np.empty(len(sentences), dtype=np.int32)
-    used: set[int] = {tokenizer.eos_token_id}
+class TokenizedCorpus:
+    """Every sentence's token ids, cut to ``max_tokens - 1`` as batches cut them (EOS goes after), in one flat
+    array: a training loop builds each batch from these instead of tokenising its sentences again."""
+
+    def __init__(self, rows: list[list[int]], max_tokens: int, eos_id: int):
+        cut = [row[: max_tokens - 1] for row in rows]
+        self.offsets = np.zeros(len(cut) + 1, dtype=np.int64)
+        self.offsets[1:] = np.cumsum([len(row) for row in cut])
+        self.ids = np.fromiter((t for row in cut for t in row), dtype=np.int64, count=int(self.offsets[-1]))
+        self.lengths = (np.diff(self.offsets) + 1).astype(np.int32)  # EOS included
+        self.vocab = np.union1d(np.unique(self.ids), [eos_id])  # sorted token ids the targets use
+
+    def rows(self, indices) -> list[list[int]]:
+        """The token ids of the sentences at ``indices``."""
+        return [self.ids[self.offsets[i]:self.offsets[i + 1]].tolist() for i in indices]
+
+
+def tokenize_corpus(tokenizer, sentences: list[str], max_tokens: int, chunk: int = 10000) -> TokenizedCorpus:
+    """Tokenise a corpus once (in chunks): its sentences' ids, lengths in tokens (EOS included, capped at
+    ``max_tokens``) and the sorted token ids the targets use (EOS included): the corpus vocabulary."""
+    rows: list[list[int]] = []
     for start in range(0, len(sentences), chunk):
-        ids = tokenizer(sentences[start:start + chunk], add_special_tokens=False)["input_ids"]
-        lengths[start:start + len(ids)] = [min(len(i) + 1, max_tokens) for i in ids]
-        for row in ids:
-            used.update(row[: max_tokens - 1])
-    return lengths, np.array(sorted(used), dtype=np.int64)
+        rows += tokenizer(sentences[start:start + chunk], add_special_tokens=False)["input_ids"]
+    return TokenizedCorpus(rows, max_tokens, tokenizer.eos_token_id)
 
 
 def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,

@@ -8,26 +8,50 @@ from torch import nn
 from .errors import V2TError
 
 
-def subset_loss(base: nn.Module, inputs: dict, vocab: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy of a causal LM ``base`` on ``inputs`` (inputs_embeds, attention_mask, labels),
-    with the softmax restricted to the sorted token ids ``vocab``, computed at the labelled positions only.
+class SubsetLoss:
+    """Next-token cross-entropy of a causal LM ``base`` with the softmax restricted to the sorted token ids
+    ``vocab``, computed at the labelled positions only.
 
-    Every label must be in ``vocab``. On a CPU this removes most of the cost of a large output layer (Gemma's
-    262k tokens): the hidden states of the unlabelled positions never reach the head.
+    On a CPU this removes most of the cost of a large output layer (Gemma's 262k tokens): the hidden states of the
+    unlabelled positions never reach the head. Built once per run, it keeps the output layer's rows of ``vocab``
+    (gathered again at each call only where that layer trains) and a token -> index table, so a step neither
+    gathers 13k rows nor synchronises the device to check its labels.
+
+    Args:
+        check_labels: raise when a label is not in ``vocab`` (one device synchronisation per call). The trainer
+            passes False: its vocabulary is built from every training sentence as the batches truncate them.
     """
-    body = getattr(base, base.base_model_prefix)  # the decoder stack, LoRA layers included
-    hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
-                  use_cache=False)[0]  # no KV cache: nothing is decoded here
-    labels = inputs["labels"][:, 1:]  # position t predicts token t+1
-    keep = labels != -100
-    states = hidden[:, :-1][keep]  # (N, h): only the positions that have a label
-    head = base.get_output_embeddings()
-    logits = nn.functional.linear(states, head.weight[vocab],
-                                  None if head.bias is None else head.bias[vocab]).float()  # (N, V')
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    targets = torch.searchsorted(vocab, labels[keep])
-    if not torch.equal(vocab[targets.clamp(max=len(vocab) - 1)], labels[keep]):
-        raise V2TError("a label is missing from loss_vocab: build it from every training sentence")
-    return nn.functional.cross_entropy(logits, targets)
+
+    def __init__(self, base: nn.Module, vocab: torch.Tensor, check_labels: bool = True):
+        self.base, self.check_labels = base, check_labels
+        head = base.get_output_embeddings()
+        self.vocab = vocab.to(head.weight.device)
+        self.trains_head = head.weight.requires_grad
+        self.rows = None if self.trains_head else self.head_rows(head)
+        self.index = torch.full((head.weight.shape[0],), -1, dtype=torch.long, device=self.vocab.device)
+        self.index[self.vocab] = torch.arange(len(self.vocab), device=self.vocab.device)
+
+    def head_rows(self, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output layer's weight and bias rows of the vocabulary."""
+        bias = None if head.bias is None else head.bias[self.vocab]
+        weight = head.weight[self.vocab]
+        return (weight, bias) if self.trains_head else (weight.detach(), None if bias is None else bias.detach())
+
+    def __call__(self, inputs: dict) -> torch.Tensor:
+        """The loss of ``inputs`` (inputs_embeds, attention_mask, labels with -100 where nothing is learned)."""
+        base = self.base
+        body = getattr(base, base.base_model_prefix)  # the decoder stack, LoRA layers included
+        hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+                      use_cache=False)[0]  # no KV cache: nothing is decoded here
+        labels = inputs["labels"][:, 1:]  # position t predicts token t+1
+        keep = labels != -100
+        states = hidden[:, :-1][keep]  # (N, h): only the positions that have a label
+        weight, bias = self.head_rows(base.get_output_embeddings()) if self.trains_head else self.rows
+        logits = nn.functional.linear(states, weight, bias).float()  # (N, V')
+        cap = getattr(base.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        targets = self.index[labels[keep]]
+        if self.check_labels and bool((targets < 0).any()):
+            raise V2TError("a label is missing from loss_vocab: build it from every training sentence")
+        return nn.functional.cross_entropy(logits, targets)

@@ -23,7 +23,7 @@ from .encoders import Encoder, EncoderCache, check_texts, load_encoder
 from .errors import V2TError
 from .generate import Reranked, generate
 from .lora import make_lora_config
-from .loss import subset_loss
+from .loss import SubsetLoss
 from .projector import PrefixProjector, embedding_rms, projector_input_dim
 from .push import push_adapter
 from .vectors import to_vectors
@@ -253,13 +253,20 @@ class Vector2Text(nn.Module):
         truncated to ``max_length``), and ``label_mask`` marks the text's tokens: only those are learned.
         """
         texts = check_texts(texts)
+        if contexts is not None and len(contexts) != len(texts):
+            raise V2TError(f"{len(contexts)} contexts for {len(texts)} texts: give one context per text")
+        return self.pad_rows(self.token_ids(texts), max_length,
+                             None if contexts is None else self.token_ids(contexts))
+
+    def pad_rows(self, rows: list[list[int]], max_length: int = 64,
+                 context_rows: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+        """The batch of :meth:`tokenize` from texts already tokenised (without special tokens): a training
+        loop's pre-tokenised corpus (:class:`lora_v2t.data.TokenizedCorpus`)."""
         eos = self.tokenizer.eos_token_id
-        rows = [ids[: max_length - 1] + [eos] for ids in self.token_ids(texts)]
+        rows = [ids[: max_length - 1] + [eos] for ids in rows]
         starts = [0] * len(rows)
-        if contexts is not None:
-            if len(contexts) != len(texts):
-                raise V2TError(f"{len(contexts)} contexts for {len(texts)} texts: give one context per text")
-            heads = [ids[: max_length - 1] + [eos] for ids in self.token_ids(contexts)]
+        if context_rows is not None:
+            heads = [ids[: max_length - 1] + [eos] for ids in context_rows]
             starts = [len(h) for h in heads]
             rows = [h + r for h, r in zip(heads, rows)]
         width = max(len(r) for r in rows)
@@ -271,7 +278,7 @@ class Vector2Text(nn.Module):
             attention_mask[i, : len(row)] = 1
             label_mask[i, start: len(row)] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        return batch if contexts is None else batch | {"label_mask": label_mask}
+        return batch if context_rows is None else batch | {"label_mask": label_mask}
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """The tokenizer's ids of each text, without special tokens (empty texts give empty lists)."""
@@ -325,19 +332,22 @@ class Vector2Text(nn.Module):
                 "labels": labels}
 
     def forward(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                loss_vocab: torch.Tensor | None = None, label_mask: torch.Tensor | None = None):
+                loss_vocab: torch.Tensor | SubsetLoss | None = None, label_mask: torch.Tensor | None = None):
         """Run the backbone on ``[P ; wte(tokens)]``; returns the transformers output with ``.loss``.
 
         Args:
-            loss_vocab: optional sorted token ids that every label belongs to. The loss is then a softmax over
-                these tokens only, computed only at the labelled positions: on a CPU this removes most of the
-                cost of a large output layer (Gemma's 262k tokens). The model and adapter are unchanged.
+            loss_vocab: optional sorted token ids that every label belongs to, or a :class:`SubsetLoss` built
+                from them once (a training loop's, which keeps what it needs between steps). The loss is then a
+                softmax over these tokens only, computed only at the labelled positions: on a CPU this removes
+                most of the cost of a large output layer (Gemma's 262k tokens). The model and adapter are unchanged.
             label_mask: 1 where a token is learned (see :meth:`tokenize` with contexts); None: every token.
         """
         inputs = self.build_inputs(vectors, input_ids, attention_mask, label_mask)
         if loss_vocab is None:
             return self.model(**inputs, use_cache=False)  # training and scoring decode nothing: no KV cache
-        return _Output(loss=subset_loss(self.base_model, inputs, loss_vocab.to(self.device)))
+        if not isinstance(loss_vocab, SubsetLoss):
+            loss_vocab = SubsetLoss(self.base_model, loss_vocab)
+        return _Output(loss=loss_vocab(inputs))
 
     def loss(self, vectors, texts: list[str], max_length: int = 64) -> torch.Tensor:
         """Mean next-token cross-entropy of ``texts`` given their vectors."""

@@ -48,6 +48,7 @@ from .config import RunConfig
 from .cost import describe_cost
 from .data import BatchOrder, tokenize_corpus
 from .errors import V2TError, first_line
+from .loss import SubsetLoss
 from .pairs import prepare_data
 from .rundir import RunDirLock, check_paths, locate_run, run_dir_of
 from .runlog import RunLog
@@ -252,12 +253,16 @@ class Trainer:
             param.requires_grad_(True)
         optimizer, self.scheduler = make_optimizer(v2t, tc)
         self.model, self.optimizer = self.accelerator.prepare(v2t, optimizer)
-        self.lengths, corpus_vocab = tokenize_corpus(v2t.tokenizer, self.train_texts, cfg.data.max_tokens)
+        self.tokens = tokenize_corpus(v2t.tokenizer, self.train_texts, cfg.data.max_tokens)  # once, not per batch
+        self.context_tokens = None if self.train_contexts is None else \
+            tokenize_corpus(v2t.tokenizer, self.train_contexts, cfg.data.max_tokens)
+        corpus_vocab = self.tokens.vocab
         if self.extra_vocab is not None:
             corpus_vocab = np.union1d(corpus_vocab, self.extra_vocab)
         self.loss_vocab = None
         if tc.loss_vocab == "corpus":
-            self.loss_vocab = torch.from_numpy(corpus_vocab).to(v2t.device)
+            # built from every training sentence as batches cut them: the labels need no check at each step
+            self.loss_vocab = SubsetLoss(v2t.base_model, torch.from_numpy(corpus_vocab), check_labels=False)
             v2t.set_output_vocab(corpus_vocab)  # saved with the adapter: generation keeps to what the loss ranked
             logger.info("training loss over the %d tokens the corpus uses (of %d)", len(corpus_vocab),
                         v2t.backbone_info["vocab_size"])
@@ -295,7 +300,7 @@ class Trainer:
                     len(self.val_texts), self.run_dir)
         if self.accelerator.is_main_process and cfg.training.tensorboard:
             self.accelerator.init_trackers(cfg.training.run_name)
-        self.batch_order = BatchOrder(self.lengths, cfg.training.batch_size, cfg.data.seed)
+        self.batch_order = BatchOrder(self.tokens.lengths, cfg.training.batch_size, cfg.data.seed)
 
     # ------------------------------------------------------------------ the loop
     def loop(self) -> None:
@@ -349,10 +354,9 @@ class Trainer:
         step_loss = 0.0
         for micro in range(tc.grad_accum):
             idx, sentences = self.next_batch()
-            texts = [self.train_texts[i] for i in idx]
-            contexts = None if self.train_contexts is None else [self.train_contexts[i] for i in idx]
             vectors = torch.from_numpy(np.asarray(self.train_vectors[idx]))
-            batch = self.v2t.tokenize(texts, self.cfg.data.max_tokens, contexts=contexts)
+            batch = self.v2t.pad_rows(self.tokens.rows(idx), self.cfg.data.max_tokens,
+                                      None if self.context_tokens is None else self.context_tokens.rows(idx))
             with contextlib.nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(self.model):
                 with acc.autocast():
                     loss = self.model(vectors, batch["input_ids"], batch["attention_mask"], self.loss_vocab,

@@ -43,7 +43,7 @@ def main() -> None:
     v2t = load_adapter(args.adapter, quantization="none", device="cpu")
     if v2t.output_vocab is None and cfg.training.loss_vocab == "corpus":
         train_texts = prepare_data(cfg, v2t.encoder, show_progress=False).train_texts
-        v2t.set_output_vocab(tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens)[1])
+        v2t.set_output_vocab(tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens).vocab)
         print(f"output vocabulary rebuilt from the corpus: {v2t.output_vocab.numel()} tokens")
     metrics = {"val_loss": v2t.meta["training"].get("metrics", {}).get("val_loss")}
     for report in args.eval:

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from lora_v2t import V2TError
+from lora_v2t.data import tokenize_corpus
 from lora_v2t.lora import default_target_modules
+from lora_v2t.loss import SubsetLoss
 from lora_v2t.vectors import to_vectors
 
 from .conftest import SENTENCES, make_v2t
@@ -109,3 +111,63 @@ def test_bad_create_arguments(tiny_backbone_dir, tiny_encoder):
         make_v2t(tiny_backbone_dir, tiny_encoder, quantization="2bit")
     with pytest.raises(V2TError, match="prefix_length"):
         make_v2t(tiny_backbone_dir, tiny_encoder, prefix_length=0)
+
+
+def reference_subset_loss(v2t, inputs: dict, vocab: torch.Tensor) -> torch.Tensor:
+    """The full output layer's logits, log-softmax over ``vocab`` only, mean NLL at the labelled positions."""
+    logits = v2t.model(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"]).logits
+    labels = inputs["labels"][:, 1:]
+    keep = labels != -100
+    logp = torch.log_softmax(logits[:, :-1][keep][:, vocab].float(), dim=-1)
+    return -logp[torch.arange(len(logp)), torch.searchsorted(vocab, labels[keep])].mean()
+
+
+def test_the_subset_loss_is_the_softmax_over_its_vocabulary(v2t):
+    batch = v2t.tokenize(SENTENCES[:3])
+    vectors = torch.randn(3, v2t.embedding_dim, generator=torch.Generator().manual_seed(0))
+    vocab = torch.unique(torch.cat([batch["input_ids"][batch["attention_mask"] == 1],
+                                    torch.tensor([v2t.tokenizer.eos_token_id, 7, 11])]))
+    with torch.no_grad():
+        inputs = v2t.build_inputs(vectors, **batch)
+        expected = reference_subset_loss(v2t, inputs, vocab)
+        kept = SubsetLoss(v2t.base_model, vocab, check_labels=False)  # the trainer's: rows kept between steps
+        for loss in (v2t.forward(vectors, **batch, loss_vocab=vocab).loss, kept(inputs), kept(inputs)):
+            assert torch.allclose(loss, expected, atol=1e-5)
+        with pytest.raises(V2TError, match="a label is missing from loss_vocab"):
+            v2t.forward(vectors, **batch, loss_vocab=vocab[vocab != v2t.tokenizer.eos_token_id])
+
+
+def test_the_subset_loss_trains_an_output_layer_that_trains(v2t):
+    """Fully fine-tuned, the output layer changes at every step: its rows are gathered at every call, with
+    gradients."""
+    head = v2t.base_model.get_output_embeddings()
+    batch = v2t.tokenize(SENTENCES[:2])
+    vocab = torch.unique(torch.cat([batch["input_ids"].flatten(), torch.tensor([v2t.tokenizer.eos_token_id])]))
+    head.weight.requires_grad_(True)
+    try:
+        loss_fn = SubsetLoss(v2t.base_model, vocab)
+        inputs = v2t.build_inputs(torch.randn(2, v2t.embedding_dim), **batch)
+        loss_fn(inputs).backward()
+        assert head.weight.grad is not None and head.weight.grad[vocab].abs().sum() > 0
+        with torch.no_grad():
+            before = loss_fn(inputs)
+            head.weight[vocab] *= 2
+            assert not torch.allclose(loss_fn(inputs), before)
+            head.weight[vocab] /= 2
+    finally:
+        head.weight.requires_grad_(False)
+        head.weight.grad = None
+
+
+def test_batches_from_the_tokenised_corpus_equal_tokenised_texts(v2t):
+    texts = SENTENCES[:5] + ["слово " * 50]  # the last one is cut
+    corpus = tokenize_corpus(v2t.tokenizer, texts, max_tokens=12, chunk=4)
+    assert corpus.lengths.tolist() == [min(len(ids) + 1, 12) for ids in v2t.token_ids(texts)]
+    assert set(corpus.vocab.tolist()) == {v2t.tokenizer.eos_token_id} | {t for ids in v2t.token_ids(texts)
+                                                                         for t in ids[:11]}
+    idx = [5, 0, 3]
+    picked = [texts[i] for i in idx]
+    for got, want in ((v2t.pad_rows(corpus.rows(idx), 12), v2t.tokenize(picked, 12)),
+                      (v2t.pad_rows(corpus.rows(idx), 12, corpus.rows([1, 2, 4])),
+                       v2t.tokenize(picked, 12, contexts=[texts[i] for i in (1, 2, 4)]))):
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

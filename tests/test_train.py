@@ -106,7 +106,7 @@ def test_corpus_vocabulary_loss_trains_too(tmp_path, tiny_backbone_dir, tiny_enc
 
     adapter = load_adapter(tmp_path / "runs/tiny-debug/final", device="cpu")
     texts = read_sentences(corpus)[0]
-    _, vocab = tokenize_corpus(adapter.tokenizer, texts, cfg.data.max_tokens)
+    vocab = tokenize_corpus(adapter.tokenizer, texts, cfg.data.max_tokens).vocab
     assert adapter.output_vocab.tolist() == vocab.tolist()  # the bundle keeps the vocabulary the loss ranked
 
 
