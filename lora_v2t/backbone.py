@@ -217,7 +217,7 @@ def cpu_4bit_problem(model) -> str | None:
 
 
 def load_backbone(name: str, quantization: str = "auto", device: str | None = None,
-                  dtype: torch.dtype | None = None):
+                  dtype: torch.dtype | None = None, int8_threshold: float = 6.0):
     """Load a frozen causal LM and its tokenizer.
 
     Args:
@@ -225,6 +225,7 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
         quantization: ``auto`` | ``8bit`` | ``4bit`` | ``none``.
         device: ``cuda``, ``cpu``, ``cuda:1``...; None picks CUDA when available.
         dtype: weight dtype; None = bf16/fp16 on CUDA, fp32 on the CPU (full fine-tuning passes fp32).
+        int8_threshold: the LLM.int8 outlier threshold of an 8-bit base (see ``BackboneConfig``).
 
     Returns:
         (model, tokenizer); every model parameter has ``requires_grad=False``.
@@ -239,7 +240,7 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if quantization == "8bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)
     elif quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
@@ -268,4 +269,5 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
                 time.perf_counter() - start)
     model.v2t_quantization = quantization
     model.v2t_dtype = dtype  # the compute dtype (of the quantized layers too)
+    model.v2t_int8_threshold = int8_threshold if quantization == "8bit" else None
     return model, tokenizer

@@ -1,12 +1,37 @@
-"""What a training step costs before it runs: parameter counts and a rough peak memory estimate."""
+"""What a training step costs before it runs (parameter counts, a peak memory estimate, whether gradient
+checkpointing is needed), and the peak it measured afterwards."""
 
 from __future__ import annotations
 
+import resource
+
+import torch
+
 from .config import RunConfig
 
+# Activations a layer keeps for the backward pass, in tensors of (batch, tokens, hidden): calibrated on the H200 runs
+# of bench/gpu.py (ruGPT-3 large, 8-bit, batch 16 x 65): the step without checkpointing used 3.23 GiB more than with.
+ACTIVATIONS_PER_LAYER = 44
+ACTIVATIONS_PER_LAYER_CHECKPOINTED = 2
+# The share of free GPU memory a step may plan to use without gradient checkpointing: the estimate leaves out the
+# 8-bit layers' state, cuBLAS workspaces and fragmentation (the H200 run above needed 5.75 GiB beyond its weights,
+# estimated 4.3).
+HEADROOM = 0.6
 
-def describe_cost(v2t, cfg: RunConfig) -> dict:
-    """Trainable and frozen parameter counts and a rough peak accelerator memory estimate for one step."""
+
+def describe_cost(v2t, cfg: RunConfig, checkpointing: bool, loss_vocab: int | None) -> dict:
+    """Trainable and frozen parameter counts and a rough peak memory estimate for one step.
+
+    The peak is the weights, the optimizer's state and the larger of a training step (activations kept for the
+    backward pass, fp32 logits over the loss's vocabulary at the labelled positions, or over every position and
+    token without ``loss_vocab``) and a validation batch (fp32 logits over the whole vocabulary). On a CPU the
+    process also holds the Python runtime, the tokenizer and the corpus, which the estimate leaves out; the
+    trainer logs the measured peak beside it at the end (:func:`measured_peak_gib`).
+
+    Args:
+        checkpointing: whether the step recomputes activations (gradient checkpointing).
+        loss_vocab: the number of tokens of the loss's softmax (``training.loss_vocab: corpus``); None: all.
+    """
     trainable = sum(p.numel() for p in v2t.trainable_parameters())
     base = v2t.base_model
     frozen = sum(p.numel() for p in base.parameters() if not p.requires_grad)
@@ -16,10 +41,35 @@ def describe_cost(v2t, cfg: RunConfig) -> dict:
     seq = cfg.data.max_tokens + cfg.projector.prefix_length
     batch = cfg.training.batch_size
     act_bytes = 2 if v2t.device.type == "cuda" else 4
-    # activations kept for backward: ~18 tensors of (B, T, h) per layer, or 2 per layer with checkpointing
-    per_layer = (2 if cfg.training.gradient_checkpointing else 18) * batch * seq * info["hidden_size"] * act_bytes
-    logits = 3 * batch * seq * info["vocab_size"] * 4  # fp32 logits, their softmax and gradient
+    per_layer = ACTIVATIONS_PER_LAYER_CHECKPOINTED if checkpointing else ACTIVATIONS_PER_LAYER
+    activations = layers * per_layer * batch * seq * info["hidden_size"] * act_bytes
+    # fp32 logits, their softmax and gradient: at the labelled positions (about half) over the loss vocabulary
+    train_logits = 3 * batch * seq * (loss_vocab // 2 if loss_vocab else info["vocab_size"]) * 4
+    eval_logits = 3 * batch * seq * info["vocab_size"] * 4  # validation scores over the whole vocabulary
     optimizer = trainable * 4 * 4  # weights, gradients, two AdamW moments in fp32
-    peak = weight_bytes + layers * per_layer + logits + optimizer
+    peak = weight_bytes + optimizer + max(activations + train_logits, eval_logits)
     return {"trainable_params": trainable, "frozen_params": frozen, "weights_gib": weight_bytes / 2**30,
-            "estimated_peak_gib": peak / 2**30}
+            "estimated_peak_gib": peak / 2**30, "step_gib": (peak - weight_bytes) / 2**30}
+
+
+def needs_checkpointing(setting: bool | str, step_gib: float, free_gib: float | None) -> bool:
+    """``training.gradient_checkpointing``: true or false as given; ``auto``: on only where a step without it
+    (``step_gib`` beyond the loaded weights) would not fit in ``HEADROOM`` of the free GPU memory (``free_gib``;
+    None on a CPU, where it stays off: it only trades time for memory there)."""
+    if isinstance(setting, bool):
+        return setting
+    return free_gib is not None and step_gib > HEADROOM * free_gib
+
+
+def free_gib(device: torch.device) -> float | None:
+    """The free memory of a CUDA ``device`` in GiB; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.mem_get_info(device)[0] / 2**30
+
+
+def measured_peak_gib(device: torch.device) -> float:
+    """The peak memory so far: allocated GPU memory on CUDA, else the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

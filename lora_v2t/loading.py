@@ -47,8 +47,10 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
     full = config.get("trainable") == "full"
     backbone_name = str(path / "backbone") if full else backbone or config["backbone"]["name"]
     quantization, _ = load_precision(config, quantization, path)
+    threshold = config["backbone"].get("int8_threshold")  # as trained (bundles that do not say: the default)
     base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device,
-                                    dtype=load_dtype(config, dtype, device))
+                                    dtype=load_dtype(config, dtype, device),
+                                    int8_threshold=6.0 if threshold is None else threshold)
     info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
             "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
     check_compatible(config, info, path)

@@ -53,6 +53,7 @@ class Vector2Text(nn.Module):
             "vocab_size": int(base.get_input_embeddings().weight.shape[0]),
             "quantization": getattr(base, "v2t_quantization", "none"),
             "compute_dtype": str(getattr(base, "v2t_dtype", base.dtype)).removeprefix("torch."),
+            "int8_threshold": getattr(base, "v2t_int8_threshold", None),
         }
         self._target_rms = None
 
@@ -61,7 +62,7 @@ class Vector2Text(nn.Module):
     def create(cls, backbone: str, encoder: str | Encoder, projector: str = "mlp", prefix_length: int = 1,
                lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.05,
                target_modules: list[str] | None = None, lora_layers: list[int] | None = None,
-               quantization: str = "auto",
+               quantization: str = "auto", int8_threshold: float = 6.0,
                device: str | None = None, projector_hidden_dim: int | None = None,
                adapter_name: str = "default", seed: int | None = 0, trainable: str = "lora",
                role: str = "hypothesizer") -> Vector2Text:
@@ -76,6 +77,7 @@ class Vector2Text(nn.Module):
                 target modules default to the attention projections of the architecture).
             lora_layers: indices of the transformer blocks that get LoRA (None: every block).
             quantization: ``auto`` (8bit on CUDA, none on CPU) | ``8bit`` | ``4bit`` | ``none``.
+            int8_threshold: the LLM.int8 outlier threshold of an 8-bit base (see ``BackboneConfig``).
             device: where to run; None picks CUDA when available.
             projector_hidden_dim: hidden width of the MLP projector (default: the backbone's hidden size).
             adapter_name: name of this adapter in the registry.
@@ -93,7 +95,8 @@ class Vector2Text(nn.Module):
         enc = load_encoder(encoder)
         # full fine-tuning keeps fp32 master weights (autocast handles the compute dtype on CUDA)
         base, tokenizer = load_backbone(backbone, quantization=quantization, device=device,
-                                        dtype=torch.float32 if trainable == "full" else None)
+                                        dtype=torch.float32 if trainable == "full" else None,
+                                        int8_threshold=int8_threshold)
         if seed is not None:
             torch.manual_seed(seed)
         from peft import get_peft_model
@@ -138,7 +141,8 @@ class Vector2Text(nn.Module):
                           projector_hidden_dim=cfg.projector.hidden_dim, lora_r=cfg.lora.r,
                           lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=cfg.lora.target_modules, lora_layers=cfg.lora.layers,
-                          quantization=cfg.backbone.quantization, device=device or cfg.backbone.device,
+                          quantization=cfg.backbone.quantization, int8_threshold=cfg.backbone.int8_threshold,
+                          device=device or cfg.backbone.device,
                           seed=cfg.training.seed, trainable=cfg.training.trainable, role=cfg.training.role)
 
     def add_projector(self, name: str, cfg: ProjectorConfig, embedding_dim: int) -> PrefixProjector:

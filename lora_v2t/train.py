@@ -45,7 +45,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig
-from .cost import describe_cost
+from .cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing
 from .data import BatchOrder, tokenize_corpus
 from .errors import V2TError, first_line
 from .loss import SubsetLoss
@@ -233,7 +233,7 @@ class Trainer:
         self.extra_vocab = data.extra_vocab
 
     def build_model(self) -> None:
-        """The backbone with a fresh adapter, its optimizer and schedule, prepared by accelerate."""
+        """The backbone with a fresh adapter, its loss, optimizer and schedule, prepared by accelerate."""
         from .model import Vector2Text
 
         cfg, tc = self.cfg, self.cfg.training
@@ -246,26 +246,46 @@ class Trainer:
         v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
         if tc.role == "corrector":  # it reads hypotheses cut as in training
             v2t.adapter_meta[v2t.active_adapter]["context_tokens"] = cfg.data.max_tokens
-        if tc.gradient_checkpointing:
-            v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.prepare_tokens()
+        self.plan_memory()
         self.params = v2t.trainable_parameters()
         for param in self.params:
             param.requires_grad_(True)
         optimizer, self.scheduler = make_optimizer(v2t, tc)
         self.model, self.optimizer = self.accelerator.prepare(v2t, optimizer)
-        self.tokens = tokenize_corpus(v2t.tokenizer, self.train_texts, cfg.data.max_tokens)  # once, not per batch
+
+    def prepare_tokens(self) -> None:
+        """Tokenise the corpus once (batches are padded from its ids), and build the loss over its vocabulary."""
+        cfg, v2t = self.cfg, self.v2t
+        self.tokens = tokenize_corpus(v2t.tokenizer, self.train_texts, cfg.data.max_tokens)
         self.context_tokens = None if self.train_contexts is None else \
             tokenize_corpus(v2t.tokenizer, self.train_contexts, cfg.data.max_tokens)
         corpus_vocab = self.tokens.vocab
         if self.extra_vocab is not None:
             corpus_vocab = np.union1d(corpus_vocab, self.extra_vocab)
         self.loss_vocab = None
-        if tc.loss_vocab == "corpus":
+        if cfg.training.loss_vocab == "corpus":
             # built from every training sentence as batches cut them: the labels need no check at each step
             self.loss_vocab = SubsetLoss(v2t.base_model, torch.from_numpy(corpus_vocab), check_labels=False)
             v2t.set_output_vocab(corpus_vocab)  # saved with the adapter: generation keeps to what the loss ranked
             logger.info("training loss over the %d tokens the corpus uses (of %d)", len(corpus_vocab),
                         v2t.backbone_info["vocab_size"])
+
+    def plan_memory(self) -> None:
+        """Gradient checkpointing as the recipe says (``auto``: only where the step would not fit otherwise);
+        the cost estimate the run logs, and later checks against the measured peak."""
+        cfg, v2t = self.cfg, self.v2t
+        vocab = None if self.loss_vocab is None else len(self.loss_vocab.vocab)
+        without = describe_cost(v2t, cfg, checkpointing=False, loss_vocab=vocab)
+        self.checkpointing = needs_checkpointing(cfg.training.gradient_checkpointing, without["step_gib"],
+                                                 free_gib(v2t.device))
+        if self.checkpointing:
+            v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.cost = describe_cost(v2t, cfg, checkpointing=self.checkpointing, loss_vocab=vocab)
+        if cfg.training.gradient_checkpointing == "auto" and self.checkpointing:
+            logger.info("gradient checkpointing on: a step without it needs about %.2f GiB beyond the weights, more "
+                        "than %.0f%% of the %.2f GiB free", without["step_gib"], 100 * HEADROOM,
+                        free_gib(v2t.device))
 
     def release_encoder(self) -> None:
         """The embedding cache is filled: free the encoder (LaBSE alone is 1.8 GB of GPU memory in fp32)."""
@@ -291,7 +311,7 @@ class Trainer:
             self.log.start_over()
             (self.run_dir / "recipe.yaml").write_text(
                 yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
-        cost = describe_cost(self.v2t, cfg)
+        cost = self.cost
         logger.info("parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
                     "%.2f GiB for batch %d x %d tokens", f"{cost['trainable_params']:,}",
                     f"{cost['frozen_params']:,}", cost["weights_gib"], cost["estimated_peak_gib"],
@@ -449,9 +469,21 @@ class Trainer:
         if record is None or record["step"] != state.step:
             record = self.evaluate(self.window.mean_loss if self.window.losses else None, None)
         summary = training_summary(self.cfg, state, {"val_loss": round(record["val_loss"], 4)})
+        summary["memory"] = self.memory_check()
         self.v2t.save_adapter(final, training=summary | {"samples": record["samples"][:3]})
         logger.info("final adapter: %s", final)
         return final
+
+    def memory_check(self) -> dict:
+        """The peak memory measured so far against the estimate logged at the start; logged and returned."""
+        measured, estimated = measured_peak_gib(self.v2t.device), self.cost["estimated_peak_gib"]
+        what = "allocated GPU memory" if self.v2t.device.type == "cuda" else \
+            "resident memory of the whole process (Python, tokenizer and corpus included)"
+        logger.info("peak memory: %.2f GiB measured (%s), %.2f GiB estimated: the estimate is %.2fx the "
+                    "measure", measured, what, estimated, estimated / measured)
+        return {"estimated_peak_gib": round(estimated, 3), "measured_peak_gib": round(measured, 3),
+                "measured": "cuda_max_allocated" if self.v2t.device.type == "cuda" else "process_max_rss",
+                "gradient_checkpointing": self.checkpointing}
 
     # ------------------------------------------------------------------ when something stops the run
     def rescue(self, exc: BaseException) -> BaseException:

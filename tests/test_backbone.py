@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -51,6 +53,22 @@ def test_quantized_backbones_run_forward_and_backward_on_cpu(tiny_backbone_64_di
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
     assert len(v2t.generate(vectors, max_new_tokens=4)) == 3
+
+
+def test_the_int8_threshold_reaches_the_8bit_layers_and_the_bundle(tiny_backbone_64_dir, tiny_encoder, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+
+    from lora_v2t import load_adapter
+
+    v2t = make_v2t(tiny_backbone_64_dir, tiny_encoder, quantization="8bit", int8_threshold=0.0)
+    layers = [m for m in v2t.base_model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert layers and all(m.state.threshold == 0.0 for m in layers)
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    assert json.loads((bundle / "v2t_config.json").read_text())["backbone"]["int8_threshold"] == 0.0
+    loaded = load_adapter(bundle, device="cpu", encoder=tiny_encoder)  # as trained: 8-bit, threshold 0
+    assert all(m.state.threshold == 0.0 for m in loaded.base_model.modules() if isinstance(m, bnb.nn.Linear8bitLt))
+    assert make_v2t(tiny_backbone_64_dir, tiny_encoder).backbone_info["int8_threshold"] is None  # not 8-bit
 
 
 def test_4bit_on_a_shape_the_cpu_kernels_cannot_run_is_refused_at_load(tiny_backbone_dir, tiny_encoder):

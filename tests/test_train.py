@@ -10,6 +10,7 @@ from lora_v2t import V2TError, load_adapter
 from lora_v2t.adapter import BUNDLE_FILES
 from lora_v2t.cli import main
 from lora_v2t.config import load_config
+from lora_v2t.cost import needs_checkpointing
 from lora_v2t.train import TrainingStopped, train
 
 from .conftest import SENTENCES
@@ -78,6 +79,9 @@ def test_a_few_steps_make_the_documented_run_folder(tmp_path, tiny_backbone_dir,
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     v2t = load_adapter(final, device="cpu")
     assert v2t.meta["training"]["steps"] == 12 and len(v2t.meta["training"]["samples"]) == 2  # num_samples
+    memory = v2t.meta["training"]["memory"]  # the estimate checked against the measured peak (the process's, here)
+    assert memory["measured"] == "process_max_rss" and memory["gradient_checkpointing"] is False
+    assert 0 < memory["estimated_peak_gib"] < memory["measured_peak_gib"] < 64
     assert torch.equal(adapter_state(final)["projector.norm.weight"],
                        adapter_state(run / "step-000012")["projector.norm.weight"])
 
@@ -675,3 +679,20 @@ def test_yaml_booleans_for_text_settings_become_their_words(tmp_path):
     assert cfg.training.mixed_precision == "no"
     with pytest.raises(V2TError, match="mixed_precision"):
         load_config(RECIPE, ["--training.mixed_precision=yes"])
+
+
+@pytest.mark.parametrize("setting, step_gib, free, expected", [
+    (True, 0.1, None, True), (False, 50.0, 8.0, False),  # as the recipe says
+    ("auto", 50.0, None, False),  # on a CPU it only costs time
+    ("auto", 4.3, 6.6, True),  # the default recipe's 8-bit step on an 8 GB card
+    ("auto", 4.3, 78.0, False),  # the same on an 80 GB one
+])
+def test_gradient_checkpointing_auto_follows_the_memory_estimate(setting, step_gib, free, expected):
+    assert needs_checkpointing(setting, step_gib, free) is expected
+
+
+def test_gradient_checkpointing_takes_true_false_or_auto():
+    assert load_config(None, ["--training.gradient_checkpointing=true"]).training.gradient_checkpointing is True
+    assert load_config(None, []).training.gradient_checkpointing == "auto"
+    with pytest.raises(V2TError, match="training.gradient_checkpointing must be true, false or auto, got 'often'"):
+        load_config(None, ["--training.gradient_checkpointing=often"])
