@@ -598,6 +598,15 @@ class Bench:
             texts = v2t.generate(vec, max_new_tokens=new_tokens, batch_size=batch, repetition_penalty=1.0)
             sync()
             ours_s = time.perf_counter() - t0
+            static = {"max_new_tokens": new_tokens, "batch_size": batch, "repetition_penalty": 1.0, "cache": "static"}
+            t0 = time.perf_counter()
+            v2t.generate(vec, **static)  # the first call at this shape compiles the decoding step (on CUDA)
+            sync()
+            static_first_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            static_texts = v2t.generate(vec, **static)
+            sync()
+            static_s = time.perf_counter() - t0
             ids = ids.cpu()
             is_eos = ids == eos
             lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.tensor(ids.shape[1]))
@@ -611,11 +620,17 @@ class Bench:
                 "plain_tokens_per_s": round(tokens / plain_s, 1), "v2t_tokens_per_s": round(tokens / ours_s, 1),
                 "v2t_vs_plain": round(plain_s / ours_s, 3),
                 "same_text": f"{sum(a == b for a, b in zip(texts, plain_texts))}/{batch}",
+                "v2t_static_first_call_s": round(static_first_s, 2), "v2t_static_s": round(static_s, 4),
+                "v2t_static_tokens_per_s": round(tokens / static_s, 1),
+                "v2t_static_vs_plain": round(plain_s / static_s, 3), "v2t_static_vs_v2t": round(ours_s / static_s, 3),
+                "static_same_text": f"{sum(a == b for a, b in zip(static_texts, plain_texts))}/{batch}",
                 "peak_allocated_gib": gib(torch.cuda.max_memory_allocated()) if self.cuda else None})
             r = rows[-1]
             log(f"[decoding]   {quantization:>5} batch {batch:>4}: plain {r['plain_tokens_per_s']:>9.1f} tok/s, "
                 f"v2t.generate {r['v2t_tokens_per_s']:>9.1f} tok/s ({r['v2t_vs_plain']:.2f}x), "
-                f"{tokens} tokens, same text {r['same_text']}")
+                f"static cache {r['v2t_static_tokens_per_s']:>9.1f} tok/s ({r['v2t_static_vs_plain']:.2f}x; first "
+                f"call {static_first_s:.1f} s), {tokens} tokens, same text {r['same_text']} / "
+                f"{r['static_same_text']}")
         return rows  # the model is freed with this frame
 
     def section_decoding(self) -> dict:
@@ -675,15 +690,16 @@ class Bench:
                     f"{ref[0]:>8}{ref[1]:>9}")
         if "decoding" in r:
             log(f"\n(c) greedy decoding, {r['decoding']['max_new_tokens']} new tokens, tokens/s")
-            log(f"  {'backbone':<10}{'batch':>6}{'plain HF':>12}{'v2t.generate':>14}{'ratio':>8}{'tokens':>9}"
-                "  same text")
+            log(f"  {'backbone':<10}{'batch':>6}{'plain HF':>12}{'v2t.generate':>14}{'ratio':>8}{'static':>11}"
+                f"{'ratio':>8}{'tokens':>9}  same text (dynamic / static)")
             for x in r["decoding"].get("runs", []):
                 if "batch" not in x:
                     log(f"  {x['quantization']:<10}  {x.get('skipped') or 'ERROR: ' + x.get('error', '')}")
                     continue
                 log(f"  {x['quantization']:<10}{x['batch']:>6}{x['plain_tokens_per_s']:>12.1f}"
-                    f"{x['v2t_tokens_per_s']:>14.1f}{x['v2t_vs_plain']:>8.2f}{x['generated_tokens']:>9}"
-                    f"  {x['same_text']}")
+                    f"{x['v2t_tokens_per_s']:>14.1f}{x['v2t_vs_plain']:>8.2f}{x['v2t_static_tokens_per_s']:>11.1f}"
+                    f"{x['v2t_static_vs_plain']:>8.2f}{x['generated_tokens']:>9}  {x['same_text']} / "
+                    f"{x['static_same_text']}")
         for name in SECTIONS:
             if "error" in r.get(name, {}):
                 log(f"\nsection {name} stopped: {r[name]['error']}")

@@ -16,6 +16,7 @@ from .errors import V2TError
 
 PROJECTOR_KINDS = ("zero-pad", "linear", "mlp")
 QUANTIZATION_MODES = ("auto", "8bit", "4bit", "none")
+CACHE_KINDS = ("dynamic", "static")
 # how a base computes; each adapter records its training's
 PRECISION_KEYS = ("quantization", "compute_dtype", "int8_threshold")
 
@@ -105,8 +106,13 @@ class GenerationConfig:
     batch_size: int = setting(32, "vectors decoded together (>= 1)")
     restrict_vocab: bool = setting(
         True, "decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)")
+    cache: str = setting(
+        "dynamic", "KV cache: dynamic | static (fixed size, so that transformers compiles the decoding step with "
+                   "torch.compile on a GPU: the first batch is slow, the later ones fast; the same greedy text in "
+                   "fp32; slower on a CPU, where nothing compiles it)")
 
     def __post_init__(self):
+        check_choice("cache", self.cache, CACHE_KINDS)
         counts = ("max_new_tokens", "num_beams", "num_return_sequences", "batch_size", "top_k", "no_repeat_ngram_size")
         for name in counts:
             value = getattr(self, name)

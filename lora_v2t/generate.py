@@ -67,6 +67,8 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
                  "num_return_sequences": opts.num_return_sequences, "do_sample": opts.do_sample,
                  "no_repeat_ngram_size": opts.no_repeat_ngram_size,
                  "eos_token_id": vocab.eos, "pad_token_id": vocab.pad}
+    if opts.cache == "static":  # transformers compiles the decoding step on a GPU
+        hf_kwargs["cache_implementation"] = "static"
     if opts.do_sample:
         hf_kwargs |= {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p}
     else:
@@ -87,9 +89,13 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
                 stop = start + opts.batch_size
                 prompt, mask = v2t.prompt(target[start:stop], None if contexts is None else contexts[start:stop],
                                           context)
+                rows = prompt.shape[0]
+                if opts.cache == "static":  # one shape for every batch: the last one is filled up with copies
+                    prompt, mask = fill_batch(prompt, opts.batch_size), fill_batch(mask, opts.batch_size)
                 with vocab.active():
                     out = v2t.model.generate(inputs_embeds=prompt, attention_mask=mask, generation_config=gen_config,
                                              logits_processor=processors)
+                out = out[:rows * opts.num_return_sequences]  # each row's candidates come together
                 texts += [t.strip() for t in tok.batch_decode(vocab.tokens(out), skip_special_tokens=True)]
     finally:
         v2t.train(was_training)
@@ -98,6 +104,12 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     if rerank:
         return rerank_candidates(v2t, target.numpy(), groups)
     return [g[0] for g in groups] if n == 1 else groups
+
+
+def fill_batch(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``rows`` with copies of its last row appended up to ``size`` rows (a compiled step keeps one shape)."""
+    missing = size - rows.shape[0]
+    return rows if missing <= 0 else torch.cat([rows, rows[-1:].expand(missing, *rows.shape[1:])])
 
 
 def penalties(opts) -> list:

@@ -132,7 +132,8 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     if options.num_return_sequences > 1:
         raise V2TError("invert writes one text per row: leave --num-return-sequences at 1")
     weights = hashlib.sha256((adapter_dir / "projector.safetensors").read_bytes()).hexdigest()[:16]
-    decoding = {k: v for k, v in asdict(options).items() if k != "batch_size"}  # the batch does not change rows
+    # neither the batch nor the cache changes the rows
+    decoding = {k: v for k, v in asdict(options).items() if k not in ("batch_size", "cache")}
     identity = {"format": 1, "adapter": label or str(adapter_dir.resolve()), "projector_sha256": weights,
                 "decoding": decoding, "source": str(Path(job.source).resolve()), "rows": len(source),
                 "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype}

@@ -214,3 +214,22 @@ def test_complex_vectors_are_refused_not_truncated_to_their_real_part(v2t):
         v2t.generate(vectors)
     with pytest.raises(V2TError, match="vectors are complex"):
         v2t.generate(torch.from_numpy(vectors))
+
+
+@pytest.mark.parametrize("vocab", [False, True], ids=["full-vocab", "output-vocab"])
+def test_a_static_cache_gives_the_dynamic_caches_text(v2t, vocab):
+    vectors = random_vectors(5, v2t.embedding_dim)  # batches of 4 and 1: the last one is filled up
+    if vocab:
+        with torch.no_grad():
+            logits = v2t.model(inputs_embeds=v2t.prefix(vectors)).logits[:, -1]
+        v2t.set_output_vocab(logits.topk(40, dim=-1).indices.flatten().unique())
+    try:
+        dynamic = v2t.generate(vectors, max_new_tokens=10, batch_size=4)
+        assert v2t.generate(vectors, max_new_tokens=10, batch_size=4, cache="static") == dynamic and any(dynamic)
+        beams = v2t.generate(vectors, max_new_tokens=6, batch_size=4, num_beams=2, num_return_sequences=2,
+                             cache="static")
+        assert [len(group) for group in beams] == [2] * 5
+    finally:
+        v2t.set_output_vocab(None)
+    with pytest.raises(V2TError, match="unknown cache 'paged'; choose one of: dynamic, static"):
+        v2t.generate(vectors, cache="paged")
