@@ -39,11 +39,12 @@ from lora_v2t.config import load_config
 from lora_v2t.train import train
 cfg = load_config(ARGS["recipe"], ARGS["overrides"] + [f"--training.output_dir={ARGS['tmp']}/runs"])
 start = time.perf_counter()
-train(cfg, show_progress=False)
+final = train(cfg, show_progress=False)
 wall = time.perf_counter() - start
+memory = json.loads((final / "v2t_config.json").read_text())["training"].get("memory")  # recorded since issue 11
 lines = (Path(ARGS["tmp"]) / "runs" / cfg.training.run_name / "metrics.jsonl").read_text().splitlines()
 records = [json.loads(line) for line in lines]
-json.dump({"wall_s": wall, "records": records}, open(ARGS["result"], "w"))
+json.dump({"wall_s": wall, "records": records, "memory": memory}, open(ARGS["result"], "w"))
 """
 
 
@@ -58,7 +59,7 @@ def run(rev: str | None, precision: str, args) -> dict:
     steps = [r for r in out["records"] if r.get("kind") == "train"]
     val = [r for r in out["records"] if r.get("kind") == "eval" or "val_loss" in r]
     return {"losses": [r["loss"] for r in steps], "ms": [r["ms_per_step"] for r in steps],
-            "val_loss": val[-1]["val_loss"] if val else None, "wall_s": out["wall_s"]}
+            "val_loss": val[-1]["val_loss"] if val else None, "wall_s": out["wall_s"], "memory": out["memory"]}
 
 
 def main() -> None:
@@ -79,7 +80,7 @@ def main() -> None:
         rows[name] = {"median_ms_per_step": round(ms, 1), "speedup": round(base_ms / ms, 3),
                       "max_loss_diff_to_before": max(abs(a - b) for a, b in zip(r["losses"], before["losses"])),
                       "val_loss": r["val_loss"], "steps": len(r["losses"]), "ms_per_step": r["ms"],
-                      "losses": r["losses"], "wall_s": round(r["wall_s"], 1)}
+                      "losses": r["losses"], "wall_s": round(r["wall_s"], 1), "memory": r["memory"]}
     fp32_val = rows["now fp32"]["val_loss"]
     results = {"date": time.strftime("%Y-%m-%d"), "device": "cpu", "recipe": str(RECIPE.relative_to(REPO)),
                "sentences": args.sentences, "steps": args.steps, "before_commit": commit_id(args.before),

@@ -478,9 +478,9 @@ class Trainer:
         """The peak memory measured so far against the estimate logged at the start; logged and returned."""
         measured, estimated = measured_peak_gib(self.v2t.device), self.cost["estimated_peak_gib"]
         what = "allocated GPU memory" if self.v2t.device.type == "cuda" else \
-            "resident memory of the whole process (Python, tokenizer and corpus included)"
-        logger.info("peak memory: %.2f GiB measured (%s), %.2f GiB estimated: the estimate is %.2fx the "
-                    "measure", measured, what, estimated, estimated / measured)
+            "resident memory of the whole process, with Python, the tokenizer and the corpus"
+        logger.info("peak memory: %.2f GiB measured, %.2f GiB estimated (%.2fx the measure); measured: %s",
+                    measured, estimated, estimated / measured, what)
         return {"estimated_peak_gib": round(estimated, 3), "measured_peak_gib": round(measured, 3),
                 "measured": "cuda_max_allocated" if self.v2t.device.type == "cuda" else "process_max_rss",
                 "gradient_checkpointing": self.checkpointing}

@@ -684,8 +684,9 @@ def test_yaml_booleans_for_text_settings_become_their_words(tmp_path):
 @pytest.mark.parametrize("setting, step_gib, free, expected", [
     (True, 0.1, None, True), (False, 50.0, 8.0, False),  # as the recipe says
     ("auto", 50.0, None, False),  # on a CPU it only costs time
-    ("auto", 4.3, 6.6, True),  # the default recipe's 8-bit step on an 8 GB card
-    ("auto", 4.3, 78.0, False),  # the same on an 80 GB one
+    ("auto", 4.05, 6.6, True),  # the default recipe's 8-bit step on an 8 GB card
+    ("auto", 4.05, 8.6, False),  # on a 10 GB one (it needs about 5.9 GiB)
+    ("auto", 4.05, 78.0, False),  # on an 80 GB one
 ])
 def test_gradient_checkpointing_auto_follows_the_memory_estimate(setting, step_gib, free, expected):
     assert needs_checkpointing(setting, step_gib, free) is expected
