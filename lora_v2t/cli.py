@@ -500,12 +500,14 @@ def cmd_info(args) -> int:
     size = sum(p.stat().st_size for p in args.adapter.rglob("*") if p.is_file())
     shown = source if Path(source).expanduser() == args.adapter else f"{source} (hub, cached in {args.adapter})"
     hub_id = bb.get("hub_id")
+    threshold = "" if bb.get("int8_threshold") is None else f", int8 threshold {bb['int8_threshold']}"
     lines = [
         f"adapter      {shown}  (bundle format {config['format_version']}, {size / 2**20:.2f} MiB)",
         f"base         {bb['name']}{f' (from {hub_id} on the hub)' if hub_id and hub_id != bb['name'] else ''}"
         f"  ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']})",
         f"trained on   quantization {bb.get('quantization', 'unrecorded')}, compute dtype "
-        f"{bb.get('compute_dtype', 'unrecorded')} (loaded that way unless --quantization says otherwise)",
+        f"{bb.get('compute_dtype', 'unrecorded')}{threshold} (loaded that way where the device can, unless "
+        "--quantization or --dtype say otherwise)",
         f"encoder      {enc['spec']}  ({enc['dim']}-d)",
         f"role         {_describe_role(config)}",
         f"projector    {proj['kind']}, {proj['prefix_length']} slot(s), {count('projector.safetensors'):,} params",
