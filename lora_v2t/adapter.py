@@ -140,7 +140,8 @@ def bundle_config(v2t) -> dict:
         "backbone": backbone,
         "projector": v2t.projector.describe(),
         "lora": dict(meta["lora"]) if meta["lora"] else None,
-        "generation": dict(meta["generation"]),
+        # the KV cache is a choice of the machine decoding, not of the adapter (and older readers do not know it)
+        "generation": {k: v for k, v in meta["generation"].items() if k != "cache"},
         "output_vocab_size": None if v2t.output_vocab is None else int(v2t.output_vocab.numel()),
         "training": dict(meta["training"]),
         "role": role,

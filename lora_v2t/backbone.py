@@ -111,12 +111,12 @@ def cpu_has_bf16_units() -> bool:
 
 
 def compute_dtype(device: torch.device, trained: str | None = None) -> torch.dtype:
-    """bf16 on CUDA where supported, else fp16 on CUDA, fp32 on the CPU.
+    """What a base computes in on ``device``: bf16 on CUDA where supported, else fp16; fp32 on a CPU.
 
     ``trained``: the dtype name an adapter was trained in; on CUDA, float32 and float16 are kept (bfloat16 falls
-    back to float16 where the GPU lacks it); on the CPU, an adapter trained in bfloat16 computes in bfloat16 where
-    the CPU has bf16 units (:func:`cpu_has_bf16_units`; decoding 1.6x faster at the same cosine on the AMD EPYC of
-    BENCHMARKS.md), and everything else in float32.
+    back to float16 where the GPU lacks it); on a CPU, an adapter trained in bfloat16 computes in bfloat16 where
+    the CPU has bf16 units (:func:`cpu_has_bf16_units`; decoding 1.34x faster than fp32, cosine 0.002 lower, on the
+    AMD EPYC of BENCHMARKS.md), and everything else in float32.
     """
     if device.type != "cuda":
         return torch.bfloat16 if trained == "bfloat16" and cpu_has_bf16_units() else torch.float32

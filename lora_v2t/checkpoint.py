@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 # run_name and cache_dir only say where things are: a copied or moved run folder resumes under new ones)
 RESUMABLE_CHANGES = {"training.max_steps", "training.max_minutes", "training.eval_every", "training.save_every",
                      "training.keep_checkpoints", "training.log_every", "training.num_samples",
-                     "training.tensorboard", "training.output_dir", "training.run_name", "data.cache_dir"}
+                     "training.tensorboard", "training.output_dir", "training.run_name", "data.cache_dir",
+                     "training.gradient_checkpointing"}  # recomputing activations does not change the maths
 DATA_FILE_KEYS = ("data.train", "data.val")  # compared by content when their paths differ
 TRAINER_STATE_KEYS = ("state", "optimizer_layout", "param_groups", "scheduler", "recipe")
 # what a process that was killed while writing leaves in a run folder: .step-000200.tmp-PID, .final.old-PID ...
@@ -59,6 +60,8 @@ def check_same_recipe(saved: dict, current: dict, where: Path, data_files: dict 
             spelled differently is the same corpus when the file now there has the same digest.
     """
     a, b = _flatten(saved), _flatten(current)
+    defaults = _flatten(RunConfig().to_dict())  # a setting added since the run was saved had its default then
+    a = {**{k: v for k, v in defaults.items() if k not in a}, **a}
     for key in sorted(set(a) | set(b)):
         if key.split(".")[0] == "generation" or key in RESUMABLE_CHANGES:
             continue

@@ -91,8 +91,9 @@ def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
     g.add_argument("--dtype", default="auto", choices=list(DTYPES),
                    help="what the base computes in. auto = as the adapter was trained where the device can: on "
-                        "CUDA bf16 (fp16 without bf16); on a CPU bf16 for a bf16-trained adapter if the CPU has "
-                        "AVX-512 BF16 or AMX (about 1.6x faster decoding), else fp32 (default: auto)")
+                        "CUDA bf16 (fp16 without bf16) unless it trained in fp32 or fp16; on a CPU bf16 for a "
+                        "bf16-trained adapter if the CPU has AVX-512 BF16 or AMX (about 1.3x faster decoding), else "
+                        "fp32 (default: auto)")
 
 
 def _load(args):

@@ -3,7 +3,7 @@ checkpointing is needed), and the peak it measured afterwards."""
 
 from __future__ import annotations
 
-import resource
+import sys
 
 import torch
 
@@ -70,8 +70,20 @@ def free_gib(device: torch.device) -> float | None:
     return torch.cuda.mem_get_info(device)[0] / 2**30
 
 
-def measured_peak_gib(device: torch.device) -> float:
-    """The peak memory so far: allocated GPU memory on CUDA, else the process's peak resident memory."""
+def measured_peak_gib(device: torch.device) -> float | None:
+    """The peak memory since :func:`reset_peak` (CUDA: allocated memory), else the process's peak resident memory
+    (None where the platform does not tell: Windows)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20  # bytes on macOS, KiB on Linux
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start measuring the peak from here on CUDA (the encoder, freed by now, is not the step's)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

@@ -376,7 +376,8 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
     summary = {"adapter": None if adapter is None else str(adapter), "adapter_config": adapter_summary(v2t),
                "data": data.name, "sentences": n, "skipped": data.skipped, "encoder": v2t.meta["encoder"]["spec"],
-               "backbone": v2t.backbone_info["name"], "bootstrap_resamples": resamples,
+               "backbone": v2t.backbone_info["name"], "compute_dtype": v2t.backbone_info["compute_dtype"],
+               "bootstrap_resamples": resamples,
                "output_vocab": v2t.output_vocab.numel() if restrict_vocab and v2t.output_vocab is not None
                else "full",
                "scores": {name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]}

@@ -39,15 +39,14 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
             :func:`lora_v2t.correct.condition` rows. See :mod:`lora_v2t.correct`.
         **options: any field of :class:`lora_v2t.config.GenerationConfig`: ``max_new_tokens``,
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``num_return_sequences``,
-            ``repetition_penalty``, ``no_repeat_ngram_size``, ``batch_size``, ``restrict_vocab``. Unset ones
-            come from the adapter's defaults.
+            ``repetition_penalty``, ``no_repeat_ngram_size``, ``batch_size``, ``restrict_vocab``, ``cache``. Unset
+            ones come from the adapter's defaults.
 
     Returns:
         ``list[str]`` (one text per vector); ``list[list[str]]`` when ``num_return_sequences > 1``
         without reranking; ``list[Reranked]`` with ``rerank=True``.
     """
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig as HFGenerationConfig
     from transformers import LogitsProcessorList
 
     from .backbone import max_positions
@@ -62,18 +61,8 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
         raise V2TError(f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and "
                        "does not rerank")
     tok = v2t.tokenizer
-    vocab = DecodingVocab(v2t, opts.restrict_vocab)
-    hf_kwargs = {"max_new_tokens": opts.max_new_tokens, "num_beams": opts.num_beams,
-                 "num_return_sequences": opts.num_return_sequences, "do_sample": opts.do_sample,
-                 "no_repeat_ngram_size": opts.no_repeat_ngram_size,
-                 "eos_token_id": vocab.eos, "pad_token_id": vocab.pad}
-    if opts.cache == "static":  # transformers compiles the decoding step on a GPU
-        hf_kwargs["cache_implementation"] = "static"
-    if opts.do_sample:
-        hf_kwargs |= {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p}
-    else:
-        hf_kwargs |= {"temperature": None, "top_k": None, "top_p": None}
-    gen_config = HFGenerationConfig(**hf_kwargs)
+    vocab = v2t.decoding_vocab(opts.restrict_vocab)
+    gen_config = hf_generation_config(opts, vocab)
     processors = LogitsProcessorList(vocab.processors + penalties(opts))
     if seed is not None:
         torch.manual_seed(seed)
@@ -90,7 +79,7 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
                 prompt, mask = v2t.prompt(target[start:stop], None if contexts is None else contexts[start:stop],
                                           context)
                 rows = prompt.shape[0]
-                if opts.cache == "static":  # one shape for every batch: the last one is filled up with copies
+                if opts.cache == "static" and len(target) > opts.batch_size:  # one shape: the last batch is filled
                     prompt, mask = fill_batch(prompt, opts.batch_size), fill_batch(mask, opts.batch_size)
                 with vocab.active():
                     out = v2t.model.generate(inputs_embeds=prompt, attention_mask=mask, generation_config=gen_config,
@@ -104,6 +93,23 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     if rerank:
         return rerank_candidates(v2t, target.numpy(), groups)
     return [g[0] for g in groups] if n == 1 else groups
+
+
+def hf_generation_config(opts, vocab: DecodingVocab):
+    """transformers' GenerationConfig for our options, with the end and padding ids of ``vocab``'s id space."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    hf_kwargs = {"max_new_tokens": opts.max_new_tokens, "num_beams": opts.num_beams,
+                 "num_return_sequences": opts.num_return_sequences, "do_sample": opts.do_sample,
+                 "no_repeat_ngram_size": opts.no_repeat_ngram_size,
+                 "eos_token_id": vocab.eos, "pad_token_id": vocab.pad}
+    if opts.cache == "static":  # transformers compiles the decoding step on a GPU
+        hf_kwargs["cache_implementation"] = "static"
+    if opts.do_sample:
+        hf_kwargs |= {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p}
+    else:
+        hf_kwargs |= {"temperature": None, "top_k": None, "top_p": None}
+    return HFGenerationConfig(**hf_kwargs)
 
 
 def fill_batch(rows: torch.Tensor, size: int) -> torch.Tensor:
@@ -160,7 +166,7 @@ def generate_naive(v2t, vectors, max_new_tokens: int = 48, restrict_vocab: bool 
     """Reference greedy decoding, the original experiment's way: one vector at a time, no KV cache, the
     whole sequence recomputed at every step. Used by the tests and the benchmark as the baseline."""
     target = to_vectors(vectors, v2t.embedding_dim)
-    vocab = DecodingVocab(v2t, restrict_vocab)
+    vocab = v2t.decoding_vocab(restrict_vocab)
     was_training = v2t.training
     v2t.eval()
     try:

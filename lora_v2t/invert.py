@@ -154,6 +154,9 @@ def prepare_output(job: InvertJob, identity: dict) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             raise V2TError(f"{meta} is unreadable ({exc}): delete {out} and {meta.name} to start over") from exc
         for key, value in identity.items():
+            if key == "dtype" and key not in saved:  # written before the dtype was recorded
+                logger.warning("%s does not record the dtype of its rows; continuing in %s", meta, value)
+                continue
             if saved.get(key) != value:
                 raise V2TError(f"{out} was written with another {key} ({saved.get(key)!r}, now {value!r}): choose "
                                f"another --out, or delete {out} and {meta.name} to start over")

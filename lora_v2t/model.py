@@ -27,7 +27,7 @@ from .loss import SubsetLoss
 from .projector import PrefixProjector, embedding_rms, projector_input_dim
 from .push import push_adapter
 from .vectors import to_vectors
-from .vocab import check_output_vocab
+from .vocab import DecodingVocab, check_output_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Vector2Text(nn.Module):
         self.adapter_meta: dict[str, dict] = {}  # adapter name -> encoder / generation / training metadata
         self.encoders = EncoderCache()  # encoder spec -> loaded encoder (loaded on first use)
         self.output_vocabs: dict[str, torch.Tensor] = {}  # adapter name -> sorted token ids it may emit
+        self.decoding_vocabs: dict[tuple, DecodingVocab] = {}  # see decoding_vocab
         base = self.base_model
         self.backbone_info = {
             "name": backbone_name,
@@ -205,11 +206,24 @@ class Vector2Text(nn.Module):
         The ids must be a non-empty 1-D list of integers of this backbone's vocabulary; EOS is always added.
         """
         name = name or self.active_adapter
+        self.decoding_vocabs.clear()
         if token_ids is None:
             self.output_vocabs.pop(name, None)
             return
         self.output_vocabs[name] = check_output_vocab(token_ids, self.backbone_info["vocab_size"],
                                                       self.tokenizer.eos_token_id)
+
+    def decoding_vocab(self, restrict: bool) -> DecodingVocab:
+        """What the active adapter's decoding keeps to (see :class:`lora_v2t.vocab.DecodingVocab`). Built once per
+        adapter while the output layer is frozen: its subset layers stay the same objects from call to call, so a
+        compiled decoding step is not traced again, and their 13k rows are not gathered again."""
+        head = self.base_model.get_output_embeddings()
+        if head.weight.requires_grad:  # a fully fine-tuned output layer changes between calls
+            return DecodingVocab(self, restrict)
+        key = (self.active_adapter, restrict, head.weight.dtype, head.weight.device, head.weight.data_ptr())
+        if key not in self.decoding_vocabs:
+            self.decoding_vocabs[key] = DecodingVocab(self, restrict)
+        return self.decoding_vocabs[key]
 
     @property
     def embedding_dim(self) -> int:
@@ -409,6 +423,7 @@ class Vector2Text(nn.Module):
         del self.projectors[name]
         del self.adapter_meta[name]
         self.output_vocabs.pop(name, None)
+        self.decoding_vocabs.clear()
 
     def save_adapter(self, path: str | Path, training: dict | None = None) -> Path:
         """Save the active adapter as a bundle folder (atomically); ``training`` updates its summary."""

@@ -45,7 +45,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RunConfig
-from .cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing
+from .cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing, reset_peak
 from .data import BatchOrder, tokenize_corpus
 from .errors import V2TError, first_line
 from .loss import SubsetLoss
@@ -282,6 +282,7 @@ class Trainer:
         if self.checkpointing:
             v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.cost = describe_cost(v2t, cfg, checkpointing=self.checkpointing, loss_vocab=vocab)
+        reset_peak(v2t.device)
         if cfg.training.gradient_checkpointing == "auto" and self.checkpointing:
             logger.info("gradient checkpointing on: a step without it needs about %.2f GiB beyond the weights, more "
                         "than %.0f%% of the %.2f GiB free", without["step_gib"], 100 * HEADROOM,
@@ -479,9 +480,10 @@ class Trainer:
         measured, estimated = measured_peak_gib(self.v2t.device), self.cost["estimated_peak_gib"]
         what = "allocated GPU memory" if self.v2t.device.type == "cuda" else \
             "resident memory of the whole process, with Python, the tokenizer and the corpus"
-        logger.info("peak memory: %.2f GiB measured, %.2f GiB estimated (%.2fx the measure); measured: %s",
-                    measured, estimated, estimated / measured, what)
-        return {"estimated_peak_gib": round(estimated, 3), "measured_peak_gib": round(measured, 3),
+        if measured:
+            logger.info("peak memory: %.2f GiB measured, %.2f GiB estimated (%.2fx the measure); measured: %s",
+                        measured, estimated, estimated / measured, what)
+        return {"estimated_peak_gib": round(estimated, 3), "measured_peak_gib": measured and round(measured, 3),
                 "measured": "cuda_max_allocated" if self.v2t.device.type == "cuda" else "process_max_rss",
                 "gradient_checkpointing": self.checkpointing}
 

@@ -40,7 +40,7 @@ def main() -> None:
     from lora_v2t.pairs import prepare_data
 
     cfg = load_config(args.recipe)
-    v2t = load_adapter(args.adapter, quantization="none", device="cpu")
+    v2t = load_adapter(args.adapter, quantization="none", device="cpu", dtype="float32")  # card samples in fp32
     if v2t.output_vocab is None and cfg.training.loss_vocab == "corpus":
         train_texts = prepare_data(cfg, v2t.encoder, show_progress=False).train_texts
         v2t.set_output_vocab(tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens).vocab)

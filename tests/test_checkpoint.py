@@ -1,9 +1,14 @@
-"""RNG states in checkpoints: the CPU's and every CUDA device's, per process (faked CUDA on the CPU)."""
+"""RNG states in checkpoints: the CPU's and every CUDA device's, per process (faked CUDA on the CPU); resuming runs
+saved by older versions."""
+
+import copy
+from pathlib import Path
 
 import pytest
 import torch
 
 import lora_v2t.checkpoint as checkpoint
+from lora_v2t import V2TError
 from lora_v2t.checkpoint import _rng_of_rank, rng_state, set_rng_state
 
 
@@ -113,3 +118,18 @@ def test_the_fp16_loss_scaler_is_saved_and_restored(tmp_path, tiny_backbone_dir,
     fresh = torch.amp.GradScaler("cpu")  # a resumed run starts from the default scale 65536
     assert load_checkpoint(saved, v2t, optimizer, scheduler, scaler=fresh) == state
     assert fresh.state_dict()["scale"] == 512.0 and fresh.state_dict()["growth_interval"] == 7
+
+
+def test_a_run_saved_before_a_setting_existed_resumes():
+    """Its recipe lacks settings added since (they had their defaults then); checkpointing may change."""
+    from lora_v2t.checkpoint import check_same_recipe
+    from lora_v2t.config import load_config
+
+    current = load_config(None, []).to_dict()
+    saved = copy.deepcopy(current)
+    del saved["backbone"]["int8_threshold"]
+    saved["training"]["gradient_checkpointing"] = False  # the old default
+    check_same_recipe(saved, current, Path("run"))
+    current["backbone"]["int8_threshold"] = 0.0
+    with pytest.raises(V2TError, match="backbone.int8_threshold was 6.0, now 0.0"):
+        check_same_recipe(saved, current, Path("run"))

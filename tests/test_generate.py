@@ -150,7 +150,9 @@ def test_decoding_over_the_vocabulary_gives_the_masked_decodings_text(v2t, monke
         assert base.get_output_embeddings() is head and base.get_input_embeddings() is embed  # put back
         vocab_class = lora_v2t.vocab.DecodingVocab
         monkeypatch.setattr(vocab_class, "__init__", masked_only(vocab_class.__init__))
+        v2t.decoding_vocabs.clear()  # built again, as if the layer could not be cut
         masked = v2t.generate(vectors, max_new_tokens=12, batch_size=3, **options)
+        assert not any(vocab.token_ids is not None for vocab in v2t.decoding_vocabs.values())
     finally:
         v2t.set_output_vocab(None)
     assert indexed == masked and any(indexed)
@@ -233,3 +235,23 @@ def test_a_static_cache_gives_the_dynamic_caches_text(v2t, vocab):
         v2t.set_output_vocab(None)
     with pytest.raises(V2TError, match="unknown cache 'paged'; choose one of: dynamic, static"):
         v2t.generate(vectors, cache="paged")
+
+
+def test_the_decoding_vocabulary_is_built_once_per_adapter(v2t):
+    """Its subset layers stay the same objects from call to call (a compiled step is not traced again), until the
+    output vocabulary changes."""
+    v2t.set_output_vocab([5, 17, 200])
+    try:
+        first = v2t.decoding_vocab(True)
+        assert v2t.decoding_vocab(True) is first and first.token_ids is not None
+        assert v2t.decoding_vocab(False) is not first and v2t.decoding_vocab(False).token_ids is None
+        v2t.set_output_vocab([5, 17, 201])
+        assert v2t.decoding_vocab(True) is not first and 201 in v2t.decoding_vocab(True).token_ids.tolist()
+    finally:
+        v2t.set_output_vocab(None)
+    head = v2t.base_model.get_output_embeddings()
+    head.weight.requires_grad_(True)  # fully fine-tuned: the layer changes between calls
+    try:
+        assert v2t.decoding_vocab(True) is not v2t.decoding_vocab(True)
+    finally:
+        head.weight.requires_grad_(False)

@@ -170,3 +170,15 @@ def test_a_complete_output_is_left_as_it_is_without_loading_the_models(bundle, v
     assert main(args) == 0
     assert "is complete: it holds all 2 rows" in capsys.readouterr().out
     assert (tmp_path / "o.jsonl").read_bytes() == before
+
+
+def test_an_output_from_before_dtypes_were_recorded_continues(v2t, bundle, vectors_file, tmp_path):
+    out = tmp_path / "old.jsonl"
+    job = InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, batch_size=3)
+    invert_file(v2t, job, bundle, show_progress=False)
+    meta = tmp_path / "old.jsonl.meta.json"
+    saved = json.loads(meta.read_text())
+    del saved["dtype"]
+    meta.write_text(json.dumps(saved))
+    assert prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="float32"),
+                       bundle).start == len(np.load(vectors_file))  # complete: nothing refused

@@ -697,3 +697,20 @@ def test_gradient_checkpointing_takes_true_false_or_auto():
     assert load_config(None, []).training.gradient_checkpointing == "auto"
     with pytest.raises(V2TError, match="training.gradient_checkpointing must be true, false or auto, got 'often'"):
         load_config(None, ["--training.gradient_checkpointing=often"])
+
+
+def test_checkpointing_auto_turns_on_where_the_step_would_not_fit(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                                   corpus, monkeypatch):
+    monkeypatch.setattr(train_module, "free_gib", lambda device: 1e-6)  # as if a GPU had almost nothing free
+    enabled = []
+    real = train_module.Trainer.plan_memory
+
+    def watch(trainer):
+        real(trainer)
+        enabled.append(any(getattr(m, "gradient_checkpointing", False) for m in trainer.v2t.base_model.modules()))
+    monkeypatch.setattr(train_module.Trainer, "plan_memory", watch)
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2",
+                 "--training.eval_every=2", "--training.save_every=2")
+    final = train(cfg, show_progress=False)
+    assert enabled == [True]
+    assert load_adapter(final, device="cpu").meta["training"]["memory"]["gradient_checkpointing"] is True
