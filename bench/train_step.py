@@ -11,7 +11,8 @@ sample of --sentences sentences of train.txt), each in a child process with its 
 It prints the median step time (steps after the first --skip), the ratio to before's, the largest step-loss
 difference to before's, and the validation loss after the last step (within 1% of fp32 is the target for bf16).
 
-    .venv/bin/python bench/train_step.py        # 30 steps each: about 6 minutes on a 2-core CPU
+    .venv/bin/python bench/train_step.py        # 30 steps each: about 7 minutes on a 2-core CPU
+    .venv/bin/python bench/train_step.py --extra=--lora.dropout=0   # a fourth run with a recipe change
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ json.dump({"wall_s": wall, "records": records, "memory": memory}, open(ARGS["res
 """
 
 
-def run(rev: str | None, precision: str, args) -> dict:
-    """One short run of the recipe; its per-step losses and times and its final validation loss."""
-    overrides = [f"--data.train={TRAIN}", f"--data.max_sentences={args.sentences}", "--data.val_size=200",
+def run(rev: str | None, precision: str, args, extra: tuple[str, ...] = ()) -> dict:
+    """One short run of the recipe (plus ``extra`` overrides); its per-step losses and times and its final
+    validation loss."""
+    overrides = list(extra) + [f"--data.train={TRAIN}", f"--data.max_sentences={args.sentences}", "--data.val_size=200",
                  f"--training.max_steps={args.steps}", "--training.max_minutes=null", "--training.log_every=1",
                  f"--training.eval_every={args.steps}", f"--training.save_every={args.steps}",
                  "--training.num_samples=1",
@@ -68,10 +70,15 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=3, help="first steps left out of the timing (default 3)")
     parser.add_argument("--sentences", type=int, default=3000, help="training sentences sampled (default 3000)")
     parser.add_argument("--before", default=BEFORE, help=f"the commit to compare with (default {BEFORE})")
+    parser.add_argument("--extra", nargs="+", metavar="OVERRIDE",
+                        help="also run now/auto with these recipe overrides, e.g. --extra --lora.dropout=0 (a row "
+                             "beside the others: what a recipe change would bring)")
     parser.add_argument("--out", default="bench/results/train_step.json", help="where to write the figures")
     args = parser.parse_args()
     runs = {"before fp32": run(args.before, "no", args), "now fp32": run(None, "no", args),
             "now auto": run(None, "auto", args)}
+    if args.extra:
+        runs["now auto +extra"] = run(None, "auto", args, tuple(args.extra))
     before = runs["before fp32"]
     base_ms = statistics.median(before["ms"][args.skip:])
     rows = {}
@@ -84,11 +91,12 @@ def main() -> None:
     fp32_val = rows["now fp32"]["val_loss"]
     results = {"date": time.strftime("%Y-%m-%d"), "device": "cpu", "recipe": str(RECIPE.relative_to(REPO)),
                "sentences": args.sentences, "steps": args.steps, "before_commit": commit_id(args.before),
+               "extra": args.extra,
                "runs": rows}
     print(f"{RECIPE.name}, {args.steps} steps on {args.sentences} sentences; median of steps {args.skip + 1}+")
-    print(f"{'run':12} {'ms/step':>8} {'speed-up':>8} {'max |dloss|':>12} {'val loss':>9}")
+    print(f"{'run':15} {'ms/step':>8} {'speed-up':>8} {'max |dloss|':>12} {'val loss':>9}")
     for name, r in rows.items():
-        print(f"{name:12} {r['median_ms_per_step']:>8.0f} {r['speedup']:>7.2f}x {r['max_loss_diff_to_before']:>12.2e} "
+        print(f"{name:15} {r['median_ms_per_step']:>8.0f} {r['speedup']:>7.2f}x {r['max_loss_diff_to_before']:>12.2e} "
               f"{r['val_loss']:>9.4f}")
     auto_val = rows["now auto"]["val_loss"]
     print(f"targets: >= 1.25x before's step; fp32 losses equal to 1e-4; val loss within 1% of fp32 "
