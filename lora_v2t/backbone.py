@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import OFFLINE_BACKBONE, QUANTIZATION_MODES, check_choice
+from .config import INT8_THRESHOLD, OFFLINE_BACKBONE, QUANTIZATION_MODES, check_choice
 from .errors import V2TError
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def cpu_4bit_problem(model) -> str | None:
 
 
 def load_backbone(name: str, quantization: str = "auto", device: str | None = None,
-                  dtype: torch.dtype | None = None, int8_threshold: float = 6.0):
+                  dtype: torch.dtype | None = None, int8_threshold: float = INT8_THRESHOLD):
     """Load a frozen causal LM and its tokenizer.
 
     Args:

@@ -17,6 +17,7 @@ from .errors import V2TError
 PROJECTOR_KINDS = ("zero-pad", "linear", "mlp")
 QUANTIZATION_MODES = ("auto", "8bit", "4bit", "none")
 CACHE_KINDS = ("dynamic", "static")
+INT8_THRESHOLD = 6.0  # bitsandbytes' own LLM.int8 outlier threshold
 # how a base computes; each adapter records its training's
 PRECISION_KEYS = ("quantization", "compute_dtype", "int8_threshold")
 
@@ -45,8 +46,8 @@ class BackboneConfig:
     device: str | None = setting(
         None, "cpu / cuda / cuda:N (training: cuda:N in a single process only); None = CUDA if any")
     int8_threshold: float = setting(
-        6.0, "LLM.int8 outlier threshold (quantization 8bit): activations above it stay in fp16 (bitsandbytes' "
-             "default 6.0); 0 quantises every feature, a faster step at some accuracy cost")
+        INT8_THRESHOLD, "LLM.int8 outlier threshold (quantization 8bit): activations above it stay in fp16 "
+                        "(bitsandbytes' default 6.0); 0 quantises every feature, a faster step at some accuracy cost")
 
     def __post_init__(self):
         check_choice("quantization", self.quantization, QUANTIZATION_MODES)

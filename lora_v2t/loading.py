@@ -10,7 +10,7 @@ from peft import PeftModel
 
 from .adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
 from .backbone import compute_dtype, load_backbone, pick_device
-from .config import DTYPES, check_choice
+from .config import DTYPES, INT8_THRESHOLD, check_choice
 from .encoders import load_encoder
 from .hub import resolve_adapter
 from .model import Vector2Text
@@ -46,11 +46,11 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
         check_encoder(config, enc, path)
     full = config.get("trainable") == "full"
     backbone_name = str(path / "backbone") if full else backbone or config["backbone"]["name"]
-    quantization, _ = load_precision(config, quantization, path)
+    quantization = load_precision(config, quantization, path)
     threshold = config["backbone"].get("int8_threshold")  # as trained (bundles that do not say: the default)
     base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device,
                                     dtype=load_dtype(config, dtype, device),
-                                    int8_threshold=6.0 if threshold is None else threshold)
+                                    int8_threshold=INT8_THRESHOLD if threshold is None else threshold)
     info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
             "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
     check_compatible(config, info, path)
@@ -79,22 +79,21 @@ def load_dtype(config: dict, dtype: str, device: str | None) -> torch.dtype:
     return compute_dtype(pick_device(device), config["backbone"].get("compute_dtype"))
 
 
-def load_precision(config: dict, quantization: str, path: Path) -> tuple[str, str | None]:
-    """The quantization to load a bundle with, and the compute dtype it was trained in (None if unrecorded).
+def load_precision(config: dict, quantization: str, path: Path) -> str:
+    """The quantization to load a bundle with (its compute dtype is :func:`load_dtype`'s).
 
     ``auto`` means as the bundle was trained (an fp32-trained adapter is not put on an int8 base because a GPU
     is there); another choice is honoured, with a warning when it differs from training. Bundles that do not
     record their precision (written before lora_v2t did) keep ``auto``: 8-bit on CUDA, none on the CPU.
     """
     trained = config["backbone"].get("quantization")
-    trained_dtype = config["backbone"].get("compute_dtype")
     if trained is None:
-        return quantization, None
+        return quantization
     if quantization == "auto":
         logger.info("loading adapter %s as it was trained: quantization %s, compute dtype %s", path, trained,
-                    trained_dtype)
-        return trained, trained_dtype
+                    config["backbone"].get("compute_dtype"))
+        return trained
     if quantization != trained:
         logger.warning("adapter %s was trained with quantization %s; loading it with %s as asked: its outputs "
                        "may differ from those it was measured with", path, trained, quantization)
-    return quantization, trained_dtype
+    return quantization

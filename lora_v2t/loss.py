@@ -32,10 +32,8 @@ class SubsetLoss:
         self.index[self.vocab] = torch.arange(len(self.vocab), device=self.vocab.device)
 
     def head_rows(self, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The output layer's weight and bias rows of the vocabulary."""
-        bias = None if head.bias is None else head.bias[self.vocab]
-        weight = head.weight[self.vocab]
-        return (weight, bias) if self.trains_head else (weight.detach(), None if bias is None else bias.detach())
+        """The output layer's weight and bias rows of the vocabulary (with gradients where the layer trains)."""
+        return head.weight[self.vocab], None if head.bias is None else head.bias[self.vocab]
 
     def __call__(self, inputs: dict) -> torch.Tensor:
         """The loss of ``inputs`` (inputs_embeds, attention_mask, labels with -100 where nothing is learned)."""

@@ -17,7 +17,16 @@ from torch import nn
 
 from .adapter import load_into, save_adapter
 from .backbone import load_backbone
-from .config import PRECISION_KEYS, ROLES, GenerationConfig, LoRAConfig, ProjectorConfig, RunConfig, check_choice
+from .config import (
+    INT8_THRESHOLD,
+    PRECISION_KEYS,
+    ROLES,
+    GenerationConfig,
+    LoRAConfig,
+    ProjectorConfig,
+    RunConfig,
+    check_choice,
+)
 from .correct import CorrectionConfig, correct
 from .encoders import Encoder, EncoderCache, check_texts, load_encoder
 from .errors import V2TError
@@ -63,7 +72,7 @@ class Vector2Text(nn.Module):
     def create(cls, backbone: str, encoder: str | Encoder, projector: str = "mlp", prefix_length: int = 1,
                lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.05,
                target_modules: list[str] | None = None, lora_layers: list[int] | None = None,
-               quantization: str = "auto", int8_threshold: float = 6.0,
+               quantization: str = "auto", int8_threshold: float = INT8_THRESHOLD,
                device: str | None = None, projector_hidden_dim: int | None = None,
                adapter_name: str = "default", seed: int | None = 0, trainable: str = "lora",
                role: str = "hypothesizer") -> Vector2Text:

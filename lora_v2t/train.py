@@ -276,17 +276,16 @@ class Trainer:
         the cost estimate the run logs, and later checks against the measured peak."""
         cfg, v2t = self.cfg, self.v2t
         vocab = None if self.loss_vocab is None else len(self.loss_vocab.vocab)
-        without = describe_cost(v2t, cfg, checkpointing=False, loss_vocab=vocab)
-        self.checkpointing = needs_checkpointing(cfg.training.gradient_checkpointing, without["step_gib"],
-                                                 free_gib(v2t.device))
+        without, free = describe_cost(v2t, cfg, checkpointing=False, loss_vocab=vocab), free_gib(v2t.device)
+        self.checkpointing = needs_checkpointing(cfg.training.gradient_checkpointing, without["step_gib"], free)
+        self.cost = without
         if self.checkpointing:
             v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.cost = describe_cost(v2t, cfg, checkpointing=self.checkpointing, loss_vocab=vocab)
+            self.cost = describe_cost(v2t, cfg, checkpointing=True, loss_vocab=vocab)
         reset_peak(v2t.device)
         if cfg.training.gradient_checkpointing == "auto" and self.checkpointing:
             logger.info("gradient checkpointing on: a step without it needs about %.2f GiB beyond the weights, more "
-                        "than %.0f%% of the %.2f GiB free", without["step_gib"], 100 * HEADROOM,
-                        free_gib(v2t.device))
+                        "than %.0f%% of the %.2f GiB free", without["step_gib"], 100 * HEADROOM, free)
 
     def release_encoder(self) -> None:
         """The embedding cache is filled: free the encoder (LaBSE alone is 1.8 GB of GPU memory in fp32)."""
