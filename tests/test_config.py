@@ -43,6 +43,9 @@ def test_overrides_apply_and_parse_types():
     ("--training.loss_vocab=some", "unknown training.loss_vocab 'some'"),
     ("--lora.layers=[-1]", "lora layers must be a non-empty list of block indices"),
     ("--lora.layers=3", "lora.layers must be a list, got 3"),
+    ("--backbone.int8_threshold=-1", "backbone.int8_threshold must be >= 0, got -1"),
+    ("--backbone.int8_threshold=high", "backbone.int8_threshold must be float, got 'high'"),
+    ("--generation.cache=paged", "unknown cache 'paged'; choose one of: dynamic, static"),
     ("training", "write --section.key=value"),
 ])
 def test_bad_recipe_values(override, message):
