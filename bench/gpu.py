@@ -49,6 +49,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python bench/gpu.py` without an installed lora_v2t
     sys.path.insert(0, str(ROOT))
+from older import run_in  # noqa: E402  (bench/, this script's folder)
+
 RECIPE = "recipes/labse_rugpt3large_8bit.yaml"
 SECTIONS = ("e2e", "training", "decoding")
 GIB = 2**30
@@ -190,6 +192,38 @@ def build_encoder(folder: Path, shapes: dict, sentences: list[str], device: str)
 
 
 # ---------------------------------------------------------------------- helpers
+def decode_vectors(n: int, dim: int):
+    """``n`` random unit vectors, the same in every process (OLDER_DECODING draws the same ones)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return torch.nn.functional.normalize(torch.randn(n, dim, generator=generator), dim=1)
+
+
+# the older code's decoding, run by bench/older.py's run_in with that code importable
+OLDER_DECODING = """
+import time, torch
+from lora_v2t import Vector2Text
+v2t = Vector2Text.create(backbone=ARGS["backbone"], encoder=f"precomputed:{ARGS['dim']}", projector="mlp",
+                         quantization=ARGS["quantization"], trainable="lora", device=ARGS["device"], seed=0)
+generator = torch.Generator().manual_seed(0)  # the vectors of decode_vectors
+vectors = torch.nn.functional.normalize(torch.randn(max(ARGS["batches"]), ARGS["dim"], generator=generator), dim=1)
+out = {}
+for batch in ARGS["batches"]:
+    vec = vectors[:batch]
+    opts = {"batch_size": batch, "repetition_penalty": 1.0}
+    v2t.generate(vec, max_new_tokens=4, **opts)
+    if ARGS["device"] == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    texts = v2t.generate(vec, max_new_tokens=ARGS["new_tokens"], **opts)
+    if ARGS["device"] == "cuda":
+        torch.cuda.synchronize()
+    out[batch] = {"s": time.perf_counter() - t0, "texts": texts}
+json.dump(out, open(ARGS["result"], "w", encoding="utf-8"))
+"""
+
+
 def free_memory() -> None:
     import torch
 
@@ -568,12 +602,7 @@ class Bench:
                                  quantization=quantization, trainable="lora", device=self.device, seed=0)
         tok = v2t.tokenizer
         eos, pad = tok.eos_token_id, tok.pad_token_id
-        generator = torch.Generator().manual_seed(0)
-        vectors = torch.nn.functional.normalize(torch.randn(max(batches), s["dim"], generator=generator), dim=1)
-
-        def sync():
-            if self.cuda:
-                torch.cuda.synchronize()
+        vectors = decode_vectors(max(batches), s["dim"])
 
         def plain(vec, max_new_tokens):
             with torch.no_grad():
@@ -582,56 +611,97 @@ class Bench:
                 return v2t.model.generate(inputs_embeds=prefix, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad)
 
-        v2t.generate(vectors[:2], max_new_tokens=2)  # warm-up
+        older = self.older_decoding(quantization, batches, new_tokens)
         rows = []
         for batch in batches:
             vec = vectors[:batch]
-            plain(vec, 4)  # warm-up at this batch size
+            ours = {"max_new_tokens": new_tokens, "batch_size": batch, "repetition_penalty": 1.0}
+            plain(vec, 4)  # warm-up at this batch size, for every path below
+            v2t.generate(vec, **(ours | {"max_new_tokens": 4}))
             if self.cuda:
                 torch.cuda.reset_peak_memory_stats()
-            sync()
-            t0 = time.perf_counter()
-            ids = plain(vec, new_tokens)
-            sync()
-            plain_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            texts = v2t.generate(vec, max_new_tokens=new_tokens, batch_size=batch, repetition_penalty=1.0)
-            sync()
-            ours_s = time.perf_counter() - t0
-            static = {"max_new_tokens": new_tokens, "batch_size": batch, "repetition_penalty": 1.0, "cache": "static"}
-            t0 = time.perf_counter()
-            v2t.generate(vec, **static)  # the first call at this shape compiles the decoding step (on CUDA)
-            sync()
-            static_first_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            static_texts = v2t.generate(vec, **static)
-            sync()
-            static_s = time.perf_counter() - t0
+            ids, plain_s = self.timed(plain, vec, new_tokens)
+            texts, ours_s = self.timed(v2t.generate, vec, **ours)
             ids = ids.cpu()
             is_eos = ids == eos
             lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.tensor(ids.shape[1]))
             tokens = int(lengths.sum())  # up to and including each row's first EOS; the padding after is not counted
             plain_texts = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
-            rows.append({
-                "quantization": quantization, "batch": batch, "max_new_tokens": new_tokens,
-                "generated_tokens": tokens, "rows_ended_by_eos": int(is_eos.any(1).sum()),
-                "decode_steps": int(ids.shape[1]),
-                "plain_s": round(plain_s, 4), "v2t_s": round(ours_s, 4),
-                "plain_tokens_per_s": round(tokens / plain_s, 1), "v2t_tokens_per_s": round(tokens / ours_s, 1),
-                "v2t_vs_plain": round(plain_s / ours_s, 3),
-                "same_text": f"{sum(a == b for a, b in zip(texts, plain_texts))}/{batch}",
-                "v2t_static_first_call_s": round(static_first_s, 2), "v2t_static_s": round(static_s, 4),
-                "v2t_static_tokens_per_s": round(tokens / static_s, 1),
-                "v2t_static_vs_plain": round(plain_s / static_s, 3), "v2t_static_vs_v2t": round(ours_s / static_s, 3),
-                "static_same_text": f"{sum(a == b for a, b in zip(static_texts, plain_texts))}/{batch}",
-                "peak_allocated_gib": gib(torch.cuda.max_memory_allocated()) if self.cuda else None})
-            r = rows[-1]
-            log(f"[decoding]   {quantization:>5} batch {batch:>4}: plain {r['plain_tokens_per_s']:>9.1f} tok/s, "
-                f"v2t.generate {r['v2t_tokens_per_s']:>9.1f} tok/s ({r['v2t_vs_plain']:.2f}x), "
-                f"static cache {r['v2t_static_tokens_per_s']:>9.1f} tok/s ({r['v2t_static_vs_plain']:.2f}x; first "
-                f"call {static_first_s:.1f} s), {tokens} tokens, same text {r['same_text']} / "
-                f"{r['static_same_text']}")
+            row = {"quantization": quantization, "batch": batch, "max_new_tokens": new_tokens,
+                   "generated_tokens": tokens, "rows_ended_by_eos": int(is_eos.any(1).sum()),
+                   "decode_steps": int(ids.shape[1])}
+            row |= self.path_row("plain", plain_s, tokens, plain_s)
+            row |= self.path_row("v2t", ours_s, tokens, plain_s, texts, plain_texts)
+            if older.get(batch):
+                row |= self.path_row("older", older[batch]["s"], tokens, plain_s, older[batch]["texts"], plain_texts)
+            row |= self.static_row(v2t, vec, ours, tokens, plain_s, plain_texts)
+            if older.get(batch):
+                for path in ("v2t", "v2t_static"):
+                    if f"{path}_s" in row:
+                        row[f"{path}_vs_older"] = round(row["older_s"] / row[f"{path}_s"], 3)
+            row["peak_allocated_gib"] = gib(torch.cuda.max_memory_allocated()) if self.cuda else None
+            rows.append(row)
+            self.log_decoding(row)
         return rows  # the model is freed with this frame
+
+    def timed(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` and its wall time, the device synchronised on both sides."""
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if self.cuda:
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
+    @staticmethod
+    def path_row(path: str, seconds: float, tokens: int, plain_s: float, texts=None, plain_texts=None) -> dict:
+        row = {f"{path}_s": round(seconds, 4), f"{path}_tokens_per_s": round(tokens / seconds, 1)}
+        if path != "plain":
+            row[f"{path}_vs_plain"] = round(plain_s / seconds, 3)
+        if texts is not None:
+            row[f"{path}_same_text"] = f"{sum(a == b for a, b in zip(texts, plain_texts))}/{len(plain_texts)}"
+        return row
+
+    def static_row(self, v2t, vec, ours: dict, tokens: int, plain_s: float, plain_texts: list[str]) -> dict:
+        """The static KV cache: the first call at a shape compiles the decoding step (CUDA), the second is timed."""
+        static = ours | {"cache": "static"}
+        try:
+            _, first_s = self.timed(v2t.generate, vec, **static)
+            texts, seconds = self.timed(v2t.generate, vec, **static)
+        except Exception as exc:  # noqa: BLE001 - a compile failure is a result; the other paths still count
+            log(f"[decoding]   static cache: {error_record(exc)}")
+            return {"v2t_static_error": error_record(exc)}
+        return self.path_row("v2t_static", seconds, tokens, plain_s, texts, plain_texts) | {
+            "v2t_static_first_call_s": round(first_s, 2)}
+
+    def older_decoding(self, quantization: str, batches: list[int], new_tokens: int) -> dict:
+        """``v2t.generate`` of the code in ``--older`` (today's path before issue 11), in a child process, warm at
+        each batch like the paths here: {batch: {"s", "texts"}}; {} without --older or when it fails."""
+        if not self.args.older:
+            return {}
+        args = {"backbone": str(self.backbone), "dim": self.shapes["dim"], "quantization": quantization,
+                "device": self.device, "batches": batches, "new_tokens": new_tokens}
+        try:
+            result = run_in(Path(self.args.older), OLDER_DECODING, args)
+        except Exception as exc:  # noqa: BLE001
+            log(f"[decoding]   older code: {error_record(exc)}")
+            self.results.setdefault("decoding", {})["older_error"] = error_record(exc)
+            return {}
+        return {int(b): r for b, r in result.items()}
+
+    @staticmethod
+    def log_decoding(r: dict) -> None:
+        def rate(path):
+            return f"{r[path + '_tokens_per_s']:>9.1f} tok/s" if path + "_tokens_per_s" in r else "      - tok/s"
+
+        log(f"[decoding]   {r['quantization']:>5} batch {r['batch']:>4}: plain {rate('plain')}, v2t.generate "
+            f"{rate('v2t')} ({r['v2t_vs_plain']:.2f}x), static {rate('v2t_static')} "
+            f"({r.get('v2t_static_vs_plain', '-')}x, first call {r.get('v2t_static_first_call_s', '-')} s), older "
+            f"{rate('older')}; same text v2t {r['v2t_same_text']} static {r.get('v2t_static_same_text', '-')} "
+            f"older {r.get('older_same_text', '-')}")
 
     def section_decoding(self) -> dict:
         s = self.shapes
@@ -689,17 +759,20 @@ class Bench:
                     f"{'-' if mem is None else f'{mem:.0%}':>9}{'-' if speed is None else f'{speed:.2f}x':>8}"
                     f"{ref[0]:>8}{ref[1]:>9}")
         if "decoding" in r:
-            log(f"\n(c) greedy decoding, {r['decoding']['max_new_tokens']} new tokens, tokens/s")
-            log(f"  {'backbone':<10}{'batch':>6}{'plain HF':>12}{'v2t.generate':>14}{'ratio':>8}{'static':>11}"
-                f"{'ratio':>8}{'tokens':>9}  same text (dynamic / static)")
+            log(f"\n(c) greedy decoding, {r['decoding']['max_new_tokens']} new tokens, tokens/s (each path warm at "
+                f"its batch; older: --older's code)")
+            log(f"  {'backbone':<10}{'batch':>6}{'plain HF':>10}{'v2t':>10}{'ratio':>7}{'static':>10}{'ratio':>7}"
+                f"{'older':>10}{'static/older':>13}  same text as plain (v2t / static / older)")
             for x in r["decoding"].get("runs", []):
                 if "batch" not in x:
                     log(f"  {x['quantization']:<10}  {x.get('skipped') or 'ERROR: ' + x.get('error', '')}")
                     continue
-                log(f"  {x['quantization']:<10}{x['batch']:>6}{x['plain_tokens_per_s']:>12.1f}"
-                    f"{x['v2t_tokens_per_s']:>14.1f}{x['v2t_vs_plain']:>8.2f}{x['v2t_static_tokens_per_s']:>11.1f}"
-                    f"{x['v2t_static_vs_plain']:>8.2f}{x['generated_tokens']:>9}  {x['same_text']} / "
-                    f"{x['static_same_text']}")
+                log(f"  {x['quantization']:<10}{x['batch']:>6}{x['plain_tokens_per_s']:>10.0f}"
+                    f"{x['v2t_tokens_per_s']:>10.0f}{x['v2t_vs_plain']:>7.2f}"
+                    f"{x.get('v2t_static_tokens_per_s', '-'):>10}"
+                    f"{x.get('v2t_static_vs_plain', '-'):>7}{x.get('older_tokens_per_s', '-'):>10}"
+                    f"{x.get('v2t_static_vs_older', '-'):>13}  {x['v2t_same_text']} / "
+                    f"{x.get('v2t_static_same_text', '-')} / {x.get('older_same_text', '-')}")
         for name in SECTIONS:
             if "error" in r.get(name, {}):
                 log(f"\nsection {name} stopped: {r[name]['error']}")
@@ -752,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, help="new tokens per decoded sequence (default 32)")
     parser.add_argument("--decode-quantization", default="8bit,none",
                         help="backbones to decode with (default 8bit,none: the recipe's 8-bit and bf16)")
+    parser.add_argument("--older", metavar="DIR",
+                        help="a folder holding an older lora_v2t/ (python bench/older.py REV DIR writes one): "
+                             "decoding adds a row for its v2t.generate, run in a child process")
     parser.add_argument("--encoder-vocab", type=int,
                         help="rows of the encoder's token embedding (default LaBSE's 501153)")
     parser.add_argument("--work-dir", help="where the models and runs go (kept, and models reused); "

@@ -1,5 +1,8 @@
-"""Run a snippet against the lora_v2t of an older commit (or of this working tree), in a child process: the
-"today's code" baseline of the benchmarks that compare against the code before a change.
+"""Run a snippet against the lora_v2t of an older commit (or of this working tree, or of a folder extracted
+earlier), in a child process: the "today's code" baseline of the benchmarks that compare against the code before
+a change.
+
+    python bench/older.py 0fe5359 .gpu/old     # extract a commit's lora_v2t/ for a machine without the repository
 
 The commit's ``lora_v2t/`` is extracted with ``git archive`` into a temporary folder (the repository's worktrees
 and index are not touched); the child reads the same checkpoints folder (``LORA_V2T_HOME``) as this process, so it
@@ -26,24 +29,41 @@ def commit_id(rev: str) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
+def extract(rev: str, folder: Path) -> Path:
+    """Write commit ``rev``'s ``lora_v2t/`` under ``folder`` (``git archive``; the worktrees and index are not
+    touched) and return ``folder``: a code folder for :func:`run_in`, also on a machine without the repository."""
+    archive = subprocess.run(["git", "archive", "--format=tar", commit_id(rev), "lora_v2t"], cwd=REPO,
+                             check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
 def run_at(rev: str | None, code: str, args: dict) -> dict:
     """Run ``code`` in a child process with the lora_v2t of commit ``rev`` importable (None: this working tree's);
     it reads ``ARGS`` (``args``, plus ``ARGS["tmp"]``, a scratch folder) and must write a JSON object to the path
-    ``ARGS["result"]``, which is returned."""
+    ``ARGS["result"]``, which is returned. The child reads the same checkpoints folder (``LORA_V2T_HOME``)."""
     from lora_v2t.backbone import checkpoints_dir
 
     with tempfile.TemporaryDirectory(prefix="older-lora-v2t-") as tmp:
-        code_dir = REPO
-        if rev is not None:
-            code_dir = Path(tmp) / "code"
-            archive = subprocess.run(["git", "archive", "--format=tar", commit_id(rev), "lora_v2t"], cwd=REPO,
-                                     check=True, capture_output=True).stdout
-            with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                tar.extractall(code_dir, filter="data")
+        code_dir = REPO if rev is None else extract(rev, Path(tmp) / "code")
+        return run_in(code_dir, code, args, {"LORA_V2T_HOME": str(checkpoints_dir())})
+
+
+def run_in(code_dir: Path, code: str, args: dict, env: dict | None = None) -> dict:
+    """:func:`run_at` with the lora_v2t found in ``code_dir`` (a folder holding a ``lora_v2t/`` package)."""
+    with tempfile.TemporaryDirectory(prefix="older-lora-v2t-run-") as tmp:
         result = Path(tmp) / "result.json"
         args = args | {"result": str(result), "tmp": tmp}
         script = f"import json, sys\nARGS = json.loads(sys.argv[1])\n{code}"
-        env = os.environ | {"PYTHONPATH": str(code_dir), "LORA_V2T_HOME": str(checkpoints_dir()), "HF_HUB_OFFLINE": "1"}
-        subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=tmp,
-                       env=env, check=True)
+        path = os.pathsep.join([str(Path(code_dir).resolve())] + [p for p in os.environ.get("PYTHONPATH", "").split(
+            os.pathsep) if p])  # the code first; packages installed on PYTHONPATH (a GPU machine's wheels) stay
+        child_env = os.environ | {"PYTHONPATH": path, "HF_HUB_OFFLINE": "1"} | (env or {})
+        subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=tmp, env=child_env, check=True)
         return json.loads(result.read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python bench/older.py REV FOLDER   (writes REV's lora_v2t/ under FOLDER)")
+    print(extract(sys.argv[1], Path(sys.argv[2])) / "lora_v2t")
