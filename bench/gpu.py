@@ -212,7 +212,7 @@ out = {}
 for batch in ARGS["batches"]:
     vec = vectors[:batch]
     opts = {"batch_size": batch, "repetition_penalty": 1.0}
-    v2t.generate(vec, max_new_tokens=4, **opts)
+    v2t.generate(vec, max_new_tokens=ARGS["new_tokens"], **opts)  # warm-up at the full length, as for the others
     if ARGS["device"] == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -616,8 +616,10 @@ class Bench:
         for batch in batches:
             vec = vectors[:batch]
             ours = {"max_new_tokens": new_tokens, "batch_size": batch, "repetition_penalty": 1.0}
-            plain(vec, 4)  # warm-up at this batch size, for every path below
-            v2t.generate(vec, **(ours | {"max_new_tokens": 4}))
+            # warm-ups at the full length: a shorter one leaves the growing KV cache's allocations to the timed call
+            # (on an H100 that made the first full-length call of every path 2-5x slower)
+            plain(vec, new_tokens)
+            v2t.generate(vec, **ours)
             if self.cuda:
                 torch.cuda.reset_peak_memory_stats()
             ids, plain_s = self.timed(plain, vec, new_tokens)
@@ -759,8 +761,8 @@ class Bench:
                     f"{'-' if mem is None else f'{mem:.0%}':>9}{'-' if speed is None else f'{speed:.2f}x':>8}"
                     f"{ref[0]:>8}{ref[1]:>9}")
         if "decoding" in r:
-            log(f"\n(c) greedy decoding, {r['decoding']['max_new_tokens']} new tokens, tokens/s (each path warm at "
-                f"its batch; older: --older's code)")
+            log(f"\n(c) greedy decoding, {r['decoding']['max_new_tokens']} new tokens, tokens/s (each path timed at "
+                f"its second full-length call at that batch; older: --older's code)")
             log(f"  {'backbone':<10}{'batch':>6}{'plain HF':>10}{'v2t':>10}{'ratio':>7}{'static':>10}{'ratio':>7}"
                 f"{'older':>10}{'static/older':>13}  same text as plain (v2t / static / older)")
             for x in r["decoding"].get("runs", []):

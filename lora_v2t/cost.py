@@ -21,7 +21,8 @@ ACTIVATIONS_PER_LAYER_CHECKPOINTED = 2
 HEADROOM = 0.5
 
 
-def describe_cost(v2t, cfg: RunConfig, checkpointing: bool, loss_vocab: int | None) -> dict:
+def describe_cost(v2t, cfg: RunConfig, checkpointing: bool, loss_vocab: int | None,
+                  row_tokens: int | None = None) -> dict:
     """Trainable and frozen parameter counts and a rough peak memory estimate for one step.
 
     The peak is the weights, the optimizer's state and the larger of a training step (activations kept for the
@@ -33,6 +34,9 @@ def describe_cost(v2t, cfg: RunConfig, checkpointing: bool, loss_vocab: int | No
     Args:
         checkpointing: whether the step recomputes activations (gradient checkpointing).
         loss_vocab: the number of tokens of the loss's softmax (``training.loss_vocab: corpus``); None: all.
+        row_tokens: the longest row a batch can hold after the prefix (a corrector's context and its text, EOS
+            included), known once the corpus is tokenised; None: ``data.max_tokens`` (twice that for a corrector).
+            Batches are padded to their longest row, so a corpus of short sentences needs far less than the cap.
     """
     trainable = sum(p.numel() for p in v2t.trainable_parameters())
     base = v2t.base_model
@@ -40,7 +44,9 @@ def describe_cost(v2t, cfg: RunConfig, checkpointing: bool, loss_vocab: int | No
     weight_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     info = v2t.backbone_info
     layers = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", 12)
-    seq = cfg.data.max_tokens + cfg.projector.prefix_length
+    if row_tokens is None:
+        row_tokens = cfg.data.max_tokens * (2 if cfg.training.role == "corrector" else 1)
+    seq = row_tokens + cfg.projector.prefix_length
     batch = cfg.training.batch_size
     act_bytes = 2 if v2t.device.type == "cuda" else 4
     per_layer = ACTIVATIONS_PER_LAYER_CHECKPOINTED if checkpointing else ACTIVATIONS_PER_LAYER
@@ -51,7 +57,7 @@ def describe_cost(v2t, cfg: RunConfig, checkpointing: bool, loss_vocab: int | No
     optimizer = trainable * 4 * 4  # weights, gradients, two AdamW moments in fp32
     peak = weight_bytes + optimizer + max(activations + train_logits, eval_logits)
     return {"trainable_params": trainable, "frozen_params": frozen, "weights_gib": weight_bytes / 2**30,
-            "estimated_peak_gib": peak / 2**30, "step_gib": (peak - weight_bytes) / 2**30}
+            "estimated_peak_gib": peak / 2**30, "step_gib": (peak - weight_bytes) / 2**30, "tokens_per_row": seq}
 
 
 def needs_checkpointing(setting: bool | str, step_gib: float, free_gib: float | None) -> bool:

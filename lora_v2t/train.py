@@ -276,12 +276,17 @@ class Trainer:
         the cost estimate the run logs, and later checks against the measured peak."""
         cfg, v2t = self.cfg, self.v2t
         vocab = None if self.loss_vocab is None else len(self.loss_vocab.vocab)
-        without, free = describe_cost(v2t, cfg, checkpointing=False, loss_vocab=vocab), free_gib(v2t.device)
+        rows = self.tokens.lengths.astype(np.int64)
+        if self.context_tokens is not None:  # a corrector's row is its hypothesis, then its text
+            rows = rows + self.context_tokens.lengths
+        longest = int(rows.max())
+        without = describe_cost(v2t, cfg, checkpointing=False, loss_vocab=vocab, row_tokens=longest)
+        free = free_gib(v2t.device)
         self.checkpointing = needs_checkpointing(cfg.training.gradient_checkpointing, without["step_gib"], free)
         self.cost = without
         if self.checkpointing:
             v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.cost = describe_cost(v2t, cfg, checkpointing=True, loss_vocab=vocab)
+            self.cost = describe_cost(v2t, cfg, checkpointing=True, loss_vocab=vocab, row_tokens=longest)
         reset_peak(v2t.device)
         if cfg.training.gradient_checkpointing == "auto" and self.checkpointing:
             logger.info("gradient checkpointing on: a step without it needs about %.2f GiB beyond the weights, more "
@@ -315,7 +320,7 @@ class Trainer:
         logger.info("parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
                     "%.2f GiB for batch %d x %d tokens", f"{cost['trainable_params']:,}",
                     f"{cost['frozen_params']:,}", cost["weights_gib"], cost["estimated_peak_gib"],
-                    cfg.training.batch_size, cfg.data.max_tokens + cfg.projector.prefix_length)
+                    cfg.training.batch_size, cost["tokens_per_row"])
         logger.info("training %d sentences, validating on %d; run folder %s", len(self.train_texts),
                     len(self.val_texts), self.run_dir)
         if self.accelerator.is_main_process and cfg.training.tensorboard:

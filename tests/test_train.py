@@ -714,3 +714,25 @@ def test_checkpointing_auto_turns_on_where_the_step_would_not_fit(tmp_path, tiny
     final = train(cfg, show_progress=False)
     assert enabled == [True]
     assert load_adapter(final, device="cpu").meta["training"]["memory"]["gradient_checkpointing"] is True
+
+
+def test_memory_estimate_sizes_rows_by_the_longest_tokenised_sentence_not_the_cap(tmp_path, tiny_backbone_dir,
+                                                                                   tiny_encoder_dir, corpus,
+                                                                                   monkeypatch):
+    planned = []
+    real = train_module.Trainer.plan_memory
+
+    def watch(trainer):
+        real(trainer)
+        vocab = None if trainer.loss_vocab is None else len(trainer.loss_vocab.vocab)
+        capped = train_module.describe_cost(trainer.v2t, trainer.cfg, checkpointing=False, loss_vocab=vocab)
+        planned.append((trainer.cost, capped, int(trainer.tokens.lengths.max())))
+    monkeypatch.setattr(train_module.Trainer, "plan_memory", watch)
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=1",
+                 "--training.eval_every=1", "--training.save_every=1", "--data.max_tokens=100")
+    train(cfg, show_progress=False)
+    (cost, capped, longest), = planned
+    assert longest < 100  # the corpus's sentences are short: no batch comes near the cap
+    assert cost["tokens_per_row"] == longest + cfg.projector.prefix_length
+    assert capped["tokens_per_row"] == 100 + cfg.projector.prefix_length
+    assert capped["estimated_peak_gib"] > cost["estimated_peak_gib"]
