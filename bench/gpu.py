@@ -13,11 +13,15 @@ up to that size) and a random LaBSE-shaped sentence-transformers encoder (BERT 1
             fp32 (the baseline) and with bf16 autocast; LoRA + projector 8-bit with and without gradient
             checkpointing, 4-bit nf4 with checkpointing, bf16 without. Peak allocated memory and s/step,
             as ratios against the fp32 baseline measured in the same run.
-  decoding  greedy tokens/s at batch 32, 128, 512: lora_v2t's v2t.generate against transformers' own
-            model.generate(inputs_embeds=...) on the same peft model and prefix. Tokens are counted up to
-            and including each row's first EOS (the padding after it is not counted).
+  decoding  greedy tokens/s at batch 32, 128, 512: lora_v2t's v2t.generate, with the dynamic and the static
+            (compiled) KV cache, against transformers' own model.generate(inputs_embeds=...) on the same peft
+            model and prefix, and with --older DIR an older lora_v2t's v2t.generate (child process). Each path
+            is timed at its second full-length call at that batch. Tokens are counted up to and including
+            each row's first EOS (the padding after it is not counted).
 
-    python bench/gpu.py                          # all sections, about 6-8 minutes on one H100
+    python bench/gpu.py                          # all sections (on one H100, about 3 minutes for decoding at
+                                                 # 128 and 512 with training, 2.5 for e2e)
+    python bench/older.py 0fe5359 .gpu/old && python bench/gpu.py --only decoding --older .gpu/old
     python bench/gpu.py --only training,decoding --out bench/results/gpu-b.json
     python bench/gpu.py --smoke                  # tiny shapes on the CPU: checks the code paths, no GPU
 
