@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .correct import CorrectionConfig, correct
+from .correct import CorrectionConfig, Trace, correct
 from .errors import V2TError
 from .generate import reembed_cosines
 
@@ -361,11 +361,14 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         greedy = v2t.generate(vectors, show_progress=show_progress, **options)
     rng = np.random.default_rng(seed)
     boot = rng.integers(0, n, size=(resamples, n))
-    greedy_cos = _reembed_cosines(v2t, greedy, vectors)
-    systems = {"greedy": (greedy, greedy_cos)}
-    if trace is not None:
+    if trace is None:
+        greedy_cos = _reembed_cosines(v2t, greedy, vectors)
+        systems = {"greedy": (greedy, greedy_cos)}
+    else:  # correction re-embedded every step's texts already
+        greedy_cos = _trace_cosines(trace, 0)
+        systems = {"greedy": (greedy, greedy_cos)}
         for step in range(1, len(trace.texts)):
-            systems[f"corrected-{step}"] = (trace.texts[step], _reembed_cosines(v2t, trace.texts[step], vectors))
+            systems[f"corrected-{step}"] = (trace.texts[step], _trace_cosines(trace, step))
     if rerank > 1 and greedy_cos is not None:
         # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
         ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,
@@ -447,6 +450,13 @@ def _reembed_cosines(v2t, texts: list[str], vectors: np.ndarray) -> np.ndarray |
     if isinstance(v2t.encoder, PrecomputedEncoder):
         return None
     return reembed_cosines(v2t, texts, vectors, empty=0.0)  # an empty output scores 0
+
+
+def _trace_cosines(trace: Trace, step: int) -> np.ndarray:
+    """A correction step's cosines as :func:`_reembed_cosines` gives them: an empty output (no candidate kept,
+    -1 in the trace) scores 0."""
+    empty = np.array([not text for text in trace.texts[step]], dtype=bool)
+    return np.where(empty, 0.0, trace.cosines[step]).astype(np.float64)
 
 
 def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 
 from .backbone import cpu_has_bf16_units, pick_device
 from .checkpoint import (
@@ -210,11 +211,8 @@ class Trainer:
                 self.data_files = data_file_digests(self.cfg)
             except V2TError as exc:
                 problem = exc
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            message, resume_from = broadcast_object_list([None if problem is None else str(problem), resume_from])
-            problem = problem or (V2TError(message) if message is not None else None)
+        message, resume_from = self.as_main_process_says([None if problem is None else str(problem), resume_from])
+        problem = problem or (V2TError(message) if message is not None else None)
         if problem is not None:
             self.run_lock.release()
             raise problem
@@ -282,7 +280,8 @@ class Trainer:
         longest = int(rows.max())
         without = describe_cost(v2t, cfg, checkpointing=False, loss_vocab=vocab, row_tokens=longest)
         free = free_gib(v2t.device)
-        self.checkpointing = needs_checkpointing(cfg.training.gradient_checkpointing, without["step_gib"], free)
+        checkpointing = needs_checkpointing(cfg.training.gradient_checkpointing, without["step_gib"], free)
+        self.checkpointing = self.as_main_process_says([checkpointing])[0]  # every GPU's free memory differs
         self.cost = without
         if self.checkpointing:
             v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -358,12 +357,12 @@ class Trainer:
         budget = self.cfg.training.max_minutes
         if budget is None:
             return False
-        spent = self.state.elapsed_s >= budget * 60
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
+        return self.as_main_process_says([self.state.elapsed_s >= budget * 60])[0]
 
-            spent = broadcast_object_list([spent])[0]
-        return spent
+    def as_main_process_says(self, values: list) -> list:
+        """``values`` as the main process has them: with several processes, each takes the main one's decisions
+        (processes that decided differently would fall out of step)."""
+        return values if self.accelerator.num_processes == 1 else broadcast_object_list(values)
 
     def next_batch(self) -> tuple[np.ndarray, int]:
         """This process's next batch, and how many sentences all processes take together this time."""

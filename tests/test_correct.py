@@ -276,6 +276,29 @@ def test_evaluate_reports_every_correction_step_with_its_cost(v2t, tmp_path):
     assert "Correction with `shift`" in markdown_table(summary)
 
 
+def test_evaluate_scores_correction_steps_with_the_cosines_correction_computed(v2t, tmp_path, monkeypatch):
+    from lora_v2t.correct import correct
+    from lora_v2t.evaluate import EvalData, evaluate
+    from lora_v2t.generate import reembed_cosines
+
+    cfg = CorrectionConfig(steps=2, corrector=SHIFT, min_gain=0.0)
+    vectors = v2t.encode(SENTENCES[:5])
+    encoded = []
+    real_encode = type(v2t).encode
+    monkeypatch.setattr(type(v2t), "encode", lambda self, *a, **k: encoded.append(1) or real_encode(self, *a, **k))
+    trace = correct(v2t, vectors, cfg, max_new_tokens=10)
+    by_correction = len(encoded)
+    encoded.clear()
+    evaluate(v2t, EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five"), tmp_path / "report",
+             rerank=0, resamples=20, show_progress=False, max_new_tokens=10, correction=cfg)
+    assert len(encoded) == 1 + by_correction  # the sources, then only what correction itself re-embedded
+    rows = [line.split("\t") for line in (tmp_path / "report" / "sentences.tsv").read_text(
+        encoding="utf-8").splitlines()]
+    column = rows[0].index("corrected-1_cosine")
+    fresh = reembed_cosines(v2t, trace.texts[1], vectors, empty=0.0)
+    assert [float(r[column]) for r in rows[1:]] == pytest.approx(fresh.tolist(), abs=1e-3)
+
+
 def test_corrector_data_must_be_the_hypotheses_of_its_sentences_and_unseen(tmp_path, tiny_backbone_dir,
                                                                           tiny_encoder_dir):
     from lora_v2t.cli import main
