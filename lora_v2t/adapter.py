@@ -16,11 +16,14 @@ Never base weights, never pickle. Written to a temporary folder and renamed into
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import os
 import re
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -152,13 +155,39 @@ def bundle_config(v2t) -> dict:
 
 # ---------------------------------------------------------------------- validation
 def validate_bundle(path: str | Path) -> dict:
-    """Check a bundle folder's files and return its v2t_config; raise V2TError naming any problem."""
+    """Check a bundle folder's files and return its v2t_config; raise V2TError naming any problem.
+
+    A folder whose files are unchanged since it last passed (same names, sizes and modification times) is not
+    read again: the command line checks a bundle before loading it, and loading checks it too. Files modified in
+    the last few seconds are always read, since a rewrite within the file system's clock tick keeps the time.
+    """
     path = Path(path)
     try:
+        stamp = _bundle_stamp(path)
+        if stamp and all(time.time_ns() - modified > SETTLED_NS for _, _, modified in stamp):
+            return copy.deepcopy(_validated(path, path.resolve(), stamp))
         return _validate_bundle(path)
     except PermissionError as exc:
         raise V2TError(f"cannot read adapter bundle {path}: permission denied on {exc.filename or path}; make it "
                        f"readable (e.g. chmod -R u+rX {path})") from exc
+
+
+SETTLED_NS = 5 * 10**9  # files older than this are remembered once validated
+
+
+def _bundle_stamp(path: Path) -> tuple:
+    """What changes when any file of the bundle folder changes: each file's name, size and modification time."""
+    if not path.is_dir():
+        return ()
+    files = [path / "backbone" / "config.json"] + sorted(p for p in path.iterdir() if p.is_file())
+    return tuple((p.name, st.st_size, st.st_mtime_ns) for p in files if p.is_file() for st in [p.stat()])
+
+
+@functools.lru_cache(maxsize=16)
+def _validated(path: Path, resolved: Path, stamp: tuple) -> dict:
+    """:func:`_validate_bundle` of ``path`` (as the user spelled it, for the messages), remembered for the folder
+    ``resolved`` as ``stamp`` found it; errors are not remembered."""
+    return _validate_bundle(path)
 
 
 def _validate_bundle(path: Path) -> dict:

@@ -2,13 +2,14 @@ import json
 import os
 import re
 import shutil
+import time
 
 import pytest
 import torch
 from safetensors import safe_open
 
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.adapter import BUNDLE_FILES, FORMAT_VERSION, OUTPUT_VOCAB_FILE
+from lora_v2t.adapter import BUNDLE_FILES, FORMAT_VERSION, OUTPUT_VOCAB_FILE, validate_bundle
 from lora_v2t.layout import CORRECTOR_FORMAT_VERSION
 
 from .conftest import make_v2t
@@ -474,3 +475,30 @@ def test_a_bundle_file_without_read_permission_is_one_line(bundle, tmp_path):
     (broken / "projector.safetensors").chmod(0)
     with pytest.raises(V2TError, match="permission denied on .*projector.safetensors"):
         load_adapter(broken)
+
+
+def test_an_unchanged_bundle_is_read_once_and_a_change_after_that_is_still_caught(bundle, tmp_path, monkeypatch):
+    import lora_v2t.adapter as adapter_module
+
+    checked = []
+    real_check = adapter_module._check_finite
+    monkeypatch.setattr(adapter_module, "_check_finite", lambda file: checked.append(file.name) or real_check(file))
+    copied = copy_bundle(bundle, tmp_path)
+    validate_bundle(copied)
+    validate_bundle(copied)
+    assert len(checked) == 4  # just written: read every time (a rewrite within a clock tick keeps the time)
+    checked.clear()
+    an_hour_ago = time.time() - 3600
+    for file in copied.iterdir():
+        os.utime(file, (an_hour_ago, an_hour_ago))
+    first = validate_bundle(copied)
+    first["encoder"]["spec"] = "changed by the caller"  # each caller gets its own copy
+    assert validate_bundle(copied)["encoder"]["spec"] != "changed by the caller"
+    assert sorted(checked) == ["adapter_model.safetensors", "projector.safetensors"]  # the weights read once
+
+    def poison(tensors):
+        next(iter(tensors.values())).view(-1)[0] = float("nan")
+
+    rewrite_tensor(copied / "projector.safetensors", poison)
+    with pytest.raises(V2TError, match="holds 1 NaN or inf value"):
+        validate_bundle(copied)
