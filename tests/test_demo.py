@@ -3,8 +3,17 @@ import json
 import pytest
 
 import lora_v2t.train as train_module
+from lora_v2t import load_adapter
 from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
-from lora_v2t.demo import DEMO_SENTENCES, HELD_OUT, SHARED_CORPUS, DemoConfig, demo_recipe, run_demo
+from lora_v2t.demo import (
+    DEMO_SENTENCES,
+    HELD_OUT,
+    SHARED_CORPUS,
+    DemoConfig,
+    demo_recipe,
+    run_demo,
+    shipped_minutes,
+)
 
 from .conftest import make_v2t
 from .test_train import corpus_file
@@ -67,5 +76,7 @@ def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, t
     assert "3. Both adapters on one base: switching between them takes" in out and " ms (median of 10" in out
     assert "load_adapter(" in out and out.count("[cos ") == 2 * len(held_out)
     assert not list((tmp_path / "demo").glob(".*"))  # nothing half-written left behind
+    assert out.rstrip().endswith("make a rough adapter.")  # the tiny shipped adapter records no training
+    assert shipped_minutes(load_adapter(final, device="cpu")) == "; the shipped one trained for 0 minutes"
     run_demo(cfg)
     assert "already trained" in capsys.readouterr().out
