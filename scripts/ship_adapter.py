@@ -61,8 +61,9 @@ def main() -> None:
                     metrics[f"{data} {name} {metric} (n={summary['sentences']})"] = round(scores[metric]["value"], 4)
     v2t.meta["training"]["metrics"] = metrics
     # what it trained on (runs of lora_v2t before it recorded this): lets a corrector's data be checked unseen
-    v2t.meta["training"].setdefault("sample", {k: getattr(cfg.data, k) for k in (
+    sample = v2t.meta["training"].setdefault("sample", {k: getattr(cfg.data, k) for k in (
         "train", "val", "val_size", "max_sentences", "min_chars", "max_chars", "seed")})
+    portable_paths(v2t.meta["training"], sample, cfg.data)
     if args.corrector:
         v2t.meta["corrector"] = args.corrector
     training = {}
@@ -71,6 +72,18 @@ def main() -> None:
     v2t.save_adapter(args.out, training=training)
     print(json.dumps(v2t.meta["training"], indent=1, ensure_ascii=False))
     print(f"shipped: {args.out}")
+
+
+def portable_paths(training: dict, sample: dict, data) -> None:
+    """Where the run named its data by another path to the very file the recipe names (an absolute path, say),
+    record the recipe's spelling: the bundle travels, and a corrector's data is checked against it."""
+    for key in ("train", "val"):
+        recorded, recipe_path = sample.get(key), getattr(data, key)
+        if recorded and recipe_path and recorded != recipe_path and Path(recorded).is_file() \
+                and Path(recipe_path).is_file() and os.path.samefile(recorded, recipe_path):
+            sample[key] = recipe_path
+            if key == "train" and training.get("data") == recorded:
+                training["data"] = recipe_path
 
 
 if __name__ == "__main__":
