@@ -196,6 +196,12 @@ def build_encoder(folder: Path, shapes: dict, sentences: list[str], device: str)
 
 
 # ---------------------------------------------------------------------- helpers
+def number(row: dict, key: str, width: int, decimals: int) -> str:
+    """``row[key]`` right-aligned in ``width`` with ``decimals``, or "-" where the row lacks it."""
+    value = row.get(key)
+    return f"{'-' if value is None else f'{value:.{decimals}f}':>{width}}"
+
+
 def decode_vectors(n: int, dim: int):
     """``n`` random unit vectors, the same in every process (OLDER_DECODING draws the same ones)."""
     import torch
@@ -694,7 +700,7 @@ class Bench:
             result = run_in(Path(self.args.older), OLDER_DECODING, args)
         except Exception as exc:  # noqa: BLE001
             log(f"[decoding]   older code: {error_record(exc)}")
-            self.results.setdefault("decoding", {})["older_error"] = error_record(exc)
+            self.results.setdefault("decoding", {})[f"older_error_{quantization}"] = error_record(exc)
             return {}
         return {int(b): r for b, r in result.items()}
 
@@ -705,7 +711,8 @@ class Bench:
 
         log(f"[decoding]   {r['quantization']:>5} batch {r['batch']:>4}: plain {rate('plain')}, v2t.generate "
             f"{rate('v2t')} ({r['v2t_vs_plain']:.2f}x), static {rate('v2t_static')} "
-            f"({r.get('v2t_static_vs_plain', '-')}x, first call {r.get('v2t_static_first_call_s', '-')} s), older "
+            f"({number(r, 'v2t_static_vs_plain', 0, 2)}x, first call {number(r, 'v2t_static_first_call_s', 0, 1)} s), "
+            f"older "
             f"{rate('older')}; same text v2t {r['v2t_same_text']} static {r.get('v2t_static_same_text', '-')} "
             f"older {r.get('older_same_text', '-')}")
 
@@ -717,7 +724,7 @@ class Bench:
         section = {"max_new_tokens": new_tokens, "batches": batches, "decoding": "greedy",
                    "token_count": "generated tokens up to and including each row's first EOS (padding after EOS "
                    "not counted), taken from the plain path's ids; v2t.generate returns text only, and gives the "
-                   "same greedy sequences (same_text)", "runs": []}
+                   "same greedy sequences (v2t_same_text, v2t_static_same_text, older_same_text)", "runs": []}
         self.results["decoding"] = section
         for quantization in self.args.decode_quantization.split(","):
             log(f"[decoding] {quantization} backbone + LoRA, {new_tokens} new tokens ...")
@@ -775,9 +782,9 @@ class Bench:
                     continue
                 log(f"  {x['quantization']:<10}{x['batch']:>6}{x['plain_tokens_per_s']:>10.0f}"
                     f"{x['v2t_tokens_per_s']:>10.0f}{x['v2t_vs_plain']:>7.2f}"
-                    f"{x.get('v2t_static_tokens_per_s', '-'):>10}"
-                    f"{x.get('v2t_static_vs_plain', '-'):>7}{x.get('older_tokens_per_s', '-'):>10}"
-                    f"{x.get('v2t_static_vs_older', '-'):>13}  {x['v2t_same_text']} / "
+                    f"{number(x, 'v2t_static_tokens_per_s', 10, 0)}"
+                    f"{number(x, 'v2t_static_vs_plain', 7, 2)}{number(x, 'older_tokens_per_s', 10, 0)}"
+                    f"{number(x, 'v2t_static_vs_older', 13, 2)}  {x['v2t_same_text']} / "
                     f"{x.get('v2t_static_same_text', '-')} / {x.get('older_same_text', '-')}")
         for name in SECTIONS:
             if "error" in r.get(name, {}):

@@ -52,6 +52,9 @@ def run_at(rev: str | None, code: str, args: dict) -> dict:
 
 def run_in(code_dir: Path, code: str, args: dict, env: dict | None = None) -> dict:
     """:func:`run_at` with the lora_v2t found in ``code_dir`` (a folder holding a ``lora_v2t/`` package)."""
+    if not (Path(code_dir) / "lora_v2t" / "__init__.py").is_file():  # else the child would import this tree's
+        raise SystemExit(f"{code_dir} holds no lora_v2t/ package: give the folder above it "
+                         "(python bench/older.py REV DIR writes DIR/lora_v2t/)")
     with tempfile.TemporaryDirectory(prefix="older-lora-v2t-run-") as tmp:
         result = Path(tmp) / "result.json"
         args = args | {"result": str(result), "tmp": tmp}
@@ -66,4 +69,4 @@ def run_in(code_dir: Path, code: str, args: dict, env: dict | None = None) -> di
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit("usage: python bench/older.py REV FOLDER   (writes REV's lora_v2t/ under FOLDER)")
-    print(extract(sys.argv[1], Path(sys.argv[2])) / "lora_v2t")
+    print(f"{extract(sys.argv[1], Path(sys.argv[2]))}: give this folder to --older")

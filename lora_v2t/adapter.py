@@ -157,14 +157,15 @@ def bundle_config(v2t) -> dict:
 def validate_bundle(path: str | Path) -> dict:
     """Check a bundle folder's files and return its v2t_config; raise V2TError naming any problem.
 
-    A folder whose files are unchanged since it last passed (same names, sizes and modification times) is not
-    read again: the command line checks a bundle before loading it, and loading checks it too. Files modified in
-    the last few seconds are always read, since a rewrite within the file system's clock tick keeps the time.
+    A folder whose files are unchanged since it last passed (same names, inodes, sizes, modification and change
+    times) is not read again: the command line checks a bundle before loading it, and loading checks it too.
+    Files changed in the last few seconds are always read, since a rewrite within the file system's clock tick
+    keeps the times (the change time, which no copy tool sets back, decides).
     """
     path = Path(path)
     try:
         stamp = _bundle_stamp(path)
-        if stamp and all(time.time_ns() - modified > SETTLED_NS for _, _, modified in stamp):
+        if stamp and all(time.time_ns() - changed > SETTLED_NS for *_, changed in stamp):
             return copy.deepcopy(_validated(path, path.resolve(), stamp))
         return _validate_bundle(path)
     except PermissionError as exc:
@@ -176,11 +177,16 @@ SETTLED_NS = 5 * 10**9  # files older than this are remembered once validated
 
 
 def _bundle_stamp(path: Path) -> tuple:
-    """What changes when any file of the bundle folder changes: each file's name, size and modification time."""
-    if not path.is_dir():
+    """What changes when any file of the bundle folder changes (or its permissions do): each file's name, inode,
+    size, modification and change time; () where the folder is missing or changes while it is read."""
+    try:
+        if not path.is_dir():
+            return ()
+        files = [path / "backbone" / "config.json"] + sorted(p for p in path.iterdir() if p.is_file())
+        return tuple((p.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                     for p in files if p.is_file() for st in [p.stat()])
+    except FileNotFoundError:
         return ()
-    files = [path / "backbone" / "config.json"] + sorted(p for p in path.iterdir() if p.is_file())
-    return tuple((p.name, st.st_size, st.st_mtime_ns) for p in files if p.is_file() for st in [p.stat()])
 
 
 @functools.lru_cache(maxsize=16)

@@ -11,7 +11,7 @@ Step 0 is the hypothesizer's text for each vector v. Each later step re-embeds t
 Every new candidate is re-embedded; for each vector the ``width`` best distinct candidates by cosine are kept (a
 beam over corrections), and correction stops early once no vector's best cosine rises by more than ``min_gain``.
 
-    v2t = load_adapter("checkpoints/adapters/use-gemma270m-ru")    # names the corrector shipped with it
+    v2t = load_adapter("checkpoints/adapters/use-gemma270m-ru-v2")  # names the corrector shipped with it
     v2t.generate(vectors, correct_steps=5)                          # or corrector="shift", or a bundle folder
 """
 

@@ -37,6 +37,9 @@ DEMO_SENTENCES = files("lora_v2t").joinpath("resources", "demo_ru.txt")  # a sma
 HELD_OUT = files("lora_v2t").joinpath("resources", "heldout_ru.txt")  # in no training file, nor in the dev sets
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru-v2"
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "train.txt"
+# the run folder's name: a new one whenever the demo's recipe changes, since an older demo's folder would be
+# refused on resume (another recipe) or reused as it is
+DEMO_RUN = "demo-4slots"
 
 
 @dataclass
@@ -65,7 +68,7 @@ def demo_recipe(cfg: DemoConfig) -> RunConfig:
         projector=ProjectorConfig(kind="mlp", prefix_length=4),  # as the offline recipe: 4 slots learn faster
         lora=LoRAConfig(r=16, dropout=0.0),
         data=DataConfig(train=corpus, val=str(HELD_OUT), max_sentences=cfg.max_sentences, max_tokens=32),
-        training=TrainingConfig(run_name="demo", output_dir=cfg.output_dir, batch_size=16,
+        training=TrainingConfig(run_name=DEMO_RUN, output_dir=cfg.output_dir, batch_size=16,
                                 max_steps=cfg.max_steps, max_minutes=cfg.minutes, lr=5e-4, projector_lr=1e-3,
                                 warmup_steps=20, eval_every=cfg.eval_every, save_every=cfg.eval_every,
                                 log_every=10, num_samples=4, loss_vocab="corpus", keep_checkpoints=1,
@@ -107,7 +110,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 def shipped_minutes(v2t) -> str:
     """"; the shipped one trained for N minutes", as its bundle records it (nothing when it does not)."""
     minutes = None if v2t is None else (v2t.meta.get("training") or {}).get("wall_minutes")
-    return "" if minutes is None else f"; the shipped one trained for {minutes:.0f} minutes"
+    return f"; the shipped one trained for {minutes:.0f} minutes" if isinstance(minutes, (int, float)) else ""
 
 
 def show_shipped(shipped: Path | None, held_out: list[str]):

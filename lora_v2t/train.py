@@ -274,10 +274,7 @@ class Trainer:
         the cost estimate the run logs, and later checks against the measured peak."""
         cfg, v2t = self.cfg, self.v2t
         vocab = None if self.loss_vocab is None else len(self.loss_vocab.vocab)
-        rows = self.tokens.lengths.astype(np.int64)
-        if self.context_tokens is not None:  # a corrector's row is its hypothesis, then its text
-            rows = rows + self.context_tokens.lengths
-        longest = int(rows.max())
+        longest = self.longest_row()
         without = describe_cost(v2t, cfg, checkpointing=False, loss_vocab=vocab, row_tokens=longest)
         free = free_gib(v2t.device)
         checkpointing = needs_checkpointing(cfg.training.gradient_checkpointing, without["step_gib"], free)
@@ -290,6 +287,21 @@ class Trainer:
         if cfg.training.gradient_checkpointing == "auto" and self.checkpointing:
             logger.info("gradient checkpointing on: a step without it needs about %.2f GiB beyond the weights, more "
                         "than %.0f%% of the %.2f GiB free", without["step_gib"], 100 * HEADROOM, free)
+
+    def longest_row(self) -> int:
+        """The most tokens a training or validation row holds after the prefix: batches are padded to their
+        longest row, and a corrector's row is its hypothesis, then its text."""
+        def rows(tokens, contexts) -> np.ndarray:
+            lengths = tokens.lengths.astype(np.int64)
+            return lengths if contexts is None else lengths + contexts.lengths
+
+        tokenizer, cut = self.v2t.tokenizer, self.cfg.data.max_tokens
+        longest = int(rows(self.tokens, self.context_tokens).max())
+        if self.val_texts:
+            val = tokenize_corpus(tokenizer, self.val_texts, cut)
+            contexts = None if self.val_contexts is None else tokenize_corpus(tokenizer, self.val_contexts, cut)
+            longest = max(longest, int(rows(val, contexts).max()))
+        return longest
 
     def release_encoder(self) -> None:
         """The embedding cache is filled: free the encoder (LaBSE alone is 1.8 GB of GPU memory in fp32)."""

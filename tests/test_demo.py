@@ -6,6 +6,7 @@ import lora_v2t.train as train_module
 from lora_v2t import load_adapter
 from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
 from lora_v2t.demo import (
+    DEMO_RUN,
     DEMO_SENTENCES,
     HELD_OUT,
     SHARED_CORPUS,
@@ -60,14 +61,14 @@ def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, t
                      eval_every=4, mixed_precision="no", show_progress=False)  # fp32, as the other tests train
     with pytest.raises(KeyboardInterrupt):
         run_demo(cfg)
-    assert [p.name for p in train_module.list_checkpoints(tmp_path / "demo")] == ["step-000008"]
+    assert [p.name for p in train_module.list_checkpoints(tmp_path / DEMO_RUN)] == ["step-000008"]
     out = capsys.readouterr().out
     assert out.startswith("lora_v2t demo: about 7 minutes")
     assert "1. The shipped adapter shipped writes back sentences it never saw" in out and "[cos " in out
     final = run_demo(cfg)  # picks up where it stopped
     out = capsys.readouterr().out
     assert "Resuming the interrupted demo from step-000008" in out
-    rows = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / DEMO_RUN / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 12 and [r["step"] for r in rows].count(4) == 1  # nothing was redone
     held_out = set(HELD_OUT.read_text(encoding="utf-8").splitlines())
     shown = {s["text"] for r in rows if r["kind"] == "eval" for s in r["samples"]}
@@ -75,7 +76,7 @@ def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, t
     assert sorted(p.name for p in final.iterdir()) == sorted(BUNDLE_FILES + (OUTPUT_VOCAB_FILE,))  # corpus loss
     assert "3. Both adapters on one base: switching between them takes" in out and " ms (median of 10" in out
     assert "load_adapter(" in out and out.count("[cos ") == 2 * len(held_out)
-    assert not list((tmp_path / "demo").glob(".*"))  # nothing half-written left behind
+    assert not list((tmp_path / DEMO_RUN).glob(".*"))  # nothing half-written left behind
     assert out.rstrip().endswith("make a rough adapter.")  # the tiny shipped adapter records no training
     assert shipped_minutes(load_adapter(final, device="cpu")) == "; the shipped one trained for 0 minutes"
     run_demo(cfg)

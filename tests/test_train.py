@@ -727,6 +727,7 @@ def test_memory_estimate_sizes_rows_by_the_longest_tokenised_sentence_not_the_ca
         vocab = None if trainer.loss_vocab is None else len(trainer.loss_vocab.vocab)
         capped = train_module.describe_cost(trainer.v2t, trainer.cfg, checkpointing=False, loss_vocab=vocab)
         planned.append((trainer.cost, capped, int(trainer.tokens.lengths.max())))
+        assert trainer.longest_row() >= int(trainer.tokens.lengths.max())
     monkeypatch.setattr(train_module.Trainer, "plan_memory", watch)
     cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=1",
                  "--training.eval_every=1", "--training.save_every=1", "--data.max_tokens=100")
@@ -736,3 +737,22 @@ def test_memory_estimate_sizes_rows_by_the_longest_tokenised_sentence_not_the_ca
     assert cost["tokens_per_row"] == longest + cfg.projector.prefix_length
     assert capped["tokens_per_row"] == 100 + cfg.projector.prefix_length
     assert capped["estimated_peak_gib"] > cost["estimated_peak_gib"]
+
+
+def test_the_longest_row_counts_a_correctors_hypothesis_and_the_validation_rows(tiny_backbone_dir):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from lora_v2t.data import tokenize_corpus
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
+    texts, hypotheses = ["Где лодка?", "Мы идём домой."], ["Где дом моей лодки?", "Домой."]
+    tokens, contexts = (tokenize_corpus(tokenizer, rows, 40) for rows in (texts, hypotheses))
+    trainer = SimpleNamespace(v2t=SimpleNamespace(tokenizer=tokenizer), tokens=tokens, context_tokens=None,
+                              cfg=load_config(RECIPE, ["--data.max_tokens=40"]), val_texts=[], val_contexts=None)
+    assert train_module.Trainer.longest_row(trainer) == tokens.lengths.max()
+    trainer.context_tokens = contexts
+    assert train_module.Trainer.longest_row(trainer) == (tokens.lengths + contexts.lengths).max()
+    trainer.context_tokens, trainer.val_texts = None, ["Очень длинное предложение для проверки, длиннее всех прочих."]
+    assert train_module.Trainer.longest_row(trainer) == tokenize_corpus(tokenizer, trainer.val_texts, 40).lengths[0]
