@@ -5,7 +5,13 @@
     v2t.invert(["Где лодка?"])
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes (imported by peft below) warns at import, on CPUs with AVX-512 BF16, that the optional `kernels`
+# package for its 4-bit CPU matmul is missing; nothing here needs it, and the line alarmed every command's user
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.msg)
 
 from .config import (  # noqa: E402
     BackboneConfig,

@@ -182,3 +182,13 @@ def test_reports_name_a_hub_adapter_with_its_revision_and_commit(bundle, tmp_pat
     assert _adapter_label("org/name", snapshot, None) == "org/name@main (commit 3f2a9c)"
     monkeypatch.chdir(bundle.parent)
     assert _adapter_label(bundle.name, bundle, None) == str(bundle.resolve())  # a folder: its absolute path
+
+
+def test_importing_lora_v2t_prints_no_warning_about_bitsandbytes_optional_cpu_kernels():
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import lora_v2t"], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and "kernels-community" not in done.stderr, done.stderr[-2000:]
