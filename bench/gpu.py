@@ -203,7 +203,7 @@ def number(row: dict, key: str, width: int, decimals: int) -> str:
 
 
 def decode_vectors(n: int, dim: int):
-    """``n`` random unit vectors, the same in every process (OLDER_DECODING draws the same ones)."""
+    """``n`` random unit vectors (seeded)."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -216,8 +216,8 @@ import time, torch
 from lora_v2t import Vector2Text
 v2t = Vector2Text.create(backbone=ARGS["backbone"], encoder=f"precomputed:{ARGS['dim']}", projector="mlp",
                          quantization=ARGS["quantization"], trainable="lora", device=ARGS["device"], seed=0)
-generator = torch.Generator().manual_seed(0)  # the vectors of decode_vectors
-vectors = torch.nn.functional.normalize(torch.randn(max(ARGS["batches"]), ARGS["dim"], generator=generator), dim=1)
+import numpy
+vectors = torch.from_numpy(numpy.load(ARGS["vectors"]))  # the parent's, so that every path decodes the same rows
 out = {}
 for batch in ARGS["batches"]:
     vec = vectors[:batch]
@@ -621,7 +621,7 @@ class Bench:
                 return v2t.model.generate(inputs_embeds=prefix, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad)
 
-        older = self.older_decoding(quantization, batches, new_tokens)
+        older = self.older_decoding(quantization, vectors, batches, new_tokens)
         rows = []
         for batch in batches:
             vec = vectors[:batch]
@@ -689,13 +689,18 @@ class Bench:
         return self.path_row("v2t_static", seconds, tokens, plain_s, texts, plain_texts) | {
             "v2t_static_first_call_s": round(first_s, 2)}
 
-    def older_decoding(self, quantization: str, batches: list[int], new_tokens: int) -> dict:
-        """``v2t.generate`` of the code in ``--older`` (today's path before issue 11), in a child process, warm at
-        each batch like the paths here: {batch: {"s", "texts"}}; {} without --older or when it fails."""
+    def older_decoding(self, quantization: str, vectors, batches: list[int], new_tokens: int) -> dict:
+        """``v2t.generate`` of the code in ``--older`` (today's path before issue 11) on ``vectors``, in a child
+        process, warm at each batch like the paths here: {batch: {"s", "texts"}}; {} without --older or when it
+        fails."""
         if not self.args.older:
             return {}
+        import numpy as np
+
+        np.save(self.work / "decode_vectors.npy", vectors.numpy())
         args = {"backbone": str(self.backbone), "dim": self.shapes["dim"], "quantization": quantization,
-                "device": self.device, "batches": batches, "new_tokens": new_tokens}
+                "device": self.device, "batches": batches, "new_tokens": new_tokens,
+                "vectors": str(self.work / "decode_vectors.npy")}
         try:
             result = run_in(Path(self.args.older), OLDER_DECODING, args)
         except Exception as exc:  # noqa: BLE001
@@ -712,8 +717,7 @@ class Bench:
         log(f"[decoding]   {r['quantization']:>5} batch {r['batch']:>4}: plain {rate('plain')}, v2t.generate "
             f"{rate('v2t')} ({r['v2t_vs_plain']:.2f}x), static {rate('v2t_static')} "
             f"({number(r, 'v2t_static_vs_plain', 0, 2)}x, first call {number(r, 'v2t_static_first_call_s', 0, 1)} s), "
-            f"older "
-            f"{rate('older')}; same text v2t {r['v2t_same_text']} static {r.get('v2t_static_same_text', '-')} "
+            f"older {rate('older')}; same text v2t {r['v2t_same_text']} static {r.get('v2t_static_same_text', '-')} "
             f"older {r.get('older_same_text', '-')}")
 
     def section_decoding(self) -> dict:

@@ -182,9 +182,11 @@ def _bundle_stamp(path: Path) -> tuple:
     try:
         if not path.is_dir():
             return ()
-        files = [path / "backbone" / "config.json"] + sorted(p for p in path.iterdir() if p.is_file())
-        return tuple((p.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                     for p in files if p.is_file() for st in [p.stat()])
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        if (path / "backbone" / "config.json").is_file():  # a fully fine-tuned bundle's base
+            files.append(path / "backbone" / "config.json")
+        stats = [(p.name, p.stat()) for p in files]
+        return tuple((name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for name, st in stats)
     except FileNotFoundError:
         return ()
 

@@ -361,12 +361,10 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         greedy = v2t.generate(vectors, show_progress=show_progress, **options)
     rng = np.random.default_rng(seed)
     boot = rng.integers(0, n, size=(resamples, n))
-    if trace is None:
-        greedy_cos = _reembed_cosines(v2t, greedy, vectors)
-        systems = {"greedy": (greedy, greedy_cos)}
-    else:  # correction re-embedded every step's texts already
-        greedy_cos = _trace_cosines(trace, 0)
-        systems = {"greedy": (greedy, greedy_cos)}
+    # correction re-embedded every step's texts already
+    greedy_cos = _reembed_cosines(v2t, greedy, vectors) if trace is None else _trace_cosines(trace, 0)
+    systems = {"greedy": (greedy, greedy_cos)}
+    if trace is not None:
         for step in range(1, len(trace.texts)):
             systems[f"corrected-{step}"] = (trace.texts[step], _trace_cosines(trace, step))
     if rerank > 1 and greedy_cos is not None:
