@@ -6,7 +6,9 @@ vectors in one run:
 - greedy (1 decode per vector);
 - greedy + K beams, keeping the candidate closest to the vector (reranking; counted as 1 + K decodes);
 - training-free correction (``shift``: v + a (v - e), a = 0.5, 1, 2; 3 decodes per step), after each step;
-- the trained corrector (1 decode per step at width 1), after each step, when one is given or named.
+- the trained corrector (1 decode per step at width 1), after each step, when one is given or named;
+- both corrections again, starting from the greedy text and --start-beams beams (reranking, then correcting),
+  keeping --width candidates per vector between steps.
 
 Every system's text is scored by corpus chrF and BLEU (sacrebleu), exact match and the re-embedding cosine, with
 its decodes per vector and seconds.
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="correction steps (default 5)")
     parser.add_argument("--beams", type=int, nargs="*", default=[4, 6], help="reranked beam widths (default 4 6)")
     parser.add_argument("--shift-steps", type=int, default=2, help="training-free correction steps (default 2)")
+    parser.add_argument("--start-beams", type=int, default=6,
+                        help="beams reranked before correcting, for the 'reranked + ...' rows (default 6; 0: skip)")
+    parser.add_argument("--width", type=int, default=1, help="candidates kept per vector between steps (default 1)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "correction.json")
     args = parser.parse_args()
     from lora_v2t import load_adapter
@@ -64,16 +70,23 @@ def main() -> None:
             if step or with_greedy:
                 record(f"{name}, step {step}" if step else "greedy", texts, cosines, decodes, seconds)
 
-    traced(SHIFT, CorrectionConfig(steps=args.shift_steps, corrector=SHIFT, min_gain=0.0), with_greedy=True)
+    shift = CorrectionConfig(steps=args.shift_steps, corrector=SHIFT, min_gain=0.0, width=args.width)
+    traced(SHIFT, shift, with_greedy=True)
     for beams in args.beams:
         clock = time.perf_counter()
         cfg = CorrectionConfig(steps=0, rerank=beams)
         trace = correct(v2t, vectors, cfg)
         record(f"greedy + {beams} beams reranked", trace.final, trace.cosines[-1], 1 + beams,
                time.perf_counter() - clock)
+    trained = None
     if args.corrector != "none" and (args.corrector or v2t.meta.get("corrector")):
-        traced("corrector", CorrectionConfig(steps=args.steps, corrector=args.corrector, min_gain=0.0),
-               with_greedy=False)
+        trained = CorrectionConfig(steps=args.steps, corrector=args.corrector, min_gain=0.0, width=args.width)
+        traced("corrector", trained, with_greedy=False)
+    if args.start_beams > 1:
+        for name, cfg in ((SHIFT, shift), ("corrector", trained)):
+            if cfg is not None:
+                traced(f"{args.start_beams} beams reranked + {name}", replace(cfg, rerank=args.start_beams),
+                       with_greedy=False)
     print(f"\n{len(vectors)} sentences of {args.data.name}; adapter {args.adapter}\n")
     print("| system | decodes per vector | seconds | chrF | BLEU | exact % | cosine |\n|---|---|---|---|---|---|---|")
     for r in rows:

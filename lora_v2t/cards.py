@@ -9,7 +9,8 @@ from .hub import backbone_hub_id
 
 LIBRARY_NAME = "lora_v2t"
 TAGS = ["lora_v2t", "embedding-inversion", "peft", "lora"]  # the last two only for LoRA adapters
-_METRIC_KEY = re.compile(r"(?P<data>\S+) (?P<decoding>greedy|reranked|corrected-\d+) (?P<metric>\w+) \(n=\d+\)")
+_METRIC_KEY = re.compile(r"(?P<data>\S+) (?P<decoding>greedy|(?:reranked\+)?corrected-\d+|reranked) "
+                         r"(?P<metric>\w+) \(n=\d+\)")
 
 
 def model_card(config: dict, source: str = "path/to/this/folder", revision: str | None = None) -> str:

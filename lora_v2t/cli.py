@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--header", action="store_true", help="the TSV's first line names its columns")
     ev.add_argument("--vectors", type=Path, help=".npy vectors, one per reference line, instead of encoding")
     ev.add_argument("--rerank", type=int, default=8,
-                    help="beam candidates for the reranked column (>= 0; default 8; 0 or 1 = greedy only)")
+                    help="beam candidates for the reranked column (>= 0; default 8; 0 or 1 = greedy only); with "
+                         "--correct-steps, correction starts from the reranked candidates")
     ev.add_argument("--limit", type=int, help="evaluate only the first N usable lines (N >= 1; default: all)")
     ev.add_argument("--max-chars", type=int, default=1000,
                     help="skip (and count) longer lines (>= 1; default 1000)")

@@ -69,6 +69,8 @@ class Trace:
     cosines: list[np.ndarray] = field(default_factory=list)  # [step] (N,)
     seconds: list[float] = field(default_factory=list)  # [step] wall time of the step
     decodes: list[int] = field(default_factory=list)  # [step] decodes per vector
+    greedy_texts: list[str] = field(default_factory=list)  # the greedy hypothesis (step 0 without reranking)
+    greedy_cosines: np.ndarray | None = None
 
     @property
     def final(self) -> list[str]:
@@ -170,6 +172,7 @@ def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, **
     clock = time.perf_counter()
     beam = Beam(v2t, target, cfg.width)
     beam.add(v2t.generate(target, show_progress=show_progress, **options), np.arange(len(target)))
+    trace.greedy_texts, trace.greedy_cosines = beam.best_texts(), beam.best_cosines()
     if cfg.rerank > 1:
         groups = v2t.generate(target, show_progress=show_progress,
                               **(options | {"num_beams": cfg.rerank, "num_return_sequences": cfg.rerank}))

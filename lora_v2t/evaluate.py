@@ -17,7 +17,7 @@ import re
 import shutil
 import string
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -330,8 +330,10 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
             None: the adapter's default).
         adapter: the adapter's folder or hub id, recorded in the summary with its configuration.
         overwrite: replace a report already in ``out_dir``.
-        correction: with ``steps`` > 0, correct the greedy outputs (see :mod:`lora_v2t.correct`) and report every
-            step, with the seconds and decodes per vector it cost.
+        correction: with ``steps`` > 0, correct the outputs (see :mod:`lora_v2t.correct`) and report every
+            step, with the seconds and decodes per vector it cost. With ``rerank`` > 1 correction starts from
+            the reranked candidates (columns ``reranked+corrected-N``), else from the greedy output
+            (``corrected-N``).
     """
     from .vectors import to_vectors
 
@@ -353,27 +355,8 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     else:
         logger.info("encoding %d sentences with %s", n, v2t.meta["encoder"]["spec"])
         vectors = v2t.encode(data.sources, show_progress=show_progress)
-    trace = None
-    if correction is not None and correction.steps > 0:
-        trace = correct(v2t, vectors, correction, show_progress=show_progress, **options)
-        greedy = trace.texts[0]
-    else:
-        greedy = v2t.generate(vectors, show_progress=show_progress, **options)
-    rng = np.random.default_rng(seed)
-    boot = rng.integers(0, n, size=(resamples, n))
-    # correction re-embedded every step's texts already
-    greedy_cos = _reembed_cosines(v2t, greedy, vectors) if trace is None else _trace_cosines(trace, 0)
-    systems = {"greedy": (greedy, greedy_cos)}
-    if trace is not None:
-        for step in range(1, len(trace.texts)):
-            systems[f"corrected-{step}"] = (trace.texts[step], _trace_cosines(trace, step))
-    if rerank > 1 and greedy_cos is not None:
-        # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
-        ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,
-                              num_return_sequences=rerank, **options)
-        texts = [r.text if r.cosine > g_cos else g for r, g, g_cos in zip(ranked, greedy, greedy_cos)]
-        cos = np.maximum(np.array([r.cosine for r in ranked]), greedy_cos)
-        systems[f"reranked (greedy + {rerank} beams)"] = (texts, cos)
+    systems, trace = _decode_systems(v2t, vectors, rerank, correction, options, show_progress)
+    boot = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
     summary = {"adapter": None if adapter is None else str(adapter), "adapter_config": adapter_summary(v2t),
                "data": data.name, "sentences": n, "skipped": data.skipped, "encoder": v2t.meta["encoder"]["spec"],
@@ -385,6 +368,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
                                  for m, (v, lo, hi) in s.items()} for name, s in scores.items()}}
     if trace is not None:
         summary["correction"] = {"corrector": correction.corrector or v2t.meta.get("corrector"),
+                                 "starts_from": "reranked" if rerank > 1 else "greedy",
                                  "width": correction.width, "steps_asked": correction.steps,
                                  "steps_run": len(trace.texts) - 1,
                                  "seconds_per_step": [round(s, 2) for s in trace.seconds],
@@ -450,11 +434,41 @@ def _reembed_cosines(v2t, texts: list[str], vectors: np.ndarray) -> np.ndarray |
     return reembed_cosines(v2t, texts, vectors, empty=0.0)  # an empty output scores 0
 
 
-def _trace_cosines(trace: Trace, step: int) -> np.ndarray:
-    """A correction step's cosines as :func:`_reembed_cosines` gives them: an empty output (no candidate kept,
+def _decode_systems(v2t, vectors: np.ndarray, rerank: int, correction: CorrectionConfig | None, options: dict,
+                    show_progress: bool) -> tuple[dict, Trace | None]:
+    """Every system's texts and cosines by name (greedy, reranked, each correction step) and the correction's
+    trace (None without correction). With reranking, correction starts from the reranked candidates."""
+    if correction is None or correction.steps == 0:
+        greedy = v2t.generate(vectors, show_progress=show_progress, **options)
+        greedy_cos = _reembed_cosines(v2t, greedy, vectors)
+        systems = {"greedy": (greedy, greedy_cos)}
+        if rerank > 1 and greedy_cos is not None:
+            # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
+            ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,
+                                  num_return_sequences=rerank, **options)
+            texts = [r.text if r.cosine > g_cos else g for r, g, g_cos in zip(ranked, greedy, greedy_cos)]
+            cos = np.maximum(np.array([r.cosine for r in ranked]), greedy_cos)
+            systems[f"reranked (greedy + {rerank} beams)"] = (texts, cos)
+        return systems, None
+    reranked = rerank > 1
+    trace = correct(v2t, vectors, replace(correction, rerank=rerank if reranked else 0),
+                    show_progress=show_progress, **options)
+    # correction re-embedded every step's texts already
+    systems = {"greedy": (trace.greedy_texts, _kept_cosines(trace.greedy_texts, trace.greedy_cosines))}
+    if reranked:
+        systems[f"reranked (greedy + {rerank} beams)"] = (trace.texts[0], _kept_cosines(trace.texts[0],
+                                                                                         trace.cosines[0]))
+    for step in range(1, len(trace.texts)):
+        name = f"reranked+corrected-{step}" if reranked else f"corrected-{step}"
+        systems[name] = (trace.texts[step], _kept_cosines(trace.texts[step], trace.cosines[step]))
+    return systems, trace
+
+
+def _kept_cosines(texts: list[str], cosines: np.ndarray) -> np.ndarray:
+    """A correction trace's cosines as :func:`_reembed_cosines` gives them: an empty output (no candidate kept,
     -1 in the trace) scores 0."""
-    empty = np.array([not text for text in trace.texts[step]], dtype=bool)
-    return np.where(empty, 0.0, trace.cosines[step]).astype(np.float64)
+    empty = np.array([not text for text in texts], dtype=bool)
+    return np.where(empty, 0.0, cosines).astype(np.float64)
 
 
 def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
@@ -496,7 +510,8 @@ def markdown_table(summary: dict) -> str:
         c = summary["correction"]
         cost = ", ".join(f"step {i}: {s} s, {d} decode(s)/vector"
                          for i, (s, d) in enumerate(zip(c["seconds_per_step"], c["decodes_per_vector_per_step"])))
-        lines += ["", f"Correction with `{c['corrector']}` (width {c['width']}): {c['steps_run']} of "
+        start = "the reranked candidates" if c.get("starts_from") == "reranked" else "the greedy hypothesis"
+        lines += ["", f"Correction with `{c['corrector']}` (width {c['width']}) from {start}: {c['steps_run']} of "
                       f"{c['steps_asked']} steps run (it stops when the cosine stops rising); {cost}."]
     if summary["skipped"]:
         lines += ["", f"Skipped lines: {summary['skipped']}"]

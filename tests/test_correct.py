@@ -276,6 +276,35 @@ def test_evaluate_reports_every_correction_step_with_its_cost(v2t, tmp_path):
     assert "Correction with `shift`" in markdown_table(summary)
 
 
+def test_evaluate_with_reranking_corrects_from_the_reranked_candidates(v2t, tmp_path):
+    from lora_v2t.evaluate import EvalData, evaluate
+
+    data = EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five")
+    plain = evaluate(v2t, data, tmp_path / "plain", rerank=3, resamples=20, show_progress=False, max_new_tokens=10)
+    summary = evaluate(v2t, data, tmp_path / "report", rerank=3, resamples=20, show_progress=False,
+                       max_new_tokens=10, correction=CorrectionConfig(steps=2, corrector=SHIFT, min_gain=0.0))
+    steps = summary["correction"]["steps_run"]
+    reranked = "reranked (greedy + 3 beams)"
+    assert list(summary["scores"]) == ["greedy", reranked] + [f"reranked+corrected-{s}" for s in range(1, steps + 1)]
+    assert summary["correction"]["starts_from"] == "reranked"
+    assert summary["correction"]["decodes_per_vector_per_step"][0] == 4  # greedy + 3 beams
+    for name in ("greedy", reranked):  # the same texts as without correction
+        assert summary["scores"][name] == plain["scores"][name]
+    cosine = {name: s["cosine"]["value"] for name, s in summary["scores"].items()}
+    assert cosine["reranked+corrected-1"] >= cosine[reranked] - 1e-6 and cosine[reranked] >= cosine["greedy"] - 1e-6
+
+
+def test_generate_with_reranked_beams_corrects_from_the_best_of_them(v2t):
+    vectors = v2t.encode(SENTENCES[:4])
+    beams = {"num_beams": 3, "num_return_sequences": 3, "max_new_tokens": 10}
+    reranked = v2t.generate(vectors, rerank=True, **beams)
+    corrected = v2t.generate(vectors, rerank=True, correct_steps=1, corrector=SHIFT, **beams)
+    trace = correct(v2t, vectors, CorrectionConfig(steps=1, corrector=SHIFT, rerank=3), max_new_tokens=10)
+    assert [c.text for c in corrected] == trace.final
+    for before, after in zip(reranked, corrected):
+        assert after.cosine >= before.cosine - 1e-5
+
+
 def test_evaluate_scores_correction_steps_with_the_cosines_correction_computed(v2t, tmp_path, monkeypatch):
     from lora_v2t.correct import correct
     from lora_v2t.evaluate import EvalData, evaluate

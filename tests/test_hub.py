@@ -248,10 +248,11 @@ def test_the_shipped_adapter_names_its_base_by_hub_id():
 def test_card_metrics_come_from_the_training_summary(bundle):
     config = validate_bundle(bundle)
     assert "model-index" not in card_metadata(config)  # no metrics: no results
-    config["training"]["metrics"] = {"val_loss": 2.5, "dev greedy bleu (n=10)": 12.0, "note": "text"}
+    config["training"]["metrics"] = {"val_loss": 2.5, "dev greedy bleu (n=10)": 12.0, "note": "text",
+                                     "dev reranked+corrected-2 chrf (n=10)": 40.5}
     results = card_metadata(config)["model-index"][0]["results"]
     found = {(r["dataset"]["name"], m["type"], m["value"]) for r in results for m in r["metrics"]}
-    assert found == {("validation", "loss", 2.5), ("dev", "bleu", 12.0)}
+    assert found == {("validation", "loss", 2.5), ("dev", "bleu", 12.0), ("dev", "chrf", 40.5)}
 
 
 # ---------------------------------------------------------------------- pushing
