@@ -111,7 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "and LoRA adapters.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate_command(sub)
+    _add_train_command(sub)
+    _add_embed_command(sub)
+    _add_heldout_command(sub)
+    _add_demo_command(sub)
+    _add_evaluate_command(sub)
+    _add_invert_command(sub)
+    _add_info_command(sub)
+    _add_push_command(sub)
+    return parser
 
+
+def _add_generate_command(sub) -> None:
     gen = sub.add_parser("generate", help="reconstruct text from sentences or vectors",
                          description="Encode --text with the adapter's encoder (or read --vectors) and decode "
                                      "each vector back into text. Prints 'original ==> generated' for texts.")
@@ -124,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object per line")
     gen.set_defaults(func=cmd_generate)
 
+
+def _add_train_command(sub) -> None:
     train = sub.add_parser(
         "train", help="train an adapter from a recipe",
         description=textwrap.fill(
@@ -146,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     train.set_defaults(func=cmd_train)
 
+
+def _add_embed_command(sub) -> None:
     embed = sub.add_parser(
         "embed", help="fill the embedding cache of a recipe ahead of training",
         description="Encode the recipe's training and validation sentences once and store the vectors in the "
@@ -154,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("recipe", type=Path, help="recipe YAML (see recipes/)")
     embed.set_defaults(func=cmd_embed)
 
+
+def _add_heldout_command(sub) -> None:
     held = sub.add_parser(
         "heldout", help="write sentences a recipe's adapter never trained on (a corrector's training data)",
         description="Write to --out a seeded sample of the sentences of the recipe's data.train that its run "
@@ -166,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     held.add_argument("--out", type=Path, required=True, help="text file to write, one sentence per line (new)")
     held.set_defaults(func=cmd_heldout)
 
+
+def _add_demo_command(sub) -> None:
     demo = sub.add_parser(
         "demo", help="the offline main job: what lora_v2t does, then an adapter trained here",
         description="With no internet: the shipped adapter writes back sentences it never saw (with cosines); "
@@ -181,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_evaluate_command(sub) -> None:
     ev = sub.add_parser(
         "evaluate", help="reconstruct a file's sentences from their embeddings and score them",
         description="Encode every sentence of --data with the adapter's encoder (or read --vectors), decode it "
@@ -218,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_correction_options(ev)
     ev.set_defaults(func=cmd_evaluate)
 
+
+def _add_invert_command(sub) -> None:
     inv = sub.add_parser(
         "invert", help="decode a whole file of vectors (or sentences) into JSONL or TSV, resumable",
         description="Decode every row of a .npy file of vectors (memory-mapped: any size) or of a text file of "
@@ -240,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(inv)
     inv.set_defaults(func=cmd_invert)
 
+
+def _add_info_command(sub) -> None:
     info = sub.add_parser("info", help="describe an adapter bundle without loading the base model",
                           description="Print what an adapter bundle holds: base, encoder, projector, LoRA, "
                                       "sizes and training summary.")
@@ -248,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the bundle's v2t_config.json as JSON")
     info.set_defaults(func=cmd_info)
 
+
+def _add_push_command(sub) -> None:
     push = sub.add_parser(
         "push", help="upload an adapter bundle to the Hugging Face hub",
         description="Check that DIR is a complete adapter bundle, then upload its files (only the bundle's: a "
@@ -264,7 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="branch to commit to, created from main if missing (default: main)")
     push.add_argument("--commit-message", help="the commit's message")
     push.set_defaults(func=cmd_push)
-    return parser
 
 
 DECODING_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
