@@ -5,10 +5,12 @@ vectors in one run:
 
 - greedy (1 decode per vector);
 - greedy + K beams, keeping the candidate closest to the vector (reranking; counted as 1 + K decodes);
-- training-free correction (``shift``: v + a (v - e), a = 0.5, 1, 2; 3 decodes per step), after each step;
-- the trained corrector (1 decode per step at width 1), after each step, when one is given or named;
-- both corrections again, starting from the greedy text and --start-beams beams (reranking, then correcting),
-  keeping --width candidates per vector between steps.
+- training-free correction (``shift``: v + a (v - e), a = 0.5, 1, 2; 3 decodes per step and kept candidate),
+  after each step;
+- the trained corrector (1 decode per step and kept candidate), after each step, when one is given or named;
+- both corrections again, starting from the greedy text and --start-beams beams (reranking, then correcting).
+
+Every correction keeps --width candidates per vector between steps.
 
 Every system's text is scored by corpus chrF and BLEU (sacrebleu), exact match and the re-embedding cosine, with
 its decodes per vector and seconds.

@@ -52,7 +52,9 @@ def _add_correction_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("correction (see lora_v2t.correct)")
     g.add_argument("--correct-steps", type=int, default=0,
                    help="correct the outputs up to N times (>= 0; default 0): re-embed, rewrite, keep the text "
-                        "closest to the vector; stops early when the cosine stops rising")
+                        "closest to the vector; stops early when the cosine stops rising. With reranking it starts "
+                        "from the best of the greedy text and the beams (generate: --rerank --num-beams K "
+                        "--num-return-sequences K; evaluate: --rerank K, 0 to start from the greedy text)")
     g.add_argument("--corrector",
                    help="corrector bundle folder or hub id (default: the one the adapter names), or 'shift' for "
                         "the training-free correction (decode v + a (v - e), a = 0.5, 1, 2)")
@@ -206,7 +208,8 @@ def _add_evaluate_command(sub) -> None:
     ev = sub.add_parser(
         "evaluate", help="reconstruct a file's sentences from their embeddings and score them",
         description="Encode every sentence of --data with the adapter's encoder (or read --vectors), decode it "
-                    "greedily and with reranking, and report corpus BLEU and chrF, token F1, exact match and "
+                    "greedily and with reranking (and with --correct-steps N, corrected after each step), and "
+                    "report corpus BLEU and chrF, token F1, exact match and "
                     "re-embedding cosine with bootstrap 95% intervals. Writes sentences.tsv, summary.json (which "
                     "records the adapter and its configuration), summary.md and cosine_hist.png into --out, or into "
                     "a new folder eval/<adapter's parent folder>-<adapter folder>-<data file>[-N]; an existing report "
@@ -320,7 +323,7 @@ def _check_decoding(args, config: dict, options: dict) -> None:
 
 def cmd_generate(args) -> int:
     from .adapter import validate_bundle
-    from .correct import check_role
+    from .correct import check_role, reranked_start
     from .encoders import check_texts
     from .hub import resolve_adapter
     from .vectors import to_vectors
@@ -335,6 +338,8 @@ def cmd_generate(args) -> int:
     options = _decoding_options(args, "batch_size")
     _check_decoding(args, config, options)
     correction = _correction(args, config)
+    if correction.steps:
+        reranked_start(dict(options), args.rerank)  # the candidates correction starts from, checked
     v2t = _load(args)
     if texts is not None:
         vectors = v2t.encode(texts)

@@ -1,7 +1,8 @@
 """Iterative correction: hypothesize, re-embed, correct, keep the candidate closest to the target vector.
 
-Step 0 is the hypothesizer's text for each vector v. Each later step re-embeds the candidates kept so far
-(their vectors e) and writes new ones, in one of two ways:
+Step 0 is the hypothesizer's text for each vector v (with ``CorrectionConfig.rerank`` K > 1: that text and K
+beam candidates, reranked by cosine). Each later step re-embeds the candidates kept so far (their vectors e) and
+writes new ones, in one of two ways:
 
 - a trained **corrector**: a second adapter on the same loaded base (switching never reloads it). It reads
   :func:`condition` (v, e and v - e, through its own projector), then the candidate's tokens and EOS, and writes
@@ -13,6 +14,7 @@ beam over corrections), and correction stops early once no vector's best cosine 
 
     v2t = load_adapter("checkpoints/adapters/use-gemma270m-ru-v2")  # names the corrector shipped with it
     v2t.generate(vectors, correct_steps=5)                          # or corrector="shift", or a bundle folder
+    v2t.generate(vectors, correct_steps=2, rerank=True, num_beams=6, num_return_sequences=6)  # from the best of 7
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ from .vectors import cosine_rows, to_vectors
 logger = logging.getLogger(__name__)
 
 SHIFT = "shift"  # CorrectionConfig.corrector for the training-free correction
+SEVERAL_OUTPUTS = ("correction keeps one text per vector: leave num_return_sequences at 1, or rerank the candidates "
+                   "first (rerank=True, --rerank) to correct from the best of them; correct_width keeps several "
+                   "candidates between steps")
 
 
 @dataclass
 class CorrectionConfig:
-    """How :func:`correct` corrects (``steps`` 0: the hypothesis alone)."""
+    """How :func:`correct` corrects (``steps`` 0: the hypothesis, or the reranked candidates, alone)."""
 
     steps: int = 0  # correction steps after the hypothesis
     corrector: str | None = None  # None: the one the hypothesizer names; "shift": no training; else a bundle
@@ -63,7 +68,8 @@ class CorrectionConfig:
 
 @dataclass
 class Trace:
-    """The best text and cosine per vector after each step (0 = the hypothesis), and each step's cost."""
+    """The best text and cosine per vector after each step (0 = the hypothesis, reranked with ``rerank``), and
+    each step's cost."""
 
     texts: list[list[str]] = field(default_factory=list)  # [step][vector]
     cosines: list[np.ndarray] = field(default_factory=list)  # [step] (N,)
@@ -158,15 +164,35 @@ def check_pair(config: dict, hypothesizer: dict, path: Path) -> None:
                            "corrector trained with this hypothesizer")
 
 
+def reranked_start(options: dict, rerank: bool) -> int:
+    """How many beam candidates correction starts from: with ``rerank``, the ``num_return_sequences`` K of the
+    decoding ``options``, popped with ``num_beams`` (step 0 searches K beams; every later decode uses the rest of
+    ``options``); 0 when K is 1 or without ``rerank``. Raises for options that cannot mean this."""
+    if not rerank:
+        if (options.get("num_return_sequences") or 1) > 1:
+            raise V2TError(SEVERAL_OUTPUTS)
+        return 0
+    k = options.pop("num_return_sequences", None) or 1
+    beams = options.pop("num_beams", None)
+    if k == 1:
+        return 0
+    if options.get("do_sample"):
+        raise V2TError("correction from reranked candidates starts from K beams: drop do_sample, or correct without "
+                       "--rerank")
+    if beams is not None and beams != k:
+        raise V2TError(f"correction from reranked candidates searches num_return_sequences={k} beams: give "
+                       f"num_beams={k} (--num-beams {k}) or leave num_beams out")
+    return k
+
+
 # ---------------------------------------------------------------------- the loop
 def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, **options) -> Trace:
     """Hypothesize, then correct ``cfg.steps`` times; see the module's docstring. ``options``: decoding options
     of :func:`lora_v2t.generate.generate` (used for every decode)."""
     target = to_vectors(vectors, v2t.embedding_dim).numpy()
     check_role(v2t.meta, "hypothesizer", v2t.active_adapter)
-    if options.get("num_return_sequences", 1) > 1 or options.get("rerank"):
-        raise V2TError("correction keeps one text per vector: leave num_return_sequences at 1 and rerank off "
-                       "(correct_width keeps several candidates between steps)")
+    if (options.get("num_return_sequences") or 1) > 1 or options.get("rerank"):
+        raise V2TError(SEVERAL_OUTPUTS)
     corrector = None if cfg.steps == 0 or cfg.corrector == SHIFT else use_corrector(v2t, cfg.corrector)
     trace = Trace()
     clock = time.perf_counter()

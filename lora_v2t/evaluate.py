@@ -2,8 +2,8 @@
 
 Metrics, each as a mean with a bootstrap 95% interval: corpus BLEU and chrF (sacrebleu), token F1, exact
 match after whitespace normalisation, and the cosine between the target vector and the re-embedded output.
-Greedy and reranked (N candidates) side by side. Writes ``sentences.tsv``, ``summary.json``, ``summary.md``
-and ``cosine_hist.png`` into the output folder.
+Greedy, reranked (N candidates) and each correction step side by side. Writes ``sentences.tsv``,
+``summary.json``, ``summary.md`` and ``cosine_hist.png`` into the output folder.
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         correction: with ``steps`` > 0, correct the outputs (see :mod:`lora_v2t.correct`) and report every
             step, with the seconds and decodes per vector it cost. With ``rerank`` > 1 correction starts from
             the reranked candidates (columns ``reranked+corrected-N``), else from the greedy output
-            (``corrected-N``).
+            (``corrected-N``); ``rerank`` replaces the ``CorrectionConfig``'s own.
     """
     from .vectors import to_vectors
 

@@ -27,7 +27,7 @@ from .config import (
     RunConfig,
     check_choice,
 )
-from .correct import CorrectionConfig, correct
+from .correct import CorrectionConfig, correct, reranked_start
 from .encoders import Encoder, EncoderCache, check_texts, load_encoder
 from .errors import V2TError
 from .generate import Reranked, generate
@@ -396,17 +396,15 @@ class Vector2Text(nn.Module):
         ``correct_steps`` > 0 corrects the hypotheses that many times at most (see :mod:`lora_v2t.correct`):
         with the corrector the adapter names, or ``corrector`` (a corrector bundle folder or hub id, or
         ``"shift"`` for the training-free correction), keeping ``correct_width`` candidates per vector. With
-        ``rerank=True`` and ``num_return_sequences`` K > 1, correction starts from the greedy text and K beams
-        (the best ``correct_width`` of them by cosine); every correction decodes greedily.
+        ``rerank=True`` and ``num_return_sequences`` K > 1 (``num_beams`` K or unset), correction starts from the
+        greedy text and K beams (the best ``correct_width`` of them by cosine); the corrections decode with the
+        other options.
         """
         if correct_steps == 0 and corrector is None and correct_width == 1:
             return generate(self, vectors, **options)
         rerank = options.pop("rerank", False)
-        beams = options.pop("num_return_sequences", 1) if rerank else 1
-        if beams > 1:
-            options.pop("num_beams", None)
         cfg = CorrectionConfig(steps=correct_steps, corrector=corrector, width=correct_width,
-                               rerank=beams if beams > 1 else 0)
+                               rerank=reranked_start(options, rerank))
         trace = correct(self, vectors, cfg, **options)
         if rerank:
             return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1])]

@@ -4,8 +4,8 @@
         --adapter checkpoints/runs/use-gemma270m-ru/final --recipe recipes/offline_use_gemma270m.yaml \\
         --eval eval/use-gemma270m-ru-dev_conversational eval/... --out checkpoints/adapters/use-gemma270m-ru
 
-The bundle's training summary gets every greedy and reranked BLEU / chrF / cosine of the given evaluation
-reports, and three dev_conversational sentences with their greedy reconstructions (the card shows them and a
+The bundle's training summary gets every greedy, reranked and corrected BLEU / chrF / cosine of the given
+evaluation reports, and three dev_conversational sentences with their greedy reconstructions (the card shows them and a
 slow test checks the adapter still writes exactly those). An adapter trained with `loss_vocab: corpus` by an
 older lora_v2t that did not save its output vocabulary gets it here, rebuilt from the recipe's corpus.
 """
@@ -55,7 +55,7 @@ def main() -> None:
                              f"{expected}: evaluate it again")
         data = Path(summary.get("data") or report.name).stem
         for system, scores in summary["scores"].items():
-            name = system.split()[0]  # greedy, reranked, corrected-N
+            name = system.split()[0]  # greedy, reranked, corrected-N or reranked+corrected-N
             for metric in ("bleu", "chrf", "cosine"):
                 if metric in scores:
                     metrics[f"{data} {name} {metric} (n={summary['sentences']})"] = round(scores[metric]["value"], 4)

@@ -9,6 +9,7 @@ import torch
 
 from lora_v2t import V2TError, load_adapter
 from lora_v2t.correct import SHIFT, CorrectionConfig, condition, correct
+from lora_v2t.generate import reembed_cosines
 from lora_v2t.vectors import cosine_rows
 
 from .conftest import SENTENCES, make_v2t
@@ -152,6 +153,12 @@ def test_correction_without_a_corrector_says_what_to_load(v2t):
     ({"correct_steps": -1}, "correct_steps must be an integer >= 0"),
     ({"correct_steps": 1.5}, "correct_steps must be an integer"),
     ({"correct_steps": 1, "corrector": SHIFT, "correct_width": 0}, "correct_width must be an integer >= 1"),
+    ({"correct_steps": 1, "corrector": SHIFT, "num_beams": 3, "num_return_sequences": 3},
+     r"or rerank the candidates first \(rerank=True"),
+    ({"correct_steps": 1, "corrector": SHIFT, "rerank": True, "num_beams": 4, "num_return_sequences": 2},
+     "give num_beams=2"),
+    ({"correct_steps": 1, "corrector": SHIFT, "rerank": True, "do_sample": True, "num_return_sequences": 2},
+     "drop do_sample"),
 ])
 def test_bad_correction_options_are_refused(v2t, options, message):
     with pytest.raises(V2TError, match=message):
@@ -228,6 +235,12 @@ def test_the_command_line_checks_correction_before_loading_models(tmp_path, bund
     assert "is a hypothesizer, not a corrector" in capsys.readouterr().err
     (hyp_dir / "v2t_config.json").write_text(
         (hyp_dir / "v2t_config.json").read_text().replace('"../corr"', "null"))
+    assert main(base + ["--correct-steps", "1", "--corrector", "shift", "--num-beams", "2",
+                        "--num-return-sequences", "2"]) == 2
+    assert "or rerank the candidates first" in capsys.readouterr().err
+    assert main(base + ["--correct-steps", "1", "--corrector", "shift", "--rerank", "--num-beams", "3",
+                        "--num-return-sequences", "2"]) == 2
+    assert "give num_beams=2 (--num-beams 2)" in capsys.readouterr().err
     assert main(base + ["--correct-steps", "1"]) == 2
     assert "names no corrector" in capsys.readouterr().err
 
@@ -288,10 +301,13 @@ def test_evaluate_with_reranking_corrects_from_the_reranked_candidates(v2t, tmp_
     assert list(summary["scores"]) == ["greedy", reranked] + [f"reranked+corrected-{s}" for s in range(1, steps + 1)]
     assert summary["correction"]["starts_from"] == "reranked"
     assert summary["correction"]["decodes_per_vector_per_step"][0] == 4  # greedy + 3 beams
-    for name in ("greedy", reranked):  # the same texts as without correction
-        assert summary["scores"][name] == plain["scores"][name]
+    for name in ("greedy", reranked):  # the same systems as without correction
+        for metric, value in summary["scores"][name].items():
+            assert value["value"] == pytest.approx(plain["scores"][name][metric]["value"], abs=1e-3), (name, metric)
     cosine = {name: s["cosine"]["value"] for name, s in summary["scores"].items()}
     assert cosine["reranked+corrected-1"] >= cosine[reranked] - 1e-6 and cosine[reranked] >= cosine["greedy"] - 1e-6
+    header = (tmp_path / "report" / "sentences.tsv").read_text(encoding="utf-8").splitlines()[0].split("\t")
+    assert len(header) == len(set(header)) and "reranked+corrected-1_output" in header
 
 
 def test_generate_with_reranked_beams_corrects_from_the_best_of_them(v2t):
@@ -299,10 +315,20 @@ def test_generate_with_reranked_beams_corrects_from_the_best_of_them(v2t):
     beams = {"num_beams": 3, "num_return_sequences": 3, "max_new_tokens": 10}
     reranked = v2t.generate(vectors, rerank=True, **beams)
     corrected = v2t.generate(vectors, rerank=True, correct_steps=1, corrector=SHIFT, **beams)
-    trace = correct(v2t, vectors, CorrectionConfig(steps=1, corrector=SHIFT, rerank=3), max_new_tokens=10)
-    assert [c.text for c in corrected] == trace.final
-    for before, after in zip(reranked, corrected):
+    for before, after in zip(reranked, corrected):  # the beams were candidates, and correction only adds
         assert after.cosine >= before.cosine - 1e-5
+    greedy = v2t.generate(vectors, max_new_tokens=10)  # competes too
+    best = np.maximum(reembed_cosines(v2t, greedy, vectors, empty=-1.0), [r.cosine for r in reranked])
+    assert np.all(np.array([c.cosine for c in corrected]) >= best - 1e-5)
+
+
+def test_a_wider_correction_from_reranked_beams_corrects_each_kept_candidate(v2t):
+    vectors = v2t.encode(SENTENCES[:3])
+    trace = correct(v2t, vectors, CorrectionConfig(steps=1, corrector=SHIFT, rerank=3, width=2, min_gain=0.0),
+                    max_new_tokens=10)
+    assert trace.decodes == [4, 6]  # greedy + 3 beams; 3 shifts for each of 2 kept candidates
+    assert np.all(trace.cosines[0] >= trace.greedy_cosines - 1e-6)
+    assert np.all(trace.cosines[1] >= trace.cosines[0] - 1e-6)
 
 
 def test_evaluate_scores_correction_steps_with_the_cosines_correction_computed(v2t, tmp_path, monkeypatch):

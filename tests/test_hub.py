@@ -249,10 +249,13 @@ def test_card_metrics_come_from_the_training_summary(bundle):
     config = validate_bundle(bundle)
     assert "model-index" not in card_metadata(config)  # no metrics: no results
     config["training"]["metrics"] = {"val_loss": 2.5, "dev greedy bleu (n=10)": 12.0, "note": "text",
-                                     "dev reranked+corrected-2 chrf (n=10)": 40.5}
+                                     "news reranked chrf (n=10)": 30.5, "dev corrected-3 cosine (n=10)": 0.8,
+                                     "dev reranked+corrected-2 chrf (n=10)": 40.5, "dev sampled bleu (n=1)": 1.0}
     results = card_metadata(config)["model-index"][0]["results"]
     found = {(r["dataset"]["name"], m["type"], m["value"]) for r in results for m in r["metrics"]}
-    assert found == {("validation", "loss", 2.5), ("dev", "bleu", 12.0), ("dev", "chrf", 40.5)}
+    assert found == {("validation", "loss", 2.5), ("dev", "bleu", 12.0), ("news", "chrf", 30.5),
+                     ("dev", "cosine", 0.8), ("dev", "chrf", 40.5),
+                     ("validation", "dev sampled bleu (n=1)", 1.0)}  # not a decoding lora_v2t reports
 
 
 # ---------------------------------------------------------------------- pushing
