@@ -173,9 +173,9 @@ def reranked_start(options: dict, rerank: bool) -> int:
             raise V2TError(SEVERAL_OUTPUTS)
         return 0
     k = options.pop("num_return_sequences", None) or 1
-    beams = options.pop("num_beams", None)
     if k == 1:
-        return 0
+        return 0  # nothing to rerank: every decode keeps the given num_beams
+    beams = options.pop("num_beams", None)
     if options.get("do_sample"):
         raise V2TError("correction from reranked candidates starts from K beams: drop do_sample, or correct without "
                        "--rerank")

@@ -322,6 +322,15 @@ def test_generate_with_reranked_beams_corrects_from_the_best_of_them(v2t):
     assert np.all(np.array([c.cosine for c in corrected]) >= best - 1e-5)
 
 
+def test_reranking_one_sequence_keeps_the_beam_width_for_every_decode():
+    from lora_v2t.correct import reranked_start
+
+    options = {"num_beams": 3, "num_return_sequences": 1, "max_new_tokens": 5}
+    assert reranked_start(options, rerank=True) == 0 and options == {"num_beams": 3, "max_new_tokens": 5}
+    options = {"num_beams": 3, "num_return_sequences": 3}
+    assert reranked_start(options, rerank=True) == 3 and options == {}
+
+
 def test_a_wider_correction_from_reranked_beams_corrects_each_kept_candidate(v2t):
     vectors = v2t.encode(SENTENCES[:3])
     trace = correct(v2t, vectors, CorrectionConfig(steps=1, corrector=SHIFT, rerank=3, width=2, min_gain=0.0),
