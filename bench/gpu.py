@@ -11,13 +11,17 @@ up to that size) and a random LaBSE-shaped sentence-transformers encoder (BERT 1
             process and reports it) and the GPU's memory.used peak polled with nvidia-smi.
   training  one optimizer step of each training mode on the same batch (16 x 64 tokens): full fine-tuning
             fp32 (the baseline) and with bf16 autocast; LoRA + projector 8-bit with and without gradient
-            checkpointing, 4-bit nf4 with checkpointing, bf16 without. Peak allocated memory and s/step,
-            as ratios against the fp32 baseline measured in the same run.
+            checkpointing, with LoRA dropout 0, with dropout 0 and LLM.int8 threshold 0; 4-bit nf4 with
+            checkpointing, bf16 without. Peak allocated memory and s/step, as ratios against the fp32
+            baseline measured in the same run.
   decoding  greedy tokens/s at batch 32, 128, 512: lora_v2t's v2t.generate, with the dynamic and the static
             (compiled) KV cache, against transformers' own model.generate(inputs_embeds=...) on the same peft
             model and prefix, and with --older DIR an older lora_v2t's v2t.generate (child process). Each path
             is timed at its second full-length call at that batch. Tokens are counted up to and including
-            each row's first EOS (the padding after it is not counted).
+            each row's first EOS (the padding after it is not counted). With --profile, one more static call
+            at the largest batch runs under torch.profiler: the device's busy time against the wall time, and
+            the operators that take the most device and host time. --static-attention adds static rows with
+            another attention (eager, or SDPA without cuDNN).
 
     python bench/gpu.py                          # all sections (on one H100, about 3 minutes for decoding at
                                                  # 128 and 512 with training, 2.5 for e2e)
@@ -32,11 +36,13 @@ Without a CUDA GPU it stops at once (exit status 2) unless --smoke is given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
 import os
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -69,14 +75,38 @@ SMOKE = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128, "vocab": 3
          "enc_max_seq": 64, "dim": 32, "batch": 2, "tokens": 8, "corpus": 60, "val_size": 4,
          "decode_batches": [2, 4], "new_tokens": 4, "e2e_steps": 2, "e2e_more": 1, "eval_limit": 4}
 
-# (key, label, trainable, quantization, bf16 autocast, gradient checkpointing); the first is the baseline
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """One training mode of section (b); ``create`` holds extra ``Vector2Text.create`` arguments. ``stock_gelu``
+    puts back transformers' elementwise ``gelu_new``, which lora_v2t's loader fuses (the original experiment's
+    model, and this code's before the fusion)."""
+
+    key: str
+    label: str
+    trainable: str
+    quantization: str
+    autocast: bool
+    checkpointing: bool
+    create: dict = dataclasses.field(default_factory=dict)
+    stock_gelu: bool = False
+
+
+# the first is the baseline
 MODES = [
-    ("full_fp32", "full fine-tuning, fp32 (baseline)", "full", "none", False, False),
-    ("full_bf16", "full fine-tuning, bf16 autocast", "full", "none", True, False),
-    ("lora_8bit_ckpt", "LoRA + projector, 8-bit, checkpointing", "lora", "8bit", True, True),
-    ("lora_8bit", "LoRA + projector, 8-bit", "lora", "8bit", True, False),
-    ("lora_4bit_ckpt", "LoRA + projector, 4-bit nf4, checkpointing", "lora", "4bit", True, True),
-    ("lora_bf16", "LoRA + projector, bf16", "lora", "none", True, False),
+    Mode("full_fp32", "full fine-tuning, fp32 (baseline)", "full", "none", False, False, stock_gelu=True),
+    Mode("full_bf16", "full fine-tuning, bf16 autocast", "full", "none", True, False, stock_gelu=True),
+    Mode("lora_8bit_ckpt", "LoRA + projector, 8-bit, checkpointing", "lora", "8bit", True, True),
+    Mode("lora_8bit_stock", "LoRA + projector, 8-bit, stock gelu_new (before)", "lora", "8bit", True, False,
+         stock_gelu=True),
+    Mode("lora_8bit", "LoRA + projector, 8-bit", "lora", "8bit", True, False),
+    Mode("lora_8bit_d0", "LoRA + projector, 8-bit, LoRA dropout 0", "lora", "8bit", True, False,
+         {"lora_dropout": 0.0}),
+    Mode("lora_8bit_d0_t0", "LoRA + projector, 8-bit, dropout 0, int8 threshold 0", "lora", "8bit", True, False,
+         {"lora_dropout": 0.0, "int8_threshold": 0.0}),
+    Mode("lora_4bit_ckpt", "LoRA + projector, 4-bit nf4, checkpointing", "lora", "4bit", True, True),
+    Mode("lora_bf16", "LoRA + projector, bf16", "lora", "none", True, False),
 ]
 # from the issue's reporter: a scratch run on an H200 (not this script), torch peak allocated, batch 16 x 64
 REFERENCE_H200 = {"full_fp32": (0.152, 14.39), "full_bf16": (0.089, 14.39), "lora_8bit_ckpt": (0.359, 3.45),
@@ -232,6 +262,19 @@ for batch in ARGS["batches"]:
     out[batch] = {"s": time.perf_counter() - t0, "texts": texts}
 json.dump(out, open(ARGS["result"], "w", encoding="utf-8"))
 """
+
+
+def stock_gelu(model) -> int:
+    """Put transformers' elementwise ``gelu_new`` back where lora_v2t's loader fused it; returns how many."""
+    from transformers.activations import GELUTanh, get_activation
+
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, GELUTanh):
+                setattr(module, name, get_activation("gelu_new"))
+                swapped += 1
+    return swapped
 
 
 def free_memory() -> None:
@@ -414,10 +457,14 @@ class Bench:
         if proc.returncode != 0:
             record["output_tail"] = output[-3000:]
         record["_output"] = output
+        found = re.search(r"peak memory: ([\d.]+) GiB measured, ([\d.]+) GiB estimated", output)
+        if found:  # the trainer's own check of its estimate against its measured peak
+            record["trainer_peak_measured_gib"], record["trainer_peak_estimated_gib"] = map(float, found.groups())
         peak = record.get("torch_peak_allocated_gib")
         log(f"[e2e] {name:<9} rc {proc.returncode}  {wall:6.1f} s" +
             (f"  torch peak {peak:.2f} GiB" if peak is not None else "") +
-            (f"  nvidia-smi peak {record['nvidia_smi_peak_mib']} MiB" if record.get("nvidia_smi_peak_mib") else ""))
+            (f"  nvidia-smi peak {record['nvidia_smi_peak_mib']} MiB" if record.get("nvidia_smi_peak_mib") else "") +
+            (f"  trainer: {record['trainer_peak_estimated_gib']} GiB estimated" if found else ""))
         return record
 
     def section_e2e(self) -> dict:
@@ -500,22 +547,24 @@ class Bench:
         return checks
 
     # ------------------------------------------------------------------ (b) training modes
-    def measure_mode(self, key: str, label: str, trainable: str, quantization: str, autocast: bool,
-                     checkpointing: bool) -> dict:
+    def measure_mode(self, mode: Mode) -> dict:
         import torch
 
         from lora_v2t import Vector2Text
 
         s = self.shapes
-        record = {"mode": key, "label": label, "trainable": trainable, "quantization": quantization,
-                  "bf16_autocast": autocast, "gradient_checkpointing": checkpointing}
+        record = {"mode": mode.key, "label": mode.label, "trainable": mode.trainable,
+                  "quantization": mode.quantization, "bf16_autocast": mode.autocast,
+                  "gradient_checkpointing": mode.checkpointing} | mode.create
         free_memory()
         before = torch.cuda.memory_allocated() if self.cuda else 0
         start = time.perf_counter()
         v2t = Vector2Text.create(backbone=str(self.backbone), encoder=f"precomputed:{s['dim']}", projector="mlp",
-                                 quantization=quantization, trainable=trainable, device=self.device, seed=0)
+                                 quantization=mode.quantization, trainable=mode.trainable, device=self.device,
+                                 seed=0, **mode.create)
         record["create_s"] = round(time.perf_counter() - start, 1)
-        if checkpointing:
+        record["gelu"] = f"stock ({stock_gelu(v2t.base_model)} put back)" if mode.stock_gelu else "fused"
+        if mode.checkpointing:
             v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         params = v2t.trainable_parameters()
         for p in params:
@@ -536,7 +585,7 @@ class Bench:
             if self.cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with torch.autocast(self.device, dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(self.device, dtype=torch.bfloat16, enabled=mode.autocast):
                 loss = v2t.forward(vectors, input_ids, attention_mask).loss
             loss.backward()
             optimizer.step()
@@ -559,22 +608,23 @@ class Bench:
 
     def section_training(self) -> dict:
         s = self.shapes
-        wanted = self.args.modes.split(",") if self.args.modes else [m[0] for m in MODES]
+        wanted = self.args.modes.split(",") if self.args.modes else [m.key for m in MODES]
         section = {"batch": s["batch"], "tokens": s["tokens"], "warmup_steps": self.args.warmup,
-                   "timed_steps": self.args.steps, "baseline": MODES[0][0], "optimizer": "torch.optim.AdamW",
+                   "timed_steps": self.args.steps, "baseline": MODES[0].key, "optimizer": "torch.optim.AdamW",
                    "peak_memory_method": "torch.cuda.max_memory_allocated after reset_peak_memory_stats once the "
                    "model is built, minus what was allocated before building it" if self.cuda else
                    "none (CPU smoke run)", "modes": []}
         self.results["training"] = section
-        for key, label, trainable, quantization, autocast, checkpointing in MODES:
-            if key not in wanted:
+        for mode in MODES:
+            if mode.key not in wanted:
                 continue
-            log(f"[training] {label} ...")
+            log(f"[training] {mode.label} ...")
             try:
-                record = self.measure_mode(key, label, trainable, quantization, autocast, checkpointing)
+                record = self.measure_mode(mode)
             except Exception as exc:  # noqa: BLE001 - an OOM or a library failure is a result, not a crash
-                bnb_on_cpu = self.smoke and quantization in ("8bit", "4bit")
-                record = {"mode": key, "label": label, ("skipped" if bnb_on_cpu else "error"): error_record(exc)}
+                bnb_on_cpu = self.smoke and mode.quantization in ("8bit", "4bit")
+                record = {"mode": mode.key, "label": mode.label,
+                          ("skipped" if bnb_on_cpu else "error"): error_record(exc)}
             free_memory()
             section["modes"].append(record)
             self.add_ratios(section)
@@ -647,8 +697,12 @@ class Bench:
             if older.get(batch):
                 row |= self.path_row("older", older[batch]["s"], tokens, plain_s, older[batch]["texts"], plain_texts)
             row |= self.static_row(v2t, vec, ours, tokens, plain_s, plain_texts)
+            for variant in self.static_variants():
+                row |= self.static_variant_row(variant, v2t, vec, ours, tokens, plain_s, plain_texts)
+            if self.args.profile and batch == max(batches):
+                row["static_profile"] = self.profile_static(v2t, vec, ours)
             if older.get(batch):
-                for path in ("v2t", "v2t_static"):
+                for path in ["v2t", "v2t_static"] + [f"v2t_static_{v}" for v in self.static_variants()]:
                     if f"{path}_s" in row:
                         row[f"{path}_vs_older"] = round(row["older_s"] / row[f"{path}_s"], 3)
             row["peak_allocated_gib"] = gib(torch.cuda.max_memory_allocated()) if self.cuda else None
@@ -688,6 +742,67 @@ class Bench:
             return {"v2t_static_error": error_record(exc)}
         return self.path_row("v2t_static", seconds, tokens, plain_s, texts, plain_texts) | {
             "v2t_static_first_call_s": round(first_s, 2)}
+
+    def static_variants(self) -> list[str]:
+        return [v for v in (self.args.static_attention or "").split(",") if v]
+
+    def static_variant_row(self, variant: str, v2t, vec, ours: dict, tokens: int, plain_s: float,
+                           plain_texts: list[str]) -> dict:
+        """The static path with another attention: ``eager`` (transformers' implementation, set on the base model
+        for this row only; GPT-2 has no ``flex_attention``), or ``sdpa-no-cudnn`` (SDPA without its cuDNN backend, which
+        took half of the compiled step's device time at batch 512 on an H100)."""
+        from contextlib import nullcontext
+
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        base = v2t.base_model
+        implementation = "sdpa" if variant == "sdpa-no-cudnn" else variant
+        context = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]) \
+            if variant == "sdpa-no-cudnn" else nullcontext()
+        before = base.config._attn_implementation
+        path = f"v2t_static_{variant}"
+        try:
+            base.set_attn_implementation(implementation)
+            with context:
+                _, first_s = self.timed(v2t.generate, vec, **ours, cache="static")
+                texts, seconds = self.timed(v2t.generate, vec, **ours, cache="static")
+        except Exception as exc:  # noqa: BLE001 - a variant that fails is a result
+            log(f"[decoding]   static, {variant} attention: {error_record(exc)}")
+            return {f"{path}_error": error_record(exc)}
+        finally:
+            base.set_attn_implementation(before)
+        row = self.path_row(path, seconds, tokens, plain_s, texts, plain_texts) | {
+            f"{path}_first_call_s": round(first_s, 2)}
+        log(f"[decoding]   static, {variant} attention: {row[path + '_tokens_per_s']:.0f} tok/s "
+            f"({row[path + '_vs_plain']:.2f}x plain, first call {first_s:.1f} s), same text {row[path + '_same_text']}")
+        return row
+
+    def profile_static(self, v2t, vec, ours: dict) -> dict:
+        """One warm static-cache call under torch.profiler: where its wall time goes, device and host."""
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        try:
+            with profile(activities=activities) as prof:
+                _, seconds = self.timed(v2t.generate, vec, **ours, cache="static")
+        except Exception as exc:  # noqa: BLE001 - a profiler failure is a result
+            return {"error": error_record(exc)}
+        events = prof.key_averages()
+
+        def top(attr: str) -> list[str]:
+            ranked = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:12]
+            return [f"{getattr(e, attr) / 1000:.1f} ms {e.count}x {e.key[:90]}" for e in ranked]
+
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # the operators' own rows repeat them
+        busy_ms = sum(e.self_device_time_total for e in kernels) / 1000
+        result = {"wall_s_profiled": round(seconds, 4), "device_busy_ms": round(busy_ms, 1),
+                  "device_busy_share": round(busy_ms / 1000 / seconds, 3), "top_device": top("self_device_time_total"),
+                  "top_host": top("self_cpu_time_total")}
+        log(f"[decoding]   profile of one static call: {seconds:.3f} s wall, device busy {busy_ms:.0f} ms")
+        for line in result["top_device"][:6] + result["top_host"][:6]:
+            log(f"[decoding]     {line}")
+        return result
 
     def older_decoding(self, quantization: str, vectors, batches: list[int], new_tokens: int) -> dict:
         """``v2t.generate`` of the code in ``--older`` (today's path before issue 11) on ``vectors``, in a child
@@ -763,18 +878,18 @@ class Bench:
         if "training" in r:
             log(f"\n(b) training modes, batch {r['training']['batch']} x {r['training']['tokens']} tokens "
                 f"(ratios against full fine-tuning fp32, same run; H200 reference from the issue, not this script)")
-            log(f"  {'mode':<44}{'s/step':>8}{'peak GiB':>10}{'memory':>9}{'speed':>8}{'ref s':>8}{'ref GiB':>9}")
+            log(f"  {'mode':<54}{'s/step':>8}{'peak GiB':>10}{'memory':>9}{'speed':>8}{'ref s':>8}{'ref GiB':>9}")
             for x in r["training"].get("modes", []):
                 ref = REFERENCE_H200.get(x["mode"], (None, None))
                 if "s_per_step" not in x:
-                    log(f"  {x['label']:<44}  {'skipped' if 'skipped' in x else 'ERROR'}: "
+                    log(f"  {x['label']:<54}  {'skipped' if 'skipped' in x else 'ERROR'}: "
                         f"{x.get('skipped') or x.get('error')}")
                     continue
                 mem = x.get("memory_vs_full_fp32")
                 speed = x.get("speed_vs_full_fp32")
-                log(f"  {x['label']:<44}{x['s_per_step']:>8.3f}{str(x.get('peak_allocated_gib', '-')):>10}"
+                log(f"  {x['label']:<54}{x['s_per_step']:>8.3f}{str(x.get('peak_allocated_gib', '-')):>10}"
                     f"{'-' if mem is None else f'{mem:.0%}':>9}{'-' if speed is None else f'{speed:.2f}x':>8}"
-                    f"{ref[0]:>8}{ref[1]:>9}")
+                    f"{'-' if ref[0] is None else ref[0]:>8}{'-' if ref[1] is None else ref[1]:>9}")
         if "decoding" in r:
             log(f"\n(c) greedy decoding, {r['decoding']['max_new_tokens']} new tokens, tokens/s (each path timed at "
                 f"its second full-length call at that batch; older: --older's code)")
@@ -836,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="timed optimizer steps per training mode (default 10; smoke 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; smoke 1)")
     parser.add_argument("--modes", help=f"comma-separated training modes (default all: "
-                                        f"{', '.join(m[0] for m in MODES)})")
+                                        f"{', '.join(m.key for m in MODES)})")
     parser.add_argument("--e2e-steps", type=int, help="training steps of the CLI run (default 30; --resume adds 10)")
     parser.add_argument("--decode-batches", help="comma-separated batch sizes (default 32,128,512)")
     parser.add_argument("--new-tokens", type=int, help="new tokens per decoded sequence (default 32)")
@@ -845,6 +960,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--older", metavar="DIR",
                         help="a folder holding an older lora_v2t/ (python bench/older.py REV DIR writes one): "
                              "decoding adds a row for its v2t.generate, run in a child process")
+    parser.add_argument("--static-attention", metavar="LIST",
+                        help="comma-separated attention variants for more static-cache rows: eager (transformers' "
+                             "eager attention), sdpa-no-cudnn (SDPA without its cuDNN backend); each compiles again")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more static-cache call at the largest decoding batch (torch.profiler)")
     parser.add_argument("--encoder-vocab", type=int,
                         help="rows of the encoder's token embedding (default LaBSE's 501153)")
     parser.add_argument("--work-dir", help="where the models and runs go (kept, and models reused); "
@@ -860,7 +980,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_e2e:
         sections = [s for s in sections if s != "e2e"]
     if args.modes:
-        bad = sorted(set(args.modes.split(",")) - {m[0] for m in MODES})
+        bad = sorted(set(args.modes.split(",")) - {m.key for m in MODES})
         if bad:
             parser.error(f"unknown mode(s) {bad}")
     import torch

@@ -216,6 +216,26 @@ def cpu_4bit_problem(model) -> str | None:
     return None
 
 
+def fuse_tanh_gelu(model: torch.nn.Module) -> int:
+    """Swap transformers' elementwise tanh-approximation GELUs (``gelu_new``, ``gelu_fast``: GPT-2, ruGPT-3,
+    GPT-J, GPT-Neo) for the same function in one fused kernel (``gelu_pytorch_tanh``); returns how many.
+
+    The elementwise form keeps four full-width tensors of the MLP for the backward pass, the fused one keeps its
+    input only: for ruGPT-3 large that is 3 x 6,144 values per token and block less activation memory in
+    training, and fewer kernels per step. The outputs agree to rounding (transformers documents the two as
+    equivalent); the base model is never saved, so adapters are unaffected.
+    """
+    from transformers.activations import FastGELUActivation, NewGELUActivation, get_activation
+
+    swapped = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, (NewGELUActivation, FastGELUActivation)):
+                setattr(module, child_name, get_activation("gelu_pytorch_tanh"))
+                swapped += 1
+    return swapped
+
+
 def load_backbone(name: str, quantization: str = "auto", device: str | None = None,
                   dtype: torch.dtype | None = None, int8_threshold: float = INT8_THRESHOLD):
     """Load a frozen causal LM and its tokenizer.
@@ -261,6 +281,7 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
             raise V2TError(f"backbone {name!r} cannot run in 4-bit on the CPU: {problem}; "
                            "use quantization 8bit or none (--quantization 8bit)")
     model.eval()
+    fuse_tanh_gelu(model)
     for param in model.parameters():
         param.requires_grad_(False)
     if tokenizer.pad_token_id is None:

@@ -9,15 +9,16 @@ import torch
 
 from .config import RunConfig
 
-# Activations a layer keeps for the backward pass, in tensors of (batch, tokens, hidden): calibrated on the H200 runs
-# of bench/gpu.py (ruGPT-3 large, 8-bit, batch 16 x 65, 24 layers of 1536): the step without checkpointing used
-# 3.23 GiB more than with, 45 such tensors per layer more.
-ACTIVATIONS_PER_LAYER = 47
+# Activations a layer keeps for the backward pass, in tensors of (batch, tokens, hidden): calibrated on an H100 run
+# of bench/gpu.py (ruGPT-3 large shapes, 8-bit, bf16 autocast, the MLP's GELU fused by the loader, batch 16 x 65,
+# 24 layers of 1536): the step peaked at 4.62 GiB, 3.12 beyond its weights, optimizer state and logits, 43.6 such
+# tensors per layer. (Before the GELU was fused the same step peaked at 6.33 GiB.)
+ACTIVATIONS_PER_LAYER = 44
 ACTIVATIONS_PER_LAYER_CHECKPOINTED = 2
-# The share of free GPU memory a step may plan to use without gradient checkpointing: the estimate leaves out the
-# 8-bit layers' state, cuBLAS workspaces and fragmentation. The H200 run above peaked at 6.68 GiB, about 5.9 beyond
-# its weights, where this arithmetic gives about 4.05: with 0.5, an 8 GB card (about 6.6 GiB free after the weights)
-# checkpoints, a 10 GB one does not.
+# The share of free GPU memory a step may plan to use without gradient checkpointing: the estimate leaves out
+# cuBLAS workspaces, the allocator's fragmentation and, with checkpointing, the recomputed layer (the checkpointed
+# step above peaked at 3.39 GiB where this arithmetic gives 1.64). With 0.5, an 8 GB card (about 6.5 GiB free after
+# the weights) checkpoints the default recipe's 16 x 65 step (3.8 GiB beyond the weights); a 10 GB one does not.
 HEADROOM = 0.5
 
 

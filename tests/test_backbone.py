@@ -16,6 +16,40 @@ def test_backbone_loads_frozen_with_a_pad_token(tiny_backbone_dir):
     assert not model.training
 
 
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of ``fn()``."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+def test_tanh_gelu_is_fused_with_the_stock_outputs_and_less_kept_for_backward(tiny_backbone_64_dir):
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import NewGELUActivation
+
+    stock = AutoModelForCausalLM.from_pretrained(tiny_backbone_64_dir).eval()
+    assert stock.config.activation_function == "gelu_new"
+    model, _ = load_backbone(tiny_backbone_64_dir, quantization="none", device="cpu")
+    assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+    assert sum(isinstance(m, NewGELUActivation) for m in stock.modules()) == stock.config.n_layer
+    embeds = torch.randn(3, 7, stock.config.n_embd, requires_grad=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs_embeds=embeds).logits, stock(inputs_embeds=embeds).logits,
+                                   rtol=1e-5, atol=1e-5)
+    for p in stock.parameters():
+        p.requires_grad_(False)
+    kept = {name: saved_bytes(lambda m=m: m(inputs_embeds=embeds).logits) for name, m in
+            (("stock", stock), ("fused", model))}
+    mlp_inner = 4 * stock.config.n_embd  # three fewer tensors of this width per block and token
+    assert kept["stock"] - kept["fused"] >= 3 * mlp_inner * 4 * 21 * stock.config.n_layer
+
+
 def test_auto_quantization_is_8bit_on_cuda_and_none_on_cpu():
     assert resolve_quantization("auto", torch.device("cuda")) == "8bit"
     assert resolve_quantization("auto", torch.device("cpu")) == "none"
