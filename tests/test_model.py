@@ -137,6 +137,26 @@ def test_the_subset_loss_is_the_softmax_over_its_vocabulary(v2t):
             v2t.forward(vectors, **batch, loss_vocab=vocab[vocab != v2t.tokenizer.eos_token_id])
 
 
+def test_the_subset_loss_computes_its_logits_in_fp32_under_bf16_autocast(v2t):
+    batch = v2t.tokenize(SENTENCES[:3])
+    vocab = torch.unique(torch.cat([batch["input_ids"].flatten(), torch.tensor([v2t.tokenizer.eos_token_id])]))
+    loss_fn = SubsetLoss(v2t.base_model, vocab)
+    with torch.no_grad():
+        inputs = v2t.build_inputs(torch.randn(3, v2t.embedding_dim, generator=torch.Generator().manual_seed(1)),
+                                  **batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(inputs)
+            body = getattr(v2t.base_model, v2t.base_model.base_model_prefix)
+            hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"])[0]
+        labels = inputs["labels"][:, 1:]
+        keep = labels != -100
+        head = v2t.base_model.get_output_embeddings().weight[vocab]
+        logits = hidden[:, :-1][keep].float() @ head.float().T  # the same hidden states, the head in fp32
+        expected = torch.nn.functional.cross_entropy(logits, torch.searchsorted(vocab, labels[keep]))
+    assert loss.dtype == torch.float32
+    assert abs(float(loss) - float(expected)) < 1e-5
+
+
 def test_the_subset_loss_trains_an_output_layer_that_trains(v2t):
     """Fully fine-tuned, the output layer changes at every step: its rows are gathered at every call, with
     gradients."""
