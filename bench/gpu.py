@@ -794,7 +794,9 @@ class Bench:
             ranked = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:12]
             return [f"{getattr(e, attr) / 1000:.1f} ms {e.count}x {e.key[:90]}" for e in ranked]
 
-        kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # the operators' own rows repeat them
+        # kernels only: the operators' rows repeat them, and so do annotations such as "## Call CompiledFxGraph ##"
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.key.startswith("##")
+                   and not getattr(e, "is_user_annotation", False)]
         busy_ms = sum(e.self_device_time_total for e in kernels) / 1000
         result = {"wall_s_profiled": round(seconds, 4), "device_busy_ms": round(busy_ms, 1),
                   "device_busy_share": round(busy_ms / 1000 / seconds, 3), "top_device": top("self_device_time_total"),
