@@ -11,9 +11,10 @@ up to that size) and a random LaBSE-shaped sentence-transformers encoder (BERT 1
             process and reports it) and the GPU's memory.used peak polled with nvidia-smi.
   training  one optimizer step of each training mode on the same batch (16 x 64 tokens): full fine-tuning
             fp32 (the baseline) and with bf16 autocast; LoRA + projector 8-bit with and without gradient
-            checkpointing, with LoRA dropout 0, with dropout 0 and LLM.int8 threshold 0; 4-bit nf4 with
+            checkpointing, with LoRA dropout 0, with dropout 0 and LLM.int8 threshold 0, with transformers'
+            stock elementwise gelu_new put back (the code before the loader fused it); 4-bit nf4 with
             checkpointing, bf16 without. Peak allocated memory and s/step, as ratios against the fp32
-            baseline measured in the same run.
+            baseline measured in the same run (full fine-tuning with the stock gelu_new: the original experiment).
   decoding  greedy tokens/s at batch 32, 128, 512: lora_v2t's v2t.generate, with the dynamic and the static
             (compiled) KV cache, against transformers' own model.generate(inputs_embeds=...) on the same peft
             model and prefix, and with --older DIR an older lora_v2t's v2t.generate (child process). Each path
@@ -76,7 +77,6 @@ SMOKE = {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128, "vocab": 3
          "decode_batches": [2, 4], "new_tokens": 4, "e2e_steps": 2, "e2e_more": 1, "eval_limit": 4}
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Mode:
     """One training mode of section (b); ``create`` holds extra ``Vector2Text.create`` arguments. ``stock_gelu``
@@ -108,9 +108,10 @@ MODES = [
     Mode("lora_4bit_ckpt", "LoRA + projector, 4-bit nf4, checkpointing", "lora", "4bit", True, True),
     Mode("lora_bf16", "LoRA + projector, bf16", "lora", "none", True, False),
 ]
+STATIC_ATTENTION = ("eager", "sdpa-no-cudnn")  # --static-attention variants
 # from the issue's reporter: a scratch run on an H200 (not this script), torch peak allocated, batch 16 x 64
 REFERENCE_H200 = {"full_fp32": (0.152, 14.39), "full_bf16": (0.089, 14.39), "lora_8bit_ckpt": (0.359, 3.45),
-                  "lora_8bit": (0.201, 6.68), "lora_4bit_ckpt": (0.228, 1.39), "lora_bf16": (0.080, 5.19)}
+                  "lora_8bit_stock": (0.201, 6.68), "lora_4bit_ckpt": (0.228, 1.39), "lora_bf16": (0.080, 5.19)}
 
 SUBJECTS = ["Я", "Мы", "Он", "Она", "Они", "Кошка", "Мой друг", "Учитель", "Сосед", "Бабушка", "Мама", "Брат"]
 VERBS = ["читает", "видит", "любит", "ищет", "покупает", "рисует", "несёт", "ждёт", "строит", "чинит"]
@@ -265,16 +266,13 @@ json.dump(out, open(ARGS["result"], "w", encoding="utf-8"))
 
 
 def stock_gelu(model) -> int:
-    """Put transformers' elementwise ``gelu_new`` back where lora_v2t's loader fused it; returns how many."""
-    from transformers.activations import GELUTanh, get_activation
+    """Put transformers' elementwise ``gelu_new`` back where lora_v2t's loader fused it (every fused tanh-GELU: meant
+    for the GPT-2 shapes here, it would also turn Gemma's own into ``gelu_new``); returns how many."""
+    from transformers.activations import get_activation
 
-    swapped = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, GELUTanh):
-                setattr(module, name, get_activation("gelu_new"))
-                swapped += 1
-    return swapped
+    from lora_v2t.backbone import replace_activations
+
+    return replace_activations(model, (type(get_activation("gelu_pytorch_tanh")),), "gelu_new")
 
 
 def free_memory() -> None:
@@ -697,10 +695,10 @@ class Bench:
             if older.get(batch):
                 row |= self.path_row("older", older[batch]["s"], tokens, plain_s, older[batch]["texts"], plain_texts)
             row |= self.static_row(v2t, vec, ours, tokens, plain_s, plain_texts)
-            for variant in self.static_variants():
-                row |= self.static_variant_row(variant, v2t, vec, ours, tokens, plain_s, plain_texts)
             if self.args.profile and batch == max(batches):
                 row["static_profile"] = self.profile_static(v2t, vec, ours)
+            for variant in self.static_variants():  # after the profile: each compiles again
+                row |= self.static_variant_row(variant, v2t, vec, ours, tokens, plain_s, plain_texts)
             if older.get(batch):
                 for path in ["v2t", "v2t_static"] + [f"v2t_static_{v}" for v in self.static_variants()]:
                     if f"{path}_s" in row:
@@ -753,14 +751,16 @@ class Bench:
         took half of the compiled step's device time at batch 512 on an H100)."""
         from contextlib import nullcontext
 
+        import torch
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         base = v2t.base_model
         implementation = "sdpa" if variant == "sdpa-no-cudnn" else variant
         context = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]) \
             if variant == "sdpa-no-cudnn" else nullcontext()
-        before = base.config._attn_implementation
+        before = base.config._attn_implementation  # transformers has no public getter (its own code reads this)
         path = f"v2t_static_{variant}"
+        torch.compiler.reset()  # trace again: the SDPA backend is chosen when the step is compiled
         try:
             base.set_attn_implementation(implementation)
             with context:
@@ -771,6 +771,7 @@ class Bench:
             return {f"{path}_error": error_record(exc)}
         finally:
             base.set_attn_implementation(before)
+            torch.compiler.reset()
         row = self.path_row(path, seconds, tokens, plain_s, texts, plain_texts) | {
             f"{path}_first_call_s": round(first_s, 2)}
         log(f"[decoding]   static, {variant} attention: {row[path + '_tokens_per_s']:.0f} tok/s "
@@ -790,8 +791,8 @@ class Bench:
             return {"error": error_record(exc)}
         events = prof.key_averages()
 
-        def top(attr: str) -> list[str]:
-            ranked = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:12]
+        def top(rows, attr: str) -> list[str]:
+            ranked = sorted(rows, key=lambda e: getattr(e, attr), reverse=True)[:12]
             return [f"{getattr(e, attr) / 1000:.1f} ms {e.count}x {e.key[:90]}" for e in ranked]
 
         # kernels only: the operators' rows repeat them, and so do annotations such as "## Call CompiledFxGraph ##"
@@ -799,8 +800,8 @@ class Bench:
                    and not getattr(e, "is_user_annotation", False)]
         busy_ms = sum(e.self_device_time_total for e in kernels) / 1000
         result = {"wall_s_profiled": round(seconds, 4), "device_busy_ms": round(busy_ms, 1),
-                  "device_busy_share": round(busy_ms / 1000 / seconds, 3), "top_device": top("self_device_time_total"),
-                  "top_host": top("self_cpu_time_total")}
+                  "device_busy_share": round(busy_ms / 1000 / seconds, 3),
+                  "top_device": top(kernels, "self_device_time_total"), "top_host": top(events, "self_cpu_time_total")}
         log(f"[decoding]   profile of one static call: {seconds:.3f} s wall, device busy {busy_ms:.0f} ms")
         for line in result["top_device"][:6] + result["top_host"][:6]:
             log(f"[decoding]     {line}")
@@ -981,6 +982,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     if args.skip_e2e:
         sections = [s for s in sections if s != "e2e"]
+    bad = sorted(set((args.static_attention or "").split(",")) - {"", *STATIC_ATTENTION})
+    if bad:
+        parser.error(f"unknown --static-attention variant(s) {bad}; choose from {', '.join(STATIC_ATTENTION)}")
     if args.modes:
         bad = sorted(set(args.modes.split(",")) - {m.key for m in MODES})
         if bad:

@@ -216,24 +216,35 @@ def cpu_4bit_problem(model) -> str | None:
     return None
 
 
+def replace_activations(model: torch.nn.Module, kinds: tuple[type, ...], name: str) -> int:
+    """Replace every child module of ``model`` that is an instance of ``kinds`` with a fresh
+    ``transformers.activations.get_activation(name)``; returns how many (a parameter-free swap: no weight and no
+    config changes, so nothing saved is affected)."""
+    from transformers.activations import get_activation
+
+    swapped = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, kinds):
+                setattr(module, child_name, get_activation(name).train(child.training))
+                swapped += 1
+    return swapped
+
+
 def fuse_tanh_gelu(model: torch.nn.Module) -> int:
     """Swap transformers' elementwise tanh-approximation GELUs (``gelu_new``, ``gelu_fast``: GPT-2, ruGPT-3,
     GPT-J, GPT-Neo) for the same function in one fused kernel (``gelu_pytorch_tanh``); returns how many.
 
     The elementwise form keeps four full-width tensors of the MLP for the backward pass, the fused one keeps its
     input only: for ruGPT-3 large that is 3 x 6,144 values per token and block less activation memory in
-    training, and fewer kernels per step. The outputs agree to rounding (transformers documents the two as
-    equivalent); the base model is never saved, so adapters are unaffected.
+    training, and fewer kernels per step. transformers documents the two as equivalent: in fp32 they agree to
+    rounding; in bf16 the elementwise form rounds after each of its eight operations and the fused one once, so
+    outputs differ by a few bf16 steps (a bundle loaded with plain peft, which keeps the stock activation, decodes
+    nearly but not always exactly the same text in bf16).
     """
-    from transformers.activations import FastGELUActivation, NewGELUActivation, get_activation
+    from transformers.activations import FastGELUActivation, NewGELUActivation
 
-    swapped = 0
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, (NewGELUActivation, FastGELUActivation)):
-                setattr(module, child_name, get_activation("gelu_pytorch_tanh"))
-                swapped += 1
-    return swapped
+    return replace_activations(model, (NewGELUActivation, FastGELUActivation), "gelu_pytorch_tanh")
 
 
 def load_backbone(name: str, quantization: str = "auto", device: str | None = None,
@@ -280,14 +291,14 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
             del model
             raise V2TError(f"backbone {name!r} cannot run in 4-bit on the CPU: {problem}; "
                            "use quantization 8bit or none (--quantization 8bit)")
+    swapped = fuse_tanh_gelu(model)
     model.eval()
-    fuse_tanh_gelu(model)
     for param in model.parameters():
         param.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    logger.info("loaded backbone %s (%s, %s) on %s in %.1f s", name, quantization, dtype, dev,
-                time.perf_counter() - start)
+    logger.info("loaded backbone %s (%s, %s) on %s in %.1f s%s", name, quantization, dtype, dev,
+                time.perf_counter() - start, f"; {swapped} GELUs fused" if swapped else "")
     model.v2t_quantization = quantization
     model.v2t_dtype = dtype  # the compute dtype (of the quantized layers too)
     model.v2t_int8_threshold = int8_threshold if quantization == "8bit" else None

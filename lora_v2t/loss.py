@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -27,7 +29,7 @@ class SubsetLoss:
         head = base.get_output_embeddings()
         self.vocab = vocab.to(head.weight.device)
         self.trains_head = head.weight.requires_grad
-        self.rows = None if self.trains_head else self.head_rows(head)
+        self.rows = None if self.trains_head else tuple(None if t is None else t.float() for t in self.head_rows(head))
         self.index = torch.full((head.weight.shape[0],), -1, dtype=torch.long, device=self.vocab.device)
         self.index[self.vocab] = torch.arange(len(self.vocab), device=self.vocab.device)
 
@@ -46,8 +48,9 @@ class SubsetLoss:
         states = hidden[:, :-1][keep]  # (N, h): only the positions that have a label
         weight, bias = self.head_rows(base.get_output_embeddings()) if self.trains_head else self.rows
         # the logits in fp32 even under bf16 autocast: rounded to bf16, a logit near 20 is off by up to 0.06, noise
-        # that reaches every gradient through the softmax; the head is a small share of a step's work
-        with torch.autocast(states.device.type, enabled=False):
+        # that reaches every gradient through the softmax (the full-vocabulary loss, transformers' own, does not)
+        device = states.device.type
+        with torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
             logits = nn.functional.linear(states.float(), weight.float(), None if bias is None else bias.float())
         cap = getattr(base.config, "final_logit_softcapping", None)
         if cap:

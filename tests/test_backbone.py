@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lora_v2t import V2TError
-from lora_v2t.backbone import load_backbone, resolve_backbone, resolve_quantization
+from lora_v2t.backbone import fuse_tanh_gelu, load_backbone, resolve_backbone, resolve_quantization
 
 from .conftest import SENTENCES, make_v2t
 
@@ -46,8 +46,22 @@ def test_tanh_gelu_is_fused_with_the_stock_outputs_and_less_kept_for_backward(ti
         p.requires_grad_(False)
     kept = {name: saved_bytes(lambda m=m: m(inputs_embeds=embeds).logits) for name, m in
             (("stock", stock), ("fused", model))}
-    mlp_inner = 4 * stock.config.n_embd  # three fewer tensors of this width per block and token
-    assert kept["stock"] - kept["fused"] >= 3 * mlp_inner * 4 * 21 * stock.config.n_layer
+    tokens = embeds.shape[0] * embeds.shape[1]
+    mlp_inner = 4 * stock.config.n_embd  # three fewer fp32 tensors of this width per block and token
+    assert kept["stock"] - kept["fused"] >= 3 * mlp_inner * embeds.element_size() * tokens * stock.config.n_layer
+
+
+def test_fuse_tanh_gelu_swaps_both_elementwise_forms_and_counts_them():
+    from transformers.activations import FastGELUActivation, NewGELUActivation, get_activation
+
+    fused_type = type(get_activation("gelu_pytorch_tanh"))
+    model = torch.nn.Sequential(NewGELUActivation(), torch.nn.Linear(4, 4), FastGELUActivation(), torch.nn.ReLU())
+    x = torch.randn(5, 4)
+    expected = model(x)
+    assert fuse_tanh_gelu(model) == 2
+    assert [type(m) for m in model] == [fused_type, torch.nn.Linear, fused_type, torch.nn.ReLU]
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+    assert fuse_tanh_gelu(model) == 0
 
 
 def test_auto_quantization_is_8bit_on_cuda_and_none_on_cpu():

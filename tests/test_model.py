@@ -151,9 +151,10 @@ def test_the_subset_loss_computes_its_logits_in_fp32_under_bf16_autocast(v2t):
         labels = inputs["labels"][:, 1:]
         keep = labels != -100
         head = v2t.base_model.get_output_embeddings().weight[vocab]
-        logits = hidden[:, :-1][keep].float() @ head.float().T  # the same hidden states, the head in fp32
-        expected = torch.nn.functional.cross_entropy(logits, torch.searchsorted(vocab, labels[keep]))
-    assert loss.dtype == torch.float32
+        states, targets = hidden[:, :-1][keep], torch.searchsorted(vocab, labels[keep])
+        expected = torch.nn.functional.cross_entropy(states.float() @ head.float().T, targets)  # the head in fp32
+        in_bf16 = torch.nn.functional.cross_entropy((states.bfloat16() @ head.bfloat16().T).float(), targets)
+    assert abs(float(expected) - float(in_bf16)) > 1e-4  # the check below tells the two apart
     assert abs(float(loss) - float(expected)) < 1e-5
 
 
