@@ -42,7 +42,10 @@ def test_smoke_runs_every_section_on_the_cpu(tmp_path):
     assert e2e["steps"][4]["checks"]["final_steps"]  # --resume trained on to the higher max_steps
 
     modes = {m["mode"]: m for m in results["training"]["modes"]}
-    assert list(modes) == ["full_fp32", "full_bf16", "lora_8bit_ckpt", "lora_8bit", "lora_4bit_ckpt", "lora_bf16"]
+    assert list(modes) == ["full_fp32", "full_bf16", "lora_8bit_ckpt", "lora_8bit_stock", "lora_8bit", "lora_8bit_d0",
+                           "lora_8bit_d0_t0", "lora_4bit_ckpt", "lora_bf16"]
+    assert modes["full_fp32"]["gelu"].startswith("stock") and modes["lora_bf16"]["gelu"] == "fused"
+    assert modes["lora_8bit_d0_t0"]["lora_dropout"] == 0.0 and modes["lora_8bit_d0_t0"]["int8_threshold"] == 0.0
     assert not [m for m in modes.values() if "error" in m]
     measured = [m for m in modes.values() if "s_per_step" in m]
     assert {"full_fp32", "full_bf16", "lora_bf16"} <= {m["mode"] for m in measured}
