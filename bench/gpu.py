@@ -697,10 +697,10 @@ class Bench:
             row |= self.static_row(v2t, vec, ours, tokens, plain_s, plain_texts)
             if self.args.profile and batch == max(batches):
                 row["static_profile"] = self.profile_static(v2t, vec, ours)
-            for variant in self.static_variants():  # after the profile: each compiles again
+            for variant in self.args.static_attention:  # after the profile: each compiles again
                 row |= self.static_variant_row(variant, v2t, vec, ours, tokens, plain_s, plain_texts)
             if older.get(batch):
-                for path in ["v2t", "v2t_static"] + [f"v2t_static_{v}" for v in self.static_variants()]:
+                for path in ["v2t", "v2t_static"] + [f"v2t_static_{v}" for v in self.args.static_attention]:
                     if f"{path}_s" in row:
                         row[f"{path}_vs_older"] = round(row["older_s"] / row[f"{path}_s"], 3)
             row["peak_allocated_gib"] = gib(torch.cuda.max_memory_allocated()) if self.cuda else None
@@ -729,53 +729,46 @@ class Bench:
             row[f"{path}_same_text"] = f"{sum(a == b for a, b in zip(texts, plain_texts))}/{len(plain_texts)}"
         return row
 
-    def static_row(self, v2t, vec, ours: dict, tokens: int, plain_s: float, plain_texts: list[str]) -> dict:
+    def static_row(self, v2t, vec, ours: dict, tokens: int, plain_s: float, plain_texts: list[str],
+                   path: str = "v2t_static") -> dict:
         """The static KV cache: the first call at a shape compiles the decoding step (CUDA), the second is timed."""
         static = ours | {"cache": "static"}
         try:
             _, first_s = self.timed(v2t.generate, vec, **static)
             texts, seconds = self.timed(v2t.generate, vec, **static)
         except Exception as exc:  # noqa: BLE001 - a compile failure is a result; the other paths still count
-            log(f"[decoding]   static cache: {error_record(exc)}")
-            return {"v2t_static_error": error_record(exc)}
-        return self.path_row("v2t_static", seconds, tokens, plain_s, texts, plain_texts) | {
-            "v2t_static_first_call_s": round(first_s, 2)}
-
-    def static_variants(self) -> list[str]:
-        return [v for v in (self.args.static_attention or "").split(",") if v]
+            log(f"[decoding]   {path}: {error_record(exc)}")
+            return {f"{path}_error": error_record(exc)}
+        return self.path_row(path, seconds, tokens, plain_s, texts, plain_texts) | {
+            f"{path}_first_call_s": round(first_s, 2)}
 
     def static_variant_row(self, variant: str, v2t, vec, ours: dict, tokens: int, plain_s: float,
                            plain_texts: list[str]) -> dict:
-        """The static path with another attention: ``eager`` (transformers' implementation, set on the base model
-        for this row only; GPT-2 has no ``flex_attention``), or ``sdpa-no-cudnn`` (SDPA without its cuDNN backend, which
-        took half of the compiled step's device time at batch 512 on an H100)."""
+        """:meth:`static_row` with another attention: ``eager`` (transformers' implementation, set on the base model
+        for this row only; GPT-2 has no ``flex_attention``), or ``sdpa-no-cudnn`` (SDPA without its cuDNN backend,
+        which took half of the compiled step's device time at batch 1024 on an H100)."""
         from contextlib import nullcontext
 
         import torch
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         base = v2t.base_model
-        implementation = "sdpa" if variant == "sdpa-no-cudnn" else variant
         context = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]) \
             if variant == "sdpa-no-cudnn" else nullcontext()
         before = base.config._attn_implementation  # transformers has no public getter (its own code reads this)
-        path = f"v2t_static_{variant}"
         torch.compiler.reset()  # trace again: the SDPA backend is chosen when the step is compiled
         try:
-            base.set_attn_implementation(implementation)
+            base.set_attn_implementation("sdpa" if variant == "sdpa-no-cudnn" else variant)
             with context:
-                _, first_s = self.timed(v2t.generate, vec, **ours, cache="static")
-                texts, seconds = self.timed(v2t.generate, vec, **ours, cache="static")
-        except Exception as exc:  # noqa: BLE001 - a variant that fails is a result
-            log(f"[decoding]   static, {variant} attention: {error_record(exc)}")
-            return {f"{path}_error": error_record(exc)}
+                row = self.static_row(v2t, vec, ours, tokens, plain_s, plain_texts, path=f"v2t_static_{variant}")
         finally:
             base.set_attn_implementation(before)
             torch.compiler.reset()
-        row = self.path_row(path, seconds, tokens, plain_s, texts, plain_texts) | {
-            f"{path}_first_call_s": round(first_s, 2)}
-        log(f"[decoding]   static, {variant} attention: {row[path + '_tokens_per_s']:.0f} tok/s "
-            f"({row[path + '_vs_plain']:.2f}x plain, first call {first_s:.1f} s), same text {row[path + '_same_text']}")
+        path = f"v2t_static_{variant}"
+        if f"{path}_s" in row:
+            log(f"[decoding]   static, {variant} attention: {row[path + '_tokens_per_s']:.0f} tok/s "
+                f"({row[path + '_vs_plain']:.2f}x plain, first call {row[path + '_first_call_s']:.1f} s), "
+                f"same text {row[path + '_same_text']}")
         return row
 
     def profile_static(self, v2t, vec, ours: dict) -> dict:
@@ -982,7 +975,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     if args.skip_e2e:
         sections = [s for s in sections if s != "e2e"]
-    bad = sorted(set((args.static_attention or "").split(",")) - {"", *STATIC_ATTENTION})
+    args.static_attention = [v for v in (args.static_attention or "").split(",") if v]
+    bad = sorted(set(args.static_attention) - set(STATIC_ATTENTION))
     if bad:
         parser.error(f"unknown --static-attention variant(s) {bad}; choose from {', '.join(STATIC_ATTENTION)}")
     if args.modes:
