@@ -30,9 +30,19 @@ def default_target_modules(model_type: str) -> list[str]:
                    "pass target_modules=[...] (names of the attention projection layers)")
 
 
-def make_lora_config(cfg: LoRAConfig, model_type: str):
-    """A peft LoraConfig for a causal LM of ``model_type``."""
+def lora_blocks(config) -> int | None:
+    """How many transformer blocks a backbone's transformers config says it has (None where it does not say)."""
+    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+
+
+def make_lora_config(cfg: LoRAConfig, model_type: str, blocks: int | None = None):
+    """A peft LoraConfig for a causal LM of ``model_type`` with ``blocks`` transformer blocks (None: unknown,
+    ``cfg.layers`` then unchecked)."""
     from peft import LoraConfig, TaskType
+
+    if cfg.layers and blocks and max(cfg.layers) >= blocks:
+        raise V2TError(f"lora layers {cfg.layers} name a block beyond the backbone's {blocks} "
+                       f"(indices 0..{blocks - 1})")
 
     targets = cfg.target_modules or default_target_modules(model_type)
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha or 2 * cfg.r,

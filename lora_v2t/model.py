@@ -20,18 +20,18 @@ from .backbone import load_backbone
 from .config import (
     INT8_THRESHOLD,
     PRECISION_KEYS,
-    ROLES,
+    BackboneConfig,
     GenerationConfig,
     LoRAConfig,
     ProjectorConfig,
     RunConfig,
-    check_choice,
+    TrainingConfig,
 )
 from .correct import CorrectionConfig, correct, reranked_start
 from .encoders import Encoder, EncoderCache, check_texts, load_encoder
 from .errors import V2TError
 from .generate import Reranked, generate
-from .lora import make_lora_config
+from .lora import lora_blocks, make_lora_config
 from .loss import SubsetLoss
 from .projector import PrefixProjector, embedding_rms, projector_input_dim
 from .push import push_adapter
@@ -39,6 +39,16 @@ from .vectors import to_vectors
 from .vocab import DecodingVocab, check_output_vocab
 
 logger = logging.getLogger(__name__)
+
+
+def trainable_backbone(base: nn.Module) -> nn.Module:
+    """``base`` with every weight trainable (full fine-tuning); refuses a quantized base."""
+    if base.v2t_quantization != "none":
+        raise V2TError("full fine-tuning trains the weights themselves: use quantization none")
+    for param in base.parameters():
+        param.requires_grad_(True)
+    return base
+
 
 class Vector2Text(nn.Module):
     """Backbone + LoRA adapters + projectors, with the adapter registry of DESIGN.md.
@@ -97,63 +107,50 @@ class Vector2Text(nn.Module):
             role: ``hypothesizer`` (writes text from a vector) or ``corrector`` (rewrites a hypothesis closer to
                 its target vector; see :mod:`lora_v2t.correct`).
         """
-        check_choice("role", role, ROLES)
-        projector_cfg = ProjectorConfig(kind=projector, prefix_length=prefix_length,
-                                        hidden_dim=projector_hidden_dim)
-        lora_cfg = LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
-                              layers=lora_layers)
-        enc = load_encoder(encoder)
+        cfg = RunConfig(
+            backbone=BackboneConfig(name=backbone, quantization=quantization, device=device,
+                                    int8_threshold=int8_threshold),
+            projector=ProjectorConfig(kind=projector, prefix_length=prefix_length, hidden_dim=projector_hidden_dim),
+            lora=LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
+                            layers=lora_layers),
+            training=TrainingConfig(trainable=trainable, role=role, seed=0 if seed is None else seed))
+        return cls.from_config(cfg, encoder=encoder, adapter_name=adapter_name, reseed=seed is not None)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, encoder: str | Encoder | None = None, device: str | None = None,
+                    adapter_name: str = "default", reseed: bool = True) -> Vector2Text:
+        """A fresh, untrained adapter as a recipe describes it: its encoder (or ``encoder``, an already loaded
+        one), backbone, quantization, projector, LoRA, training mode and role; on ``device`` (default: the
+        recipe's ``backbone.device``). ``reseed``: seed the RNG with ``training.seed`` before the projector and
+        LoRA are initialised (False leaves it alone)."""
+        enc = load_encoder(encoder or cfg.encoder.spec)
+        trainable = cfg.training.trainable
         # full fine-tuning keeps fp32 master weights (autocast handles the compute dtype on CUDA)
-        base, tokenizer = load_backbone(backbone, quantization=quantization, device=device,
+        base, tokenizer = load_backbone(cfg.backbone.name, quantization=cfg.backbone.quantization,
+                                        device=device or cfg.backbone.device,
                                         dtype=torch.float32 if trainable == "full" else None,
-                                        int8_threshold=int8_threshold)
-        if seed is not None:
-            torch.manual_seed(seed)
+                                        int8_threshold=cfg.backbone.int8_threshold)
+        if reseed:
+            torch.manual_seed(cfg.training.seed)
         from peft import get_peft_model
 
         if trainable == "full":
-            if base.v2t_quantization != "none":
-                raise V2TError("full fine-tuning trains the weights themselves: use quantization none")
-            for param in base.parameters():
-                param.requires_grad_(True)
-            v2t = cls(base, tokenizer, backbone)
-            lora_meta = None
-        elif trainable == "lora":
-            blocks = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", None)
-            if lora_cfg.layers and blocks and max(lora_cfg.layers) >= blocks:
-                raise V2TError(f"lora layers {lora_cfg.layers} name a block beyond the backbone's {blocks} "
-                               f"(indices 0..{blocks - 1})")
-            peft_config = make_lora_config(lora_cfg, base.config.model_type)
-            v2t = cls(get_peft_model(base, peft_config, adapter_name=adapter_name), tokenizer, backbone)
-            lora_meta = asdict(lora_cfg) | {"alpha": peft_config.lora_alpha,
-                                            "target_modules": sorted(peft_config.target_modules)}
+            v2t, lora_meta = cls(trainable_backbone(base), tokenizer, cfg.backbone.name), None
         else:
-            raise V2TError(f"unknown trainable mode {trainable!r}; choose lora or full")
+            peft_config = make_lora_config(cfg.lora, base.config.model_type, lora_blocks(base.config))
+            v2t = cls(get_peft_model(base, peft_config, adapter_name=adapter_name), tokenizer, cfg.backbone.name)
+            lora_meta = asdict(cfg.lora) | {"alpha": peft_config.lora_alpha,
+                                            "target_modules": sorted(peft_config.target_modules)}
         v2t.encoders.put(enc.spec, enc, enc.dim)
-        v2t.add_projector(adapter_name, projector_cfg, projector_input_dim(enc.dim, role))
+        v2t.add_projector(adapter_name, cfg.projector, projector_input_dim(enc.dim, cfg.training.role))
         precision = {k: v2t.backbone_info[k] for k in PRECISION_KEYS}  # what the adapter will learn on
         v2t.adapter_meta[adapter_name] = {"encoder": {"spec": enc.spec, "dim": enc.dim}, "lora": lora_meta,
                                           "generation": asdict(GenerationConfig()), "training": {},
-                                          "precision": precision, "role": role, "corrector": None}
+                                          "precision": precision, "role": cfg.training.role, "corrector": None}
         if lora_meta:
             v2t.model.set_adapter(adapter_name)
         v2t.eval()
         return v2t
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig, encoder: str | Encoder | None = None,
-                    device: str | None = None) -> Vector2Text:
-        """A fresh, untrained adapter as a recipe describes it: its encoder (or ``encoder``, an already loaded
-        one), backbone, quantization, projector, LoRA, training mode and seed; on ``device`` (default: the
-        recipe's ``backbone.device``)."""
-        return cls.create(backbone=cfg.backbone.name, encoder=encoder or cfg.encoder.spec,
-                          projector=cfg.projector.kind, prefix_length=cfg.projector.prefix_length,
-                          projector_hidden_dim=cfg.projector.hidden_dim, lora_r=cfg.lora.r,
-                          lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=cfg.lora.target_modules, lora_layers=cfg.lora.layers,
-                          quantization=cfg.backbone.quantization, int8_threshold=cfg.backbone.int8_threshold,
-                          device=device or cfg.backbone.device,
-                          seed=cfg.training.seed, trainable=cfg.training.trainable, role=cfg.training.role)
 
     def add_projector(self, name: str, cfg: ProjectorConfig, embedding_dim: int) -> PrefixProjector:
         """Create the projector of adapter ``name`` on the backbone's device, in fp32."""

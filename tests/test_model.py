@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lora_v2t import V2TError
+from lora_v2t import V2TError, Vector2Text
+from lora_v2t.config import config_from_dict
 from lora_v2t.data import tokenize_corpus
 from lora_v2t.lora import default_target_modules
 from lora_v2t.loss import SubsetLoss
@@ -84,6 +85,33 @@ def test_lora_can_be_limited_to_some_blocks(tiny_backbone_dir, tiny_encoder, tmp
     assert "of blocks 1" in (bundle / "README.md").read_text()
     with pytest.raises(V2TError, match=r"beyond the backbone's 2 \(indices 0..1\)"):
         make_v2t(tiny_backbone_dir, tiny_encoder, lora_layers=[0, 2])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"quantization": "3bit"}, "unknown quantization '3bit'"),
+    ({"trainable": "half"}, "unknown training.trainable 'half'"),
+    ({"role": "critic"}, "unknown training.role 'critic'"),
+    ({"projector": "conv"}, "unknown projector kind 'conv'"),
+    ({"lora_r": 0}, "lora r must be an integer >= 1"),
+    ({"int8_threshold": -1.0}, "backbone.int8_threshold"),
+])
+def test_create_refuses_bad_settings_before_loading_the_backbone(kwargs, message, tiny_encoder):
+    # the backbone does not exist: a settings error must come first, from the configs create builds
+    with pytest.raises(V2TError, match=message):
+        Vector2Text.create(backbone="/nonexistent/backbone", encoder=tiny_encoder, device="cpu", **kwargs)
+
+
+def test_create_and_from_config_build_the_same_adapter(tiny_backbone_dir, tiny_encoder):
+    cfg = config_from_dict({"backbone": {"name": str(tiny_backbone_dir), "quantization": "none"},
+                            "projector": {"kind": "linear", "prefix_length": 2},
+                            "lora": {"r": 4, "layers": [1]}, "training": {"seed": 7}})
+    from_cfg = Vector2Text.from_config(cfg, encoder=tiny_encoder, device="cpu")
+    created = Vector2Text.create(backbone=str(tiny_backbone_dir), encoder=tiny_encoder, projector="linear",
+                                 prefix_length=2, lora_r=4, lora_layers=[1], quantization="none", device="cpu", seed=7)
+    a, b = from_cfg.state_dict(), created.state_dict()
+    assert a.keys() == b.keys() and any("lora_A" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same settings: the same initial weights
+    assert from_cfg.meta == created.meta
 
 
 @pytest.mark.parametrize("vectors,message", [
