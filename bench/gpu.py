@@ -21,8 +21,9 @@ up to that size) and a random LaBSE-shaped sentence-transformers encoder (BERT 1
             is timed at its second full-length call at that batch. Tokens are counted up to and including
             each row's first EOS (the padding after it is not counted). With --profile, one more static call
             at the largest batch runs under torch.profiler: the device's busy time against the wall time, and
-            the operators that take the most device and host time. --static-attention adds static rows with
-            another attention (eager, or SDPA without cuDNN).
+            the operators that take the most device and host time. --static-variants adds static rows with
+            other settings: another attention (eager, or SDPA without cuDNN), autocast (the LoRA matrices
+            in bf16), the LoRA merged into the base, or several of these joined by + (eager+autocast).
 
     python bench/gpu.py                          # all sections (on one H100, about 3 minutes for decoding at
                                                  # 128 and 512 with training, 2.5 for e2e)
@@ -52,6 +53,7 @@ import tempfile
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -108,7 +110,13 @@ MODES = [
     Mode("lora_4bit_ckpt", "LoRA + projector, 4-bit nf4, checkpointing", "lora", "4bit", True, True),
     Mode("lora_bf16", "LoRA + projector, bf16", "lora", "none", True, False),
 ]
-STATIC_ATTENTION = ("eager", "sdpa-no-cudnn")  # --static-attention variants
+# --static-variants: each variant joins these features with "+" (e.g. eager+autocast)
+STATIC_FEATURES = {
+    "eager": "transformers' eager attention (compiled by inductor) instead of SDPA",
+    "sdpa-no-cudnn": "SDPA without its cuDNN backend",
+    "autocast": "under torch.autocast in the base's dtype: the fp32 LoRA matrices multiply in bf16",
+    "merged": "the LoRA update merged into the base weights for the row (peft merge_adapter / unmerge_adapter)",
+}
 # from the issue's reporter: a scratch run on an H200 (not this script), torch peak allocated, batch 16 x 64
 REFERENCE_H200 = {"full_fp32": (0.152, 14.39), "full_bf16": (0.089, 14.39), "lora_8bit_ckpt": (0.359, 3.45),
                   "lora_8bit_stock": (0.201, 6.68), "lora_4bit_ckpt": (0.228, 1.39), "lora_bf16": (0.080, 5.19)}
@@ -273,6 +281,13 @@ def stock_gelu(model) -> int:
     from lora_v2t.backbone import replace_activations
 
     return replace_activations(model, (type(get_activation("gelu_pytorch_tanh")),), "gelu_new")
+
+
+def merged_layers(v2t) -> int:
+    """How many of the model's LoRA layers hold a merged adapter (peft's ``LoraLayer.merged``)."""
+    from peft.tuners.lora import LoraLayer
+
+    return sum(m.merged for m in v2t.model.modules() if isinstance(m, LoraLayer))
 
 
 def free_memory() -> None:
@@ -697,10 +712,11 @@ class Bench:
             row |= self.static_row(v2t, vec, ours, tokens, plain_s, plain_texts)
             if self.args.profile and batch == max(batches):
                 row["static_profile"] = self.profile_static(v2t, vec, ours)
-            for variant in self.args.static_attention:  # after the profile: each compiles again
+            for variant in self.args.static_variants:  # after the profile: each compiles again
                 row |= self.static_variant_row(variant, v2t, vec, ours, tokens, plain_s, plain_texts)
             if older.get(batch):
-                for path in ["v2t", "v2t_static"] + [f"v2t_static_{v}" for v in self.args.static_attention]:
+                for path in ["v2t"] + [k.removesuffix("_s") for k in row if k.startswith("v2t_static")
+                                       and k.endswith("_s") and not k.endswith("_first_call_s")]:
                     if f"{path}_s" in row:
                         row[f"{path}_vs_older"] = round(row["older_s"] / row[f"{path}_s"], 3)
             row["peak_allocated_gib"] = gib(torch.cuda.max_memory_allocated()) if self.cuda else None
@@ -744,32 +760,58 @@ class Bench:
 
     def static_variant_row(self, variant: str, v2t, vec, ours: dict, tokens: int, plain_s: float,
                            plain_texts: list[str]) -> dict:
-        """:meth:`static_row` with another attention: ``eager`` (transformers' implementation, set on the base model
-        for this row only; GPT-2 has no ``flex_attention``), or ``sdpa-no-cudnn`` (SDPA without its cuDNN backend,
-        which took half of the compiled step's device time at batch 1024 on an H100)."""
-        from contextlib import nullcontext
+        """:meth:`static_row` with the features of ``variant`` (``STATIC_FEATURES`` joined by ``+``) on for this row
+        only. The attention features answer the profile's finding that cuDNN's SDPA kernel took half of the compiled
+        step's device time at batch 1024 on an H100 (GPT-2 has no ``flex_attention``); ``autocast`` and ``merged``
+        answer its fp32 FFMA GEMMs of the LoRA matrices."""
+        from contextlib import ExitStack
 
+        import torch
+
+        path = "v2t_static_" + variant.replace("+", "_").replace("-", "_")
+        torch.compiler.reset()  # trace again: attention, backend and autocast are fixed when the step is compiled
+        try:
+            with ExitStack() as stack:
+                for feature in variant.split("+"):
+                    stack.enter_context(self.static_feature(feature, v2t))
+                row = self.static_row(v2t, vec, ours, tokens, plain_s, plain_texts, path=path)
+        finally:
+            torch.compiler.reset()
+        if f"{path}_s" in row:
+            log(f"[decoding]   static, {variant}: {row[path + '_tokens_per_s']:.0f} tok/s "
+                f"({row[path + '_vs_plain']:.2f}x plain, first call {row[path + '_first_call_s']:.1f} s), "
+                f"same text {row[path + '_same_text']}")
+        return row
+
+    @staticmethod
+    @contextmanager
+    def static_feature(feature: str, v2t):
+        """One of ``STATIC_FEATURES`` switched on for the ``with`` block, and back off after it."""
         import torch
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         base = v2t.base_model
-        context = sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]) \
-            if variant == "sdpa-no-cudnn" else nullcontext()
         before = base.config._attn_implementation  # transformers has no public getter (its own code reads this)
-        torch.compiler.reset()  # trace again: the SDPA backend is chosen when the step is compiled
+        if feature == "merged":
+            v2t.model.merge_adapter()
+            if merged_layers(v2t) == 0:
+                raise RuntimeError("merge_adapter merged no LoRA layer")
+        elif feature in ("eager", "sdpa-no-cudnn"):
+            base.set_attn_implementation("sdpa" if feature == "sdpa-no-cudnn" else feature)
         try:
-            base.set_attn_implementation("sdpa" if variant == "sdpa-no-cudnn" else variant)
-            with context:
-                row = self.static_row(v2t, vec, ours, tokens, plain_s, plain_texts, path=f"v2t_static_{variant}")
+            if feature == "sdpa-no-cudnn":
+                with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+                    yield
+            elif feature == "autocast":
+                with torch.autocast(v2t.device.type, dtype=base.v2t_dtype):
+                    yield
+            else:
+                yield
         finally:
+            if feature == "merged":
+                v2t.model.unmerge_adapter()
             base.set_attn_implementation(before)
-            torch.compiler.reset()
-        path = f"v2t_static_{variant}"
-        if f"{path}_s" in row:
-            log(f"[decoding]   static, {variant} attention: {row[path + '_tokens_per_s']:.0f} tok/s "
-                f"({row[path + '_vs_plain']:.2f}x plain, first call {row[path + '_first_call_s']:.1f} s), "
-                f"same text {row[path + '_same_text']}")
-        return row
+
 
     def profile_static(self, v2t, vec, ours: dict) -> dict:
         """One warm static-cache call under torch.profiler: where its wall time goes, device and host."""
@@ -901,6 +943,12 @@ class Bench:
                     f"{number(x, 'v2t_static_vs_plain', 7, 2)}{number(x, 'older_tokens_per_s', 10, 0)}"
                     f"{number(x, 'v2t_static_vs_older', 13, 2)}  {x['v2t_same_text']} / "
                     f"{x.get('v2t_static_same_text', '-')} / {x.get('older_same_text', '-')}")
+                for key in [k for k in x if k.startswith("v2t_static_") and k.endswith("_tokens_per_s")
+                            and k != "v2t_static_tokens_per_s"]:  # the --static-variants rows
+                    path = key.removesuffix("_tokens_per_s")
+                    log(f"    {path.removeprefix('v2t_static_'):<24}{x[key]:>10.0f} tok/s, "
+                        f"{number(x, path + '_vs_plain', 0, 2)}x plain, {number(x, path + '_vs_older', 0, 2)}x older, "
+                        f"same text {x[path + '_same_text']}")
         for name in SECTIONS:
             if "error" in r.get(name, {}):
                 log(f"\nsection {name} stopped: {r[name]['error']}")
@@ -956,9 +1004,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--older", metavar="DIR",
                         help="a folder holding an older lora_v2t/ (python bench/older.py REV DIR writes one): "
                              "decoding adds a row for its v2t.generate, run in a child process")
-    parser.add_argument("--static-attention", metavar="LIST",
-                        help="comma-separated attention variants for more static-cache rows: eager (transformers' "
-                             "eager attention), sdpa-no-cudnn (SDPA without its cuDNN backend); each compiles again")
+    parser.add_argument("--static-variants", "--static-attention", metavar="LIST",
+                        help="comma-separated variants for more static-cache rows, each compiling again; a variant "
+                             "joins features with +: " + "; ".join(f"{k}: {v}" for k, v in STATIC_FEATURES.items()))
     parser.add_argument("--profile", action="store_true",
                         help="profile one more static-cache call at the largest decoding batch (torch.profiler)")
     parser.add_argument("--encoder-vocab", type=int,
@@ -975,10 +1023,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     if args.skip_e2e:
         sections = [s for s in sections if s != "e2e"]
-    args.static_attention = [v for v in (args.static_attention or "").split(",") if v]
-    bad = sorted(set(args.static_attention) - set(STATIC_ATTENTION))
+    args.static_variants = [v for v in (args.static_variants or "").split(",") if v]
+    bad = sorted({f for v in args.static_variants for f in v.split("+")} - set(STATIC_FEATURES))
     if bad:
-        parser.error(f"unknown --static-attention variant(s) {bad}; choose from {', '.join(STATIC_ATTENTION)}")
+        parser.error(f"unknown --static-variants feature(s) {bad}; join these with +: {', '.join(STATIC_FEATURES)}")
     if args.modes:
         bad = sorted(set(args.modes.split(",")) - {m.key for m in MODES})
         if bad:
