@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import __version__
 from .cards import bundle_card
-from .config import PRECISION_KEYS, ROLES, ProjectorConfig
+from .config import PRECISION_KEYS, ROLES, GenerationConfig, ProjectorConfig
 from .errors import V2TError, first_line
 from .hub import backbone_hub_id, peft_base_name, resolve_adapter
 from .layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSION, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
@@ -257,6 +257,11 @@ def _validate_bundle(path: Path) -> dict:
         ProjectorConfig(kind=config["projector"]["kind"], prefix_length=config["projector"]["prefix_length"])
     except KeyError as exc:
         raise V2TError(f"{path / 'v2t_config.json'}: projector section lacks {exc}") from exc
+    try:
+        GenerationConfig.of_bundle(config)
+    except (V2TError, TypeError, AttributeError) as exc:  # a section that is not a mapping, unknown or bad values
+        raise V2TError(f"{path / 'v2t_config.json'}: its generation defaults are not valid ({exc}); fix or remove "
+                       "the 'generation' section (the defaults then apply)") from exc
     return config
 
 

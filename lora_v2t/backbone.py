@@ -67,6 +67,29 @@ def max_positions(config) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
+def num_blocks(config) -> int | None:
+    """How many transformer blocks a model config has (its text model's, for a multimodal one), or None when it
+    does not say."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(config, "num_hidden_layers", None)  # GPT-2's n_layer answers to this name too
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def refuse_quantized_full(quantization: str) -> None:
+    """Full fine-tuning trains the weights themselves, which an 8-bit or 4-bit base cannot."""
+    if quantization in ("8bit", "4bit"):
+        raise V2TError(f"full fine-tuning trains the weights themselves and cannot on a {quantization} base: "
+                       "use quantization none")
+
+
+def train_every_weight(base: torch.nn.Module, trainable: bool = True) -> torch.nn.Module:
+    """``base`` with every weight's ``requires_grad`` set to ``trainable`` (full fine-tuning: no LoRA)."""
+    refuse_quantized_full(getattr(base, "v2t_quantization", "none"))
+    for param in base.parameters():
+        param.requires_grad_(trainable)
+    return base
+
+
 def peek_max_positions(name: str) -> int | None:
     """:func:`max_positions` of backbone ``name`` read from its config alone, without weights or downloads; None
     where the config is not at hand (a GGUF file, an offline model not converted yet, a hub model not cached)."""

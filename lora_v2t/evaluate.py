@@ -22,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .adapter import bundle_config, replace_dir
 from .correct import CorrectionConfig, Trace, correct
+from .encoders import PrecomputedEncoder
 from .errors import V2TError
 from .generate import reembed_cosines
+from .vectors import to_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -335,8 +338,6 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
             the reranked candidates (columns ``reranked+corrected-N``), else from the greedy output
             (``corrected-N``); ``rerank`` replaces the ``CorrectionConfig``'s own.
     """
-    from .vectors import to_vectors
-
     check_evaluation_options(rerank, resamples)
     n = len(data.references)
     if n == 0:
@@ -391,8 +392,6 @@ def check_evaluation_options(rerank: int, resamples: int) -> None:
 def adapter_summary(v2t) -> dict:
     """The active adapter's v2t_config (encoder, backbone, projector, LoRA, generation defaults, training
     summary without its sample reconstructions), as recorded in an evaluation summary."""
-    from .adapter import bundle_config
-
     config = bundle_config(v2t)
     config["training"] = {k: v for k, v in (config.get("training") or {}).items() if k != "samples"}
     return config
@@ -401,8 +400,6 @@ def adapter_summary(v2t) -> dict:
 def _write_report(out_dir: Path, overwrite: bool, data: EvalData, systems: dict, summary: dict) -> Path:
     """Write the report into a temporary sibling folder, then rename it to ``out_dir`` (replacing an older
     report only when ``overwrite``; if another report took ``out_dir`` meanwhile, the next free ``-N`` name)."""
-    from .adapter import replace_dir
-
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -427,8 +424,6 @@ def _write_report(out_dir: Path, overwrite: bool, data: EvalData, systems: dict,
 
 
 def _reembed_cosines(v2t, texts: list[str], vectors: np.ndarray) -> np.ndarray | None:
-    from .encoders import PrecomputedEncoder
-
     if isinstance(v2t.encoder, PrecomputedEncoder):
         return None
     return reembed_cosines(v2t, texts, vectors, empty=0.0)  # an empty output scores 0

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .backbone import max_positions
 from .correct import check_role
 from .errors import V2TError
 from .vectors import cosine_rows, to_vectors
@@ -48,8 +49,6 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     """
     from tqdm.auto import tqdm
     from transformers import LogitsProcessorList
-
-    from .backbone import max_positions
 
     check_role(v2t.meta, "hypothesizer" if contexts is None else "corrector", v2t.active_adapter)
     opts = v2t.generation_defaults().updated(**options)

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 
 from .adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
-from .backbone import compute_dtype, load_backbone, pick_device
+from .backbone import compute_dtype, load_backbone, pick_device, train_every_weight
 from .config import DTYPES, INT8_THRESHOLD, check_choice
 from .encoders import load_encoder
 from .hub import resolve_adapter
@@ -55,9 +55,7 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
             "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
     check_compatible(config, info, path)
     if full:
-        for param in base.parameters():
-            param.requires_grad_(trainable)
-        v2t = Vector2Text(base, tokenizer, config["backbone"]["name"])
+        v2t = Vector2Text(train_every_weight(base, trainable), tokenizer, config["backbone"]["name"])
     else:
         with lora_load_errors(path, name):
             peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable)

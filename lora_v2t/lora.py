@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .backbone import num_blocks
 from .config import LoRAConfig
 from .errors import V2TError
 
@@ -30,16 +31,12 @@ def default_target_modules(model_type: str) -> list[str]:
                    "pass target_modules=[...] (names of the attention projection layers)")
 
 
-def lora_blocks(config) -> int | None:
-    """How many transformer blocks a backbone's transformers config says it has (None where it does not say)."""
-    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
-
-
-def make_lora_config(cfg: LoRAConfig, model_type: str, blocks: int | None = None):
-    """A peft LoraConfig for a causal LM of ``model_type`` with ``blocks`` transformer blocks (None: unknown,
-    ``cfg.layers`` then unchecked)."""
+def make_lora_config(cfg: LoRAConfig, model_config):
+    """A peft LoraConfig for a causal LM with transformers config ``model_config`` (its model type picks the
+    default target modules; its number of blocks bounds ``cfg.layers``)."""
     from peft import LoraConfig, TaskType
 
+    model_type, blocks = model_config.model_type, num_blocks(model_config)
     if cfg.layers and blocks and max(cfg.layers) >= blocks:
         raise V2TError(f"lora layers {cfg.layers} name a block beyond the backbone's {blocks} "
                        f"(indices 0..{blocks - 1})")

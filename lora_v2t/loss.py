@@ -40,7 +40,7 @@ class SubsetLoss:
     def __call__(self, inputs: dict) -> torch.Tensor:
         """The loss of ``inputs`` (inputs_embeds, attention_mask, labels with -100 where nothing is learned)."""
         base = self.base
-        body = getattr(base, base.base_model_prefix)  # the decoder stack, LoRA layers included
+        body = base.base_model  # the decoder stack, LoRA layers included
         hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                       use_cache=False)[0]  # no KV cache: nothing is decoded here
         labels = inputs["labels"][:, 1:]  # position t predicts token t+1

@@ -6,7 +6,7 @@ labels are -100 on the prefix and on padding, so the loss covers the sentence to
 
 from __future__ import annotations
 
-import copy
+import inspect
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -14,24 +14,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutput
 
 from .adapter import load_into, save_adapter
-from .backbone import load_backbone
+from .backbone import load_backbone, refuse_quantized_full, train_every_weight
 from .config import (
     INT8_THRESHOLD,
     PRECISION_KEYS,
     BackboneConfig,
+    EncoderConfig,
     GenerationConfig,
     LoRAConfig,
     ProjectorConfig,
     RunConfig,
     TrainingConfig,
+    check_choice,
 )
 from .correct import CorrectionConfig, correct, reranked_start
 from .encoders import Encoder, EncoderCache, check_texts, load_encoder
 from .errors import V2TError
 from .generate import Reranked, generate
-from .lora import lora_blocks, make_lora_config
+from .lora import make_lora_config
 from .loss import SubsetLoss
 from .projector import PrefixProjector, embedding_rms, projector_input_dim
 from .push import push_adapter
@@ -41,19 +44,11 @@ from .vocab import DecodingVocab, check_output_vocab
 logger = logging.getLogger(__name__)
 
 
-def trainable_backbone(base: nn.Module) -> nn.Module:
-    """``base`` with every weight trainable (full fine-tuning); refuses a quantized base."""
-    if base.v2t_quantization != "none":
-        raise V2TError("full fine-tuning trains the weights themselves: use quantization none")
-    for param in base.parameters():
-        param.requires_grad_(True)
-    return base
-
-
 class Vector2Text(nn.Module):
     """Backbone + LoRA adapters + projectors, with the adapter registry of DESIGN.md.
 
-    Build one with :meth:`create` (fresh, untrained adapter) or :func:`lora_v2t.load_adapter`.
+    Build one with :meth:`create` (a fresh, untrained adapter from keyword settings), :meth:`from_config` (the
+    same from a recipe's :class:`lora_v2t.config.RunConfig`) or :func:`lora_v2t.load_adapter` (a saved bundle).
     """
 
     def __init__(self, peft_model, tokenizer, backbone_name: str):
@@ -107,24 +102,39 @@ class Vector2Text(nn.Module):
             role: ``hypothesizer`` (writes text from a vector) or ``corrector`` (rewrites a hypothesis closer to
                 its target vector; see :mod:`lora_v2t.correct`).
         """
+        if encoder is None:
+            raise V2TError("Vector2Text.create needs an encoder: a spec such as 'sentence-transformers/LaBSE' or "
+                           "'offline:use-multilingual', or an Encoder object")
         cfg = RunConfig(
+            encoder=EncoderConfig(spec=encoder) if isinstance(encoder, str) else EncoderConfig(),
             backbone=BackboneConfig(name=backbone, quantization=quantization, device=device,
                                     int8_threshold=int8_threshold),
             projector=ProjectorConfig(kind=projector, prefix_length=prefix_length, hidden_dim=projector_hidden_dim),
             lora=LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
                             layers=lora_layers),
             training=TrainingConfig(trainable=trainable, role=role, seed=0 if seed is None else seed))
-        return cls.from_config(cfg, encoder=encoder, adapter_name=adapter_name, reseed=seed is not None)
+        return cls.from_config(cfg, encoder=None if isinstance(encoder, str) else encoder,
+                               adapter_name=adapter_name, reseed=seed is not None)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, encoder: str | Encoder | None = None, device: str | None = None,
-                    adapter_name: str = "default", reseed: bool = True) -> Vector2Text:
-        """A fresh, untrained adapter as a recipe describes it: its encoder (or ``encoder``, an already loaded
-        one), backbone, quantization, projector, LoRA, training mode and role; on ``device`` (default: the
-        recipe's ``backbone.device``). ``reseed``: seed the RNG with ``training.seed`` before the projector and
-        LoRA are initialised (False leaves it alone)."""
-        enc = load_encoder(encoder or cfg.encoder.spec)
+                    adapter_name: str = "default", *, reseed: bool = True) -> Vector2Text:
+        """A fresh, untrained adapter as a recipe describes it: its encoder, backbone, quantization, projector,
+        LoRA, training mode and role.
+
+        Args:
+            cfg: the recipe (its data and generation sections are not read here).
+            encoder: an encoder spec or an already loaded Encoder to use instead of ``cfg.encoder.spec``.
+            device: where to run (default: the recipe's ``backbone.device``).
+            adapter_name: the new adapter's name in the registry.
+            reseed: seed the RNG with ``training.seed`` before the projector and LoRA are initialised (False
+                leaves it alone).
+        """
         trainable = cfg.training.trainable
+        check_choice("training.trainable", trainable, ("lora", "full"))  # the dataclass checked it when built
+        if trainable == "full":
+            refuse_quantized_full(cfg.backbone.quantization)  # before minutes of loading; auto is known after
+        enc = load_encoder(cfg.encoder.spec if encoder is None else encoder)
         # full fine-tuning keeps fp32 master weights (autocast handles the compute dtype on CUDA)
         base, tokenizer = load_backbone(cfg.backbone.name, quantization=cfg.backbone.quantization,
                                         device=device or cfg.backbone.device,
@@ -135,9 +145,9 @@ class Vector2Text(nn.Module):
         from peft import get_peft_model
 
         if trainable == "full":
-            v2t, lora_meta = cls(trainable_backbone(base), tokenizer, cfg.backbone.name), None
+            v2t, lora_meta = cls(train_every_weight(base), tokenizer, cfg.backbone.name), None
         else:
-            peft_config = make_lora_config(cfg.lora, base.config.model_type, lora_blocks(base.config))
+            peft_config = make_lora_config(cfg.lora, base.config)
             v2t = cls(get_peft_model(base, peft_config, adapter_name=adapter_name), tokenizer, cfg.backbone.name)
             lora_meta = asdict(cfg.lora) | {"alpha": peft_config.lora_alpha,
                                             "target_modules": sorted(peft_config.target_modules)}
@@ -257,7 +267,8 @@ class Vector2Text(nn.Module):
         self.encoders.clear()
 
     def set_encoder(self, encoder: str | Encoder) -> None:
-        """Use another encoder object (same dimension) for the active adapter, e.g. a local copy."""
+        """Use another encoder (a spec or an Encoder object, of the same dimension) for the active adapter, e.g. a
+        local copy of the one it was trained with."""
         self.encoders.put(self.meta["encoder"]["spec"], load_encoder(encoder), self.embedding_dim)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -371,7 +382,7 @@ class Vector2Text(nn.Module):
             return self.model(**inputs, use_cache=False)  # training and scoring decode nothing: no KV cache
         if not isinstance(loss_vocab, SubsetLoss):
             loss_vocab = SubsetLoss(self.base_model, loss_vocab)
-        return _Output(loss=loss_vocab(inputs))
+        return CausalLMOutput(loss=loss_vocab(inputs))
 
     def loss(self, vectors, texts: list[str], max_length: int = 64) -> torch.Tensor:
         """Mean next-token cross-entropy of ``texts`` given their vectors."""
@@ -381,10 +392,9 @@ class Vector2Text(nn.Module):
     def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
         """Embed texts with the active adapter's encoder: float32 (N, d)."""
         enc = self.encoder
-        try:
+        if "show_progress" in inspect.signature(enc.encode).parameters:
             return enc.encode(texts, show_progress=show_progress)
-        except TypeError:  # a user-supplied Encoder without show_progress
-            return enc.encode(texts)
+        return enc.encode(texts)  # a user's Encoder need only take the texts (the Encoder protocol)
 
     def generate(self, vectors, correct_steps: int = 0, corrector: str | None = None, correct_width: int = 1,
                  **options):
@@ -449,11 +459,4 @@ class Vector2Text(nn.Module):
 
     def generation_defaults(self) -> GenerationConfig:
         """The active adapter's generation defaults."""
-        return GenerationConfig(**copy.deepcopy(self.meta["generation"]))
-
-
-class _Output:
-    """The part of a transformers output the trainer reads."""
-
-    def __init__(self, loss: torch.Tensor):
-        self.loss = loss
+        return GenerationConfig.of_bundle(self.meta)

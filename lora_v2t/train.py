@@ -48,8 +48,10 @@ from .checkpoint import (
 from .config import RunConfig
 from .cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing, reset_peak
 from .data import BatchOrder, tokenize_corpus
+from .encoders import load_encoder
 from .errors import V2TError, first_line
 from .loss import SubsetLoss
+from .model import Vector2Text
 from .pairs import prepare_data
 from .rundir import RunDirLock, check_paths, locate_run, run_dir_of
 from .runlog import RunLog
@@ -220,8 +222,6 @@ class Trainer:
 
     def prepare_data(self) -> None:
         """Read and embed the corpus (the main process fills the cache, then the others read it)."""
-        from .encoders import load_encoder
-
         with self.accelerator.main_process_first():
             self.encoder = load_encoder(self.cfg.encoder.spec)
             data = prepare_data(self.cfg, self.encoder, self.show_progress)
@@ -232,8 +232,6 @@ class Trainer:
 
     def build_model(self) -> None:
         """The backbone with a fresh adapter, its loss, optimizer and schedule, prepared by accelerate."""
-        from .model import Vector2Text
-
         cfg, tc = self.cfg, self.cfg.training
         device = self.device if self.device is not None else self.accelerator.device
         self.v2t = v2t = Vector2Text.from_config(cfg, encoder=self.encoder, device=str(device))

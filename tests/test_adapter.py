@@ -244,6 +244,19 @@ def test_unknown_projector_kind_in_bundle(bundle, tmp_path):
         load_adapter(broken)
 
 
+@pytest.mark.parametrize("change,message", [
+    ({"generation__beam_width": 4}, r"unknown generation option\(s\) \['beam_width'\]"),
+    ({"generation__num_beams": 0}, "num_beams must be >= 1"),
+    ({"generation": ["greedy"]}, "generation defaults are not valid"),
+])
+def test_bad_generation_defaults_in_bundle_are_refused_at_load(bundle, tmp_path, change, message):
+    broken = copy_bundle(bundle, tmp_path)
+    edit_config(broken, **change)
+    with pytest.raises(V2TError, match=message) as caught:
+        load_adapter(broken)
+    assert "fix or remove the 'generation' section" in str(caught.value)
+
+
 def test_pickle_offered_as_weights(bundle, tmp_path):
     broken = copy_bundle(bundle, tmp_path)
     torch.save({"w": torch.zeros(2)}, broken / "projector.safetensors")

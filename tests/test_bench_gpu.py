@@ -30,7 +30,8 @@ def test_without_cuda_it_stops_at_once_with_one_line(tmp_path):
 def test_smoke_runs_every_section_on_the_cpu(tmp_path):
     out = tmp_path / "gpu-smoke.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--work-dir",
-                           str(tmp_path / "work"), "--static-variants", "eager+merged,sdpa-no-cudnn+autocast"],
+                           str(tmp_path / "work"), "--static-variants", "eager+merged,sdpa-no-cudnn+autocast",
+                           "--older", str(ROOT)],  # this tree stands in for the older code
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -63,6 +64,7 @@ def test_smoke_runs_every_section_on_the_cpu(tmp_path):
         assert "v2t_static_error" not in r and r["v2t_static_tokens_per_s"] > 0
         variants = ("v2t_static_eager_merged", "v2t_static_sdpa_no_cudnn_autocast")
         assert not [k for k in r if k.endswith("_error")]
-        for path in ("v2t", "v2t_static") + variants:  # the same greedy sequences as plain generate (fp32 on the CPU)
+        for path in ("v2t", "v2t_static", "older") + variants:  # plain generate's greedy sequences (fp32, CPU)
             assert r[f"{path}_same_text"] == f"{r['batch']}/{r['batch']}", path
+        assert {f"{p}_vs_older" for p in ("v2t", "v2t_static") + variants} == {k for k in r if k.endswith("_vs_older")}
     assert "(a) default recipe through the CLI: OK" in proc.stdout and "(c) greedy decoding" in proc.stdout

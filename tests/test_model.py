@@ -94,11 +94,46 @@ def test_lora_can_be_limited_to_some_blocks(tiny_backbone_dir, tiny_encoder, tmp
     ({"projector": "conv"}, "unknown projector kind 'conv'"),
     ({"lora_r": 0}, "lora r must be an integer >= 1"),
     ({"int8_threshold": -1.0}, "backbone.int8_threshold"),
+    ({"trainable": "full", "quantization": "8bit"}, "full fine-tuning .* cannot on a 8bit base"),
+    ({"encoder": None}, "create needs an encoder"),
 ])
 def test_create_refuses_bad_settings_before_loading_the_backbone(kwargs, message, tiny_encoder):
     # the backbone does not exist: a settings error must come first, from the configs create builds
     with pytest.raises(V2TError, match=message):
-        Vector2Text.create(backbone="/nonexistent/backbone", encoder=tiny_encoder, device="cpu", **kwargs)
+        Vector2Text.create(**{"backbone": "/nonexistent/backbone", "encoder": tiny_encoder, "device": "cpu"} | kwargs)
+
+
+def test_a_users_encoder_needs_only_encode_texts_and_its_own_errors_come_through(tiny_backbone_dir, tiny_encoder):
+    class Plain:  # the Encoder protocol: spec, dim, encode(texts)
+        spec, dim = "my-encoder", tiny_encoder.dim
+        calls = 0
+
+        def encode(self, texts):
+            Plain.calls += 1
+            if texts == ["boom"]:
+                raise TypeError("my encoder's own bug")
+            return tiny_encoder.encode(texts)
+
+    v2t = make_v2t(tiny_backbone_dir, Plain())
+    assert v2t.encode(["Где лодка?"], show_progress=True).shape == (1, tiny_encoder.dim)
+    Plain.calls = 0
+    with pytest.raises(TypeError, match="my encoder's own bug"):
+        v2t.encode(["boom"])
+    assert Plain.calls == 1  # called once, not retried without show_progress
+
+
+def test_lora_layers_are_bounded_by_the_text_model_of_a_multimodal_config():
+    from transformers import Gemma3Config, GPT2Config
+
+    from lora_v2t.backbone import num_blocks
+    from lora_v2t.config import LoRAConfig
+    from lora_v2t.lora import make_lora_config
+
+    gemma = Gemma3Config()  # multimodal: the blocks are its text config's
+    assert num_blocks(gemma) == gemma.get_text_config().num_hidden_layers > 0
+    assert num_blocks(GPT2Config(n_layer=24)) == 24
+    with pytest.raises(V2TError, match="beyond the backbone's"):
+        make_lora_config(LoRAConfig(layers=[num_blocks(gemma)]), gemma)
 
 
 def test_create_and_from_config_build_the_same_adapter(tiny_backbone_dir, tiny_encoder):

@@ -484,6 +484,7 @@ def test_the_encoder_is_freed_once_the_cache_is_filled(tmp_path, tiny_backbone_d
         return real_validation(v2t, *args, **kwargs)
 
     monkeypatch.setattr(encoders, "load_encoder", tracked_load)
+    monkeypatch.setattr(train_module, "load_encoder", tracked_load)  # the trainer's own reference
     monkeypatch.setattr(train_module, "validation_loss", validation_that_looks_around)
     train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"),
           show_progress=False)
