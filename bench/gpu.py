@@ -110,13 +110,6 @@ MODES = [
     Mode("lora_4bit_ckpt", "LoRA + projector, 4-bit nf4, checkpointing", "lora", "4bit", True, True),
     Mode("lora_bf16", "LoRA + projector, bf16", "lora", "none", True, False),
 ]
-# --static-variants: each variant joins these features with "+" (e.g. eager+autocast)
-STATIC_FEATURES = {
-    "eager": "transformers' eager attention (compiled by inductor) instead of SDPA",
-    "sdpa-no-cudnn": "SDPA without its cuDNN backend",
-    "autocast": "under torch.autocast in the base's dtype: the fp32 LoRA matrices multiply in bf16",
-    "merged": "the LoRA update merged into the base weights for the row (peft merge_adapter / unmerge_adapter)",
-}
 # from the issue's reporter: a scratch run on an H200 (not this script), torch peak allocated, batch 16 x 64
 REFERENCE_H200 = {"full_fp32": (0.152, 14.39), "full_bf16": (0.089, 14.39), "lora_8bit_ckpt": (0.359, 3.45),
                   "lora_8bit_stock": (0.201, 6.68), "lora_4bit_ckpt": (0.228, 1.39), "lora_bf16": (0.080, 5.19)}
@@ -288,6 +281,62 @@ def merged_layers(v2t) -> int:
     from peft.tuners.lora import LoraLayer
 
     return sum(m.merged for m in v2t.model.modules() if isinstance(m, LoraLayer))
+
+
+@contextmanager
+def attention(v2t, implementation: str):
+    """The base model computes attention with transformers' ``implementation`` inside the block."""
+    base = v2t.base_model
+    before = base.config._attn_implementation  # transformers has no public getter (its own code reads this)
+    base.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(before)
+
+
+@contextmanager
+def sdpa_without_cudnn(v2t):
+    """SDPA attention, choosing among its flash, memory-efficient and math backends only."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with attention(v2t, "sdpa"), sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                              SDPBackend.MATH]):
+        yield
+
+
+@contextmanager
+def autocast_in_base_dtype(v2t):
+    """Everything the call computes under torch.autocast in the base's dtype (projector and LoRA included)."""
+    import torch
+
+    with torch.autocast(v2t.device.type, dtype=v2t.base_model.v2t_dtype):
+        yield
+
+
+@contextmanager
+def lora_merged(v2t):
+    """The active LoRA update merged into the base weights inside the block (peft ``merge_adapter``), unmerged
+    after it."""
+    v2t.model.merge_adapter()
+    try:
+        if merged_layers(v2t) == 0:
+            raise RuntimeError("merge_adapter merged no LoRA layer")
+        yield
+    finally:
+        v2t.model.unmerge_adapter()
+
+
+# --static-variants: a variant joins these features with "+" (e.g. eager+autocast); name: (context, help)
+STATIC_FEATURES = {
+    "eager": (lambda v2t: attention(v2t, "eager"), "transformers' eager attention (compiled by inductor), not SDPA"),
+    "sdpa-no-cudnn": (sdpa_without_cudnn, "SDPA without its cuDNN backend"),
+    "autocast": (autocast_in_base_dtype, "the call under torch.autocast in the base's dtype: the fp32 projector and "
+                                         "LoRA matrices multiply in bf16"),
+    "merged": (lora_merged, "the LoRA update merged into the base weights for the row (peft merge_adapter / "
+                            "unmerge_adapter; the bench's untrained adapter has LoRA B = 0, so this times the "
+                            "merged layers' speed and its text check cannot tell)"),
+}
 
 
 def free_memory() -> None:
@@ -715,8 +764,8 @@ class Bench:
             for variant in self.args.static_variants:  # after the profile: each compiles again
                 row |= self.static_variant_row(variant, v2t, vec, ours, tokens, plain_s, plain_texts)
             if older.get(batch):
-                for path in ["v2t"] + [k.removesuffix("_s") for k in row if k.startswith("v2t_static")
-                                       and k.endswith("_s") and not k.endswith("_first_call_s")]:
+                for path in ["v2t"] + [k.removesuffix("_tokens_per_s") for k in row
+                                       if k.startswith("v2t_static") and k.endswith("_tokens_per_s")]:
                     if f"{path}_s" in row:
                         row[f"{path}_vs_older"] = round(row["older_s"] / row[f"{path}_s"], 3)
             row["peak_allocated_gib"] = gib(torch.cuda.max_memory_allocated()) if self.cuda else None
@@ -763,7 +812,7 @@ class Bench:
         """:meth:`static_row` with the features of ``variant`` (``STATIC_FEATURES`` joined by ``+``) on for this row
         only. The attention features answer the profile's finding that cuDNN's SDPA kernel took half of the compiled
         step's device time at batch 1024 on an H100 (GPT-2 has no ``flex_attention``); ``autocast`` and ``merged``
-        answer its fp32 FFMA GEMMs of the LoRA matrices."""
+        answer its fp32 FFMA GEMMs of the LoRA matrices. A feature that cannot be switched on is this row's error."""
         from contextlib import ExitStack
 
         import torch
@@ -773,8 +822,11 @@ class Bench:
         try:
             with ExitStack() as stack:
                 for feature in variant.split("+"):
-                    stack.enter_context(self.static_feature(feature, v2t))
+                    stack.enter_context(STATIC_FEATURES[feature][0](v2t))
                 row = self.static_row(v2t, vec, ours, tokens, plain_s, plain_texts, path=path)
+        except Exception as exc:  # noqa: BLE001 - e.g. a merge an 8-bit base refuses: the other rows still count
+            log(f"[decoding]   {path}: {error_record(exc)}")
+            return {f"{path}_error": error_record(exc)}
         finally:
             torch.compiler.reset()
         if f"{path}_s" in row:
@@ -782,36 +834,6 @@ class Bench:
                 f"({row[path + '_vs_plain']:.2f}x plain, first call {row[path + '_first_call_s']:.1f} s), "
                 f"same text {row[path + '_same_text']}")
         return row
-
-    @staticmethod
-    @contextmanager
-    def static_feature(feature: str, v2t):
-        """One of ``STATIC_FEATURES`` switched on for the ``with`` block, and back off after it."""
-        import torch
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        base = v2t.base_model
-        before = base.config._attn_implementation  # transformers has no public getter (its own code reads this)
-        if feature == "merged":
-            v2t.model.merge_adapter()
-            if merged_layers(v2t) == 0:
-                raise RuntimeError("merge_adapter merged no LoRA layer")
-        elif feature in ("eager", "sdpa-no-cudnn"):
-            base.set_attn_implementation("sdpa" if feature == "sdpa-no-cudnn" else feature)
-        try:
-            if feature == "sdpa-no-cudnn":
-                with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-                    yield
-            elif feature == "autocast":
-                with torch.autocast(v2t.device.type, dtype=base.v2t_dtype):
-                    yield
-            else:
-                yield
-        finally:
-            if feature == "merged":
-                v2t.model.unmerge_adapter()
-            base.set_attn_implementation(before)
-
 
     def profile_static(self, v2t, vec, ours: dict) -> dict:
         """One warm static-cache call under torch.profiler: where its wall time goes, device and host."""
@@ -1006,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
                              "decoding adds a row for its v2t.generate, run in a child process")
     parser.add_argument("--static-variants", "--static-attention", metavar="LIST",
                         help="comma-separated variants for more static-cache rows, each compiling again; a variant "
-                             "joins features with +: " + "; ".join(f"{k}: {v}" for k, v in STATIC_FEATURES.items()))
+                             "joins features with +: " + "; ".join(f"{k}: {v[1]}" for k, v in STATIC_FEATURES.items()))
     parser.add_argument("--profile", action="store_true",
                         help="profile one more static-cache call at the largest decoding batch (torch.profiler)")
     parser.add_argument("--encoder-vocab", type=int,
