@@ -202,6 +202,9 @@ def _validate_bundle(path: Path) -> dict:
     if not path.is_dir():
         raise V2TError(f"adapter folder {path} does not exist (or is not a folder)")
     if not (path / "v2t_config.json").is_file():
+        if (path / "final").is_dir() or any(path.glob("step-*")):
+            raise V2TError(f"{path} is a training run's folder, not an adapter: give {path / 'final'} (or one of "
+                           "its step-NNNNNN checkpoints)")
         raise V2TError(f"adapter bundle {path} is missing v2t_config.json: it is incomplete or not a lora_v2t "
                        "adapter; save or copy it again")
     config = _read_json(path / "v2t_config.json")

@@ -39,7 +39,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rerank", action="store_true",
                    help="re-embed the candidates and keep the one closest to the target vector (prints cosine)")
     g.add_argument("--batch-size", type=int, help="vectors decoded together (>= 1)")
-    g.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    g.add_argument("--seed", type=seed_value, help="seed for reproducible sampling (0 to 2**63 - 1)")
     g.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
                    help="let every token out, not only the adapter's output vocabulary (when it has one)")
     g.add_argument("--cache", choices=["dynamic", "static"],
@@ -222,7 +222,9 @@ def _add_evaluate_command(sub) -> None:
                     help="TSV column of the references, with --source-column (0-based index >= 0, or a name with "
                          "--header; default 1)")
     ev.add_argument("--header", action="store_true", help="the TSV's first line names its columns")
-    ev.add_argument("--vectors", type=Path, help=".npy vectors, one per reference line, instead of encoding")
+    ev.add_argument("--vectors", type=Path,
+                    help=".npy vectors instead of encoding: one per usable line of --data (blank and over-long "
+                         "lines are skipped), in order; with --limit N, the first N are used")
     ev.add_argument("--rerank", type=int, default=8,
                     help="beam candidates for the reranked column (>= 0; default 8; 0 or 1 = greedy only); with "
                          "--correct-steps, correction starts from the reranked candidates")
@@ -244,6 +246,14 @@ def _add_evaluate_command(sub) -> None:
     ev.set_defaults(func=cmd_evaluate)
 
 
+def seed_value(text: str) -> int:
+    """``--seed``: an integer torch can take (argparse names the option when this refuses)."""
+    value = int(text)  # a ValueError is argparse's "invalid seed_value value"
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {text}")
+    return value
+
+
 def _add_invert_command(sub) -> None:
     inv = sub.add_parser(
         "invert", help="decode a whole file of vectors (or sentences) into JSONL or TSV, resumable",
@@ -251,8 +261,9 @@ def _add_invert_command(sub) -> None:
                     "sentences (encoded with the adapter's encoder) and append the texts to --out (.jsonl: one "
                     "object per row with index, text and, with --cosine, the re-embedding cosine; .tsv: index, "
                     "text, cosine) batch by batch. Stopped and run again, it continues after the last complete "
-                    "row; OUT.meta.json names the adapter, decoding options and source, and a run with others is "
-                    "refused rather than appended.")
+                    "row; OUT.meta.json names the adapter, decoding options and source (and fingerprints its "
+                    "content), and a run with others, or after the source changed, is refused rather than "
+                    "appended. A second run on the same --out while one runs is refused.")
     inv_src = inv.add_mutually_exclusive_group(required=True)
     inv_src.add_argument("--vectors", type=Path, help=".npy file of shape (N, d), read memory-mapped")
     inv_src.add_argument("--texts", type=Path, help="UTF-8 text file, one sentence per line (row i = line i+1)")
@@ -455,10 +466,13 @@ def cmd_evaluate(args) -> int:
         logger.info("skipped lines: %s", data.skipped)
     if args.vectors:  # checked before the slow base load
         vectors = load_vectors_file(args.vectors)
+        if args.limit is not None:  # the first N usable lines: their vectors are the first N
+            vectors = vectors[:args.limit]
         data.vectors = to_vectors(vectors, int(config["encoder"]["dim"])).numpy()
         if len(data.vectors) != len(data.references):
-            raise V2TError(f"{args.vectors} holds {len(data.vectors)} vectors but {args.data} has "
-                           f"{len(data.references)} usable lines: give one vector per line")
+            kept = f"the first {args.limit} " if args.limit is not None else ""
+            raise V2TError(f"{args.vectors} holds {len(data.vectors)} vectors for {kept}{len(data.references)} "
+                           f"usable lines of {args.data}: give one vector per usable line, in order")
     rerank = {"num_beams": args.rerank, "num_return_sequences": args.rerank} if args.rerank > 1 else {}
     _check_decoding(args, config, {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                                    "restrict_vocab": args.restrict_vocab, **rerank})
@@ -485,12 +499,16 @@ def _adapter_label(source, resolved: Path, revision: str | None) -> str:
 def cmd_invert(args) -> int:
     from .adapter import validate_bundle
     from .hub import resolve_adapter
-    from .invert import InvertJob, prepare_job, run_job
+    from .invert import InvertJob, output_lock, prepare_job, run_job
     from .loading import load_dtype
 
     if args.rerank:
         raise V2TError("invert writes the greedy (or sampled, or best-beam) text of each row: drop --rerank, or "
                        "use `lora-v2t generate --rerank` for a few vectors")
+    if args.vectors is not None and args.vectors.suffix != ".npy":
+        raise V2TError(f"--vectors takes a .npy file, got {args.vectors}: give sentences with --texts")
+    if args.texts is not None and args.texts.suffix == ".npy":
+        raise V2TError(f"--texts takes a text file of sentences, got {args.texts}: give .npy vectors with --vectors")
     source_arg = args.adapter
     args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
@@ -499,12 +517,13 @@ def cmd_invert(args) -> int:
                     batch_size=args.batch_size, options=options,
                     dtype=str(load_dtype(config, args.dtype, args.device)).removeprefix("torch."))
     _check_decoding(args, config, options)
-    prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision), config)
-    if prepared.start >= len(prepared.source):  # nothing left: no need to load the models
-        print(f"{args.out} is complete: it holds all {len(prepared.source)} rows")
-        return 0
-    v2t = _load(args)
-    counts = run_job(v2t, job, prepared, show_progress=not args.no_progress)
+    with output_lock(args.out):
+        prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision), config)
+        if prepared.start >= len(prepared.source):  # nothing left: no need to load the models
+            print(f"{args.out} is complete: it holds all {len(prepared.source)} rows")
+            return 0
+        v2t = _load(args)
+        counts = run_job(v2t, job, prepared, show_progress=not args.no_progress)
     notes = [f"batch {counts['batch_size']}"]
     if counts["resumed_at"]:
         notes.append(f"continued from row {counts['resumed_at']}")

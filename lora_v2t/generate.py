@@ -7,6 +7,7 @@ and reranking: re-embed the candidates with the adapter's encoder and keep the o
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import numpy as np
@@ -17,6 +18,8 @@ from .correct import check_role
 from .errors import V2TError
 from .vectors import cosine_rows, to_vectors
 from .vocab import DecodingVocab
+
+logger = logging.getLogger(__name__)
 
 
 class Reranked(NamedTuple):
@@ -51,11 +54,15 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     from transformers import LogitsProcessorList
 
     check_role(v2t.meta, "hypothesizer" if contexts is None else "corrector", v2t.active_adapter)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise V2TError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     opts = v2t.generation_defaults().updated(**options)
     context = 0 if contexts is None else v2t.context_tokens or opts.max_new_tokens  # a corrector's hypothesis
     check_length(opts.max_new_tokens, v2t.projector.prefix_length + context, max_positions(v2t.base_model.config),
                  v2t.backbone_info["name"])
     target = to_vectors(vectors, v2t.projector.embedding_dim)
+    if contexts is None:
+        warn_unless_unit_length(target, v2t.meta["encoder"]["spec"])
     if contexts is not None and (rerank or len(contexts) != target.shape[0]):
         raise V2TError(f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and "
                        "does not rerank")
@@ -92,6 +99,21 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     if rerank:
         return rerank_candidates(v2t, target.numpy(), groups)
     return [g[0] for g in groups] if n == 1 else groups
+
+
+def warn_unless_unit_length(target: torch.Tensor, encoder_spec: str, tolerance: float = 0.05) -> None:
+    """Log a warning when rows are far from unit length: every encoder lora_v2t loads L2-normalises its vectors,
+    so an adapter trained on one has seen only unit vectors, and a scaled one decodes into nonsense. (An adapter
+    trained on precomputed vectors is left alone: those may have any length.)"""
+    if encoder_spec.startswith("precomputed:"):
+        return
+    norms = target.float().norm(dim=1)
+    off = (norms - 1).abs() > tolerance
+    if bool(off.any()):
+        rows = torch.nonzero(off).flatten()[:5].tolist()
+        logger.warning("%d of %d vectors are not unit length (rows %s..., norms %.3g to %.3g): the adapter was "
+                       "trained on its encoder's L2-normalised vectors; divide each by its norm first",
+                       int(off.sum()), len(norms), rows, float(norms.min()), float(norms.max()))
 
 
 def hf_generation_config(opts, vocab: DecodingVocab):

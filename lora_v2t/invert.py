@@ -4,7 +4,8 @@ appended to a JSONL or TSV file as they come.
 Each batch's rows are written in one write and flushed, so a stop (Ctrl-C, kill, a full disk) leaves only complete
 rows; a row cut short by a crash is dropped when the job restarts, and the job continues after the last complete
 row. ``OUT.meta.json`` names the adapter, the decoding options and the source the rows come from: a restart with
-another adapter, other options or another source is refused rather than appended to.
+another adapter, other options or another source (or the same file with other content) is refused rather than
+appended to. While a job writes OUT it holds ``OUT.lock``: a second job on the same OUT is refused.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .errors import V2TError
+from .locks import FileLock, LockBusy
 from .vectorfile import load_vectors_file
 
 logger = logging.getLogger(__name__)
@@ -67,6 +70,22 @@ class Source:
     def __len__(self) -> int:
         return len(self.vectors) if self.vectors is not None else len(self.texts)
 
+    def fingerprint(self, blocks: int = 64, block: int = 65536) -> str:
+        """What changes when the source's content does: a sha256 of its texts, or of a vector file's size and
+        ``blocks`` evenly spread blocks of ``block`` bytes (head and tail included; a file of any size costs
+        at most 4 MiB of reads)."""
+        digest = hashlib.sha256()
+        if self.texts is not None:
+            digest.update("\n".join(self.texts).encode("utf-8"))
+            return digest.hexdigest()[:16]
+        size = self.path.stat().st_size
+        digest.update(str(size).encode())
+        with open(self.path, "rb") as handle:
+            for offset in sorted({int(i * max(size - block, 0) / max(blocks - 1, 1)) for i in range(blocks)}):
+                handle.seek(offset)
+                digest.update(handle.read(block))
+        return digest.hexdigest()[:16]
+
     def refuse_non_finite(self, chunk: int = 65536) -> None:
         """Name the first rows holding NaN or inf (read in chunks: the file may not fit in memory)."""
         for start in range(0, len(self.vectors), chunk):
@@ -85,6 +104,8 @@ class Source:
 
 def read_texts(path: Path) -> list[str]:
     """The lines of a UTF-8 text file, one sentence each; row i is line i + 1, so blank lines are refused."""
+    if path.is_dir():
+        raise V2TError(f"source {path} is a folder: give a .npy file of vectors or a text file of sentences")
     if not path.is_file():
         raise V2TError(f"source {path} does not exist: give a .npy file of vectors or a text file of sentences")
     try:
@@ -136,6 +157,7 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     decoding = {k: v for k, v in asdict(options).items() if k not in ("batch_size", "cache")}
     identity = {"format": 1, "adapter": label or str(adapter_dir.resolve()), "projector_sha256": weights,
                 "decoding": decoding, "source": str(Path(job.source).resolve()), "rows": len(source),
+                "source_sha256": source.fingerprint(),
                 "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype}
     return PreparedJob(source, identity, prepare_output(job, identity))
 
@@ -154,18 +176,59 @@ def prepare_output(job: InvertJob, identity: dict) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             raise V2TError(f"{meta} is unreadable ({exc}): delete {out} and {meta.name} to start over") from exc
         for key, value in identity.items():
-            if key == "dtype" and key not in saved:  # written before the dtype was recorded
-                logger.warning("%s does not record the dtype of its rows; continuing in %s", meta, value)
+            if key in ("dtype", "source_sha256") and key not in saved:  # written before lora_v2t recorded it
+                logger.warning("%s does not record the %s of its rows; continuing with %s", meta, key, value)
                 continue
+            if key == "source_sha256" and saved[key] != value:
+                raise V2TError(f"{out} was written from another content of {job.source} (the file changed since): "
+                               f"choose another --out, or delete {out} and {meta.name} to start over")
             if saved.get(key) != value:
                 raise V2TError(f"{out} was written with another {key} ({saved.get(key)!r}, now {value!r}): choose "
                                f"another --out, or delete {out} and {meta.name} to start over")
-    out.parent.mkdir(parents=True, exist_ok=True)
     if not meta.exists():
+        output_folder(out)
         tmp = meta.with_name(meta.name + ".tmp")
-        tmp.write_text(json.dumps(identity, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, meta)
+        try:
+            tmp.write_text(json.dumps(identity, ensure_ascii=False, indent=1), encoding="utf-8")
+            os.replace(tmp, meta)
+        except OSError as exc:
+            raise V2TError(f"cannot write {meta} ({exc.strerror or exc}): give an --out in a writable folder") \
+                from exc
     return _resume_position(out)
+
+
+def output_folder(out: str | Path) -> Path:
+    """OUT's folder, created if missing (with a note: a mistyped path would otherwise go unnoticed); one line
+    naming the problem where it cannot be."""
+    folder = Path(out).parent
+    if not folder.is_dir():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise V2TError(f"cannot create the folder of --out {out} ({exc.strerror or exc}): give an --out in a "
+                           "writable folder") from exc
+        logger.warning("created the folder %s for %s", folder, out)
+    return folder
+
+
+@contextmanager
+def output_lock(out: str | Path):
+    """Hold OUT's lock (``OUT.lock``) for the ``with`` block: a second invert writing the same OUT is refused,
+    naming the process that writes it, instead of interleaving its rows."""
+    output_folder(out)
+    lock = FileLock(str(out) + ".lock")
+    try:
+        lock.acquire()
+    except LockBusy as exc:
+        holder = f"process {exc.pid}" if exc.pid else "another process"
+        raise V2TError(f"{out} is being written by {holder} (another `lora-v2t invert`): wait for it to end, or "
+                       "give another --out") from None
+    except OSError as exc:
+        raise V2TError(f"cannot lock {out} ({exc.strerror or exc}): give an --out in a writable folder") from exc
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _resume_position(out: Path) -> int:
@@ -239,7 +302,8 @@ def invert_file(v2t, job: InvertJob, adapter_dir: str | Path, show_progress: boo
         raise V2TError(f"the job asks for dtype {job.dtype} but the base was loaded in {loaded}: load it with "
                        f"load_adapter(..., dtype={job.dtype!r})")
     job = replace(job, dtype=loaded)
-    return run_job(v2t, job, prepare_job(job, adapter_dir), show_progress)
+    with output_lock(job.out):
+        return run_job(v2t, job, prepare_job(job, adapter_dir), show_progress)
 
 
 def run_job(v2t, job: InvertJob, prepared: PreparedJob, show_progress: bool = True) -> dict:

@@ -46,3 +46,14 @@ def make_lora_config(cfg: LoRAConfig, model_config):
                       lora_dropout=cfg.dropout, target_modules=targets, layers_to_transform=cfg.layers,
                       fan_in_fan_out=model_type == "gpt2", bias="none")
 
+
+def check_target_modules(model, targets) -> None:
+    """Refuse target module names that match no module of ``model`` (peft's rule: the whole name, or its end after
+    a dot), naming the layer names it does have."""
+    names = [name for name, _ in model.named_modules()]
+    missing = sorted(t for t in targets if not any(n == t or n.endswith("." + t) for n in names))
+    if missing:
+        layers = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if type(module).__name__ in ("Linear", "Conv1D", "Linear8bitLt", "Linear4bit")})
+        raise V2TError(f"lora target_modules {missing} match no layer of the backbone; its layers are named "
+                       f"{layers}")

@@ -34,7 +34,7 @@ from .correct import CorrectionConfig, correct, reranked_start
 from .encoders import Encoder, EncoderCache, check_texts, load_encoder
 from .errors import V2TError
 from .generate import Reranked, generate
-from .lora import make_lora_config
+from .lora import check_target_modules, make_lora_config
 from .loss import SubsetLoss
 from .projector import PrefixProjector, embedding_rms, projector_input_dim
 from .push import push_adapter
@@ -148,6 +148,7 @@ class Vector2Text(nn.Module):
             v2t, lora_meta = cls(train_every_weight(base), tokenizer, cfg.backbone.name), None
         else:
             peft_config = make_lora_config(cfg.lora, base.config)
+            check_target_modules(base, peft_config.target_modules)
             v2t = cls(get_peft_model(base, peft_config, adapter_name=adapter_name), tokenizer, cfg.backbone.name)
             lora_meta = asdict(cfg.lora) | {"alpha": peft_config.lora_alpha,
                                             "target_modules": sorted(peft_config.target_modules)}

@@ -168,6 +168,10 @@ def edit_config(path, **changes):
 def test_missing_folder_and_missing_file(bundle, tmp_path):
     with pytest.raises(V2TError, match="does not exist"):
         load_adapter(tmp_path / "nothing-here")
+    run = tmp_path / "runs" / "r"
+    shutil.copytree(bundle, run / "final")
+    with pytest.raises(V2TError, match=r"is a training run's folder, not an adapter: give .*final"):
+        load_adapter(run)
     broken = copy_bundle(bundle, tmp_path)
     (broken / "projector.safetensors").unlink()
     with pytest.raises(V2TError, match="missing projector.safetensors"):

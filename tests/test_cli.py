@@ -192,3 +192,21 @@ def test_importing_lora_v2t_prints_no_warning_about_bitsandbytes_optional_cpu_ke
     done = subprocess.run([sys.executable, "-c", "import lora_v2t"], capture_output=True, text=True, timeout=300,
                           env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0 and "kernels-community" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_seed_torch_cannot_take_is_refused_before_loading(bundle, capsys, monkeypatch):
+    from .conftest import refuse_calls
+
+    refuse_calls(monkeypatch, "lora_v2t.loading.load_adapter", "the models were loaded")
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--adapter", str(bundle), "--text", "a", "--seed", str(2**64)])
+    assert stop.value.code == 2 and "argument --seed: must be from 0 to 2**63 - 1" in capsys.readouterr().err
+
+
+def test_a_bad_seed_in_python_is_one_line(bundle):
+    from lora_v2t import V2TError, load_adapter
+
+    v2t = load_adapter(bundle)
+    for seed in (-1, 2**63, "a", 1.5):
+        with pytest.raises(V2TError, match="seed must be an integer from 0 to 2\\*\\*63 - 1"):
+            v2t.generate(np.zeros((1, v2t.embedding_dim), dtype=np.float32) + 0.1, seed=seed)

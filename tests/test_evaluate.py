@@ -158,7 +158,14 @@ def test_evaluate_from_vectors_of_the_wrong_dimension(v2t, tmp_path, capsys):
     np.save(tmp_path / "v.npy", np.zeros((3, v2t.embedding_dim), dtype=np.float32))
     assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"),
                  "--vectors", str(tmp_path / "v.npy")]) == 2
-    assert "3 vectors but" in capsys.readouterr().err
+    assert "holds 3 vectors for 2 usable lines" in capsys.readouterr().err
+    vectors = v2t.encode(["Где лодка?", "Кошка спит."])
+    np.save(tmp_path / "v.npy", vectors)
+    out = tmp_path / "one"
+    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--vectors",
+                 str(tmp_path / "v.npy"), "--limit", "1", "--rerank", "0", "--max-new-tokens", "4",
+                 "--resamples", "10", "--out", str(out), "--no-progress"]) == 0  # the first vector for the first line
+    assert (out / "summary.md").is_file()
 
 
 def test_two_adapters_named_final_get_their_own_reports_that_say_which_adapter(tiny_backbone_dir, tiny_encoder,

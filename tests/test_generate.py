@@ -255,3 +255,16 @@ def test_the_decoding_vocabulary_is_built_once_per_adapter(v2t):
         assert v2t.decoding_vocab(True) is not v2t.decoding_vocab(True)
     finally:
         head.weight.requires_grad_(False)
+
+
+def test_vectors_far_from_unit_length_are_warned_about(v2t, caplog):
+    unit = v2t.encode(["Где лодка?", "Мама мыла раму."])
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-4)  # what the adapter's encoder makes
+    with caplog.at_level("WARNING", logger="lora_v2t.generate"):
+        v2t.generate(unit, max_new_tokens=2)
+    assert "not unit length" not in caplog.text
+    scaled = unit.copy()
+    scaled[1] *= 10
+    with caplog.at_level("WARNING", logger="lora_v2t.generate"):
+        v2t.generate(scaled, max_new_tokens=2)
+    assert "1 of 2 vectors are not unit length (rows [1]..., norms 1 to 10)" in caplog.text

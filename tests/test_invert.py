@@ -89,6 +89,59 @@ def test_a_restart_with_another_adapter_or_options_is_refused(v2t, bundle, vecto
         prepare_job(InvertJob(str(vectors_file), str(tmp_path / "foreign.jsonl")), bundle)
 
 
+def test_a_restart_on_a_source_whose_content_changed_is_refused(v2t, bundle, vectors_file, tmp_path):
+    texts = tmp_path / "s.txt"
+    texts.write_text("\n".join(SENTENCES[:3]) + "\n", encoding="utf-8")
+    for source, rewrite in [
+        (vectors_file, lambda: np.save(vectors_file, np.load(vectors_file)[::-1].copy())),  # same shape and size
+        (texts, lambda: texts.write_text("\n".join(SENTENCES[3:6]) + "\n", encoding="utf-8")),  # same row count
+    ]:
+        out = tmp_path / f"{source.stem}.jsonl"
+        job = InvertJob(str(source), str(out), options={"max_new_tokens": 4})
+        invert_file(v2t, job, bundle, show_progress=False)
+        before = out.read_bytes()
+        rewrite()
+        with pytest.raises(V2TError, match=f"was written from another content of {source}"):
+            invert_file(v2t, job, bundle, show_progress=False)
+        assert out.read_bytes() == before
+
+
+def test_a_second_job_on_the_same_output_is_refused_naming_the_first(bundle, v2t, tmp_path, capsys):
+    import os
+
+    from lora_v2t.locks import FileLock
+
+    texts = tmp_path / "s.txt"
+    texts.write_text("\n".join(SENTENCES[:2]) + "\n", encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    args = ["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(out), "--max-new-tokens", "4",
+            "--no-progress"]
+    with FileLock(str(out) + ".lock"):  # as a first job would hold it while it writes
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"is being written by process {os.getpid()}" in err[0]
+    assert not out.exists() and not (tmp_path / "o.jsonl.meta.json").exists()
+    assert main(args) == 0 and len(rows_of(out)) == 2 and not (tmp_path / "o.jsonl.lock").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(bundle, v2t, tmp_path, capsys):
+    texts = tmp_path / "s.txt"
+    texts.write_text(SENTENCES[0] + "\n", encoding="utf-8")
+    (tmp_path / "a.bak").write_text("a file, not a folder")
+    assert main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out",
+                 str(tmp_path / "a.bak" / "x.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create the folder of --out" in err[0]
+    assert main(["invert", "--adapter", str(bundle), "--vectors", str(texts), "--out", str(tmp_path / "v.jsonl")]) == 2
+    assert main(["invert", "--adapter", str(bundle), "--texts", str(tmp_path / "v.npy"), "--out",
+                 str(tmp_path / "v.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "--vectors takes a .npy file" in err and "--texts takes a text file of sentences" in err
+    assert not (tmp_path / "v.jsonl.meta.json").exists()
+    with pytest.raises(V2TError, match=f"source {tmp_path} is a folder: give a .npy file"):
+        prepare_job(InvertJob(str(tmp_path), str(tmp_path / "o.jsonl")), bundle)
+
+
 def test_nan_rows_are_refused_by_row_or_skipped_and_counted(v2t, bundle, tmp_path):
     vectors = v2t.encode(SENTENCES[:5])
     vectors[3, 0] = np.nan

@@ -77,6 +77,12 @@ def test_target_modules_can_be_overridden(tiny_backbone_dir, tiny_encoder):
     assert names and all("c_fc" in n for n in names)
 
 
+def test_target_modules_that_match_nothing_are_refused_naming_the_layers(tiny_backbone_dir, tiny_encoder):
+    with pytest.raises(V2TError, match=r"target_modules \['nope'\] match no layer of the backbone; its layers are "
+                                       r"named \[.*'c_attn'.*\]"):
+        make_v2t(tiny_backbone_dir, tiny_encoder, target_modules=["nope", "c_fc"])
+
+
 def test_lora_can_be_limited_to_some_blocks(tiny_backbone_dir, tiny_encoder, tmp_path):
     v2t = make_v2t(tiny_backbone_dir, tiny_encoder, lora_layers=[1])
     names = [n for n, _ in v2t.model.named_parameters() if "lora_" in n]
