@@ -50,6 +50,9 @@ class BackboneConfig:
                         "(bitsandbytes' default 6.0); 0 quantises every feature, a faster step at some accuracy cost")
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise V2TError(f"backbone.name must be a hub id, a folder, a .gguf file or {OFFLINE_BACKBONE}, got "
+                           f"{self.name!r}")
         check_choice("quantization", self.quantization, QUANTIZATION_MODES)
         check_range("backbone.int8_threshold", self.int8_threshold, low=0)
 
@@ -125,7 +128,7 @@ class GenerationConfig:
         if self.do_sample:
             check_range("temperature (when sampling)", self.temperature, low=0, above=True)
         else:
-            check_range("temperature", self.temperature)  # unused without sampling, but a number
+            check_range("temperature", self.temperature, low=0)  # unused without sampling (0: greedy), not < 0
         if not self.do_sample and self.num_return_sequences > self.num_beams:
             raise V2TError(
                 f"num_return_sequences={self.num_return_sequences} needs num_beams >= that many "

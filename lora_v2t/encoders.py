@@ -45,6 +45,11 @@ def check_texts(texts) -> list[str]:
             raise V2TError(f"text {i} is a {type(text).__name__}, not a string")
         if not text.strip():
             raise V2TError(f"text {i} is empty: every text must contain at least one non-space character")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # e.g. bytes of another encoding from a terminal, read as surrogates
+            raise V2TError(f"text {i} is not valid UTF-8 (at character {exc.start}): give UTF-8 text (set the "
+                           "terminal or file to UTF-8)") from None
     return texts
 
 
@@ -138,7 +143,10 @@ def load_encoder(spec: str | Encoder, device: str | None = None) -> Encoder:
         return USEMultilingualEncoder()
     if spec.startswith("precomputed:"):
         try:
-            return PrecomputedEncoder(int(spec.split(":", 1)[1]))
+            dim = int(spec.split(":", 1)[1])
+            if dim < 1:
+                raise ValueError(dim)
+            return PrecomputedEncoder(dim)
         except ValueError as exc:
             raise V2TError(f"bad encoder spec {spec!r}: write precomputed:<dimension>, e.g. precomputed:768") \
                 from exc

@@ -59,6 +59,8 @@ def resolve_adapter(source: str | Path, revision: str | None = None) -> Path:
         V2TError: one line saying which: no such folder, not in the local cache while offline, no such repository
             or revision on the hub, or a network error; and how to fix it.
     """
+    if not isinstance(source, (str, Path)) or not str(source).strip():
+        raise V2TError(f"an adapter is a bundle folder or a hub id 'org/name', got {source!r}")
     path = Path(source).expanduser()
     if path.exists():
         if revision is not None:

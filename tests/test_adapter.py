@@ -168,6 +168,9 @@ def edit_config(path, **changes):
 def test_missing_folder_and_missing_file(bundle, tmp_path):
     with pytest.raises(V2TError, match="does not exist"):
         load_adapter(tmp_path / "nothing-here")
+    for nothing in (None, "", "  "):
+        with pytest.raises(V2TError, match="an adapter is a bundle folder or a hub id"):
+            load_adapter(nothing)
     run = tmp_path / "runs" / "r"
     shutil.copytree(bundle, run / "final")
     with pytest.raises(V2TError, match=r"is a training run's folder, not an adapter: give .*final"):
@@ -246,6 +249,17 @@ def test_unknown_projector_kind_in_bundle(bundle, tmp_path):
     edit_config(broken, projector__kind="transformer")
     with pytest.raises(V2TError, match="unknown projector kind 'transformer'"):
         load_adapter(broken)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"backbone__quantization": "3bit"}, "backbone.quantization must be one of 8bit, 4bit, none, got '3bit'"),
+    ({"backbone__compute_dtype": "float8"}, "backbone.compute_dtype must be float32, bfloat16 or float16"),
+])
+def test_bad_precision_in_bundle_is_refused_at_load(bundle, tmp_path, change, message):
+    broken = copy_bundle(bundle, tmp_path)
+    edit_config(broken, **change)
+    with pytest.raises(V2TError, match=message):
+        validate_bundle(broken)
 
 
 @pytest.mark.parametrize("change,message", [

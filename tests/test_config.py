@@ -96,6 +96,7 @@ def test_bad_recipe_files(tmp_path):
 @pytest.mark.parametrize("options,message", [
     ({"do_sample": True, "temperature": 0.0}, "temperature (when sampling) must be > 0, got 0.0"),
     ({"do_sample": True, "temperature": float("nan")}, "temperature (when sampling) must be > 0, got nan"),
+    ({"temperature": -1.0}, "temperature must be >= 0, got -1.0"),
     ({"top_k": -3}, "top_k must be >= 0, got -3"),
     ({"top_k": 2.5}, "top_k must be an integer, got 2.5"),
     ({"top_p": 1.5}, "top_p must be > 0 and <= 1, got 1.5"),

@@ -40,6 +40,7 @@ def test_bad_encoder_specs(spec, message):
     ([], "empty batch"),
     (["ok", "   "], "text 1 is empty"),
     (["ok", 3], "text 1 is a int"),
+    (["ok", b"\xff\xfe".decode("utf-8", "surrogateescape")], r"text 1 is not valid UTF-8 \(at character 0\)"),
 ])
 def test_bad_texts(texts, message):
     with pytest.raises(V2TError, match=message):

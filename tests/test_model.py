@@ -102,6 +102,8 @@ def test_lora_can_be_limited_to_some_blocks(tiny_backbone_dir, tiny_encoder, tmp
     ({"int8_threshold": -1.0}, "backbone.int8_threshold"),
     ({"trainable": "full", "quantization": "8bit"}, "full fine-tuning .* cannot on a 8bit base"),
     ({"encoder": None}, "create needs an encoder"),
+    ({"backbone": None}, "backbone.name must be a hub id"),
+    ({"encoder": "precomputed:0"}, "bad encoder spec 'precomputed:0'"),
 ])
 def test_create_refuses_bad_settings_before_loading_the_backbone(kwargs, message, tiny_encoder):
     # the backbone does not exist: a settings error must come first, from the configs create builds
