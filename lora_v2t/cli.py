@@ -327,6 +327,10 @@ def _check_decoding(args, config: dict, options: dict) -> None:
 
     pick_device(args.device)
     opts = GenerationConfig.of_bundle(config, **options)
+    unused = [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p") if k in options]
+    if unused and not opts.do_sample:
+        logger.warning("%s only shape sampling: without --do-sample decoding is greedy (or beam search) and "
+                       "ignores them", ", ".join(unused))
     backbone = str(Path(args.adapter) / "backbone") if config.get("trainable") == "full" else \
         args.backbone or config["backbone"]["name"]
     check_length(opts.max_new_tokens, config["projector"]["prefix_length"], peek_max_positions(backbone), backbone)

@@ -210,3 +210,15 @@ def test_a_bad_seed_in_python_is_one_line(bundle):
     for seed in (-1, 2**63, "a", 1.5):
         with pytest.raises(V2TError, match="seed must be an integer from 0 to 2\\*\\*63 - 1"):
             v2t.generate(np.zeros((1, v2t.embedding_dim), dtype=np.float32) + 0.1, seed=seed)
+
+
+def test_sampling_options_without_sampling_are_warned_about(bundle, capsys, caplog):
+    with caplog.at_level("WARNING", logger="lora_v2t"):
+        assert main(["generate", "--adapter", str(bundle), "--text", "a", "--temperature", "0.7", "--top-k", "5",
+                     "--max-new-tokens", "2"]) == 0
+    assert "--temperature, --top-k only shape sampling: without --do-sample" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lora_v2t"):
+        assert main(["generate", "--adapter", str(bundle), "--text", "a", "--temperature", "0.7", "--do-sample",
+                     "--max-new-tokens", "2", "--seed", "0"]) == 0
+    assert "only shape sampling" not in caplog.text
