@@ -22,8 +22,8 @@ up to that size) and a random LaBSE-shaped sentence-transformers encoder (BERT 1
             each row's first EOS (the padding after it is not counted). With --profile, one more static call
             at the largest batch runs under torch.profiler: the device's busy time against the wall time, and
             the operators that take the most device and host time. --static-variants adds static rows with
-            other settings: another attention (eager, or SDPA without cuDNN), autocast (the LoRA matrices
-            in bf16), the LoRA merged into the base, or several of these joined by + (eager+autocast).
+            other settings: another attention (eager, or SDPA without cuDNN), autocast (the projector and
+            LoRA matrices in bf16), the LoRA merged into the base, or several of these joined by + (eager+autocast).
 
     python bench/gpu.py                          # all sections (on one H100, about 3 minutes for decoding at
                                                  # 128 and 512 with training, 2.5 for e2e)

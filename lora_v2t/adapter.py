@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import __version__
 from .cards import bundle_card
-from .config import PRECISION_KEYS, QUANTIZATION_MODES, ROLES, GenerationConfig, ProjectorConfig
+from .config import BASE_QUANTIZATIONS, PRECISION_KEYS, ROLES, GenerationConfig, ProjectorConfig
 from .errors import V2TError, first_line
 from .hub import backbone_hub_id, peft_base_name, resolve_adapter
 from .layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSION, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
@@ -261,9 +261,9 @@ def _validate_bundle(path: Path) -> dict:
     except KeyError as exc:
         raise V2TError(f"{path / 'v2t_config.json'}: projector section lacks {exc}") from exc
     precision = config["backbone"]
-    if precision.get("quantization") not in (None, *QUANTIZATION_MODES[1:]):
+    if precision.get("quantization") not in (None, *BASE_QUANTIZATIONS):
         raise V2TError(f"{path / 'v2t_config.json'}: backbone.quantization must be one of "
-                       f"{', '.join(QUANTIZATION_MODES[1:])}, got {precision['quantization']!r}: the file is corrupt")
+                       f"{', '.join(BASE_QUANTIZATIONS)}, got {precision['quantization']!r}: the file is corrupt")
     if precision.get("compute_dtype") not in (None, "float32", "bfloat16", "float16"):
         raise V2TError(f"{path / 'v2t_config.json'}: backbone.compute_dtype must be float32, bfloat16 or float16, "
                        f"got {precision['compute_dtype']!r}: the file is corrupt")

@@ -83,8 +83,10 @@ def refuse_quantized_full(quantization: str) -> None:
 
 
 def train_every_weight(base: torch.nn.Module, trainable: bool = True) -> torch.nn.Module:
-    """``base`` with every weight's ``requires_grad`` set to ``trainable`` (full fine-tuning: no LoRA)."""
-    refuse_quantized_full(getattr(base, "v2t_quantization", "none"))
+    """``base`` with every weight's ``requires_grad`` set to ``trainable`` (full fine-tuning: no LoRA); a quantized
+    base is refused only for training (a fully fine-tuned model may still be loaded in 8 bits to decode)."""
+    if trainable:
+        refuse_quantized_full(getattr(base, "v2t_quantization", "none"))
     for param in base.parameters():
         param.requires_grad_(trainable)
     return base

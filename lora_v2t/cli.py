@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .config import DTYPES, describe_keys
+from .config import DTYPES, SEED_LIMIT, describe_keys
 from .errors import V2TError
 from .vectorfile import load_vectors_file
 
@@ -249,7 +249,7 @@ def _add_evaluate_command(sub) -> None:
 def seed_value(text: str) -> int:
     """``--seed``: an integer torch can take (argparse names the option when this refuses)."""
     value = int(text)  # a ValueError is argparse's "invalid seed_value value"
-    if not 0 <= value < 2**63:
+    if not 0 <= value < SEED_LIMIT:
         raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {text}")
     return value
 

@@ -16,6 +16,8 @@ from .errors import V2TError
 
 PROJECTOR_KINDS = ("zero-pad", "linear", "mlp")
 QUANTIZATION_MODES = ("auto", "8bit", "4bit", "none")
+BASE_QUANTIZATIONS = ("8bit", "4bit", "none")  # what a loaded base is (auto resolved), as bundles record it
+SEED_LIMIT = 2**63  # torch.manual_seed takes 0 .. SEED_LIMIT - 1
 CACHE_KINDS = ("dynamic", "static")
 INT8_THRESHOLD = 6.0  # bitsandbytes' own LLM.int8 outlier threshold
 # how a base computes; each adapter records its training's

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .backbone import max_positions
+from .config import SEED_LIMIT
 from .correct import check_role
 from .errors import V2TError
 from .vectors import cosine_rows, to_vectors
@@ -54,7 +55,7 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     from transformers import LogitsProcessorList
 
     check_role(v2t.meta, "hypothesizer" if contexts is None else "corrector", v2t.active_adapter)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
         raise V2TError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     opts = v2t.generation_defaults().updated(**options)
     context = 0 if contexts is None else v2t.context_tokens or opts.max_new_tokens  # a corrector's hypothesis

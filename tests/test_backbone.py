@@ -143,3 +143,18 @@ def test_cpu_4bit_rules(monkeypatch, avx512_bf16):
     assert "in_features 96, not a multiple" in cpu_4bit_problem(torch.nn.Sequential(bnb.nn.Linear4bit(96, 64)))
     rows = cpu_4bit_problem(torch.nn.Sequential(bnb.nn.Linear4bit(64, 48)))  # AVX-512 BF16 packs 32 rows
     assert (rows is not None and "out_features 48, not a multiple of 32" in rows) == avx512_bf16
+
+
+def test_a_quantized_base_is_refused_for_full_training_only():
+    from torch import nn
+
+    from lora_v2t import V2TError
+    from lora_v2t.backbone import train_every_weight
+
+    base = nn.Linear(2, 2)
+    base.v2t_quantization = "8bit"  # as the loader marks a bitsandbytes base
+    assert not any(p.requires_grad for p in train_every_weight(base, trainable=False).parameters())  # decoding
+    with pytest.raises(V2TError, match="cannot on a 8bit base: use quantization none"):
+        train_every_weight(base, trainable=True)
+    base.v2t_quantization = "none"
+    assert all(p.requires_grad for p in train_every_weight(base).parameters())
