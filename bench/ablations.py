@@ -46,7 +46,7 @@ def corpus_vocab_val_loss(v2t, texts: list[str], vectors, vocab, batch_size: int
     import numpy as np
     import torch
 
-    from lora_v2t.train import validation_loss
+    from lora_v2t.train.trainer import validation_loss
 
     allowed = set(vocab.tolist())
     keep = [i for i, t in enumerate(texts)
@@ -65,9 +65,9 @@ def main() -> None:
 
     from lora_v2t import load_adapter
     from lora_v2t.config import load_config
-    from lora_v2t.data import tokenize_corpus
-    from lora_v2t.pairs import prepare_data
-    from lora_v2t.train import train
+    from lora_v2t.train.data import tokenize_corpus
+    from lora_v2t.train.pairs import prepare_data
+    from lora_v2t.train.trainer import train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

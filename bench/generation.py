@@ -22,8 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from lora_v2t import Vector2Text, load_adapter  # noqa: E402
-from lora_v2t.backbone import convert_offline_gemma, load_backbone  # noqa: E402
-from lora_v2t.generate import generate_naive  # noqa: E402
+from lora_v2t.model.backbone import convert_offline_gemma, load_backbone  # noqa: E402
+from lora_v2t.model.generate import generate_naive  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ru" / "dev_conversational.txt"
 

@@ -271,7 +271,7 @@ def stock_gelu(model) -> int:
     for the GPT-2 shapes here, it would also turn Gemma's own into ``gelu_new``); returns how many."""
     from transformers.activations import get_activation
 
-    from lora_v2t.backbone import replace_activations
+    from lora_v2t.model.backbone import replace_activations
 
     return replace_activations(model, (type(get_activation("gelu_pytorch_tanh")),), "gelu_new")
 

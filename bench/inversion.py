@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from older import commit_id, run_at  # noqa: E402
 
 from lora_v2t import load_adapter  # noqa: E402
-from lora_v2t.invert import InvertJob, invert_file  # noqa: E402
-from lora_v2t.vectors import cosine_rows  # noqa: E402
+from lora_v2t.tasks.invert import InvertJob, invert_file  # noqa: E402
+from lora_v2t.util.vectors import cosine_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "ru" / "dev_conversational.txt"

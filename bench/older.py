@@ -43,7 +43,7 @@ def run_at(rev: str | None, code: str, args: dict) -> dict:
     """Run ``code`` in a child process with the lora_v2t of commit ``rev`` importable (None: this working tree's);
     it reads ``ARGS`` (``args``, plus ``ARGS["tmp"]``, a scratch folder) and must write a JSON object to the path
     ``ARGS["result"]``, which is returned. The child reads the same checkpoints folder (``LORA_V2T_HOME``)."""
-    from lora_v2t.backbone import checkpoints_dir
+    from lora_v2t.model.backbone import checkpoints_dir
 
     with tempfile.TemporaryDirectory(prefix="older-lora-v2t-") as tmp:
         code_dir = REPO if rev is None else extract(rev, Path(tmp) / "code")

@@ -37,7 +37,7 @@ RUN_CODE = """
 import time
 from pathlib import Path
 from lora_v2t.config import load_config
-from lora_v2t.train import train
+from lora_v2t.train.trainer import train
 cfg = load_config(ARGS["recipe"], ARGS["overrides"] + [f"--training.output_dir={ARGS['tmp']}/runs"])
 start = time.perf_counter()
 final = train(cfg, show_progress=False)

@@ -36,7 +36,7 @@ def run_mode(name: str, steps: int, batch_size: int, max_tokens: int) -> dict:
     import torch
 
     from lora_v2t import Vector2Text
-    from lora_v2t.data import tokenize_corpus
+    from lora_v2t.train.data import tokenize_corpus
 
     trainable, quantization, loss_vocab = MODES[name]
     torch.manual_seed(0)

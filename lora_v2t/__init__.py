@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # package for its 4-bit CPU matmul is missing; nothing here needs it, and the line alarmed every command's user
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.msg)
 
+from .bundle.loading import load_adapter  # noqa: E402
 from .config import (  # noqa: E402
     BackboneConfig,
     EncoderConfig,
@@ -20,11 +21,10 @@ from .config import (  # noqa: E402
     LoRAConfig,
     ProjectorConfig,
 )
-from .encoders import Encoder, load_encoder  # noqa: E402
-from .errors import V2TError  # noqa: E402
-from .generate import Reranked  # noqa: E402
-from .loading import load_adapter  # noqa: E402
-from .model import Vector2Text  # noqa: E402
+from .model.encoders import Encoder, load_encoder  # noqa: E402
+from .model.generate import Reranked  # noqa: E402
+from .model.vector2text import Vector2Text  # noqa: E402
+from .util.errors import V2TError  # noqa: E402
 
 __all__ = [
     "BackboneConfig",

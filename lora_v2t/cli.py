@@ -14,8 +14,8 @@ import textwrap
 from pathlib import Path
 
 from .config import DTYPES, SEED_LIMIT, describe_keys
-from .errors import V2TError
-from .vectorfile import load_vectors_file
+from .tasks.vectorfile import load_vectors_file
+from .util.errors import V2TError
 
 logger = logging.getLogger("lora_v2t")
 
@@ -49,7 +49,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_correction_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("correction (see lora_v2t.correct)")
+    g = parser.add_argument_group("correction (see lora_v2t.model.correct)")
     g.add_argument("--correct-steps", type=int, default=0,
                    help="correct the outputs up to N times (>= 0; default 0): re-embed, rewrite, keep the text "
                         "closest to the vector; stops early when the cosine stops rising. With reranking it starts "
@@ -64,8 +64,8 @@ def _add_correction_options(parser: argparse.ArgumentParser) -> None:
 
 def _correction(args, config: dict):
     """The correction the command line asks for, checked (with the corrector's bundle) before any model loads."""
-    from .adapter import validate_bundle
-    from .correct import SHIFT, CorrectionConfig, check_pair, corrector_path
+    from .bundle.adapter import validate_bundle
+    from .model.correct import SHIFT, CorrectionConfig, check_pair, corrector_path
 
     correction = CorrectionConfig(steps=args.correct_steps, corrector=args.corrector, width=args.correct_width)
     if correction.steps == 0 and (args.corrector is not None or args.correct_width != 1):
@@ -100,7 +100,7 @@ def _add_loading_options(parser: argparse.ArgumentParser) -> None:
 
 def _load(args):
     """The adapter of a command's loading options, on its base."""
-    from .loading import load_adapter
+    from .bundle.loading import load_adapter
 
     return load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder, quantization=args.quantization,
                         device=args.device, dtype=args.dtype)
@@ -179,7 +179,7 @@ def _add_heldout_command(sub) -> None:
         description="Write to --out a seeded sample of the sentences of the recipe's data.train that its run "
                     "neither trained nor validated on (same sample, split and filters as `train`). Then "
                     "`lora-v2t invert --adapter <that adapter> --texts OUT --out HYPS.jsonl` writes the "
-                    "hypotheses a corrector trains on (see lora_v2t.pairs). Accepts the same --section.key=value "
+                    "hypotheses a corrector trains on (see lora_v2t.train.pairs). Accepts the same --section.key=value "
                     "overrides as train.")
     held.add_argument("recipe", type=Path, help="the hypothesizer's recipe YAML, with the overrides it ran with")
     held.add_argument("--count", type=int, help="at most this many sentences (>= 1; default: all of them)")
@@ -321,9 +321,9 @@ def _decoding_options(args, *extra: str) -> dict:
 def _check_decoding(args, config: dict, options: dict) -> None:
     """Check the device, the decoding options over the adapter's defaults and the output length against the
     base's context, all before the slow model load."""
-    from .backbone import peek_max_positions, pick_device
     from .config import GenerationConfig
-    from .generate import check_length
+    from .model.backbone import peek_max_positions, pick_device
+    from .model.generate import check_length
 
     pick_device(args.device)
     opts = GenerationConfig.of_bundle(config, **options)
@@ -337,11 +337,11 @@ def _check_decoding(args, config: dict, options: dict) -> None:
 
 
 def cmd_generate(args) -> int:
-    from .adapter import validate_bundle
-    from .correct import check_role, reranked_start
-    from .encoders import check_texts
-    from .hub import resolve_adapter
-    from .vectors import to_vectors
+    from .bundle.adapter import validate_bundle
+    from .bundle.hub import resolve_adapter
+    from .model.correct import check_role, reranked_start
+    from .model.encoders import check_texts
+    from .util.vectors import to_vectors
 
     args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
@@ -384,7 +384,7 @@ def cmd_generate(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .train import train
+    from .train.trainer import train
 
     cfg = load_config(args.recipe, args.overrides)
     final = train(cfg, resume=args.resume, show_progress=not args.no_progress)
@@ -397,7 +397,7 @@ def cmd_train(args) -> int:
 
 def cmd_embed(args) -> int:
     from .config import load_config
-    from .pairs import prepare_data
+    from .train.pairs import prepare_data
 
     cfg = load_config(args.recipe, args.overrides)
     data = prepare_data(cfg, show_progress=True)
@@ -407,7 +407,7 @@ def cmd_embed(args) -> int:
 
 def cmd_heldout(args) -> int:
     from .config import load_config
-    from .pairs import unseen_sentences
+    from .train.pairs import unseen_sentences
 
     if args.count is not None and args.count < 1:
         raise V2TError(f"--count must be >= 1, got {args.count}")
@@ -440,9 +440,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .adapter import validate_bundle
-    from .correct import check_role
-    from .evaluate import (
+    from .bundle.adapter import validate_bundle
+    from .bundle.hub import resolve_adapter
+    from .model.correct import check_role
+    from .tasks.evaluate import (
         check_evaluation_options,
         check_report_dir,
         default_report_dir,
@@ -450,8 +451,7 @@ def cmd_evaluate(args) -> int:
         markdown_table,
         read_eval_file,
     )
-    from .hub import resolve_adapter
-    from .vectors import to_vectors
+    from .util.vectors import to_vectors
 
     source = args.adapter  # as given: a folder or a hub id (not the cache's commit folder)
     args.adapter = resolve_adapter(args.adapter, args.revision)
@@ -501,10 +501,10 @@ def _adapter_label(source, resolved: Path, revision: str | None) -> str:
 
 
 def cmd_invert(args) -> int:
-    from .adapter import validate_bundle
-    from .hub import resolve_adapter
-    from .invert import InvertJob, output_lock, prepare_job, run_job
-    from .loading import load_dtype
+    from .bundle.adapter import validate_bundle
+    from .bundle.hub import resolve_adapter
+    from .bundle.loading import load_dtype
+    from .tasks.invert import InvertJob, output_lock, prepare_job, run_job
 
     if args.rerank:
         raise V2TError("invert writes the greedy (or sampled, or best-beam) text of each row: drop --rerank, or "
@@ -538,8 +538,8 @@ def cmd_invert(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .adapter import validate_bundle
-    from .hub import resolve_adapter
+    from .bundle.adapter import validate_bundle
+    from .bundle.hub import resolve_adapter
 
     source = args.adapter
     args.adapter = resolve_adapter(source, args.revision)
@@ -586,14 +586,15 @@ def cmd_info(args) -> int:
 
 def _describe_role(config: dict) -> str:
     if config.get("role") == "corrector":
-        return "corrector: rewrites a hypothesis closer to its vector (reads v, e and v - e; see lora_v2t.correct)"
+        return ("corrector: rewrites a hypothesis closer to its vector (reads v, e and v - e; "
+                "see lora_v2t.model.correct)")
     paired = config.get("corrector")
     return "hypothesizer" + (f"; its corrector: {paired} (--correct-steps N uses it)" if paired else
                              " (no corrector named: --correct-steps N needs --corrector DIR or shift)")
 
 
 def cmd_push(args) -> int:
-    from .push import push_folder
+    from .bundle.push import push_folder
 
     url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision,
                       commit_message=args.commit_message)

@@ -12,7 +12,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import V2TError
+from .util.errors import V2TError
 
 PROJECTOR_KINDS = ("zero-pad", "linear", "mlp")
 QUANTIZATION_MODES = ("auto", "8bit", "4bit", "none")
@@ -92,7 +92,7 @@ class LoRAConfig:
         check_range("lora.dropout", self.dropout, low=0, high=1, below=True)
 
 
-ROLES = ("hypothesizer", "corrector")  # see lora_v2t.correct
+ROLES = ("hypothesizer", "corrector")  # see lora_v2t.model.correct
 
 
 @dataclass
@@ -183,7 +183,7 @@ class DataConfig:
 class TrainingConfig:
     run_name: str = setting("run", "run folder: <output_dir>/<run_name>/")
     role: str = setting("hypothesizer", "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see "
-                        "lora_v2t.correct)")
+                        "lora_v2t.model.correct)")
     output_dir: str | None = setting(
         None, "folder of the run folders; None = <checkpoints>/runs (see lora-v2t train --help for <checkpoints>)")
     trainable: str = setting("lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-from .backbone import checkpoints_dir
 from .config import (
     OFFLINE_BACKBONE,
     OFFLINE_ENCODER,
@@ -30,6 +29,7 @@ from .config import (
     RunConfig,
     TrainingConfig,
 )
+from .model.backbone import checkpoints_dir
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def demo_recipe(cfg: DemoConfig) -> RunConfig:
 def run_demo(cfg: DemoConfig) -> Path:
     """Show the shipped adapter, train (or resume, or reuse) the demo adapter, put both on one base; returns
     the demo adapter's folder."""
-    from .backbone import convert_offline_gemma
+    from .model.backbone import convert_offline_gemma
 
     recipe = demo_recipe(cfg)
     held_out = [s for s in HELD_OUT.read_text(encoding="utf-8").splitlines() if s.strip()]
@@ -115,7 +115,7 @@ def shipped_minutes(v2t) -> str:
 
 def show_shipped(shipped: Path | None, held_out: list[str]):
     """Part 1: the shipped adapter on sentences it never saw, with cosines; returns it loaded (or None)."""
-    from .loading import load_adapter
+    from .bundle.loading import load_adapter
 
     if shipped is None:
         print("(No shipped adapter in this installation: part 1 is skipped.)\n")
@@ -128,7 +128,7 @@ def show_shipped(shipped: Path | None, held_out: list[str]):
 
 
 def print_reconstructions(v2t, texts: list[str]) -> None:
-    from .generate import reembed_cosines
+    from .model.generate import reembed_cosines
 
     vectors = v2t.encode(texts)
     outputs = v2t.generate(vectors)
@@ -139,7 +139,7 @@ def print_reconstructions(v2t, texts: list[str]) -> None:
 
 def train_demo(recipe: RunConfig, show_progress: bool) -> Path:
     """Part 2: train the demo adapter (or resume it, or reuse a finished one)."""
-    from .train import list_checkpoints, run_dir_of, train
+    from .train.trainer import list_checkpoints, run_dir_of, train
 
     run_dir = run_dir_of(recipe)
     final = run_dir / "final"

@@ -36,8 +36,8 @@ def main() -> None:
 
     from lora_v2t import load_adapter
     from lora_v2t.config import load_config
-    from lora_v2t.data import tokenize_corpus
-    from lora_v2t.pairs import prepare_data
+    from lora_v2t.train.data import tokenize_corpus
+    from lora_v2t.train.pairs import prepare_data
 
     cfg = load_config(args.recipe)
     v2t = load_adapter(args.adapter, quantization="none", device="cpu", dtype="float32")  # card samples in fp32

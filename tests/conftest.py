@@ -96,7 +96,7 @@ def tiny_encoder_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_encoder_dir):
-    from lora_v2t.encoders import load_encoder
+    from lora_v2t.model.encoders import load_encoder
 
     return load_encoder(tiny_encoder_dir)
 
@@ -129,7 +129,7 @@ def v2t(tiny_backbone_dir, tiny_encoder):
 def first_token_vocab(v2t, vectors) -> tuple[int, str]:
     """A token that greedy decoding emits first for one of ``vectors`` (not EOS) and its text: an output
     vocabulary of it (+ EOS) gives non-empty outputs made only of that text."""
-    from lora_v2t.vectors import to_vectors
+    from lora_v2t.util.vectors import to_vectors
 
     with torch.no_grad():
         logits = v2t.model(inputs_embeds=v2t.prefix(to_vectors(vectors, v2t.embedding_dim))).logits[:, -1]  # (N, V)
@@ -156,10 +156,10 @@ def refuse_calls(monkeypatch, target: str, what: str) -> None:
 @pytest.fixture()
 def no_model_load(monkeypatch):
     """Fail the test if the CLI starts loading the models: it must check its input first."""
-    refuse_calls(monkeypatch, "lora_v2t.loading.load_adapter", "the models were loaded")
+    refuse_calls(monkeypatch, "lora_v2t.bundle.loading.load_adapter", "the models were loaded")
 
 
 @pytest.fixture()
 def no_base_load(monkeypatch):
     """Fail the test if the base model starts loading: the bundle check must come first."""
-    refuse_calls(monkeypatch, "lora_v2t.backbone.load_backbone", "the base model was loaded")
+    refuse_calls(monkeypatch, "lora_v2t.model.backbone.load_backbone", "the base model was loaded")

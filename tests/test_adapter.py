@@ -8,8 +8,8 @@ import torch
 from safetensors import safe_open
 
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.adapter import BUNDLE_FILES, FORMAT_VERSION, OUTPUT_VOCAB_FILE, validate_bundle
-from lora_v2t.layout import CORRECTOR_FORMAT_VERSION
+from lora_v2t.bundle.adapter import BUNDLE_FILES, FORMAT_VERSION, OUTPUT_VOCAB_FILE, validate_bundle
+from lora_v2t.bundle.layout import CORRECTOR_FORMAT_VERSION
 
 from .conftest import make_v2t
 
@@ -508,7 +508,7 @@ def test_a_bundle_file_without_read_permission_is_one_line(bundle, tmp_path):
 
 
 def test_an_unchanged_bundle_is_read_once_and_a_change_after_that_is_still_caught(bundle, tmp_path, monkeypatch):
-    import lora_v2t.adapter as adapter_module
+    import lora_v2t.bundle.adapter as adapter_module
 
     checked = []
     real_check = adapter_module._check_finite

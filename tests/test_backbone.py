@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lora_v2t import V2TError
-from lora_v2t.backbone import fuse_tanh_gelu, load_backbone, resolve_backbone, resolve_quantization
+from lora_v2t.model.backbone import fuse_tanh_gelu, load_backbone, resolve_backbone, resolve_quantization
 
 from .conftest import SENTENCES, make_v2t
 
@@ -136,7 +136,7 @@ def test_cpu_4bit_rules(monkeypatch, avx512_bf16):
     bnb = pytest.importorskip("bitsandbytes")
     import bitsandbytes.functional
 
-    from lora_v2t.backbone import cpu_4bit_problem
+    from lora_v2t.model.backbone import cpu_4bit_problem
 
     monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: avx512_bf16)
     assert cpu_4bit_problem(torch.nn.Sequential(bnb.nn.Linear4bit(128, 96), bnb.nn.Linear4bit(64, 64))) is None
@@ -149,7 +149,7 @@ def test_a_quantized_base_is_refused_for_full_training_only():
     from torch import nn
 
     from lora_v2t import V2TError
-    from lora_v2t.backbone import train_every_weight
+    from lora_v2t.model.backbone import train_every_weight
 
     base = nn.Linear(2, 2)
     base.v2t_quantization = "8bit"  # as the loader marks a bitsandbytes base

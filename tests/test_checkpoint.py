@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import lora_v2t.checkpoint as checkpoint
+import lora_v2t.train.checkpoint as checkpoint
 from lora_v2t import V2TError
-from lora_v2t.checkpoint import _rng_of_rank, rng_state, set_rng_state
+from lora_v2t.train.checkpoint import _rng_of_rank, rng_state, set_rng_state
 
 
 class FakeCuda:
@@ -59,8 +59,8 @@ def test_training_checkpoints_hold_the_cuda_states_of_the_moment_they_describe(
     """The in-step snapshot carries the CUDA states from before the step, like the CPU's."""
     from safetensors.torch import load_file
 
-    import lora_v2t.train as train_module
-    from lora_v2t.model import Vector2Text
+    import lora_v2t.train.trainer as train_module
+    from lora_v2t.model.vector2text import Vector2Text
 
     from .test_train import corpus_file, recipe
 
@@ -102,9 +102,9 @@ def test_training_checkpoints_hold_the_cuda_states_of_the_moment_they_describe(
 
 
 def test_the_fp16_loss_scaler_is_saved_and_restored(tmp_path, tiny_backbone_dir, tiny_encoder):
-    from lora_v2t.checkpoint import load_checkpoint, save_checkpoint
     from lora_v2t.config import RunConfig, TrainingConfig
-    from lora_v2t.train import make_optimizer
+    from lora_v2t.train.checkpoint import load_checkpoint, save_checkpoint
+    from lora_v2t.train.trainer import make_optimizer
 
     from .conftest import make_v2t
 
@@ -122,8 +122,8 @@ def test_the_fp16_loss_scaler_is_saved_and_restored(tmp_path, tiny_backbone_dir,
 
 def test_a_run_saved_before_a_setting_existed_resumes():
     """Its recipe lacks settings added since (they had their defaults then); checkpointing may change."""
-    from lora_v2t.checkpoint import check_same_recipe
     from lora_v2t.config import load_config
+    from lora_v2t.train.checkpoint import check_same_recipe
 
     current = load_config(None, []).to_dict()
     saved = copy.deepcopy(current)

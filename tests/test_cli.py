@@ -197,7 +197,7 @@ def test_importing_lora_v2t_prints_no_warning_about_bitsandbytes_optional_cpu_ke
 def test_a_seed_torch_cannot_take_is_refused_before_loading(bundle, capsys, monkeypatch):
     from .conftest import refuse_calls
 
-    refuse_calls(monkeypatch, "lora_v2t.loading.load_adapter", "the models were loaded")
+    refuse_calls(monkeypatch, "lora_v2t.bundle.loading.load_adapter", "the models were loaded")
     with pytest.raises(SystemExit) as stop:
         main(["generate", "--adapter", str(bundle), "--text", "a", "--seed", str(2**64)])
     assert stop.value.code == 2 and "argument --seed: must be from 0 to 2**63 - 1" in capsys.readouterr().err

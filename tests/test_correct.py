@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.correct import SHIFT, CorrectionConfig, condition, correct
-from lora_v2t.generate import reembed_cosines
-from lora_v2t.vectors import cosine_rows
+from lora_v2t.model.correct import SHIFT, CorrectionConfig, condition, correct
+from lora_v2t.model.generate import reembed_cosines
+from lora_v2t.util.vectors import cosine_rows
 
 from .conftest import SENTENCES, make_v2t
 from .test_train import RECIPE
@@ -180,8 +180,8 @@ def test_heldout_then_invert_then_a_trained_corrector_that_corrects(tmp_path, ti
                                                                     capsys):
     from lora_v2t.cli import main
     from lora_v2t.config import load_config
-    from lora_v2t.pairs import unseen_sentences
-    from lora_v2t.train import train
+    from lora_v2t.train.pairs import unseen_sentences
+    from lora_v2t.train.trainer import train
 
     corpus, common = tiny_run(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
     sample = ["--data.max_sentences=12"]
@@ -213,7 +213,7 @@ def test_heldout_then_invert_then_a_trained_corrector_that_corrects(tmp_path, ti
 
 def test_a_corrector_recipe_without_hypotheses_is_refused(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
     from lora_v2t.config import load_config
-    from lora_v2t.train import train
+    from lora_v2t.train.trainer import train
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
@@ -274,7 +274,7 @@ def test_an_explicit_corrector_is_loaded_once_and_replaced_when_another_is_asked
 
 
 def test_evaluate_reports_every_correction_step_with_its_cost(v2t, tmp_path):
-    from lora_v2t.evaluate import EvalData, evaluate, markdown_table
+    from lora_v2t.tasks.evaluate import EvalData, evaluate, markdown_table
 
     data = EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five")
     summary = evaluate(v2t, data, tmp_path / "report", rerank=0, resamples=20, show_progress=False,
@@ -290,7 +290,7 @@ def test_evaluate_reports_every_correction_step_with_its_cost(v2t, tmp_path):
 
 
 def test_evaluate_with_reranking_corrects_from_the_reranked_candidates(v2t, tmp_path):
-    from lora_v2t.evaluate import EvalData, evaluate
+    from lora_v2t.tasks.evaluate import EvalData, evaluate
 
     data = EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five")
     plain = evaluate(v2t, data, tmp_path / "plain", rerank=3, resamples=20, show_progress=False, max_new_tokens=10)
@@ -323,7 +323,7 @@ def test_generate_with_reranked_beams_corrects_from_the_best_of_them(v2t):
 
 
 def test_reranking_one_sequence_keeps_the_beam_width_for_every_decode():
-    from lora_v2t.correct import reranked_start
+    from lora_v2t.model.correct import reranked_start
 
     options = {"num_beams": 3, "num_return_sequences": 1, "max_new_tokens": 5}
     assert reranked_start(options, rerank=True) == 0 and options == {"num_beams": 3, "max_new_tokens": 5}
@@ -341,9 +341,9 @@ def test_a_wider_correction_from_reranked_beams_corrects_each_kept_candidate(v2t
 
 
 def test_evaluate_scores_correction_steps_with_the_cosines_correction_computed(v2t, tmp_path, monkeypatch):
-    from lora_v2t.correct import correct
-    from lora_v2t.evaluate import EvalData, evaluate
-    from lora_v2t.generate import reembed_cosines
+    from lora_v2t.model.correct import correct
+    from lora_v2t.model.generate import reembed_cosines
+    from lora_v2t.tasks.evaluate import EvalData, evaluate
 
     cfg = CorrectionConfig(steps=2, corrector=SHIFT, min_gain=0.0)
     vectors = v2t.encode(SENTENCES[:5])
@@ -367,8 +367,8 @@ def test_corrector_data_must_be_the_hypotheses_of_its_sentences_and_unseen(tmp_p
                                                                           tiny_encoder_dir):
     from lora_v2t.cli import main
     from lora_v2t.config import load_config
-    from lora_v2t.pairs import corrector_data
-    from lora_v2t.train import train
+    from lora_v2t.train.pairs import corrector_data
+    from lora_v2t.train.trainer import train
 
     corpus, common = tiny_run(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
     common.append("--data.max_sentences=12")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lora_v2t import V2TError
-from lora_v2t.data import bucketed_batches, embed_corpus, read_sentences, sample_and_split
+from lora_v2t.train.data import bucketed_batches, embed_corpus, read_sentences, sample_and_split
 
 
 class CountingEncoder:
@@ -175,8 +175,8 @@ def test_bucketed_batches_cover_everything_once_and_group_lengths():
 
 
 def test_batch_order_shares_every_batch_out_once_among_processes():
-    from lora_v2t.data import BatchOrder
-    from lora_v2t.train import TrainState
+    from lora_v2t.train.data import BatchOrder
+    from lora_v2t.train.trainer import TrainState
 
     lengths = np.random.default_rng(0).integers(1, 30, size=100)
     order = BatchOrder(lengths, batch_size=8, seed=3)
@@ -197,8 +197,8 @@ def test_batch_order_shares_every_batch_out_once_among_processes():
 
 
 def test_batch_order_refuses_more_processes_than_batches():
-    from lora_v2t.data import BatchOrder
-    from lora_v2t.train import TrainState
+    from lora_v2t.train.data import BatchOrder
+    from lora_v2t.train.trainer import TrainState
 
     with pytest.raises(V2TError, match="make 2 batches of 8, fewer than the 4 processes"):
         BatchOrder(np.ones(10, dtype=int), batch_size=8, seed=0).take(TrainState(), world=4)

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-import lora_v2t.train as train_module
+import lora_v2t.train.trainer as train_module
 from lora_v2t import load_adapter
-from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
+from lora_v2t.bundle.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
 from lora_v2t.demo import (
     DEMO_RUN,
     DEMO_SENTENCES,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lora_v2t import V2TError
-from lora_v2t.encoders import Encoder, PrecomputedEncoder, check_texts, load_encoder
+from lora_v2t.model.encoders import Encoder, PrecomputedEncoder, check_texts, load_encoder
 
 from .conftest import SENTENCES, TINY_ENCODER_DIM
 

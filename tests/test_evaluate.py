@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from lora_v2t import V2TError
-from lora_v2t.adapter import BUNDLE_FILES
+from lora_v2t.bundle.adapter import BUNDLE_FILES
 from lora_v2t.cli import main
-from lora_v2t.evaluate import (
+from lora_v2t.tasks.evaluate import (
     EvalData,
     bootstrap_interval,
     evaluate,
@@ -16,7 +16,7 @@ from lora_v2t.evaluate import (
     score_outputs,
     token_f1,
 )
-from lora_v2t.vectors import cosine_rows
+from lora_v2t.util.vectors import cosine_rows
 
 from .conftest import first_token_vocab, only_made_of
 
@@ -228,7 +228,7 @@ def test_overwrite_replaces_an_old_report_whole(v2t, tmp_path):
 
 
 def test_an_interrupted_report_leaves_nothing_half_written(v2t, tmp_path, monkeypatch):
-    import lora_v2t.evaluate as module
+    import lora_v2t.tasks.evaluate as module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
@@ -282,7 +282,7 @@ def test_evaluate_options_are_checked_before_the_models_load(v2t, tmp_path, caps
 def test_the_bootstrap_uses_only_sacrebleus_public_api():
     import inspect
 
-    import lora_v2t.evaluate as module
+    import lora_v2t.tasks.evaluate as module
 
     source = inspect.getsource(module)
     assert "_extract_corpus_statistics" not in source and "_compute_score_from_stats" not in source
@@ -299,7 +299,7 @@ def hypotheses_and_references():
 def test_bleu_and_chrf_intervals_equal_sacrebleus_corpus_score_of_every_resample():
     from sacrebleu.metrics import BLEU, CHRF
 
-    from lora_v2t.evaluate import corpus_interval, rescore_resamples
+    from lora_v2t.tasks.evaluate import corpus_interval, rescore_resamples
 
     hyps, refs = hypotheses_and_references()
     resamples = np.random.default_rng(3).integers(0, len(refs), size=(40, len(refs)))
@@ -314,7 +314,7 @@ def test_bleu_and_chrf_intervals_equal_sacrebleus_corpus_score_of_every_resample
 def test_statistics_that_miss_sacrebleus_score_fall_back_to_rescoring(monkeypatch, caplog):
     from sacrebleu.metrics import CHRF
 
-    import lora_v2t.evaluate as module
+    import lora_v2t.tasks.evaluate as module
 
     hyps, refs = hypotheses_and_references()
     resamples = np.random.default_rng(4).integers(0, len(refs), size=(20, len(refs)))

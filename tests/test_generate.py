@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-import lora_v2t.vocab
+import lora_v2t.model.vocab
 from lora_v2t import Reranked, V2TError
-from lora_v2t.generate import generate_naive
-from lora_v2t.vectors import cosine_rows
-from lora_v2t.vocab import SubsetEmbedding, SubsetHead
+from lora_v2t.model.generate import generate_naive
+from lora_v2t.model.vocab import SubsetEmbedding, SubsetHead
+from lora_v2t.util.vectors import cosine_rows
 
 from .conftest import first_token_vocab, only_made_of
 
@@ -148,7 +148,7 @@ def test_decoding_over_the_vocabulary_gives_the_masked_decodings_text(v2t, monke
     try:
         indexed = v2t.generate(vectors, max_new_tokens=12, batch_size=3, **options)
         assert base.get_output_embeddings() is head and base.get_input_embeddings() is embed  # put back
-        vocab_class = lora_v2t.vocab.DecodingVocab
+        vocab_class = lora_v2t.model.vocab.DecodingVocab
         monkeypatch.setattr(vocab_class, "__init__", masked_only(vocab_class.__init__))
         v2t.decoding_vocabs.clear()  # built again, as if the layer could not be cut
         masked = v2t.generate(vectors, max_new_tokens=12, batch_size=3, **options)
@@ -164,7 +164,7 @@ def masked_only(init):
     def wrapped(self, v2t, restrict):
         init(self, v2t, restrict)
         if self.token_ids is not None:
-            self.processors, self.token_ids = [lora_v2t.vocab.AllowedTokens(self.token_ids)], None
+            self.processors, self.token_ids = [lora_v2t.model.vocab.AllowedTokens(self.token_ids)], None
             self.eos, self.pad = v2t.tokenizer.eos_token_id, v2t.tokenizer.pad_token_id
     return wrapped
 
@@ -260,11 +260,11 @@ def test_the_decoding_vocabulary_is_built_once_per_adapter(v2t):
 def test_vectors_far_from_unit_length_are_warned_about(v2t, caplog):
     unit = v2t.encode(["Где лодка?", "Мама мыла раму."])
     assert np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-4)  # what the adapter's encoder makes
-    with caplog.at_level("WARNING", logger="lora_v2t.generate"):
+    with caplog.at_level("WARNING", logger="lora_v2t.model.generate"):
         v2t.generate(unit, max_new_tokens=2)
     assert "not unit length" not in caplog.text
     scaled = unit.copy()
     scaled[1] *= 10
-    with caplog.at_level("WARNING", logger="lora_v2t.generate"):
+    with caplog.at_level("WARNING", logger="lora_v2t.model.generate"):
         v2t.generate(scaled, max_new_tokens=2)
     assert "1 of 2 vectors are not unit length (rows [1]..., norms 1 to 10)" in caplog.text

@@ -7,7 +7,7 @@ import pytest
 
 from lora_v2t import V2TError
 from lora_v2t.cli import main
-from lora_v2t.invert import InvertJob, format_rows, invert_file, prepare_job
+from lora_v2t.tasks.invert import InvertJob, format_rows, invert_file, prepare_job
 
 from .conftest import SENTENCES, refuse_calls
 
@@ -41,7 +41,7 @@ def test_vectors_become_rows_equal_to_generate_with_cosines(v2t, bundle, vectors
 
 
 def test_a_stopped_job_continues_after_its_last_complete_row(v2t, bundle, vectors_file, tmp_path, monkeypatch):
-    import lora_v2t.invert as invert_module
+    import lora_v2t.tasks.invert as invert_module
 
     out = tmp_path / "out.tsv"
     job = InvertJob(str(vectors_file), str(out), batch_size=4, options={"max_new_tokens": 6})
@@ -109,7 +109,7 @@ def test_a_restart_on_a_source_whose_content_changed_is_refused(v2t, bundle, vec
 def test_a_second_job_on_the_same_output_is_refused_naming_the_first(bundle, v2t, tmp_path, capsys):
     import os
 
-    from lora_v2t.locks import FileLock
+    from lora_v2t.util.locks import FileLock
 
     texts = tmp_path / "s.txt"
     texts.write_text("\n".join(SENTENCES[:2]) + "\n", encoding="utf-8")
@@ -219,7 +219,7 @@ def test_a_complete_output_is_left_as_it_is_without_loading_the_models(bundle, v
     assert main(args) == 0
     before = (tmp_path / "o.jsonl").read_bytes()
     capsys.readouterr()
-    refuse_calls(monkeypatch, "lora_v2t.loading.load_adapter", "the models were loaded")
+    refuse_calls(monkeypatch, "lora_v2t.bundle.loading.load_adapter", "the models were loaded")
     assert main(args) == 0
     assert "is complete: it holds all 2 rows" in capsys.readouterr().out
     assert (tmp_path / "o.jsonl").read_bytes() == before

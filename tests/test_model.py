@@ -3,10 +3,10 @@ import torch
 
 from lora_v2t import V2TError, Vector2Text
 from lora_v2t.config import config_from_dict
-from lora_v2t.data import tokenize_corpus
-from lora_v2t.lora import default_target_modules
-from lora_v2t.loss import SubsetLoss
-from lora_v2t.vectors import to_vectors
+from lora_v2t.model.lora import default_target_modules
+from lora_v2t.model.loss import SubsetLoss
+from lora_v2t.train.data import tokenize_corpus
+from lora_v2t.util.vectors import to_vectors
 
 from .conftest import SENTENCES, make_v2t
 
@@ -133,9 +133,9 @@ def test_a_users_encoder_needs_only_encode_texts_and_its_own_errors_come_through
 def test_lora_layers_are_bounded_by_the_text_model_of_a_multimodal_config():
     from transformers import Gemma3Config, GPT2Config
 
-    from lora_v2t.backbone import num_blocks
     from lora_v2t.config import LoRAConfig
-    from lora_v2t.lora import make_lora_config
+    from lora_v2t.model.backbone import num_blocks
+    from lora_v2t.model.lora import make_lora_config
 
     gemma = Gemma3Config()  # multimodal: the blocks are its text config's
     assert num_blocks(gemma) == gemma.get_text_config().num_hidden_layers > 0

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from lora_v2t import V2TError
-from lora_v2t.projector import PrefixProjector, embedding_rms
+from lora_v2t.model.projector import PrefixProjector, embedding_rms
 
 
 @pytest.mark.parametrize("kind,k", [("zero-pad", 1), ("linear", 1), ("linear", 3), ("mlp", 1), ("mlp", 4)])

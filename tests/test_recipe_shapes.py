@@ -18,9 +18,9 @@ import torch
 from safetensors import safe_open
 
 from lora_v2t import Vector2Text, load_adapter
-from lora_v2t.adapter import validate_bundle
+from lora_v2t.bundle.adapter import validate_bundle
 from lora_v2t.config import load_config
-from lora_v2t.lora import default_target_modules
+from lora_v2t.model.lora import default_target_modules
 
 from .conftest import SENTENCES, perturb_lora, save_random_gpt2
 

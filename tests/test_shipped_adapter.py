@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import lora_v2t.backbone as backbone
+import lora_v2t.model.backbone as backbone
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, validate_bundle
-from lora_v2t.correct import check_pair, corrector_path
-from lora_v2t.loading import load_dtype, load_precision
+from lora_v2t.bundle.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, validate_bundle
+from lora_v2t.bundle.loading import load_dtype, load_precision
+from lora_v2t.model.correct import check_pair, corrector_path
 
 ADAPTERS = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters"
 SHIPPED = ADAPTERS / "use-gemma270m-ru"  # the first one (prefix 1, fp32); the demo shows it
@@ -73,7 +73,7 @@ def test_the_shipped_adapters_reproduce_their_model_cards(folder):
 def test_the_shipped_corrector_never_lowers_the_cosine():
     v2t = load_adapter(V2, device="cpu")
     texts = [s["text"] for s in v2t.meta["training"]["samples"]]
-    from lora_v2t.correct import CorrectionConfig, correct
+    from lora_v2t.model.correct import CorrectionConfig, correct
 
     trace = correct(v2t, v2t.encode(texts), CorrectionConfig(steps=2))
     assert "default-corrector" in v2t.adapters

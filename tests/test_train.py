@@ -5,13 +5,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import lora_v2t.train as train_module
+import lora_v2t.train.trainer as train_module
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.adapter import BUNDLE_FILES
+from lora_v2t.bundle.adapter import BUNDLE_FILES
 from lora_v2t.cli import main
 from lora_v2t.config import load_config
-from lora_v2t.cost import needs_checkpointing
-from lora_v2t.train import TrainingStopped, train
+from lora_v2t.train.cost import needs_checkpointing
+from lora_v2t.train.trainer import TrainingStopped, train
 
 from .conftest import SENTENCES
 
@@ -42,7 +42,7 @@ def recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, *extra):
 
 def fail_in_forward(monkeypatch, call: int, error: BaseException):
     """Make the ``call``-th forward pass of training raise ``error``; returns a function that mends it."""
-    from lora_v2t.model import Vector2Text
+    from lora_v2t.model.vector2text import Vector2Text
 
     real_forward, calls = Vector2Text.forward, {"n": 0}
 
@@ -106,7 +106,7 @@ def test_corpus_vocabulary_loss_trains_too(tmp_path, tiny_backbone_dir, tiny_enc
     assert losses[-1] < 0.6 * losses[0]
     assert val[-1] < val[0] - 0.5  # validation loss, over the full vocabulary, falls too
     from lora_v2t import load_adapter
-    from lora_v2t.data import read_sentences, tokenize_corpus
+    from lora_v2t.train.data import read_sentences, tokenize_corpus
 
     adapter = load_adapter(tmp_path / "runs/tiny-debug/final", device="cpu")
     texts = read_sentences(corpus)[0]
@@ -162,7 +162,7 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path, tiny_backbone_dir, tin
     import os
     import signal
 
-    from lora_v2t.model import Vector2Text
+    from lora_v2t.model.vector2text import Vector2Text
 
     cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=12",
                  "--training.eval_every=100", "--training.save_every=100")
@@ -342,7 +342,7 @@ def test_resume_passes_over_a_damaged_last_checkpoint_and_says_so(damaged, tmp_p
     assert "resuming from step-000002, the newest good checkpoint, not from the newer step-000004 is damaged: " \
         in caplog.text and "(set aside as damaged-step-000004)" in caplog.text
     assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
-    from lora_v2t.checkpoint import check_checkpoint
+    from lora_v2t.train.checkpoint import check_checkpoint
 
     assert check_checkpoint(run / "step-000004")["state"]["step"] == 4  # rewritten whole on the way
     assert (run / "damaged-step-000004").is_dir()  # kept for a look, no longer a checkpoint
@@ -437,7 +437,7 @@ def test_cuda_out_of_memory_inside_a_step_keeps_the_work_and_resume_redoes_that_
 @pytest.mark.parametrize("failing", ["metrics", "plot", "evaluation"])
 def test_a_failing_write_or_evaluation_saves_the_step_and_says_so_in_one_line(
         failing, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch, capsys):
-    import lora_v2t.runlog as runlog
+    import lora_v2t.train.runlog as runlog
 
     def fail(*args, **kwargs):
         if failing == "evaluation":
@@ -467,7 +467,7 @@ def test_the_encoder_is_freed_once_the_cache_is_filled(tmp_path, tiny_backbone_d
     import gc
     import weakref
 
-    import lora_v2t.encoders as encoders
+    import lora_v2t.model.encoders as encoders
 
     made, during = [], {}
     real_load, real_validation = encoders.load_encoder, train_module.validation_loss
@@ -507,7 +507,7 @@ def test_a_training_device_that_cannot_be_honoured_is_refused_before_loading(
 
 
 def test_cuda_index_checks_with_fake_devices(monkeypatch):
-    from lora_v2t.train import training_device
+    from lora_v2t.train.trainer import training_device
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -606,8 +606,8 @@ def test_each_process_trains_on_its_own_batch_of_each_turn():
 
     import numpy as np
 
-    from lora_v2t.data import BatchOrder
-    from lora_v2t.train import Trainer, TrainState
+    from lora_v2t.train.data import BatchOrder
+    from lora_v2t.train.trainer import Trainer, TrainState
 
     lengths = np.arange(64) % 7 + 1
     taken = {}
@@ -745,7 +745,7 @@ def test_the_longest_row_counts_a_correctors_hypothesis_and_the_validation_rows(
 
     from transformers import AutoTokenizer
 
-    from lora_v2t.data import tokenize_corpus
+    from lora_v2t.train.data import tokenize_corpus
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
     texts, hypotheses = ["Где лодка?", "Мы идём домой."], ["Где дом моей лодки?", "Домой."]

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from .config import RunConfig
+from ..config import RunConfig
 
 # Activations a layer keeps for the backward pass, in tensors of (batch, tokens, hidden): calibrated on an H100 run
 # of bench/gpu.py (ruGPT-3 large shapes, 8-bit, bf16 autocast, the MLP's GELU fused by the loader, batch 16 x 65,

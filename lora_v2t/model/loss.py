@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from .errors import V2TError
+from ..util.errors import V2TError
 
 
 class SubsetLoss:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import V2TError
+from ..util.errors import V2TError
 
 
 def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:

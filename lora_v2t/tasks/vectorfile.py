@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import V2TError
+from ..util.errors import V2TError
 
 NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
 

@@ -1,4 +1,4 @@
-"""Adapter bundles: save, validate, and load onto an already loaded base (:mod:`lora_v2t.loading` loads one
+"""Adapter bundles: save, validate, and load onto an already loaded base (:mod:`lora_v2t.bundle.loading` loads one
 with its base).
 
 A bundle is a folder:
@@ -27,13 +27,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
-from .cards import bundle_card
-from .config import BASE_QUANTIZATIONS, PRECISION_KEYS, ROLES, GenerationConfig, ProjectorConfig
-from .errors import V2TError, first_line
-from .hub import backbone_hub_id, peft_base_name, resolve_adapter
-from .layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSION, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
-from .projector import projector_input_dim
+from .. import __version__
+from ..bundle.cards import bundle_card
+from ..bundle.hub import backbone_hub_id, peft_base_name, resolve_adapter
+from ..bundle.layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSION, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
+from ..config import BASE_QUANTIZATIONS, PRECISION_KEYS, ROLES, GenerationConfig, ProjectorConfig
+from ..model.projector import projector_input_dim
+from ..util.errors import V2TError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -455,7 +455,8 @@ def load_into(v2t, path: str | Path, name: str, revision: str | None = None) -> 
 
 def attach(v2t, path: Path, name: str, config: dict) -> None:
     """Create adapter ``name``'s projector from the bundle and record its metadata (a failure may leave parts
-    registered: :func:`load_into` removes them, :func:`lora_v2t.loading.load_adapter` discards the whole model)."""
+    registered: :func:`load_into` removes them, :func:`lora_v2t.bundle.loading.load_adapter` discards the whole
+    model)."""
     from safetensors.torch import load_file
 
     proj = config["projector"]

@@ -1,4 +1,4 @@
-"""What an adapter bundle folder holds: its format version and file names (see :mod:`lora_v2t.adapter`)."""
+"""What an adapter bundle folder holds: its format version and file names (see :mod:`lora_v2t.bundle.adapter`)."""
 
 FORMAT_VERSION = 2  # 2: optional output vocabulary, generation.restrict_vocab, lora.layers
 CORRECTOR_FORMAT_VERSION = 3  # 3: role (hypothesizer | corrector) and corrector; only correctors need it

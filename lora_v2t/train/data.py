@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import V2TError
-from .locks import FileLock
+from ..util.errors import V2TError
+from ..util.locks import FileLock
 
 logger = logging.getLogger(__name__)
 

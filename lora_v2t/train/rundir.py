@@ -7,11 +7,11 @@ import contextlib
 import os
 from pathlib import Path
 
-from .backbone import checkpoints_dir
-from .checkpoint import check_same_recipe, list_checkpoints, newest_good_checkpoint
-from .config import RunConfig
-from .errors import V2TError
-from .locks import FileLock, LockBusy
+from ..config import RunConfig
+from ..model.backbone import checkpoints_dir
+from ..train.checkpoint import check_same_recipe, list_checkpoints, newest_good_checkpoint
+from ..util.errors import V2TError
+from ..util.locks import FileLock, LockBusy
 
 RUN_LOCK = ".lock"  # held by the main process of the run training in the folder
 

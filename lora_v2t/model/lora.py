@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .backbone import num_blocks
-from .config import LoRAConfig
-from .errors import V2TError
+from ..config import LoRAConfig
+from ..model.backbone import num_blocks
+from ..util.errors import V2TError
 
 # attention projections per architecture (the q/k/v/o of each attention block)
 LORA_TARGETS = {

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import V2TError
-from .locks import FileLock, LockBusy
-from .vectorfile import load_vectors_file
+from ..tasks.vectorfile import load_vectors_file
+from ..util.errors import V2TError
+from ..util.locks import FileLock, LockBusy
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +141,9 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
         label: how OUT.meta.json names the adapter (default: the folder's absolute path).
         config: the bundle's v2t_config, when the caller has validated it already.
     """
-    from .adapter import validate_bundle
-    from .config import GenerationConfig
-    from .correct import check_role
+    from ..bundle.adapter import validate_bundle
+    from ..config import GenerationConfig
+    from ..model.correct import check_role
 
     adapter_dir = Path(adapter_dir)
     config = config or validate_bundle(adapter_dir)
@@ -311,7 +311,7 @@ def run_job(v2t, job: InvertJob, prepared: PreparedJob, show_progress: bool = Tr
     resumed_at, batch_size)."""
     from tqdm.auto import tqdm
 
-    from .generate import reembed_cosines
+    from ..model.generate import reembed_cosines
 
     source, start, out = prepared.source, prepared.start, Path(job.out)
     opts = v2t.generation_defaults().updated(**job.options)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import PROJECTOR_KINDS, check_choice
-from .errors import V2TError
+from ..config import PROJECTOR_KINDS, check_choice
+from ..util.errors import V2TError
 
 
 class PrefixProjector(nn.Module):
@@ -86,5 +86,5 @@ def embedding_rms(model: nn.Module, sample: int = 8192, seed: int = 0) -> float:
 
 def projector_input_dim(encoder_dim: int, role: str) -> int:
     """What an adapter's projector reads: the sentence vector, or for a corrector the three vectors of
-    :func:`lora_v2t.correct.condition` side by side."""
+    :func:`lora_v2t.model.correct.condition` side by side."""
     return 3 * encoder_dim if role == "corrector" else encoder_dim

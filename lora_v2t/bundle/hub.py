@@ -1,4 +1,4 @@
-"""The Hugging Face hub: adapters by hub id, and the hub ids of base models (:mod:`lora_v2t.push` uploads).
+"""The Hugging Face hub: adapters by hub id, and the hub ids of base models (:mod:`lora_v2t.bundle.push` uploads).
 
     v2t = load_adapter("org/name")                    # downloaded once, then read from the local hub cache
     v2t = load_adapter("org/name", revision="v1")     # a branch, tag or commit
@@ -13,10 +13,10 @@ import logging
 import re
 from pathlib import Path
 
-from . import __version__
-from .config import OFFLINE_BACKBONE
-from .errors import V2TError, first_line
-from .layout import BUNDLE_FILES, OUTPUT_VOCAB_FILE
+from .. import __version__
+from ..bundle.layout import BUNDLE_FILES, OUTPUT_VOCAB_FILE
+from ..config import OFFLINE_BACKBONE
+from ..util.errors import V2TError, first_line
 
 logger = logging.getLogger(__name__)
 

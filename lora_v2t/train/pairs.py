@@ -1,7 +1,7 @@
 """What a run trains on: sentences and their vectors, and for a corrector also the hypotheses it corrects.
 
 A hypothesizer learns ``vector -> sentence`` from ``data.train``. A corrector learns ``(v, e, v - e, hypothesis)
--> sentence`` (see :mod:`lora_v2t.correct`), from three files that must line up:
+-> sentence`` (see :mod:`lora_v2t.model.correct`), from three files that must line up:
 
 1. ``lora-v2t heldout RECIPE --out held.txt``: sentences of the corpus that the hypothesizer's recipe never trained
    or validated on (a corrector trained on hypotheses of seen sentences learns to expect better ones);
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
-from .config import DataConfig, RunConfig
-from .correct import condition
-from .data import embed_corpus, read_sentences, sample_and_split
-from .encoders import load_encoder
-from .errors import V2TError
-from .invert import read_texts
-from .layout import OUTPUT_VOCAB_FILE
-from .rundir import cache_dir_of
+from ..bundle.layout import OUTPUT_VOCAB_FILE
+from ..config import DataConfig, RunConfig
+from ..model.correct import condition
+from ..model.encoders import load_encoder
+from ..tasks.invert import read_texts
+from ..train.data import embed_corpus, read_sentences, sample_and_split
+from ..train.rundir import cache_dir_of
+from ..util.errors import V2TError
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> Train
     dc = cfg.data
     if not dc.hypotheses:
         raise V2TError("training.role=corrector needs data.hypotheses: the `lora-v2t invert --texts DATA.TRAIN` "
-                       "JSONL of its hypothesizer (see lora_v2t.pairs)")
+                       "JSONL of its hypothesizer (see lora_v2t.train.pairs)")
     targets = read_texts(Path(dc.train))
     hypothesizer = check_hypotheses_source(Path(dc.hypotheses), Path(dc.train), len(targets))
     hypotheses = read_hypotheses(Path(dc.hypotheses), len(targets))

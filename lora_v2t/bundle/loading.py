@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from .adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
-from .backbone import compute_dtype, load_backbone, pick_device, train_every_weight
-from .config import DTYPES, INT8_THRESHOLD, check_choice
-from .encoders import load_encoder
-from .hub import resolve_adapter
-from .model import Vector2Text
+from ..bundle.adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
+from ..bundle.hub import resolve_adapter
+from ..config import DTYPES, INT8_THRESHOLD, check_choice
+from ..model.backbone import compute_dtype, load_backbone, pick_device, train_every_weight
+from ..model.encoders import load_encoder
+from ..model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
 
     Args:
         path: the bundle folder, or a hub id ``org/name`` (a folder of that spelling wins; see
-            :func:`lora_v2t.hub.resolve_adapter`).
+            :func:`lora_v2t.bundle.hub.resolve_adapter`).
         backbone: load on this base instead of the one named in the bundle (same hidden and vocab size).
         encoder: an encoder spec or object to use instead of the bundle's (same dimension).
         quantization: ``auto`` (as the bundle was trained, see :func:`load_precision`) | ``8bit`` | ``4bit`` |
@@ -69,7 +69,7 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
 
 def load_dtype(config: dict, dtype: str, device: str | None) -> torch.dtype:
     """The dtype a bundle's base computes in on ``device``: ``dtype`` when not ``auto``; else as the adapter was
-    trained where the device can (:func:`lora_v2t.backbone.compute_dtype`). Known before anything loads, so that
+    trained where the device can (:func:`lora_v2t.model.backbone.compute_dtype`). Known before anything loads, so that
     ``invert`` can name it in its output's meta file."""
     check_choice("dtype", dtype, DTYPES)
     if dtype != "auto":

@@ -1,6 +1,6 @@
 """Training checkpoints: ``step-NNNNNN/`` folders that ``--resume`` continues from exactly.
 
-A checkpoint is a complete adapter bundle (see :mod:`lora_v2t.adapter`) plus
+A checkpoint is a complete adapter bundle (see :mod:`lora_v2t.bundle.adapter`) plus
 
 - ``optimizer.safetensors``: the AdamW moments, and the random-number-generator states: the CPU's and those of
   every CUDA device, for every process of the run (``rng.torch``, ``rng.cuda.0`` ... for the main process,
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from .adapter import _check_safetensors, replace_dir, validate_bundle
-from .config import RunConfig
-from .errors import V2TError, first_line
-from .locks import pid_alive
+from ..bundle.adapter import _check_safetensors, replace_dir, validate_bundle
+from ..config import RunConfig
+from ..util.errors import V2TError, first_line
+from ..util.locks import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def check_checkpoint(path: Path) -> dict:
     """The trainer state of a complete checkpoint; V2TError naming what is missing, truncated or corrupt.
 
     Reads the optimizer's header and sizes, and the adapter's small weight files (checked for NaN by
-    :func:`~lora_v2t.adapter.validate_bundle`; under a second for the offline recipe), so that ``--resume`` can
+    :func:`~lora_v2t.bundle.adapter.validate_bundle`; under a second for the offline recipe), so that ``--resume`` can
     pick a good checkpoint before the models load."""
     config = validate_bundle(path)
     if config.get("trainable") == "full":

@@ -10,12 +10,12 @@ import logging
 import tempfile
 from pathlib import Path
 
-from . import __version__
-from .adapter import save_adapter, validate_bundle
-from .cards import LIBRARY_NAME, bundle_card, complete_card
-from .errors import V2TError, first_line
-from .hub import LOGIN, is_hub_id, network_error, offline_mode
-from .layout import BUNDLE_FILES, OUTPUT_VOCAB_FILE
+from .. import __version__
+from ..bundle.adapter import save_adapter, validate_bundle
+from ..bundle.cards import LIBRARY_NAME, bundle_card, complete_card
+from ..bundle.hub import LOGIN, is_hub_id, network_error, offline_mode
+from ..bundle.layout import BUNDLE_FILES, OUTPUT_VOCAB_FILE
+from ..util.errors import V2TError, first_line
 
 logger = logging.getLogger(__name__)
 

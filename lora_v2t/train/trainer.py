@@ -5,7 +5,7 @@ Run folder ``<output_dir>/<run_name>/``:
 - ``recipe.yaml``: the resolved configuration;
 - ``metrics.jsonl``: one JSON line per evaluation (and per log line, with ``"kind": "train"``);
 - ``loss.png``: training and validation loss against steps, redrawn at every evaluation;
-- ``step-NNNNNN/``: checkpoints (see :mod:`lora_v2t.checkpoint`); the last ``keep_checkpoints`` are kept;
+- ``step-NNNNNN/``: checkpoints (see :mod:`lora_v2t.train.checkpoint`); the last ``keep_checkpoints`` are kept;
 - ``final/``: the finished adapter bundle;
 - ``.lock``: while a run trains in the folder (its main process holds it; a second run into the folder is
   refused, naming the first one's pid).
@@ -36,8 +36,12 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
 
-from .backbone import cpu_has_bf16_units, pick_device
-from .checkpoint import (
+from ..config import RunConfig
+from ..model.backbone import cpu_has_bf16_units, pick_device
+from ..model.encoders import load_encoder
+from ..model.loss import SubsetLoss
+from ..model.vector2text import Vector2Text
+from ..train.checkpoint import (
     clean_stale_temporaries,
     data_file_digests,
     list_checkpoints,
@@ -45,17 +49,13 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .config import RunConfig
-from .cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing, reset_peak
-from .data import BatchOrder, tokenize_corpus
-from .encoders import load_encoder
-from .errors import V2TError, first_line
-from .loss import SubsetLoss
-from .model import Vector2Text
-from .pairs import prepare_data
-from .rundir import RunDirLock, check_paths, locate_run, run_dir_of
-from .runlog import RunLog
-from .signals import StopSignals
+from ..train.cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing, reset_peak
+from ..train.data import BatchOrder, tokenize_corpus
+from ..train.pairs import prepare_data
+from ..train.rundir import RunDirLock, check_paths, locate_run, run_dir_of
+from ..train.runlog import RunLog
+from ..train.signals import StopSignals
+from ..util.errors import V2TError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def training_device(spec: str | None) -> torch.device | None:
 
 def make_accelerator(cfg: RunConfig, device: torch.device | None, run_dir: Path):
     """An ``Accelerator`` on ``device`` with the recipe's mixed precision (``auto``: bf16/fp16 on CUDA; bf16 on
-    CPUs with bf16 matrix units, see :func:`lora_v2t.backbone.cpu_has_bf16_units`; else fp32)."""
+    CPUs with bf16 matrix units, see :func:`lora_v2t.model.backbone.cpu_has_bf16_units`; else fp32)."""
     from accelerate import Accelerator
 
     cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
@@ -136,7 +136,7 @@ def make_accelerator(cfg: RunConfig, device: torch.device | None, run_dir: Path)
 
 def mixed_precision(setting: str, cuda: bool) -> str:
     """What ``training.mixed_precision`` means on this machine: ``auto`` is bf16 (fp16 without bf16 support) on
-    CUDA, bf16 on CPUs with bf16 matrix units (:func:`lora_v2t.backbone.cpu_has_bf16_units`), else ``no``."""
+    CUDA, bf16 on CPUs with bf16 matrix units (:func:`lora_v2t.model.backbone.cpu_has_bf16_units`), else ``no``."""
     if setting != "auto":
         return setting
     if cuda:
@@ -603,7 +603,7 @@ def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = N
         "lr": cfg.training.lr,
         "projector_lr": cfg.training.projector_lr,
         "wall_minutes": round(state.elapsed_s / 60, 1),
-        # what it trained on, so that a corrector's data can be checked to be unseen (see lora_v2t.pairs)
+        # what it trained on, so that a corrector's data can be checked to be unseen (see lora_v2t.train.pairs)
         "sample": {k: getattr(cfg.data, k) for k in ("train", "val", "val_size", "max_sentences", "min_chars",
                                                       "max_chars", "seed")},
     }

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapter import bundle_config, replace_dir
-from .correct import CorrectionConfig, Trace, correct
-from .encoders import PrecomputedEncoder
-from .errors import V2TError
-from .generate import reembed_cosines
-from .vectors import to_vectors
+from ..bundle.adapter import bundle_config, replace_dir
+from ..model.correct import CorrectionConfig, Trace, correct
+from ..model.encoders import PrecomputedEncoder
+from ..model.generate import reembed_cosines
+from ..util.errors import V2TError
+from ..util.vectors import to_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
             None: the adapter's default).
         adapter: the adapter's folder or hub id, recorded in the summary with its configuration.
         overwrite: replace a report already in ``out_dir``.
-        correction: with ``steps`` > 0, correct the outputs (see :mod:`lora_v2t.correct`) and report every
+        correction: with ``steps`` > 0, correct the outputs (see :mod:`lora_v2t.model.correct`) and report every
             step, with the seconds and decodes per vector it cost. With ``rerank`` > 1 correction starts from
             the reranked candidates (columns ``reranked+corrected-N``), else from the greedy output
             (``corrected-N``); ``rerank`` replaces the ``CorrectionConfig``'s own.

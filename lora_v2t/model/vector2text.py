@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
-from .adapter import load_into, save_adapter
-from .backbone import load_backbone, refuse_quantized_full, train_every_weight
-from .config import (
+from ..bundle.adapter import load_into, save_adapter
+from ..bundle.push import push_adapter
+from ..config import (
     INT8_THRESHOLD,
     PRECISION_KEYS,
     BackboneConfig,
@@ -30,16 +30,16 @@ from .config import (
     TrainingConfig,
     check_choice,
 )
-from .correct import CorrectionConfig, correct, reranked_start
-from .encoders import Encoder, EncoderCache, check_texts, load_encoder
-from .errors import V2TError
-from .generate import Reranked, generate
-from .lora import check_target_modules, make_lora_config
-from .loss import SubsetLoss
-from .projector import PrefixProjector, embedding_rms, projector_input_dim
-from .push import push_adapter
-from .vectors import to_vectors
-from .vocab import DecodingVocab, check_output_vocab
+from ..model.backbone import load_backbone, refuse_quantized_full, train_every_weight
+from ..model.correct import CorrectionConfig, correct, reranked_start
+from ..model.encoders import Encoder, EncoderCache, check_texts, load_encoder
+from ..model.generate import Reranked, generate
+from ..model.lora import check_target_modules, make_lora_config
+from ..model.loss import SubsetLoss
+from ..model.projector import PrefixProjector, embedding_rms, projector_input_dim
+from ..model.vocab import DecodingVocab, check_output_vocab
+from ..util.errors import V2TError
+from ..util.vectors import to_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Vector2Text(nn.Module):
 
         Args:
             backbone: hub id, local folder, ``.gguf`` file or ``offline:gemma-3-270m``.
-            encoder: encoder spec (see :mod:`lora_v2t.encoders`) or an Encoder object.
+            encoder: encoder spec (see :mod:`lora_v2t.model.encoders`) or an Encoder object.
             projector: ``zero-pad`` | ``linear`` | ``mlp``.
             prefix_length: number of prefix slots k.
             lora_r, lora_alpha, lora_dropout, target_modules: the LoRA settings (alpha defaults to 2r;
@@ -100,7 +100,7 @@ class Vector2Text(nn.Module):
             trainable: ``lora`` (default), or ``full``: no LoRA, every backbone weight trains (the original
                 experiment's way; a baseline for benchmarks; saved as a full model, not an adapter).
             role: ``hypothesizer`` (writes text from a vector) or ``corrector`` (rewrites a hypothesis closer to
-                its target vector; see :mod:`lora_v2t.correct`).
+                its target vector; see :mod:`lora_v2t.model.correct`).
         """
         if encoder is None:
             raise V2TError("Vector2Text.create needs an encoder: a spec such as 'sentence-transformers/LaBSE' or "
@@ -231,7 +231,7 @@ class Vector2Text(nn.Module):
                                                       self.tokenizer.eos_token_id)
 
     def decoding_vocab(self, restrict: bool) -> DecodingVocab:
-        """What the active adapter's decoding keeps to (see :class:`lora_v2t.vocab.DecodingVocab`). Built once per
+        """What the active adapter's decoding keeps to (see :class:`lora_v2t.model.vocab.DecodingVocab`). Built once per
         adapter while the output layer is frozen: its subset layers stay the same objects from call to call, so a
         compiled decoding step is not traced again, and their 13k rows are not gathered again."""
         head = self.base_model.get_output_embeddings()
@@ -254,7 +254,7 @@ class Vector2Text(nn.Module):
 
     @property
     def role(self) -> str:
-        """The active adapter's role: ``hypothesizer`` or ``corrector`` (see :mod:`lora_v2t.correct`)."""
+        """The active adapter's role: ``hypothesizer`` or ``corrector`` (see :mod:`lora_v2t.model.correct`)."""
         return self.meta.get("role") or "hypothesizer"
 
     @property
@@ -297,7 +297,7 @@ class Vector2Text(nn.Module):
     def pad_rows(self, rows: list[list[int]], max_length: int = 64,
                  context_rows: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
         """The batch of :meth:`tokenize` from texts already tokenised (without special tokens): a training
-        loop's pre-tokenised corpus (:class:`lora_v2t.data.TokenizedCorpus`)."""
+        loop's pre-tokenised corpus (:class:`lora_v2t.train.data.TokenizedCorpus`)."""
         eos = self.tokenizer.eos_token_id
         rows = [ids[: max_length - 1] + [eos] for ids in rows]
         starts = [0] * len(rows)
@@ -322,7 +322,7 @@ class Vector2Text(nn.Module):
 
     def prefix(self, vectors) -> torch.Tensor:
         """Projected prefix embeddings (B, k, h) in the backbone's compute dtype (a corrector's vectors are its
-        :func:`lora_v2t.correct.condition` rows)."""
+        :func:`lora_v2t.model.correct.condition` rows)."""
         vec = to_vectors(vectors, self.projector.embedding_dim).to(self.device)
         dtype = self.base_model.get_input_embeddings().weight.dtype
         return self.projector(vec).to(dtype)
@@ -399,9 +399,9 @@ class Vector2Text(nn.Module):
 
     def generate(self, vectors, correct_steps: int = 0, corrector: str | None = None, correct_width: int = 1,
                  **options):
-        """Decode vectors into text; see :func:`lora_v2t.generate.generate` for the options.
+        """Decode vectors into text; see :func:`lora_v2t.model.generate.generate` for the options.
 
-        ``correct_steps`` > 0 corrects the hypotheses that many times at most (see :mod:`lora_v2t.correct`):
+        ``correct_steps`` > 0 corrects the hypotheses that many times at most (see :mod:`lora_v2t.model.correct`):
         with the corrector the adapter names, or ``corrector`` (a corrector bundle folder or hub id, or
         ``"shift"`` for the training-free correction), keeping ``correct_width`` candidates per vector. With
         ``rerank=True`` and ``num_return_sequences`` K > 1 (``num_beams`` K or unset), correction starts from the
@@ -454,7 +454,7 @@ class Vector2Text(nn.Module):
                     commit_message: str | None = None, token: str | None = None) -> str:
         """Upload the active adapter as a bundle, with its model card, to the hub repository ``repo_id``
         (``org/name``, created if missing; ``revision``: the branch); returns the commit's URL. See
-        :func:`lora_v2t.push.push_folder`."""
+        :func:`lora_v2t.bundle.push.push_folder`."""
         return push_adapter(self, repo_id, private=private, revision=revision, commit_message=commit_message,
                             token=token)
 

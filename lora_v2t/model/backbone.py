@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .config import INT8_THRESHOLD, OFFLINE_BACKBONE, QUANTIZATION_MODES, check_choice
-from .errors import V2TError
+from ..config import INT8_THRESHOLD, OFFLINE_BACKBONE, QUANTIZATION_MODES, check_choice
+from ..util.errors import V2TError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def checkpoints_dir() -> Path:
     """
     if os.environ.get("LORA_V2T_HOME"):
         return Path(os.environ["LORA_V2T_HOME"])
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if (repo / "pyproject.toml").exists() and (repo / "checkpoints").is_dir():
         return repo / "checkpoints"
     return Path.home() / ".cache" / "lora_v2t"

@@ -13,12 +13,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .backbone import max_positions
-from .config import SEED_LIMIT
-from .correct import check_role
-from .errors import V2TError
-from .vectors import cosine_rows, to_vectors
-from .vocab import DecodingVocab
+from ..config import SEED_LIMIT
+from ..model.backbone import max_positions
+from ..model.correct import check_role
+from ..model.vocab import DecodingVocab
+from ..util.errors import V2TError
+from ..util.vectors import cosine_rows, to_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
         show_progress: show a progress bar over batches.
         seed: seed the RNG first (for reproducible sampling).
         contexts: for a corrector (the active adapter), the hypothesis each row corrects; its ``vectors`` are then
-            :func:`lora_v2t.correct.condition` rows. See :mod:`lora_v2t.correct`.
+            :func:`lora_v2t.model.correct.condition` rows. See :mod:`lora_v2t.model.correct`.
         **options: any field of :class:`lora_v2t.config.GenerationConfig`: ``max_new_tokens``,
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``num_return_sequences``,
             ``repetition_penalty``, ``no_repeat_ngram_size``, ``batch_size``, ``restrict_vocab``, ``cache``. Unset

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .hub import backbone_hub_id
+from ..bundle.hub import backbone_hub_id
 
 LIBRARY_NAME = "lora_v2t"
 TAGS = ["lora_v2t", "embedding-inversion", "peft", "lora"]  # the last two only for LoRA adapters
@@ -28,7 +28,7 @@ def model_card(config: dict, source: str = "path/to/this/folder", revision: str 
         "",
         f"- projector: `{proj['kind']}`, {proj['prefix_length']} prefix slot(s)",
         "- role: corrector: rewrites a hypothesis closer to its target vector (pass it as `corrector=` with its "
-        "hypothesizer; see `lora_v2t.correct`)" if config.get("role") == "corrector" else
+        "hypothesizer; see `lora_v2t.model.correct`)" if config.get("role") == "corrector" else
         f"- role: hypothesizer; corrector: `{config['corrector']}` (`generate(..., correct_steps=N)` uses it)"
         if config.get("corrector") else "- role: hypothesizer",
         f"- LoRA: r={lora['r']}, alpha={lora['alpha']}, on {', '.join(lora['target_modules'])}"
@@ -94,7 +94,7 @@ def card_metadata(config: dict) -> dict:
 
 def bundle_card(config: dict, source: str = "path/to/this/folder", revision: str | None = None):
     """The bundle's README.md: a ``huggingface_hub.ModelCard`` with :func:`card_metadata` and the card text of
-    :func:`lora_v2t.adapter.model_card` (its examples load the adapter from ``source``)."""
+    :func:`lora_v2t.bundle.adapter.model_card` (its examples load the adapter from ``source``)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     yaml = ModelCardData(**card_metadata(config)).to_yaml()

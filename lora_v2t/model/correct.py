@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapter import validate_bundle
-from .errors import V2TError
-from .hub import resolve_adapter
-from .vectors import cosine_rows, to_vectors
+from ..bundle.adapter import validate_bundle
+from ..bundle.hub import resolve_adapter
+from ..util.errors import V2TError
+from ..util.vectors import cosine_rows, to_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def reranked_start(options: dict, rerank: bool) -> int:
 # ---------------------------------------------------------------------- the loop
 def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, **options) -> Trace:
     """Hypothesize, then correct ``cfg.steps`` times; see the module's docstring. ``options``: decoding options
-    of :func:`lora_v2t.generate.generate` (used for every decode)."""
+    of :func:`lora_v2t.model.generate.generate` (used for every decode)."""
     target = to_vectors(vectors, v2t.embedding_dim).numpy()
     check_role(v2t.meta, "hypothesizer", v2t.active_adapter)
     if (options.get("num_return_sequences") or 1) > 1 or options.get("rerank"):

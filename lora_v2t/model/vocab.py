@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import V2TError
+from ..util.errors import V2TError
 
 
 def check_output_vocab(token_ids, size: int, eos_id: int) -> torch.Tensor:

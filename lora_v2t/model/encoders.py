@@ -15,8 +15,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .config import DEFAULT_ENCODER, OFFLINE_ENCODER
-from .errors import V2TError, first_line
+from ..config import DEFAULT_ENCODER, OFFLINE_ENCODER
+from ..util.errors import V2TError, first_line
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Adapter bundles: the file layout, save, load, validation, the hub, push and model cards."""
