@@ -138,7 +138,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(bundle, v2t, tmp_path,
     err = capsys.readouterr().err
     assert "--vectors takes a .npy file" in err and "--texts takes a text file of sentences" in err
     assert not (tmp_path / "v.jsonl.meta.json").exists()
-    with pytest.raises(V2TError, match=f"source {tmp_path} is a folder: give a .npy file"):
+    with pytest.raises(V2TError, match=f"source {tmp_path} is a folder, not a file: give a .npy file"):
         prepare_job(InvertJob(str(tmp_path), str(tmp_path / "o.jsonl")), bundle)
 
 
@@ -235,3 +235,10 @@ def test_an_output_from_before_dtypes_were_recorded_continues(v2t, bundle, vecto
     meta.write_text(json.dumps(saved))
     assert prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="float32"),
                        bundle).start == len(np.load(vectors_file))  # complete: nothing refused
+
+
+def test_a_text_source_has_one_row_per_line_without_its_byte_order_mark(bundle, tmp_path):
+    texts = tmp_path / "s.txt"
+    rows = ["Где лодка?", "Кошка\u2028спит.", "Мы\x85тут.", "Завтра\x1dдождь.", "Хорошо."]
+    texts.write_bytes(("\ufeff" + "\n".join(rows) + "\n").encode())
+    assert prepare_job(InvertJob(str(texts), str(tmp_path / "o.jsonl")), bundle).source.texts == rows

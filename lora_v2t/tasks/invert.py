@@ -23,11 +23,13 @@ import numpy as np
 from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
 from ..util.locks import FileLock, LockBusy
+from ..util.textfile import read_rows
 
 logger = logging.getLogger(__name__)
 
 FORMATS = (".jsonl", ".tsv")
 NAN_POLICIES = ("refuse", "skip")
+SOURCE_FIX = "give a .npy file of vectors or a text file of sentences"
 
 
 @dataclass
@@ -103,24 +105,9 @@ class Source:
 
 
 def read_texts(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file, one sentence each; row i is line i + 1, so blank lines are refused."""
-    if path.is_dir():
-        raise V2TError(f"source {path} is a folder: give a .npy file of vectors or a text file of sentences")
-    if not path.is_file():
-        raise V2TError(f"source {path} does not exist: give a .npy file of vectors or a text file of sentences")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise V2TError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8") from exc
-    except OSError as exc:
-        raise V2TError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-    if blank:
-        raise V2TError(f"{path}: line(s) {blank[:5]} are blank: every line must be a sentence (rows are numbered "
-                       "by line), remove them")
-    if not lines:
-        raise V2TError(f"{path} is empty: give one sentence per line")
-    return lines
+    """The lines of a UTF-8 text file, one sentence each; row i is line i + 1, so blank lines are refused (see
+    :func:`lora_v2t.util.textfile.read_rows`)."""
+    return read_rows(path, "source", fix=SOURCE_FIX)
 
 
 @dataclass
