@@ -16,6 +16,7 @@ from lora_v2t.tasks.evaluate import (
     score_outputs,
     token_f1,
 )
+from lora_v2t.util.textfile import split_lines, unescape_tsv
 from lora_v2t.util.vectors import cosine_rows
 
 from .conftest import first_token_vocab, only_made_of
@@ -340,3 +341,15 @@ def test_a_tsv_without_columns_is_refused_naming_the_options(tmp_path):
     path.write_text("Where is the boat?\tГде лодка?\nThe cat sleeps.\tКошка спит.\n", encoding="utf-8")
     with pytest.raises(V2TError, match="is a TSV .*--source-column and --target-column"):
         read_eval_file(path)
+
+
+def test_outputs_holding_newlines_and_tabs_stay_one_row_of_sentences_tsv(v2t, tmp_path, monkeypatch):
+    refs = ["Где лодка?", "Кошка спит.", "Мы тут."]
+    outputs = iter(["a\nb", "c\td\\e", "f\r\u2028g"])
+    monkeypatch.setattr(v2t, "generate", lambda vectors, **options: [next(outputs) for _ in vectors])
+    evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "r", rerank=0, resamples=5,
+             show_progress=False)
+    data = (tmp_path / "r" / "sentences.tsv").read_text(encoding="utf-8")
+    rows = split_lines(data)
+    assert data.count("\n") == len(rows) == 4
+    assert [unescape_tsv(row.split("\t")[2]) for row in rows[1:]] == ["a\nb", "c\td\\e", "f\r\u2028g"]

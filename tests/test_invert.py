@@ -8,6 +8,7 @@ import pytest
 from lora_v2t import V2TError
 from lora_v2t.cli import main
 from lora_v2t.tasks.invert import InvertJob, format_rows, invert_file, prepare_job
+from lora_v2t.util.textfile import split_lines, unescape_tsv
 
 from .conftest import SENTENCES, refuse_calls
 
@@ -25,7 +26,7 @@ def vectors_file(v2t, tmp_path):
 
 
 def rows_of(path):
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
 
 
 def test_vectors_become_rows_equal_to_generate_with_cosines(v2t, bundle, vectors_file, tmp_path):
@@ -235,6 +236,28 @@ def test_an_output_from_before_dtypes_were_recorded_continues(v2t, bundle, vecto
     meta.write_text(json.dumps(saved))
     assert prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="float32"),
                        bundle).start == len(np.load(vectors_file))  # complete: nothing refused
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".jsonl"])
+def test_texts_holding_line_separators_are_one_row_and_a_rerun_reads_them_back(v2t, bundle, vectors_file, tmp_path,
+                                                                              monkeypatch, suffix):
+    weird = ["a\x1db", "c\x85d", "e\u2028f", "g\u2029h", "i\x0bj\x0ck", "l\tm\nn\ro\\p", "q\x1cr\x1es", "", "t",
+             "u\x1d\u2028"]
+    rows = iter(weird)
+    monkeypatch.setattr(v2t, "generate", lambda vectors, **options: [next(rows) for _ in vectors])
+    out = tmp_path / f"out{suffix}"
+    job = InvertJob(str(vectors_file), str(out), batch_size=4, options={"max_new_tokens": 4})
+    assert invert_file(v2t, job, bundle, show_progress=False)["written"] == len(SENTENCES)
+    again = invert_file(v2t, job, bundle, show_progress=False)  # the last row ends with \x1d and U+2028
+    assert again["written"] == 0 and again["resumed_at"] == len(SENTENCES)
+    data = out.read_bytes()
+    lines = split_lines(data.decode("utf-8"))
+    assert data.count(b"\n") == len(lines) == len(SENTENCES) + (suffix == ".tsv")  # what wc -l counts
+    if suffix == ".tsv":
+        texts = [unescape_tsv(line.split("\t")[1]) for line in lines[1:]]
+    else:
+        texts = [json.loads(line)["text"] for line in lines]
+    assert texts == weird
 
 
 def test_a_text_source_has_one_row_per_line_without_its_byte_order_mark(bundle, tmp_path):

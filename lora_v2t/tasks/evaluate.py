@@ -9,7 +9,6 @@ Greedy, reranked (N candidates) and each correction step side by side. Writes ``
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from ..model.correct import CorrectionConfig, Trace, correct
 from ..model.encoders import PrecomputedEncoder
 from ..model.generate import reembed_cosines
 from ..util.errors import V2TError
-from ..util.textfile import column_index, header_names, read_lines
+from ..util.textfile import column_index, escape_tsv, header_names, read_lines
 from ..util.vectors import to_vectors
 
 logger = logging.getLogger(__name__)
@@ -445,19 +444,22 @@ def _kept_cosines(texts: list[str], cosines: np.ndarray) -> np.ndarray:
 
 
 def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
+    """One line per sentence; texts escaped as :func:`lora_v2t.util.textfile.escape_tsv` does (no quoting)."""
     with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        def writerow(row):
+            handle.write("\t".join(escape_tsv(str(field)) for field in row) + "\n")
+
         header = ["index", "reference"] + (["source"] if data.sources and data.sources != data.references else [])
         for name in systems:
             tag = name.split()[0]
             header += [f"{tag}_output", f"{tag}_cosine", f"{tag}_token_f1", f"{tag}_exact"]
-        writer.writerow(header)
+        writerow(header)
         for i, ref in enumerate(data.references):
             row = [i, ref] + ([data.sources[i]] if len(header) > 2 and header[2] == "source" else [])
             for hyps, cos in systems.values():
                 row += [hyps[i], "" if cos is None else f"{cos[i]:.4f}", f"{token_f1(hyps[i], ref):.4f}",
                         int(exact_match(hyps[i], ref))]
-            writer.writerow(row)
+            writerow(row)
 
 
 def markdown_table(summary: dict) -> str:

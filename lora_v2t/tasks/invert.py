@@ -23,7 +23,7 @@ import numpy as np
 from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
 from ..util.locks import FileLock, LockBusy
-from ..util.textfile import read_rows
+from ..util.textfile import escape_tsv, read_rows, split_lines, unescape_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -231,16 +231,28 @@ def _resume_position(out: Path) -> int:
                        len(data) - end)
         with open(out, "r+b") as handle:
             handle.truncate(end)
-    lines = data[:end].decode("utf-8").splitlines()
-    rows = [line for line in lines if line and not line.startswith("index\t")]
+    rows = [line for line in split_lines(data[:end].decode("utf-8")) if line and not line.startswith("index\t")]
     if not rows:
         return 0
-    last = json.loads(rows[-1])["index"] if out.suffix == ".jsonl" else int(rows[-1].split("\t", 1)[0])
-    return last + 1
+    try:
+        return parse_row(out.suffix, rows[-1])[0] + 1
+    except (ValueError, KeyError, TypeError) as exc:
+        raise V2TError(f"{out}: its last row is not one `lora-v2t invert` writes ({exc}): choose another --out, or "
+                       f"delete {out} and its .meta.json to start over") from exc
+
+
+def parse_row(suffix: str, line: str) -> tuple[int, str, float | None]:
+    """(index, text, cosine or None) of a row :func:`format_rows` wrote (one line, without its newline)."""
+    if suffix == ".jsonl":
+        row = json.loads(line)
+        return int(row["index"]), str(row["text"]), row.get("cosine")
+    index, text, cosine = line.split("\t")
+    return int(index), unescape_tsv(text), float(cosine) if cosine else None
 
 
 def format_rows(suffix: str, indices, texts: list[str], cosines) -> str:
-    """JSONL objects, or TSV lines (tabs, newlines and backslashes in texts escaped as \\t, \\n, \\\\)."""
+    """JSONL objects, or TSV lines (tabs, newlines, carriage returns and backslashes in texts escaped as \\t,
+    \\n, \\r, \\\\): one line per row, split at \\n only (:func:`parse_row` reads a row back)."""
     lines = []
     for i, (index, text) in enumerate(zip(indices, texts)):
         cosine = None if cosines is None else round(float(cosines[i]), 4)
@@ -248,8 +260,7 @@ def format_rows(suffix: str, indices, texts: list[str], cosines) -> str:
             row = {"index": int(index), "text": text} | ({} if cosine is None else {"cosine": cosine})
             lines.append(json.dumps(row, ensure_ascii=False))
         else:
-            escaped = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-            lines.append(f"{int(index)}\t{escaped}\t{'' if cosine is None else cosine}")
+            lines.append(f"{int(index)}\t{escape_tsv(text)}\t{'' if cosine is None else cosine}")
     return "".join(line + "\n" for line in lines)
 
 
