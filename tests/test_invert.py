@@ -265,3 +265,31 @@ def test_a_text_source_has_one_row_per_line_without_its_byte_order_mark(bundle, 
     rows = ["Где лодка?", "Кошка\u2028спит.", "Мы\x85тут.", "Завтра\x1dдождь.", "Хорошо."]
     texts.write_bytes(("\ufeff" + "\n".join(rows) + "\n").encode())
     assert prepare_job(InvertJob(str(texts), str(tmp_path / "o.jsonl")), bundle).source.texts == rows
+
+
+def test_sampling_is_seeded_and_the_seed_recorded(bundle, v2t, tmp_path, capsys):
+    texts = tmp_path / "s.txt"
+    texts.write_text("\n".join(SENTENCES[:4]) + "\n", encoding="utf-8")
+
+    def invert(out, seed):
+        return main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / out),
+                     "--max-new-tokens", "8", "--do-sample", "--temperature", "5", "--seed", seed, "--batch-size",
+                     "2", "--no-progress"])
+
+    assert invert("a.jsonl", "3") == 0 and invert("b.jsonl", "3") == 0 and invert("c.jsonl", "4") == 0
+    assert rows_of(tmp_path / "a.jsonl") == rows_of(tmp_path / "b.jsonl") != rows_of(tmp_path / "c.jsonl")
+    assert json.loads((tmp_path / "a.jsonl.meta.json").read_text())["seed"] == 3
+    capsys.readouterr()
+    assert invert("a.jsonl", "4") == 2
+    assert "was written with another seed (3, now 4)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--rerank"], ["--num-return-sequences", "2"]])
+def test_invert_does_not_offer_what_it_refuses(bundle, tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exited:
+        main(["invert", "--help"])
+    assert exited.value.code == 0 and option[0] not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["invert", "--adapter", str(bundle), "--texts", str(tmp_path / "s.txt"), "--out",
+              str(tmp_path / "o.jsonl"), *option])
+    assert exited.value.code == 2 and f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err

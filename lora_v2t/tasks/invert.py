@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import SEED_LIMIT
 from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
 from ..util.locks import FileLock, LockBusy
@@ -43,6 +44,7 @@ class InvertJob:
     batch_size: int | None = None  # vectors decoded together; None = chosen from the free memory
     options: dict = field(default_factory=dict)  # decoding options (GenerationConfig fields) over the adapter's
     dtype: str | None = None  # what the base computes in ("float32", "bfloat16"...); None: as loaded (invert_file)
+    seed: int | None = None  # seeds sampling (each batch from the seed and its first row); None: unseeded
 
     def __post_init__(self):
         if Path(self.out).suffix not in FORMATS:
@@ -51,6 +53,9 @@ class InvertJob:
             raise V2TError(f"--on-nan must be one of {list(NAN_POLICIES)}, got {self.on_nan!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise V2TError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < SEED_LIMIT):
+            raise V2TError(f"--seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
 
 
 class Source:
@@ -138,14 +143,14 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     source = Source(job.source, int(config["encoder"]["dim"]), job.on_nan)
     options = GenerationConfig.of_bundle(config, **job.options)
     if options.num_return_sequences > 1:
-        raise V2TError("invert writes one text per row: leave --num-return-sequences at 1")
+        raise V2TError("invert writes one text per row: leave num_return_sequences at 1")
     weights = hashlib.sha256((adapter_dir / "projector.safetensors").read_bytes()).hexdigest()[:16]
     # neither the batch nor the cache changes the rows
     decoding = {k: v for k, v in asdict(options).items() if k not in ("batch_size", "cache")}
     identity = {"format": 1, "adapter": label or str(adapter_dir.resolve()), "projector_sha256": weights,
                 "decoding": decoding, "source": str(Path(job.source).resolve()), "rows": len(source),
                 "source_sha256": source.fingerprint(),
-                "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype}
+                "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype, "seed": job.seed}
     return PreparedJob(source, identity, prepare_output(job, identity))
 
 
@@ -278,6 +283,14 @@ def append_rows(out: Path, text: str) -> None:
                            "free some space, then run the same command again to continue") from exc
 
 
+def batch_seed(seed: int | None, first_row: int) -> int | None:
+    """The seed of the batch starting at ``first_row``: drawn from the job's seed and that row, so that a job
+    continued after a stop samples its later batches as an uninterrupted one (with the same batch size)."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, first_row]).generate_state(1, np.uint64)[0]) % SEED_LIMIT
+
+
 def auto_batch_size(v2t, max_new_tokens: int) -> int:
     """Vectors decoded together: what half the free memory holds of the KV cache (at most 512 on a GPU, 64 on a
     CPU, where larger batches gain little)."""
@@ -325,7 +338,7 @@ def run_job(v2t, job: InvertJob, prepared: PreparedJob, show_progress: bool = Tr
         counts["skipped"] += int((~keep).sum())
         indices, vectors = np.arange(begin, stop)[keep], vectors[keep]
         if len(vectors):
-            texts = v2t.generate(vectors, **(job.options | {"batch_size": batch}))
+            texts = v2t.generate(vectors, seed=batch_seed(job.seed, begin), **(job.options | {"batch_size": batch}))
             cosines = reembed_cosines(v2t, texts, vectors, empty=0.0) if job.cosine else None
             append_rows(out, format_rows(out.suffix, indices, texts, cosines))
             counts["written"] += len(texts)
