@@ -179,7 +179,8 @@ def test_a_full_disk_leaves_only_complete_rows(v2t, bundle, vectors_file, tmp_pa
 
 @pytest.mark.parametrize("make,message", [
     (lambda t, v: np.save(t / "x.npy", v[:, :5]), r"shape \(10, 5\), but the adapter inverts \(24,\) vectors"),
-    (lambda t, v: np.save(t / "x.npy", v[0]), r"shape \(24,\), but the adapter inverts"),
+    (lambda t, v: np.save(t / "x.npy", v[0]), r"holds an array of shape \(24,\): it must be 2-D \(rows, 24\)"),
+    (lambda t, v: np.save(t / "x.npy", v[:0]), r"holds no vectors \(shape \(0, 24\)\)"),
     (lambda t, v: (t / "x.npy").write_text("Где лодка?\n"), "is a text file, not a .npy array"),
     (lambda t, v: np.save(t / "x.npy", v.astype(np.complex64)), "holds complex numbers"),
 ])
@@ -267,6 +268,22 @@ def test_a_text_source_has_one_row_per_line_without_its_byte_order_mark(bundle, 
     assert prepare_job(InvertJob(str(texts), str(tmp_path / "o.jsonl")), bundle).source.texts == rows
 
 
+def test_a_changed_row_anywhere_in_a_large_vector_file_is_refused(bundle, tmp_path):
+    path = tmp_path / "big.npy"
+    vectors = np.random.default_rng(0).standard_normal((90_000, 24)).astype(np.float32)  # 8.6 MB
+    np.save(path, vectors)
+    job = InvertJob(str(path), str(tmp_path / "o.jsonl"))
+    prepare_job(job, bundle)
+    # a row between the first two of the 64 blocks of 64 KiB the fingerprint used to read
+    size = path.stat().st_size
+    row = ((2**16 + (size - 2**16) // 63) // 2 - 128) // (24 * 4)
+    vectors[row] += 1
+    np.save(path, vectors)
+    assert path.stat().st_size == size
+    with pytest.raises(V2TError, match="was written from another content of"):
+        prepare_job(job, bundle)
+
+
 def test_sampling_is_seeded_and_the_seed_recorded(bundle, v2t, tmp_path, capsys):
     texts = tmp_path / "s.txt"
     texts.write_text("\n".join(SENTENCES[:4]) + "\n", encoding="utf-8")
@@ -293,3 +310,20 @@ def test_invert_does_not_offer_what_it_refuses(bundle, tmp_path, capsys, option)
         main(["invert", "--adapter", str(bundle), "--texts", str(tmp_path / "s.txt"), "--out",
               str(tmp_path / "o.jsonl"), *option])
     assert exited.value.code == 2 and f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
+
+
+def test_an_output_begun_before_whole_files_were_hashed_is_checked_as_it_was(v2t, bundle, vectors_file, tmp_path):
+    from lora_v2t.tasks.invert import Source
+
+    out = tmp_path / "old.jsonl"
+    job = InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="float32")
+    invert_file(v2t, job, bundle, show_progress=False)
+    meta = tmp_path / "old.jsonl.meta.json"
+    saved = json.loads(meta.read_text())
+    del saved["source_file_sha256"], saved["seed"]  # as an older lora_v2t wrote it
+    saved["source_sha256"] = Source(vectors_file, v2t.embedding_dim, "refuse").legacy_fingerprint()
+    meta.write_text(json.dumps(saved))
+    assert prepare_job(job, bundle).start == len(SENTENCES)  # continues: the same source
+    np.save(vectors_file, np.load(vectors_file)[::-1].copy())
+    with pytest.raises(V2TError, match="was written from another content of"):
+        prepare_job(job, bundle)

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 FORMATS = (".jsonl", ".tsv")
 NAN_POLICIES = ("refuse", "skip")
 SOURCE_FIX = "give a .npy file of vectors or a text file of sentences"
+LOUD_HASH = 2**30  # a source this large is said to be hashed: it takes seconds
 
 
 @dataclass
@@ -66,9 +67,15 @@ class Source:
         self.vectors, self.texts = None, None
         if self.path.suffix == ".npy":
             self.vectors = load_vectors_file(self.path, mmap=True)
-            if self.vectors.ndim != 2 or self.vectors.shape[1] != dim:
-                raise V2TError(f"{self.path} holds an array of shape {tuple(self.vectors.shape)}, but the adapter "
-                               f"inverts ({dim},) vectors: give an (N, {dim}) array")
+            shape = tuple(self.vectors.shape)
+            if self.vectors.ndim != 2:
+                raise V2TError(f"{self.path} holds an array of shape {shape}: it must be 2-D (rows, {dim}), one "
+                               f"vector per row (one vector: save vector.reshape(1, {dim}))")
+            if shape[1] != dim:
+                raise V2TError(f"{self.path} holds an array of shape {shape}, but the adapter inverts ({dim},) "
+                               f"vectors: give an (N, {dim}) array")
+            if shape[0] == 0:
+                raise V2TError(f"{self.path} holds no vectors (shape {shape}): give at least one row")
             if on_nan == "refuse":
                 self.refuse_non_finite()
         else:
@@ -77,10 +84,21 @@ class Source:
     def __len__(self) -> int:
         return len(self.vectors) if self.vectors is not None else len(self.texts)
 
-    def fingerprint(self, blocks: int = 64, block: int = 65536) -> str:
-        """What changes when the source's content does: a sha256 of its texts, or of a vector file's size and
-        ``blocks`` evenly spread blocks of ``block`` bytes (head and tail included; a file of any size costs
-        at most 4 MiB of reads)."""
+    def fingerprint(self, chunk: int = 1 << 20) -> str:
+        """The sha256 of the source file's bytes, read whole (in chunks): any change of its content changes it."""
+        size = self.path.stat().st_size
+        if size >= LOUD_HASH:
+            logger.info("hashing all %.1f GB of %s (to tell whether it changes between runs)", size / 1e9, self.path)
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            for block in iter(lambda: handle.read(chunk), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def legacy_fingerprint(self, blocks: int = 64, block: int = 65536) -> str:
+        """What OUT.meta.json's ``source_sha256`` recorded before lora_v2t hashed whole files: a sha256 of the
+        texts, or of a vector file's size and ``blocks`` evenly spread blocks (outputs begun then are checked
+        with it)."""
         digest = hashlib.sha256()
         if self.texts is not None:
             digest.update("\n".join(self.texts).encode("utf-8"))
@@ -149,12 +167,12 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     decoding = {k: v for k, v in asdict(options).items() if k not in ("batch_size", "cache")}
     identity = {"format": 1, "adapter": label or str(adapter_dir.resolve()), "projector_sha256": weights,
                 "decoding": decoding, "source": str(Path(job.source).resolve()), "rows": len(source),
-                "source_sha256": source.fingerprint(),
+                "source_file_sha256": source.fingerprint(),
                 "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype, "seed": job.seed}
-    return PreparedJob(source, identity, prepare_output(job, identity))
+    return PreparedJob(source, identity, prepare_output(job, identity, source))
 
 
-def prepare_output(job: InvertJob, identity: dict) -> int:
+def prepare_output(job: InvertJob, identity: dict, source: Source | None = None) -> int:
     """Check OUT against its meta file, drop a row cut short by a crash; return the next source row to invert."""
     out, meta = Path(job.out), Path(job.out + ".meta.json")
     if out.exists() and not out.is_file():
@@ -167,16 +185,7 @@ def prepare_output(job: InvertJob, identity: dict) -> int:
             saved = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise V2TError(f"{meta} is unreadable ({exc}): delete {out} and {meta.name} to start over") from exc
-        for key, value in identity.items():
-            if key in ("dtype", "source_sha256") and key not in saved:  # written before lora_v2t recorded it
-                logger.warning("%s does not record the %s of its rows; continuing with %s", meta, key, value)
-                continue
-            if key == "source_sha256" and saved[key] != value:
-                raise V2TError(f"{out} was written from another content of {job.source} (the file changed since): "
-                               f"choose another --out, or delete {out} and {meta.name} to start over")
-            if saved.get(key) != value:
-                raise V2TError(f"{out} was written with another {key} ({saved.get(key)!r}, now {value!r}): choose "
-                               f"another --out, or delete {out} and {meta.name} to start over")
+        check_identity(saved, identity, job, source)
     if not meta.exists():
         output_folder(out)
         tmp = meta.with_name(meta.name + ".tmp")
@@ -187,6 +196,24 @@ def prepare_output(job: InvertJob, identity: dict) -> int:
             raise V2TError(f"cannot write {meta} ({exc.strerror or exc}): give an --out in a writable folder") \
                 from exc
     return _resume_position(out)
+
+
+def check_identity(saved: dict, identity: dict, job: InvertJob, source: Source | None) -> None:
+    """Refuse to continue OUT when its meta file ``saved`` differs from this job's ``identity``; a key that
+    outputs begun by older versions lack is skipped with a warning (``seed`` was None then)."""
+    out, meta = Path(job.out), Path(job.out + ".meta.json")
+    for key, value in identity.items():
+        if key == "source_file_sha256" and key not in saved and "source_sha256" in saved and source is not None:
+            key, value = "source_sha256", source.legacy_fingerprint()  # begun before whole files were hashed
+        if key in ("dtype", "source_file_sha256", "source_sha256") and key not in saved:
+            logger.warning("%s does not record the %s of its rows; continuing with %s", meta, key, value)
+            continue
+        if key in ("source_file_sha256", "source_sha256") and saved[key] != value:
+            raise V2TError(f"{out} was written from another content of {job.source} (the file changed since): "
+                           f"choose another --out, or delete {out} and {meta.name} to start over")
+        if saved.get(key) != value:
+            raise V2TError(f"{out} was written with another {key} ({saved.get(key)!r}, now {value!r}): choose "
+                           f"another --out, or delete {out} and {meta.name} to start over")
 
 
 def output_folder(out: str | Path) -> Path:
