@@ -96,8 +96,12 @@ def _decode(raw: bytes) -> str | None:
 
 def _refuse_binary(path: Path, what: str, lines: list[str | None]) -> None:
     """Refuse a file with more lines holding control characters or bytes that are not UTF-8 than clean ones."""
-    bad = sum(1 for line in lines if line is None or CONTROL_CHARS.search(line))
-    good = sum(1 for line in lines if line is not None and line.strip() and not CONTROL_CHARS.search(line))
+    bad = good = 0
+    for line in lines:
+        if line is None or CONTROL_CHARS.search(line):
+            bad += 1
+        elif line.strip():
+            good += 1
     if bad > good:
         raise not_utf8(path, what, f"is mostly control characters or bytes that are not UTF-8 ({bad} lines with "
                                    f"them, {good} without): it is in another encoding or binary")
@@ -105,10 +109,10 @@ def _refuse_binary(path: Path, what: str, lines: list[str | None]) -> None:
 
 def _refuse_tsv(path: Path, what: str, lines: list[str | None], fix: str) -> None:
     """Refuse a TSV (a .tsv file, or one where most non-blank lines hold a tab) where sentences are expected."""
-    filled = [line for line in lines if line is not None and line.strip()]
-    tabbed = sum(1 for line in filled if "\t" in line)
-    if path.suffix.lower() == ".tsv" or (tabbed and tabbed * 2 > len(filled)):
-        raise V2TError(f"{what} {path} is a TSV ({tabbed} of {len(filled)} lines hold a tab), read here as one "
+    filled = sum(1 for line in lines if line is not None and line.strip())
+    tabbed = sum(1 for line in lines if line is not None and "\t" in line and line.strip())
+    if path.suffix.lower() == ".tsv" or (tabbed and tabbed * 2 > filled):
+        raise V2TError(f"{what} {path} is a TSV ({tabbed} of {filled} lines hold a tab), read here as one "
                        f"sentence per line: {fix}")
 
 
