@@ -33,6 +33,7 @@ from older import commit_id, run_at  # noqa: E402
 
 from lora_v2t import load_adapter  # noqa: E402
 from lora_v2t.tasks.invert import InvertJob, invert_file  # noqa: E402
+from lora_v2t.util.textfile import split_lines  # noqa: E402
 from lora_v2t.util.vectors import cosine_rows  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def invert_now(adapter: str, texts_file: Path, dtype: str, batch: int | None) ->
         counts = invert_file(v2t, InvertJob(str(texts_file), str(out), batch_size=batch), adapter,
                              show_progress=False)
         seconds = time.perf_counter() - start
-        rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        rows = [json.loads(line) for line in split_lines(out.read_text(encoding="utf-8"))]
     return {"seconds": seconds, "texts": [r["text"] for r in rows], "batch": counts["batch_size"],
             "dtype": v2t.backbone_info["compute_dtype"], "v2t": v2t}
 

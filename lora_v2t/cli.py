@@ -20,7 +20,9 @@ from .util.errors import V2TError
 logger = logging.getLogger("lora_v2t")
 
 
-def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+def _add_generation_options(parser: argparse.ArgumentParser, candidates: bool = True) -> None:
+    """The decoding options; ``candidates``: also --num-return-sequences and --rerank (a command that writes one
+    text per vector does not offer them)."""
     g = parser.add_argument_group("decoding (unset options use the adapter's defaults)")
     g.add_argument("--max-new-tokens", type=int,
                    help="longest output, in tokens (>= 1; with the prefix, within the base model's context)")
@@ -34,10 +36,11 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
                         "adapters default to 1.1)")
     g.add_argument("--no-repeat-ngram-size", type=int,
                    help="never repeat an n-gram of this many tokens (>= 0; 0 = off)")
-    g.add_argument("--num-return-sequences", type=int,
-                   help="candidates per vector, printed or reranked (>= 1; at most --num-beams unless sampling)")
-    g.add_argument("--rerank", action="store_true",
-                   help="re-embed the candidates and keep the one closest to the target vector (prints cosine)")
+    if candidates:
+        g.add_argument("--num-return-sequences", type=int,
+                       help="candidates per vector, printed or reranked (>= 1; at most --num-beams unless sampling)")
+        g.add_argument("--rerank", action="store_true",
+                       help="re-embed the candidates and keep the one closest to the target vector (prints cosine)")
     g.add_argument("--batch-size", type=int, help="vectors decoded together (>= 1)")
     g.add_argument("--seed", type=seed_value, help="seed for reproducible sampling (0 to 2**63 - 1)")
     g.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
@@ -263,7 +266,9 @@ def _add_invert_command(sub) -> None:
                     "text, cosine) batch by batch. Stopped and run again, it continues after the last complete "
                     "row; OUT.meta.json names the adapter, decoding options and source (and fingerprints its "
                     "content), and a run with others, or after the source changed, is refused rather than "
-                    "appended. A second run on the same --out while one runs is refused.")
+                    "appended. A second run on the same --out while one runs is refused. With --do-sample, --seed "
+                    "seeds each batch from the seed and the batch's first row (the same rows again need the same "
+                    "--batch-size) and is recorded: a run with another seed is refused.")
     inv_src = inv.add_mutually_exclusive_group(required=True)
     inv_src.add_argument("--vectors", type=Path, help=".npy file of shape (N, d), read memory-mapped")
     inv_src.add_argument("--texts", type=Path, help="UTF-8 text file, one sentence per line (row i = line i+1)")
@@ -275,8 +280,8 @@ def _add_invert_command(sub) -> None:
                           "default: refuse)")
     inv.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_loading_options(inv)
-    _add_generation_options(inv)
-    inv.set_defaults(func=cmd_invert)
+    _add_generation_options(inv, candidates=False)  # one text per row: no candidates, no reranking
+    inv.set_defaults(func=cmd_invert, num_return_sequences=None, rerank=False)
 
 
 def _add_info_command(sub) -> None:
@@ -506,9 +511,6 @@ def cmd_invert(args) -> int:
     from .bundle.loading import load_dtype
     from .tasks.invert import InvertJob, output_lock, prepare_job, run_job
 
-    if args.rerank:
-        raise V2TError("invert writes the greedy (or sampled, or best-beam) text of each row: drop --rerank, or "
-                       "use `lora-v2t generate --rerank` for a few vectors")
     if args.vectors is not None and args.vectors.suffix != ".npy":
         raise V2TError(f"--vectors takes a .npy file, got {args.vectors}: give sentences with --texts")
     if args.texts is not None and args.texts.suffix == ".npy":
@@ -518,7 +520,7 @@ def cmd_invert(args) -> int:
     config = validate_bundle(args.adapter)
     options = _decoding_options(args)  # the batch size is the job's own (chosen from free memory if unset)
     job = InvertJob(source=str(args.vectors or args.texts), out=args.out, cosine=args.cosine, on_nan=args.on_nan,
-                    batch_size=args.batch_size, options=options,
+                    batch_size=args.batch_size, options=options, seed=args.seed,
                     dtype=str(load_dtype(config, args.dtype, args.device)).removeprefix("torch."))
     _check_decoding(args, config, options)
     with output_lock(args.out):

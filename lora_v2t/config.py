@@ -341,6 +341,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise V2TError(f"recipe {path} is a folder, not a file: give a recipe YAML (see recipes/)")
         if not path.is_file():
             raise V2TError(f"recipe {path} does not exist")
         try:

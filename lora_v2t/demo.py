@@ -30,6 +30,7 @@ from .config import (
     TrainingConfig,
 )
 from .model.backbone import checkpoints_dir
+from .util.textfile import split_lines
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     from .model.backbone import convert_offline_gemma
 
     recipe = demo_recipe(cfg)
-    held_out = [s for s in HELD_OUT.read_text(encoding="utf-8").splitlines() if s.strip()]
+    held_out = [s for s in split_lines(HELD_OUT.read_text(encoding="utf-8")) if s.strip()]
     start = time.perf_counter()
     shipped = Path(cfg.shipped) if cfg.shipped and Path(cfg.shipped, "v2t_config.json").is_file() else None
     prepared = cfg.backbone != OFFLINE_BACKBONE or (checkpoints_dir() / "base" / "gemma-3-270m").is_dir()

@@ -286,6 +286,66 @@ def test_pickle_offered_as_weights(bundle, tmp_path):
         load_adapter(broken)
 
 
+@pytest.fixture()
+def full_bundle(tiny_backbone_dir, tiny_encoder, tmp_path):
+    """A fully fine-tuned model's bundle: no LoRA, its whole backbone in backbone/ (as safetensors)."""
+    v2t = make_v2t(tiny_backbone_dir, tiny_encoder, perturb=False, trainable="full")
+    return v2t.save_adapter(tmp_path / "full")
+
+
+def pickle_the_backbone(bundle):
+    """Swap backbone/model.safetensors for the pickle transformers also reads, pytorch_model.bin."""
+    from safetensors.torch import load_file
+
+    weights = bundle / "backbone" / "model.safetensors"
+    torch.save(load_file(str(weights)), bundle / "backbone" / "pytorch_model.bin")
+    weights.unlink()
+
+
+def test_a_pickled_backbone_in_a_bundle_is_refused_by_every_command(full_bundle, capsys, no_base_load):
+    assert validate_bundle(full_bundle)["trainable"] == "full"
+    pickle_the_backbone(full_bundle)
+    with pytest.raises(V2TError, match=r"holds pickle file\(s\) \['backbone/pytorch_model.bin'\]: lora_v2t loads only"):
+        validate_bundle(full_bundle)
+    with pytest.raises(V2TError, match="holds pickle file"):
+        load_adapter(full_bundle, device="cpu")
+    from lora_v2t.cli import main
+
+    for argv in (["info", str(full_bundle)], ["generate", "--adapter", str(full_bundle), "--text", "Где лодка?"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "holds pickle file(s) ['backbone/pytorch_model.bin']" in err
+
+
+@pytest.mark.parametrize("name", ["training_args.bin", "extra.pt", "EMA.PTH", "state.pkl", "last.ckpt"])
+def test_any_pickle_beside_the_weights_is_refused(bundle, tmp_path, name):
+    broken = copy_bundle(bundle, tmp_path)
+    torch.save({"w": torch.zeros(2)}, broken / name)
+    with pytest.raises(V2TError, match=rf"holds pickle file\(s\) \[{re.escape(repr(name))}\]"):
+        validate_bundle(broken)
+
+
+def test_a_pickle_added_to_a_validated_backbone_is_still_caught(full_bundle, monkeypatch):
+    import lora_v2t.bundle.adapter as adapter_module
+
+    monkeypatch.setattr(adapter_module, "SETTLED_NS", 0)  # as if the files had been written long ago
+    validate_bundle(full_bundle)
+    validate_bundle(full_bundle)  # remembered
+    pickle_the_backbone(full_bundle)
+    with pytest.raises(V2TError, match="holds pickle file"):
+        validate_bundle(full_bundle)
+
+
+def test_a_backbone_loaded_from_a_bundle_loads_only_safetensors(tiny_backbone_dir, tmp_path):
+    from lora_v2t.model.backbone import load_backbone
+
+    folder = tmp_path / "backbone"
+    shutil.copytree(tiny_backbone_dir, folder)
+    pickle_the_backbone(tmp_path)
+    with pytest.raises(V2TError, match="cannot load backbone"):
+        load_backbone(str(folder), quantization="none", device="cpu", use_safetensors=True)
+
+
 def safetensors_starting_with(tensors: dict, first: int, second: range) -> bytes:
     """``tensors`` in safetensors whose header length's low byte is ``first`` and next byte lies in ``second``
     (padding a metadata string), so the file opens like a pickle of protocol 2..5 would."""

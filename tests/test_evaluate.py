@@ -16,6 +16,7 @@ from lora_v2t.tasks.evaluate import (
     score_outputs,
     token_f1,
 )
+from lora_v2t.util.textfile import split_lines, unescape_tsv
 from lora_v2t.util.vectors import cosine_rows
 
 from .conftest import first_token_vocab, only_made_of
@@ -267,12 +268,13 @@ def test_a_negative_column_is_explained(tmp_path, column):
     (["--max-chars", "0"], "max_chars must be an integer >= 1"),
     (["--source-column", "0", "--target-column", "-1"], "target column -1: columns are counted from 0"),
     (["--target-column", "1"], "--target-column picks the reference column of a TSV read with --source-column"),
+    (["--header"], "--header names the columns of a TSV read with --source-column"),
     (["--out", "{tmp}/dev.txt"], "is an existing file: give --out a new folder"),
     (["--vectors", "{tmp}/dev.txt"], "dev.txt is a text file, not a .npy array"),
 ])
 def test_evaluate_options_are_checked_before_the_models_load(v2t, tmp_path, capsys, no_model_load, extra, message):
     bundle = v2t.save_adapter(tmp_path / "bundle")
-    (tmp_path / "dev.txt").write_text("Where is the boat?\tГде лодка?\n")
+    (tmp_path / "dev.txt").write_text("Где лодка?\n")
     argv = ["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt")]
     assert main(argv + [a.format(tmp=tmp_path) for a in extra]) == 2
     err = capsys.readouterr().err.strip()
@@ -325,3 +327,29 @@ def test_statistics_that_miss_sacrebleus_score_fall_back_to_rescoring(monkeypatc
         slow = module.corpus_interval(CHRF(), hyps, refs, resamples)
     assert "rescoring each of the 20 bootstrap resamples" in caplog.text
     assert slow == pytest.approx(fast, abs=1e-9)
+
+
+def test_a_header_without_columns_is_refused_not_scored(tmp_path):
+    path = tmp_path / "dev.txt"
+    path.write_text("sentence\nГде лодка?\nКошка спит.\n", encoding="utf-8")
+    with pytest.raises(V2TError, match="--header names the columns of a TSV read with --source-column"):
+        read_eval_file(path, header=True)
+
+
+def test_a_tsv_without_columns_is_refused_naming_the_options(tmp_path):
+    path = tmp_path / "en_ru.tsv"
+    path.write_text("Where is the boat?\tГде лодка?\nThe cat sleeps.\tКошка спит.\n", encoding="utf-8")
+    with pytest.raises(V2TError, match="is a TSV .*--source-column and --target-column"):
+        read_eval_file(path)
+
+
+def test_outputs_holding_newlines_and_tabs_stay_one_row_of_sentences_tsv(v2t, tmp_path, monkeypatch):
+    refs = ["Где лодка?", "Кошка спит.", "Мы тут."]
+    outputs = iter(["a\nb", "c\td\\e", "f\r\u2028g"])
+    monkeypatch.setattr(v2t, "generate", lambda vectors, **options: [next(outputs) for _ in vectors])
+    evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "r", rerank=0, resamples=5,
+             show_progress=False)
+    data = (tmp_path / "r" / "sentences.tsv").read_text(encoding="utf-8")
+    rows = split_lines(data)
+    assert data.count("\n") == len(rows) == 4
+    assert [unescape_tsv(row.split("\t")[2]) for row in rows[1:]] == ["a\nb", "c\td\\e", "f\r\u2028g"]

@@ -8,6 +8,7 @@ import pytest
 from lora_v2t import V2TError
 from lora_v2t.cli import main
 from lora_v2t.tasks.invert import InvertJob, format_rows, invert_file, prepare_job
+from lora_v2t.util.textfile import split_lines, unescape_tsv
 
 from .conftest import SENTENCES, refuse_calls
 
@@ -25,7 +26,7 @@ def vectors_file(v2t, tmp_path):
 
 
 def rows_of(path):
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8"))]
 
 
 def test_vectors_become_rows_equal_to_generate_with_cosines(v2t, bundle, vectors_file, tmp_path):
@@ -138,7 +139,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(bundle, v2t, tmp_path,
     err = capsys.readouterr().err
     assert "--vectors takes a .npy file" in err and "--texts takes a text file of sentences" in err
     assert not (tmp_path / "v.jsonl.meta.json").exists()
-    with pytest.raises(V2TError, match=f"source {tmp_path} is a folder: give a .npy file"):
+    with pytest.raises(V2TError, match=f"source {tmp_path} is a folder, not a file: give a .npy file"):
         prepare_job(InvertJob(str(tmp_path), str(tmp_path / "o.jsonl")), bundle)
 
 
@@ -178,7 +179,8 @@ def test_a_full_disk_leaves_only_complete_rows(v2t, bundle, vectors_file, tmp_pa
 
 @pytest.mark.parametrize("make,message", [
     (lambda t, v: np.save(t / "x.npy", v[:, :5]), r"shape \(10, 5\), but the adapter inverts \(24,\) vectors"),
-    (lambda t, v: np.save(t / "x.npy", v[0]), r"shape \(24,\), but the adapter inverts"),
+    (lambda t, v: np.save(t / "x.npy", v[0]), r"holds an array of shape \(24,\): it must be 2-D \(rows, 24\)"),
+    (lambda t, v: np.save(t / "x.npy", v[:0]), r"holds no vectors \(shape \(0, 24\)\)"),
     (lambda t, v: (t / "x.npy").write_text("Где лодка?\n"), "is a text file, not a .npy array"),
     (lambda t, v: np.save(t / "x.npy", v.astype(np.complex64)), "holds complex numbers"),
 ])
@@ -235,3 +237,93 @@ def test_an_output_from_before_dtypes_were_recorded_continues(v2t, bundle, vecto
     meta.write_text(json.dumps(saved))
     assert prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="float32"),
                        bundle).start == len(np.load(vectors_file))  # complete: nothing refused
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".jsonl"])
+def test_texts_holding_line_separators_are_one_row_and_a_rerun_reads_them_back(v2t, bundle, vectors_file, tmp_path,
+                                                                              monkeypatch, suffix):
+    weird = ["a\x1db", "c\x85d", "e\u2028f", "g\u2029h", "i\x0bj\x0ck", "l\tm\nn\ro\\p", "q\x1cr\x1es", "", "t",
+             "u\x1d\u2028"]
+    rows = iter(weird)
+    monkeypatch.setattr(v2t, "generate", lambda vectors, **options: [next(rows) for _ in vectors])
+    out = tmp_path / f"out{suffix}"
+    job = InvertJob(str(vectors_file), str(out), batch_size=4, options={"max_new_tokens": 4})
+    assert invert_file(v2t, job, bundle, show_progress=False)["written"] == len(SENTENCES)
+    again = invert_file(v2t, job, bundle, show_progress=False)  # the last row ends with \x1d and U+2028
+    assert again["written"] == 0 and again["resumed_at"] == len(SENTENCES)
+    data = out.read_bytes()
+    lines = split_lines(data.decode("utf-8"))
+    assert data.count(b"\n") == len(lines) == len(SENTENCES) + (suffix == ".tsv")  # what wc -l counts
+    if suffix == ".tsv":
+        texts = [unescape_tsv(line.split("\t")[1]) for line in lines[1:]]
+    else:
+        texts = [json.loads(line)["text"] for line in lines]
+    assert texts == weird
+
+
+def test_a_text_source_has_one_row_per_line_without_its_byte_order_mark(bundle, tmp_path):
+    texts = tmp_path / "s.txt"
+    rows = ["Где лодка?", "Кошка\u2028спит.", "Мы\x85тут.", "Завтра\x1dдождь.", "Хорошо."]
+    texts.write_bytes(("\ufeff" + "\n".join(rows) + "\n").encode())
+    assert prepare_job(InvertJob(str(texts), str(tmp_path / "o.jsonl")), bundle).source.texts == rows
+
+
+def test_a_changed_row_anywhere_in_a_large_vector_file_is_refused(bundle, tmp_path):
+    path = tmp_path / "big.npy"
+    vectors = np.random.default_rng(0).standard_normal((90_000, 24)).astype(np.float32)  # 8.6 MB
+    np.save(path, vectors)
+    job = InvertJob(str(path), str(tmp_path / "o.jsonl"))
+    prepare_job(job, bundle)
+    # a row between the first two of the 64 blocks of 64 KiB the fingerprint used to read
+    size = path.stat().st_size
+    row = ((2**16 + (size - 2**16) // 63) // 2 - 128) // (24 * 4)
+    vectors[row] += 1
+    np.save(path, vectors)
+    assert path.stat().st_size == size
+    with pytest.raises(V2TError, match="was written from another content of"):
+        prepare_job(job, bundle)
+
+
+def test_sampling_is_seeded_and_the_seed_recorded(bundle, v2t, tmp_path, capsys):
+    texts = tmp_path / "s.txt"
+    texts.write_text("\n".join(SENTENCES[:4]) + "\n", encoding="utf-8")
+
+    def invert(out, seed):
+        return main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / out),
+                     "--max-new-tokens", "8", "--do-sample", "--temperature", "5", "--seed", seed, "--batch-size",
+                     "2", "--no-progress"])
+
+    assert invert("a.jsonl", "3") == 0 and invert("b.jsonl", "3") == 0 and invert("c.jsonl", "4") == 0
+    assert rows_of(tmp_path / "a.jsonl") == rows_of(tmp_path / "b.jsonl") != rows_of(tmp_path / "c.jsonl")
+    assert json.loads((tmp_path / "a.jsonl.meta.json").read_text())["seed"] == 3
+    capsys.readouterr()
+    assert invert("a.jsonl", "4") == 2
+    assert "was written with another seed (3, now 4)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--rerank"], ["--num-return-sequences", "2"]])
+def test_invert_does_not_offer_what_it_refuses(bundle, tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exited:
+        main(["invert", "--help"])
+    assert exited.value.code == 0 and option[0] not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["invert", "--adapter", str(bundle), "--texts", str(tmp_path / "s.txt"), "--out",
+              str(tmp_path / "o.jsonl"), *option])
+    assert exited.value.code == 2 and f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
+
+
+def test_an_output_begun_before_whole_files_were_hashed_is_checked_as_it_was(v2t, bundle, vectors_file, tmp_path):
+    from lora_v2t.tasks.invert import Source
+
+    out = tmp_path / "old.jsonl"
+    job = InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="float32")
+    invert_file(v2t, job, bundle, show_progress=False)
+    meta = tmp_path / "old.jsonl.meta.json"
+    saved = json.loads(meta.read_text())
+    del saved["source_file_sha256"], saved["seed"]  # as an older lora_v2t wrote it
+    saved["source_sha256"] = Source(vectors_file, v2t.embedding_dim, "refuse").legacy_fingerprint()
+    meta.write_text(json.dumps(saved))
+    assert prepare_job(job, bundle).start == len(SENTENCES)  # continues: the same source
+    np.save(vectors_file, np.load(vectors_file)[::-1].copy())
+    with pytest.raises(V2TError, match="was written from another content of"):
+        prepare_job(job, bundle)

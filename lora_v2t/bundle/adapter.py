@@ -182,10 +182,8 @@ def _bundle_stamp(path: Path) -> tuple:
     try:
         if not path.is_dir():
             return ()
-        files = sorted(p for p in path.iterdir() if p.is_file())
-        if (path / "backbone" / "config.json").is_file():  # a fully fine-tuned bundle's base
-            files.append(path / "backbone" / "config.json")
-        stats = [(p.name, p.stat()) for p in files]
+        files = sorted(p for p in path.rglob("*") if p.is_file())  # backbone/ too: a fully fine-tuned base
+        stats = [(p.relative_to(path).as_posix(), p.stat()) for p in files]
         return tuple((name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for name, st in stats)
     except FileNotFoundError:
         return ()
@@ -207,6 +205,7 @@ def _validate_bundle(path: Path) -> dict:
                            "its step-NNNNNN checkpoints)")
         raise V2TError(f"adapter bundle {path} is missing v2t_config.json: it is incomplete or not a lora_v2t "
                        "adapter; save or copy it again")
+    _refuse_pickle(path)
     config = _read_json(path / "v2t_config.json")
     full = config.get("trainable") == "full"
     required_files = ("projector.safetensors",) if full else (
@@ -215,10 +214,6 @@ def _validate_bundle(path: Path) -> dict:
         raise V2TError(f"{path} is a fully fine-tuned model but lacks backbone/config.json: copy it again")
     for required in required_files:
         if not (path / required).is_file():
-            pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-            if required.endswith(".safetensors") and pickled:
-                raise V2TError(f"{path} holds pickle file(s) {pickled} instead of {required}: lora_v2t loads "
-                               "only safetensors; re-save the weights with safetensors")
             raise V2TError(f"adapter bundle {path} is missing {required}: it is incomplete; save or copy it again")
     vocab_size = config.get("output_vocab_size")
     if vocab_size is not None:
@@ -273,6 +268,17 @@ def _validate_bundle(path: Path) -> dict:
         raise V2TError(f"{path / 'v2t_config.json'}: its generation defaults are not valid ({exc}); fix or remove "
                        "the 'generation' section (the defaults then apply)") from exc
     return config
+
+
+def _refuse_pickle(path: Path) -> None:
+    """Refuse a bundle holding any pickle-format file (``*.bin``, ``*.pt``...), in backbone/ too: lora_v2t
+    loads safetensors only, and loading a pickle runs whatever code it holds."""
+    pickled = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                     if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
+    if pickled:
+        raise V2TError(f"{path} holds pickle file(s) {pickled[:5]}: lora_v2t loads only safetensors; re-save the "
+                       "weights with safetensors (save_pretrained(..., safe_serialization=True), "
+                       "safetensors.torch.save_file) and remove the pickles")
 
 
 def _read_json(file: Path) -> dict:

@@ -50,7 +50,8 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
     threshold = config["backbone"].get("int8_threshold")  # as trained (bundles that do not say: the default)
     base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device,
                                     dtype=load_dtype(config, dtype, device),
-                                    int8_threshold=INT8_THRESHOLD if threshold is None else threshold)
+                                    int8_threshold=INT8_THRESHOLD if threshold is None else threshold,
+                                    use_safetensors=full)  # a bundle's backbone/: never a pickle
     info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
             "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
     check_compatible(config, info, path)

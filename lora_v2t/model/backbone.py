@@ -273,7 +273,8 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> int:
 
 
 def load_backbone(name: str, quantization: str = "auto", device: str | None = None,
-                  dtype: torch.dtype | None = None, int8_threshold: float = INT8_THRESHOLD):
+                  dtype: torch.dtype | None = None, int8_threshold: float = INT8_THRESHOLD,
+                  use_safetensors: bool = False):
     """Load a frozen causal LM and its tokenizer.
 
     Args:
@@ -282,6 +283,7 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
         device: ``cuda``, ``cpu``, ``cuda:1``...; None picks CUDA when available.
         dtype: weight dtype; None = bf16/fp16 on CUDA, fp32 on the CPU (full fine-tuning passes fp32).
         int8_threshold: the LLM.int8 outlier threshold of an 8-bit base (see ``BackboneConfig``).
+        use_safetensors: load safetensors weights only, never a pickle (a bundle's backbone/).
 
     Returns:
         (model, tokenizer); every model parameter has ``requires_grad=False``.
@@ -293,6 +295,8 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
     source, gguf_file = resolve_backbone(name)
     dtype = dtype or compute_dtype(dev)
     kwargs: dict = {"dtype": dtype}
+    if use_safetensors:
+        kwargs["use_safetensors"] = True
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if quantization == "8bit":

@@ -9,7 +9,6 @@ Greedy, reranked (N candidates) and each correction step side by side. Writes ``
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from ..model.correct import CorrectionConfig, Trace, correct
 from ..model.encoders import PrecomputedEncoder
 from ..model.generate import reembed_cosines
 from ..util.errors import V2TError
+from ..util.textfile import column_index, escape_tsv, header_names, read_lines
 from ..util.vectors import to_vectors
 
 logger = logging.getLogger(__name__)
@@ -190,51 +190,30 @@ class EvalData:
 def read_eval_file(path: str | Path, source_column: int | str | None = None, target_column: int | str = 1,
                    header: bool = False, max_chars: int = 1000, limit: int | None = None) -> EvalData:
     """Read a text file (one reference per line) or, with ``source_column``, a TSV whose source column is
-    encoded and whose target column is the reference. Empty and overlong lines are skipped and counted.
-    ``limit``: keep the first ``limit`` usable lines (None: all)."""
+    encoded and whose target column is the reference (``header``: its first line names the columns), as every
+    command reads sentence files (:mod:`lora_v2t.util.textfile`). Empty, overlong and undecodable lines are skipped
+    and counted. ``limit``: keep the first ``limit`` usable lines (None: all)."""
     path = Path(path)
-    if not path.exists():
-        raise V2TError(f"evaluation file {path} does not exist")
-    if not path.is_file():
-        raise V2TError(f"evaluation file {path} is not a file: give a text file or a TSV")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise V2TError(f"limit must be an integer >= 1 (the number of usable lines to evaluate), got {limit!r}; "
                        "leave it out to evaluate every line")
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
         raise V2TError(f"max_chars must be an integer >= 1, got {max_chars!r}")
+    if header and source_column is None:
+        raise V2TError("--header names the columns of a TSV read with --source-column: give --source-column (and "
+                       "--target-column) too, or drop --header (without them, every line is one sentence)")
+    lines = read_lines(path, "evaluation file", columns=source_column is not None, tsv_fix=TSV_COLUMNS,
+                       fix="give a text file (one sentence per line) or a TSV")
+    names = header_names(lines, path, "evaluation file") if header else None
+    columns = None if source_column is None else (column_index(source_column, names, path, "source"),
+                                                  column_index(target_column, names, path, "target"))
     skipped = {"empty": 0, "overlong": 0, "undecodable": 0}
     refs, srcs = [], []
-    try:
-        with open(path, "rb") as handle:
-            raw_lines = handle.read().split(b"\n")
-    except OSError as exc:
-        raise V2TError(f"cannot read evaluation file {path}: {exc.strerror or exc}; check its permissions") from exc
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()
-    names = None
-    if source_column is not None and header and raw_lines:
-        names = raw_lines.pop(0).decode("utf-8", errors="replace").rstrip("\r").split("\t")
-    src_idx = _column(source_column, names, path, "source") if source_column is not None else None
-    tgt_idx = _column(target_column, names, path, "target") if source_column is not None else None
-    for raw in raw_lines:
-        try:
-            line = raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError:
+    for line in lines:
+        if line is None:
             skipped["undecodable"] += 1
             continue
-        if src_idx is None:
-            fields_ = [line.strip()]
-            source = target = fields_[0]
-        else:
-            fields_ = line.split("\t")
-            if not line.strip():
-                skipped["empty"] += 1
-                continue
-            if max(src_idx, tgt_idx) >= len(fields_):
-                existing = ", ".join(names) if names else ", ".join(str(i) for i in range(len(fields_)))
-                raise V2TError(f"{path}: a line has no column {max(src_idx, tgt_idx)}; its columns are "
-                               f"{existing} (0-based indices unless --header names them)")
-            source, target = fields_[src_idx].strip(), fields_[tgt_idx].strip()
+        source, target = _fields(line, columns, names, path)
         if not source or not target:
             skipped["empty"] += 1
         elif len(source) > max_chars or len(target) > max_chars:
@@ -250,21 +229,19 @@ def read_eval_file(path: str | Path, source_column: int | str | None = None, tar
                     name=Path(path).name)
 
 
-def _column(column: int | str, names: list[str] | None, path: Path, role: str) -> int:
-    """The 0-based index of the ``role`` (source/target) column: an index, or a name from the header line."""
-    if isinstance(column, str) and not column.strip().lstrip("-").isdigit():
-        if names is None:
-            raise V2TError(f"column {column!r} is a name but {path} is read without --header: give a 0-based index")
-        if column not in names:
-            raise V2TError(f"{path} has no column {column!r}; its columns are: {', '.join(names)}")
-        return names.index(column)
-    index = int(column)
-    if index < 0:
-        raise V2TError(f"{role} column {index}: columns are counted from 0 (the first column is 0), so give an "
-                       "index >= 0 (or, with --header, a column name)")
-    if names is not None and index >= len(names):
-        raise V2TError(f"{path} has no column {index}; its columns are: {', '.join(names)}")
-    return index
+TSV_COLUMNS = "give --source-column and --target-column (0-based indices, or names with --header) to read its columns"
+
+
+def _fields(line: str, columns: tuple[int, int] | None, names: list[str] | None, path: Path) -> tuple[str, str]:
+    """The (source, target) of a line: the line itself, or two of its tab-separated columns ('' for a blank)."""
+    if columns is None or not line.strip():
+        return line.strip(), line.strip()
+    fields = line.split("\t")
+    if max(columns) >= len(fields):
+        existing = ", ".join(names) if names else ", ".join(str(i) for i in range(len(fields)))
+        raise V2TError(f"{path}: a line has no column {max(columns)}; its columns are {existing} (0-based indices "
+                       "unless --header names them)")
+    return fields[columns[0]].strip(), fields[columns[1]].strip()
 
 
 # ---------------------------------------------------------------------- the run
@@ -467,19 +444,22 @@ def _kept_cosines(texts: list[str], cosines: np.ndarray) -> np.ndarray:
 
 
 def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
+    """One line per sentence; texts escaped as :func:`lora_v2t.util.textfile.escape_tsv` does (no quoting)."""
     with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        def writerow(row):
+            handle.write("\t".join(escape_tsv(str(field)) for field in row) + "\n")
+
         header = ["index", "reference"] + (["source"] if data.sources and data.sources != data.references else [])
         for name in systems:
             tag = name.split()[0]
             header += [f"{tag}_output", f"{tag}_cosine", f"{tag}_token_f1", f"{tag}_exact"]
-        writer.writerow(header)
+        writerow(header)
         for i, ref in enumerate(data.references):
             row = [i, ref] + ([data.sources[i]] if len(header) > 2 and header[2] == "source" else [])
             for hyps, cos in systems.values():
                 row += [hyps[i], "" if cos is None else f"{cos[i]:.4f}", f"{token_f1(hyps[i], ref):.4f}",
                         int(exact_match(hyps[i], ref))]
-            writer.writerow(row)
+            writerow(row)
 
 
 def markdown_table(summary: dict) -> str:

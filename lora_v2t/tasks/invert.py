@@ -20,14 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import SEED_LIMIT
 from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
 from ..util.locks import FileLock, LockBusy
+from ..util.textfile import escape_tsv, read_rows, split_lines, unescape_tsv
 
 logger = logging.getLogger(__name__)
 
 FORMATS = (".jsonl", ".tsv")
 NAN_POLICIES = ("refuse", "skip")
+SOURCE_FIX = "give a .npy file of vectors or a text file of sentences"
+LOUD_HASH = 2**30  # a source this large is said to be hashed: it takes seconds
 
 
 @dataclass
@@ -41,6 +45,7 @@ class InvertJob:
     batch_size: int | None = None  # vectors decoded together; None = chosen from the free memory
     options: dict = field(default_factory=dict)  # decoding options (GenerationConfig fields) over the adapter's
     dtype: str | None = None  # what the base computes in ("float32", "bfloat16"...); None: as loaded (invert_file)
+    seed: int | None = None  # seeds sampling (each batch from the seed and its first row); None: unseeded
 
     def __post_init__(self):
         if Path(self.out).suffix not in FORMATS:
@@ -49,6 +54,9 @@ class InvertJob:
             raise V2TError(f"--on-nan must be one of {list(NAN_POLICIES)}, got {self.on_nan!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise V2TError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < SEED_LIMIT):
+            raise V2TError(f"--seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
 
 
 class Source:
@@ -59,9 +67,15 @@ class Source:
         self.vectors, self.texts = None, None
         if self.path.suffix == ".npy":
             self.vectors = load_vectors_file(self.path, mmap=True)
-            if self.vectors.ndim != 2 or self.vectors.shape[1] != dim:
-                raise V2TError(f"{self.path} holds an array of shape {tuple(self.vectors.shape)}, but the adapter "
-                               f"inverts ({dim},) vectors: give an (N, {dim}) array")
+            shape = tuple(self.vectors.shape)
+            if self.vectors.ndim != 2:
+                raise V2TError(f"{self.path} holds an array of shape {shape}: it must be 2-D (rows, {dim}), one "
+                               f"vector per row (one vector: save vector.reshape(1, {dim}))")
+            if shape[1] != dim:
+                raise V2TError(f"{self.path} holds an array of shape {shape}, but the adapter inverts ({dim},) "
+                               f"vectors: give an (N, {dim}) array")
+            if shape[0] == 0:
+                raise V2TError(f"{self.path} holds no vectors (shape {shape}): give at least one row")
             if on_nan == "refuse":
                 self.refuse_non_finite()
         else:
@@ -70,10 +84,21 @@ class Source:
     def __len__(self) -> int:
         return len(self.vectors) if self.vectors is not None else len(self.texts)
 
-    def fingerprint(self, blocks: int = 64, block: int = 65536) -> str:
-        """What changes when the source's content does: a sha256 of its texts, or of a vector file's size and
-        ``blocks`` evenly spread blocks of ``block`` bytes (head and tail included; a file of any size costs
-        at most 4 MiB of reads)."""
+    def fingerprint(self, chunk: int = 1 << 20) -> str:
+        """The sha256 of the source file's bytes, read whole (in chunks): any change of its content changes it."""
+        size = self.path.stat().st_size
+        if size >= LOUD_HASH:
+            logger.info("hashing all %.1f GB of %s (to tell whether it changes between runs)", size / 1e9, self.path)
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            for block in iter(lambda: handle.read(chunk), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def legacy_fingerprint(self, blocks: int = 64, block: int = 65536) -> str:
+        """What OUT.meta.json's ``source_sha256`` recorded before lora_v2t hashed whole files: a sha256 of the
+        texts, or of a vector file's size and ``blocks`` evenly spread blocks (outputs begun then are checked
+        with it)."""
         digest = hashlib.sha256()
         if self.texts is not None:
             digest.update("\n".join(self.texts).encode("utf-8"))
@@ -103,24 +128,9 @@ class Source:
 
 
 def read_texts(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file, one sentence each; row i is line i + 1, so blank lines are refused."""
-    if path.is_dir():
-        raise V2TError(f"source {path} is a folder: give a .npy file of vectors or a text file of sentences")
-    if not path.is_file():
-        raise V2TError(f"source {path} does not exist: give a .npy file of vectors or a text file of sentences")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise V2TError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8") from exc
-    except OSError as exc:
-        raise V2TError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-    if blank:
-        raise V2TError(f"{path}: line(s) {blank[:5]} are blank: every line must be a sentence (rows are numbered "
-                       "by line), remove them")
-    if not lines:
-        raise V2TError(f"{path} is empty: give one sentence per line")
-    return lines
+    """The lines of a UTF-8 text file, one sentence each; row i is line i + 1, so blank lines are refused (see
+    :func:`lora_v2t.util.textfile.read_rows`)."""
+    return read_rows(path, "source", fix=SOURCE_FIX)
 
 
 @dataclass
@@ -151,18 +161,18 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     source = Source(job.source, int(config["encoder"]["dim"]), job.on_nan)
     options = GenerationConfig.of_bundle(config, **job.options)
     if options.num_return_sequences > 1:
-        raise V2TError("invert writes one text per row: leave --num-return-sequences at 1")
+        raise V2TError("invert writes one text per row: leave num_return_sequences at 1")
     weights = hashlib.sha256((adapter_dir / "projector.safetensors").read_bytes()).hexdigest()[:16]
     # neither the batch nor the cache changes the rows
     decoding = {k: v for k, v in asdict(options).items() if k not in ("batch_size", "cache")}
     identity = {"format": 1, "adapter": label or str(adapter_dir.resolve()), "projector_sha256": weights,
                 "decoding": decoding, "source": str(Path(job.source).resolve()), "rows": len(source),
-                "source_sha256": source.fingerprint(),
-                "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype}
-    return PreparedJob(source, identity, prepare_output(job, identity))
+                "source_file_sha256": source.fingerprint(),
+                "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype, "seed": job.seed}
+    return PreparedJob(source, identity, prepare_output(job, identity, source))
 
 
-def prepare_output(job: InvertJob, identity: dict) -> int:
+def prepare_output(job: InvertJob, identity: dict, source: Source | None = None) -> int:
     """Check OUT against its meta file, drop a row cut short by a crash; return the next source row to invert."""
     out, meta = Path(job.out), Path(job.out + ".meta.json")
     if out.exists() and not out.is_file():
@@ -175,16 +185,7 @@ def prepare_output(job: InvertJob, identity: dict) -> int:
             saved = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise V2TError(f"{meta} is unreadable ({exc}): delete {out} and {meta.name} to start over") from exc
-        for key, value in identity.items():
-            if key in ("dtype", "source_sha256") and key not in saved:  # written before lora_v2t recorded it
-                logger.warning("%s does not record the %s of its rows; continuing with %s", meta, key, value)
-                continue
-            if key == "source_sha256" and saved[key] != value:
-                raise V2TError(f"{out} was written from another content of {job.source} (the file changed since): "
-                               f"choose another --out, or delete {out} and {meta.name} to start over")
-            if saved.get(key) != value:
-                raise V2TError(f"{out} was written with another {key} ({saved.get(key)!r}, now {value!r}): choose "
-                               f"another --out, or delete {out} and {meta.name} to start over")
+        check_identity(saved, identity, job, source)
     if not meta.exists():
         output_folder(out)
         tmp = meta.with_name(meta.name + ".tmp")
@@ -195,6 +196,24 @@ def prepare_output(job: InvertJob, identity: dict) -> int:
             raise V2TError(f"cannot write {meta} ({exc.strerror or exc}): give an --out in a writable folder") \
                 from exc
     return _resume_position(out)
+
+
+def check_identity(saved: dict, identity: dict, job: InvertJob, source: Source | None) -> None:
+    """Refuse to continue OUT when its meta file ``saved`` differs from this job's ``identity``; a key that
+    outputs begun by older versions lack is skipped with a warning (``seed`` was None then)."""
+    out, meta = Path(job.out), Path(job.out + ".meta.json")
+    for key, value in identity.items():
+        if key == "source_file_sha256" and key not in saved and "source_sha256" in saved and source is not None:
+            key, value = "source_sha256", source.legacy_fingerprint()  # begun before whole files were hashed
+        if key in ("dtype", "source_file_sha256", "source_sha256") and key not in saved:
+            logger.warning("%s does not record the %s of its rows; continuing with %s", meta, key, value)
+            continue
+        if key in ("source_file_sha256", "source_sha256") and saved[key] != value:
+            raise V2TError(f"{out} was written from another content of {job.source} (the file changed since): "
+                           f"choose another --out, or delete {out} and {meta.name} to start over")
+        if saved.get(key) != value:
+            raise V2TError(f"{out} was written with another {key} ({saved.get(key)!r}, now {value!r}): choose "
+                           f"another --out, or delete {out} and {meta.name} to start over")
 
 
 def output_folder(out: str | Path) -> Path:
@@ -244,16 +263,28 @@ def _resume_position(out: Path) -> int:
                        len(data) - end)
         with open(out, "r+b") as handle:
             handle.truncate(end)
-    lines = data[:end].decode("utf-8").splitlines()
-    rows = [line for line in lines if line and not line.startswith("index\t")]
+    rows = [line for line in split_lines(data[:end].decode("utf-8")) if line and not line.startswith("index\t")]
     if not rows:
         return 0
-    last = json.loads(rows[-1])["index"] if out.suffix == ".jsonl" else int(rows[-1].split("\t", 1)[0])
-    return last + 1
+    try:
+        return parse_row(out.suffix, rows[-1])[0] + 1
+    except (ValueError, KeyError, TypeError) as exc:
+        raise V2TError(f"{out}: its last row is not one `lora-v2t invert` writes ({exc}): choose another --out, or "
+                       f"delete {out} and its .meta.json to start over") from exc
+
+
+def parse_row(suffix: str, line: str) -> tuple[int, str, float | None]:
+    """(index, text, cosine or None) of a row :func:`format_rows` wrote (one line, without its newline)."""
+    if suffix == ".jsonl":
+        row = json.loads(line)
+        return int(row["index"]), str(row["text"]), row.get("cosine")
+    index, text, cosine = line.split("\t")
+    return int(index), unescape_tsv(text), float(cosine) if cosine else None
 
 
 def format_rows(suffix: str, indices, texts: list[str], cosines) -> str:
-    """JSONL objects, or TSV lines (tabs, newlines and backslashes in texts escaped as \\t, \\n, \\\\)."""
+    """JSONL objects, or TSV lines (tabs, newlines, carriage returns and backslashes in texts escaped as \\t,
+    \\n, \\r, \\\\): one line per row, split at \\n only (:func:`parse_row` reads a row back)."""
     lines = []
     for i, (index, text) in enumerate(zip(indices, texts)):
         cosine = None if cosines is None else round(float(cosines[i]), 4)
@@ -261,8 +292,7 @@ def format_rows(suffix: str, indices, texts: list[str], cosines) -> str:
             row = {"index": int(index), "text": text} | ({} if cosine is None else {"cosine": cosine})
             lines.append(json.dumps(row, ensure_ascii=False))
         else:
-            escaped = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-            lines.append(f"{int(index)}\t{escaped}\t{'' if cosine is None else cosine}")
+            lines.append(f"{int(index)}\t{escape_tsv(text)}\t{'' if cosine is None else cosine}")
     return "".join(line + "\n" for line in lines)
 
 
@@ -278,6 +308,14 @@ def append_rows(out: Path, text: str) -> None:
             handle.truncate(before)
             raise V2TError(f"cannot write to {out} ({exc.strerror or exc}): the rows written so far are complete; "
                            "free some space, then run the same command again to continue") from exc
+
+
+def batch_seed(seed: int | None, first_row: int) -> int | None:
+    """The seed of the batch starting at ``first_row``: drawn from the job's seed and that row, so that a job
+    continued after a stop samples its later batches as an uninterrupted one (with the same batch size)."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, first_row]).generate_state(1, np.uint64)[0]) % SEED_LIMIT
 
 
 def auto_batch_size(v2t, max_new_tokens: int) -> int:
@@ -327,7 +365,7 @@ def run_job(v2t, job: InvertJob, prepared: PreparedJob, show_progress: bool = Tr
         counts["skipped"] += int((~keep).sum())
         indices, vectors = np.arange(begin, stop)[keep], vectors[keep]
         if len(vectors):
-            texts = v2t.generate(vectors, **(job.options | {"batch_size": batch}))
+            texts = v2t.generate(vectors, seed=batch_seed(job.seed, begin), **(job.options | {"batch_size": batch}))
             cosines = reembed_cosines(v2t, texts, vectors, empty=0.0) if job.cosine else None
             append_rows(out, format_rows(out.suffix, indices, texts, cosines))
             counts["written"] += len(texts)

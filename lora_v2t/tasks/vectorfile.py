@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.errors import V2TError
+from ..util.textfile import check_file
 
 NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
 
@@ -17,10 +18,7 @@ def load_vectors_file(path: Path, mmap: bool = False):
     """Read an (N, d) real array from a .npy file, never unpickling; any other file is named for what it is.
 
     ``mmap``: memory-map the file (read-only) instead of reading it whole, for files larger than memory."""
-    if not path.exists():
-        raise V2TError(f"vectors file {path} does not exist")
-    if not path.is_file():
-        raise V2TError(f"vectors file {path} is not a file: give a .npy file written by numpy.save")
+    check_file(path, "vectors file", "give a .npy file written by numpy.save")
     try:
         with open(path, "rb") as handle:
             head = handle.read(64)

@@ -306,7 +306,8 @@ def _load_weights(path: Path, v2t) -> None:
     else:  # full fine-tuning: the whole backbone was saved
         from transformers import AutoModelForCausalLM
 
-        saved = AutoModelForCausalLM.from_pretrained(path / "backbone", dtype=v2t.base_model.dtype)
+        saved = AutoModelForCausalLM.from_pretrained(path / "backbone", dtype=v2t.base_model.dtype,
+                                                     use_safetensors=True)  # never a pickle
         v2t.base_model.load_state_dict(saved.state_dict())
         del saved
     v2t.projector.load_state_dict(load_file(str(path / "projector.safetensors"), device=str(v2t.device)))

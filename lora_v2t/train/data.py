@@ -23,6 +23,7 @@ import numpy as np
 
 from ..util.errors import V2TError
 from ..util.locks import FileLock
+from ..util.textfile import CONTROL_CHARS, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -47,64 +48,30 @@ class CorpusStats:
         return f"{self.path}: {self.kept} sentences" + (f" (skipped {parts})" if parts else "")
 
 
-# byte-order marks of the encodings a text editor may save instead of UTF-8 (UTF-32 first: it starts like UTF-16)
-FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"), (b"\xff\xfe", "UTF-16LE"),
-                (b"\xfe\xff", "UTF-16BE"))
-CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0/C1 controls, not tab (nor newlines)
-
-
-def _not_utf8(path: Path, what: str, encoding: str = "UTF-16") -> V2TError:
-    return V2TError(f"corpus {path} {what}, not UTF-8 text: convert it to UTF-8, e.g. "
-                    f"iconv -f {encoding} -t UTF-8 {path} > {path.stem}.utf8.txt")
-
-
 def read_sentences(path: str | Path, min_chars: int = 2, max_chars: int = 400) -> tuple[list[str], CorpusStats]:
-    """Read a UTF-8 corpus, one sentence per line; empty, too short/long, undecodable lines and lines with
-    control characters are skipped and counted, never fatal. A file in another encoding (a UTF-16/UTF-32
-    byte-order mark, NUL bytes on its first line, mostly control characters) is refused; a UTF-8 byte-order mark
-    is dropped."""
+    """Read a UTF-8 corpus, one sentence per line (see :mod:`lora_v2t.util.textfile`); empty, too short/long,
+    undecodable lines and lines with control characters are skipped and counted, never fatal. A file in another
+    encoding, a binary file or a TSV is refused; a UTF-8 byte-order mark is dropped."""
     path = Path(path)
-    if not path.is_file():
-        raise V2TError(f"corpus {path} does not exist: give a UTF-8 text file with one sentence per line")
     stats = CorpusStats(str(path))
     sentences = []
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise V2TError(f"cannot read corpus {path}: {exc.strerror or exc}; make it readable "
-                       f"(chmod a+r {path}) or give another file") from exc
-    with handle:
-        for number, raw in enumerate(handle, 1):
-            if number == 1:
-                for bom, encoding in FOREIGN_BOMS:
-                    if raw.startswith(bom):
-                        raise _not_utf8(path, f"is {encoding} (it starts with a {encoding} byte-order mark)",
-                                        encoding)
-                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
-                if b"\x00" in raw:  # later lines with NUL are counted with the control characters
-                    raise _not_utf8(path, "holds NUL bytes on its first line: it is UTF-16, UTF-32 or binary")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                stats.undecodable += 1
-                continue
-            text = line.strip()
-            if not text:
-                stats.empty += 1
-            elif CONTROL_CHARS.search(text):
-                stats.control_chars += 1
-            elif len(text) < min_chars:
-                stats.too_short += 1
-            elif len(text) > max_chars:
-                stats.too_long += 1
-            else:
-                sentences.append(text)
+    for line in read_lines(path, "corpus"):
+        text = None if line is None else line.strip()
+        if text is None:
+            stats.undecodable += 1
+        elif not text:
+            stats.empty += 1
+        elif CONTROL_CHARS.search(text):
+            stats.control_chars += 1
+        elif len(text) < min_chars:
+            stats.too_short += 1
+        elif len(text) > max_chars:
+            stats.too_long += 1
+        else:
+            sentences.append(text)
     stats.kept = len(sentences)
-    if stats.control_chars > stats.kept:
-        raise _not_utf8(path, f"is mostly control characters ({stats.control_chars} lines with them, "
-                              f"{stats.kept} without): it is in another encoding or binary")
     if not sentences:
-        if stats.empty and not (stats.too_short or stats.too_long or stats.undecodable):
+        if stats.empty and not (stats.too_short or stats.too_long or stats.undecodable or stats.control_chars):
             raise V2TError(f"corpus {path} is empty: it has no non-blank line")
         raise V2TError(f"no line of {path} passes the filters ({stats.summary()}): check data.min_chars / "
                        "data.max_chars and the file's encoding (UTF-8)")

@@ -25,10 +25,10 @@ from ..bundle.layout import OUTPUT_VOCAB_FILE
 from ..config import DataConfig, RunConfig
 from ..model.correct import condition
 from ..model.encoders import load_encoder
-from ..tasks.invert import read_texts
 from ..train.data import embed_corpus, read_sentences, sample_and_split
 from ..train.rundir import cache_dir_of
 from ..util.errors import V2TError
+from ..util.textfile import read_lines, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> Train
     if not dc.hypotheses:
         raise V2TError("training.role=corrector needs data.hypotheses: the `lora-v2t invert --texts DATA.TRAIN` "
                        "JSONL of its hypothesizer (see lora_v2t.train.pairs)")
-    targets = read_texts(Path(dc.train))
+    targets = read_rows(dc.train, "corpus (data.train)")
     hypothesizer = check_hypotheses_source(Path(dc.hypotheses), Path(dc.train), len(targets))
     hypotheses = read_hypotheses(Path(dc.hypotheses), len(targets))
     if hypothesizer is not None:
@@ -138,22 +138,23 @@ def check_unseen(targets: list[str], hypothesizer: Path) -> None:
 
 def read_hypotheses(path: Path, rows: int) -> list[str | None]:
     """The texts of an ``invert`` JSONL by row (None where a row is missing: an unfinished inversion)."""
-    if not path.is_file():
-        raise V2TError(f"hypotheses file {path} does not exist: write it with `lora-v2t invert --texts ... --out "
-                       f"{path}`")
     out: list[str | None] = [None] * rows
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                row = json.loads(line)
-                index, text = int(row["index"]), str(row["text"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise V2TError(f"{path}:{number} is not an `invert` JSONL row ({exc}): write the hypotheses with "
-                               "`lora-v2t invert --out FILE.jsonl`") from exc
-            if not 0 <= index < rows:
-                raise V2TError(f"{path}:{number} names row {index}, but data.train has {rows} lines: the "
-                               "hypotheses were written for another file")
-            out[index] = text
+    lines = read_lines(path, "hypotheses file", columns=True,
+                       fix=f"write it with `lora-v2t invert --texts ... --out {path}`")
+    for number, line in enumerate(lines, 1):
+        if line is None:
+            raise V2TError(f"{path}:{number} is not UTF-8 text: write the hypotheses with `lora-v2t invert --out "
+                           "FILE.jsonl`")
+        try:
+            row = json.loads(line)
+            index, text = int(row["index"]), str(row["text"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise V2TError(f"{path}:{number} is not an `invert` JSONL row ({exc}): write the hypotheses with "
+                           "`lora-v2t invert --out FILE.jsonl`") from exc
+        if not 0 <= index < rows:
+            raise V2TError(f"{path}:{number} names row {index}, but data.train has {rows} lines: the "
+                           "hypotheses were written for another file")
+        out[index] = text
     return out
 
 

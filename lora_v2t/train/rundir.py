@@ -30,6 +30,9 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
     for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if not path:
             continue
+        if os.path.isdir(path):
+            raise V2TError(f"corpus {path} ({key}) is a folder, not a file: give a UTF-8 text file with one sentence "
+                           "per line")
         if not os.path.isfile(path):
             raise V2TError(f"corpus {path} ({key}) does not exist: give a UTF-8 text file with one sentence per line")
         if not os.access(path, os.R_OK):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..util.textfile import split_lines
+
 
 class RunLog:
     """Appends one JSON line per log or evaluation and redraws the loss plot; only the main process writes.
@@ -50,7 +52,7 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in split_lines(metrics_file.read_text(encoding="utf-8")) if line.strip()]
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
     val = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4))
