@@ -62,3 +62,11 @@ class VectorSource:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def check_indices(indices, total: int) -> np.ndarray:
+    """Row numbers as an int64 array, each in [0, total)."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= total):
+        raise IndexError(f"row numbers must lie in [0, {total}), got {indices.min()}..{indices.max()}")
+    return indices
