@@ -172,7 +172,7 @@ def test_chroma_missing_collection_or_folder_is_one_line_naming_what_exists(tmp_
 def pg_uri():
     """A real PostgreSQL server with pgvector, on a unix socket in a temporary folder, with the tables
     ``items`` (id, a vector(16) column, a text column; inserted in shuffled id order), ``bare`` (a real[]
-    column, one NULL vector, no id) and ``Odd "name"``.
+    column, one NULL vector, no id), ``half`` (a halfvec column) and ``Odd "name"``.
 
     The folder is not under pytest's tmp_path: as root, the server runs as another user, and a pytest started
     meanwhile makes pytest's own folder private (0700) again, which would lock that user out."""
@@ -192,6 +192,9 @@ def pg_uri():
             conn.execute("CREATE TABLE bare (v real[])")
             for i in range(10):
                 conn.execute("INSERT INTO bare VALUES (%s)", [None if i == 4 else x[i].tolist()])
+            conn.execute(f"CREATE TABLE half (id text, h halfvec({DIM}))")
+            conn.execute("INSERT INTO half VALUES ('b', %s::halfvec), ('a', %s::halfvec)",
+                         [str(x[1].tolist()), str(x[0].tolist())])
             conn.execute(f'CREATE TABLE "Odd ""name""" (k int, e vector({DIM}))')
             conn.execute('INSERT INTO "Odd ""name""" VALUES (1, %s::vector)', [str(x[0].tolist())])
         yield uri
@@ -225,6 +228,14 @@ def test_postgres_without_id_column_orders_by_ctid_and_reads_null_as_nan(pg_uri)
         assert batch.ids == [str(i) for i in range(10)] and batch.texts is None
         assert np.isnan(batch.vectors[4]).all()
         np.testing.assert_allclose(np.delete(batch.vectors, 4, 0), np.delete(x[:10], 4, 0), atol=1e-7)
+
+
+def test_postgres_reads_halfvec_columns(pg_uri):
+    x = unit_vectors(40)
+    with open_postgres(pg_uri, SourceOptions(table="half", vector_column="h", id_column="id")) as source:
+        batch = source.read(np.array([0, 1]))
+        assert batch.ids == ["a", "b"] and batch.vectors.dtype == np.float32
+        np.testing.assert_allclose(batch.vectors, x[:2], atol=1e-3)  # half precision
 
 
 def test_postgres_query_and_the_pg_environment_variables(pg_uri, monkeypatch):
@@ -272,7 +283,7 @@ def test_postgres_quotes_identifiers(pg_uri):
 
 def test_postgres_missing_table_or_column_is_one_line_naming_what_exists(pg_uri):
     with pytest.raises(V2TError, match=r"--table itemz: no such table .*tables there: public.Odd \"name\", "
-                                       r"public.bare, public.items"):
+                                       r"public.bare, public.half, public.items"):
         open_postgres(pg_uri, pg_options(table="itemz"))
     with pytest.raises(V2TError, match=r"--vector-column embeding: PostgreSQL table items has no such column; "
                                        r"its columns: id \(bigint\), embedding \(vector\(16\)\), body \(text\)"):
