@@ -161,6 +161,15 @@ def test_chroma_missing_collection_or_folder_is_one_line_naming_what_exists(tmp_
     with pytest.raises(V2TError, match="holds no Chroma database"):
         open_chroma(tmp_path / "plain", "notes", OPTIONS)
     assert list((tmp_path / "plain").iterdir()) == []  # nothing created there
+    chromadb = pytest.importorskip("chromadb")
+    chromadb.PersistentClient(path=str(tmp_path / "other"))  # open in this process with other settings
+    with pytest.raises(V2TError, match="cannot read Chroma folder .*other .*different settings"):
+        open_chroma(tmp_path / "other", "notes", OPTIONS)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "chroma.sqlite3").write_bytes(b"not a database, not at all" * 100)
+    with pytest.raises(V2TError, match="cannot read Chroma folder .*junk") as caught:
+        open_chroma(tmp_path / "junk", "notes", OPTIONS)
+    assert "\n" not in str(caught.value)
     write_chroma(tmp_path / "db", "empty", unit_vectors(0))
     with pytest.raises(V2TError, match="'empty' .* is empty"):
         open_chroma(tmp_path / "db", "empty", OPTIONS)

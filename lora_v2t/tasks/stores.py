@@ -198,20 +198,19 @@ def open_chroma(folder: Path, collection: str, options: SourceOptions) -> Chroma
                        "chromadb.PersistentClient(path=...) was opened on")
     import chromadb
     from chromadb.config import Settings
-    from chromadb.errors import ChromaError, NotFoundError
+    from chromadb.errors import ChromaError
 
     try:
         client = chromadb.PersistentClient(path=str(folder), settings=Settings(anonymized_telemetry=False))
-        try:
-            found = client.get_collection(collection)
-        except NotFoundError:
-            names = sorted(c.name for c in client.list_collections())
-            raise V2TError(f"Chroma folder {folder} has no collection {collection!r}; it has "
-                           f"{names or 'none'}: write chroma:{folder}:NAME with one of those") from None
-        ids = _list_ids(found)
-    except (ChromaError, sqlite3.Error) as exc:
-        raise V2TError(f"cannot read Chroma folder {folder} ({first_line(exc, 200)}): is it a Chroma database "
-                       f"written by chromadb {chromadb.__version__} or older?") from exc
+        names = sorted(c.name for c in client.list_collections())
+        found = client.get_collection(collection) if collection in names else None
+        ids = _list_ids(found) if found is not None else []
+    except (ChromaError, sqlite3.Error, ValueError) as exc:  # ValueError: a client of other settings is open
+        raise V2TError(f"cannot read Chroma folder {folder} ({first_line(exc, 200)}): give a folder written by "
+                       f"chromadb.PersistentClient (chromadb {chromadb.__version__} or older)") from exc
+    if found is None:
+        raise V2TError(f"Chroma folder {folder} has no collection {collection!r}; it has {names or 'none'}: "
+                       f"write chroma:{folder}:NAME with one of those")
     if not ids:
         raise V2TError(f"Chroma collection {collection!r} in {folder} is empty: there is nothing to audit")
     return ChromaSource(folder, found, ids)
