@@ -9,9 +9,17 @@ import logging
 
 __version__ = "0.1.0"
 
-# bitsandbytes (imported by peft below) warns at import, on CPUs with AVX-512 BF16, that the optional `kernels`
-# package for its 4-bit CPU matmul is missing; nothing here needs it, and the line alarmed every command's user
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.msg)
+# On CPUs with AVX-512 BF16, bitsandbytes (imported with peft) asks the `kernels` package for an optional 4-bit
+# CPU matmul, kernels-community/quantization-bitsandbytes, when it is imported. Nothing here needs it, and two
+# lines about it alarmed every command's user: kernels' note that it skips the publisher trust check (with
+# HF_HUB_OFFLINE=1), and bitsandbytes' note that the kernel could not be loaded. Exactly those two are dropped.
+OPTIONAL_KERNEL_NOTICES = {
+    "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' ",
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+}
+for _logger, _notice in OPTIONAL_KERNEL_NOTICES.items():
+    logging.getLogger(_logger).addFilter(lambda record, notice=_notice: not record.getMessage().startswith(notice))
+del _logger, _notice
 
 from .bundle.loading import load_adapter  # noqa: E402
 from .config import (  # noqa: E402
