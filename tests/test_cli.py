@@ -244,3 +244,21 @@ def test_sampling_options_without_sampling_are_warned_about(bundle, capsys, capl
         assert main(["generate", "--adapter", str(bundle), "--text", "a", "--temperature", "0.7", "--do-sample",
                      "--max-new-tokens", "2", "--seed", "0"]) == 0
     assert "only shape sampling" not in caplog.text
+
+
+def test_help_and_argument_errors_wait_for_no_heavy_library():
+    """--help and a bad argument are answered before torch, transformers or peft are imported (seconds)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom lora_v2t.cli import main\n"
+              "for argv in (['--help'], ['train', '--help'], ['generate', '--help'], ['info', 'x', '--bogus']):\n"
+              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+              "print('heavy:', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'peft', "
+              "'bitsandbytes', 'sentence_transformers'}), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and "usage: lora-v2t" in done.stdout, done.stderr[-2000:]
+    assert "unrecognized arguments: --bogus" in done.stderr
+    assert done.stderr.splitlines()[-1] == "heavy: []", done.stderr[-2000:]
