@@ -198,6 +198,7 @@ def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, **
     clock = time.perf_counter()
     beam = Beam(v2t, target, cfg.width)
     beam.add(v2t.generate(target, show_progress=show_progress, **options), np.arange(len(target)))
+    options = options | {"warn_norms": False}  # the caller's vectors were checked once, just above
     trace.greedy_texts, trace.greedy_cosines = beam.best_texts(), beam.best_cosines()
     if cfg.rerank > 1:
         groups = v2t.generate(target, show_progress=show_progress,

@@ -31,7 +31,7 @@ class Reranked(NamedTuple):
 
 
 def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False, seed: int | None = None,
-             contexts: list[str] | None = None, **options):
+             contexts: list[str] | None = None, warn_norms: bool = True, **options):
     """Decode (N, d) vectors into text.
 
     Args:
@@ -42,6 +42,8 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
         seed: seed the RNG first (for reproducible sampling).
         contexts: for a corrector (the active adapter), the hypothesis each row corrects; its ``vectors`` are then
             :func:`lora_v2t.model.correct.condition` rows. See :mod:`lora_v2t.model.correct`.
+        warn_norms: warn about rows far from unit length (:func:`warn_unless_unit_length`); correction turns it
+            off for the vectors it builds itself (shifted ones are not meant to be unit length).
         **options: any field of :class:`lora_v2t.config.GenerationConfig`: ``max_new_tokens``,
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``num_return_sequences``,
             ``repetition_penalty``, ``no_repeat_ngram_size``, ``batch_size``, ``restrict_vocab``, ``cache``. Unset
@@ -62,7 +64,7 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     check_length(opts.max_new_tokens, v2t.projector.prefix_length + context, max_positions(v2t.base_model.config),
                  v2t.backbone_info["name"])
     target = to_vectors(vectors, v2t.projector.embedding_dim)
-    if contexts is None:
+    if contexts is None and warn_norms:
         warn_unless_unit_length(target, v2t.meta["encoder"]["spec"])
     if contexts is not None and (rerank or len(contexts) != target.shape[0]):
         raise V2TError(f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and "
