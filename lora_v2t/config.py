@@ -18,6 +18,7 @@ PROJECTOR_KINDS = ("zero-pad", "linear", "mlp")
 QUANTIZATION_MODES = ("auto", "8bit", "4bit", "none")
 BASE_QUANTIZATIONS = ("8bit", "4bit", "none")  # what a loaded base is (auto resolved), as bundles record it
 SEED_LIMIT = 2**63  # torch.manual_seed takes 0 .. SEED_LIMIT - 1
+RECIPE_SEED_LIMIT = 2**32  # a recipe's seeds also seed numpy, which takes 0 .. 2**32 - 1
 CACHE_KINDS = ("dynamic", "static")
 INT8_THRESHOLD = 6.0  # bitsandbytes' own LLM.int8 outlier threshold
 # how a base computes; each adapter records its training's
@@ -71,6 +72,8 @@ class ProjectorConfig:
             raise V2TError(f"prefix_length must be an integer >= 1, got {self.prefix_length!r}")
         if self.kind == "zero-pad" and self.prefix_length != 1:
             raise V2TError("the zero-pad projector fills exactly one slot: set prefix_length=1 or use 'mlp'")
+        if self.hidden_dim is not None:
+            check_range("projector.hidden_dim", self.hidden_dim, low=1)
 
 
 @dataclass
@@ -177,6 +180,7 @@ class DataConfig:
         check_range("data.min_chars", self.min_chars, low=1)
         if self.max_chars < self.min_chars:
             raise V2TError(f"data.max_chars must be >= data.min_chars ({self.min_chars}), got {self.max_chars}")
+        check_range("data.seed", self.seed, low=0, high=RECIPE_SEED_LIMIT - 1)
 
 
 @dataclass
@@ -230,6 +234,8 @@ class TrainingConfig:
         check_range("training.warmup_steps", self.warmup_steps, low=0)
         check_range("training.min_lr_ratio", self.min_lr_ratio, low=0, high=1)
         check_range("training.max_grad_norm", self.max_grad_norm, low=0)
+        check_range("training.num_samples", self.num_samples, low=0)
+        check_range("training.seed", self.seed, low=0, high=RECIPE_SEED_LIMIT - 1)
         if self.max_minutes is not None:
             check_range("training.max_minutes", self.max_minutes, low=0, above=True)
         name = self.run_name
@@ -329,24 +335,19 @@ def parse_overrides(overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
-            raise V2TError(f"bad value in override {item!r}: {exc}") from exc
+            raise V2TError(f"bad value in override {item!r}: {yaml_problem(exc)}") from exc
         nested.setdefault(section, {})[key] = value
     return nested
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a recipe YAML and apply ``--section.key=value`` overrides."""
-    import yaml
-
     data: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise V2TError(f"recipe {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise V2TError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        data = read_recipe(path)
         if not isinstance(data, dict):
             raise V2TError(f"recipe {path} must be a mapping of sections")
     for section, values in parse_overrides(overrides or []).items():
@@ -355,6 +356,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         else:
             data[section] = values
     return config_from_dict(data, source=str(path) if path else "overrides")
+
+
+def read_recipe(path: Path):
+    """A recipe file's YAML content; a file that is not UTF-8 text, or not YAML, is one line naming where."""
+    import yaml
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise V2TError(f"recipe {path} is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}): a recipe is "
+                       "a YAML text file (see recipes/)") from exc
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.reader.ReaderError as exc:  # a control character: a binary file
+        raise V2TError(f"recipe {path} is not a text file: it holds the control character #x{exc.character:x} at "
+                       f"character {exc.position}; a recipe is a YAML text file (see recipes/)") from exc
+    except yaml.YAMLError as exc:
+        raise V2TError(f"recipe {path} is not valid YAML: {yaml_problem(exc)}") from exc
+
+
+def yaml_problem(exc) -> str:
+    """One line for a YAML error: where (line and column, from 1) and what, with what it was parsing."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None:
+        where += f" ({context} from line {start.line + 1}, column {start.column + 1})"
+    return where
 
 
 def describe_keys() -> str:
@@ -379,9 +411,13 @@ def check_range(key: str, value, low: float | None = None, high: float | None = 
     if not bad and high is not None:
         bad = value >= high if below else value > high
     if bad:
-        limits = ([f"{'>' if above else '>='} {low:g}"] if low is not None else []) + \
-            ([f"{'<' if below else '<='} {high:g}"] if high is not None else [])
+        limits = ([f"{'>' if above else '>='} {_number(low)}"] if low is not None else []) + \
+            ([f"{'<' if below else '<='} {_number(high)}"] if high is not None else [])
         raise V2TError(f"{key} must be {' and '.join(limits)}, got {value!r}")
+
+
+def _number(limit: float) -> str:
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
 
 
 DTYPES = ("auto", "float32", "bfloat16")  # what a user may ask a loaded base to compute in

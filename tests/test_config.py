@@ -75,11 +75,47 @@ def test_bad_recipe_values(override, message):
     ("--lora.dropout=1", "lora.dropout must be >= 0 and < 1, got 1.0"),
     ("--lora.dropout=-0.1", "lora.dropout must be >= 0 and < 1, got -0.1"),
     ("--lora.alpha=0", "lora.alpha must be > 0, got 0"),
+    ("--projector.hidden_dim=-3", "projector.hidden_dim must be >= 1, got -3"),
+    ("--projector.hidden_dim=0", "projector.hidden_dim must be >= 1, got 0"),
+    ("--training.seed=-1", "training.seed must be >= 0 and <= 4294967295, got -1"),
+    ("--training.seed=4294967296", "training.seed must be >= 0 and <= 4294967295, got 4294967296"),
+    ("--data.seed=-1", "data.seed must be >= 0 and <= 4294967295, got -1"),
+    ("--training.num_samples=-1", "training.num_samples must be >= 0, got -1"),
 ])
 def test_values_out_of_range_name_the_key_and_the_range(override, message):
     with pytest.raises(V2TError, match=re.escape(message)) as refused:
         load_config(None, [override])
     assert "\n" not in str(refused.value)
+
+
+def test_seeds_accept_their_edges():
+    cfg = load_config(None, ["--training.seed=4294967295", "--data.seed=0", "--projector.hidden_dim=1"])
+    assert cfg.training.seed == 2**32 - 1 and cfg.projector.hidden_dim == 1
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"training: [1, 2\n", "bad.yaml is not valid YAML: line 2, column 1: expected ',' or ']', but got "
+                           "'<stream end>' (while parsing a flow sequence from line 1, column 11)"),
+    (b"training:\n  lr: 1\n   max_steps: 2\n", "bad.yaml is not valid YAML: line 3, column 13: mapping values "
+                                                "are not allowed here"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "bad.yaml is not UTF-8 text (byte 0 is 0x89): a recipe is a YAML "
+                                                "text file (see recipes/)"),
+    (b"training:\n  lr: 1\x00\x01", "bad.yaml is not a text file: it holds the control character #x0 at "
+                                    "character 17; a recipe is a YAML text file (see recipes/)"),
+])
+def test_unreadable_recipes_are_one_line_naming_where(tmp_path, content, message):
+    (tmp_path / "bad.yaml").write_bytes(content)
+    with pytest.raises(V2TError) as refused:
+        load_config(tmp_path / "bad.yaml")
+    assert str(refused.value) == f"recipe {tmp_path / message}"
+
+
+def test_a_bad_override_value_is_one_line():
+    with pytest.raises(V2TError) as refused:
+        load_config(None, ["--lora.target_modules=[q_proj"])
+    assert str(refused.value) == ("bad value in override '--lora.target_modules=[q_proj': line 1, column 8: expected "
+                                  "',' or ']', but got '<stream end>' (while parsing a flow sequence from line 1, "
+                                  "column 1)")
 
 
 def test_bad_recipe_files(tmp_path):
