@@ -30,6 +30,7 @@ from .config import (
     TrainingConfig,
 )
 from .model.backbone import checkpoints_dir
+from .train.rundir import check_paths, run_dir_of
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     from .model.backbone import convert_offline_gemma
 
     recipe = demo_recipe(cfg)
+    check_paths(recipe, run_dir_of(recipe))  # the corpus, the backbone and the run folder, before any model loads
     held_out = [s for s in HELD_OUT.read_text(encoding="utf-8").splitlines() if s.strip()]
     start = time.perf_counter()
     shipped = Path(cfg.shipped) if cfg.shipped and Path(cfg.shipped, "v2t_config.json").is_file() else None

@@ -262,3 +262,17 @@ def test_help_and_argument_errors_wait_for_no_heavy_library():
     assert done.returncode == 0 and "usage: lora-v2t" in done.stdout, done.stderr[-2000:]
     assert "unrecognized arguments: --bogus" in done.stderr
     assert done.stderr.splitlines()[-1] == "heavy: []", done.stderr[-2000:]
+
+
+def test_train_refuses_a_file_as_backbone_before_embedding_the_corpus(tmp_path, monkeypatch, capsys):
+    from .conftest import refuse_calls
+    from .test_train import RECIPE, corpus_file
+
+    refuse_calls(monkeypatch, "lora_v2t.train.trainer.load_encoder", "the encoder was loaded")
+    refuse_calls(monkeypatch, "lora_v2t.train.trainer.prepare_data", "the corpus was embedded")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights without their folder")
+    assert main(["train", str(RECIPE), f"--backbone.name={weights}", f"--data.train={corpus_file(tmp_path)}",
+                 f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
+    assert capsys.readouterr().err == (f"error: backbone '{weights}' is a file; give a model folder, a .gguf file or "
+                                       "a hub id\n")
