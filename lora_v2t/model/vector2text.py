@@ -44,6 +44,13 @@ from ..util.vectors import to_vectors
 logger = logging.getLogger(__name__)
 
 
+def check_adapter_name(name) -> None:
+    """Refuse an adapter name that peft and torch cannot register (they take it as a module name): not a string,
+    empty, or with a '.'."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise V2TError(f"adapter name must be a non-empty string without '.', got {name!r}: e.g. name='demo'")
+
+
 class Vector2Text(nn.Module):
     """Backbone + LoRA adapters + projectors, with the adapter registry of DESIGN.md.
 
@@ -132,6 +139,7 @@ class Vector2Text(nn.Module):
         """
         trainable = cfg.training.trainable
         check_choice("training.trainable", trainable, ("lora", "full"))  # the dataclass checked it when built
+        check_adapter_name(adapter_name)
         if trainable == "full":
             refuse_quantized_full(cfg.backbone.quantization)  # before minutes of loading; auto is known after
         enc = load_encoder(cfg.encoder.spec if encoder is None else encoder)
@@ -426,16 +434,19 @@ class Vector2Text(nn.Module):
     def load_adapter(self, path: str | Path, name: str, revision: str | None = None) -> None:
         """Load another adapter bundle (a folder, or a hub id ``org/name`` at ``revision``) onto this same base
         (the base is not reloaded)."""
+        check_adapter_name(name)
         load_into(self, path, name, revision=revision)
 
     def set_adapter(self, name: str) -> None:
         """Make adapter ``name`` the active one."""
+        check_adapter_name(name)
         if name not in self.projectors:
             raise V2TError(f"no adapter named {name!r}; loaded: {self.adapters}")
         self.model.set_adapter(name)
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name`` (not the active one) and free its weights."""
+        check_adapter_name(name)
         if name not in self.projectors:
             raise V2TError(f"no adapter named {name!r}; loaded: {self.adapters}")
         if name == self.active_adapter:
