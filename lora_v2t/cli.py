@@ -604,15 +604,25 @@ def cmd_push(args) -> int:
     return 0
 
 
+# Library warnings that every command would print and that ask nothing of its user: (category, message regex,
+# module regex). Every other warning is shown. (bitsandbytes' and kernels' notices about an optional CPU kernel
+# are dropped by lora_v2t/__init__.py.)
+NOISY_WARNINGS = [
+    # peft asks every model whether it checkpoints activations through transformers' deprecated property
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
+    # the prompt is the vector's prefix, which has no tokens to constrain: only the generated ones are meant
+    (UserWarning, r"Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids`",
+     r"transformers\.generation\.utils"),
+]
+
+
 def _quiet_libraries() -> None:
     import os
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    # bitsandbytes warns at import that an optional CPU kernel package is missing; nothing here needs it
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for category, message, module in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
     try:
         from transformers.utils import logging as hf_logging
 

@@ -276,3 +276,27 @@ def test_train_refuses_a_file_as_backbone_before_embedding_the_corpus(tmp_path, 
                  f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
     assert capsys.readouterr().err == (f"error: backbone '{weights}' is a file; give a model folder, a .gguf file or "
                                        "a hub id\n")
+
+
+def test_the_cli_hides_only_the_known_noisy_library_warnings(bundle, capsys):
+    """The warnings every command would print and that ask nothing of its user are hidden (peft asks every model
+    for transformers' deprecated is_gradient_checkpointing; a prefix of vectors has no prompt tokens for
+    no_repeat_ngram_size); every other warning of transformers and peft (and bitsandbytes' log) reaches the user."""
+    import logging
+    import warnings
+
+    noisy = [("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` "
+              "instead.", FutureWarning, "transformers.modeling_utils"),
+             ("Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids` to `generate` will apply "
+              "n-gram constraints only to newly generated tokens, not to the prompt.", UserWarning,
+              "transformers.generation.utils")]
+    real = [("Adapter name 'a' should not be contained in the prefix 'lora_'.", UserWarning, "peft.peft_model"),
+            ("`generation_config` default values have been modified", UserWarning, "transformers.generation.utils"),
+            ("`torch_dtype` is deprecated! Use `dtype` instead!", FutureWarning, "transformers.modeling_utils")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["info", str(bundle)]) == 0  # sets the command line's filters
+        for message, category, module in noisy + real:
+            warnings.warn_explicit(message, category, f"{module.replace('.', '/')}.py", 1, module=module)
+    assert [str(w.message) for w in caught] == [message for message, _, _ in real]
+    assert logging.getLogger("bitsandbytes").getEffectiveLevel() <= logging.WARNING
