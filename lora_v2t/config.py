@@ -158,7 +158,7 @@ class GenerationConfig:
 
 @dataclass
 class DataConfig:
-    train: str = setting("../shared/data/ru/train.txt", "training corpus: UTF-8 text, one sentence per line")
+    train: str | None = setting(None, "training corpus: UTF-8 text, one sentence per line (required to train)")
     val: str | None = setting(None, "validation corpus; None = hold out val_size sentences of the training corpus")
     val_size: int = setting(200, "sentences held out for validation when val is None")
     max_sentences: int | None = setting(None, "use at most this many training sentences (a seeded random sample)")
@@ -181,6 +181,13 @@ class DataConfig:
         if self.max_chars < self.min_chars:
             raise V2TError(f"data.max_chars must be >= data.min_chars ({self.min_chars}), got {self.max_chars}")
         check_range("data.seed", self.seed, low=0, high=RECIPE_SEED_LIMIT - 1)
+
+    def check_train(self) -> None:
+        """Raise unless a training corpus is named: training, embedding and heldout need one (the library names
+        none; recipes do)."""
+        if not self.train:
+            raise V2TError("data.train is not set: name the training corpus in the recipe (data: train: FILE) or "
+                           "with --data.train=FILE")
 
 
 @dataclass

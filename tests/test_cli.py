@@ -300,3 +300,18 @@ def test_the_cli_hides_only_the_known_noisy_library_warnings(bundle, capsys):
             warnings.warn_explicit(message, category, f"{module.replace('.', '/')}.py", 1, module=module)
     assert [str(w.message) for w in caught] == [message for message, _, _ in real]
     assert logging.getLogger("bitsandbytes").getEffectiveLevel() <= logging.WARNING
+
+
+@pytest.mark.parametrize("command", [["train"], ["embed"], ["heldout", "--out", "held.txt"]])
+def test_a_recipe_without_a_corpus_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys, command):
+    from .conftest import refuse_calls
+
+    refuse_calls(monkeypatch, "lora_v2t.train.pairs.load_encoder", "the encoder was loaded")
+    refuse_calls(monkeypatch, "lora_v2t.train.trainer.load_encoder", "the encoder was loaded")
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "no-corpus.yaml"
+    recipe.write_text("training:\n  run_name: x\n  output_dir: runs\ndata:\n  cache_dir: cache\n", encoding="utf-8")
+    assert main([command[0], str(recipe), *command[1:]]) == 2
+    assert capsys.readouterr().err == ("error: data.train is not set: name the training corpus in the recipe "
+                                       "(data: train: FILE) or with --data.train=FILE\n")
+    assert not (tmp_path / "held.txt").exists()

@@ -196,3 +196,14 @@ def test_recipe_help_needs_no_source_files(tmp_path):
                           env=os.environ | {"PYTHONPATH": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.rstrip("\n") == describe_keys()
+
+
+def test_the_library_names_no_default_corpus():
+    """A corpus is the recipe's to name: the library's default points at nothing (recipes keep their paths)."""
+    from lora_v2t.config import DataConfig
+
+    assert DataConfig().train is None and load_config(None).data.train is None
+    assert all(load_config(recipe).data.train for recipe in RECIPES)
+    with pytest.raises(V2TError, match=re.escape("data.train is not set: name the training corpus in the recipe "
+                                                 "(data: train: FILE) or with --data.train=FILE")):
+        DataConfig().check_train()

@@ -268,7 +268,6 @@ def _column(column: int | str, names: list[str] | None, path: Path, role: str) -
 
 
 # ---------------------------------------------------------------------- the run
-REPORT_FILES = ("sentences.tsv", "summary.json", "summary.md", "cosine_hist.png")
 
 
 def default_report_dir(adapter: str | Path, data: str | Path, root: str | Path = "eval") -> Path:

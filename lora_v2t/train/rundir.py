@@ -28,6 +28,7 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
     """Before anything loads: the backbone names a base that can exist, the corpus files can be read, and the run
     folder and the embedding cache can be written (or created)."""
     check_backbone_name(cfg.backbone.name)
+    cfg.data.check_train()
     for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if not path:
             continue
