@@ -7,8 +7,12 @@
 
 import importlib
 import logging
+from importlib.metadata import PackageNotFoundError, version
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("lora_v2t")  # pyproject.toml's, the one place the version is written
+except PackageNotFoundError:  # a source tree run without being installed
+    __version__ = "0+unknown"
 
 # On CPUs with AVX-512 BF16, bitsandbytes (imported with peft) asks the `kernels` package for an optional 4-bit
 # CPU matmul, kernels-community/quantization-bitsandbytes, when it is imported. Nothing here needs it, and two

@@ -13,7 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .config import DTYPES, SEED_LIMIT, describe_keys
+from .config import CACHE_KINDS, DTYPES, QUANTIZATION_MODES, SEED_LIMIT, describe_keys, role_of
 from .tasks.vectorfile import load_vectors_file
 from .util.errors import V2TError
 
@@ -42,7 +42,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=seed_value, help="seed for reproducible sampling (0 to 2**63 - 1)")
     g.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
                    help="let every token out, not only the adapter's output vocabulary (when it has one)")
-    g.add_argument("--cache", choices=["dynamic", "static"],
+    g.add_argument("--cache", choices=list(CACHE_KINDS),
                    help="KV cache (default dynamic): static has a fixed size, so that on a GPU transformers compiles "
                         "the decoding step (the first batch takes seconds more, the later ones run faster); the "
                         "same greedy text in fp32; slower on a CPU")
@@ -87,7 +87,7 @@ def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--revision", help="for a hub id: branch, tag or commit (default: main)")
     g.add_argument("--backbone", help="load on this base instead of the one the bundle names")
     g.add_argument("--encoder", help="use this encoder spec instead of the bundle's (same dimension)")
-    g.add_argument("--quantization", default="auto", choices=["auto", "8bit", "4bit", "none"],
+    g.add_argument("--quantization", default="auto", choices=list(QUANTIZATION_MODES),
                    help="auto = as the adapter was trained (its v2t_config.json says; bundles that do not say: "
                         "8bit on CUDA, none on CPU); another choice is honoured with a warning (default: auto)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
@@ -585,7 +585,7 @@ def cmd_info(args) -> int:
 
 
 def _describe_role(config: dict) -> str:
-    if config.get("role") == "corrector":
+    if role_of(config) == "corrector":
         return ("corrector: rewrites a hypothesis closer to its vector (reads v, e and v - e; "
                 "see lora_v2t.model.correct)")
     paired = config.get("corrector")

@@ -11,15 +11,32 @@ import difflib
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal, get_args
 
 from .util.errors import V2TError
 
-PROJECTOR_KINDS = ("zero-pad", "linear", "mlp")
-QUANTIZATION_MODES = ("auto", "8bit", "4bit", "none")
-BASE_QUANTIZATIONS = ("8bit", "4bit", "none")  # what a loaded base is (auto resolved), as bundles record it
+# Each choice is one Literal type: fields and signatures are annotated with it, and its tuple of allowed values
+# (for checks and the command line's choices) is read from it.
+ProjectorKind = Literal["zero-pad", "linear", "mlp"]
+Quantization = Literal["auto", "8bit", "4bit", "none"]
+BaseQuantization = Literal["8bit", "4bit", "none"]  # what a loaded base is (auto resolved), as bundles record it
+CacheKind = Literal["dynamic", "static"]
+Role = Literal["hypothesizer", "corrector"]  # see lora_v2t.model.correct
+DType = Literal["auto", "float32", "bfloat16"]  # what a user may ask a loaded base to compute in
+Trainable = Literal["lora", "full"]
+LossVocab = Literal["full", "corpus"]
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+PROJECTOR_KINDS = get_args(ProjectorKind)
+QUANTIZATION_MODES = get_args(Quantization)
+BASE_QUANTIZATIONS = get_args(BaseQuantization)
+CACHE_KINDS = get_args(CacheKind)
+ROLES = get_args(Role)
+DTYPES = get_args(DType)
+TRAINABLE = get_args(Trainable)
+LOSS_VOCABS = get_args(LossVocab)
+MIXED_PRECISIONS = get_args(MixedPrecision)
 SEED_LIMIT = 2**63  # torch.manual_seed takes 0 .. SEED_LIMIT - 1
 RECIPE_SEED_LIMIT = 2**32  # a recipe's seeds also seed numpy, which takes 0 .. 2**32 - 1
-CACHE_KINDS = ("dynamic", "static")
 INT8_THRESHOLD = 6.0  # bitsandbytes' own LLM.int8 outlier threshold
 # how a base computes; each adapter records its training's
 PRECISION_KEYS = ("quantization", "compute_dtype", "int8_threshold")
@@ -45,7 +62,7 @@ class EncoderConfig:
 @dataclass
 class BackboneConfig:
     name: str = setting(DEFAULT_BACKBONE, "hub id, local folder, .gguf file, or offline:gemma-3-270m")
-    quantization: str = setting("auto", "auto (8bit on CUDA, none on CPU) | 8bit | 4bit | none")
+    quantization: Quantization = setting("auto", "auto (8bit on CUDA, none on CPU) | 8bit | 4bit | none")
     device: str | None = setting(
         None, "cpu / cuda / cuda:N (training: cuda:N in a single process only); None = CUDA if any")
     int8_threshold: float = setting(
@@ -62,7 +79,7 @@ class BackboneConfig:
 
 @dataclass
 class ProjectorConfig:
-    kind: str = setting("mlp", "zero-pad (the original experiment: pad d -> h, one slot) | linear | mlp")
+    kind: ProjectorKind = setting("mlp", "zero-pad (the original experiment: pad d -> h, one slot) | linear | mlp")
     prefix_length: int = setting(1, "k, the number of prefix slots the vector fills")
     hidden_dim: int | None = setting(None, "width of the MLP's hidden layer; None = the backbone's hidden size")
 
@@ -95,7 +112,10 @@ class LoRAConfig:
         check_range("lora.dropout", self.dropout, low=0, high=1, below=True)
 
 
-ROLES = ("hypothesizer", "corrector")  # see lora_v2t.model.correct
+def role_of(meta: dict) -> Role:
+    """An adapter's role as its metadata or bundle config records it (bundles from before correctors existed
+    record none: they are hypothesizers)."""
+    return meta.get("role") or "hypothesizer"
 
 
 @dataclass
@@ -115,7 +135,7 @@ class GenerationConfig:
     batch_size: int = setting(32, "vectors decoded together (>= 1)")
     restrict_vocab: bool = setting(
         True, "decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)")
-    cache: str = setting(
+    cache: CacheKind = setting(
         "dynamic", "KV cache: dynamic | static (fixed size, so that transformers compiles the decoding step with "
                    "torch.compile on a GPU: the first batch is slow, the later ones fast; the same greedy text in "
                    "fp32; slower on a CPU, where nothing compiles it)")
@@ -193,12 +213,13 @@ class DataConfig:
 @dataclass
 class TrainingConfig:
     run_name: str = setting("run", "run folder: <output_dir>/<run_name>/")
-    role: str = setting("hypothesizer", "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see "
+    role: Role = setting("hypothesizer", "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see "
                         "lora_v2t.model.correct)")
     output_dir: str | None = setting(
         None, "folder of the run folders; None = <checkpoints>/runs (see lora-v2t train --help for <checkpoints>)")
-    trainable: str = setting("lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)")
-    loss_vocab: str = setting(
+    trainable: Trainable = setting(
+        "lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)")
+    loss_vocab: LossVocab = setting(
         "full", "full | corpus: softmax over the tokens the corpus uses only (much faster on CPU)")
     batch_size: int = setting(16, "sentences per micro-batch")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
@@ -210,7 +231,7 @@ class TrainingConfig:
     warmup_steps: int = setting(50, "linear warm-up, then cosine decay")
     min_lr_ratio: float = setting(0.1, "the cosine decays to this fraction of the peak rate")
     max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
-    mixed_precision: str = setting(
+    mixed_precision: MixedPrecision = setting(
         "auto", "auto (bf16/fp16 on CUDA; bf16 on CPUs with AVX-512 BF16 or AMX, else off) | no | bf16 | fp16")
     gradient_checkpointing: bool | str = setting(
         "auto", "recompute activations in the backward pass, trading time for memory: true | false | auto (on "
@@ -224,10 +245,10 @@ class TrainingConfig:
     seed: int = setting(0, "seeds the initialisation and dropout")
 
     def __post_init__(self):
-        check_choice("training.trainable", self.trainable, ("lora", "full"))
+        check_choice("training.trainable", self.trainable, TRAINABLE)
         check_choice("training.role", self.role, ROLES)
-        check_choice("training.loss_vocab", self.loss_vocab, ("full", "corpus"))
-        check_choice("training.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
+        check_choice("training.loss_vocab", self.loss_vocab, LOSS_VOCABS)
+        check_choice("training.mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         if isinstance(self.gradient_checkpointing, str) and self.gradient_checkpointing != "auto":
             raise V2TError(f"training.gradient_checkpointing must be true, false or auto, got "
                            f"{self.gradient_checkpointing!r}")
@@ -276,6 +297,8 @@ def _coerce(value, hint, where: str):
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        return _choice(value, get_args(hint), where)
     if origin is list:
         if not isinstance(value, list):
             raise V2TError(f"{where} must be a list, got {value!r}")
@@ -291,6 +314,16 @@ def _coerce(value, hint, where: str):
         return "no"
     if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
         raise V2TError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _choice(value, choices: tuple, where: str):
+    """A recipe's word for a choice: YAML 1.1 reads an unquoted no as false (mixed_precision: no); other words are
+    checked by the dataclass, which names the choices."""
+    if value is False and "no" in choices:
+        return "no"
+    if not isinstance(value, str):
+        raise V2TError(f"{where} must be one of {', '.join(choices)}, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -425,9 +458,6 @@ def check_range(key: str, value, low: float | None = None, high: float | None = 
 
 def _number(limit: float) -> str:
     return str(limit) if isinstance(limit, int) else f"{limit:g}"
-
-
-DTYPES = ("auto", "float32", "bfloat16")  # what a user may ask a loaded base to compute in
 
 
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -207,3 +207,69 @@ def test_the_library_names_no_default_corpus():
     with pytest.raises(V2TError, match=re.escape("data.train is not set: name the training corpus in the recipe "
                                                  "(data: train: FILE) or with --data.train=FILE")):
         DataConfig().check_train()
+
+
+def test_the_version_is_the_installed_package_metadata():
+    """pyproject.toml is the one place the version is written: lora_v2t reads it from the package metadata."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import importlib.metadata as metadata\nreal = metadata.version\n"
+              "metadata.version = lambda name: '9.8.7' if name == 'lora_v2t' else real(name)\n"
+              "import lora_v2t\nprint(lora_v2t.__version__)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and done.stdout.strip() == "9.8.7", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("cls,key,choices", [
+    ("ProjectorConfig", "kind", "PROJECTOR_KINDS"), ("BackboneConfig", "quantization", "QUANTIZATION_MODES"),
+    ("GenerationConfig", "cache", "CACHE_KINDS"), ("TrainingConfig", "role", "ROLES"),
+    ("TrainingConfig", "trainable", "TRAINABLE"), ("TrainingConfig", "loss_vocab", "LOSS_VOCABS"),
+    ("TrainingConfig", "mixed_precision", "MIXED_PRECISIONS"),
+])
+def test_each_choice_is_one_literal_type_that_fields_and_checks_share(cls, key, choices):
+    import typing
+
+    import lora_v2t.config as config
+
+    allowed = typing.get_args(typing.get_type_hints(getattr(config, cls))[key])
+    assert allowed and allowed == getattr(config, choices)
+
+
+def test_the_choices_of_the_command_line_and_load_adapter_are_the_literal_types(capsys):
+    import typing
+
+    import lora_v2t.bundle.loading as loading
+    import lora_v2t.config as config
+    from lora_v2t.cli import main
+
+    hints = typing.get_type_hints(loading.load_adapter)
+    assert typing.get_args(hints["quantization"]) == config.QUANTIZATION_MODES
+    assert typing.get_args(hints["dtype"]) == config.DTYPES
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    for option, choices in (("--quantization", config.QUANTIZATION_MODES), ("--dtype", config.DTYPES),
+                            ("--cache", config.CACHE_KINDS)):
+        assert f"{option} {{{','.join(choices)}}}" in out
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--projector.kind=3", "projector.kind must be one of zero-pad, linear, mlp, got 3 (int)"),
+    ("--training.mixed_precision=no", None),
+])
+def test_a_choice_from_yaml(override, message):
+    if message is None:
+        assert load_config(None, [override]).training.mixed_precision == "no"
+        return
+    with pytest.raises(V2TError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_an_adapters_role_is_a_hypothesizer_unless_it_says_otherwise():
+    from lora_v2t.config import role_of
+
+    assert role_of({}) == role_of({"role": None}) == role_of({"role": "hypothesizer"}) == "hypothesizer"
+    assert role_of({"role": "corrector"}) == "corrector"

@@ -10,7 +10,7 @@ from peft import PeftModel
 
 from ..bundle.adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
 from ..bundle.hub import resolve_adapter
-from ..config import DTYPES, INT8_THRESHOLD, QUANTIZATION_MODES, check_choice
+from ..config import DTYPES, INT8_THRESHOLD, QUANTIZATION_MODES, DType, Quantization, check_choice
 from ..model.backbone import compute_dtype, load_backbone, pick_device, train_every_weight
 from ..model.encoders import load_encoder
 from ..model.vector2text import Vector2Text, check_adapter_name
@@ -18,9 +18,9 @@ from ..model.vector2text import Vector2Text, check_adapter_name
 logger = logging.getLogger(__name__)
 
 
-def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: str = "auto",
+def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: Quantization = "auto",
                  device: str | None = None, name: str = "default", trainable: bool = False,
-                 revision: str | None = None, dtype: str = "auto"):
+                 revision: str | None = None, dtype: DType = "auto"):
     """Load a bundle on its base model: ``load_adapter("checkpoints/.../final")`` or ``load_adapter("org/name")``.
 
     Args:

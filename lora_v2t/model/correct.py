@@ -28,6 +28,7 @@ import numpy as np
 
 from ..bundle.adapter import validate_bundle
 from ..bundle.hub import resolve_adapter
+from ..config import Role, role_of
 from ..util.errors import V2TError
 from ..util.vectors import cosine_rows, to_vectors
 
@@ -135,9 +136,9 @@ def corrector_path(meta: dict, hypothesizer: str, source, revision: str | None) 
     return resolve_adapter(named, revision)  # a hub id
 
 
-def check_role(meta: dict, role: str, name: str) -> None:
+def check_role(meta: dict, role: Role, name: str) -> None:
     """Raise unless adapter ``name`` (its metadata ``meta``) has ``role``."""
-    has = meta.get("role") or "hypothesizer"
+    has = role_of(meta)
     if has == role:
         return
     if has == "corrector":
