@@ -47,10 +47,13 @@ OFFLINE_ENCODER = "offline:use-multilingual"
 OFFLINE_BACKBONE = "offline:gemma-3-270m"
 
 
-def setting(default, doc: str):
+def setting(default, doc: str, flag: str | None = None, flag_help: str | None = None):
     """A dataclass field with a default and its one-line help (field metadata), which ``lora-v2t train --help``
-    lists through :func:`describe_keys`."""
-    return field(default=default, metadata={"help": doc})
+    lists through :func:`describe_keys` (and the command line's decoding options, for GenerationConfig's fields).
+    ``flag`` and ``flag_help``: a command-line option that does not read as the field (a switch that turns a
+    True default off)."""
+    extra = {"flag": flag, "flag_help": flag_help} if flag else {}
+    return field(default=default, metadata={"help": doc} | extra)
 
 
 @dataclass
@@ -134,7 +137,9 @@ class GenerationConfig:
     no_repeat_ngram_size: int = setting(0, "never repeat an n-gram of this many tokens (>= 0; 0 = off)")
     batch_size: int = setting(32, "vectors decoded together (>= 1)")
     restrict_vocab: bool = setting(
-        True, "decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)")
+        True, "decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)",
+        flag="--full-vocab",
+        flag_help="let every token out, not only the adapter's output vocabulary (when it has one)")
     cache: CacheKind = setting(
         "dynamic", "KV cache: dynamic | static (fixed size, so that transformers compiles the decoding step with "
                    "torch.compile on a GPU: the first batch is slow, the later ones fast; the same greedy text in "

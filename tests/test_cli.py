@@ -136,8 +136,8 @@ def test_help_states_valid_ranges_and_where_runs_go(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("--repetition-penalty", "(> 0; with --do-sample)", "(>= 0; 0 = off)", "(0 < p <= 1; 1 = off)",
-                 "(>= 1; 1 = greedy)", "cpu, cuda or cuda:N"):
+    for text in ("--repetition-penalty", "(> 0; used when do_sample)", "(>= 0; 0 = off)", "(0 < top_p <= 1; 1 = off)",
+                 "(>= 1; 1 = greedy or sampling)", "cpu, cuda or cuda:N"):
         assert text in out
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
@@ -315,3 +315,29 @@ def test_a_recipe_without_a_corpus_is_one_line_naming_the_key(tmp_path, monkeypa
     assert capsys.readouterr().err == ("error: data.train is not set: name the training corpus in the recipe "
                                        "(data: train: FILE) or with --data.train=FILE\n")
     assert not (tmp_path / "held.txt").exists()
+
+
+@pytest.mark.parametrize("command,names", [
+    ("generate", None), ("invert", None), ("evaluate", ["max_new_tokens", "batch_size", "restrict_vocab"])])
+def test_decoding_options_are_made_from_the_generation_config_fields(capsys, command, names):
+    """Each decoding option is a GenerationConfig field with the field's help, so the two cannot drift; unset,
+    it is None and the adapter's default applies (evaluate's --batch-size: 32)."""
+    import dataclasses
+
+    from lora_v2t.cli import build_parser
+    from lora_v2t.config import GenerationConfig
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    given = {"generate": ["--text", "a"], "invert": ["--texts", "t.txt", "--out", "o.jsonl"],
+             "evaluate": ["--data", "d.txt"]}[command]
+    args = build_parser().parse_args([command, "--adapter", "x", *given])
+    for f in dataclasses.fields(GenerationConfig):
+        if names is not None and f.name not in names:
+            continue
+        flag = f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+        assert f"{flag} " in out and " ".join((f.metadata.get("flag_help") or f.metadata["help"]).split()) in out
+        assert getattr(args, f.name) == (32 if (command, f.name) == ("evaluate", "batch_size") else None)
+    full = build_parser().parse_args([command, "--adapter", "x", *given, "--full-vocab", "--max-new-tokens", "7"])
+    assert full.restrict_vocab is False and full.max_new_tokens == 7
