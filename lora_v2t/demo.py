@@ -141,7 +141,7 @@ def print_reconstructions(v2t, texts: list[str]) -> None:
 
 def train_demo(recipe: RunConfig, show_progress: bool) -> Path:
     """Part 2: train the demo adapter (or resume it, or reuse a finished one)."""
-    from .train.trainer import list_checkpoints, run_dir_of, train
+    from .train.trainer import list_checkpoints, train
 
     run_dir = run_dir_of(recipe)
     final = run_dir / "final"
