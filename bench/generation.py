@@ -13,17 +13,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the reference decoding lives with the tests
+    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
 from lora_v2t import Vector2Text, load_adapter  # noqa: E402
 from lora_v2t.model.backbone import convert_offline_gemma, load_backbone  # noqa: E402
-from lora_v2t.model.generate import generate_naive  # noqa: E402
+from tests.naive_decoding import generate_naive  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ru" / "dev_conversational.txt"
 

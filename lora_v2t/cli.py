@@ -11,9 +11,11 @@ import logging
 import math
 import sys
 import textwrap
+import typing
+from dataclasses import fields
 from pathlib import Path
 
-from .config import DTYPES, SEED_LIMIT, describe_keys
+from .config import DTYPES, QUANTIZATION_MODES, SEED_LIMIT, GenerationConfig, describe_keys, role_of
 from .tasks.vectorfile import load_vectors_file
 from .util.errors import V2TError
 
@@ -24,31 +26,34 @@ def _add_generation_options(parser: argparse.ArgumentParser, candidates: bool = 
     """The decoding options; ``candidates``: also --num-return-sequences and --rerank (a command that writes one
     text per vector does not offer them)."""
     g = parser.add_argument_group("decoding (unset options use the adapter's defaults)")
-    g.add_argument("--max-new-tokens", type=int,
-                   help="longest output, in tokens (>= 1; with the prefix, within the base model's context)")
-    g.add_argument("--num-beams", type=int, help="beam search width (>= 1; 1 = greedy)")
-    g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
-    g.add_argument("--temperature", type=float, help="sampling temperature (> 0; with --do-sample)")
-    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens (>= 0; 0 = off)")
-    g.add_argument("--top-p", type=float, help="nucleus sampling mass (0 < p <= 1; 1 = off)")
-    g.add_argument("--repetition-penalty", type=float,
-                   help="penalty on tokens already generated (> 0; 1 = off, above 1 discourages repeats; "
-                        "adapters default to 1.1)")
-    g.add_argument("--no-repeat-ngram-size", type=int,
-                   help="never repeat an n-gram of this many tokens (>= 0; 0 = off)")
+    names = [f.name for f in fields(GenerationConfig) if candidates or f.name != "num_return_sequences"]
+    _add_decoding_options(g, names)
     if candidates:
-        g.add_argument("--num-return-sequences", type=int,
-                       help="candidates per vector, printed or reranked (>= 1; at most --num-beams unless sampling)")
         g.add_argument("--rerank", action="store_true",
                        help="re-embed the candidates and keep the one closest to the target vector (prints cosine)")
-    g.add_argument("--batch-size", type=int, help="vectors decoded together (>= 1)")
     g.add_argument("--seed", type=seed_value, help="seed for reproducible sampling (0 to 2**63 - 1)")
-    g.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
-                   help="let every token out, not only the adapter's output vocabulary (when it has one)")
-    g.add_argument("--cache", choices=["dynamic", "static"],
-                   help="KV cache (default dynamic): static has a fixed size, so that on a GPU transformers compiles "
-                        "the decoding step (the first batch takes seconds more, the later ones run faster); the "
-                        "same greedy text in fp32; slower on a CPU")
+
+
+def _add_decoding_options(group, names: list[str], defaults: dict | None = None) -> None:
+    """One option per named field of GenerationConfig, made from the field: --field-name (or the field's own
+    ``flag``), its type or choices, its help. Unset, an option is None (the adapter's default applies) unless
+    ``defaults`` gives it a value."""
+    hints = typing.get_type_hints(GenerationConfig)
+    for f in fields(GenerationConfig):
+        if f.name not in names:
+            continue
+        flag = f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+        text = (f.metadata.get("flag_help") or f.metadata["help"]).replace("%", "%%")
+        kind, default = hints[f.name], (defaults or {}).get(f.name)
+        if default is not None:
+            text += f" (default: {default})"
+        if kind is bool:  # a switch: on for a False default, off for a True one
+            group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true", default=None,
+                               help=text)
+        elif typing.get_origin(kind) is typing.Literal:
+            group.add_argument(flag, dest=f.name, choices=typing.get_args(kind), help=text)
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=default, help=text)
 
 
 def _add_correction_options(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +95,7 @@ def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--revision", help="for a hub id: branch, tag or commit (default: main)")
     g.add_argument("--backbone", help="load on this base instead of the one the bundle names")
     g.add_argument("--encoder", help="use this encoder spec instead of the bundle's (same dimension)")
-    g.add_argument("--quantization", default="auto", choices=["auto", "8bit", "4bit", "none"],
+    g.add_argument("--quantization", default="auto", choices=list(QUANTIZATION_MODES),
                    help="auto = as the adapter was trained (its v2t_config.json says; bundles that do not say: "
                         "8bit on CUDA, none on CPU); another choice is honoured with a warning (default: auto)")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
@@ -234,13 +239,9 @@ def _add_evaluate_command(sub) -> None:
     ev.add_argument("--limit", type=int, help="evaluate only the first N usable lines (N >= 1; default: all)")
     ev.add_argument("--max-chars", type=int, default=1000,
                     help="skip (and count) longer lines (>= 1; default 1000)")
-    ev.add_argument("--batch-size", type=int, default=32, help="vectors decoded together (>= 1; default 32)")
-    ev.add_argument("--max-new-tokens", type=int,
-                    help="longest output (>= 1, within the base model's context; default: the adapter's)")
+    _add_decoding_options(ev, ["max_new_tokens", "batch_size", "restrict_vocab"], defaults={"batch_size": 32})
     ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (>= 1; default 1000)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ev.add_argument("--full-vocab", dest="restrict_vocab", action="store_false", default=None,
-                    help="let every token out, not only the adapter's output vocabulary (when it has one)")
     ev.add_argument("--out", type=Path,
                     help="report folder, new or empty (default: eval/<adapter's parent folder>-<adapter folder>-"
                          "<data file>, numbered -2, -3... when taken)")
@@ -313,8 +314,7 @@ def _add_push_command(sub) -> None:
     push.set_defaults(func=cmd_push)
 
 
-DECODING_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
-                    "no_repeat_ngram_size", "num_return_sequences", "restrict_vocab", "cache")
+DECODING_OPTIONS = tuple(f.name for f in fields(GenerationConfig) if f.name != "batch_size")  # and its own
 
 
 def _decoding_options(args, *extra: str) -> dict:
@@ -326,7 +326,6 @@ def _decoding_options(args, *extra: str) -> dict:
 def _check_decoding(args, config: dict, options: dict) -> None:
     """Check the device, the decoding options over the adapter's defaults and the output length against the
     base's context, all before the slow model load."""
-    from .config import GenerationConfig
     from .model.backbone import peek_max_positions, pick_device
     from .model.generate import check_length
 
@@ -587,7 +586,7 @@ def cmd_info(args) -> int:
 
 
 def _describe_role(config: dict) -> str:
-    if config.get("role") == "corrector":
+    if role_of(config) == "corrector":
         return ("corrector: rewrites a hypothesis closer to its vector (reads v, e and v - e; "
                 "see lora_v2t.model.correct)")
     paired = config.get("corrector")
@@ -606,15 +605,25 @@ def cmd_push(args) -> int:
     return 0
 
 
+# Library warnings that every command would print and that ask nothing of its user: (category, message regex,
+# module regex). Every other warning is shown. (bitsandbytes' and kernels' notices about an optional CPU kernel
+# are dropped by lora_v2t/__init__.py.)
+NOISY_WARNINGS = [
+    # peft asks every model whether it checkpoints activations through transformers' deprecated property
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
+    # the prompt is the vector's prefix, which has no tokens to constrain: only the generated ones are meant
+    (UserWarning, r"Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids`",
+     r"transformers\.generation\.utils"),
+]
+
+
 def _quiet_libraries() -> None:
     import os
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    # bitsandbytes warns at import that an optional CPU kernel package is missing; nothing here needs it
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for category, message, module in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
     try:
         from transformers.utils import logging as hf_logging
 

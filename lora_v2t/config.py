@@ -11,14 +11,32 @@ import difflib
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal, get_args
 
 from .util.errors import V2TError
 
-PROJECTOR_KINDS = ("zero-pad", "linear", "mlp")
-QUANTIZATION_MODES = ("auto", "8bit", "4bit", "none")
-BASE_QUANTIZATIONS = ("8bit", "4bit", "none")  # what a loaded base is (auto resolved), as bundles record it
+# Each choice is one Literal type: fields and signatures are annotated with it, and its tuple of allowed values
+# (for checks and the command line's choices) is read from it.
+ProjectorKind = Literal["zero-pad", "linear", "mlp"]
+Quantization = Literal["auto", "8bit", "4bit", "none"]
+BaseQuantization = Literal["8bit", "4bit", "none"]  # what a loaded base is (auto resolved), as bundles record it
+CacheKind = Literal["dynamic", "static"]
+Role = Literal["hypothesizer", "corrector"]  # see lora_v2t.model.correct
+DType = Literal["auto", "float32", "bfloat16"]  # what a user may ask a loaded base to compute in
+Trainable = Literal["lora", "full"]
+LossVocab = Literal["full", "corpus"]
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+PROJECTOR_KINDS = get_args(ProjectorKind)
+QUANTIZATION_MODES = get_args(Quantization)
+BASE_QUANTIZATIONS = get_args(BaseQuantization)
+CACHE_KINDS = get_args(CacheKind)
+ROLES = get_args(Role)
+DTYPES = get_args(DType)
+TRAINABLE = get_args(Trainable)
+LOSS_VOCABS = get_args(LossVocab)
+MIXED_PRECISIONS = get_args(MixedPrecision)
 SEED_LIMIT = 2**63  # torch.manual_seed takes 0 .. SEED_LIMIT - 1
-CACHE_KINDS = ("dynamic", "static")
+RECIPE_SEED_LIMIT = 2**32  # a recipe's seeds also seed numpy, which takes 0 .. 2**32 - 1
 INT8_THRESHOLD = 6.0  # bitsandbytes' own LLM.int8 outlier threshold
 # how a base computes; each adapter records its training's
 PRECISION_KEYS = ("quantization", "compute_dtype", "int8_threshold")
@@ -29,10 +47,13 @@ OFFLINE_ENCODER = "offline:use-multilingual"
 OFFLINE_BACKBONE = "offline:gemma-3-270m"
 
 
-def setting(default, doc: str):
+def setting(default, doc: str, flag: str | None = None, flag_help: str | None = None):
     """A dataclass field with a default and its one-line help (field metadata), which ``lora-v2t train --help``
-    lists through :func:`describe_keys`."""
-    return field(default=default, metadata={"help": doc})
+    lists through :func:`describe_keys` (and the command line's decoding options, for GenerationConfig's fields).
+    ``flag`` and ``flag_help``: a command-line option that does not read as the field (a switch that turns a
+    True default off)."""
+    extra = {"flag": flag, "flag_help": flag_help} if flag else {}
+    return field(default=default, metadata={"help": doc} | extra)
 
 
 @dataclass
@@ -44,7 +65,7 @@ class EncoderConfig:
 @dataclass
 class BackboneConfig:
     name: str = setting(DEFAULT_BACKBONE, "hub id, local folder, .gguf file, or offline:gemma-3-270m")
-    quantization: str = setting("auto", "auto (8bit on CUDA, none on CPU) | 8bit | 4bit | none")
+    quantization: Quantization = setting("auto", "auto (8bit on CUDA, none on CPU) | 8bit | 4bit | none")
     device: str | None = setting(
         None, "cpu / cuda / cuda:N (training: cuda:N in a single process only); None = CUDA if any")
     int8_threshold: float = setting(
@@ -61,7 +82,7 @@ class BackboneConfig:
 
 @dataclass
 class ProjectorConfig:
-    kind: str = setting("mlp", "zero-pad (the original experiment: pad d -> h, one slot) | linear | mlp")
+    kind: ProjectorKind = setting("mlp", "zero-pad (the original experiment: pad d -> h, one slot) | linear | mlp")
     prefix_length: int = setting(1, "k, the number of prefix slots the vector fills")
     hidden_dim: int | None = setting(None, "width of the MLP's hidden layer; None = the backbone's hidden size")
 
@@ -71,6 +92,8 @@ class ProjectorConfig:
             raise V2TError(f"prefix_length must be an integer >= 1, got {self.prefix_length!r}")
         if self.kind == "zero-pad" and self.prefix_length != 1:
             raise V2TError("the zero-pad projector fills exactly one slot: set prefix_length=1 or use 'mlp'")
+        if self.hidden_dim is not None:
+            check_range("projector.hidden_dim", self.hidden_dim, low=1)
 
 
 @dataclass
@@ -92,7 +115,10 @@ class LoRAConfig:
         check_range("lora.dropout", self.dropout, low=0, high=1, below=True)
 
 
-ROLES = ("hypothesizer", "corrector")  # see lora_v2t.model.correct
+def role_of(meta: dict) -> Role:
+    """An adapter's role as its metadata or bundle config records it (bundles from before correctors existed
+    record none: they are hypothesizers)."""
+    return meta.get("role") or "hypothesizer"
 
 
 @dataclass
@@ -111,8 +137,10 @@ class GenerationConfig:
     no_repeat_ngram_size: int = setting(0, "never repeat an n-gram of this many tokens (>= 0; 0 = off)")
     batch_size: int = setting(32, "vectors decoded together (>= 1)")
     restrict_vocab: bool = setting(
-        True, "decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)")
-    cache: str = setting(
+        True, "decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)",
+        flag="--full-vocab",
+        flag_help="let every token out, not only the adapter's output vocabulary (when it has one)")
+    cache: CacheKind = setting(
         "dynamic", "KV cache: dynamic | static (fixed size, so that transformers compiles the decoding step with "
                    "torch.compile on a GPU: the first batch is slow, the later ones fast; the same greedy text in "
                    "fp32; slower on a CPU, where nothing compiles it)")
@@ -155,7 +183,7 @@ class GenerationConfig:
 
 @dataclass
 class DataConfig:
-    train: str = setting("../shared/data/ru/train.txt", "training corpus: UTF-8 text, one sentence per line")
+    train: str | None = setting(None, "training corpus: UTF-8 text, one sentence per line (required to train)")
     val: str | None = setting(None, "validation corpus; None = hold out val_size sentences of the training corpus")
     val_size: int = setting(200, "sentences held out for validation when val is None")
     max_sentences: int | None = setting(None, "use at most this many training sentences (a seeded random sample)")
@@ -177,17 +205,26 @@ class DataConfig:
         check_range("data.min_chars", self.min_chars, low=1)
         if self.max_chars < self.min_chars:
             raise V2TError(f"data.max_chars must be >= data.min_chars ({self.min_chars}), got {self.max_chars}")
+        check_range("data.seed", self.seed, low=0, high=RECIPE_SEED_LIMIT - 1)
+
+    def check_train(self) -> None:
+        """Raise unless a training corpus is named: training, embedding and heldout need one (the library names
+        none; recipes do)."""
+        if not self.train:
+            raise V2TError("data.train is not set: name the training corpus in the recipe (data: train: FILE) or "
+                           "with --data.train=FILE")
 
 
 @dataclass
 class TrainingConfig:
     run_name: str = setting("run", "run folder: <output_dir>/<run_name>/")
-    role: str = setting("hypothesizer", "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see "
+    role: Role = setting("hypothesizer", "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see "
                         "lora_v2t.model.correct)")
     output_dir: str | None = setting(
         None, "folder of the run folders; None = <checkpoints>/runs (see lora-v2t train --help for <checkpoints>)")
-    trainable: str = setting("lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)")
-    loss_vocab: str = setting(
+    trainable: Trainable = setting(
+        "lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)")
+    loss_vocab: LossVocab = setting(
         "full", "full | corpus: softmax over the tokens the corpus uses only (much faster on CPU)")
     batch_size: int = setting(16, "sentences per micro-batch")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
@@ -199,7 +236,7 @@ class TrainingConfig:
     warmup_steps: int = setting(50, "linear warm-up, then cosine decay")
     min_lr_ratio: float = setting(0.1, "the cosine decays to this fraction of the peak rate")
     max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
-    mixed_precision: str = setting(
+    mixed_precision: MixedPrecision = setting(
         "auto", "auto (bf16/fp16 on CUDA; bf16 on CPUs with AVX-512 BF16 or AMX, else off) | no | bf16 | fp16")
     gradient_checkpointing: bool | str = setting(
         "auto", "recompute activations in the backward pass, trading time for memory: true | false | auto (on "
@@ -213,10 +250,10 @@ class TrainingConfig:
     seed: int = setting(0, "seeds the initialisation and dropout")
 
     def __post_init__(self):
-        check_choice("training.trainable", self.trainable, ("lora", "full"))
+        check_choice("training.trainable", self.trainable, TRAINABLE)
         check_choice("training.role", self.role, ROLES)
-        check_choice("training.loss_vocab", self.loss_vocab, ("full", "corpus"))
-        check_choice("training.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
+        check_choice("training.loss_vocab", self.loss_vocab, LOSS_VOCABS)
+        check_choice("training.mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         if isinstance(self.gradient_checkpointing, str) and self.gradient_checkpointing != "auto":
             raise V2TError(f"training.gradient_checkpointing must be true, false or auto, got "
                            f"{self.gradient_checkpointing!r}")
@@ -230,6 +267,8 @@ class TrainingConfig:
         check_range("training.warmup_steps", self.warmup_steps, low=0)
         check_range("training.min_lr_ratio", self.min_lr_ratio, low=0, high=1)
         check_range("training.max_grad_norm", self.max_grad_norm, low=0)
+        check_range("training.num_samples", self.num_samples, low=0)
+        check_range("training.seed", self.seed, low=0, high=RECIPE_SEED_LIMIT - 1)
         if self.max_minutes is not None:
             check_range("training.max_minutes", self.max_minutes, low=0, above=True)
         name = self.run_name
@@ -263,6 +302,8 @@ def _coerce(value, hint, where: str):
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        return _choice(value, get_args(hint), where)
     if origin is list:
         if not isinstance(value, list):
             raise V2TError(f"{where} must be a list, got {value!r}")
@@ -278,6 +319,16 @@ def _coerce(value, hint, where: str):
         return "no"
     if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
         raise V2TError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _choice(value, choices: tuple, where: str):
+    """A recipe's word for a choice: YAML 1.1 reads an unquoted no as false (mixed_precision: no); other words are
+    checked by the dataclass, which names the choices."""
+    if value is False and "no" in choices:
+        return "no"
+    if not isinstance(value, str):
+        raise V2TError(f"{where} must be one of {', '.join(choices)}, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -329,15 +380,13 @@ def parse_overrides(overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
-            raise V2TError(f"bad value in override {item!r}: {exc}") from exc
+            raise V2TError(f"bad value in override {item!r}: {yaml_problem(exc)}") from exc
         nested.setdefault(section, {})[key] = value
     return nested
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a recipe YAML and apply ``--section.key=value`` overrides."""
-    import yaml
-
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -345,10 +394,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise V2TError(f"recipe {path} is a folder, not a file: give a recipe YAML (see recipes/)")
         if not path.is_file():
             raise V2TError(f"recipe {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise V2TError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        data = read_recipe(path)
         if not isinstance(data, dict):
             raise V2TError(f"recipe {path} must be a mapping of sections")
     for section, values in parse_overrides(overrides or []).items():
@@ -357,6 +403,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         else:
             data[section] = values
     return config_from_dict(data, source=str(path) if path else "overrides")
+
+
+def read_recipe(path: Path):
+    """A recipe file's YAML content; a file that is not UTF-8 text, or not YAML, is one line naming where."""
+    import yaml
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise V2TError(f"recipe {path} is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}): a recipe is "
+                       "a YAML text file (see recipes/)") from exc
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.reader.ReaderError as exc:  # a control character: a binary file
+        raise V2TError(f"recipe {path} is not a text file: it holds the control character #x{exc.character:x} at "
+                       f"character {exc.position}; a recipe is a YAML text file (see recipes/)") from exc
+    except yaml.YAMLError as exc:
+        raise V2TError(f"recipe {path} is not valid YAML: {yaml_problem(exc)}") from exc
+
+
+def yaml_problem(exc) -> str:
+    """One line for a YAML error: where (line and column, from 1) and what, with what it was parsing."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None:
+        where += f" ({context} from line {start.line + 1}, column {start.column + 1})"
+    return where
 
 
 def describe_keys() -> str:
@@ -381,12 +458,13 @@ def check_range(key: str, value, low: float | None = None, high: float | None = 
     if not bad and high is not None:
         bad = value >= high if below else value > high
     if bad:
-        limits = ([f"{'>' if above else '>='} {low:g}"] if low is not None else []) + \
-            ([f"{'<' if below else '<='} {high:g}"] if high is not None else [])
+        limits = ([f"{'>' if above else '>='} {_number(low)}"] if low is not None else []) + \
+            ([f"{'<' if below else '<='} {_number(high)}"] if high is not None else [])
         raise V2TError(f"{key} must be {' and '.join(limits)}, got {value!r}")
 
 
-DTYPES = ("auto", "float32", "bfloat16")  # what a user may ask a loaded base to compute in
+def _number(limit: float) -> str:
+    return str(limit) if isinstance(limit, int) else f"{limit:g}"
 
 
 def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -30,6 +30,7 @@ from .config import (
     TrainingConfig,
 )
 from .model.backbone import checkpoints_dir
+from .train.rundir import check_paths, run_dir_of
 from .util.textfile import split_lines
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     from .model.backbone import convert_offline_gemma
 
     recipe = demo_recipe(cfg)
+    check_paths(recipe, run_dir_of(recipe))  # the corpus, the backbone and the run folder, before any model loads
     held_out = [s for s in split_lines(HELD_OUT.read_text(encoding="utf-8")) if s.strip()]
     start = time.perf_counter()
     shipped = Path(cfg.shipped) if cfg.shipped and Path(cfg.shipped, "v2t_config.json").is_file() else None
@@ -140,7 +142,7 @@ def print_reconstructions(v2t, texts: list[str]) -> None:
 
 def train_demo(recipe: RunConfig, show_progress: bool) -> Path:
     """Part 2: train the demo adapter (or resume it, or reuse a finished one)."""
-    from .train.trainer import list_checkpoints, run_dir_of, train
+    from .train.trainer import list_checkpoints, train
 
     run_dir = run_dir_of(recipe)
     final = run_dir / "final"

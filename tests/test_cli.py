@@ -1,9 +1,11 @@
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from lora_v2t.cli import main
+from lora_v2t.config import GenerationConfig
 
 from .conftest import first_token_vocab, only_made_of
 
@@ -136,8 +138,8 @@ def test_help_states_valid_ranges_and_where_runs_go(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("--repetition-penalty", "(> 0; with --do-sample)", "(>= 0; 0 = off)", "(0 < p <= 1; 1 = off)",
-                 "(>= 1; 1 = greedy)", "cpu, cuda or cuda:N"):
+    for text in ("--repetition-penalty", "(> 0; used when do_sample)", "(>= 0; 0 = off)", "(0 < top_p <= 1; 1 = off)",
+                 "(>= 1; 1 = greedy or sampling)", "cpu, cuda or cuda:N"):
         assert text in out
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
@@ -189,9 +191,31 @@ def test_importing_lora_v2t_prints_no_warning_about_bitsandbytes_optional_cpu_ke
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", "import lora_v2t"], capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    # on a CPU with AVX-512 BF16 this import makes bitsandbytes look for its optional kernel; elsewhere it is quiet
+    done = subprocess.run([sys.executable, "-c", "from lora_v2t import load_adapter"], capture_output=True,
+                          text=True, timeout=300, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0 and "kernels-community" not in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("logger,message,shown", [
+    ("kernels._internals.hf_hub", "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' "
+                                  "because Hugging Face Hub is in offline mode.", False),
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community: not cached. "
+                                      "Please make sure you already `pip install kernels`", False),
+    ("kernels._internals.hf_hub", "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in "
+                                  "offline mode.", True),
+    ("bitsandbytes.backends.cpu.ops", "some other bitsandbytes warning", True),
+])
+def test_only_the_optional_kernel_notices_are_dropped_on_any_cpu(caplog, logger, message, shown):
+    """What bitsandbytes and kernels log, on CPUs with AVX-512 BF16, about the optional CPU kernel (emitted here
+    through the same loggers, so that this holds on every CPU): those two notices are dropped, nothing else."""
+    import logging
+
+    import lora_v2t  # noqa: F401 (installs the filters)
+
+    with caplog.at_level("WARNING", logger=logger):
+        logging.getLogger(logger).warning(message)
+    assert (message in caplog.text) is shown
 
 
 def test_a_seed_torch_cannot_take_is_refused_before_loading(bundle, capsys, monkeypatch):
@@ -222,3 +246,101 @@ def test_sampling_options_without_sampling_are_warned_about(bundle, capsys, capl
         assert main(["generate", "--adapter", str(bundle), "--text", "a", "--temperature", "0.7", "--do-sample",
                      "--max-new-tokens", "2", "--seed", "0"]) == 0
     assert "only shape sampling" not in caplog.text
+
+
+def test_help_and_argument_errors_wait_for_no_heavy_library():
+    """--help and a bad argument are answered before torch, transformers or peft are imported (seconds)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom lora_v2t.cli import main\n"
+              "for argv in (['--help'], ['train', '--help'], ['generate', '--help'], ['info', 'x', '--bogus']):\n"
+              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+              "print('heavy:', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'peft', "
+              "'bitsandbytes', 'sentence_transformers'}), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and "usage: lora-v2t" in done.stdout, done.stderr[-2000:]
+    assert "unrecognized arguments: --bogus" in done.stderr
+    assert done.stderr.splitlines()[-1] == "heavy: []", done.stderr[-2000:]
+
+
+def test_train_refuses_a_file_as_backbone_before_embedding_the_corpus(tmp_path, monkeypatch, capsys):
+    from .conftest import refuse_calls
+    from .test_train import RECIPE, corpus_file
+
+    refuse_calls(monkeypatch, "lora_v2t.train.trainer.load_encoder", "the encoder was loaded")
+    refuse_calls(monkeypatch, "lora_v2t.train.trainer.prepare_data", "the corpus was embedded")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights without their folder")
+    assert main(["train", str(RECIPE), f"--backbone.name={weights}", f"--data.train={corpus_file(tmp_path)}",
+                 f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
+    assert capsys.readouterr().err == (f"error: backbone '{weights}' is a file; give a model folder, a .gguf file or "
+                                       "a hub id\n")
+
+
+def test_the_cli_hides_only_the_known_noisy_library_warnings(bundle, capsys):
+    """The warnings every command would print and that ask nothing of its user are hidden (peft asks every model
+    for transformers' deprecated is_gradient_checkpointing; a prefix of vectors has no prompt tokens for
+    no_repeat_ngram_size); every other warning of transformers and peft (and bitsandbytes' log) reaches the user."""
+    import logging
+    import warnings
+
+    noisy = [("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` "
+              "instead.", FutureWarning, "transformers.modeling_utils"),
+             ("Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids` to `generate` will apply "
+              "n-gram constraints only to newly generated tokens, not to the prompt.", UserWarning,
+              "transformers.generation.utils")]
+    real = [("Adapter name 'a' should not be contained in the prefix 'lora_'.", UserWarning, "peft.peft_model"),
+            ("`generation_config` default values have been modified", UserWarning, "transformers.generation.utils"),
+            ("`torch_dtype` is deprecated! Use `dtype` instead!", FutureWarning, "transformers.modeling_utils")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["info", str(bundle)]) == 0  # sets the command line's filters
+        for message, category, module in noisy + real:
+            warnings.warn_explicit(message, category, f"{module.replace('.', '/')}.py", 1, module=module)
+    assert [str(w.message) for w in caught] == [message for message, _, _ in real]
+    assert logging.getLogger("bitsandbytes").getEffectiveLevel() <= logging.WARNING
+
+
+@pytest.mark.parametrize("command", [["train"], ["embed"], ["heldout", "--out", "held.txt"]])
+def test_a_recipe_without_a_corpus_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys, command):
+    from .conftest import refuse_calls
+
+    refuse_calls(monkeypatch, "lora_v2t.train.pairs.load_encoder", "the encoder was loaded")
+    refuse_calls(monkeypatch, "lora_v2t.train.trainer.load_encoder", "the encoder was loaded")
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "no-corpus.yaml"
+    recipe.write_text("training:\n  run_name: x\n  output_dir: runs\ndata:\n  cache_dir: cache\n", encoding="utf-8")
+    assert main([command[0], str(recipe), *command[1:]]) == 2
+    assert capsys.readouterr().err == ("error: data.train is not set: name the training corpus in the recipe "
+                                       "(data: train: FILE) or with --data.train=FILE\n")
+    assert not (tmp_path / "held.txt").exists()
+
+
+ALL_BUT_CANDIDATES = [f.name for f in dataclasses.fields(GenerationConfig) if f.name != "num_return_sequences"]
+
+
+@pytest.mark.parametrize("command,names", [
+    ("generate", None), ("invert", ALL_BUT_CANDIDATES),  # invert writes one text per vector
+    ("evaluate", ["max_new_tokens", "batch_size", "restrict_vocab"])])
+def test_decoding_options_are_made_from_the_generation_config_fields(capsys, command, names):
+    """Each decoding option is a GenerationConfig field with the field's help, so the two cannot drift; unset,
+    it is None and the adapter's default applies (evaluate's --batch-size: 32)."""
+    from lora_v2t.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    given = {"generate": ["--text", "a"], "invert": ["--texts", "t.txt", "--out", "o.jsonl"],
+             "evaluate": ["--data", "d.txt"]}[command]
+    args = build_parser().parse_args([command, "--adapter", "x", *given])
+    for f in dataclasses.fields(GenerationConfig):
+        if names is not None and f.name not in names:
+            continue
+        flag = f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+        assert f"{flag} " in out and " ".join((f.metadata.get("flag_help") or f.metadata["help"]).split()) in out
+        assert getattr(args, f.name) == (32 if (command, f.name) == ("evaluate", "batch_size") else None)
+    full = build_parser().parse_args([command, "--adapter", "x", *given, "--full-vocab", "--max-new-tokens", "7"])
+    assert full.restrict_vocab is False and full.max_new_tokens == 7

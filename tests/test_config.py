@@ -75,11 +75,47 @@ def test_bad_recipe_values(override, message):
     ("--lora.dropout=1", "lora.dropout must be >= 0 and < 1, got 1.0"),
     ("--lora.dropout=-0.1", "lora.dropout must be >= 0 and < 1, got -0.1"),
     ("--lora.alpha=0", "lora.alpha must be > 0, got 0"),
+    ("--projector.hidden_dim=-3", "projector.hidden_dim must be >= 1, got -3"),
+    ("--projector.hidden_dim=0", "projector.hidden_dim must be >= 1, got 0"),
+    ("--training.seed=-1", "training.seed must be >= 0 and <= 4294967295, got -1"),
+    ("--training.seed=4294967296", "training.seed must be >= 0 and <= 4294967295, got 4294967296"),
+    ("--data.seed=-1", "data.seed must be >= 0 and <= 4294967295, got -1"),
+    ("--training.num_samples=-1", "training.num_samples must be >= 0, got -1"),
 ])
 def test_values_out_of_range_name_the_key_and_the_range(override, message):
     with pytest.raises(V2TError, match=re.escape(message)) as refused:
         load_config(None, [override])
     assert "\n" not in str(refused.value)
+
+
+def test_seeds_accept_their_edges():
+    cfg = load_config(None, ["--training.seed=4294967295", "--data.seed=0", "--projector.hidden_dim=1"])
+    assert cfg.training.seed == 2**32 - 1 and cfg.projector.hidden_dim == 1
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"training: [1, 2\n", "bad.yaml is not valid YAML: line 2, column 1: expected ',' or ']', but got "
+                           "'<stream end>' (while parsing a flow sequence from line 1, column 11)"),
+    (b"training:\n  lr: 1\n   max_steps: 2\n", "bad.yaml is not valid YAML: line 3, column 13: mapping values "
+                                                "are not allowed here"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "bad.yaml is not UTF-8 text (byte 0 is 0x89): a recipe is a YAML "
+                                                "text file (see recipes/)"),
+    (b"training:\n  lr: 1\x00\x01", "bad.yaml is not a text file: it holds the control character #x0 at "
+                                    "character 17; a recipe is a YAML text file (see recipes/)"),
+])
+def test_unreadable_recipes_are_one_line_naming_where(tmp_path, content, message):
+    (tmp_path / "bad.yaml").write_bytes(content)
+    with pytest.raises(V2TError) as refused:
+        load_config(tmp_path / "bad.yaml")
+    assert str(refused.value) == f"recipe {tmp_path / message}"
+
+
+def test_a_bad_override_value_is_one_line():
+    with pytest.raises(V2TError) as refused:
+        load_config(None, ["--lora.target_modules=[q_proj"])
+    assert str(refused.value) == ("bad value in override '--lora.target_modules=[q_proj': line 1, column 8: expected "
+                                  "',' or ']', but got '<stream end>' (while parsing a flow sequence from line 1, "
+                                  "column 1)")
 
 
 def test_bad_recipe_files(tmp_path):
@@ -124,19 +160,116 @@ def test_generation_ranges_accept_their_edges():
     GenerationConfig(temperature=0.0)  # unused without sampling
 
 
-def test_recipe_help_comes_from_field_metadata_not_from_the_source(monkeypatch):
+def test_every_recipe_key_has_its_help_in_the_field_metadata():
     import dataclasses
-    import inspect
 
     from lora_v2t.config import describe_keys
 
-    def no_source(*args, **kwargs):
-        raise OSError("no source available (e.g. an installed .pyc-only package)")
-
-    monkeypatch.setattr(inspect, "getsource", no_source)
     text = describe_keys()
     for section in dataclasses.fields(RunConfig):
         for f in dataclasses.fields(section.default_factory):
             assert f.metadata.get("help"), f"{section.name}.{f.name} has no help"
             assert f"  {section.name}.{f.name}=" in text and f.metadata["help"] in text
     assert "generation.top_p=1.0  nucleus sampling mass (0 < top_p <= 1; 1 = off)" in text
+
+
+def test_recipe_help_needs_no_source_files(tmp_path):
+    """An installation without .py files (compiled .pyc only) lists the same recipe keys and help: train --help
+    reads the fields' metadata, never the source (its comments)."""
+    import compileall
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import lora_v2t
+    from lora_v2t.config import describe_keys
+
+    copy = tmp_path / "lora_v2t"
+    shutil.copytree(Path(lora_v2t.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert compileall.compile_dir(copy, legacy=True, quiet=1)
+    for source in copy.rglob("*.py"):
+        source.unlink()
+    script = ("import lora_v2t.config as config\nassert config.__file__.endswith('.pyc'), config.__file__\n"
+              "print(config.describe_keys())")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.rstrip("\n") == describe_keys()
+
+
+def test_the_library_names_no_default_corpus():
+    """A corpus is the recipe's to name: the library's default points at nothing (recipes keep their paths)."""
+    from lora_v2t.config import DataConfig
+
+    assert DataConfig().train is None and load_config(None).data.train is None
+    assert all(load_config(recipe).data.train for recipe in RECIPES)
+    with pytest.raises(V2TError, match=re.escape("data.train is not set: name the training corpus in the recipe "
+                                                 "(data: train: FILE) or with --data.train=FILE")):
+        DataConfig().check_train()
+
+
+def test_the_version_is_the_installed_package_metadata():
+    """pyproject.toml is the one place the version is written: lora_v2t reads it from the package metadata."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import importlib.metadata as metadata\nreal = metadata.version\n"
+              "metadata.version = lambda name: '9.8.7' if name == 'lora_v2t' else real(name)\n"
+              "import lora_v2t\nprint(lora_v2t.__version__)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and done.stdout.strip() == "9.8.7", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("cls,key,choices", [
+    ("ProjectorConfig", "kind", "PROJECTOR_KINDS"), ("BackboneConfig", "quantization", "QUANTIZATION_MODES"),
+    ("GenerationConfig", "cache", "CACHE_KINDS"), ("TrainingConfig", "role", "ROLES"),
+    ("TrainingConfig", "trainable", "TRAINABLE"), ("TrainingConfig", "loss_vocab", "LOSS_VOCABS"),
+    ("TrainingConfig", "mixed_precision", "MIXED_PRECISIONS"),
+])
+def test_each_choice_is_one_literal_type_that_fields_and_checks_share(cls, key, choices):
+    import typing
+
+    import lora_v2t.config as config
+
+    allowed = typing.get_args(typing.get_type_hints(getattr(config, cls))[key])
+    assert allowed and allowed == getattr(config, choices)
+
+
+def test_the_choices_of_the_command_line_and_load_adapter_are_the_literal_types(capsys):
+    import typing
+
+    import lora_v2t.bundle.loading as loading
+    import lora_v2t.config as config
+    from lora_v2t.cli import main
+
+    hints = typing.get_type_hints(loading.load_adapter)
+    assert typing.get_args(hints["quantization"]) == config.QUANTIZATION_MODES
+    assert typing.get_args(hints["dtype"]) == config.DTYPES
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    for option, choices in (("--quantization", config.QUANTIZATION_MODES), ("--dtype", config.DTYPES),
+                            ("--cache", config.CACHE_KINDS)):
+        assert f"{option} {{{','.join(choices)}}}" in out
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--projector.kind=3", "projector.kind must be one of zero-pad, linear, mlp, got 3 (int)"),
+    ("--training.mixed_precision=no", None),
+])
+def test_a_choice_from_yaml(override, message):
+    if message is None:
+        assert load_config(None, [override]).training.mixed_precision == "no"
+        return
+    with pytest.raises(V2TError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_an_adapters_role_is_a_hypothesizer_unless_it_says_otherwise():
+    from lora_v2t.config import role_of
+
+    assert role_of({}) == role_of({"role": None}) == role_of({"role": "hypothesizer"}) == "hypothesizer"
+    assert role_of({"role": "corrector"}) == "corrector"

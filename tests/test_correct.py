@@ -414,3 +414,20 @@ def test_a_corrector_for_another_base_is_refused_before_loading(bundles, tmp_pat
     assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--correct-steps", "1",
                  "--corrector", str(other)]) == 2
     assert "was trained on base" in capsys.readouterr().err
+
+
+def test_shift_correction_warns_only_about_the_vectors_the_user_gave(v2t, caplog):
+    """The shifted vectors v + a (v - e) that correction decodes are not unit length by design: only the
+    caller's own vectors are checked, once per call."""
+    vectors = v2t.encode(SENTENCES[:3])  # unit length, as the adapter's encoder makes them
+    options = {"correct_steps": 2, "corrector": SHIFT, "max_new_tokens": 6}
+    with caplog.at_level("WARNING", logger="lora_v2t.model.generate"):
+        v2t.generate(vectors, **options)
+        v2t.generate(vectors, rerank=True, num_beams=2, num_return_sequences=2, **options)
+    assert "not unit length" not in caplog.text
+    scaled = vectors.copy()
+    scaled[1] *= 10
+    with caplog.at_level("WARNING", logger="lora_v2t.model.generate"):
+        v2t.generate(scaled, rerank=True, num_beams=2, num_return_sequences=2, **options)
+    assert caplog.text.count("not unit length") == 1
+    assert "1 of 3 vectors are not unit length (rows [1]..., norms 1 to 10)" in caplog.text

@@ -81,3 +81,24 @@ def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, t
     assert shipped_minutes(load_adapter(final, device="cpu")) == "; the shipped one trained for 0 minutes"
     run_demo(cfg)
     assert "already trained" in capsys.readouterr().out
+
+
+def test_a_missing_corpus_or_a_file_as_backbone_is_refused_before_anything_loads(tmp_path, monkeypatch, capsys):
+    from lora_v2t.cli import main
+    from lora_v2t.util.errors import V2TError
+
+    from .conftest import refuse_calls
+
+    for target in ("lora_v2t.model.backbone.convert_offline_gemma", "lora_v2t.bundle.loading.load_adapter",
+                   "lora_v2t.model.backbone.load_backbone"):
+        refuse_calls(monkeypatch, target, "a model was loaded")
+    missing = tmp_path / "no-such-corpus.txt"
+    assert main(["demo", "--corpus", str(missing), "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: corpus {missing} (data.train) does not exist: give a UTF-8 text file with one sentence "
+                   "per line\n")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not a model folder")
+    with pytest.raises(V2TError, match="backbone '.*model.safetensors' is a file; give a model folder, a .gguf file"):
+        run_demo(DemoConfig(backbone=str(weights), corpus=str(corpus_file(tmp_path)), output_dir=str(tmp_path)))
+    assert not (tmp_path / DEMO_RUN).exists()

@@ -4,11 +4,11 @@ import torch
 
 import lora_v2t.model.vocab
 from lora_v2t import Reranked, V2TError
-from lora_v2t.model.generate import generate_naive
 from lora_v2t.model.vocab import SubsetEmbedding, SubsetHead
 from lora_v2t.util.vectors import cosine_rows
 
 from .conftest import first_token_vocab, only_made_of
+from .naive_decoding import generate_naive
 
 
 def random_vectors(n, dim, seed=0):

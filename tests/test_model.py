@@ -164,10 +164,53 @@ def test_create_and_from_config_build_the_same_adapter(tiny_backbone_dir, tiny_e
     (torch.zeros(0, 24), "empty batch"),
     (torch.zeros(2, 3, 24), "must have shape"),
     ([["a", "b"]], "numeric"),
+    ([[0.1] * 24, [0.1] * 23], r"vectors are rows of different lengths \(24 and 23\): give N rows of 24 numbers"),
+    ([torch.ones(24), torch.ones(3)], r"rows of different lengths \(24 and 3\)"),
 ])
 def test_bad_vectors(vectors, message):
-    with pytest.raises(V2TError, match=message):
+    with pytest.raises(V2TError, match=message) as refused:
         to_vectors(vectors, 24)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_ragged_list_of_vectors_is_one_line_from_generate(v2t):
+    ragged = [[0.1] * v2t.embedding_dim, [0.1] * (v2t.embedding_dim - 1)]
+    with pytest.raises(V2TError, match="vectors are rows of different lengths"):
+        v2t.generate(ragged, max_new_tokens=2)
+
+
+BAD_NAMES = [(5, "adapter name must be a non-empty string without '.', got 5"),
+             ("", "adapter name must be a non-empty string without '.', got ''"),
+             ("a.b", "adapter name must be a non-empty string without '.', got 'a.b'")]
+
+
+@pytest.mark.parametrize("name,message", BAD_NAMES)
+def test_bad_adapter_names_are_one_line_everywhere(v2t, tmp_path, no_base_load, name, message):
+    from lora_v2t import load_adapter
+
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    for call in (lambda: load_adapter(bundle, name=name), lambda: v2t.load_adapter(bundle, name),
+                 lambda: v2t.set_adapter(name), lambda: v2t.delete_adapter(name)):
+        with pytest.raises(V2TError) as refused:
+            call()
+        assert str(refused.value).startswith(message)
+    assert v2t.adapters == ["default"]
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"quantization": "3bit"}, "unknown quantization '3bit'; choose one of: auto, 8bit, 4bit, none"),
+    ({"quantization": "8bit", "dtype": "half"}, "unknown dtype 'half'; choose one of: auto, float32, bfloat16"),
+    ({"quantization": "8bit", "device": "foo"}, "unknown device 'foo': use cpu, cuda or cuda:N"),
+])
+def test_a_load_that_will_be_refused_warns_about_nothing_first(v2t, tmp_path, caplog, no_base_load, options,
+                                                                message):
+    from lora_v2t import load_adapter
+
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+
+    with caplog.at_level("WARNING"), pytest.raises(V2TError, match=message):
+        load_adapter(bundle, **options)
+    assert "was trained with quantization" not in caplog.text
 
 
 def test_mismatched_batch_sizes(v2t):

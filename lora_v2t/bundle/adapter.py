@@ -31,7 +31,7 @@ from .. import __version__
 from ..bundle.cards import bundle_card
 from ..bundle.hub import backbone_hub_id, peft_base_name, resolve_adapter
 from ..bundle.layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSION, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
-from ..config import BASE_QUANTIZATIONS, PRECISION_KEYS, ROLES, GenerationConfig, ProjectorConfig
+from ..config import BASE_QUANTIZATIONS, PRECISION_KEYS, ROLES, GenerationConfig, ProjectorConfig, role_of
 from ..model.projector import projector_input_dim
 from ..util.errors import V2TError, first_line
 
@@ -134,7 +134,7 @@ def bundle_config(v2t) -> dict:
     backbone["hub_id"] = backbone_hub_id(backbone["name"])  # None for a local folder; see adapter_config.json
     # the precision the adapter was trained in, kept from its bundle; the loaded base's when it never said
     backbone |= meta.get("precision") or {k: v2t.backbone_info[k] for k in PRECISION_KEYS}
-    role = meta.get("role") or "hypothesizer"
+    role = role_of(meta)
     return {
         "format_version": CORRECTOR_FORMAT_VERSION if role == "corrector" else FORMAT_VERSION,
         "lora_v2t_version": __version__,
@@ -467,7 +467,7 @@ def attach(v2t, path: Path, name: str, config: dict) -> None:
 
     proj = config["projector"]
     cfg = ProjectorConfig(kind=proj["kind"], prefix_length=proj["prefix_length"], hidden_dim=proj.get("hidden_dim"))
-    role = config.get("role") or "hypothesizer"
+    role = role_of(config)
     projector = v2t.add_projector(name, cfg, projector_input_dim(int(config["encoder"]["dim"]), role))
     state = load_file(str(path / "projector.safetensors"))
     try:
@@ -490,7 +490,7 @@ def attach(v2t, path: Path, name: str, config: dict) -> None:
         "generation": dict(config.get("generation") or {}),
         "training": dict(config.get("training") or {}),
         "precision": {k: config["backbone"][k] for k in PRECISION_KEYS if k in config["backbone"]} or None,
-        "role": config.get("role") or "hypothesizer",
+        "role": role_of(config),
         "corrector": config.get("corrector"),
         "context_tokens": config.get("context_tokens"),
         "source": str(path),  # where it was loaded from: a corrector it names is found beside it

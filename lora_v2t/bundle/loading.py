@@ -10,17 +10,17 @@ from peft import PeftModel
 
 from ..bundle.adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
 from ..bundle.hub import resolve_adapter
-from ..config import DTYPES, INT8_THRESHOLD, check_choice
+from ..config import DTYPES, INT8_THRESHOLD, QUANTIZATION_MODES, DType, Quantization, check_choice
 from ..model.backbone import compute_dtype, load_backbone, pick_device, train_every_weight
 from ..model.encoders import load_encoder
-from ..model.vector2text import Vector2Text
+from ..model.vector2text import Vector2Text, check_adapter_name
 
 logger = logging.getLogger(__name__)
 
 
-def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: str = "auto",
+def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: Quantization = "auto",
                  device: str | None = None, name: str = "default", trainable: bool = False,
-                 revision: str | None = None, dtype: str = "auto"):
+                 revision: str | None = None, dtype: DType = "auto"):
     """Load a bundle on its base model: ``load_adapter("checkpoints/.../final")`` or ``load_adapter("org/name")``.
 
     Args:
@@ -39,8 +39,11 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
     Returns:
         a :class:`lora_v2t.Vector2Text` with this adapter active.
     """
+    check_adapter_name(name)
+    check_choice("quantization", quantization, QUANTIZATION_MODES)
     path = resolve_adapter(path, revision)
     config = validate_bundle(path)
+    compute = load_dtype(config, dtype, device)  # the dtype and the device checked before any warning
     enc = load_encoder(encoder) if encoder is not None else None
     if enc is not None:
         check_encoder(config, enc, path)
@@ -49,7 +52,7 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
     quantization = load_precision(config, quantization, path)
     threshold = config["backbone"].get("int8_threshold")  # as trained (bundles that do not say: the default)
     base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device,
-                                    dtype=load_dtype(config, dtype, device),
+                                    dtype=compute,
                                     int8_threshold=INT8_THRESHOLD if threshold is None else threshold,
                                     use_safetensors=full)  # a bundle's backbone/: never a pickle
     info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),

@@ -192,22 +192,32 @@ def convert_offline_gemma(target: str | Path | None = None, force: bool = False)
     return target
 
 
-def resolve_backbone(name: str) -> tuple[str, str | None]:
-    """Map a backbone name to (folder or hub id, GGUF file name or None)."""
-    if name == OFFLINE_BACKBONE:
-        return str(convert_offline_gemma()), None
+def check_backbone_name(name: str) -> None:
+    """Refuse, without loading anything, a backbone name that cannot name a base: an unknown offline model, a
+    missing .gguf file or folder, a file that is not .gguf."""
     if name.startswith("offline:"):
-        raise V2TError(f"unknown offline backbone {name!r}; the offline backbone is {OFFLINE_BACKBONE}")
+        if name != OFFLINE_BACKBONE:
+            raise V2TError(f"unknown offline backbone {name!r}; the offline backbone is {OFFLINE_BACKBONE}")
+        return
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise V2TError(f"GGUF file {name!r} does not exist")
-        return str(path.parent), path.name
-    if path.exists() and not path.is_dir():
+    elif path.exists() and not path.is_dir():
         raise V2TError(f"backbone {name!r} is a file; give a model folder, a .gguf file or a hub id")
-    if not path.exists() and looks_like_path(name):
+    elif not path.exists() and looks_like_path(name):
         raise V2TError(f"backbone folder {name!r} does not exist: give an existing model folder, a .gguf file or "
                        "a hub id (org/name)")
+
+
+def resolve_backbone(name: str) -> tuple[str, str | None]:
+    """Map a backbone name to (folder or hub id, GGUF file name or None)."""
+    check_backbone_name(name)
+    if name == OFFLINE_BACKBONE:
+        return str(convert_offline_gemma()), None
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        return str(path.parent), path.name
     return str(path) if path.exists() else name, None
 
 

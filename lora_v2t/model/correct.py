@@ -28,6 +28,7 @@ import numpy as np
 
 from ..bundle.adapter import validate_bundle
 from ..bundle.hub import resolve_adapter
+from ..config import Role, role_of
 from ..util.errors import V2TError
 from ..util.vectors import cosine_rows, to_vectors
 
@@ -135,9 +136,9 @@ def corrector_path(meta: dict, hypothesizer: str, source, revision: str | None) 
     return resolve_adapter(named, revision)  # a hub id
 
 
-def check_role(meta: dict, role: str, name: str) -> None:
+def check_role(meta: dict, role: Role, name: str) -> None:
     """Raise unless adapter ``name`` (its metadata ``meta``) has ``role``."""
-    has = meta.get("role") or "hypothesizer"
+    has = role_of(meta)
     if has == role:
         return
     if has == "corrector":
@@ -198,6 +199,7 @@ def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, **
     clock = time.perf_counter()
     beam = Beam(v2t, target, cfg.width)
     beam.add(v2t.generate(target, show_progress=show_progress, **options), np.arange(len(target)))
+    options = options | {"warn_norms": False}  # the caller's vectors were checked once, just above
     trace.greedy_texts, trace.greedy_cosines = beam.best_texts(), beam.best_cosines()
     if cfg.rerank > 1:
         groups = v2t.generate(target, show_progress=show_progress,

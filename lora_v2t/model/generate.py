@@ -31,7 +31,7 @@ class Reranked(NamedTuple):
 
 
 def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False, seed: int | None = None,
-             contexts: list[str] | None = None, **options):
+             contexts: list[str] | None = None, warn_norms: bool = True, **options):
     """Decode (N, d) vectors into text.
 
     Args:
@@ -42,6 +42,8 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
         seed: seed the RNG first (for reproducible sampling).
         contexts: for a corrector (the active adapter), the hypothesis each row corrects; its ``vectors`` are then
             :func:`lora_v2t.model.correct.condition` rows. See :mod:`lora_v2t.model.correct`.
+        warn_norms: warn about rows far from unit length (:func:`warn_unless_unit_length`); correction turns it
+            off for the vectors it builds itself (shifted ones are not meant to be unit length).
         **options: any field of :class:`lora_v2t.config.GenerationConfig`: ``max_new_tokens``,
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``num_return_sequences``,
             ``repetition_penalty``, ``no_repeat_ngram_size``, ``batch_size``, ``restrict_vocab``, ``cache``. Unset
@@ -62,7 +64,7 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     check_length(opts.max_new_tokens, v2t.projector.prefix_length + context, max_positions(v2t.base_model.config),
                  v2t.backbone_info["name"])
     target = to_vectors(vectors, v2t.projector.embedding_dim)
-    if contexts is None:
+    if contexts is None and warn_norms:
         warn_unless_unit_length(target, v2t.meta["encoder"]["spec"])
     if contexts is not None and (rerank or len(contexts) != target.shape[0]):
         raise V2TError(f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and "
@@ -181,40 +183,3 @@ def reembed_cosines(v2t, texts: list[str], targets: np.ndarray, empty: float) ->
     if keep:
         cosines[keep] = cosine_rows(v2t.encode([texts[i] for i in keep]), targets[keep])
     return cosines
-
-
-@torch.no_grad()
-def generate_naive(v2t, vectors, max_new_tokens: int = 48, restrict_vocab: bool = True) -> list[str]:
-    """Reference greedy decoding, the original experiment's way: one vector at a time, no KV cache, the
-    whole sequence recomputed at every step. Used by the tests and the benchmark as the baseline."""
-    target = to_vectors(vectors, v2t.embedding_dim)
-    vocab = v2t.decoding_vocab(restrict_vocab)
-    was_training = v2t.training
-    v2t.eval()
-    try:
-        texts = []
-        for row in target:
-            prefix = v2t.prefix(row[None])  # (1, k, h)
-            with vocab.active():
-                ids = _naive_one(v2t, prefix, max_new_tokens, vocab)
-            texts.append(v2t.tokenizer.decode(vocab.tokens(ids), skip_special_tokens=True).strip())
-    finally:
-        v2t.train(was_training)
-    return texts
-
-
-def _naive_one(v2t, embeds: torch.Tensor, max_new_tokens: int, vocab: DecodingVocab) -> torch.Tensor:
-    """Greedy decoding from prefix ``embeds``, recomputing the whole sequence at every step; returns the ids."""
-    embed = v2t.model.get_input_embeddings()
-    ids: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = v2t.model(inputs_embeds=embeds, use_cache=False).logits[:, -1]  # (1, V)
-        for process in vocab.processors:
-            logits = process(None, logits)
-        next_id = int(logits[0].argmax())
-        if next_id == vocab.eos:
-            break
-        ids.append(next_id)
-        next_embed = embed(torch.tensor([[next_id]], device=embeds.device)).to(embeds.dtype)
-        embeds = torch.cat([embeds, next_embed], dim=1)
-    return torch.tensor(ids, dtype=torch.long)

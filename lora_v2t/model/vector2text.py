@@ -21,14 +21,20 @@ from ..bundle.push import push_adapter
 from ..config import (
     INT8_THRESHOLD,
     PRECISION_KEYS,
+    TRAINABLE,
     BackboneConfig,
     EncoderConfig,
     GenerationConfig,
     LoRAConfig,
     ProjectorConfig,
+    ProjectorKind,
+    Quantization,
+    Role,
     RunConfig,
+    Trainable,
     TrainingConfig,
     check_choice,
+    role_of,
 )
 from ..model.backbone import load_backbone, refuse_quantized_full, train_every_weight
 from ..model.correct import CorrectionConfig, correct, reranked_start
@@ -42,6 +48,13 @@ from ..util.errors import V2TError
 from ..util.vectors import to_vectors
 
 logger = logging.getLogger(__name__)
+
+
+def check_adapter_name(name) -> None:
+    """Refuse an adapter name that peft and torch cannot register (they take it as a module name): not a string,
+    empty, or with a '.'."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise V2TError(f"adapter name must be a non-empty string without '.', got {name!r}: e.g. name='demo'")
 
 
 class Vector2Text(nn.Module):
@@ -74,13 +87,13 @@ class Vector2Text(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, backbone: str, encoder: str | Encoder, projector: str = "mlp", prefix_length: int = 1,
+    def create(cls, backbone: str, encoder: str | Encoder, projector: ProjectorKind = "mlp", prefix_length: int = 1,
                lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.05,
                target_modules: list[str] | None = None, lora_layers: list[int] | None = None,
-               quantization: str = "auto", int8_threshold: float = INT8_THRESHOLD,
+               quantization: Quantization = "auto", int8_threshold: float = INT8_THRESHOLD,
                device: str | None = None, projector_hidden_dim: int | None = None,
-               adapter_name: str = "default", seed: int | None = 0, trainable: str = "lora",
-               role: str = "hypothesizer") -> Vector2Text:
+               adapter_name: str = "default", seed: int | None = 0, trainable: Trainable = "lora",
+               role: Role = "hypothesizer") -> Vector2Text:
         """A fresh, untrained adapter on a base model and an encoder.
 
         Args:
@@ -131,7 +144,8 @@ class Vector2Text(nn.Module):
                 leaves it alone).
         """
         trainable = cfg.training.trainable
-        check_choice("training.trainable", trainable, ("lora", "full"))  # the dataclass checked it when built
+        check_choice("training.trainable", trainable, TRAINABLE)  # the dataclass checked it when built
+        check_adapter_name(adapter_name)
         if trainable == "full":
             refuse_quantized_full(cfg.backbone.quantization)  # before minutes of loading; auto is known after
         enc = load_encoder(cfg.encoder.spec if encoder is None else encoder)
@@ -253,9 +267,9 @@ class Vector2Text(nn.Module):
         return self.meta.get("context_tokens")
 
     @property
-    def role(self) -> str:
+    def role(self) -> Role:
         """The active adapter's role: ``hypothesizer`` or ``corrector`` (see :mod:`lora_v2t.model.correct`)."""
-        return self.meta.get("role") or "hypothesizer"
+        return role_of(self.meta)
 
     @property
     def encoder(self) -> Encoder:
@@ -426,16 +440,19 @@ class Vector2Text(nn.Module):
     def load_adapter(self, path: str | Path, name: str, revision: str | None = None) -> None:
         """Load another adapter bundle (a folder, or a hub id ``org/name`` at ``revision``) onto this same base
         (the base is not reloaded)."""
+        check_adapter_name(name)
         load_into(self, path, name, revision=revision)
 
     def set_adapter(self, name: str) -> None:
         """Make adapter ``name`` the active one."""
+        check_adapter_name(name)
         if name not in self.projectors:
             raise V2TError(f"no adapter named {name!r}; loaded: {self.adapters}")
         self.model.set_adapter(name)
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name`` (not the active one) and free its weights."""
+        check_adapter_name(name)
         if name not in self.projectors:
             raise V2TError(f"no adapter named {name!r}; loaded: {self.adapters}")
         if name == self.active_adapter:

@@ -245,7 +245,6 @@ def _fields(line: str, columns: tuple[int, int] | None, names: list[str] | None,
 
 
 # ---------------------------------------------------------------------- the run
-REPORT_FILES = ("sentences.tsv", "summary.json", "summary.md", "cosine_hist.png")
 
 
 def default_report_dir(adapter: str | Path, data: str | Path, root: str | Path = "eval") -> Path:

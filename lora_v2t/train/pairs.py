@@ -51,6 +51,7 @@ class TrainingData:
 def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True) -> TrainingData:
     """Read, filter, sample and split the corpus, and embed it through the cache (a corrector's: its pairs)
     with ``encoder`` (default: the recipe's)."""
+    cfg.data.check_train()
     encoder = encoder or load_encoder(cfg.encoder.spec)
     if cfg.training.role == "corrector":
         return corrector_data(cfg, encoder, show_progress)
@@ -162,6 +163,7 @@ def unseen_sentences(cfg: RunConfig, count: int | None = None) -> list[str]:
     """Sentences of ``data.train`` that a hypothesizer trained with ``cfg`` never saw: neither in its training
     sample nor in its validation set (nor equal to a sentence that is); a seeded sample of ``count`` of them."""
     dc = cfg.data
+    dc.check_train()
     sentences, _ = read_sentences(dc.train, dc.min_chars, dc.max_chars)
     seen = seen_sentences(cfg.data, sentences)
     unseen = list(dict.fromkeys(s for s in sentences if s not in seen))

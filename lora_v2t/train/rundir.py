@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ..config import RunConfig
-from ..model.backbone import checkpoints_dir
+from ..model.backbone import check_backbone_name, checkpoints_dir
 from ..train.checkpoint import check_same_recipe, list_checkpoints, newest_good_checkpoint
 from ..util.errors import V2TError
 from ..util.locks import FileLock, LockBusy
@@ -25,8 +25,10 @@ def cache_dir_of(cfg: RunConfig) -> Path:
 
 
 def check_paths(cfg: RunConfig, run_dir: Path) -> None:
-    """Before anything loads: the corpus files can be read, and the run folder and the embedding cache can be
-    written (or created)."""
+    """Before anything loads: the backbone names a base that can exist, the corpus files can be read, and the run
+    folder and the embedding cache can be written (or created)."""
+    check_backbone_name(cfg.backbone.name)
+    cfg.data.check_train()
     for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if not path:
             continue

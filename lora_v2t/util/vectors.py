@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..util.errors import V2TError
+from ..util.errors import V2TError, first_line
 
 
 def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
@@ -15,6 +15,10 @@ def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
             raise V2TError(f"vectors are complex ({vectors.dtype}); sentence vectors are real: pass a real array")
         tensor = vectors.detach().to("cpu", torch.float32)
     else:
+        lengths = row_lengths(vectors)
+        if len(lengths) > 1:
+            raise V2TError(f"vectors are rows of different lengths ({lengths[0]} and {lengths[1]}): give N rows of "
+                           f"{embedding_dim} numbers, as an (N, {embedding_dim}) array")
         if np.iscomplexobj(vectors):  # converting would silently drop the imaginary part
             raise V2TError(f"vectors are complex ({np.asarray(vectors).dtype}); sentence vectors are real: "
                            "pass a real array")
@@ -22,7 +26,7 @@ def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
             array = np.asarray(vectors, dtype=np.float32)
             tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
         except (TypeError, ValueError) as exc:
-            raise V2TError(f"vectors must be a numeric (N, {embedding_dim}) array: {exc}") from exc
+            raise V2TError(f"vectors must be a numeric (N, {embedding_dim}) array: {first_line(exc)}") from exc
     if tensor.ndim == 1:
         tensor = tensor.unsqueeze(0)
     if tensor.ndim != 2:
@@ -37,6 +41,21 @@ def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
         rows = bad.nonzero().flatten().tolist()
         raise V2TError(f"vector(s) {rows[:10]} contain NaN or inf: fix or drop those rows")
     return tensor
+
+
+def row_lengths(vectors) -> list[int]:
+    """The distinct lengths of the rows of a list or tuple of vectors, in order (empty for anything else)."""
+    if not isinstance(vectors, (list, tuple)):
+        return []
+    lengths = []
+    for row in vectors:
+        try:
+            size = len(row)
+        except TypeError:  # a number, or a 0-d array: not a row
+            continue
+        if size not in lengths and not isinstance(row, (str, bytes)):
+            lengths.append(size)
+    return lengths
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
