@@ -153,7 +153,7 @@ def test_help_states_valid_ranges_and_where_runs_go(capsys):
 
 
 def test_any_permission_error_is_one_line(bundle, monkeypatch, capsys):
-    import lora_v2t.cli as cli
+    import lora_v2t.cli.bundles as cli
 
     def denied(args):
         raise PermissionError(13, "Permission denied", "/some/folder/file")
@@ -177,7 +177,7 @@ def test_no_repeat_ngram_size_reaches_decoding(bundle, v2t, capsys):
 
 
 def test_reports_name_a_hub_adapter_with_its_revision_and_commit(bundle, tmp_path, monkeypatch):
-    from lora_v2t.cli import _adapter_label
+    from lora_v2t.cli.options import _adapter_label
 
     snapshot = tmp_path / "models--org--name" / "snapshots" / "3f2a9c"
     assert _adapter_label("org/name", snapshot, "v1") == "org/name@v1 (commit 3f2a9c)"

@@ -1,0 +1,89 @@
+"""The ``lora-v2t`` command line: train, embed, generate, invert, evaluate, info, push, demo.
+
+Every user error is printed as one line ``error: ...`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..util.errors import V2TError
+from .bundles import _add_info_command, _add_push_command
+from .decoding import _add_evaluate_command, _add_generate_command, _add_invert_command
+from .options import _process_rank
+from .training import _add_demo_command, _add_embed_command, _add_heldout_command, _add_train_command
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-v2t",
+        description="Turn sentence-embedding vectors back into text with a frozen LM, a prefix projector "
+                    "and LoRA adapters.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate_command(sub)
+    _add_train_command(sub)
+    _add_embed_command(sub)
+    _add_heldout_command(sub)
+    _add_demo_command(sub)
+    _add_evaluate_command(sub)
+    _add_invert_command(sub)
+    _add_info_command(sub)
+    _add_push_command(sub)
+    return parser
+
+
+# Library warnings that every command would print and that ask nothing of its user: (category, message regex,
+# module regex). Every other warning is shown. (bitsandbytes' and kernels' notices about an optional CPU kernel
+# are dropped by lora_v2t/__init__.py.)
+NOISY_WARNINGS = [
+    # peft asks every model whether it checkpoints activations through transformers' deprecated property
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
+    # the prompt is the vector's prefix, which has no tokens to constrain: only the generated ones are meant
+    (UserWarning, r"Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids`",
+     r"transformers\.generation\.utils"),
+]
+
+
+def _quiet_libraries() -> None:
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for category, message, module in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command in ("train", "embed", "heldout"):
+        args.overrides = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    level = logging.DEBUG if args.verbose else logging.INFO if _process_rank() == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")  # with several processes the main one logs
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except V2TError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:  # a file or folder the checks above did not name; still the user's to fix
+        print(f"error: permission denied on {exc.filename or exc}: fix its permissions or choose another path",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,155 @@
+"""The option groups and checks that several commands share: loading, decoding, correction."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+from ..config import DTYPES, QUANTIZATION_MODES, SEED_LIMIT, GenerationConfig
+from ..util.errors import V2TError
+
+logger = logging.getLogger("lora_v2t")
+
+
+def _add_generation_options(parser: argparse.ArgumentParser, candidates: bool = True) -> None:
+    """The decoding options; ``candidates``: also --num-return-sequences and --rerank (a command that writes one
+    text per vector does not offer them)."""
+    g = parser.add_argument_group("decoding (unset options use the adapter's defaults)")
+    names = [f.name for f in fields(GenerationConfig) if candidates or f.name != "num_return_sequences"]
+    _add_decoding_options(g, names)
+    if candidates:
+        g.add_argument("--rerank", action="store_true",
+                       help="re-embed the candidates and keep the one closest to the target vector (prints cosine)")
+    g.add_argument("--seed", type=seed_value, help="seed for reproducible sampling (0 to 2**63 - 1)")
+
+
+def _add_decoding_options(group, names: list[str], defaults: dict | None = None) -> None:
+    """One option per named field of GenerationConfig, made from the field: --field-name (or the field's own
+    ``flag``), its type or choices, its help. Unset, an option is None (the adapter's default applies) unless
+    ``defaults`` gives it a value."""
+    hints = typing.get_type_hints(GenerationConfig)
+    for f in fields(GenerationConfig):
+        if f.name not in names:
+            continue
+        flag = f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+        text = (f.metadata.get("flag_help") or f.metadata["help"]).replace("%", "%%")
+        kind, default = hints[f.name], (defaults or {}).get(f.name)
+        if default is not None:
+            text += f" (default: {default})"
+        if kind is bool:  # a switch: on for a False default, off for a True one
+            group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true", default=None,
+                               help=text)
+        elif typing.get_origin(kind) is typing.Literal:
+            group.add_argument(flag, dest=f.name, choices=typing.get_args(kind), help=text)
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=default, help=text)
+
+
+def _add_correction_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("correction (see lora_v2t.model.correct)")
+    g.add_argument("--correct-steps", type=int, default=0,
+                   help="correct the outputs up to N times (>= 0; default 0): re-embed, rewrite, keep the text "
+                        "closest to the vector; stops early when the cosine stops rising. With reranking it starts "
+                        "from the best of the greedy text and the beams (generate: --rerank --num-beams K "
+                        "--num-return-sequences K; evaluate: --rerank K, 0 to start from the greedy text)")
+    g.add_argument("--corrector",
+                   help="corrector bundle folder or hub id (default: the one the adapter names), or 'shift' for "
+                        "the training-free correction (decode v + a (v - e), a = 0.5, 1, 2)")
+    g.add_argument("--correct-width", type=int, default=1,
+                   help="candidates kept per vector between steps (>= 1; default 1)")
+
+
+def _correction(args, config: dict):
+    """The correction the command line asks for, checked (with the corrector's bundle) before any model loads."""
+    from ..bundle.adapter import validate_bundle
+    from ..model.correct import SHIFT, CorrectionConfig, check_pair, corrector_path
+
+    correction = CorrectionConfig(steps=args.correct_steps, corrector=args.corrector, width=args.correct_width)
+    if correction.steps == 0 and (args.corrector is not None or args.correct_width != 1):
+        raise V2TError("--corrector and --correct-width choose how to correct: give --correct-steps N (N >= 1) too")
+    if correction.steps == 0 or correction.corrector == SHIFT:
+        return correction
+    meta = {"encoder": config["encoder"], "backbone": config["backbone"], "corrector": config.get("corrector"),
+            "source": str(args.adapter)}
+    path = corrector_path(meta, str(args.adapter), correction.corrector, None)
+    check_pair(validate_bundle(path), meta, path)
+    return correction
+
+
+def _add_loading_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("loading")
+    g.add_argument("--adapter", required=True,
+                   help="adapter bundle folder, or hub id org/name (downloaded once into the local hub cache; "
+                        "a folder of the same name wins)")
+    g.add_argument("--revision", help="for a hub id: branch, tag or commit (default: main)")
+    g.add_argument("--backbone", help="load on this base instead of the one the bundle names")
+    g.add_argument("--encoder", help="use this encoder spec instead of the bundle's (same dimension)")
+    g.add_argument("--quantization", default="auto", choices=list(QUANTIZATION_MODES),
+                   help="auto = as the adapter was trained (its v2t_config.json says; bundles that do not say: "
+                        "8bit on CUDA, none on CPU); another choice is honoured with a warning (default: auto)")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
+    g.add_argument("--dtype", default="auto", choices=list(DTYPES),
+                   help="what the base computes in. auto = as the adapter was trained where the device can: on "
+                        "CUDA bf16 (fp16 without bf16) unless it trained in fp32 or fp16; on a CPU bf16 for a "
+                        "bf16-trained adapter if the CPU has AVX-512 BF16 or AMX (about 1.3x faster decoding), else "
+                        "fp32 (default: auto)")
+
+
+def _load(args):
+    """The adapter of a command's loading options, on its base."""
+    from ..bundle.loading import load_adapter
+
+    return load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder, quantization=args.quantization,
+                        device=args.device, dtype=args.dtype)
+
+
+def seed_value(text: str) -> int:
+    """``--seed``: an integer torch can take (argparse names the option when this refuses)."""
+    value = int(text)  # a ValueError is argparse's "invalid seed_value value"
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, got {text}")
+    return value
+
+
+DECODING_OPTIONS = tuple(f.name for f in fields(GenerationConfig) if f.name != "batch_size")  # and its own
+
+
+def _decoding_options(args, *extra: str) -> dict:
+    """The decoding options given on the command line (unset ones stay the adapter's), plus ``extra`` ones."""
+    names = DECODING_OPTIONS + extra
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
+def _check_decoding(args, config: dict, options: dict) -> None:
+    """Check the device, the decoding options over the adapter's defaults and the output length against the
+    base's context, all before the slow model load."""
+    from ..model.backbone import peek_max_positions, pick_device
+    from ..model.generate import check_length
+
+    pick_device(args.device)
+    opts = GenerationConfig.of_bundle(config, **options)
+    unused = [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p") if k in options]
+    if unused and not opts.do_sample:
+        logger.warning("%s only shape sampling: without --do-sample decoding is greedy (or beam search) and "
+                       "ignores them", ", ".join(unused))
+    backbone = str(Path(args.adapter) / "backbone") if config.get("trainable") == "full" else \
+        args.backbone or config["backbone"]["name"]
+    check_length(opts.max_new_tokens, config["projector"]["prefix_length"], peek_max_positions(backbone), backbone)
+
+
+def _adapter_label(source, resolved: Path, revision: str | None) -> str:
+    """What a report names: a local folder by its absolute path; a hub id with its revision and the commit that
+    was read (the cache's snapshot folder), so that two revisions' reports can be told apart."""
+    if Path(source).exists():
+        return str(Path(source).resolve())
+    return f"{source}@{revision or 'main'} (commit {Path(resolved).name})"
+
+
+def _process_rank() -> int:
+    """This process's rank under ``accelerate launch`` / ``torchrun`` (0 when run alone)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
