@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from . import cli_audit
 from .config import DTYPES, SEED_LIMIT, describe_keys
 from .tasks.vectorfile import load_vectors_file
 from .util.errors import V2TError
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_invert_command(sub)
     _add_info_command(sub)
     _add_push_command(sub)
+    cli_audit.add_parser(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lora_v2t"
-FLOORS = {"util": 0, "config": 1, "model": 2, "bundle": 3, "tasks": 4, "train": 5, "demo": 6, "cli": 6,
+FLOORS = {"util": 0, "config": 1, "model": 2, "bundle": 3, "tasks": 4, "train": 5, "demo": 6, "cli": 6, "cli_audit": 6,
           "__init__": 7, "__main__": 7}
 ALLOWED_UPWARD = {("model", "bundle")}
 
