@@ -14,7 +14,7 @@ DESCRIPTION = (
     "that leak most), DIR/summary.json and DIR/rows.jsonl. With originals (--originals, or the documents a Chroma "
     "collection or a --text-column stores) it measures exact-sentence recovery, chrF, content-word recall and the "
     "person names, places, organisations (natasha), numbers, dates, e-mail addresses and phone numbers given "
-    "back, with 95%% bootstrap intervals; without, what the reconstructions hold and their cosines. SOURCE is "
+    "back, with 95% bootstrap intervals; without, what the reconstructions hold and their cosines. SOURCE is "
     "FILE.npy, FILE.faiss, chroma:DIR:COLLECTION or postgresql://... (with --table and --vector-column, or "
     "--query). Stopped and run again with the same command, it continues where it stopped; DIR holding another "
     "audit is refused.")
@@ -71,6 +71,7 @@ def run(args) -> int:
     from .bundle.loading import load_adapter, load_dtype
     from .tasks.audit import AuditJob, run_audit
     from .tasks.report import headline
+    from .tasks.shards import current_shard
     from .tasks.vectorsource import SourceOptions
 
     if args.seed is not None and args.sample is None:
@@ -86,8 +87,11 @@ def run(args) -> int:
                                                 query=args.query, dsn=args.dsn),
                    on_nan=args.on_nan, batch_size=args.batch_size, options=options, dtype=dtype,
                    adapter_label=adapter_label(args.adapter, adapter, args.revision))
-    summary = run_audit(lambda: load_adapter(adapter, device=args.device, dtype=args.dtype), job, adapter,
-                        config=config, show_progress=not args.no_progress)
+    # under `accelerate launch` each process decodes on the device of its rank (its GPU), unless --device says
+    summary = run_audit(lambda: load_adapter(adapter, device=args.device or current_shard().device, dtype=args.dtype),
+                        job, adapter, config=config, show_progress=not args.no_progress)
+    if not summary:  # another process than the main one: the main one reports
+        return 0
     print(headline(summary))
     print(f"report: {summary['report']} (figures in summary.json, each row in rows.jsonl)")
     return 0

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_v2t.tasks.audit import AuditJob, measure, summarise, write_results
+from lora_v2t.tasks.audit import write_results
+from lora_v2t.tasks.leaks import measure, summarise
 from lora_v2t.tasks.report import BAR_COLOUR, headline
 
 ORIGINALS = [
@@ -41,7 +42,7 @@ def make_report(folder: Path, originals=True) -> dict:
     records = measure(rows, ORIGINALS if originals else None, show_progress=False)
     identity = {"source": "test vectors", "adapter": "test adapter", "decoding": {}, "rows_in_source": len(rows),
                 "sample": None, "seed": None}
-    summary = summarise(records, identity, len(rows), AuditJob("x.npy", str(folder), resamples=200))
+    summary = summarise(records, identity, len(rows), resamples=200)
     folder.mkdir(parents=True, exist_ok=True)
     write_results(folder, records, summary, top=20)
     return summary

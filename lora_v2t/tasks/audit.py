@@ -7,7 +7,8 @@ Three stages, each resumable, in the audit's folder DIR:
    temporary folder and moved in at the end, with ``audit.json`` (the options and the source's fingerprint: a
    rerun with others is refused).
 2. invert: the bulk inversion of :mod:`lora_v2t.tasks.invert` on ``vectors.npy`` into ``inverted.jsonl``, with
-   cosines; stopped and rerun, it continues after its last complete row.
+   cosines; stopped and rerun, it continues after its last complete row. Under ``accelerate launch`` each process
+   inverts its own rows into its own part (:mod:`lora_v2t.tasks.shards`).
 3. measure: ``rows.jsonl`` (per row), ``summary.json`` (the figures, with 95% bootstrap intervals) and
    ``report.html``. Cosine, exact match and chrF are computed as ``evaluate`` computes them.
 
@@ -22,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,9 +32,9 @@ import numpy as np
 from ..util.errors import V2TError
 from ..util.locks import FileLock, LockBusy
 from . import leaks
-from .evaluate import bootstrap_interval, corpus_interval, exact_match
 from .invert import NAN_POLICIES, InvertJob, output_lock, prepare_job, run_job
 from .report import write_report
+from .shards import Shard, bounds, current_shard, part_files, parts, write_part
 from .sources import open_source
 from .vectorsource import SourceOptions, VectorSource
 
@@ -233,12 +234,17 @@ def extract(plan: Plan, show_progress: bool = True) -> float | None:
     return seconds
 
 
-def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: dict, show_progress: bool = True) -> dict:
-    """Stage 2: the bulk inversion of DIR/vectors.npy into DIR/inverted.jsonl, with cosines; ``load()`` gives the
-    loaded adapter, called only when rows are left to invert."""
+def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: dict, shard: Shard,
+                show_progress: bool = True) -> dict:
+    """Stage 2: the bulk inversion of DIR/vectors.npy into DIR/inverted.jsonl (with several processes, of this
+    process's rows into its part), with cosines; ``load()`` gives the loaded adapter, called only when rows are
+    left to invert."""
     job = plan.job
-    invert_job = InvertJob(source=str(plan.folder / VECTORS), out=str(plan.folder / INVERTED), cosine=True,
-                           on_nan=job.on_nan, batch_size=job.batch_size, options=job.options, dtype=job.dtype)
+    vectors, inverted = part_files(plan.folder, VECTORS, INVERTED, shard.rank, shard.world)
+    if shard.world > 1:
+        write_part(plan.folder / VECTORS, vectors, *bounds(len(plan.indices), shard.world)[shard.rank])
+    invert_job = InvertJob(source=str(vectors), out=str(inverted), cosine=True, on_nan=job.on_nan,
+                           batch_size=job.batch_size, options=job.options, dtype=job.dtype)
     with output_lock(invert_job.out):
         prepared = prepare_job(invert_job, adapter_dir, plan.identity["adapter"], config)
         if prepared.start >= len(prepared.source):
@@ -253,72 +259,21 @@ def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: dict, show_pr
     return counts | {"seconds": time.perf_counter() - started}
 
 
-def read_rows(folder: Path) -> tuple[list[dict], list[str] | None]:
-    """The inverted rows (index, id, reconstruction, cosine) and the originals of all extracted rows (or None)."""
+def read_rows(folder: Path, world: int = 1) -> tuple[list[dict], list[str] | None]:
+    """The inverted rows of every part (index, id, reconstruction, cosine), in row order, and the originals of
+    all extracted rows (or None)."""
     ids = [json.loads(line) for line in (folder / IDS).read_text(encoding="utf-8").splitlines()]
     originals = None
     if (folder / ORIGINALS).is_file():
         originals = [unescape_line(line) for line in (folder / ORIGINALS).read_text(encoding="utf-8").split("\n")]
         originals = originals[:len(ids)]
     rows = []
-    for line in (folder / INVERTED).read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        rows.append({"id": ids[row["index"]], "reconstruction": row["text"], "cosine": row["cosine"],
-                     "index": row["index"]})
+    for path, offset in parts(folder, VECTORS, INVERTED, len(ids), world):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            index = offset + row["index"]
+            rows.append({"id": ids[index], "reconstruction": row["text"], "cosine": row["cosine"], "index": index})
     return rows, originals
-
-
-def measure(rows: list[dict], originals: list[str] | None, show_progress: bool = True) -> list[dict]:
-    """Stage 3, per row: with originals, exact match, sentence chrF, content words and the items recovered; without,
-    the items the reconstruction holds."""
-    from sacrebleu.metrics import CHRF
-    from tqdm.auto import tqdm
-
-    chrf, out = CHRF(), []
-    for row in tqdm(rows, unit="row", desc="measuring", disable=not show_progress):
-        record = {"id": row["id"], "reconstruction": row["reconstruction"], "cosine": row["cosine"]}
-        if originals is None:
-            record["contains"] = leaks.contained(row["reconstruction"])
-        else:
-            original, text = originals[row["index"]], row["reconstruction"]
-            recovered, found = leaks.content_recall(original, text)
-            record |= {"original": original, "exact": bool(exact_match(text, original)),
-                       "chrf": round(chrf.sentence_score(text, [original]).score, 2),
-                       "content_words": {"found": found, "recovered": recovered},
-                       "leaks": leaks.leaked(original, text)}
-        out.append(record)
-    return out
-
-
-def _shared(value: float, low: float, high: float) -> dict:
-    """A figure `evaluate` reports too, rounded as it rounds it."""
-    return {"value": round(value, 4), "ci95": [round(low, 4), round(high, 4)]}
-
-
-def summarise(records: list[dict], identity: dict, extracted: int, job: AuditJob) -> dict:
-    """The audit's figures with 95% bootstrap intervals (resampled as `evaluate` resamples: default_rng(0))."""
-    from sacrebleu.metrics import CHRF
-
-    n = len(records)
-    boot = np.random.default_rng(0).integers(0, n, size=(job.resamples, n))
-    cosines = np.array([r["cosine"] for r in records], dtype=np.float64)
-    mean, low, high = bootstrap_interval(cosines, boot)
-    summary = {"format": 1, "source": identity["source"], "adapter": identity["adapter"],
-               "decoding": identity["decoding"], "rows": n, "rows_in_source": identity["rows_in_source"],
-               "sample": identity["sample"], "seed": identity["seed"], "skipped_nan": extracted - n,
-               "originals": "original" in records[0], "bootstrap_resamples": job.resamples,
-               "cosine": {"mean": round(mean, 4), "ci95": [round(low, 4), round(high, 4)],
-                          "median": round(float(np.median(cosines)), 4)}}
-    if not summary["originals"]:
-        return summary | {"categories": leaks.contained_figures(records, boot)}
-    hyps, refs = [r["reconstruction"] for r in records], [r["original"] for r in records]
-    exact = np.array([exact_match(h, r) for h, r in zip(hyps, refs)]) * 100
-    words = [r["content_words"] for r in records]
-    return summary | {
-        "exact_match": _shared(*bootstrap_interval(exact, boot)),
-        "chrf": _shared(*corpus_interval(CHRF(), hyps, refs, boot)),
-        "content_word_recall": leaks.ratio([w["recovered"] for w in words], [w["found"] for w in words], boot),
-        "categories": leaks.leak_figures(records, boot)}
 
 
 def write_results(folder: Path, records: list[dict], summary: dict, top: int) -> None:
@@ -341,32 +296,44 @@ def audit(v2t, job: AuditJob, adapter_dir: str | Path, show_progress: bool = Tru
 def run_audit(load, job: AuditJob, adapter_dir: str | Path, config: dict | None = None,
               show_progress: bool = True) -> dict:
     """:func:`audit` with ``load()`` giving the adapter, called only when rows are left to invert (a rerun of a
-    finished audit loads nothing)."""
+    finished audit loads nothing). Under ``accelerate launch`` every process inverts its part (see
+    :mod:`lora_v2t.tasks.shards`); the main process extracts, reports and returns the summary, the others ``{}``."""
     from ..bundle.adapter import validate_bundle
     from ..model.correct import check_role
 
     config = config or validate_bundle(adapter_dir)
     check_role(config, "hypothesizer", str(adapter_dir))
+    shard = current_shard()
     plan = plan_audit(job, config, adapter_dir)
+    shard.wait()  # every process has checked the input before the main one writes
     created = not plan.folder.exists()
     try:
-        with _folder_lock(plan.folder):
-            try:
-                extract(plan, show_progress)
-            finally:
-                shutil.rmtree(plan.folder / EXTRACTING, ignore_errors=True)
-            counts = invert_rows(load, plan, adapter_dir, config, show_progress)
-            started = time.perf_counter()
-            rows, originals = read_rows(plan.folder)
-            if not rows:
-                raise V2TError(f"every row of {plan.source.describe()} holds NaN or inf: nothing to audit")
-            records = measure(rows, originals, show_progress)
-            summary = summarise(records, plan.identity, len(plan.indices), job)
-            write_results(plan.folder, records, summary, job.top)
-            timings = _add_timings(plan.folder, counts["seconds"], time.perf_counter() - started)
+        with _folder_lock(plan.folder) if shard.main else nullcontext():
+            if shard.main:
+                try:
+                    extract(plan, show_progress)
+                finally:
+                    shutil.rmtree(plan.folder / EXTRACTING, ignore_errors=True)
+            shard.wait()
+            counts = invert_rows(load, plan, adapter_dir, config, shard, show_progress and shard.main)
+            shard.wait()
+            return report(plan, counts["seconds"], shard.world, show_progress) if shard.main else {}
     finally:
-        if created and plan.folder.is_dir() and not any(plan.folder.iterdir()):
+        if shard.main and created and plan.folder.is_dir() and not any(plan.folder.iterdir()):
             plan.folder.rmdir()  # refused before anything was written: leave no empty folder behind
+
+
+def report(plan: Plan, invert_seconds: float, world: int = 1, show_progress: bool = True) -> dict:
+    """Stage 3: measure every inverted row, write rows.jsonl, report.html and summary.json; returns the summary
+    with ``report`` (its path) and ``timings``."""
+    started = time.perf_counter()
+    rows, originals = read_rows(plan.folder, world)
+    if not rows:
+        raise V2TError(f"every row of {plan.source.describe()} holds NaN or inf: nothing to audit")
+    records = leaks.measure(rows, originals, show_progress)
+    summary = leaks.summarise(records, plan.identity, len(plan.indices), plan.job.resamples)
+    write_results(plan.folder, records, summary, plan.job.top)
+    timings = _add_timings(plan.folder, invert_seconds, time.perf_counter() - started)
     return summary | {"report": str(plan.folder / REPORT), "timings": timings}
 
 

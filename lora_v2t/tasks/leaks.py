@@ -7,10 +7,14 @@ back "Москва": a place or an organisation is recovered when all its words 
 last word of the name (the surname, or the only name given) does. Rule items are compared by a normal form:
 digits of a phone number (8 as the Russian +7), a date as year-month-day (numeric and written-out forms alike; a
 date recovered when every part the original gives agrees), a number without its thousands separators.
+
+:func:`measure` gives an audit's rows, :func:`summarise` its figures; cosine, exact match and chrF are computed and
+resampled as ``evaluate`` computes them, so that the two agree on the same rows.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from functools import lru_cache
@@ -18,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..util.errors import V2TError
-from .evaluate import bootstrap_interval
+from .evaluate import bootstrap_interval, corpus_interval, exact_match
 
 ENTITIES = ("PER", "LOC", "ORG")
 RULES = ("NUMBER", "DATE", "EMAIL", "PHONE")
@@ -191,6 +195,7 @@ def _morph():
     except ImportError as exc:
         raise V2TError(f"the audit compares names by their lemmas with pymorphy3, which does not import here "
                        f"({exc}): pip install pymorphy3") from exc
+    logging.getLogger("pymorphy3").setLevel(logging.WARNING)  # it logs where its dictionaries are, at INFO
     return pymorphy3.MorphAnalyzer(lang="ru")
 
 
@@ -320,3 +325,57 @@ def contained_figures(rows: list[dict], resamples: np.ndarray) -> dict:
         out[category] = {"label": LABELS[category], "rows_with": int((counts > 0).sum()),
                          "items": int(counts.sum()), "rows_share": share(counts > 0, resamples)}
     return out
+
+
+# ---------------------------------------------------------------------- the audit's rows and summary
+def measure(rows: list[dict], originals: list[str] | None, show_progress: bool = True) -> list[dict]:
+    """Stage 3, per row: with originals, exact match, sentence chrF, content words and the items recovered; without,
+    the items the reconstruction holds."""
+    from sacrebleu.metrics import CHRF
+    from tqdm.auto import tqdm
+
+    chrf, out = CHRF(), []
+    for row in tqdm(rows, unit="row", desc="measuring", disable=not show_progress):
+        record = {"id": row["id"], "reconstruction": row["reconstruction"], "cosine": row["cosine"]}
+        if originals is None:
+            record["contains"] = contained(row["reconstruction"])
+        else:
+            original, text = originals[row["index"]], row["reconstruction"]
+            recovered, found = content_recall(original, text)
+            record |= {"original": original, "exact": bool(exact_match(text, original)),
+                       "chrf": round(chrf.sentence_score(text, [original]).score, 2),
+                       "content_words": {"found": found, "recovered": recovered},
+                       "leaks": leaked(original, text)}
+        out.append(record)
+    return out
+
+
+def _shared(value: float, low: float, high: float) -> dict:
+    """A figure `evaluate` reports too, rounded as it rounds it."""
+    return {"value": round(value, 4), "ci95": [round(low, 4), round(high, 4)]}
+
+
+def summarise(records: list[dict], identity: dict, extracted: int, resamples: int) -> dict:
+    """The audit's figures with 95% bootstrap intervals (resampled as `evaluate` resamples: default_rng(0))."""
+    from sacrebleu.metrics import CHRF
+
+    n = len(records)
+    boot = np.random.default_rng(0).integers(0, n, size=(resamples, n))
+    cosines = np.array([r["cosine"] for r in records], dtype=np.float64)
+    mean, low, high = bootstrap_interval(cosines, boot)
+    summary = {"format": 1, "source": identity["source"], "adapter": identity["adapter"],
+               "decoding": identity["decoding"], "rows": n, "rows_in_source": identity["rows_in_source"],
+               "sample": identity["sample"], "seed": identity["seed"], "skipped_nan": extracted - n,
+               "originals": "original" in records[0], "bootstrap_resamples": resamples,
+               "cosine": {"mean": round(mean, 4), "ci95": [round(low, 4), round(high, 4)],
+                          "median": round(float(np.median(cosines)), 4)}}
+    if not summary["originals"]:
+        return summary | {"categories": contained_figures(records, boot)}
+    hyps, refs = [r["reconstruction"] for r in records], [r["original"] for r in records]
+    exact = np.array([exact_match(h, r) for h, r in zip(hyps, refs)]) * 100
+    words = [r["content_words"] for r in records]
+    return summary | {
+        "exact_match": _shared(*bootstrap_interval(exact, boot)),
+        "chrf": _shared(*corpus_interval(CHRF(), hyps, refs, boot)),
+        "content_word_recall": ratio([w["recovered"] for w in words], [w["found"] for w in words], boot),
+        "categories": leak_figures(records, boot)}
