@@ -319,6 +319,7 @@ def run_audit(load, job: AuditJob, adapter_dir: str | Path, config: dict | None 
             shard.wait()
             return report(plan, counts["seconds"], shard.world, show_progress) if shard.main else {}
     finally:
+        plan.source.close()
         if shard.main and created and plan.folder.is_dir() and not any(plan.folder.iterdir()):
             plan.folder.rmdir()  # refused before anything was written: leave no empty folder behind
 

@@ -1,18 +1,18 @@
 """Where an audit's vectors come from: ``open_source(spec, options)`` opens a ``.npy`` file (here, memory-mapped), a
 FAISS index file, a Chroma collection or a PostgreSQL table (the three stores are read by
-:mod:`lora_v2t.tasks.stores`)."""
+:mod:`lora_v2t.tasks.stores`, which imports their libraries only when one is opened)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from ..util.errors import V2TError
+from . import stores
 from .vectorfile import load_vectors_file
-from .vectorsource import Batch, SourceOptions, VectorSource
+from .vectorsource import Batch, SourceOptions, VectorSource, check_indices
 
 SPEC_FORMS = "FILE.npy, FILE.faiss, chroma:DIR:COLLECTION or postgresql://..."
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -40,27 +40,21 @@ class NpySource(VectorSource):
         return int(self.array.shape[0])
 
     def read(self, indices: np.ndarray) -> Batch:
-        indices = np.asarray(indices, dtype=np.int64)
+        indices = check_indices(indices, len(self))
         vectors = np.asarray(self.array[indices], dtype=np.float32)
         return Batch(ids=[str(int(i)) for i in indices], vectors=vectors, texts=None)
 
-    def fingerprint(self, rows: int = 1024) -> str:
-        """A sha256 of the shape, the dtype and ``rows`` evenly spread rows (first and last included): any file
-        costs at most ``rows`` rows of reads."""
-        digest = hashlib.sha256(f"{self.array.shape} {self.array.dtype}".encode())
-        picked = np.unique(np.linspace(0, len(self) - 1, num=min(rows, len(self))).astype(np.int64))
-        digest.update(np.ascontiguousarray(self.array[picked]).tobytes())
-        return digest.hexdigest()[:16]
+    def fingerprint(self) -> str:
+        """The sha256 of the whole file (as ``invert`` and the stores' readers hash theirs): any change shows."""
+        return stores.file_digest(self.path)
 
 
 def open_source(spec: str, options: SourceOptions) -> VectorSource:
     """The source a command line's SOURCE names: ``FILE.npy``, ``FILE.faiss``, ``chroma:DIR:COLLECTION`` or a
     ``postgresql://`` URI; ``options`` (table, columns, query, dsn) apply to PostgreSQL only."""
     spec = str(spec)
-    if spec.startswith(POSTGRES_SCHEMES):
-        from . import stores
-
-        return stores.open_postgres(spec, options)
+    if spec.startswith(POSTGRES_SCHEMES):  # the bare scheme: the connection from --dsn or the PG* variables
+        return stores.open_postgres(None if spec in POSTGRES_SCHEMES else spec, options)
     given = [f"--{f.name.replace('_', '-')}" for f in fields(options) if getattr(options, f.name) is not None]
     if given:
         raise V2TError(f"{', '.join(given)} name(s) what to read from a PostgreSQL table: they do not apply to "
@@ -70,14 +64,10 @@ def open_source(spec: str, options: SourceOptions) -> VectorSource:
         if not folder or not collection:
             raise V2TError(f"SOURCE {spec} must be chroma:DIR:COLLECTION (a Chroma persistent client's folder and "
                            "the name of a collection in it)")
-        from . import stores
-
-        return stores.open_chroma(folder, collection, options)
+        return stores.open_chroma(Path(folder), collection, options)
     suffix = Path(spec).suffix.lower()
     if suffix == ".npy":
         return NpySource(spec)
     if suffix == ".faiss":
-        from . import stores
-
-        return stores.open_faiss(spec, options)
+        return stores.open_faiss(Path(spec), options)
     raise V2TError(f"SOURCE {spec} is not one of the sources an audit reads: give {SPEC_FORMS}")
