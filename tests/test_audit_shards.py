@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_v2t.tasks.shards import bounds
+from lora_v2t.tasks.shards import Shard, bounds, parts
 
 from .conftest import SENTENCES
 
@@ -33,6 +33,25 @@ def launch(*command: str) -> subprocess.CompletedProcess:
 def test_the_rows_are_split_in_contiguous_parts_of_near_equal_size():
     assert bounds(10, 2) == [(0, 5), (5, 10)] and bounds(7, 3) == [(0, 2), (2, 5), (5, 7)]
     assert bounds(1, 2) == [(0, 0), (0, 1)] and bounds(4, 1) == [(0, 4)]
+
+
+def test_a_process_without_rows_inverts_nothing_and_has_no_part(v2t, tmp_path):
+    from lora_v2t.bundle.adapter import validate_bundle
+    from lora_v2t.tasks.audit import AuditJob, extract, invert_rows, plan_audit
+
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    np.save(tmp_path / "one.npy", v2t.encode(SENTENCES[:1]))
+    config = validate_bundle(bundle)
+    plan = plan_audit(AuditJob(str(tmp_path / "one.npy"), str(tmp_path / "audit")), config, bundle)
+    (tmp_path / "audit").mkdir()
+    extract(plan, show_progress=False)
+
+    def load():
+        raise AssertionError("the models were loaded for no rows")
+
+    assert invert_rows(load, plan, bundle, config, Shard(0, 2), show_progress=False)["written"] == 0
+    assert not (tmp_path / "audit" / "parts").exists()
+    assert parts(tmp_path, "v.npy", "i.jsonl", 1, 2) == [(tmp_path / "parts" / "i-1-of-2.jsonl", 0)]
 
 
 def test_two_processes_audit_their_own_parts_and_resume(v2t, tmp_path):

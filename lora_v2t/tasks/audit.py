@@ -242,7 +242,10 @@ def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: dict, shard: 
     job = plan.job
     vectors, inverted = part_files(plan.folder, VECTORS, INVERTED, shard.rank, shard.world)
     if shard.world > 1:
-        write_part(plan.folder / VECTORS, vectors, *bounds(len(plan.indices), shard.world)[shard.rank])
+        start, stop = bounds(len(plan.indices), shard.world)[shard.rank]
+        if start == stop:  # more processes than rows: nothing for this one
+            return {"written": 0, "skipped": 0, "resumed_at": 0, "seconds": 0.0}
+        write_part(plan.folder / VECTORS, vectors, start, stop)
     invert_job = InvertJob(source=str(vectors), out=str(inverted), cosine=True, on_nan=job.on_nan,
                            batch_size=job.batch_size, options=job.options, dtype=job.dtype)
     with output_lock(invert_job.out):

@@ -59,8 +59,10 @@ def part_files(folder: Path, vectors: str, inverted: str, rank: int, world: int)
     """The vectors a process inverts and the rows it writes: DIR's own files in a single process."""
     if world == 1:
         return folder / vectors, folder / inverted
-    name = f"{rank}-of-{world}"
-    return folder / PARTS / f"vectors-{name}.npy", folder / PARTS / f"inverted-{name}.jsonl"
+    vectors, inverted = Path(vectors), Path(inverted)
+    tag = f"-{rank}-of-{world}"
+    return (folder / PARTS / f"{vectors.stem}{tag}{vectors.suffix}",
+            folder / PARTS / f"{inverted.stem}{tag}{inverted.suffix}")
 
 
 def write_part(all_vectors: Path, part: Path, start: int, stop: int) -> None:
@@ -77,4 +79,4 @@ def write_part(all_vectors: Path, part: Path, start: int, stop: int) -> None:
 def parts(folder: Path, vectors: str, inverted: str, rows: int, world: int) -> list[tuple[Path, int]]:
     """Every process's rows file with the offset of its first row, in row order."""
     return [(part_files(folder, vectors, inverted, rank, world)[1], start)
-            for rank, (start, _) in enumerate(bounds(rows, world))]
+            for rank, (start, stop) in enumerate(bounds(rows, world)) if stop > start]
