@@ -10,6 +10,7 @@ import logging
 import sys
 
 from ..util.errors import V2TError
+from . import audit
 from .bundles import _add_info_command, _add_push_command
 from .decoding import _add_evaluate_command, _add_generate_command, _add_invert_command
 from .options import _process_rank
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_invert_command(sub)
     _add_info_command(sub)
     _add_push_command(sub)
+    audit.add_parser(sub)
     return parser
 
 
