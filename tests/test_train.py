@@ -214,10 +214,11 @@ def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir
         return real(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full_on_second_checkpoint)
-    with pytest.raises(TrainingStopped, match=r"by OSError: .*No space left.*the last checkpoint is .*step-000010: "
-                       "continue with --resume") as stopped:
+    with pytest.raises(TrainingStopped, match=r"at step 20: no space left on the disk of .*step-000020 \(.* free\): "
+                       ".*; the last checkpoint is .*step-000010: continue with --resume") as stopped:
         train(cfg, show_progress=False)
-    assert isinstance(stopped.value.__cause__, OSError)  # no second write attempt after a failed checkpoint
+    assert "\n" not in str(stopped.value)
+    assert isinstance(stopped.value.__cause__.__cause__, OSError)  # no second write attempt after a failed one
     run = tmp_path / "runs" / "tiny-debug"
     assert sorted(p.name for p in run.iterdir() if p.name.startswith((".", "step"))) == ["step-000010"]
     assert load_adapter(run / "step-000010", device="cpu").meta["training"]["steps"] == 10

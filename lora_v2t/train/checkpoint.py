@@ -19,16 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..bundle.adapter import _check_safetensors, replace_dir, validate_bundle
+from ..bundle.adapter import _check_safetensors, validate_bundle
 from ..config import RunConfig
 from ..util.errors import V2TError, first_line
+from ..util.files import atomic_folder
 from ..util.locks import pid_alive
 
 logger = logging.getLogger(__name__)
@@ -245,9 +245,7 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
 
     name = f"step-{state['step']:06d}"
     final = run_dir / name
-    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(final) as tmp:
         v2t.save_adapter(tmp, training=summary)
         tensors, layout = {}, {}
         for idx, param_state in optimizer.state_dict()["state"].items():
@@ -263,10 +261,6 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "data_files": data_files}
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[: -cfg.training.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
     logger.info("checkpoint saved: %s", final)

@@ -22,10 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from ..util.errors import V2TError
+from ..util.files import atomic_write
 from ..util.locks import FileLock
 from ..util.textfile import CONTROL_CHARS, read_lines
 
 logger = logging.getLogger(__name__)
+
+CACHE_ADVICE = "free some space there, or set data.cache_dir to a folder on another disk"
 
 
 @dataclass
@@ -204,9 +207,7 @@ def _read_meta(path: Path) -> dict:
 
 
 def _write_meta(path: Path, meta: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(meta), advice=CACHE_ADVICE)
 
 
 class TokenizedCorpus:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..util.files import atomic_write
 from ..util.textfile import split_lines
 
 
@@ -66,5 +67,5 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic_write(out, lambda path: fig.savefig(path, dpi=100, format="png"))
     plt.close(fig)

@@ -56,6 +56,7 @@ from ..train.rundir import RunDirLock, check_paths, locate_run, run_dir_of
 from ..train.runlog import RunLog
 from ..train.signals import StopSignals
 from ..util.errors import V2TError, first_line
+from ..util.files import DiskFull, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -323,8 +324,8 @@ class Trainer:
             import yaml
 
             self.log.start_over()
-            (self.run_dir / "recipe.yaml").write_text(
-                yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+            atomic_write(self.run_dir / "recipe.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False,
+                                                                      allow_unicode=True))
         cost = self.cost
         logger.info("parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
                     "%.2f GiB for batch %d x %d tokens", f"{cost['trainable_params']:,}",
@@ -507,13 +508,14 @@ class Trainer:
         self.signals.ignore()  # a second Ctrl-C or SIGTERM must not cut the checkpoint short
         if hasattr(self, "bar"):
             self.bar.close()
-        saved = self.save_on_stop(exc) if self.accelerator.is_main_process else None
-        if isinstance(exc, (KeyboardInterrupt, V2TError)) or not isinstance(exc, Exception):
+        full = isinstance(exc, DiskFull)  # a checkpoint would not fit either: the last one holds the work
+        saved = self.save_on_stop(exc) if self.accelerator.is_main_process and not full else None
+        if not full and (isinstance(exc, (KeyboardInterrupt, V2TError)) or not isinstance(exc, Exception)):
             return exc
         where = f"checkpoint {saved} holds the work done: fix the cause, then continue with --resume" if saved \
             else _last_checkpoint_hint(self.run_dir)
-        stopped = TrainingStopped(f"training stopped at step {self.state.step} by {type(exc).__name__}: "
-                                  f"{first_line(exc, 300)}{_hint(exc)}; {where}")
+        why = f": {exc}" if full else f" by {type(exc).__name__}: {first_line(exc, 300)}{_hint(exc)}"
+        stopped = TrainingStopped(f"training stopped at step {self.state.step}{why}; {where}")
         stopped.__cause__ = exc
         return stopped
 
