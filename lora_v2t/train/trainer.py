@@ -52,7 +52,7 @@ from ..train.checkpoint import (
 from ..train.cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing, reset_peak
 from ..train.data import BatchOrder, tokenize_corpus
 from ..train.pairs import prepare_data
-from ..train.rundir import RunDirLock, check_paths, locate_run, run_dir_of
+from ..train.rundir import RunDirLock, check_paths, check_run_folder, locate_run, run_dir_of
 from ..train.runlog import RunLog
 from ..train.signals import StopSignals
 from ..util.errors import V2TError, first_line
@@ -208,6 +208,7 @@ class Trainer:
         problem, resume_from = None, None
         if self.accelerator.is_main_process:
             try:
+                check_run_folder(self.cfg, self.run_dir, self.resume)
                 self.run_lock.acquire()
                 clean_stale_temporaries(self.run_dir)
                 resume_from = locate_run(self.cfg, self.run_dir, self.resume)
