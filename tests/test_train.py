@@ -809,3 +809,42 @@ def test_pruning_a_checkpoint_removes_only_the_files_a_checkpoint_holds(tmp_path
           resume=True, show_progress=False)
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000004"]
     assert files_under(run / "step-000002") == {"notes.txt": b"why this step matters"}
+
+
+def killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus) -> Path:
+    """A run folder as a kill leaves it after step 4 was logged and evaluated, but before its checkpoint."""
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
+                 "--training.save_every=2", "--training.eval_every=2", "--training.log_every=1",
+                 "--training.keep_checkpoints=5"), show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+    import shutil
+
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "step-000004")
+    return run
+
+
+def resume_to_step_6(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus) -> Path:
+    return train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6",
+                        "--training.save_every=2", "--training.eval_every=2", "--training.log_every=1",
+                        "--training.keep_checkpoints=5"), resume=True, show_progress=False)
+
+
+def test_resume_drops_the_log_rows_a_killed_session_wrote_past_its_checkpoint(tmp_path, tiny_backbone_dir,
+                                                                            tiny_encoder_dir, corpus):
+    run = killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
+    resume_to_step_6(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]  # steps 3-4 once, not twice
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4, 6]
+
+
+def test_resume_survives_a_metrics_file_whose_last_line_was_cut(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                               corpus):
+    run = killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"kind": "train", "step": 5, "lo')  # the disk filled mid-line
+    final = resume_to_step_6(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
+    assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4, 6]

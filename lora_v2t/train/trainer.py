@@ -320,6 +320,7 @@ class Trainer:
                                     rank=self.accelerator.process_index, scaler=self.accelerator.scaler)
             self.state = TrainState(**saved)
             self.saved_step = self.state.step
+            self.log.resume_at(self.state.step)
             logger.info("resumed %s at step %d", self.resume_from, self.state.step)
         elif self.accelerator.is_main_process:
             import yaml
