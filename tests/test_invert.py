@@ -170,7 +170,8 @@ def test_a_full_disk_leaves_only_complete_rows(v2t, bundle, vectors_file, tmp_pa
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", disk_full_on_the_second_batch)
-    with pytest.raises(V2TError, match="No space left on device.*rows written so far are complete"):
+    with pytest.raises(V2TError, match=r"no space left on the disk of .*out.jsonl \(.*needed.*\): the rows written "
+                                       "so far are complete"):
         invert_file(v2t, job, bundle, show_progress=False)
     assert [r["index"] for r in rows_of(out)] == [0, 1, 2, 3]  # the failed batch was cut back out
     monkeypatch.undo()

@@ -214,8 +214,9 @@ def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir
         return real(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full_on_second_checkpoint)
-    with pytest.raises(TrainingStopped, match=r"at step 20: no space left on the disk of .*step-000020 \(.* free\): "
-                       ".*; the last checkpoint is .*step-000010: continue with --resume") as stopped:
+    with pytest.raises(TrainingStopped, match=r"at step 20: no space left on the disk of .*step-000020 "
+                       r"\(.* needed, .* free\): .*; the last checkpoint is .*step-000010: continue with --resume") \
+            as stopped:
         train(cfg, show_progress=False)
     assert "\n" not in str(stopped.value)
     assert isinstance(stopped.value.__cause__.__cause__, OSError)  # no second write attempt after a failed one

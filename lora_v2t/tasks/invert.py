@@ -23,7 +23,7 @@ import numpy as np
 from ..config import SEED_LIMIT
 from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
-from ..util.files import atomic_write
+from ..util.files import append_complete, atomic_write
 from ..util.locks import FileLock, LockBusy
 from ..util.textfile import escape_tsv, read_rows, split_lines, unescape_tsv
 
@@ -297,17 +297,14 @@ def format_rows(suffix: str, indices, texts: list[str], cosines) -> str:
 
 
 def append_rows(out: Path, text: str) -> None:
-    """Append complete rows in one write; if the write fails (a full disk), cut the file back to where it was."""
-    with open(out, "ab") as handle:
-        before = handle.tell()
-        try:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        except OSError as exc:
-            handle.truncate(before)
-            raise V2TError(f"cannot write to {out} ({exc.strerror or exc}): the rows written so far are complete; "
-                           "free some space, then run the same command again to continue") from exc
+    """Append complete rows in one write; a write that fails (a full disk) leaves the file as it was."""
+    complete = "the rows written so far are complete"
+    try:
+        append_complete(out, text.encode("utf-8"), advice=f"{complete}; free some space there, then run the same "
+                                                          "command again to continue")
+    except OSError as exc:
+        raise V2TError(f"cannot write to {out} ({exc.strerror or exc}): {complete}; run the same command again to "
+                       "continue once the cause is fixed") from exc
 
 
 def batch_seed(seed: int | None, first_row: int) -> int | None:

@@ -29,7 +29,7 @@ from ..bundle.adapter import _check_safetensors, validate_bundle
 from ..bundle.layout import BUNDLE_FILES, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
 from ..config import RunConfig
 from ..util.errors import V2TError, first_line
-from ..util.files import atomic_folder, refuse_foreign, remove_own, temporary_of
+from ..util.files import atomic_folder, folder_size, refuse_foreign, remove_own, temporary_of
 from ..util.locks import pid_alive
 
 logger = logging.getLogger(__name__)
@@ -250,7 +250,8 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
     name = f"step-{state['step']:06d}"
     final = run_dir / name
     refuse_foreign(final, CHECKPOINT_FILES, "a checkpoint", "move them out of it, then continue with --resume")
-    with atomic_folder(final) as tmp:
+    previous = list_checkpoints(run_dir)
+    with atomic_folder(final, needed=folder_size(previous[-1]) if previous else None) as tmp:
         v2t.save_adapter(tmp, training=summary)
         tensors, layout = {}, {}
         for idx, param_state in optimizer.state_dict()["state"].items():

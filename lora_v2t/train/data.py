@@ -10,6 +10,7 @@ again, so a process that has it mapped keeps valid vectors. An interrupted fill 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..util.errors import V2TError
-from ..util.files import atomic_write
+from ..util.files import NO_SPACE, atomic_write, check_free_space, disk_full, no_space_is_one_line
 from ..util.locks import FileLock
 from ..util.textfile import CONTROL_CHARS, read_lines
 
@@ -178,10 +179,11 @@ def _fill(sentences: list[str], encoder, folder: Path, key: str, chunk: int, sho
         if vectors is not None and vectors.shape == (n, dim) and vectors.dtype == np.float32:
             meta["done"] = min(max(int(saved.get("done", 0)), 0), n)
             logger.info("resuming the embedding cache %s at %d/%d", folder, meta["done"], n)
+            _reserve(partial)
         else:
             vectors = None
     if vectors is None:
-        vectors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, dim))
+        vectors = _new_partial(partial, n, dim)
         _write_meta(meta_file, meta)
     from tqdm.auto import tqdm
 
@@ -197,6 +199,41 @@ def _fill(sentences: list[str], encoder, folder: Path, key: str, chunk: int, sho
     del vectors
     os.replace(partial, folder / "vectors.npy")
     _write_meta(meta_file, meta | {"done": n})
+
+
+def _new_partial(partial: Path, n: int, dim: int) -> np.memmap:
+    """A new ``vectors.partial.npy`` for (n, dim) float32 vectors, its disk space taken (see :func:`_reserve`);
+    :class:`~lora_v2t.util.files.DiskFull`, with no file left, where the disk has too little."""
+    needed = n * dim * 4 + 128  # the vectors and the .npy header
+    check_free_space(partial.parent, needed, CACHE_ADVICE)
+    try:
+        with no_space_is_one_line(partial.parent, needed, CACHE_ADVICE):
+            vectors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, dim))
+            _reserve(partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return vectors
+
+
+def _reserve(path: Path) -> None:
+    """Take the disk space of the whole file now. numpy makes a memory-mapped file sparse, so its blocks are
+    only taken as the map writes them, and a write through a memory map that finds the disk full is a Bus error
+    (SIGBUS) that kills the process without a word; taken first, a full disk is a DiskFull line here instead."""
+    stat = path.stat()
+    check_free_space(path.parent, max(stat.st_size - stat.st_blocks * 512, 0), CACHE_ADVICE)
+    if not hasattr(os, "posix_fallocate"):  # not on every system: the check above has to do
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, stat.st_size)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise disk_full(path.parent, stat.st_size, CACHE_ADVICE) from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system that cannot reserve
+            raise
+    finally:
+        os.close(fd)
 
 
 def _read_meta(path: Path) -> dict:

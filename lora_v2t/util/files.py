@@ -111,7 +111,7 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[Path], object],
     payload = data.encode(encoding) if isinstance(data, str) else data
     needed = len(payload) if isinstance(payload, bytes) else None
     if needed is not None:
-        check_free_space(path.parent, needed, advice)
+        check_free_space(path, needed, advice)
     tmp = temporary_sibling(path)
     try:
         with no_space_is_one_line(path, needed, advice):
@@ -135,7 +135,7 @@ def append_complete(path: str | Path, payload: bytes, advice: str = FREE_SOME_SP
     """Append ``payload`` whole, or not at all: a write that fails (a full disk, Ctrl-C) cuts the file back to
     where it ended, so it never ends in half a row."""
     path = Path(path)
-    check_free_space(path.parent, len(payload), advice)
+    check_free_space(path, len(payload), advice)
     with no_space_is_one_line(path, len(payload), advice):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
