@@ -250,3 +250,14 @@ def test_embed_meets_a_full_disk_in_one_line(tiny_encoder_dir, tmp_path, monkeyp
                  "--data.val_size=2", f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no space left on the disk of ")
+
+
+def test_a_fill_without_a_progress_bar_says_how_far_it_got(tiny_encoder, tmp_path, caplog):
+    sentences = [f"предложение номер {i}" for i in range(10)]
+    with caplog.at_level("INFO", logger="lora_v2t"):
+        embed_corpus(sentences, CountingEncoder(tiny_encoder), tmp_path, "corpus", chunk=4, show_progress=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("embedding 10 sentences of corpus into the cache ") for line in lines)
+    assert [line for line in lines if line.startswith("embedded ")] == [
+        "embedded 4/10 sentences of corpus (40%)", "embedded 8/10 sentences of corpus (80%)",
+        "embedded 10/10 sentences of corpus (100%)"]

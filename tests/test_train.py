@@ -350,9 +350,11 @@ def test_resume_passes_over_a_damaged_last_checkpoint_and_says_so(damaged, tmp_p
     assert (run / "damaged-step-000004").is_dir()  # kept for a look, no longer a checkpoint
     for step in ("step-000004", "step-000006"):
         cut(run / step / damaged)
+    further = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=8",
+                     "--training.save_every=2")  # at max_steps=6 the run is finished: final/ needs no checkpoint
     with pytest.raises(V2TError, match="no checkpoint in .* can be resumed \\(step-000006 is damaged: .*; "
                                        "step-000004 is damaged: ") as refused:
-        train(more, resume=True, show_progress=False)
+        train(further, resume=True, show_progress=False)
     assert "\n" not in str(refused.value)
 
 
@@ -849,3 +851,41 @@ def test_resume_survives_a_metrics_file_whose_last_line_was_cut(tmp_path, tiny_b
     assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4, 6]
+
+
+def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
+                                                              monkeypatch, caplog):
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
+                 "--training.save_every=2")
+    final = train(cfg, show_progress=False)
+    run = final.parent
+
+    def stamps():
+        return {str(p.relative_to(run)): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+                for p in run.rglob("*")}
+
+    before = stamps()
+
+    def not_for_a_finished_run(*args, **kwargs):
+        raise AssertionError("a finished run read its data again")
+
+    monkeypatch.setattr(train_module.Trainer, "prepare_data", not_for_a_finished_run)
+    with caplog.at_level("INFO", logger="lora_v2t"):
+        assert train(cfg, resume=True, show_progress=False) == final
+    assert f"{run} is finished: it trained 4 of training.max_steps=4 steps" in caplog.text
+    assert stamps() == before
+
+
+def test_a_refused_run_leaves_no_folder_behind(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
+    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+            f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={corpus}", "--data.val_size=4"]
+    assert main(["train", str(RECIPE), *args, "--resume", str(tmp_path / "a" / "b" / "c")]) == 2  # mistyped
+    assert not (tmp_path / "a").exists()
+    assert capsys.readouterr().err.strip().startswith(f"error: nothing to resume: {tmp_path / 'a' / 'b' / 'c'} ")
+    assert main(["train", str(RECIPE), *args, f"--training.output_dir={tmp_path / 'x' / 'runs'}", "--resume"]) == 2
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert main(["train", str(RECIPE), *args, f"--training.output_dir={tmp_path / 'y' / 'runs'}",
+                 f"--data.train={empty}"]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "empty.txt"]

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,18 +188,39 @@ def _fill(sentences: list[str], encoder, folder: Path, key: str, chunk: int, sho
         _write_meta(meta_file, meta)
     from tqdm.auto import tqdm
 
+    logger.info("embedding %d sentences of %s into the cache %s", n - meta["done"], name, folder)
     bar = tqdm(total=n, initial=meta["done"], desc=f"embedding {name}", unit="sent", disable=not show_progress)
+    lines = None if show_progress else ProgressLines(n, meta["done"])  # without the bar, a line now and then
     for start in range(meta["done"], n, chunk):
         batch = sentences[start:start + chunk]
         vectors[start:start + len(batch)] = encoder.encode(batch)
         vectors.flush()
-        _write_meta(meta_file, meta | {"done": start + len(batch)})
+        done = start + len(batch)
+        _write_meta(meta_file, meta | {"done": done})
         bar.update(len(batch))
+        if lines is not None and lines.due(done):
+            logger.info("embedded %d/%d sentences of %s (%d%%)", done, n, name, 100 * done // n)
     bar.close()
     vectors.flush()
     del vectors
     os.replace(partial, folder / "vectors.npy")
     _write_meta(meta_file, meta | {"done": n})
+
+
+class ProgressLines:
+    """When to log progress without a bar: at every tenth of the way, and at least every ``every_s`` seconds
+    (a long fill must not look hung)."""
+
+    def __init__(self, total: int, done: int = 0, every_s: float = 60.0):
+        self.total, self.every_s = max(total, 1), every_s
+        self.next_tenth, self.last = done * 10 // self.total + 1, time.monotonic()
+
+    def due(self, done: int) -> bool:
+        now = time.monotonic()
+        if done * 10 < self.next_tenth * self.total and now - self.last < self.every_s:
+            return False
+        self.next_tenth, self.last = done * 10 // self.total + 1, now
+        return True
 
 
 def _new_partial(partial: Path, n: int, dim: int) -> np.memmap:

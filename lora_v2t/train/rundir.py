@@ -4,6 +4,8 @@ where a run starts from (a new run, or the newest good checkpoint)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,6 +16,8 @@ from ..train.checkpoint import RUN_FOLDER, check_same_recipe, list_checkpoints, 
 from ..util.errors import V2TError
 from ..util.files import temporary_of
 from ..util.locks import FileLock, LockBusy
+
+logger = logging.getLogger(__name__)
 
 RUN_LOCK = ".lock"  # held by the main process of the run training in the folder
 RUN_FILES = ("recipe.yaml", "metrics.jsonl", "loss.png", RUN_LOCK)  # beside step-NNNNNN/, final/ and temporaries
@@ -87,6 +91,30 @@ def is_run_entry(name: str, cfg: RunConfig) -> bool:
     temporary = temporary_of(name)
     return name in RUN_FILES or name == cfg.training.run_name or bool(RUN_FOLDER.match(name)) \
         or bool(DAMAGED.match(name)) or (temporary is not None and bool(RUN_FOLDER.match(temporary[0])))
+
+
+def finished_run(cfg: RunConfig, run_dir: Path) -> Path | None:
+    """The ``final/`` bundle of a run with nothing left to do under ``cfg`` (None otherwise): ``final/`` was written
+    at the step of the newest checkpoint, and that step reached ``training.max_steps`` (or the run spent
+    ``training.max_minutes``). Refuses a run made by another recipe."""
+    final, checkpoints = run_dir / "final", list_checkpoints(run_dir)
+    if not checkpoints or not (final / "v2t_config.json").is_file():
+        return None
+    try:
+        steps = json.loads((final / "v2t_config.json").read_text(encoding="utf-8"))["training"]["steps"]
+        saved = json.loads((checkpoints[-1] / "trainer_state.json").read_text(encoding="utf-8"))
+        state = saved["state"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # let --resume find out what is wrong
+    check_same_recipe(saved["recipe"], cfg.to_dict(), run_dir, saved.get("data_files"))
+    tc = cfg.training
+    timed_out = tc.max_minutes is not None and state.get("elapsed_s", 0) >= tc.max_minutes * 60
+    if steps != state.get("step") or not (state["step"] >= tc.max_steps or timed_out):
+        return None
+    logger.info("%s is finished: it trained %d of training.max_steps=%d steps%s, and %s holds its adapter; nothing "
+                "to do (raise training.max_steps or training.max_minutes to train it further)", run_dir,
+                state["step"], tc.max_steps, f" in its {tc.max_minutes:g} minutes" if timed_out else "", final)
+    return final
 
 
 def locate_run(cfg: RunConfig, run_dir: Path, resume: bool | str | Path) -> Path | None:

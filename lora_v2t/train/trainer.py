@@ -52,7 +52,7 @@ from ..train.checkpoint import (
 from ..train.cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing, reset_peak
 from ..train.data import BatchOrder, tokenize_corpus
 from ..train.pairs import prepare_data
-from ..train.rundir import RunDirLock, check_paths, check_run_folder, locate_run, run_dir_of
+from ..train.rundir import RunDirLock, check_paths, check_run_folder, finished_run, locate_run, run_dir_of
 from ..train.runlog import RunLog
 from ..train.signals import StopSignals
 from ..util.errors import V2TError, first_line
@@ -161,6 +161,7 @@ class Trainer:
         self.cfg, self.resume = cfg, resume
         self.run_dir = Path(resume) if isinstance(resume, (str, Path)) else run_dir_of(cfg)
         self.resume_from: Path | None = None  # decided by claim_run_dir()
+        self.finished: Path | None = None  # final/ of a run resumed with nothing left to do, by claim_run_dir()
         self.run_lock = RunDirLock(self.run_dir)
         self.data_files = None
         check_paths(cfg, self.run_dir)
@@ -178,7 +179,7 @@ class Trainer:
     def run(self) -> Path:
         self.claim_run_dir()
         try:
-            return self.run_claimed()
+            return self.finished or self.run_claimed()
         finally:
             self.run_lock.release()
 
@@ -205,22 +206,25 @@ class Trainer:
         """Take the run folder: the main process locks it for the whole run (a second run into the same folder
         fails at once, naming this one's pid), tidies what killed runs left there and decides where to start (a
         new run, or the newest good checkpoint); with several processes it tells the others."""
-        problem, resume_from = None, None
+        problem, resume_from, finished = None, None, None
         if self.accelerator.is_main_process:
             try:
                 check_run_folder(self.cfg, self.run_dir, self.resume)
                 self.run_lock.acquire()
-                clean_stale_temporaries(self.run_dir)
-                resume_from = locate_run(self.cfg, self.run_dir, self.resume)
-                self.data_files = data_file_digests(self.cfg)
+                finished = finished_run(self.cfg, self.run_dir) if self.resume else None
+                if finished is None:
+                    clean_stale_temporaries(self.run_dir)
+                    resume_from = locate_run(self.cfg, self.run_dir, self.resume)
+                    self.data_files = data_file_digests(self.cfg)
             except V2TError as exc:
                 problem = exc
-        message, resume_from = self.as_main_process_says([None if problem is None else str(problem), resume_from])
+        message, resume_from, finished = self.as_main_process_says(
+            [None if problem is None else str(problem), resume_from, finished])
         problem = problem or (V2TError(message) if message is not None else None)
         if problem is not None:
             self.run_lock.release()
             raise problem
-        self.resume_from = resume_from
+        self.resume_from, self.finished = resume_from, finished
 
     def prepare_data(self) -> None:
         """Read and embed the corpus (the main process fills the cache, then the others read it)."""
