@@ -97,7 +97,9 @@ def test_training_checkpoints_hold_the_cuda_states_of_the_moment_they_describe(
     # snapshot from before step 4 (the 4th), not the states at the moment of the interrupt (the 5th)
     assert saved == [4]
     monkeypatch.setattr(Vector2Text, "forward", real_forward)
-    train_module.train(cfg, resume=True, show_progress=False)
+    further = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus_file(tmp_path), *extra,
+                     "--training.max_steps=9")  # a run that reached max_steps is finished: nothing to resume
+    train_module.train(further, resume=True, show_progress=False)
     assert restored[0] == saved
 
 

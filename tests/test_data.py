@@ -202,3 +202,62 @@ def test_batch_order_refuses_more_processes_than_batches():
 
     with pytest.raises(V2TError, match="make 2 batches of 8, fewer than the 4 processes"):
         BatchOrder(np.ones(10, dtype=int), batch_size=8, seed=0).take(TrainState(), world=4)
+
+
+def test_a_cache_that_cannot_fit_is_refused_before_anything_is_written(tiny_encoder, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("Usage", "total used free")(10**6, 10**6, 500))
+    enc = CountingEncoder(tiny_encoder)
+    with pytest.raises(V2TError, match=r"no space left on the disk of .*corpus-[0-9a-f]{16} \(1.1 KiB needed, "
+                                       r"500 bytes free\): .*set data.cache_dir") as full:
+        embed_corpus([f"предложение {i}" for i in range(10)], enc, tmp_path / "cache", "corpus", show_progress=False)
+    assert "\n" not in str(full.value) and enc.calls == 0
+    assert not list((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_the_cache_is_given_its_disk_space_before_the_memory_map_is_written(tiny_encoder, tmp_path, monkeypatch):
+    """Writing through a memory map to a full disk is a Bus error that kills the process: the space is taken
+    first (here the disk has too little, which only the reservation finds out)."""
+    import errno
+    import os
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room, raising=False)
+    enc = CountingEncoder(tiny_encoder)
+    with pytest.raises(V2TError, match=r"no space left on the disk of .*corpus-.* \(1.1 KiB needed"):
+        embed_corpus([f"предложение {i}" for i in range(10)], enc, tmp_path / "cache", "corpus", show_progress=False)
+    assert enc.calls == 0 and not list((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_embed_meets_a_full_disk_in_one_line(tiny_encoder_dir, tmp_path, monkeypatch, capsys):
+    import errno
+    from pathlib import Path
+
+    from lora_v2t.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", full)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"предложение номер {i}" for i in range(12)) + "\n", encoding="utf-8")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny_debug.yaml"
+    assert main(["embed", str(recipe), f"--encoder.spec={tiny_encoder_dir}", f"--data.train={corpus}",
+                 "--data.val_size=2", f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no space left on the disk of ")
+
+
+def test_a_fill_without_a_progress_bar_says_how_far_it_got(tiny_encoder, tmp_path, caplog):
+    sentences = [f"предложение номер {i}" for i in range(10)]
+    with caplog.at_level("INFO", logger="lora_v2t"):
+        embed_corpus(sentences, CountingEncoder(tiny_encoder), tmp_path, "corpus", chunk=4, show_progress=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("embedding 10 sentences of corpus into the cache ") for line in lines)
+    assert [line for line in lines if line.startswith("embedded ")] == [
+        "embedded 4/10 sentences of corpus (40%)", "embedded 8/10 sentences of corpus (80%)",
+        "embedded 10/10 sentences of corpus (100%)"]

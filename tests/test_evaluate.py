@@ -218,7 +218,7 @@ def test_overwrite_replaces_an_old_report_whole(v2t, tmp_path):
     report = tmp_path / "report"
     report.mkdir()
     (report / "summary.json").write_text("{}")
-    (report / "stale.txt").write_text("from an older lora_v2t")
+    (report / "cosine_hist.png").write_bytes(b"old")
     with pytest.raises(V2TError, match="holds a report already"):
         evaluate(v2t, data, report, rerank=0, max_new_tokens=4, resamples=5, show_progress=False)
     summary = evaluate(v2t, data, report, rerank=0, max_new_tokens=4, resamples=5, show_progress=False,

@@ -214,10 +214,12 @@ def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir
         return real(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full_on_second_checkpoint)
-    with pytest.raises(TrainingStopped, match=r"by OSError: .*No space left.*the last checkpoint is .*step-000010: "
-                       "continue with --resume") as stopped:
+    with pytest.raises(TrainingStopped, match=r"at step 20: no space left on the disk of .*step-000020 "
+                       r"\(.* needed, .* free\): .*; the last checkpoint is .*step-000010: continue with --resume") \
+            as stopped:
         train(cfg, show_progress=False)
-    assert isinstance(stopped.value.__cause__, OSError)  # no second write attempt after a failed checkpoint
+    assert "\n" not in str(stopped.value)
+    assert isinstance(stopped.value.__cause__.__cause__, OSError)  # no second write attempt after a failed one
     run = tmp_path / "runs" / "tiny-debug"
     assert sorted(p.name for p in run.iterdir() if p.name.startswith((".", "step"))) == ["step-000010"]
     assert load_adapter(run / "step-000010", device="cpu").meta["training"]["steps"] == 10
@@ -348,9 +350,11 @@ def test_resume_passes_over_a_damaged_last_checkpoint_and_says_so(damaged, tmp_p
     assert (run / "damaged-step-000004").is_dir()  # kept for a look, no longer a checkpoint
     for step in ("step-000004", "step-000006"):
         cut(run / step / damaged)
+    further = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=8",
+                     "--training.save_every=2")  # at max_steps=6 the run is finished: final/ needs no checkpoint
     with pytest.raises(V2TError, match="no checkpoint in .* can be resumed \\(step-000006 is damaged: .*; "
                                        "step-000004 is damaged: ") as refused:
-        train(more, resume=True, show_progress=False)
+        train(further, resume=True, show_progress=False)
     assert "\n" not in str(refused.value)
 
 
@@ -757,3 +761,131 @@ def test_the_longest_row_counts_a_correctors_hypothesis_and_the_validation_rows(
     assert train_module.Trainer.longest_row(trainer) == (tokens.lengths + contexts.lengths).max()
     trainer.context_tokens, trainer.val_texts = None, ["Очень длинное предложение для проверки, длиннее всех прочих."]
     assert train_module.Trainer.longest_row(trainer) == tokenize_corpus(tokenizer, trainer.val_texts, 40).lengths[0]
+
+
+def files_under(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+def test_resume_of_a_folder_that_is_no_run_folder_is_refused_and_touches_nothing(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    mine = tmp_path / "photos"
+    for name in (f".album.tmp-{dead}", f".album.old-{dead}", "trip"):
+        (mine / name).mkdir(parents=True)
+        (mine / name / "a.jpg").write_bytes(b"jpeg")
+    (mine / ".lock").write_text("my lock notes\n")
+    before = files_under(mine)
+    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+            f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={corpus}", "--data.val_size=4"]
+    assert main(["train", str(RECIPE), *args, "--resume", str(mine)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {mine} is not the folder of a training run")
+    assert files_under(mine) == before
+
+
+def test_a_new_run_refuses_a_folder_holding_files_a_run_does_not_write(tmp_path, tiny_backbone_dir,
+                                                                       tiny_encoder_dir, corpus):
+    run = tmp_path / "runs" / "tiny-debug"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"my": "own metrics"}\n')
+    (run / "notes.txt").write_text("mine")
+    before = files_under(run)
+    with pytest.raises(V2TError, match=r"tiny-debug holds files a training run does not write \(notes.txt\)"):
+        train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"),
+              show_progress=False)
+    assert files_under(run) == before
+
+
+def test_pruning_a_checkpoint_removes_only_the_files_a_checkpoint_holds(tmp_path, tiny_backbone_dir,
+                                                                       tiny_encoder_dir, corpus):
+    common = ["--training.save_every=2", "--training.keep_checkpoints=1"]
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2", *common),
+          show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+    (run / "step-000002" / "notes.txt").write_text("why this step matters")
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", *common),
+          resume=True, show_progress=False)
+    assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000004"]
+    assert files_under(run / "step-000002") == {"notes.txt": b"why this step matters"}
+
+
+def killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus) -> Path:
+    """A run folder as a kill leaves it after step 4 was logged and evaluated, but before its checkpoint."""
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
+                 "--training.save_every=2", "--training.eval_every=2", "--training.log_every=1",
+                 "--training.keep_checkpoints=5"), show_progress=False)
+    run = tmp_path / "runs" / "tiny-debug"
+    import shutil
+
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "step-000004")
+    return run
+
+
+def resume_to_step_6(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus) -> Path:
+    return train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6",
+                        "--training.save_every=2", "--training.eval_every=2", "--training.log_every=1",
+                        "--training.keep_checkpoints=5"), resume=True, show_progress=False)
+
+
+def test_resume_drops_the_log_rows_a_killed_session_wrote_past_its_checkpoint(tmp_path, tiny_backbone_dir,
+                                                                            tiny_encoder_dir, corpus):
+    run = killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
+    resume_to_step_6(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]  # steps 3-4 once, not twice
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4, 6]
+
+
+def test_resume_survives_a_metrics_file_whose_last_line_was_cut(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
+                                                               corpus):
+    run = killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"kind": "train", "step": 5, "lo')  # the disk filled mid-line
+    final = resume_to_step_6(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
+    assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4, 6]
+
+
+def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
+                                                              monkeypatch, caplog):
+    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
+                 "--training.save_every=2")
+    final = train(cfg, show_progress=False)
+    run = final.parent
+
+    def stamps():
+        return {str(p.relative_to(run)): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+                for p in run.rglob("*")}
+
+    before = stamps()
+
+    def not_for_a_finished_run(*args, **kwargs):
+        raise AssertionError("a finished run read its data again")
+
+    monkeypatch.setattr(train_module.Trainer, "prepare_data", not_for_a_finished_run)
+    with caplog.at_level("INFO", logger="lora_v2t"):
+        assert train(cfg, resume=True, show_progress=False) == final
+    assert f"{run} is finished: it trained 4 of training.max_steps=4 steps" in caplog.text
+    assert stamps() == before
+
+
+def test_a_refused_run_leaves_no_folder_behind(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
+    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+            f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={corpus}", "--data.val_size=4"]
+    assert main(["train", str(RECIPE), *args, "--resume", str(tmp_path / "a" / "b" / "c")]) == 2  # mistyped
+    assert not (tmp_path / "a").exists()
+    assert capsys.readouterr().err.strip().startswith(f"error: nothing to resume: {tmp_path / 'a' / 'b' / 'c'} ")
+    assert main(["train", str(RECIPE), *args, f"--training.output_dir={tmp_path / 'x' / 'runs'}", "--resume"]) == 2
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert main(["train", str(RECIPE), *args, f"--training.output_dir={tmp_path / 'y' / 'runs'}",
+                 f"--data.train={empty}"]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "empty.txt"]

@@ -20,9 +20,7 @@ import copy
 import functools
 import json
 import logging
-import os
 import re
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +32,7 @@ from ..bundle.layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSI
 from ..config import BASE_QUANTIZATIONS, PRECISION_KEYS, ROLES, GenerationConfig, ProjectorConfig, role_of
 from ..model.projector import projector_input_dim
 from ..util.errors import V2TError, first_line
+from ..util.files import atomic_folder, refuse_foreign
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +51,12 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
     path = Path(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "v2t_config.json").exists())):
         raise V2TError(f"{path} exists and is not an adapter bundle: choose a new or empty folder")
+    refuse_foreign(path, BUNDLE_FILES + FULL_MODEL_FILES + (OUTPUT_VOCAB_FILE,), "an adapter bundle",
+                   "move them away, or save the adapter to another folder")
     name = v2t.active_adapter
     if training:
         v2t.adapter_meta[name]["training"].update(training)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(path) as tmp:
         if not v2t.is_peft:
             v2t.base_model.save_pretrained(tmp / "backbone")
             v2t.tokenizer.save_pretrained(tmp / "backbone")
@@ -83,27 +81,8 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
         for item in tmp.iterdir():
             if item.name not in expected:
                 item.unlink()
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.debug("saved adapter %r to %s", name, path)
     return path
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder ``src`` to ``dst``; an older ``dst`` is removed only after the swap."""
-    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-    had_old = dst.exists()
-    if had_old:
-        dst.rename(old)
-    try:
-        src.rename(dst)
-    except BaseException:
-        if had_old:  # put the previous folder back before giving up
-            old.rename(dst)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _save_lora(peft_model, name: str, folder: Path) -> None:

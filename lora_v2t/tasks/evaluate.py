@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import string
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -21,16 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.adapter import bundle_config, replace_dir
+from ..bundle.adapter import bundle_config
 from ..model.correct import CorrectionConfig, Trace, correct
 from ..model.encoders import PrecomputedEncoder
 from ..model.generate import reembed_cosines
 from ..util.errors import V2TError
+from ..util.files import atomic_folder, refuse_foreign
 from ..util.textfile import column_index, escape_tsv, header_names, read_lines
 from ..util.vectors import to_vectors
 
 logger = logging.getLogger(__name__)
 
+REPORT_FILES = ("sentences.tsv", "summary.json", "summary.md", "cosine_hist.png")  # what --overwrite replaces
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}«»—–…„“”]")
 
 
@@ -280,6 +281,7 @@ def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
         if not overwrite:
             raise V2TError(f"report folder {out_dir} holds a report already: pass --overwrite to replace it, or "
                            "give --out another folder")
+        refuse_foreign(out_dir, REPORT_FILES, "a report", "move them away, or give --out another folder")
     parent = out_dir.absolute().parent
     while not parent.exists():
         parent = parent.parent
@@ -376,26 +378,21 @@ def adapter_summary(v2t) -> dict:
 def _write_report(out_dir: Path, overwrite: bool, data: EvalData, systems: dict, summary: dict) -> Path:
     """Write the report into a temporary sibling folder, then rename it to ``out_dir`` (replacing an older
     report only when ``overwrite``; if another report took ``out_dir`` meanwhile, the next free ``-N`` name)."""
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        _write_tsv(tmp / "sentences.tsv", data, systems)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
-        plot_cosines({name: cos for name, (_, cos) in systems.items() if cos is not None}, tmp / "cosine_hist.png")
-        if out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        if out_dir.exists() and not overwrite:
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if overwrite:
+            check_report_dir(out_dir, overwrite)  # still a report and nothing else
+        else:
             out_dir = _unused(out_dir)
-        replace_dir(tmp, out_dir)
+    try:
+        with atomic_folder(out_dir, advice="free some space there, or give --out a folder on another disk") as tmp:
+            _write_tsv(tmp / "sentences.tsv", data, systems)
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
+                                              encoding="utf-8")
+            (tmp / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
+            plot_cosines({name: cos for name, (_, cos) in systems.items() if cos is not None},
+                         tmp / "cosine_hist.png")
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise V2TError(f"cannot write the report {out_dir}: {exc.strerror or exc}; give --out another folder") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

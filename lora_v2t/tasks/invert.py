@@ -23,6 +23,7 @@ import numpy as np
 from ..config import SEED_LIMIT
 from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
+from ..util.files import append_complete, atomic_write
 from ..util.locks import FileLock, LockBusy
 from ..util.textfile import escape_tsv, read_rows, split_lines, unescape_tsv
 
@@ -32,6 +33,7 @@ FORMATS = (".jsonl", ".tsv")
 NAN_POLICIES = ("refuse", "skip")
 SOURCE_FIX = "give a .npy file of vectors or a text file of sentences"
 LOUD_HASH = 2**30  # a source this large is said to be hashed: it takes seconds
+ADVICE = "free some space there, or give an --out on another disk"
 
 
 @dataclass
@@ -188,10 +190,8 @@ def prepare_output(job: InvertJob, identity: dict, source: Source | None = None)
         check_identity(saved, identity, job, source)
     if not meta.exists():
         output_folder(out)
-        tmp = meta.with_name(meta.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(identity, ensure_ascii=False, indent=1), encoding="utf-8")
-            os.replace(tmp, meta)
+            atomic_write(meta, json.dumps(identity, ensure_ascii=False, indent=1), advice=ADVICE)
         except OSError as exc:
             raise V2TError(f"cannot write {meta} ({exc.strerror or exc}): give an --out in a writable folder") \
                 from exc
@@ -254,7 +254,7 @@ def _resume_position(out: Path) -> int:
     """The source row after the last complete row of OUT (0 for a new file); a trailing partial row is cut."""
     if not out.exists() or out.stat().st_size == 0:
         if out.suffix == ".tsv":
-            out.write_text("index\ttext\tcosine\n", encoding="utf-8")
+            atomic_write(out, "index\ttext\tcosine\n", advice=ADVICE)
         return 0
     data = out.read_bytes()
     end = data.rfind(b"\n") + 1
@@ -297,17 +297,14 @@ def format_rows(suffix: str, indices, texts: list[str], cosines) -> str:
 
 
 def append_rows(out: Path, text: str) -> None:
-    """Append complete rows in one write; if the write fails (a full disk), cut the file back to where it was."""
-    with open(out, "ab") as handle:
-        before = handle.tell()
-        try:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        except OSError as exc:
-            handle.truncate(before)
-            raise V2TError(f"cannot write to {out} ({exc.strerror or exc}): the rows written so far are complete; "
-                           "free some space, then run the same command again to continue") from exc
+    """Append complete rows in one write; a write that fails (a full disk) leaves the file as it was."""
+    complete = "the rows written so far are complete"
+    try:
+        append_complete(out, text.encode("utf-8"), advice=f"{complete}; free some space there, then run the same "
+                                                          "command again to continue")
+    except OSError as exc:
+        raise V2TError(f"cannot write to {out} ({exc.strerror or exc}): {complete}; run the same command again to "
+                       "continue once the cause is fixed") from exc
 
 
 def batch_seed(seed: int | None, first_row: int) -> int | None:

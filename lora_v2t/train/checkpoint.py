@@ -19,16 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..bundle.adapter import _check_safetensors, replace_dir, validate_bundle
+from ..bundle.adapter import _check_safetensors, validate_bundle
+from ..bundle.layout import BUNDLE_FILES, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
 from ..config import RunConfig
 from ..util.errors import V2TError, first_line
+from ..util.files import atomic_folder, folder_size, refuse_foreign, remove_own, temporary_of
 from ..util.locks import pid_alive
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ RESUMABLE_CHANGES = {"training.max_steps", "training.max_minutes", "training.eva
                      "training.gradient_checkpointing"}  # recomputing activations does not change the maths
 DATA_FILE_KEYS = ("data.train", "data.val")  # compared by content when their paths differ
 TRAINER_STATE_KEYS = ("state", "optimizer_layout", "param_groups", "scheduler", "recipe")
-# what a process that was killed while writing leaves in a run folder: .step-000200.tmp-PID, .final.old-PID ...
-TEMPORARY_FOLDER = re.compile(r"^\.(?P<name>[^/]+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+# the folders a run writes under temporary names (.step-000200.tmp-PID, .final.old-PID ...: see util.files)
+RUN_FOLDER = re.compile(r"^(final|step-\d{6})$")
+OPTIMIZER_FILE, STATE_FILE = "optimizer.safetensors", "trainer_state.json"
+CHECKPOINT_FILES = frozenset(BUNDLE_FILES + FULL_MODEL_FILES + (OUTPUT_VOCAB_FILE, OPTIMIZER_FILE, STATE_FILE))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -162,23 +165,24 @@ def _set_aside(checkpoint: Path) -> Path:
 
 def clean_stale_temporaries(run_dir: Path) -> None:
     """Tidy what processes killed while writing left in a run folder: the temporary ``.NAME.tmp-PID`` and
-    ``.NAME.old-PID`` folders of processes that no longer run.
+    ``.NAME.old-PID`` folders of the run's own folders (``step-NNNNNN``, ``final``) whose process no longer runs.
 
     A ``.NAME.tmp-PID`` is an unfinished write (the step is redone from the checkpoint before it) and is
     removed; a ``.NAME.old-PID`` is a folder that was being replaced: removed when ``NAME`` exists, put back as
-    ``NAME`` when the kill fell between the two renames of the replacement, so nothing finished is lost. Only
-    call this while holding the run folder's lock."""
+    ``NAME`` when the kill fell between the two renames of the replacement, so nothing finished is lost. Any
+    other name is left alone. Only call this while holding the run folder's lock."""
     for item in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
-        match = TEMPORARY_FOLDER.match(item.name)
-        if not match or not item.is_dir() or pid_alive(int(match["pid"])):
+        temporary = temporary_of(item.name)
+        if temporary is None or not RUN_FOLDER.match(temporary[0]) or not item.is_dir() \
+                or pid_alive(temporary[1]):
             continue
-        target = run_dir / match["name"]
-        if match["kind"] == "old" and not target.exists():
+        target = run_dir / temporary[0]
+        if item.name == f".{target.name}.old-{temporary[1]}" and not target.exists():
             item.rename(target)
-            logger.warning("put back %s, which a killed process (pid %s) was replacing", target, match["pid"])
+            logger.warning("put back %s, which a killed process (pid %s) was replacing", target, temporary[1])
         else:
             shutil.rmtree(item, ignore_errors=True)
-            logger.info("removed %s, left by a killed process (pid %s)", item, match["pid"])
+            logger.info("removed %s, left by a killed process (pid %s)", item, temporary[1])
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
@@ -245,9 +249,9 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
 
     name = f"step-{state['step']:06d}"
     final = run_dir / name
-    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    refuse_foreign(final, CHECKPOINT_FILES, "a checkpoint", "move them out of it, then continue with --resume")
+    previous = list_checkpoints(run_dir)
+    with atomic_folder(final, needed=folder_size(previous[-1]) if previous else None) as tmp:
         v2t.save_adapter(tmp, training=summary)
         tensors, layout = {}, {}
         for idx, param_state in optimizer.state_dict()["state"].items():
@@ -263,12 +267,14 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "data_files": data_files}
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[: -cfg.training.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            left = remove_own(old, CHECKPOINT_FILES, first=(STATE_FILE,))  # no longer a checkpoint from the first
+        except OSError as exc:
+            logger.warning("could not remove the old checkpoint %s: %s", old, first_line(exc))
+            continue
+        if left:
+            logger.warning("pruned checkpoint %s, keeping what else it holds: %s", old, ", ".join(left))
     logger.info("checkpoint saved: %s", final)
     return final
 

@@ -10,22 +10,27 @@ again, so a process that has it mapped keeps valid vectors. An interrupted fill 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..util.errors import V2TError
+from ..util.files import NO_SPACE, atomic_write, check_free_space, disk_full, no_space_is_one_line
 from ..util.locks import FileLock
 from ..util.textfile import CONTROL_CHARS, read_lines
 
 logger = logging.getLogger(__name__)
+
+CACHE_ADVICE = "free some space there, or set data.cache_dir to a folder on another disk"
 
 
 @dataclass
@@ -175,25 +180,82 @@ def _fill(sentences: list[str], encoder, folder: Path, key: str, chunk: int, sho
         if vectors is not None and vectors.shape == (n, dim) and vectors.dtype == np.float32:
             meta["done"] = min(max(int(saved.get("done", 0)), 0), n)
             logger.info("resuming the embedding cache %s at %d/%d", folder, meta["done"], n)
+            _reserve(partial)
         else:
             vectors = None
     if vectors is None:
-        vectors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, dim))
+        vectors = _new_partial(partial, n, dim)
         _write_meta(meta_file, meta)
     from tqdm.auto import tqdm
 
+    logger.info("embedding %d sentences of %s into the cache %s", n - meta["done"], name, folder)
     bar = tqdm(total=n, initial=meta["done"], desc=f"embedding {name}", unit="sent", disable=not show_progress)
+    lines = None if show_progress else ProgressLines(n, meta["done"])  # without the bar, a line now and then
     for start in range(meta["done"], n, chunk):
         batch = sentences[start:start + chunk]
         vectors[start:start + len(batch)] = encoder.encode(batch)
         vectors.flush()
-        _write_meta(meta_file, meta | {"done": start + len(batch)})
+        done = start + len(batch)
+        _write_meta(meta_file, meta | {"done": done})
         bar.update(len(batch))
+        if lines is not None and lines.due(done):
+            logger.info("embedded %d/%d sentences of %s (%d%%)", done, n, name, 100 * done // n)
     bar.close()
     vectors.flush()
     del vectors
     os.replace(partial, folder / "vectors.npy")
     _write_meta(meta_file, meta | {"done": n})
+
+
+class ProgressLines:
+    """When to log progress without a bar: at every tenth of the way, and at least every ``every_s`` seconds
+    (a long fill must not look hung)."""
+
+    def __init__(self, total: int, done: int = 0, every_s: float = 60.0):
+        self.total, self.every_s = max(total, 1), every_s
+        self.next_tenth, self.last = done * 10 // self.total + 1, time.monotonic()
+
+    def due(self, done: int) -> bool:
+        now = time.monotonic()
+        if done * 10 < self.next_tenth * self.total and now - self.last < self.every_s:
+            return False
+        self.next_tenth, self.last = done * 10 // self.total + 1, now
+        return True
+
+
+def _new_partial(partial: Path, n: int, dim: int) -> np.memmap:
+    """A new ``vectors.partial.npy`` for (n, dim) float32 vectors, its disk space taken (see :func:`_reserve`);
+    :class:`~lora_v2t.util.files.DiskFull`, with no file left, where the disk has too little."""
+    needed = n * dim * 4 + 128  # the vectors and the .npy header
+    check_free_space(partial.parent, needed, CACHE_ADVICE)
+    try:
+        with no_space_is_one_line(partial.parent, needed, CACHE_ADVICE):
+            vectors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, dim))
+            _reserve(partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return vectors
+
+
+def _reserve(path: Path) -> None:
+    """Take the disk space of the whole file now. numpy makes a memory-mapped file sparse, so its blocks are
+    only taken as the map writes them, and a write through a memory map that finds the disk full is a Bus error
+    (SIGBUS) that kills the process without a word; taken first, a full disk is a DiskFull line here instead."""
+    stat = path.stat()
+    check_free_space(path.parent, max(stat.st_size - stat.st_blocks * 512, 0), CACHE_ADVICE)
+    if not hasattr(os, "posix_fallocate"):  # not on every system: the check above has to do
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, stat.st_size)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise disk_full(path.parent, stat.st_size, CACHE_ADVICE) from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system that cannot reserve
+            raise
+    finally:
+        os.close(fd)
 
 
 def _read_meta(path: Path) -> dict:
@@ -204,9 +266,7 @@ def _read_meta(path: Path) -> dict:
 
 
 def _write_meta(path: Path, meta: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(meta), advice=CACHE_ADVICE)
 
 
 class TokenizedCorpus:

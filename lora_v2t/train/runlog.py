@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+from ..util.files import append_complete, atomic_write
 from ..util.textfile import split_lines
+
+logger = logging.getLogger(__name__)
+
+
+def _row(line: str) -> dict | None:
+    """A line of ``metrics.jsonl`` as a row, or None when it is not one (cut short, or blank)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
 
 
 class RunLog:
@@ -32,11 +45,23 @@ class RunLog:
         if self.writes:
             self.metrics_file.unlink(missing_ok=True)
 
+    def resume_at(self, step: int) -> None:
+        """Make the log read as one run continuing from a checkpoint of ``step``: drop the rows a killed session
+        wrote past it (the resumed run writes them again) and lines cut short (a crash or a full disk mid-write)."""
+        if not self.writes or not self.metrics_file.exists():
+            return
+        lines = split_lines(self.metrics_file.read_text(encoding="utf-8", errors="replace"))
+        kept = [line for line, row in zip(lines, map(_row, lines)) if row is not None and row["step"] <= step]
+        if len(kept) < len(lines):
+            atomic_write(self.metrics_file, "".join(line + "\n" for line in kept))
+            logger.info("%s: dropped %d line(s) past step %d or cut short; the resumed run logs from step %d on",
+                        self.metrics_file, len(lines) - len(kept), step, step + 1)
+
     def append(self, record: dict) -> None:
+        """One JSON line, written whole or not at all."""
         if not self.writes:
             return
-        with open(self.metrics_file, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        append_complete(self.metrics_file, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         if self.tensorboard:
             self.accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=record["step"])
 
@@ -52,7 +77,8 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in split_lines(metrics_file.read_text(encoding="utf-8")) if line.strip()]
+    lines = split_lines(metrics_file.read_text(encoding="utf-8", errors="replace"))
+    rows = [row for row in map(_row, lines) if row is not None]
     train = [(r["step"], r["loss"]) for r in rows if r.get("kind") == "train"]
     val = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -66,5 +92,5 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic_write(out, lambda path: fig.savefig(path, dpi=100, format="png"))
     plt.close(fig)

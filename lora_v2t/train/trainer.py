@@ -52,10 +52,11 @@ from ..train.checkpoint import (
 from ..train.cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing, reset_peak
 from ..train.data import BatchOrder, tokenize_corpus
 from ..train.pairs import prepare_data
-from ..train.rundir import RunDirLock, check_paths, locate_run, run_dir_of
+from ..train.rundir import RunDirLock, check_paths, check_run_folder, finished_run, locate_run, run_dir_of
 from ..train.runlog import RunLog
 from ..train.signals import StopSignals
 from ..util.errors import V2TError, first_line
+from ..util.files import DiskFull, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class Trainer:
         self.cfg, self.resume = cfg, resume
         self.run_dir = Path(resume) if isinstance(resume, (str, Path)) else run_dir_of(cfg)
         self.resume_from: Path | None = None  # decided by claim_run_dir()
+        self.finished: Path | None = None  # final/ of a run resumed with nothing left to do, by claim_run_dir()
         self.run_lock = RunDirLock(self.run_dir)
         self.data_files = None
         check_paths(cfg, self.run_dir)
@@ -177,7 +179,7 @@ class Trainer:
     def run(self) -> Path:
         self.claim_run_dir()
         try:
-            return self.run_claimed()
+            return self.finished or self.run_claimed()
         finally:
             self.run_lock.release()
 
@@ -204,21 +206,25 @@ class Trainer:
         """Take the run folder: the main process locks it for the whole run (a second run into the same folder
         fails at once, naming this one's pid), tidies what killed runs left there and decides where to start (a
         new run, or the newest good checkpoint); with several processes it tells the others."""
-        problem, resume_from = None, None
+        problem, resume_from, finished = None, None, None
         if self.accelerator.is_main_process:
             try:
+                check_run_folder(self.cfg, self.run_dir, self.resume)
                 self.run_lock.acquire()
-                clean_stale_temporaries(self.run_dir)
-                resume_from = locate_run(self.cfg, self.run_dir, self.resume)
-                self.data_files = data_file_digests(self.cfg)
+                finished = finished_run(self.cfg, self.run_dir) if self.resume else None
+                if finished is None:
+                    clean_stale_temporaries(self.run_dir)
+                    resume_from = locate_run(self.cfg, self.run_dir, self.resume)
+                    self.data_files = data_file_digests(self.cfg)
             except V2TError as exc:
                 problem = exc
-        message, resume_from = self.as_main_process_says([None if problem is None else str(problem), resume_from])
+        message, resume_from, finished = self.as_main_process_says(
+            [None if problem is None else str(problem), resume_from, finished])
         problem = problem or (V2TError(message) if message is not None else None)
         if problem is not None:
             self.run_lock.release()
             raise problem
-        self.resume_from = resume_from
+        self.resume_from, self.finished = resume_from, finished
 
     def prepare_data(self) -> None:
         """Read and embed the corpus (the main process fills the cache, then the others read it)."""
@@ -318,13 +324,14 @@ class Trainer:
                                     rank=self.accelerator.process_index, scaler=self.accelerator.scaler)
             self.state = TrainState(**saved)
             self.saved_step = self.state.step
+            self.log.resume_at(self.state.step)
             logger.info("resumed %s at step %d", self.resume_from, self.state.step)
         elif self.accelerator.is_main_process:
             import yaml
 
             self.log.start_over()
-            (self.run_dir / "recipe.yaml").write_text(
-                yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+            atomic_write(self.run_dir / "recipe.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False,
+                                                                      allow_unicode=True))
         cost = self.cost
         logger.info("parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
                     "%.2f GiB for batch %d x %d tokens", f"{cost['trainable_params']:,}",
@@ -507,13 +514,14 @@ class Trainer:
         self.signals.ignore()  # a second Ctrl-C or SIGTERM must not cut the checkpoint short
         if hasattr(self, "bar"):
             self.bar.close()
-        saved = self.save_on_stop(exc) if self.accelerator.is_main_process else None
-        if isinstance(exc, (KeyboardInterrupt, V2TError)) or not isinstance(exc, Exception):
+        full = isinstance(exc, DiskFull)  # a checkpoint would not fit either: the last one holds the work
+        saved = self.save_on_stop(exc) if self.accelerator.is_main_process and not full else None
+        if not full and (isinstance(exc, (KeyboardInterrupt, V2TError)) or not isinstance(exc, Exception)):
             return exc
         where = f"checkpoint {saved} holds the work done: fix the cause, then continue with --resume" if saved \
             else _last_checkpoint_hint(self.run_dir)
-        stopped = TrainingStopped(f"training stopped at step {self.state.step} by {type(exc).__name__}: "
-                                  f"{first_line(exc, 300)}{_hint(exc)}; {where}")
+        why = f": {exc}" if full else f" by {type(exc).__name__}: {first_line(exc, 300)}{_hint(exc)}"
+        stopped = TrainingStopped(f"training stopped at step {self.state.step}{why}; {where}")
         stopped.__cause__ = exc
         return stopped
 

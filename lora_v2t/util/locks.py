@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import V2TError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -52,6 +54,11 @@ class FileLock:
                 self.fd = fd
             else:  # the previous holder removed the file after we opened it: lock the one there now
                 os.close(fd)
+        if not _holds_a_pid_or_nothing(self.fd):  # someone else's file by this name: neither rewrite nor remove it
+            os.close(self.fd)
+            self.fd = None
+            raise V2TError(f"{self.path} exists and is not a lock file (it holds something other than a process "
+                           "id): move it away, lora_v2t needs that name for its lock")
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
         return self
@@ -91,6 +98,12 @@ class FileLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _holds_a_pid_or_nothing(fd: int) -> bool:
+    """Whether a file is one this module writes: empty, or a process id and a newline."""
+    head = os.pread(fd, 64, 0)
+    return not head or (head.endswith(b"\n") and head[:-1].isdigit())
 
 
 def _read_pid(fd: int) -> int | None:
