@@ -81,7 +81,7 @@ def main() -> None:
         record(f"greedy + {beams} beams reranked", trace.final, trace.cosines[-1], 1 + beams,
                time.perf_counter() - clock)
     trained = None
-    if args.corrector != "none" and (args.corrector or v2t.meta.get("corrector")):
+    if args.corrector != "none" and (args.corrector or v2t.meta.corrector):
         trained = CorrectionConfig(steps=args.steps, corrector=args.corrector, min_gain=0.0, width=args.width)
         traced("corrector", trained, with_greedy=False)
     if args.start_beams > 1:

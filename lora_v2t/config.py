@@ -116,12 +116,6 @@ class LoRAConfig:
         check_range("lora.dropout", self.dropout, low=0, high=1, below=True)
 
 
-def role_of(meta: dict) -> Role:
-    """An adapter's role as its metadata or bundle config records it (bundles from before correctors existed
-    record none: they are hypothesizers)."""
-    return meta.get("role") or DEFAULT_ROLE
-
-
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = setting(
@@ -185,8 +179,7 @@ class GenerationConfig:
     def of_bundle(cls, bundle, **overrides) -> GenerationConfig:
         """A bundle's decoding defaults (``bundle``: its BundleConfig, read without loading it, or a loaded
         adapter's AdapterMeta: anything with a ``generation`` mapping), then ``overrides``."""
-        generation = bundle.get("generation") if isinstance(bundle, dict) else bundle.generation
-        return cls.of_section(generation, **overrides)
+        return cls.of_section(bundle.generation, **overrides)
 
 
 @dataclass

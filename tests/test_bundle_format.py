@@ -67,7 +67,8 @@ def test_reading_does_not_share_the_callers_data(tmp_path):
     (lambda d: d["backbone"].update(quantization="2bit"), "backbone.quantization must be one of"),
     (lambda d: d["backbone"].update(compute_dtype="int4"), "backbone.compute_dtype must be float32"),
     (lambda d: d["generation"].update(num_beams=0), "its generation defaults are not valid"),
-    (lambda d: d.update(generation=[1]), "the 'generation' section must be a JSON object"),
+    (lambda d: d.update(generation=[1]), "its generation defaults are not valid"),
+    (lambda d: d.update(training=[1]), "the 'training' section must be a JSON object"),
     (lambda d: d.update(output_vocab_size=0), "output_vocab_size must be a positive integer or null"),
 ])
 def test_bad_values_are_one_line_naming_the_file_and_key(tmp_path, change, message):
@@ -85,3 +86,18 @@ def test_a_file_that_is_not_json_is_one_line(tmp_path):
     file.write_text("{not json", encoding="utf-8")
     with pytest.raises(V2TError, match="is not valid JSON"):
         BundleConfig.from_json(file)
+
+
+def test_a_newer_writers_keys_survive_a_load_and_a_save(v2t, tmp_path):
+    from lora_v2t import load_adapter
+
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    data = json.loads((bundle / "v2t_config.json").read_text(encoding="utf-8"))
+    data["from_a_newer_writer"] = {"kept": True}
+    (bundle / "v2t_config.json").write_text(json.dumps(data), encoding="utf-8")
+    loaded = load_adapter(bundle, device="cpu")
+    assert loaded.meta.source == str(bundle) and loaded.meta.role == "hypothesizer"
+    resaved = json.loads((loaded.save_adapter(tmp_path / "again") / "v2t_config.json").read_text(encoding="utf-8"))
+    assert resaved["from_a_newer_writer"] == {"kept": True}
+    assert {k: v for k, v in resaved.items() if k != "lora_v2t_version"} == {
+        k: v for k, v in data.items() if k != "lora_v2t_version"}

@@ -192,10 +192,9 @@ def check_config(config: dict, file: Path) -> None:
     for key in ("encoder", "backbone", "projector") + (() if full else ("lora",)):
         if not isinstance(config.get(key), dict):
             raise V2TError(f"{file} lacks the '{key}' section: the file is corrupt")
-    for key in ("generation", "training"):
-        if not isinstance(config.get(key) or {}, dict):
-            raise V2TError(f"{file}: the '{key}' section must be a JSON object, got {config[key]!r}: the file is "
-                           "corrupt")
+    if not isinstance(config.get("training") or {}, dict):
+        raise V2TError(f"{file}: the 'training' section must be a JSON object, got {config['training']!r}: the "
+                       "file is corrupt")
     for section, key, kind in (("encoder", "spec", str), ("encoder", "dim", int), ("backbone", "name", str),
                                ("backbone", "hidden_size", int), ("backbone", "vocab_size", int)):
         if not isinstance(config[section].get(key), kind):

@@ -332,13 +332,13 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
             raise V2TError(f"{len(data.vectors)} vectors for {n} reference sentences: give one vector per line")
         vectors = to_vectors(data.vectors, v2t.embedding_dim).numpy()
     else:
-        logger.info("encoding %d sentences with %s", n, v2t.meta["encoder"]["spec"])
+        logger.info("encoding %d sentences with %s", n, v2t.meta.encoder.spec)
         vectors = v2t.encode(data.sources, show_progress=show_progress)
     systems, trace = _decode_systems(v2t, vectors, rerank, correction, options, show_progress)
     boot = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
     summary = {"adapter": None if adapter is None else str(adapter), "adapter_config": adapter_summary(v2t),
-               "data": data.name, "sentences": n, "skipped": data.skipped, "encoder": v2t.meta["encoder"]["spec"],
+               "data": data.name, "sentences": n, "skipped": data.skipped, "encoder": v2t.meta.encoder.spec,
                "backbone": v2t.backbone_info["name"], "compute_dtype": v2t.backbone_info["compute_dtype"],
                "bootstrap_resamples": resamples,
                "output_vocab": v2t.output_vocab.numel() if restrict_vocab and v2t.output_vocab is not None
@@ -346,7 +346,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
                "scores": {name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]}
                                  for m, (v, lo, hi) in s.items()} for name, s in scores.items()}}
     if trace is not None:
-        summary["correction"] = {"corrector": correction.corrector or v2t.meta.get("corrector"),
+        summary["correction"] = {"corrector": correction.corrector or v2t.meta.corrector,
                                  "starts_from": "reranked" if rerank > 1 else "greedy",
                                  "width": correction.width, "steps_asked": correction.steps,
                                  "steps_run": len(trace.texts) - 1,
@@ -370,8 +370,8 @@ def check_evaluation_options(rerank: int, resamples: int) -> None:
 def adapter_summary(v2t) -> dict:
     """The active adapter's v2t_config (encoder, backbone, projector, LoRA, generation defaults, training
     summary without its sample reconstructions), as recorded in an evaluation summary."""
-    config = bundle_config(v2t)
-    config["training"] = {k: v for k, v in (config.get("training") or {}).items() if k != "samples"}
+    config = bundle_config(v2t).to_dict()
+    config["training"] = {k: v for k, v in config["training"].items() if k != "samples"}
     return config
 
 

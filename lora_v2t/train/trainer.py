@@ -243,11 +243,11 @@ class Trainer:
         self.v2t = v2t = Vector2Text.from_config(cfg, encoder=self.encoder, device=str(device))
         self.release_encoder()
         if self.accelerator.mixed_precision in ("bf16", "fp16"):  # the precision the adapter learns in
-            v2t.meta["precision"]["compute_dtype"] = "bfloat16" if self.accelerator.mixed_precision == "bf16" \
+            v2t.meta.precision["compute_dtype"] = "bfloat16" if self.accelerator.mixed_precision == "bf16" \
                 else "float16"
-        v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
+        v2t.meta.generation = asdict(cfg.generation)
         if tc.role == "corrector":  # it reads hypotheses cut as in training
-            v2t.adapter_meta[v2t.active_adapter]["context_tokens"] = cfg.data.max_tokens
+            v2t.meta.context_tokens = cfg.data.max_tokens
         self.prepare_tokens()
         self.plan_memory()
         self.params = v2t.trainable_parameters()
