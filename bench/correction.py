@@ -51,7 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     from lora_v2t import load_adapter
     from lora_v2t.model.correct import SHIFT, CorrectionConfig, correct
-    from lora_v2t.tasks.evaluate import read_eval_file, score_outputs
+    from lora_v2t.tasks.evaluate import read_eval_file
+    from lora_v2t.tasks.metrics import score_outputs
 
     data = read_eval_file(args.data, limit=args.dev)
     v2t = load_adapter(args.adapter, device="cpu")
