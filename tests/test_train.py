@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lora_v2t.train.setup as setup
 import lora_v2t.train.trainer as train_module
 from lora_v2t import V2TError, load_adapter
 from lora_v2t.bundle.adapter import BUNDLE_FILES
@@ -511,7 +512,7 @@ def test_a_training_device_that_cannot_be_honoured_is_refused_before_loading(
 
 
 def test_cuda_index_checks_with_fake_devices(monkeypatch):
-    from lora_v2t.train.trainer import training_device
+    from lora_v2t.train.setup import training_device
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -654,9 +655,9 @@ def test_a_time_boxed_run_shows_minutes_left_not_a_step_count(tmp_path, tiny_bac
 
 @pytest.mark.parametrize("units, expected", [(True, "bf16"), (False, "no")])
 def test_auto_mixed_precision_on_the_cpu_follows_its_bf16_units(monkeypatch, units, expected):
-    monkeypatch.setattr(train_module, "cpu_has_bf16_units", lambda: units)
-    assert train_module.mixed_precision("auto", cuda=False) == expected
-    assert train_module.mixed_precision("no", cuda=False) == "no"
+    monkeypatch.setattr(setup, "cpu_has_bf16_units", lambda: units)
+    assert setup.mixed_precision("auto", cuda=False) == expected
+    assert setup.mixed_precision("no", cuda=False) == "no"
 
 
 def test_a_bf16_run_on_the_cpu_records_that_its_adapter_learned_in_bf16(tmp_path, tiny_backbone_dir,
