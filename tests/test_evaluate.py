@@ -309,7 +309,7 @@ def test_bleu_and_chrf_intervals_equal_sacrebleus_corpus_score_of_every_resample
 def test_statistics_that_miss_sacrebleus_score_fall_back_to_rescoring(monkeypatch, caplog):
     from sacrebleu.metrics import CHRF
 
-    import lora_v2t.tasks.evaluate as module
+    import lora_v2t.tasks.metrics as module
 
     hyps, refs = hypotheses_and_references()
     resamples = np.random.default_rng(4).integers(0, len(refs), size=(20, len(refs)))
