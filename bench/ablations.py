@@ -46,7 +46,7 @@ def corpus_vocab_val_loss(v2t, texts: list[str], vectors, vocab, batch_size: int
     import numpy as np
     import torch
 
-    from lora_v2t.train.trainer import validation_loss
+    from lora_v2t.train.evaluation import validation_loss
 
     allowed = set(vocab.tolist())
     keep = [i for i, t in enumerate(texts)

@@ -51,7 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     from lora_v2t import load_adapter
     from lora_v2t.model.correct import SHIFT, CorrectionConfig, correct
-    from lora_v2t.tasks.evaluate import read_eval_file, score_outputs
+    from lora_v2t.tasks.evaluate import read_eval_file
+    from lora_v2t.tasks.metrics import score_outputs
 
     data = read_eval_file(args.data, limit=args.dev)
     v2t = load_adapter(args.adapter, device="cpu")
@@ -81,7 +82,7 @@ def main() -> None:
         record(f"greedy + {beams} beams reranked", trace.final, trace.cosines[-1], 1 + beams,
                time.perf_counter() - clock)
     trained = None
-    if args.corrector != "none" and (args.corrector or v2t.meta.get("corrector")):
+    if args.corrector != "none" and (args.corrector or v2t.meta.corrector):
         trained = CorrectionConfig(steps=args.steps, corrector=args.corrector, min_gain=0.0, width=args.width)
         traced("corrector", trained, with_greedy=False)
     if args.start_beams > 1:

@@ -22,6 +22,7 @@ Quantization = Literal["auto", "8bit", "4bit", "none"]
 BaseQuantization = Literal["8bit", "4bit", "none"]  # what a loaded base is (auto resolved), as bundles record it
 CacheKind = Literal["dynamic", "static"]
 Role = Literal["hypothesizer", "corrector"]  # see lora_v2t.model.correct
+DEFAULT_ROLE: Role = "hypothesizer"  # what an adapter is unless it says (bundles from before correctors say nothing)
 DType = Literal["auto", "float32", "bfloat16"]  # what a user may ask a loaded base to compute in
 Trainable = Literal["lora", "full"]
 LossVocab = Literal["full", "corpus"]
@@ -115,12 +116,6 @@ class LoRAConfig:
         check_range("lora.dropout", self.dropout, low=0, high=1, below=True)
 
 
-def role_of(meta: dict) -> Role:
-    """An adapter's role as its metadata or bundle config records it (bundles from before correctors existed
-    record none: they are hypothesizers)."""
-    return meta.get("role") or "hypothesizer"
-
-
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = setting(
@@ -176,9 +171,15 @@ class GenerationConfig:
         return GenerationConfig(**merged)
 
     @classmethod
-    def of_bundle(cls, bundle_config: dict, **overrides) -> GenerationConfig:
-        """A bundle's decoding defaults (from its v2t_config.json, without loading it), then ``overrides``."""
-        return cls().updated(**(bundle_config.get("generation") or {})).updated(**overrides)
+    def of_section(cls, generation: dict | None, **overrides) -> GenerationConfig:
+        """The defaults updated with a bundle's ``generation`` section, then ``overrides``."""
+        return cls().updated(**(generation or {})).updated(**overrides)
+
+    @classmethod
+    def of_bundle(cls, bundle, **overrides) -> GenerationConfig:
+        """A bundle's decoding defaults (``bundle``: its BundleConfig, read without loading it, or a loaded
+        adapter's AdapterMeta: anything with a ``generation`` mapping), then ``overrides``."""
+        return cls.of_section(bundle.generation, **overrides)
 
 
 @dataclass
@@ -218,7 +219,7 @@ class DataConfig:
 @dataclass
 class TrainingConfig:
     run_name: str = setting("run", "run folder: <output_dir>/<run_name>/")
-    role: Role = setting("hypothesizer", "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see "
+    role: Role = setting(DEFAULT_ROLE, "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see "
                         "lora_v2t.model.correct)")
     output_dir: str | None = setting(
         None, "folder of the run folders; None = <checkpoints>/runs (see lora-v2t train --help for <checkpoints>)")

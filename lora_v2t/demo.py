@@ -112,7 +112,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 def shipped_minutes(v2t) -> str:
     """"; the shipped one trained for N minutes", as its bundle records it (nothing when it does not)."""
-    minutes = None if v2t is None else (v2t.meta.get("training") or {}).get("wall_minutes")
+    minutes = None if v2t is None else v2t.meta.training.get("wall_minutes")
     return f"; the shipped one trained for {minutes:.0f} minutes" if isinstance(minutes, (int, float)) else ""
 
 

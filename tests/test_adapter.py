@@ -38,7 +38,7 @@ def test_bundle_has_exactly_the_documented_files_and_no_base_weights(v2t, bundle
         assert set(handle.keys()) == set(v2t.projector.state_dict())
     config = json.loads((bundle / "v2t_config.json").read_text())
     assert config["format_version"] == FORMAT_VERSION
-    assert config["encoder"] == {"spec": v2t.meta["encoder"]["spec"], "dim": v2t.embedding_dim}
+    assert config["encoder"] == {"spec": v2t.meta.encoder.spec, "dim": v2t.embedding_dim}
     assert config["backbone"]["hidden_size"] == 32 and config["backbone"]["vocab_size"] == 300
     assert config["training"] == {"steps": 3, "data": "unit test"}
     assert "load_adapter" in (bundle / "README.md").read_text()
@@ -50,7 +50,7 @@ def test_save_then_load_gives_identical_logits_and_greedy_text(v2t, bundle):
     loaded = load_adapter(bundle, device="cpu")
     assert torch.equal(logits_of(v2t, vectors), logits_of(loaded, vectors))
     assert v2t.generate(vectors, max_new_tokens=10) == loaded.generate(vectors, max_new_tokens=10)
-    assert loaded.meta["training"]["steps"] == 3
+    assert loaded.meta.training["steps"] == 3
 
 
 def test_plain_peft_loads_the_lora_part(v2t, bundle, tiny_backbone_dir):
@@ -303,7 +303,7 @@ def pickle_the_backbone(bundle):
 
 
 def test_a_pickled_backbone_in_a_bundle_is_refused_by_every_command(full_bundle, capsys, no_base_load):
-    assert validate_bundle(full_bundle)["trainable"] == "full"
+    assert validate_bundle(full_bundle).trainable == "full"
     pickle_the_backbone(full_bundle)
     with pytest.raises(V2TError, match=r"holds pickle file\(s\) \['backbone/pytorch_model.bin'\]: lora_v2t loads only"):
         validate_bundle(full_bundle)
@@ -580,8 +580,8 @@ def test_an_unchanged_bundle_is_read_once_and_a_change_after_that_is_still_caugh
     checked.clear()
     monkeypatch.setattr(adapter_module, "SETTLED_NS", 0)  # as if the files had been written long ago
     first = validate_bundle(copied)
-    first["encoder"]["spec"] = "changed by the caller"  # each caller gets its own copy
-    assert validate_bundle(copied)["encoder"]["spec"] != "changed by the caller"
+    first.encoder.spec = "changed by the caller"  # each caller gets its own copy
+    assert validate_bundle(copied).encoder.spec != "changed by the caller"
     assert sorted(checked) == ["adapter_model.safetensors", "projector.safetensors"]  # the weights read once
 
     def poison(tensors):

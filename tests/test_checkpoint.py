@@ -106,7 +106,7 @@ def test_training_checkpoints_hold_the_cuda_states_of_the_moment_they_describe(
 def test_the_fp16_loss_scaler_is_saved_and_restored(tmp_path, tiny_backbone_dir, tiny_encoder):
     from lora_v2t.config import RunConfig, TrainingConfig
     from lora_v2t.train.checkpoint import load_checkpoint, save_checkpoint
-    from lora_v2t.train.trainer import make_optimizer
+    from lora_v2t.train.setup import make_optimizer
 
     from .conftest import make_v2t
 

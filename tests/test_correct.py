@@ -26,7 +26,7 @@ def bundles(tmp_path, tiny_backbone_dir, tiny_encoder, corrector):
     """A hypothesizer bundle naming a corrector bundle saved beside it."""
     corrector.save_adapter(tmp_path / "corr")
     hyp = make_v2t(tiny_backbone_dir, tiny_encoder)
-    hyp.meta["corrector"] = "../corr"
+    hyp.meta.corrector = "../corr"
     hyp.save_adapter(tmp_path / "hyp")
     return tmp_path / "hyp", tmp_path / "corr"
 
@@ -270,7 +270,7 @@ def test_an_explicit_corrector_is_loaded_once_and_replaced_when_another_is_asked
     v2t.generate(vectors, correct_steps=1, corrector=str(other), max_new_tokens=6)
     assert v2t.projectors["default-corrector"] is first  # not reloaded
     v2t.generate(vectors, correct_steps=1, max_new_tokens=6)  # the one the hypothesizer names
-    assert v2t.adapter_meta["default-corrector"]["source"] == str(corr_dir.resolve())
+    assert v2t.adapter_meta["default-corrector"].source == str(corr_dir.resolve())
 
 
 def test_evaluate_reports_every_correction_step_with_its_cost(v2t, tmp_path):

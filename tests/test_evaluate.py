@@ -7,15 +7,8 @@ import pytest
 from lora_v2t import V2TError
 from lora_v2t.bundle.adapter import BUNDLE_FILES
 from lora_v2t.cli import main
-from lora_v2t.tasks.evaluate import (
-    EvalData,
-    bootstrap_interval,
-    evaluate,
-    exact_match,
-    read_eval_file,
-    score_outputs,
-    token_f1,
-)
+from lora_v2t.tasks.evaluate import EvalData, evaluate, read_eval_file
+from lora_v2t.tasks.metrics import bootstrap_interval, exact_match, score_outputs, token_f1
 from lora_v2t.util.textfile import split_lines, unescape_tsv
 from lora_v2t.util.vectors import cosine_rows
 
@@ -301,7 +294,7 @@ def hypotheses_and_references():
 def test_bleu_and_chrf_intervals_equal_sacrebleus_corpus_score_of_every_resample():
     from sacrebleu.metrics import BLEU, CHRF
 
-    from lora_v2t.tasks.evaluate import corpus_interval, rescore_resamples
+    from lora_v2t.tasks.metrics import corpus_interval, rescore_resamples
 
     hyps, refs = hypotheses_and_references()
     resamples = np.random.default_rng(3).integers(0, len(refs), size=(40, len(refs)))
@@ -316,7 +309,7 @@ def test_bleu_and_chrf_intervals_equal_sacrebleus_corpus_score_of_every_resample
 def test_statistics_that_miss_sacrebleus_score_fall_back_to_rescoring(monkeypatch, caplog):
     from sacrebleu.metrics import CHRF
 
-    import lora_v2t.tasks.evaluate as module
+    import lora_v2t.tasks.metrics as module
 
     hyps, refs = hypotheses_and_references()
     resamples = np.random.default_rng(4).integers(0, len(refs), size=(20, len(refs)))

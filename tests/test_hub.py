@@ -113,7 +113,7 @@ def test_load_adapter_by_hub_id_from_the_offline_cache(v2t, cached, hub_cache):
     folder = resolve_adapter(REPO)
     assert hub_cache in folder.parents and folder.parent.name == "snapshots"
     loaded = load_adapter(REPO, device="cpu")
-    assert loaded.meta["training"] == {"steps": 7}
+    assert loaded.meta.training == {"steps": 7}
     assert loaded.invert(TEXTS, max_new_tokens=6) == v2t.invert(TEXTS, max_new_tokens=6)
 
 
@@ -122,14 +122,14 @@ def test_a_revision_picks_a_branch_tag_or_commit(v2t, tiny_backbone_dir, tiny_en
     new = v2t.save_adapter(tmp_path / "new", training={"steps": 2})
     old_commit = cache_repo(hub_cache, REPO, old, refs=("v1",))
     cache_repo(hub_cache, REPO, new, refs=("main",))
-    steps = {rev: validate_bundle(resolve_adapter(REPO, rev))["training"]["steps"]
+    steps = {rev: validate_bundle(resolve_adapter(REPO, rev)).training["steps"]
              for rev in (None, "main", "v1", old_commit)}
     assert steps == {None: 2, "main": 2, "v1": 1, old_commit: 1}
     assert main(["info", REPO, "--revision", "v1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["training"] == {"steps": 1}
     other = make_v2t(tiny_backbone_dir, tiny_encoder, seed=1)
     other.load_adapter(REPO, name="old", revision="v1")  # a second adapter on a loaded base, from the hub
-    assert other.adapters == ["default", "old"] and other.adapter_meta["old"]["training"] == {"steps": 1}
+    assert other.adapters == ["default", "old"] and other.adapter_meta["old"].training == {"steps": 1}
     other.set_adapter("old")
     assert other.invert(TEXTS, max_new_tokens=6) == v2t.invert(TEXTS, max_new_tokens=6)
 
@@ -147,7 +147,7 @@ def test_a_local_folder_wins_over_a_hub_id_of_the_same_spelling(v2t, cached, tmp
     monkeypatch.chdir(tmp_path)
     v2t.save_adapter(tmp_path / REPO, training={"steps": 5})
     assert resolve_adapter(REPO) == Path(REPO)
-    assert load_adapter(REPO, device="cpu").meta["training"] == {"steps": 5}
+    assert load_adapter(REPO, device="cpu").meta.training == {"steps": 5}
     with pytest.raises(V2TError, match="is a local folder .* applies to hub ids only"):
         resolve_adapter(REPO, revision="v1")
     with pytest.raises(V2TError, match="does not exist, and it is not a hub id"):
@@ -198,8 +198,8 @@ def test_bundles_name_the_base_by_its_hub_id(hub_cache, tiny_backbone_dir, tiny_
     v2t = make_v2t("tiny-org/tiny-gpt2", tiny_encoder)
     bundle = v2t.save_adapter(tmp_path / "bundle")
     assert json.loads((bundle / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-org/tiny-gpt2"
-    backbone = validate_bundle(bundle)["backbone"]
-    assert backbone["name"] == backbone["hub_id"] == "tiny-org/tiny-gpt2"
+    backbone = validate_bundle(bundle).backbone
+    assert backbone.name == backbone.hub_id == "tiny-org/tiny-gpt2"
     card = ModelCard.load(bundle / "README.md")
     assert card.data.base_model == "tiny-org/tiny-gpt2" and card.data.library_name == "lora_v2t"
     assert card.data.tags == ["lora_v2t", "embedding-inversion", "peft", "lora"]
@@ -216,7 +216,7 @@ def test_a_local_backbone_is_never_named_by_its_absolute_path(bundle, tiny_backb
     assert named == Path(tiny_backbone_dir).name
     resaved = load_adapter(bundle, device="cpu").save_adapter(tmp_path / "again")
     assert json.loads((resaved / "adapter_config.json").read_text())["base_model_name_or_path"] == named
-    assert validate_bundle(bundle)["backbone"]["hub_id"] is None
+    assert validate_bundle(bundle).backbone.hub_id is None
     card = ModelCard.load(bundle / "README.md")
     assert card.data.base_model is None and card.data.library_name == "lora_v2t"
 
@@ -235,20 +235,20 @@ def test_hub_ids_of_offline_backbones_cache_folders_and_local_paths(tmp_path):
 
 def test_the_shipped_adapter_names_its_base_by_hub_id():
     config = validate_bundle(SHIPPED)
-    assert config["backbone"]["hub_id"] == "google/gemma-3-270m"
-    assert config["backbone"]["name"] == "offline:gemma-3-270m"  # how lora_v2t loads it here, with no internet
+    assert config.backbone.hub_id == "google/gemma-3-270m"
+    assert config.backbone.name == "offline:gemma-3-270m"  # how lora_v2t loads it here, with no internet
     peft_config = json.loads((SHIPPED / "adapter_config.json").read_text())
     assert peft_config["base_model_name_or_path"] == "google/gemma-3-270m"
     card = ModelCard.load(SHIPPED / "README.md")
     assert card.data.base_model == "google/gemma-3-270m" and card.data.library_name == "lora_v2t"
     metrics = {r.metric_name: r.metric_value for r in card.data.eval_results}
-    assert metrics == config["training"]["metrics"]
+    assert metrics == config.training["metrics"]
 
 
 def test_card_metrics_come_from_the_training_summary(bundle):
     config = validate_bundle(bundle)
     assert "model-index" not in card_metadata(config)  # no metrics: no results
-    config["training"]["metrics"] = {"val_loss": 2.5, "dev greedy bleu (n=10)": 12.0, "note": "text",
+    config.training["metrics"] = {"val_loss": 2.5, "dev greedy bleu (n=10)": 12.0, "note": "text",
                                      "news reranked chrf (n=10)": 30.5, "dev corrected-3 cosine (n=10)": 0.8,
                                      "dev reranked+corrected-2 chrf (n=10)": 40.5, "dev sampled bleu (n=1)": 1.0}
     results = card_metadata(config)["model-index"][0]["results"]

@@ -63,3 +63,12 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     assert upward_imports(tmp_path / "bundle" / "__init__.py", tmp_path) == [
         "bundle/__init__.py:1 imports train"]
     assert upward_imports(tmp_path / "model" / "ok.py", tmp_path) == []
+
+
+MAX_LINES = 500  # one concept per module: a longer one is split by what it does
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_over_500_lines(path):
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(PACKAGE)} has {lines} lines: split it by what it does"

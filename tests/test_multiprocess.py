@@ -53,6 +53,6 @@ def test_two_processes_train_share_the_batches_and_resume(tmp_path, tiny_backbon
                    "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     v2t = load_adapter(run / "final", device="cpu")
-    steps = v2t.meta["training"]["steps"]
-    assert 20 < steps < 100000 and v2t.meta["training"]["sentences_seen"] == steps * 8 * 2
+    steps = v2t.meta.training["steps"]
+    assert 20 < steps < 100000 and v2t.meta.training["sentences_seen"] == steps * 8 * 2
     assert len(v2t.generate(v2t.encode(["Где лодка?"]), max_new_tokens=4)) == 1

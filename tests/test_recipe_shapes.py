@@ -61,7 +61,7 @@ def test_every_recipe_has_a_shape_test():
 def create_from_recipe(cfg) -> Vector2Text:
     """The adapter ``lora-v2t train`` starts from: ``Vector2Text.from_config``, as the trainer builds it."""
     v2t = Vector2Text.from_config(cfg, device="cpu")
-    v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
+    v2t.meta.generation = asdict(cfg.generation)
     return v2t
 
 
@@ -103,7 +103,7 @@ def test_recipe_adapter_saves_and_loads_at_the_real_shapes(recipe, request, tmp_
     assert not torch.allclose(before, expected, atol=1e-3)  # the adapter (or the fine-tuned weights) matters
 
     bundle = v2t.save_adapter(tmp_path / "bundle", training={"steps": 0, "data": "shape test"})
-    config = validate_bundle(bundle)
+    config = validate_bundle(bundle).to_dict()
     assert config["trainable"] == cfg.training.trainable
     assert config["role"] == cfg.training.role
     assert config["projector"]["kind"] == cfg.projector.kind

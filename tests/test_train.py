@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lora_v2t.train.setup as setup
 import lora_v2t.train.trainer as train_module
 from lora_v2t import V2TError, load_adapter
 from lora_v2t.bundle.adapter import BUNDLE_FILES
@@ -78,8 +79,8 @@ def test_a_few_steps_make_the_documented_run_folder(tmp_path, tiny_backbone_dir,
     assert all(r["samples"] and "generated" in r["samples"][0] for r in rows if r["kind"] == "eval")
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     v2t = load_adapter(final, device="cpu")
-    assert v2t.meta["training"]["steps"] == 12 and len(v2t.meta["training"]["samples"]) == 2  # num_samples
-    memory = v2t.meta["training"]["memory"]  # the estimate checked against the measured peak (the process's, here)
+    assert v2t.meta.training["steps"] == 12 and len(v2t.meta.training["samples"]) == 2  # num_samples
+    memory = v2t.meta.training["memory"]  # the estimate checked against the measured peak (the process's, here)
     assert memory["measured"] == "process_max_rss" and memory["gradient_checkpointing"] is False
     assert 0 < memory["estimated_peak_gib"] < memory["measured_peak_gib"] < 64
     assert torch.equal(adapter_state(final)["projector.norm.weight"],
@@ -222,7 +223,7 @@ def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir
     assert isinstance(stopped.value.__cause__.__cause__, OSError)  # no second write attempt after a failed one
     run = tmp_path / "runs" / "tiny-debug"
     assert sorted(p.name for p in run.iterdir() if p.name.startswith((".", "step"))) == ["step-000010"]
-    assert load_adapter(run / "step-000010", device="cpu").meta["training"]["steps"] == 10
+    assert load_adapter(run / "step-000010", device="cpu").meta.training["steps"] == 10
     monkeypatch.setattr(safetensors.torch, "save_file", real)
     train(cfg, resume=True, show_progress=False)  # and the run can go on from it
     assert (run / "final").is_dir()
@@ -318,7 +319,7 @@ def test_a_copied_run_folder_resumes_where_only_its_location_changed(tmp_path, t
                     "--training.save_every=2", "--training.run_name=copied")
     final = train(copied, resume=True, show_progress=False)
     assert final == moved / "runs" / "copied" / "final"
-    assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
+    assert load_adapter(final, device="cpu").meta.training["steps"] == 6
     (moved / "other.txt").write_text("Совсем другой корпус.\n" * 30, encoding="utf-8")
     other = recipe(moved, tiny_backbone_dir, tiny_encoder_dir, moved / "other.txt", "--training.max_steps=8",
                    "--training.run_name=copied")
@@ -343,7 +344,7 @@ def test_resume_passes_over_a_damaged_last_checkpoint_and_says_so(damaged, tmp_p
         final = train(more, resume=True, show_progress=False)
     assert "resuming from step-000002, the newest good checkpoint, not from the newer step-000004 is damaged: " \
         in caplog.text and "(set aside as damaged-step-000004)" in caplog.text
-    assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
+    assert load_adapter(final, device="cpu").meta.training["steps"] == 6
     from lora_v2t.train.checkpoint import check_checkpoint
 
     assert check_checkpoint(run / "step-000004")["state"]["step"] == 4  # rewritten whole on the way
@@ -463,7 +464,7 @@ def test_a_failing_write_or_evaluation_saves_the_step_and_says_so_in_one_line(
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000005"]
     monkeypatch.undo()
     assert main(["train", str(RECIPE), *args, "--resume"]) == 0
-    assert load_adapter(run / "final", device="cpu").meta["training"]["steps"] == 12
+    assert load_adapter(run / "final", device="cpu").meta.training["steps"] == 12
 
 
 def test_the_encoder_is_freed_once_the_cache_is_filled(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
@@ -511,7 +512,7 @@ def test_a_training_device_that_cannot_be_honoured_is_refused_before_loading(
 
 
 def test_cuda_index_checks_with_fake_devices(monkeypatch):
-    from lora_v2t.train.trainer import training_device
+    from lora_v2t.train.setup import training_device
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -566,7 +567,7 @@ def test_a_second_ctrl_c_during_the_save_does_not_cut_the_checkpoint_short(
     assert signal.getsignal(signal.SIGINT) == before  # Ctrl-C works as usual again afterwards
     run = tmp_path / "runs" / "tiny-debug"
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000003"]
-    assert load_adapter(run / "step-000003", device="cpu").meta["training"]["steps"] == 3
+    assert load_adapter(run / "step-000003", device="cpu").meta.training["steps"] == 3
 
 
 @pytest.mark.parametrize("during", ["update", "checkpoint"])
@@ -654,9 +655,9 @@ def test_a_time_boxed_run_shows_minutes_left_not_a_step_count(tmp_path, tiny_bac
 
 @pytest.mark.parametrize("units, expected", [(True, "bf16"), (False, "no")])
 def test_auto_mixed_precision_on_the_cpu_follows_its_bf16_units(monkeypatch, units, expected):
-    monkeypatch.setattr(train_module, "cpu_has_bf16_units", lambda: units)
-    assert train_module.mixed_precision("auto", cuda=False) == expected
-    assert train_module.mixed_precision("no", cuda=False) == "no"
+    monkeypatch.setattr(setup, "cpu_has_bf16_units", lambda: units)
+    assert setup.mixed_precision("auto", cuda=False) == expected
+    assert setup.mixed_precision("no", cuda=False) == "no"
 
 
 def test_a_bf16_run_on_the_cpu_records_that_its_adapter_learned_in_bf16(tmp_path, tiny_backbone_dir,
@@ -718,7 +719,7 @@ def test_checkpointing_auto_turns_on_where_the_step_would_not_fit(tmp_path, tiny
                  "--training.eval_every=2", "--training.save_every=2")
     final = train(cfg, show_progress=False)
     assert enabled == [True]
-    assert load_adapter(final, device="cpu").meta["training"]["memory"]["gradient_checkpointing"] is True
+    assert load_adapter(final, device="cpu").meta.training["memory"]["gradient_checkpointing"] is True
 
 
 def test_memory_estimate_sizes_rows_by_the_longest_tokenised_sentence_not_the_cap(tmp_path, tiny_backbone_dir,
@@ -848,7 +849,7 @@ def test_resume_survives_a_metrics_file_whose_last_line_was_cut(tmp_path, tiny_b
     with open(run / "metrics.jsonl", "a", encoding="utf-8") as handle:
         handle.write('{"kind": "train", "step": 5, "lo')  # the disk filled mid-line
     final = resume_to_step_6(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
-    assert load_adapter(final, device="cpu").meta["training"]["steps"] == 6
+    assert load_adapter(final, device="cpu").meta.training["steps"] == 6
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4, 6]
 

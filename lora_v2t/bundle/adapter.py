@@ -27,9 +27,17 @@ from pathlib import Path
 
 from .. import __version__
 from ..bundle.cards import bundle_card
+from ..bundle.format import (
+    AdapterMeta,
+    BackboneInfo,
+    BundleConfig,
+    ProjectorInfo,
+    check_output_vocab_size,
+    read_json,
+)
 from ..bundle.hub import backbone_hub_id, peft_base_name, resolve_adapter
 from ..bundle.layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSION, FULL_MODEL_FILES, OUTPUT_VOCAB_FILE
-from ..config import BASE_QUANTIZATIONS, PRECISION_KEYS, ROLES, GenerationConfig, ProjectorConfig, role_of
+from ..config import PRECISION_KEYS
 from ..model.projector import projector_input_dim
 from ..util.errors import V2TError, first_line
 from ..util.files import atomic_folder, refuse_foreign
@@ -55,7 +63,7 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
                    "move them away, or save the adapter to another folder")
     name = v2t.active_adapter
     if training:
-        v2t.adapter_meta[name]["training"].update(training)
+        v2t.adapter_meta[name].training.update(training)
     with atomic_folder(path) as tmp:
         if not v2t.is_peft:
             v2t.base_model.save_pretrained(tmp / "backbone")
@@ -72,10 +80,9 @@ def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
             save_file({"token_ids": v2t.output_vocab.to("cpu").contiguous()}, str(tmp / OUTPUT_VOCAB_FILE),
                       metadata={"format": "pt"})
         config = bundle_config(v2t)
-        (tmp / "v2t_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
+        (tmp / "v2t_config.json").write_text(config.to_json(), encoding="utf-8")
         if v2t.is_peft:  # name the base by its hub id, never by a local path (peft writes where it was loaded from)
-            _set_peft_base(tmp / "adapter_config.json", config["backbone"]["name"])
+            _set_peft_base(tmp / "adapter_config.json", config.backbone.name)
         bundle_card(config).save(tmp / "README.md")  # a huggingface_hub ModelCard: metadata header, then the text
         expected = (BUNDLE_FILES if v2t.is_peft else FULL_MODEL_FILES) + (OUTPUT_VOCAB_FILE,)
         for item in tmp.iterdir():
@@ -106,35 +113,36 @@ def _set_peft_base(file: Path, backbone_name: str) -> None:
     file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def bundle_config(v2t) -> dict:
+def bundle_config(v2t) -> BundleConfig:
     """The content of ``v2t_config.json`` for the active adapter."""
-    meta = v2t.meta
-    backbone = {k: v2t.backbone_info[k] for k in ("name", "model_type", "hidden_size", "vocab_size")}
-    backbone["hub_id"] = backbone_hub_id(backbone["name"])  # None for a local folder; see adapter_config.json
+    meta, info = v2t.meta, v2t.backbone_info
     # the precision the adapter was trained in, kept from its bundle; the loaded base's when it never said
-    backbone |= meta.get("precision") or {k: v2t.backbone_info[k] for k in PRECISION_KEYS}
-    role = role_of(meta)
-    return {
-        "format_version": CORRECTOR_FORMAT_VERSION if role == "corrector" else FORMAT_VERSION,
-        "lora_v2t_version": __version__,
-        "trainable": "lora" if v2t.is_peft else "full",
-        "encoder": dict(meta["encoder"]),
-        "backbone": backbone,
-        "projector": v2t.projector.describe(),
-        "lora": dict(meta["lora"]) if meta["lora"] else None,
+    precision = meta.precision or {k: info[k] for k in PRECISION_KEYS}
+    backbone = BackboneInfo(name=info["name"], model_type=info["model_type"], hidden_size=info["hidden_size"],
+                            vocab_size=info["vocab_size"], hub_id=backbone_hub_id(info["name"]), **precision,
+                            absent=frozenset(PRECISION_KEYS) - set(precision))
+    return BundleConfig(
+        format_version=CORRECTOR_FORMAT_VERSION if meta.role == "corrector" else FORMAT_VERSION,
+        lora_v2t_version=__version__,
+        trainable="lora" if v2t.is_peft else "full",
+        encoder=copy.deepcopy(meta.encoder),
+        backbone=backbone,
+        projector=ProjectorInfo(**v2t.projector.describe()),
+        lora=copy.deepcopy(meta.lora),
         # the KV cache is a choice of the machine decoding, not of the adapter (and older readers do not know it)
-        "generation": {k: v for k, v in meta["generation"].items() if k != "cache"},
-        "output_vocab_size": None if v2t.output_vocab is None else int(v2t.output_vocab.numel()),
-        "training": dict(meta["training"]),
-        "role": role,
-        "corrector": meta.get("corrector"),  # a hypothesizer's corrector: a folder relative to this one, or a hub id
-        "context_tokens": meta.get("context_tokens"),  # a corrector's: how long a hypothesis it reads may be
-    }
+        generation={k: v for k, v in meta.generation.items() if k != "cache"},
+        output_vocab_size=None if v2t.output_vocab is None else int(v2t.output_vocab.numel()),
+        training=copy.deepcopy(meta.training),
+        role=meta.role,
+        corrector=meta.corrector,
+        context_tokens=meta.context_tokens,
+        extra=copy.deepcopy(meta.extra),
+    )
 
 
 # ---------------------------------------------------------------------- validation
-def validate_bundle(path: str | Path) -> dict:
-    """Check a bundle folder's files and return its v2t_config; raise V2TError naming any problem.
+def validate_bundle(path: str | Path) -> BundleConfig:
+    """Check a bundle folder's files and return its v2t_config.json, typed; raise V2TError naming any problem.
 
     A folder whose files are unchanged since it last passed (same names, inodes, sizes, modification and change
     times) is not read again: the command line checks a bundle before loading it, and loading checks it too.
@@ -169,13 +177,13 @@ def _bundle_stamp(path: Path) -> tuple:
 
 
 @functools.lru_cache(maxsize=16)
-def _validated(path: Path, resolved: Path, stamp: tuple) -> dict:
+def _validated(path: Path, resolved: Path, stamp: tuple) -> BundleConfig:
     """:func:`_validate_bundle` of ``path`` (as the user spelled it, for the messages), remembered for the folder
     ``resolved`` as ``stamp`` found it; errors are not remembered."""
     return _validate_bundle(path)
 
 
-def _validate_bundle(path: Path) -> dict:
+def _validate_bundle(path: Path) -> BundleConfig:
     if not path.is_dir():
         raise V2TError(f"adapter folder {path} does not exist (or is not a folder)")
     if not (path / "v2t_config.json").is_file():
@@ -185,7 +193,7 @@ def _validate_bundle(path: Path) -> dict:
         raise V2TError(f"adapter bundle {path} is missing v2t_config.json: it is incomplete or not a lora_v2t "
                        "adapter; save or copy it again")
     _refuse_pickle(path)
-    config = _read_json(path / "v2t_config.json")
+    config = read_json(path / "v2t_config.json")
     full = config.get("trainable") == "full"
     required_files = ("projector.safetensors",) if full else (
         "adapter_config.json", "adapter_model.safetensors", "projector.safetensors")
@@ -194,11 +202,8 @@ def _validate_bundle(path: Path) -> dict:
     for required in required_files:
         if not (path / required).is_file():
             raise V2TError(f"adapter bundle {path} is missing {required}: it is incomplete; save or copy it again")
-    vocab_size = config.get("output_vocab_size")
-    if vocab_size is not None:
-        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
-            raise V2TError(f"{path / 'v2t_config.json'}: output_vocab_size must be a positive integer or null, "
-                           f"got {vocab_size!r}: the file is corrupt")
+    check_output_vocab_size(config.get("output_vocab_size"), path / "v2t_config.json")
+    if config.get("output_vocab_size") is not None:
         if not (path / OUTPUT_VOCAB_FILE).is_file():
             raise V2TError(f"adapter bundle {path} is missing {OUTPUT_VOCAB_FILE} (its v2t_config.json names an "
                            "output vocabulary): it is incomplete; save or copy it again")
@@ -209,44 +214,8 @@ def _validate_bundle(path: Path) -> dict:
             if name != OUTPUT_VOCAB_FILE:
                 _check_finite(path / name)
     if not full:
-        _check_lora_shapes(path / "adapter_model.safetensors", _read_json(path / "adapter_config.json"))
-    version = config.get("format_version")
-    if not isinstance(version, int):
-        raise V2TError(f"{path / 'v2t_config.json'} has no integer format_version: it is not a lora_v2t bundle")
-    if version > CORRECTOR_FORMAT_VERSION:
-        raise V2TError(f"adapter {path} uses bundle format {version}, newer than this lora_v2t reads "
-                       f"({CORRECTOR_FORMAT_VERSION}): upgrade lora_v2t")
-    if config.get("role", "hypothesizer") not in ROLES:
-        raise V2TError(f"{path / 'v2t_config.json'}: role must be one of {', '.join(ROLES)}, got "
-                       f"{config.get('role')!r}: the file is corrupt")
-    if config.get("corrector") is not None and not isinstance(config["corrector"], str):
-        raise V2TError(f"{path / 'v2t_config.json'}: corrector must be a folder or hub id (a string), got "
-                       f"{config['corrector']!r}")
-    for key in ("encoder", "backbone", "projector") + (() if full else ("lora",)):
-        if not isinstance(config.get(key), dict):
-            raise V2TError(f"{path / 'v2t_config.json'} lacks the '{key}' section: the file is corrupt")
-    for section, key, kind in (("encoder", "spec", str), ("encoder", "dim", int), ("backbone", "name", str),
-                               ("backbone", "hidden_size", int), ("backbone", "vocab_size", int)):
-        if not isinstance(config[section].get(key), kind):
-            raise V2TError(f"{path / 'v2t_config.json'} lacks {section}.{key} (a {kind.__name__}): "
-                           "the file is corrupt")
-    try:
-        ProjectorConfig(kind=config["projector"]["kind"], prefix_length=config["projector"]["prefix_length"])
-    except KeyError as exc:
-        raise V2TError(f"{path / 'v2t_config.json'}: projector section lacks {exc}") from exc
-    precision = config["backbone"]
-    if precision.get("quantization") not in (None, *BASE_QUANTIZATIONS):
-        raise V2TError(f"{path / 'v2t_config.json'}: backbone.quantization must be one of "
-                       f"{', '.join(BASE_QUANTIZATIONS)}, got {precision['quantization']!r}: the file is corrupt")
-    if precision.get("compute_dtype") not in (None, "float32", "bfloat16", "float16"):
-        raise V2TError(f"{path / 'v2t_config.json'}: backbone.compute_dtype must be float32, bfloat16 or float16, "
-                       f"got {precision['compute_dtype']!r}: the file is corrupt")
-    try:
-        GenerationConfig.of_bundle(config)
-    except (V2TError, TypeError, AttributeError) as exc:  # a section that is not a mapping, unknown or bad values
-        raise V2TError(f"{path / 'v2t_config.json'}: its generation defaults are not valid ({exc}); fix or remove "
-                       "the 'generation' section (the defaults then apply)") from exc
-    return config
+        _check_lora_shapes(path / "adapter_model.safetensors", read_json(path / "adapter_config.json"))
+    return BundleConfig.from_dict(config, path / "v2t_config.json")
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -258,16 +227,6 @@ def _refuse_pickle(path: Path) -> None:
         raise V2TError(f"{path} holds pickle file(s) {pickled[:5]}: lora_v2t loads only safetensors; re-save the "
                        "weights with safetensors (save_pretrained(..., safe_serialization=True), "
                        "safetensors.torch.save_file) and remove the pickles")
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise V2TError(f"{file} is not valid JSON ({exc}): the bundle is corrupt; save or copy it again") from exc
-    if not isinstance(data, dict):
-        raise V2TError(f"{file} does not hold a JSON object: the bundle is corrupt")
-    return data
 
 
 def _check_safetensors(file: Path) -> None:
@@ -390,22 +349,22 @@ def _not_safetensors(head: bytes, size: int, length: int, after_length: bytes) -
             f"{REWRITE}")
 
 
-def check_compatible(config: dict, backbone_info: dict, path: Path) -> None:
+def check_compatible(config: BundleConfig, backbone_info: dict, path: Path) -> None:
     """Raise if the bundle was made for a base with another hidden or vocabulary size."""
-    made = config["backbone"]
+    made = config.backbone
     for key in ("hidden_size", "vocab_size"):
-        if made.get(key) != backbone_info[key]:
+        if getattr(made, key) != backbone_info[key]:
             raise V2TError(
-                f"adapter {path} was made for backbone {made.get('name')!r} with {key} {made.get(key)}, but "
+                f"adapter {path} was made for backbone {made.name!r} with {key} {getattr(made, key)}, but "
                 f"the loaded base {backbone_info['name']!r} has {key} {backbone_info[key]}: load it on its own base"
             )
 
 
-def check_encoder(config: dict, encoder, path: Path) -> None:
+def check_encoder(config: BundleConfig, encoder, path: Path) -> None:
     """Raise if a user-given encoder makes vectors of another dimension than the bundle's."""
-    dim = config["encoder"].get("dim")
+    dim = config.encoder.dim
     if encoder.dim != dim:
-        raise V2TError(f"adapter {path} expects {dim}-d vectors from {config['encoder'].get('spec')!r}, but "
+        raise V2TError(f"adapter {path} expects {dim}-d vectors from {config.encoder.spec!r}, but "
                        f"encoder {encoder.spec!r} makes {encoder.dim}-d vectors: use the adapter's encoder")
 
 
@@ -417,11 +376,11 @@ def load_into(v2t, path: str | Path, name: str, revision: str | None = None) -> 
         raise V2TError(f"an adapter named {name!r} is already loaded: pick another name or delete it first")
     path = resolve_adapter(path, revision)
     config = validate_bundle(path)
-    if config.get("trainable") == "full" or not v2t.is_peft:
+    if config.full or not v2t.is_peft:
         raise V2TError(f"{path} or the loaded model is a fully fine-tuned model, not an adapter: "
                        "load it on its own with load_adapter(path)")
     check_compatible(config, v2t.backbone_info, path)
-    trained = config["backbone"].get("quantization")
+    trained = config.backbone.quantization
     if trained is not None and trained != v2t.backbone_info["quantization"]:
         logger.warning("adapter %s was trained with quantization %s; the loaded base uses %s: its outputs may "
                        "differ from those it was measured with", path, trained, v2t.backbone_info["quantization"])
@@ -438,39 +397,27 @@ def load_into(v2t, path: str | Path, name: str, revision: str | None = None) -> 
         raise
 
 
-def attach(v2t, path: Path, name: str, config: dict) -> None:
+def attach(v2t, path: Path, name: str, config: BundleConfig) -> None:
     """Create adapter ``name``'s projector from the bundle and record its metadata (a failure may leave parts
     registered: :func:`load_into` removes them, :func:`lora_v2t.bundle.loading.load_adapter` discards the whole
     model)."""
     from safetensors.torch import load_file
 
-    proj = config["projector"]
-    cfg = ProjectorConfig(kind=proj["kind"], prefix_length=proj["prefix_length"], hidden_dim=proj.get("hidden_dim"))
-    role = role_of(config)
-    projector = v2t.add_projector(name, cfg, projector_input_dim(int(config["encoder"]["dim"]), role))
+    projector = v2t.add_projector(name, config.projector.config(),
+                                  projector_input_dim(config.encoder.dim, config.role))
     state = load_file(str(path / "projector.safetensors"))
     try:
         projector.load_state_dict({k: v.to(projector.target_rms.device) for k, v in state.items()})
     except RuntimeError as exc:
         raise V2TError(f"{path / 'projector.safetensors'} does not match its v2t_config.json "
                        f"({first_line(exc, 120)}): the bundle is corrupt") from exc
-    if config.get("output_vocab_size") is not None:
+    if config.output_vocab_size is not None:
         ids = load_file(str(path / OUTPUT_VOCAB_FILE)).get("token_ids")
-        if ids is None or ids.numel() != config["output_vocab_size"]:
-            raise V2TError(f"{path / OUTPUT_VOCAB_FILE} does not hold the {config['output_vocab_size']} token ids "
+        if ids is None or ids.numel() != config.output_vocab_size:
+            raise V2TError(f"{path / OUTPUT_VOCAB_FILE} does not hold the {config.output_vocab_size} token ids "
                            "its v2t_config.json announces: the bundle is corrupt")
         try:
             v2t.set_output_vocab(ids, name=name)
         except V2TError as exc:
             raise V2TError(f"{path / OUTPUT_VOCAB_FILE}: {exc}") from exc
-    v2t.adapter_meta[name] = {
-        "encoder": dict(config["encoder"]),
-        "lora": dict(config["lora"]) if config.get("lora") else None,
-        "generation": dict(config.get("generation") or {}),
-        "training": dict(config.get("training") or {}),
-        "precision": {k: config["backbone"][k] for k in PRECISION_KEYS if k in config["backbone"]} or None,
-        "role": role_of(config),
-        "corrector": config.get("corrector"),
-        "context_tokens": config.get("context_tokens"),
-        "source": str(path),  # where it was loaded from: a corrector it names is found beside it
-    }
+    v2t.adapter_meta[name] = AdapterMeta.of_bundle(config, source=str(path))  # a corrector it names is beside it

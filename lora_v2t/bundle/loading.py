@@ -9,6 +9,7 @@ import torch
 from peft import PeftModel
 
 from ..bundle.adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
+from ..bundle.format import BundleConfig
 from ..bundle.hub import resolve_adapter
 from ..config import DTYPES, INT8_THRESHOLD, QUANTIZATION_MODES, DType, Quantization, check_choice
 from ..model.backbone import compute_dtype, load_backbone, pick_device, train_every_weight
@@ -47,10 +48,10 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
     enc = load_encoder(encoder) if encoder is not None else None
     if enc is not None:
         check_encoder(config, enc, path)
-    full = config.get("trainable") == "full"
-    backbone_name = str(path / "backbone") if full else backbone or config["backbone"]["name"]
+    full = config.full
+    backbone_name = str(path / "backbone") if full else backbone or config.backbone.name
     quantization = load_precision(config, quantization, path)
-    threshold = config["backbone"].get("int8_threshold")  # as trained (bundles that do not say: the default)
+    threshold = config.backbone.int8_threshold  # as trained (bundles that do not say: the default)
     base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device,
                                     dtype=compute,
                                     int8_threshold=INT8_THRESHOLD if threshold is None else threshold,
@@ -59,7 +60,7 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
             "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
     check_compatible(config, info, path)
     if full:
-        v2t = Vector2Text(train_every_weight(base, trainable), tokenizer, config["backbone"]["name"])
+        v2t = Vector2Text(train_every_weight(base, trainable), tokenizer, config.backbone.name)
     else:
         with lora_load_errors(path, name):
             peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable)
@@ -71,29 +72,29 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
     return v2t
 
 
-def load_dtype(config: dict, dtype: str, device: str | None) -> torch.dtype:
+def load_dtype(config: BundleConfig, dtype: str, device: str | None) -> torch.dtype:
     """The dtype a bundle's base computes in on ``device``: ``dtype`` when not ``auto``; else as the adapter was
     trained where the device can (:func:`lora_v2t.model.backbone.compute_dtype`). Known before anything loads, so that
     ``invert`` can name it in its output's meta file."""
     check_choice("dtype", dtype, DTYPES)
     if dtype != "auto":
         return getattr(torch, dtype)
-    return compute_dtype(pick_device(device), config["backbone"].get("compute_dtype"))
+    return compute_dtype(pick_device(device), config.backbone.compute_dtype)
 
 
-def load_precision(config: dict, quantization: str, path: Path) -> str:
+def load_precision(config: BundleConfig, quantization: str, path: Path) -> str:
     """The quantization to load a bundle with (its compute dtype is :func:`load_dtype`'s).
 
     ``auto`` means as the bundle was trained (an fp32-trained adapter is not put on an int8 base because a GPU
     is there); another choice is honoured, with a warning when it differs from training. Bundles that do not
     record their precision (written before lora_v2t did) keep ``auto``: 8-bit on CUDA, none on the CPU.
     """
-    trained = config["backbone"].get("quantization")
+    trained = config.backbone.quantization
     if trained is None:
         return quantization
     if quantization == "auto":
         logger.info("loading adapter %s as it was trained: quantization %s, compute dtype %s", path, trained,
-                    config["backbone"].get("compute_dtype"))
+                    config.backbone.compute_dtype)
         return trained
     if quantization != trained:
         logger.warning("adapter %s was trained with quantization %s; loading it with %s as asked: its outputs "

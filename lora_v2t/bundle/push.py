@@ -57,8 +57,8 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, r
     card = complete_card(folder, config)
     if not card.data.get("base_model"):
         logger.warning("the model card names no base_model: backbone %r has no hub id (a local folder); the hub "
-                       "will not link this adapter to its base", config["backbone"]["name"])
-    files, left_out = _bundle_files(folder, full=config.get("trainable") == "full")
+                       "will not link this adapter to its base", config.backbone.name)
+    files, left_out = _bundle_files(folder, full=config.full)
     if left_out:
         logger.info("not uploaded (not part of a bundle): %s", ", ".join(left_out))
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in files]

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from ..config import role_of
+from ..bundle.format import BundleConfig
 
 
 def _add_info_command(sub) -> None:
@@ -46,7 +46,7 @@ def cmd_info(args) -> int:
     args.adapter = resolve_adapter(source, args.revision)
     config = validate_bundle(args.adapter)
     if args.json:
-        print(json.dumps(config, indent=2, ensure_ascii=False))
+        print(json.dumps(config.to_dict(), indent=2, ensure_ascii=False))
         return 0
     from safetensors import safe_open
 
@@ -54,28 +54,28 @@ def cmd_info(args) -> int:
         with safe_open(str(args.adapter / file), framework="pt") as handle:
             return sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
 
-    enc, bb, proj, lora = (config[k] for k in ("encoder", "backbone", "projector", "lora"))
+    enc, bb, proj, lora = config.encoder, config.backbone, config.projector, config.lora
     size = sum(p.stat().st_size for p in args.adapter.rglob("*") if p.is_file())
     shown = source if Path(source).expanduser() == args.adapter else f"{source} (hub, cached in {args.adapter})"
-    hub_id = bb.get("hub_id")
-    threshold = "" if bb.get("int8_threshold") is None else f", int8 threshold {bb['int8_threshold']}"
+    hub_id = bb.hub_id
+    threshold = "" if bb.int8_threshold is None else f", int8 threshold {bb.int8_threshold}"
     lines = [
-        f"adapter      {shown}  (bundle format {config['format_version']}, {size / 2**20:.2f} MiB)",
-        f"base         {bb['name']}{f' (from {hub_id} on the hub)' if hub_id and hub_id != bb['name'] else ''}"
-        f"  ({bb['model_type']}, hidden {bb['hidden_size']}, vocab {bb['vocab_size']})",
-        f"trained on   quantization {bb.get('quantization', 'unrecorded')}, compute dtype "
-        f"{bb.get('compute_dtype', 'unrecorded')}{threshold} (loaded that way where the device can, unless "
-        "--quantization or --dtype say otherwise)",
-        f"encoder      {enc['spec']}  ({enc['dim']}-d)",
+        f"adapter      {shown}  (bundle format {config.format_version}, {size / 2**20:.2f} MiB)",
+        f"base         {bb.name}{f' (from {hub_id} on the hub)' if hub_id and hub_id != bb.name else ''}"
+        f"  ({bb.model_type}, hidden {bb.hidden_size}, vocab {bb.vocab_size})",
+        f"trained on   quantization {bb.precision.get('quantization', 'unrecorded')}, compute dtype "
+        f"{bb.precision.get('compute_dtype', 'unrecorded')}{threshold} (loaded that way where the device can, "
+        "unless --quantization or --dtype say otherwise)",
+        f"encoder      {enc.spec}  ({enc.dim}-d)",
         f"role         {_describe_role(config)}",
-        f"projector    {proj['kind']}, {proj['prefix_length']} slot(s), {count('projector.safetensors'):,} params",
+        f"projector    {proj.kind}, {proj.prefix_length} slot(s), {count('projector.safetensors'):,} params",
     ]
     if lora:
-        lines.append(f"LoRA         r={lora['r']} alpha={lora['alpha']} on {', '.join(lora['target_modules'])}, "
+        lines.append(f"LoRA         r={lora.r} alpha={lora.alpha} on {', '.join(lora.target_modules)}, "
                      f"{count('adapter_model.safetensors'):,} params")
     else:
         lines.append("LoRA         none: a fully fine-tuned backbone is saved in backbone/ (a baseline)")
-    training = config.get("training") or {}
+    training = config.training
     if not training:
         lines.append("training     none (a fresh, untrained adapter)")
     for key, value in training.items():
@@ -85,11 +85,11 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _describe_role(config: dict) -> str:
-    if role_of(config) == "corrector":
+def _describe_role(config: BundleConfig) -> str:
+    if config.role == "corrector":
         return ("corrector: rewrites a hypothesis closer to its vector (reads v, e and v - e; "
                 "see lora_v2t.model.correct)")
-    paired = config.get("corrector")
+    paired = config.corrector
     return "hypothesizer" + (f"; its corrector: {paired} (--correct-steps N uses it)" if paired else
                              " (no corrector named: --correct-steps N needs --corrector DIR or shift)")
 

@@ -115,7 +115,7 @@ def cmd_generate(args) -> int:
     texts = check_texts(args.text) if args.text else None
     vectors = None
     if args.vectors:  # check the file before the slow base load
-        vectors = to_vectors(load_vectors_file(args.vectors), int(config["encoder"]["dim"])).numpy()
+        vectors = to_vectors(load_vectors_file(args.vectors), config.encoder.dim).numpy()
     options = _decoding_options(args, "batch_size")
     _check_decoding(args, config, options)
     correction = _correction(args, config)
@@ -181,7 +181,7 @@ def cmd_evaluate(args) -> int:
         vectors = load_vectors_file(args.vectors)
         if args.limit is not None:  # the first N usable lines: their vectors are the first N
             vectors = vectors[:args.limit]
-        data.vectors = to_vectors(vectors, int(config["encoder"]["dim"])).numpy()
+        data.vectors = to_vectors(vectors, config.encoder.dim).numpy()
         if len(data.vectors) != len(data.references):
             kept = f"the first {args.limit} " if args.limit is not None else ""
             raise V2TError(f"{args.vectors} holds {len(data.vectors)} vectors for {kept}{len(data.references)} "

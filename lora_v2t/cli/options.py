@@ -8,6 +8,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
+from ..bundle.format import BundleConfig
 from ..config import DTYPES, QUANTIZATION_MODES, SEED_LIMIT, GenerationConfig
 from ..util.errors import V2TError
 
@@ -62,9 +63,10 @@ def _add_correction_options(parser: argparse.ArgumentParser) -> None:
                    help="candidates kept per vector between steps (>= 1; default 1)")
 
 
-def _correction(args, config: dict):
+def _correction(args, config: BundleConfig):
     """The correction the command line asks for, checked (with the corrector's bundle) before any model loads."""
     from ..bundle.adapter import validate_bundle
+    from ..bundle.format import AdapterMeta
     from ..model.correct import SHIFT, CorrectionConfig, check_pair, corrector_path
 
     correction = CorrectionConfig(steps=args.correct_steps, corrector=args.corrector, width=args.correct_width)
@@ -72,10 +74,9 @@ def _correction(args, config: dict):
         raise V2TError("--corrector and --correct-width choose how to correct: give --correct-steps N (N >= 1) too")
     if correction.steps == 0 or correction.corrector == SHIFT:
         return correction
-    meta = {"encoder": config["encoder"], "backbone": config["backbone"], "corrector": config.get("corrector"),
-            "source": str(args.adapter)}
+    meta = AdapterMeta.of_bundle(config, source=str(args.adapter))
     path = corrector_path(meta, str(args.adapter), correction.corrector, None)
-    check_pair(validate_bundle(path), meta, path)
+    check_pair(validate_bundle(path), config.encoder, config.backbone.to_dict(), path)
     return correction
 
 
@@ -123,7 +124,7 @@ def _decoding_options(args, *extra: str) -> dict:
     return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
 
 
-def _check_decoding(args, config: dict, options: dict) -> None:
+def _check_decoding(args, config: BundleConfig, options: dict) -> None:
     """Check the device, the decoding options over the adapter's defaults and the output length against the
     base's context, all before the slow model load."""
     from ..model.backbone import peek_max_positions, pick_device
@@ -135,9 +136,8 @@ def _check_decoding(args, config: dict, options: dict) -> None:
     if unused and not opts.do_sample:
         logger.warning("%s only shape sampling: without --do-sample decoding is greedy (or beam search) and "
                        "ignores them", ", ".join(unused))
-    backbone = str(Path(args.adapter) / "backbone") if config.get("trainable") == "full" else \
-        args.backbone or config["backbone"]["name"]
-    check_length(opts.max_new_tokens, config["projector"]["prefix_length"], peek_max_positions(backbone), backbone)
+    backbone = str(Path(args.adapter) / "backbone") if config.full else args.backbone or config.backbone.name
+    check_length(opts.max_new_tokens, config.projector.prefix_length, peek_max_positions(backbone), backbone)
 
 
 def _adapter_label(source, resolved: Path, revision: str | None) -> str:

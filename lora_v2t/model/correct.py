@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle.adapter import validate_bundle
+from ..bundle.format import AdapterMeta, BundleConfig, EncoderInfo
 from ..bundle.hub import resolve_adapter
-from ..config import Role, role_of
+from ..config import Role
 from ..util.errors import V2TError
 from ..util.vectors import cosine_rows, to_vectors
 
@@ -109,21 +110,21 @@ def use_corrector(v2t, source: str | Path | None, revision: str | None = None) -
     check_role(v2t.meta, "hypothesizer", hypothesizer)
     name = corrector_name(hypothesizer)
     path = corrector_path(v2t.meta, hypothesizer, source, revision)
-    if name in v2t.adapters and v2t.adapter_meta[name].get("source") == str(path):
+    if name in v2t.adapters and v2t.adapter_meta[name].source == str(path):
         return name  # already loaded from there
     config = validate_bundle(path)
-    check_pair(config, {**v2t.meta, "backbone": v2t.backbone_info}, path)
+    check_pair(config, v2t.meta.encoder, v2t.backbone_info, path)
     if name in v2t.adapters:
         v2t.delete_adapter(name)
     v2t.load_adapter(path, name)
     return name
 
 
-def corrector_path(meta: dict, hypothesizer: str, source, revision: str | None) -> Path:
+def corrector_path(meta: AdapterMeta, hypothesizer: str, source, revision: str | None) -> Path:
     """Where the corrector lives: ``source``, else what the hypothesizer's bundle names."""
     if source is not None:
         return resolve_adapter(source, revision)
-    named, home = meta.get("corrector"), meta.get("source")
+    named, home = meta.corrector, meta.source
     if not named:
         raise V2TError(f"adapter {hypothesizer!r} names no corrector: pass corrector=<corrector bundle folder or "
                        "hub id> (--corrector DIR), or corrector='shift' for the training-free correction")
@@ -136,9 +137,9 @@ def corrector_path(meta: dict, hypothesizer: str, source, revision: str | None) 
     return resolve_adapter(named, revision)  # a hub id
 
 
-def check_role(meta: dict, role: Role, name: str) -> None:
-    """Raise unless adapter ``name`` (its metadata ``meta``) has ``role``."""
-    has = role_of(meta)
+def check_role(meta: AdapterMeta | BundleConfig, role: Role, name: str) -> None:
+    """Raise unless adapter ``name`` (its metadata or bundle config ``meta``) has ``role``."""
+    has = meta.role
     if has == role:
         return
     if has == "corrector":
@@ -148,19 +149,19 @@ def check_role(meta: dict, role: Role, name: str) -> None:
                    "training.role=corrector) or corrector='shift'")
 
 
-def check_pair(config: dict, hypothesizer: dict, path: Path) -> None:
-    """Raise unless the bundle at ``path`` (its ``config``) is a corrector for the hypothesizer's encoder and base
-    (``hypothesizer``: a bundle config, or an adapter's metadata with ``backbone`` the loaded base's info)."""
+def check_pair(config: BundleConfig, encoder: EncoderInfo, base: dict, path: Path) -> None:
+    """Raise unless the bundle at ``path`` (its ``config``) is a corrector for the hypothesizer's ``encoder`` and
+    ``base`` (the loaded base's info, or the backbone section of the hypothesizer's bundle, as a dict)."""
     check_role(config, "corrector", str(path))
-    mine, theirs = config["encoder"], hypothesizer["encoder"]
-    if (mine.get("spec"), mine.get("dim")) != (theirs.get("spec"), theirs.get("dim")):
-        raise V2TError(f"corrector {path} was trained for encoder {mine.get('spec')!r} ({mine.get('dim')}-d), but "
-                       f"the hypothesizer uses {theirs.get('spec')!r} ({theirs.get('dim')}-d): use the corrector "
+    mine, theirs = config.encoder, encoder
+    if (mine.spec, mine.dim) != (theirs.spec, theirs.dim):
+        raise V2TError(f"corrector {path} was trained for encoder {mine.spec!r} ({mine.dim}-d), but "
+                       f"the hypothesizer uses {theirs.spec!r} ({theirs.dim}-d): use the corrector "
                        "trained with this hypothesizer")
-    mine, theirs = config["backbone"], hypothesizer.get("backbone") or {}
+    mine, theirs = config.backbone, base
     for key in ("model_type", "hidden_size", "vocab_size"):
-        if key in theirs and mine.get(key) != theirs[key]:
-            raise V2TError(f"corrector {path} was trained on base {mine.get('name')!r} ({key} {mine.get(key)}), but "
+        if key in theirs and getattr(mine, key) != theirs[key]:
+            raise V2TError(f"corrector {path} was trained on base {mine.name!r} ({key} {getattr(mine, key)}), but "
                            f"the hypothesizer runs on {theirs.get('name')!r} ({key} {theirs[key]}): use the "
                            "corrector trained with this hypothesizer")
 

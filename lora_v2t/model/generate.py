@@ -65,7 +65,7 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
                  v2t.backbone_info["name"])
     target = to_vectors(vectors, v2t.projector.embedding_dim)
     if contexts is None and warn_norms:
-        warn_unless_unit_length(target, v2t.meta["encoder"]["spec"])
+        warn_unless_unit_length(target, v2t.meta.encoder.spec)
     if contexts is not None and (rerank or len(contexts) != target.shape[0]):
         raise V2TError(f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and "
                        "does not rerank")

@@ -17,6 +17,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
 from ..bundle.adapter import load_into, save_adapter
+from ..bundle.format import AdapterMeta, EncoderInfo, LoraInfo
 from ..bundle.push import push_adapter
 from ..config import (
     INT8_THRESHOLD,
@@ -34,7 +35,6 @@ from ..config import (
     Trainable,
     TrainingConfig,
     check_choice,
-    role_of,
 )
 from ..model.backbone import load_backbone, refuse_quantized_full, train_every_weight
 from ..model.correct import CorrectionConfig, correct, reranked_start
@@ -69,7 +69,7 @@ class Vector2Text(nn.Module):
         self.model = peft_model  # peft.PeftModel around the frozen backbone
         self.tokenizer = tokenizer
         self.projectors = nn.ModuleDict()  # adapter name -> PrefixProjector
-        self.adapter_meta: dict[str, dict] = {}  # adapter name -> encoder / generation / training metadata
+        self.adapter_meta: dict[str, AdapterMeta] = {}  # adapter name -> encoder / generation / training metadata
         self.encoders = EncoderCache()  # encoder spec -> loaded encoder (loaded on first use)
         self.output_vocabs: dict[str, torch.Tensor] = {}  # adapter name -> sorted token ids it may emit
         self.decoding_vocabs: dict[tuple, DecodingVocab] = {}  # see decoding_vocab
@@ -164,14 +164,14 @@ class Vector2Text(nn.Module):
             peft_config = make_lora_config(cfg.lora, base.config)
             check_target_modules(base, peft_config.target_modules)
             v2t = cls(get_peft_model(base, peft_config, adapter_name=adapter_name), tokenizer, cfg.backbone.name)
-            lora_meta = asdict(cfg.lora) | {"alpha": peft_config.lora_alpha,
-                                            "target_modules": sorted(peft_config.target_modules)}
+            lora_meta = LoraInfo(**asdict(cfg.lora) | {"alpha": peft_config.lora_alpha,
+                                                       "target_modules": sorted(peft_config.target_modules)})
         v2t.encoders.put(enc.spec, enc, enc.dim)
         v2t.add_projector(adapter_name, cfg.projector, projector_input_dim(enc.dim, cfg.training.role))
         precision = {k: v2t.backbone_info[k] for k in PRECISION_KEYS}  # what the adapter will learn on
-        v2t.adapter_meta[adapter_name] = {"encoder": {"spec": enc.spec, "dim": enc.dim}, "lora": lora_meta,
-                                          "generation": asdict(GenerationConfig()), "training": {},
-                                          "precision": precision, "role": cfg.training.role, "corrector": None}
+        v2t.adapter_meta[adapter_name] = AdapterMeta(
+            encoder=EncoderInfo(spec=enc.spec, dim=enc.dim), lora=lora_meta, generation=asdict(GenerationConfig()),
+            precision=precision, role=cfg.training.role)
         if lora_meta:
             v2t.model.set_adapter(adapter_name)
         v2t.eval()
@@ -218,7 +218,7 @@ class Vector2Text(nn.Module):
         return self.projectors[self.active_adapter]
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> AdapterMeta:
         """The active adapter's metadata (encoder, LoRA, generation defaults, training summary)."""
         return self.adapter_meta[self.active_adapter]
 
@@ -259,22 +259,22 @@ class Vector2Text(nn.Module):
     @property
     def embedding_dim(self) -> int:
         """The dimension of the active adapter's sentence vectors (its encoder's)."""
-        return int(self.meta["encoder"]["dim"])
+        return int(self.meta.encoder.dim)
 
     @property
     def context_tokens(self) -> int | None:
         """A corrector's hypotheses are cut to this many tokens (EOS included), as in its training."""
-        return self.meta.get("context_tokens")
+        return self.meta.context_tokens
 
     @property
     def role(self) -> Role:
         """The active adapter's role: ``hypothesizer`` or ``corrector`` (see :mod:`lora_v2t.model.correct`)."""
-        return role_of(self.meta)
+        return self.meta.role
 
     @property
     def encoder(self) -> Encoder:
         """The active adapter's encoder, loaded on first use."""
-        return self.encoders.get(self.meta["encoder"]["spec"], self.embedding_dim)
+        return self.encoders.get(self.meta.encoder.spec, self.embedding_dim)
 
     def release_encoders(self) -> None:
         """Drop the loaded encoders (each loads again on first use): training needs none once the embedding
@@ -284,7 +284,7 @@ class Vector2Text(nn.Module):
     def set_encoder(self, encoder: str | Encoder) -> None:
         """Use another encoder (a spec or an Encoder object, of the same dimension) for the active adapter, e.g. a
         local copy of the one it was trained with."""
-        self.encoders.put(self.meta["encoder"]["spec"], load_encoder(encoder), self.embedding_dim)
+        self.encoders.put(self.meta.encoder.spec, load_encoder(encoder), self.embedding_dim)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The active adapter's LoRA and projector parameters (every backbone weight when fully fine-tuned)."""

@@ -139,7 +139,7 @@ def plan_audit(job: AuditJob, config: dict, adapter_dir: str | Path) -> Plan:
 
     GenerationConfig.of_bundle(config, **job.options)  # bad decoding options fail before anything is read
     source = open_source(job.source, job.source_options)
-    dim, encoder = int(config["encoder"]["dim"]), config["encoder"]["spec"]
+    dim, encoder = config.encoder.dim, config.encoder.spec
     if source.dim != dim:
         raise V2TError(f"{source.describe()} holds {source.dim}-d vectors, but the adapter's encoder {encoder} "
                        f"makes {dim}-d vectors: audit them with an adapter trained on the encoder that made them")

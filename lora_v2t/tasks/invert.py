@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle.format import BundleConfig
 from ..config import SEED_LIMIT
 from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
@@ -145,7 +146,7 @@ class PreparedJob:
 
 
 def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = None,
-                config: dict | None = None) -> PreparedJob:
+                config: BundleConfig | None = None) -> PreparedJob:
     """Check the source, the decoding options and OUT against its meta file, all before the models load.
 
     Args:
@@ -160,7 +161,7 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     adapter_dir = Path(adapter_dir)
     config = config or validate_bundle(adapter_dir)
     check_role(config, "hypothesizer", str(adapter_dir))
-    source = Source(job.source, int(config["encoder"]["dim"]), job.on_nan)
+    source = Source(job.source, config.encoder.dim, job.on_nan)
     options = GenerationConfig.of_bundle(config, **job.options)
     if options.num_return_sequences > 1:
         raise V2TError("invert writes one text per row: leave num_return_sequences at 1")

@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..util.errors import V2TError
-from .evaluate import bootstrap_interval, corpus_interval, exact_match
+from .metrics import bootstrap_interval, corpus_interval, exact_match
 
 ENTITIES = ("PER", "LOC", "ORG")
 RULES = ("NUMBER", "DATE", "EMAIL", "PHONE")

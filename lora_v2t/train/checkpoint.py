@@ -101,7 +101,7 @@ def check_checkpoint(path: Path) -> dict:
     :func:`~lora_v2t.bundle.adapter.validate_bundle`; under a second for the offline recipe), so that ``--resume`` can
     pick a good checkpoint before the models load."""
     config = validate_bundle(path)
-    if config.get("trainable") == "full":
+    if config.full:
         for weights in sorted((path / "backbone").glob("*.safetensors")):
             _check_safetensors(weights)
     state_file, optimizer_file = path / "trainer_state.json", path / "optimizer.safetensors"

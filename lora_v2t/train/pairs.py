@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
+from ..bundle.format import BundleConfig
 from ..bundle.layout import OUTPUT_VOCAB_FILE
 from ..config import DataConfig, RunConfig
 from ..model.correct import condition
@@ -122,8 +123,7 @@ def check_hypotheses_source(path: Path, train: Path, rows: int) -> Path | None:
 def check_unseen(targets: list[str], hypothesizer: Path) -> None:
     """Raise if the hypothesizer trained or validated on any of ``targets`` (when its bundle records its sample):
     a corrector trained on hypotheses of seen sentences learns to expect better hypotheses than it will get."""
-    config = json.loads((hypothesizer / "v2t_config.json").read_text(encoding="utf-8"))
-    sample = (config.get("training") or {}).get("sample")
+    sample = BundleConfig.from_json(hypothesizer / "v2t_config.json").training.get("sample")
     if not sample or not Path(sample["train"]).is_file():
         logger.warning("hypothesizer %s does not record the sentences it trained on (or its corpus is not here): "
                        "cannot check that the corrector's sentences are unseen", hypothesizer)

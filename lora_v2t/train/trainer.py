@@ -27,9 +27,8 @@ import contextlib
 import gc
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,6 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from ..config import RunConfig
-from ..model.backbone import cpu_has_bf16_units, pick_device
 from ..model.encoders import load_encoder
 from ..model.loss import SubsetLoss
 from ..model.vector2text import Vector2Text
@@ -51,10 +49,13 @@ from ..train.checkpoint import (
 )
 from ..train.cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing, reset_peak
 from ..train.data import BatchOrder, tokenize_corpus
+from ..train.evaluation import LossWindow, validation_loss
 from ..train.pairs import prepare_data
 from ..train.rundir import RunDirLock, check_paths, check_run_folder, finished_run, locate_run, run_dir_of
 from ..train.runlog import RunLog
+from ..train.setup import _check_tensorboard, make_accelerator, make_optimizer, training_device
 from ..train.signals import StopSignals
+from ..train.state import TrainState, resume_hint, stop_hint, training_summary
 from ..util.errors import V2TError, first_line
 from ..util.files import DiskFull, atomic_write
 
@@ -66,17 +67,6 @@ __all__ = ["train", "Trainer", "run_dir_of", "list_checkpoints", "validation_los
 
 class TrainingStopped(V2TError):
     """Training stopped on an unexpected error; the message says what was saved and how to go on."""
-
-
-@dataclass
-class TrainState:
-    """Where a run stands; saved in every checkpoint's trainer_state.json."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # passes over the training sentences begun
-    batch_in_epoch: int = 0  # batches of this epoch taken (by all processes together)
-    sentences_seen: int = 0  # training sentences read, by all processes together
-    elapsed_s: float = 0.0  # training wall time, over every session of the run
 
 
 def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool = True) -> Path:
@@ -93,64 +83,6 @@ def train(cfg: RunConfig, resume: bool | str | Path = False, show_progress: bool
         KeyboardInterrupt: Ctrl-C or SIGTERM, after saving a checkpoint.
     """
     return Trainer(cfg, resume, show_progress).run()
-
-
-# ---------------------------------------------------------------------- data
-# ---------------------------------------------------------------------- devices
-def training_device(spec: str | None) -> torch.device | None:
-    """The device ``backbone.device`` asks for (None: accelerate's choice), checked before anything loads.
-
-    ``cuda:N`` is honoured in a single process (it becomes the current CUDA device); with several processes
-    each one takes the GPU of its rank, so an explicit index is refused.
-    """
-    if spec is None:
-        return None
-    device = pick_device(spec, use_cpu="--backbone.device=cpu")  # a device this machine has
-    if device.type not in ("cpu", "cuda"):
-        raise V2TError(f"backbone.device {spec!r}: training runs on cpu, cuda or cuda:N")
-    if device.type == "cpu" or device.index is None:
-        return device
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise V2TError(f"backbone.device={spec} with several processes: each process takes the GPU of its rank; "
-                       "leave backbone.device unset and choose GPUs with `accelerate launch --gpu_ids`")
-    torch.cuda.set_device(device)
-    return device
-
-
-def make_accelerator(cfg: RunConfig, device: torch.device | None, run_dir: Path):
-    """An ``Accelerator`` on ``device`` with the recipe's mixed precision (``auto``: bf16/fp16 on CUDA; bf16 on
-    CPUs with bf16 matrix units, see :func:`lora_v2t.model.backbone.cpu_has_bf16_units`; else fp32)."""
-    from accelerate import Accelerator
-
-    cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
-    mixed = mixed_precision(cfg.training.mixed_precision, cuda)
-    try:
-        return Accelerator(mixed_precision=mixed, cpu=not cuda,
-                           log_with="tensorboard" if cfg.training.tensorboard else None, project_dir=str(run_dir))
-    except ValueError as exc:
-        if "already been initialized" not in str(exc):
-            raise
-        raise V2TError(f"this Python process already trained with another mixed precision or device, and "
-                       f"accelerate cannot change them within a process: run this training (mixed precision "
-                       f"{mixed}) in a new process") from exc
-
-
-def mixed_precision(setting: str, cuda: bool) -> str:
-    """What ``training.mixed_precision`` means on this machine: ``auto`` is bf16 (fp16 without bf16 support) on
-    CUDA, bf16 on CPUs with bf16 matrix units (:func:`lora_v2t.model.backbone.cpu_has_bf16_units`), else ``no``."""
-    if setting != "auto":
-        return setting
-    if cuda:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16_units() else "no"
-
-
-def _check_tensorboard(cfg: RunConfig) -> None:
-    if cfg.training.tensorboard:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None:
-            raise V2TError("training.tensorboard=true needs the tensorboard package: pip install tensorboard")
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -243,11 +175,11 @@ class Trainer:
         self.v2t = v2t = Vector2Text.from_config(cfg, encoder=self.encoder, device=str(device))
         self.release_encoder()
         if self.accelerator.mixed_precision in ("bf16", "fp16"):  # the precision the adapter learns in
-            v2t.meta["precision"]["compute_dtype"] = "bfloat16" if self.accelerator.mixed_precision == "bf16" \
+            v2t.meta.precision["compute_dtype"] = "bfloat16" if self.accelerator.mixed_precision == "bf16" \
                 else "float16"
-        v2t.adapter_meta[v2t.active_adapter]["generation"] = asdict(cfg.generation)
+        v2t.meta.generation = asdict(cfg.generation)
         if tc.role == "corrector":  # it reads hypotheses cut as in training
-            v2t.adapter_meta[v2t.active_adapter]["context_tokens"] = cfg.data.max_tokens
+            v2t.meta.context_tokens = cfg.data.max_tokens
         self.prepare_tokens()
         self.plan_memory()
         self.params = v2t.trainable_parameters()
@@ -347,7 +279,7 @@ class Trainer:
     def loop(self) -> None:
         tc = self.cfg.training
         self.clock, self.base_elapsed = time.perf_counter(), self.state.elapsed_s
-        self.window = _Window()
+        self.window = LossWindow()
         self.bar = self.progress_bar()
         while self.state.step < tc.max_steps:
             if self.out_of_time():
@@ -435,7 +367,7 @@ class Trainer:
         if state.step % tc.eval_every == 0 and self.accelerator.is_main_process:
             self.evaluate(self.window.mean_loss, self.window.ms_per_step)
         if state.step % tc.log_every == 0 or state.step % tc.eval_every == 0:
-            self.window = _Window()
+            self.window = LossWindow()
         if state.step % tc.save_every == 0:
             self.checkpoint()
 
@@ -519,8 +451,8 @@ class Trainer:
         if not full and (isinstance(exc, (KeyboardInterrupt, V2TError)) or not isinstance(exc, Exception)):
             return exc
         where = f"checkpoint {saved} holds the work done: fix the cause, then continue with --resume" if saved \
-            else _last_checkpoint_hint(self.run_dir)
-        why = f": {exc}" if full else f" by {type(exc).__name__}: {first_line(exc, 300)}{_hint(exc)}"
+            else resume_hint(self.run_dir)
+        why = f": {exc}" if full else f" by {type(exc).__name__}: {first_line(exc, 300)}{stop_hint(exc)}"
         stopped = TrainingStopped(f"training stopped at step {self.state.step}{why}; {where}")
         stopped.__cause__ = exc
         return stopped
@@ -555,85 +487,3 @@ class Trainer:
             return None
 
 
-class _Window:
-    """Training losses and step times since the last log line."""
-
-    def __init__(self):
-        self.start, self.losses = time.perf_counter(), []
-
-    def add(self, loss: float) -> None:
-        self.losses.append(loss)
-
-    @property
-    def mean_loss(self) -> float | None:
-        return sum(self.losses) / len(self.losses) if self.losses else None
-
-    @property
-    def ms_per_step(self) -> float:
-        return (time.perf_counter() - self.start) * 1000 / max(len(self.losses), 1)
-
-
-def _hint(exc: BaseException) -> str:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return " (lower training.batch_size, or set training.gradient_checkpointing=true)"
-    return ""
-
-
-def _last_checkpoint_hint(run_dir: Path) -> str:
-    checkpoints = list_checkpoints(run_dir)
-    if checkpoints:
-        return f"the last checkpoint is {checkpoints[-1]}: continue with --resume"
-    return "no checkpoint was saved"
-
-
-def make_optimizer(v2t, tc):
-    """AdamW over the LoRA weights (``training.lr``) and the projector (``training.projector_lr``), with
-    linear warm-up and a cosine decay to ``min_lr_ratio``."""
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
-
-    projector_params = list(v2t.projector.parameters())
-    others = [p for p in v2t.trainable_parameters() if all(p is not q for q in projector_params)]
-    groups = [{"params": others, "lr": tc.lr}]
-    if projector_params:
-        groups.append({"params": projector_params, "lr": tc.projector_lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps,
-                                                            min_lr_rate=tc.min_lr_ratio)
-    return optimizer, scheduler
-
-
-def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = None) -> dict:
-    summary = {
-        "steps": state.step,
-        "sentences_seen": state.sentences_seen,
-        "data": cfg.data.train,
-        "batch_size": cfg.training.batch_size * cfg.training.grad_accum,
-        "lr": cfg.training.lr,
-        "projector_lr": cfg.training.projector_lr,
-        "wall_minutes": round(state.elapsed_s / 60, 1),
-        # what it trained on, so that a corrector's data can be checked to be unseen (see lora_v2t.train.pairs)
-        "sample": {k: getattr(cfg.data, k) for k in ("train", "val", "val_size", "max_sentences", "min_chars",
-                                                      "max_chars", "seed")},
-    }
-    if metrics:
-        summary["metrics"] = metrics
-    return summary
-
-
-@torch.no_grad()
-def validation_loss(v2t, texts: list[str], vectors: np.ndarray, batch_size: int, max_tokens: int,
-                    loss_vocab: torch.Tensor | None = None, contexts: list[str] | None = None) -> float:
-    """Token-weighted mean cross-entropy over a validation set, in eval mode; over the full vocabulary, or
-    over ``loss_vocab`` (see :meth:`Vector2Text.forward`); a corrector's given its ``contexts``."""
-    was_training = v2t.training
-    v2t.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(texts), batch_size):
-        batch = v2t.tokenize(texts[start:start + batch_size], max_tokens,
-                             contexts=None if contexts is None else contexts[start:start + batch_size])
-        n_tokens = int((batch["attention_mask"] * batch.get("label_mask", 1)).sum())
-        loss = v2t.forward(vectors[start:start + batch_size], **batch, loss_vocab=loss_vocab).loss
-        total += float(loss) * n_tokens
-        count += n_tokens
-    v2t.train(was_training)
-    return total / max(count, 1)
