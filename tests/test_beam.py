@@ -215,6 +215,98 @@ def test_a_budget_with_explicit_correction_knobs_is_refused(v2t):
         v2t.generate(v2t.encode(SENTENCES[:1]), budget=6, sources="beams", num_beams=2, num_return_sequences=2)
 
 
+# ---------------------------------------------------------------------- the commands
+@pytest.mark.parametrize("extra, message", [
+    (["--budget", "0"], "budget must be an integer >= 1"),
+    (["--budget", "1.5"], "budget must be an integer >= 1 .*got '1.5'"),
+    (["--budget", "many"], "budget must be an integer >= 1"),
+    (["--budget", "3", "--sources", "shift"], "budget 3 is too small for shift: .*the least budget that works is 4"),
+    (["--budget", "6", "--sources", "beams,shift,corrector"], "the least budget that works is 7"),
+    (["--budget", "4", "--correct-steps", "1"], "drop --correct-steps"),
+    (["--sources", "beams"], "give --budget N too"),
+    (["--budget", "8", "--sources", "beams", "--sample-proposals"], "sampled proposals are the corrector's"),
+])
+def test_bad_budgets_on_the_command_line_are_one_line_before_loading(bundles, extra, message, capsys,
+                                                                     no_model_load):
+    from lora_v2t.cli import main
+
+    hyp_dir, _ = bundles
+    assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", *extra]) == 2
+    assert __import__("re").search(message, one_error(capsys))
+
+
+def test_a_budget_needs_a_corrector_that_exists(bundles, capsys, no_model_load):
+    from lora_v2t.cli import main
+
+    hyp_dir, corr_dir = bundles
+    corr_dir.rename(corr_dir.with_name("moved"))
+    for extra in (["--budget", "2"], ["--budget", "8", "--sources", "beams,corrector"]):
+        assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", *extra]) == 2
+        assert "names its corrector '../corr'" in one_error(capsys)
+
+
+def test_generate_evaluate_and_invert_spend_the_budget(bundles, tmp_path, capsys):
+    from lora_v2t.cli import main
+
+    hyp_dir, _ = bundles
+    v2t = load_adapter(hyp_dir, device="cpu")
+    expected = v2t.generate(v2t.encode(SENTENCES[:3]), budget=7, sources="beams,shift", max_new_tokens=6)
+    assert main(["generate", "--adapter", str(hyp_dir), "--text", *SENTENCES[:3], "--budget", "7", "--sources",
+                 "beams,shift", "--max-new-tokens", "6", "--json"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [p["generated"] for p in printed] == expected
+    data = tmp_path / "five.txt"
+    data.write_text("\n".join(SENTENCES[:5]) + "\n", encoding="utf-8")
+    assert main(["evaluate", "--adapter", str(hyp_dir), "--data", str(data), "--budget", "7", "--sources",
+                 "beams,shift", "--max-new-tokens", "6", "--resamples", "10", "--no-progress", "--out",
+                 str(tmp_path / "report")]) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
+    assert list(summary["scores"]) == ["greedy", "budget-7"]
+    assert summary["budget"]["budget"] == 7 and summary["budget"]["sources"] == ["beams", "shift"]
+    assert 1 <= summary["budget"]["decodes_spent_mean"] <= summary["budget"]["decodes_spent_max"] <= 7
+    assert summary["scores"]["budget-7"]["cosine"]["value"] >= summary["scores"]["greedy"]["cosine"]["value"]
+    assert main(["evaluate", "--adapter", str(hyp_dir), "--data", str(data), "--budget", "7", "--rerank", "4",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "drop --rerank" in one_error(capsys)
+    out, vectors = tmp_path / "rows.jsonl", v2t.encode(SENTENCES[:5])
+    np.save(tmp_path / "five.npy", vectors)
+    invert = ["invert", "--adapter", str(hyp_dir), "--vectors", str(tmp_path / "five.npy"), "--out", str(out),
+              "--max-new-tokens", "6", "--no-progress", "--batch-size", "2"]
+    assert main(invert + ["--budget", "7", "--sources", "beams,shift"]) == 0
+    rows = [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rows == [t for start in (0, 2, 4)  # batch by batch, as invert decoded them
+                    for t in v2t.generate(vectors[start:start + 2], budget=7, sources="beams,shift", max_new_tokens=6)]
+    meta = json.loads((tmp_path / "rows.jsonl.meta.json").read_text(encoding="utf-8"))
+    assert meta["budget"] == 7 and meta["budget_plan"]["sources"] == ["beams", "shift"]
+    capsys.readouterr()
+    for other in (["--budget", "8", "--sources", "beams,shift"], []):
+        assert main(invert + other) == 2
+        assert "was written with another budget" in one_error(capsys)
+
+
+def test_invert_outputs_begun_before_budgets_continue_at_one_decode(bundles, tmp_path, capsys):
+    from lora_v2t.cli import main
+
+    hyp_dir, _ = bundles
+    data = tmp_path / "four.txt"
+    data.write_text("\n".join(SENTENCES[:4]) + "\n", encoding="utf-8")
+    out = tmp_path / "rows.jsonl"
+    base = ["invert", "--adapter", str(hyp_dir), "--texts", str(data), "--out", str(out), "--max-new-tokens", "6",
+            "--no-progress", "--batch-size", "2"]
+    assert main(base) == 0
+    meta_file = tmp_path / "rows.jsonl.meta.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    assert meta["budget"] == 1 and "budget_plan" not in meta
+    del meta["budget"]  # as written before budgets
+    meta_file.write_text(json.dumps(meta), encoding="utf-8")
+    lines = out.read_text(encoding="utf-8").splitlines()
+    out.write_text("\n".join(lines[:2]) + "\n", encoding="utf-8")
+    assert main(base + ["--budget", "1"]) == 0
+    assert out.read_text(encoding="utf-8").splitlines() == lines
+    assert main(base[:-2] + ["--budget", "5", "--sources", "beams"]) == 2
+    assert "another budget (1, now 5)" in one_error(capsys)
+
+
 # ---------------------------------------------------------------------- the shipped adapters
 ADAPTERS = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters"
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "dev_conversational.txt"
