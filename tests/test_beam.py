@@ -307,6 +307,31 @@ def test_invert_outputs_begun_before_budgets_continue_at_one_decode(bundles, tmp
     assert "another budget (1, now 5)" in one_error(capsys)
 
 
+def test_audit_passes_its_budget_to_the_inversion(bundles, tmp_path, capsys):
+    from lora_v2t.cli import main
+
+    hyp_dir, _ = bundles
+    v2t = load_adapter(hyp_dir, device="cpu")
+    vectors = tmp_path / "vectors.npy"
+    np.save(vectors, v2t.encode(SENTENCES[:4]))
+    out = tmp_path / "audit"
+    base = ["audit", str(vectors), "--adapter", str(hyp_dir), "--out", str(out), "--max-new-tokens", "6",
+            "--no-progress", "--batch-size", "2"]
+    assert main(base + ["--budget", "many"]) == 2
+    assert "budget must be an integer >= 1" in one_error(capsys) and not out.exists()
+    assert main(base + ["--budget", "5"]) == 0
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text(encoding="utf-8").splitlines()]
+    expected = []
+    for start in (0, 2):  # batch by batch, as the audit inverted them
+        expected += v2t.generate(np.load(vectors)[start:start + 2], budget=5, max_new_tokens=6)
+    assert [r["reconstruction"] for r in rows] == expected
+    assert json.loads((out / "audit.json").read_text(encoding="utf-8"))["decoding"]["budget"] == 5
+    assert json.loads((out / "inverted.jsonl.meta.json").read_text(encoding="utf-8"))["budget"] == 5
+    capsys.readouterr()
+    assert main(base) == 2
+    assert "holds an audit with another decoding" in one_error(capsys)
+
+
 # ---------------------------------------------------------------------- the shipped adapters
 ADAPTERS = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters"
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "dev_conversational.txt"
