@@ -10,21 +10,32 @@ than N on any vector. The sources:
 - ``shift``: the training-free correction, decoding v + a (v - e) for a = 0.5, 1, 2 (3 decodes per candidate);
 - ``corrector``: the trained corrector the adapter names (or the one given), K proposals per candidate.
 
-The rule (:func:`plan_budget`; its constants in :data:`RULE`), from ``bench/correction.py --budgets`` on the first
-sentences of ``dev_conversational.txt`` with the shipped ``use-gemma270m-ru-v2`` and its corrector (see
-``BENCHMARKS.md``; the evidence is thin: tens of sentences):
+The rule (:func:`plan_budget`; its constants in :data:`RULE`) follows ``bench/correction.py --budgets 1,4,8,16``
+on the first 40 sentences of ``dev_conversational.txt`` with the shipped ``use-gemma270m-ru-v2`` and its
+corrector (one run, 2 shared CPU cores, one torch thread, load average 2.0 to 3.6; mean cosine / chrF / exact %,
+the decodes spent per vector in brackets where fewer than the budget):
+
+    budget   beams alone          shift                      corrector                  beams+shift+corrector
+    1        0.772 / 35.8 / 5.0 (greedy)
+    4        0.873 / 48.2 / 12.5  0.858 / 46.2 / 12.5        0.779 / 36.4 / 5.0 (3.2)   -
+    8        0.900 / 51.3 / 12.5  0.863 / 46.9 / 12.5 (6.9)  0.779 / 36.4 / 5.0 (3.5)   0.887 / 50.3 / 15.0
+    16       0.914 / 53.5 / 17.5  0.879 / 46.7 / 12.5 (12.4) 0.779 / 36.4 / 5.0 (3.5)   0.905 / 51.0 / 12.5 (13)
+
+Reranked beams gave the most per decode at every budget; the corrector mostly returns its input (+0.008 cosine
+over greedy, then its candidates stop changing) and shift stops gaining after a step or two. Exploratory runs on
+16 sentences agreed (at 16 decodes: 0.923 for 15 beams, 0.916 for 4 beams + shift, 0.909 for 8 beams + shift +
+corrector). Seconds per sentence at 16 decodes: 1.64 (beams), 1.75 (shift), 1.43 (mixed); greedy 0.13. The
+evidence is thin: 40 sentences, one run, no intervals on the differences (beams against the mixed beam is 0.009
+cosine, one or two sentences of exact match either way), so:
 
 - N = 1: the greedy hypothesis alone, as without a budget. N = 2: one step of the trained corrector from it where
-  the adapter names one (else the greedy hypothesis: 2 beams cost 3).
-- N >= 3, no sources named: step 0's beams take everything but the greedy decode (B = N - 1). Measured, reranked
-  beams gave the most per decode at 4, 8 and 16: on 16 sentences at N = 16, mean cosine 0.923 for 15 beams
-  against 0.916 for 4 beams + shift and 0.909 for 8 beams + shift + corrector (0.903 against 0.900 and 0.893 at
-  N = 8). The corrector (which mostly returns its input) and shift settle within a step or two and leave budget
-  unspent; they stay sources to name (``sources``) until a corrector that corrects changes the measurement.
-- Sources named: ``beams`` take half the budget (B = N // 2, at least 2, leaving one correction step), the rest
-  goes to correction steps keeping W = 2 candidates per vector (1 when the rest pays for fewer than two
-  candidates' proposals), each proposing K = 1 corrector text and the 3 shift decodes, for as long as the budget
-  pays and the candidates change.
+  the adapter names one (else the greedy hypothesis alone: 2 beams cost 3).
+- N >= 3, no sources named: the greedy text and N - 1 beams, reranked by cosine.
+- Sources named (``sources``; the corrector and shift stay there until a corrector that corrects changes the
+  measurement): ``beams`` take half the budget (B = N // 2, at least 2, leaving one correction step), the rest goes
+  to correction steps keeping W = 2 candidates per vector (1 when the rest pays for fewer than two candidates'
+  proposals), each proposing K = 1 corrector text and the 3 shift decodes, for as long as the budget pays and the
+  candidates change.
 """
 
 from __future__ import annotations
