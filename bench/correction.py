@@ -16,6 +16,15 @@ Every system's text is scored by corpus chrF and BLEU (sacrebleu), exact match a
 its decodes per vector and seconds.
 
     .venv/bin/python bench/correction.py --adapter checkpoints/adapters/use-gemma270m-ru-v2 --dev 300 --steps 5
+
+With ``--budgets 1,4,8,16`` it measures instead the cost-quality curve of a budget in decodes per vector (see
+:mod:`lora_v2t.model.beam`): for each budget, the plan of :func:`~lora_v2t.model.beam.plan_budget` for reranking
+alone (``beams``), ``shift``, the ``corrector``, the mixed beam (all three) and the rule's own choice (``rule``,
+what ``--budget N`` does), each where the budget pays for it, on the same sentences in one run: cosine, chrF,
+exact match, the decodes spent per vector and seconds per sentence.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/correction.py --adapter checkpoints/adapters/use-gemma270m-ru-v2 \
+        --dev 40 --budgets 1,4,8,16
 """
 
 from __future__ import annotations
@@ -47,8 +56,13 @@ def main() -> None:
     parser.add_argument("--start-beams", type=int, default=6,
                         help="beams reranked before correcting, for the 'reranked + ...' rows (default 6; 0: skip)")
     parser.add_argument("--width", type=int, default=1, help="candidates kept per vector between steps (default 1)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "correction.json")
+    parser.add_argument("--budgets", help="comma-separated budgets (decodes per vector) for the cost-quality curve "
+                                          "instead of the comparison above, e.g. 1,4,8,16")
+    parser.add_argument("--out", type=Path, help="results (default: bench/results/correction.json, "
+                                                 "correction_budgets.json with --budgets)")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / ("correction_budgets.json" if args.budgets else
+                                                         "correction.json")
     from lora_v2t import load_adapter
     from lora_v2t.model.correct import SHIFT, CorrectionConfig, correct
     from lora_v2t.tasks.evaluate import read_eval_file
@@ -57,6 +71,8 @@ def main() -> None:
     data = read_eval_file(args.data, limit=args.dev)
     v2t = load_adapter(args.adapter, device="cpu")
     vectors = v2t.encode(data.sources)
+    if args.budgets:
+        return budget_curve(args, v2t, vectors, data)
     rows, boot = [], np.random.default_rng(0).integers(0, len(vectors), (200, len(vectors)))
 
     def record(name: str, texts: list[str], cosines, decodes: int, seconds: float) -> None:
@@ -98,6 +114,61 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"adapter": str(args.adapter), "data": str(args.data), "rows": rows},
                                    indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+CURVE_SYSTEMS = {"beams": "beams", "shift": "shift", "corrector": "corrector",
+                 "mixed": "beams,shift,corrector", "rule": None}
+
+
+def budget_curve(args, v2t, vectors: np.ndarray, data) -> None:
+    """Every system at every budget it fits (budget 1: greedy, once), on the same vectors; a system whose plan is
+    another's at that budget is not run again but named (``= beams``)."""
+    from lora_v2t.model.beam import describe, plan_budget
+    from lora_v2t.model.correct import correct
+    from lora_v2t.tasks.evaluate import score_outputs
+    from lora_v2t.util.errors import V2TError
+
+    budgets = sorted({int(b) for b in args.budgets.split(",")})
+    has_corrector = args.corrector != "none" and bool(args.corrector or v2t.meta.get("corrector"))
+    corrector = None if args.corrector in (None, "none") else args.corrector
+    boot = np.random.default_rng(0).integers(0, len(vectors), (200, len(vectors)))
+    v2t.generate(vectors[:2])  # warm up (the first call builds the decoding vocabulary)
+    rows = []
+    for budget in budgets:
+        done = {}
+        for name, sources in CURVE_SYSTEMS.items():
+            if budget == 1 and name != "rule" or name in ("corrector", "mixed") and not has_corrector:
+                continue
+            try:
+                plan = plan_budget(budget, sources, corrector=corrector, has_corrector=has_corrector)
+            except V2TError:
+                continue  # the budget does not pay for these sources
+            key = json.dumps(describe(plan))
+            if key in done:
+                rows.append(dict(done[key], system=f"{name} (= {done[key]['system']})"))
+                print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+                continue
+            clock = time.perf_counter()
+            trace = correct(v2t, vectors, plan)
+            seconds = time.perf_counter() - clock
+            scores = score_outputs(trace.final, data.references, trace.cosines[-1], boot)
+            rows.append({"system": "greedy" if budget == 1 else name, "budget": budget,
+                         "sources": "+".join(plan.sources) or "greedy", "beams": plan.rerank, "width": plan.width,
+                         "spent": round(float(trace.spent.mean()), 2),
+                         "seconds_per_sentence": round(seconds / len(vectors), 3),
+                         **{m: round(scores[m][0], 4) for m in ("cosine", "chrf", "exact_match")}})
+            done[key] = rows[-1]
+            print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+    print(f"\n{len(vectors)} sentences of {args.data.name}; adapter {args.adapter}\n")
+    print("| budget | system | sources | decodes spent | s / sentence | cosine | chrF | exact % |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['budget']} | {r['system']} | {r['sources']} | {r['spent']} | {r['seconds_per_sentence']} | "
+              f"{r['cosine']:.4f} | {r['chrf']:.1f} | {r['exact_match']:.1f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"adapter": str(args.adapter), "data": str(args.data), "sentences": len(vectors),
+                                    "budgets": budgets, "rows": rows}, indent=1, ensure_ascii=False),
+                        encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                            help="what the base computes in (default: auto, as `invert` chooses)")
     run_group.add_argument("--batch-size", type=int, help="vectors decoded together (>= 1; default: from free memory)")
     run_group.add_argument("--max-new-tokens", type=int, help="longest reconstruction (>= 1; default: the adapter's)")
+    run_group.add_argument("--budget", metavar="N",
+                           help="decodes per vector (an integer >= 1; default 1 = greedy), spent as `invert "
+                                "--budget` spends them: the closer reconstruction of more decodes")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bars")
     audit.set_defaults(func=run)
     return audit
@@ -62,6 +65,21 @@ def adapter_label(given: str, resolved: Path, revision: str | None) -> str:
     if Path(given).exists():
         return str(Path(given).resolve())
     return f"{given}@{revision or 'main'} (commit {Path(resolved).name})"
+
+
+def budget_value(text: str | None, adapter: Path, config: dict) -> int | None:
+    """``--budget``, checked with the corrector it spends decodes on (the one the adapter names), before anything
+    is read or loaded."""
+    from ..model.beam import CORRECTOR, parse_budget, plan_budget
+    from .options import _corrector_bundle
+
+    if text is None:
+        return None
+    budget = parse_budget(text)
+    plan = plan_budget(budget, has_corrector=bool(config.corrector))
+    if CORRECTOR in plan.proposers and plan.steps:
+        _corrector_bundle(adapter, config, None)
+    return budget
 
 
 def run(args) -> int:
@@ -80,13 +98,14 @@ def run(args) -> int:
     config = validate_bundle(adapter)
     dtype = str(load_dtype(config, args.dtype, args.device)).removeprefix("torch.")  # checks --device too
     options = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    budget = budget_value(args.budget, adapter, config)
     job = AuditJob(source=args.source, out=str(args.out), originals=None if args.originals is None else
                    str(args.originals), sample=args.sample, seed=0 if args.seed is None else args.seed,
                    source_options=SourceOptions(table=args.table, vector_column=args.vector_column,
                                                 text_column=args.text_column, id_column=args.id_column,
                                                 query=args.query, dsn=args.dsn),
                    on_nan=args.on_nan, batch_size=args.batch_size, options=options, dtype=dtype,
-                   adapter_label=adapter_label(args.adapter, adapter, args.revision))
+                   adapter_label=adapter_label(args.adapter, adapter, args.revision), budget=budget)
     # under `accelerate launch` each process decodes on the device of its rank (its GPU), unless --device says
     summary = run_audit(lambda: load_adapter(adapter, device=args.device or current_shard().device, dtype=args.dtype),
                         job, adapter, config=config, show_progress=not args.no_progress)

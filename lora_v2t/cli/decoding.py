@@ -10,10 +10,12 @@ from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
 from .options import (
     _adapter_label,
+    _add_budget_options,
     _add_correction_options,
     _add_decoding_options,
     _add_generation_options,
     _add_loading_options,
+    _budget,
     _check_decoding,
     _correction,
     _decoding_options,
@@ -33,6 +35,7 @@ def _add_generate_command(sub) -> None:
     _add_loading_options(gen)
     _add_generation_options(gen)
     _add_correction_options(gen)
+    _add_budget_options(gen)
     gen.add_argument("--json", action="store_true", help="print one JSON object per line")
     gen.set_defaults(func=cmd_generate)
 
@@ -58,9 +61,10 @@ def _add_evaluate_command(sub) -> None:
     ev.add_argument("--vectors", type=Path,
                     help=".npy vectors instead of encoding: one per usable line of --data (blank and over-long "
                          "lines are skipped), in order; with --limit N, the first N are used")
-    ev.add_argument("--rerank", type=int, default=8,
+    ev.add_argument("--rerank", type=int,
                     help="beam candidates for the reranked column (>= 0; default 8; 0 or 1 = greedy only); with "
-                         "--correct-steps, correction starts from the reranked candidates")
+                         "--correct-steps, correction starts from the reranked candidates (with --budget, the budget "
+                         "chooses its beams)")
     ev.add_argument("--limit", type=int, help="evaluate only the first N usable lines (N >= 1; default: all)")
     ev.add_argument("--max-chars", type=int, default=1000,
                     help="skip (and count) longer lines (>= 1; default 1000)")
@@ -72,6 +76,7 @@ def _add_evaluate_command(sub) -> None:
                          "<data file>, numbered -2, -3... when taken)")
     ev.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
     _add_correction_options(ev)
+    _add_budget_options(ev)
     ev.set_defaults(func=cmd_evaluate)
 
 
@@ -99,6 +104,7 @@ def _add_invert_command(sub) -> None:
     inv.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_loading_options(inv)
     _add_generation_options(inv, candidates=False)  # one text per row: no candidates, no reranking
+    _add_budget_options(inv, corrector=True)
     inv.set_defaults(func=cmd_invert, num_return_sequences=None, rerank=False)
 
 
@@ -118,13 +124,17 @@ def cmd_generate(args) -> int:
         vectors = to_vectors(load_vectors_file(args.vectors), config.encoder.dim).numpy()
     options = _decoding_options(args, "batch_size")
     _check_decoding(args, config, options)
-    correction = _correction(args, config)
-    if correction.steps:
+    plan = _budget(args, config)
+    correction = plan or _correction(args, config)
+    if correction.steps and plan is None:
         reranked_start(dict(options), args.rerank)  # the candidates correction starts from, checked
     v2t = _load(args)
     if texts is not None:
         vectors = v2t.encode(texts)
-    if correction.steps:
+    if plan is not None:
+        options |= {"budget": plan.budget, "sources": args.sources, "corrector": args.corrector,
+                    "sample_proposals": args.sample_proposals}
+    elif correction.steps:
         options |= {"correct_steps": correction.steps, "corrector": correction.corrector,
                     "correct_width": correction.width}
     outputs = v2t.generate(vectors, rerank=args.rerank, seed=args.seed, show_progress=len(vectors) > 64,
@@ -166,7 +176,9 @@ def cmd_evaluate(args) -> int:
     args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
     check_role(config, "hypothesizer", str(args.adapter))
-    check_evaluation_options(args.rerank, args.resamples)
+    plan = _budget(args, config)
+    rerank = 0 if plan is not None else 8 if args.rerank is None else args.rerank
+    check_evaluation_options(rerank, args.resamples)
     if args.target_column is not None and args.source_column is None:
         raise V2TError("--target-column picks the reference column of a TSV read with --source-column: give "
                        "--source-column too (without it, every line of --data is one sentence)")
@@ -186,12 +198,12 @@ def cmd_evaluate(args) -> int:
             kept = f"the first {args.limit} " if args.limit is not None else ""
             raise V2TError(f"{args.vectors} holds {len(data.vectors)} vectors for {kept}{len(data.references)} "
                            f"usable lines of {args.data}: give one vector per usable line, in order")
-    rerank = {"num_beams": args.rerank, "num_return_sequences": args.rerank} if args.rerank > 1 else {}
+    beams = {"num_beams": rerank, "num_return_sequences": rerank} if rerank > 1 else {}
     _check_decoding(args, config, {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                                   "restrict_vocab": args.restrict_vocab, **rerank})
-    correction = _correction(args, config)
+                                   "restrict_vocab": args.restrict_vocab, **beams})
+    correction = plan or _correction(args, config)
     v2t = _load(args)
-    summary = evaluate(v2t, data, out, rerank=args.rerank, batch_size=args.batch_size,
+    summary = evaluate(v2t, data, out, rerank=None if plan else rerank, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, resamples=args.resamples,
                        restrict_vocab=args.restrict_vocab, show_progress=not args.no_progress,
                        adapter=_adapter_label(source, args.adapter, args.revision),
@@ -215,9 +227,12 @@ def cmd_invert(args) -> int:
     args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
     options = _decoding_options(args)  # the batch size is the job's own (chosen from free memory if unset)
+    plan = _budget(args, config)  # checks the corrector a budget uses, with the explicit knobs beside it
     job = InvertJob(source=str(args.vectors or args.texts), out=args.out, cosine=args.cosine, on_nan=args.on_nan,
                     batch_size=args.batch_size, options=options, seed=args.seed,
-                    dtype=str(load_dtype(config, args.dtype, args.device)).removeprefix("torch."))
+                    dtype=str(load_dtype(config, args.dtype, args.device)).removeprefix("torch."),
+                    budget=None if plan is None else plan.budget, sources=args.sources, corrector=args.corrector,
+                    sample_proposals=args.sample_proposals)
     _check_decoding(args, config, options)
     with output_lock(args.out):
         prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision), config)

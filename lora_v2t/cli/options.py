@@ -63,21 +63,77 @@ def _add_correction_options(parser: argparse.ArgumentParser) -> None:
                    help="candidates kept per vector between steps (>= 1; default 1)")
 
 
+def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False) -> None:
+    """--budget and how it is spent; ``corrector``: also --corrector (a command without correction options)."""
+    g = parser.add_argument_group("budget (see lora_v2t.model.beam)")
+    g.add_argument("--budget", metavar="N",
+                   help="decodes per vector (an integer >= 1; default 1 = greedy), keeping the text closest to "
+                        "the vector: by the measured rule of lora_v2t.model.beam, the greedy text and N - 1 reranked "
+                        "beams (N = 2: one step of the corrector the adapter names); with --sources, beams, then "
+                        "correction steps whose width and proposals follow from N")
+    g.add_argument("--sources", metavar="LIST",
+                   help="what --budget spends decodes on, comma-separated among beams, shift, corrector (default: "
+                        "the rule's choice); refused when N cannot pay for them all")
+    g.add_argument("--sample-proposals", action="store_true",
+                   help="the corrector samples its proposals (with --temperature, --top-k, --top-p) instead of "
+                        "searching beams; give --seed to repeat a run")
+    if corrector:
+        g.add_argument("--corrector",
+                       help="with --budget: corrector bundle folder or hub id (default: the one the adapter names), "
+                            "or 'shift' for no trained corrector")
+
+
+def _budget(args, config: BundleConfig):
+    """The plan of the command line's --budget (None without one), checked with the corrector's bundle before any
+    model loads; refuses the explicit correction knobs beside it."""
+    from ..model.beam import CORRECTOR, parse_budget, plan_budget
+
+    if args.budget is None:
+        corrector_alone = args.corrector and not hasattr(args, "correct_steps")  # invert's: only for a budget
+        if args.sources is not None or args.sample_proposals or corrector_alone:
+            raise V2TError("--sources, --sample-proposals and --corrector choose how a budget is spent: give "
+                           "--budget N too")
+        return None
+    budget = parse_budget(args.budget)
+    given = [flag for flag, name, unset in (("--correct-steps", "correct_steps", 0), ("--correct-width",
+                                            "correct_width", 1), ("--num-return-sequences", "num_return_sequences",
+                                                                  None))
+             if getattr(args, name, unset) != unset]
+    if type(getattr(args, "rerank", None)) is int:  # evaluate's beam candidates (generate's --rerank is a switch)
+        given.append("--rerank")
+    if given:
+        raise V2TError(f"--budget chooses the beams, correction steps and width itself: drop {', '.join(given)}, "
+                       "or drop --budget to set them yourself")
+    plan = plan_budget(budget, args.sources, corrector=args.corrector, has_corrector=bool(config.corrector),
+                       sample=args.sample_proposals)
+    if CORRECTOR in plan.proposers and plan.steps:
+        _corrector_bundle(args.adapter, config, plan.corrector)
+    return plan
+
+
 def _correction(args, config: BundleConfig):
     """The correction the command line asks for, checked (with the corrector's bundle) before any model loads."""
-    from ..bundle.adapter import validate_bundle
-    from ..bundle.format import AdapterMeta
-    from ..model.correct import SHIFT, CorrectionConfig, check_pair, corrector_path
+    from ..model.correct import SHIFT, CorrectionConfig
 
     correction = CorrectionConfig(steps=args.correct_steps, corrector=args.corrector, width=args.correct_width)
     if correction.steps == 0 and (args.corrector is not None or args.correct_width != 1):
         raise V2TError("--corrector and --correct-width choose how to correct: give --correct-steps N (N >= 1) too")
     if correction.steps == 0 or correction.corrector == SHIFT:
         return correction
-    meta = AdapterMeta.of_bundle(config, source=str(args.adapter))
-    path = corrector_path(meta, str(args.adapter), correction.corrector, None)
-    check_pair(validate_bundle(path), config.encoder, config.backbone.to_dict(), path)
+    _corrector_bundle(args.adapter, config, correction.corrector)
     return correction
+
+
+def _corrector_bundle(adapter: Path, config: BundleConfig, corrector: str | None) -> None:
+    """Check the corrector bundle a correction uses (``corrector``, or the one the adapter's bundle folder
+    ``adapter`` names) against the adapter, before any model loads."""
+    from ..bundle.adapter import validate_bundle
+    from ..bundle.format import AdapterMeta
+    from ..model.correct import check_pair, corrector_path
+
+    meta = AdapterMeta.of_bundle(config, source=str(adapter))
+    path = corrector_path(meta, str(adapter), corrector, None)
+    check_pair(validate_bundle(path), config.encoder, config.backbone.to_dict(), path)
 
 
 def _add_loading_options(parser: argparse.ArgumentParser) -> None:

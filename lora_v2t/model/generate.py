@@ -15,7 +15,8 @@ import torch
 
 from ..config import SEED_LIMIT
 from ..model.backbone import max_positions
-from ..model.correct import check_role
+from ..model.beam import plan_budget
+from ..model.correct import check_role, correct
 from ..model.vocab import DecodingVocab
 from ..util.errors import V2TError
 from ..util.vectors import cosine_rows, to_vectors
@@ -31,7 +32,8 @@ class Reranked(NamedTuple):
 
 
 def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False, seed: int | None = None,
-             contexts: list[str] | None = None, warn_norms: bool = True, **options):
+             contexts: list[str] | None = None, warn_norms: bool = True, budget: int | None = None,
+             sources=None, corrector: str | None = None, sample_proposals: bool = False, **options):
     """Decode (N, d) vectors into text.
 
     Args:
@@ -44,6 +46,10 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
             :func:`lora_v2t.model.correct.condition` rows. See :mod:`lora_v2t.model.correct`.
         warn_norms: warn about rows far from unit length (:func:`warn_unless_unit_length`); correction turns it
             off for the vectors it builds itself (shifted ones are not meant to be unit length).
+        budget: decodes per vector (an integer >= 1; None or 1: one greedy decode): spent on the beam over
+            corrections that :func:`lora_v2t.model.beam.plan_budget` chooses, keeping the text closest to the
+            vector. ``sources`` (e.g. ``("beams", "shift")``), ``corrector`` (a corrector bundle, or ``"shift"``
+            for none) and ``sample_proposals`` (the corrector samples its proposals: give ``seed``) shape it.
         **options: any field of :class:`lora_v2t.config.GenerationConfig`: ``max_new_tokens``,
             ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``num_beams``, ``num_return_sequences``,
             ``repetition_penalty``, ``no_repeat_ngram_size``, ``batch_size``, ``restrict_vocab``, ``cache``. Unset
@@ -57,6 +63,16 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     from transformers import LogitsProcessorList
 
     check_role(v2t.meta, "hypothesizer" if contexts is None else "corrector", v2t.active_adapter)
+    if budget is None and (sources is not None or sample_proposals):
+        raise V2TError("sources and sample_proposals shape how a budget is spent: give budget=N (--budget N) too")
+    if budget is not None:
+        plan = plan_budget(budget, sources, corrector=corrector,
+                           has_corrector=bool(v2t.meta.corrector), sample=sample_proposals)
+        if plan.steps or plan.rerank:
+            return budgeted(v2t, vectors, plan, rerank, show_progress, seed, options)
+    elif corrector is not None:
+        raise V2TError("corrector= is used by correction: give budget=N (or correct_steps=N to "
+                       "Vector2Text.generate) too")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
         raise V2TError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     opts = v2t.generation_defaults().updated(**options)
@@ -102,6 +118,17 @@ def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False,
     if rerank:
         return rerank_candidates(v2t, target.numpy(), groups)
     return [g[0] for g in groups] if n == 1 else groups
+
+
+def budgeted(v2t, vectors, plan, rerank: bool, show_progress: bool, seed: int | None, options: dict):
+    """The best text of each vector after the beam over corrections ``plan`` (a budget's); with ``rerank``,
+    :class:`Reranked` items (their cosines come with the search)."""
+    if (options.get("num_return_sequences") or 1) > 1:
+        raise V2TError("a budget keeps one text per vector (the closest): leave num_return_sequences at 1")
+    trace = correct(v2t, vectors, plan, show_progress=show_progress, seed=seed, **options)
+    if rerank:
+        return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1])]
+    return trace.final
 
 
 def warn_unless_unit_length(target: torch.Tensor, encoder_spec: str, tolerance: float = 0.05) -> None:

@@ -412,8 +412,13 @@ class Vector2Text(nn.Module):
         return enc.encode(texts)  # a user's Encoder need only take the texts (the Encoder protocol)
 
     def generate(self, vectors, correct_steps: int = 0, corrector: str | None = None, correct_width: int = 1,
-                 **options):
+                 budget: int | None = None, **options):
         """Decode vectors into text; see :func:`lora_v2t.model.generate.generate` for the options.
+
+        ``budget`` N: spend at most N decodes per vector on the beam over corrections the rule of
+        :mod:`lora_v2t.model.beam` chooses (1: greedy), with the ``corrector`` given or the one the adapter names
+        (``"shift"``: none); ``sources``, ``sample_proposals`` and ``seed`` as in
+        :func:`~lora_v2t.model.generate.generate`. The explicit knobs below are for experts, without a budget.
 
         ``correct_steps`` > 0 corrects the hypotheses that many times at most (see :mod:`lora_v2t.model.correct`):
         with the corrector the adapter names, or ``corrector`` (a corrector bundle folder or hub id, or
@@ -422,6 +427,11 @@ class Vector2Text(nn.Module):
         greedy text and K beams (the best ``correct_width`` of them by cosine); the corrections decode with the
         other options.
         """
+        if budget is not None:
+            if correct_steps or correct_width != 1:
+                raise V2TError("budget chooses the correction steps and width itself: drop correct_steps and "
+                               "correct_width, or drop budget to set them yourself")
+            return generate(self, vectors, budget=budget, corrector=corrector, **options)
         if correct_steps == 0 and corrector is None and correct_width == 1:
             return generate(self, vectors, **options)
         rerank = options.pop("rerank", False)

@@ -59,6 +59,7 @@ class AuditJob:
     options: dict = field(default_factory=dict)  # decoding options over the adapter's defaults
     dtype: str | None = None  # what the base computes in; None: as loaded
     adapter_label: str | None = None  # how audit.json names the adapter (default: its folder's absolute path)
+    budget: int | None = None  # decodes per vector (see lora_v2t.model.beam); None or 1: greedy
     resamples: int = 1000  # bootstrap resamples, drawn with seed 0 as `evaluate` draws them
     top: int = 20  # rows shown side by side in the report
 
@@ -138,6 +139,10 @@ def plan_audit(job: AuditJob, config: dict, adapter_dir: str | Path) -> Plan:
     from ..config import GenerationConfig
 
     GenerationConfig.of_bundle(config, **job.options)  # bad decoding options fail before anything is read
+    if job.budget is not None:  # so does a bad budget
+        from ..model.beam import plan_budget
+
+        plan_budget(job.budget, has_corrector=bool(config.corrector))
     source = open_source(job.source, job.source_options)
     dim, encoder = config.encoder.dim, config.encoder.spec
     if source.dim != dim:
@@ -156,7 +161,8 @@ def plan_audit(job: AuditJob, config: dict, adapter_dir: str | Path) -> Plan:
                 "rows_in_source": len(source), "sample": job.sample, "seed": job.seed if job.sample else None,
                 "originals": named, "on_nan": job.on_nan,
                 "adapter": job.adapter_label or str(Path(adapter_dir).resolve()),
-                "decoding": job.options, "dtype": job.dtype}
+                "decoding": job.options | ({"budget": job.budget} if (job.budget or 1) > 1 else {}),
+                "dtype": job.dtype}
     folder = Path(job.out)
     check_folder(folder, identity)
     return Plan(job, folder, source, indices, originals, identity)
@@ -247,7 +253,7 @@ def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: dict, shard: 
             return {"written": 0, "skipped": 0, "resumed_at": 0, "seconds": 0.0}
         write_part(plan.folder / VECTORS, vectors, start, stop)
     invert_job = InvertJob(source=str(vectors), out=str(inverted), cosine=True, on_nan=job.on_nan,
-                           batch_size=job.batch_size, options=job.options, dtype=job.dtype)
+                           batch_size=job.batch_size, options=job.options, dtype=job.dtype, budget=job.budget)
     with output_lock(invert_job.out):
         prepared = prepare_job(invert_job, adapter_dir, plan.identity["adapter"], config)
         if prepared.start >= len(prepared.source):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle.adapter import bundle_config
+from ..model.beam import describe
 from ..model.correct import CorrectionConfig, Trace, correct
 from ..model.encoders import PrecomputedEncoder
 from ..model.generate import reembed_cosines
@@ -146,7 +147,7 @@ def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     return out_dir
 
 
-def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_size: int = 32,
+def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int | None = None, batch_size: int = 32,
              max_new_tokens: int | None = None, resamples: int = 1000, seed: int = 0,
              show_progress: bool = True, restrict_vocab: bool | None = None, adapter: str | Path | None = None,
              overwrite: bool = False, correction: CorrectionConfig | None = None) -> dict:
@@ -160,7 +161,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         data: references with source texts or vectors.
         out_dir: where to write the report: a new or empty folder (or an older report, with ``overwrite``).
         rerank: beam candidates for the reranked column (the greedy output competes too); 0 or 1 = greedy
-            only. Needs an encoder that can encode text.
+            only; None: 8 (0 with a budget). Needs an encoder that can encode text.
         resamples: bootstrap resamples for the 95% intervals (>= 1).
         restrict_vocab: decode inside the adapter's output vocabulary when it has one (False: every token;
             None: the adapter's default).
@@ -169,8 +170,17 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         correction: with ``steps`` > 0, correct the outputs (see :mod:`lora_v2t.model.correct`) and report every
             step, with the seconds and decodes per vector it cost. With ``rerank`` > 1 correction starts from
             the reranked candidates (columns ``reranked+corrected-N``), else from the greedy output
-            (``corrected-N``); ``rerank`` replaces the ``CorrectionConfig``'s own.
+            (``corrected-N``); ``rerank`` replaces the ``CorrectionConfig``'s own. A budget's plan
+            (:func:`lora_v2t.model.beam.plan_budget`, ``correction.budget`` set) is reported as one column
+            ``budget-N`` beside greedy, with the decodes it spent; it chooses its own beams (leave ``rerank`` unset)
+            and samples (``sample``) from ``seed``.
+        seed: seeds the bootstrap resamples, and a budget's sampled proposals.
     """
+    budgeted = correction is not None and correction.budget is not None
+    if budgeted and rerank is not None:
+        raise V2TError("a budget chooses its own beams: leave rerank unset (drop --rerank), or evaluate without "
+                       "a budget")
+    rerank = (0 if budgeted else 8) if rerank is None else rerank
     check_evaluation_options(rerank, resamples)
     n = len(data.references)
     if n == 0:
@@ -189,7 +199,10 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
     else:
         logger.info("encoding %d sentences with %s", n, v2t.meta.encoder.spec)
         vectors = v2t.encode(data.sources, show_progress=show_progress)
-    systems, trace = _decode_systems(v2t, vectors, rerank, correction, options, show_progress)
+    if budgeted:
+        systems, trace = _decode_budget(v2t, vectors, correction, options, show_progress, seed)
+    else:
+        systems, trace = _decode_systems(v2t, vectors, rerank, correction, options, show_progress)
     boot = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
     summary = {"adapter": None if adapter is None else str(adapter), "adapter_config": adapter_summary(v2t),
@@ -200,7 +213,13 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
                else "full",
                "scores": {name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]}
                                  for m, (v, lo, hi) in s.items()} for name, s in scores.items()}}
-    if trace is not None:
+    if budgeted:
+        summary["budget"] = describe(correction) | {
+            "corrector": correction.corrector or v2t.meta.corrector if "corrector" in correction.sources
+            else None, "decodes_spent_mean": round(float(trace.spent.mean()), 3),
+            "decodes_spent_max": int(trace.spent.max()), "steps_run": len(trace.texts) - 1,
+            "seconds": round(sum(trace.seconds), 2)}
+    elif trace is not None:
         summary["correction"] = {"corrector": correction.corrector or v2t.meta.corrector,
                                  "starts_from": "reranked" if rerank > 1 else "greedy",
                                  "width": correction.width, "steps_asked": correction.steps,
@@ -287,6 +306,14 @@ def _decode_systems(v2t, vectors: np.ndarray, rerank: int, correction: Correctio
     return systems, trace
 
 
+def _decode_budget(v2t, vectors: np.ndarray, plan: CorrectionConfig, options: dict, show_progress: bool,
+                   seed: int) -> tuple[dict, Trace]:
+    """The greedy texts and the best of a budget's beam over corrections (``plan``), with their cosines."""
+    trace = correct(v2t, vectors, plan, show_progress=show_progress, seed=seed, **options)
+    return {"greedy": (trace.greedy_texts, _kept_cosines(trace.greedy_texts, trace.greedy_cosines)),
+            f"budget-{plan.budget}": (trace.final, _kept_cosines(trace.final, trace.cosines[-1]))}, trace
+
+
 def _kept_cosines(texts: list[str], cosines: np.ndarray) -> np.ndarray:
     """A correction trace's cosines as :func:`_reembed_cosines` gives them: an empty output (no candidate kept,
     -1 in the trace) scores 0."""
@@ -332,6 +359,12 @@ def markdown_table(summary: dict) -> str:
             cells.append(f"{fmt.format(s['value'])} [{fmt.format(s['ci95'][0])}, {fmt.format(s['ci95'][1])}]"
                          if s else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if summary.get("budget"):
+        b = summary["budget"]
+        lines += ["", f"Budget {b['budget']} decodes per vector on {' + '.join(b['sources']) or 'greedy'} (beams "
+                      f"{b['beams']}, width {b['width']}, up to {b['steps']} correction steps, {b['steps_run']} run): "
+                      f"{b['decodes_spent_mean']} decodes per vector spent on average, {b['decodes_spent_max']} at "
+                      f"most, in {b['seconds']} s."]
     if summary.get("correction"):
         c = summary["correction"]
         cost = ", ".join(f"step {i}: {s} s, {d} decode(s)/vector"

@@ -49,6 +49,10 @@ class InvertJob:
     options: dict = field(default_factory=dict)  # decoding options (GenerationConfig fields) over the adapter's
     dtype: str | None = None  # what the base computes in ("float32", "bfloat16"...); None: as loaded (invert_file)
     seed: int | None = None  # seeds sampling (each batch from the seed and its first row); None: unseeded
+    budget: int | None = None  # decodes per vector (see lora_v2t.model.beam); None or 1: greedy
+    sources: str | tuple | None = None  # what the budget spends on (None: the rule chooses)
+    corrector: str | None = None  # the budget's corrector bundle (None: the one the adapter names; "shift": none)
+    sample_proposals: bool = False  # the corrector samples its proposals
 
     def __post_init__(self):
         if Path(self.out).suffix not in FORMATS:
@@ -165,14 +169,38 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     options = GenerationConfig.of_bundle(config, **job.options)
     if options.num_return_sequences > 1:
         raise V2TError("invert writes one text per row: leave num_return_sequences at 1")
+    plan = budget_plan(job, config)
     weights = hashlib.sha256((adapter_dir / "projector.safetensors").read_bytes()).hexdigest()[:16]
     # neither the batch nor the cache changes the rows
     decoding = {k: v for k, v in asdict(options).items() if k not in ("batch_size", "cache")}
     identity = {"format": 1, "adapter": label or str(adapter_dir.resolve()), "projector_sha256": weights,
                 "decoding": decoding, "source": str(Path(job.source).resolve()), "rows": len(source),
                 "source_file_sha256": source.fingerprint(),
-                "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype, "seed": job.seed}
+                "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype, "seed": job.seed,
+                "budget": job.budget or 1}
+    if plan is not None:  # what the budget is spent on, as the rule of this version chose it
+        identity["budget_plan"] = plan
     return PreparedJob(source, identity, prepare_output(job, identity, source))
+
+
+def budget_plan(job: InvertJob, config: dict) -> dict | None:
+    """How the job's budget is spent (:func:`lora_v2t.model.beam.describe`, with the corrector it uses), checked;
+    None for one greedy decode per row."""
+    from ..model.beam import describe, plan_budget
+
+    if job.budget is None and (job.sources is not None or job.sample_proposals or job.corrector is not None):
+        raise V2TError("sources, sample_proposals and corrector choose how a budget is spent: give budget (--budget "
+                       "N) too")
+    if job.budget is None:
+        return None
+    plan = plan_budget(job.budget, job.sources, corrector=job.corrector, has_corrector=bool(config.corrector),
+                       sample=job.sample_proposals)
+    if not (plan.steps or plan.rerank):
+        return None
+    described = describe(plan)
+    if "corrector" in plan.sources:
+        described["corrector"] = job.corrector or config.corrector
+    return described
 
 
 def prepare_output(job: InvertJob, identity: dict, source: Source | None = None) -> int:
@@ -206,6 +234,8 @@ def check_identity(saved: dict, identity: dict, job: InvertJob, source: Source |
     for key, value in identity.items():
         if key == "source_file_sha256" and key not in saved and "source_sha256" in saved and source is not None:
             key, value = "source_sha256", source.legacy_fingerprint()  # begun before whole files were hashed
+        if key == "budget" and key not in saved:  # begun before budgets: one decode per row
+            saved = saved | {"budget": 1}
         if key in ("dtype", "source_file_sha256", "source_sha256") and key not in saved:
             logger.warning("%s does not record the %s of its rows; continuing with %s", meta, key, value)
             continue
@@ -363,7 +393,9 @@ def run_job(v2t, job: InvertJob, prepared: PreparedJob, show_progress: bool = Tr
         counts["skipped"] += int((~keep).sum())
         indices, vectors = np.arange(begin, stop)[keep], vectors[keep]
         if len(vectors):
-            texts = v2t.generate(vectors, seed=batch_seed(job.seed, begin), **(job.options | {"batch_size": batch}))
+            texts = v2t.generate(vectors, seed=batch_seed(job.seed, begin), budget=job.budget, sources=job.sources,
+                                 corrector=job.corrector, sample_proposals=job.sample_proposals,
+                                 **(job.options | {"batch_size": batch}))
             cosines = reembed_cosines(v2t, texts, vectors, empty=0.0) if job.cosine else None
             append_rows(out, format_rows(out.suffix, indices, texts, cosines))
             counts["written"] += len(texts)
