@@ -25,6 +25,7 @@ from .config import (
     DataConfig,
     EncoderConfig,
     LoRAConfig,
+    MixedPrecision,
     ProjectorConfig,
     RunConfig,
     TrainingConfig,
@@ -35,8 +36,8 @@ from .util.textfile import split_lines
 
 logger = logging.getLogger(__name__)
 
-DEMO_SENTENCES = files("lora_v2t").joinpath("resources", "demo_ru.txt")  # a small sample written for the project
-HELD_OUT = files("lora_v2t").joinpath("resources", "heldout_ru.txt")  # in no training file, nor in the dev sets
+DEMO_SENTENCES = files("lora_v2t") / "resources" / "demo_ru.txt"  # a small sample written for the project
+HELD_OUT = files("lora_v2t") / "resources" / "heldout_ru.txt"  # in no training file, nor in the dev sets
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru-v2"
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "train.txt"
 # the run folder's name: a new one whenever the demo's recipe changes, since an older demo's folder would be
@@ -57,7 +58,7 @@ class DemoConfig:
     encoder: str = OFFLINE_ENCODER
     max_steps: int = 100_000  # the minutes end the run first
     eval_every: int = 50
-    mixed_precision: str = "auto"  # training.mixed_precision: bf16 on CPUs with bf16 units
+    mixed_precision: MixedPrecision = "auto"  # training.mixed_precision: bf16 on CPUs with bf16 units
     show_progress: bool = True
 
 

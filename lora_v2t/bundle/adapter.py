@@ -195,7 +195,7 @@ def _validate_bundle(path: Path) -> BundleConfig:
     _refuse_pickle(path)
     config = read_json(path / "v2t_config.json")
     full = config.get("trainable") == "full"
-    required_files = ("projector.safetensors",) if full else (
+    required_files: tuple[str, ...] = ("projector.safetensors",) if full else (
         "adapter_config.json", "adapter_model.safetensors", "projector.safetensors")
     if full and not (path / "backbone" / "config.json").is_file():
         raise V2TError(f"{path} is a fully fine-tuned model but lacks backbone/config.json: copy it again")

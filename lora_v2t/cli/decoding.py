@@ -124,6 +124,7 @@ def cmd_generate(args) -> int:
     v2t = _load(args)
     if texts is not None:
         vectors = v2t.encode(texts)
+    assert vectors is not None  # argparse asks for --text or --vectors
     if correction.steps:
         options |= {"correct_steps": correction.steps, "corrector": correction.corrector,
                     "correct_width": correction.width}
@@ -131,7 +132,7 @@ def cmd_generate(args) -> int:
                            **options)
     for i, out in enumerate(outputs):
         original = texts[i] if texts else None
-        record = {"index": i, "original": original}
+        record: dict[str, object] = {"index": i, "original": original}
         if args.rerank:
             record |= {"generated": out.text, "cosine": round(out.cosine, 4)}
             shown = f"{out.text}    [cos {out.cosine:.3f}]"

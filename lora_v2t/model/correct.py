@@ -158,11 +158,11 @@ def check_pair(config: BundleConfig, encoder: EncoderInfo, base: dict, path: Pat
         raise V2TError(f"corrector {path} was trained for encoder {mine.spec!r} ({mine.dim}-d), but "
                        f"the hypothesizer uses {theirs.spec!r} ({theirs.dim}-d): use the corrector "
                        "trained with this hypothesizer")
-    mine, theirs = config.backbone, base
+    trained = config.backbone
     for key in ("model_type", "hidden_size", "vocab_size"):
-        if key in theirs and getattr(mine, key) != theirs[key]:
-            raise V2TError(f"corrector {path} was trained on base {mine.name!r} ({key} {getattr(mine, key)}), but "
-                           f"the hypothesizer runs on {theirs.get('name')!r} ({key} {theirs[key]}): use the "
+        if key in base and getattr(trained, key) != base[key]:
+            raise V2TError(f"corrector {path} was trained on base {trained.name!r} ({key} {getattr(trained, key)}), "
+                           f"but the hypothesizer runs on {base.get('name')!r} ({key} {base[key]}): use the "
                            "corrector trained with this hypothesizer")
 
 

@@ -200,7 +200,7 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
                else "full",
                "scores": {name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]}
                                  for m, (v, lo, hi) in s.items()} for name, s in scores.items()}}
-    if trace is not None:
+    if trace is not None and correction is not None:  # a trace comes only from a correction
         summary["correction"] = {"corrector": correction.corrector or v2t.meta.corrector,
                                  "starts_from": "reranked" if rerank > 1 else "greedy",
                                  "width": correction.width, "steps_asked": correction.steps,
@@ -287,9 +287,11 @@ def _decode_systems(v2t, vectors: np.ndarray, rerank: int, correction: Correctio
     return systems, trace
 
 
-def _kept_cosines(texts: list[str], cosines: np.ndarray) -> np.ndarray:
+def _kept_cosines(texts: list[str], cosines: np.ndarray | None) -> np.ndarray | None:
     """A correction trace's cosines as :func:`_reembed_cosines` gives them: an empty output (no candidate kept,
     -1 in the trace) scores 0."""
+    if cosines is None:
+        return None
     empty = np.array([not text for text in texts], dtype=bool)
     return np.where(empty, 0.0, cosines).astype(np.float64)
 
@@ -306,7 +308,7 @@ def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
             header += [f"{tag}_output", f"{tag}_cosine", f"{tag}_token_f1", f"{tag}_exact"]
         writerow(header)
         for i, ref in enumerate(data.references):
-            row = [i, ref] + ([data.sources[i]] if len(header) > 2 and header[2] == "source" else [])
+            row = [i, ref] + ([data.sources[i]] if data.sources and header[2:3] == ["source"] else [])
             for hyps, cos in systems.values():
                 row += [hyps[i], "" if cos is None else f"{cos[i]:.4f}", f"{token_f1(hyps[i], ref):.4f}",
                         int(exact_match(hyps[i], ref))]

@@ -67,7 +67,8 @@ class Source:
 
     def __init__(self, path: str | Path, dim: int, on_nan: str):
         self.path, self.dim = Path(path), dim
-        self.vectors, self.texts = None, None
+        self.vectors: np.ndarray | None = None
+        self.texts: list[str] | None = None
         if self.path.suffix == ".npy":
             self.vectors = load_vectors_file(self.path, mmap=True)
             shape = tuple(self.vectors.shape)
@@ -85,7 +86,10 @@ class Source:
             self.texts = read_texts(self.path)
 
     def __len__(self) -> int:
-        return len(self.vectors) if self.vectors is not None else len(self.texts)
+        if self.vectors is not None:
+            return len(self.vectors)
+        assert self.texts is not None  # a Source holds vectors or texts
+        return len(self.texts)
 
     def fingerprint(self, chunk: int = 1 << 20) -> str:
         """The sha256 of the source file's bytes, read whole (in chunks): any change of its content changes it."""
@@ -116,8 +120,9 @@ class Source:
 
     def refuse_non_finite(self, chunk: int = 65536) -> None:
         """Name the first rows holding NaN or inf (read in chunks: the file may not fit in memory)."""
-        for start in range(0, len(self.vectors), chunk):
-            bad = ~np.isfinite(np.asarray(self.vectors[start:start + chunk])).all(axis=1)
+        vectors = self.vectors if self.vectors is not None else np.zeros((0, self.dim), np.float32)
+        for start in range(0, len(vectors), chunk):
+            bad = ~np.isfinite(np.asarray(vectors[start:start + chunk])).all(axis=1)
             if bad.any():
                 rows = (np.flatnonzero(bad)[:5] + start).tolist()
                 raise V2TError(f"{self.path}: row(s) {rows} hold NaN or inf: fix them, or pass --on-nan skip to "
@@ -127,6 +132,7 @@ class Source:
         """Vectors of rows [start, stop), float32 (N, d); texts are encoded with the adapter's encoder."""
         if self.vectors is not None:
             return np.asarray(self.vectors[start:stop], dtype=np.float32)
+        assert self.texts is not None  # a Source holds vectors or texts
         return np.asarray(v2t.encode(self.texts[start:stop]), dtype=np.float32)
 
 
@@ -322,7 +328,7 @@ def auto_batch_size(v2t, max_new_tokens: int) -> int:
     import torch
 
     cfg = v2t.base_model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 12)
+    layers = getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 12)
     per_row = 2 * layers * v2t.backbone_info["hidden_size"] * (max_new_tokens + 8) * 4  # keys and values, fp32
     if v2t.device.type == "cuda":
         free, cap = torch.cuda.mem_get_info(v2t.device)[0], 512

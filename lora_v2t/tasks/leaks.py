@@ -127,7 +127,8 @@ def _month(word: str) -> int:
 def dates(text: str) -> list[tuple[str, str, tuple[int, int]]]:
     """Dates written as numbers (07.05.2019, 2019-05-07) or with the month's name (7 мая 2019 года, в мае 2019,
     May 7, 2019); the normal form is year-month-day with ``?`` for a part not given."""
-    found, taken = [], []
+    found: list[tuple[str, str, tuple[int, int]]] = []
+    taken: list[tuple[int, int]] = []
     for pattern in _DATES:
         for m in pattern.finditer(text):
             if any(start < m.end() and m.start() < end for start, end in taken):
@@ -219,7 +220,7 @@ def named_entities(text: str) -> dict[str, dict[tuple[str, ...], str]]:
     doc = Doc(text)
     doc.segment(segmenter)
     doc.tag_ner(tagger)
-    found = {category: {} for category in ENTITIES}
+    found: dict[str, dict[tuple[str, ...], str]] = {category: {} for category in ENTITIES}
     for span in doc.spans:
         key = tuple(lemma(w) for w in _WORD.findall(span.text))
         if span.type in found and key:

@@ -167,7 +167,7 @@ def connect(dsn: str | None):
     """A read-only REPEATABLE READ connection (and "host:port" for messages), from ``dsn`` or the PG* variables;
     a server that does not answer is one line naming host and port."""
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     try:
         params = conninfo_to_dict(dsn or "")
@@ -178,7 +178,7 @@ def connect(dsn: str | None):
     if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
         params["connect_timeout"] = CONNECT_TIMEOUT_S
     try:
-        conn = psycopg.connect(**params)
+        conn = psycopg.connect(make_conninfo("", **params))
     except psycopg.OperationalError as exc:
         raise V2TError(f"cannot connect to PostgreSQL at {where} ({first_line(exc, 200)}): start the server, or "
                        "give its host and port in the URI, --dsn or PGHOST/PGPORT") from exc
@@ -211,10 +211,13 @@ def _relation(conn, where: str, options: SourceOptions):
     named table and columns checked to exist."""
     from psycopg import sql
 
+    relation: sql.Composable
     if options.query:
         relation = sql.SQL("({})").format(sql.SQL(options.query.strip().rstrip(";")))
         names, plain = _query_columns(conn, where, relation), False
         label = "query"
+    elif not options.table:
+        raise V2TError("a PostgreSQL source needs --table or --query: name what to read")
     else:
         parts = options.table.split(".", 1)
         relation = sql.Identifier(*parts)
@@ -235,7 +238,7 @@ def _relation(conn, where: str, options: SourceOptions):
     return relation, label, plain
 
 
-def _table_columns(conn, where: str, relation, table: str) -> dict:
+def _table_columns(conn, where: str, relation, table: str) -> tuple[dict, bool]:
     """{column: type} of ``table`` and whether it is a plain table or materialised view (rows with a ctid); a
     table that does not exist is named with the tables that do."""
     probe = conn.cursor()

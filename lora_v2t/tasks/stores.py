@@ -162,7 +162,7 @@ class ChromaSource(VectorSource):
     def _fetch(self, indices: np.ndarray) -> tuple[np.ndarray, list]:
         """Vectors (float32) and documents (None where none is stored) of these rows, asked for by id, a page at
         a time, in the order given."""
-        found = {}
+        found: dict = {}
         wanted = [self.ids[row] for row in np.unique(indices).tolist()]
         for start in range(0, len(wanted), PAGE):
             page = wanted[start:start + PAGE]

@@ -68,8 +68,9 @@ def check_same_recipe(saved: dict, current: dict, where: Path, data_files: dict 
     for key in sorted(set(a) | set(b)):
         if key.split(".")[0] == "generation" or key in RESUMABLE_CHANGES:
             continue
-        if key in DATA_FILE_KEYS and (data_files or {}).get(key) and isinstance(b.get(key), str) \
-                and file_digest(b[key]) == data_files[key]:
+        digests = data_files or {}
+        if key in DATA_FILE_KEYS and digests.get(key) and isinstance(b.get(key), str) \
+                and file_digest(b[key]) == digests[key]:
             continue
         if a.get(key) != b.get(key):
             raise V2TError(f"resume folder {where} was made by another recipe: {key} was {a.get(key)!r}, now "
@@ -186,7 +187,7 @@ def clean_stale_temporaries(run_dir: Path) -> None:
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict = {}
     for key, value in cfg.items():
         if isinstance(value, dict):
             out |= _flatten(value, f"{prefix}{key}.")
@@ -307,8 +308,9 @@ def _load_weights(path: Path, v2t) -> None:
     if v2t.is_peft:
         lora = load_file(str(path / "adapter_model.safetensors"), device=str(v2t.device))
         result = set_peft_model_state_dict(v2t.model, lora, adapter_name=v2t.active_adapter)
-        if getattr(result, "unexpected_keys", None):
-            raise V2TError(f"{path}: LoRA weights do not fit this model ({result.unexpected_keys[:2]})")
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise V2TError(f"{path}: LoRA weights do not fit this model ({unexpected[:2]})")
     else:  # full fine-tuning: the whole backbone was saved
         from transformers import AutoModelForCausalLM
 
