@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import (
     OFFLINE_BACKBONE,
@@ -33,6 +34,9 @@ from .config import (
 from .model.backbone import checkpoints_dir
 from .train.rundir import check_paths, run_dir_of
 from .util.textfile import split_lines
+
+if TYPE_CHECKING:
+    from .model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +115,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     return final
 
 
-def shipped_minutes(v2t) -> str:
+def shipped_minutes(v2t: Vector2Text | None) -> str:
     """"; the shipped one trained for N minutes", as its bundle records it (nothing when it does not)."""
     minutes = None if v2t is None else v2t.meta.training.get("wall_minutes")
     return f"; the shipped one trained for {minutes:.0f} minutes" if isinstance(minutes, (int, float)) else ""
@@ -131,7 +135,7 @@ def show_shipped(shipped: Path | None, held_out: list[str]):
     return v2t
 
 
-def print_reconstructions(v2t, texts: list[str]) -> None:
+def print_reconstructions(v2t: Vector2Text, texts: list[str]) -> None:
     from .model.generate import reembed_cosines
 
     vectors = v2t.encode(texts)
@@ -158,7 +162,7 @@ def train_demo(recipe: RunConfig, show_progress: bool) -> Path:
     return train(recipe, resume=bool(checkpoints), show_progress=show_progress)
 
 
-def show_switching(v2t, final: Path, held_out: list[str]) -> None:
+def show_switching(v2t: Vector2Text, final: Path, held_out: list[str]) -> None:
     """Part 3: the demo adapter beside the shipped one on the same base, and the cost of switching."""
     shipped_name = v2t.active_adapter
     v2t.load_adapter(final, name="demo")

@@ -100,6 +100,15 @@ def test_evaluate_writes_the_report_and_reranking_never_lowers_cosine(v2t, tmp_p
     assert "| chrf |" in (report / "summary.md").read_text()
 
 
+def test_evaluation_without_sources_encodes_the_references(v2t, tmp_path):
+    refs = ["Где лодка?", "Кошка спит на диване."]
+    options = {"rerank": 0, "max_new_tokens": 4, "resamples": 10, "show_progress": False}
+    own = evaluate(v2t, EvalData(references=refs), tmp_path / "own", **options)
+    given = evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "given", **options)
+    assert own["scores"] == given["scores"]
+    assert (tmp_path / "own" / "sentences.tsv").read_text() == (tmp_path / "given" / "sentences.tsv").read_text()
+
+
 def test_evaluation_decodes_inside_the_output_vocabulary_unless_told(v2t, tmp_path):
     refs = ["Где лодка?", "Кошка спит на диване."]
     token, piece = first_token_vocab(v2t, v2t.encode(refs))

@@ -23,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from ..bundle.hub import resolve_adapter
 from ..config import Role
 from ..util.errors import V2TError
 from ..util.vectors import cosine_rows, to_vectors
+
+if TYPE_CHECKING:
+    from .vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ def corrector_name(hypothesizer: str) -> str:
     return f"{hypothesizer}-corrector"
 
 
-def use_corrector(v2t, source: str | Path | None, revision: str | None = None) -> str:
+def use_corrector(v2t: Vector2Text, source: str | Path | None, revision: str | None = None) -> str:
     """Load the active hypothesizer's corrector onto the same base (once) and return its adapter name.
 
     ``source``: a bundle folder or hub id; None: the corrector the hypothesizer's bundle names (a path relative
@@ -188,7 +192,7 @@ def reranked_start(options: dict, rerank: bool) -> int:
 
 
 # ---------------------------------------------------------------------- the loop
-def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, **options) -> Trace:
+def correct(v2t: Vector2Text, vectors, cfg: CorrectionConfig, show_progress: bool = False, **options) -> Trace:
     """Hypothesize, then correct ``cfg.steps`` times; see the module's docstring. ``options``: decoding options
     of :func:`lora_v2t.model.generate.generate` (used for every decode)."""
     target = to_vectors(vectors, v2t.embedding_dim).numpy()
@@ -228,7 +232,7 @@ def trace_step(trace: Trace, beam: Beam, clock: float, decodes: int) -> None:
     trace.decodes.append(decodes)
 
 
-def propose(v2t, beam: Beam, cfg: CorrectionConfig, corrector: str | None, options: dict):
+def propose(v2t: Vector2Text, beam: Beam, cfg: CorrectionConfig, corrector: str | None, options: dict):
     """New candidates from every kept one: (texts, the row of the target vector each belongs to)."""
     rows, texts, embedded = beam.kept()
     if not texts:
@@ -249,7 +253,7 @@ def propose(v2t, beam: Beam, cfg: CorrectionConfig, corrector: str | None, optio
 class Beam:
     """Per target vector, the ``width`` distinct candidates with the highest cosine so far, with their vectors."""
 
-    def __init__(self, v2t, target: np.ndarray, width: int):
+    def __init__(self, v2t: Vector2Text, target: np.ndarray, width: int):
         self.v2t, self.target, self.width = v2t, target, width
         self.items: list[dict[str, tuple[float, np.ndarray]]] = [{} for _ in range(len(target))]
 

@@ -46,6 +46,7 @@ READ_CHUNK = 1024
 
 if TYPE_CHECKING:
     from ..bundle.format import BundleConfig
+    from ..model.vector2text import Vector2Text
 
 
 @dataclass
@@ -294,7 +295,7 @@ def write_results(folder: Path, records: list[dict], summary: dict, top: int) ->
     _replace_text(folder / SUMMARY, json.dumps(summary, ensure_ascii=False, indent=1) + "\n")
 
 
-def audit(v2t, job: AuditJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
+def audit(v2t: Vector2Text, job: AuditJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
     """Audit ``job.source`` with ``v2t`` (loaded from ``adapter_dir``): extract, invert, measure; returns the
     summary, with ``report`` (the report's path) and ``timings`` added."""
     loaded = v2t.backbone_info["compute_dtype"]

@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from ..util.files import atomic_folder, refuse_foreign
 from ..util.textfile import column_index, escape_tsv, header_names, read_lines
 from ..util.vectors import to_vectors
 from .metrics import exact_match, score_outputs, token_f1
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +150,7 @@ def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     return out_dir
 
 
-def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_size: int = 32,
+def evaluate(v2t: Vector2Text, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_size: int = 32,
              max_new_tokens: int | None = None, resamples: int = 1000, seed: int = 0,
              show_progress: bool = True, restrict_vocab: bool | None = None, adapter: str | Path | None = None,
              overwrite: bool = False, correction: CorrectionConfig | None = None) -> dict:
@@ -188,7 +192,8 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int = 8, batch_si
         vectors = to_vectors(data.vectors, v2t.embedding_dim).numpy()
     else:
         logger.info("encoding %d sentences with %s", n, v2t.meta.encoder.spec)
-        vectors = v2t.encode(data.sources, show_progress=show_progress)
+        sources = data.references if data.sources is None else data.sources  # see EvalData.sources
+        vectors = v2t.encode(sources, show_progress=show_progress)
     systems, trace = _decode_systems(v2t, vectors, rerank, correction, options, show_progress)
     boot = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
@@ -222,7 +227,7 @@ def check_evaluation_options(rerank: int, resamples: int) -> None:
             raise V2TError(f"{name} must be an integer >= {low} ({what}), got {value!r}")
 
 
-def adapter_summary(v2t) -> dict:
+def adapter_summary(v2t: Vector2Text) -> dict:
     """The active adapter's v2t_config (encoder, backbone, projector, LoRA, generation defaults, training
     summary without its sample reconstructions), as recorded in an evaluation summary."""
     config = bundle_config(v2t).to_dict()
@@ -251,14 +256,14 @@ def _write_report(out_dir: Path, overwrite: bool, data: EvalData, systems: dict,
     return out_dir
 
 
-def _reembed_cosines(v2t, texts: list[str], vectors: np.ndarray) -> np.ndarray | None:
+def _reembed_cosines(v2t: Vector2Text, texts: list[str], vectors: np.ndarray) -> np.ndarray | None:
     if isinstance(v2t.encoder, PrecomputedEncoder):
         return None
     return reembed_cosines(v2t, texts, vectors, empty=0.0)  # an empty output scores 0
 
 
-def _decode_systems(v2t, vectors: np.ndarray, rerank: int, correction: CorrectionConfig | None, options: dict,
-                    show_progress: bool) -> tuple[dict, Trace | None]:
+def _decode_systems(v2t: Vector2Text, vectors: np.ndarray, rerank: int, correction: CorrectionConfig | None,
+                    options: dict, show_progress: bool) -> tuple[dict, Trace | None]:
     """Every system's texts and cosines by name (greedy, reranked, each correction step) and the correction's
     trace (None without correction). With reranking, correction starts from the reranked candidates."""
     if correction is None or correction.steps == 0:

@@ -17,6 +17,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from ..util.errors import V2TError
 from ..util.files import append_complete, atomic_write
 from ..util.locks import FileLock, LockBusy
 from ..util.textfile import escape_tsv, read_rows, split_lines, unescape_tsv
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +132,7 @@ class Source:
                 raise V2TError(f"{self.path}: row(s) {rows} hold NaN or inf: fix them, or pass --on-nan skip to "
                                "skip such rows (they are counted)")
 
-    def batch(self, v2t, start: int, stop: int) -> np.ndarray:
+    def batch(self, v2t: Vector2Text, start: int, stop: int) -> np.ndarray:
         """Vectors of rows [start, stop), float32 (N, d); texts are encoded with the adapter's encoder."""
         if self.vectors is not None:
             return np.asarray(self.vectors[start:stop], dtype=np.float32)
@@ -322,7 +326,7 @@ def batch_seed(seed: int | None, first_row: int) -> int | None:
     return int(np.random.SeedSequence([seed, first_row]).generate_state(1, np.uint64)[0]) % SEED_LIMIT
 
 
-def auto_batch_size(v2t, max_new_tokens: int) -> int:
+def auto_batch_size(v2t: Vector2Text, max_new_tokens: int) -> int:
     """Vectors decoded together: what half the free memory holds of the KV cache (at most 512 on a GPU, 64 on a
     CPU, where larger batches gain little)."""
     import torch
@@ -337,7 +341,7 @@ def auto_batch_size(v2t, max_new_tokens: int) -> int:
     return int(max(1, min(cap, free // 2 // per_row)))
 
 
-def invert_file(v2t, job: InvertJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
+def invert_file(v2t: Vector2Text, job: InvertJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
     """Invert every row of ``job.source`` not yet in ``job.out`` with ``v2t`` (loaded from ``adapter_dir``)."""
     loaded = v2t.backbone_info["compute_dtype"]
     if job.dtype not in (None, loaded):
@@ -348,7 +352,7 @@ def invert_file(v2t, job: InvertJob, adapter_dir: str | Path, show_progress: boo
         return run_job(v2t, job, prepare_job(job, adapter_dir), show_progress)
 
 
-def run_job(v2t, job: InvertJob, prepared: PreparedJob, show_progress: bool = True) -> dict:
+def run_job(v2t: Vector2Text, job: InvertJob, prepared: PreparedJob, show_progress: bool = True) -> dict:
     """Decode the rows from ``prepared.start`` on, appending each batch; returns counts (written, skipped,
     resumed_at, batch_size)."""
     from tqdm.auto import tqdm

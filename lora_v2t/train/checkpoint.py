@@ -22,6 +22,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from ..config import RunConfig
 from ..util.errors import V2TError, first_line
 from ..util.files import atomic_folder, folder_size, refuse_foreign, remove_own, temporary_of
 from ..util.locks import pid_alive
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +238,7 @@ def _rng_of_rank(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch
 
 
 # ---------------------------------------------------------------------- save and load
-def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: RunConfig,
+def save_checkpoint(run_dir: Path, v2t: Vector2Text, optimizer, scheduler, state: dict, cfg: RunConfig,
                     rng_states: list[dict[str, torch.Tensor]], summary: dict, scaler=None,
                     data_files: dict | None = None) -> Path:
     """Write ``step-NNNNNN/`` atomically (bundle + optimizer + RNG + trainer state), then prune old ones.
@@ -280,7 +284,7 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
     return final
 
 
-def load_checkpoint(path: Path, v2t, optimizer, scheduler, rank: int = 0, scaler=None) -> dict:
+def load_checkpoint(path: Path, v2t: Vector2Text, optimizer, scheduler, rank: int = 0, scaler=None) -> dict:
     """Restore LoRA (or the whole backbone), projector, optimizer, scheduler, the fp16 loss scaler and this
     process's RNG states from a checkpoint; return the trainer state."""
     from safetensors.torch import load_file
@@ -300,7 +304,7 @@ def load_checkpoint(path: Path, v2t, optimizer, scheduler, rank: int = 0, scaler
     return trainer_state["state"]
 
 
-def _load_weights(path: Path, v2t) -> None:
+def _load_weights(path: Path, v2t: Vector2Text) -> None:
     """Put a checkpoint's trained weights into the model being trained."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
