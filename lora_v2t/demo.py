@@ -140,7 +140,8 @@ def print_reconstructions(v2t: Vector2Text, texts: list[str]) -> None:
 
     vectors = v2t.encode(texts)
     outputs = v2t.generate(vectors)
-    for original, generated, cosine in zip(texts, outputs, reembed_cosines(v2t, outputs, vectors, empty=0.0)):
+    cosines = reembed_cosines(v2t, outputs, vectors, empty=0.0)
+    for original, generated, cosine in zip(texts, outputs, cosines, strict=True):
         print(f"   {original} ==> {generated}    [cos {cosine:.2f}]")
     print(flush=True)
 

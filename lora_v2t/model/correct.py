@@ -259,12 +259,12 @@ class Beam:
 
     def add(self, texts: list[str], rows: np.ndarray) -> None:
         """Score new candidates (re-embedding them) and keep the best ``width`` per vector."""
-        fresh = [(int(r), t) for r, t in zip(rows, texts) if t.strip() and t not in self.items[int(r)]]
+        fresh = [(int(r), t) for r, t in zip(rows, texts, strict=True) if t.strip() and t not in self.items[int(r)]]
         if fresh:
             unique = list(dict.fromkeys(fresh))
             vecs = self.v2t.encode([t for _, t in unique])
             cos = cosine_rows(vecs, self.target[[r for r, _ in unique]])
-            for (r, t), c, e in zip(unique, cos, vecs):
+            for (r, t), c, e in zip(unique, cos, vecs, strict=True):
                 self.items[r][t] = (float(c), e)
         for r, kept in enumerate(self.items):
             if len(kept) > self.width:

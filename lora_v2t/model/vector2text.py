@@ -329,12 +329,12 @@ class Vector2Text(nn.Module):
         if context_rows is not None:
             heads = [ids[: max_length - 1] + [eos] for ids in context_rows]
             starts = [len(h) for h in heads]
-            rows = [h + r for h, r in zip(heads, rows)]
+            rows = [h + r for h, r in zip(heads, rows, strict=True)]
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         label_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (row, start) in enumerate(zip(rows, starts)):
+        for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
             label_mask[i, start: len(row)] = 1
@@ -440,7 +440,7 @@ class Vector2Text(nn.Module):
                                rerank=reranked_start(options, rerank))
         trace = correct(self, vectors, cfg, **options)
         if rerank:
-            return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1])]
+            return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1], strict=True)]
         return trace.final
 
     def invert(self, texts: list[str], **options):

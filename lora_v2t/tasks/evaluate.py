@@ -274,7 +274,7 @@ def _decode_systems(v2t: Vector2Text, vectors: np.ndarray, rerank: int, correcti
             # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
             ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,
                                   num_return_sequences=rerank, **options)
-            texts = [r.text if r.cosine > g_cos else g for r, g, g_cos in zip(ranked, greedy, greedy_cos)]
+            texts = [r.text if r.cosine > g_cos else g for r, g, g_cos in zip(ranked, greedy, greedy_cos, strict=True)]
             cos = np.maximum(np.array([r.cosine for r in ranked]), greedy_cos)
             systems[f"reranked (greedy + {rerank} beams)"] = (texts, cos)
         return systems, None
@@ -342,7 +342,8 @@ def markdown_table(summary: dict) -> str:
     if summary.get("correction"):
         c = summary["correction"]
         cost = ", ".join(f"step {i}: {s} s, {d} decode(s)/vector"
-                         for i, (s, d) in enumerate(zip(c["seconds_per_step"], c["decodes_per_vector_per_step"])))
+                         for i, (s, d) in enumerate(zip(c["seconds_per_step"], c["decodes_per_vector_per_step"],
+                                                        strict=True)))
         start = "the reranked candidates" if c.get("starts_from") == "reranked" else "the greedy hypothesis"
         lines += ["", f"Correction with `{c['corrector']}` (width {c['width']}) from {start}: {c['steps_run']} of "
                       f"{c['steps_asked']} steps run (it stops when the cosine stops rising); {cost}."]

@@ -297,7 +297,7 @@ def format_rows(suffix: str, indices, texts: list[str], cosines) -> str:
     """JSONL objects, or TSV lines (tabs, newlines, carriage returns and backslashes in texts escaped as \\t,
     \\n, \\r, \\\\): one line per row, split at \\n only (:func:`parse_row` reads a row back)."""
     lines = []
-    for i, (index, text) in enumerate(zip(indices, texts)):
+    for i, (index, text) in enumerate(zip(indices, texts, strict=True)):
         cosine = None if cosines is None else round(float(cosines[i]), 4)
         if suffix == ".jsonl":
             row = {"index": int(index), "text": text} | ({} if cosine is None else {"cosine": cosine})

@@ -239,7 +239,7 @@ def name_given_back(category: str, name: tuple[str, ...], words: list[frozenset[
 def date_given_back(key: str, given: set[str]) -> bool:
     """Whether a reconstruction's dates (normal forms) agree with ``key`` on every part the original gives."""
     parts = key.split("-")
-    return any(all(p == "?" or p == q for p, q in zip(parts, other.split("-"))) for other in given)
+    return any(all(p == "?" or p == q for p, q in zip(parts, other.split("-"), strict=True)) for other in given)
 
 
 # ---------------------------------------------------------------------- per row
@@ -373,7 +373,7 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
     if not summary["originals"]:
         return summary | {"categories": contained_figures(records, boot)}
     hyps, refs = [r["reconstruction"] for r in records], [r["original"] for r in records]
-    exact = np.array([exact_match(h, r) for h, r in zip(hyps, refs)]) * 100
+    exact = np.array([exact_match(h, r) for h, r in zip(hyps, refs, strict=True)]) * 100
     words = [r["content_words"] for r in records]
     return summary | {
         "exact_match": _shared(*bootstrap_interval(exact, boot)),

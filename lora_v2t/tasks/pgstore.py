@@ -54,12 +54,13 @@ class PostgresSource(VectorSource):
         rows = {}
         wanted = np.unique(indices)
         for run in np.split(wanted, np.flatnonzero(np.diff(wanted) != 1) + 1) if wanted.size else []:
-            for row, record in zip(run.tolist(), self._fetch(int(run[0]), len(run))):
+            for row, record in zip(run.tolist(), self._fetch(int(run[0]), len(run)), strict=True):
                 rows[row] = record
         records = [rows[row] for row in indices.tolist()]
-        ids = [str(r[0]) if self.columns.get("id") else str(row) for r, row in zip(records, indices.tolist())]
+        ids = [str(r[0]) if self.columns.get("id") else str(row)
+               for r, row in zip(records, indices.tolist(), strict=True)]
         vectors = np.full((len(records), self.dim), np.nan, dtype=np.float32)
-        for out, (key, record) in enumerate(zip(ids, records)):
+        for out, (key, record) in enumerate(zip(ids, records, strict=True)):
             vectors[out] = self._vector(key, record[1])
         texts = [r[2] or "" for r in records] if self.columns.get("text") else None
         return Batch(ids=ids, vectors=vectors, texts=texts)

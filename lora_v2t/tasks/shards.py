@@ -56,7 +56,7 @@ def current_shard() -> Shard:
 def bounds(rows: int, world: int) -> list[tuple[int, int]]:
     """Each process's rows [start, stop): contiguous, sizes differing by at most one."""
     edges = np.linspace(0, rows, world + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def part_files(folder: Path, vectors: str, inverted: str, rank: int, world: int) -> tuple[Path, Path]:

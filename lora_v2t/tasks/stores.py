@@ -172,7 +172,7 @@ class ChromaSource(VectorSource):
                 raise V2TError(f"Chroma collection {self.collection.name!r} changed while being read (ids {gone} "
                                "are gone): rerun once nothing writes to it")
             docs = got["documents"] or [None] * len(got["ids"])
-            found.update(zip(got["ids"], zip(got["embeddings"], docs)))
+            found.update(zip(got["ids"], zip(got["embeddings"], docs, strict=True), strict=True))
         vectors = np.zeros((len(indices), self.dim), dtype=np.float32)
         docs = []
         for out, row in enumerate(indices.tolist()):

@@ -84,7 +84,7 @@ def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> Train
     hypotheses = read_hypotheses(Path(dc.hypotheses), len(targets))
     if hypothesizer is not None:
         check_unseen(targets, hypothesizer)
-    pairs = [(t, h) for t, h in zip(targets, hypotheses) if h and h.strip()]
+    pairs = [(t, h) for t, h in zip(targets, hypotheses, strict=True) if h and h.strip()]
     logger.info("corrector pairs: %d of %d sentences have a hypothesis", len(pairs), len(targets))
     if len(pairs) <= dc.val_size:
         raise V2TError(f"{len(pairs)} sentence/hypothesis pairs, not more than data.val_size={dc.val_size}: invert "

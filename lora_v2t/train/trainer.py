@@ -385,11 +385,11 @@ class Trainer:
         parts = [f"step {state.step}"] + ([f"loss {train_loss:.3f}"] if train_loss is not None else [])
         parts += [f"val {val_loss:.3f}"] + ([f"{ms_per_step:.0f} ms/step"] if ms_per_step is not None else [])
         logger.info(" | ".join(parts))
-        for original, generated in zip(self.val_texts[:n], samples):
+        for original, generated in zip(self.val_texts[:n], samples, strict=True):
             logger.info("    %s ==> %s", original, generated)
         record = {"kind": "eval", "step": state.step, "val_loss": val_loss, "train_loss": train_loss,
                   "sentences_seen": state.sentences_seen, "elapsed_s": round(state.elapsed_s, 1),
-                  "samples": [{"text": t, "generated": g} for t, g in zip(self.val_texts[:n], samples)]}
+                  "samples": [{"text": t, "generated": g} for t, g in zip(self.val_texts[:n], samples, strict=True)]}
         self.log.append(record)
         self.log.plot()
         self.last_eval = record
