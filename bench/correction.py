@@ -84,7 +84,7 @@ def main() -> None:
     def traced(name: str, cfg: CorrectionConfig, with_greedy: bool) -> None:
         trace = correct(v2t, vectors, cfg)
         decodes, seconds = 0, 0.0
-        for step, (texts, cosines) in enumerate(zip(trace.texts, trace.cosines)):
+        for step, (texts, cosines) in enumerate(zip(trace.texts, trace.cosines, strict=True)):
             decodes, seconds = decodes + trace.decodes[step], seconds + trace.seconds[step]
             if step or with_greedy:
                 record(f"{name}, step {step}" if step else "greedy", texts, cosines, decodes, seconds)

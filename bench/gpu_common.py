@@ -49,7 +49,7 @@ def path_row(path: str, seconds: float, tokens: int, plain_s: float, texts=None,
     if path != "plain":
         row[f"{path}_vs_plain"] = round(plain_s / seconds, 3)
     if texts is not None:
-        row[f"{path}_same_text"] = f"{sum(a == b for a, b in zip(texts, plain_texts))}/{len(plain_texts)}"
+        row[f"{path}_same_text"] = f"{sum(a == b for a, b in zip(texts, plain_texts, strict=True))}/{len(plain_texts)}"
     return row
 
 

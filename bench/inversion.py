@@ -100,7 +100,7 @@ def main() -> None:
         rate = len(sentences) / run["seconds"]
         rows[name] = {"sentences_per_s": round(rate, 3), "seconds": round(run["seconds"], 1),
                       "ratio_to_before": round(rate * before["seconds"] / len(sentences), 2),
-                      "same_text_as_before": sum(a == b for a, b in zip(run["texts"], before["texts"])),
+                      "same_text_as_before": sum(a == b for a, b in zip(run["texts"], before["texts"], strict=True)),
                       "dtype": run.get("dtype", "float32"), "batch": run.get("batch", 32),
                       **quality(v2t, run["texts"], sentences, targets)}
     results = {"date": time.strftime("%Y-%m-%d"), "device": "cpu", "threads": torch.get_num_threads(),

@@ -32,7 +32,7 @@ SETTINGS = {
 def stutters(text: str) -> bool:
     """Whether a word bigram occurs twice ("в сарае, в сарае")."""
     words = [w.strip(".,!?;:«»\"'()").lower() for w in text.split()]
-    bigrams = [(a, b) for a, b in zip(words, words[1:]) if a and b]
+    bigrams = [(a, b) for a, b in zip(words, words[1:], strict=False) if a and b]  # strict=False: neighbours
     return len(bigrams) != len(set(bigrams))
 
 
@@ -64,7 +64,7 @@ def main() -> None:
             "cosine": round(cosine, 4),
             "stutter_share": round(sum(map(stutters, outputs)) / len(outputs), 4),
             "seconds": round(seconds, 1),
-            "examples": [[r, o] for r, o in zip(references, outputs) if stutters(o)][:3],
+            "examples": [[r, o] for r, o in zip(references, outputs, strict=True) if stutters(o)][:3],
         }
         row = results[name]
         print(f"{name:26s} chrF {row['chrf']:5.1f}  BLEU {row['bleu']:5.1f}  cos {row['cosine']:.4f}  "

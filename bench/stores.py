@@ -51,7 +51,7 @@ def write_stores(folder: Path, vectors: np.ndarray) -> dict:
         conn.execute(f"CREATE TABLE bench (id bigint PRIMARY KEY, embedding vector({vectors.shape[1]}), body text)")
         with conn.cursor().copy("COPY bench (id, embedding, body) FROM STDIN WITH (FORMAT BINARY)") as copy:
             copy.set_types(["int8", "vector", "text"])
-            for i, (vector, text) in enumerate(zip(vectors, texts)):
+            for i, (vector, text) in enumerate(zip(vectors, texts, strict=True)):
                 copy.write_row([i, vector, text])
     return {"server": server, "uri": server.get_uri()}
 

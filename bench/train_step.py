@@ -85,7 +85,8 @@ def main() -> None:
     for name, r in runs.items():
         ms = statistics.median(r["ms"][args.skip:])
         rows[name] = {"median_ms_per_step": round(ms, 1), "speedup": round(base_ms / ms, 3),
-                      "max_loss_diff_to_before": max(abs(a - b) for a, b in zip(r["losses"], before["losses"])),
+                      "max_loss_diff_to_before": max(abs(a - b)
+                                                     for a, b in zip(r["losses"], before["losses"], strict=True)),
                       "val_loss": r["val_loss"], "steps": len(r["losses"]), "ms_per_step": r["ms"],
                       "losses": r["losses"], "wall_s": round(r["wall_s"], 1), "memory": r["memory"]}
     fp32_val = rows["now fp32"]["val_loss"]

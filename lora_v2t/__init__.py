@@ -22,8 +22,16 @@ OPTIONAL_KERNEL_NOTICES = {
     "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' ",
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
 }
+
+
+def _drop_notice(notice: str):
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(notice)
+    return keep
+
+
 for _logger, _notice in OPTIONAL_KERNEL_NOTICES.items():
-    logging.getLogger(_logger).addFilter(lambda record, notice=_notice: not record.getMessage().startswith(notice))
+    logging.getLogger(_logger).addFilter(_drop_notice(_notice))
 del _logger, _notice
 
 from .config import (  # noqa: E402

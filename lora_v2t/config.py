@@ -208,12 +208,13 @@ class DataConfig:
             raise V2TError(f"data.max_chars must be >= data.min_chars ({self.min_chars}), got {self.max_chars}")
         check_range("data.seed", self.seed, low=0, high=RECIPE_SEED_LIMIT - 1)
 
-    def check_train(self) -> None:
-        """Raise unless a training corpus is named: training, embedding and heldout need one (the library names
-        none; recipes do)."""
+    def check_train(self) -> str:
+        """``data.train``; raise unless a training corpus is named: training, embedding and heldout need one (the
+        library names none; recipes do)."""
         if not self.train:
             raise V2TError("data.train is not set: name the training corpus in the recipe (data: train: FILE) or "
                            "with --data.train=FILE")
+        return self.train
 
 
 @dataclass
@@ -349,11 +350,12 @@ def config_from_dict(data: dict, source: str = "config") -> RunConfig:
     if not isinstance(data, dict):
         raise V2TError(f"{source} must be a mapping of sections, got {type(data).__name__}")
     sections = {f.name: f for f in fields(RunConfig)}
+    defaults = RunConfig()
     built = {}
     for section, values in data.items():
         if section not in sections:
             raise V2TError(f"{source}: unknown section {section!r}{_suggest(section, sections)}")
-        cls = sections[section].default_factory
+        cls = type(getattr(defaults, section))
         hints = typing.get_type_hints(cls)
         values = values or {}
         if not isinstance(values, dict):
@@ -440,9 +442,10 @@ def yaml_problem(exc) -> str:
 def describe_keys() -> str:
     """Every recipe key with its default and its one-line help (the field's ``help`` metadata), for ``--help``."""
     lines = []
+    defaults = RunConfig()
     for section in fields(RunConfig):
         lines.append(f"{section.name}:")
-        for f in fields(section.default_factory):
+        for f in fields(getattr(defaults, section.name)):
             default = f.default if f.default is not dataclasses.MISSING else None
             lines.append(f"  {section.name}.{f.name}={default}  {f.metadata.get('help', '')}".rstrip())
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import (
     OFFLINE_BACKBONE,
@@ -25,6 +26,7 @@ from .config import (
     DataConfig,
     EncoderConfig,
     LoRAConfig,
+    MixedPrecision,
     ProjectorConfig,
     RunConfig,
     TrainingConfig,
@@ -33,10 +35,13 @@ from .model.backbone import checkpoints_dir
 from .train.rundir import check_paths, run_dir_of
 from .util.textfile import split_lines
 
+if TYPE_CHECKING:
+    from .model.vector2text import Vector2Text
+
 logger = logging.getLogger(__name__)
 
-DEMO_SENTENCES = files("lora_v2t").joinpath("resources", "demo_ru.txt")  # a small sample written for the project
-HELD_OUT = files("lora_v2t").joinpath("resources", "heldout_ru.txt")  # in no training file, nor in the dev sets
+DEMO_SENTENCES = files("lora_v2t") / "resources" / "demo_ru.txt"  # a small sample written for the project
+HELD_OUT = files("lora_v2t") / "resources" / "heldout_ru.txt"  # in no training file, nor in the dev sets
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru-v2"
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "train.txt"
 # the run folder's name: a new one whenever the demo's recipe changes, since an older demo's folder would be
@@ -57,7 +62,7 @@ class DemoConfig:
     encoder: str = OFFLINE_ENCODER
     max_steps: int = 100_000  # the minutes end the run first
     eval_every: int = 50
-    mixed_precision: str = "auto"  # training.mixed_precision: bf16 on CPUs with bf16 units
+    mixed_precision: MixedPrecision = "auto"  # training.mixed_precision: bf16 on CPUs with bf16 units
     show_progress: bool = True
 
 
@@ -110,7 +115,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     return final
 
 
-def shipped_minutes(v2t) -> str:
+def shipped_minutes(v2t: Vector2Text | None) -> str:
     """"; the shipped one trained for N minutes", as its bundle records it (nothing when it does not)."""
     minutes = None if v2t is None else v2t.meta.training.get("wall_minutes")
     return f"; the shipped one trained for {minutes:.0f} minutes" if isinstance(minutes, (int, float)) else ""
@@ -130,12 +135,13 @@ def show_shipped(shipped: Path | None, held_out: list[str]):
     return v2t
 
 
-def print_reconstructions(v2t, texts: list[str]) -> None:
+def print_reconstructions(v2t: Vector2Text, texts: list[str]) -> None:
     from .model.generate import reembed_cosines
 
     vectors = v2t.encode(texts)
     outputs = v2t.generate(vectors)
-    for original, generated, cosine in zip(texts, outputs, reembed_cosines(v2t, outputs, vectors, empty=0.0)):
+    cosines = reembed_cosines(v2t, outputs, vectors, empty=0.0)
+    for original, generated, cosine in zip(texts, outputs, cosines, strict=True):
         print(f"   {original} ==> {generated}    [cos {cosine:.2f}]")
     print(flush=True)
 
@@ -157,7 +163,7 @@ def train_demo(recipe: RunConfig, show_progress: bool) -> Path:
     return train(recipe, resume=bool(checkpoints), show_progress=show_progress)
 
 
-def show_switching(v2t, final: Path, held_out: list[str]) -> None:
+def show_switching(v2t: Vector2Text, final: Path, held_out: list[str]) -> None:
     """Part 3: the demo adapter beside the shipped one on the same base, and the cost of switching."""
     shipped_name = v2t.active_adapter
     v2t.load_adapter(final, name="demo")

@@ -68,7 +68,7 @@ def main() -> None:
         v2t.meta["corrector"] = args.corrector
     training = {}
     if v2t.role == "hypothesizer":
-        training["samples"] = [{"text": t, "generated": g} for t, g in zip(SAMPLES, v2t.invert(SAMPLES))]
+        training["samples"] = [{"text": t, "generated": g} for t, g in zip(SAMPLES, v2t.invert(SAMPLES), strict=True)]
     v2t.save_adapter(args.out, training=training)
     print(json.dumps(v2t.meta["training"], indent=1, ensure_ascii=False))
     print(f"shipped: {args.out}")

@@ -142,7 +142,7 @@ def test_the_best_text_seen_is_never_lost(bundles, monkeypatch):
     real_add = Beam.add
 
     def recording(self, texts, rows):
-        for t, r in zip(texts, rows):
+        for t, r in zip(texts, rows, strict=False):
             if t.strip():
                 proposed[int(r)].append(t)
         return real_add(self, texts, rows)
@@ -150,7 +150,7 @@ def test_the_best_text_seen_is_never_lost(bundles, monkeypatch):
     monkeypatch.setattr(Beam, "add", recording)
     plan = CorrectionConfig(steps=4, rerank=2, width=2, proposals=2, shift=True, min_gain=0.0, budget=24)
     trace = correct(v2t, vectors, plan, **OPTIONS)
-    for before, after in zip(trace.cosines, trace.cosines[1:]):
+    for before, after in zip(trace.cosines, trace.cosines[1:], strict=False):
         assert np.all(after >= before - 1e-6)
     for r, texts in enumerate(proposed):
         cosines = cosine_rows(v2t.encode(texts), np.repeat(vectors[r:r + 1], len(texts), axis=0))
@@ -167,7 +167,7 @@ def test_a_larger_budget_only_improves_and_returns_the_cosines_with_rerank(v2t):
     vectors = v2t.encode(SENTENCES[:5])
     greedy = v2t.generate(vectors, budget=1, rerank=True, **OPTIONS)
     better = v2t.generate(vectors, budget=8, sources="beams,shift", rerank=True, **OPTIONS)
-    assert all(b.cosine >= g.cosine - 1e-5 for b, g in zip(better, greedy))
+    assert all(b.cosine >= g.cosine - 1e-5 for b, g in zip(better, greedy, strict=False))
     assert [b.cosine for b in better] == pytest.approx(
         cosine_rows(v2t.encode([b.text for b in better]), vectors).tolist(), abs=1e-5)
 
@@ -200,7 +200,7 @@ def test_a_corrector_bundle_of_the_current_format_corrects_as_before(bundles):
     finally:
         v2t.set_adapter("default")
     assert trace.greedy_texts == greedy and trace.spent.tolist() == [2] * 4
-    candidates = [[g, c] for g, c in zip(greedy, by_hand)]
+    candidates = [[g, c] for g, c in zip(greedy, by_hand, strict=False)]
     for r, texts in enumerate(candidates):
         cosines = [float(cosine_rows(v2t.encode([t]), vectors[r:r + 1])[0]) if t.strip() else -1.0 for t in texts]
         assert trace.final[r] == texts[int(np.argmax(cosines))]

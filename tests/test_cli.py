@@ -60,6 +60,19 @@ def test_info_describes_the_bundle(bundle, capsys):
     assert json.loads(capsys.readouterr().out)["training"] == {"steps": 7}
 
 
+def test_info_and_card_of_a_bundle_that_does_not_record_its_lora_modules(bundle, capsys):
+    from lora_v2t.bundle.adapter import validate_bundle
+    from lora_v2t.bundle.cards import bundle_card
+
+    path = bundle / "v2t_config.json"
+    config = json.loads(path.read_text())
+    del config["lora"]["target_modules"]  # an optional key: a bundle may leave it out
+    path.write_text(json.dumps(config))
+    assert main(["info", str(bundle)]) == 0
+    assert "alpha=32 on (not recorded)," in capsys.readouterr().out
+    assert "alpha=32, on (not recorded)" in str(bundle_card(validate_bundle(bundle)))
+
+
 @pytest.mark.parametrize("make_args,message", [
     (lambda b, t: ["info", str(t / "nope")], "does not exist"),
     (lambda b, t: ["generate", "--adapter", str(b), "--text", "  "], "text 0 is empty"),

@@ -269,7 +269,13 @@ def test_a_choice_from_yaml(override, message):
 
 
 def test_an_adapters_role_is_a_hypothesizer_unless_it_says_otherwise():
-    from lora_v2t.config import role_of
+    import json
 
-    assert role_of({}) == role_of({"role": None}) == role_of({"role": "hypothesizer"}) == "hypothesizer"
-    assert role_of({"role": "corrector"}) == "corrector"
+    from lora_v2t.bundle.format import BundleConfig
+    from lora_v2t.config import DEFAULT_ROLE
+
+    file = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru-v2" / "v2t_config.json"
+    data = json.loads(file.read_text(encoding="utf-8"))
+    data.pop("role", None)
+    assert DEFAULT_ROLE == "hypothesizer" and BundleConfig.from_dict(data, file).role == "hypothesizer"
+    assert BundleConfig.from_dict(data | {"role": "corrector"}, file).role == "corrector"

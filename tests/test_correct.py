@@ -88,7 +88,7 @@ def test_shift_correction_only_improves_and_counts_its_decodes(v2t):
     trace = correct(v2t, vectors, CorrectionConfig(steps=3, corrector=SHIFT, min_gain=0.0), max_new_tokens=12)
     assert len(trace.texts) == len(trace.cosines) == len(trace.seconds) >= 2
     assert trace.decodes[0] == 1 and set(trace.decodes[1:]) == {3}
-    for before, after in zip(trace.cosines, trace.cosines[1:]):
+    for before, after in zip(trace.cosines, trace.cosines[1:], strict=False):  # strict=False: consecutive steps
         assert np.all(after >= before - 1e-6)
     final = [t for t in trace.final if t.strip()]
     assert final  # the tiny model writes something
@@ -315,7 +315,7 @@ def test_generate_with_reranked_beams_corrects_from_the_best_of_them(v2t):
     beams = {"num_beams": 3, "num_return_sequences": 3, "max_new_tokens": 10}
     reranked = v2t.generate(vectors, rerank=True, **beams)
     corrected = v2t.generate(vectors, rerank=True, correct_steps=1, corrector=SHIFT, **beams)
-    for before, after in zip(reranked, corrected):  # the beams were candidates, and correction only adds
+    for before, after in zip(reranked, corrected, strict=True):  # the beams were candidates, and correction only adds
         assert after.cosine >= before.cosine - 1e-5
     greedy = v2t.generate(vectors, max_new_tokens=10)  # competes too
     best = np.maximum(reembed_cosines(v2t, greedy, vectors, empty=-1.0), [r.cosine for r in reranked])

@@ -169,9 +169,9 @@ def test_bucketed_batches_cover_everything_once_and_group_lengths():
     random_spread = np.mean([np.ptp(lengths[rng.permutation(1000)[:16]]) for _ in range(50)])
     assert spread < 0.3 * random_spread  # much less padding than random batches
     again = bucketed_batches(lengths, batch_size=16, seed=0, epoch=0, bucket_batches=10)
-    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
     other = bucketed_batches(lengths, batch_size=16, seed=0, epoch=1, bucket_batches=10)
-    assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, other, strict=True))
 
 
 def test_batch_order_shares_every_batch_out_once_among_processes():

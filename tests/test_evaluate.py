@@ -84,7 +84,7 @@ def test_evaluate_writes_the_report_and_reranking_never_lowers_cosine(v2t, tmp_p
     rows = [r.split("\t") for r in (report / "sentences.tsv").read_text(encoding="utf-8").splitlines()[1:]]
     vectors = v2t.encode(refs)
     beams = v2t.generate(vectors, max_new_tokens=8, num_beams=3, num_return_sequences=3)
-    for row, vector, candidates in zip(rows, vectors, beams):
+    for row, vector, candidates in zip(rows, vectors, beams, strict=True):
         greedy_text, greedy_cos, ranked_text, ranked_cos = row[2], float(row[3]), row[6], float(row[7])
         assert ranked_text in candidates + [greedy_text] and ranked_cos >= greedy_cos
         if ranked_text.strip():  # the reported cosine is the re-embedding cosine of the chosen text
@@ -98,6 +98,15 @@ def test_evaluate_writes_the_report_and_reranking_never_lowers_cosine(v2t, tmp_p
     assert json.loads((report / "summary.json").read_text())["sentences"] == 4
     assert json.loads((report / "summary.json").read_text())["output_vocab"] == "full"
     assert "| chrf |" in (report / "summary.md").read_text()
+
+
+def test_evaluation_without_sources_encodes_the_references(v2t, tmp_path):
+    refs = ["Где лодка?", "Кошка спит на диване."]
+    options = {"rerank": 0, "max_new_tokens": 4, "resamples": 10, "show_progress": False}
+    own = evaluate(v2t, EvalData(references=refs), tmp_path / "own", **options)
+    given = evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "given", **options)
+    assert own["scores"] == given["scores"]
+    assert (tmp_path / "own" / "sentences.tsv").read_text() == (tmp_path / "given" / "sentences.tsv").read_text()
 
 
 def test_evaluation_decodes_inside_the_output_vocabulary_unless_told(v2t, tmp_path):

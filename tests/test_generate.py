@@ -49,7 +49,7 @@ def test_rerank_returns_the_candidate_closest_to_the_target(v2t):
     vectors = v2t.encode(["Где лодка?", "Я люблю читать книги."])
     out = v2t.generate(vectors, max_new_tokens=8, do_sample=True, num_return_sequences=4, rerank=True, seed=0)
     candidates = v2t.generate(vectors, max_new_tokens=8, do_sample=True, num_return_sequences=4, seed=0)
-    for target, best, cands in zip(vectors, out, candidates):
+    for target, best, cands in zip(vectors, out, candidates, strict=True):
         assert isinstance(best, Reranked) and best.text in cands
         cosines = [float(cosine_rows(v2t.encode([c]), target[None])[0]) if c.strip() else -1.0 for c in cands]
         assert best.cosine == pytest.approx(max(cosines), abs=1e-5)

@@ -140,7 +140,7 @@ def test_cli_info_and_generate_take_a_hub_id(v2t, cached, capsys):
     assert f"adapter      {REPO} (hub, cached in " in out and "steps: 7" in out
     assert main(["generate", "--adapter", REPO, "--text", *TEXTS, "--max-new-tokens", "6"]) == 0
     expected = v2t.invert(TEXTS, max_new_tokens=6)
-    assert capsys.readouterr().out.splitlines() == [f"{t} ==> {e}" for t, e in zip(TEXTS, expected)]
+    assert capsys.readouterr().out.splitlines() == [f"{t} ==> {e}" for t, e in zip(TEXTS, expected, strict=True)]
 
 
 def test_a_local_folder_wins_over_a_hub_id_of_the_same_spelling(v2t, cached, tmp_path, monkeypatch):

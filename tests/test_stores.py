@@ -294,9 +294,10 @@ def test_postgres_missing_table_or_column_is_one_line_naming_what_exists(pg_uri)
     with pytest.raises(V2TError, match=r"--table itemz: no such table .*tables there: public.Odd \"name\", "
                                        r"public.bare, public.half, public.items"):
         open_postgres(pg_uri, pg_options(table="itemz"))
-    with pytest.raises(V2TError, match=r"--vector-column embeding: PostgreSQL table items has no such column; "
+    misspelt = "embeding"  # codespell:ignore embeding
+    with pytest.raises(V2TError, match=rf"--vector-column {misspelt}: PostgreSQL table items has no such column; "
                                        r"its columns: id \(bigint\), embedding \(vector\(16\)\), body \(text\)"):
-        open_postgres(pg_uri, pg_options(vector_column="embeding"))
+        open_postgres(pg_uri, pg_options(vector_column=misspelt))
     with pytest.raises(V2TError, match="--text-column text: .*no such column"):
         open_postgres(pg_uri, pg_options(text_column="text"))
     with pytest.raises(V2TError, match="is of type text, not a vector"):

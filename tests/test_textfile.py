@@ -99,7 +99,7 @@ def test_a_binary_file_is_refused(reader, tmp_path):
 
 def test_lines_that_are_not_utf8_are_none_and_rows_refuse_them(tmp_path):
     path = tmp_path / "s.txt"
-    path.write_bytes("Где лодка?\n".encode() + b"caf\xe9\n" + "Мы тут.\n".encode())
+    path.write_bytes("Где лодка?\n".encode() + b"caf\xe9\n" + "Мы тут.\n".encode())  # codespell:ignore caf
     assert read_lines(path) == ["Где лодка?", None, "Мы тут."]
     with pytest.raises(V2TError, match=r"line\(s\) \[2\] are not UTF-8"):
         read_rows(path)

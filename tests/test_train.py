@@ -621,7 +621,7 @@ def test_each_process_trains_on_its_own_batch_of_each_turn():
         trainer.accelerator = SimpleNamespace(num_processes=2, process_index=rank)
         trainer.state, trainer.batch_order = TrainState(), BatchOrder(lengths, batch_size=8, seed=0)
         taken[rank] = [trainer.next_batch() for _ in range(3)]
-    for (mine, together0), (theirs, together1) in zip(taken[0], taken[1]):
+    for (mine, together0), (theirs, together1) in zip(taken[0], taken[1], strict=True):
         assert not set(mine) & set(theirs) and together0 == together1 == len(mine) + len(theirs) == 16
 
 

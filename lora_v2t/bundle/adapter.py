@@ -24,6 +24,7 @@ import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..bundle.cards import bundle_card
@@ -42,6 +43,9 @@ from ..model.projector import projector_input_dim
 from ..util.errors import V2TError, first_line
 from ..util.files import atomic_folder, refuse_foreign
 
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
+
 logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -52,7 +56,7 @@ NO_PICKLE = "lora_v2t never loads pickle; convert it with safetensors.torch.save
 
 
 # ---------------------------------------------------------------------- saving
-def save_adapter(v2t, path: str | Path, training: dict | None = None) -> Path:
+def save_adapter(v2t: Vector2Text, path: str | Path, training: dict | None = None) -> Path:
     """Write the active adapter of ``v2t`` as a bundle at ``path`` (replacing an older bundle there)."""
     from safetensors.torch import save_file
 
@@ -113,7 +117,7 @@ def _set_peft_base(file: Path, backbone_name: str) -> None:
     file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def bundle_config(v2t) -> BundleConfig:
+def bundle_config(v2t: Vector2Text) -> BundleConfig:
     """The content of ``v2t_config.json`` for the active adapter."""
     meta, info = v2t.meta, v2t.backbone_info
     # the precision the adapter was trained in, kept from its bundle; the loaded base's when it never said
@@ -195,7 +199,7 @@ def _validate_bundle(path: Path) -> BundleConfig:
     _refuse_pickle(path)
     config = read_json(path / "v2t_config.json")
     full = config.get("trainable") == "full"
-    required_files = ("projector.safetensors",) if full else (
+    required_files: tuple[str, ...] = ("projector.safetensors",) if full else (
         "adapter_config.json", "adapter_model.safetensors", "projector.safetensors")
     if full and not (path / "backbone" / "config.json").is_file():
         raise V2TError(f"{path} is a fully fine-tuned model but lacks backbone/config.json: copy it again")
@@ -369,7 +373,7 @@ def check_encoder(config: BundleConfig, encoder, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- loading onto a loaded base
-def load_into(v2t, path: str | Path, name: str, revision: str | None = None) -> None:
+def load_into(v2t: Vector2Text, path: str | Path, name: str, revision: str | None = None) -> None:
     """Load a bundle (a folder or hub id) as adapter ``name`` onto the base ``v2t`` already holds; the active
     adapter stays."""
     if name in v2t.adapters:
@@ -397,7 +401,7 @@ def load_into(v2t, path: str | Path, name: str, revision: str | None = None) -> 
         raise
 
 
-def attach(v2t, path: Path, name: str, config: BundleConfig) -> None:
+def attach(v2t: Vector2Text, path: Path, name: str, config: BundleConfig) -> None:
     """Create adapter ``name``'s projector from the bundle and record its metadata (a failure may leave parts
     registered: :func:`load_into` removes them, :func:`lora_v2t.bundle.loading.load_adapter` discards the whole
     model)."""

@@ -32,7 +32,7 @@ def model_card(config: BundleConfig, source: str = "path/to/this/folder", revisi
         "hypothesizer; see `lora_v2t.model.correct`)" if config.role == "corrector" else
         f"- role: hypothesizer; corrector: `{config.corrector}` (`generate(..., correct_steps=N)` uses it)"
         if config.corrector else "- role: hypothesizer",
-        f"- LoRA: r={lora.r}, alpha={lora.alpha}, on {', '.join(lora.target_modules)}"
+        f"- LoRA: r={lora.r}, alpha={lora.alpha}, on {', '.join(lora.target_modules or ['(not recorded)'])}"
         f"{' of blocks ' + ', '.join(map(str, lora.layers)) if lora.layers else ''}" if lora else
         "- no LoRA: the whole backbone was fine-tuned and is saved in `backbone/` (a baseline, not an adapter)",
         f"- output vocabulary: the {config.output_vocab_size} tokens of its training corpus (generation keeps "
@@ -118,10 +118,10 @@ def complete_card(folder: Path, config: BundleConfig):
     card = ModelCard(text, ignore_metadata_errors=True)
     for key, value in wanted.items():
         if key == "tags":
-            card.data.tags = list(dict.fromkeys([*(card.data.get("tags") or []), *value]))
+            card.data["tags"] = list(dict.fromkeys([*(card.data.get("tags") or []), *value]))
         elif key != "model-index" and card.data.get(key) in (None, "", []):
             card.data[key] = value
     if "model-index" in wanted and not card.data.get("eval_results"):
         filled = ModelCardData(**{"model-index": wanted["model-index"]})
-        card.data.model_name, card.data.eval_results = filled.model_name, filled.eval_results
+        card.data["model_name"], card.data["eval_results"] = filled.model_name, filled.eval_results
     return card

@@ -22,6 +22,7 @@ from ..config import (
     TRAINABLE,
     GenerationConfig,
     ProjectorConfig,
+    ProjectorKind,
     Role,
     Trainable,
 )
@@ -88,7 +89,7 @@ class BackboneInfo(Section):
 
 @dataclass(kw_only=True)
 class ProjectorInfo(Section):
-    kind: str
+    kind: ProjectorKind  # checked when the bundle is read (validate_config builds a ProjectorConfig)
     embedding_dim: int | None = None
     hidden_size: int | None = None
     prefix_length: int

@@ -105,7 +105,7 @@ def _download(repo_id: str, revision: str | None) -> str:
         if isinstance(cause, hub_errors.HfHubHTTPError):  # the hub answered, with an error status
             status = getattr(getattr(cause, "response", None), "status_code", None)
             raise V2TError(f"{nothing}, and the hub answered HTTP {status or '?'} for {where} "
-                           f"({first_line(cause, 200)}): {_HTTP_HINTS.get(status, 'try again later')}") from exc
+                           f"({first_line(cause, 200)}): {_HTTP_HINTS.get(status or 0, 'try again later')}") from exc
         raise V2TError(f"{nothing}, and the hub could not be reached to download {where} (network error: "
                        f"{first_line(cause, 200)}) nor is it in the local hub cache: check the connection (or "
                        "HF_ENDPOINT) and try again, or give the bundle's folder") from exc

@@ -12,7 +12,7 @@ from ..bundle.adapter import attach, check_compatible, check_encoder, lora_load_
 from ..bundle.format import BundleConfig
 from ..bundle.hub import resolve_adapter
 from ..config import DTYPES, INT8_THRESHOLD, QUANTIZATION_MODES, DType, Quantization, check_choice
-from ..model.backbone import compute_dtype, load_backbone, pick_device, train_every_weight
+from ..model.backbone import compute_dtype, input_embedding_weight, load_backbone, pick_device, train_every_weight
 from ..model.encoders import load_encoder
 from ..model.vector2text import Vector2Text, check_adapter_name
 
@@ -50,14 +50,14 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
         check_encoder(config, enc, path)
     full = config.full
     backbone_name = str(path / "backbone") if full else backbone or config.backbone.name
-    quantization = load_precision(config, quantization, path)
+    precision = load_precision(config, quantization, path)
     threshold = config.backbone.int8_threshold  # as trained (bundles that do not say: the default)
-    base, tokenizer = load_backbone(backbone_name, quantization=quantization, device=device,
+    base, tokenizer = load_backbone(backbone_name, quantization=precision, device=device,
                                     dtype=compute,
                                     int8_threshold=INT8_THRESHOLD if threshold is None else threshold,
                                     use_safetensors=full)  # a bundle's backbone/: never a pickle
-    info = {"name": backbone_name, "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
-            "vocab_size": int(base.get_input_embeddings().weight.shape[0])}
+    table = input_embedding_weight(base)
+    info = {"name": backbone_name, "hidden_size": int(table.shape[1]), "vocab_size": int(table.shape[0])}
     check_compatible(config, info, path)
     if full:
         v2t = Vector2Text(train_every_weight(base, trainable), tokenizer, config.backbone.name)

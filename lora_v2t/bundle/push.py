@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..bundle.adapter import save_adapter, validate_bundle
@@ -17,10 +18,13 @@ from ..bundle.hub import LOGIN, is_hub_id, network_error, offline_mode
 from ..bundle.layout import BUNDLE_FILES, OUTPUT_VOCAB_FILE
 from ..util.errors import V2TError, first_line
 
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
+
 logger = logging.getLogger(__name__)
 
 
-def push_adapter(v2t, repo_id: str, private: bool | None = None, revision: str | None = None,
+def push_adapter(v2t: Vector2Text, repo_id: str, private: bool | None = None, revision: str | None = None,
                  commit_message: str | None = None, token: str | None = None) -> str:
     """Upload the active adapter of ``v2t`` to the hub repository ``repo_id`` (see :func:`push_folder`): it is
     saved into a temporary folder, with a model card whose examples load it from ``repo_id``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..bundle.format import BundleConfig
 from ..config import DTYPES
 from ..util.errors import V2TError
 
@@ -67,7 +68,7 @@ def adapter_label(given: str, resolved: Path, revision: str | None) -> str:
     return f"{given}@{revision or 'main'} (commit {Path(resolved).name})"
 
 
-def budget_value(text: str | None, adapter: Path, config: dict) -> int | None:
+def budget_value(text: str | None, adapter: Path, config: BundleConfig) -> int | None:
     """``--budget``, checked with the corrector it spends decodes on (the one the adapter names), before anything
     is read or loaded."""
     from ..model.beam import CORRECTOR, parse_budget, plan_budget

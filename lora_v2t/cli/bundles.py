@@ -71,7 +71,8 @@ def cmd_info(args) -> int:
         f"projector    {proj.kind}, {proj.prefix_length} slot(s), {count('projector.safetensors'):,} params",
     ]
     if lora:
-        lines.append(f"LoRA         r={lora.r} alpha={lora.alpha} on {', '.join(lora.target_modules)}, "
+        targets = ", ".join(lora.target_modules or ["(not recorded)"])
+        lines.append(f"LoRA         r={lora.r} alpha={lora.alpha} on {targets}, "
                      f"{count('adapter_model.safetensors'):,} params")
     else:
         lines.append("LoRA         none: a fully fine-tuned backbone is saved in backbone/ (a baseline)")

@@ -131,6 +131,7 @@ def cmd_generate(args) -> int:
     v2t = _load(args)
     if texts is not None:
         vectors = v2t.encode(texts)
+    assert vectors is not None  # argparse asks for --text or --vectors
     if plan is not None:
         options |= {"budget": plan.budget, "sources": args.sources, "corrector": args.corrector,
                     "sample_proposals": args.sample_proposals}
@@ -141,7 +142,7 @@ def cmd_generate(args) -> int:
                            **options)
     for i, out in enumerate(outputs):
         original = texts[i] if texts else None
-        record = {"index": i, "original": original}
+        record: dict[str, object] = {"index": i, "original": original}
         if args.rerank:
             record |= {"generated": out.text, "cosine": round(out.cosine, 4)}
             shown = f"{out.text}    [cos {out.cosine:.3f}]"

@@ -11,12 +11,16 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..config import INT8_THRESHOLD, OFFLINE_BACKBONE, QUANTIZATION_MODES, check_choice
 from ..util.errors import V2TError
 from ..util.files import atomic_folder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,22 @@ def pick_device(device: str | None = None, use_cpu: str = "--device cpu") -> tor
     elif dev.type != "cpu":
         raise V2TError(f"device {device!r} is not supported: use cpu, cuda or cuda:N")
     return dev
+
+
+def input_embedding_weight(model: PreTrainedModel) -> torch.Tensor:
+    """The (vocab, hidden) table of ``model``'s input embedding layer."""
+    weight = model.get_input_embeddings().weight
+    if not isinstance(weight, torch.Tensor):
+        raise V2TError(f"{type(model).__name__}'s input embedding layer has no weight table; lora_v2t needs one")
+    return weight
+
+
+def output_weight(model: PreTrainedModel) -> torch.Tensor:
+    """The (vocab, hidden) weight of ``model``'s output layer."""
+    weight = getattr(model.get_output_embeddings(), "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise V2TError(f"{type(model).__name__} has no output layer with a weight table; lora_v2t needs one")
+    return weight
 
 
 def max_positions(config) -> int | None:
@@ -175,7 +195,8 @@ def convert_offline_gemma(target: str | Path | None = None, force: bool = False)
     with atomic_folder(target) as tmp:
         gguf_dir = tmp / "gguf"
         gguf = assemble(output_path=gguf_dir / "gemma-3-270m-q4_k_m.gguf")
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # Any: the attributes set below are transformers' own but not declared on its classes
+        model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # the weights are dequantised to fp32 already; drop the GGUF quantizer so save_pretrained accepts them
         model.hf_quantizer = None
@@ -237,10 +258,12 @@ def cpu_4bit_problem(model) -> str | None:
     for module_name, module in model.named_modules():
         if not isinstance(module, bnb.nn.Linear4bit):
             continue
-        state = module.weight.quant_state
+        weight = module.weight
+        assert isinstance(weight, bnb.nn.Params4bit)  # what a Linear4bit holds
+        state = weight.quant_state
         out_features, in_features = state.shape if state is not None else (module.out_features,
                                                                            module.in_features)
-        blocksize = state.blocksize if state is not None else module.weight.blocksize
+        blocksize = state.blocksize if state is not None else weight.blocksize
         if in_features % blocksize:
             return (f"layer {module_name} has in_features {in_features}, not a multiple of bitsandbytes' 4-bit "
                     f"block size {blocksize} (its CPU kernels then crash or compute wrong weights)")
@@ -317,7 +340,7 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
         kwargs["device_map"] = {"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type}
     start = time.perf_counter()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)  # gets our v2t_* attributes below
         tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as exc:
         raise V2TError(f"cannot load backbone {name!r}: {str(exc).strip().splitlines()[0]}") from exc

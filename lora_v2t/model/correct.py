@@ -34,6 +34,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from ..bundle.hub import resolve_adapter
 from ..config import Role
 from ..util.errors import V2TError
 from ..util.vectors import cosine_rows, to_vectors
+
+if TYPE_CHECKING:
+    from .vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +158,7 @@ def corrector_name(hypothesizer: str) -> str:
     return f"{hypothesizer}-corrector"
 
 
-def use_corrector(v2t, source: str | Path | None, revision: str | None = None) -> str:
+def use_corrector(v2t: Vector2Text, source: str | Path | None, revision: str | None = None) -> str:
     """Load the active hypothesizer's corrector onto the same base (once) and return its adapter name.
 
     ``source``: a bundle folder or hub id; None: the corrector the hypothesizer's bundle names (a path relative
@@ -212,11 +216,11 @@ def check_pair(config: BundleConfig, encoder: EncoderInfo, base: dict, path: Pat
         raise V2TError(f"corrector {path} was trained for encoder {mine.spec!r} ({mine.dim}-d), but "
                        f"the hypothesizer uses {theirs.spec!r} ({theirs.dim}-d): use the corrector "
                        "trained with this hypothesizer")
-    mine, theirs = config.backbone, base
+    trained = config.backbone
     for key in ("model_type", "hidden_size", "vocab_size"):
-        if key in theirs and getattr(mine, key) != theirs[key]:
-            raise V2TError(f"corrector {path} was trained on base {mine.name!r} ({key} {getattr(mine, key)}), but "
-                           f"the hypothesizer runs on {theirs.get('name')!r} ({key} {theirs[key]}): use the "
+        if key in base and getattr(trained, key) != base[key]:
+            raise V2TError(f"corrector {path} was trained on base {trained.name!r} ({key} {getattr(trained, key)}), "
+                           f"but the hypothesizer runs on {base.get('name')!r} ({key} {base[key]}): use the "
                            "corrector trained with this hypothesizer")
 
 
@@ -254,7 +258,7 @@ def warn_once(message: str) -> None:
         logger.warning(message)
 
 
-def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, seed: int | None = None,
+def correct(v2t: Vector2Text, vectors, cfg: CorrectionConfig, show_progress: bool = False, seed: int | None = None,
             **options) -> Trace:
     """Hypothesize, then correct ``cfg.steps`` times; see the module's docstring. ``options``: decoding options
     of :func:`lora_v2t.model.generate.generate` (used for every decode); ``seed`` seeds the RNG once, first."""
@@ -265,7 +269,8 @@ def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, se
     corrector = None if cfg.steps == 0 or "corrector" not in cfg.proposers else use_corrector(v2t, cfg.corrector)
     if corrector is not None and cfg.sample and seed is None:
         warn_once(UNSEEDED_SAMPLING)
-    trace = Trace(spent=np.zeros(len(target), dtype=np.int64))
+    spent_in_all = np.zeros(len(target), dtype=np.int64)
+    trace = Trace(spent=spent_in_all)
     clock = time.perf_counter()
     beam = Beam(v2t, target, cfg.width)
     beam.add(v2t.generate(target, show_progress=show_progress, seed=seed, **options), np.arange(len(target)))
@@ -275,21 +280,21 @@ def correct(v2t, vectors, cfg: CorrectionConfig, show_progress: bool = False, se
         groups = v2t.generate(target, show_progress=show_progress,
                               **(options | {"num_beams": cfg.rerank, "num_return_sequences": cfg.rerank}))
         beam.add([t for g in groups for t in g], np.repeat(np.arange(len(target)), cfg.rerank))
-    trace.spent += cfg.start_decodes
+    spent_in_all += cfg.start_decodes
     trace_step(trace, beam, clock, cfg.start_decodes)
     settled = np.zeros(len(target), dtype=bool)  # kept candidates unchanged: they would propose the same again
     for step in range(1, cfg.steps + 1):
         clock = time.perf_counter()
         before, kept_before = beam.best_cosines(), beam.kept_texts()
-        rows, texts, embedded = beam.kept(proposing(cfg, beam, trace.spent, settled))
+        rows, texts, embedded = beam.kept(proposing(cfg, beam, spent_in_all, settled))
         if not texts:
             break  # every vector settled, or spent its budget
         proposed, owners = propose(v2t, cfg, corrector, beam.target[rows], embedded, texts, rows, options)
         beam.add(proposed, owners)
         spent = np.bincount(owners, minlength=len(target))
-        trace.spent += spent
+        spent_in_all += spent
         if not options.get("do_sample") and not (cfg.sample and corrector is not None):  # deterministic
-            settled |= np.array([now == was for now, was in zip(beam.kept_texts(), kept_before)])
+            settled |= np.array([now == was for now, was in zip(beam.kept_texts(), kept_before, strict=False)])
         trace_step(trace, beam, clock, int(spent.max()))
         gain = float(np.max(beam.best_cosines() - before))
         logger.info("correction step %d: mean cosine %.4f (best gain %.4f) in %.1f s", step,
@@ -315,7 +320,7 @@ def proposing(cfg: CorrectionConfig, beam: Beam, spent: np.ndarray, settled: np.
     return np.where(settled, 0, counts)
 
 
-def propose(v2t, cfg: CorrectionConfig, corrector: str | None, targets: np.ndarray, embedded: np.ndarray,
+def propose(v2t: Vector2Text, cfg: CorrectionConfig, corrector: str | None, targets: np.ndarray, embedded: np.ndarray,
             texts: list[str], rows: np.ndarray, options: dict) -> tuple[list[str], np.ndarray]:
     """New candidates from the kept ones (``texts``, their vectors ``embedded``, the rows of their ``targets``)
     by every proposer: (the texts, the row each belongs to; one per decode)."""
@@ -345,7 +350,7 @@ class Beam:
     """Per target vector, the ``width`` distinct candidates with the highest cosine so far, with their vectors,
     and every text it has seen (scored once)."""
 
-    def __init__(self, v2t, target: np.ndarray, width: int):
+    def __init__(self, v2t: Vector2Text, target: np.ndarray, width: int):
         self.v2t, self.target, self.width = v2t, target, width
         self.items: list[dict[str, tuple[float, np.ndarray]]] = [{} for _ in range(len(target))]
         self.seen: list[set[str]] = [set() for _ in range(len(target))]
@@ -354,12 +359,12 @@ class Beam:
         """Score the new candidates (re-embedding each distinct unseen text once, all in one batch) and keep the
         best ``width`` per vector. A text seen before is skipped: it is kept already, or was dropped for
         ``width`` better ones, which it still cannot beat."""
-        fresh = list(dict.fromkeys((int(r), t) for r, t in zip(rows, texts)
+        fresh = list(dict.fromkeys((int(r), t) for r, t in zip(rows, texts, strict=False)
                                    if t.strip() and t not in self.seen[int(r)]))
         if fresh:
             vecs = self.v2t.encode([t for _, t in fresh])
             cos = cosine_rows(vecs, self.target[[r for r, _ in fresh]])
-            for (r, t), c, e in zip(fresh, cos, vecs):
+            for (r, t), c, e in zip(fresh, cos, vecs, strict=False):
                 self.items[r][t] = (float(c), e)
                 self.seen[r].add(t)
         for r, kept in enumerate(self.items):

@@ -158,7 +158,7 @@ def load_encoder(spec: str | Encoder, device: str | None = None) -> Encoder:
 class EncoderCache:
     """Loaded encoders by spec, shared by the adapters of one model; each loads on first use."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._loaded: dict[str, Encoder] = {}
 
     def get(self, spec: str, dim: int) -> Encoder:

@@ -8,7 +8,7 @@ and reranking: re-embed the candidates with the adapter's encoder and keep the o
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from ..model.vocab import DecodingVocab
 from ..util.errors import V2TError
 from ..util.vectors import cosine_rows, to_vectors
 
+if TYPE_CHECKING:
+    from .vector2text import Vector2Text
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,9 +34,10 @@ class Reranked(NamedTuple):
     cosine: float
 
 
-def generate(v2t, vectors, *, rerank: bool = False, show_progress: bool = False, seed: int | None = None,
-             contexts: list[str] | None = None, warn_norms: bool = True, budget: int | None = None,
-             sources=None, corrector: str | None = None, sample_proposals: bool = False, **options):
+def generate(v2t: Vector2Text, vectors, *, rerank: bool = False, show_progress: bool = False,
+             seed: int | None = None, contexts: list[str] | None = None, warn_norms: bool = True,
+             budget: int | None = None, sources=None, corrector: str | None = None, sample_proposals: bool = False,
+             **options):
     """Decode (N, d) vectors into text.
 
     Args:
@@ -127,7 +131,7 @@ def budgeted(v2t, vectors, plan, rerank: bool, show_progress: bool, seed: int | 
         raise V2TError("a budget keeps one text per vector (the closest): leave num_return_sequences at 1")
     trace = correct(v2t, vectors, plan, show_progress=show_progress, seed=seed, **options)
     if rerank:
-        return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1])]
+        return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1], strict=False)]
     return trace.final
 
 
@@ -189,7 +193,7 @@ def check_length(max_new_tokens: int, prefix_length: int, positions: int | None,
                        f"<= {positions - prefix_length}")
 
 
-def rerank_candidates(v2t, target: np.ndarray, groups: list[list[str]]) -> list[Reranked]:
+def rerank_candidates(v2t: Vector2Text, target: np.ndarray, groups: list[list[str]]) -> list[Reranked]:
     """For each vector, the candidate whose re-embedding has the highest cosine with it."""
     flat = [t for g in groups for t in g]
     rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
@@ -202,7 +206,7 @@ def rerank_candidates(v2t, target: np.ndarray, groups: list[list[str]]) -> list[
     return out
 
 
-def reembed_cosines(v2t, texts: list[str], targets: np.ndarray, empty: float) -> np.ndarray:
+def reembed_cosines(v2t: Vector2Text, texts: list[str], targets: np.ndarray, empty: float) -> np.ndarray:
     """Cosine between each text's re-embedding (adapter's encoder) and its target row; ``empty`` for blank
     texts, which the encoder refuses."""
     cosines = np.full(len(texts), empty, dtype=np.float64)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..util.errors import V2TError
+from .backbone import output_weight
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class SubsetLoss:
@@ -24,18 +29,22 @@ class SubsetLoss:
             passes False: its vocabulary is built from every training sentence as the batches truncate them.
     """
 
-    def __init__(self, base: nn.Module, vocab: torch.Tensor, check_labels: bool = True):
+    def __init__(self, base: PreTrainedModel, vocab: torch.Tensor, check_labels: bool = True):
         self.base, self.check_labels = base, check_labels
-        head = base.get_output_embeddings()
-        self.vocab = vocab.to(head.weight.device)
-        self.trains_head = head.weight.requires_grad
-        self.rows = None if self.trains_head else tuple(None if t is None else t.float() for t in self.head_rows(head))
-        self.index = torch.full((head.weight.shape[0],), -1, dtype=torch.long, device=self.vocab.device)
+        weight = output_weight(base)
+        self.vocab = vocab.to(weight.device)
+        self.trains_head = weight.requires_grad
+        self.rows: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        if not self.trains_head:
+            rows, bias = self.head_rows()
+            self.rows = rows.float(), None if bias is None else bias.float()
+        self.index = torch.full((weight.shape[0],), -1, dtype=torch.long, device=self.vocab.device)
         self.index[self.vocab] = torch.arange(len(self.vocab), device=self.vocab.device)
 
-    def head_rows(self, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def head_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The output layer's weight and bias rows of the vocabulary (with gradients where the layer trains)."""
-        return head.weight[self.vocab], None if head.bias is None else head.bias[self.vocab]
+        bias = getattr(self.base.get_output_embeddings(), "bias", None)
+        return output_weight(self.base)[self.vocab], None if bias is None else bias[self.vocab]
 
     def __call__(self, inputs: dict) -> torch.Tensor:
         """The loss of ``inputs`` (inputs_embeds, attention_mask, labels with -100 where nothing is learned)."""
@@ -46,7 +55,7 @@ class SubsetLoss:
         labels = inputs["labels"][:, 1:]  # position t predicts token t+1
         keep = labels != -100
         states = hidden[:, :-1][keep]  # (N, h): only the positions that have a label
-        weight, bias = self.head_rows(base.get_output_embeddings()) if self.trains_head else self.rows
+        weight, bias = self.rows if self.rows is not None else self.head_rows()
         # the logits in fp32 even under bf16 autocast: rounded to bf16, a logit near 20 is off by up to 0.06, noise
         # that reaches every gradient through the softmax (the full-vocabulary loss, transformers' own, does not)
         device = states.device.type

@@ -11,15 +11,24 @@ layer). Kinds:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ..config import PROJECTOR_KINDS, check_choice
 from ..util.errors import V2TError
+from .backbone import input_embedding_weight
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class PrefixProjector(nn.Module):
     """Sentence vector (B, d) -> prefix embeddings (B, k, h) at the backbone's embedding scale."""
+
+    target_rms: torch.Tensor  # a buffer (registered in __init__)
+    net: nn.Module
 
     def __init__(self, kind: str, embedding_dim: int, hidden_size: int, prefix_length: int = 1,
                  target_rms: float = 1.0, hidden_dim: int | None = None):
@@ -74,13 +83,14 @@ class PrefixProjector(nn.Module):
 
 
 @torch.no_grad()
-def embedding_rms(model: nn.Module, sample: int = 8192, seed: int = 0) -> float:
+def embedding_rms(model: PreTrainedModel, sample: int = 8192, seed: int = 0) -> float:
     """RMS of the backbone's token embeddings as its embedding layer returns them (scaling included)."""
     layer = model.get_input_embeddings()
-    vocab = layer.weight.shape[0]
+    weight = input_embedding_weight(model)
+    vocab = weight.shape[0]
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (min(sample, vocab),), generator=generator)
-    ids = ids.to(layer.weight.device)
+    ids = ids.to(weight.device)
     return float(layer(ids).float().pow(2).mean().sqrt())
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -36,7 +38,13 @@ from ..config import (
     TrainingConfig,
     check_choice,
 )
-from ..model.backbone import load_backbone, refuse_quantized_full, train_every_weight
+from ..model.backbone import (
+    input_embedding_weight,
+    load_backbone,
+    output_weight,
+    refuse_quantized_full,
+    train_every_weight,
+)
 from ..model.correct import CorrectionConfig, correct, reranked_start
 from ..model.encoders import Encoder, EncoderCache, check_texts, load_encoder
 from ..model.generate import Reranked, generate
@@ -46,6 +54,9 @@ from ..model.projector import PrefixProjector, embedding_rms, projector_input_di
 from ..model.vocab import DecodingVocab, check_output_vocab
 from ..util.errors import V2TError
 from ..util.vectors import to_vectors
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +85,16 @@ class Vector2Text(nn.Module):
         self.output_vocabs: dict[str, torch.Tensor] = {}  # adapter name -> sorted token ids it may emit
         self.decoding_vocabs: dict[tuple, DecodingVocab] = {}  # see decoding_vocab
         base = self.base_model
-        self.backbone_info = {
+        self.backbone_info: dict[str, Any] = {
             "name": backbone_name,
             "model_type": base.config.model_type,
-            "hidden_size": int(base.get_input_embeddings().weight.shape[1]),
-            "vocab_size": int(base.get_input_embeddings().weight.shape[0]),
+            "hidden_size": int(input_embedding_weight(base).shape[1]),
+            "vocab_size": int(input_embedding_weight(base).shape[0]),
             "quantization": getattr(base, "v2t_quantization", "none"),
             "compute_dtype": str(getattr(base, "v2t_dtype", base.dtype)).removeprefix("torch."),
             "int8_threshold": getattr(base, "v2t_int8_threshold", None),
         }
-        self._target_rms = None
+        self._target_rms: float | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -183,12 +194,12 @@ class Vector2Text(nn.Module):
             self._target_rms = embedding_rms(self.base_model)
         projector = PrefixProjector(cfg.kind, embedding_dim, self.backbone_info["hidden_size"],
                                     cfg.prefix_length, target_rms=self._target_rms, hidden_dim=cfg.hidden_dim)
-        self.projectors[name] = projector.to(self.device)
-        return self.projectors[name]
+        self.projectors[name] = projector = projector.to(self.device)
+        return projector
 
     # ------------------------------------------------------------------ properties
     @property
-    def base_model(self) -> nn.Module:
+    def base_model(self) -> PreTrainedModel:
         """The transformers model under the LoRA layers (frozen, unless fully fine-tuned)."""
         return self.model.get_base_model() if self.is_peft else self.model
 
@@ -201,7 +212,7 @@ class Vector2Text(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.base_model.get_input_embeddings().weight.device
+        return input_embedding_weight(self.base_model).device
 
     @property
     def adapters(self) -> list[str]:
@@ -215,7 +226,7 @@ class Vector2Text(nn.Module):
     @property
     def projector(self) -> PrefixProjector:
         """The active adapter's projector."""
-        return self.projectors[self.active_adapter]
+        return cast(PrefixProjector, self.projectors[self.active_adapter])  # add_projector is what fills it
 
     @property
     def meta(self) -> AdapterMeta:
@@ -248,10 +259,10 @@ class Vector2Text(nn.Module):
         """What the active adapter's decoding keeps to (see :class:`lora_v2t.model.vocab.DecodingVocab`). Built once per
         adapter while the output layer is frozen: its subset layers stay the same objects from call to call, so a
         compiled decoding step is not traced again, and their 13k rows are not gathered again."""
-        head = self.base_model.get_output_embeddings()
-        if head.weight.requires_grad:  # a fully fine-tuned output layer changes between calls
+        weight = output_weight(self.base_model)
+        if weight.requires_grad:  # a fully fine-tuned output layer changes between calls
             return DecodingVocab(self, restrict)
-        key = (self.active_adapter, restrict, head.weight.dtype, head.weight.device, head.weight.data_ptr())
+        key = (self.active_adapter, restrict, weight.dtype, weight.device, weight.data_ptr())
         if key not in self.decoding_vocabs:
             self.decoding_vocabs[key] = DecodingVocab(self, restrict)
         return self.decoding_vocabs[key]
@@ -318,12 +329,12 @@ class Vector2Text(nn.Module):
         if context_rows is not None:
             heads = [ids[: max_length - 1] + [eos] for ids in context_rows]
             starts = [len(h) for h in heads]
-            rows = [h + r for h, r in zip(heads, rows)]
+            rows = [h + r for h, r in zip(heads, rows, strict=True)]
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         label_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (row, start) in enumerate(zip(rows, starts)):
+        for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
             label_mask[i, start: len(row)] = 1
@@ -338,7 +349,7 @@ class Vector2Text(nn.Module):
         """Projected prefix embeddings (B, k, h) in the backbone's compute dtype (a corrector's vectors are its
         :func:`lora_v2t.model.correct.condition` rows)."""
         vec = to_vectors(vectors, self.projector.embedding_dim).to(self.device)
-        dtype = self.base_model.get_input_embeddings().weight.dtype
+        dtype = input_embedding_weight(self.base_model).dtype
         return self.projector(vec).to(dtype)
 
     def prompt(self, vectors, contexts: list[str] | None = None,
@@ -406,10 +417,10 @@ class Vector2Text(nn.Module):
     # ------------------------------------------------------------------ inference
     def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
         """Embed texts with the active adapter's encoder: float32 (N, d)."""
-        enc = self.encoder
-        if "show_progress" in inspect.signature(enc.encode).parameters:
-            return enc.encode(texts, show_progress=show_progress)
-        return enc.encode(texts)  # a user's Encoder need only take the texts (the Encoder protocol)
+        encode: Callable[..., np.ndarray] = self.encoder.encode  # its own options beyond the protocol's texts
+        if "show_progress" in inspect.signature(encode).parameters:
+            return encode(texts, show_progress=show_progress)
+        return encode(texts)  # a user's Encoder need only take the texts (the Encoder protocol)
 
     def generate(self, vectors, correct_steps: int = 0, corrector: str | None = None, correct_width: int = 1,
                  budget: int | None = None, **options):
@@ -439,7 +450,7 @@ class Vector2Text(nn.Module):
                                rerank=reranked_start(options, rerank))
         trace = correct(self, vectors, cfg, **options)
         if rerank:
-            return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1])]
+            return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1], strict=True)]
         return trace.final
 
     def invert(self, texts: list[str], **options):

@@ -7,12 +7,16 @@ them: on a plain output layer by running over those tokens alone, elsewhere by m
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..util.errors import V2TError
+
+if TYPE_CHECKING:
+    from .vector2text import Vector2Text
 
 
 def check_output_vocab(token_ids, size: int, eos_id: int) -> torch.Tensor:
@@ -85,7 +89,7 @@ class DecodingVocab:
     text is the same as masking every other token. Elsewhere, :attr:`processors` holds that mask.
     """
 
-    def __init__(self, v2t, restrict: bool):
+    def __init__(self, v2t: Vector2Text, restrict: bool):
         self.base = v2t.base_model
         eos = v2t.tokenizer.eos_token_id
         pad = v2t.tokenizer.pad_token_id

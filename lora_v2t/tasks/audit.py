@@ -26,6 +26,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,10 @@ IDENTITY, VECTORS, IDS, ORIGINALS = "audit.json", "vectors.npy", "ids.jsonl", "o
 INVERTED, ROWS, SUMMARY, REPORT, TIMINGS = "inverted.jsonl", "rows.jsonl", "summary.json", "report.html", "timings.json"
 LOCK, EXTRACTING = "audit.lock", ".extract.tmp"
 READ_CHUNK = 1024
+
+if TYPE_CHECKING:
+    from ..bundle.format import BundleConfig
+    from ..model.vector2text import Vector2Text
 
 
 @dataclass
@@ -134,7 +139,7 @@ def unescape_line(line: str) -> str:
     return "".join(out)
 
 
-def plan_audit(job: AuditJob, config: dict, adapter_dir: str | Path) -> Plan:
+def plan_audit(job: AuditJob, config: BundleConfig, adapter_dir: str | Path) -> Plan:
     """Open and check the source, the sample, the originals and DIR, writing nothing."""
     from ..config import GenerationConfig
 
@@ -206,7 +211,8 @@ def extract(plan: Plan, show_progress: bool = True) -> float | None:
     tmp.mkdir(parents=True)
     n, started = len(plan.indices), time.perf_counter()
     vectors = np.lib.format.open_memmap(tmp / VECTORS, mode="w+", dtype=np.float32, shape=(n, plan.source.dim))
-    ids, texts = [], [] if plan.originals is not None else None
+    ids: list = []
+    texts: list[str] | None = [] if plan.originals is not None else None
     bar = tqdm(total=n, unit="row", desc="reading", disable=not show_progress)
     for begin in range(0, n, READ_CHUNK):
         chunk = plan.indices[begin:begin + READ_CHUNK]
@@ -218,11 +224,14 @@ def extract(plan: Plan, show_progress: bool = True) -> float | None:
                            "--on-nan skip to skip such rows (they are counted)")
         vectors[begin:begin + len(chunk)] = batch.vectors
         ids += batch.ids
+        new: list[str] | None
         if plan.originals is not None:
-            texts += [plan.originals[i] for i in chunk]
-        elif batch.texts is not None:  # the store's documents
+            new = [plan.originals[i] for i in chunk]
+        else:  # the store's documents, where it has them
+            new = None if batch.texts is None else ["" if t is None else str(t) for t in batch.texts]
+        if new is not None:
             texts = [] if texts is None else texts
-            texts += ["" if t is None else str(t) for t in batch.texts]
+            texts += new
         bar.update(len(chunk))
     bar.close()
     vectors.flush()
@@ -240,7 +249,7 @@ def extract(plan: Plan, show_progress: bool = True) -> float | None:
     return seconds
 
 
-def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: dict, shard: Shard,
+def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: BundleConfig, shard: Shard,
                 show_progress: bool = True) -> dict:
     """Stage 2: the bulk inversion of DIR/vectors.npy into DIR/inverted.jsonl (with several processes, of this
     process's rows into its part), with cosines; ``load()`` gives the loaded adapter, called only when rows are
@@ -292,7 +301,7 @@ def write_results(folder: Path, records: list[dict], summary: dict, top: int) ->
     _replace_text(folder / SUMMARY, json.dumps(summary, ensure_ascii=False, indent=1) + "\n")
 
 
-def audit(v2t, job: AuditJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
+def audit(v2t: Vector2Text, job: AuditJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
     """Audit ``job.source`` with ``v2t`` (loaded from ``adapter_dir``): extract, invert, measure; returns the
     summary, with ``report`` (the report's path) and ``timings`` added."""
     loaded = v2t.backbone_info["compute_dtype"]
@@ -302,7 +311,7 @@ def audit(v2t, job: AuditJob, adapter_dir: str | Path, show_progress: bool = Tru
     return run_audit(lambda: v2t, replace(job, dtype=loaded), adapter_dir, show_progress=show_progress)
 
 
-def run_audit(load, job: AuditJob, adapter_dir: str | Path, config: dict | None = None,
+def run_audit(load, job: AuditJob, adapter_dir: str | Path, config: BundleConfig | None = None,
               show_progress: bool = True) -> dict:
     """:func:`audit` with ``load()`` giving the adapter, called only when rows are left to invert (a rerun of a
     finished audit loads nothing). Under ``accelerate launch`` every process inverts its part (see

@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from ..util.files import atomic_folder, refuse_foreign
 from ..util.textfile import column_index, escape_tsv, header_names, read_lines
 from ..util.vectors import to_vectors
 from .metrics import exact_match, score_outputs, token_f1
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +151,7 @@ def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     return out_dir
 
 
-def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int | None = None, batch_size: int = 32,
+def evaluate(v2t: Vector2Text, data: EvalData, out_dir: str | Path, rerank: int | None = None, batch_size: int = 32,
              max_new_tokens: int | None = None, resamples: int = 1000, seed: int = 0,
              show_progress: bool = True, restrict_vocab: bool | None = None, adapter: str | Path | None = None,
              overwrite: bool = False, correction: CorrectionConfig | None = None) -> dict:
@@ -176,11 +180,11 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int | None = None
             and samples (``sample``) from ``seed``.
         seed: seeds the bootstrap resamples, and a budget's sampled proposals.
     """
-    budgeted = correction is not None and correction.budget is not None
-    if budgeted and rerank is not None:
+    plan = correction if correction is not None and correction.budget is not None else None
+    if plan is not None and rerank is not None:
         raise V2TError("a budget chooses its own beams: leave rerank unset (drop --rerank), or evaluate without "
                        "a budget")
-    rerank = (0 if budgeted else 8) if rerank is None else rerank
+    rerank = (0 if plan is not None else 8) if rerank is None else rerank
     check_evaluation_options(rerank, resamples)
     n = len(data.references)
     if n == 0:
@@ -198,9 +202,11 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int | None = None
         vectors = to_vectors(data.vectors, v2t.embedding_dim).numpy()
     else:
         logger.info("encoding %d sentences with %s", n, v2t.meta.encoder.spec)
-        vectors = v2t.encode(data.sources, show_progress=show_progress)
-    if budgeted:
-        systems, trace = _decode_budget(v2t, vectors, correction, options, show_progress, seed)
+        sources = data.references if data.sources is None else data.sources  # see EvalData.sources
+        vectors = v2t.encode(sources, show_progress=show_progress)
+    trace: Trace | None
+    if plan is not None:
+        systems, trace = _decode_budget(v2t, vectors, plan, options, show_progress, seed)
     else:
         systems, trace = _decode_systems(v2t, vectors, rerank, correction, options, show_progress)
     boot = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
@@ -213,13 +219,9 @@ def evaluate(v2t, data: EvalData, out_dir: str | Path, rerank: int | None = None
                else "full",
                "scores": {name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]}
                                  for m, (v, lo, hi) in s.items()} for name, s in scores.items()}}
-    if budgeted:
-        summary["budget"] = describe(correction) | {
-            "corrector": correction.corrector or v2t.meta.corrector if "corrector" in correction.sources
-            else None, "decodes_spent_mean": round(float(trace.spent.mean()), 3),
-            "decodes_spent_max": int(trace.spent.max()), "steps_run": len(trace.texts) - 1,
-            "seconds": round(sum(trace.seconds), 2)}
-    elif trace is not None:
+    if plan is not None and trace is not None:
+        summary["budget"] = _budget_summary(v2t, plan, trace)
+    elif trace is not None and correction is not None:  # a trace comes only from a correction
         summary["correction"] = {"corrector": correction.corrector or v2t.meta.corrector,
                                  "starts_from": "reranked" if rerank > 1 else "greedy",
                                  "width": correction.width, "steps_asked": correction.steps,
@@ -241,7 +243,7 @@ def check_evaluation_options(rerank: int, resamples: int) -> None:
             raise V2TError(f"{name} must be an integer >= {low} ({what}), got {value!r}")
 
 
-def adapter_summary(v2t) -> dict:
+def adapter_summary(v2t: Vector2Text) -> dict:
     """The active adapter's v2t_config (encoder, backbone, projector, LoRA, generation defaults, training
     summary without its sample reconstructions), as recorded in an evaluation summary."""
     config = bundle_config(v2t).to_dict()
@@ -270,14 +272,14 @@ def _write_report(out_dir: Path, overwrite: bool, data: EvalData, systems: dict,
     return out_dir
 
 
-def _reembed_cosines(v2t, texts: list[str], vectors: np.ndarray) -> np.ndarray | None:
+def _reembed_cosines(v2t: Vector2Text, texts: list[str], vectors: np.ndarray) -> np.ndarray | None:
     if isinstance(v2t.encoder, PrecomputedEncoder):
         return None
     return reembed_cosines(v2t, texts, vectors, empty=0.0)  # an empty output scores 0
 
 
-def _decode_systems(v2t, vectors: np.ndarray, rerank: int, correction: CorrectionConfig | None, options: dict,
-                    show_progress: bool) -> tuple[dict, Trace | None]:
+def _decode_systems(v2t: Vector2Text, vectors: np.ndarray, rerank: int, correction: CorrectionConfig | None,
+                    options: dict, show_progress: bool) -> tuple[dict, Trace | None]:
     """Every system's texts and cosines by name (greedy, reranked, each correction step) and the correction's
     trace (None without correction). With reranking, correction starts from the reranked candidates."""
     if correction is None or correction.steps == 0:
@@ -288,7 +290,7 @@ def _decode_systems(v2t, vectors: np.ndarray, rerank: int, correction: Correctio
             # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
             ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,
                                   num_return_sequences=rerank, **options)
-            texts = [r.text if r.cosine > g_cos else g for r, g, g_cos in zip(ranked, greedy, greedy_cos)]
+            texts = [r.text if r.cosine > g_cos else g for r, g, g_cos in zip(ranked, greedy, greedy_cos, strict=True)]
             cos = np.maximum(np.array([r.cosine for r in ranked]), greedy_cos)
             systems[f"reranked (greedy + {rerank} beams)"] = (texts, cos)
         return systems, None
@@ -306,7 +308,7 @@ def _decode_systems(v2t, vectors: np.ndarray, rerank: int, correction: Correctio
     return systems, trace
 
 
-def _decode_budget(v2t, vectors: np.ndarray, plan: CorrectionConfig, options: dict, show_progress: bool,
+def _decode_budget(v2t: Vector2Text, vectors: np.ndarray, plan: CorrectionConfig, options: dict, show_progress: bool,
                    seed: int) -> tuple[dict, Trace]:
     """The greedy texts and the best of a budget's beam over corrections (``plan``), with their cosines."""
     trace = correct(v2t, vectors, plan, show_progress=show_progress, seed=seed, **options)
@@ -314,9 +316,20 @@ def _decode_budget(v2t, vectors: np.ndarray, plan: CorrectionConfig, options: di
             f"budget-{plan.budget}": (trace.final, _kept_cosines(trace.final, trace.cosines[-1]))}, trace
 
 
-def _kept_cosines(texts: list[str], cosines: np.ndarray) -> np.ndarray:
+def _budget_summary(v2t: Vector2Text, plan: CorrectionConfig, trace: Trace) -> dict:
+    """What a budget's run spent its decodes on, and how many (summary.json's ``budget``)."""
+    spent = trace.spent if trace.spent is not None else np.zeros(1)
+    corrector = plan.corrector or v2t.meta.corrector if "corrector" in plan.sources else None
+    return describe(plan) | {"corrector": corrector, "decodes_spent_mean": round(float(spent.mean()), 3),
+                             "decodes_spent_max": int(spent.max()), "steps_run": len(trace.texts) - 1,
+                             "seconds": round(sum(trace.seconds), 2)}
+
+
+def _kept_cosines(texts: list[str], cosines: np.ndarray | None) -> np.ndarray | None:
     """A correction trace's cosines as :func:`_reembed_cosines` gives them: an empty output (no candidate kept,
     -1 in the trace) scores 0."""
+    if cosines is None:
+        return None
     empty = np.array([not text for text in texts], dtype=bool)
     return np.where(empty, 0.0, cosines).astype(np.float64)
 
@@ -333,7 +346,7 @@ def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
             header += [f"{tag}_output", f"{tag}_cosine", f"{tag}_token_f1", f"{tag}_exact"]
         writerow(header)
         for i, ref in enumerate(data.references):
-            row = [i, ref] + ([data.sources[i]] if len(header) > 2 and header[2] == "source" else [])
+            row = [i, ref] + ([data.sources[i]] if data.sources and header[2:3] == ["source"] else [])
             for hyps, cos in systems.values():
                 row += [hyps[i], "" if cos is None else f"{cos[i]:.4f}", f"{token_f1(hyps[i], ref):.4f}",
                         int(exact_match(hyps[i], ref))]
@@ -368,7 +381,8 @@ def markdown_table(summary: dict) -> str:
     if summary.get("correction"):
         c = summary["correction"]
         cost = ", ".join(f"step {i}: {s} s, {d} decode(s)/vector"
-                         for i, (s, d) in enumerate(zip(c["seconds_per_step"], c["decodes_per_vector_per_step"])))
+                         for i, (s, d) in enumerate(zip(c["seconds_per_step"], c["decodes_per_vector_per_step"],
+                                                        strict=True)))
         start = "the reranked candidates" if c.get("starts_from") == "reranked" else "the greedy hypothesis"
         lines += ["", f"Correction with `{c['corrector']}` (width {c['width']}) from {start}: {c['steps_run']} of "
                       f"{c['steps_asked']} steps run (it stops when the cosine stops rising); {cost}."]

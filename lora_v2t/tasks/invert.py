@@ -17,6 +17,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from ..util.errors import V2TError
 from ..util.files import append_complete, atomic_write
 from ..util.locks import FileLock, LockBusy
 from ..util.textfile import escape_tsv, read_rows, split_lines, unescape_tsv
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +75,8 @@ class Source:
 
     def __init__(self, path: str | Path, dim: int, on_nan: str):
         self.path, self.dim = Path(path), dim
-        self.vectors, self.texts = None, None
+        self.vectors: np.ndarray | None = None
+        self.texts: list[str] | None = None
         if self.path.suffix == ".npy":
             self.vectors = load_vectors_file(self.path, mmap=True)
             shape = tuple(self.vectors.shape)
@@ -89,7 +94,10 @@ class Source:
             self.texts = read_texts(self.path)
 
     def __len__(self) -> int:
-        return len(self.vectors) if self.vectors is not None else len(self.texts)
+        if self.vectors is not None:
+            return len(self.vectors)
+        assert self.texts is not None  # a Source holds vectors or texts
+        return len(self.texts)
 
     def fingerprint(self, chunk: int = 1 << 20) -> str:
         """The sha256 of the source file's bytes, read whole (in chunks): any change of its content changes it."""
@@ -120,17 +128,19 @@ class Source:
 
     def refuse_non_finite(self, chunk: int = 65536) -> None:
         """Name the first rows holding NaN or inf (read in chunks: the file may not fit in memory)."""
-        for start in range(0, len(self.vectors), chunk):
-            bad = ~np.isfinite(np.asarray(self.vectors[start:start + chunk])).all(axis=1)
+        vectors = self.vectors if self.vectors is not None else np.zeros((0, self.dim), np.float32)
+        for start in range(0, len(vectors), chunk):
+            bad = ~np.isfinite(np.asarray(vectors[start:start + chunk])).all(axis=1)
             if bad.any():
                 rows = (np.flatnonzero(bad)[:5] + start).tolist()
                 raise V2TError(f"{self.path}: row(s) {rows} hold NaN or inf: fix them, or pass --on-nan skip to "
                                "skip such rows (they are counted)")
 
-    def batch(self, v2t, start: int, stop: int) -> np.ndarray:
+    def batch(self, v2t: Vector2Text, start: int, stop: int) -> np.ndarray:
         """Vectors of rows [start, stop), float32 (N, d); texts are encoded with the adapter's encoder."""
         if self.vectors is not None:
             return np.asarray(self.vectors[start:stop], dtype=np.float32)
+        assert self.texts is not None  # a Source holds vectors or texts
         return np.asarray(v2t.encode(self.texts[start:stop]), dtype=np.float32)
 
 
@@ -183,7 +193,7 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     return PreparedJob(source, identity, prepare_output(job, identity, source))
 
 
-def budget_plan(job: InvertJob, config: dict) -> dict | None:
+def budget_plan(job: InvertJob, config: BundleConfig) -> dict | None:
     """How the job's budget is spent (:func:`lora_v2t.model.beam.describe`, with the corrector it uses), checked;
     None for one greedy decode per row."""
     from ..model.beam import describe, plan_budget
@@ -317,7 +327,7 @@ def format_rows(suffix: str, indices, texts: list[str], cosines) -> str:
     """JSONL objects, or TSV lines (tabs, newlines, carriage returns and backslashes in texts escaped as \\t,
     \\n, \\r, \\\\): one line per row, split at \\n only (:func:`parse_row` reads a row back)."""
     lines = []
-    for i, (index, text) in enumerate(zip(indices, texts)):
+    for i, (index, text) in enumerate(zip(indices, texts, strict=True)):
         cosine = None if cosines is None else round(float(cosines[i]), 4)
         if suffix == ".jsonl":
             row = {"index": int(index), "text": text} | ({} if cosine is None else {"cosine": cosine})
@@ -346,13 +356,13 @@ def batch_seed(seed: int | None, first_row: int) -> int | None:
     return int(np.random.SeedSequence([seed, first_row]).generate_state(1, np.uint64)[0]) % SEED_LIMIT
 
 
-def auto_batch_size(v2t, max_new_tokens: int) -> int:
+def auto_batch_size(v2t: Vector2Text, max_new_tokens: int) -> int:
     """Vectors decoded together: what half the free memory holds of the KV cache (at most 512 on a GPU, 64 on a
     CPU, where larger batches gain little)."""
     import torch
 
     cfg = v2t.base_model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 12)
+    layers = getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 12)
     per_row = 2 * layers * v2t.backbone_info["hidden_size"] * (max_new_tokens + 8) * 4  # keys and values, fp32
     if v2t.device.type == "cuda":
         free, cap = torch.cuda.mem_get_info(v2t.device)[0], 512
@@ -361,7 +371,7 @@ def auto_batch_size(v2t, max_new_tokens: int) -> int:
     return int(max(1, min(cap, free // 2 // per_row)))
 
 
-def invert_file(v2t, job: InvertJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
+def invert_file(v2t: Vector2Text, job: InvertJob, adapter_dir: str | Path, show_progress: bool = True) -> dict:
     """Invert every row of ``job.source`` not yet in ``job.out`` with ``v2t`` (loaded from ``adapter_dir``)."""
     loaded = v2t.backbone_info["compute_dtype"]
     if job.dtype not in (None, loaded):
@@ -372,7 +382,7 @@ def invert_file(v2t, job: InvertJob, adapter_dir: str | Path, show_progress: boo
         return run_job(v2t, job, prepare_job(job, adapter_dir), show_progress)
 
 
-def run_job(v2t, job: InvertJob, prepared: PreparedJob, show_progress: bool = True) -> dict:
+def run_job(v2t: Vector2Text, job: InvertJob, prepared: PreparedJob, show_progress: bool = True) -> dict:
     """Decode the rows from ``prepared.start`` on, appending each batch; returns counts (written, skipped,
     resumed_at, batch_size)."""
     from tqdm.auto import tqdm

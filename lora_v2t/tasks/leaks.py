@@ -127,7 +127,8 @@ def _month(word: str) -> int:
 def dates(text: str) -> list[tuple[str, str, tuple[int, int]]]:
     """Dates written as numbers (07.05.2019, 2019-05-07) or with the month's name (7 мая 2019 года, в мае 2019,
     May 7, 2019); the normal form is year-month-day with ``?`` for a part not given."""
-    found, taken = [], []
+    found: list[tuple[str, str, tuple[int, int]]] = []
+    taken: list[tuple[int, int]] = []
     for pattern in _DATES:
         for m in pattern.finditer(text):
             if any(start < m.end() and m.start() < end for start, end in taken):
@@ -219,7 +220,7 @@ def named_entities(text: str) -> dict[str, dict[tuple[str, ...], str]]:
     doc = Doc(text)
     doc.segment(segmenter)
     doc.tag_ner(tagger)
-    found = {category: {} for category in ENTITIES}
+    found: dict[str, dict[tuple[str, ...], str]] = {category: {} for category in ENTITIES}
     for span in doc.spans:
         key = tuple(lemma(w) for w in _WORD.findall(span.text))
         if span.type in found and key:
@@ -238,7 +239,7 @@ def name_given_back(category: str, name: tuple[str, ...], words: list[frozenset[
 def date_given_back(key: str, given: set[str]) -> bool:
     """Whether a reconstruction's dates (normal forms) agree with ``key`` on every part the original gives."""
     parts = key.split("-")
-    return any(all(p == "?" or p == q for p, q in zip(parts, other.split("-"))) for other in given)
+    return any(all(p == "?" or p == q for p, q in zip(parts, other.split("-"), strict=True)) for other in given)
 
 
 # ---------------------------------------------------------------------- per row
@@ -372,7 +373,7 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
     if not summary["originals"]:
         return summary | {"categories": contained_figures(records, boot)}
     hyps, refs = [r["reconstruction"] for r in records], [r["original"] for r in records]
-    exact = np.array([exact_match(h, r) for h, r in zip(hyps, refs)]) * 100
+    exact = np.array([exact_match(h, r) for h, r in zip(hyps, refs, strict=True)]) * 100
     words = [r["content_words"] for r in records]
     return summary | {
         "exact_match": _shared(*bootstrap_interval(exact, boot)),

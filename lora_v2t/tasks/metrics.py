@@ -66,7 +66,7 @@ def bleu_statistics(metric, hypotheses: list[str], references: list[str]) -> np.
     twin = copy.copy(metric)
     twin.effective_order = True  # silences sacrebleu's advice for sentence scores; the counts do not change
     rows = []
-    for hyp, ref in zip(hypotheses, references):
+    for hyp, ref in zip(hypotheses, references, strict=True):
         s = twin.sentence_score(hyp, [ref])
         rows.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
     return np.asarray(rows, dtype=np.float64)
@@ -88,12 +88,12 @@ def chrf_statistics(metric, hypotheses: list[str], references: list[str]) -> np.
     from sacrebleu.metrics.helpers import extract_all_char_ngrams
 
     rows = []
-    for hyp, ref in zip(hypotheses, references):
+    for hyp, ref in zip(hypotheses, references, strict=True):
         if metric.lowercase:
             hyp, ref = hyp.lower(), ref.lower()
         row = []
         for h, r in zip(extract_all_char_ngrams(hyp, metric.char_order, metric.whitespace),
-                        extract_all_char_ngrams(ref, metric.char_order, metric.whitespace)):
+                        extract_all_char_ngrams(ref, metric.char_order, metric.whitespace), strict=True):
             row += [h.total() if r else 0, r.total(), (h & r).total()]
         rows.append(row)
     return np.asarray(rows, dtype=np.float64)
@@ -146,10 +146,10 @@ def score_outputs(hypotheses: list[str], references: list[str], cosines: np.ndar
     out = {
         "bleu": corpus_interval(BLEU(), hypotheses, references, resamples),
         "chrf": corpus_interval(CHRF(), hypotheses, references, resamples),
-        "token_f1": bootstrap_interval(np.array([token_f1(h, r) for h, r in zip(hypotheses, references)]) * 100,
-                                       resamples),
+        "token_f1": bootstrap_interval(
+            np.array([token_f1(h, r) for h, r in zip(hypotheses, references, strict=True)]) * 100, resamples),
         "exact_match": bootstrap_interval(
-            np.array([exact_match(h, r) for h, r in zip(hypotheses, references)]) * 100, resamples),
+            np.array([exact_match(h, r) for h, r in zip(hypotheses, references, strict=True)]) * 100, resamples),
     }
     if cosines is not None:
         out["cosine"] = bootstrap_interval(np.asarray(cosines, dtype=np.float64), resamples)

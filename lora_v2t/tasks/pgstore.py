@@ -54,12 +54,13 @@ class PostgresSource(VectorSource):
         rows = {}
         wanted = np.unique(indices)
         for run in np.split(wanted, np.flatnonzero(np.diff(wanted) != 1) + 1) if wanted.size else []:
-            for row, record in zip(run.tolist(), self._fetch(int(run[0]), len(run))):
+            for row, record in zip(run.tolist(), self._fetch(int(run[0]), len(run)), strict=True):
                 rows[row] = record
         records = [rows[row] for row in indices.tolist()]
-        ids = [str(r[0]) if self.columns.get("id") else str(row) for r, row in zip(records, indices.tolist())]
+        ids = [str(r[0]) if self.columns.get("id") else str(row)
+               for r, row in zip(records, indices.tolist(), strict=True)]
         vectors = np.full((len(records), self.dim), np.nan, dtype=np.float32)
-        for out, (key, record) in enumerate(zip(ids, records)):
+        for out, (key, record) in enumerate(zip(ids, records, strict=True)):
             vectors[out] = self._vector(key, record[1])
         texts = [r[2] or "" for r in records] if self.columns.get("text") else None
         return Batch(ids=ids, vectors=vectors, texts=texts)
@@ -167,7 +168,7 @@ def connect(dsn: str | None):
     """A read-only REPEATABLE READ connection (and "host:port" for messages), from ``dsn`` or the PG* variables;
     a server that does not answer is one line naming host and port."""
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     try:
         params = conninfo_to_dict(dsn or "")
@@ -178,7 +179,7 @@ def connect(dsn: str | None):
     if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
         params["connect_timeout"] = CONNECT_TIMEOUT_S
     try:
-        conn = psycopg.connect(**params)
+        conn = psycopg.connect(make_conninfo("", **params))
     except psycopg.OperationalError as exc:
         raise V2TError(f"cannot connect to PostgreSQL at {where} ({first_line(exc, 200)}): start the server, or "
                        "give its host and port in the URI, --dsn or PGHOST/PGPORT") from exc
@@ -211,10 +212,13 @@ def _relation(conn, where: str, options: SourceOptions):
     named table and columns checked to exist."""
     from psycopg import sql
 
+    relation: sql.Composable
     if options.query:
         relation = sql.SQL("({})").format(sql.SQL(options.query.strip().rstrip(";")))
         names, plain = _query_columns(conn, where, relation), False
         label = "query"
+    elif not options.table:
+        raise V2TError("a PostgreSQL source needs --table or --query: name what to read")
     else:
         parts = options.table.split(".", 1)
         relation = sql.Identifier(*parts)
@@ -235,7 +239,7 @@ def _relation(conn, where: str, options: SourceOptions):
     return relation, label, plain
 
 
-def _table_columns(conn, where: str, relation, table: str) -> dict:
+def _table_columns(conn, where: str, relation, table: str) -> tuple[dict, bool]:
     """{column: type} of ``table`` and whether it is a plain table or materialised view (rows with a ctid); a
     table that does not exist is named with the tables that do."""
     probe = conn.cursor()

@@ -129,7 +129,7 @@ def sentence_table(summary: dict) -> str:
 
 def marked(text: str, surfaces: list[str]) -> str:
     """``text`` escaped, with the first free occurrence of each surface in ``<mark>``."""
-    spans = []
+    spans: list[tuple[int, int]] = []
     for surface in sorted(set(surfaces), key=len, reverse=True):
         start = text.find(surface)
         while start >= 0 and any(start < e and s < start + len(surface) for s, e in spans):

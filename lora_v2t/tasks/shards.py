@@ -7,8 +7,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 PARTS = "parts"
 
@@ -19,7 +23,7 @@ class Shard:
 
     rank: int = 0
     world: int = 1
-    state: object = None
+    state: PartialState | None = None
 
     @property
     def main(self) -> bool:
@@ -52,17 +56,17 @@ def current_shard() -> Shard:
 def bounds(rows: int, world: int) -> list[tuple[int, int]]:
     """Each process's rows [start, stop): contiguous, sizes differing by at most one."""
     edges = np.linspace(0, rows, world + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
 def part_files(folder: Path, vectors: str, inverted: str, rank: int, world: int) -> tuple[Path, Path]:
     """The vectors a process inverts and the rows it writes: DIR's own files in a single process."""
     if world == 1:
         return folder / vectors, folder / inverted
-    vectors, inverted = Path(vectors), Path(inverted)
     tag = f"-{rank}-of-{world}"
-    return (folder / PARTS / f"{vectors.stem}{tag}{vectors.suffix}",
-            folder / PARTS / f"{inverted.stem}{tag}{inverted.suffix}")
+    ours, theirs = Path(vectors), Path(inverted)
+    return (folder / PARTS / f"{ours.stem}{tag}{ours.suffix}",
+            folder / PARTS / f"{theirs.stem}{tag}{theirs.suffix}")
 
 
 def write_part(all_vectors: Path, part: Path, start: int, stop: int) -> None:

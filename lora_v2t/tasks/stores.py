@@ -162,7 +162,7 @@ class ChromaSource(VectorSource):
     def _fetch(self, indices: np.ndarray) -> tuple[np.ndarray, list]:
         """Vectors (float32) and documents (None where none is stored) of these rows, asked for by id, a page at
         a time, in the order given."""
-        found = {}
+        found: dict = {}
         wanted = [self.ids[row] for row in np.unique(indices).tolist()]
         for start in range(0, len(wanted), PAGE):
             page = wanted[start:start + PAGE]
@@ -172,7 +172,7 @@ class ChromaSource(VectorSource):
                 raise V2TError(f"Chroma collection {self.collection.name!r} changed while being read (ids {gone} "
                                "are gone): rerun once nothing writes to it")
             docs = got["documents"] or [None] * len(got["ids"])
-            found.update(zip(got["ids"], zip(got["embeddings"], docs)))
+            found.update(zip(got["ids"], zip(got["embeddings"], docs, strict=True), strict=True))
         vectors = np.zeros((len(indices), self.dim), dtype=np.float32)
         docs = []
         for out, row in enumerate(indices.tolist()):

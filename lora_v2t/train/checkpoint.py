@@ -22,6 +22,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +32,9 @@ from ..config import RunConfig
 from ..util.errors import V2TError, first_line
 from ..util.files import atomic_folder, folder_size, refuse_foreign, remove_own, temporary_of
 from ..util.locks import pid_alive
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +72,9 @@ def check_same_recipe(saved: dict, current: dict, where: Path, data_files: dict 
     for key in sorted(set(a) | set(b)):
         if key.split(".")[0] == "generation" or key in RESUMABLE_CHANGES:
             continue
-        if key in DATA_FILE_KEYS and (data_files or {}).get(key) and isinstance(b.get(key), str) \
-                and file_digest(b[key]) == data_files[key]:
+        digests = data_files or {}
+        if key in DATA_FILE_KEYS and digests.get(key) and isinstance(b.get(key), str) \
+                and file_digest(b[key]) == digests[key]:
             continue
         if a.get(key) != b.get(key):
             raise V2TError(f"resume folder {where} was made by another recipe: {key} was {a.get(key)!r}, now "
@@ -186,7 +191,7 @@ def clean_stale_temporaries(run_dir: Path) -> None:
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict = {}
     for key, value in cfg.items():
         if isinstance(value, dict):
             out |= _flatten(value, f"{prefix}{key}.")
@@ -233,7 +238,7 @@ def _rng_of_rank(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch
 
 
 # ---------------------------------------------------------------------- save and load
-def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: RunConfig,
+def save_checkpoint(run_dir: Path, v2t: Vector2Text, optimizer, scheduler, state: dict, cfg: RunConfig,
                     rng_states: list[dict[str, torch.Tensor]], summary: dict, scaler=None,
                     data_files: dict | None = None) -> Path:
     """Write ``step-NNNNNN/`` atomically (bundle + optimizer + RNG + trainer state), then prune old ones.
@@ -279,7 +284,7 @@ def save_checkpoint(run_dir: Path, v2t, optimizer, scheduler, state: dict, cfg: 
     return final
 
 
-def load_checkpoint(path: Path, v2t, optimizer, scheduler, rank: int = 0, scaler=None) -> dict:
+def load_checkpoint(path: Path, v2t: Vector2Text, optimizer, scheduler, rank: int = 0, scaler=None) -> dict:
     """Restore LoRA (or the whole backbone), projector, optimizer, scheduler, the fp16 loss scaler and this
     process's RNG states from a checkpoint; return the trainer state."""
     from safetensors.torch import load_file
@@ -299,7 +304,7 @@ def load_checkpoint(path: Path, v2t, optimizer, scheduler, rank: int = 0, scaler
     return trainer_state["state"]
 
 
-def _load_weights(path: Path, v2t) -> None:
+def _load_weights(path: Path, v2t: Vector2Text) -> None:
     """Put a checkpoint's trained weights into the model being trained."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -307,8 +312,9 @@ def _load_weights(path: Path, v2t) -> None:
     if v2t.is_peft:
         lora = load_file(str(path / "adapter_model.safetensors"), device=str(v2t.device))
         result = set_peft_model_state_dict(v2t.model, lora, adapter_name=v2t.active_adapter)
-        if getattr(result, "unexpected_keys", None):
-            raise V2TError(f"{path}: LoRA weights do not fit this model ({result.unexpected_keys[:2]})")
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise V2TError(f"{path}: LoRA weights do not fit this model ({unexpected[:2]})")
     else:  # full fine-tuning: the whole backbone was saved
         from transformers import AutoModelForCausalLM
 

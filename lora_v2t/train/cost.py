@@ -4,10 +4,15 @@ checkpointing is needed), and the peak it measured afterwards."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import RunConfig
+from ..model.backbone import num_blocks
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
 
 # Activations a layer keeps for the backward pass, in tensors of (batch, tokens, hidden): calibrated on an H100 run
 # of bench/gpu.py (ruGPT-3 large shapes, 8-bit, bf16 autocast, the MLP's GELU fused by the loader, batch 16 x 65,
@@ -22,7 +27,7 @@ ACTIVATIONS_PER_LAYER_CHECKPOINTED = 2
 HEADROOM = 0.5
 
 
-def describe_cost(v2t, cfg: RunConfig, checkpointing: bool, loss_vocab: int | None,
+def describe_cost(v2t: Vector2Text, cfg: RunConfig, checkpointing: bool, loss_vocab: int | None,
                   row_tokens: int | None = None) -> dict:
     """Trainable and frozen parameter counts and a rough peak memory estimate for one step.
 
@@ -44,7 +49,7 @@ def describe_cost(v2t, cfg: RunConfig, checkpointing: bool, loss_vocab: int | No
     frozen = sum(p.numel() for p in base.parameters() if not p.requires_grad)
     weight_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     info = v2t.backbone_info
-    layers = getattr(base.config, "num_hidden_layers", None) or getattr(base.config, "n_layer", 12)
+    layers = num_blocks(base.config) or 12
     if row_tokens is None:
         row_tokens = cfg.data.max_tokens * (2 if cfg.training.role == "corrector" else 1)
     seq = row_tokens + cfg.projector.prefix_length

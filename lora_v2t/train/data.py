@@ -323,7 +323,8 @@ class BatchOrder:
 
     def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
-        self._epoch, self._batches = None, []
+        self._epoch: int | None = None
+        self._batches: list[np.ndarray] = []
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         if epoch != self._epoch:

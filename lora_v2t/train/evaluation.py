@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
 
 
 class LossWindow:
@@ -27,7 +31,7 @@ class LossWindow:
 
 
 @torch.no_grad()
-def validation_loss(v2t, texts: list[str], vectors: np.ndarray, batch_size: int, max_tokens: int,
+def validation_loss(v2t: Vector2Text, texts: list[str], vectors: np.ndarray, batch_size: int, max_tokens: int,
                     loss_vocab: torch.Tensor | None = None, contexts: list[str] | None = None) -> float:
     """Token-weighted mean cross-entropy over a validation set, in eval mode; over the full vocabulary, or
     over ``loss_vocab`` (see :meth:`Vector2Text.forward`); a corrector's given its ``contexts``."""

@@ -52,12 +52,12 @@ class TrainingData:
 def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True) -> TrainingData:
     """Read, filter, sample and split the corpus, and embed it through the cache (a corrector's: its pairs)
     with ``encoder`` (default: the recipe's)."""
-    cfg.data.check_train()
+    train = cfg.data.check_train()
     encoder = encoder or load_encoder(cfg.encoder.spec)
     if cfg.training.role == "corrector":
         return corrector_data(cfg, encoder, show_progress)
     dc = cfg.data
-    sentences, stats = read_sentences(dc.train, dc.min_chars, dc.max_chars)
+    sentences, stats = read_sentences(train, dc.min_chars, dc.max_chars)
     logger.info("corpus %s", stats.summary())
     val_given = None
     if dc.val:
@@ -66,7 +66,7 @@ def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True) -> Tr
     train_texts, val_texts = sample_and_split(sentences, dc.val_size, dc.max_sentences, dc.seed, val_given)
     del sentences
     cache_dir = cache_dir_of(cfg)
-    stem = Path(dc.train).stem
+    stem = Path(train).stem
     train_vectors = embed_corpus(train_texts, encoder, cache_dir, f"{stem}-train", show_progress=show_progress)
     val_vectors = np.asarray(embed_corpus(val_texts, encoder, cache_dir, f"{stem}-val", show_progress=False))
     return TrainingData(train_texts, val_texts, train_vectors, val_vectors)
@@ -75,15 +75,16 @@ def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True) -> Tr
 def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> TrainingData:
     """The (sentence, hypothesis) pairs of ``data.train`` and ``data.hypotheses``, split and embedded."""
     dc = cfg.data
+    train = dc.check_train()
     if not dc.hypotheses:
         raise V2TError("training.role=corrector needs data.hypotheses: the `lora-v2t invert --texts DATA.TRAIN` "
                        "JSONL of its hypothesizer (see lora_v2t.train.pairs)")
-    targets = read_rows(dc.train, "corpus (data.train)")
-    hypothesizer = check_hypotheses_source(Path(dc.hypotheses), Path(dc.train), len(targets))
+    targets = read_rows(train, "corpus (data.train)")
+    hypothesizer = check_hypotheses_source(Path(dc.hypotheses), Path(train), len(targets))
     hypotheses = read_hypotheses(Path(dc.hypotheses), len(targets))
     if hypothesizer is not None:
         check_unseen(targets, hypothesizer)
-    pairs = [(t, h) for t, h in zip(targets, hypotheses) if h and h.strip()]
+    pairs = [(t, h) for t, h in zip(targets, hypotheses, strict=True) if h and h.strip()]
     logger.info("corrector pairs: %d of %d sentences have a hypothesis", len(pairs), len(targets))
     if len(pairs) <= dc.val_size:
         raise V2TError(f"{len(pairs)} sentence/hypothesis pairs, not more than data.val_size={dc.val_size}: invert "
@@ -91,7 +92,7 @@ def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> Train
     random.Random(dc.seed).shuffle(pairs)
     if dc.max_sentences is not None:
         pairs = pairs[:dc.val_size + dc.max_sentences]
-    cache_dir, stem = cache_dir_of(cfg), Path(dc.train).stem
+    cache_dir, stem = cache_dir_of(cfg), Path(train).stem
     parts = {}
     for split, chunk in (("val", pairs[:dc.val_size]), ("train", pairs[dc.val_size:])):
         texts, contexts = [t for t, _ in chunk], [h for _, h in chunk]
@@ -129,7 +130,7 @@ def check_unseen(targets: list[str], hypothesizer: Path) -> None:
                        "cannot check that the corrector's sentences are unseen", hypothesizer)
         return
     data = DataConfig(**sample)
-    seen = seen_sentences(data, read_sentences(data.train, data.min_chars, data.max_chars)[0])
+    seen = seen_sentences(data, read_sentences(sample["train"], data.min_chars, data.max_chars)[0])
     leaked = [t for t in targets if t in seen]
     if leaked:
         raise V2TError(f"{len(leaked)} of the corrector's sentences were in hypothesizer {hypothesizer}'s training "
@@ -163,8 +164,7 @@ def unseen_sentences(cfg: RunConfig, count: int | None = None) -> list[str]:
     """Sentences of ``data.train`` that a hypothesizer trained with ``cfg`` never saw: neither in its training
     sample nor in its validation set (nor equal to a sentence that is); a seeded sample of ``count`` of them."""
     dc = cfg.data
-    dc.check_train()
-    sentences, _ = read_sentences(dc.train, dc.min_chars, dc.max_chars)
+    sentences, _ = read_sentences(dc.check_train(), dc.min_chars, dc.max_chars)
     seen = seen_sentences(cfg.data, sentences)
     unseen = list(dict.fromkeys(s for s in sentences if s not in seen))
     random.Random(dc.seed + 1).shuffle(unseen)

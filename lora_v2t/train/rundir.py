@@ -137,7 +137,9 @@ class RunDirLock:
     process, however it ends): a second run into the same folder fails at once, naming this one's pid."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.lock, self.created = run_dir, None, []
+        self.run_dir = run_dir
+        self.lock: FileLock | None = None
+        self.created: list[Path] = []
 
     def acquire(self) -> None:
         self.created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]  # deepest first

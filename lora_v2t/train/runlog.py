@@ -51,7 +51,8 @@ class RunLog:
         if not self.writes or not self.metrics_file.exists():
             return
         lines = split_lines(self.metrics_file.read_text(encoding="utf-8", errors="replace"))
-        kept = [line for line, row in zip(lines, map(_row, lines)) if row is not None and row["step"] <= step]
+        kept = [line for line, row in zip(lines, map(_row, lines), strict=True)
+                if row is not None and row["step"] <= step]
         if len(kept) < len(lines):
             atomic_write(self.metrics_file, "".join(line + "\n" for line in kept))
             logger.info("%s: dropped %d line(s) past step %d or cut short; the resumed run logs from step %d on",
@@ -83,9 +84,9 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     val = [(r["step"], r["val_loss"]) for r in rows if r.get("kind") == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), label="train", alpha=0.7)
+        ax.plot(*zip(*train, strict=True), label="train", alpha=0.7)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation")
+        ax.plot(*zip(*val, strict=True), "o-", label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(out.parent.name)

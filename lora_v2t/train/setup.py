@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import RunConfig
 from ..model.backbone import cpu_has_bf16_units, pick_device
 from ..util.errors import V2TError
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
 
 
 def training_device(spec: str | None) -> torch.device | None:
@@ -69,7 +73,7 @@ def _check_tensorboard(cfg: RunConfig) -> None:
             raise V2TError("training.tensorboard=true needs the tensorboard package: pip install tensorboard")
 
 
-def make_optimizer(v2t, tc):
+def make_optimizer(v2t: Vector2Text, tc):
     """AdamW over the LoRA weights (``training.lr``) and the projector (``training.projector_lr``), with
     linear warm-up and a cosine decay to ``min_lr_ratio``."""
     from transformers import get_cosine_with_min_lr_schedule_with_warmup

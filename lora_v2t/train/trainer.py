@@ -36,7 +36,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 
 from ..config import RunConfig
-from ..model.encoders import load_encoder
+from ..model.encoders import Encoder, load_encoder
 from ..model.loss import SubsetLoss
 from ..model.vector2text import Vector2Text
 from ..train.checkpoint import (
@@ -95,7 +95,7 @@ class Trainer:
         self.resume_from: Path | None = None  # decided by claim_run_dir()
         self.finished: Path | None = None  # final/ of a run resumed with nothing left to do, by claim_run_dir()
         self.run_lock = RunDirLock(self.run_dir)
-        self.data_files = None
+        self.data_files: dict[str, str | None] | None = None
         check_paths(cfg, self.run_dir)
         _check_tensorboard(cfg)
         self.device = training_device(cfg.backbone.device)
@@ -161,7 +161,7 @@ class Trainer:
     def prepare_data(self) -> None:
         """Read and embed the corpus (the main process fills the cache, then the others read it)."""
         with self.accelerator.main_process_first():
-            self.encoder = load_encoder(self.cfg.encoder.spec)
+            self.encoder: Encoder | None = load_encoder(self.cfg.encoder.spec)
             data = prepare_data(self.cfg, self.encoder, self.show_progress)
         self.train_texts, self.val_texts = data.train_texts, data.val_texts
         self.train_vectors, self.val_vectors = data.train_vectors, data.val_vectors
@@ -175,8 +175,8 @@ class Trainer:
         self.v2t = v2t = Vector2Text.from_config(cfg, encoder=self.encoder, device=str(device))
         self.release_encoder()
         if self.accelerator.mixed_precision in ("bf16", "fp16"):  # the precision the adapter learns in
-            v2t.meta.precision["compute_dtype"] = "bfloat16" if self.accelerator.mixed_precision == "bf16" \
-                else "float16"
+            v2t.meta.precision = (v2t.meta.precision or {}) | {
+                "compute_dtype": "bfloat16" if self.accelerator.mixed_precision == "bf16" else "float16"}
         v2t.meta.generation = asdict(cfg.generation)
         if tc.role == "corrector":  # it reads hypotheses cut as in training
             v2t.meta.context_tokens = cfg.data.max_tokens
@@ -337,7 +337,7 @@ class Trainer:
                 acc.backward(loss / tc.grad_accum)
             step_loss += loss.detach() / tc.grad_accum
             self.state.sentences_seen += sentences
-        step_loss = (acc.reduce(step_loss, "mean") if acc.num_processes > 1 else step_loss).item()  # all ranks'
+        step_loss = float(acc.reduce(step_loss, "mean") if acc.num_processes > 1 else step_loss)  # all ranks'
         if not math.isfinite(step_loss):
             raise V2TError(f"the loss became {step_loss} at step {self.state.step + 1}: lower training.lr / "
                            "training.projector_lr")
@@ -358,7 +358,8 @@ class Trainer:
         state.elapsed_s = self.base_elapsed + time.perf_counter() - self.clock
         self.window.add(step_loss)
         timed = tc.max_minutes is not None  # see progress_bar
-        self.bar.update(min(round(state.elapsed_s), round(tc.max_minutes * 60)) - self.bar.n if timed else 1)
+        self.bar.update(1 if tc.max_minutes is None else min(round(state.elapsed_s), round(tc.max_minutes * 60))
+                        - self.bar.n)
         self.bar.set_postfix_str(f"step {state.step}, loss {step_loss:.3f}" if timed else f"loss={step_loss:.3f}")
         if state.step % tc.log_every == 0:
             self.log.append({"kind": "train", "step": state.step, "loss": self.window.mean_loss,
@@ -384,11 +385,11 @@ class Trainer:
         parts = [f"step {state.step}"] + ([f"loss {train_loss:.3f}"] if train_loss is not None else [])
         parts += [f"val {val_loss:.3f}"] + ([f"{ms_per_step:.0f} ms/step"] if ms_per_step is not None else [])
         logger.info(" | ".join(parts))
-        for original, generated in zip(self.val_texts[:n], samples):
+        for original, generated in zip(self.val_texts[:n], samples, strict=True):
             logger.info("    %s ==> %s", original, generated)
         record = {"kind": "eval", "step": state.step, "val_loss": val_loss, "train_loss": train_loss,
                   "sentences_seen": state.sentences_seen, "elapsed_s": round(state.elapsed_s, 1),
-                  "samples": [{"text": t, "generated": g} for t, g in zip(self.val_texts[:n], samples)]}
+                  "samples": [{"text": t, "generated": g} for t, g in zip(self.val_texts[:n], samples, strict=True)]}
         self.log.append(record)
         self.log.plot()
         self.last_eval = record

@@ -115,7 +115,7 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[Path], object],
     tmp = temporary_sibling(path)
     try:
         with no_space_is_one_line(path, needed, advice):
-            if needed is None:
+            if not isinstance(payload, bytes):
                 payload(tmp)
             else:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -9,13 +9,14 @@ new one instead. Where ``fcntl`` does not exist (Windows) nothing is locked.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from .errors import V2TError
 
-try:
+if sys.platform != "win32":
     import fcntl
-except ImportError:  # pragma: no cover - not POSIX
+else:  # pragma: no cover - not POSIX
     fcntl = None
 
 

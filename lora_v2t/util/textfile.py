@@ -124,13 +124,14 @@ def read_rows(path: str | Path, what: str = "file", fix: str = SENTENCES) -> lis
     if undecodable:
         raise V2TError(f"{what} {path}: line(s) {undecodable[:5]} are not UTF-8: convert the file to UTF-8 (rows "
                        "are numbered by line)")
-    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    rows = [line for line in lines if line is not None]  # all of them: none is undecodable
+    blank = [i + 1 for i, line in enumerate(rows) if not line.strip()]
     if len(blank) == len(lines):
         raise V2TError(f"{what} {path} is empty: it has no non-blank line; give one sentence per line")
     if blank:
         raise V2TError(f"{what} {path}: line(s) {blank[:5]} are blank: every line must be a sentence (rows are "
                        "numbered by line), remove them")
-    return lines
+    return rows
 
 
 def header_names(lines: list[str | None], path: Path, what: str = "file") -> list[str]:
