@@ -16,6 +16,7 @@ from ..train.checkpoint import RUN_FOLDER, check_same_recipe, list_checkpoints, 
 from ..util.errors import V2TError
 from ..util.files import temporary_of
 from ..util.locks import FileLock, LockBusy
+from ..util.textfile import refuse_special
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
         if os.path.isdir(path):
             raise V2TError(f"corpus {path} ({key}) is a folder, not a file: give a UTF-8 text file with one sentence "
                            "per line")
+        refuse_special(path, "corpus", f" ({key})")
         if not os.path.isfile(path):
             raise V2TError(f"corpus {path} ({key}) does not exist: give a UTF-8 text file with one sentence per line")
         if not os.access(path, os.R_OK):
