@@ -73,8 +73,9 @@ def test_a_restart_with_another_adapter_or_options_is_refused(v2t, bundle, vecto
     invert_file(v2t, InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}), bundle,
                 show_progress=False)
     before = out.read_bytes()
-    with pytest.raises(V2TError, match="was written with another decoding"):
+    with pytest.raises(V2TError, match=r"was written with another decoding: max_new_tokens 4, now 5: ") as refused:
         prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 5}), bundle)
+    assert "num_beams" not in str(refused.value)  # only what changed is named
     with pytest.raises(V2TError, match="was written with another dtype"):  # a restart on a bf16 CPU, say
         prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="bfloat16"), bundle)
     with pytest.raises(V2TError, match="asks for dtype bfloat16 but the base was loaded in float32"):

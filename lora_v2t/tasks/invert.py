@@ -217,8 +217,16 @@ def check_identity(saved: dict, identity: dict, job: InvertJob, source: Source |
             raise V2TError(f"{out} was written from another content of {job.source} (the file changed since): "
                            f"choose another --out, or delete {out} and {meta.name} to start over")
         if saved.get(key) != value:
-            raise V2TError(f"{out} was written with another {key} ({saved.get(key)!r}, now {value!r}): choose "
-                           f"another --out, or delete {out} and {meta.name} to start over")
+            raise V2TError(f"{out} was written with another {_changed(key, saved.get(key), value)}: choose another "
+                           f"--out, or delete {out} and {meta.name} to start over")
+
+
+def _changed(key: str, was, now) -> str:
+    """What changed of ``key``: the options that differ, for a dict of options (the decoding), else both values."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        keys = [k for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
+        return f"{key}: " + ", ".join(f"{k} {was.get(k)!r}, now {now.get(k)!r}" for k in keys)
+    return f"{'number of source rows' if key == 'rows' else key} ({was!r}, now {now!r})"
 
 
 def output_folder(out: str | Path) -> Path:
