@@ -876,6 +876,18 @@ def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, tiny_bac
     assert stamps() == before
 
 
+def test_the_cli_says_a_finished_run_saved_nothing(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
+    args = ["train", str(RECIPE), f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+            f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
+            f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=2", "--training.save_every=2",
+            "--training.eval_every=2", "--no-progress"]
+    assert main(args) == 0
+    assert "adapter saved to" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "adapter saved to" not in out and f"adapter (unchanged): {tmp_path / 'runs'}" in out
+
+
 def test_a_refused_run_leaves_no_folder_behind(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
     args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
             f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={corpus}", "--data.val_size=4"]

@@ -81,12 +81,26 @@ def cmd_train(args) -> int:
     from ..train.trainer import train
 
     cfg = load_config(args.recipe, args.overrides)
+    before = _bundle_stamp(Path(args.resume) / "final" if isinstance(args.resume, str) else None, cfg)
     final = train(cfg, resume=args.resume, show_progress=not args.no_progress)
     if _process_rank() != 0:  # with several processes, the main one reports
         return 0
-    print(f"adapter saved to {final}\nload it with:  from lora_v2t import load_adapter; "
-          f"v2t = load_adapter({str(final)!r})")
+    saved = "adapter (unchanged):" if before is not None and _bundle_stamp(final) == before else \
+        "adapter saved to"
+    print(f"{saved} {final}\nload it with:  from lora_v2t import load_adapter; v2t = load_adapter({str(final)!r})")
     return 0
+
+
+def _bundle_stamp(final: Path | None, cfg=None):
+    """Inode and mtime of ``final``'s (or the recipe's run's final/) v2t_config.json (None: none): a bundle is written
+    anew and renamed into place, so an unchanged stamp means a finished run saved nothing."""
+    from ..train.rundir import run_dir_of
+
+    path = (final or run_dir_of(cfg) / "final") / "v2t_config.json"
+    try:
+        return path.stat().st_ino, path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def cmd_embed(args) -> int:
