@@ -888,6 +888,19 @@ def test_the_cli_says_a_finished_run_saved_nothing(tmp_path, tiny_backbone_dir, 
     assert "adapter saved to" not in out and f"adapter (unchanged): {tmp_path / 'runs'}" in out
 
 
+@pytest.mark.parametrize("content", [None, b"\x89PNG\r\n\x1a\n\x00\x01\x02"])
+def test_embed_reads_the_corpus_before_loading_the_encoder(tmp_path, tiny_backbone_dir, content, capsys,
+                                                           monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    if content is not None:
+        corpus.write_bytes(content)
+    monkeypatch.setattr("lora_v2t.train.pairs.load_encoder",
+                        lambda *a, **k: pytest.fail("the encoder was loaded before the corpus was read"))
+    assert main(["embed", str(RECIPE), f"--backbone.name={tiny_backbone_dir}", f"--data.train={corpus}",
+                 f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: corpus {corpus} ")
+
+
 def test_a_refused_run_leaves_no_folder_behind(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
     args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
             f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={corpus}", "--data.val_size=4"]
