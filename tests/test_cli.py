@@ -344,3 +344,11 @@ def test_decoding_options_are_made_from_the_generation_config_fields(capsys, com
         assert getattr(args, f.name) == (32 if (command, f.name) == ("evaluate", "batch_size") else None)
     full = build_parser().parse_args([command, "--adapter", "x", *given, "--full-vocab", "--max-new-tokens", "7"])
     assert full.restrict_vocab is False and full.max_new_tokens == 7
+
+
+def test_heldout_refuses_an_out_that_names_a_folder(tmp_path, capsys):
+    (tmp_path / "dir").mkdir()
+    for out in (f"{tmp_path / 'new'}/", str(tmp_path / "dir")):
+        assert main(["heldout", "recipes/tiny_debug.yaml", "--out", out]) == 2
+        assert capsys.readouterr().err.startswith(f"error: --out {out} ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"] and not any((tmp_path / "dir").iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import textwrap
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def _add_heldout_command(sub) -> None:
                     "overrides as train.")
     held.add_argument("recipe", type=Path, help="the hypothesizer's recipe YAML, with the overrides it ran with")
     held.add_argument("--count", type=int, help="at most this many sentences (>= 1; default: all of them)")
-    held.add_argument("--out", type=Path, required=True, help="text file to write, one sentence per line (new)")
+    held.add_argument("--out", required=True, help="text file to write, one sentence per line (new)")
     held.set_defaults(func=cmd_heldout)
 
 
@@ -120,7 +121,10 @@ def cmd_heldout(args) -> int:
 
     if args.count is not None and args.count < 1:
         raise V2TError(f"--count must be >= 1, got {args.count}")
-    if args.out.exists():
+    if args.out.endswith(("/", os.sep)) or os.path.isdir(args.out):
+        raise V2TError(f"--out {args.out} names a folder: give the text file to write (e.g. {args.out.rstrip('/')}"
+                       "/heldout.txt)")
+    if os.path.exists(args.out):
         raise V2TError(f"{args.out} exists: choose a new file (it is never overwritten)")
     cfg = load_config(args.recipe, args.overrides)
     if cfg.training.role != "hypothesizer":
@@ -130,8 +134,8 @@ def cmd_heldout(args) -> int:
     if not sentences:
         raise V2TError(f"every sentence of {cfg.data.train} is in the recipe's training sample or validation set: "
                        "train the hypothesizer with data.max_sentences below the corpus size")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, "\n".join(sentences) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(args.out), "\n".join(sentences) + "\n")
     print(f"wrote {len(sentences)} unseen sentences of {cfg.data.train} to {args.out}")
     return 0
 
