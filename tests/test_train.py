@@ -914,3 +914,17 @@ def test_a_refused_run_leaves_no_folder_behind(tmp_path, tiny_backbone_dir, tiny
                  f"--data.train={empty}"]) == 2
     assert "is empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "empty.txt"]
+
+
+def test_lora_v2t_home_naming_a_file_is_named_as_the_cause(tmp_path, monkeypatch):
+    from lora_v2t.config import load_config
+    from lora_v2t.train.rundir import check_paths, run_dir_of
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Где лодка?\n", encoding="utf-8")
+    (tmp_path / "home").write_text("not a folder")
+    monkeypatch.setenv("LORA_V2T_HOME", str(tmp_path / "home"))
+    cfg = load_config("recipes/tiny_debug.yaml", [f"--data.train={corpus}", "--backbone.name=openai-community/gpt2"])
+    with pytest.raises(V2TError, match=r"is a file, not a folder; it comes from LORA_V2T_HOME=.*home: point "
+                                       r"LORA_V2T_HOME at a folder, or set training\.output_dir"):
+        check_paths(cfg, run_dir_of(cfg))
