@@ -365,3 +365,9 @@ def test_the_info_chatter_of_faiss_and_sentence_transformers_is_hidden(bundle, c
         logging.getLogger("sentence_transformers.SentenceTransformer").info("No device provided, using cpu")
         logging.getLogger("faiss.loader").warning("a faiss warning")
     assert "swigfaiss" not in caplog.text and "No device" not in caplog.text and "a faiss warning" in caplog.text
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan", "inf"])
+def test_demo_minutes_out_of_range_is_one_line_naming_the_option(minutes, capsys, no_model_load):
+    assert main(["demo", "--minutes", minutes]) == 2
+    assert capsys.readouterr().err == f"error: --minutes must be a positive number of minutes, got {float(minutes)}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import textwrap
 from pathlib import Path
@@ -143,8 +144,8 @@ def cmd_heldout(args) -> int:
 def cmd_demo(args) -> int:
     from ..demo import DemoConfig, run_demo
 
-    if args.minutes <= 0:
-        raise V2TError("--minutes must be positive")
+    if not math.isfinite(args.minutes) or args.minutes <= 0:  # nan and inf reached the recipe's max_minutes
+        raise V2TError(f"--minutes must be a positive number of minutes, got {args.minutes}")
     run_demo(DemoConfig(minutes=args.minutes, corpus=args.corpus, output_dir=args.output_dir,
                         show_progress=not args.no_progress))
     return 0
