@@ -273,3 +273,17 @@ def test_an_adapters_role_is_a_hypothesizer_unless_it_says_otherwise():
 
     assert role_of({}) == role_of({"role": None}) == role_of({"role": "hypothesizer"}) == "hypothesizer"
     assert role_of({"role": "corrector"}) == "corrector"
+
+
+@pytest.mark.parametrize("content", ["Эй, Макси: что ты скажешь!\nГде: лодка: здесь?\n", "Где лодка?\nКошка спит.\n"])
+def test_a_corpus_given_as_the_recipe_is_told_where_it_goes(tmp_path, content):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(content, encoding="utf-8")
+    with pytest.raises(V2TError, match=rf"a recipe is a YAML file of sections \(see recipes/\); a corpus goes in "
+                                       rf"--data\.train={corpus}$"):
+        load_config(corpus)
+
+
+def test_an_empty_override_value_is_called_empty():
+    with pytest.raises(V2TError, match=r"training\.run_name must be str, got nothing \(an empty value\)"):
+        load_config(None, ["--training.run_name="])
