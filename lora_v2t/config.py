@@ -299,7 +299,7 @@ def _coerce(value, hint, where: str):
     if hint is type(None) or value is None:
         if value is None and (hint is type(None) or type(None) in args):
             return None
-        raise V2TError(f"{where} must be {_type_name(hint)}, got null")
+        raise V2TError(f"{where} must be {_type_name(hint)}, got nothing (an empty value)")
     if type(None) in args:  # X | None with a value
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
@@ -399,7 +399,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise V2TError(f"recipe {path} does not exist")
         data = read_recipe(path)
         if not isinstance(data, dict):
-            raise V2TError(f"recipe {path} must be a mapping of sections")
+            raise V2TError(f"recipe {path} must be a mapping of sections{_not_a_recipe(path)}")
     for section, values in parse_overrides(overrides or []).items():
         if isinstance(data.get(section), dict):
             data[section] = {**data[section], **values}
@@ -424,7 +424,14 @@ def read_recipe(path: Path):
         raise V2TError(f"recipe {path} is not a text file: it holds the control character #x{exc.character:x} at "
                        f"character {exc.position}; a recipe is a YAML text file (see recipes/)") from exc
     except yaml.YAMLError as exc:
-        raise V2TError(f"recipe {path} is not valid YAML: {yaml_problem(exc)}") from exc
+        raise V2TError(f"recipe {path} is not valid YAML: {yaml_problem(exc)}{_not_a_recipe(path)}") from exc
+
+
+def _not_a_recipe(path: Path) -> str:
+    """Where a file that is no recipe, and not named like one (a corpus, say), goes instead."""
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        return ""
+    return f"; a recipe is a YAML file of sections (see recipes/); a corpus goes in --data.train={path}"
 
 
 def yaml_problem(exc) -> str:

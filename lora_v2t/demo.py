@@ -32,6 +32,7 @@ from .config import (
     TrainingConfig,
 )
 from .model.backbone import checkpoints_dir
+from .train.data import read_sentences
 from .train.rundir import check_paths, run_dir_of
 from .util.textfile import split_lines
 
@@ -90,6 +91,8 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     recipe = demo_recipe(cfg)
     check_paths(recipe, run_dir_of(recipe))  # the corpus, the backbone and the run folder, before any model loads
+    if cfg.corpus:  # the user's corpus is read once before too: its encoding or line ends may not do
+        read_sentences(cfg.corpus, recipe.data.min_chars, recipe.data.max_chars)
     held_out = [s for s in split_lines(HELD_OUT.read_text(encoding="utf-8")) if s.strip()]
     start = time.perf_counter()
     shipped = Path(cfg.shipped) if cfg.shipped and Path(cfg.shipped, "v2t_config.json").is_file() else None

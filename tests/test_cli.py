@@ -357,3 +357,30 @@ def test_decoding_options_are_made_from_the_generation_config_fields(capsys, com
         assert getattr(args, f.name) == (32 if (command, f.name) == ("evaluate", "batch_size") else None)
     full = build_parser().parse_args([command, "--adapter", "x", *given, "--full-vocab", "--max-new-tokens", "7"])
     assert full.restrict_vocab is False and full.max_new_tokens == 7
+
+
+def test_heldout_refuses_an_out_that_names_a_folder(tmp_path, capsys):
+    (tmp_path / "dir").mkdir()
+    for out in (f"{tmp_path / 'new'}/", str(tmp_path / "dir")):
+        assert main(["heldout", "recipes/tiny_debug.yaml", "--out", out]) == 2
+        assert capsys.readouterr().err.startswith(f"error: --out {out} ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"] and not any((tmp_path / "dir").iterdir())
+
+
+def test_the_info_chatter_of_faiss_and_sentence_transformers_is_hidden(bundle, caplog):
+    """faiss's loader says at INFO which CPU build it tried (a ModuleNotFoundError on CPUs without AVX2) and
+    sentence-transformers which device it picked: every audit and encoding printed it; their warnings still show."""
+    import logging
+
+    assert main(["info", str(bundle)]) == 0
+    with caplog.at_level("INFO"):
+        logging.getLogger("faiss.loader").info("ModuleNotFoundError(\"No module named 'faiss.swigfaiss_avx2'\")")
+        logging.getLogger("sentence_transformers.SentenceTransformer").info("No device provided, using cpu")
+        logging.getLogger("faiss.loader").warning("a faiss warning")
+    assert "swigfaiss" not in caplog.text and "No device" not in caplog.text and "a faiss warning" in caplog.text
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1", "nan", "inf"])
+def test_demo_minutes_out_of_range_is_one_line_naming_the_option(minutes, capsys, no_model_load):
+    assert main(["demo", "--minutes", minutes]) == 2
+    assert capsys.readouterr().err == f"error: --minutes must be a positive number of minutes, got {float(minutes)}\n"

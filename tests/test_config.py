@@ -279,3 +279,17 @@ def test_an_adapters_role_is_a_hypothesizer_unless_it_says_otherwise():
     data.pop("role", None)
     assert DEFAULT_ROLE == "hypothesizer" and BundleConfig.from_dict(data, file).role == "hypothesizer"
     assert BundleConfig.from_dict(data | {"role": "corrector"}, file).role == "corrector"
+
+
+@pytest.mark.parametrize("content", ["Эй, Макси: что ты скажешь!\nГде: лодка: здесь?\n", "Где лодка?\nКошка спит.\n"])
+def test_a_corpus_given_as_the_recipe_is_told_where_it_goes(tmp_path, content):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(content, encoding="utf-8")
+    with pytest.raises(V2TError, match=rf"a recipe is a YAML file of sections \(see recipes/\); a corpus goes in "
+                                       rf"--data\.train={corpus}$"):
+        load_config(corpus)
+
+
+def test_an_empty_override_value_is_called_empty():
+    with pytest.raises(V2TError, match=r"training\.run_name must be str, got nothing \(an empty value\)"):
+        load_config(None, ["--training.run_name="])

@@ -102,3 +102,17 @@ def test_a_missing_corpus_or_a_file_as_backbone_is_refused_before_anything_loads
     with pytest.raises(V2TError, match="backbone '.*model.safetensors' is a file; give a model folder, a .gguf file"):
         run_demo(DemoConfig(backbone=str(weights), corpus=str(corpus_file(tmp_path)), output_dir=str(tmp_path)))
     assert not (tmp_path / DEMO_RUN).exists()
+
+
+def test_a_corpus_that_cannot_be_read_is_refused_before_anything_loads(tmp_path, monkeypatch, capsys):
+    from lora_v2t.cli import main
+
+    from .conftest import refuse_calls
+
+    for target in ("lora_v2t.model.backbone.convert_offline_gemma", "lora_v2t.bundle.loading.load_adapter",
+                   "lora_v2t.model.backbone.load_backbone"):
+        refuse_calls(monkeypatch, target, "a model was loaded")
+    corpus = tmp_path / "mac.txt"
+    corpus.write_bytes("Где лодка?\rКошка спит.\r".encode())
+    assert main(["demo", "--corpus", str(corpus), "--output-dir", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: corpus {corpus} ends its lines with a carriage return alone")

@@ -64,7 +64,7 @@ def test_tsv_columns_and_missing_columns(tmp_path):
     assert data.references == ["Где лодка?", "Кошка спит."]
     with pytest.raises(V2TError, match="has no column 'german'; its columns are: english, russian"):
         read_eval_file(path, source_column="german", target_column="russian", header=True)
-    with pytest.raises(V2TError, match="has no column 2; its columns are 0, 1"):
+    with pytest.raises(V2TError, match="line 1 has no column 2; it has 0, 1 "):
         read_eval_file(path, source_column=0, target_column=2)
     with pytest.raises(V2TError, match="does not exist"):
         read_eval_file(tmp_path / "nope.tsv")
@@ -355,3 +355,12 @@ def test_outputs_holding_newlines_and_tabs_stay_one_row_of_sentences_tsv(v2t, tm
     rows = split_lines(data)
     assert data.count("\n") == len(rows) == 4
     assert [unescape_tsv(row.split("\t")[2]) for row in rows[1:]] == ["a\nb", "c\td\\e", "f\r\u2028g"]
+
+
+def test_a_tsv_line_without_the_column_is_named_by_its_number(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("en\tru\nHello\tПривет\nBoat\nCat\tКошка\n", encoding="utf-8")
+    with pytest.raises(V2TError, match=r"pairs\.tsv: line 3 has no column 1; it has 0 "):
+        read_eval_file(path, source_column=0, target_column=1)
+    with pytest.raises(V2TError, match=r"pairs\.tsv: line 3 has no column 'ru'; it has en "):
+        read_eval_file(path, source_column="en", target_column="ru", header=True)

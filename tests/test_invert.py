@@ -73,8 +73,9 @@ def test_a_restart_with_another_adapter_or_options_is_refused(v2t, bundle, vecto
     invert_file(v2t, InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}), bundle,
                 show_progress=False)
     before = out.read_bytes()
-    with pytest.raises(V2TError, match="was written with another decoding"):
+    with pytest.raises(V2TError, match=r"was written with another decoding: max_new_tokens 4, now 5: ") as refused:
         prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 5}), bundle)
+    assert "num_beams" not in str(refused.value)  # only what changed is named
     with pytest.raises(V2TError, match="was written with another dtype"):  # a restart on a bf16 CPU, say
         prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="bfloat16"), bundle)
     with pytest.raises(V2TError, match="asks for dtype bfloat16 but the base was loaded in float32"):
@@ -328,3 +329,38 @@ def test_an_output_begun_before_whole_files_were_hashed_is_checked_as_it_was(v2t
     np.save(vectors_file, np.load(vectors_file)[::-1].copy())
     with pytest.raises(V2TError, match="was written from another content of"):
         prepare_job(job, bundle)
+
+
+@pytest.mark.parametrize("edit", ["drop", "swap", "repeat"])
+def test_an_output_with_rows_missing_out_of_order_or_repeated_is_refused(v2t, bundle, vectors_file, tmp_path, edit):
+    out = tmp_path / "out.jsonl"
+    job = InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4})
+    invert_file(v2t, job, bundle, show_progress=False)
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    edited = "".join({"drop": lines[:4] + lines[5:], "swap": [lines[1], lines[0]] + lines[2:],
+                      "repeat": lines[:5] + lines[4:]}[edit])
+    out.write_text(edited, encoding="utf-8")
+    with pytest.raises(V2TError, match=r"out\.jsonl: its rows are not those .*(missing|out of order or repeated)"):
+        invert_file(v2t, job, bundle, show_progress=False)
+    assert out.read_text(encoding="utf-8") == edited  # left as it was
+
+
+def test_the_rows_skipped_for_nan_are_no_gap_on_a_rerun(v2t, bundle, tmp_path):
+    vectors = v2t.encode(SENTENCES[:5])
+    vectors[[1, 4], 0] = np.nan
+    np.save(tmp_path / "v.npy", vectors)
+    job = InvertJob(str(tmp_path / "v.npy"), str(tmp_path / "o.jsonl"), on_nan="skip", options={"max_new_tokens": 4})
+    invert_file(v2t, job, bundle, show_progress=False)
+    counts = invert_file(v2t, job, bundle, show_progress=False)
+    assert counts["written"] == 0 and [r["index"] for r in rows_of(tmp_path / "o.jsonl")] == [0, 2, 3]
+
+
+def test_a_job_takes_paths_and_refuses_a_batch_size_that_is_not_an_integer(v2t, bundle, vectors_file, tmp_path):
+    counts = invert_file(v2t, InvertJob(vectors_file, tmp_path / "o.jsonl", options={"max_new_tokens": 4}), bundle,
+                         show_progress=False)
+    assert counts["written"] == len(SENTENCES) and (tmp_path / "o.jsonl.meta.json").is_file()
+    for bad in ("8", 2.5, True):
+        with pytest.raises(V2TError, match=r"--batch-size must be an integer >= 1, got"):
+            InvertJob(str(vectors_file), str(tmp_path / "p.jsonl"), batch_size=bad)
+    with pytest.raises(V2TError, match=r"source must be a file path"):
+        InvertJob(3, str(tmp_path / "p.jsonl"))

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -162,6 +163,8 @@ def test_create_and_from_config_build_the_same_adapter(tiny_backbone_dir, tiny_e
     (torch.tensor([[float("nan")] * 24]), r"vector\(s\) \[0\] contain NaN or inf"),
     (torch.tensor([[1.0] * 23 + [float("inf")], [0.0] * 24]), r"\[0\] contain NaN or inf"),
     (torch.zeros(0, 24), "empty batch"),
+    ([], "empty batch"),  # not "dimension 0"
+    (np.zeros(0, dtype=np.float32), "empty batch"),
     (torch.zeros(2, 3, 24), "must have shape"),
     ([["a", "b"]], "numeric"),
     ([[0.1] * 24, [0.1] * 23], r"vectors are rows of different lengths \(24 and 23\): give N rows of 24 numbers"),

@@ -318,3 +318,20 @@ def test_postgres_server_that_does_not_answer_is_one_line_naming_host_and_port()
     with pytest.raises(V2TError, match=f"cannot connect to PostgreSQL at 127.0.0.1:{port} ") as caught:
         open_postgres(f"postgresql://nobody@127.0.0.1:{port}/db", pg_options())
     assert "\n" not in str(caught.value)
+
+
+def test_postgres_null_ids_are_refused_not_read_as_the_id_none(pg_uri):
+    import psycopg
+
+    x = unit_vectors(2)
+    with psycopg.connect(pg_uri, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE nullid (id int, e vector({DIM}))")
+        try:
+            conn.execute("INSERT INTO nullid VALUES (1, %s::vector), (NULL, %s::vector)",
+                         [str(x[0].tolist()), str(x[1].tolist())])
+            with pytest.raises(V2TError, match=r"--id-column id of PostgreSQL table nullid holds 1 NULL"):
+                open_postgres(pg_uri, SourceOptions(table="nullid", vector_column="e", id_column="id"))
+            with open_postgres(pg_uri, SourceOptions(table="nullid", vector_column="e")) as source:
+                assert source.read(np.arange(2)).ids == ["0", "1"]  # without --id-column: row numbers
+        finally:
+            conn.execute("DROP TABLE nullid")

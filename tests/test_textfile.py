@@ -111,3 +111,37 @@ def test_hypotheses_holding_line_separators_are_read_by_row(tmp_path):
     path.write_text("".join(json.dumps({"index": i, "text": t}, ensure_ascii=False) + "\n"
                             for i, t in enumerate(texts)), encoding="utf-8")
     assert read_hypotheses(path, 3) == texts
+
+
+@pytest.mark.parametrize("reader", [*READERS, "vectors"])
+def test_a_fifo_or_stdin_is_called_what_it_is(reader, tmp_path):
+    import os
+
+    read = READERS.get(reader, load_vectors_file)
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(V2TError, match=r"pipe\.txt is not a regular file \(a pipe, FIFO or device\): save it"):
+        read(fifo)  # no hang: a FIFO is never opened
+    with pytest.raises(V2TError, match=r"- \(standard input\) is not read: save it to a file"):
+        read("-")
+
+
+def test_a_fifo_corpus_is_called_what_it_is_before_training(tmp_path):
+    import os
+
+    from lora_v2t.config import load_config
+    from lora_v2t.train.rundir import check_paths
+
+    os.mkfifo(tmp_path / "pipe.txt")
+    cfg = load_config("recipes/tiny_debug.yaml", [f"--data.train={tmp_path / 'pipe.txt'}",
+                                                  "--backbone.name=openai-community/gpt2"])
+    with pytest.raises(V2TError, match=r"corpus .*pipe\.txt \(data\.train\) is not a regular file"):
+        check_paths(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_a_file_whose_lines_end_in_a_carriage_return_alone_is_called_so(reader, tmp_path):
+    path = tmp_path / "mac.txt"
+    path.write_bytes("Где лодка?\rКошка спит на диване.\rЗавтра будет дождь.\r".encode())
+    with pytest.raises(V2TError, match=r"mac\.txt ends its lines with a carriage return alone .*tr '\\r' '\\n'"):
+        READERS[reader](path)

@@ -877,6 +877,31 @@ def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, tiny_bac
     assert stamps() == before
 
 
+def test_the_cli_says_a_finished_run_saved_nothing(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
+    args = ["train", str(RECIPE), f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
+            f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
+            f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=2", "--training.save_every=2",
+            "--training.eval_every=2", "--no-progress"]
+    assert main(args) == 0
+    assert "adapter saved to" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "adapter saved to" not in out and f"adapter (unchanged): {tmp_path / 'runs'}" in out
+
+
+@pytest.mark.parametrize("content", [None, b"\x89PNG\r\n\x1a\n\x00\x01\x02"])
+def test_embed_reads_the_corpus_before_loading_the_encoder(tmp_path, tiny_backbone_dir, content, capsys,
+                                                           monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    if content is not None:
+        corpus.write_bytes(content)
+    monkeypatch.setattr("lora_v2t.train.pairs.load_encoder",
+                        lambda *a, **k: pytest.fail("the encoder was loaded before the corpus was read"))
+    assert main(["embed", str(RECIPE), f"--backbone.name={tiny_backbone_dir}", f"--data.train={corpus}",
+                 f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: corpus {corpus} ")
+
+
 def test_a_refused_run_leaves_no_folder_behind(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
     args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
             f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={corpus}", "--data.val_size=4"]
@@ -890,3 +915,17 @@ def test_a_refused_run_leaves_no_folder_behind(tmp_path, tiny_backbone_dir, tiny
                  f"--data.train={empty}"]) == 2
     assert "is empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "empty.txt"]
+
+
+def test_lora_v2t_home_naming_a_file_is_named_as_the_cause(tmp_path, monkeypatch):
+    from lora_v2t.config import load_config
+    from lora_v2t.train.rundir import check_paths, run_dir_of
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Где лодка?\n", encoding="utf-8")
+    (tmp_path / "home").write_text("not a folder")
+    monkeypatch.setenv("LORA_V2T_HOME", str(tmp_path / "home"))
+    cfg = load_config("recipes/tiny_debug.yaml", [f"--data.train={corpus}", "--backbone.name=openai-community/gpt2"])
+    with pytest.raises(V2TError, match=r"is a file, not a folder; it comes from LORA_V2T_HOME=.*home: point "
+                                       r"LORA_V2T_HOME at a folder, or set training\.output_dir"):
+        check_paths(cfg, run_dir_of(cfg))

@@ -14,7 +14,8 @@ from ..bundle.hub import resolve_adapter
 from ..config import DTYPES, INT8_THRESHOLD, QUANTIZATION_MODES, DType, Quantization, check_choice
 from ..model.backbone import compute_dtype, input_embedding_weight, load_backbone, pick_device, train_every_weight
 from ..model.encoders import load_encoder
-from ..model.vector2text import Vector2Text, check_adapter_name
+from ..model.lora import check_adapter_name
+from ..model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
 

@@ -58,6 +58,8 @@ def _quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for chatty in ("faiss", "sentence_transformers"):  # which CPU build, which device: INFO that asks nothing
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     for category, message, module in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import textwrap
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def _add_heldout_command(sub) -> None:
                     "overrides as train.")
     held.add_argument("recipe", type=Path, help="the hypothesizer's recipe YAML, with the overrides it ran with")
     held.add_argument("--count", type=int, help="at most this many sentences (>= 1; default: all of them)")
-    held.add_argument("--out", type=Path, required=True, help="text file to write, one sentence per line (new)")
+    held.add_argument("--out", required=True, help="text file to write, one sentence per line (new)")
     held.set_defaults(func=cmd_heldout)
 
 
@@ -81,12 +83,26 @@ def cmd_train(args) -> int:
     from ..train.trainer import train
 
     cfg = load_config(args.recipe, args.overrides)
+    before = _bundle_stamp(Path(args.resume) / "final" if isinstance(args.resume, str) else None, cfg)
     final = train(cfg, resume=args.resume, show_progress=not args.no_progress)
     if _process_rank() != 0:  # with several processes, the main one reports
         return 0
-    print(f"adapter saved to {final}\nload it with:  from lora_v2t import load_adapter; "
-          f"v2t = load_adapter({str(final)!r})")
+    saved = "adapter (unchanged):" if before is not None and _bundle_stamp(final) == before else \
+        "adapter saved to"
+    print(f"{saved} {final}\nload it with:  from lora_v2t import load_adapter; v2t = load_adapter({str(final)!r})")
     return 0
+
+
+def _bundle_stamp(final: Path | None, cfg=None):
+    """Inode and mtime of ``final``'s (or the recipe's run's final/) v2t_config.json (None: none): a bundle is written
+    anew and renamed into place, so an unchanged stamp means a finished run saved nothing."""
+    from ..train.rundir import run_dir_of
+
+    path = (final or run_dir_of(cfg) / "final") / "v2t_config.json"
+    try:
+        return path.stat().st_ino, path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def cmd_embed(args) -> int:
@@ -106,7 +122,10 @@ def cmd_heldout(args) -> int:
 
     if args.count is not None and args.count < 1:
         raise V2TError(f"--count must be >= 1, got {args.count}")
-    if args.out.exists():
+    if args.out.endswith(("/", os.sep)) or os.path.isdir(args.out):
+        raise V2TError(f"--out {args.out} names a folder: give the text file to write (e.g. {args.out.rstrip('/')}"
+                       "/heldout.txt)")
+    if os.path.exists(args.out):
         raise V2TError(f"{args.out} exists: choose a new file (it is never overwritten)")
     cfg = load_config(args.recipe, args.overrides)
     if cfg.training.role != "hypothesizer":
@@ -116,8 +135,8 @@ def cmd_heldout(args) -> int:
     if not sentences:
         raise V2TError(f"every sentence of {cfg.data.train} is in the recipe's training sample or validation set: "
                        "train the hypothesizer with data.max_sentences below the corpus size")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, "\n".join(sentences) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(args.out), "\n".join(sentences) + "\n")
     print(f"wrote {len(sentences)} unseen sentences of {cfg.data.train} to {args.out}")
     return 0
 
@@ -125,8 +144,8 @@ def cmd_heldout(args) -> int:
 def cmd_demo(args) -> int:
     from ..demo import DemoConfig, run_demo
 
-    if args.minutes <= 0:
-        raise V2TError("--minutes must be positive")
+    if not math.isfinite(args.minutes) or args.minutes <= 0:  # nan and inf reached the recipe's max_minutes
+        raise V2TError(f"--minutes must be a positive number of minutes, got {args.minutes}")
     run_demo(DemoConfig(minutes=args.minutes, corpus=args.corpus, output_dir=args.output_dir,
                         show_progress=not args.no_progress))
     return 0

@@ -6,6 +6,14 @@ from ..config import LoRAConfig
 from ..model.backbone import num_blocks
 from ..util.errors import V2TError
 
+
+def check_adapter_name(name) -> None:
+    """Refuse an adapter name that peft and torch cannot register (they take it as a module name): not a string,
+    empty, or with a '.'."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise V2TError(f"adapter name must be a non-empty string without '.', got {name!r}: e.g. name='demo'")
+
+
 # attention projections per architecture (the q/k/v/o of each attention block)
 LORA_TARGETS = {
     "gpt2": ["c_attn", "attn.c_proj"],

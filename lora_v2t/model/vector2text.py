@@ -48,7 +48,7 @@ from ..model.backbone import (
 from ..model.correct import CorrectionConfig, correct, reranked_start
 from ..model.encoders import Encoder, EncoderCache, check_texts, load_encoder
 from ..model.generate import Reranked, generate
-from ..model.lora import check_target_modules, make_lora_config
+from ..model.lora import check_adapter_name, check_target_modules, make_lora_config
 from ..model.loss import SubsetLoss
 from ..model.projector import PrefixProjector, embedding_rms, projector_input_dim
 from ..model.vocab import DecodingVocab, check_output_vocab
@@ -59,13 +59,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
-
-
-def check_adapter_name(name) -> None:
-    """Refuse an adapter name that peft and torch cannot register (they take it as a module name): not a string,
-    empty, or with a '.'."""
-    if not isinstance(name, str) or not name or "." in name:
-        raise V2TError(f"adapter name must be a non-empty string without '.', got {name!r}: e.g. name='demo'")
 
 
 class Vector2Text(nn.Module):

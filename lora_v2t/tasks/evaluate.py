@@ -70,11 +70,11 @@ def read_eval_file(path: str | Path, source_column: int | str | None = None, tar
                                                   column_index(target_column, names, path, "target"))
     skipped = {"empty": 0, "overlong": 0, "undecodable": 0}
     refs, srcs = [], []
-    for line in lines:
+    for number, line in enumerate(lines, start=2 if header else 1):
         if line is None:
             skipped["undecodable"] += 1
             continue
-        source, target = _fields(line, columns, names, path)
+        source, target = _fields(line, columns, names, path, number)
         if not source or not target:
             skipped["empty"] += 1
         elif len(source) > max_chars or len(target) > max_chars:
@@ -93,15 +93,18 @@ def read_eval_file(path: str | Path, source_column: int | str | None = None, tar
 TSV_COLUMNS = "give --source-column and --target-column (0-based indices, or names with --header) to read its columns"
 
 
-def _fields(line: str, columns: tuple[int, int] | None, names: list[str] | None, path: Path) -> tuple[str, str]:
-    """The (source, target) of a line: the line itself, or two of its tab-separated columns ('' for a blank)."""
+def _fields(line: str, columns: tuple[int, int] | None, names: list[str] | None, path: Path,
+            number: int = 0) -> tuple[str, str]:
+    """The (source, target) of line ``number``: the line itself, or two of its tab-separated columns ('' for a
+    blank)."""
     if columns is None or not line.strip():
         return line.strip(), line.strip()
     fields = line.split("\t")
     if max(columns) >= len(fields):
-        existing = ", ".join(names) if names else ", ".join(str(i) for i in range(len(fields)))
-        raise V2TError(f"{path}: a line has no column {max(columns)}; its columns are {existing} (0-based indices "
-                       "unless --header names them)")
+        missing = repr(names[max(columns)]) if names and max(columns) < len(names) else max(columns)
+        existing = ", ".join(names[:len(fields)] if names else (str(i) for i in range(len(fields))))
+        raise V2TError(f"{path}: line {number} has no column {missing}; it has {existing} (0-based indices unless "
+                       "--header names them): give every line the same columns")
     return fields[columns[0]].strip(), fields[columns[1]].strip()
 
 

@@ -59,12 +59,17 @@ class InvertJob:
     sample_proposals: bool = False  # the corrector samples its proposals
 
     def __post_init__(self):
+        for name in ("source", "out"):  # a Path is as good as a str
+            if not isinstance(getattr(self, name), (str, os.PathLike)):
+                raise V2TError(f"{name} must be a file path (str or Path), got {getattr(self, name)!r}")
+            setattr(self, name, os.fspath(getattr(self, name)))
         if Path(self.out).suffix not in FORMATS:
             raise V2TError(f"--out {self.out} must end in .jsonl or .tsv (the format of the rows)")
         if self.on_nan not in NAN_POLICIES:
             raise V2TError(f"--on-nan must be one of {list(NAN_POLICIES)}, got {self.on_nan!r}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise V2TError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise V2TError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
                                       or not 0 <= self.seed < SEED_LIMIT):
             raise V2TError(f"--seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
@@ -234,7 +239,7 @@ def prepare_output(job: InvertJob, identity: dict, source: Source | None = None)
         except OSError as exc:
             raise V2TError(f"cannot write {meta} ({exc.strerror or exc}): give an --out in a writable folder") \
                 from exc
-    return _resume_position(out)
+    return _resume_position(out, source)
 
 
 def check_identity(saved: dict, identity: dict, job: InvertJob, source: Source | None) -> None:
@@ -253,8 +258,16 @@ def check_identity(saved: dict, identity: dict, job: InvertJob, source: Source |
             raise V2TError(f"{out} was written from another content of {job.source} (the file changed since): "
                            f"choose another --out, or delete {out} and {meta.name} to start over")
         if saved.get(key) != value:
-            raise V2TError(f"{out} was written with another {key} ({saved.get(key)!r}, now {value!r}): choose "
-                           f"another --out, or delete {out} and {meta.name} to start over")
+            raise V2TError(f"{out} was written with another {_changed(key, saved.get(key), value)}: choose another "
+                           f"--out, or delete {out} and {meta.name} to start over")
+
+
+def _changed(key: str, was, now) -> str:
+    """What changed of ``key``: the options that differ, for a dict of options (the decoding), else both values."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        keys = [k for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
+        return f"{key}: " + ", ".join(f"{k} {was.get(k)!r}, now {now.get(k)!r}" for k in keys)
+    return f"{'number of source rows' if key == 'rows' else key} ({was!r}, now {now!r})"
 
 
 def output_folder(out: str | Path) -> Path:
@@ -291,8 +304,9 @@ def output_lock(out: str | Path):
         lock.release()
 
 
-def _resume_position(out: Path) -> int:
-    """The source row after the last complete row of OUT (0 for a new file); a trailing partial row is cut."""
+def _resume_position(out: Path, source: Source | None = None) -> int:
+    """The source row after the last complete row of OUT (0 for a new file); a trailing partial row is cut, and
+    rows out of order, repeated or missing (an edited or damaged OUT) are refused (see :func:`_check_rows`)."""
     if not out.exists() or out.stat().st_size == 0:
         if out.suffix == ".tsv":
             atomic_write(out, "index\ttext\tcosine\n", advice=ADVICE)
@@ -308,10 +322,34 @@ def _resume_position(out: Path) -> int:
     if not rows:
         return 0
     try:
-        return parse_row(out.suffix, rows[-1])[0] + 1
+        last = parse_row(out.suffix, rows[-1])[0]
     except (ValueError, KeyError, TypeError) as exc:
         raise V2TError(f"{out}: its last row is not one `lora-v2t invert` writes ({exc}): choose another --out, or "
                        f"delete {out} and its .meta.json to start over") from exc
+    _check_rows(out, rows, source)
+    return last + 1
+
+
+def _check_rows(out: Path, rows: list[str], source: Source | None) -> None:
+    """Refuse OUT when its rows' indices are not increasing, or skip a row that is not one ``--on-nan skip``
+    skipped (a row of NaN or inf): OUT was edited or damaged, and continuing after its last row would leave it
+    incomplete while calling it complete."""
+    fix = f"choose another --out, or delete {out} and its .meta.json to start over"
+    try:
+        indices = np.array([parse_row(out.suffix, row)[0] for row in rows], dtype=np.int64)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise V2TError(f"{out}: a row is not one `lora-v2t invert` writes ({exc}): {fix}") from exc
+    if indices[0] < 0 or (np.diff(indices) <= 0).any():
+        raise V2TError(f"{out}: its rows are not those `lora-v2t invert` wrote: they are out of order or repeated "
+                       f"(edited or damaged): {fix}")
+    gap = np.ones(int(indices[-1]) + 1, dtype=bool)
+    gap[indices] = False
+    missing = np.flatnonzero(gap)
+    if len(missing) and source is not None and source.vectors is not None:
+        missing = missing[np.isfinite(np.asarray(source.vectors[missing])).all(axis=1)]  # skipped: NaN or inf
+    if len(missing):
+        raise V2TError(f"{out}: its rows are not those `lora-v2t invert` wrote: row(s) {missing[:5].tolist()} are "
+                       f"missing (edited or damaged): {fix}")
 
 
 def parse_row(suffix: str, line: str) -> tuple[int, str, float | None]:

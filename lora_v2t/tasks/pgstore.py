@@ -34,7 +34,13 @@ class PostgresSource(VectorSource):
         self.picked = sql.SQL(", ").join(pick)
         # the row order: the id column (ties broken by ctid in a table), else the table's ctid
         keys = ([sql.Identifier(columns["id"])] if columns.get("id") else []) + ([sql.SQL("t.ctid")] * is_table)
-        self.total = self._row(sql.SQL("SELECT count(*) FROM {} AS t").format(relation))[0]
+        ids = sql.SQL("count(*) - count({})").format(sql.Identifier(columns["id"])) if columns.get("id") else \
+            sql.SQL("0")
+        self.total, null_ids = self._row(sql.SQL("SELECT count(*), {} FROM {} AS t").format(ids, relation))
+        if null_ids:
+            raise V2TError(f"--id-column {columns['id']} of PostgreSQL {label} holds {null_ids} NULL value(s): ids "
+                           "name and order the rows; give a column without NULLs, or leave --id-column out (rows are "
+                           "then numbered)")
         self.dim = self._first_dim()
         self.cursor = conn.cursor(name=CURSOR, scrollable=True, binary=True)
         self._execute(self.cursor, sql.SQL("SELECT {} FROM {} AS t ORDER BY {}").format(

@@ -53,11 +53,10 @@ def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True) -> Tr
     """Read, filter, sample and split the corpus, and embed it through the cache (a corrector's: its pairs)
     with ``encoder`` (default: the recipe's)."""
     train = cfg.data.check_train()
-    encoder = encoder or load_encoder(cfg.encoder.spec)
     if cfg.training.role == "corrector":
-        return corrector_data(cfg, encoder, show_progress)
+        return corrector_data(cfg, encoder or load_encoder(cfg.encoder.spec), show_progress)
     dc = cfg.data
-    sentences, stats = read_sentences(train, dc.min_chars, dc.max_chars)
+    sentences, stats = read_sentences(train, dc.min_chars, dc.max_chars)  # read before the encoder loads
     logger.info("corpus %s", stats.summary())
     val_given = None
     if dc.val:
@@ -65,6 +64,7 @@ def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True) -> Tr
         logger.info("validation %s", val_stats.summary())
     train_texts, val_texts = sample_and_split(sentences, dc.val_size, dc.max_sentences, dc.seed, val_given)
     del sentences
+    encoder = encoder or load_encoder(cfg.encoder.spec)
     cache_dir = cache_dir_of(cfg)
     stem = Path(train).stem
     train_vectors = embed_corpus(train_texts, encoder, cache_dir, f"{stem}-train", show_progress=show_progress)

@@ -16,6 +16,7 @@ from ..train.checkpoint import RUN_FOLDER, check_same_recipe, list_checkpoints, 
 from ..util.errors import V2TError
 from ..util.files import temporary_of
 from ..util.locks import FileLock, LockBusy
+from ..util.textfile import refuse_special
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
         if os.path.isdir(path):
             raise V2TError(f"corpus {path} ({key}) is a folder, not a file: give a UTF-8 text file with one sentence "
                            "per line")
+        refuse_special(path, "corpus", f" ({key})")
         if not os.path.isfile(path):
             raise V2TError(f"corpus {path} ({key}) does not exist: give a UTF-8 text file with one sentence per line")
         if not os.access(path, os.R_OK):
@@ -53,12 +55,15 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
         existing = Path(folder)
         while not os.path.exists(existing) and existing != existing.parent:
             existing = existing.parent
+        home = os.environ.get("LORA_V2T_HOME")
+        cause = f"; it comes from LORA_V2T_HOME={home}: point LORA_V2T_HOME at a folder, or" if home and \
+            Path(folder).is_relative_to(home) else ";"
         if not os.path.isdir(existing):
-            raise V2TError(f"cannot create the {what} {folder}: {existing} is a file, not a folder; set {key} to "
-                           "a folder")
+            raise V2TError(f"cannot create the {what} {folder}: {existing} is a file, not a folder{cause} set {key} "
+                           "to a folder")
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise V2TError(f"cannot write the {what} {folder}: {existing} is not writable (permission denied); set "
-                           f"{key} to a writable folder or change its permissions")
+            raise V2TError(f"cannot write the {what} {folder}: {existing} is not writable (permission denied)"
+                           f"{cause} set {key} to a writable folder or change its permissions")
 
 
 def check_run_folder(cfg: RunConfig, run_dir: Path, resume: bool | str | Path) -> None:

@@ -13,6 +13,7 @@ What each command does with blank, undecodable or overlong lines is its own (tra
 
 from __future__ import annotations
 
+import os
 import re
 from itertools import chain
 from pathlib import Path
@@ -40,13 +41,26 @@ def split_lines(text: str) -> list[str]:
 
 
 def check_file(path: str | Path, what: str = "file", fix: str = SENTENCES) -> Path:
-    """``path`` when it is a file; one line saying it is missing or a folder otherwise (``what`` names it)."""
+    """``path`` when it is a file; one line saying it is missing, a folder, standard input or a pipe otherwise
+    (``what`` names it)."""
     path = Path(path)
     if path.is_dir():
         raise V2TError(f"{what} {path} is a folder, not a file: {fix}")
+    refuse_special(path, what)
     if not path.is_file():
         raise V2TError(f"{what} {path} does not exist: {fix}")
     return path
+
+
+def refuse_special(path: str | Path, what: str = "file", note: str = "") -> None:
+    """Refuse ``-`` and what exists but is no regular file (a pipe, a FIFO, a device) in one line: files are
+    read more than once (hashed, counted, memory-mapped), which a stream cannot be; a FIFO is never opened."""
+    if str(path) == "-":
+        raise V2TError(f"{what} -{note} (standard input) is not read: save it to a file first (e.g. cat > FILE) and "
+                       "give that file")
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise V2TError(f"{what} {path}{note} is not a regular file (a pipe, FIFO or device): save it to a file first "
+                       "and give that file")
 
 
 def not_utf8(path: Path, what: str, problem: str, encoding: str = "UTF-16") -> V2TError:
@@ -78,12 +92,17 @@ def read_lines(path: str | Path, what: str = "file", columns: bool = False, tsv_
 
 
 def _check_encoding(path: Path, what: str, first: bytes) -> None:
-    """Refuse a file whose first line shows another encoding than UTF-8: a byte-order mark, NUL bytes."""
+    """Refuse a file whose first line shows another encoding than UTF-8 (a byte-order mark, NUL bytes) or whose
+    lines end in ``\\r`` alone (no ``\\n`` in the whole file, which ``first`` then is)."""
     for bom, encoding in FOREIGN_BOMS:
         if first.startswith(bom):
             raise not_utf8(path, what, f"is {encoding} (it starts with a {encoding} byte-order mark)", encoding)
     if b"\x00" in first:  # later lines with NUL are counted with the control characters
         raise not_utf8(path, what, "holds NUL bytes on its first line: it is UTF-16, UTF-32 or binary")
+    if b"\n" not in first and b"\r" in first.rstrip(b"\r"):
+        raise V2TError(f"{what} {path} ends its lines with a carriage return alone (\\r, old Mac line ends; it holds "
+                       f"no \\n), so it reads as one line: convert them, e.g. tr '\\r' '\\n' < {path} > "
+                       f"{path.stem}.unix.txt")
 
 
 def _decode(raw: bytes) -> str | None:

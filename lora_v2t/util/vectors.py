@@ -28,6 +28,8 @@ def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
         except (TypeError, ValueError) as exc:
             raise V2TError(f"vectors must be a numeric (N, {embedding_dim}) array: {first_line(exc)}") from exc
     if tensor.ndim == 1:
+        if tensor.shape[0] == 0:  # [] would become one vector of dimension 0
+            raise V2TError("empty batch: pass at least one vector")
         tensor = tensor.unsqueeze(0)
     if tensor.ndim != 2:
         raise V2TError(f"vectors must have shape (N, {embedding_dim}), got {tuple(tensor.shape)}")
