@@ -39,8 +39,7 @@ VARIANTS = {
 }
 
 
-def corpus_vocab_val_loss(v2t, texts: list[str], vectors, vocab, batch_size: int,
-                          max_tokens: int) -> tuple[float, int]:
+def corpus_vocab_val_loss(v2t, texts: list[str], vectors, vocab, batch_size: int, max_tokens: int) -> tuple[float, int]:
     """Validation loss with the softmax over ``vocab``; sentences with a token outside it are left out
     (returns the loss and how many sentences were kept)."""
     import numpy as np
@@ -49,10 +48,19 @@ def corpus_vocab_val_loss(v2t, texts: list[str], vectors, vocab, batch_size: int
     from lora_v2t.train.evaluation import validation_loss
 
     allowed = set(vocab.tolist())
-    keep = [i for i, t in enumerate(texts)
-            if set(v2t.tokenizer(t, add_special_tokens=False)["input_ids"][: max_tokens - 1]) <= allowed]
-    loss = validation_loss(v2t, [texts[i] for i in keep], np.asarray(vectors[keep]), batch_size, max_tokens,
-                           loss_vocab=torch.as_tensor(vocab))
+    keep = [
+        i
+        for i, t in enumerate(texts)
+        if set(v2t.tokenizer(t, add_special_tokens=False)["input_ids"][: max_tokens - 1]) <= allowed
+    ]
+    loss = validation_loss(
+        v2t,
+        [texts[i] for i in keep],
+        np.asarray(vectors[keep]),
+        batch_size,
+        max_tokens,
+        loss_vocab=torch.as_tensor(vocab),
+    )
     return loss, len(keep)
 
 
@@ -75,10 +83,19 @@ def main() -> None:
     rows = []
     vocab = None  # the training corpus's vocabulary: the same sentences for every variant
     for i, name in enumerate(args.only or VARIANTS):
-        cfg = load_config(RECIPE, VARIANTS[name] + [
-            f"--training.run_name=variant-{i}-{stamp}", f"--training.output_dir={out}",
-            f"--training.max_minutes={args.minutes}", "--training.max_steps=100000",
-            "--training.eval_every=100000", "--training.save_every=100000", "--training.num_samples=0"])
+        cfg = load_config(
+            RECIPE,
+            VARIANTS[name]
+            + [
+                f"--training.run_name=variant-{i}-{stamp}",
+                f"--training.output_dir={out}",
+                f"--training.max_minutes={args.minutes}",
+                "--training.max_steps=100000",
+                "--training.eval_every=100000",
+                "--training.save_every=100000",
+                "--training.num_samples=0",
+            ],
+        )
         print(f"\n== {name}: {' '.join(VARIANTS[name]) or '(the recipe as it is)'}", flush=True)
         final = train(cfg, show_progress=False)
         summary = json.loads((final / "v2t_config.json").read_text())["training"]
@@ -88,24 +105,35 @@ def main() -> None:
         if vocab is None:
             vocab = tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens).vocab
         corpus_loss, kept = corpus_vocab_val_loss(v2t, val_texts, val_vectors, vocab, 16, cfg.data.max_tokens)
-        rows.append({"variant": name, "overrides": VARIANTS[name], "minutes": args.minutes,
-                     "steps": summary["steps"], "sentences_seen": summary["sentences_seen"],
-                     "s_per_step": round(args.minutes * 60 / max(summary["steps"], 1), 2),
-                     "val_loss_full_vocab": summary["metrics"]["val_loss"],
-                     "val_loss_corpus_vocab": round(corpus_loss, 4), "val_sentences_in_corpus_vocab": kept})
+        rows.append(
+            {
+                "variant": name,
+                "overrides": VARIANTS[name],
+                "minutes": args.minutes,
+                "steps": summary["steps"],
+                "sentences_seen": summary["sentences_seen"],
+                "s_per_step": round(args.minutes * 60 / max(summary["steps"], 1), 2),
+                "val_loss_full_vocab": summary["metrics"]["val_loss"],
+                "val_loss_corpus_vocab": round(corpus_loss, 4),
+                "val_sentences_in_corpus_vocab": kept,
+            }
+        )
         print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
         (out / "ablations.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         del v2t
 
     base = next((r for r in rows if r["variant"] == "recipe"), None)
-    print(f"\n{args.minutes:g} minutes of training each (same seed, same data); validation on 200 held-out "
-          "sentences")
-    print(f"{'variant':<36} {'steps':>6} {'s/step':>7} {'seen':>6} {'val (full)':>11} {'val (corpus)':>13}"
-          f"{'  vs recipe':>11}")
+    print(f"\n{args.minutes:g} minutes of training each (same seed, same data); validation on 200 held-out sentences")
+    print(
+        f"{'variant':<36} {'steps':>6} {'s/step':>7} {'seen':>6} {'val (full)':>11} {'val (corpus)':>13}"
+        f"{'  vs recipe':>11}"
+    )
     for r in rows:
         delta = f"{r['val_loss_corpus_vocab'] - base['val_loss_corpus_vocab']:+.3f}" if base else ""
-        print(f"{r['variant']:<36} {r['steps']:>6} {r['s_per_step']:>7.2f} {r['sentences_seen']:>6} "
-              f"{r['val_loss_full_vocab']:>11.3f} {r['val_loss_corpus_vocab']:>13.3f} {delta:>10}")
+        print(
+            f"{r['variant']:<36} {r['steps']:>6} {r['s_per_step']:>7.2f} {r['sentences_seen']:>6} "
+            f"{r['val_loss_full_vocab']:>11.3f} {r['val_loss_corpus_vocab']:>13.3f} {delta:>10}"
+        )
 
 
 if __name__ == "__main__":

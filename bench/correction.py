@@ -53,16 +53,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="correction steps (default 5)")
     parser.add_argument("--beams", type=int, nargs="*", default=[4, 6], help="reranked beam widths (default 4 6)")
     parser.add_argument("--shift-steps", type=int, default=2, help="training-free correction steps (default 2)")
-    parser.add_argument("--start-beams", type=int, default=6,
-                        help="beams reranked before correcting, for the 'reranked + ...' rows (default 6; 0: skip)")
+    parser.add_argument(
+        "--start-beams",
+        type=int,
+        default=6,
+        help="beams reranked before correcting, for the 'reranked + ...' rows (default 6; 0: skip)",
+    )
     parser.add_argument("--width", type=int, default=1, help="candidates kept per vector between steps (default 1)")
-    parser.add_argument("--budgets", help="comma-separated budgets (decodes per vector) for the cost-quality curve "
-                                          "instead of the comparison above, e.g. 1,4,8,16")
-    parser.add_argument("--out", type=Path, help="results (default: bench/results/correction.json, "
-                                                 "correction_budgets.json with --budgets)")
+    parser.add_argument(
+        "--budgets",
+        help="comma-separated budgets (decodes per vector) for the cost-quality curve "
+        "instead of the comparison above, e.g. 1,4,8,16",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results (default: bench/results/correction.json, correction_budgets.json with --budgets)",
+    )
     args = parser.parse_args()
-    args.out = args.out or ROOT / "bench" / "results" / ("correction_budgets.json" if args.budgets else
-                                                         "correction.json")
+    args.out = args.out or ROOT / "bench" / "results" / (
+        "correction_budgets.json" if args.budgets else "correction.json"
+    )
     from lora_v2t import load_adapter
     from lora_v2t.model.correct import SHIFT, CorrectionConfig, correct
     from lora_v2t.tasks.evaluate import read_eval_file
@@ -77,8 +88,14 @@ def main() -> None:
 
     def record(name: str, texts: list[str], cosines, decodes: int, seconds: float) -> None:
         scores = score_outputs(texts, data.references, cosines, boot)
-        rows.append({"system": name, "decodes": decodes, "seconds": round(seconds, 1),
-                     **{m: round(scores[m][0], 4) for m in ("chrf", "bleu", "exact_match", "cosine")}})
+        rows.append(
+            {
+                "system": name,
+                "decodes": decodes,
+                "seconds": round(seconds, 1),
+                **{m: round(scores[m][0], 4) for m in ("chrf", "bleu", "exact_match", "cosine")},
+            }
+        )
         print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
 
     def traced(name: str, cfg: CorrectionConfig, with_greedy: bool) -> None:
@@ -95,8 +112,9 @@ def main() -> None:
         clock = time.perf_counter()
         cfg = CorrectionConfig(steps=0, rerank=beams)
         trace = correct(v2t, vectors, cfg)
-        record(f"greedy + {beams} beams reranked", trace.final, trace.cosines[-1], 1 + beams,
-               time.perf_counter() - clock)
+        record(
+            f"greedy + {beams} beams reranked", trace.final, trace.cosines[-1], 1 + beams, time.perf_counter() - clock
+        )
     trained = None
     if args.corrector != "none" and (args.corrector or v2t.meta.corrector):
         trained = CorrectionConfig(steps=args.steps, corrector=args.corrector, min_gain=0.0, width=args.width)
@@ -104,20 +122,32 @@ def main() -> None:
     if args.start_beams > 1:
         for name, cfg in ((SHIFT, shift), ("corrector", trained)):
             if cfg is not None:
-                traced(f"{args.start_beams} beams reranked + {name}", replace(cfg, rerank=args.start_beams),
-                       with_greedy=False)
+                traced(
+                    f"{args.start_beams} beams reranked + {name}",
+                    replace(cfg, rerank=args.start_beams),
+                    with_greedy=False,
+                )
     print(f"\n{len(vectors)} sentences of {args.data.name}; adapter {args.adapter}\n")
     print("| system | decodes per vector | seconds | chrF | BLEU | exact % | cosine |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['system']} | {r['decodes']} | {r['seconds']} | {r['chrf']:.1f} | {r['bleu']:.1f} | "
-              f"{r['exact_match']:.1f} | {r['cosine']:.4f} |")
+        print(
+            f"| {r['system']} | {r['decodes']} | {r['seconds']} | {r['chrf']:.1f} | {r['bleu']:.1f} | "
+            f"{r['exact_match']:.1f} | {r['cosine']:.4f} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"adapter": str(args.adapter), "data": str(args.data), "rows": rows},
-                                   indent=1, ensure_ascii=False), encoding="utf-8")
+    args.out.write_text(
+        json.dumps({"adapter": str(args.adapter), "data": str(args.data), "rows": rows}, indent=1, ensure_ascii=False),
+        encoding="utf-8",
+    )
 
 
-CURVE_SYSTEMS = {"beams": "beams", "shift": "shift", "corrector": "corrector",
-                 "mixed": "beams,shift,corrector", "rule": None}
+CURVE_SYSTEMS = {
+    "beams": "beams",
+    "shift": "shift",
+    "corrector": "corrector",
+    "mixed": "beams,shift,corrector",
+    "rule": None,
+}
 
 
 def budget_curve(args, v2t, vectors: np.ndarray, data) -> None:
@@ -152,23 +182,45 @@ def budget_curve(args, v2t, vectors: np.ndarray, data) -> None:
             trace = correct(v2t, vectors, plan)
             seconds = time.perf_counter() - clock
             scores = score_outputs(trace.final, data.references, trace.cosines[-1], boot)
-            rows.append({"system": "greedy" if budget == 1 else name, "budget": budget,
-                         "sources": "+".join(plan.sources) or "greedy", "beams": plan.rerank, "width": plan.width,
-                         "spent": round(float(trace.spent.mean()), 2),
-                         "seconds_per_sentence": round(seconds / len(vectors), 3),
-                         **{m: round(scores[m][0], 4) for m in ("cosine", "chrf", "exact_match")}})
+            rows.append(
+                {
+                    "system": "greedy" if budget == 1 else name,
+                    "budget": budget,
+                    "sources": "+".join(plan.sources) or "greedy",
+                    "beams": plan.rerank,
+                    "width": plan.width,
+                    "spent": round(float(trace.spent.mean()), 2),
+                    "seconds_per_sentence": round(seconds / len(vectors), 3),
+                    **{m: round(scores[m][0], 4) for m in ("cosine", "chrf", "exact_match")},
+                }
+            )
             done[key] = rows[-1]
             print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
     print(f"\n{len(vectors)} sentences of {args.data.name}; adapter {args.adapter}\n")
-    print("| budget | system | sources | decodes spent | s / sentence | cosine | chrF | exact % |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print(
+        "| budget | system | sources | decodes spent | s / sentence | cosine | chrF | exact % |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['budget']} | {r['system']} | {r['sources']} | {r['spent']} | {r['seconds_per_sentence']} | "
-              f"{r['cosine']:.4f} | {r['chrf']:.1f} | {r['exact_match']:.1f} |")
+        print(
+            f"| {r['budget']} | {r['system']} | {r['sources']} | {r['spent']} | {r['seconds_per_sentence']} | "
+            f"{r['cosine']:.4f} | {r['chrf']:.1f} | {r['exact_match']:.1f} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"adapter": str(args.adapter), "data": str(args.data), "sentences": len(vectors),
-                                    "budgets": budgets, "rows": rows}, indent=1, ensure_ascii=False),
-                        encoding="utf-8")
+    args.out.write_text(
+        json.dumps(
+            {
+                "adapter": str(args.adapter),
+                "data": str(args.data),
+                "sentences": len(vectors),
+                "budgets": budgets,
+                "rows": rows,
+            },
+            indent=1,
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
 
 
 if __name__ == "__main__":

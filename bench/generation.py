@@ -38,11 +38,16 @@ def folder_size(path: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=64,
-                        help="vectors decoded together (default 64, what `invert` picks on a CPU)")
+    parser.add_argument(
+        "--batch", type=int, default=64, help="vectors decoded together (default 64, what `invert` picks on a CPU)"
+    )
     parser.add_argument("--new-tokens", type=int, default=32, help="new tokens per sequence (default 32)")
-    parser.add_argument("--naive-count", type=int, default=8,
-                        help="how many of the vectors the slow baseline decodes (its rate is per sequence)")
+    parser.add_argument(
+        "--naive-count",
+        type=int,
+        default=8,
+        help="how many of the vectors the slow baseline decodes (its rate is per sequence)",
+    )
     parser.add_argument("--adapter", help="a trained adapter bundle to use (default: a fresh, seeded one)")
     parser.add_argument("--out", default="bench/results/generation.json", help="where to write the figures")
     args = parser.parse_args()
@@ -58,8 +63,14 @@ def main() -> None:
         if args.adapter:
             v2t = load_adapter(args.adapter, device="cpu", quantization="none", name="one")
         else:
-            v2t = Vector2Text.create(backbone="offline:gemma-3-270m", encoder="offline:use-multilingual",
-                                     device="cpu", quantization="none", adapter_name="one", seed=0)
+            v2t = Vector2Text.create(
+                backbone="offline:gemma-3-270m",
+                encoder="offline:use-multilingual",
+                device="cpu",
+                quantization="none",
+                adapter_name="one",
+                seed=0,
+            )
             with torch.no_grad():  # give LoRA B non-zero values so the adapter changes the model
                 for name, p in v2t.model.named_parameters():
                     if "lora_B" in name:
@@ -81,8 +92,9 @@ def main() -> None:
         vectors = v2t.encode(sentences)
         v2t.generate(vectors[:2], max_new_tokens=2)  # warm-up
         start = time.perf_counter()
-        batched = v2t.generate(vectors, max_new_tokens=args.new_tokens, batch_size=args.batch,
-                               repetition_penalty=1.0)  # plain greedy, as the reference loop
+        batched = v2t.generate(
+            vectors, max_new_tokens=args.new_tokens, batch_size=args.batch, repetition_penalty=1.0
+        )  # plain greedy, as the reference loop
         batched_s = time.perf_counter() - start
         n_naive = min(args.naive_count, len(vectors))
         start = time.perf_counter()
@@ -91,16 +103,25 @@ def main() -> None:
         full_s = None
         if v2t.output_vocab is not None:  # the same batched decoding with the whole 262k-token output layer
             start = time.perf_counter()
-            full = v2t.generate(vectors, max_new_tokens=args.new_tokens, batch_size=args.batch, restrict_vocab=False,
-                                repetition_penalty=1.0)
+            full = v2t.generate(
+                vectors,
+                max_new_tokens=args.new_tokens,
+                batch_size=args.batch,
+                restrict_vocab=False,
+                repetition_penalty=1.0,
+            )
             full_s = time.perf_counter() - start
             full_tokens = sum(len(v2t.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in full)
 
     same = sum(a == b for a, b in zip(batched[:n_naive], naive, strict=True))
     mean_tokens = sum(len(v2t.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in batched) / len(batched)
     results = {
-        "date": time.strftime("%Y-%m-%d"), "device": "cpu", "threads": torch.get_num_threads(),
-        "backbone": "offline:gemma-3-270m (fp32)", "batch": len(vectors), "max_new_tokens": args.new_tokens,
+        "date": time.strftime("%Y-%m-%d"),
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "backbone": "offline:gemma-3-270m (fp32)",
+        "batch": len(vectors),
+        "max_new_tokens": args.new_tokens,
         "adapter": args.adapter or "fresh seeded adapter",
         "output_vocab": None if v2t.output_vocab is None else int(v2t.output_vocab.numel()),
         "mean_generated_tokens": round(mean_tokens, 1),
@@ -110,29 +131,43 @@ def main() -> None:
         "same_text": f"{same}/{n_naive}",
         "batched_full_vocab_seq_per_s": None if full_s is None else round(len(vectors) / full_s, 3),
         "batched_full_vocab_mean_generated_tokens": None if full_s is None else round(full_tokens / len(full), 1),
-        "adapter_mib": round(adapter_bytes / 2**20, 2), "base_mib": round(base_bytes / 2**20, 1),
+        "adapter_mib": round(adapter_bytes / 2**20, 2),
+        "base_mib": round(base_bytes / 2**20, 1),
         "adapter_fraction_of_base": round(adapter_bytes / base_bytes, 4),
-        "base_load_s": round(base_load_s, 2), "adapter_load_s": round(adapter_load_s, 3),
+        "base_load_s": round(base_load_s, 2),
+        "adapter_load_s": round(adapter_load_s, 3),
         "switch_ms": round(switch_s * 1000, 3),
         "switch_fraction_of_base_load": round(switch_s / base_load_s, 6),
         "adapter_load_fraction_of_base_load": round(adapter_load_s / base_load_s, 4),
     }
-    print(f"batched KV-cache greedy : {results['batched_kv_cache_seq_per_s']:.3f} seq/s "
-          f"({len(vectors)} vectors in {batched_s:.1f} s)")
-    print(f"one-at-a-time, no cache : {results['naive_no_cache_seq_per_s']:.4f} seq/s "
-          f"({n_naive} vectors in {naive_s:.1f} s)")
+    print(
+        f"batched KV-cache greedy : {results['batched_kv_cache_seq_per_s']:.3f} seq/s "
+        f"({len(vectors)} vectors in {batched_s:.1f} s)"
+    )
+    print(
+        f"one-at-a-time, no cache : {results['naive_no_cache_seq_per_s']:.4f} seq/s "
+        f"({n_naive} vectors in {naive_s:.1f} s)"
+    )
     print(f"speed-up                : {results['speedup']}x   (target >= 20x); same text: {results['same_text']}")
     if full_s is not None:
-        print(f"batched, whole vocabulary: {results['batched_full_vocab_seq_per_s']:.3f} seq/s: the output layer "
-              f"over the adapter's {results['output_vocab']} tokens is {full_s / batched_s:.2f}x faster "
-              f"(mean generated tokens {results['mean_generated_tokens']} vs "
-              f"{results['batched_full_vocab_mean_generated_tokens']} over the whole vocabulary)")
-    print(f"adapter size            : {results['adapter_mib']} MiB = {results['adapter_fraction_of_base']:.2%} "
-          f"of the base's {results['base_mib']} MiB (target < 1%)")
-    print(f"switch adapters         : {results['switch_ms']} ms = {results['switch_fraction_of_base_load']:.4%} "
-          f"of a base load ({base_load_s:.2f} s) (target < 1%)")
-    print(f"load a second adapter   : {adapter_load_s:.3f} s = {results['adapter_load_fraction_of_base_load']:.2%} "
-          "of a base load")
+        print(
+            f"batched, whole vocabulary: {results['batched_full_vocab_seq_per_s']:.3f} seq/s: the output layer "
+            f"over the adapter's {results['output_vocab']} tokens is {full_s / batched_s:.2f}x faster "
+            f"(mean generated tokens {results['mean_generated_tokens']} vs "
+            f"{results['batched_full_vocab_mean_generated_tokens']} over the whole vocabulary)"
+        )
+    print(
+        f"adapter size            : {results['adapter_mib']} MiB = {results['adapter_fraction_of_base']:.2%} "
+        f"of the base's {results['base_mib']} MiB (target < 1%)"
+    )
+    print(
+        f"switch adapters         : {results['switch_ms']} ms = {results['switch_fraction_of_base_load']:.4%} "
+        f"of a base load ({base_load_s:.2f} s) (target < 1%)"
+    )
+    print(
+        f"load a second adapter   : {adapter_load_s:.3f} s = {results['adapter_load_fraction_of_base_load']:.2%} "
+        "of a base load"
+    )
     # strict=False: naive decodes only the first n_naive sentences
     for original, a, b in list(zip(sentences, batched, naive, strict=False))[:3]:
         print(f"  {original} ==> {a!r} | naive {b!r}")

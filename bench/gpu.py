@@ -97,10 +97,15 @@ class Bench(ModelSetup, EndToEnd, Training, Decoding):
         finally:
             if not self.keep_work:
                 shutil.rmtree(self.work, ignore_errors=True)
-        failed = any("error" in self.results.get(name, {}) for name in sections) or \
-            self.results.get("e2e", {}).get("ok") is False or any(
-            "error" in x for x in self.results.get("training", {}).get("modes", []) +
-            self.results.get("decoding", {}).get("runs", []))
+        failed = (
+            any("error" in self.results.get(name, {}) for name in sections)
+            or self.results.get("e2e", {}).get("ok") is False
+            or any(
+                "error" in x
+                for x in self.results.get("training", {}).get("modes", [])
+                + self.results.get("decoding", {}).get("runs", [])
+            )
+        )
         return 1 if failed else 0
 
 
@@ -112,28 +117,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-e2e", action="store_true", help="leave out the end-to-end CLI section")
     parser.add_argument("--steps", type=int, help="timed optimizer steps per training mode (default 10; smoke 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3; smoke 1)")
-    parser.add_argument("--modes", help=f"comma-separated training modes (default all: "
-                                        f"{', '.join(m.key for m in MODES)})")
+    parser.add_argument(
+        "--modes", help=f"comma-separated training modes (default all: {', '.join(m.key for m in MODES)})"
+    )
     parser.add_argument("--e2e-steps", type=int, help="training steps of the CLI run (default 30; --resume adds 10)")
     parser.add_argument("--decode-batches", help="comma-separated batch sizes (default 32,128,512)")
     parser.add_argument("--new-tokens", type=int, help="new tokens per decoded sequence (default 32)")
-    parser.add_argument("--decode-quantization", default="8bit,none",
-                        help="backbones to decode with (default 8bit,none: the recipe's 8-bit and bf16)")
-    parser.add_argument("--older", metavar="DIR",
-                        help="a folder holding an older lora_v2t/ (python bench/older.py REV DIR writes one): "
-                             "decoding adds a row for its v2t.generate, run in a child process")
-    parser.add_argument("--static-variants", "--static-attention", metavar="LIST",
-                        help="comma-separated variants for more static-cache rows, each compiling again; a variant "
-                             "joins features with +: " + "; ".join(f"{k}: {v[1]}" for k, v in STATIC_FEATURES.items()))
-    parser.add_argument("--profile", action="store_true",
-                        help="profile one more static-cache call at the largest decoding batch (torch.profiler)")
-    parser.add_argument("--encoder-vocab", type=int,
-                        help="rows of the encoder's token embedding (default LaBSE's 501153)")
-    parser.add_argument("--work-dir", help="where the models and runs go (kept, and models reused); "
-                                           "default: a temporary folder removed at the end")
+    parser.add_argument(
+        "--decode-quantization",
+        default="8bit,none",
+        help="backbones to decode with (default 8bit,none: the recipe's 8-bit and bf16)",
+    )
+    parser.add_argument(
+        "--older",
+        metavar="DIR",
+        help="a folder holding an older lora_v2t/ (python bench/older.py REV DIR writes one): "
+        "decoding adds a row for its v2t.generate, run in a child process",
+    )
+    parser.add_argument(
+        "--static-variants",
+        "--static-attention",
+        metavar="LIST",
+        help="comma-separated variants for more static-cache rows, each compiling again; a variant "
+        "joins features with +: " + "; ".join(f"{k}: {v[1]}" for k, v in STATIC_FEATURES.items()),
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile one more static-cache call at the largest decoding batch (torch.profiler)",
+    )
+    parser.add_argument(
+        "--encoder-vocab", type=int, help="rows of the encoder's token embedding (default LaBSE's 501153)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        help="where the models and runs go (kept, and models reused); default: a temporary folder removed at the end",
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary work folder")
-    parser.add_argument("--smoke", action="store_true",
-                        help="every section on the CPU with tiny shapes (2 layers x 64, vocab 300, batch 2 x 8)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every section on the CPU with tiny shapes (2 layers x 64, vocab 300, batch 2 x 8)",
+    )
     return parser
 
 
@@ -160,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not args.smoke and not torch.cuda.is_available():
-        print("error: bench/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); "
-              "--smoke checks its code paths on the CPU", file=sys.stderr)
+        print(
+            "error: bench/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); "
+            "--smoke checks its code paths on the CPU",
+            file=sys.stderr,
+        )
         return 2
     args.out = args.out or f"bench/results/{'gpu-smoke' if args.smoke else 'gpu'}.json"
     args.steps = args.steps or (2 if args.smoke else 10)

@@ -31,9 +31,12 @@ class SmiPoller:
         index = visible if visible.isdigit() else "0"
         self.start = self._query(index)
         try:
-            self._proc = subprocess.Popen(["nvidia-smi", "-i", index, "--query-gpu=memory.used",
-                                           "--format=csv,noheader,nounits", "-lms", "200"],
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._proc = subprocess.Popen(
+                ["nvidia-smi", "-i", index, "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "200"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
         except OSError:
             return
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -42,8 +45,12 @@ class SmiPoller:
     @staticmethod
     def _query(index: str) -> int | None:
         try:
-            out = subprocess.run(["nvidia-smi", "-i", index, "--query-gpu=memory.used",
-                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                ["nvidia-smi", "-i", index, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             return int(out.stdout.split()[0])
         except (OSError, ValueError, IndexError, subprocess.SubprocessError):
             return None
@@ -78,8 +85,10 @@ def cli_child(stats_file: str, argv: list[str]) -> int:
     finally:
         stats = {"rc": rc, "peak_rss_gib": gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}
         if torch.cuda.is_available():
-            stats |= {"torch_peak_allocated_gib": gib(torch.cuda.max_memory_allocated()),
-                      "torch_peak_reserved_gib": gib(torch.cuda.max_memory_reserved())}
+            stats |= {
+                "torch_peak_allocated_gib": gib(torch.cuda.max_memory_allocated()),
+                "torch_peak_reserved_gib": gib(torch.cuda.max_memory_reserved()),
+            }
         Path(stats_file).write_text(json.dumps(stats))
     return rc
 
@@ -91,16 +100,31 @@ class EndToEnd(BenchState):
         stats_file = self.work / f"cli-{name}.json"
         log_file = self.work / f"cli-{name}.log"
         stats_file.unlink(missing_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
-            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        env = dict(
+            os.environ,
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(
+                [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            ),
+        )
         poller = SmiPoller() if self.cuda else None
         start = time.perf_counter()
         with open(log_file, "w", encoding="utf-8") as handle:
-            proc = subprocess.run([sys.executable, str(SCRIPT), "--cli-child", str(stats_file),
-                                   *argv], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+            proc = subprocess.run(
+                [sys.executable, str(SCRIPT), "--cli-child", str(stats_file), *argv],
+                cwd=ROOT,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
         wall = time.perf_counter() - start
-        record = {"step": name, "argv": ["lora-v2t", *argv], "rc": proc.returncode, "wall_s": round(wall, 1),
-                  "log": str(log_file)}
+        record = {
+            "step": name,
+            "argv": ["lora-v2t", *argv],
+            "rc": proc.returncode,
+            "wall_s": round(wall, 1),
+            "log": str(log_file),
+        }
         if poller is not None:
             record |= poller.stop()
         if stats_file.exists():
@@ -113,10 +137,12 @@ class EndToEnd(BenchState):
         if found:  # the trainer's own check of its estimate against its measured peak
             record["trainer_peak_measured_gib"], record["trainer_peak_estimated_gib"] = map(float, found.groups())
         peak = record.get("torch_peak_allocated_gib")
-        log(f"[e2e] {name:<9} rc {proc.returncode}  {wall:6.1f} s" +
-            (f"  torch peak {peak:.2f} GiB" if peak is not None else "") +
-            (f"  nvidia-smi peak {record['nvidia_smi_peak_mib']} MiB" if record.get("nvidia_smi_peak_mib") else "") +
-            (f"  trainer: {record['trainer_peak_estimated_gib']} GiB estimated" if found else ""))
+        log(
+            f"[e2e] {name:<9} rc {proc.returncode}  {wall:6.1f} s"
+            + (f"  torch peak {peak:.2f} GiB" if peak is not None else "")
+            + (f"  nvidia-smi peak {record['nvidia_smi_peak_mib']} MiB" if record.get("nvidia_smi_peak_mib") else "")
+            + (f"  trainer: {record['trainer_peak_estimated_gib']} GiB estimated" if found else "")
+        )
         return record
 
     def section_e2e(self) -> dict:
@@ -126,28 +152,87 @@ class EndToEnd(BenchState):
         runs = self.work / "e2e-runs"
         shutil.rmtree(runs, ignore_errors=True)
         final = runs / "e2e" / "final"
-        common = [f"--backbone.name={self.backbone}", f"--encoder.spec={self.encoder}",
-                  f"--data.train={self.corpus}", f"--data.val_size={s['val_size']}",
-                  f"--data.cache_dir={self.work / 'e2e-cache'}", f"--training.output_dir={runs}",
-                  "--training.run_name=e2e", f"--training.log_every={max(1, steps // 3)}",
-                  "--training.num_samples=2", "--no-progress"]
+        common = [
+            f"--backbone.name={self.backbone}",
+            f"--encoder.spec={self.encoder}",
+            f"--data.train={self.corpus}",
+            f"--data.val_size={s['val_size']}",
+            f"--data.cache_dir={self.work / 'e2e-cache'}",
+            f"--training.output_dir={runs}",
+            "--training.run_name=e2e",
+            f"--training.log_every={max(1, steps // 3)}",
+            "--training.num_samples=2",
+            "--no-progress",
+        ]
         if self.smoke:  # tiny batches; bitsandbytes' 8-bit is a CUDA feature, so the CPU trains unquantized
             common += ["--training.batch_size=2", "--data.max_tokens=8", "--backbone.quantization=none"]
         decode = ["--max-new-tokens", "8"] if self.smoke else []
-        texts = self.sentences[s["corpus"]:s["corpus"] + 4]
+        texts = self.sentences[s["corpus"] : s["corpus"] + 4]
         section = {"recipe": RECIPE, "train_steps": steps, "resume_to": more, "overrides": common, "steps": []}
         self.results["e2e"] = section
         plan = [
-            ("train", ["train", RECIPE, *common, f"--training.max_steps={steps}", f"--training.eval_every={steps}",
-                       f"--training.save_every={steps}"]),
+            (
+                "train",
+                [
+                    "train",
+                    RECIPE,
+                    *common,
+                    f"--training.max_steps={steps}",
+                    f"--training.eval_every={steps}",
+                    f"--training.save_every={steps}",
+                ],
+            ),
             ("info", ["info", str(final)]),
-            ("generate", ["generate", "--adapter", str(final), "--text", *texts, "--rerank", "--num-beams", "4",
-                          "--num-return-sequences", "4", "--json", *decode]),
-            ("evaluate", ["evaluate", "--adapter", str(final), "--data", str(self.dev), "--limit",
-                          str(s["eval_limit"]), "--rerank", "4", "--resamples", "100", "--no-progress",
-                          "--out", str(self.work / "e2e-eval"), "--overwrite", *decode]),
-            ("resume", ["train", RECIPE, *common, "--resume", f"--training.max_steps={more}",
-                        f"--training.eval_every={more}", f"--training.save_every={more}"]),
+            (
+                "generate",
+                [
+                    "generate",
+                    "--adapter",
+                    str(final),
+                    "--text",
+                    *texts,
+                    "--rerank",
+                    "--num-beams",
+                    "4",
+                    "--num-return-sequences",
+                    "4",
+                    "--json",
+                    *decode,
+                ],
+            ),
+            (
+                "evaluate",
+                [
+                    "evaluate",
+                    "--adapter",
+                    str(final),
+                    "--data",
+                    str(self.dev),
+                    "--limit",
+                    str(s["eval_limit"]),
+                    "--rerank",
+                    "4",
+                    "--resamples",
+                    "100",
+                    "--no-progress",
+                    "--out",
+                    str(self.work / "e2e-eval"),
+                    "--overwrite",
+                    *decode,
+                ],
+            ),
+            (
+                "resume",
+                [
+                    "train",
+                    RECIPE,
+                    *common,
+                    "--resume",
+                    f"--training.max_steps={more}",
+                    f"--training.eval_every={more}",
+                    f"--training.save_every={more}",
+                ],
+            ),
         ]
         for name, argv in plan:
             record = self.run_cli(name, argv)
@@ -167,11 +252,12 @@ class EndToEnd(BenchState):
         section["peak_memory_method"] = (
             "torch.cuda.max_memory_allocated of each child (it runs lora_v2t.cli.main in process), plus the GPU's "
             "memory.used polled by nvidia-smi every 200 ms (all processes, CUDA context included)"
-            if self.cuda else "peak RSS of each child (CPU smoke run)")
+            if self.cuda
+            else "peak RSS of each child (CPU smoke run)"
+        )
         return section
 
-    def check_cli(self, name: str, record: dict, output: str, final: Path, n_texts: int, steps: int,
-                  more: int) -> dict:
+    def check_cli(self, name: str, record: dict, output: str, final: Path, n_texts: int, steps: int, more: int) -> dict:
         checks = {"exit_0": record["rc"] == 0}
         if record["rc"] != 0:
             return checks
@@ -201,13 +287,17 @@ class EndToEnd(BenchState):
     @staticmethod
     def table_e2e(e: dict) -> None:
         """Section (a)'s table for the report at the end."""
-        log(f"\n(a) default recipe through the CLI: {'OK' if e.get('ok') else 'FAILED'}; "
+        log(
+            f"\n(a) default recipe through the CLI: {'OK' if e.get('ok') else 'FAILED'}; "
             f"peak torch allocated {e.get('peak_torch_allocated_gib')} GiB, "
-            f"nvidia-smi {e.get('peak_nvidia_smi_mib')} MiB")
+            f"nvidia-smi {e.get('peak_nvidia_smi_mib')} MiB"
+        )
         log(f"  {'command':<10}{'rc':>4}{'wall s':>9}{'torch peak GiB':>16}{'smi peak MiB':>14}  checks")
         for x in e.get("steps", []):
             failed = [k for k, v in x["checks"].items() if not v]
             verdict = "ok" if not failed else "FAILED " + ",".join(failed)
-            log(f"  {x['step']:<10}{x['rc']:>4}{x['wall_s']:>9.1f}{str(x.get('torch_peak_allocated_gib', '-')):>16}"
+            log(
+                f"  {x['step']:<10}{x['rc']:>4}{x['wall_s']:>9.1f}{str(x.get('torch_peak_allocated_gib', '-')):>16}"
                 f"{str(x.get('nvidia_smi_peak_mib', '-')):>14}  {verdict}"
-                + (f"  {x['ms_per_step_last_window']} ms/step" if "ms_per_step_last_window" in x else ""))
+                + (f"  {x['ms_per_step_last_window']} ms/step" if "ms_per_step_last_window" in x else "")
+            )

@@ -14,8 +14,20 @@ from gpu_common import BenchState, free_memory, gib, log
 SUBJECTS = ["Я", "Мы", "Он", "Она", "Они", "Кошка", "Мой друг", "Учитель", "Сосед", "Бабушка", "Мама", "Брат"]
 VERBS = ["читает", "видит", "любит", "ищет", "покупает", "рисует", "несёт", "ждёт", "строит", "чинит"]
 OBJECTS = ["книгу", "лодку", "письмо", "яблоко", "машину", "картину", "собаку", "газету", "дом", "чай"]
-PLACES = ["дома", "в парке", "на работе", "у реки", "в городе", "на даче", "в школе", "утром", "вечером",
-          "зимой", "летом", "каждый день"]
+PLACES = [
+    "дома",
+    "в парке",
+    "на работе",
+    "у реки",
+    "в городе",
+    "на даче",
+    "в школе",
+    "утром",
+    "вечером",
+    "зимой",
+    "летом",
+    "каждый день",
+]
 
 
 def make_corpus(n: int, seed: int) -> list[str]:
@@ -45,8 +57,9 @@ def build_tokenizer(sentences: list[str], vocab_size: int):
         return tok
 
     trained = fresh(models.BPE())
-    trainer = trainers.BpeTrainer(vocab_size=min(vocab_size - 1, 4000), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab_size - 1, 4000), show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     trained.train_from_iterator(sentences, trainer)
     spec = json.loads(trained.to_str())["model"]
     vocab = dict(spec["vocab"])
@@ -68,10 +81,17 @@ def build_backbone(folder: Path, shapes: dict, sentences: list[str], device: str
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = build_tokenizer(sentences, shapes["vocab"])
-    config = GPT2Config(n_layer=shapes["n_layer"], n_embd=shapes["n_embd"], n_head=shapes["n_head"],
-                        n_positions=shapes["n_positions"], vocab_size=len(tokenizer),
-                        activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        n_layer=shapes["n_layer"],
+        n_embd=shapes["n_embd"],
+        n_head=shapes["n_head"],
+        n_positions=shapes["n_positions"],
+        vocab_size=len(tokenizer),
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(0)
     with torch.device(device):  # initialising on the GPU takes seconds, not minutes
         model = GPT2LMHeadModel(config)
@@ -90,6 +110,7 @@ def build_encoder(folder: Path, shapes: dict, sentences: list[str], device: str)
 
     import torch
     from sentence_transformers import SentenceTransformer
+
     try:
         from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
     except ImportError:  # sentence-transformers < 6
@@ -107,9 +128,14 @@ def build_encoder(folder: Path, shapes: dict, sentences: list[str], device: str)
     torch.manual_seed(1)
     # the model's vocabulary keeps LaBSE's row count (its memory counts in the e2e peak); the tokenizer uses
     # only the first rows
-    config = BertConfig(vocab_size=max(shapes["enc_vocab"], len(words)), hidden_size=shapes["enc_hidden"],
-                        num_hidden_layers=shapes["enc_layers"], num_attention_heads=shapes["enc_heads"],
-                        intermediate_size=shapes["enc_inner"], max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=max(shapes["enc_vocab"], len(words)),
+        hidden_size=shapes["enc_hidden"],
+        num_hidden_layers=shapes["enc_layers"],
+        num_attention_heads=shapes["enc_heads"],
+        intermediate_size=shapes["enc_inner"],
+        max_position_embeddings=512,
+    )
     with torch.device(device):
         BertModel(config).save_pretrained(bert_dir)
     transformer = Transformer(str(bert_dir), max_seq_length=shapes["enc_max_seq"])
@@ -129,13 +155,15 @@ class ModelSetup(BenchState):
         self.corpus = self.work / "corpus.txt"
         self.dev = self.work / "dev.txt"
         self.corpus.write_text("\n".join(self.sentences[: s["corpus"]]) + "\n", encoding="utf-8")
-        self.dev.write_text("\n".join(self.sentences[s["corpus"]:]) + "\n", encoding="utf-8")
+        self.dev.write_text("\n".join(self.sentences[s["corpus"] :]) + "\n", encoding="utf-8")
         tag = "smoke" if self.smoke else "real"
         self.backbone = self.work / f"backbone-{tag}-{s['n_layer']}x{s['n_embd']}-v{s['vocab']}"
         self.encoder = self.work / f"encoder-{tag}-{s['enc_layers']}x{s['enc_hidden']}-v{s['enc_vocab']}" / "st"
         built = {}
-        for name, folder, build in (("backbone", self.backbone, build_backbone),
-                                    ("encoder", self.encoder.parent, build_encoder)):
+        for name, folder, build in (
+            ("backbone", self.backbone, build_backbone),
+            ("encoder", self.encoder.parent, build_encoder),
+        ):
             if (folder / ("config.json" if name == "backbone" else "st/modules.json")).exists():
                 log(f"[setup] reusing {folder}")
                 continue
@@ -145,7 +173,10 @@ class ModelSetup(BenchState):
             log(f"[setup] built the random {name} in {built[name]} s: {folder}")
         free_memory()
         size = sum(p.stat().st_size for p in self.backbone.glob("*.safetensors"))
-        self.results["models"] = {"backbone": str(self.backbone), "encoder": str(self.encoder),
-                                  "backbone_gib_on_disk": gib(size), "build_s": built}
+        self.results["models"] = {
+            "backbone": str(self.backbone),
+            "encoder": str(self.encoder),
+            "backbone_gib_on_disk": gib(size),
+            "build_s": built,
+        }
         self.save()
-

@@ -32,8 +32,10 @@ def sdpa_without_cudnn(v2t):
     """SDPA attention, choosing among its flash, memory-efficient and math backends only."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with attention(v2t, "sdpa"), sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                                              SDPBackend.MATH]):
+    with (
+        attention(v2t, "sdpa"),
+        sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]),
+    ):
         yield
 
 
@@ -63,19 +65,25 @@ def lora_merged(v2t):
 STATIC_FEATURES = {
     "eager": (lambda v2t: attention(v2t, "eager"), "transformers' eager attention (compiled by inductor), not SDPA"),
     "sdpa-no-cudnn": (sdpa_without_cudnn, "SDPA without its cuDNN backend"),
-    "autocast": (autocast_in_base_dtype, "the call under torch.autocast in the base's dtype: the fp32 projector and "
-                                         "LoRA matrices multiply in bf16"),
-    "merged": (lora_merged, "the LoRA update merged into the base weights for the row (peft merge_adapter / "
-                            "unmerge_adapter; the bench's untrained adapter has LoRA B = 0, so this times the "
-                            "merged layers' speed and its text check cannot tell)"),
+    "autocast": (
+        autocast_in_base_dtype,
+        "the call under torch.autocast in the base's dtype: the fp32 projector and LoRA matrices multiply in bf16",
+    ),
+    "merged": (
+        lora_merged,
+        "the LoRA update merged into the base weights for the row (peft merge_adapter / "
+        "unmerge_adapter; the bench's untrained adapter has LoRA B = 0, so this times the "
+        "merged layers' speed and its text check cannot tell)",
+    ),
 }
 
 
 class StaticPaths(BenchState):
     """The static-cache rows of section (c): the plain one, each --static-variants one, and the profile."""
 
-    def static_row(self, v2t, vec, ours: dict, tokens: int, plain_s: float, plain_texts: list[str],
-                   path: str = "v2t_static") -> dict:
+    def static_row(
+        self, v2t, vec, ours: dict, tokens: int, plain_s: float, plain_texts: list[str], path: str = "v2t_static"
+    ) -> dict:
         """The static KV cache: the first call at a shape compiles the decoding step (CUDA), the second is timed."""
         static = ours | {"cache": "static"}
         try:
@@ -85,10 +93,12 @@ class StaticPaths(BenchState):
             log(f"[decoding]   {path}: {error_record(exc)}")
             return {f"{path}_error": error_record(exc)}
         return path_row(path, seconds, tokens, plain_s, texts, plain_texts) | {
-            f"{path}_first_call_s": round(first_s, 2)}
+            f"{path}_first_call_s": round(first_s, 2)
+        }
 
-    def static_variant_row(self, variant: str, v2t, vec, ours: dict, tokens: int, plain_s: float,
-                           plain_texts: list[str]) -> dict:
+    def static_variant_row(
+        self, variant: str, v2t, vec, ours: dict, tokens: int, plain_s: float, plain_texts: list[str]
+    ) -> dict:
         """:meth:`static_row` with the features of ``variant`` (``STATIC_FEATURES`` joined by ``+``) on for this row
         only. The attention features answer the profile's finding that cuDNN's SDPA kernel took half of the compiled
         step's device time at batch 1024 on an H100 (GPT-2 has no ``flex_attention``); ``autocast`` and ``merged``
@@ -110,9 +120,11 @@ class StaticPaths(BenchState):
         finally:
             torch.compiler.reset()
         if f"{path}_s" in row:
-            log(f"[decoding]   static, {variant}: {row[path + '_tokens_per_s']:.0f} tok/s "
+            log(
+                f"[decoding]   static, {variant}: {row[path + '_tokens_per_s']:.0f} tok/s "
                 f"({row[path + '_vs_plain']:.2f}x plain, first call {row[path + '_first_call_s']:.1f} s), "
-                f"same text {row[path + '_same_text']}")
+                f"same text {row[path + '_same_text']}"
+            )
         return row
 
     def profile_static(self, v2t, vec, ours: dict) -> dict:
@@ -133,14 +145,22 @@ class StaticPaths(BenchState):
             return [f"{getattr(e, attr) / 1000:.1f} ms {e.count}x {e.key[:90]}" for e in ranked]
 
         # kernels only: the operators' rows repeat them, and so do annotations such as "## Call CompiledFxGraph ##"
-        kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.key.startswith("##")
-                   and not getattr(e, "is_user_annotation", False)]
+        kernels = [
+            e
+            for e in events
+            if e.device_type == DeviceType.CUDA
+            and not e.key.startswith("##")
+            and not getattr(e, "is_user_annotation", False)
+        ]
         busy_ms = sum(e.self_device_time_total for e in kernels) / 1000
-        result = {"wall_s_profiled": round(seconds, 4), "device_busy_ms": round(busy_ms, 1),
-                  "device_busy_share": round(busy_ms / 1000 / seconds, 3),
-                  "top_device": top(kernels, "self_device_time_total"), "top_host": top(events, "self_cpu_time_total")}
+        result = {
+            "wall_s_profiled": round(seconds, 4),
+            "device_busy_ms": round(busy_ms, 1),
+            "device_busy_share": round(busy_ms / 1000 / seconds, 3),
+            "top_device": top(kernels, "self_device_time_total"),
+            "top_host": top(events, "self_cpu_time_total"),
+        }
         log(f"[decoding]   profile of one static call: {seconds:.3f} s wall, device busy {busy_ms:.0f} ms")
         for line in result["top_device"][:6] + result["top_host"][:6]:
             log(f"[decoding]     {line}")
         return result
-

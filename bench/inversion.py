@@ -61,12 +61,16 @@ def invert_now(adapter: str, texts_file: Path, dtype: str, batch: int | None) ->
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.jsonl"
         start = time.perf_counter()
-        counts = invert_file(v2t, InvertJob(str(texts_file), str(out), batch_size=batch), adapter,
-                             show_progress=False)
+        counts = invert_file(v2t, InvertJob(str(texts_file), str(out), batch_size=batch), adapter, show_progress=False)
         seconds = time.perf_counter() - start
         rows = [json.loads(line) for line in split_lines(out.read_text(encoding="utf-8"))]
-    return {"seconds": seconds, "texts": [r["text"] for r in rows], "batch": counts["batch_size"],
-            "dtype": v2t.backbone_info["compute_dtype"], "v2t": v2t}
+    return {
+        "seconds": seconds,
+        "texts": [r["text"] for r in rows],
+        "batch": counts["batch_size"],
+        "dtype": v2t.backbone_info["compute_dtype"],
+        "v2t": v2t,
+    }
 
 
 def quality(v2t, texts: list[str], references: list[str], targets: np.ndarray) -> dict:
@@ -74,8 +78,10 @@ def quality(v2t, texts: list[str], references: list[str], targets: np.ndarray) -
     keep = [i for i, t in enumerate(texts) if t.strip()]
     cosines = np.zeros(len(texts))
     cosines[keep] = cosine_rows(v2t.encode([texts[i] for i in keep]), targets[keep])
-    return {"chrf": round(sacrebleu.corpus_chrf(texts, [references]).score, 2),
-            "cosine": round(float(cosines.mean()), 4)}
+    return {
+        "chrf": round(sacrebleu.corpus_chrf(texts, [references]).score, 2),
+        "cosine": round(float(cosines.mean()), 4),
+    }
 
 
 def main() -> None:
@@ -98,19 +104,31 @@ def main() -> None:
     rows = {}
     for name, run in (("before", before), ("now fp32", fp32), ("now auto", auto)):
         rate = len(sentences) / run["seconds"]
-        rows[name] = {"sentences_per_s": round(rate, 3), "seconds": round(run["seconds"], 1),
-                      "ratio_to_before": round(rate * before["seconds"] / len(sentences), 2),
-                      "same_text_as_before": sum(a == b for a, b in zip(run["texts"], before["texts"], strict=True)),
-                      "dtype": run.get("dtype", "float32"), "batch": run.get("batch", 32),
-                      **quality(v2t, run["texts"], sentences, targets)}
-    results = {"date": time.strftime("%Y-%m-%d"), "device": "cpu", "threads": torch.get_num_threads(),
-               "adapter": args.adapter, "sentences": len(sentences), "before_commit": commit_id(args.before),
-               "paths": rows}
+        rows[name] = {
+            "sentences_per_s": round(rate, 3),
+            "seconds": round(run["seconds"], 1),
+            "ratio_to_before": round(rate * before["seconds"] / len(sentences), 2),
+            "same_text_as_before": sum(a == b for a, b in zip(run["texts"], before["texts"], strict=True)),
+            "dtype": run.get("dtype", "float32"),
+            "batch": run.get("batch", 32),
+            **quality(v2t, run["texts"], sentences, targets),
+        }
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "adapter": args.adapter,
+        "sentences": len(sentences),
+        "before_commit": commit_id(args.before),
+        "paths": rows,
+    }
     print(f"{len(sentences)} sentences of {DATA.name}, adapter {args.adapter}, {torch.get_num_threads()} threads")
     print(f"{'path':10} {'dtype':9} {'batch':>5} {'sent/s':>7} {'ratio':>6} {'same':>5} {'chrF':>6} {'cosine':>7}")
     for name, r in rows.items():
-        print(f"{name:10} {r['dtype']:9} {r['batch']:>5} {r['sentences_per_s']:>7.2f} {r['ratio_to_before']:>5.2f}x "
-              f"{r['same_text_as_before']:>5} {r['chrf']:>6.1f} {r['cosine']:>7.4f}")
+        print(
+            f"{name:10} {r['dtype']:9} {r['batch']:>5} {r['sentences_per_s']:>7.2f} {r['ratio_to_before']:>5.2f}x "
+            f"{r['same_text_as_before']:>5} {r['chrf']:>6.1f} {r['cosine']:>7.4f}"
+        )
     print("target: >= 2x before's sentences/s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

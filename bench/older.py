@@ -25,15 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def commit_id(rev: str) -> str:
     """The full id of ``rev`` (a commit, tag or expression such as ``29aa133^``) in this repository."""
-    return subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def extract(rev: str, folder: Path) -> Path:
     """Write commit ``rev``'s ``lora_v2t/`` under ``folder`` (``git archive``; the worktrees and index are not
     touched) and return ``folder``: a code folder for :func:`run_in`, also on a machine without the repository."""
-    archive = subprocess.run(["git", "archive", "--format=tar", commit_id(rev), "lora_v2t"], cwd=REPO,
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit_id(rev), "lora_v2t"], cwd=REPO, check=True, capture_output=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(folder, filter="data")
     return folder
@@ -53,14 +55,17 @@ def run_at(rev: str | None, code: str, args: dict) -> dict:
 def run_in(code_dir: Path, code: str, args: dict, env: dict | None = None) -> dict:
     """:func:`run_at` with the lora_v2t found in ``code_dir`` (a folder holding a ``lora_v2t/`` package)."""
     if not (Path(code_dir) / "lora_v2t" / "__init__.py").is_file():  # else the child would import this tree's
-        raise SystemExit(f"{code_dir} holds no lora_v2t/ package: give the folder above it "
-                         "(python bench/older.py REV DIR writes DIR/lora_v2t/)")
+        raise SystemExit(
+            f"{code_dir} holds no lora_v2t/ package: give the folder above it "
+            "(python bench/older.py REV DIR writes DIR/lora_v2t/)"
+        )
     with tempfile.TemporaryDirectory(prefix="older-lora-v2t-run-") as tmp:
         result = Path(tmp) / "result.json"
         args = args | {"result": str(result), "tmp": tmp}
         script = f"import json, sys\nARGS = json.loads(sys.argv[1])\n{code}"
-        path = os.pathsep.join([str(Path(code_dir).resolve())] + [p for p in os.environ.get("PYTHONPATH", "").split(
-            os.pathsep) if p])  # the code first; packages installed on PYTHONPATH (a GPU machine's wheels) stay
+        path = os.pathsep.join(
+            [str(Path(code_dir).resolve())] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        )  # the code first; packages installed on PYTHONPATH (a GPU machine's wheels) stay
         child_env = os.environ | {"PYTHONPATH": path, "HF_HUB_OFFLINE": "1"} | (env or {})
         subprocess.run([sys.executable, "-c", script, json.dumps(args)], cwd=tmp, env=child_env, check=True)
         return json.loads(result.read_text(encoding="utf-8"))

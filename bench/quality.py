@@ -33,11 +33,20 @@ RECIPE = ROOT / "recipes" / "offline_use_gemma270m.yaml"
 DATA = ROOT.parent / "shared" / "data" / "ru"
 SCHEMES = {  # name: recipe overrides
     "original (zero-pad, full fine-tuning, lr 1e-5, fp32)": [
-        "--projector.kind=zero-pad", "--projector.prefix_length=1", "--training.trainable=full",
-        "--training.lr=1e-5", "--training.warmup_steps=0", "--training.min_lr_ratio=1.0",
-        "--training.loss_vocab=full", "--training.mixed_precision='no'"],
+        "--projector.kind=zero-pad",
+        "--projector.prefix_length=1",
+        "--training.trainable=full",
+        "--training.lr=1e-5",
+        "--training.warmup_steps=0",
+        "--training.min_lr_ratio=1.0",
+        "--training.loss_vocab=full",
+        "--training.mixed_precision='no'",
+    ],
     "first hypothesizer (MLP, 1 slot, LoRA, fp32)": [
-        "--projector.prefix_length=1", "--training.mixed_precision='no'", "--training.warmup_steps=50"],
+        "--projector.prefix_length=1",
+        "--training.mixed_precision='no'",
+        "--training.warmup_steps=50",
+    ],
     "v2 hypothesizer (MLP, 4 slots, LoRA, recipe precision)": [],
 }
 
@@ -62,19 +71,39 @@ json.dump({"training": training, "scores": summary["scores"], "correction": summ
 
 def run_scheme(index: int, overrides: list[str], args, correct_steps: int) -> dict:
     """Train one scheme in a child process and score it."""
-    run = [f"--data.train={DATA / 'train.txt'}", f"--training.run_name=scheme-{index}-{int(time.time())}",
-           f"--training.output_dir={args.out}", f"--training.max_minutes={args.minutes}",
-           "--training.max_steps=100000", "--training.eval_every=100000", "--training.save_every=100000"]
-    return run_at(None, SCHEME_CODE, {"recipe": str(RECIPE), "overrides": overrides + run,
-                                      "dev": str(DATA / "dev_conversational.txt"), "limit": args.dev,
-                                      "correct_steps": correct_steps})
+    run = [
+        f"--data.train={DATA / 'train.txt'}",
+        f"--training.run_name=scheme-{index}-{int(time.time())}",
+        f"--training.output_dir={args.out}",
+        f"--training.max_minutes={args.minutes}",
+        "--training.max_steps=100000",
+        "--training.eval_every=100000",
+        "--training.save_every=100000",
+    ]
+    return run_at(
+        None,
+        SCHEME_CODE,
+        {
+            "recipe": str(RECIPE),
+            "overrides": overrides + run,
+            "dev": str(DATA / "dev_conversational.txt"),
+            "limit": args.dev,
+            "correct_steps": correct_steps,
+        },
+    )
 
 
 def row(name: str, out: dict, system: str, decodes: float = 1.0) -> dict:
     scores, training = out["scores"][system], out["training"]
-    return {"scheme": name, "steps": training["steps"], "sentences_seen": training["sentences_seen"],
-            "val_loss": training["metrics"]["val_loss"], "decoding_dtype": out["dtype"], "decodes": decodes,
-            **{m: scores[m]["value"] for m in ("bleu", "chrf", "token_f1", "cosine")}}
+    return {
+        "scheme": name,
+        "steps": training["steps"],
+        "sentences_seen": training["sentences_seen"],
+        "val_loss": training["metrics"]["val_loss"],
+        "decoding_dtype": out["dtype"],
+        "decodes": decodes,
+        **{m: scores[m]["value"] for m in ("bleu", "chrf", "token_f1", "cosine")},
+    }
 
 
 def main() -> None:
@@ -91,15 +120,27 @@ def main() -> None:
         rows.append(row(name, out, "greedy"))
         if last and out["correction"]:  # it stops early when no cosine rises
             ran = out["correction"]["steps_run"]
-            rows.append(row(f"v2 + shift correction, {ran} steps", out, f"corrected-{ran}",
-                            sum(out["correction"]["decodes_per_vector_per_step"])))
-    print(f"\n{args.minutes:g} minutes of training each; greedy on the first {args.dev} sentences of "
-          "dev_conversational.txt")
-    print(f"{'scheme':<56} {'steps':>6} {'seen':>7} {'val loss':>9} {'dec':>4} {'BLEU':>6} {'chrF':>6} {'F1':>6} "
-          f"{'cos':>6}")
+            rows.append(
+                row(
+                    f"v2 + shift correction, {ran} steps",
+                    out,
+                    f"corrected-{ran}",
+                    sum(out["correction"]["decodes_per_vector_per_step"]),
+                )
+            )
+    print(
+        f"\n{args.minutes:g} minutes of training each; greedy on the first {args.dev} sentences of "
+        "dev_conversational.txt"
+    )
+    print(
+        f"{'scheme':<56} {'steps':>6} {'seen':>7} {'val loss':>9} {'dec':>4} {'BLEU':>6} {'chrF':>6} {'F1':>6} "
+        f"{'cos':>6}"
+    )
     for r in rows:
-        print(f"{r['scheme']:<56} {r['steps']:>6} {r['sentences_seen']:>7} {r['val_loss']:>9.3f} {r['decodes']:>4.0f} "
-              f"{r['bleu']:>6.1f} {r['chrf']:>6.1f} {r['token_f1']:>6.1f} {r['cosine']:>6.3f}")
+        print(
+            f"{r['scheme']:<56} {r['steps']:>6} {r['sentences_seen']:>7} {r['val_loss']:>9.3f} {r['decodes']:>4.0f} "
+            f"{r['bleu']:>6.1f} {r['chrf']:>6.1f} {r['token_f1']:>6.1f} {r['cosine']:>6.3f}"
+        )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "quality.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
 

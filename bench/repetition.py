@@ -67,14 +67,18 @@ def main() -> None:
             "examples": [[r, o] for r, o in zip(references, outputs, strict=True) if stutters(o)][:3],
         }
         row = results[name]
-        print(f"{name:26s} chrF {row['chrf']:5.1f}  BLEU {row['bleu']:5.1f}  cos {row['cosine']:.4f}  "
-              f"stutter {row['stutter_share']:.1%}  {seconds:5.0f} s", flush=True)
+        print(
+            f"{name:26s} chrF {row['chrf']:5.1f}  BLEU {row['bleu']:5.1f}  cos {row['cosine']:.4f}  "
+            f"stutter {row['stutter_share']:.1%}  {seconds:5.0f} s",
+            flush=True,
+        )
     base = results["greedy"]
     for row in results.values():
         row["vs_greedy"] = {k: round(row[k] - base[k], 4) for k in ("chrf", "bleu", "cosine", "stutter_share")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"dev": len(references), "adapter": args.adapter, "results": results},
-                                         ensure_ascii=False, indent=1))
+    Path(args.out).write_text(
+        json.dumps({"dev": len(references), "adapter": args.adapter, "results": results}, ensure_ascii=False, indent=1)
+    )
     print(f"written {args.out}")
 
 

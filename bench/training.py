@@ -41,8 +41,13 @@ def run_mode(name: str, steps: int, batch_size: int, max_tokens: int) -> dict:
     trainable, quantization, loss_vocab = MODES[name]
     torch.manual_seed(0)
     lines = [s for s in DATA.read_text(encoding="utf-8").splitlines()[: 4 * batch_size * (steps + 1)] if s.strip()]
-    v2t = Vector2Text.create(backbone="offline:gemma-3-270m", encoder="precomputed:512", quantization=quantization,
-                             trainable=trainable, seed=0)
+    v2t = Vector2Text.create(
+        backbone="offline:gemma-3-270m",
+        encoder="precomputed:512",
+        quantization=quantization,
+        trainable=trainable,
+        seed=0,
+    )
     params = v2t.trainable_parameters()
     for p in params:
         p.requires_grad_(True)
@@ -55,13 +60,13 @@ def run_mode(name: str, steps: int, batch_size: int, max_tokens: int) -> dict:
     v2t.train()
     times = []
     for step in range(steps + 1):
-        texts = lines[step * batch_size:(step + 1) * batch_size]
+        texts = lines[step * batch_size : (step + 1) * batch_size]
         batch = v2t.tokenize(texts, max_tokens)
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss = v2t.forward(vectors[step * batch_size:(step + 1) * batch_size], **batch, loss_vocab=vocab).loss
+            loss = v2t.forward(vectors[step * batch_size : (step + 1) * batch_size], **batch, loss_vocab=vocab).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -70,9 +75,14 @@ def run_mode(name: str, steps: int, batch_size: int, max_tokens: int) -> dict:
         if step:  # the first step is a warm-up
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"mode": name, "s_per_step": sum(times) / len(times), "peak_gib": peak / 2**30,
-            "peak_kind": "cuda max_memory_allocated" if cuda else "peak RSS of the process",
-            "trainable_params": sum(p.numel() for p in params), "device": str(v2t.device)}
+    return {
+        "mode": name,
+        "s_per_step": sum(times) / len(times),
+        "peak_gib": peak / 2**30,
+        "peak_kind": "cuda max_memory_allocated" if cuda else "peak RSS of the process",
+        "trainable_params": sum(p.numel() for p in params),
+        "device": str(v2t.device),
+    }
 
 
 def main() -> None:
@@ -95,22 +105,48 @@ def main() -> None:
             results.append(run_mode(name, args.steps, args.batch_size, args.max_tokens))
             torch.cuda.empty_cache()
         else:  # a child process per mode, so each peak RSS is its own
-            out = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps),
-                                  "--batch-size", str(args.batch_size), "--max-tokens", str(args.max_tokens)],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    name,
+                    "--steps",
+                    str(args.steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--max-tokens",
+                    str(args.max_tokens),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = results[-1]
-        print(f"{r['mode']:<50} {r['s_per_step']:7.2f} s/step   peak {r['peak_gib']:5.2f} GiB   "
-              f"{r['trainable_params']:>12,} trainable", flush=True)
+        print(
+            f"{r['mode']:<50} {r['s_per_step']:7.2f} s/step   peak {r['peak_gib']:5.2f} GiB   "
+            f"{r['trainable_params']:>12,} trainable",
+            flush=True,
+        )
     base = results[0]
-    print(f"\nratios against {base['mode']} (batch {args.batch_size}, {args.steps} timed steps, {base['device']}; "
-          f"{base['peak_kind']}):")
+    print(
+        f"\nratios against {base['mode']} (batch {args.batch_size}, {args.steps} timed steps, {base['device']}; "
+        f"{base['peak_kind']}):"
+    )
     for r in results[1:]:
-        print(f"  {r['mode']:<50} memory {r['peak_gib'] / base['peak_gib']:.0%}   "
-              f"speed {base['s_per_step'] / r['s_per_step']:.2f}x")
+        print(
+            f"  {r['mode']:<50} memory {r['peak_gib'] / base['peak_gib']:.0%}   "
+            f"speed {base['s_per_step'] / r['s_per_step']:.2f}x"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size,
-                                          "steps": args.steps, "results": results}, indent=2) + "\n")
+    Path(args.out).write_text(
+        json.dumps(
+            {"date": time.strftime("%Y-%m-%d"), "batch_size": args.batch_size, "steps": args.steps, "results": results},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """lora_v2t: turn sentence-embedding vectors back into text with a frozen LM, a prefix projector and LoRA.
 
-    from lora_v2t import load_adapter
-    v2t = load_adapter("checkpoints/adapters/use-gemma270m-ru")
-    v2t.invert(["Где лодка?"])
+from lora_v2t import load_adapter
+v2t = load_adapter("checkpoints/adapters/use-gemma270m-ru")
+v2t.invert(["Где лодка?"])
 """
 
 import importlib
@@ -27,6 +27,7 @@ OPTIONAL_KERNEL_NOTICES = {
 def _drop_notice(notice: str):
     def keep(record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith(notice)
+
     return keep
 
 

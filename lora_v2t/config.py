@@ -60,7 +60,8 @@ def setting(default, doc: str, flag: str | None = None, flag_help: str | None = 
 @dataclass
 class EncoderConfig:
     spec: str = setting(
-        DEFAULT_ENCODER, "hub id or folder of a sentence-transformers model, or offline:use-multilingual")
+        DEFAULT_ENCODER, "hub id or folder of a sentence-transformers model, or offline:use-multilingual"
+    )
 
 
 @dataclass
@@ -68,15 +69,19 @@ class BackboneConfig:
     name: str = setting(DEFAULT_BACKBONE, "hub id, local folder, .gguf file, or offline:gemma-3-270m")
     quantization: Quantization = setting("auto", "auto (8bit on CUDA, none on CPU) | 8bit | 4bit | none")
     device: str | None = setting(
-        None, "cpu / cuda / cuda:N (training: cuda:N in a single process only); None = CUDA if any")
+        None, "cpu / cuda / cuda:N (training: cuda:N in a single process only); None = CUDA if any"
+    )
     int8_threshold: float = setting(
-        INT8_THRESHOLD, "LLM.int8 outlier threshold (quantization 8bit): activations above it stay in fp16 "
-                        "(bitsandbytes' default 6.0); 0 quantises every feature, a faster step at some accuracy cost")
+        INT8_THRESHOLD,
+        "LLM.int8 outlier threshold (quantization 8bit): activations above it stay in fp16 "
+        "(bitsandbytes' default 6.0); 0 quantises every feature, a faster step at some accuracy cost",
+    )
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
-            raise V2TError(f"backbone.name must be a hub id, a folder, a .gguf file or {OFFLINE_BACKBONE}, got "
-                           f"{self.name!r}")
+            raise V2TError(
+                f"backbone.name must be a hub id, a folder, a .gguf file or {OFFLINE_BACKBONE}, got {self.name!r}"
+            )
         check_choice("quantization", self.quantization, QUANTIZATION_MODES)
         check_range("backbone.int8_threshold", self.int8_threshold, low=0)
 
@@ -103,7 +108,8 @@ class LoRAConfig:
     alpha: int | None = setting(None, "LoRA scaling numerator; None = 2 * r")
     dropout: float = setting(0.05, "dropout on the LoRA input during training")
     target_modules: list[str] | None = setting(
-        None, "module names to adapt; None = attention projections per architecture")
+        None, "module names to adapt; None = attention projections per architecture"
+    )
     layers: list[int] | None = setting(None, "indices of the transformer blocks that get LoRA; None = every block")
 
     def __post_init__(self):
@@ -119,26 +125,33 @@ class LoRAConfig:
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = setting(
-        48, "longest reconstruction, in tokens (>= 1; with the prefix, within the backbone's context)")
+        48, "longest reconstruction, in tokens (>= 1; with the prefix, within the backbone's context)"
+    )
     do_sample: bool = setting(False, "sample instead of greedy / beam search")
     temperature: float = setting(1.0, "sampling temperature (> 0; used when do_sample)")
     top_k: int = setting(50, "sample among the k most likely tokens (>= 0; 0 = off)")
     top_p: float = setting(1.0, "nucleus sampling mass (0 < top_p <= 1; 1 = off)")
     num_beams: int = setting(1, "beam search width (>= 1; 1 = greedy or sampling)")
     num_return_sequences: int = setting(
-        1, "candidates returned (or reranked) per vector (>= 1; at most num_beams unless sampling)")
+        1, "candidates returned (or reranked) per vector (>= 1; at most num_beams unless sampling)"
+    )
     repetition_penalty: float = setting(
-        1.1, "penalty on tokens already generated (> 0; 1 = off; 1.1 stops most stutter, see bench/repetition.py)")
+        1.1, "penalty on tokens already generated (> 0; 1 = off; 1.1 stops most stutter, see bench/repetition.py)"
+    )
     no_repeat_ngram_size: int = setting(0, "never repeat an n-gram of this many tokens (>= 0; 0 = off)")
     batch_size: int = setting(32, "vectors decoded together (>= 1)")
     restrict_vocab: bool = setting(
-        True, "decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)",
+        True,
+        "decode only the adapter's output vocabulary when it has one (loss_vocab=corpus)",
         flag="--full-vocab",
-        flag_help="let every token out, not only the adapter's output vocabulary (when it has one)")
+        flag_help="let every token out, not only the adapter's output vocabulary (when it has one)",
+    )
     cache: CacheKind = setting(
-        "dynamic", "KV cache: dynamic | static (fixed size, so that transformers compiles the decoding step with "
-                   "torch.compile on a GPU: the first batch is slow, the later ones fast; the same greedy text in "
-                   "fp32; slower on a CPU, where nothing compiles it)")
+        "dynamic",
+        "KV cache: dynamic | static (fixed size, so that transformers compiles the decoding step with "
+        "torch.compile on a GPU: the first batch is slow, the later ones fast; the same greedy text in "
+        "fp32; slower on a CPU, where nothing compiles it)",
+    )
 
     def __post_init__(self):
         check_choice("cache", self.cache, CACHE_KINDS)
@@ -156,8 +169,7 @@ class GenerationConfig:
             check_range("temperature", self.temperature, low=0)  # unused without sampling (0: greedy), not < 0
         if not self.do_sample and self.num_return_sequences > self.num_beams:
             raise V2TError(
-                f"num_return_sequences={self.num_return_sequences} needs num_beams >= that many "
-                "or do_sample=True"
+                f"num_return_sequences={self.num_return_sequences} needs num_beams >= that many or do_sample=True"
             )
 
     def updated(self, **overrides) -> GenerationConfig:
@@ -192,8 +204,10 @@ class DataConfig:
     max_chars: int = setting(400, "skip longer lines (counted)")
     max_tokens: int = setting(48, "truncate target sentences to this many tokens (EOS included)")
     hypotheses: str | None = setting(
-        None, "a corrector's training data: the `lora-v2t invert --texts` JSONL of its hypothesizer on data.train "
-        "(sentences the hypothesizer never trained on: `lora-v2t heldout`)")
+        None,
+        "a corrector's training data: the `lora-v2t invert --texts` JSONL of its hypothesizer on data.train "
+        "(sentences the hypothesizer never trained on: `lora-v2t heldout`)",
+    )
     cache_dir: str | None = setting(None, "embedding cache; None = <checkpoints>/cache")
     seed: int = setting(0, "seeds the sample, the split and the batch order")
 
@@ -212,22 +226,28 @@ class DataConfig:
         """``data.train``; raise unless a training corpus is named: training, embedding and heldout need one (the
         library names none; recipes do)."""
         if not self.train:
-            raise V2TError("data.train is not set: name the training corpus in the recipe (data: train: FILE) or "
-                           "with --data.train=FILE")
+            raise V2TError(
+                "data.train is not set: name the training corpus in the recipe (data: train: FILE) or "
+                "with --data.train=FILE"
+            )
         return self.train
 
 
 @dataclass
 class TrainingConfig:
     run_name: str = setting("run", "run folder: <output_dir>/<run_name>/")
-    role: Role = setting(DEFAULT_ROLE, "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see "
-                        "lora_v2t.model.correct)")
+    role: Role = setting(
+        DEFAULT_ROLE, "hypothesizer (vector -> text) | corrector (needs data.hypotheses; see lora_v2t.model.correct)"
+    )
     output_dir: str | None = setting(
-        None, "folder of the run folders; None = <checkpoints>/runs (see lora-v2t train --help for <checkpoints>)")
+        None, "folder of the run folders; None = <checkpoints>/runs (see lora-v2t train --help for <checkpoints>)"
+    )
     trainable: Trainable = setting(
-        "lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)")
+        "lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)"
+    )
     loss_vocab: LossVocab = setting(
-        "full", "full | corpus: softmax over the tokens the corpus uses only (much faster on CPU)")
+        "full", "full | corpus: softmax over the tokens the corpus uses only (much faster on CPU)"
+    )
     batch_size: int = setting(16, "sentences per micro-batch")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
     max_steps: int = setting(1000, "optimizer steps")
@@ -239,10 +259,13 @@ class TrainingConfig:
     min_lr_ratio: float = setting(0.1, "the cosine decays to this fraction of the peak rate")
     max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
     mixed_precision: MixedPrecision = setting(
-        "auto", "auto (bf16/fp16 on CUDA; bf16 on CPUs with AVX-512 BF16 or AMX, else off) | no | bf16 | fp16")
+        "auto", "auto (bf16/fp16 on CUDA; bf16 on CPUs with AVX-512 BF16 or AMX, else off) | no | bf16 | fp16"
+    )
     gradient_checkpointing: bool | str = setting(
-        "auto", "recompute activations in the backward pass, trading time for memory: true | false | auto (on "
-                "only where the memory estimate says a step would not fit the free GPU memory; off on a CPU)")
+        "auto",
+        "recompute activations in the backward pass, trading time for memory: true | false | auto (on "
+        "only where the memory estimate says a step would not fit the free GPU memory; off on a CPU)",
+    )
     eval_every: int = setting(100, "steps between validation + printed reconstructions")
     save_every: int = setting(200, "steps between checkpoints")
     keep_checkpoints: int = setting(2, "keep only the last K step-NNNNNN/ folders")
@@ -257,10 +280,18 @@ class TrainingConfig:
         check_choice("training.loss_vocab", self.loss_vocab, LOSS_VOCABS)
         check_choice("training.mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         if isinstance(self.gradient_checkpointing, str) and self.gradient_checkpointing != "auto":
-            raise V2TError(f"training.gradient_checkpointing must be true, false or auto, got "
-                           f"{self.gradient_checkpointing!r}")
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "save_every", "keep_checkpoints",
-                     "log_every"):
+            raise V2TError(
+                f"training.gradient_checkpointing must be true, false or auto, got {self.gradient_checkpointing!r}"
+            )
+        for name in (
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_every",
+            "save_every",
+            "keep_checkpoints",
+            "log_every",
+        ):
             if getattr(self, name) < 1:
                 raise V2TError(f"training.{name} must be >= 1, got {getattr(self, name)}")
         check_range("training.lr", self.lr, low=0, above=True)
@@ -275,8 +306,10 @@ class TrainingConfig:
             check_range("training.max_minutes", self.max_minutes, low=0, above=True)
         name = self.run_name
         if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
-            raise V2TError(f"training.run_name must be a plain folder name (no '/', '\\' or '..'), got {name!r}: "
-                           "it names the run's folder inside training.output_dir; set output_dir to write elsewhere")
+            raise V2TError(
+                f"training.run_name must be a plain folder name (no '/', '\\' or '..'), got {name!r}: "
+                "it names the run's folder inside training.output_dir; set output_dir to write elsewhere"
+            )
 
 
 @dataclass
@@ -416,13 +449,17 @@ def read_recipe(path: Path):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise V2TError(f"recipe {path} is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}): a recipe is "
-                       "a YAML text file (see recipes/)") from exc
+        raise V2TError(
+            f"recipe {path} is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}): a recipe is "
+            "a YAML text file (see recipes/)"
+        ) from exc
     try:
         return yaml.safe_load(text) or {}
     except yaml.reader.ReaderError as exc:  # a control character: a binary file
-        raise V2TError(f"recipe {path} is not a text file: it holds the control character #x{exc.character:x} at "
-                       f"character {exc.position}; a recipe is a YAML text file (see recipes/)") from exc
+        raise V2TError(
+            f"recipe {path} is not a text file: it holds the control character #x{exc.character:x} at "
+            f"character {exc.position}; a recipe is a YAML text file (see recipes/)"
+        ) from exc
     except yaml.YAMLError as exc:
         raise V2TError(f"recipe {path} is not valid YAML: {yaml_problem(exc)}{_not_a_recipe(path)}") from exc
 
@@ -458,8 +495,9 @@ def describe_keys() -> str:
     return "\n".join(lines)
 
 
-def check_range(key: str, value, low: float | None = None, high: float | None = None, *, above: bool = False,
-                below: bool = False) -> None:
+def check_range(
+    key: str, value, low: float | None = None, high: float | None = None, *, above: bool = False, below: bool = False
+) -> None:
     """Raise a one-line error naming ``key`` and its valid range unless ``low <= value <= high`` (``above`` /
     ``below``: strictly); NaN and infinities never pass."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -469,8 +507,9 @@ def check_range(key: str, value, low: float | None = None, high: float | None = 
     if not bad and high is not None:
         bad = value >= high if below else value > high
     if bad:
-        limits = ([f"{'>' if above else '>='} {_number(low)}"] if low is not None else []) + \
-            ([f"{'<' if below else '<='} {_number(high)}"] if high is not None else [])
+        limits = ([f"{'>' if above else '>='} {_number(low)}"] if low is not None else []) + (
+            [f"{'<' if below else '<='} {_number(high)}"] if high is not None else []
+        )
         raise V2TError(f"{key} must be {' and '.join(limits)}, got {value!r}")
 
 

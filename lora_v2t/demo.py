@@ -76,11 +76,23 @@ def demo_recipe(cfg: DemoConfig) -> RunConfig:
         projector=ProjectorConfig(kind="mlp", prefix_length=4),  # as the offline recipe: 4 slots learn faster
         lora=LoRAConfig(r=16, dropout=0.0),
         data=DataConfig(train=corpus, val=str(HELD_OUT), max_sentences=cfg.max_sentences, max_tokens=32),
-        training=TrainingConfig(run_name=DEMO_RUN, output_dir=cfg.output_dir, batch_size=16,
-                                max_steps=cfg.max_steps, max_minutes=cfg.minutes, lr=5e-4, projector_lr=1e-3,
-                                warmup_steps=20, eval_every=cfg.eval_every, save_every=cfg.eval_every,
-                                log_every=10, num_samples=4, loss_vocab="corpus", keep_checkpoints=1,
-                                mixed_precision=cfg.mixed_precision),
+        training=TrainingConfig(
+            run_name=DEMO_RUN,
+            output_dir=cfg.output_dir,
+            batch_size=16,
+            max_steps=cfg.max_steps,
+            max_minutes=cfg.minutes,
+            lr=5e-4,
+            projector_lr=1e-3,
+            warmup_steps=20,
+            eval_every=cfg.eval_every,
+            save_every=cfg.eval_every,
+            log_every=10,
+            num_samples=4,
+            loss_vocab="corpus",
+            keep_checkpoints=1,
+            mixed_precision=cfg.mixed_precision,
+        ),
     )
 
 
@@ -97,10 +109,13 @@ def run_demo(cfg: DemoConfig) -> Path:
     start = time.perf_counter()
     shipped = Path(cfg.shipped) if cfg.shipped and Path(cfg.shipped, "v2t_config.json").is_file() else None
     prepared = cfg.backbone != OFFLINE_BACKBONE or (checkpoints_dir() / "base" / "gemma-3-270m").is_dir()
-    print(f"lora_v2t demo: about {cfg.minutes + 2 + (0 if prepared else 1.5):.0f} minutes on a 2-core CPU: "
-          f"{'' if prepared else 'preparing the offline models (once, about 1.5 minutes), '}"
-          f"1 minute showing the shipped adapter, {cfg.minutes:g} training a new one, 1 putting both on one "
-          "base.\n", flush=True)
+    print(
+        f"lora_v2t demo: about {cfg.minutes + 2 + (0 if prepared else 1.5):.0f} minutes on a 2-core CPU: "
+        f"{'' if prepared else 'preparing the offline models (once, about 1.5 minutes), '}"
+        f"1 minute showing the shipped adapter, {cfg.minutes:g} training a new one, 1 putting both on one "
+        "base.\n",
+        flush=True,
+    )
     if cfg.backbone == OFFLINE_BACKBONE:
         convert_offline_gemma()
     v2t = show_shipped(shipped, held_out)
@@ -108,18 +123,20 @@ def run_demo(cfg: DemoConfig) -> Path:
     final = train_demo(recipe, cfg.show_progress)
     if v2t is not None:
         show_switching(v2t, final, held_out)
-    print(f"\nDone in {(time.perf_counter() - start) / 60:.1f} minutes. The new adapter is in {final} "
-          f"({sum(p.stat().st_size for p in final.iterdir()) / 2**20:.1f} MB). Load it in a script:\n\n"
-          f"    from lora_v2t import load_adapter\n"
-          f"    v2t = load_adapter({str(final)!r})\n"
-          f"    print(v2t.invert([\"Где моя лодка?\"]))\n\n"
-          f"or: lora-v2t generate --adapter {final} --text \"Где моя лодка?\"\n"
-          f"A few minutes of training make a rough adapter{trained}.")
+    print(
+        f"\nDone in {(time.perf_counter() - start) / 60:.1f} minutes. The new adapter is in {final} "
+        f"({sum(p.stat().st_size for p in final.iterdir()) / 2**20:.1f} MB). Load it in a script:\n\n"
+        f"    from lora_v2t import load_adapter\n"
+        f"    v2t = load_adapter({str(final)!r})\n"
+        f'    print(v2t.invert(["Где моя лодка?"]))\n\n'
+        f'or: lora-v2t generate --adapter {final} --text "Где моя лодка?"\n'
+        f"A few minutes of training make a rough adapter{trained}."
+    )
     return final
 
 
 def shipped_minutes(v2t: Vector2Text | None) -> str:
-    """"; the shipped one trained for N minutes", as its bundle records it (nothing when it does not)."""
+    """ "; the shipped one trained for N minutes", as its bundle records it (nothing when it does not)."""
     minutes = None if v2t is None else v2t.meta.training.get("wall_minutes")
     return f"; the shipped one trained for {minutes:.0f} minutes" if isinstance(minutes, (int, float)) else ""
 
@@ -131,8 +148,10 @@ def show_shipped(shipped: Path | None, held_out: list[str]):
     if shipped is None:
         print("(No shipped adapter in this installation: part 1 is skipped.)\n")
         return None
-    print(f"1. The shipped adapter {shipped.name} writes back sentences it never saw, from their vectors "
-          "alone:", flush=True)
+    print(
+        f"1. The shipped adapter {shipped.name} writes back sentences it never saw, from their vectors alone:",
+        flush=True,
+    )
     v2t = load_adapter(shipped, device="cpu")
     print_reconstructions(v2t, held_out)
     return v2t
@@ -159,10 +178,13 @@ def train_demo(recipe: RunConfig, show_progress: bool) -> Path:
         print(f"2. The demo adapter is already trained: {final} (delete {run_dir} to train it again).\n")
         return final
     checkpoints = list_checkpoints(run_dir)
-    print(f"2. Training a new adapter for {recipe.training.max_minutes:g} minutes on sentences of "
-          f"{recipe.data.train}; every {recipe.training.eval_every} steps it writes back held-out sentences "
-          "(never trained on), which get closer as it learns."
-          + (f" Resuming the interrupted demo from {checkpoints[-1].name}." if checkpoints else ""), flush=True)
+    print(
+        f"2. Training a new adapter for {recipe.training.max_minutes:g} minutes on sentences of "
+        f"{recipe.data.train}; every {recipe.training.eval_every} steps it writes back held-out sentences "
+        "(never trained on), which get closer as it learns."
+        + (f" Resuming the interrupted demo from {checkpoints[-1].name}." if checkpoints else ""),
+        flush=True,
+    )
     return train(recipe, resume=bool(checkpoints), show_progress=show_progress)
 
 
@@ -176,7 +198,10 @@ def show_switching(v2t: Vector2Text, final: Path, held_out: list[str]) -> None:
         v2t.set_adapter(name)
         switches.append(time.perf_counter() - begin)
     switches.sort()
-    print(f"\n3. Both adapters on one base: switching between them takes {1000 * switches[len(switches) // 2]:.1f} "
-          f"ms (median of 10; the base is not reloaded). The new adapter on the held-out sentences:", flush=True)
+    print(
+        f"\n3. Both adapters on one base: switching between them takes {1000 * switches[len(switches) // 2]:.1f} "
+        f"ms (median of 10; the base is not reloaded). The new adapter on the held-out sentences:",
+        flush=True,
+    )
     v2t.set_adapter("demo")
     print_reconstructions(v2t, held_out)

@@ -20,8 +20,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ["Я знаю много людей, у которых нет прав.", "Мой начальник отпустил меня сегодня пораньше.",
-           "Вы сегодня проверяли почту?"]
+SAMPLES = [
+    "Я знаю много людей, у которых нет прав.",
+    "Мой начальник отпустил меня сегодня пораньше.",
+    "Вы сегодня проверяли почту?",
+]
 
 
 def main() -> None:
@@ -30,8 +33,11 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, required=True, help="the recipe it was trained with")
     parser.add_argument("--eval", type=Path, nargs="*", default=[], help="report folders of `lora-v2t evaluate`")
     parser.add_argument("--out", type=Path, required=True, help="where the shipped bundle goes")
-    parser.add_argument("--corrector", help="a hypothesizer's corrector, as its bundle names it (a folder relative "
-                                             "to --out, e.g. ../use-gemma270m-ru-v2-corrector, or a hub id)")
+    parser.add_argument(
+        "--corrector",
+        help="a hypothesizer's corrector, as its bundle names it (a folder relative "
+        "to --out, e.g. ../use-gemma270m-ru-v2-corrector, or a hub id)",
+    )
     args = parser.parse_args()
 
     from lora_v2t import load_adapter
@@ -51,8 +57,10 @@ def main() -> None:
         decoded = summary.get("output_vocab", "full")
         expected = "full" if v2t.output_vocab is None else v2t.output_vocab.numel()
         if decoded != expected:
-            raise SystemExit(f"{report} was decoded over {decoded} tokens but the shipped adapter decodes over "
-                             f"{expected}: evaluate it again")
+            raise SystemExit(
+                f"{report} was decoded over {decoded} tokens but the shipped adapter decodes over "
+                f"{expected}: evaluate it again"
+            )
         data = Path(summary.get("data") or report.name).stem
         for system, scores in summary["scores"].items():
             name = system.split()[0]  # greedy, reranked, corrected-N or reranked+corrected-N
@@ -61,8 +69,13 @@ def main() -> None:
                     metrics[f"{data} {name} {metric} (n={summary['sentences']})"] = round(scores[metric]["value"], 4)
     v2t.meta["training"]["metrics"] = metrics
     # what it trained on (runs of lora_v2t before it recorded this): lets a corrector's data be checked unseen
-    sample = v2t.meta["training"].setdefault("sample", {k: getattr(cfg.data, k) for k in (
-        "train", "val", "val_size", "max_sentences", "min_chars", "max_chars", "seed")})
+    sample = v2t.meta["training"].setdefault(
+        "sample",
+        {
+            k: getattr(cfg.data, k)
+            for k in ("train", "val", "val_size", "max_sentences", "min_chars", "max_chars", "seed")
+        },
+    )
     portable_paths(v2t.meta["training"], sample, cfg.data)
     if args.corrector:
         v2t.meta["corrector"] = args.corrector
@@ -79,8 +92,14 @@ def portable_paths(training: dict, sample: dict, data) -> None:
     record the recipe's spelling: the bundle travels, and a corrector's data is checked against it."""
     for key in ("train", "val"):
         recorded, recipe_path = sample.get(key), getattr(data, key)
-        if recorded and recipe_path and recorded != recipe_path and Path(recorded).is_file() \
-                and Path(recipe_path).is_file() and os.path.samefile(recorded, recipe_path):
+        if (
+            recorded
+            and recipe_path
+            and recorded != recipe_path
+            and Path(recorded).is_file()
+            and Path(recipe_path).is_file()
+            and os.path.samefile(recorded, recipe_path)
+        ):
             sample[key] = recipe_path
             if key == "train" and training.get("data") == recorded:
                 training["data"] = recipe_path

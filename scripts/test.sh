@@ -10,7 +10,8 @@ if ! command -v chromium >/dev/null 2>&1; then
     $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/ruff check lora_v2t tests bench
+.venv/bin/ruff check lora_v2t tests bench scripts
+.venv/bin/ruff format --check lora_v2t tests bench scripts
 .venv/bin/mypy lora_v2t  # the settings: pyproject.toml [tool.mypy]
 .venv/bin/codespell lora_v2t tests bench scripts recipes docs README.md BENCHMARKS.md  # [tool.codespell]
 .venv/bin/python -m pytest -q "$@"

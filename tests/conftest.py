@@ -14,9 +14,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 SENTENCES = [
-    "Где лодка?", "Я люблю читать книги.", "Сегодня хорошая погода.", "Мы пошли в лес за грибами.",
-    "Он открыл окно и посмотрел на улицу.", "Кошка спит на диване.", "Это очень интересная история.",
-    "Завтра будет дождь.", "Where is the boat?", "The cat sleeps on the sofa.",
+    "Где лодка?",
+    "Я люблю читать книги.",
+    "Сегодня хорошая погода.",
+    "Мы пошли в лес за грибами.",
+    "Он открыл окно и посмотрел на улицу.",
+    "Кошка спит на диване.",
+    "Это очень интересная история.",
+    "Завтра будет дождь.",
+    "Where is the boat?",
+    "The cat sleeps on the sofa.",
 ]
 TINY_VOCAB = 300
 TINY_ENCODER_DIM = 24
@@ -29,8 +36,12 @@ def _train_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(SENTENCES * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
@@ -45,8 +56,7 @@ def tiny_backbone_dir(tmp_path_factory) -> str:
 def tiny_backbone_64_dir(tmp_path_factory) -> str:
     """Like ``tiny_backbone_dir`` with hidden size 64: every layer's in_features is a multiple of bitsandbytes'
     4-bit block size (64), which its CPU 4-bit kernels need (hidden 32 crashes or computes wrong weights)."""
-    return save_random_gpt2(tmp_path_factory.mktemp("tiny-gpt2-64"), n_layer=2, n_embd=64, n_head=2,
-                            n_positions=128)
+    return save_random_gpt2(tmp_path_factory.mktemp("tiny-gpt2-64"), n_layer=2, n_embd=64, n_head=2, n_positions=128)
 
 
 def save_random_gpt2(path, seed: int = 0, **shape) -> str:
@@ -55,9 +65,16 @@ def save_random_gpt2(path, seed: int = 0, **shape) -> str:
 
     tokenizer = _train_tokenizer()
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), initializer_range=0.2, resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        **shape)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        initializer_range=0.2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **shape,
+    )
     model = GPT2LMHeadModel(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -69,6 +86,7 @@ def save_random_gpt2(path, seed: int = 0, **shape) -> str:
 def tiny_encoder_dir(tmp_path_factory) -> str:
     """A LaBSE-shaped sentence-transformers model (BERT + CLS pooling + Dense + Normalize), random weights."""
     from sentence_transformers import SentenceTransformer
+
     try:
         from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
     except ImportError:  # sentence-transformers < 6
@@ -83,9 +101,17 @@ def tiny_encoder_dir(tmp_path_factory) -> str:
     (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizerFast(vocab_file=str(bert_dir / "vocab.txt")).save_pretrained(bert_dir)
     torch.manual_seed(1)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128,
-                         initializer_range=0.5)).save_pretrained(bert_dir)  # distinct vectors per sentence
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            initializer_range=0.5,
+        )
+    ).save_pretrained(bert_dir)  # distinct vectors per sentence
     transformer = Transformer(str(bert_dir), max_seq_length=64)
     pooling = Pooling(32, pooling_mode="cls")
     dense = Dense(32, TINY_ENCODER_DIM, activation_function=torch.nn.Tanh())
@@ -147,6 +173,7 @@ def only_made_of(text: str, piece: str) -> bool:
 
 def refuse_calls(monkeypatch, target: str, what: str) -> None:
     """Make ``target`` (a dotted path) fail the test if called: ``what`` must not happen before the check."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"{what} before the input was checked")
 

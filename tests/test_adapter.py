@@ -20,8 +20,7 @@ def vectors_for(v2t, n=4, seed=0):
 
 def logits_of(v2t, vectors):
     with torch.no_grad():
-        return v2t.forward(vectors, **v2t.tokenize(["Где лодка?", "Кошка спит.", "Завтра дождь.", "Мы тут."]))\
-            .logits
+        return v2t.forward(vectors, **v2t.tokenize(["Где лодка?", "Кошка спит.", "Завтра дождь.", "Мы тут."])).logits
 
 
 @pytest.fixture()
@@ -251,10 +250,13 @@ def test_unknown_projector_kind_in_bundle(bundle, tmp_path):
         load_adapter(broken)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"backbone__quantization": "3bit"}, "backbone.quantization must be one of 8bit, 4bit, none, got '3bit'"),
-    ({"backbone__compute_dtype": "float8"}, "backbone.compute_dtype must be float32, bfloat16 or float16"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"backbone__quantization": "3bit"}, "backbone.quantization must be one of 8bit, 4bit, none, got '3bit'"),
+        ({"backbone__compute_dtype": "float8"}, "backbone.compute_dtype must be float32, bfloat16 or float16"),
+    ],
+)
 def test_bad_precision_in_bundle_is_refused_at_load(bundle, tmp_path, change, message):
     broken = copy_bundle(bundle, tmp_path)
     edit_config(broken, **change)
@@ -262,11 +264,14 @@ def test_bad_precision_in_bundle_is_refused_at_load(bundle, tmp_path, change, me
         validate_bundle(broken)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"generation__beam_width": 4}, r"unknown generation option\(s\) \['beam_width'\]"),
-    ({"generation__num_beams": 0}, "num_beams must be >= 1"),
-    ({"generation": ["greedy"]}, "generation defaults are not valid"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"generation__beam_width": 4}, r"unknown generation option\(s\) \['beam_width'\]"),
+        ({"generation__num_beams": 0}, "num_beams must be >= 1"),
+        ({"generation": ["greedy"]}, "generation defaults are not valid"),
+    ],
+)
 def test_bad_generation_defaults_in_bundle_are_refused_at_load(bundle, tmp_path, change, message):
     broken = copy_bundle(bundle, tmp_path)
     edit_config(broken, **change)
@@ -372,24 +377,41 @@ def test_a_safetensors_file_that_starts_like_a_pickle_loads(v2t, bundle, tmp_pat
         load_adapter(copy, device="cpu")
 
 
-@pytest.mark.parametrize("write,message", [
-    pytest.param(lambda f: torch.save({"w": torch.zeros(2)}, f, _use_new_zipfile_serialization=False),
-                 "is a pickle file .*never loads pickle; convert it with safetensors.torch.save_file", id="pickle"),
-    pytest.param(lambda f: torch.save({"w": torch.zeros(2)}, f),
-                 r"is a zip archive \(torch.save's default format.*never loads pickle; convert it", id="zip"),
-    pytest.param(lambda f: f.write_bytes(b""), r"is empty \(0 bytes\).*save or copy the adapter again", id="empty"),
-    pytest.param(lambda f: f.write_bytes(f.read_bytes()[:-10]),
-                 r"is truncated: its header places tensor data up to byte \d+ but only \d+ bytes.*save or copy",
-                 id="truncated-data"),
-    pytest.param(lambda f: f.write_bytes(f.read_bytes()[:40]),
-                 r"is truncated: its header alone should take \d+ bytes but only 32 follow.*save or copy",
-                 id="truncated-header"),
-    pytest.param(lambda f: f.write_bytes(f.read_bytes()[:5]), "is truncated: 5 bytes", id="truncated-length"),
-    pytest.param(lambda f: f.write_bytes(b"\x93NUMPY" + bytes(200)), "is corrupt: not a safetensors file",
-                 id="corrupt"),
-    pytest.param(lambda f: f.write_bytes(f.read_bytes()[:8] + b"[" + f.read_bytes()[9:]),
-                 "is corrupt: not a safetensors file", id="corrupt-header"),
-])
+@pytest.mark.parametrize(
+    "write,message",
+    [
+        pytest.param(
+            lambda f: torch.save({"w": torch.zeros(2)}, f, _use_new_zipfile_serialization=False),
+            "is a pickle file .*never loads pickle; convert it with safetensors.torch.save_file",
+            id="pickle",
+        ),
+        pytest.param(
+            lambda f: torch.save({"w": torch.zeros(2)}, f),
+            r"is a zip archive \(torch.save's default format.*never loads pickle; convert it",
+            id="zip",
+        ),
+        pytest.param(lambda f: f.write_bytes(b""), r"is empty \(0 bytes\).*save or copy the adapter again", id="empty"),
+        pytest.param(
+            lambda f: f.write_bytes(f.read_bytes()[:-10]),
+            r"is truncated: its header places tensor data up to byte \d+ but only \d+ bytes.*save or copy",
+            id="truncated-data",
+        ),
+        pytest.param(
+            lambda f: f.write_bytes(f.read_bytes()[:40]),
+            r"is truncated: its header alone should take \d+ bytes but only 32 follow.*save or copy",
+            id="truncated-header",
+        ),
+        pytest.param(lambda f: f.write_bytes(f.read_bytes()[:5]), "is truncated: 5 bytes", id="truncated-length"),
+        pytest.param(
+            lambda f: f.write_bytes(b"\x93NUMPY" + bytes(200)), "is corrupt: not a safetensors file", id="corrupt"
+        ),
+        pytest.param(
+            lambda f: f.write_bytes(f.read_bytes()[:8] + b"[" + f.read_bytes()[9:]),
+            "is corrupt: not a safetensors file",
+            id="corrupt-header",
+        ),
+    ],
+)
 def test_weights_that_are_not_safetensors_are_named(bundle, tmp_path, write, message):
     broken = copy_bundle(bundle, tmp_path)
     file = broken / "adapter_model.safetensors"
@@ -482,12 +504,16 @@ def rewrite_tensor(file, change):
     save_file(tensors, str(file), metadata={"format": "pt"})
 
 
-@pytest.mark.parametrize("file,pick,value", [
-    ("projector.safetensors", lambda keys: keys[0], float("nan")),
-    ("adapter_model.safetensors", lambda keys: [k for k in keys if "lora_B" in k][-1], float("inf")),
-])
-def test_nan_or_inf_weights_are_refused_at_load_naming_file_and_tensor(bundle, tmp_path, v2t, file, pick, value,
-                                                                       capsys, no_base_load):
+@pytest.mark.parametrize(
+    "file,pick,value",
+    [
+        ("projector.safetensors", lambda keys: keys[0], float("nan")),
+        ("adapter_model.safetensors", lambda keys: [k for k in keys if "lora_B" in k][-1], float("inf")),
+    ],
+)
+def test_nan_or_inf_weights_are_refused_at_load_naming_file_and_tensor(
+    bundle, tmp_path, v2t, file, pick, value, capsys, no_base_load
+):
     from lora_v2t.cli import main
 
     broken = copy_bundle(bundle, tmp_path)
@@ -515,8 +541,13 @@ def test_a_lora_tensor_of_another_rank_is_refused_before_the_base_loads(bundle, 
     with safe_open(str(file), framework="pt") as handle:
         key = sorted(k for k in handle.keys() if "lora_A" in k)[0]
     rewrite_tensor(file, lambda tensors: tensors.update({key: torch.zeros(12, tensors[key].shape[1])}))
-    with pytest.raises(V2TError, match=re.escape(f"{file}: tensor {key!r} has shape [12, 32], but a LoRA A matrix "
-                                                 "is (r, in_features) with r=16 (adapter_config.json)")):
+    with pytest.raises(
+        V2TError,
+        match=re.escape(
+            f"{file}: tensor {key!r} has shape [12, 32], but a LoRA A matrix "
+            "is (r, in_features) with r=16 (adapter_config.json)"
+        ),
+    ):
         load_adapter(broken, device="cpu")
 
 
@@ -535,7 +566,8 @@ def test_a_lora_tensor_that_does_not_fit_the_base_is_one_line_and_loads_nothing(
     assert v2t.adapters == ["default"] and "other" not in v2t.model.peft_config
     vectors = vectors_for(v2t)
     assert v2t.generate(vectors, max_new_tokens=4) == load_adapter(bundle, device="cpu").generate(
-        vectors, max_new_tokens=4)  # the loaded adapter still works as before
+        vectors, max_new_tokens=4
+    )  # the loaded adapter still works as before
 
 
 def test_a_bundle_that_cannot_be_read_is_one_line(bundle, tmp_path, monkeypatch, capsys):

@@ -40,8 +40,14 @@ def lines_of(path):
 
 
 def job_for(vectors_file, out, originals=None, **kwargs):
-    return AuditJob(str(vectors_file), str(out), originals=None if originals is None else str(originals),
-                    batch_size=3, options=OPTIONS, **kwargs)
+    return AuditJob(
+        str(vectors_file),
+        str(out),
+        originals=None if originals is None else str(originals),
+        batch_size=3,
+        options=OPTIONS,
+        **kwargs,
+    )
 
 
 def test_an_audit_writes_rows_a_summary_and_a_report(v2t, bundle, vectors_file, originals_file, tmp_path):
@@ -62,11 +68,17 @@ def test_an_audit_writes_rows_a_summary_and_a_report(v2t, bundle, vectors_file, 
     assert not (out / "audit.lock").exists() and not (out / ".extract.tmp").exists()
 
 
-def test_the_shared_numbers_agree_with_evaluate_on_the_same_rows(v2t, bundle, vectors_file, originals_file,
-                                                                 tmp_path):
+def test_the_shared_numbers_agree_with_evaluate_on_the_same_rows(v2t, bundle, vectors_file, originals_file, tmp_path):
     summary = audit(v2t, job_for(vectors_file, tmp_path / "audit", originals_file), bundle, show_progress=False)
-    report = evaluate(v2t, EvalData(references=list(SENTENCES), vectors=np.load(vectors_file)), tmp_path / "eval",
-                      rerank=0, batch_size=3, max_new_tokens=OPTIONS["max_new_tokens"], show_progress=False)
+    report = evaluate(
+        v2t,
+        EvalData(references=list(SENTENCES), vectors=np.load(vectors_file)),
+        tmp_path / "eval",
+        rerank=0,
+        batch_size=3,
+        max_new_tokens=OPTIONS["max_new_tokens"],
+        show_progress=False,
+    )
     greedy = report["scores"]["greedy"]
     for name in ("exact_match", "chrf"):
         assert summary[name] == greedy[name]  # same value, same interval
@@ -74,8 +86,9 @@ def test_the_shared_numbers_agree_with_evaluate_on_the_same_rows(v2t, bundle, ve
     assert summary["cosine"]["ci95"] == pytest.approx(greedy["cosine"]["ci95"], abs=1e-4)
 
 
-def test_an_interrupted_audit_rerun_gives_the_same_summary(v2t, bundle, vectors_file, originals_file, tmp_path,
-                                                           monkeypatch):
+def test_an_interrupted_audit_rerun_gives_the_same_summary(
+    v2t, bundle, vectors_file, originals_file, tmp_path, monkeypatch
+):
     import lora_v2t.tasks.audit as audit_module
     import lora_v2t.tasks.invert as invert_module
 
@@ -156,8 +169,24 @@ def test_originals_with_newlines_stay_one_line_each(v2t, bundle, tmp_path, monke
 
 def test_without_originals_it_reports_what_the_reconstructions_hold(v2t, bundle, vectors_file, tmp_path, capsys):
     out = tmp_path / "audit"
-    assert main(["audit", str(vectors_file), "--adapter", str(bundle), "--out", str(out), "--max-new-tokens", "6",
-                 "--batch-size", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                str(vectors_file),
+                "--adapter",
+                str(bundle),
+                "--out",
+                str(out),
+                "--max-new-tokens",
+                "6",
+                "--batch-size",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "no originals were given" in printed and f"report: {out / 'report.html'}" in printed
     summary = json.loads((out / "summary.json").read_text())
@@ -166,11 +195,23 @@ def test_without_originals_it_reports_what_the_reconstructions_hold(v2t, bundle,
     assert all("contains" in r and "original" not in r for r in lines_of(out / "rows.jsonl"))
 
 
-def test_a_finished_audit_reruns_without_loading_the_models(v2t, bundle, vectors_file, originals_file, tmp_path,
-                                                            capsys, monkeypatch):
+def test_a_finished_audit_reruns_without_loading_the_models(
+    v2t, bundle, vectors_file, originals_file, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "audit"
-    args = ["audit", str(vectors_file), "--adapter", str(bundle), "--out", str(out), "--originals",
-            str(originals_file), "--max-new-tokens", "6", "--no-progress"]
+    args = [
+        "audit",
+        str(vectors_file),
+        "--adapter",
+        str(bundle),
+        "--out",
+        str(out),
+        "--originals",
+        str(originals_file),
+        "--max-new-tokens",
+        "6",
+        "--no-progress",
+    ]
     assert main(args) == 0
     before = (out / "summary.json").read_bytes()
     refuse_calls(monkeypatch, "lora_v2t.bundle.loading.load_adapter", "the models were loaded")
@@ -183,8 +224,17 @@ def test_nan_rows_are_refused_by_id_or_skipped_and_counted(v2t, bundle, original
     vectors[3, 0] = np.nan
     path = tmp_path / "nan.npy"
     np.save(path, vectors)
-    args = ["audit", str(path), "--adapter", str(bundle), "--originals", str(originals_file), "--max-new-tokens",
-            "6", "--no-progress"]
+    args = [
+        "audit",
+        str(path),
+        "--adapter",
+        str(bundle),
+        "--originals",
+        str(originals_file),
+        "--max-new-tokens",
+        "6",
+        "--no-progress",
+    ]
     assert main(args + ["--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "row(s) with id ['3'] hold NaN or inf" in err[0] and "--on-nan skip" in err[0]
@@ -201,16 +251,20 @@ def one_error(capsys) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--sample", "11"], r"--sample 11 is larger than the source \(10 rows\)"),
-    (["--seed", "4"], "--seed picks the rows of a sample: give --sample N too"),
-    (["--sample", "0"], "--sample must be >= 1"),
-    (["--table", "t"], "--table name.* do not apply to .*vectors.npy"),
-    (["--originals", "short"], r"has 3 lines but .* holds 10 rows"),
-    (["--originals", "missing.txt"], "--originals .*missing.txt does not exist"),
-])
-def test_bad_input_is_one_line_and_writes_nothing(extra, message, bundle, vectors_file, tmp_path, capsys,
-                                                  no_model_load):
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--sample", "11"], r"--sample 11 is larger than the source \(10 rows\)"),
+        (["--seed", "4"], "--seed picks the rows of a sample: give --sample N too"),
+        (["--sample", "0"], "--sample must be >= 1"),
+        (["--table", "t"], "--table name.* do not apply to .*vectors.npy"),
+        (["--originals", "short"], r"has 3 lines but .* holds 10 rows"),
+        (["--originals", "missing.txt"], "--originals .*missing.txt does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    extra, message, bundle, vectors_file, tmp_path, capsys, no_model_load
+):
     (tmp_path / "short").write_text("a\nb\nc\n", encoding="utf-8")
     extra = [str(tmp_path / e) if e in ("short", "missing.txt") else e for e in extra]
     out = tmp_path / "audit"
@@ -228,17 +282,32 @@ def test_vectors_of_another_dimension_name_both(bundle, vectors_file, tmp_path, 
     assert "is not one of the sources an audit reads" in one_error(capsys)
 
 
-def test_an_out_folder_of_another_audit_or_other_files_is_refused(v2t, bundle, vectors_file, originals_file,
-                                                                  tmp_path, capsys, monkeypatch):
+def test_an_out_folder_of_another_audit_or_other_files_is_refused(
+    v2t, bundle, vectors_file, originals_file, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "audit"
-    base = ["audit", str(vectors_file), "--adapter", str(bundle), "--out", str(out), "--max-new-tokens", "6",
-            "--no-progress", "--originals", str(originals_file)]
+    base = [
+        "audit",
+        str(vectors_file),
+        "--adapter",
+        str(bundle),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--no-progress",
+        "--originals",
+        str(originals_file),
+    ]
     assert main(base) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
     refuse_calls(monkeypatch, "lora_v2t.bundle.loading.load_adapter", "the models were loaded")
-    for extra, what in [(["--sample", "5"], "sample"), (["--on-nan", "skip"], "on_nan"),
-                        (["--max-new-tokens", "5"], "decoding")]:
+    for extra, what in [
+        (["--sample", "5"], "sample"),
+        (["--on-nan", "skip"], "on_nan"),
+        (["--max-new-tokens", "5"], "decoding"),
+    ]:
         assert main(base + extra) == 2
         assert f"holds an audit with another {what}" in one_error(capsys)
     (tmp_path / "other").mkdir()
@@ -264,10 +333,22 @@ def test_on_the_shipped_adapter_audit_agrees_with_evaluate(tmp_path):
     vectors = v2t.encode(sentences)
     np.save(tmp_path / "news.npy", vectors)
     (tmp_path / "news.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    summary = audit(v2t, AuditJob(str(tmp_path / "news.npy"), str(tmp_path / "audit"),
-                                  originals=str(tmp_path / "news.txt"), batch_size=20), SHIPPED, show_progress=False)
-    report = evaluate(v2t, EvalData(references=sentences, vectors=vectors), tmp_path / "eval", rerank=0,
-                      batch_size=20, show_progress=False)
+    summary = audit(
+        v2t,
+        AuditJob(
+            str(tmp_path / "news.npy"), str(tmp_path / "audit"), originals=str(tmp_path / "news.txt"), batch_size=20
+        ),
+        SHIPPED,
+        show_progress=False,
+    )
+    report = evaluate(
+        v2t,
+        EvalData(references=sentences, vectors=vectors),
+        tmp_path / "eval",
+        rerank=0,
+        batch_size=20,
+        show_progress=False,
+    )
     greedy = report["scores"]["greedy"]
     assert summary["rows"] == report["sentences"] == 20
     assert summary["exact_match"] == greedy["exact_match"] and summary["chrf"] == greedy["chrf"]

@@ -11,15 +11,20 @@ def keys(found):
     return [key for _, key, _ in found]
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Звоните: +7 (495) 123-45-67, с 9 до 18.", ["74951234567"]),
-    ("Горячая линия 8 800 555-35-35 работает круглосуточно.", ["78005553535"]),
-    ("Мой мобильный 89161234567, домашний 123-45-67.", ["79161234567", "1234567"]),
-    ("Офис: 8(812)765-43-21; Лондон: +44 20 7946 0958; США: +1-202-555-0143.",
-     ["78127654321", "442079460958", "12025550143"]),
-    ("Телефон приёмной (495) 987-65-43.", ["74959876543"]),
-    ("В 2019 году продали 1 500 000 штук, рост 3,5%.", []),  # numbers, not phones
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Звоните: +7 (495) 123-45-67, с 9 до 18.", ["74951234567"]),
+        ("Горячая линия 8 800 555-35-35 работает круглосуточно.", ["78005553535"]),
+        ("Мой мобильный 89161234567, домашний 123-45-67.", ["79161234567", "1234567"]),
+        (
+            "Офис: 8(812)765-43-21; Лондон: +44 20 7946 0958; США: +1-202-555-0143.",
+            ["78127654321", "442079460958", "12025550143"],
+        ),
+        ("Телефон приёмной (495) 987-65-43.", ["74959876543"]),
+        ("В 2019 году продали 1 500 000 штук, рост 3,5%.", []),  # numbers, not phones
+    ],
+)
 def test_phone_numbers_in_russian_and_international_forms(text, expected):
     assert keys(leaks.phones(text)) == expected
 
@@ -28,31 +33,38 @@ def test_the_same_phone_written_two_ways_has_one_normal_form():
     assert keys(leaks.phones("+7 916 123-45-67")) == keys(leaks.phones("8 (916) 1234567"))
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Пишите на ivan.petrov@mail.ru или Support@Example.COM.", ["ivan.petrov@mail.ru", "support@example.com"]),
-    ("Адрес: почта@пример.рф", ["почта@пример.рф"]),
-    ("Встреча в 10@ нигде", []),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Пишите на ivan.petrov@mail.ru или Support@Example.COM.", ["ivan.petrov@mail.ru", "support@example.com"]),
+        ("Адрес: почта@пример.рф", ["почта@пример.рф"]),
+        ("Встреча в 10@ нигде", []),
+    ],
+)
 def test_email_addresses(text, expected):
     assert keys(leaks.emails(text)) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Саммит прошёл 5 мая 2019 года в Сочи.", ["2019-05-05"]),
-    ("Договор от 07.05.2019 расторгнут 1/12/20.", ["2019-05-07", "2020-12-01"]),
-    ("Отчёт за 2019-05-07 готов.", ["2019-05-07"]),
-    ("В мае 2019 года и 12 декабря.", ["2019-05-?", "?-12-12"]),
-    ("The summit was held on May 7, 2019 and on 3 March 2020.", ["2019-05-07", "2020-03-03"]),
-    ("Мы поговорили 3 мартышки.", []),
-    ("В 2019 году выросло на 5%.", []),  # a year alone is a number
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Саммит прошёл 5 мая 2019 года в Сочи.", ["2019-05-05"]),
+        ("Договор от 07.05.2019 расторгнут 1/12/20.", ["2019-05-07", "2020-12-01"]),
+        ("Отчёт за 2019-05-07 готов.", ["2019-05-07"]),
+        ("В мае 2019 года и 12 декабря.", ["2019-05-?", "?-12-12"]),
+        ("The summit was held on May 7, 2019 and on 3 March 2020.", ["2019-05-07", "2020-03-03"]),
+        ("Мы поговорили 3 мартышки.", []),
+        ("В 2019 году выросло на 5%.", []),  # a year alone is a number
+    ],
+)
 def test_dates_numeric_and_written_out(text, expected):
     assert keys(leaks.dates(text)) == expected
 
 
 def test_numbers_do_not_count_the_digits_of_dates_phones_or_addresses_twice():
-    items = leaks.rule_items("5 мая 2019 года бюджет вырос до 1 500 000 рублей (на 3,5%), звоните +7 495 123-45-67, "
-                             "пишите на a1@b2.ru.")
+    items = leaks.rule_items(
+        "5 мая 2019 года бюджет вырос до 1 500 000 рублей (на 3,5%), звоните +7 495 123-45-67, пишите на a1@b2.ru."
+    )
     assert set(items["NUMBER"]) == {"1500000", "3.5"}
     assert set(items["DATE"]) == {"2019-05-05"} and set(items["PHONE"]) == {"74951234567"}
     assert set(items["EMAIL"]) == {"a1@b2.ru"}

@@ -37,11 +37,19 @@ def chromium() -> str | None:
 
 
 def make_report(folder: Path, originals=True) -> dict:
-    rows = [{"id": f"row-{i}", "index": i, "reconstruction": text, "cosine": round(0.55 + 0.07 * i, 4)}
-            for i, text in enumerate(RECONSTRUCTIONS)]
+    rows = [
+        {"id": f"row-{i}", "index": i, "reconstruction": text, "cosine": round(0.55 + 0.07 * i, 4)}
+        for i, text in enumerate(RECONSTRUCTIONS)
+    ]
     records = measure(rows, ORIGINALS if originals else None, show_progress=False)
-    identity = {"source": "test vectors", "adapter": "test adapter", "decoding": {}, "rows_in_source": len(rows),
-                "sample": None, "seed": None}
+    identity = {
+        "source": "test vectors",
+        "adapter": "test adapter",
+        "decoding": {},
+        "rows_in_source": len(rows),
+        "sample": None,
+        "seed": None,
+    }
     summary = summarise(records, identity, len(rows), resamples=200)
     folder.mkdir(parents=True, exist_ok=True)
     write_results(folder, records, summary, top=20)
@@ -50,11 +58,27 @@ def make_report(folder: Path, originals=True) -> dict:
 
 def run_chromium(binary: str, tmp_path: Path, page: Path, *flags: str) -> subprocess.CompletedProcess:
     """Headless Chromium on ``page`` with its own profile and a network log, background services off."""
-    return subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           "--disable-default-apps", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
-                           f"--log-net-log={tmp_path / 'net.json'}", *flags, page.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-default-apps",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--log-net-log={tmp_path / 'net.json'}",
+            *flags,
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def page_requests(net_log: Path) -> list[str]:
@@ -62,9 +86,13 @@ def page_requests(net_log: Path) -> list[str]:
     from its own (a file's is "null")."""
     log = json.loads(net_log.read_text(encoding="utf-8"))
     start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    return [event["params"]["url"] for event in log["events"]
-            if event["type"] == start and "url" in event.get("params", {})
-            and event["params"].get("initiator") != "not an origin"]
+    return [
+        event["params"]["url"]
+        for event in log["events"]
+        if event["type"] == start
+        and "url" in event.get("params", {})
+        and event["params"].get("initiator") != "not an origin"
+    ]
 
 
 def test_the_report_is_one_file_that_asks_for_nothing(tmp_path):
@@ -109,5 +137,5 @@ def test_chromium_renders_the_report_without_a_network_request(tmp_path):
     assert page_requests(tmp_path / "net.json") == []
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.std() > 10  # not a blank page
-    bar = np.array([int(BAR_COLOUR[i:i + 2], 16) for i in (1, 3, 5)])
+    bar = np.array([int(BAR_COLOUR[i : i + 2], 16) for i in (1, 3, 5)])
     assert (np.abs(pixels - bar).sum(axis=2) < 30).sum() > 500  # the histogram's bars were drawn

@@ -19,14 +19,44 @@ ENV = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE
 
 
 def audit_command(vectors, bundle, out, originals) -> list[str]:
-    return ["-m", "lora_v2t.cli", "audit", str(vectors), "--adapter", str(bundle), "--out", str(out), "--originals",
-            str(originals), "--max-new-tokens", "6", "--batch-size", "1", "--device", "cpu", "--no-progress"]
+    return [
+        "-m",
+        "lora_v2t.cli",
+        "audit",
+        str(vectors),
+        "--adapter",
+        str(bundle),
+        "--out",
+        str(out),
+        "--originals",
+        str(originals),
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 def launch(*command: str) -> subprocess.CompletedProcess:
     # `--multi_gpu` goes through torch.distributed, which on a CPU-only machine means gloo (see test_multiprocess)
-    launcher = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    launcher = [
+        str(ACCELERATE),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
     return subprocess.run(launcher + list(command), capture_output=True, text=True, env=ENV, timeout=300)
 
 
@@ -60,17 +90,22 @@ def test_two_processes_audit_their_own_parts_and_resume(v2t, tmp_path):
     bundle = v2t.save_adapter(tmp_path / "bundle")
     np.save(tmp_path / "v.npy", v2t.encode(SENTENCES))
     (tmp_path / "o.txt").write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    single = subprocess.run([sys.executable, *audit_command(tmp_path / "v.npy", bundle, tmp_path / "one",
-                                                           tmp_path / "o.txt")],
-                            capture_output=True, text=True, env=ENV, timeout=300)
+    single = subprocess.run(
+        [sys.executable, *audit_command(tmp_path / "v.npy", bundle, tmp_path / "one", tmp_path / "o.txt")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     out = tmp_path / "two"
     command = audit_command(tmp_path / "v.npy", bundle, out, tmp_path / "o.txt")
     first = launch(*command)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("Of 10 audited vectors") == 1  # the main process reports, once
-    part_rows = [[json.loads(line)["index"] for line in (out / "parts" / f"inverted-{r}-of-2.jsonl").open()]
-                 for r in (0, 1)]
+    part_rows = [
+        [json.loads(line)["index"] for line in (out / "parts" / f"inverted-{r}-of-2.jsonl").open()] for r in (0, 1)
+    ]
     assert part_rows == [list(range(5)), list(range(5))]  # rows 0-4 and 5-9, each part indexed from its start
     for name in ("summary.json", "rows.jsonl"):
         assert (out / name).read_bytes() == (tmp_path / "one" / name).read_bytes()

@@ -33,11 +33,14 @@ def test_the_fingerprint_follows_the_content(npy):
     assert NpySource(npy).fingerprint() != before
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda p: np.save(p, np.zeros(4)), r"shape \(4,\): give an \(N, d\) array"),
-    (lambda p: np.save(p, np.zeros((0, 4))), "holds no vectors"),
-    (lambda p: p.write_text("Где лодка?\n"), "is a text file, not a .npy array"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: np.save(p, np.zeros(4)), r"shape \(4,\): give an \(N, d\) array"),
+        (lambda p: np.save(p, np.zeros((0, 4))), "holds no vectors"),
+        (lambda p: p.write_text("Где лодка?\n"), "is a text file, not a .npy array"),
+    ],
+)
 def test_bad_npy_files_are_named(tmp_path, make, message):
     path = tmp_path / "bad.npy"
     make(path)

@@ -27,8 +27,25 @@ def vectors(v2t):
 
 def audit_rows(tmp_path, bundle, source, name, *extra) -> list[dict]:
     out = tmp_path / name
-    assert main(["audit", str(source), "--adapter", str(bundle), "--out", str(out), "--max-new-tokens", "6",
-                 "--batch-size", "5", "--no-progress", *extra]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                str(source),
+                "--adapter",
+                str(bundle),
+                "--out",
+                str(out),
+                "--max-new-tokens",
+                "6",
+                "--batch-size",
+                "5",
+                "--no-progress",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return [json.loads(line) for line in (out / "rows.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
@@ -45,8 +62,14 @@ def npy_rows(tmp_path, bundle, vectors):
 
 def test_an_audit_of_a_faiss_index_and_of_a_chroma_collection(tmp_path, bundle, vectors):
     reference = npy_rows(tmp_path, bundle, vectors)
-    faiss_rows = audit_rows(tmp_path, bundle, write_faiss(tmp_path / "i.faiss", "Flat", vectors), "faiss",
-                            "--originals", str(tmp_path / "o.txt"))
+    faiss_rows = audit_rows(
+        tmp_path,
+        bundle,
+        write_faiss(tmp_path / "i.faiss", "Flat", vectors),
+        "faiss",
+        "--originals",
+        str(tmp_path / "o.txt"),
+    )
     assert same_rows(faiss_rows, reference) and [r["id"] for r in faiss_rows] == [str(i) for i in range(10)]
     write_chroma(tmp_path / "chroma", "docs", vectors, documents=list(SENTENCES))
     chroma_rows = audit_rows(tmp_path, bundle, f"chroma:{tmp_path / 'chroma'}:docs", "chroma-audit")
@@ -67,8 +90,9 @@ def pg_table(vectors):
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             conn.execute(f"CREATE TABLE notes (id bigint PRIMARY KEY, v vector({vectors.shape[1]}), body text)")
             for i in np.random.default_rng(0).permutation(len(vectors)).tolist():
-                conn.execute("INSERT INTO notes VALUES (%s, %s::vector, %s)",
-                             [i, str(vectors[i].tolist()), SENTENCES[i]])
+                conn.execute(
+                    "INSERT INTO notes VALUES (%s, %s::vector, %s)", [i, str(vectors[i].tolist()), SENTENCES[i]]
+                )
         yield uri
     finally:
         server.cleanup()
@@ -77,6 +101,18 @@ def pg_table(vectors):
 
 def test_an_audit_of_a_pgvector_table_with_its_text_column(tmp_path, bundle, vectors, pg_table):
     reference = npy_rows(tmp_path, bundle, vectors)
-    rows = audit_rows(tmp_path, bundle, pg_table, "pg", "--table", "notes", "--vector-column", "v",
-                      "--text-column", "body", "--id-column", "id")
+    rows = audit_rows(
+        tmp_path,
+        bundle,
+        pg_table,
+        "pg",
+        "--table",
+        "notes",
+        "--vector-column",
+        "v",
+        "--text-column",
+        "body",
+        "--id-column",
+        "id",
+    )
     assert same_rows(rows, reference) and [r["id"] for r in rows] == [str(i) for i in range(10)]

@@ -40,12 +40,15 @@ def test_tanh_gelu_is_fused_with_the_stock_outputs_and_less_kept_for_backward(ti
     assert sum(isinstance(m, NewGELUActivation) for m in stock.modules()) == stock.config.n_layer
     embeds = torch.randn(3, 7, stock.config.n_embd, requires_grad=True)
     with torch.no_grad():
-        torch.testing.assert_close(model(inputs_embeds=embeds).logits, stock(inputs_embeds=embeds).logits,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(inputs_embeds=embeds).logits, stock(inputs_embeds=embeds).logits, rtol=1e-5, atol=1e-5
+        )
     for p in stock.parameters():
         p.requires_grad_(False)
-    kept = {name: saved_bytes(lambda m=m: m(inputs_embeds=embeds).logits) for name, m in
-            (("stock", stock), ("fused", model))}
+    kept = {
+        name: saved_bytes(lambda m=m: m(inputs_embeds=embeds).logits)
+        for name, m in (("stock", stock), ("fused", model))
+    }
     tokens = embeds.shape[0] * embeds.shape[1]
     mlp_inner = 4 * stock.config.n_embd  # three fewer fp32 tensors of this width per block and token
     assert kept["stock"] - kept["fused"] >= 3 * mlp_inner * embeds.element_size() * tokens * stock.config.n_layer
@@ -124,9 +127,12 @@ def test_4bit_on_a_shape_the_cpu_kernels_cannot_run_is_refused_at_load(tiny_back
     pytest.importorskip("bitsandbytes")
     # hidden 32 < the 4-bit block size 64: bitsandbytes crashes in generate (AVX-512 BF16 CPUs) or silently
     # dequantizes with the wrong scales (other CPUs)
-    with pytest.raises(V2TError, match=r"^backbone .* cannot run in 4-bit on the CPU: layer transformer\.h\.0\.attn"
-                                       r"\.c_attn has in_features 32, not a multiple of bitsandbytes' 4-bit block size "
-                                       r"64 .*; use quantization 8bit or none") as error:
+    with pytest.raises(
+        V2TError,
+        match=r"^backbone .* cannot run in 4-bit on the CPU: layer transformer\.h\.0\.attn"
+        r"\.c_attn has in_features 32, not a multiple of bitsandbytes' 4-bit block size "
+        r"64 .*; use quantization 8bit or none",
+    ) as error:
         make_v2t(tiny_backbone_dir, tiny_encoder, quantization="4bit")
     assert "\n" not in str(error.value)
 

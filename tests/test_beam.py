@@ -57,8 +57,10 @@ ALL_SOURCES = [tuple(c) for n in range(1, 4) for c in combinations(SOURCES, n)]
 @pytest.mark.parametrize("sources", ALL_SOURCES)
 def test_every_plan_fits_its_budget_and_the_least_budget_is_exact(sources):
     least = least_budget(sources)
-    with pytest.raises(V2TError, match=f"budget {least - 1} is too small for .*the least budget that works is "
-                                       f"{least} \\(--budget {least}\\)"):
+    with pytest.raises(
+        V2TError,
+        match=f"budget {least - 1} is too small for .*the least budget that works is {least} \\(--budget {least}\\)",
+    ):
         plan_budget(least - 1, sources, has_corrector=True)
     for budget in range(least, 65):
         plan = plan_budget(budget, sources, has_corrector=True)
@@ -88,11 +90,14 @@ def test_a_budget_below_one_or_not_an_integer_is_refused(v2t, budget):
             v2t.generate(v2t.encode(SENTENCES[:1]), budget=budget)
 
 
-@pytest.mark.parametrize("sources, message", [
-    ("beams,typo", "sources must be distinct names among beams, shift, corrector"),
-    ("shift,shift", "sources must be distinct names"),
-    ("", "sources must be distinct names"),
-])
+@pytest.mark.parametrize(
+    "sources, message",
+    [
+        ("beams,typo", "sources must be distinct names among beams, shift, corrector"),
+        ("shift,shift", "sources must be distinct names"),
+        ("", "sources must be distinct names"),
+    ],
+)
 def test_bad_sources_are_refused(sources, message):
     with pytest.raises(V2TError, match=message):
         parse_sources(sources)
@@ -122,8 +127,10 @@ def test_the_beam_scores_each_distinct_text_once_and_keeps_the_best(v2t, monkeyp
     assert rows.tolist() == [0] and texts == [SENTENCES[0]]  # best first, as far as the limit allows
 
 
-@pytest.mark.parametrize("budget, sources", [(4, "beams"), (7, "beams,shift"), (9, "shift"), (11, None),
-                                             (16, "beams,shift,corrector"), (5, "corrector")])
+@pytest.mark.parametrize(
+    "budget, sources",
+    [(4, "beams"), (7, "beams,shift"), (9, "shift"), (11, None), (16, "beams,shift,corrector"), (5, "corrector")],
+)
 def test_decodes_are_counted_honestly_and_never_exceed_the_budget(bundles, monkeypatch, budget, sources):
     v2t = load_adapter(bundles[0], device="cpu")
     vectors = v2t.encode(SENTENCES[:5])
@@ -153,7 +160,7 @@ def test_the_best_text_seen_is_never_lost(bundles, monkeypatch):
     for before, after in zip(trace.cosines, trace.cosines[1:], strict=False):
         assert np.all(after >= before - 1e-6)
     for r, texts in enumerate(proposed):
-        cosines = cosine_rows(v2t.encode(texts), np.repeat(vectors[r:r + 1], len(texts), axis=0))
+        cosines = cosine_rows(v2t.encode(texts), np.repeat(vectors[r : r + 1], len(texts), axis=0))
         assert trace.cosines[-1][r] == pytest.approx(float(cosines.max()), abs=1e-5)
         assert trace.final[r] == texts[int(np.argmax(cosines))]
 
@@ -169,7 +176,8 @@ def test_a_larger_budget_only_improves_and_returns_the_cosines_with_rerank(v2t):
     better = v2t.generate(vectors, budget=8, sources="beams,shift", rerank=True, **OPTIONS)
     assert all(b.cosine >= g.cosine - 1e-5 for b, g in zip(better, greedy, strict=False))
     assert [b.cosine for b in better] == pytest.approx(
-        cosine_rows(v2t.encode([b.text for b in better]), vectors).tolist(), abs=1e-5)
+        cosine_rows(v2t.encode([b.text for b in better]), vectors).tolist(), abs=1e-5
+    )
 
 
 def test_sampled_proposals_repeat_with_a_seed_and_warn_once_without(bundles, caplog, monkeypatch):
@@ -202,7 +210,7 @@ def test_a_corrector_bundle_of_the_current_format_corrects_as_before(bundles):
     assert trace.greedy_texts == greedy and trace.spent.tolist() == [2] * 4
     candidates = [[g, c] for g, c in zip(greedy, by_hand, strict=False)]
     for r, texts in enumerate(candidates):
-        cosines = [float(cosine_rows(v2t.encode([t]), vectors[r:r + 1])[0]) if t.strip() else -1.0 for t in texts]
+        cosines = [float(cosine_rows(v2t.encode([t]), vectors[r : r + 1])[0]) if t.strip() else -1.0 for t in texts]
         assert trace.final[r] == texts[int(np.argmax(cosines))]
 
 
@@ -216,18 +224,23 @@ def test_a_budget_with_explicit_correction_knobs_is_refused(v2t):
 
 
 # ---------------------------------------------------------------------- the commands
-@pytest.mark.parametrize("extra, message", [
-    (["--budget", "0"], "budget must be an integer >= 1"),
-    (["--budget", "1.5"], "budget must be an integer >= 1 .*got '1.5'"),
-    (["--budget", "many"], "budget must be an integer >= 1"),
-    (["--budget", "3", "--sources", "shift"], "budget 3 is too small for shift: .*the least budget that works is 4"),
-    (["--budget", "6", "--sources", "beams,shift,corrector"], "the least budget that works is 7"),
-    (["--budget", "4", "--correct-steps", "1"], "drop --correct-steps"),
-    (["--sources", "beams"], "give --budget N too"),
-    (["--budget", "8", "--sources", "beams", "--sample-proposals"], "sampled proposals are the corrector's"),
-])
-def test_bad_budgets_on_the_command_line_are_one_line_before_loading(bundles, extra, message, capsys,
-                                                                     no_model_load):
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--budget", "0"], "budget must be an integer >= 1"),
+        (["--budget", "1.5"], "budget must be an integer >= 1 .*got '1.5'"),
+        (["--budget", "many"], "budget must be an integer >= 1"),
+        (
+            ["--budget", "3", "--sources", "shift"],
+            "budget 3 is too small for shift: .*the least budget that works is 4",
+        ),
+        (["--budget", "6", "--sources", "beams,shift,corrector"], "the least budget that works is 7"),
+        (["--budget", "4", "--correct-steps", "1"], "drop --correct-steps"),
+        (["--sources", "beams"], "give --budget N too"),
+        (["--budget", "8", "--sources", "beams", "--sample-proposals"], "sampled proposals are the corrector's"),
+    ],
+)
+def test_bad_budgets_on_the_command_line_are_one_line_before_loading(bundles, extra, message, capsys, no_model_load):
     from lora_v2t.cli import main
 
     hyp_dir, _ = bundles
@@ -251,31 +264,102 @@ def test_generate_evaluate_and_invert_spend_the_budget(bundles, tmp_path, capsys
     hyp_dir, _ = bundles
     v2t = load_adapter(hyp_dir, device="cpu")
     expected = v2t.generate(v2t.encode(SENTENCES[:3]), budget=7, sources="beams,shift", max_new_tokens=6)
-    assert main(["generate", "--adapter", str(hyp_dir), "--text", *SENTENCES[:3], "--budget", "7", "--sources",
-                 "beams,shift", "--max-new-tokens", "6", "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                str(hyp_dir),
+                "--text",
+                *SENTENCES[:3],
+                "--budget",
+                "7",
+                "--sources",
+                "beams,shift",
+                "--max-new-tokens",
+                "6",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [p["generated"] for p in printed] == expected
     data = tmp_path / "five.txt"
     data.write_text("\n".join(SENTENCES[:5]) + "\n", encoding="utf-8")
-    assert main(["evaluate", "--adapter", str(hyp_dir), "--data", str(data), "--budget", "7", "--sources",
-                 "beams,shift", "--max-new-tokens", "6", "--resamples", "10", "--no-progress", "--out",
-                 str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(hyp_dir),
+                "--data",
+                str(data),
+                "--budget",
+                "7",
+                "--sources",
+                "beams,shift",
+                "--max-new-tokens",
+                "6",
+                "--resamples",
+                "10",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
     assert list(summary["scores"]) == ["greedy", "budget-7"]
     assert summary["budget"]["budget"] == 7 and summary["budget"]["sources"] == ["beams", "shift"]
     assert 1 <= summary["budget"]["decodes_spent_mean"] <= summary["budget"]["decodes_spent_max"] <= 7
     assert summary["scores"]["budget-7"]["cosine"]["value"] >= summary["scores"]["greedy"]["cosine"]["value"]
-    assert main(["evaluate", "--adapter", str(hyp_dir), "--data", str(data), "--budget", "7", "--rerank", "4",
-                 "--out", str(tmp_path / "other")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(hyp_dir),
+                "--data",
+                str(data),
+                "--budget",
+                "7",
+                "--rerank",
+                "4",
+                "--out",
+                str(tmp_path / "other"),
+            ]
+        )
+        == 2
+    )
     assert "drop --rerank" in one_error(capsys)
     out, vectors = tmp_path / "rows.jsonl", v2t.encode(SENTENCES[:5])
     np.save(tmp_path / "five.npy", vectors)
-    invert = ["invert", "--adapter", str(hyp_dir), "--vectors", str(tmp_path / "five.npy"), "--out", str(out),
-              "--max-new-tokens", "6", "--no-progress", "--batch-size", "2"]
+    invert = [
+        "invert",
+        "--adapter",
+        str(hyp_dir),
+        "--vectors",
+        str(tmp_path / "five.npy"),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--no-progress",
+        "--batch-size",
+        "2",
+    ]
     assert main(invert + ["--budget", "7", "--sources", "beams,shift"]) == 0
     rows = [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()]
-    assert rows == [t for start in (0, 2, 4)  # batch by batch, as invert decoded them
-                    for t in v2t.generate(vectors[start:start + 2], budget=7, sources="beams,shift", max_new_tokens=6)]
+    assert (
+        rows
+        == [
+            t
+            for start in (0, 2, 4)  # batch by batch, as invert decoded them
+            for t in v2t.generate(vectors[start : start + 2], budget=7, sources="beams,shift", max_new_tokens=6)
+        ]
+    )
     meta = json.loads((tmp_path / "rows.jsonl.meta.json").read_text(encoding="utf-8"))
     assert meta["budget"] == 7 and meta["budget_plan"]["sources"] == ["beams", "shift"]
     capsys.readouterr()
@@ -291,8 +375,20 @@ def test_invert_outputs_begun_before_budgets_continue_at_one_decode(bundles, tmp
     data = tmp_path / "four.txt"
     data.write_text("\n".join(SENTENCES[:4]) + "\n", encoding="utf-8")
     out = tmp_path / "rows.jsonl"
-    base = ["invert", "--adapter", str(hyp_dir), "--texts", str(data), "--out", str(out), "--max-new-tokens", "6",
-            "--no-progress", "--batch-size", "2"]
+    base = [
+        "invert",
+        "--adapter",
+        str(hyp_dir),
+        "--texts",
+        str(data),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--no-progress",
+        "--batch-size",
+        "2",
+    ]
     assert main(base) == 0
     meta_file = tmp_path / "rows.jsonl.meta.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -315,15 +411,26 @@ def test_audit_passes_its_budget_to_the_inversion(bundles, tmp_path, capsys):
     vectors = tmp_path / "vectors.npy"
     np.save(vectors, v2t.encode(SENTENCES[:4]))
     out = tmp_path / "audit"
-    base = ["audit", str(vectors), "--adapter", str(hyp_dir), "--out", str(out), "--max-new-tokens", "6",
-            "--no-progress", "--batch-size", "2"]
+    base = [
+        "audit",
+        str(vectors),
+        "--adapter",
+        str(hyp_dir),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--no-progress",
+        "--batch-size",
+        "2",
+    ]
     assert main(base + ["--budget", "many"]) == 2
     assert "budget must be an integer >= 1" in one_error(capsys) and not out.exists()
     assert main(base + ["--budget", "5"]) == 0
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text(encoding="utf-8").splitlines()]
     expected = []
     for start in (0, 2):  # batch by batch, as the audit inverted them
-        expected += v2t.generate(np.load(vectors)[start:start + 2], budget=5, max_new_tokens=6)
+        expected += v2t.generate(np.load(vectors)[start : start + 2], budget=5, max_new_tokens=6)
     assert [r["reconstruction"] for r in rows] == expected
     assert json.loads((out / "audit.json").read_text(encoding="utf-8"))["decoding"]["budget"] == 5
     assert json.loads((out / "inverted.jsonl.meta.json").read_text(encoding="utf-8"))["budget"] == 5

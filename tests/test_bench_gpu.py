@@ -17,8 +17,14 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_without_cuda_it_stops_at_once_with_one_line(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--work-dir", str(tmp_path / "w")],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), "--work-dir", str(tmp_path / "w")],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "CUDA GPU" in err[0]
@@ -29,10 +35,26 @@ def test_without_cuda_it_stops_at_once_with_one_line(tmp_path):
 @pytest.mark.slow  # about 50-90 s on a 2-core CPU: five CLI child processes plus a dozen tiny models
 def test_smoke_runs_every_section_on_the_cpu(tmp_path):
     out = tmp_path / "gpu-smoke.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--work-dir",
-                           str(tmp_path / "work"), "--static-variants", "eager+merged,sdpa-no-cudnn+autocast",
-                           "--older", str(ROOT)],  # this tree stands in for the older code
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--smoke",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--static-variants",
+            "eager+merged,sdpa-no-cudnn+autocast",
+            "--older",
+            str(ROOT),
+        ],  # this tree stands in for the older code
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["smoke"] and results["device"] == "cpu"
@@ -44,8 +66,17 @@ def test_smoke_runs_every_section_on_the_cpu(tmp_path):
     assert e2e["steps"][4]["checks"]["final_steps"]  # --resume trained on to the higher max_steps
 
     modes = {m["mode"]: m for m in results["training"]["modes"]}
-    assert list(modes) == ["full_fp32", "full_bf16", "lora_8bit_ckpt", "lora_8bit_stock", "lora_8bit", "lora_8bit_d0",
-                           "lora_8bit_d0_t0", "lora_4bit_ckpt", "lora_bf16"]
+    assert list(modes) == [
+        "full_fp32",
+        "full_bf16",
+        "lora_8bit_ckpt",
+        "lora_8bit_stock",
+        "lora_8bit",
+        "lora_8bit_d0",
+        "lora_8bit_d0_t0",
+        "lora_4bit_ckpt",
+        "lora_bf16",
+    ]
     assert modes["full_fp32"]["gelu"].startswith("stock") and modes["lora_bf16"]["gelu"] == "fused"
     assert modes["lora_8bit_d0_t0"]["lora_dropout"] == 0.0 and modes["lora_8bit_d0_t0"]["int8_threshold"] == 0.0
     assert not [m for m in modes.values() if "error" in m]

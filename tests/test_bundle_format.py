@@ -26,7 +26,9 @@ def test_shipped_bundles_are_read_as_typed_sections():
     assert (first.encoder.spec, first.encoder.dim, first.backbone.hidden_size) == ("offline:use-multilingual", 512, 640)
     assert first.role == "hypothesizer" and "role" in first.absent  # written before correctors existed
     assert "int8_threshold" not in first.backbone.to_dict() and first.backbone.precision == {
-        "quantization": "none", "compute_dtype": "float32"}
+        "quantization": "none",
+        "compute_dtype": "float32",
+    }
     assert v2.corrector == "../use-gemma270m-ru-v2-corrector" and v2.lora.target_modules[0] == "k_proj"
     assert (corrector.role, corrector.context_tokens, corrector.format_version) == ("corrector", 40, 3)
     assert corrector.projector.config().prefix_length == 4
@@ -55,22 +57,25 @@ def test_reading_does_not_share_the_callers_data(tmp_path):
     assert BundleConfig.from_dict(data, tmp_path / "v2t_config.json").to_dict() == data
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.pop("format_version"), "has no integer format_version"),
-    (lambda d: d.update(format_version=99), "uses bundle format 99, newer than"),
-    (lambda d: d.update(role="judge"), "role must be one of hypothesizer, corrector, got 'judge'"),
-    (lambda d: d.update(trainable="half"), "trainable must be one of lora, full, got 'half'"),
-    (lambda d: d.update(corrector=3), "corrector must be a folder or hub id"),
-    (lambda d: d.pop("backbone"), "lacks the 'backbone' section"),
-    (lambda d: d["encoder"].update(dim="512"), "lacks encoder.dim (a int)"),
-    (lambda d: d["projector"].pop("kind"), "projector section lacks 'kind'"),
-    (lambda d: d["backbone"].update(quantization="2bit"), "backbone.quantization must be one of"),
-    (lambda d: d["backbone"].update(compute_dtype="int4"), "backbone.compute_dtype must be float32"),
-    (lambda d: d["generation"].update(num_beams=0), "its generation defaults are not valid"),
-    (lambda d: d.update(generation=[1]), "its generation defaults are not valid"),
-    (lambda d: d.update(training=[1]), "the 'training' section must be a JSON object"),
-    (lambda d: d.update(output_vocab_size=0), "output_vocab_size must be a positive integer or null"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("format_version"), "has no integer format_version"),
+        (lambda d: d.update(format_version=99), "uses bundle format 99, newer than"),
+        (lambda d: d.update(role="judge"), "role must be one of hypothesizer, corrector, got 'judge'"),
+        (lambda d: d.update(trainable="half"), "trainable must be one of lora, full, got 'half'"),
+        (lambda d: d.update(corrector=3), "corrector must be a folder or hub id"),
+        (lambda d: d.pop("backbone"), "lacks the 'backbone' section"),
+        (lambda d: d["encoder"].update(dim="512"), "lacks encoder.dim (a int)"),
+        (lambda d: d["projector"].pop("kind"), "projector section lacks 'kind'"),
+        (lambda d: d["backbone"].update(quantization="2bit"), "backbone.quantization must be one of"),
+        (lambda d: d["backbone"].update(compute_dtype="int4"), "backbone.compute_dtype must be float32"),
+        (lambda d: d["generation"].update(num_beams=0), "its generation defaults are not valid"),
+        (lambda d: d.update(generation=[1]), "its generation defaults are not valid"),
+        (lambda d: d.update(training=[1]), "the 'training' section must be a JSON object"),
+        (lambda d: d.update(output_vocab_size=0), "output_vocab_size must be a positive integer or null"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_file_and_key(tmp_path, change, message):
     data = json.loads(SHIPPED[1].read_text(encoding="utf-8"))
     change(data)
@@ -100,4 +105,5 @@ def test_a_newer_writers_keys_survive_a_load_and_a_save(v2t, tmp_path):
     resaved = json.loads((loaded.save_adapter(tmp_path / "again") / "v2t_config.json").read_text(encoding="utf-8"))
     assert resaved["from_a_newer_writer"] == {"kept": True}
     assert {k: v for k, v in resaved.items() if k != "lora_v2t_version"} == {
-        k: v for k, v in data.items() if k != "lora_v2t_version"}
+        k: v for k, v in data.items() if k != "lora_v2t_version"
+    }

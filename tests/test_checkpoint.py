@@ -21,8 +21,9 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in self.states])
-        monkeypatch.setattr(torch.cuda, "set_rng_state",
-                            lambda state, device="cuda": self.set_calls.append((device, state.tolist())))
+        monkeypatch.setattr(
+            torch.cuda, "set_rng_state", lambda state, device="cuda": self.set_calls.append((device, state.tolist()))
+        )
 
 
 def test_every_cuda_device_is_saved_and_restored(monkeypatch):
@@ -40,8 +41,13 @@ def test_every_cuda_device_is_saved_and_restored(monkeypatch):
 
 
 def test_each_process_gets_its_own_states_back():
-    saved = {"rng.torch": torch.zeros(2), "rng.cuda.0": torch.zeros(1), "rng.rank1.torch": torch.ones(2),
-             "rng.rank1.cuda.0": torch.ones(1), "state.0.exp_avg": torch.zeros(3)}
+    saved = {
+        "rng.torch": torch.zeros(2),
+        "rng.cuda.0": torch.zeros(1),
+        "rng.rank1.torch": torch.ones(2),
+        "rng.rank1.cuda.0": torch.ones(1),
+        "state.0.exp_avg": torch.zeros(3),
+    }
     assert {k: v.tolist() for k, v in _rng_of_rank(saved, 0).items()} == {"torch": [0, 0], "cuda.0": [0]}
     assert {k: v.tolist() for k, v in _rng_of_rank(saved, 1).items()} == {"torch": [1, 1], "cuda.0": [1]}
     assert _rng_of_rank(saved, 2)["torch"].tolist() == [0, 0]  # not saved for that rank: the main one's
@@ -55,7 +61,8 @@ def test_a_checkpoint_written_before_every_device_was_saved_restores_the_current
 
 @pytest.mark.parametrize("stop", ["between_steps", "inside_a_step"])
 def test_training_checkpoints_hold_the_cuda_states_of_the_moment_they_describe(
-        stop, tmp_path, tiny_backbone_dir, tiny_encoder_dir, monkeypatch):
+    stop, tmp_path, tiny_backbone_dir, tiny_encoder_dir, monkeypatch
+):
     """The in-step snapshot carries the CUDA states from before the step, like the CPU's."""
     from safetensors.torch import load_file
 
@@ -81,8 +88,11 @@ def test_training_checkpoints_hold_the_cuda_states_of_the_moment_they_describe(
             raise KeyboardInterrupt
         return real_forward(self, *args, **kwargs)
 
-    extra = ["--training.max_steps=3", "--training.save_every=3"] if stop == "between_steps" else \
-        ["--training.max_steps=8", "--training.save_every=100", "--training.eval_every=100"]
+    extra = (
+        ["--training.max_steps=3", "--training.save_every=3"]
+        if stop == "between_steps"
+        else ["--training.max_steps=8", "--training.save_every=100", "--training.eval_every=100"]
+    )
     if stop == "inside_a_step":
         monkeypatch.setattr(Vector2Text, "forward", ctrl_c_in_the_fourth_forward)
     cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus_file(tmp_path), *extra)
@@ -97,8 +107,9 @@ def test_training_checkpoints_hold_the_cuda_states_of_the_moment_they_describe(
     # snapshot from before step 4 (the 4th), not the states at the moment of the interrupt (the 5th)
     assert saved == [4]
     monkeypatch.setattr(Vector2Text, "forward", real_forward)
-    further = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus_file(tmp_path), *extra,
-                     "--training.max_steps=9")  # a run that reached max_steps is finished: nothing to resume
+    further = recipe(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus_file(tmp_path), *extra, "--training.max_steps=9"
+    )  # a run that reached max_steps is finished: nothing to resume
     train_module.train(further, resume=True, show_progress=False)
     assert restored[0] == saved
 
@@ -115,8 +126,7 @@ def test_the_fp16_loss_scaler_is_saved_and_restored(tmp_path, tiny_backbone_dir,
     optimizer, scheduler = make_optimizer(v2t, cfg.training)
     scaler = torch.amp.GradScaler("cpu", init_scale=512.0, growth_interval=7)
     state = {"step": 3, "epoch": 0, "batch_in_epoch": 3, "sentences_seen": 24, "elapsed_s": 1.0}
-    saved = save_checkpoint(tmp_path, v2t, optimizer, scheduler, state, cfg, [rng_state()], {"steps": 3},
-                            scaler=scaler)
+    saved = save_checkpoint(tmp_path, v2t, optimizer, scheduler, state, cfg, [rng_state()], {"steps": 3}, scaler=scaler)
     fresh = torch.amp.GradScaler("cpu")  # a resumed run starts from the default scale 65536
     assert load_checkpoint(saved, v2t, optimizer, scheduler, scaler=fresh) == state
     assert fresh.state_dict()["scale"] == 512.0 and fresh.state_dict()["growth_interval"] == 7

@@ -16,8 +16,23 @@ def bundle(v2t, tmp_path):
 
 
 def test_generate_from_text(bundle, v2t, capsys):
-    assert main(["generate", "--adapter", str(bundle), "--text", "Где лодка?", "Кошка спит.",
-                 "--max-new-tokens", "6", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                str(bundle),
+                "--text",
+                "Где лодка?",
+                "Кошка спит.",
+                "--max-new-tokens",
+                "6",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     expected = v2t.invert(["Где лодка?", "Кошка спит."], max_new_tokens=6)
     assert lines == [f"Где лодка? ==> {expected[0]}", f"Кошка спит. ==> {expected[1]}"]
@@ -26,8 +41,26 @@ def test_generate_from_text(bundle, v2t, capsys):
 def test_generate_from_vectors_as_json_with_rerank(bundle, v2t, tmp_path, capsys):
     vectors = v2t.encode(["Где лодка?"])
     np.save(tmp_path / "v.npy", vectors)
-    assert main(["generate", "--adapter", str(bundle), "--vectors", str(tmp_path / "v.npy"), "--json",
-                 "--num-beams", "3", "--num-return-sequences", "3", "--rerank", "--max-new-tokens", "5"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                str(bundle),
+                "--vectors",
+                str(tmp_path / "v.npy"),
+                "--json",
+                "--num-beams",
+                "3",
+                "--num-return-sequences",
+                "3",
+                "--rerank",
+                "--max-new-tokens",
+                "5",
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)
     best = v2t.generate(vectors, max_new_tokens=5, num_beams=3, num_return_sequences=3, rerank=True)[0]
     assert record["generated"] == best.text and record["cosine"] == pytest.approx(best.cosine, abs=1e-4)
@@ -73,14 +106,17 @@ def test_info_and_card_of_a_bundle_that_does_not_record_its_lora_modules(bundle,
     assert "alpha=32, on (not recorded)" in str(bundle_card(validate_bundle(bundle)))
 
 
-@pytest.mark.parametrize("make_args,message", [
-    (lambda b, t: ["info", str(t / "nope")], "does not exist"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--text", "  "], "text 0 is empty"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "missing.npy")], "does not exist"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "wrong.npy")], "dimension 5"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "objects.npy")], "plain numeric"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--num-return-sequences", "2"], "num_beams"),
-])
+@pytest.mark.parametrize(
+    "make_args,message",
+    [
+        (lambda b, t: ["info", str(t / "nope")], "does not exist"),
+        (lambda b, t: ["generate", "--adapter", str(b), "--text", "  "], "text 0 is empty"),
+        (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "missing.npy")], "does not exist"),
+        (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "wrong.npy")], "dimension 5"),
+        (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "objects.npy")], "plain numeric"),
+        (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--num-return-sequences", "2"], "num_beams"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(bundle, tmp_path, capsys, make_args, message):
     np.save(tmp_path / "wrong.npy", np.zeros((2, 5), dtype=np.float32))
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -97,31 +133,56 @@ def test_help_lists_every_option(capsys):
         assert option in out
 
 
-@pytest.mark.parametrize("make_args,message", [
-    (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "empty.npy")],
-     "empty.npy is empty (0 bytes): save the vectors with numpy.save(path, array)"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "sentences.txt")],
-     "sentences.txt is a text file, not a .npy array: give sentences with --text"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "complex.npy")],
-     "complex.npy holds complex numbers (complex64); sentence vectors are real"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--do-sample", "--temperature", "0"],
-     "temperature (when sampling) must be > 0, got 0.0"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--top-k", "-3"], "top_k must be >= 0, got -3"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--top-p", "1.5"],
-     "top_p must be > 0 and <= 1, got 1.5"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--repetition-penalty", "0"],
-     "repetition_penalty must be > 0, got 0.0"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--device", "foo"],
-     "unknown device 'foo': use cpu, cuda or cuda:N"),
-    (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--max-new-tokens", "500"],
-     "max_new_tokens 500 does not fit backbone"),
-    (lambda b, t: ["evaluate", "--adapter", str(b), "--data", str(t / "dev.txt"), "--device", "foo"],
-     "unknown device 'foo'"),
-    (lambda b, t: ["evaluate", "--adapter", str(b), "--data", str(t / "dev.txt"), "--max-new-tokens", "500"],
-     "max_new_tokens 500 does not fit backbone"),
-    (lambda b, t: ["evaluate", "--adapter", str(b), "--data", str(t / "dev.txt"), "--batch-size", "0"],
-     "batch_size must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "make_args,message",
+    [
+        (
+            lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "empty.npy")],
+            "empty.npy is empty (0 bytes): save the vectors with numpy.save(path, array)",
+        ),
+        (
+            lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "sentences.txt")],
+            "sentences.txt is a text file, not a .npy array: give sentences with --text",
+        ),
+        (
+            lambda b, t: ["generate", "--adapter", str(b), "--vectors", str(t / "complex.npy")],
+            "complex.npy holds complex numbers (complex64); sentence vectors are real",
+        ),
+        (
+            lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--do-sample", "--temperature", "0"],
+            "temperature (when sampling) must be > 0, got 0.0",
+        ),
+        (lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--top-k", "-3"], "top_k must be >= 0, got -3"),
+        (
+            lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--top-p", "1.5"],
+            "top_p must be > 0 and <= 1, got 1.5",
+        ),
+        (
+            lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--repetition-penalty", "0"],
+            "repetition_penalty must be > 0, got 0.0",
+        ),
+        (
+            lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--device", "foo"],
+            "unknown device 'foo': use cpu, cuda or cuda:N",
+        ),
+        (
+            lambda b, t: ["generate", "--adapter", str(b), "--text", "a", "--max-new-tokens", "500"],
+            "max_new_tokens 500 does not fit backbone",
+        ),
+        (
+            lambda b, t: ["evaluate", "--adapter", str(b), "--data", str(t / "dev.txt"), "--device", "foo"],
+            "unknown device 'foo'",
+        ),
+        (
+            lambda b, t: ["evaluate", "--adapter", str(b), "--data", str(t / "dev.txt"), "--max-new-tokens", "500"],
+            "max_new_tokens 500 does not fit backbone",
+        ),
+        (
+            lambda b, t: ["evaluate", "--adapter", str(b), "--data", str(t / "dev.txt"), "--batch-size", "0"],
+            "batch_size must be >= 1, got 0",
+        ),
+    ],
+)
 def test_bad_input_is_refused_before_the_models_load(bundle, tmp_path, capsys, no_model_load, make_args, message):
     (tmp_path / "empty.npy").write_bytes(b"")
     (tmp_path / "sentences.txt").write_text("Где лодка?\nКошка спит.\n", encoding="utf-8")
@@ -135,13 +196,30 @@ def test_bad_input_is_refused_before_the_models_load(bundle, tmp_path, capsys, n
 def test_a_missing_backbone_folder_is_called_a_missing_folder(bundle, capsys):
     assert main(["generate", "--adapter", str(bundle), "--text", "a", "--backbone", "./no/such/base"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: backbone folder './no/such/base' does not exist: give an existing model folder, a .gguf "
-                   "file or a hub id (org/name)")
+    assert err == (
+        "error: backbone folder './no/such/base' does not exist: give an existing model folder, a .gguf "
+        "file or a hub id (org/name)"
+    )
 
 
 def test_repetition_penalty_reaches_decoding(bundle, v2t, capsys):
-    assert main(["generate", "--adapter", str(bundle), "--text", "Где лодка?", "--max-new-tokens", "8",
-                 "--repetition-penalty", "0.1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                str(bundle),
+                "--text",
+                "Где лодка?",
+                "--max-new-tokens",
+                "8",
+                "--repetition-penalty",
+                "0.1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)
     assert record["generated"] == v2t.invert(["Где лодка?"], max_new_tokens=8, repetition_penalty=0.1)[0]
     assert record["generated"] != v2t.invert(["Где лодка?"], max_new_tokens=8)[0]  # not the adapter's default (1.1)
@@ -151,8 +229,14 @@ def test_help_states_valid_ranges_and_where_runs_go(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("--repetition-penalty", "(> 0; used when do_sample)", "(>= 0; 0 = off)", "(0 < top_p <= 1; 1 = off)",
-                 "(>= 1; 1 = greedy or sampling)", "cpu, cuda or cuda:N"):
+    for text in (
+        "--repetition-penalty",
+        "(> 0; used when do_sample)",
+        "(>= 0; 0 = off)",
+        "(0 < top_p <= 1; 1 = off)",
+        "(>= 1; 1 = greedy or sampling)",
+        "cpu, cuda or cuda:N",
+    ):
         assert text in out
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
@@ -173,13 +257,29 @@ def test_any_permission_error_is_one_line(bundle, monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "cmd_info", denied)
     assert main(["info", str(bundle)]) == 2
-    assert capsys.readouterr().err == ("error: permission denied on /some/folder/file: fix its permissions or choose "
-                                       "another path\n")
+    assert capsys.readouterr().err == (
+        "error: permission denied on /some/folder/file: fix its permissions or choose another path\n"
+    )
 
 
 def test_no_repeat_ngram_size_reaches_decoding(bundle, v2t, capsys):
-    assert main(["generate", "--adapter", str(bundle), "--text", "Где лодка?", "--max-new-tokens", "12",
-                 "--no-repeat-ngram-size", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                str(bundle),
+                "--text",
+                "Где лодка?",
+                "--max-new-tokens",
+                "12",
+                "--no-repeat-ngram-size",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     generated = json.loads(capsys.readouterr().out)["generated"]
     assert generated == v2t.invert(["Где лодка?"], max_new_tokens=12, no_repeat_ngram_size=1)[0]
     ids = v2t.tokenizer(generated, add_special_tokens=False)["input_ids"]
@@ -205,20 +305,39 @@ def test_importing_lora_v2t_prints_no_warning_about_bitsandbytes_optional_cpu_ke
     import sys
 
     # on a CPU with AVX-512 BF16 this import makes bitsandbytes look for its optional kernel; elsewhere it is quiet
-    done = subprocess.run([sys.executable, "-c", "from lora_v2t import load_adapter"], capture_output=True,
-                          text=True, timeout=300, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", "from lora_v2t import load_adapter"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0 and "kernels-community" not in done.stderr, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("logger,message,shown", [
-    ("kernels._internals.hf_hub", "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' "
-                                  "because Hugging Face Hub is in offline mode.", False),
-    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community: not cached. "
-                                      "Please make sure you already `pip install kernels`", False),
-    ("kernels._internals.hf_hub", "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in "
-                                  "offline mode.", True),
-    ("bitsandbytes.backends.cpu.ops", "some other bitsandbytes warning", True),
-])
+@pytest.mark.parametrize(
+    "logger,message,shown",
+    [
+        (
+            "kernels._internals.hf_hub",
+            "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' "
+            "because Hugging Face Hub is in offline mode.",
+            False,
+        ),
+        (
+            "bitsandbytes.backends.cpu.ops",
+            "Failed to load CPU gemm_4bit_forward from kernels-community: not cached. "
+            "Please make sure you already `pip install kernels`",
+            False,
+        ),
+        (
+            "kernels._internals.hf_hub",
+            "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in offline mode.",
+            True,
+        ),
+        ("bitsandbytes.backends.cpu.ops", "some other bitsandbytes warning", True),
+    ],
+)
 def test_only_the_optional_kernel_notices_are_dropped_on_any_cpu(caplog, logger, message, shown):
     """What bitsandbytes and kernels log, on CPUs with AVX-512 BF16, about the optional CPU kernel (emitted here
     through the same loggers, so that this holds on every CPU): those two notices are dropped, nothing else."""
@@ -251,13 +370,46 @@ def test_a_bad_seed_in_python_is_one_line(bundle):
 
 def test_sampling_options_without_sampling_are_warned_about(bundle, capsys, caplog):
     with caplog.at_level("WARNING", logger="lora_v2t"):
-        assert main(["generate", "--adapter", str(bundle), "--text", "a", "--temperature", "0.7", "--top-k", "5",
-                     "--max-new-tokens", "2"]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "--adapter",
+                    str(bundle),
+                    "--text",
+                    "a",
+                    "--temperature",
+                    "0.7",
+                    "--top-k",
+                    "5",
+                    "--max-new-tokens",
+                    "2",
+                ]
+            )
+            == 0
+        )
     assert "--temperature, --top-k only shape sampling: without --do-sample" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="lora_v2t"):
-        assert main(["generate", "--adapter", str(bundle), "--text", "a", "--temperature", "0.7", "--do-sample",
-                     "--max-new-tokens", "2", "--seed", "0"]) == 0
+        assert (
+            main(
+                [
+                    "generate",
+                    "--adapter",
+                    str(bundle),
+                    "--text",
+                    "a",
+                    "--temperature",
+                    "0.7",
+                    "--do-sample",
+                    "--max-new-tokens",
+                    "2",
+                    "--seed",
+                    "0",
+                ]
+            )
+            == 0
+        )
     assert "only shape sampling" not in caplog.text
 
 
@@ -267,13 +419,20 @@ def test_help_and_argument_errors_wait_for_no_heavy_library():
     import subprocess
     import sys
 
-    script = ("import sys\nfrom lora_v2t.cli import main\n"
-              "for argv in (['--help'], ['train', '--help'], ['generate', '--help'], ['info', 'x', '--bogus']):\n"
-              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-              "print('heavy:', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'peft', "
-              "'bitsandbytes', 'sentence_transformers'}), file=sys.stderr)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    script = (
+        "import sys\nfrom lora_v2t.cli import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['generate', '--help'], ['info', 'x', '--bogus']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print('heavy:', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'peft', "
+        "'bitsandbytes', 'sentence_transformers'}), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0 and "usage: lora-v2t" in done.stdout, done.stderr[-2000:]
     assert "unrecognized arguments: --bogus" in done.stderr
     assert done.stderr.splitlines()[-1] == "heavy: []", done.stderr[-2000:]
@@ -287,10 +446,22 @@ def test_train_refuses_a_file_as_backbone_before_embedding_the_corpus(tmp_path, 
     refuse_calls(monkeypatch, "lora_v2t.train.trainer.prepare_data", "the corpus was embedded")
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"weights without their folder")
-    assert main(["train", str(RECIPE), f"--backbone.name={weights}", f"--data.train={corpus_file(tmp_path)}",
-                 f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
-    assert capsys.readouterr().err == (f"error: backbone '{weights}' is a file; give a model folder, a .gguf file or "
-                                       "a hub id\n")
+    assert (
+        main(
+            [
+                "train",
+                str(RECIPE),
+                f"--backbone.name={weights}",
+                f"--data.train={corpus_file(tmp_path)}",
+                f"--training.output_dir={tmp_path / 'runs'}",
+                f"--data.cache_dir={tmp_path / 'cache'}",
+            ]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        f"error: backbone '{weights}' is a file; give a model folder, a .gguf file or a hub id\n"
+    )
 
 
 def test_the_cli_hides_only_the_known_noisy_library_warnings(bundle, capsys):
@@ -300,14 +471,25 @@ def test_the_cli_hides_only_the_known_noisy_library_warnings(bundle, capsys):
     import logging
     import warnings
 
-    noisy = [("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` "
-              "instead.", FutureWarning, "transformers.modeling_utils"),
-             ("Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids` to `generate` will apply "
-              "n-gram constraints only to newly generated tokens, not to the prompt.", UserWarning,
-              "transformers.generation.utils")]
-    real = [("Adapter name 'a' should not be contained in the prefix 'lora_'.", UserWarning, "peft.peft_model"),
-            ("`generation_config` default values have been modified", UserWarning, "transformers.generation.utils"),
-            ("`torch_dtype` is deprecated! Use `dtype` instead!", FutureWarning, "transformers.modeling_utils")]
+    noisy = [
+        (
+            "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` "
+            "instead.",
+            FutureWarning,
+            "transformers.modeling_utils",
+        ),
+        (
+            "Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids` to `generate` will apply "
+            "n-gram constraints only to newly generated tokens, not to the prompt.",
+            UserWarning,
+            "transformers.generation.utils",
+        ),
+    ]
+    real = [
+        ("Adapter name 'a' should not be contained in the prefix 'lora_'.", UserWarning, "peft.peft_model"),
+        ("`generation_config` default values have been modified", UserWarning, "transformers.generation.utils"),
+        ("`torch_dtype` is deprecated! Use `dtype` instead!", FutureWarning, "transformers.modeling_utils"),
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert main(["info", str(bundle)]) == 0  # sets the command line's filters
@@ -327,17 +509,24 @@ def test_a_recipe_without_a_corpus_is_one_line_naming_the_key(tmp_path, monkeypa
     recipe = tmp_path / "no-corpus.yaml"
     recipe.write_text("training:\n  run_name: x\n  output_dir: runs\ndata:\n  cache_dir: cache\n", encoding="utf-8")
     assert main([command[0], str(recipe), *command[1:]]) == 2
-    assert capsys.readouterr().err == ("error: data.train is not set: name the training corpus in the recipe "
-                                       "(data: train: FILE) or with --data.train=FILE\n")
+    assert capsys.readouterr().err == (
+        "error: data.train is not set: name the training corpus in the recipe "
+        "(data: train: FILE) or with --data.train=FILE\n"
+    )
     assert not (tmp_path / "held.txt").exists()
 
 
 ALL_BUT_CANDIDATES = [f.name for f in dataclasses.fields(GenerationConfig) if f.name != "num_return_sequences"]
 
 
-@pytest.mark.parametrize("command,names", [
-    ("generate", None), ("invert", ALL_BUT_CANDIDATES),  # invert writes one text per vector
-    ("evaluate", ["max_new_tokens", "batch_size", "restrict_vocab"])])
+@pytest.mark.parametrize(
+    "command,names",
+    [
+        ("generate", None),
+        ("invert", ALL_BUT_CANDIDATES),  # invert writes one text per vector
+        ("evaluate", ["max_new_tokens", "batch_size", "restrict_vocab"]),
+    ],
+)
 def test_decoding_options_are_made_from_the_generation_config_fields(capsys, command, names):
     """Each decoding option is a GenerationConfig field with the field's help, so the two cannot drift; unset,
     it is None and the adapter's default applies (evaluate's --batch-size: 32)."""
@@ -346,8 +535,11 @@ def test_decoding_options_are_made_from_the_generation_config_fields(capsys, com
     with pytest.raises(SystemExit):
         main([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    given = {"generate": ["--text", "a"], "invert": ["--texts", "t.txt", "--out", "o.jsonl"],
-             "evaluate": ["--data", "d.txt"]}[command]
+    given = {
+        "generate": ["--text", "a"],
+        "invert": ["--texts", "t.txt", "--out", "o.jsonl"],
+        "evaluate": ["--data", "d.txt"],
+    }[command]
     args = build_parser().parse_args([command, "--adapter", "x", *given])
     for f in dataclasses.fields(GenerationConfig):
         if names is not None and f.name not in names:

@@ -11,8 +11,13 @@ RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*
 
 def test_there_are_recipes():
     names = {p.name for p in RECIPES}
-    assert {"tiny_debug.yaml", "offline_use_gemma270m.yaml", "labse_rugpt3large_8bit.yaml", "labse_rugpt3small.yaml",
-            "original_experiment.yaml"} <= names
+    assert {
+        "tiny_debug.yaml",
+        "offline_use_gemma270m.yaml",
+        "labse_rugpt3large_8bit.yaml",
+        "labse_rugpt3small.yaml",
+        "original_experiment.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -25,63 +30,78 @@ def test_every_recipe_loads_and_validates(recipe):
 
 
 def test_overrides_apply_and_parse_types():
-    cfg = load_config(RECIPES[0], ["--training.lr=1e-4", "--lora.target_modules=[q_proj, v_proj]",
-                                   "--data.max_sentences=null", "--training.max_minutes=5"])
+    cfg = load_config(
+        RECIPES[0],
+        [
+            "--training.lr=1e-4",
+            "--lora.target_modules=[q_proj, v_proj]",
+            "--data.max_sentences=null",
+            "--training.max_minutes=5",
+        ],
+    )
     assert cfg.training.lr == 1e-4 and cfg.lora.target_modules == ["q_proj", "v_proj"]
     assert cfg.data.max_sentences is None and cfg.training.max_minutes == 5.0
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--trainig.lr=1", "unknown section 'trainig' (did you mean 'training'?)"),
-    ("--training.projektor_lr=1", "unknown key training.projektor_lr (did you mean 'projector_lr'?)"),
-    ("--training.xyzzy=1", "unknown key training.xyzzy; known: batch_size"),
-    ("--training.max_steps=1.5", "training.max_steps must be int, got 1.5"),
-    ("--training.max_steps=yes", "training.max_steps must be int, got True"),
-    ("--training.lr=fast", "training.lr must be float, got 'fast'"),
-    ("--data.train=3", "data.train must be str"),
-    ("--projector.kind=conv", "unknown projector kind 'conv'"),
-    ("--training.loss_vocab=some", "unknown training.loss_vocab 'some'"),
-    ("--lora.layers=[-1]", "lora layers must be a non-empty list of block indices"),
-    ("--lora.layers=3", "lora.layers must be a list, got 3"),
-    ("--backbone.int8_threshold=-1", "backbone.int8_threshold must be >= 0, got -1"),
-    ("--backbone.int8_threshold=high", "backbone.int8_threshold must be float, got 'high'"),
-    ("--generation.cache=paged", "unknown cache 'paged'; choose one of: dynamic, static"),
-    ("training", "write --section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--trainig.lr=1", "unknown section 'trainig' (did you mean 'training'?)"),
+        ("--training.projektor_lr=1", "unknown key training.projektor_lr (did you mean 'projector_lr'?)"),
+        ("--training.xyzzy=1", "unknown key training.xyzzy; known: batch_size"),
+        ("--training.max_steps=1.5", "training.max_steps must be int, got 1.5"),
+        ("--training.max_steps=yes", "training.max_steps must be int, got True"),
+        ("--training.lr=fast", "training.lr must be float, got 'fast'"),
+        ("--data.train=3", "data.train must be str"),
+        ("--projector.kind=conv", "unknown projector kind 'conv'"),
+        ("--training.loss_vocab=some", "unknown training.loss_vocab 'some'"),
+        ("--lora.layers=[-1]", "lora layers must be a non-empty list of block indices"),
+        ("--lora.layers=3", "lora.layers must be a list, got 3"),
+        ("--backbone.int8_threshold=-1", "backbone.int8_threshold must be >= 0, got -1"),
+        ("--backbone.int8_threshold=high", "backbone.int8_threshold must be float, got 'high'"),
+        ("--generation.cache=paged", "unknown cache 'paged'; choose one of: dynamic, static"),
+        ("training", "write --section.key=value"),
+    ],
+)
 def test_bad_recipe_values(override, message):
     with pytest.raises(V2TError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
         load_config(None, [override])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--data.val_size=-1", "data.val_size must be >= 1, got -1"),
-    ("--data.val_size=0", "data.val_size must be >= 1, got 0"),
-    ("--data.max_sentences=0", "data.max_sentences must be >= 1, got 0"),
-    ("--data.min_chars=0", "data.min_chars must be >= 1, got 0"),
-    ("--data.max_chars=1", "data.max_chars must be >= data.min_chars (2), got 1"),
-    ("--training.lr=-1", "training.lr must be > 0, got -1.0"),
-    ("--training.lr=.nan", "training.lr must be > 0, got nan"),
-    ("--training.projector_lr=0", "training.projector_lr must be > 0, got 0.0"),
-    ("--training.weight_decay=-0.1", "training.weight_decay must be >= 0, got -0.1"),
-    ("--training.warmup_steps=-5", "training.warmup_steps must be >= 0, got -5"),
-    ("--training.min_lr_ratio=1.5", "training.min_lr_ratio must be >= 0 and <= 1, got 1.5"),
-    ("--training.max_grad_norm=-1", "training.max_grad_norm must be >= 0, got -1.0"),
-    ("--training.max_minutes=-1", "training.max_minutes must be > 0, got -1.0"),
-    ("--training.max_minutes=0", "training.max_minutes must be > 0, got 0.0"),
-    ("--training.run_name=../../x", "training.run_name must be a plain folder name (no '/', '\\' or '..'), got "
-                                    "'../../x'"),
-    ("--training.run_name=..", "training.run_name must be a plain folder name"),
-    ("--training.run_name=''", "training.run_name must be a plain folder name"),
-    ("--lora.dropout=1", "lora.dropout must be >= 0 and < 1, got 1.0"),
-    ("--lora.dropout=-0.1", "lora.dropout must be >= 0 and < 1, got -0.1"),
-    ("--lora.alpha=0", "lora.alpha must be > 0, got 0"),
-    ("--projector.hidden_dim=-3", "projector.hidden_dim must be >= 1, got -3"),
-    ("--projector.hidden_dim=0", "projector.hidden_dim must be >= 1, got 0"),
-    ("--training.seed=-1", "training.seed must be >= 0 and <= 4294967295, got -1"),
-    ("--training.seed=4294967296", "training.seed must be >= 0 and <= 4294967295, got 4294967296"),
-    ("--data.seed=-1", "data.seed must be >= 0 and <= 4294967295, got -1"),
-    ("--training.num_samples=-1", "training.num_samples must be >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--data.val_size=-1", "data.val_size must be >= 1, got -1"),
+        ("--data.val_size=0", "data.val_size must be >= 1, got 0"),
+        ("--data.max_sentences=0", "data.max_sentences must be >= 1, got 0"),
+        ("--data.min_chars=0", "data.min_chars must be >= 1, got 0"),
+        ("--data.max_chars=1", "data.max_chars must be >= data.min_chars (2), got 1"),
+        ("--training.lr=-1", "training.lr must be > 0, got -1.0"),
+        ("--training.lr=.nan", "training.lr must be > 0, got nan"),
+        ("--training.projector_lr=0", "training.projector_lr must be > 0, got 0.0"),
+        ("--training.weight_decay=-0.1", "training.weight_decay must be >= 0, got -0.1"),
+        ("--training.warmup_steps=-5", "training.warmup_steps must be >= 0, got -5"),
+        ("--training.min_lr_ratio=1.5", "training.min_lr_ratio must be >= 0 and <= 1, got 1.5"),
+        ("--training.max_grad_norm=-1", "training.max_grad_norm must be >= 0, got -1.0"),
+        ("--training.max_minutes=-1", "training.max_minutes must be > 0, got -1.0"),
+        ("--training.max_minutes=0", "training.max_minutes must be > 0, got 0.0"),
+        (
+            "--training.run_name=../../x",
+            "training.run_name must be a plain folder name (no '/', '\\' or '..'), got '../../x'",
+        ),
+        ("--training.run_name=..", "training.run_name must be a plain folder name"),
+        ("--training.run_name=''", "training.run_name must be a plain folder name"),
+        ("--lora.dropout=1", "lora.dropout must be >= 0 and < 1, got 1.0"),
+        ("--lora.dropout=-0.1", "lora.dropout must be >= 0 and < 1, got -0.1"),
+        ("--lora.alpha=0", "lora.alpha must be > 0, got 0"),
+        ("--projector.hidden_dim=-3", "projector.hidden_dim must be >= 1, got -3"),
+        ("--projector.hidden_dim=0", "projector.hidden_dim must be >= 1, got 0"),
+        ("--training.seed=-1", "training.seed must be >= 0 and <= 4294967295, got -1"),
+        ("--training.seed=4294967296", "training.seed must be >= 0 and <= 4294967295, got 4294967296"),
+        ("--data.seed=-1", "data.seed must be >= 0 and <= 4294967295, got -1"),
+        ("--training.num_samples=-1", "training.num_samples must be >= 0, got -1"),
+    ],
+)
 def test_values_out_of_range_name_the_key_and_the_range(override, message):
     with pytest.raises(V2TError, match=re.escape(message)) as refused:
         load_config(None, [override])
@@ -93,16 +113,29 @@ def test_seeds_accept_their_edges():
     assert cfg.training.seed == 2**32 - 1 and cfg.projector.hidden_dim == 1
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"training: [1, 2\n", "bad.yaml is not valid YAML: line 2, column 1: expected ',' or ']', but got "
-                           "'<stream end>' (while parsing a flow sequence from line 1, column 11)"),
-    (b"training:\n  lr: 1\n   max_steps: 2\n", "bad.yaml is not valid YAML: line 3, column 13: mapping values "
-                                                "are not allowed here"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "bad.yaml is not UTF-8 text (byte 0 is 0x89): a recipe is a YAML "
-                                                "text file (see recipes/)"),
-    (b"training:\n  lr: 1\x00\x01", "bad.yaml is not a text file: it holds the control character #x0 at "
-                                    "character 17; a recipe is a YAML text file (see recipes/)"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (
+            b"training: [1, 2\n",
+            "bad.yaml is not valid YAML: line 2, column 1: expected ',' or ']', but got "
+            "'<stream end>' (while parsing a flow sequence from line 1, column 11)",
+        ),
+        (
+            b"training:\n  lr: 1\n   max_steps: 2\n",
+            "bad.yaml is not valid YAML: line 3, column 13: mapping values are not allowed here",
+        ),
+        (
+            b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+            "bad.yaml is not UTF-8 text (byte 0 is 0x89): a recipe is a YAML text file (see recipes/)",
+        ),
+        (
+            b"training:\n  lr: 1\x00\x01",
+            "bad.yaml is not a text file: it holds the control character #x0 at "
+            "character 17; a recipe is a YAML text file (see recipes/)",
+        ),
+    ],
+)
 def test_unreadable_recipes_are_one_line_naming_where(tmp_path, content, message):
     (tmp_path / "bad.yaml").write_bytes(content)
     with pytest.raises(V2TError) as refused:
@@ -113,9 +146,11 @@ def test_unreadable_recipes_are_one_line_naming_where(tmp_path, content, message
 def test_a_bad_override_value_is_one_line():
     with pytest.raises(V2TError) as refused:
         load_config(None, ["--lora.target_modules=[q_proj"])
-    assert str(refused.value) == ("bad value in override '--lora.target_modules=[q_proj': line 1, column 8: expected "
-                                  "',' or ']', but got '<stream end>' (while parsing a flow sequence from line 1, "
-                                  "column 1)")
+    assert str(refused.value) == (
+        "bad value in override '--lora.target_modules=[q_proj': line 1, column 8: expected "
+        "',' or ']', but got '<stream end>' (while parsing a flow sequence from line 1, "
+        "column 1)"
+    )
 
 
 def test_bad_recipe_files(tmp_path):
@@ -129,21 +164,24 @@ def test_bad_recipe_files(tmp_path):
         load_config(tmp_path / "list.yaml")
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"do_sample": True, "temperature": 0.0}, "temperature (when sampling) must be > 0, got 0.0"),
-    ({"do_sample": True, "temperature": float("nan")}, "temperature (when sampling) must be > 0, got nan"),
-    ({"temperature": -1.0}, "temperature must be >= 0, got -1.0"),
-    ({"top_k": -3}, "top_k must be >= 0, got -3"),
-    ({"top_k": 2.5}, "top_k must be an integer, got 2.5"),
-    ({"top_p": 1.5}, "top_p must be > 0 and <= 1, got 1.5"),
-    ({"top_p": 0.0}, "top_p must be > 0 and <= 1, got 0.0"),
-    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0, got 0.0"),
-    ({"repetition_penalty": -1.0}, "repetition_penalty must be > 0, got -1.0"),
-    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be >= 0, got -1"),
-    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
-    ({"num_beams": 0}, "num_beams must be >= 1, got 0"),
-    ({"batch_size": -2}, "batch_size must be >= 1, got -2"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"do_sample": True, "temperature": 0.0}, "temperature (when sampling) must be > 0, got 0.0"),
+        ({"do_sample": True, "temperature": float("nan")}, "temperature (when sampling) must be > 0, got nan"),
+        ({"temperature": -1.0}, "temperature must be >= 0, got -1.0"),
+        ({"top_k": -3}, "top_k must be >= 0, got -3"),
+        ({"top_k": 2.5}, "top_k must be an integer, got 2.5"),
+        ({"top_p": 1.5}, "top_p must be > 0 and <= 1, got 1.5"),
+        ({"top_p": 0.0}, "top_p must be > 0 and <= 1, got 0.0"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0, got 0.0"),
+        ({"repetition_penalty": -1.0}, "repetition_penalty must be > 0, got -1.0"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be >= 0, got -1"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
+        ({"num_beams": 0}, "num_beams must be >= 1, got 0"),
+        ({"batch_size": -2}, "batch_size must be >= 1, got -2"),
+    ],
+)
 def test_generation_options_out_of_range(options, message):
     from lora_v2t.config import GenerationConfig
 
@@ -190,10 +228,18 @@ def test_recipe_help_needs_no_source_files(tmp_path):
     assert compileall.compile_dir(copy, legacy=True, quiet=1)
     for source in copy.rglob("*.py"):
         source.unlink()
-    script = ("import lora_v2t.config as config\nassert config.__file__.endswith('.pyc'), config.__file__\n"
-              "print(config.describe_keys())")
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"PYTHONPATH": str(tmp_path)})
+    script = (
+        "import lora_v2t.config as config\nassert config.__file__.endswith('.pyc'), config.__file__\n"
+        "print(config.describe_keys())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"PYTHONPATH": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.rstrip("\n") == describe_keys()
 
@@ -204,8 +250,13 @@ def test_the_library_names_no_default_corpus():
 
     assert DataConfig().train is None and load_config(None).data.train is None
     assert all(load_config(recipe).data.train for recipe in RECIPES)
-    with pytest.raises(V2TError, match=re.escape("data.train is not set: name the training corpus in the recipe "
-                                                 "(data: train: FILE) or with --data.train=FILE")):
+    with pytest.raises(
+        V2TError,
+        match=re.escape(
+            "data.train is not set: name the training corpus in the recipe "
+            "(data: train: FILE) or with --data.train=FILE"
+        ),
+    ):
         DataConfig().check_train()
 
 
@@ -215,20 +266,33 @@ def test_the_version_is_the_installed_package_metadata():
     import subprocess
     import sys
 
-    script = ("import importlib.metadata as metadata\nreal = metadata.version\n"
-              "metadata.version = lambda name: '9.8.7' if name == 'lora_v2t' else real(name)\n"
-              "import lora_v2t\nprint(lora_v2t.__version__)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    script = (
+        "import importlib.metadata as metadata\nreal = metadata.version\n"
+        "metadata.version = lambda name: '9.8.7' if name == 'lora_v2t' else real(name)\n"
+        "import lora_v2t\nprint(lora_v2t.__version__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0 and done.stdout.strip() == "9.8.7", done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("cls,key,choices", [
-    ("ProjectorConfig", "kind", "PROJECTOR_KINDS"), ("BackboneConfig", "quantization", "QUANTIZATION_MODES"),
-    ("GenerationConfig", "cache", "CACHE_KINDS"), ("TrainingConfig", "role", "ROLES"),
-    ("TrainingConfig", "trainable", "TRAINABLE"), ("TrainingConfig", "loss_vocab", "LOSS_VOCABS"),
-    ("TrainingConfig", "mixed_precision", "MIXED_PRECISIONS"),
-])
+@pytest.mark.parametrize(
+    "cls,key,choices",
+    [
+        ("ProjectorConfig", "kind", "PROJECTOR_KINDS"),
+        ("BackboneConfig", "quantization", "QUANTIZATION_MODES"),
+        ("GenerationConfig", "cache", "CACHE_KINDS"),
+        ("TrainingConfig", "role", "ROLES"),
+        ("TrainingConfig", "trainable", "TRAINABLE"),
+        ("TrainingConfig", "loss_vocab", "LOSS_VOCABS"),
+        ("TrainingConfig", "mixed_precision", "MIXED_PRECISIONS"),
+    ],
+)
 def test_each_choice_is_one_literal_type_that_fields_and_checks_share(cls, key, choices):
     import typing
 
@@ -251,15 +315,21 @@ def test_the_choices_of_the_command_line_and_load_adapter_are_the_literal_types(
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     out = capsys.readouterr().out
-    for option, choices in (("--quantization", config.QUANTIZATION_MODES), ("--dtype", config.DTYPES),
-                            ("--cache", config.CACHE_KINDS)):
+    for option, choices in (
+        ("--quantization", config.QUANTIZATION_MODES),
+        ("--dtype", config.DTYPES),
+        ("--cache", config.CACHE_KINDS),
+    ):
         assert f"{option} {{{','.join(choices)}}}" in out
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--projector.kind=3", "projector.kind must be one of zero-pad, linear, mlp, got 3 (int)"),
-    ("--training.mixed_precision=no", None),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--projector.kind=3", "projector.kind must be one of zero-pad, linear, mlp, got 3 (int)"),
+        ("--training.mixed_precision=no", None),
+    ],
+)
 def test_a_choice_from_yaml(override, message):
     if message is None:
         assert load_config(None, [override]).training.mixed_precision == "no"
@@ -285,8 +355,11 @@ def test_an_adapters_role_is_a_hypothesizer_unless_it_says_otherwise():
 def test_a_corpus_given_as_the_recipe_is_told_where_it_goes(tmp_path, content):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(content, encoding="utf-8")
-    with pytest.raises(V2TError, match=rf"a recipe is a YAML file of sections \(see recipes/\); a corpus goes in "
-                                       rf"--data\.train={corpus}$"):
+    with pytest.raises(
+        V2TError,
+        match=rf"a recipe is a YAML file of sections \(see recipes/\); a corpus goes in "
+        rf"--data\.train={corpus}$",
+    ):
         load_config(corpus)
 
 

@@ -78,7 +78,7 @@ def test_batched_left_padded_correction_equals_one_row_at_a_time(corrector):
     contexts = ["кот", "лодка где она сейчас и почему", "сегодня"]
     cond = conditions(corrector, 3)
     batched = corrector.generate(cond, contexts=contexts, max_new_tokens=10, batch_size=3)
-    single = [corrector.generate(cond[i:i + 1], contexts=contexts[i:i + 1], max_new_tokens=10)[0] for i in range(3)]
+    single = [corrector.generate(cond[i : i + 1], contexts=contexts[i : i + 1], max_new_tokens=10)[0] for i in range(3)]
     assert batched == single
     assert len(set(batched)) > 1
 
@@ -149,17 +149,26 @@ def test_correction_without_a_corrector_says_what_to_load(v2t):
         v2t.generate(v2t.encode(SENTENCES[:1]), correct_steps=1)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"correct_steps": -1}, "correct_steps must be an integer >= 0"),
-    ({"correct_steps": 1.5}, "correct_steps must be an integer"),
-    ({"correct_steps": 1, "corrector": SHIFT, "correct_width": 0}, "correct_width must be an integer >= 1"),
-    ({"correct_steps": 1, "corrector": SHIFT, "num_beams": 3, "num_return_sequences": 3},
-     r"or rerank the candidates first \(rerank=True"),
-    ({"correct_steps": 1, "corrector": SHIFT, "rerank": True, "num_beams": 4, "num_return_sequences": 2},
-     "give num_beams=2"),
-    ({"correct_steps": 1, "corrector": SHIFT, "rerank": True, "do_sample": True, "num_return_sequences": 2},
-     "drop do_sample"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"correct_steps": -1}, "correct_steps must be an integer >= 0"),
+        ({"correct_steps": 1.5}, "correct_steps must be an integer"),
+        ({"correct_steps": 1, "corrector": SHIFT, "correct_width": 0}, "correct_width must be an integer >= 1"),
+        (
+            {"correct_steps": 1, "corrector": SHIFT, "num_beams": 3, "num_return_sequences": 3},
+            r"or rerank the candidates first \(rerank=True",
+        ),
+        (
+            {"correct_steps": 1, "corrector": SHIFT, "rerank": True, "num_beams": 4, "num_return_sequences": 2},
+            "give num_beams=2",
+        ),
+        (
+            {"correct_steps": 1, "corrector": SHIFT, "rerank": True, "do_sample": True, "num_return_sequences": 2},
+            "drop do_sample",
+        ),
+    ],
+)
 def test_bad_correction_options_are_refused(v2t, options, message):
     with pytest.raises(V2TError, match=message):
         v2t.generate(v2t.encode(SENTENCES[:1]), **options)
@@ -170,14 +179,22 @@ def tiny_run(tmp_path, backbone_dir, encoder_dir):
     """A corpus of 40 distinct sentences and the recipe overrides of a 4-step run on the tiny models."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"{s} {i}" for i in range(4) for s in SENTENCES) + "\n", encoding="utf-8")
-    return corpus, [f"--backbone.name={backbone_dir}", f"--encoder.spec={encoder_dir}",
-                    f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
-                    f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=4",
-                    "--training.eval_every=4", "--training.save_every=4"]
+    return corpus, [
+        f"--backbone.name={backbone_dir}",
+        f"--encoder.spec={encoder_dir}",
+        f"--training.output_dir={tmp_path / 'runs'}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--data.train={corpus}",
+        "--data.val_size=4",
+        "--training.max_steps=4",
+        "--training.eval_every=4",
+        "--training.save_every=4",
+    ]
 
 
-def test_heldout_then_invert_then_a_trained_corrector_that_corrects(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
-                                                                    capsys):
+def test_heldout_then_invert_then_a_trained_corrector_that_corrects(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, capsys
+):
     from lora_v2t.cli import main
     from lora_v2t.config import load_config
     from lora_v2t.train.pairs import unseen_sentences
@@ -195,19 +212,60 @@ def test_heldout_then_invert_then_a_trained_corrector_that_corrects(tmp_path, ti
     assert trained_on["role"] == "hypothesizer"
     assert main(["heldout", str(RECIPE), "--out", str(held), *common, *sample]) == 2  # never overwritten
     hyps = tmp_path / "hyps.jsonl"
-    assert main(["invert", "--adapter", str(hypothesizer), "--texts", str(held), "--out", str(hyps),
-                 "--max-new-tokens", "8", "--no-progress"]) == 0
-    corrector = train(load_config(RECIPE, common + [f"--data.train={held}", f"--data.hypotheses={hyps}",
-                                                    "--training.role=corrector", "--training.run_name=corr"]),
-                      show_progress=False)
+    assert (
+        main(
+            [
+                "invert",
+                "--adapter",
+                str(hypothesizer),
+                "--texts",
+                str(held),
+                "--out",
+                str(hyps),
+                "--max-new-tokens",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    corrector = train(
+        load_config(
+            RECIPE,
+            common
+            + [
+                f"--data.train={held}",
+                f"--data.hypotheses={hyps}",
+                "--training.role=corrector",
+                "--training.run_name=corr",
+            ],
+        ),
+        show_progress=False,
+    )
     config = json.loads((corrector / "v2t_config.json").read_text())
     assert config["role"] == "corrector" and config["projector"]["embedding_dim"] == 3 * config["encoder"]["dim"]
     v2t = load_adapter(hypothesizer, device="cpu")
     out = v2t.generate(v2t.encode(unseen[:3]), correct_steps=2, corrector=str(corrector), max_new_tokens=8)
     assert len(out) == 3
     capsys.readouterr()
-    assert main(["generate", "--adapter", str(hypothesizer), "--text", unseen[0], "--correct-steps", "1",
-                 "--corrector", str(corrector), "--max-new-tokens", "8"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                str(hypothesizer),
+                "--text",
+                unseen[0],
+                "--correct-steps",
+                "1",
+                "--corrector",
+                str(corrector),
+                "--max-new-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert "==>" in capsys.readouterr().out
 
 
@@ -217,9 +275,16 @@ def test_a_corrector_recipe_without_hypotheses_is_refused(tmp_path, tiny_backbon
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    cfg = load_config(RECIPE, [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-                               f"--training.output_dir={tmp_path / 'runs'}", f"--data.train={corpus}",
-                               "--training.role=corrector"])
+    cfg = load_config(
+        RECIPE,
+        [
+            f"--backbone.name={tiny_backbone_dir}",
+            f"--encoder.spec={tiny_encoder_dir}",
+            f"--training.output_dir={tmp_path / 'runs'}",
+            f"--data.train={corpus}",
+            "--training.role=corrector",
+        ],
+    )
     with pytest.raises(V2TError, match="needs data.hypotheses"):
         train(cfg, show_progress=False)
 
@@ -233,13 +298,29 @@ def test_the_command_line_checks_correction_before_loading_models(tmp_path, bund
     assert "correct_steps must be an integer >= 0" in capsys.readouterr().err
     assert main(base + ["--correct-steps", "1", "--corrector", str(hyp_dir)]) == 2
     assert "is a hypothesizer, not a corrector" in capsys.readouterr().err
-    (hyp_dir / "v2t_config.json").write_text(
-        (hyp_dir / "v2t_config.json").read_text().replace('"../corr"', "null"))
-    assert main(base + ["--correct-steps", "1", "--corrector", "shift", "--num-beams", "2",
-                        "--num-return-sequences", "2"]) == 2
+    (hyp_dir / "v2t_config.json").write_text((hyp_dir / "v2t_config.json").read_text().replace('"../corr"', "null"))
+    assert (
+        main(base + ["--correct-steps", "1", "--corrector", "shift", "--num-beams", "2", "--num-return-sequences", "2"])
+        == 2
+    )
     assert "or rerank the candidates first" in capsys.readouterr().err
-    assert main(base + ["--correct-steps", "1", "--corrector", "shift", "--rerank", "--num-beams", "3",
-                        "--num-return-sequences", "2"]) == 2
+    assert (
+        main(
+            base
+            + [
+                "--correct-steps",
+                "1",
+                "--corrector",
+                "shift",
+                "--rerank",
+                "--num-beams",
+                "3",
+                "--num-return-sequences",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "give num_beams=2 (--num-beams 2)" in capsys.readouterr().err
     assert main(base + ["--correct-steps", "1"]) == 2
     assert "names no corrector" in capsys.readouterr().err
@@ -247,8 +328,7 @@ def test_the_command_line_checks_correction_before_loading_models(tmp_path, bund
 
 def test_correction_refuses_several_outputs_per_vector(v2t):
     with pytest.raises(V2TError, match="keeps one text per vector"):
-        v2t.generate(v2t.encode(SENTENCES[:1]), correct_steps=1, corrector=SHIFT, num_beams=2,
-                     num_return_sequences=2)
+        v2t.generate(v2t.encode(SENTENCES[:1]), correct_steps=1, corrector=SHIFT, num_beams=2, num_return_sequences=2)
 
 
 def test_a_named_corrector_missing_beside_its_hypothesizer_names_the_bundle(bundles):
@@ -277,8 +357,16 @@ def test_evaluate_reports_every_correction_step_with_its_cost(v2t, tmp_path):
     from lora_v2t.tasks.evaluate import EvalData, evaluate, markdown_table
 
     data = EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five")
-    summary = evaluate(v2t, data, tmp_path / "report", rerank=0, resamples=20, show_progress=False,
-                       max_new_tokens=10, correction=CorrectionConfig(steps=2, corrector=SHIFT, min_gain=0.0))
+    summary = evaluate(
+        v2t,
+        data,
+        tmp_path / "report",
+        rerank=0,
+        resamples=20,
+        show_progress=False,
+        max_new_tokens=10,
+        correction=CorrectionConfig(steps=2, corrector=SHIFT, min_gain=0.0),
+    )
     steps = summary["correction"]["steps_run"]
     assert steps >= 1 and list(summary["scores"]) == ["greedy"] + [f"corrected-{s}" for s in range(1, steps + 1)]
     assert set(summary["scores"]["corrected-1"]) >= {"chrf", "bleu", "cosine", "exact_match"}
@@ -294,8 +382,16 @@ def test_evaluate_with_reranking_corrects_from_the_reranked_candidates(v2t, tmp_
 
     data = EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five")
     plain = evaluate(v2t, data, tmp_path / "plain", rerank=3, resamples=20, show_progress=False, max_new_tokens=10)
-    summary = evaluate(v2t, data, tmp_path / "report", rerank=3, resamples=20, show_progress=False,
-                       max_new_tokens=10, correction=CorrectionConfig(steps=2, corrector=SHIFT, min_gain=0.0))
+    summary = evaluate(
+        v2t,
+        data,
+        tmp_path / "report",
+        rerank=3,
+        resamples=20,
+        show_progress=False,
+        max_new_tokens=10,
+        correction=CorrectionConfig(steps=2, corrector=SHIFT, min_gain=0.0),
+    )
     steps = summary["correction"]["steps_run"]
     reranked = "reranked (greedy + 3 beams)"
     assert list(summary["scores"]) == ["greedy", reranked] + [f"reranked+corrected-{s}" for s in range(1, steps + 1)]
@@ -333,8 +429,9 @@ def test_reranking_one_sequence_keeps_the_beam_width_for_every_decode():
 
 def test_a_wider_correction_from_reranked_beams_corrects_each_kept_candidate(v2t):
     vectors = v2t.encode(SENTENCES[:3])
-    trace = correct(v2t, vectors, CorrectionConfig(steps=1, corrector=SHIFT, rerank=3, width=2, min_gain=0.0),
-                    max_new_tokens=10)
+    trace = correct(
+        v2t, vectors, CorrectionConfig(steps=1, corrector=SHIFT, rerank=3, width=2, min_gain=0.0), max_new_tokens=10
+    )
     assert trace.decodes == [4, 6]  # greedy + 3 beams; 3 shifts for each of 2 kept candidates
     assert np.all(trace.cosines[0] >= trace.greedy_cosines - 1e-6)
     assert np.all(trace.cosines[1] >= trace.cosines[0] - 1e-6)
@@ -353,18 +450,28 @@ def test_evaluate_scores_correction_steps_with_the_cosines_correction_computed(v
     trace = correct(v2t, vectors, cfg, max_new_tokens=10)
     by_correction = len(encoded)
     encoded.clear()
-    evaluate(v2t, EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five"), tmp_path / "report",
-             rerank=0, resamples=20, show_progress=False, max_new_tokens=10, correction=cfg)
+    evaluate(
+        v2t,
+        EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five"),
+        tmp_path / "report",
+        rerank=0,
+        resamples=20,
+        show_progress=False,
+        max_new_tokens=10,
+        correction=cfg,
+    )
     assert len(encoded) == 1 + by_correction  # the sources, then only what correction itself re-embedded
-    rows = [line.split("\t") for line in (tmp_path / "report" / "sentences.tsv").read_text(
-        encoding="utf-8").splitlines()]
+    rows = [
+        line.split("\t") for line in (tmp_path / "report" / "sentences.tsv").read_text(encoding="utf-8").splitlines()
+    ]
     column = rows[0].index("corrected-1_cosine")
     fresh = reembed_cosines(v2t, trace.texts[1], vectors, empty=0.0)
     assert [float(r[column]) for r in rows[1:]] == pytest.approx(fresh.tolist(), abs=1e-3)
 
 
-def test_corrector_data_must_be_the_hypotheses_of_its_sentences_and_unseen(tmp_path, tiny_backbone_dir,
-                                                                          tiny_encoder_dir):
+def test_corrector_data_must_be_the_hypotheses_of_its_sentences_and_unseen(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir
+):
     from lora_v2t.cli import main
     from lora_v2t.config import load_config
     from lora_v2t.train.pairs import corrector_data
@@ -376,8 +483,23 @@ def test_corrector_data_must_be_the_hypotheses_of_its_sentences_and_unseen(tmp_p
     seen = tmp_path / "seen.txt"  # the corpus itself: the hypothesizer trained on some of it
     seen.write_text(corpus.read_text(encoding="utf-8"), encoding="utf-8")
     hyps = tmp_path / "hyps.jsonl"
-    assert main(["invert", "--adapter", str(hypothesizer), "--texts", str(seen), "--out", str(hyps),
-                 "--max-new-tokens", "4", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "invert",
+                "--adapter",
+                str(hypothesizer),
+                "--texts",
+                str(seen),
+                "--out",
+                str(hyps),
+                "--max-new-tokens",
+                "4",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     corrector_cfg = common + [f"--data.hypotheses={hyps}", "--training.role=corrector", "--data.max_sentences=null"]
     with pytest.raises(V2TError, match="were in hypothesizer .*'s training or validation set"):
         corrector_data(load_config(RECIPE, corrector_cfg + [f"--data.train={seen}"]), None, show_progress=False)
@@ -393,8 +515,20 @@ def test_the_command_line_refuses_a_corrector_as_the_adapter_before_loading(bund
     _, corr_dir = bundles
     assert main(["generate", "--adapter", str(corr_dir), "--text", "кот"]) == 2
     assert "is a corrector" in capsys.readouterr().err
-    assert main(["invert", "--adapter", str(corr_dir), "--texts", str(corr_dir / "README.md"), "--out",
-                 str(corr_dir.parent / "x.jsonl")]) == 2
+    assert (
+        main(
+            [
+                "invert",
+                "--adapter",
+                str(corr_dir),
+                "--texts",
+                str(corr_dir / "README.md"),
+                "--out",
+                str(corr_dir.parent / "x.jsonl"),
+            ]
+        )
+        == 2
+    )
     assert "is a corrector" in capsys.readouterr().err
 
 
@@ -411,8 +545,12 @@ def test_a_corrector_for_another_base_is_refused_before_loading(bundles, tmp_pat
 
     hyp_dir, corr_dir = bundles
     other = edited_copy(corr_dir, tmp_path / "other-base", "backbone", "model_type", "llama")
-    assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--correct-steps", "1",
-                 "--corrector", str(other)]) == 2
+    assert (
+        main(
+            ["generate", "--adapter", str(hyp_dir), "--text", "кот", "--correct-steps", "1", "--corrector", str(other)]
+        )
+        == 2
+    )
     assert "was trained on base" in capsys.readouterr().err
 
 

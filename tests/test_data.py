@@ -20,8 +20,12 @@ class CountingEncoder:
 
 def test_read_skips_and_counts_bad_lines(tmp_path):
     path = tmp_path / "c.txt"
-    path.write_bytes("Привет, мир.\n\n   \nа\n".encode() + b"\xff\xfe broken\n" + ("x" * 500 + "\n").encode()
-                     + "Где лодка?\n".encode())
+    path.write_bytes(
+        "Привет, мир.\n\n   \nа\n".encode()
+        + b"\xff\xfe broken\n"
+        + ("x" * 500 + "\n").encode()
+        + "Где лодка?\n".encode()
+    )
     sentences, stats = read_sentences(path, min_chars=2, max_chars=400)
     assert sentences == ["Привет, мир.", "Где лодка?"]
     assert (stats.empty, stats.too_short, stats.undecodable, stats.too_long) == (2, 1, 1, 1)
@@ -132,11 +136,14 @@ def test_a_fill_in_progress_is_waited_for_then_reused(tiny_encoder, tmp_path):
     assert not list(tmp_path.glob("*/.lock")) and not list(tmp_path.glob("*/*.partial.npy"))
 
 
-@pytest.mark.parametrize("encoding,message", [
-    ("utf-16", "is UTF-16LE (it starts with a UTF-16LE byte-order mark)"),
-    ("utf-16-be", "holds NUL bytes on its first line: it is UTF-16, UTF-32 or binary"),
-    ("utf-32", "is UTF-32LE (it starts with a UTF-32LE byte-order mark)"),
-])
+@pytest.mark.parametrize(
+    "encoding,message",
+    [
+        ("utf-16", "is UTF-16LE (it starts with a UTF-16LE byte-order mark)"),
+        ("utf-16-be", "holds NUL bytes on its first line: it is UTF-16, UTF-32 or binary"),
+        ("utf-32", "is UTF-32LE (it starts with a UTF-32LE byte-order mark)"),
+    ],
+)
 def test_a_corpus_in_another_encoding_is_refused_in_one_line(tmp_path, encoding, message):
     path = tmp_path / "c.txt"
     path.write_text("Привет, мир.\nГде лодка?\n" * 5, encoding=encoding)
@@ -192,8 +199,9 @@ def test_batch_order_shares_every_batch_out_once_among_processes():
     assert (state.epoch, state.batch_in_epoch) == (1, 2)
     again = BatchOrder(lengths, batch_size=8, seed=3)  # a resumed run, rebuilt from the saved position
     resumed = TrainState(epoch=0, batch_in_epoch=4)
-    assert [b.tolist() for b in again.take(resumed, world=2)] == \
-        [b.tolist() for b in bucketed_batches(lengths, 8, 3, 0)[4:6]]
+    assert [b.tolist() for b in again.take(resumed, world=2)] == [
+        b.tolist() for b in bucketed_batches(lengths, 8, 3, 0)[4:6]
+    ]
 
 
 def test_batch_order_refuses_more_processes_than_batches():
@@ -210,8 +218,11 @@ def test_a_cache_that_cannot_fit_is_refused_before_anything_is_written(tiny_enco
 
     monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("Usage", "total used free")(10**6, 10**6, 500))
     enc = CountingEncoder(tiny_encoder)
-    with pytest.raises(V2TError, match=r"no space left on the disk of .*corpus-[0-9a-f]{16} \(1.1 KiB needed, "
-                                       r"500 bytes free\): .*set data.cache_dir") as full:
+    with pytest.raises(
+        V2TError,
+        match=r"no space left on the disk of .*corpus-[0-9a-f]{16} \(1.1 KiB needed, "
+        r"500 bytes free\): .*set data.cache_dir",
+    ) as full:
         embed_corpus([f"предложение {i}" for i in range(10)], enc, tmp_path / "cache", "corpus", show_progress=False)
     assert "\n" not in str(full.value) and enc.calls == 0
     assert not list((tmp_path / "cache").rglob("*.npy"))
@@ -246,8 +257,19 @@ def test_embed_meets_a_full_disk_in_one_line(tiny_encoder_dir, tmp_path, monkeyp
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"предложение номер {i}" for i in range(12)) + "\n", encoding="utf-8")
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny_debug.yaml"
-    assert main(["embed", str(recipe), f"--encoder.spec={tiny_encoder_dir}", f"--data.train={corpus}",
-                 "--data.val_size=2", f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                str(recipe),
+                f"--encoder.spec={tiny_encoder_dir}",
+                f"--data.train={corpus}",
+                "--data.val_size=2",
+                f"--data.cache_dir={tmp_path / 'cache'}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no space left on the disk of ")
 
@@ -259,5 +281,7 @@ def test_a_fill_without_a_progress_bar_says_how_far_it_got(tiny_encoder, tmp_pat
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("embedding 10 sentences of corpus into the cache ") for line in lines)
     assert [line for line in lines if line.startswith("embedded ")] == [
-        "embedded 4/10 sentences of corpus (40%)", "embedded 8/10 sentences of corpus (80%)",
-        "embedded 10/10 sentences of corpus (100%)"]
+        "embedded 4/10 sentences of corpus (40%)",
+        "embedded 8/10 sentences of corpus (80%)",
+        "embedded 10/10 sentences of corpus (100%)",
+    ]

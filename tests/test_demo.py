@@ -29,8 +29,9 @@ def test_the_shipped_sample_is_real_russian_text():
 def test_the_held_out_sentences_are_in_no_training_or_dev_file():
     held_out = set(HELD_OUT.read_text(encoding="utf-8").splitlines())
     assert len(held_out) >= 6
-    others = [DEMO_SENTENCES] + ([SHARED_CORPUS] + sorted(SHARED_CORPUS.parent.glob("dev_*"))
-                                 if SHARED_CORPUS.is_file() else [])
+    others = [DEMO_SENTENCES] + (
+        [SHARED_CORPUS] + sorted(SHARED_CORPUS.parent.glob("dev_*")) if SHARED_CORPUS.is_file() else []
+    )
     for path in others:
         lines = {part for line in path.read_text(encoding="utf-8").splitlines() for part in line.split("\t")}
         assert not held_out & lines, path
@@ -42,8 +43,9 @@ def test_the_demo_validates_on_held_out_sentences_and_is_boxed_in_time():
     assert recipe.training.max_minutes == 3 and recipe.training.max_steps > 10_000  # the minutes end it
 
 
-def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, tiny_encoder, tiny_encoder_dir,
-                                                  capsys, monkeypatch):
+def test_demo_code_path_on_tiny_models_and_resume(
+    tmp_path, tiny_backbone_dir, tiny_encoder, tiny_encoder_dir, capsys, monkeypatch
+):
     real = train_module.validation_loss
     calls = {"n": 0}
 
@@ -56,9 +58,18 @@ def test_demo_code_path_on_tiny_models_and_resume(tmp_path, tiny_backbone_dir, t
     shipped = make_v2t(tiny_backbone_dir, tiny_encoder).save_adapter(tmp_path / "shipped")
     monkeypatch.setattr(train_module, "validation_loss", interrupt_at_second_evaluation)
     monkeypatch.setenv("LORA_V2T_HOME", str(tmp_path / "home"))  # the embedding cache goes there
-    cfg = DemoConfig(minutes=5.0, output_dir=str(tmp_path), corpus=str(corpus_file(tmp_path)),
-                     shipped=str(shipped), backbone=tiny_backbone_dir, encoder=tiny_encoder_dir, max_steps=12,
-                     eval_every=4, mixed_precision="no", show_progress=False)  # fp32, as the other tests train
+    cfg = DemoConfig(
+        minutes=5.0,
+        output_dir=str(tmp_path),
+        corpus=str(corpus_file(tmp_path)),
+        shipped=str(shipped),
+        backbone=tiny_backbone_dir,
+        encoder=tiny_encoder_dir,
+        max_steps=12,
+        eval_every=4,
+        mixed_precision="no",
+        show_progress=False,
+    )  # fp32, as the other tests train
     with pytest.raises(KeyboardInterrupt):
         run_demo(cfg)
     assert [p.name for p in train_module.list_checkpoints(tmp_path / DEMO_RUN)] == ["step-000008"]
@@ -89,14 +100,18 @@ def test_a_missing_corpus_or_a_file_as_backbone_is_refused_before_anything_loads
 
     from .conftest import refuse_calls
 
-    for target in ("lora_v2t.model.backbone.convert_offline_gemma", "lora_v2t.bundle.loading.load_adapter",
-                   "lora_v2t.model.backbone.load_backbone"):
+    for target in (
+        "lora_v2t.model.backbone.convert_offline_gemma",
+        "lora_v2t.bundle.loading.load_adapter",
+        "lora_v2t.model.backbone.load_backbone",
+    ):
         refuse_calls(monkeypatch, target, "a model was loaded")
     missing = tmp_path / "no-such-corpus.txt"
     assert main(["demo", "--corpus", str(missing), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: corpus {missing} (data.train) does not exist: give a UTF-8 text file with one sentence "
-                   "per line\n")
+    assert err == (
+        f"error: corpus {missing} (data.train) does not exist: give a UTF-8 text file with one sentence per line\n"
+    )
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"not a model folder")
     with pytest.raises(V2TError, match="backbone '.*model.safetensors' is a file; give a model folder, a .gguf file"):
@@ -109,8 +124,11 @@ def test_a_corpus_that_cannot_be_read_is_refused_before_anything_loads(tmp_path,
 
     from .conftest import refuse_calls
 
-    for target in ("lora_v2t.model.backbone.convert_offline_gemma", "lora_v2t.bundle.loading.load_adapter",
-                   "lora_v2t.model.backbone.load_backbone"):
+    for target in (
+        "lora_v2t.model.backbone.convert_offline_gemma",
+        "lora_v2t.bundle.loading.load_adapter",
+        "lora_v2t.model.backbone.load_backbone",
+    ):
         refuse_calls(monkeypatch, target, "a model was loaded")
     corpus = tmp_path / "mac.txt"
     corpus.write_bytes("Где лодка?\rКошка спит.\r".encode())

@@ -15,8 +15,7 @@ from .conftest import SENTENCES
 Usage = namedtuple("Usage", "total used free")
 
 
-def test_invert_stops_in_one_line_when_the_disk_fills_and_keeps_only_complete_rows(v2t, tmp_path, capsys,
-                                                                                   monkeypatch):
+def test_invert_stops_in_one_line_when_the_disk_fills_and_keeps_only_complete_rows(v2t, tmp_path, capsys, monkeypatch):
     bundle = v2t.save_adapter(tmp_path / "bundle")
     vectors, out = tmp_path / "vectors.npy", tmp_path / "out.jsonl"
     np.save(vectors, v2t.encode(SENTENCES))
@@ -25,8 +24,20 @@ def test_invert_stops_in_one_line_when_the_disk_fills_and_keeps_only_complete_ro
         return Usage(10**9, 10**9, 10 if out.exists() and out.stat().st_size else 10**9)
 
     monkeypatch.setattr(shutil, "disk_usage", full_after_the_first_batch)
-    argv = ["invert", "--adapter", str(bundle), "--vectors", str(vectors), "--out", str(out), "--batch-size", "4",
-            "--max-new-tokens", "4", "--no-progress"]
+    argv = [
+        "invert",
+        "--adapter",
+        str(bundle),
+        "--vectors",
+        str(vectors),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: no space left on the disk of {out} (")

@@ -61,9 +61,9 @@ def cli_words(line: str) -> list[str] | None:
     words = shlex.split(line, comments=True)
     for i, word in enumerate(words):
         if Path(word).name == "lora-v2t":
-            rest = words[i + 1:]
+            rest = words[i + 1 :]
         elif word == "lora_v2t.cli" and i and words[i - 1] == "-m":
-            rest = words[i + 1:]
+            rest = words[i + 1 :]
         else:
             continue
         stop = next((j for j, w in enumerate(rest) if w in SHELL_OPERATORS), len(rest))
@@ -112,8 +112,11 @@ def parse_command(argv: list[str]) -> str | None:
     return None
 
 
-@pytest.mark.parametrize(("path", "line", "argv"), COMMANDS,
-                         ids=[f"{p.relative_to(ROOT)}:{' '.join(a[:1])}:{i}" for i, (p, _, a) in enumerate(COMMANDS)])
+@pytest.mark.parametrize(
+    ("path", "line", "argv"),
+    COMMANDS,
+    ids=[f"{p.relative_to(ROOT)}:{' '.join(a[:1])}:{i}" for i, (p, _, a) in enumerate(COMMANDS)],
+)
 def test_every_command_in_the_docs_parses(path, line, argv):
     problem = parse_command(argv)
     assert problem is None, f"{path.relative_to(ROOT)}: `{line}`: {problem}"
@@ -136,13 +139,16 @@ def test_the_readme_lists_every_command():
     assert not missing, f"README.md's table of commands lacks {missing}"
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["generate", "--adapter", "A", "--text", "x", "--beams", "4"], "unrecognized arguments"),
-    (["invert", "--adapter", "A", "--vectors", "v.npy", "--out", "o.jsonl", "--on-nan", "drop"], "invalid choice"),
-    (["train", "recipes/offline_use_gemma270m.yaml", "--training.max_step=5"], "did you mean 'max_steps'"),
-    (["train", "recipes/offline_use_gemma270m.yaml", "--training.batch_size=0"], "must be >= 1"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--adapter", "A", "--text", "x", "--beams", "4"], "unrecognized arguments"),
+        (["invert", "--adapter", "A", "--vectors", "v.npy", "--out", "o.jsonl", "--on-nan", "drop"], "invalid choice"),
+        (["train", "recipes/offline_use_gemma270m.yaml", "--training.max_step=5"], "did you mean 'max_steps'"),
+        (["train", "recipes/offline_use_gemma270m.yaml", "--training.batch_size=0"], "must be >= 1"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_a_command_whose_options_no_longer_exist_is_caught(argv, message):
     problem = parse_command(argv)
     assert problem is not None and message in problem
@@ -173,13 +179,19 @@ def test_every_option_the_prose_names_exists(path):
 
 def test_commands_are_found_in_shell_blocks_only_and_cut_at_shell_operators(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("Run `lora-v2t info X` (inline code is prose).\n\n"
-                    "```bash\nHF_HUB_OFFLINE=1 .venv/bin/lora-v2t info org/name --json | head  # a comment\n"
-                    "lora-v2t generate --adapter A \\\n    --text \"Где лодка?\"\n"
-                    "accelerate launch --num_processes 2 -m lora_v2t.cli train R.yaml\npython -c 'print(1)'\n```\n\n"
-                    "```python\nos.system('lora-v2t info X')\n```\n", encoding="utf-8")
+    page.write_text(
+        "Run `lora-v2t info X` (inline code is prose).\n\n"
+        "```bash\nHF_HUB_OFFLINE=1 .venv/bin/lora-v2t info org/name --json | head  # a comment\n"
+        'lora-v2t generate --adapter A \\\n    --text "Где лодка?"\n'
+        "accelerate launch --num_processes 2 -m lora_v2t.cli train R.yaml\npython -c 'print(1)'\n```\n\n"
+        "```python\nos.system('lora-v2t info X')\n```\n",
+        encoding="utf-8",
+    )
     assert [argv for _, argv in doc_commands(page)] == [
-        ["info", "org/name", "--json"], ["generate", "--adapter", "A", "--text", "Где лодка?"], ["train", "R.yaml"]]
+        ["info", "org/name", "--json"],
+        ["generate", "--adapter", "A", "--text", "Где лодка?"],
+        ["train", "R.yaml"],
+    ]
 
 
 # ---------------------------------------------------------------------- links
@@ -218,11 +230,16 @@ def test_every_relative_link_points_at_something_that_exists(path):
 def test_a_broken_link_or_anchor_is_caught(tmp_path):
     (tmp_path / "other.md").write_text("# Other page\n\n## Speed: on a GPU\n", encoding="utf-8")
     page = tmp_path / "page.md"
-    page.write_text("# Page\n\n[ok](other.md) [ok](other.md#speed-on-a-gpu) [ok](#page) [web](https://x.org/y)\n"
-                    "[gone](missing.md) [no heading](other.md#speed) `[in code](missing2.md)`\n\n"
-                    "```\n[in a block](missing3.md)\n```\n", encoding="utf-8")
-    assert broken_links(page) == [f"missing.md (no file {tmp_path / 'missing.md'})",
-                                  "other.md#speed (no heading #speed in other.md)"]
+    page.write_text(
+        "# Page\n\n[ok](other.md) [ok](other.md#speed-on-a-gpu) [ok](#page) [web](https://x.org/y)\n"
+        "[gone](missing.md) [no heading](other.md#speed) `[in code](missing2.md)`\n\n"
+        "```\n[in a block](missing3.md)\n```\n",
+        encoding="utf-8",
+    )
+    assert broken_links(page) == [
+        f"missing.md (no file {tmp_path / 'missing.md'})",
+        "other.md#speed (no heading #speed in other.md)",
+    ]
 
 
 def test_the_readme_stays_short():
@@ -242,9 +259,14 @@ def run_in_a_fresh_folder(tmp_path: Path, argv: list[str]) -> subprocess.Complet
     from the repository root), with this interpreter's scripts (python, lora-v2t) first on the PATH and this
     checkout's lora_v2t importable; offline."""
     (tmp_path / "checkpoints").symlink_to(ROOT / "checkpoints")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -255,7 +277,7 @@ def test_the_readme_command_line_quickstart_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "use-gemma270m-ru-v2" in done.stdout and "hypothesizer" in done.stdout  # info
     for text in ("Вы сегодня проверяли почту? ==> ", "Где лодка? ==> "):  # generate
-        assert any(line.startswith(text) and line[len(text):].strip() for line in done.stdout.splitlines())
+        assert any(line.startswith(text) and line[len(text) :].strip() for line in done.stdout.splitlines())
     rows = [json.loads(line) for line in (tmp_path / "texts.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [row["index"] for row in rows] == [0, 1]  # invert: one row per vector, in order
     assert all(row["text"].strip() and -1 <= row["cosine"] <= 1 for row in rows)

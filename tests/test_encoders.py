@@ -26,22 +26,28 @@ def test_encoder_objects_pass_through(tiny_encoder):
     assert load_encoder(tiny_encoder) is tiny_encoder
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("precomputed:abc", "precomputed:<dimension>"),
-    ("offline:labse", "unknown offline encoder"),
-    ("/no/such/folder/encoder", "cannot load sentence encoder"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("precomputed:abc", "precomputed:<dimension>"),
+        ("offline:labse", "unknown offline encoder"),
+        ("/no/such/folder/encoder", "cannot load sentence encoder"),
+    ],
+)
 def test_bad_encoder_specs(spec, message):
     with pytest.raises(V2TError, match=message):
         load_encoder(spec)
 
 
-@pytest.mark.parametrize("texts,message", [
-    ([], "empty batch"),
-    (["ok", "   "], "text 1 is empty"),
-    (["ok", 3], "text 1 is a int"),
-    (["ok", b"\xff\xfe".decode("utf-8", "surrogateescape")], r"text 1 is not valid UTF-8 \(at character 0\)"),
-])
+@pytest.mark.parametrize(
+    "texts,message",
+    [
+        ([], "empty batch"),
+        (["ok", "   "], "text 1 is empty"),
+        (["ok", 3], "text 1 is a int"),
+        (["ok", b"\xff\xfe".decode("utf-8", "surrogateescape")], r"text 1 is not valid UTF-8 \(at character 0\)"),
+    ],
+)
 def test_bad_texts(texts, message):
     with pytest.raises(V2TError, match=message):
         check_texts(texts)

@@ -72,8 +72,15 @@ def test_tsv_columns_and_missing_columns(tmp_path):
 
 def test_evaluate_writes_the_report_and_reranking_never_lowers_cosine(v2t, tmp_path):
     refs = ["Где лодка?", "Я люблю читать книги.", "Сегодня хорошая погода.", "Кошка спит на диване."]
-    summary = evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "report", rerank=3,
-                       max_new_tokens=8, resamples=50, show_progress=False)
+    summary = evaluate(
+        v2t,
+        EvalData(references=refs, sources=refs),
+        tmp_path / "report",
+        rerank=3,
+        max_new_tokens=8,
+        resamples=50,
+        show_progress=False,
+    )
     names = list(summary["scores"])
     assert names == ["greedy", "reranked (greedy + 3 beams)"]
     for name in names:
@@ -88,8 +95,7 @@ def test_evaluate_writes_the_report_and_reranking_never_lowers_cosine(v2t, tmp_p
         greedy_text, greedy_cos, ranked_text, ranked_cos = row[2], float(row[3]), row[6], float(row[7])
         assert ranked_text in candidates + [greedy_text] and ranked_cos >= greedy_cos
         if ranked_text.strip():  # the reported cosine is the re-embedding cosine of the chosen text
-            assert ranked_cos == pytest.approx(float(cosine_rows(v2t.encode([ranked_text]), vector[None])[0]),
-                                               abs=1e-4)
+            assert ranked_cos == pytest.approx(float(cosine_rows(v2t.encode([ranked_text]), vector[None])[0]), abs=1e-4)
     assert {p.name for p in report.iterdir()} == {"sentences.tsv", "summary.json", "summary.md", "cosine_hist.png"}
     rows = (report / "sentences.tsv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 5 and rows[0].startswith("index\treference\tgreedy_output")
@@ -114,10 +120,25 @@ def test_evaluation_decodes_inside_the_output_vocabulary_unless_told(v2t, tmp_pa
     token, piece = first_token_vocab(v2t, v2t.encode(refs))
     v2t.set_output_vocab([token])
     try:
-        kept = evaluate(v2t, EvalData(references=refs, sources=refs, name="x.txt"), tmp_path / "kept", rerank=0,
-                        max_new_tokens=6, resamples=10, show_progress=False)
-        free = evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "free", rerank=0,
-                        max_new_tokens=6, resamples=10, show_progress=False, restrict_vocab=False)
+        kept = evaluate(
+            v2t,
+            EvalData(references=refs, sources=refs, name="x.txt"),
+            tmp_path / "kept",
+            rerank=0,
+            max_new_tokens=6,
+            resamples=10,
+            show_progress=False,
+        )
+        free = evaluate(
+            v2t,
+            EvalData(references=refs, sources=refs),
+            tmp_path / "free",
+            rerank=0,
+            max_new_tokens=6,
+            resamples=10,
+            show_progress=False,
+            restrict_vocab=False,
+        )
     finally:
         v2t.set_output_vocab(None)
     assert kept["output_vocab"] == 2 and free["output_vocab"] == "full" and kept["data"] == "x.txt"
@@ -131,9 +152,30 @@ def test_cross_lingual_evaluation_on_a_tiny_tsv(v2t, tmp_path, capsys):
     bundle = v2t.save_adapter(tmp_path / "bundle")
     tsv = tmp_path / "en_ru.tsv"
     tsv.write_text("Where is the boat?\tГде лодка?\nThe cat sleeps on the sofa.\tКошка спит на диване.\n")
-    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tsv), "--source-column", "0",
-                 "--target-column", "1", "--rerank", "0", "--max-new-tokens", "6", "--resamples", "20",
-                 "--out", str(tmp_path / "xl")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(bundle),
+                "--data",
+                str(tsv),
+                "--source-column",
+                "0",
+                "--target-column",
+                "1",
+                "--rerank",
+                "0",
+                "--max-new-tokens",
+                "6",
+                "--resamples",
+                "20",
+                "--out",
+                str(tmp_path / "xl"),
+            ]
+        )
+        == 0
+    )
     assert "| bleu |" in capsys.readouterr().out
     rows = (tmp_path / "xl" / "sentences.tsv").read_text().splitlines()
     assert rows[0].split("\t")[:3] == ["index", "reference", "source"]
@@ -145,8 +187,24 @@ def test_evaluate_cli_default_report_folder(v2t, tmp_path, capsys, monkeypatch):
     bundle = v2t.save_adapter(tmp_path / "bundle")
     (tmp_path / "dev.txt").write_text("Где лодка?\nКошка спит.\n")
     monkeypatch.chdir(tmp_path)
-    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--rerank", "0",
-                 "--max-new-tokens", "4", "--resamples", "10"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(bundle),
+                "--data",
+                str(tmp_path / "dev.txt"),
+                "--rerank",
+                "0",
+                "--max-new-tokens",
+                "4",
+                "--resamples",
+                "10",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "eval" / f"{tmp_path.name}-bundle-dev" / "summary.md").is_file()
     assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)  # nothing added to the bundle
 
@@ -155,30 +213,80 @@ def test_evaluate_from_vectors_of_the_wrong_dimension(v2t, tmp_path, capsys):
     bundle = v2t.save_adapter(tmp_path / "bundle")
     (tmp_path / "dev.txt").write_text("Где лодка?\nКошка спит.\n")
     np.save(tmp_path / "v.npy", np.zeros((2, 7), dtype=np.float32))
-    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"),
-                 "--vectors", str(tmp_path / "v.npy")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(bundle),
+                "--data",
+                str(tmp_path / "dev.txt"),
+                "--vectors",
+                str(tmp_path / "v.npy"),
+            ]
+        )
+        == 2
+    )
     assert "dimension 7" in capsys.readouterr().err
     np.save(tmp_path / "v.npy", np.zeros((3, v2t.embedding_dim), dtype=np.float32))
-    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"),
-                 "--vectors", str(tmp_path / "v.npy")]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(bundle),
+                "--data",
+                str(tmp_path / "dev.txt"),
+                "--vectors",
+                str(tmp_path / "v.npy"),
+            ]
+        )
+        == 2
+    )
     assert "holds 3 vectors for 2 usable lines" in capsys.readouterr().err
     vectors = v2t.encode(["Где лодка?", "Кошка спит."])
     np.save(tmp_path / "v.npy", vectors)
     out = tmp_path / "one"
-    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--vectors",
-                 str(tmp_path / "v.npy"), "--limit", "1", "--rerank", "0", "--max-new-tokens", "4",
-                 "--resamples", "10", "--out", str(out), "--no-progress"]) == 0  # the first vector for the first line
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(bundle),
+                "--data",
+                str(tmp_path / "dev.txt"),
+                "--vectors",
+                str(tmp_path / "v.npy"),
+                "--limit",
+                "1",
+                "--rerank",
+                "0",
+                "--max-new-tokens",
+                "4",
+                "--resamples",
+                "10",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )  # the first vector for the first line
     assert (out / "summary.md").is_file()
 
 
-def test_two_adapters_named_final_get_their_own_reports_that_say_which_adapter(tiny_backbone_dir, tiny_encoder,
-                                                                                tmp_path, capsys, monkeypatch):
+def test_two_adapters_named_final_get_their_own_reports_that_say_which_adapter(
+    tiny_backbone_dir, tiny_encoder, tmp_path, capsys, monkeypatch
+):
     from .conftest import make_v2t
 
     finals = []
     for run, seed in (("run-a", 0), ("run-b", 1)):
-        finals.append(make_v2t(tiny_backbone_dir, tiny_encoder, seed=seed).save_adapter(
-            tmp_path / run / "final", training={"steps": 10 + seed}))
+        finals.append(
+            make_v2t(tiny_backbone_dir, tiny_encoder, seed=seed).save_adapter(
+                tmp_path / run / "final", training={"steps": 10 + seed}
+            )
+        )
     (tmp_path / "dev.txt").write_text("Где лодка?\nКошка спит.\n")
     monkeypatch.chdir(tmp_path)
     argv = ["--data", "dev.txt", "--rerank", "0", "--max-new-tokens", "4", "--resamples", "10", "--no-progress"]
@@ -186,8 +294,10 @@ def test_two_adapters_named_final_get_their_own_reports_that_say_which_adapter(t
         assert main(["evaluate", "--adapter", str(final), *argv]) == 0
     assert main(["evaluate", "--adapter", str(finals[0]), *argv]) == 0  # again: a third report, not an overwrite
     capsys.readouterr()
-    reports = {name: json.loads((tmp_path / "eval" / name / "summary.json").read_text())
-               for name in ("run-a-final-dev", "run-b-final-dev", "run-a-final-dev-2")}
+    reports = {
+        name: json.loads((tmp_path / "eval" / name / "summary.json").read_text())
+        for name in ("run-a-final-dev", "run-b-final-dev", "run-a-final-dev-2")
+    }
     assert [r["adapter"] for r in reports.values()] == [str(finals[0]), str(finals[1]), str(finals[0])]
     assert [r["adapter_config"]["training"]["steps"] for r in reports.values()] == [10, 11, 10]
     config = reports["run-a-final-dev"]["adapter_config"]
@@ -205,9 +315,11 @@ def test_an_existing_report_is_replaced_only_when_told(v2t, tmp_path, capsys, no
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     base = ["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--out"]
-    for out, message in ((report, f"report folder {report} holds a report already: pass --overwrite"),
-                         (tmp_path / "a-file", "is an existing file: give --out a new folder"),
-                         (tmp_path / "other", "exists and holds other files than a report")):
+    for out, message in (
+        (report, f"report folder {report} holds a report already: pass --overwrite"),
+        (tmp_path / "a-file", "is an existing file: give --out a new folder"),
+        (tmp_path / "other", "exists and holds other files than a report"),
+    ):
         assert main(base + [str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
@@ -223,8 +335,17 @@ def test_overwrite_replaces_an_old_report_whole(v2t, tmp_path):
     (report / "cosine_hist.png").write_bytes(b"old")
     with pytest.raises(V2TError, match="holds a report already"):
         evaluate(v2t, data, report, rerank=0, max_new_tokens=4, resamples=5, show_progress=False)
-    summary = evaluate(v2t, data, report, rerank=0, max_new_tokens=4, resamples=5, show_progress=False,
-                       overwrite=True, adapter="some/adapter")
+    summary = evaluate(
+        v2t,
+        data,
+        report,
+        rerank=0,
+        max_new_tokens=4,
+        resamples=5,
+        show_progress=False,
+        overwrite=True,
+        adapter="some/adapter",
+    )
     assert {p.name for p in report.iterdir()} == {"sentences.tsv", "summary.json", "summary.md", "cosine_hist.png"}
     assert json.loads((report / "summary.json").read_text())["adapter"] == "some/adapter" == summary["adapter"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
@@ -239,8 +360,15 @@ def test_an_interrupted_report_leaves_nothing_half_written(v2t, tmp_path, monkey
     monkeypatch.setattr(module, "plot_cosines", crash)
     refs = ["Где лодка?"]
     with pytest.raises(KeyboardInterrupt):
-        evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "report", rerank=0, max_new_tokens=4,
-                 resamples=5, show_progress=False)
+        evaluate(
+            v2t,
+            EvalData(references=refs, sources=refs),
+            tmp_path / "report",
+            rerank=0,
+            max_new_tokens=4,
+            resamples=5,
+            show_progress=False,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -262,18 +390,21 @@ def test_a_negative_column_is_explained(tmp_path, column):
         read_eval_file(path, source_column=0, target_column=column)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--limit", "0"], "limit must be an integer >= 1"),
-    (["--limit", "-3"], "limit must be an integer >= 1"),
-    (["--resamples", "0"], "resamples must be an integer >= 1"),
-    (["--rerank", "-2"], "rerank must be an integer >= 0"),
-    (["--max-chars", "0"], "max_chars must be an integer >= 1"),
-    (["--source-column", "0", "--target-column", "-1"], "target column -1: columns are counted from 0"),
-    (["--target-column", "1"], "--target-column picks the reference column of a TSV read with --source-column"),
-    (["--header"], "--header names the columns of a TSV read with --source-column"),
-    (["--out", "{tmp}/dev.txt"], "is an existing file: give --out a new folder"),
-    (["--vectors", "{tmp}/dev.txt"], "dev.txt is a text file, not a .npy array"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--limit", "0"], "limit must be an integer >= 1"),
+        (["--limit", "-3"], "limit must be an integer >= 1"),
+        (["--resamples", "0"], "resamples must be an integer >= 1"),
+        (["--rerank", "-2"], "rerank must be an integer >= 0"),
+        (["--max-chars", "0"], "max_chars must be an integer >= 1"),
+        (["--source-column", "0", "--target-column", "-1"], "target column -1: columns are counted from 0"),
+        (["--target-column", "1"], "--target-column picks the reference column of a TSV read with --source-column"),
+        (["--header"], "--header names the columns of a TSV read with --source-column"),
+        (["--out", "{tmp}/dev.txt"], "is an existing file: give --out a new folder"),
+        (["--vectors", "{tmp}/dev.txt"], "dev.txt is a text file, not a .npy array"),
+    ],
+)
 def test_evaluate_options_are_checked_before_the_models_load(v2t, tmp_path, capsys, no_model_load, extra, message):
     bundle = v2t.save_adapter(tmp_path / "bundle")
     (tmp_path / "dev.txt").write_text("Где лодка?\n")
@@ -293,10 +424,26 @@ def test_the_bootstrap_uses_only_sacrebleus_public_api():
 
 
 def hypotheses_and_references():
-    refs = ["Где лодка?", "Я люблю читать книги.", "Сегодня хорошая погода.", "Кошка спит на диване.",
-            "Мы пошли в лес за грибами.", "the cat sat on the mat", "Он открыл окно.", "Завтра будет дождь."]
-    hyps = ["Где лодка", "Я люблю книги читать.", "", "Кошка спит на диване.", "Мы пошли в лес.",
-            "the cat sat on a mat today", "Окно открыто", "Завтра дождь будет, наверное."]
+    refs = [
+        "Где лодка?",
+        "Я люблю читать книги.",
+        "Сегодня хорошая погода.",
+        "Кошка спит на диване.",
+        "Мы пошли в лес за грибами.",
+        "the cat sat on the mat",
+        "Он открыл окно.",
+        "Завтра будет дождь.",
+    ]
+    hyps = [
+        "Где лодка",
+        "Я люблю книги читать.",
+        "",
+        "Кошка спит на диване.",
+        "Мы пошли в лес.",
+        "the cat sat on a mat today",
+        "Окно открыто",
+        "Завтра дождь будет, наверное.",
+    ]
     return hyps, refs
 
 
@@ -349,8 +496,7 @@ def test_outputs_holding_newlines_and_tabs_stay_one_row_of_sentences_tsv(v2t, tm
     refs = ["Где лодка?", "Кошка спит.", "Мы тут."]
     outputs = iter(["a\nb", "c\td\\e", "f\r\u2028g"])
     monkeypatch.setattr(v2t, "generate", lambda vectors, **options: [next(outputs) for _ in vectors])
-    evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "r", rerank=0, resamples=5,
-             show_progress=False)
+    evaluate(v2t, EvalData(references=refs, sources=refs), tmp_path / "r", rerank=0, resamples=5, show_progress=False)
     data = (tmp_path / "r" / "sentences.tsv").read_text(encoding="utf-8")
     rows = split_lines(data)
     assert data.count("\n") == len(rows) == 4

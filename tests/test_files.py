@@ -61,8 +61,11 @@ def test_a_full_disk_mid_write_is_one_line_naming_the_place_and_the_size(tmp_pat
     target = tmp_path / "meta.json"
     target.write_text("old")
     monkeypatch.setattr(files, "_write_all", write_half_then_fail)
-    with pytest.raises(DiskFull, match=rf"no space left on the disk of {target} \(1.0 KiB needed, .* free\): "
-                                       "free some space") as full:
+    with pytest.raises(
+        DiskFull,
+        match=rf"no space left on the disk of {target} \(1.0 KiB needed, .* free\): "
+        "free some space",
+    ) as full:
         atomic_write(target, "x" * 1024)
     assert "\n" not in str(full.value) and isinstance(full.value, V2TError)
     assert target.read_text() == "old" and leftovers(tmp_path) == []

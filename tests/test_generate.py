@@ -66,11 +66,14 @@ def test_cosine_rows_by_hand():
     assert np.allclose(cosine_rows(a, b), [0.0, 1.0])
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"num_return_sequences": 3}, "needs num_beams >= that many or do_sample"),
-    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
-    ({"beam_width": 3}, r"unknown generation option\(s\) \['beam_width'\]"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"num_return_sequences": 3}, "needs num_beams >= that many or do_sample"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+        ({"beam_width": 3}, r"unknown generation option\(s\) \['beam_width'\]"),
+    ],
+)
 def test_bad_generation_options(v2t, options, message):
     with pytest.raises(V2TError, match=message):
         v2t.generate(random_vectors(1, v2t.embedding_dim), **options)
@@ -112,9 +115,16 @@ def test_an_output_vocabulary_keeps_decoding_inside_it(v2t):
     assert v2t.output_vocab is None and v2t.generate(vectors, max_new_tokens=10) == free
 
 
-@pytest.mark.parametrize("ids, message", [([], "non-empty 1-D list"), ([[1, 2]], "non-empty 1-D list"),
-                                         ([1.5], "integer token ids"), ([5, 10**6], "must lie in"),
-                                         ([-1, 5], "must lie in")])
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        ([], "non-empty 1-D list"),
+        ([[1, 2]], "non-empty 1-D list"),
+        ([1.5], "integer token ids"),
+        ([5, 10**6], "must lie in"),
+        ([-1, 5], "must lie in"),
+    ],
+)
 def test_bad_output_vocabulary(v2t, ids, message):
     with pytest.raises(V2TError, match=message):
         v2t.set_output_vocab(ids)
@@ -166,6 +176,7 @@ def masked_only(init):
         if self.token_ids is not None:
             self.processors, self.token_ids = [lora_v2t.model.vocab.AllowedTokens(self.token_ids)], None
             self.eos, self.pad = v2t.tokenizer.eos_token_id, v2t.tokenizer.pad_token_id
+
     return wrapped
 
 
@@ -191,15 +202,21 @@ def test_without_a_plain_output_layer_the_mask_alone_keeps_the_vocabulary(v2t, m
     assert all(only_made_of(text, piece) for text in kept) and any(kept)
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"do_sample": True, "temperature": 0.0}, r"temperature \(when sampling\) must be > 0"),
-    ({"top_k": -3}, "top_k must be >= 0"),
-    ({"top_p": 1.5}, r"top_p must be > 0 and <= 1"),
-    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
-    # the tiny GPT-2 reads 128 positions, one of them the prefix slot
-    ({"max_new_tokens": 128}, r"max_new_tokens 128 does not fit backbone .* at most 128 positions, 1 of them taken "
-                              r"by the prefix; give max_new_tokens <= 127"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"do_sample": True, "temperature": 0.0}, r"temperature \(when sampling\) must be > 0"),
+        ({"top_k": -3}, "top_k must be >= 0"),
+        ({"top_p": 1.5}, r"top_p must be > 0 and <= 1"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+        # the tiny GPT-2 reads 128 positions, one of them the prefix slot
+        (
+            {"max_new_tokens": 128},
+            r"max_new_tokens 128 does not fit backbone .* at most 128 positions, 1 of them taken "
+            r"by the prefix; give max_new_tokens <= 127",
+        ),
+    ],
+)
 def test_generation_options_out_of_range_are_refused_before_decoding(v2t, options, message):
     with pytest.raises(V2TError, match=message):
         v2t.generate(random_vectors(1, v2t.embedding_dim), **options)
@@ -228,8 +245,9 @@ def test_a_static_cache_gives_the_dynamic_caches_text(v2t, vocab):
     try:
         dynamic = v2t.generate(vectors, max_new_tokens=10, batch_size=4)
         assert v2t.generate(vectors, max_new_tokens=10, batch_size=4, cache="static") == dynamic and any(dynamic)
-        beams = v2t.generate(vectors, max_new_tokens=6, batch_size=4, num_beams=2, num_return_sequences=2,
-                             cache="static")
+        beams = v2t.generate(
+            vectors, max_new_tokens=6, batch_size=4, num_beams=2, num_return_sequences=2, cache="static"
+        )
         assert [len(group) for group in beams] == [2] * 5
     finally:
         v2t.set_output_vocab(None)

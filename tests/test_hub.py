@@ -95,9 +95,14 @@ def fake_hub(monkeypatch):
     def refuse(self, *args, **kwargs):
         raise AssertionError("an unexpected hub call")
 
-    for name, fake in (("create_repo", create_repo), ("create_branch", create_branch),
-                       ("create_commit", create_commit), ("upload_folder", refuse), ("upload_file", refuse),
-                       ("repo_info", refuse)):
+    for name, fake in (
+        ("create_repo", create_repo),
+        ("create_branch", create_branch),
+        ("create_commit", create_commit),
+        ("upload_folder", refuse),
+        ("upload_file", refuse),
+        ("repo_info", refuse),
+    ):
         monkeypatch.setattr(HfApi, name, fake)
     return calls
 
@@ -122,8 +127,9 @@ def test_a_revision_picks_a_branch_tag_or_commit(v2t, tiny_backbone_dir, tiny_en
     new = v2t.save_adapter(tmp_path / "new", training={"steps": 2})
     old_commit = cache_repo(hub_cache, REPO, old, refs=("v1",))
     cache_repo(hub_cache, REPO, new, refs=("main",))
-    steps = {rev: validate_bundle(resolve_adapter(REPO, rev)).training["steps"]
-             for rev in (None, "main", "v1", old_commit)}
+    steps = {
+        rev: validate_bundle(resolve_adapter(REPO, rev)).training["steps"] for rev in (None, "main", "v1", old_commit)
+    }
     assert steps == {None: 2, "main": 2, "v1": 1, old_commit: 1}
     assert main(["info", REPO, "--revision", "v1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["training"] == {"steps": 1}
@@ -154,25 +160,31 @@ def test_a_local_folder_wins_over_a_hub_id_of_the_same_spelling(v2t, cached, tmp
         resolve_adapter(Path("tiny-org/other"))  # a Path is always a folder
 
 
-@pytest.mark.parametrize("args,message", [
-    (["info", "tiny-org/missing"], "not in the local hub cache"),
-    (["info", REPO, "--revision", "v9"], "at revision 'v9' is not in the local hub cache"),
-    (["generate", "--adapter", "tiny-org/missing", "--text", "a"], "HF_HUB_OFFLINE is set"),
-    (["evaluate", "--adapter", "tiny-org/missing", "--data", "x.txt"], "unset HF_HUB_OFFLINE"),
-    (["info", "no/such/folder"], "adapter folder no/such/folder does not exist, and it is not a hub id"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["info", "tiny-org/missing"], "not in the local hub cache"),
+        (["info", REPO, "--revision", "v9"], "at revision 'v9' is not in the local hub cache"),
+        (["generate", "--adapter", "tiny-org/missing", "--text", "a"], "HF_HUB_OFFLINE is set"),
+        (["evaluate", "--adapter", "tiny-org/missing", "--data", "x.txt"], "unset HF_HUB_OFFLINE"),
+        (["info", "no/such/folder"], "adapter folder no/such/folder does not exist, and it is not a hub id"),
+    ],
+)
 def test_a_missing_adapter_is_one_line_and_exit_2(cached, capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("error,message", [
-    ("RepositoryNotFoundError", "the hub has no repository tiny-org/missing (or it is private"),
-    ("RevisionNotFoundError", "has no revision 'v2'"),
-    ("GatedRepoError", "is gated"),
-    ("HfHubHTTPError", "the hub answered HTTP 404 for tiny-org/missing at revision 'v2'"),
-])
+@pytest.mark.parametrize(
+    "error,message",
+    [
+        ("RepositoryNotFoundError", "the hub has no repository tiny-org/missing (or it is private"),
+        ("RevisionNotFoundError", "has no revision 'v2'"),
+        ("GatedRepoError", "is gated"),
+        ("HfHubHTTPError", "the hub answered HTTP 404 for tiny-org/missing at revision 'v2'"),
+    ],
+)
 def test_hub_answers_become_one_line_errors(hub_cache, monkeypatch, error, message):
     from huggingface_hub import errors
 
@@ -248,25 +260,40 @@ def test_the_shipped_adapter_names_its_base_by_hub_id():
 def test_card_metrics_come_from_the_training_summary(bundle):
     config = validate_bundle(bundle)
     assert "model-index" not in card_metadata(config)  # no metrics: no results
-    config.training["metrics"] = {"val_loss": 2.5, "dev greedy bleu (n=10)": 12.0, "note": "text",
-                                     "news reranked chrf (n=10)": 30.5, "dev corrected-3 cosine (n=10)": 0.8,
-                                     "dev reranked+corrected-2 chrf (n=10)": 40.5, "dev sampled bleu (n=1)": 1.0}
+    config.training["metrics"] = {
+        "val_loss": 2.5,
+        "dev greedy bleu (n=10)": 12.0,
+        "note": "text",
+        "news reranked chrf (n=10)": 30.5,
+        "dev corrected-3 cosine (n=10)": 0.8,
+        "dev reranked+corrected-2 chrf (n=10)": 40.5,
+        "dev sampled bleu (n=1)": 1.0,
+    }
     results = card_metadata(config)["model-index"][0]["results"]
     found = {(r["dataset"]["name"], m["type"], m["value"]) for r in results for m in r["metrics"]}
-    assert found == {("validation", "loss", 2.5), ("dev", "bleu", 12.0), ("news", "chrf", 30.5),
-                     ("dev", "cosine", 0.8), ("dev", "chrf", 40.5),
-                     ("validation", "dev sampled bleu (n=1)", 1.0)}  # not a decoding lora_v2t reports
+    assert found == {
+        ("validation", "loss", 2.5),
+        ("dev", "bleu", 12.0),
+        ("news", "chrf", 30.5),
+        ("dev", "cosine", 0.8),
+        ("dev", "chrf", 40.5),
+        ("validation", "dev sampled bleu (n=1)", 1.0),
+    }  # not a decoding lora_v2t reports
 
 
 # ---------------------------------------------------------------------- pushing
-def test_push_to_hub_uploads_the_active_adapter_with_its_card(v2t, tiny_backbone_dir, tiny_encoder, hub_cache,
-                                                             fake_hub):
+def test_push_to_hub_uploads_the_active_adapter_with_its_card(
+    v2t, tiny_backbone_dir, tiny_encoder, hub_cache, fake_hub
+):
     cache_repo(hub_cache, "tiny-org/tiny-gpt2", Path(tiny_backbone_dir))
     v2t = make_v2t("tiny-org/tiny-gpt2", tiny_encoder)
     url = v2t.push_to_hub("tiny-org/pushed", private=True, revision="dev", commit_message="first")
     assert url == "https://huggingface.co/tiny-org/pushed/commit/0123abc"
-    assert [c[:2] for c in fake_hub] == [("create_repo", "tiny-org/pushed"), ("create_branch", "tiny-org/pushed"),
-                                         ("create_commit", "tiny-org/pushed")]
+    assert [c[:2] for c in fake_hub] == [
+        ("create_repo", "tiny-org/pushed"),
+        ("create_branch", "tiny-org/pushed"),
+        ("create_commit", "tiny-org/pushed"),
+    ]
     assert fake_hub[0][2]["private"] is True and fake_hub[1][2]["branch"] == "dev"
     assert fake_hub[2][2]["revision"] == "dev" and fake_hub[2][2]["commit_message"] == "first"
     files = uploaded(fake_hub)
@@ -280,8 +307,7 @@ def test_push_to_hub_uploads_the_active_adapter_with_its_card(v2t, tiny_backbone
 
 def test_cli_push_uploads_the_bundle_files_of_a_folder_as_they_are(bundle, fake_hub, capsys):
     (bundle / "optimizer.safetensors").write_bytes(b"not part of a bundle")  # as in a training checkpoint
-    assert main(["push", str(bundle), "tiny-org/pushed", "--private", "--branch", "dev",
-                 "--commit-message", "m"]) == 0
+    assert main(["push", str(bundle), "tiny-org/pushed", "--private", "--branch", "dev", "--commit-message", "m"]) == 0
     out = capsys.readouterr().out
     assert "https://huggingface.co/tiny-org/pushed/commit/0123abc" in out
     assert "load_adapter('tiny-org/pushed', revision='dev')" in out
@@ -302,12 +328,15 @@ def test_push_fills_in_the_metadata_of_an_older_card_without_changing_the_folder
     assert [c[0] for c in fake_hub] == ["create_repo", "create_commit"]  # main: no branch to create
 
 
-@pytest.mark.parametrize("make_args,message", [
-    (lambda b, t: ["push", str(t / "not-a-bundle"), "tiny-org/x"], "missing v2t_config.json"),
-    (lambda b, t: ["push", str(t / "incomplete"), "tiny-org/x"], "missing projector.safetensors"),
-    (lambda b, t: ["push", str(t / "nope"), "tiny-org/x"], "does not exist"),
-    (lambda b, t: ["push", str(b), "not a repo id"], "is not a hub repository id"),
-])
+@pytest.mark.parametrize(
+    "make_args,message",
+    [
+        (lambda b, t: ["push", str(t / "not-a-bundle"), "tiny-org/x"], "missing v2t_config.json"),
+        (lambda b, t: ["push", str(t / "incomplete"), "tiny-org/x"], "missing projector.safetensors"),
+        (lambda b, t: ["push", str(t / "nope"), "tiny-org/x"], "does not exist"),
+        (lambda b, t: ["push", str(b), "not a repo id"], "is not a hub repository id"),
+    ],
+)
 def test_push_refuses_before_any_upload(bundle, tmp_path, fake_hub, capsys, make_args, message):
     (tmp_path / "not-a-bundle").mkdir()
     (tmp_path / "not-a-bundle" / "notes.txt").write_text("hello")

@@ -31,8 +31,12 @@ def rows_of(path):
 
 def test_vectors_become_rows_equal_to_generate_with_cosines(v2t, bundle, vectors_file, tmp_path):
     out = tmp_path / "out.jsonl"
-    counts = invert_file(v2t, InvertJob(str(vectors_file), str(out), cosine=True, batch_size=3,
-                                        options={"max_new_tokens": 6}), bundle, show_progress=False)
+    counts = invert_file(
+        v2t,
+        InvertJob(str(vectors_file), str(out), cosine=True, batch_size=3, options={"max_new_tokens": 6}),
+        bundle,
+        show_progress=False,
+    )
     rows = rows_of(out)
     expected = v2t.generate(np.load(vectors_file), max_new_tokens=6)
     assert [r["index"] for r in rows] == list(range(len(SENTENCES))) and counts["written"] == len(SENTENCES)
@@ -70,8 +74,7 @@ def test_a_stopped_job_continues_after_its_last_complete_row(v2t, bundle, vector
 
 def test_a_restart_with_another_adapter_or_options_is_refused(v2t, bundle, vectors_file, tmp_path):
     out = tmp_path / "out.jsonl"
-    invert_file(v2t, InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}), bundle,
-                show_progress=False)
+    invert_file(v2t, InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}), bundle, show_progress=False)
     before = out.read_bytes()
     with pytest.raises(V2TError, match=r"was written with another decoding: max_new_tokens 4, now 5: ") as refused:
         prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 5}), bundle)
@@ -116,8 +119,18 @@ def test_a_second_job_on_the_same_output_is_refused_naming_the_first(bundle, v2t
     texts = tmp_path / "s.txt"
     texts.write_text("\n".join(SENTENCES[:2]) + "\n", encoding="utf-8")
     out = tmp_path / "o.jsonl"
-    args = ["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(out), "--max-new-tokens", "4",
-            "--no-progress"]
+    args = [
+        "invert",
+        "--adapter",
+        str(bundle),
+        "--texts",
+        str(texts),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "4",
+        "--no-progress",
+    ]
     with FileLock(str(out) + ".lock"):  # as a first job would hold it while it writes
         assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -130,13 +143,30 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(bundle, v2t, tmp_path,
     texts = tmp_path / "s.txt"
     texts.write_text(SENTENCES[0] + "\n", encoding="utf-8")
     (tmp_path / "a.bak").write_text("a file, not a folder")
-    assert main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out",
-                 str(tmp_path / "a.bak" / "x.jsonl"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "invert",
+                "--adapter",
+                str(bundle),
+                "--texts",
+                str(texts),
+                "--out",
+                str(tmp_path / "a.bak" / "x.jsonl"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot create the folder of --out" in err[0]
     assert main(["invert", "--adapter", str(bundle), "--vectors", str(texts), "--out", str(tmp_path / "v.jsonl")]) == 2
-    assert main(["invert", "--adapter", str(bundle), "--texts", str(tmp_path / "v.npy"), "--out",
-                 str(tmp_path / "v.jsonl")]) == 2
+    assert (
+        main(
+            ["invert", "--adapter", str(bundle), "--texts", str(tmp_path / "v.npy"), "--out", str(tmp_path / "v.jsonl")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--vectors takes a .npy file" in err and "--texts takes a text file of sentences" in err
     assert not (tmp_path / "v.jsonl.meta.json").exists()
@@ -152,8 +182,12 @@ def test_nan_rows_are_refused_by_row_or_skipped_and_counted(v2t, bundle, tmp_pat
     with pytest.raises(V2TError, match=r"row\(s\) \[3\] hold NaN or inf: .*--on-nan skip"):
         prepare_job(InvertJob(str(path), str(tmp_path / "a.jsonl")), bundle)
     assert not (tmp_path / "a.jsonl").exists()
-    counts = invert_file(v2t, InvertJob(str(path), str(tmp_path / "b.jsonl"), on_nan="skip",
-                                        options={"max_new_tokens": 4}), bundle, show_progress=False)
+    counts = invert_file(
+        v2t,
+        InvertJob(str(path), str(tmp_path / "b.jsonl"), on_nan="skip", options={"max_new_tokens": 4}),
+        bundle,
+        show_progress=False,
+    )
     assert counts["skipped"] == 1 and [r["index"] for r in rows_of(tmp_path / "b.jsonl")] == [0, 1, 2, 4]
 
 
@@ -171,26 +205,43 @@ def test_a_full_disk_leaves_only_complete_rows(v2t, bundle, vectors_file, tmp_pa
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", disk_full_on_the_second_batch)
-    with pytest.raises(V2TError, match=r"no space left on the disk of .*out.jsonl \(.*needed.*\): the rows written "
-                                       "so far are complete"):
+    with pytest.raises(
+        V2TError,
+        match=r"no space left on the disk of .*out.jsonl \(.*needed.*\): the rows written "
+        "so far are complete",
+    ):
         invert_file(v2t, job, bundle, show_progress=False)
     assert [r["index"] for r in rows_of(out)] == [0, 1, 2, 3]  # the failed batch was cut back out
     monkeypatch.undo()
     assert invert_file(v2t, job, bundle, show_progress=False)["resumed_at"] == 4
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda t, v: np.save(t / "x.npy", v[:, :5]), r"shape \(10, 5\), but the adapter inverts \(24,\) vectors"),
-    (lambda t, v: np.save(t / "x.npy", v[0]), r"holds an array of shape \(24,\): it must be 2-D \(rows, 24\)"),
-    (lambda t, v: np.save(t / "x.npy", v[:0]), r"holds no vectors \(shape \(0, 24\)\)"),
-    (lambda t, v: (t / "x.npy").write_text("Где лодка?\n"), "is a text file, not a .npy array"),
-    (lambda t, v: np.save(t / "x.npy", v.astype(np.complex64)), "holds complex numbers"),
-])
-def test_bad_vector_files_are_refused_before_the_models_load(make, message, bundle, v2t, tmp_path, capsys,
-                                                             no_model_load):
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda t, v: np.save(t / "x.npy", v[:, :5]), r"shape \(10, 5\), but the adapter inverts \(24,\) vectors"),
+        (lambda t, v: np.save(t / "x.npy", v[0]), r"holds an array of shape \(24,\): it must be 2-D \(rows, 24\)"),
+        (lambda t, v: np.save(t / "x.npy", v[:0]), r"holds no vectors \(shape \(0, 24\)\)"),
+        (lambda t, v: (t / "x.npy").write_text("Где лодка?\n"), "is a text file, not a .npy array"),
+        (lambda t, v: np.save(t / "x.npy", v.astype(np.complex64)), "holds complex numbers"),
+    ],
+)
+def test_bad_vector_files_are_refused_before_the_models_load(
+    make, message, bundle, v2t, tmp_path, capsys, no_model_load
+):
     make(tmp_path, v2t.encode(SENTENCES))
-    code = main(["invert", "--adapter", str(bundle), "--vectors", str(tmp_path / "x.npy"), "--out",
-                 str(tmp_path / "o.jsonl"), "--no-progress"])
+    code = main(
+        [
+            "invert",
+            "--adapter",
+            str(bundle),
+            "--vectors",
+            str(tmp_path / "x.npy"),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
     assert __import__("re").search(message, err)
@@ -199,8 +250,24 @@ def test_bad_vector_files_are_refused_before_the_models_load(make, message, bund
 def test_cli_inverts_a_text_file_and_refuses_a_wrong_output_name(bundle, v2t, tmp_path, capsys):
     texts = tmp_path / "s.txt"
     texts.write_text("\n".join(SENTENCES[:3]) + "\n", encoding="utf-8")
-    assert main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / "o.jsonl"),
-                 "--max-new-tokens", "4", "--cosine", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "invert",
+                "--adapter",
+                str(bundle),
+                "--texts",
+                str(texts),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "--max-new-tokens",
+                "4",
+                "--cosine",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "3 rows written to" in capsys.readouterr().out
     assert [r["text"] for r in rows_of(tmp_path / "o.jsonl")] == v2t.invert(SENTENCES[:3], max_new_tokens=4)
     assert main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / "o.csv")]) == 2
@@ -218,8 +285,18 @@ def test_tsv_rows_escape_tabs_and_newlines():
 def test_a_complete_output_is_left_as_it_is_without_loading_the_models(bundle, v2t, tmp_path, capsys, monkeypatch):
     texts = tmp_path / "s.txt"
     texts.write_text("\n".join(SENTENCES[:2]) + "\n", encoding="utf-8")
-    args = ["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / "o.jsonl"),
-            "--max-new-tokens", "4", "--no-progress"]
+    args = [
+        "invert",
+        "--adapter",
+        str(bundle),
+        "--texts",
+        str(texts),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--max-new-tokens",
+        "4",
+        "--no-progress",
+    ]
     assert main(args) == 0
     before = (tmp_path / "o.jsonl").read_bytes()
     capsys.readouterr()
@@ -237,15 +314,27 @@ def test_an_output_from_before_dtypes_were_recorded_continues(v2t, bundle, vecto
     saved = json.loads(meta.read_text())
     del saved["dtype"]
     meta.write_text(json.dumps(saved))
-    assert prepare_job(InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="float32"),
-                       bundle).start == len(np.load(vectors_file))  # complete: nothing refused
+    assert prepare_job(
+        InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="float32"), bundle
+    ).start == len(np.load(vectors_file))  # complete: nothing refused
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".jsonl"])
-def test_texts_holding_line_separators_are_one_row_and_a_rerun_reads_them_back(v2t, bundle, vectors_file, tmp_path,
-                                                                              monkeypatch, suffix):
-    weird = ["a\x1db", "c\x85d", "e\u2028f", "g\u2029h", "i\x0bj\x0ck", "l\tm\nn\ro\\p", "q\x1cr\x1es", "", "t",
-             "u\x1d\u2028"]
+def test_texts_holding_line_separators_are_one_row_and_a_rerun_reads_them_back(
+    v2t, bundle, vectors_file, tmp_path, monkeypatch, suffix
+):
+    weird = [
+        "a\x1db",
+        "c\x85d",
+        "e\u2028f",
+        "g\u2029h",
+        "i\x0bj\x0ck",
+        "l\tm\nn\ro\\p",
+        "q\x1cr\x1es",
+        "",
+        "t",
+        "u\x1d\u2028",
+    ]
     rows = iter(weird)
     monkeypatch.setattr(v2t, "generate", lambda vectors, **options: [next(rows) for _ in vectors])
     out = tmp_path / f"out{suffix}"
@@ -291,9 +380,27 @@ def test_sampling_is_seeded_and_the_seed_recorded(bundle, v2t, tmp_path, capsys)
     texts.write_text("\n".join(SENTENCES[:4]) + "\n", encoding="utf-8")
 
     def invert(out, seed):
-        return main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / out),
-                     "--max-new-tokens", "8", "--do-sample", "--temperature", "5", "--seed", seed, "--batch-size",
-                     "2", "--no-progress"])
+        return main(
+            [
+                "invert",
+                "--adapter",
+                str(bundle),
+                "--texts",
+                str(texts),
+                "--out",
+                str(tmp_path / out),
+                "--max-new-tokens",
+                "8",
+                "--do-sample",
+                "--temperature",
+                "5",
+                "--seed",
+                seed,
+                "--batch-size",
+                "2",
+                "--no-progress",
+            ]
+        )
 
     assert invert("a.jsonl", "3") == 0 and invert("b.jsonl", "3") == 0 and invert("c.jsonl", "4") == 0
     assert rows_of(tmp_path / "a.jsonl") == rows_of(tmp_path / "b.jsonl") != rows_of(tmp_path / "c.jsonl")
@@ -309,8 +416,18 @@ def test_invert_does_not_offer_what_it_refuses(bundle, tmp_path, capsys, option)
         main(["invert", "--help"])
     assert exited.value.code == 0 and option[0] not in capsys.readouterr().out
     with pytest.raises(SystemExit) as exited:
-        main(["invert", "--adapter", str(bundle), "--texts", str(tmp_path / "s.txt"), "--out",
-              str(tmp_path / "o.jsonl"), *option])
+        main(
+            [
+                "invert",
+                "--adapter",
+                str(bundle),
+                "--texts",
+                str(tmp_path / "s.txt"),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                *option,
+            ]
+        )
     assert exited.value.code == 2 and f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
 
 
@@ -337,8 +454,9 @@ def test_an_output_with_rows_missing_out_of_order_or_repeated_is_refused(v2t, bu
     job = InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4})
     invert_file(v2t, job, bundle, show_progress=False)
     lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
-    edited = "".join({"drop": lines[:4] + lines[5:], "swap": [lines[1], lines[0]] + lines[2:],
-                      "repeat": lines[:5] + lines[4:]}[edit])
+    edited = "".join(
+        {"drop": lines[:4] + lines[5:], "swap": [lines[1], lines[0]] + lines[2:], "repeat": lines[:5] + lines[4:]}[edit]
+    )
     out.write_text(edited, encoding="utf-8")
     with pytest.raises(V2TError, match=r"out\.jsonl: its rows are not those .*(missing|out of order or repeated)"):
         invert_file(v2t, job, bundle, show_progress=False)
@@ -356,8 +474,9 @@ def test_the_rows_skipped_for_nan_are_no_gap_on_a_rerun(v2t, bundle, tmp_path):
 
 
 def test_a_job_takes_paths_and_refuses_a_batch_size_that_is_not_an_integer(v2t, bundle, vectors_file, tmp_path):
-    counts = invert_file(v2t, InvertJob(vectors_file, tmp_path / "o.jsonl", options={"max_new_tokens": 4}), bundle,
-                         show_progress=False)
+    counts = invert_file(
+        v2t, InvertJob(vectors_file, tmp_path / "o.jsonl", options={"max_new_tokens": 4}), bundle, show_progress=False
+    )
     assert counts["written"] == len(SENTENCES) and (tmp_path / "o.jsonl.meta.json").is_file()
     for bad in ("8", 2.5, True):
         with pytest.raises(V2TError, match=r"--batch-size must be an integer >= 1, got"):

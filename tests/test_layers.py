@@ -7,8 +7,18 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lora_v2t"
-FLOORS = {"util": 0, "config": 1, "model": 2, "bundle": 3, "tasks": 4, "train": 5, "demo": 6, "cli": 6,
-          "__init__": 7, "__main__": 7}
+FLOORS = {
+    "util": 0,
+    "config": 1,
+    "model": 2,
+    "bundle": 3,
+    "tasks": 4,
+    "train": 5,
+    "demo": 6,
+    "cli": 6,
+    "__init__": 7,
+    "__main__": 7,
+}
 ALLOWED_UPWARD = {("model", "bundle")}
 
 
@@ -41,8 +51,11 @@ def upward_imports(path: Path, root: Path = PACKAGE) -> list[str]:
 
 
 def test_every_module_sits_on_a_known_floor():
-    unknown = [str(p.relative_to(PACKAGE)) for p in modules()
-               if p.relative_to(PACKAGE).parts[0].removesuffix(".py") not in FLOORS]
+    unknown = [
+        str(p.relative_to(PACKAGE))
+        for p in modules()
+        if p.relative_to(PACKAGE).parts[0].removesuffix(".py") not in FLOORS
+    ]
     assert not unknown, f"modules outside the layers of tests/test_layers.py: {unknown}"
 
 
@@ -54,14 +67,15 @@ def test_imports_run_down_the_floors(path):
 def test_the_layer_check_sees_an_upward_import(tmp_path):
     """The check itself can fail: a util module importing the model, or a package's __init__ importing the
     trainer, is caught; the model importing a bundle module is the one allowed exception."""
-    for name, source in {"util/bad.py": "from ..model.vector2text import Vector2Text\n",
-                         "bundle/__init__.py": "from ..train import trainer\n",
-                         "model/ok.py": "from ..bundle.adapter import save_adapter\n"}.items():
+    for name, source in {
+        "util/bad.py": "from ..model.vector2text import Vector2Text\n",
+        "bundle/__init__.py": "from ..train import trainer\n",
+        "model/ok.py": "from ..bundle.adapter import save_adapter\n",
+    }.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(source)
     assert upward_imports(tmp_path / "util" / "bad.py", tmp_path) == ["util/bad.py:1 imports model.vector2text"]
-    assert upward_imports(tmp_path / "bundle" / "__init__.py", tmp_path) == [
-        "bundle/__init__.py:1 imports train"]
+    assert upward_imports(tmp_path / "bundle" / "__init__.py", tmp_path) == ["bundle/__init__.py:1 imports train"]
     assert upward_imports(tmp_path / "model" / "ok.py", tmp_path) == []
 
 

@@ -22,7 +22,7 @@ def test_inputs_are_prefix_then_tokens_with_masked_labels(v2t):
     assert torch.equal(inputs["inputs_embeds"][:, :k], v2t.prefix(vectors))
     labels = inputs["labels"]
     assert (labels[:, :k] == -100).all()
-    assert (labels[0, k + n_short:] == -100).all()  # padding of the shorter sentence
+    assert (labels[0, k + n_short :] == -100).all()  # padding of the shorter sentence
     assert labels[0, k + n_short - 1] == v2t.tokenizer.eos_token_id  # every target ends with EOS
     assert torch.equal(labels[1, k:], batch["input_ids"][1])
     assert inputs["attention_mask"][:, :k].eq(1).all()
@@ -79,8 +79,11 @@ def test_target_modules_can_be_overridden(tiny_backbone_dir, tiny_encoder):
 
 
 def test_target_modules_that_match_nothing_are_refused_naming_the_layers(tiny_backbone_dir, tiny_encoder):
-    with pytest.raises(V2TError, match=r"target_modules \['nope'\] match no layer of the backbone; its layers are "
-                                       r"named \[.*'c_attn'.*\]"):
+    with pytest.raises(
+        V2TError,
+        match=r"target_modules \['nope'\] match no layer of the backbone; its layers are "
+        r"named \[.*'c_attn'.*\]",
+    ):
         make_v2t(tiny_backbone_dir, tiny_encoder, target_modules=["nope", "c_fc"])
 
 
@@ -94,18 +97,21 @@ def test_lora_can_be_limited_to_some_blocks(tiny_backbone_dir, tiny_encoder, tmp
         make_v2t(tiny_backbone_dir, tiny_encoder, lora_layers=[0, 2])
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"quantization": "3bit"}, "unknown quantization '3bit'"),
-    ({"trainable": "half"}, "unknown training.trainable 'half'"),
-    ({"role": "critic"}, "unknown training.role 'critic'"),
-    ({"projector": "conv"}, "unknown projector kind 'conv'"),
-    ({"lora_r": 0}, "lora r must be an integer >= 1"),
-    ({"int8_threshold": -1.0}, "backbone.int8_threshold"),
-    ({"trainable": "full", "quantization": "8bit"}, "full fine-tuning .* cannot on a 8bit base"),
-    ({"encoder": None}, "create needs an encoder"),
-    ({"backbone": None}, "backbone.name must be a hub id"),
-    ({"encoder": "precomputed:0"}, "bad encoder spec 'precomputed:0'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"quantization": "3bit"}, "unknown quantization '3bit'"),
+        ({"trainable": "half"}, "unknown training.trainable 'half'"),
+        ({"role": "critic"}, "unknown training.role 'critic'"),
+        ({"projector": "conv"}, "unknown projector kind 'conv'"),
+        ({"lora_r": 0}, "lora r must be an integer >= 1"),
+        ({"int8_threshold": -1.0}, "backbone.int8_threshold"),
+        ({"trainable": "full", "quantization": "8bit"}, "full fine-tuning .* cannot on a 8bit base"),
+        ({"encoder": None}, "create needs an encoder"),
+        ({"backbone": None}, "backbone.name must be a hub id"),
+        ({"encoder": "precomputed:0"}, "bad encoder spec 'precomputed:0'"),
+    ],
+)
 def test_create_refuses_bad_settings_before_loading_the_backbone(kwargs, message, tiny_encoder):
     # the backbone does not exist: a settings error must come first, from the configs create builds
     with pytest.raises(V2TError, match=message):
@@ -146,30 +152,47 @@ def test_lora_layers_are_bounded_by_the_text_model_of_a_multimodal_config():
 
 
 def test_create_and_from_config_build_the_same_adapter(tiny_backbone_dir, tiny_encoder):
-    cfg = config_from_dict({"backbone": {"name": str(tiny_backbone_dir), "quantization": "none"},
-                            "projector": {"kind": "linear", "prefix_length": 2},
-                            "lora": {"r": 4, "layers": [1]}, "training": {"seed": 7}})
+    cfg = config_from_dict(
+        {
+            "backbone": {"name": str(tiny_backbone_dir), "quantization": "none"},
+            "projector": {"kind": "linear", "prefix_length": 2},
+            "lora": {"r": 4, "layers": [1]},
+            "training": {"seed": 7},
+        }
+    )
     from_cfg = Vector2Text.from_config(cfg, encoder=tiny_encoder, device="cpu")
-    created = Vector2Text.create(backbone=str(tiny_backbone_dir), encoder=tiny_encoder, projector="linear",
-                                 prefix_length=2, lora_r=4, lora_layers=[1], quantization="none", device="cpu", seed=7)
+    created = Vector2Text.create(
+        backbone=str(tiny_backbone_dir),
+        encoder=tiny_encoder,
+        projector="linear",
+        prefix_length=2,
+        lora_r=4,
+        lora_layers=[1],
+        quantization="none",
+        device="cpu",
+        seed=7,
+    )
     a, b = from_cfg.state_dict(), created.state_dict()
     assert a.keys() == b.keys() and any("lora_A" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same settings: the same initial weights
     assert from_cfg.meta == created.meta
 
 
-@pytest.mark.parametrize("vectors,message", [
-    (torch.randn(2, 7), "dimension 7 but the adapter's encoder makes 24-d"),
-    (torch.tensor([[float("nan")] * 24]), r"vector\(s\) \[0\] contain NaN or inf"),
-    (torch.tensor([[1.0] * 23 + [float("inf")], [0.0] * 24]), r"\[0\] contain NaN or inf"),
-    (torch.zeros(0, 24), "empty batch"),
-    ([], "empty batch"),  # not "dimension 0"
-    (np.zeros(0, dtype=np.float32), "empty batch"),
-    (torch.zeros(2, 3, 24), "must have shape"),
-    ([["a", "b"]], "numeric"),
-    ([[0.1] * 24, [0.1] * 23], r"vectors are rows of different lengths \(24 and 23\): give N rows of 24 numbers"),
-    ([torch.ones(24), torch.ones(3)], r"rows of different lengths \(24 and 3\)"),
-])
+@pytest.mark.parametrize(
+    "vectors,message",
+    [
+        (torch.randn(2, 7), "dimension 7 but the adapter's encoder makes 24-d"),
+        (torch.tensor([[float("nan")] * 24]), r"vector\(s\) \[0\] contain NaN or inf"),
+        (torch.tensor([[1.0] * 23 + [float("inf")], [0.0] * 24]), r"\[0\] contain NaN or inf"),
+        (torch.zeros(0, 24), "empty batch"),
+        ([], "empty batch"),  # not "dimension 0"
+        (np.zeros(0, dtype=np.float32), "empty batch"),
+        (torch.zeros(2, 3, 24), "must have shape"),
+        ([["a", "b"]], "numeric"),
+        ([[0.1] * 24, [0.1] * 23], r"vectors are rows of different lengths \(24 and 23\): give N rows of 24 numbers"),
+        ([torch.ones(24), torch.ones(3)], r"rows of different lengths \(24 and 3\)"),
+    ],
+)
 def test_bad_vectors(vectors, message):
     with pytest.raises(V2TError, match=message) as refused:
         to_vectors(vectors, 24)
@@ -182,9 +205,11 @@ def test_a_ragged_list_of_vectors_is_one_line_from_generate(v2t):
         v2t.generate(ragged, max_new_tokens=2)
 
 
-BAD_NAMES = [(5, "adapter name must be a non-empty string without '.', got 5"),
-             ("", "adapter name must be a non-empty string without '.', got ''"),
-             ("a.b", "adapter name must be a non-empty string without '.', got 'a.b'")]
+BAD_NAMES = [
+    (5, "adapter name must be a non-empty string without '.', got 5"),
+    ("", "adapter name must be a non-empty string without '.', got ''"),
+    ("a.b", "adapter name must be a non-empty string without '.', got 'a.b'"),
+]
 
 
 @pytest.mark.parametrize("name,message", BAD_NAMES)
@@ -192,21 +217,27 @@ def test_bad_adapter_names_are_one_line_everywhere(v2t, tmp_path, no_base_load, 
     from lora_v2t import load_adapter
 
     bundle = v2t.save_adapter(tmp_path / "bundle")
-    for call in (lambda: load_adapter(bundle, name=name), lambda: v2t.load_adapter(bundle, name),
-                 lambda: v2t.set_adapter(name), lambda: v2t.delete_adapter(name)):
+    for call in (
+        lambda: load_adapter(bundle, name=name),
+        lambda: v2t.load_adapter(bundle, name),
+        lambda: v2t.set_adapter(name),
+        lambda: v2t.delete_adapter(name),
+    ):
         with pytest.raises(V2TError) as refused:
             call()
         assert str(refused.value).startswith(message)
     assert v2t.adapters == ["default"]
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"quantization": "3bit"}, "unknown quantization '3bit'; choose one of: auto, 8bit, 4bit, none"),
-    ({"quantization": "8bit", "dtype": "half"}, "unknown dtype 'half'; choose one of: auto, float32, bfloat16"),
-    ({"quantization": "8bit", "device": "foo"}, "unknown device 'foo': use cpu, cuda or cuda:N"),
-])
-def test_a_load_that_will_be_refused_warns_about_nothing_first(v2t, tmp_path, caplog, no_base_load, options,
-                                                                message):
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"quantization": "3bit"}, "unknown quantization '3bit'; choose one of: auto, 8bit, 4bit, none"),
+        ({"quantization": "8bit", "dtype": "half"}, "unknown dtype 'half'; choose one of: auto, float32, bfloat16"),
+        ({"quantization": "8bit", "device": "foo"}, "unknown device 'foo': use cpu, cuda or cuda:N"),
+    ],
+)
+def test_a_load_that_will_be_refused_warns_about_nothing_first(v2t, tmp_path, caplog, no_base_load, options, message):
     from lora_v2t import load_adapter
 
     bundle = v2t.save_adapter(tmp_path / "bundle")
@@ -242,8 +273,9 @@ def reference_subset_loss(v2t, inputs: dict, vocab: torch.Tensor) -> torch.Tenso
 def test_the_subset_loss_is_the_softmax_over_its_vocabulary(v2t):
     batch = v2t.tokenize(SENTENCES[:3])
     vectors = torch.randn(3, v2t.embedding_dim, generator=torch.Generator().manual_seed(0))
-    vocab = torch.unique(torch.cat([batch["input_ids"][batch["attention_mask"] == 1],
-                                    torch.tensor([v2t.tokenizer.eos_token_id, 7, 11])]))
+    vocab = torch.unique(
+        torch.cat([batch["input_ids"][batch["attention_mask"] == 1], torch.tensor([v2t.tokenizer.eos_token_id, 7, 11])])
+    )
     with torch.no_grad():
         inputs = v2t.build_inputs(vectors, **batch)
         expected = reference_subset_loss(v2t, inputs, vocab)
@@ -259,8 +291,9 @@ def test_the_subset_loss_computes_its_logits_in_fp32_under_bf16_autocast(v2t):
     vocab = torch.unique(torch.cat([batch["input_ids"].flatten(), torch.tensor([v2t.tokenizer.eos_token_id])]))
     loss_fn = SubsetLoss(v2t.base_model, vocab)
     with torch.no_grad():
-        inputs = v2t.build_inputs(torch.randn(3, v2t.embedding_dim, generator=torch.Generator().manual_seed(1)),
-                                  **batch)
+        inputs = v2t.build_inputs(
+            torch.randn(3, v2t.embedding_dim, generator=torch.Generator().manual_seed(1)), **batch
+        )
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = loss_fn(inputs)
             body = getattr(v2t.base_model, v2t.base_model.base_model_prefix)
@@ -301,11 +334,16 @@ def test_batches_from_the_tokenised_corpus_equal_tokenised_texts(v2t):
     texts = SENTENCES[:5] + ["слово " * 50]  # the last one is cut
     corpus = tokenize_corpus(v2t.tokenizer, texts, max_tokens=12, chunk=4)
     assert corpus.lengths.tolist() == [min(len(ids) + 1, 12) for ids in v2t.token_ids(texts)]
-    assert set(corpus.vocab.tolist()) == {v2t.tokenizer.eos_token_id} | {t for ids in v2t.token_ids(texts)
-                                                                         for t in ids[:11]}
+    assert set(corpus.vocab.tolist()) == {v2t.tokenizer.eos_token_id} | {
+        t for ids in v2t.token_ids(texts) for t in ids[:11]
+    }
     idx = [5, 0, 3]
     picked = [texts[i] for i in idx]
-    for got, want in ((v2t.pad_rows(corpus.rows(idx), 12), v2t.tokenize(picked, 12)),
-                      (v2t.pad_rows(corpus.rows(idx), 12, corpus.rows([1, 2, 4])),
-                       v2t.tokenize(picked, 12, contexts=[texts[i] for i in (1, 2, 4)]))):
+    for got, want in (
+        (v2t.pad_rows(corpus.rows(idx), 12), v2t.tokenize(picked, 12)),
+        (
+            v2t.pad_rows(corpus.rows(idx), 12, corpus.rows([1, 2, 4])),
+            v2t.tokenize(picked, 12, contexts=[texts[i] for i in (1, 2, 4)]),
+        ),
+    ):
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

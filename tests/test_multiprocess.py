@@ -18,12 +18,35 @@ def launch(tmp_path, backbone, encoder, *extra) -> subprocess.CompletedProcess:
     accelerate = Path(sys.executable).parent / "accelerate"
     # `--cpu --num_processes 2` starts one process (accelerate's simple launcher, unless MPI is set up);
     # `--multi_gpu` goes through torch.distributed, which on a CPU-only machine means gloo
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               "-m", "lora_v2t.cli", "train", str(RECIPE), f"--backbone.name={backbone}",
-               f"--encoder.spec={encoder}", f"--training.output_dir={tmp_path / 'runs'}",
-               f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={tmp_path / 'corpus.txt'}",
-               "--data.val_size=8", "--backbone.device=cpu", "--training.batch_size=8", "--no-progress", *extra]
+    command = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "lora_v2t.cli",
+        "train",
+        str(RECIPE),
+        f"--backbone.name={backbone}",
+        f"--encoder.spec={encoder}",
+        f"--training.output_dir={tmp_path / 'runs'}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--data.train={tmp_path / 'corpus.txt'}",
+        "--data.val_size=8",
+        "--backbone.device=cpu",
+        "--training.batch_size=8",
+        "--no-progress",
+        *extra,
+    ]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     # a hang (processes out of step) fails at the timeout
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
@@ -33,8 +56,14 @@ def test_two_processes_train_share_the_batches_and_resume(tmp_path, tiny_backbon
     if not (Path(sys.executable).parent / "accelerate").exists():
         pytest.skip("the accelerate command is not installed beside this Python")
     corpus_file(tmp_path, repeat=5)  # 40 sentences: 8 validate, 32 train = 4 full batches of 8 per epoch
-    first = launch(tmp_path, tiny_backbone_dir, tiny_encoder_dir, "--training.max_steps=20",
-                   "--training.save_every=10", "--training.eval_every=10")
+    first = launch(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        "--training.max_steps=20",
+        "--training.save_every=10",
+        "--training.eval_every=10",
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("adapter saved to") == 1  # the main process reports, once
     run = tmp_path / "runs" / "tiny-debug"
@@ -48,9 +77,16 @@ def test_two_processes_train_share_the_batches_and_resume(tmp_path, tiny_backbon
     assert sorted(m["count"] for m in cache) == [8, 32] and all(m["done"] == m["count"] for m in cache)
 
     # resumed, and stopped by the time budget: the main process's clock decides, so both stop at one step
-    again = launch(tmp_path, tiny_backbone_dir, tiny_encoder_dir, "--training.max_steps=100000",
-                   "--training.max_minutes=0.15", "--training.save_every=50", "--training.eval_every=100000",
-                   "--resume")
+    again = launch(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        "--training.max_steps=100000",
+        "--training.max_minutes=0.15",
+        "--training.save_every=50",
+        "--training.eval_every=100000",
+        "--resume",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     v2t = load_adapter(run / "final", device="cpu")
     steps = v2t.meta.training["steps"]

@@ -14,8 +14,9 @@ TEXTS = ["Где лодка?", "Я люблю читать книги.", "Зав
 
 @pytest.fixture(scope="module")
 def gemma_v2t():
-    return Vector2Text.create(backbone="offline:gemma-3-270m", encoder="offline:use-multilingual",
-                              device="cpu", quantization="none")
+    return Vector2Text.create(
+        backbone="offline:gemma-3-270m", encoder="offline:use-multilingual", device="cpu", quantization="none"
+    )
 
 
 def test_build_train_save_load_generate(gemma_v2t, tmp_path):

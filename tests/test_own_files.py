@@ -16,8 +16,11 @@ def tree(folder):
 
 
 def dead_pid() -> int:
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 def test_overwrite_refuses_a_report_folder_holding_the_users_files(v2t, tmp_path, capsys, no_model_load):
@@ -31,12 +34,21 @@ def test_overwrite_refuses_a_report_folder_holding_the_users_files(v2t, tmp_path
     (report / "notes.md").write_text("my notes")
     (report / "figures" / "plot.png").write_bytes(b"png")
     before = tree(report)
-    argv = ["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--out", str(report),
-            "--overwrite"]
+    argv = [
+        "evaluate",
+        "--adapter",
+        str(bundle),
+        "--data",
+        str(tmp_path / "dev.txt"),
+        "--out",
+        str(report),
+        "--overwrite",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith(f"error: {report} holds files a report does not "
-                                                         "(figures/, notes.md)")
+    assert len(err.splitlines()) == 1 and err.startswith(
+        f"error: {report} holds files a report does not (figures/, notes.md)"
+    )
     assert tree(report) == before
 
 
@@ -84,8 +96,13 @@ def test_forced_conversion_refuses_a_folder_that_is_not_a_converted_model(tmp_pa
 def test_only_a_runs_own_temporaries_are_tidied(tmp_path):
     run, dead = tmp_path / "run", dead_pid()
     run.mkdir()
-    for name in (f".step-000004.tmp-{dead}", f"..step-000004.tmp-{dead}.tmp-{dead}", f".final.old-{dead}",
-                 f".notes.tmp-{dead}", f".photos.old-{dead}"):
+    for name in (
+        f".step-000004.tmp-{dead}",
+        f"..step-000004.tmp-{dead}.tmp-{dead}",
+        f".final.old-{dead}",
+        f".notes.tmp-{dead}",
+        f".photos.old-{dead}",
+    ):
         (run / name).mkdir()
         (run / name / "file").write_text("x")
     clean_stale_temporaries(run)

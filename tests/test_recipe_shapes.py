@@ -78,8 +78,9 @@ def perturb_last_block(v2t) -> None:
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)
 
 
-@pytest.mark.parametrize("recipe", [pytest.param(name, marks=[] if name == "tiny_debug.yaml" else pytest.mark.slow)
-                                    for name in SHAPES])
+@pytest.mark.parametrize(
+    "recipe", [pytest.param(name, marks=[] if name == "tiny_debug.yaml" else pytest.mark.slow) for name in SHAPES]
+)
 def test_recipe_adapter_saves_and_loads_at_the_real_shapes(recipe, request, tmp_path):
     backbone_fixture, encoder = SHAPES[recipe]
     overrides = [f"--backbone.name={request.getfixturevalue(backbone_fixture)}"] if backbone_fixture else []

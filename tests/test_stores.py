@@ -36,10 +36,12 @@ def test_the_store_libraries_are_imported_only_inside_the_readers(module):
 
 # ---------------------------------------------------------------- FAISS
 
+
 def write_faiss(path, spec: str, vectors: np.ndarray, ids=None):
     faiss = pytest.importorskip("faiss")
-    index = faiss.index_factory(vectors.shape[1], spec, faiss.METRIC_INNER_PRODUCT if "LSH" not in spec
-                                else faiss.METRIC_L2)
+    index = faiss.index_factory(
+        vectors.shape[1], spec, faiss.METRIC_INNER_PRODUCT if "LSH" not in spec else faiss.METRIC_L2
+    )
     if not index.is_trained:
         index.train(vectors)
     index.add(vectors) if ids is None else index.add_with_ids(vectors, ids)
@@ -47,16 +49,26 @@ def write_faiss(path, spec: str, vectors: np.ndarray, ids=None):
     return path
 
 
-@pytest.mark.parametrize("spec,ids", [("Flat", None), ("IVF4,Flat", None), ("HNSW8", None),
-                                      ("IDMap,Flat", 1000), ("IDMap2,Flat", 1000), ("IDMap,HNSW8", 1000),
-                                      ("IVF4,Flat", 5000)])
+@pytest.mark.parametrize(
+    "spec,ids",
+    [
+        ("Flat", None),
+        ("IVF4,Flat", None),
+        ("HNSW8", None),
+        ("IDMap,Flat", 1000),
+        ("IDMap2,Flat", 1000),
+        ("IDMap,HNSW8", 1000),
+        ("IVF4,Flat", 5000),
+    ],
+)
 def test_faiss_gives_back_the_vectors_and_ids_it_keeps(tmp_path, spec, ids):
     x = unit_vectors()
     keys = None if ids is None else (ids + 7 * np.arange(ROWS)[::-1]).astype(np.int64)  # descending ids
     source = open_faiss(write_faiss(tmp_path / "x.faiss", spec, x, keys), OPTIONS)
     assert (len(source), source.dim) == (ROWS, DIM)
-    assert source.describe().startswith(f"FAISS {type(source.reader).__name__}" if "IDMap" not in spec
-                                        else "FAISS IndexIDMap")
+    assert source.describe().startswith(
+        f"FAISS {type(source.reader).__name__}" if "IDMap" not in spec else "FAISS IndexIDMap"
+    )
     # rows: an IVF index's ids ascending; otherwise the order the vectors were added in
     order = np.argsort(keys) if keys is not None and spec.startswith("IVF") else np.arange(ROWS)
     rows = np.array([5, 0, 299, 17, 5])
@@ -79,11 +91,17 @@ def test_faiss_fingerprint_follows_the_content(tmp_path):
     assert open_faiss(path, OPTIONS).fingerprint() != first
 
 
-@pytest.mark.parametrize("spec,kind,what", [("PQ4x4", "IndexPQ", "product-quantisation codes"),
-                                            ("IVF4,PQ4x4", "IndexIVFPQ", "product-quantisation codes"),
-                                            ("LSH", "IndexLSH", "LSH"), ("SQ8", "IndexScalarQuantizer", "scalar"),
-                                            ("PCA8,Flat", "IndexPreTransform", "transform"),
-                                            ("IDMap,PQ4x4", "IndexIDMap of IndexPQ", "product")])
+@pytest.mark.parametrize(
+    "spec,kind,what",
+    [
+        ("PQ4x4", "IndexPQ", "product-quantisation codes"),
+        ("IVF4,PQ4x4", "IndexIVFPQ", "product-quantisation codes"),
+        ("LSH", "IndexLSH", "LSH"),
+        ("SQ8", "IndexScalarQuantizer", "scalar"),
+        ("PCA8,Flat", "IndexPreTransform", "transform"),
+        ("IDMap,PQ4x4", "IndexIDMap of IndexPQ", "product"),
+    ],
+)
 def test_faiss_index_that_keeps_no_vectors_is_refused_by_name(tmp_path, spec, kind, what):
     path = write_faiss(tmp_path / "x.faiss", spec, unit_vectors(), np.arange(ROWS) if "IDMap" in spec else None)
     with pytest.raises(V2TError, match=f"is a {kind}, which keeps only .*{what}") as caught:
@@ -104,6 +122,7 @@ def test_faiss_file_that_is_not_an_index_is_one_line(tmp_path):
 
 # ---------------------------------------------------------------- Chroma
 
+
 def write_chroma(folder, name: str, vectors: np.ndarray, documents=None):
     chromadb = pytest.importorskip("chromadb")
     from chromadb.config import Settings
@@ -112,8 +131,11 @@ def write_chroma(folder, name: str, vectors: np.ndarray, documents=None):
     collection = client.get_or_create_collection(name, embedding_function=None)
     ids = [f"doc-{i:04d}" for i in range(len(vectors))]
     for start in range(0, len(vectors), 100):
-        collection.add(ids=ids[start:start + 100], embeddings=vectors[start:start + 100],
-                       documents=None if documents is None else documents[start:start + 100])
+        collection.add(
+            ids=ids[start : start + 100],
+            embeddings=vectors[start : start + 100],
+            documents=None if documents is None else documents[start : start + 100],
+        )
     return collection
 
 
@@ -177,6 +199,7 @@ def test_chroma_missing_collection_or_folder_is_one_line_naming_what_exists(tmp_
 
 # ---------------------------------------------------------------- PostgreSQL + pgvector
 
+
 @pytest.fixture(scope="module")
 def pg_uri():
     """A real PostgreSQL server with pgvector, on a unix socket in a temporary folder, with the tables
@@ -196,14 +219,17 @@ def pg_uri():
             conn.execute(f"CREATE TABLE items (id bigint PRIMARY KEY, embedding vector({DIM}), body text)")
             x = unit_vectors(40)
             for i in np.random.default_rng(1).permutation(40).tolist():
-                conn.execute("INSERT INTO items VALUES (%s, %s::vector, %s)",
-                             [100 + i, str(x[i].tolist()), f"текст {i}"])
+                conn.execute(
+                    "INSERT INTO items VALUES (%s, %s::vector, %s)", [100 + i, str(x[i].tolist()), f"текст {i}"]
+                )
             conn.execute("CREATE TABLE bare (v real[])")
             for i in range(10):
                 conn.execute("INSERT INTO bare VALUES (%s)", [None if i == 4 else x[i].tolist()])
             conn.execute(f"CREATE TABLE half (id text, h halfvec({DIM}))")
-            conn.execute("INSERT INTO half VALUES ('b', %s::halfvec), ('a', %s::halfvec)",
-                         [str(x[1].tolist()), str(x[0].tolist())])
+            conn.execute(
+                "INSERT INTO half VALUES ('b', %s::halfvec), ('a', %s::halfvec)",
+                [str(x[1].tolist()), str(x[0].tolist())],
+            )
             conn.execute(f'CREATE TABLE "Odd ""name""" (k int, e vector({DIM}))')
             conn.execute('INSERT INTO "Odd ""name""" VALUES (1, %s::vector)', [str(x[0].tolist())])
         yield uri
@@ -291,12 +317,18 @@ def test_postgres_quotes_identifiers(pg_uri):
 
 
 def test_postgres_missing_table_or_column_is_one_line_naming_what_exists(pg_uri):
-    with pytest.raises(V2TError, match=r"--table itemz: no such table .*tables there: public.Odd \"name\", "
-                                       r"public.bare, public.half, public.items"):
+    with pytest.raises(
+        V2TError,
+        match=r"--table itemz: no such table .*tables there: public.Odd \"name\", "
+        r"public.bare, public.half, public.items",
+    ):
         open_postgres(pg_uri, pg_options(table="itemz"))
     misspelt = "embeding"  # codespell:ignore embeding
-    with pytest.raises(V2TError, match=rf"--vector-column {misspelt}: PostgreSQL table items has no such column; "
-                                       r"its columns: id \(bigint\), embedding \(vector\(16\)\), body \(text\)"):
+    with pytest.raises(
+        V2TError,
+        match=rf"--vector-column {misspelt}: PostgreSQL table items has no such column; "
+        r"its columns: id \(bigint\), embedding \(vector\(16\)\), body \(text\)",
+    ):
         open_postgres(pg_uri, pg_options(vector_column=misspelt))
     with pytest.raises(V2TError, match="--text-column text: .*no such column"):
         open_postgres(pg_uri, pg_options(text_column="text"))
@@ -327,8 +359,10 @@ def test_postgres_null_ids_are_refused_not_read_as_the_id_none(pg_uri):
     with psycopg.connect(pg_uri, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE nullid (id int, e vector({DIM}))")
         try:
-            conn.execute("INSERT INTO nullid VALUES (1, %s::vector), (NULL, %s::vector)",
-                         [str(x[0].tolist()), str(x[1].tolist())])
+            conn.execute(
+                "INSERT INTO nullid VALUES (1, %s::vector), (NULL, %s::vector)",
+                [str(x[0].tolist()), str(x[1].tolist())],
+            )
             with pytest.raises(V2TError, match=r"--id-column id of PostgreSQL table nullid holds 1 NULL"):
                 open_postgres(pg_uri, SourceOptions(table="nullid", vector_column="e", id_column="id"))
             with open_postgres(pg_uri, SourceOptions(table="nullid", vector_column="e")) as source:

@@ -55,7 +55,8 @@ def test_a_utf8_byte_order_mark_is_dropped_by_every_reader(tmp_path):
     tsv = tmp_path / "p.tsv"
     tsv.write_bytes("\ufeffenglish\trussian\nWhere is the boat?\tГде лодка?\n".encode())
     assert read_eval_file(tsv, source_column="english", target_column="russian", header=True).sources == [
-        "Where is the boat?"]
+        "Where is the boat?"
+    ]
 
 
 @pytest.mark.parametrize("reader", list(READERS))
@@ -108,8 +109,10 @@ def test_lines_that_are_not_utf8_are_none_and_rows_refuse_them(tmp_path):
 def test_hypotheses_holding_line_separators_are_read_by_row(tmp_path):
     path = tmp_path / "h.jsonl"
     texts = ["a\u2028b", "c\x85d", "e\x1df"]
-    path.write_text("".join(json.dumps({"index": i, "text": t}, ensure_ascii=False) + "\n"
-                            for i, t in enumerate(texts)), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"index": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)),
+        encoding="utf-8",
+    )
     assert read_hypotheses(path, 3) == texts
 
 
@@ -133,8 +136,9 @@ def test_a_fifo_corpus_is_called_what_it_is_before_training(tmp_path):
     from lora_v2t.train.rundir import check_paths
 
     os.mkfifo(tmp_path / "pipe.txt")
-    cfg = load_config("recipes/tiny_debug.yaml", [f"--data.train={tmp_path / 'pipe.txt'}",
-                                                  "--backbone.name=openai-community/gpt2"])
+    cfg = load_config(
+        "recipes/tiny_debug.yaml", [f"--data.train={tmp_path / 'pipe.txt'}", "--backbone.name=openai-community/gpt2"]
+    )
     with pytest.raises(V2TError, match=r"corpus .*pipe\.txt \(data\.train\) is not a regular file"):
         check_paths(cfg, tmp_path / "run")
 

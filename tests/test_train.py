@@ -18,8 +18,14 @@ from .conftest import SENTENCES
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny_debug.yaml"
 CORPUS = [
-    "Где лодка?", "Я люблю читать книги.", "Сегодня хорошая погода.", "Мы пошли в лес за грибами.",
-    "Он открыл окно.", "Кошка спит на диване.", "Это интересная история.", "Завтра будет дождь.",
+    "Где лодка?",
+    "Я люблю читать книги.",
+    "Сегодня хорошая погода.",
+    "Мы пошли в лес за грибами.",
+    "Он открыл окно.",
+    "Кошка спит на диване.",
+    "Это интересная история.",
+    "Завтра будет дождь.",
 ]
 
 
@@ -35,9 +41,16 @@ def corpus(tmp_path):
 
 
 def recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, *extra):
-    overrides = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-                 f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
-                 f"--data.train={corpus}", f"--data.val={corpus}", "--data.val_size=4", *extra]
+    overrides = [
+        f"--backbone.name={tiny_backbone_dir}",
+        f"--encoder.spec={tiny_encoder_dir}",
+        f"--training.output_dir={tmp_path / 'runs'}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--data.train={corpus}",
+        f"--data.val={corpus}",
+        "--data.val_size=4",
+        *extra,
+    ]
     return load_config(RECIPE, overrides)
 
 
@@ -59,21 +72,37 @@ def fail_in_forward(monkeypatch, call: int, error: BaseException):
 
 def adapter_state(folder: Path) -> dict:
     return load_file(str(folder / "adapter_model.safetensors")) | {
-        f"projector.{k}": v for k, v in load_file(str(folder / "projector.safetensors")).items()}
+        f"projector.{k}": v for k, v in load_file(str(folder / "projector.safetensors")).items()
+    }
 
 
 def test_a_few_steps_make_the_documented_run_folder(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=12",
-                 "--training.save_every=4", "--training.keep_checkpoints=2", "--training.eval_every=6")
+    cfg = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.max_steps=12",
+        "--training.save_every=4",
+        "--training.keep_checkpoints=2",
+        "--training.eval_every=6",
+    )
     final = train(cfg, show_progress=False)
     run = tmp_path / "runs" / "tiny-debug"
     assert final == run / "final"
-    assert sorted(p.name for p in run.iterdir()) == ["final", "loss.png", "metrics.jsonl", "recipe.yaml",
-                                                       "step-000008", "step-000012"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "final",
+        "loss.png",
+        "metrics.jsonl",
+        "recipe.yaml",
+        "step-000008",
+        "step-000012",
+    ]
     assert sorted(p.name for p in final.iterdir()) == sorted(BUNDLE_FILES)
     for step in ("step-000008", "step-000012"):
-        assert {"optimizer.safetensors", "trainer_state.json"} | set(BUNDLE_FILES) == \
-            {p.name for p in (run / step).iterdir()}
+        assert {"optimizer.safetensors", "trainer_state.json"} | set(BUNDLE_FILES) == {
+            p.name for p in (run / step).iterdir()
+        }
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [6, 12]
     assert all(r["samples"] and "generated" in r["samples"][0] for r in rows if r["kind"] == "eval")
@@ -83,13 +112,22 @@ def test_a_few_steps_make_the_documented_run_folder(tmp_path, tiny_backbone_dir,
     memory = v2t.meta.training["memory"]  # the estimate checked against the measured peak (the process's, here)
     assert memory["measured"] == "process_max_rss" and memory["gradient_checkpointing"] is False
     assert 0 < memory["estimated_peak_gib"] < memory["measured_peak_gib"] < 64
-    assert torch.equal(adapter_state(final)["projector.norm.weight"],
-                       adapter_state(run / "step-000012")["projector.norm.weight"])
+    assert torch.equal(
+        adapter_state(final)["projector.norm.weight"], adapter_state(run / "step-000012")["projector.norm.weight"]
+    )
 
 
 def test_loss_falls_when_overfitting_eight_sentences(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=100",
-                 "--training.log_every=5", "--training.eval_every=100", "--training.save_every=100")
+    cfg = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.max_steps=100",
+        "--training.log_every=5",
+        "--training.eval_every=100",
+        "--training.save_every=100",
+    )
     train(cfg, show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "runs/tiny-debug/metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "train"]
@@ -97,9 +135,17 @@ def test_loss_falls_when_overfitting_eight_sentences(tmp_path, tiny_backbone_dir
 
 
 def test_corpus_vocabulary_loss_trains_too(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=40",
-                 "--training.loss_vocab=corpus", "--training.log_every=5", "--training.eval_every=10",
-                 "--training.save_every=40")
+    cfg = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.max_steps=40",
+        "--training.loss_vocab=corpus",
+        "--training.log_every=5",
+        "--training.eval_every=10",
+        "--training.save_every=40",
+    )
     train(cfg, show_progress=False)
     rows = [json.loads(line) for line in (tmp_path / "runs/tiny-debug/metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "train"]
@@ -115,12 +161,16 @@ def test_corpus_vocabulary_loss_trains_too(tmp_path, tiny_backbone_dir, tiny_enc
     assert adapter.output_vocab.tolist() == vocab.tolist()  # the bundle keeps the vocabulary the loss ranked
 
 
-def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
-                                                         monkeypatch):
-    common = ["--training.max_steps=20", "--training.eval_every=10", "--training.save_every=20",
-              "--lora.dropout=0.1"]  # dropout: the RNG state must be restored too
-    straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common),
-                     show_progress=False)
+def test_resume_after_a_stop_equals_an_uninterrupted_run(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
+    common = [
+        "--training.max_steps=20",
+        "--training.eval_every=10",
+        "--training.save_every=20",
+        "--lora.dropout=0.1",
+    ]  # dropout: the RNG state must be restored too
+    straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common), show_progress=False)
 
     cfg = recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, *common)
     real = train_module.validation_loss
@@ -140,12 +190,11 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny_backbone
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_resume_after_ctrl_c_inside_a_step_redoes_that_step(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
-                                                             corpus, monkeypatch):
-    common = ["--training.max_steps=12", "--training.eval_every=100", "--training.save_every=100",
-              "--lora.dropout=0.1"]
-    straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common),
-                     show_progress=False)
+def test_resume_after_ctrl_c_inside_a_step_redoes_that_step(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
+    common = ["--training.max_steps=12", "--training.eval_every=100", "--training.save_every=100", "--lora.dropout=0.1"]
+    straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common), show_progress=False)
     cfg = recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, *common)
     mend = fail_in_forward(monkeypatch, 7, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
@@ -165,8 +214,15 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path, tiny_backbone_dir, tin
 
     from lora_v2t.model.vector2text import Vector2Text
 
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=12",
-                 "--training.eval_every=100", "--training.save_every=100")
+    cfg = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.max_steps=12",
+        "--training.eval_every=100",
+        "--training.save_every=100",
+    )
     real_forward = Vector2Text.forward
     calls = {"n": 0}
 
@@ -186,21 +242,21 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path, tiny_backbone_dir, tin
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000004"]
 
 
-def test_a_fresh_run_does_not_append_to_a_crashed_runs_metrics(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
-                                                               corpus):
+def test_a_fresh_run_does_not_append_to_a_crashed_runs_metrics(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
     run = tmp_path / "runs" / "tiny-debug"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"kind": "train", "step": 999, "loss": 1.0}\n')
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=5"),
-          show_progress=False)
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=5"), show_progress=False)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert 999 not in steps and steps[-1] == 5
 
 
-def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
-                                                     monkeypatch):
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=20",
-                 "--training.save_every=10")
+def test_a_failed_checkpoint_keeps_the_last_good_one(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
+    cfg = recipe(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=20", "--training.save_every=10"
+    )
     import safetensors.torch
 
     real = safetensors.torch.save_file
@@ -215,9 +271,11 @@ def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir
         return real(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full_on_second_checkpoint)
-    with pytest.raises(TrainingStopped, match=r"at step 20: no space left on the disk of .*step-000020 "
-                       r"\(.* needed, .* free\): .*; the last checkpoint is .*step-000010: continue with --resume") \
-            as stopped:
+    with pytest.raises(
+        TrainingStopped,
+        match=r"at step 20: no space left on the disk of .*step-000020 "
+        r"\(.* needed, .* free\): .*; the last checkpoint is .*step-000010: continue with --resume",
+    ) as stopped:
         train(cfg, show_progress=False)
     assert "\n" not in str(stopped.value)
     assert isinstance(stopped.value.__cause__.__cause__, OSError)  # no second write attempt after a failed one
@@ -230,15 +288,15 @@ def test_a_failed_checkpoint_keeps_the_last_good_one(tmp_path, tiny_backbone_dir
 
 
 def test_bad_runs(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
-                 "--training.save_every=2")
+    cfg = recipe(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", "--training.save_every=2"
+    )
     with pytest.raises(V2TError, match="nothing to resume"):
         train(cfg, resume=True, show_progress=False)
     train(cfg, show_progress=False)
     with pytest.raises(V2TError, match="already holds a run: pass --resume"):
         train(cfg, show_progress=False)
-    other = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
-                   "--lora.r=4")
+    other = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", "--lora.r=4")
     with pytest.raises(V2TError, match="made by another recipe: lora.r was 8, now 4"):
         train(other, resume=True, show_progress=False)
     empty = tmp_path / "empty.txt"
@@ -249,7 +307,8 @@ def test_bad_runs(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
 
 
 def test_a_second_run_into_a_busy_run_folder_fails_at_once_naming_the_first(
-        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
     import os
     import threading
 
@@ -284,66 +343,109 @@ def test_a_second_run_into_a_busy_run_folder_fails_at_once_naming_the_first(
     assert yaml.safe_load((run / "recipe.yaml").read_text())["training"]["max_steps"] == 2
 
 
-def test_what_killed_runs_left_behind_is_tidied_when_a_run_resumes(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
-                                                                  corpus, caplog):
+def test_what_killed_runs_left_behind_is_tidied_when_a_run_resumes(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, caplog
+):
     import subprocess
     import sys
 
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
-                 "--training.save_every=2"), show_progress=False)
+    train(
+        recipe(
+            tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", "--training.save_every=2"
+        ),
+        show_progress=False,
+    )
     run = tmp_path / "runs" / "tiny-debug"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     (run / "step-000004").rename(run / f".step-000004.old-{dead}")  # killed between the renames of a rewrite
     for name in (f".step-000004.tmp-{dead}", f".final.tmp-{dead}", f".step-000006.tmp-{dead}", ".step-000006.tmp-1"):
         (run / name).mkdir()
         (run / name / "half-written").write_bytes(b"x")
     with caplog.at_level("INFO", logger="lora_v2t"):
-        train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6",
-                     "--training.save_every=2"), resume=True, show_progress=False)
+        train(
+            recipe(
+                tmp_path,
+                tiny_backbone_dir,
+                tiny_encoder_dir,
+                corpus,
+                "--training.max_steps=6",
+                "--training.save_every=2",
+            ),
+            resume=True,
+            show_progress=False,
+        )
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".step-000006.tmp-1"]  # pid 1 runs
     assert f"resumed {run / 'step-000004'} at step 4" in caplog.text  # the finished checkpoint was put back
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000004", "step-000006"]
 
 
-def test_a_copied_run_folder_resumes_where_only_its_location_changed(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
-                                                                    corpus):
+def test_a_copied_run_folder_resumes_where_only_its_location_changed(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus
+):
     import shutil
 
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
-                 "--training.save_every=2"), show_progress=False)
+    train(
+        recipe(
+            tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", "--training.save_every=2"
+        ),
+        show_progress=False,
+    )
     moved = tmp_path / "elsewhere"
     shutil.copytree(tmp_path / "runs" / "tiny-debug", moved / "runs" / "copied")
     shutil.copy(corpus, moved / "corpus.txt")  # the corpus came along, to another path
-    copied = recipe(moved, tiny_backbone_dir, tiny_encoder_dir, moved / "corpus.txt", "--training.max_steps=6",
-                    "--training.save_every=2", "--training.run_name=copied")
+    copied = recipe(
+        moved,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        moved / "corpus.txt",
+        "--training.max_steps=6",
+        "--training.save_every=2",
+        "--training.run_name=copied",
+    )
     final = train(copied, resume=True, show_progress=False)
     assert final == moved / "runs" / "copied" / "final"
     assert load_adapter(final, device="cpu").meta.training["steps"] == 6
     (moved / "other.txt").write_text("Совсем другой корпус.\n" * 30, encoding="utf-8")
-    other = recipe(moved, tiny_backbone_dir, tiny_encoder_dir, moved / "other.txt", "--training.max_steps=8",
-                   "--training.run_name=copied")
+    other = recipe(
+        moved,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        moved / "other.txt",
+        "--training.max_steps=8",
+        "--training.run_name=copied",
+    )
     with pytest.raises(V2TError, match="made by another recipe: data.train was"):  # another corpus is refused
         train(other, resume=True, show_progress=False)
 
 
 @pytest.mark.parametrize("damaged", ["optimizer.safetensors", "trainer_state.json"])
-def test_resume_passes_over_a_damaged_last_checkpoint_and_says_so(damaged, tmp_path, tiny_backbone_dir,
-                                                                  tiny_encoder_dir, corpus, caplog):
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
-                 "--training.save_every=2"), show_progress=False)
+def test_resume_passes_over_a_damaged_last_checkpoint_and_says_so(
+    damaged, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, caplog
+):
+    train(
+        recipe(
+            tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", "--training.save_every=2"
+        ),
+        show_progress=False,
+    )
     run = tmp_path / "runs" / "tiny-debug"
 
     def cut(file: Path) -> None:
         file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
 
     cut(run / "step-000004" / damaged)
-    more = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6",
-                  "--training.save_every=2")
+    more = recipe(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6", "--training.save_every=2"
+    )
     with caplog.at_level("WARNING"):
         final = train(more, resume=True, show_progress=False)
-    assert "resuming from step-000002, the newest good checkpoint, not from the newer step-000004 is damaged: " \
-        in caplog.text and "(set aside as damaged-step-000004)" in caplog.text
+    assert (
+        "resuming from step-000002, the newest good checkpoint, not from the newer step-000004 is damaged: "
+        in caplog.text
+        and "(set aside as damaged-step-000004)" in caplog.text
+    )
     assert load_adapter(final, device="cpu").meta.training["steps"] == 6
     from lora_v2t.train.checkpoint import check_checkpoint
 
@@ -351,24 +453,28 @@ def test_resume_passes_over_a_damaged_last_checkpoint_and_says_so(damaged, tmp_p
     assert (run / "damaged-step-000004").is_dir()  # kept for a look, no longer a checkpoint
     for step in ("step-000004", "step-000006"):
         cut(run / step / damaged)
-    further = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=8",
-                     "--training.save_every=2")  # at max_steps=6 the run is finished: final/ needs no checkpoint
-    with pytest.raises(V2TError, match="no checkpoint in .* can be resumed \\(step-000006 is damaged: .*; "
-                                       "step-000004 is damaged: ") as refused:
+    further = recipe(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=8", "--training.save_every=2"
+    )  # at max_steps=6 the run is finished: final/ needs no checkpoint
+    with pytest.raises(
+        V2TError, match="no checkpoint in .* can be resumed \\(step-000006 is damaged: .*; step-000004 is damaged: "
+    ) as refused:
         train(further, resume=True, show_progress=False)
     assert "\n" not in str(refused.value)
 
 
 def test_an_unreadable_corpus_or_unwritable_output_is_refused_before_loading(
-        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
     import os
 
     def not_before_the_checks(*args, **kwargs):
         raise AssertionError("read the data before checking the paths")
 
     real_access, denied = os.access, set()
-    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: str(path) not in denied and real_access(
-        path, mode, *a, **k))  # as for a user without the permission (the tests may run as root)
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, *a, **k: str(path) not in denied and real_access(path, mode, *a, **k)
+    )  # as for a user without the permission (the tests may run as root)
     monkeypatch.setattr(train_module.Trainer, "prepare_data", not_before_the_checks)
     cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
     denied.add(str(corpus))
@@ -379,20 +485,28 @@ def test_an_unreadable_corpus_or_unwritable_output_is_refused_before_loading(
     with pytest.raises(V2TError, match=r"cannot write the run folder .*tiny-debug: .* is not writable"):
         train(cfg, show_progress=False)
     (tmp_path / "file").write_text("x")
-    blocked = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
-                     f"--training.output_dir={tmp_path / 'file' / 'runs'}")
+    blocked = recipe(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, f"--training.output_dir={tmp_path / 'file' / 'runs'}"
+    )
     with pytest.raises(V2TError, match=r"cannot create the run folder .* is a file, not a folder"):
         train(blocked, show_progress=False)
     assert not (tmp_path / "runs").exists()
 
 
 def test_full_fine_tuning_baseline_trains_the_backbone(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.trainable=full",
-                 "--projector.kind=zero-pad", "--training.max_steps=4", "--training.save_every=4",
-                 "--training.lr=1e-3")
+    cfg = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.trainable=full",
+        "--projector.kind=zero-pad",
+        "--training.max_steps=4",
+        "--training.save_every=4",
+        "--training.lr=1e-3",
+    )
     final = train(cfg, show_progress=False)
-    assert {p.name for p in final.iterdir()} == {"backbone", "projector.safetensors", "v2t_config.json",
-                                                 "README.md"}
+    assert {p.name for p in final.iterdir()} == {"backbone", "projector.safetensors", "v2t_config.json", "README.md"}
     v2t = load_adapter(final, device="cpu")
     assert not v2t.is_peft
     from transformers import AutoModelForCausalLM
@@ -404,9 +518,15 @@ def test_full_fine_tuning_baseline_trains_the_backbone(tmp_path, tiny_backbone_d
 
 
 def test_cli_train_and_embed(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
-    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-            f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
-            f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=3"]
+    args = [
+        f"--backbone.name={tiny_backbone_dir}",
+        f"--encoder.spec={tiny_encoder_dir}",
+        f"--training.output_dir={tmp_path / 'runs'}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--data.train={corpus}",
+        "--data.val_size=4",
+        "--training.max_steps=3",
+    ]
     assert main(["embed", str(RECIPE), *args]) == 0
     assert "cached vectors for 20 training and 4 validation" in capsys.readouterr().out
     assert main(["train", str(RECIPE), *args, "--no-progress"]) == 0
@@ -419,11 +539,10 @@ def test_cli_train_and_embed(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corp
 
 
 def test_cuda_out_of_memory_inside_a_step_keeps_the_work_and_resume_redoes_that_step(
-        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
-    common = ["--training.max_steps=10", "--training.eval_every=100", "--training.save_every=100",
-              "--lora.dropout=0.1"]
-    straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common),
-                     show_progress=False)
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
+    common = ["--training.max_steps=10", "--training.eval_every=100", "--training.save_every=100", "--lora.dropout=0.1"]
+    straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common), show_progress=False)
     cfg = recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, *common)
     mend = fail_in_forward(monkeypatch, 6, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     with pytest.raises(TrainingStopped) as stopped:
@@ -441,7 +560,8 @@ def test_cuda_out_of_memory_inside_a_step_keeps_the_work_and_resume_redoes_that_
 
 @pytest.mark.parametrize("failing", ["metrics", "plot", "evaluation"])
 def test_a_failing_write_or_evaluation_saves_the_step_and_says_so_in_one_line(
-        failing, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch, capsys):
+    failing, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch, capsys
+):
     import lora_v2t.train.runlog as runlog
 
     def fail(*args, **kwargs):
@@ -449,13 +569,25 @@ def test_a_failing_write_or_evaluation_saves_the_step_and_says_so_in_one_line(
             raise RuntimeError("evaluation blew up")
         raise OSError(5, "Input/output error")
 
-    target = {"metrics": (runlog.RunLog, "append"), "plot": (runlog, "plot_losses"),
-              "evaluation": (train_module, "validation_loss")}[failing]
+    target = {
+        "metrics": (runlog.RunLog, "append"),
+        "plot": (runlog, "plot_losses"),
+        "evaluation": (train_module, "validation_loss"),
+    }[failing]
     monkeypatch.setattr(*target, fail)
-    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-            f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
-            f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=12", "--training.log_every=5",
-            "--training.eval_every=5", "--training.save_every=100", "--no-progress"]
+    args = [
+        f"--backbone.name={tiny_backbone_dir}",
+        f"--encoder.spec={tiny_encoder_dir}",
+        f"--training.output_dir={tmp_path / 'runs'}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--data.train={corpus}",
+        "--data.val_size=4",
+        "--training.max_steps=12",
+        "--training.log_every=5",
+        "--training.eval_every=5",
+        "--training.save_every=100",
+        "--no-progress",
+    ]
     assert main(["train", str(RECIPE), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     run = tmp_path / "runs" / "tiny-debug"
@@ -467,8 +599,9 @@ def test_a_failing_write_or_evaluation_saves_the_step_and_says_so_in_one_line(
     assert load_adapter(run / "final", device="cpu").meta.training["steps"] == 12
 
 
-def test_the_encoder_is_freed_once_the_cache_is_filled(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
-                                                       monkeypatch):
+def test_the_encoder_is_freed_once_the_cache_is_filled(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
     import gc
     import weakref
 
@@ -491,18 +624,21 @@ def test_the_encoder_is_freed_once_the_cache_is_filled(tmp_path, tiny_backbone_d
     monkeypatch.setattr(encoders, "load_encoder", tracked_load)
     monkeypatch.setattr(train_module, "load_encoder", tracked_load)  # the trainer's own reference
     monkeypatch.setattr(train_module, "validation_loss", validation_that_looks_around)
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"),
-          show_progress=False)
+    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"), show_progress=False)
     assert made and during == {"registered": 0, "alive": [False] * len(made)}
 
 
-@pytest.mark.parametrize(("device", "message"), [
-    ("cuda:1", "device 'cuda:1' requested but CUDA is not available: use --backbone.device=cpu"),
-    ("foo", "unknown device 'foo': use cpu, cuda or cuda:N"),
-    ("meta", "device 'meta' is not supported: use cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("cuda:1", "device 'cuda:1' requested but CUDA is not available: use --backbone.device=cpu"),
+        ("foo", "unknown device 'foo': use cpu, cuda or cuda:N"),
+        ("meta", "device 'meta' is not supported: use cpu, cuda or cuda:N"),
+    ],
+)
 def test_a_training_device_that_cannot_be_honoured_is_refused_before_loading(
-        device, message, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
+    device, message, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus
+):
     if torch.cuda.is_available():
         pytest.skip("checks the refusals of a machine without CUDA")
     cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, f"--backbone.device={device}")
@@ -526,11 +662,13 @@ def test_cuda_index_checks_with_fake_devices(monkeypatch):
         training_device("cuda:1")
 
 
-def test_a_bundle_records_its_precision_and_loads_that_way(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
-                                                           corpus, caplog):
+def test_a_bundle_records_its_precision_and_loads_that_way(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, caplog
+):
     pytest.importorskip("bitsandbytes")
-    final = train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"),
-                  show_progress=False)
+    final = train(
+        recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"), show_progress=False
+    )
     config = json.loads((final / "v2t_config.json").read_text())
     assert (config["backbone"]["quantization"], config["backbone"]["compute_dtype"]) == ("none", "float32")
     assert "trained on a `none` base computing in `float32`" in (final / "README.md").read_text()
@@ -543,12 +681,20 @@ def test_a_bundle_records_its_precision_and_loads_that_way(tmp_path, tiny_backbo
 
 
 def test_a_second_ctrl_c_during_the_save_does_not_cut_the_checkpoint_short(
-        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
     import os
     import signal
 
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=12",
-                 "--training.eval_every=3", "--training.save_every=100")
+    cfg = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.max_steps=12",
+        "--training.eval_every=3",
+        "--training.save_every=100",
+    )
     real_save = train_module.save_checkpoint
 
     def impatient_user(*args, **kwargs):
@@ -572,12 +718,20 @@ def test_a_second_ctrl_c_during_the_save_does_not_cut_the_checkpoint_short(
 
 @pytest.mark.parametrize("during", ["update", "checkpoint"])
 def test_ctrl_c_while_weights_update_or_a_checkpoint_is_written_waits_for_it_then_saves(
-        during, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch):
+    during, tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
     import os
     import signal
 
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=12",
-                 "--training.eval_every=100", "--training.save_every=4")
+    cfg = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.max_steps=12",
+        "--training.eval_every=100",
+        "--training.save_every=4",
+    )
     calls = {"n": 0}
     if during == "update":
         real_step = torch.optim.AdamW.step
@@ -625,30 +779,49 @@ def test_each_process_trains_on_its_own_batch_of_each_turn():
         assert not set(mine) & set(theirs) and together0 == together1 == len(mine) + len(theirs) == 16
 
 
-def test_a_set_aside_damaged_checkpoint_never_makes_pruning_delete_good_ones(tmp_path, tiny_backbone_dir,
-                                                                            tiny_encoder_dir, corpus):
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6",
-                 "--training.save_every=3"), show_progress=False)
+def test_a_set_aside_damaged_checkpoint_never_makes_pruning_delete_good_ones(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus
+):
+    train(
+        recipe(
+            tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6", "--training.save_every=3"
+        ),
+        show_progress=False,
+    )
     run = tmp_path / "runs" / "tiny-debug"
     (run / "final").rename(tmp_path / "first-final")  # as if the run had stopped after step 6
     optimizer = run / "step-000006" / "optimizer.safetensors"
     optimizer.write_bytes(optimizer.read_bytes()[:100])
-    more = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=5",
-                  "--training.save_every=2", "--training.keep_checkpoints=1")
+    more = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.max_steps=5",
+        "--training.save_every=2",
+        "--training.keep_checkpoints=1",
+    )
     train(more, resume=True, show_progress=False)  # from step 3: saves 4, then 5
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000005"]  # not pruned by step 6
     assert (run / "damaged-step-000006").is_dir()
 
 
-def test_a_time_boxed_run_shows_minutes_left_not_a_step_count(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
-                                                              corpus, capsys):
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=3",
-                 "--training.max_minutes=5"), show_progress=True)
+def test_a_time_boxed_run_shows_minutes_left_not_a_step_count(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys
+):
+    train(
+        recipe(
+            tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=3", "--training.max_minutes=5"
+        ),
+        show_progress=True,
+    )
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
     last = [line for line in bar if line.startswith("training:")][-1]
     assert " left" in last and "step 3, loss " in last and "/3 " not in last  # 5 minutes of time, not 3 steps
-    train(recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=3"),
-          show_progress=True)
+    train(
+        recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=3"),
+        show_progress=True,
+    )
     steps = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if "training:" in line]
     assert "3/3" in steps[-1]  # without a time box, the bar counts steps
 
@@ -660,19 +833,32 @@ def test_auto_mixed_precision_on_the_cpu_follows_its_bf16_units(monkeypatch, uni
     assert setup.mixed_precision("no", cuda=False) == "no"
 
 
-def test_a_bf16_run_on_the_cpu_records_that_its_adapter_learned_in_bf16(tmp_path, tiny_backbone_dir,
-                                                                       tiny_encoder_dir, corpus):
+def test_a_bf16_run_on_the_cpu_records_that_its_adapter_learned_in_bf16(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus
+):
     import subprocess
     import sys
 
     # accelerate fixes the mixed precision once per process (the other tests train in fp32): a process of its own
-    overrides = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-                 f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
-                 f"--data.train={corpus}", f"--data.val={corpus}", "--data.val_size=4",
-                 "--training.mixed_precision=bf16", "--training.max_steps=4", "--training.eval_every=4",
-                 "--training.save_every=4"]
-    done = subprocess.run([sys.executable, "-m", "lora_v2t.cli", "train", str(RECIPE), "--no-progress", *overrides],
-                          capture_output=True, text=True, timeout=600)
+    overrides = [
+        f"--backbone.name={tiny_backbone_dir}",
+        f"--encoder.spec={tiny_encoder_dir}",
+        f"--training.output_dir={tmp_path / 'runs'}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--data.train={corpus}",
+        f"--data.val={corpus}",
+        "--data.val_size=4",
+        "--training.mixed_precision=bf16",
+        "--training.max_steps=4",
+        "--training.eval_every=4",
+        "--training.save_every=4",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "lora_v2t.cli", "train", str(RECIPE), "--no-progress", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     final = tmp_path / "runs" / "tiny-debug" / "final"
     config = json.loads((final / "v2t_config.json").read_text())
@@ -687,13 +873,17 @@ def test_yaml_booleans_for_text_settings_become_their_words(tmp_path):
         load_config(RECIPE, ["--training.mixed_precision=yes"])
 
 
-@pytest.mark.parametrize("setting, step_gib, free, expected", [
-    (True, 0.1, None, True), (False, 50.0, 8.0, False),  # as the recipe says
-    ("auto", 50.0, None, False),  # on a CPU it only costs time
-    ("auto", 4.05, 6.6, True),  # the default recipe's 8-bit step on an 8 GB card
-    ("auto", 4.05, 8.6, False),  # on a 10 GB one (it needs about 5.9 GiB)
-    ("auto", 4.05, 78.0, False),  # on an 80 GB one
-])
+@pytest.mark.parametrize(
+    "setting, step_gib, free, expected",
+    [
+        (True, 0.1, None, True),
+        (False, 50.0, 8.0, False),  # as the recipe says
+        ("auto", 50.0, None, False),  # on a CPU it only costs time
+        ("auto", 4.05, 6.6, True),  # the default recipe's 8-bit step on an 8 GB card
+        ("auto", 4.05, 8.6, False),  # on a 10 GB one (it needs about 5.9 GiB)
+        ("auto", 4.05, 78.0, False),  # on an 80 GB one
+    ],
+)
 def test_gradient_checkpointing_auto_follows_the_memory_estimate(setting, step_gib, free, expected):
     assert needs_checkpointing(setting, step_gib, free) is expected
 
@@ -705,8 +895,9 @@ def test_gradient_checkpointing_takes_true_false_or_auto():
         load_config(None, ["--training.gradient_checkpointing=often"])
 
 
-def test_checkpointing_auto_turns_on_where_the_step_would_not_fit(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
-                                                                   corpus, monkeypatch):
+def test_checkpointing_auto_turns_on_where_the_step_would_not_fit(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
     monkeypatch.setattr(train_module, "free_gib", lambda device: 1e-6)  # as if a GPU had almost nothing free
     enabled = []
     real = train_module.Trainer.plan_memory
@@ -714,17 +905,25 @@ def test_checkpointing_auto_turns_on_where_the_step_would_not_fit(tmp_path, tiny
     def watch(trainer):
         real(trainer)
         enabled.append(any(getattr(m, "gradient_checkpointing", False) for m in trainer.v2t.base_model.modules()))
+
     monkeypatch.setattr(train_module.Trainer, "plan_memory", watch)
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2",
-                 "--training.eval_every=2", "--training.save_every=2")
+    cfg = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.max_steps=2",
+        "--training.eval_every=2",
+        "--training.save_every=2",
+    )
     final = train(cfg, show_progress=False)
     assert enabled == [True]
     assert load_adapter(final, device="cpu").meta.training["memory"]["gradient_checkpointing"] is True
 
 
-def test_memory_estimate_sizes_rows_by_the_longest_tokenised_sentence_not_the_cap(tmp_path, tiny_backbone_dir,
-                                                                                   tiny_encoder_dir, corpus,
-                                                                                   monkeypatch):
+def test_memory_estimate_sizes_rows_by_the_longest_tokenised_sentence_not_the_cap(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
     planned = []
     real = train_module.Trainer.plan_memory
 
@@ -734,11 +933,20 @@ def test_memory_estimate_sizes_rows_by_the_longest_tokenised_sentence_not_the_ca
         capped = train_module.describe_cost(trainer.v2t, trainer.cfg, checkpointing=False, loss_vocab=vocab)
         planned.append((trainer.cost, capped, int(trainer.tokens.lengths.max())))
         assert trainer.longest_row() >= int(trainer.tokens.lengths.max())
+
     monkeypatch.setattr(train_module.Trainer, "plan_memory", watch)
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=1",
-                 "--training.eval_every=1", "--training.save_every=1", "--data.max_tokens=100")
+    cfg = recipe(
+        tmp_path,
+        tiny_backbone_dir,
+        tiny_encoder_dir,
+        corpus,
+        "--training.max_steps=1",
+        "--training.eval_every=1",
+        "--training.save_every=1",
+        "--data.max_tokens=100",
+    )
     train(cfg, show_progress=False)
-    (cost, capped, longest), = planned
+    ((cost, capped, longest),) = planned
     assert longest < 100  # the corpus's sentences are short: no batch comes near the cap
     assert cost["tokens_per_row"] == longest + cfg.projector.prefix_length
     assert capped["tokens_per_row"] == 100 + cfg.projector.prefix_length
@@ -755,8 +963,14 @@ def test_the_longest_row_counts_a_correctors_hypothesis_and_the_validation_rows(
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
     texts, hypotheses = ["Где лодка?", "Мы идём домой."], ["Где дом моей лодки?", "Домой."]
     tokens, contexts = (tokenize_corpus(tokenizer, rows, 40) for rows in (texts, hypotheses))
-    trainer = SimpleNamespace(v2t=SimpleNamespace(tokenizer=tokenizer), tokens=tokens, context_tokens=None,
-                              cfg=load_config(RECIPE, ["--data.max_tokens=40"]), val_texts=[], val_contexts=None)
+    trainer = SimpleNamespace(
+        v2t=SimpleNamespace(tokenizer=tokenizer),
+        tokens=tokens,
+        context_tokens=None,
+        cfg=load_config(RECIPE, ["--data.max_tokens=40"]),
+        val_texts=[],
+        val_contexts=None,
+    )
     assert train_module.Trainer.longest_row(trainer) == tokens.lengths.max()
     trainer.context_tokens = contexts
     assert train_module.Trainer.longest_row(trainer) == (tokens.lengths + contexts.lengths).max()
@@ -769,57 +983,83 @@ def files_under(folder: Path) -> dict:
 
 
 def test_resume_of_a_folder_that_is_no_run_folder_is_refused_and_touches_nothing(
-        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys
+):
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     mine = tmp_path / "photos"
     for name in (f".album.tmp-{dead}", f".album.old-{dead}", "trip"):
         (mine / name).mkdir(parents=True)
         (mine / name / "a.jpg").write_bytes(b"jpeg")
     (mine / ".lock").write_text("my lock notes\n")
     before = files_under(mine)
-    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-            f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={corpus}", "--data.val_size=4"]
+    args = [
+        f"--backbone.name={tiny_backbone_dir}",
+        f"--encoder.spec={tiny_encoder_dir}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--data.train={corpus}",
+        "--data.val_size=4",
+    ]
     assert main(["train", str(RECIPE), *args, "--resume", str(mine)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {mine} is not the folder of a training run")
     assert files_under(mine) == before
 
 
-def test_a_new_run_refuses_a_folder_holding_files_a_run_does_not_write(tmp_path, tiny_backbone_dir,
-                                                                       tiny_encoder_dir, corpus):
+def test_a_new_run_refuses_a_folder_holding_files_a_run_does_not_write(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus
+):
     run = tmp_path / "runs" / "tiny-debug"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"my": "own metrics"}\n')
     (run / "notes.txt").write_text("mine")
     before = files_under(run)
     with pytest.raises(V2TError, match=r"tiny-debug holds files a training run does not write \(notes.txt\)"):
-        train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"),
-              show_progress=False)
+        train(
+            recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"), show_progress=False
+        )
     assert files_under(run) == before
 
 
-def test_pruning_a_checkpoint_removes_only_the_files_a_checkpoint_holds(tmp_path, tiny_backbone_dir,
-                                                                       tiny_encoder_dir, corpus):
+def test_pruning_a_checkpoint_removes_only_the_files_a_checkpoint_holds(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus
+):
     common = ["--training.save_every=2", "--training.keep_checkpoints=1"]
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2", *common),
-          show_progress=False)
+    train(
+        recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2", *common),
+        show_progress=False,
+    )
     run = tmp_path / "runs" / "tiny-debug"
     (run / "step-000002" / "notes.txt").write_text("why this step matters")
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", *common),
-          resume=True, show_progress=False)
+    train(
+        recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", *common),
+        resume=True,
+        show_progress=False,
+    )
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000004"]
     assert files_under(run / "step-000002") == {"notes.txt": b"why this step matters"}
 
 
 def killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus) -> Path:
     """A run folder as a kill leaves it after step 4 was logged and evaluated, but before its checkpoint."""
-    train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
-                 "--training.save_every=2", "--training.eval_every=2", "--training.log_every=1",
-                 "--training.keep_checkpoints=5"), show_progress=False)
+    train(
+        recipe(
+            tmp_path,
+            tiny_backbone_dir,
+            tiny_encoder_dir,
+            corpus,
+            "--training.max_steps=4",
+            "--training.save_every=2",
+            "--training.eval_every=2",
+            "--training.log_every=1",
+            "--training.keep_checkpoints=5",
+        ),
+        show_progress=False,
+    )
     run = tmp_path / "runs" / "tiny-debug"
     import shutil
 
@@ -829,13 +1069,26 @@ def killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus) -
 
 
 def resume_to_step_6(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus) -> Path:
-    return train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=6",
-                        "--training.save_every=2", "--training.eval_every=2", "--training.log_every=1",
-                        "--training.keep_checkpoints=5"), resume=True, show_progress=False)
+    return train(
+        recipe(
+            tmp_path,
+            tiny_backbone_dir,
+            tiny_encoder_dir,
+            corpus,
+            "--training.max_steps=6",
+            "--training.save_every=2",
+            "--training.eval_every=2",
+            "--training.log_every=1",
+            "--training.keep_checkpoints=5",
+        ),
+        resume=True,
+        show_progress=False,
+    )
 
 
-def test_resume_drops_the_log_rows_a_killed_session_wrote_past_its_checkpoint(tmp_path, tiny_backbone_dir,
-                                                                            tiny_encoder_dir, corpus):
+def test_resume_drops_the_log_rows_a_killed_session_wrote_past_its_checkpoint(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus
+):
     run = killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
     resume_to_step_6(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -843,8 +1096,7 @@ def test_resume_drops_the_log_rows_a_killed_session_wrote_past_its_checkpoint(tm
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4, 6]
 
 
-def test_resume_survives_a_metrics_file_whose_last_line_was_cut(tmp_path, tiny_backbone_dir, tiny_encoder_dir,
-                                                               corpus):
+def test_resume_survives_a_metrics_file_whose_last_line_was_cut(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus):
     run = killed_after_step_4(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus)
     with open(run / "metrics.jsonl", "a", encoding="utf-8") as handle:
         handle.write('{"kind": "train", "step": 5, "lo')  # the disk filled mid-line
@@ -854,16 +1106,19 @@ def test_resume_survives_a_metrics_file_whose_last_line_was_cut(tmp_path, tiny_b
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [2, 4, 6]
 
 
-def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus,
-                                                              monkeypatch, caplog):
-    cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4",
-                 "--training.save_every=2")
+def test_resume_of_a_finished_run_says_so_and_touches_nothing(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch, caplog
+):
+    cfg = recipe(
+        tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=4", "--training.save_every=2"
+    )
     final = train(cfg, show_progress=False)
     run = final.parent
 
     def stamps():
-        return {str(p.relative_to(run)): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
-                for p in run.rglob("*")}
+        return {
+            str(p.relative_to(run)): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in run.rglob("*")
+        }
 
     before = stamps()
 
@@ -878,10 +1133,20 @@ def test_resume_of_a_finished_run_says_so_and_touches_nothing(tmp_path, tiny_bac
 
 
 def test_the_cli_says_a_finished_run_saved_nothing(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
-    args = ["train", str(RECIPE), f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-            f"--training.output_dir={tmp_path / 'runs'}", f"--data.cache_dir={tmp_path / 'cache'}",
-            f"--data.train={corpus}", "--data.val_size=4", "--training.max_steps=2", "--training.save_every=2",
-            "--training.eval_every=2", "--no-progress"]
+    args = [
+        "train",
+        str(RECIPE),
+        f"--backbone.name={tiny_backbone_dir}",
+        f"--encoder.spec={tiny_encoder_dir}",
+        f"--training.output_dir={tmp_path / 'runs'}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--data.train={corpus}",
+        "--data.val_size=4",
+        "--training.max_steps=2",
+        "--training.save_every=2",
+        "--training.eval_every=2",
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert "adapter saved to" in capsys.readouterr().out
     assert main([*args, "--resume"]) == 0
@@ -890,29 +1155,47 @@ def test_the_cli_says_a_finished_run_saved_nothing(tmp_path, tiny_backbone_dir, 
 
 
 @pytest.mark.parametrize("content", [None, b"\x89PNG\r\n\x1a\n\x00\x01\x02"])
-def test_embed_reads_the_corpus_before_loading_the_encoder(tmp_path, tiny_backbone_dir, content, capsys,
-                                                           monkeypatch):
+def test_embed_reads_the_corpus_before_loading_the_encoder(tmp_path, tiny_backbone_dir, content, capsys, monkeypatch):
     corpus = tmp_path / "corpus.txt"
     if content is not None:
         corpus.write_bytes(content)
-    monkeypatch.setattr("lora_v2t.train.pairs.load_encoder",
-                        lambda *a, **k: pytest.fail("the encoder was loaded before the corpus was read"))
-    assert main(["embed", str(RECIPE), f"--backbone.name={tiny_backbone_dir}", f"--data.train={corpus}",
-                 f"--data.cache_dir={tmp_path / 'cache'}"]) == 2
+    monkeypatch.setattr(
+        "lora_v2t.train.pairs.load_encoder",
+        lambda *a, **k: pytest.fail("the encoder was loaded before the corpus was read"),
+    )
+    assert (
+        main(
+            [
+                "embed",
+                str(RECIPE),
+                f"--backbone.name={tiny_backbone_dir}",
+                f"--data.train={corpus}",
+                f"--data.cache_dir={tmp_path / 'cache'}",
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.startswith(f"error: corpus {corpus} ")
 
 
 def test_a_refused_run_leaves_no_folder_behind(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, capsys):
-    args = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}",
-            f"--data.cache_dir={tmp_path / 'cache'}", f"--data.train={corpus}", "--data.val_size=4"]
+    args = [
+        f"--backbone.name={tiny_backbone_dir}",
+        f"--encoder.spec={tiny_encoder_dir}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        f"--data.train={corpus}",
+        "--data.val_size=4",
+    ]
     assert main(["train", str(RECIPE), *args, "--resume", str(tmp_path / "a" / "b" / "c")]) == 2  # mistyped
     assert not (tmp_path / "a").exists()
     assert capsys.readouterr().err.strip().startswith(f"error: nothing to resume: {tmp_path / 'a' / 'b' / 'c'} ")
     assert main(["train", str(RECIPE), *args, f"--training.output_dir={tmp_path / 'x' / 'runs'}", "--resume"]) == 2
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    assert main(["train", str(RECIPE), *args, f"--training.output_dir={tmp_path / 'y' / 'runs'}",
-                 f"--data.train={empty}"]) == 2
+    assert (
+        main(["train", str(RECIPE), *args, f"--training.output_dir={tmp_path / 'y' / 'runs'}", f"--data.train={empty}"])
+        == 2
+    )
     assert "is empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "empty.txt"]
 
@@ -926,6 +1209,9 @@ def test_lora_v2t_home_naming_a_file_is_named_as_the_cause(tmp_path, monkeypatch
     (tmp_path / "home").write_text("not a folder")
     monkeypatch.setenv("LORA_V2T_HOME", str(tmp_path / "home"))
     cfg = load_config("recipes/tiny_debug.yaml", [f"--data.train={corpus}", "--backbone.name=openai-community/gpt2"])
-    with pytest.raises(V2TError, match=r"is a file, not a folder; it comes from LORA_V2T_HOME=.*home: point "
-                                       r"LORA_V2T_HOME at a folder, or set training\.output_dir"):
+    with pytest.raises(
+        V2TError,
+        match=r"is a file, not a folder; it comes from LORA_V2T_HOME=.*home: point "
+        r"LORA_V2T_HOME at a folder, or set training\.output_dir",
+    ):
         check_paths(cfg, run_dir_of(cfg))

@@ -63,8 +63,12 @@ def save_adapter(v2t: Vector2Text, path: str | Path, training: dict | None = Non
     path = Path(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "v2t_config.json").exists())):
         raise V2TError(f"{path} exists and is not an adapter bundle: choose a new or empty folder")
-    refuse_foreign(path, BUNDLE_FILES + FULL_MODEL_FILES + (OUTPUT_VOCAB_FILE,), "an adapter bundle",
-                   "move them away, or save the adapter to another folder")
+    refuse_foreign(
+        path,
+        BUNDLE_FILES + FULL_MODEL_FILES + (OUTPUT_VOCAB_FILE,),
+        "an adapter bundle",
+        "move them away, or save the adapter to another folder",
+    )
     name = v2t.active_adapter
     if training:
         v2t.adapter_meta[name].training.update(training)
@@ -81,8 +85,11 @@ def save_adapter(v2t: Vector2Text, path: str | Path, training: dict | None = Non
         state = {k: v.detach().to("cpu").contiguous() for k, v in v2t.projector.state_dict().items()}
         save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
         if v2t.output_vocab is not None:
-            save_file({"token_ids": v2t.output_vocab.to("cpu").contiguous()}, str(tmp / OUTPUT_VOCAB_FILE),
-                      metadata={"format": "pt"})
+            save_file(
+                {"token_ids": v2t.output_vocab.to("cpu").contiguous()},
+                str(tmp / OUTPUT_VOCAB_FILE),
+                metadata={"format": "pt"},
+            )
         config = bundle_config(v2t)
         (tmp / "v2t_config.json").write_text(config.to_json(), encoding="utf-8")
         if v2t.is_peft:  # name the base by its hub id, never by a local path (peft writes where it was loaded from)
@@ -122,9 +129,15 @@ def bundle_config(v2t: Vector2Text) -> BundleConfig:
     meta, info = v2t.meta, v2t.backbone_info
     # the precision the adapter was trained in, kept from its bundle; the loaded base's when it never said
     precision = meta.precision or {k: info[k] for k in PRECISION_KEYS}
-    backbone = BackboneInfo(name=info["name"], model_type=info["model_type"], hidden_size=info["hidden_size"],
-                            vocab_size=info["vocab_size"], hub_id=backbone_hub_id(info["name"]), **precision,
-                            absent=frozenset(PRECISION_KEYS) - set(precision))
+    backbone = BackboneInfo(
+        name=info["name"],
+        model_type=info["model_type"],
+        hidden_size=info["hidden_size"],
+        vocab_size=info["vocab_size"],
+        hub_id=backbone_hub_id(info["name"]),
+        **precision,
+        absent=frozenset(PRECISION_KEYS) - set(precision),
+    )
     return BundleConfig(
         format_version=CORRECTOR_FORMAT_VERSION if meta.role == "corrector" else FORMAT_VERSION,
         lora_v2t_version=__version__,
@@ -160,8 +173,10 @@ def validate_bundle(path: str | Path) -> BundleConfig:
             return copy.deepcopy(_validated(path, path.resolve(), stamp))
         return _validate_bundle(path)
     except PermissionError as exc:
-        raise V2TError(f"cannot read adapter bundle {path}: permission denied on {exc.filename or path}; make it "
-                       f"readable (e.g. chmod -R u+rX {path})") from exc
+        raise V2TError(
+            f"cannot read adapter bundle {path}: permission denied on {exc.filename or path}; make it "
+            f"readable (e.g. chmod -R u+rX {path})"
+        ) from exc
 
 
 SETTLED_NS = 5 * 10**9  # files older than this are remembered once validated
@@ -192,15 +207,22 @@ def _validate_bundle(path: Path) -> BundleConfig:
         raise V2TError(f"adapter folder {path} does not exist (or is not a folder)")
     if not (path / "v2t_config.json").is_file():
         if (path / "final").is_dir() or any(path.glob("step-*")):
-            raise V2TError(f"{path} is a training run's folder, not an adapter: give {path / 'final'} (or one of "
-                           "its step-NNNNNN checkpoints)")
-        raise V2TError(f"adapter bundle {path} is missing v2t_config.json: it is incomplete or not a lora_v2t "
-                       "adapter; save or copy it again")
+            raise V2TError(
+                f"{path} is a training run's folder, not an adapter: give {path / 'final'} (or one of "
+                "its step-NNNNNN checkpoints)"
+            )
+        raise V2TError(
+            f"adapter bundle {path} is missing v2t_config.json: it is incomplete or not a lora_v2t "
+            "adapter; save or copy it again"
+        )
     _refuse_pickle(path)
     config = read_json(path / "v2t_config.json")
     full = config.get("trainable") == "full"
-    required_files: tuple[str, ...] = ("projector.safetensors",) if full else (
-        "adapter_config.json", "adapter_model.safetensors", "projector.safetensors")
+    required_files: tuple[str, ...] = (
+        ("projector.safetensors",)
+        if full
+        else ("adapter_config.json", "adapter_model.safetensors", "projector.safetensors")
+    )
     if full and not (path / "backbone" / "config.json").is_file():
         raise V2TError(f"{path} is a fully fine-tuned model but lacks backbone/config.json: copy it again")
     for required in required_files:
@@ -209,8 +231,10 @@ def _validate_bundle(path: Path) -> BundleConfig:
     check_output_vocab_size(config.get("output_vocab_size"), path / "v2t_config.json")
     if config.get("output_vocab_size") is not None:
         if not (path / OUTPUT_VOCAB_FILE).is_file():
-            raise V2TError(f"adapter bundle {path} is missing {OUTPUT_VOCAB_FILE} (its v2t_config.json names an "
-                           "output vocabulary): it is incomplete; save or copy it again")
+            raise V2TError(
+                f"adapter bundle {path} is missing {OUTPUT_VOCAB_FILE} (its v2t_config.json names an "
+                "output vocabulary): it is incomplete; save or copy it again"
+            )
         required_files += (OUTPUT_VOCAB_FILE,)
     for name in required_files:
         if name.endswith(".safetensors"):
@@ -225,12 +249,15 @@ def _validate_bundle(path: Path) -> BundleConfig:
 def _refuse_pickle(path: Path) -> None:
     """Refuse a bundle holding any pickle-format file (``*.bin``, ``*.pt``...), in backbone/ too: lora_v2t
     loads safetensors only, and loading a pickle runs whatever code it holds."""
-    pickled = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                     if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
+    pickled = sorted(
+        p.relative_to(path).as_posix() for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()
+    )
     if pickled:
-        raise V2TError(f"{path} holds pickle file(s) {pickled[:5]}: lora_v2t loads only safetensors; re-save the "
-                       "weights with safetensors (save_pretrained(..., safe_serialization=True), "
-                       "safetensors.torch.save_file) and remove the pickles")
+        raise V2TError(
+            f"{path} holds pickle file(s) {pickled[:5]}: lora_v2t loads only safetensors; re-save the "
+            "weights with safetensors (save_pretrained(..., safe_serialization=True), "
+            "safetensors.torch.save_file) and remove the pickles"
+        )
 
 
 def _check_safetensors(file: Path) -> None:
@@ -244,16 +271,21 @@ def _check_safetensors(file: Path) -> None:
     with open(file, "rb") as handle:
         head = handle.read(8)
         length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        header = _parse_safetensors_header(handle.read(length)) if 2 <= length <= min(
-            size - 8, SAFETENSORS_MAX_HEADER) else None
+        header = (
+            _parse_safetensors_header(handle.read(length))
+            if 2 <= length <= min(size - 8, SAFETENSORS_MAX_HEADER)
+            else None
+        )
         start = handle.read(1) if header is None and length > size - 8 else b""
     if header is None:
         raise V2TError(f"{file} {_not_safetensors(head, size, length, start)}")
     data_size = size - 8 - length
     end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
     if end > data_size:
-        raise V2TError(f"{file} is truncated: its header places tensor data up to byte {end} but only "
-                       f"{data_size} bytes of data follow it; {REWRITE}")
+        raise V2TError(
+            f"{file} is truncated: its header places tensor data up to byte {end} but only "
+            f"{data_size} bytes of data follow it; {REWRITE}"
+        )
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -276,9 +308,11 @@ def _check_finite(file: Path) -> None:
             tensor = handle.get_tensor(key)
             bad = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
             if bad:
-                raise V2TError(f"{file}: tensor {key!r} holds {bad} NaN or inf value(s) (of {tensor.numel()}): the "
-                               "weights are broken (training diverged, or the file was damaged); use an earlier "
-                               "checkpoint or train again")
+                raise V2TError(
+                    f"{file}: tensor {key!r} holds {bad} NaN or inf value(s) (of {tensor.numel()}): the "
+                    "weights are broken (training diverged, or the file was damaged); use an earlier "
+                    "checkpoint or train again"
+                )
 
 
 def _check_lora_shapes(file: Path, peft_config: dict) -> None:
@@ -291,15 +325,22 @@ def _check_lora_shapes(file: Path, peft_config: dict) -> None:
     check_rank = isinstance(rank, int) and not peft_config.get("rank_pattern")  # per-layer ranks: base load checks
     with safe_open(str(file), framework="pt") as handle:
         for key in handle.keys():
-            part = "A" if ".lora_A." in key or ".lora_embedding_A" in key else \
-                "B" if ".lora_B." in key or ".lora_embedding_B" in key else None
+            part = (
+                "A"
+                if ".lora_A." in key or ".lora_embedding_A" in key
+                else "B"
+                if ".lora_B." in key or ".lora_embedding_B" in key
+                else None
+            )
             if part is None:
                 continue
             shape = list(handle.get_slice(key).get_shape())
             if len(shape) != 2 or (check_rank and shape[0 if part == "A" else 1] != rank):
                 expected = "(r, in_features)" if part == "A" else "(out_features, r)"
-                raise V2TError(f"{file}: tensor {key!r} has shape {shape}, but a LoRA {part} matrix is {expected} "
-                               f"with r={rank} (adapter_config.json): the bundle is corrupt; {REWRITE}")
+                raise V2TError(
+                    f"{file}: tensor {key!r} has shape {shape}, but a LoRA {part} matrix is {expected} "
+                    f"with r={rank} (adapter_config.json): the bundle is corrupt; {REWRITE}"
+                )
 
 
 @contextmanager
@@ -308,14 +349,19 @@ def lora_load_errors(path: Path, name: str):
     try:
         yield
     except RuntimeError as exc:
-        match = re.search(r"size mismatch for (\S+?): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
-                          r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", str(exc))
+        match = re.search(
+            r"size mismatch for (\S+?): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+            r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)",
+            str(exc),
+        )
         if match is None:
             raise
         key, found, needed = match.groups()
-        raise V2TError(f"{path / 'adapter_model.safetensors'}: tensor {key.replace(f'.{name}.', '.')!r} has shape "
-                       f"{found} but the base's layer takes {needed}: the bundle is corrupt or was made for another "
-                       f"base; {REWRITE}") from exc
+        raise V2TError(
+            f"{path / 'adapter_model.safetensors'}: tensor {key.replace(f'.{name}.', '.')!r} has shape "
+            f"{found} but the base's layer takes {needed}: the bundle is corrupt or was made for another "
+            f"base; {REWRITE}"
+        ) from exc
 
 
 def _parse_safetensors_header(raw: bytes) -> dict | None:
@@ -329,9 +375,12 @@ def _parse_safetensors_header(raw: bytes) -> dict | None:
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     for entry in entries.values():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
-                and offsets[0] <= offsets[1]):
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+            and offsets[0] <= offsets[1]
+        ):
             return None
     return entries
 
@@ -343,14 +392,15 @@ def _not_safetensors(head: bytes, size: int, length: int, after_length: bytes) -
     if head[:4] == b"PK\x03\x04":
         return f"is a zip archive (torch.save's default format, pickle inside), not safetensors: {NO_PICKLE}"
     if length > size - 8 and after_length == b"{":  # before the pickle test: a header length may start 0x80 0x02
-        return (f"is truncated: its header alone should take {length} bytes but only {size - 8} follow its "
-                f"length; {REWRITE}")
+        return (
+            f"is truncated: its header alone should take {length} bytes but only {size - 8} follow its "
+            f"length; {REWRITE}"
+        )
     if head[:1] == b"\x80" and len(head) > 1 and head[1] in PICKLE_PROTOCOLS:
         return f"is a pickle file (protocol {head[1]}, e.g. torch.save's legacy format), not safetensors: {NO_PICKLE}"
     if size < 8:
         return f"is truncated: {size} bytes, less than a safetensors header length; {REWRITE}"
-    return (f"is corrupt: not a safetensors file (no valid header; it starts with bytes {head.hex(' ')}); "
-            f"{REWRITE}")
+    return f"is corrupt: not a safetensors file (no valid header; it starts with bytes {head.hex(' ')}); {REWRITE}"
 
 
 def check_compatible(config: BundleConfig, backbone_info: dict, path: Path) -> None:
@@ -368,8 +418,10 @@ def check_encoder(config: BundleConfig, encoder, path: Path) -> None:
     """Raise if a user-given encoder makes vectors of another dimension than the bundle's."""
     dim = config.encoder.dim
     if encoder.dim != dim:
-        raise V2TError(f"adapter {path} expects {dim}-d vectors from {config.encoder.spec!r}, but "
-                       f"encoder {encoder.spec!r} makes {encoder.dim}-d vectors: use the adapter's encoder")
+        raise V2TError(
+            f"adapter {path} expects {dim}-d vectors from {config.encoder.spec!r}, but "
+            f"encoder {encoder.spec!r} makes {encoder.dim}-d vectors: use the adapter's encoder"
+        )
 
 
 # ---------------------------------------------------------------------- loading onto a loaded base
@@ -381,13 +433,20 @@ def load_into(v2t: Vector2Text, path: str | Path, name: str, revision: str | Non
     path = resolve_adapter(path, revision)
     config = validate_bundle(path)
     if config.full or not v2t.is_peft:
-        raise V2TError(f"{path} or the loaded model is a fully fine-tuned model, not an adapter: "
-                       "load it on its own with load_adapter(path)")
+        raise V2TError(
+            f"{path} or the loaded model is a fully fine-tuned model, not an adapter: "
+            "load it on its own with load_adapter(path)"
+        )
     check_compatible(config, v2t.backbone_info, path)
     trained = config.backbone.quantization
     if trained is not None and trained != v2t.backbone_info["quantization"]:
-        logger.warning("adapter %s was trained with quantization %s; the loaded base uses %s: its outputs may "
-                       "differ from those it was measured with", path, trained, v2t.backbone_info["quantization"])
+        logger.warning(
+            "adapter %s was trained with quantization %s; the loaded base uses %s: its outputs may "
+            "differ from those it was measured with",
+            path,
+            trained,
+            v2t.backbone_info["quantization"],
+        )
     try:
         with lora_load_errors(path, name):
             v2t.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
@@ -407,19 +466,22 @@ def attach(v2t: Vector2Text, path: Path, name: str, config: BundleConfig) -> Non
     model)."""
     from safetensors.torch import load_file
 
-    projector = v2t.add_projector(name, config.projector.config(),
-                                  projector_input_dim(config.encoder.dim, config.role))
+    projector = v2t.add_projector(name, config.projector.config(), projector_input_dim(config.encoder.dim, config.role))
     state = load_file(str(path / "projector.safetensors"))
     try:
         projector.load_state_dict({k: v.to(projector.target_rms.device) for k, v in state.items()})
     except RuntimeError as exc:
-        raise V2TError(f"{path / 'projector.safetensors'} does not match its v2t_config.json "
-                       f"({first_line(exc, 120)}): the bundle is corrupt") from exc
+        raise V2TError(
+            f"{path / 'projector.safetensors'} does not match its v2t_config.json "
+            f"({first_line(exc, 120)}): the bundle is corrupt"
+        ) from exc
     if config.output_vocab_size is not None:
         ids = load_file(str(path / OUTPUT_VOCAB_FILE)).get("token_ids")
         if ids is None or ids.numel() != config.output_vocab_size:
-            raise V2TError(f"{path / OUTPUT_VOCAB_FILE} does not hold the {config.output_vocab_size} token ids "
-                           "its v2t_config.json announces: the bundle is corrupt")
+            raise V2TError(
+                f"{path / OUTPUT_VOCAB_FILE} does not hold the {config.output_vocab_size} token ids "
+                "its v2t_config.json announces: the bundle is corrupt"
+            )
         try:
             v2t.set_output_vocab(ids, name=name)
         except V2TError as exc:

@@ -10,8 +10,10 @@ from ..bundle.hub import backbone_hub_id
 
 LIBRARY_NAME = "lora_v2t"
 TAGS = ["lora_v2t", "embedding-inversion", "peft", "lora"]  # the last two only for LoRA adapters
-_METRIC_KEY = re.compile(r"(?P<data>\S+) (?P<decoding>greedy|(?:reranked\+)?corrected-\d+|reranked) "
-                         r"(?P<metric>\w+) \(n=\d+\)")
+_METRIC_KEY = re.compile(
+    r"(?P<data>\S+) (?P<decoding>greedy|(?:reranked\+)?corrected-\d+|reranked) "
+    r"(?P<metric>\w+) \(n=\d+\)"
+)
 
 
 def model_card(config: BundleConfig, source: str = "path/to/this/folder", revision: str | None = None) -> str:
@@ -29,14 +31,18 @@ def model_card(config: BundleConfig, source: str = "path/to/this/folder", revisi
         "",
         f"- projector: `{proj.kind}`, {proj.prefix_length} prefix slot(s)",
         "- role: corrector: rewrites a hypothesis closer to its target vector (pass it as `corrector=` with its "
-        "hypothesizer; see `lora_v2t.model.correct`)" if config.role == "corrector" else
-        f"- role: hypothesizer; corrector: `{config.corrector}` (`generate(..., correct_steps=N)` uses it)"
-        if config.corrector else "- role: hypothesizer",
+        "hypothesizer; see `lora_v2t.model.correct`)"
+        if config.role == "corrector"
+        else f"- role: hypothesizer; corrector: `{config.corrector}` (`generate(..., correct_steps=N)` uses it)"
+        if config.corrector
+        else "- role: hypothesizer",
         f"- LoRA: r={lora.r}, alpha={lora.alpha}, on {', '.join(lora.target_modules or ['(not recorded)'])}"
-        f"{' of blocks ' + ', '.join(map(str, lora.layers)) if lora.layers else ''}" if lora else
-        "- no LoRA: the whole backbone was fine-tuned and is saved in `backbone/` (a baseline, not an adapter)",
-        f"- output vocabulary: the {config.output_vocab_size} tokens of its training corpus (generation keeps "
-        "to them)" if config.output_vocab_size else "- output vocabulary: the whole tokenizer",
+        f"{' of blocks ' + ', '.join(map(str, lora.layers)) if lora.layers else ''}"
+        if lora
+        else "- no LoRA: the whole backbone was fine-tuned and is saved in `backbone/` (a baseline, not an adapter)",
+        f"- output vocabulary: the {config.output_vocab_size} tokens of its training corpus (generation keeps to them)"
+        if config.output_vocab_size
+        else "- output vocabulary: the whole tokenizer",
         f"- trained on a `{bb.precision.get('quantization', 'unrecorded')}` base computing in "
         f"`{bb.precision.get('compute_dtype', 'unrecorded')}` (`load_adapter` loads it the same way unless told "
         "otherwise)",
@@ -64,7 +70,7 @@ def model_card(config: BundleConfig, source: str = "path/to/this/folder", revisi
         "```",
         "",
         f"or `lora-v2t generate --adapter {source}{' --revision ' + revision if revision else ''} "
-        "--text \"Где лодка?\"`.",
+        '--text "Где лодка?"`.',
         "",
     ]
     return "\n".join(lines)
@@ -82,8 +88,17 @@ def card_metadata(config: BundleConfig) -> dict:
             continue
         match = _METRIC_KEY.fullmatch(key)
         data, metric = (match["data"], match["metric"]) if match else ("validation", key.removeprefix("val_"))
-        results.append(EvalResult(task_type="text-generation", task_name="Embedding inversion", dataset_type=data,
-                                  dataset_name=data, metric_type=metric, metric_value=value, metric_name=key))
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="Embedding inversion",
+                dataset_type=data,
+                dataset_name=data,
+                metric_type=metric,
+                metric_value=value,
+                metric_name=key,
+            )
+        )
     data = ModelCardData(
         base_model=backbone.hub_id or backbone_hub_id(backbone.name),
         library_name=LIBRARY_NAME,

@@ -49,8 +49,11 @@ class Section:
         """The section from its JSON object (already checked); ``parsed``: fields built from their own JSON."""
         known = cls.keys()
         values = {k: copy.deepcopy(data[k]) for k in known if k in data} | parsed
-        return cls(**values, extra={k: copy.deepcopy(v) for k, v in data.items() if k not in known},
-                   absent=frozenset(k for k in known if k not in data))
+        return cls(
+            **values,
+            extra={k: copy.deepcopy(v) for k, v in data.items() if k not in known},
+            absent=frozenset(k for k in known if k not in data),
+        )
 
     def to_dict(self) -> dict:
         """The section as v2t_config.json holds it."""
@@ -139,10 +142,15 @@ class BundleConfig(Section):
     def from_dict(cls, data: dict, file: Path) -> BundleConfig:
         """Check ``data`` (the JSON object of ``file``) and type it; raise V2TError naming the file and the key."""
         check_config(data, Path(file))
-        return cls.of(data, encoder=EncoderInfo.of(data["encoder"]), backbone=BackboneInfo.of(data["backbone"]),
-                      projector=ProjectorInfo.of(data["projector"]),
-                      lora=LoraInfo.of(data["lora"]) if isinstance(data.get("lora"), dict) else data.get("lora"),
-                      generation=dict(data.get("generation") or {}), training=dict(data.get("training") or {}))
+        return cls.of(
+            data,
+            encoder=EncoderInfo.of(data["encoder"]),
+            backbone=BackboneInfo.of(data["backbone"]),
+            projector=ProjectorInfo.of(data["projector"]),
+            lora=LoraInfo.of(data["lora"]) if isinstance(data.get("lora"), dict) else data.get("lora"),
+            generation=dict(data.get("generation") or {}),
+            training=dict(data.get("training") or {}),
+        )
 
     @classmethod
     def from_json(cls, file: str | Path) -> BundleConfig:
@@ -167,8 +175,9 @@ def read_json(file: Path) -> dict:
 
 def check_output_vocab_size(value, file: Path) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise V2TError(f"{file}: output_vocab_size must be a positive integer or null, got {value!r}: the file is "
-                       "corrupt")
+        raise V2TError(
+            f"{file}: output_vocab_size must be a positive integer or null, got {value!r}: the file is corrupt"
+        )
 
 
 def check_config(config: dict, file: Path) -> None:
@@ -180,24 +189,34 @@ def check_config(config: dict, file: Path) -> None:
     if not isinstance(version, int):
         raise V2TError(f"{file} has no integer format_version: it is not a lora_v2t bundle")
     if version > CORRECTOR_FORMAT_VERSION:
-        raise V2TError(f"adapter {path} uses bundle format {version}, newer than this lora_v2t reads "
-                       f"({CORRECTOR_FORMAT_VERSION}): upgrade lora_v2t")
+        raise V2TError(
+            f"adapter {path} uses bundle format {version}, newer than this lora_v2t reads "
+            f"({CORRECTOR_FORMAT_VERSION}): upgrade lora_v2t"
+        )
     if config.get("trainable", "lora") not in TRAINABLE:
-        raise V2TError(f"{file}: trainable must be one of {', '.join(TRAINABLE)}, got {config['trainable']!r}: the "
-                       "file is corrupt")
+        raise V2TError(
+            f"{file}: trainable must be one of {', '.join(TRAINABLE)}, got {config['trainable']!r}: the file is corrupt"
+        )
     if config.get("role", DEFAULT_ROLE) not in ROLES:
-        raise V2TError(f"{file}: role must be one of {', '.join(ROLES)}, got {config.get('role')!r}: the file is "
-                       "corrupt")
+        raise V2TError(
+            f"{file}: role must be one of {', '.join(ROLES)}, got {config.get('role')!r}: the file is corrupt"
+        )
     if config.get("corrector") is not None and not isinstance(config["corrector"], str):
         raise V2TError(f"{file}: corrector must be a folder or hub id (a string), got {config['corrector']!r}")
     for key in ("encoder", "backbone", "projector") + (() if full else ("lora",)):
         if not isinstance(config.get(key), dict):
             raise V2TError(f"{file} lacks the '{key}' section: the file is corrupt")
     if not isinstance(config.get("training") or {}, dict):
-        raise V2TError(f"{file}: the 'training' section must be a JSON object, got {config['training']!r}: the "
-                       "file is corrupt")
-    for section, key, kind in (("encoder", "spec", str), ("encoder", "dim", int), ("backbone", "name", str),
-                               ("backbone", "hidden_size", int), ("backbone", "vocab_size", int)):
+        raise V2TError(
+            f"{file}: the 'training' section must be a JSON object, got {config['training']!r}: the file is corrupt"
+        )
+    for section, key, kind in (
+        ("encoder", "spec", str),
+        ("encoder", "dim", int),
+        ("backbone", "name", str),
+        ("backbone", "hidden_size", int),
+        ("backbone", "vocab_size", int),
+    ):
         if not isinstance(config[section].get(key), kind):
             raise V2TError(f"{file} lacks {section}.{key} (a {kind.__name__}): the file is corrupt")
     try:
@@ -208,17 +227,23 @@ def check_config(config: dict, file: Path) -> None:
     try:
         GenerationConfig.of_section(config.get("generation"))
     except (V2TError, TypeError, AttributeError) as exc:  # unknown or bad values
-        raise V2TError(f"{file}: its generation defaults are not valid ({exc}); fix or remove the 'generation' "
-                       "section (the defaults then apply)") from exc
+        raise V2TError(
+            f"{file}: its generation defaults are not valid ({exc}); fix or remove the 'generation' "
+            "section (the defaults then apply)"
+        ) from exc
 
 
 def _check_precision(backbone: dict, file: Path) -> None:
     if backbone.get("quantization") not in (None, *BASE_QUANTIZATIONS):
-        raise V2TError(f"{file}: backbone.quantization must be one of {', '.join(BASE_QUANTIZATIONS)}, got "
-                       f"{backbone['quantization']!r}: the file is corrupt")
+        raise V2TError(
+            f"{file}: backbone.quantization must be one of {', '.join(BASE_QUANTIZATIONS)}, got "
+            f"{backbone['quantization']!r}: the file is corrupt"
+        )
     if backbone.get("compute_dtype") not in (None, *COMPUTE_DTYPES):
-        raise V2TError(f"{file}: backbone.compute_dtype must be float32, bfloat16 or float16, got "
-                       f"{backbone['compute_dtype']!r}: the file is corrupt")
+        raise V2TError(
+            f"{file}: backbone.compute_dtype must be float32, bfloat16 or float16, got "
+            f"{backbone['compute_dtype']!r}: the file is corrupt"
+        )
 
 
 @dataclass(kw_only=True)
@@ -240,10 +265,18 @@ class AdapterMeta:
 
     @classmethod
     def of_bundle(cls, config: BundleConfig, source: str | None = None) -> AdapterMeta:
-        return cls(encoder=copy.deepcopy(config.encoder), lora=copy.deepcopy(config.lora),
-                   generation=dict(config.generation), training=copy.deepcopy(config.training),
-                   precision=config.backbone.precision or None, role=config.role, corrector=config.corrector,
-                   context_tokens=config.context_tokens, source=source, extra=copy.deepcopy(config.extra))
+        return cls(
+            encoder=copy.deepcopy(config.encoder),
+            lora=copy.deepcopy(config.lora),
+            generation=dict(config.generation),
+            training=copy.deepcopy(config.training),
+            precision=config.backbone.precision or None,
+            role=config.role,
+            corrector=config.corrector,
+            context_tokens=config.context_tokens,
+            source=source,
+            extra=copy.deepcopy(config.extra),
+        )
 
     def generation_defaults(self, **overrides) -> GenerationConfig:
         return GenerationConfig.of_bundle(self, **overrides)

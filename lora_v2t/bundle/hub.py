@@ -64,13 +64,17 @@ def resolve_adapter(source: str | Path, revision: str | None = None) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         if revision is not None:
-            raise V2TError(f"{source} is a local folder (a folder wins over a hub id of the same spelling), but "
-                           f"revision {revision!r} applies to hub ids only: drop the revision, or run from "
-                           "another directory to load the hub repository")
+            raise V2TError(
+                f"{source} is a local folder (a folder wins over a hub id of the same spelling), but "
+                f"revision {revision!r} applies to hub ids only: drop the revision, or run from "
+                "another directory to load the hub repository"
+            )
         return path
     if isinstance(source, Path) or not is_hub_id(str(source)):
-        raise V2TError(f"adapter folder {source} does not exist, and it is not a hub id (org/name): give a bundle "
-                       "folder or a hub repository id")
+        raise V2TError(
+            f"adapter folder {source} does not exist, and it is not a hub id (org/name): give a bundle "
+            "folder or a hub repository id"
+        )
     return Path(_download(str(source), revision))
 
 
@@ -82,44 +86,69 @@ def _download(repo_id: str, revision: str | None) -> str:
     nothing = f"no folder {repo_id} here"
     incomplete = getattr(hub_errors, "IncompleteSnapshotError", ())
     try:
-        return snapshot_download(repo_id, revision=revision, allow_patterns=BUNDLE_PATTERNS,
-                                 library_name="lora_v2t", library_version=__version__)
+        return snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=BUNDLE_PATTERNS,
+            library_name="lora_v2t",
+            library_version=__version__,
+        )
     except hub_errors.RevisionNotFoundError as exc:
-        raise V2TError(f"{nothing}, and the hub repository {repo_id} has no revision {revision!r}: give one of "
-                       "its branches, tags or commits") from exc
+        raise V2TError(
+            f"{nothing}, and the hub repository {repo_id} has no revision {revision!r}: give one of "
+            "its branches, tags or commits"
+        ) from exc
     except hub_errors.GatedRepoError as exc:
-        raise V2TError(f"{nothing}, and the hub repository {repo_id} is gated: accept its terms on "
-                       f"huggingface.co/{repo_id}, then {LOGIN}") from exc
+        raise V2TError(
+            f"{nothing}, and the hub repository {repo_id} is gated: accept its terms on "
+            f"huggingface.co/{repo_id}, then {LOGIN}"
+        ) from exc
     except hub_errors.RepositoryNotFoundError as exc:
-        raise V2TError(f"{nothing}, and the hub has no repository {repo_id} (or it is private: {LOGIN}): "
-                       "check the id, or give the bundle's folder") from exc
+        raise V2TError(
+            f"{nothing}, and the hub has no repository {repo_id} (or it is private: {LOGIN}): "
+            "check the id, or give the bundle's folder"
+        ) from exc
     except incomplete as exc:
-        raise V2TError(f"{nothing}, and the local hub cache holds an incomplete copy of {where}: connect to the "
-                       "internet (HF_HUB_OFFLINE unset) once to complete it") from exc
+        raise V2TError(
+            f"{nothing}, and the local hub cache holds an incomplete copy of {where}: connect to the "
+            "internet (HF_HUB_OFFLINE unset) once to complete it"
+        ) from exc
     except hub_errors.LocalEntryNotFoundError as exc:
         if offline_mode():
-            raise V2TError(f"{nothing}, and hub id {where} is not in the local hub cache ({constants.HF_HUB_CACHE}) "
-                           "while HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE and connect once to download it, "
-                           "or give the bundle's folder") from exc
+            raise V2TError(
+                f"{nothing}, and hub id {where} is not in the local hub cache ({constants.HF_HUB_CACHE}) "
+                "while HF_HUB_OFFLINE is set: unset HF_HUB_OFFLINE and connect once to download it, "
+                "or give the bundle's folder"
+            ) from exc
         cause = exc.__cause__ or exc
         if isinstance(cause, hub_errors.HfHubHTTPError):  # the hub answered, with an error status
             status = getattr(getattr(cause, "response", None), "status_code", None)
-            raise V2TError(f"{nothing}, and the hub answered HTTP {status or '?'} for {where} "
-                           f"({first_line(cause, 200)}): {_HTTP_HINTS.get(status or 0, 'try again later')}") from exc
-        raise V2TError(f"{nothing}, and the hub could not be reached to download {where} (network error: "
-                       f"{first_line(cause, 200)}) nor is it in the local hub cache: check the connection (or "
-                       "HF_ENDPOINT) and try again, or give the bundle's folder") from exc
+            raise V2TError(
+                f"{nothing}, and the hub answered HTTP {status or '?'} for {where} "
+                f"({first_line(cause, 200)}): {_HTTP_HINTS.get(status or 0, 'try again later')}"
+            ) from exc
+        raise V2TError(
+            f"{nothing}, and the hub could not be reached to download {where} (network error: "
+            f"{first_line(cause, 200)}) nor is it in the local hub cache: check the connection (or "
+            "HF_ENDPOINT) and try again, or give the bundle's folder"
+        ) from exc
     except hub_errors.HfHubHTTPError as exc:
-        raise V2TError(f"{nothing}, and the hub refused to send {where} ({first_line(exc, 200)}): {LOGIN} with "
-                       "an account that may read it") from exc
+        raise V2TError(
+            f"{nothing}, and the hub refused to send {where} ({first_line(exc, 200)}): {LOGIN} with "
+            "an account that may read it"
+        ) from exc
     except ValueError as exc:  # an id the hub's own validation refuses
-        raise V2TError(f"adapter folder {repo_id} does not exist, and it is not a valid hub id "
-                       f"({first_line(exc, 200)}): give a bundle folder or a hub repository id") from exc
+        raise V2TError(
+            f"adapter folder {repo_id} does not exist, and it is not a valid hub id "
+            f"({first_line(exc, 200)}): give a bundle folder or a hub repository id"
+        ) from exc
     except Exception as exc:
         if not network_error(exc):
             raise
-        raise V2TError(f"{nothing}, and downloading {where} from the hub failed (network error: "
-                       f"{first_line(exc, 200)}): check the connection and try again") from exc
+        raise V2TError(
+            f"{nothing}, and downloading {where} from the hub failed (network error: "
+            f"{first_line(exc, 200)}): check the connection and try again"
+        ) from exc
 
 
 _HTTP_HINTS = {403: f"{LOGIN} with an account that may read it", 429: "too many requests: wait, then try again"}

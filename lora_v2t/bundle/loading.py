@@ -20,9 +20,17 @@ from ..model.vector2text import Vector2Text
 logger = logging.getLogger(__name__)
 
 
-def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, quantization: Quantization = "auto",
-                 device: str | None = None, name: str = "default", trainable: bool = False,
-                 revision: str | None = None, dtype: DType = "auto"):
+def load_adapter(
+    path: str | Path,
+    backbone: str | None = None,
+    encoder=None,
+    quantization: Quantization = "auto",
+    device: str | None = None,
+    name: str = "default",
+    trainable: bool = False,
+    revision: str | None = None,
+    dtype: DType = "auto",
+):
     """Load a bundle on its base model: ``load_adapter("checkpoints/.../final")`` or ``load_adapter("org/name")``.
 
     Args:
@@ -53,10 +61,14 @@ def load_adapter(path: str | Path, backbone: str | None = None, encoder=None, qu
     backbone_name = str(path / "backbone") if full else backbone or config.backbone.name
     precision = load_precision(config, quantization, path)
     threshold = config.backbone.int8_threshold  # as trained (bundles that do not say: the default)
-    base, tokenizer = load_backbone(backbone_name, quantization=precision, device=device,
-                                    dtype=compute,
-                                    int8_threshold=INT8_THRESHOLD if threshold is None else threshold,
-                                    use_safetensors=full)  # a bundle's backbone/: never a pickle
+    base, tokenizer = load_backbone(
+        backbone_name,
+        quantization=precision,
+        device=device,
+        dtype=compute,
+        int8_threshold=INT8_THRESHOLD if threshold is None else threshold,
+        use_safetensors=full,
+    )  # a bundle's backbone/: never a pickle
     table = input_embedding_weight(base)
     info = {"name": backbone_name, "hidden_size": int(table.shape[1]), "vocab_size": int(table.shape[0])}
     check_compatible(config, info, path)
@@ -94,10 +106,19 @@ def load_precision(config: BundleConfig, quantization: str, path: Path) -> str:
     if trained is None:
         return quantization
     if quantization == "auto":
-        logger.info("loading adapter %s as it was trained: quantization %s, compute dtype %s", path, trained,
-                    config.backbone.compute_dtype)
+        logger.info(
+            "loading adapter %s as it was trained: quantization %s, compute dtype %s",
+            path,
+            trained,
+            config.backbone.compute_dtype,
+        )
         return trained
     if quantization != trained:
-        logger.warning("adapter %s was trained with quantization %s; loading it with %s as asked: its outputs "
-                       "may differ from those it was measured with", path, trained, quantization)
+        logger.warning(
+            "adapter %s was trained with quantization %s; loading it with %s as asked: its outputs "
+            "may differ from those it was measured with",
+            path,
+            trained,
+            quantization,
+        )
     return quantization

@@ -1,7 +1,7 @@
 """Pushing adapter bundles to the Hugging Face hub in one commit, with their model card.
 
-    v2t.push_to_hub("org/name", private=True)         # the active adapter, with its model card
-    lora-v2t push checkpoints/runs/mine/final org/name
+v2t.push_to_hub("org/name", private=True)         # the active adapter, with its model card
+lora-v2t push checkpoints/runs/mine/final org/name
 """
 
 from __future__ import annotations
@@ -24,20 +24,33 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def push_adapter(v2t: Vector2Text, repo_id: str, private: bool | None = None, revision: str | None = None,
-                 commit_message: str | None = None, token: str | None = None) -> str:
+def push_adapter(
+    v2t: Vector2Text,
+    repo_id: str,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
     """Upload the active adapter of ``v2t`` to the hub repository ``repo_id`` (see :func:`push_folder`): it is
     saved into a temporary folder, with a model card whose examples load it from ``repo_id``."""
     _check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="lora_v2t-push-") as tmp:
         folder = save_adapter(v2t, Path(tmp) / "bundle")
         bundle_card(validate_bundle(folder), repo_id, revision).save(folder / "README.md")
-        return push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
-                           token=token)
+        return push_folder(
+            folder, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
+        )
 
 
-def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, revision: str | None = None,
-                commit_message: str | None = None, token: str | None = None) -> str:
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
     """Upload the bundle in ``folder`` to the hub repository ``repo_id`` in one commit; return the commit's URL.
 
     The folder is validated first (nothing is sent for a folder that is not a complete bundle), and only the
@@ -60,8 +73,11 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, r
     _check_repo_id(repo_id)
     card = complete_card(folder, config)
     if not card.data.get("base_model"):
-        logger.warning("the model card names no base_model: backbone %r has no hub id (a local folder); the hub "
-                       "will not link this adapter to its base", config.backbone.name)
+        logger.warning(
+            "the model card names no base_model: backbone %r has no hub id (a local folder); the hub "
+            "will not link this adapter to its base",
+            config.backbone.name,
+        )
     files, left_out = _bundle_files(folder, full=config.full)
     if left_out:
         logger.info("not uploaded (not part of a bundle): %s", ", ".join(left_out))
@@ -73,18 +89,26 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, r
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.create_commit(repo_id, operations=operations, revision=revision,
-                                 commit_message=commit_message or f"Upload lora_v2t adapter ({len(files) + 1} files)")
+        info = api.create_commit(
+            repo_id,
+            operations=operations,
+            revision=revision,
+            commit_message=commit_message or f"Upload lora_v2t adapter ({len(files) + 1} files)",
+        )
     except HfHubHTTPError as exc:
-        raise V2TError(f"the hub refused to push {folder} to {target} ({first_line(exc, 200)}): {LOGIN} with a token "
-                       "that may write to it") from exc
+        raise V2TError(
+            f"the hub refused to push {folder} to {target} ({first_line(exc, 200)}): {LOGIN} with a token "
+            "that may write to it"
+        ) from exc
     except Exception as exc:
         if not network_error(exc):
             raise
         if offline_mode():
             raise V2TError(f"cannot push {folder} to {target}: HF_HUB_OFFLINE is set; unset it to push") from exc
-        raise V2TError(f"cannot push {folder} to {target} (network error: {first_line(exc, 200)}): check the "
-                       "connection and try again") from exc
+        raise V2TError(
+            f"cannot push {folder} to {target} (network error: {first_line(exc, 200)}): check the "
+            "connection and try again"
+        ) from exc
     url = getattr(info, "commit_url", None) or str(info)
     logger.info("pushed %s to %s: %s", folder, target, url)
     return url
@@ -92,8 +116,10 @@ def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, r
 
 def _check_repo_id(repo_id: str) -> None:
     if not is_hub_id(repo_id):
-        raise V2TError(f"{repo_id!r} is not a hub repository id: give org/name (a user or organisation, a slash, "
-                       "the repository's name)")
+        raise V2TError(
+            f"{repo_id!r} is not a hub repository id: give org/name (a user or organisation, a slash, "
+            "the repository's name)"
+        )
 
 
 def _bundle_files(folder: Path, full: bool) -> tuple[list[str], list[str]]:

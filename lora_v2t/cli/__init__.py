@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-v2t",
         description="Turn sentence-embedding vectors back into text with a frozen LM, a prefix projector "
-                    "and LoRA adapters.")
+        "and LoRA adapters.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate_command(sub)
@@ -48,8 +49,11 @@ NOISY_WARNINGS = [
     # peft asks every model whether it checkpoints activations through transformers' deprecated property
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
     # the prompt is the vector's prefix, which has no tokens to constrain: only the generated ones are meant
-    (UserWarning, r"Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids`",
-     r"transformers\.generation\.utils"),
+    (
+        UserWarning,
+        r"Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids`",
+        r"transformers\.generation\.utils",
+    ),
 ]
 
 
@@ -87,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # a file or folder the checks above did not name; still the user's to fix
-        print(f"error: permission denied on {exc.filename or exc}: fix its permissions or choose another path",
-              file=sys.stderr)
+        print(
+            f"error: permission denied on {exc.filename or exc}: fix its permissions or choose another path",
+            file=sys.stderr,
+        )
         return 2
     except OSError as exc:
         if exc.errno not in NO_SPACE:

@@ -18,28 +18,44 @@ DESCRIPTION = (
     "back, with 95% bootstrap intervals; without, what the reconstructions hold and their cosines. SOURCE is "
     "FILE.npy, FILE.faiss, chroma:DIR:COLLECTION or postgresql://... (with --table and --vector-column, or "
     "--query). Stopped and run again with the same command, it continues where it stopped; DIR holding another "
-    "audit is refused.")
+    "audit is refused."
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``audit`` command on the CLI's subparsers."""
-    audit = subparsers.add_parser("audit", help="what a store of vectors gives away: invert it and report leaks",
-                                  description=DESCRIPTION)
-    audit.add_argument("source", metavar="SOURCE",
-                       help="FILE.npy, FILE.faiss, chroma:DIR:COLLECTION or postgresql://...")
-    audit.add_argument("--adapter", required=True,
-                       help="adapter bundle folder, or hub id org/name (a folder of the same name wins)")
+    audit = subparsers.add_parser(
+        "audit", help="what a store of vectors gives away: invert it and report leaks", description=DESCRIPTION
+    )
+    audit.add_argument(
+        "source", metavar="SOURCE", help="FILE.npy, FILE.faiss, chroma:DIR:COLLECTION or postgresql://..."
+    )
+    audit.add_argument(
+        "--adapter", required=True, help="adapter bundle folder, or hub id org/name (a folder of the same name wins)"
+    )
     audit.add_argument("--revision", help="for a hub id: branch, tag or commit (default: main)")
-    audit.add_argument("--out", type=Path, required=True, metavar="DIR",
-                       help="the audit's folder: new or empty, or this audit's (to continue it)")
-    audit.add_argument("--originals", type=Path, metavar="FILE",
-                       help="UTF-8 text file, one original per row of SOURCE in its order (default: the documents "
-                            "the store keeps, if any)")
+    audit.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the audit's folder: new or empty, or this audit's (to continue it)",
+    )
+    audit.add_argument(
+        "--originals",
+        type=Path,
+        metavar="FILE",
+        help="UTF-8 text file, one original per row of SOURCE in its order (default: the documents "
+        "the store keeps, if any)",
+    )
     audit.add_argument("--sample", type=int, metavar="N", help="audit N rows drawn at random (default: every row)")
     audit.add_argument("--seed", type=int, metavar="S", help="the sample's seed (default 0; with --sample)")
-    audit.add_argument("--on-nan", choices=["refuse", "skip"], default="refuse",
-                       help="rows with NaN or inf: refuse the audit naming them, or skip them (counted; default: "
-                            "refuse)")
+    audit.add_argument(
+        "--on-nan",
+        choices=["refuse", "skip"],
+        default="refuse",
+        help="rows with NaN or inf: refuse the audit naming them, or skip them (counted; default: refuse)",
+    )
     store = audit.add_argument_group("PostgreSQL (SOURCE postgresql://...)")
     store.add_argument("--table", help="the table holding the vectors")
     store.add_argument("--vector-column", help="its pgvector column")
@@ -49,13 +65,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     store.add_argument("--dsn", help="connection string (default: SOURCE, and the usual PG* variables)")
     run_group = audit.add_argument_group("running")
     run_group.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
-    run_group.add_argument("--dtype", default="auto", choices=list(DTYPES),
-                           help="what the base computes in (default: auto, as `invert` chooses)")
+    run_group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=list(DTYPES),
+        help="what the base computes in (default: auto, as `invert` chooses)",
+    )
     run_group.add_argument("--batch-size", type=int, help="vectors decoded together (>= 1; default: from free memory)")
     run_group.add_argument("--max-new-tokens", type=int, help="longest reconstruction (>= 1; default: the adapter's)")
-    run_group.add_argument("--budget", metavar="N",
-                           help="decodes per vector (an integer >= 1; default 1 = greedy), spent as `invert "
-                                "--budget` spends them: the closer reconstruction of more decodes")
+    run_group.add_argument(
+        "--budget",
+        metavar="N",
+        help="decodes per vector (an integer >= 1; default 1 = greedy), spent as `invert "
+        "--budget` spends them: the closer reconstruction of more decodes",
+    )
     run_group.add_argument("--no-progress", action="store_true", help="no progress bars")
     audit.set_defaults(func=run)
     return audit
@@ -100,16 +123,35 @@ def run(args) -> int:
     dtype = str(load_dtype(config, args.dtype, args.device)).removeprefix("torch.")  # checks --device too
     options = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     budget = budget_value(args.budget, adapter, config)
-    job = AuditJob(source=args.source, out=str(args.out), originals=None if args.originals is None else
-                   str(args.originals), sample=args.sample, seed=0 if args.seed is None else args.seed,
-                   source_options=SourceOptions(table=args.table, vector_column=args.vector_column,
-                                                text_column=args.text_column, id_column=args.id_column,
-                                                query=args.query, dsn=args.dsn),
-                   on_nan=args.on_nan, batch_size=args.batch_size, options=options, dtype=dtype,
-                   adapter_label=adapter_label(args.adapter, adapter, args.revision), budget=budget)
+    job = AuditJob(
+        source=args.source,
+        out=str(args.out),
+        originals=None if args.originals is None else str(args.originals),
+        sample=args.sample,
+        seed=0 if args.seed is None else args.seed,
+        source_options=SourceOptions(
+            table=args.table,
+            vector_column=args.vector_column,
+            text_column=args.text_column,
+            id_column=args.id_column,
+            query=args.query,
+            dsn=args.dsn,
+        ),
+        on_nan=args.on_nan,
+        batch_size=args.batch_size,
+        options=options,
+        dtype=dtype,
+        adapter_label=adapter_label(args.adapter, adapter, args.revision),
+        budget=budget,
+    )
     # under `accelerate launch` each process decodes on the device of its rank (its GPU), unless --device says
-    summary = run_audit(lambda: load_adapter(adapter, device=args.device or current_shard().device, dtype=args.dtype),
-                        job, adapter, config=config, show_progress=not args.no_progress)
+    summary = run_audit(
+        lambda: load_adapter(adapter, device=args.device or current_shard().device, dtype=args.dtype),
+        job,
+        adapter,
+        config=config,
+        show_progress=not args.no_progress,
+    )
     if not summary:  # another process than the main one: the main one reports
         return 0
     print(headline(summary))

@@ -10,9 +10,11 @@ from ..bundle.format import BundleConfig
 
 
 def _add_info_command(sub) -> None:
-    info = sub.add_parser("info", help="describe an adapter bundle without loading the base model",
-                          description="Print what an adapter bundle holds: base, encoder, projector, LoRA, "
-                                      "sizes and training summary.")
+    info = sub.add_parser(
+        "info",
+        help="describe an adapter bundle without loading the base model",
+        description="Print what an adapter bundle holds: base, encoder, projector, LoRA, sizes and training summary.",
+    )
     info.add_argument("adapter", help="adapter bundle folder, or hub id org/name (a folder of that name wins)")
     info.add_argument("--revision", help="for a hub id: branch, tag or commit (default: main)")
     info.add_argument("--json", action="store_true", help="print the bundle's v2t_config.json as JSON")
@@ -21,19 +23,29 @@ def _add_info_command(sub) -> None:
 
 def _add_push_command(sub) -> None:
     push = sub.add_parser(
-        "push", help="upload an adapter bundle to the Hugging Face hub",
+        "push",
+        help="upload an adapter bundle to the Hugging Face hub",
         description="Check that DIR is a complete adapter bundle, then upload its files (only the bundle's: a "
-                    "training checkpoint's optimizer state stays) to the hub repository REPO_ID in one commit, "
-                    "creating the repository if needed. A model card without the hub metadata (bundles written "
-                    "before lora_v2t wrote it) is uploaded with base_model, library_name, tags and metrics filled "
-                    "in; DIR is not changed. Log in first with `hf auth login` (or set HF_TOKEN).",
-        epilog="then: lora-v2t generate --adapter REPO_ID --text ...   or   load_adapter(\"REPO_ID\")")
+        "training checkpoint's optimizer state stays) to the hub repository REPO_ID in one commit, "
+        "creating the repository if needed. A model card without the hub metadata (bundles written "
+        "before lora_v2t wrote it) is uploaded with base_model, library_name, tags and metrics filled "
+        "in; DIR is not changed. Log in first with `hf auth login` (or set HF_TOKEN).",
+        epilog='then: lora-v2t generate --adapter REPO_ID --text ...   or   load_adapter("REPO_ID")',
+    )
     push.add_argument("folder", type=Path, metavar="DIR", help="adapter bundle folder")
     push.add_argument("repo_id", metavar="REPO_ID", help="hub repository id, org/name")
-    push.add_argument("--private", action="store_true", default=None,
-                      help="create the repository private (an existing one keeps its visibility)")
-    push.add_argument("--revision", "--branch", dest="revision",
-                      help="branch to commit to, created from main if missing (default: main)")
+    push.add_argument(
+        "--private",
+        action="store_true",
+        default=None,
+        help="create the repository private (an existing one keeps its visibility)",
+    )
+    push.add_argument(
+        "--revision",
+        "--branch",
+        dest="revision",
+        help="branch to commit to, created from main if missing (default: main)",
+    )
     push.add_argument("--commit-message", help="the commit's message")
     push.set_defaults(func=cmd_push)
 
@@ -72,8 +84,9 @@ def cmd_info(args) -> int:
     ]
     if lora:
         targets = ", ".join(lora.target_modules or ["(not recorded)"])
-        lines.append(f"LoRA         r={lora.r} alpha={lora.alpha} on {targets}, "
-                     f"{count('adapter_model.safetensors'):,} params")
+        lines.append(
+            f"LoRA         r={lora.r} alpha={lora.alpha} on {targets}, {count('adapter_model.safetensors'):,} params"
+        )
     else:
         lines.append("LoRA         none: a fully fine-tuned backbone is saved in backbone/ (a baseline)")
     training = config.training
@@ -88,19 +101,26 @@ def cmd_info(args) -> int:
 
 def _describe_role(config: BundleConfig) -> str:
     if config.role == "corrector":
-        return ("corrector: rewrites a hypothesis closer to its vector (reads v, e and v - e; "
-                "see lora_v2t.model.correct)")
+        return (
+            "corrector: rewrites a hypothesis closer to its vector (reads v, e and v - e; see lora_v2t.model.correct)"
+        )
     paired = config.corrector
-    return "hypothesizer" + (f"; its corrector: {paired} (--correct-steps N uses it)" if paired else
-                             " (no corrector named: --correct-steps N needs --corrector DIR or shift)")
+    return "hypothesizer" + (
+        f"; its corrector: {paired} (--correct-steps N uses it)"
+        if paired
+        else " (no corrector named: --correct-steps N needs --corrector DIR or shift)"
+    )
 
 
 def cmd_push(args) -> int:
     from ..bundle.push import push_folder
 
-    url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision,
-                      commit_message=args.commit_message)
+    url = push_folder(
+        args.folder, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message
+    )
     at = f", revision={args.revision!r}" if args.revision else ""
-    print(f"pushed {args.folder} to {args.repo_id}: {url}\nload it with:  from lora_v2t import load_adapter; "
-          f"v2t = load_adapter({args.repo_id!r}{at})")
+    print(
+        f"pushed {args.folder} to {args.repo_id}: {url}\nload it with:  from lora_v2t import load_adapter; "
+        f"v2t = load_adapter({args.repo_id!r}{at})"
+    )
     return 0

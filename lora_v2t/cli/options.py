@@ -22,8 +22,11 @@ def _add_generation_options(parser: argparse.ArgumentParser, candidates: bool = 
     names = [f.name for f in fields(GenerationConfig) if candidates or f.name != "num_return_sequences"]
     _add_decoding_options(g, names)
     if candidates:
-        g.add_argument("--rerank", action="store_true",
-                       help="re-embed the candidates and keep the one closest to the target vector (prints cosine)")
+        g.add_argument(
+            "--rerank",
+            action="store_true",
+            help="re-embed the candidates and keep the one closest to the target vector (prints cosine)",
+        )
     g.add_argument("--seed", type=seed_value, help="seed for reproducible sampling (0 to 2**63 - 1)")
 
 
@@ -41,8 +44,9 @@ def _add_decoding_options(group, names: list[str], defaults: dict | None = None)
         if default is not None:
             text += f" (default: {default})"
         if kind is bool:  # a switch: on for a False default, off for a True one
-            group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true", default=None,
-                               help=text)
+            group.add_argument(
+                flag, dest=f.name, action="store_false" if f.default else "store_true", default=None, help=text
+            )
         elif typing.get_origin(kind) is typing.Literal:
             group.add_argument(flag, dest=f.name, choices=typing.get_args(kind), help=text)
         else:
@@ -51,36 +55,54 @@ def _add_decoding_options(group, names: list[str], defaults: dict | None = None)
 
 def _add_correction_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("correction (see lora_v2t.model.correct)")
-    g.add_argument("--correct-steps", type=int, default=0,
-                   help="correct the outputs up to N times (>= 0; default 0): re-embed, rewrite, keep the text "
-                        "closest to the vector; stops early when the cosine stops rising. With reranking it starts "
-                        "from the best of the greedy text and the beams (generate: --rerank --num-beams K "
-                        "--num-return-sequences K; evaluate: --rerank K, 0 to start from the greedy text)")
-    g.add_argument("--corrector",
-                   help="corrector bundle folder or hub id (default: the one the adapter names), or 'shift' for "
-                        "the training-free correction (decode v + a (v - e), a = 0.5, 1, 2)")
-    g.add_argument("--correct-width", type=int, default=1,
-                   help="candidates kept per vector between steps (>= 1; default 1)")
+    g.add_argument(
+        "--correct-steps",
+        type=int,
+        default=0,
+        help="correct the outputs up to N times (>= 0; default 0): re-embed, rewrite, keep the text "
+        "closest to the vector; stops early when the cosine stops rising. With reranking it starts "
+        "from the best of the greedy text and the beams (generate: --rerank --num-beams K "
+        "--num-return-sequences K; evaluate: --rerank K, 0 to start from the greedy text)",
+    )
+    g.add_argument(
+        "--corrector",
+        help="corrector bundle folder or hub id (default: the one the adapter names), or 'shift' for "
+        "the training-free correction (decode v + a (v - e), a = 0.5, 1, 2)",
+    )
+    g.add_argument(
+        "--correct-width", type=int, default=1, help="candidates kept per vector between steps (>= 1; default 1)"
+    )
 
 
 def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False) -> None:
     """--budget and how it is spent; ``corrector``: also --corrector (a command without correction options)."""
     g = parser.add_argument_group("budget (see lora_v2t.model.beam)")
-    g.add_argument("--budget", metavar="N",
-                   help="decodes per vector (an integer >= 1; default 1 = greedy), keeping the text closest to "
-                        "the vector: by the measured rule of lora_v2t.model.beam, the greedy text and N - 1 reranked "
-                        "beams (N = 2: one step of the corrector the adapter names); with --sources, beams, then "
-                        "correction steps whose width and proposals follow from N")
-    g.add_argument("--sources", metavar="LIST",
-                   help="what --budget spends decodes on, comma-separated among beams, shift, corrector (default: "
-                        "the rule's choice); refused when N cannot pay for them all")
-    g.add_argument("--sample-proposals", action="store_true",
-                   help="the corrector samples its proposals (with --temperature, --top-k, --top-p) instead of "
-                        "searching beams; give --seed to repeat a run")
+    g.add_argument(
+        "--budget",
+        metavar="N",
+        help="decodes per vector (an integer >= 1; default 1 = greedy), keeping the text closest to "
+        "the vector: by the measured rule of lora_v2t.model.beam, the greedy text and N - 1 reranked "
+        "beams (N = 2: one step of the corrector the adapter names); with --sources, beams, then "
+        "correction steps whose width and proposals follow from N",
+    )
+    g.add_argument(
+        "--sources",
+        metavar="LIST",
+        help="what --budget spends decodes on, comma-separated among beams, shift, corrector (default: "
+        "the rule's choice); refused when N cannot pay for them all",
+    )
+    g.add_argument(
+        "--sample-proposals",
+        action="store_true",
+        help="the corrector samples its proposals (with --temperature, --top-k, --top-p) instead of "
+        "searching beams; give --seed to repeat a run",
+    )
     if corrector:
-        g.add_argument("--corrector",
-                       help="with --budget: corrector bundle folder or hub id (default: the one the adapter names), "
-                            "or 'shift' for no trained corrector")
+        g.add_argument(
+            "--corrector",
+            help="with --budget: corrector bundle folder or hub id (default: the one the adapter names), "
+            "or 'shift' for no trained corrector",
+        )
 
 
 def _budget(args, config: BundleConfig):
@@ -91,21 +113,34 @@ def _budget(args, config: BundleConfig):
     if args.budget is None:
         corrector_alone = args.corrector and not hasattr(args, "correct_steps")  # invert's: only for a budget
         if args.sources is not None or args.sample_proposals or corrector_alone:
-            raise V2TError("--sources, --sample-proposals and --corrector choose how a budget is spent: give "
-                           "--budget N too")
+            raise V2TError(
+                "--sources, --sample-proposals and --corrector choose how a budget is spent: give --budget N too"
+            )
         return None
     budget = parse_budget(args.budget)
-    given = [flag for flag, name, unset in (("--correct-steps", "correct_steps", 0), ("--correct-width",
-                                            "correct_width", 1), ("--num-return-sequences", "num_return_sequences",
-                                                                  None))
-             if getattr(args, name, unset) != unset]
+    given = [
+        flag
+        for flag, name, unset in (
+            ("--correct-steps", "correct_steps", 0),
+            ("--correct-width", "correct_width", 1),
+            ("--num-return-sequences", "num_return_sequences", None),
+        )
+        if getattr(args, name, unset) != unset
+    ]
     if type(getattr(args, "rerank", None)) is int:  # evaluate's beam candidates (generate's --rerank is a switch)
         given.append("--rerank")
     if given:
-        raise V2TError(f"--budget chooses the beams, correction steps and width itself: drop {', '.join(given)}, "
-                       "or drop --budget to set them yourself")
-    plan = plan_budget(budget, args.sources, corrector=args.corrector, has_corrector=bool(config.corrector),
-                       sample=args.sample_proposals)
+        raise V2TError(
+            f"--budget chooses the beams, correction steps and width itself: drop {', '.join(given)}, "
+            "or drop --budget to set them yourself"
+        )
+    plan = plan_budget(
+        budget,
+        args.sources,
+        corrector=args.corrector,
+        has_corrector=bool(config.corrector),
+        sample=args.sample_proposals,
+    )
     if CORRECTOR in plan.proposers and plan.steps:
         _corrector_bundle(args.adapter, config, plan.corrector)
     return plan
@@ -138,29 +173,46 @@ def _corrector_bundle(adapter: Path, config: BundleConfig, corrector: str | None
 
 def _add_loading_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("loading")
-    g.add_argument("--adapter", required=True,
-                   help="adapter bundle folder, or hub id org/name (downloaded once into the local hub cache; "
-                        "a folder of the same name wins)")
+    g.add_argument(
+        "--adapter",
+        required=True,
+        help="adapter bundle folder, or hub id org/name (downloaded once into the local hub cache; "
+        "a folder of the same name wins)",
+    )
     g.add_argument("--revision", help="for a hub id: branch, tag or commit (default: main)")
     g.add_argument("--backbone", help="load on this base instead of the one the bundle names")
     g.add_argument("--encoder", help="use this encoder spec instead of the bundle's (same dimension)")
-    g.add_argument("--quantization", default="auto", choices=list(QUANTIZATION_MODES),
-                   help="auto = as the adapter was trained (its v2t_config.json says; bundles that do not say: "
-                        "8bit on CUDA, none on CPU); another choice is honoured with a warning (default: auto)")
+    g.add_argument(
+        "--quantization",
+        default="auto",
+        choices=list(QUANTIZATION_MODES),
+        help="auto = as the adapter was trained (its v2t_config.json says; bundles that do not say: "
+        "8bit on CUDA, none on CPU); another choice is honoured with a warning (default: auto)",
+    )
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
-    g.add_argument("--dtype", default="auto", choices=list(DTYPES),
-                   help="what the base computes in. auto = as the adapter was trained where the device can: on "
-                        "CUDA bf16 (fp16 without bf16) unless it trained in fp32 or fp16; on a CPU bf16 for a "
-                        "bf16-trained adapter if the CPU has AVX-512 BF16 or AMX (about 1.3x faster decoding), else "
-                        "fp32 (default: auto)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=list(DTYPES),
+        help="what the base computes in. auto = as the adapter was trained where the device can: on "
+        "CUDA bf16 (fp16 without bf16) unless it trained in fp32 or fp16; on a CPU bf16 for a "
+        "bf16-trained adapter if the CPU has AVX-512 BF16 or AMX (about 1.3x faster decoding), else "
+        "fp32 (default: auto)",
+    )
 
 
 def _load(args):
     """The adapter of a command's loading options, on its base."""
     from ..bundle.loading import load_adapter
 
-    return load_adapter(args.adapter, backbone=args.backbone, encoder=args.encoder, quantization=args.quantization,
-                        device=args.device, dtype=args.dtype)
+    return load_adapter(
+        args.adapter,
+        backbone=args.backbone,
+        encoder=args.encoder,
+        quantization=args.quantization,
+        device=args.device,
+        dtype=args.dtype,
+    )
 
 
 def seed_value(text: str) -> int:
@@ -190,8 +242,10 @@ def _check_decoding(args, config: BundleConfig, options: dict) -> None:
     opts = GenerationConfig.of_bundle(config, **options)
     unused = [f"--{k.replace('_', '-')}" for k in ("temperature", "top_k", "top_p") if k in options]
     if unused and not opts.do_sample:
-        logger.warning("%s only shape sampling: without --do-sample decoding is greedy (or beam search) and "
-                       "ignores them", ", ".join(unused))
+        logger.warning(
+            "%s only shape sampling: without --do-sample decoding is greedy (or beam search) and ignores them",
+            ", ".join(unused),
+        )
     backbone = str(Path(args.adapter) / "backbone") if config.full else args.backbone or config.backbone.name
     check_length(opts.max_new_tokens, config.projector.prefix_length, peek_max_positions(backbone), backbone)
 

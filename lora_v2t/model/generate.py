@@ -34,10 +34,21 @@ class Reranked(NamedTuple):
     cosine: float
 
 
-def generate(v2t: Vector2Text, vectors, *, rerank: bool = False, show_progress: bool = False,
-             seed: int | None = None, contexts: list[str] | None = None, warn_norms: bool = True,
-             budget: int | None = None, sources=None, corrector: str | None = None, sample_proposals: bool = False,
-             **options):
+def generate(
+    v2t: Vector2Text,
+    vectors,
+    *,
+    rerank: bool = False,
+    show_progress: bool = False,
+    seed: int | None = None,
+    contexts: list[str] | None = None,
+    warn_norms: bool = True,
+    budget: int | None = None,
+    sources=None,
+    corrector: str | None = None,
+    sample_proposals: bool = False,
+    **options,
+):
     """Decode (N, d) vectors into text.
 
     Args:
@@ -70,25 +81,32 @@ def generate(v2t: Vector2Text, vectors, *, rerank: bool = False, show_progress: 
     if budget is None and (sources is not None or sample_proposals):
         raise V2TError("sources and sample_proposals shape how a budget is spent: give budget=N (--budget N) too")
     if budget is not None:
-        plan = plan_budget(budget, sources, corrector=corrector,
-                           has_corrector=bool(v2t.meta.corrector), sample=sample_proposals)
+        plan = plan_budget(
+            budget, sources, corrector=corrector, has_corrector=bool(v2t.meta.corrector), sample=sample_proposals
+        )
         if plan.steps or plan.rerank:
             return budgeted(v2t, vectors, plan, rerank, show_progress, seed, options)
     elif corrector is not None:
-        raise V2TError("corrector= is used by correction: give budget=N (or correct_steps=N to "
-                       "Vector2Text.generate) too")
+        raise V2TError(
+            "corrector= is used by correction: give budget=N (or correct_steps=N to Vector2Text.generate) too"
+        )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
         raise V2TError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     opts = v2t.generation_defaults().updated(**options)
     context = 0 if contexts is None else v2t.context_tokens or opts.max_new_tokens  # a corrector's hypothesis
-    check_length(opts.max_new_tokens, v2t.projector.prefix_length + context, max_positions(v2t.base_model.config),
-                 v2t.backbone_info["name"])
+    check_length(
+        opts.max_new_tokens,
+        v2t.projector.prefix_length + context,
+        max_positions(v2t.base_model.config),
+        v2t.backbone_info["name"],
+    )
     target = to_vectors(vectors, v2t.projector.embedding_dim)
     if contexts is None and warn_norms:
         warn_unless_unit_length(target, v2t.meta.encoder.spec)
     if contexts is not None and (rerank or len(contexts) != target.shape[0]):
-        raise V2TError(f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and "
-                       "does not rerank")
+        raise V2TError(
+            f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and does not rerank"
+        )
     tok = v2t.tokenizer
     vocab = v2t.decoding_vocab(opts.restrict_vocab)
     gen_config = hf_generation_config(opts, vocab)
@@ -105,20 +123,25 @@ def generate(v2t: Vector2Text, vectors, *, rerank: bool = False, show_progress: 
         with torch.no_grad():
             for start in starts:
                 stop = start + opts.batch_size
-                prompt, mask = v2t.prompt(target[start:stop], None if contexts is None else contexts[start:stop],
-                                          context)
+                prompt, mask = v2t.prompt(
+                    target[start:stop], None if contexts is None else contexts[start:stop], context
+                )
                 rows = prompt.shape[0]
                 if opts.cache == "static" and len(target) > opts.batch_size:  # one shape: the last batch is filled
                     prompt, mask = fill_batch(prompt, opts.batch_size), fill_batch(mask, opts.batch_size)
                 with vocab.active():
-                    out = v2t.model.generate(inputs_embeds=prompt, attention_mask=mask, generation_config=gen_config,
-                                             logits_processor=processors)
-                out = out[:rows * opts.num_return_sequences]  # each row's candidates come together
+                    out = v2t.model.generate(
+                        inputs_embeds=prompt,
+                        attention_mask=mask,
+                        generation_config=gen_config,
+                        logits_processor=processors,
+                    )
+                out = out[: rows * opts.num_return_sequences]  # each row's candidates come together
                 texts += [t.strip() for t in tok.batch_decode(vocab.tokens(out), skip_special_tokens=True)]
     finally:
         v2t.train(was_training)
     n = opts.num_return_sequences
-    groups = [texts[i * n:(i + 1) * n] for i in range(target.shape[0])]
+    groups = [texts[i * n : (i + 1) * n] for i in range(target.shape[0])]
     if rerank:
         return rerank_candidates(v2t, target.numpy(), groups)
     return [g[0] for g in groups] if n == 1 else groups
@@ -145,19 +168,30 @@ def warn_unless_unit_length(target: torch.Tensor, encoder_spec: str, tolerance: 
     off = (norms - 1).abs() > tolerance
     if bool(off.any()):
         rows = torch.nonzero(off).flatten()[:5].tolist()
-        logger.warning("%d of %d vectors are not unit length (rows %s..., norms %.3g to %.3g): the adapter was "
-                       "trained on its encoder's L2-normalised vectors; divide each by its norm first",
-                       int(off.sum()), len(norms), rows, float(norms.min()), float(norms.max()))
+        logger.warning(
+            "%d of %d vectors are not unit length (rows %s..., norms %.3g to %.3g): the adapter was "
+            "trained on its encoder's L2-normalised vectors; divide each by its norm first",
+            int(off.sum()),
+            len(norms),
+            rows,
+            float(norms.min()),
+            float(norms.max()),
+        )
 
 
 def hf_generation_config(opts, vocab: DecodingVocab):
     """transformers' GenerationConfig for our options, with the end and padding ids of ``vocab``'s id space."""
     from transformers import GenerationConfig as HFGenerationConfig
 
-    hf_kwargs = {"max_new_tokens": opts.max_new_tokens, "num_beams": opts.num_beams,
-                 "num_return_sequences": opts.num_return_sequences, "do_sample": opts.do_sample,
-                 "no_repeat_ngram_size": opts.no_repeat_ngram_size,
-                 "eos_token_id": vocab.eos, "pad_token_id": vocab.pad}
+    hf_kwargs = {
+        "max_new_tokens": opts.max_new_tokens,
+        "num_beams": opts.num_beams,
+        "num_return_sequences": opts.num_return_sequences,
+        "do_sample": opts.do_sample,
+        "no_repeat_ngram_size": opts.no_repeat_ngram_size,
+        "eos_token_id": vocab.eos,
+        "pad_token_id": vocab.pad,
+    }
     if opts.cache == "static":  # transformers compiles the decoding step on a GPU
         hf_kwargs["cache_implementation"] = "static"
     if opts.do_sample:
@@ -188,9 +222,11 @@ def penalties(opts) -> list:
 def check_length(max_new_tokens: int, prefix_length: int, positions: int | None, backbone: str) -> None:
     """Raise unless the prefix slots and ``max_new_tokens`` fit the ``positions`` the backbone can read."""
     if positions is not None and prefix_length + max_new_tokens > positions:
-        raise V2TError(f"max_new_tokens {max_new_tokens} does not fit backbone {backbone!r}: it reads at most "
-                       f"{positions} positions, {prefix_length} of them taken by the prefix; give max_new_tokens "
-                       f"<= {positions - prefix_length}")
+        raise V2TError(
+            f"max_new_tokens {max_new_tokens} does not fit backbone {backbone!r}: it reads at most "
+            f"{positions} positions, {prefix_length} of them taken by the prefix; give max_new_tokens "
+            f"<= {positions - prefix_length}"
+        )
 
 
 def rerank_candidates(v2t: Vector2Text, target: np.ndarray, groups: list[list[str]]) -> list[Reranked]:
@@ -200,7 +236,7 @@ def rerank_candidates(v2t: Vector2Text, target: np.ndarray, groups: list[list[st
     cosines = reembed_cosines(v2t, flat, target[rows], empty=-1.0)  # an empty candidate can never win
     out, pos = [], 0
     for g in groups:
-        best = pos + int(np.argmax(cosines[pos:pos + len(g)]))
+        best = pos + int(np.argmax(cosines[pos : pos + len(g)]))
         out.append(Reranked(flat[best], float(cosines[best])))
         pos += len(g)
     return out

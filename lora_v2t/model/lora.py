@@ -22,8 +22,22 @@ LORA_TARGETS = {
     "falcon": ["query_key_value", "self_attention.dense"],
 }
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
-for _arch in ("llama", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3",
-              "phi3", "olmo", "olmo2", "granite", "smollm3"):
+for _arch in (
+    "llama",
+    "mistral",
+    "mixtral",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "granite",
+    "smollm3",
+):
     LORA_TARGETS[_arch] = QKVO
 
 
@@ -35,8 +49,10 @@ def default_target_modules(model_type: str) -> list[str]:
 
     if model_type in PEFT_DEFAULTS:
         return list(PEFT_DEFAULTS[model_type])
-    raise V2TError(f"no default LoRA target modules for model type {model_type!r}: "
-                   "pass target_modules=[...] (names of the attention projection layers)")
+    raise V2TError(
+        f"no default LoRA target modules for model type {model_type!r}: "
+        "pass target_modules=[...] (names of the attention projection layers)"
+    )
 
 
 def make_lora_config(cfg: LoRAConfig, model_config):
@@ -46,13 +62,21 @@ def make_lora_config(cfg: LoRAConfig, model_config):
 
     model_type, blocks = model_config.model_type, num_blocks(model_config)
     if cfg.layers and blocks and max(cfg.layers) >= blocks:
-        raise V2TError(f"lora layers {cfg.layers} name a block beyond the backbone's {blocks} "
-                       f"(indices 0..{blocks - 1})")
+        raise V2TError(
+            f"lora layers {cfg.layers} name a block beyond the backbone's {blocks} (indices 0..{blocks - 1})"
+        )
 
     targets = cfg.target_modules or default_target_modules(model_type)
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.r, lora_alpha=cfg.alpha or 2 * cfg.r,
-                      lora_dropout=cfg.dropout, target_modules=targets, layers_to_transform=cfg.layers,
-                      fan_in_fan_out=model_type == "gpt2", bias="none")
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=cfg.r,
+        lora_alpha=cfg.alpha or 2 * cfg.r,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        layers_to_transform=cfg.layers,
+        fan_in_fan_out=model_type == "gpt2",
+        bias="none",
+    )
 
 
 def check_target_modules(model, targets) -> None:
@@ -61,7 +85,11 @@ def check_target_modules(model, targets) -> None:
     names = [name for name, _ in model.named_modules()]
     missing = sorted(t for t in targets if not any(n == t or n.endswith("." + t) for n in names))
     if missing:
-        layers = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if type(module).__name__ in ("Linear", "Conv1D", "Linear8bitLt", "Linear4bit")})
-        raise V2TError(f"lora target_modules {missing} match no layer of the backbone; its layers are named "
-                       f"{layers}")
+        layers = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if type(module).__name__ in ("Linear", "Conv1D", "Linear8bitLt", "Linear4bit")
+            }
+        )
+        raise V2TError(f"lora target_modules {missing} match no layer of the backbone; its layers are named {layers}")

@@ -50,8 +50,9 @@ class SubsetLoss:
         """The loss of ``inputs`` (inputs_embeds, attention_mask, labels with -100 where nothing is learned)."""
         base = self.base
         body = base.base_model  # the decoder stack, LoRA layers included
-        hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
-                      use_cache=False)[0]  # no KV cache: nothing is decoded here
+        hidden = body(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"], use_cache=False)[
+            0
+        ]  # no KV cache: nothing is decoded here
         labels = inputs["labels"][:, 1:]  # position t predicts token t+1
         keep = labels != -100
         states = hidden[:, :-1][keep]  # (N, h): only the positions that have a label

@@ -30,8 +30,15 @@ class PrefixProjector(nn.Module):
     target_rms: torch.Tensor  # a buffer (registered in __init__)
     net: nn.Module
 
-    def __init__(self, kind: str, embedding_dim: int, hidden_size: int, prefix_length: int = 1,
-                 target_rms: float = 1.0, hidden_dim: int | None = None):
+    def __init__(
+        self,
+        kind: str,
+        embedding_dim: int,
+        hidden_size: int,
+        prefix_length: int = 1,
+        target_rms: float = 1.0,
+        hidden_dim: int | None = None,
+    ):
         super().__init__()
         check_choice("projector kind", kind, PROJECTOR_KINDS)
         if kind == "zero-pad":
@@ -77,9 +84,14 @@ class PrefixProjector(nn.Module):
 
     def describe(self) -> dict:
         """The fields v2t_config.json stores about this projector."""
-        return {"kind": self.kind, "embedding_dim": self.embedding_dim, "hidden_size": self.hidden_size,
-                "prefix_length": self.prefix_length, "hidden_dim": self.hidden_dim,
-                "target_rms": float(self.target_rms)}
+        return {
+            "kind": self.kind,
+            "embedding_dim": self.embedding_dim,
+            "hidden_size": self.hidden_size,
+            "prefix_length": self.prefix_length,
+            "hidden_dim": self.hidden_dim,
+            "target_rms": float(self.target_rms),
+        }
 
 
 @torch.no_grad()

@@ -91,13 +91,26 @@ class Vector2Text(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, backbone: str, encoder: str | Encoder, projector: ProjectorKind = "mlp", prefix_length: int = 1,
-               lora_r: int = 16, lora_alpha: int | None = None, lora_dropout: float = 0.05,
-               target_modules: list[str] | None = None, lora_layers: list[int] | None = None,
-               quantization: Quantization = "auto", int8_threshold: float = INT8_THRESHOLD,
-               device: str | None = None, projector_hidden_dim: int | None = None,
-               adapter_name: str = "default", seed: int | None = 0, trainable: Trainable = "lora",
-               role: Role = "hypothesizer") -> Vector2Text:
+    def create(
+        cls,
+        backbone: str,
+        encoder: str | Encoder,
+        projector: ProjectorKind = "mlp",
+        prefix_length: int = 1,
+        lora_r: int = 16,
+        lora_alpha: int | None = None,
+        lora_dropout: float = 0.05,
+        target_modules: list[str] | None = None,
+        lora_layers: list[int] | None = None,
+        quantization: Quantization = "auto",
+        int8_threshold: float = INT8_THRESHOLD,
+        device: str | None = None,
+        projector_hidden_dim: int | None = None,
+        adapter_name: str = "default",
+        seed: int | None = 0,
+        trainable: Trainable = "lora",
+        role: Role = "hypothesizer",
+    ) -> Vector2Text:
         """A fresh, untrained adapter on a base model and an encoder.
 
         Args:
@@ -120,22 +133,38 @@ class Vector2Text(nn.Module):
                 its target vector; see :mod:`lora_v2t.model.correct`).
         """
         if encoder is None:
-            raise V2TError("Vector2Text.create needs an encoder: a spec such as 'sentence-transformers/LaBSE' or "
-                           "'offline:use-multilingual', or an Encoder object")
+            raise V2TError(
+                "Vector2Text.create needs an encoder: a spec such as 'sentence-transformers/LaBSE' or "
+                "'offline:use-multilingual', or an Encoder object"
+            )
         cfg = RunConfig(
             encoder=EncoderConfig(spec=encoder) if isinstance(encoder, str) else EncoderConfig(),
-            backbone=BackboneConfig(name=backbone, quantization=quantization, device=device,
-                                    int8_threshold=int8_threshold),
+            backbone=BackboneConfig(
+                name=backbone, quantization=quantization, device=device, int8_threshold=int8_threshold
+            ),
             projector=ProjectorConfig(kind=projector, prefix_length=prefix_length, hidden_dim=projector_hidden_dim),
-            lora=LoRAConfig(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules,
-                            layers=lora_layers),
-            training=TrainingConfig(trainable=trainable, role=role, seed=0 if seed is None else seed))
-        return cls.from_config(cfg, encoder=None if isinstance(encoder, str) else encoder,
-                               adapter_name=adapter_name, reseed=seed is not None)
+            lora=LoRAConfig(
+                r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules, layers=lora_layers
+            ),
+            training=TrainingConfig(trainable=trainable, role=role, seed=0 if seed is None else seed),
+        )
+        return cls.from_config(
+            cfg,
+            encoder=None if isinstance(encoder, str) else encoder,
+            adapter_name=adapter_name,
+            reseed=seed is not None,
+        )
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, encoder: str | Encoder | None = None, device: str | None = None,
-                    adapter_name: str = "default", *, reseed: bool = True) -> Vector2Text:
+    def from_config(
+        cls,
+        cfg: RunConfig,
+        encoder: str | Encoder | None = None,
+        device: str | None = None,
+        adapter_name: str = "default",
+        *,
+        reseed: bool = True,
+    ) -> Vector2Text:
         """A fresh, untrained adapter as a recipe describes it: its encoder, backbone, quantization, projector,
         LoRA, training mode and role.
 
@@ -154,10 +183,13 @@ class Vector2Text(nn.Module):
             refuse_quantized_full(cfg.backbone.quantization)  # before minutes of loading; auto is known after
         enc = load_encoder(cfg.encoder.spec if encoder is None else encoder)
         # full fine-tuning keeps fp32 master weights (autocast handles the compute dtype on CUDA)
-        base, tokenizer = load_backbone(cfg.backbone.name, quantization=cfg.backbone.quantization,
-                                        device=device or cfg.backbone.device,
-                                        dtype=torch.float32 if trainable == "full" else None,
-                                        int8_threshold=cfg.backbone.int8_threshold)
+        base, tokenizer = load_backbone(
+            cfg.backbone.name,
+            quantization=cfg.backbone.quantization,
+            device=device or cfg.backbone.device,
+            dtype=torch.float32 if trainable == "full" else None,
+            int8_threshold=cfg.backbone.int8_threshold,
+        )
         if reseed:
             torch.manual_seed(cfg.training.seed)
         from peft import get_peft_model
@@ -168,14 +200,20 @@ class Vector2Text(nn.Module):
             peft_config = make_lora_config(cfg.lora, base.config)
             check_target_modules(base, peft_config.target_modules)
             v2t = cls(get_peft_model(base, peft_config, adapter_name=adapter_name), tokenizer, cfg.backbone.name)
-            lora_meta = LoraInfo(**asdict(cfg.lora) | {"alpha": peft_config.lora_alpha,
-                                                       "target_modules": sorted(peft_config.target_modules)})
+            lora_meta = LoraInfo(
+                **asdict(cfg.lora)
+                | {"alpha": peft_config.lora_alpha, "target_modules": sorted(peft_config.target_modules)}
+            )
         v2t.encoders.put(enc.spec, enc, enc.dim)
         v2t.add_projector(adapter_name, cfg.projector, projector_input_dim(enc.dim, cfg.training.role))
         precision = {k: v2t.backbone_info[k] for k in PRECISION_KEYS}  # what the adapter will learn on
         v2t.adapter_meta[adapter_name] = AdapterMeta(
-            encoder=EncoderInfo(spec=enc.spec, dim=enc.dim), lora=lora_meta, generation=asdict(GenerationConfig()),
-            precision=precision, role=cfg.training.role)
+            encoder=EncoderInfo(spec=enc.spec, dim=enc.dim),
+            lora=lora_meta,
+            generation=asdict(GenerationConfig()),
+            precision=precision,
+            role=cfg.training.role,
+        )
         if lora_meta:
             v2t.model.set_adapter(adapter_name)
         v2t.eval()
@@ -185,8 +223,14 @@ class Vector2Text(nn.Module):
         """Create the projector of adapter ``name`` on the backbone's device, in fp32."""
         if self._target_rms is None:
             self._target_rms = embedding_rms(self.base_model)
-        projector = PrefixProjector(cfg.kind, embedding_dim, self.backbone_info["hidden_size"],
-                                    cfg.prefix_length, target_rms=self._target_rms, hidden_dim=cfg.hidden_dim)
+        projector = PrefixProjector(
+            cfg.kind,
+            embedding_dim,
+            self.backbone_info["hidden_size"],
+            cfg.prefix_length,
+            target_rms=self._target_rms,
+            hidden_dim=cfg.hidden_dim,
+        )
         self.projectors[name] = projector = projector.to(self.device)
         return projector
 
@@ -245,8 +289,9 @@ class Vector2Text(nn.Module):
         if token_ids is None:
             self.output_vocabs.pop(name, None)
             return
-        self.output_vocabs[name] = check_output_vocab(token_ids, self.backbone_info["vocab_size"],
-                                                      self.tokenizer.eos_token_id)
+        self.output_vocabs[name] = check_output_vocab(
+            token_ids, self.backbone_info["vocab_size"], self.tokenizer.eos_token_id
+        )
 
     def decoding_vocab(self, restrict: bool) -> DecodingVocab:
         """What the active adapter's decoding keeps to (see :class:`lora_v2t.model.vocab.DecodingVocab`). Built once per
@@ -299,8 +344,9 @@ class Vector2Text(nn.Module):
         return lora + list(self.projector.parameters())
 
     # ------------------------------------------------------------------ training inputs
-    def tokenize(self, texts: list[str], max_length: int = 64,
-                 contexts: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def tokenize(
+        self, texts: list[str], max_length: int = 64, contexts: list[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Token ids of the texts + EOS, truncated to ``max_length`` tokens, right-padded.
 
         With ``contexts`` (a corrector's hypotheses), each row is ``context + EOS + text + EOS`` (each part
@@ -309,11 +355,11 @@ class Vector2Text(nn.Module):
         texts = check_texts(texts)
         if contexts is not None and len(contexts) != len(texts):
             raise V2TError(f"{len(contexts)} contexts for {len(texts)} texts: give one context per text")
-        return self.pad_rows(self.token_ids(texts), max_length,
-                             None if contexts is None else self.token_ids(contexts))
+        return self.pad_rows(self.token_ids(texts), max_length, None if contexts is None else self.token_ids(contexts))
 
-    def pad_rows(self, rows: list[list[int]], max_length: int = 64,
-                 context_rows: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    def pad_rows(
+        self, rows: list[list[int]], max_length: int = 64, context_rows: list[list[int]] | None = None
+    ) -> dict[str, torch.Tensor]:
         """The batch of :meth:`tokenize` from texts already tokenised (without special tokens): a training
         loop's pre-tokenised corpus (:class:`lora_v2t.train.data.TokenizedCorpus`)."""
         eos = self.tokenizer.eos_token_id
@@ -330,7 +376,7 @@ class Vector2Text(nn.Module):
         for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
-            label_mask[i, start: len(row)] = 1
+            label_mask[i, start : len(row)] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         return batch if context_rows is None else batch | {"label_mask": label_mask}
 
@@ -345,8 +391,9 @@ class Vector2Text(nn.Module):
         dtype = input_embedding_weight(self.base_model).dtype
         return self.projector(vec).to(dtype)
 
-    def prompt(self, vectors, contexts: list[str] | None = None,
-               max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt(
+        self, vectors, contexts: list[str] | None = None, max_length: int = 64
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """What decoding starts from: ``[P]``, or with ``contexts`` (a corrector's hypotheses, each truncated to
         ``max_length`` tokens) ``[P ; wte(context + EOS)]``, left-padded; returns (inputs_embeds, attention_mask)."""
         prefix = self.prefix(vectors)  # (b, k, h)
@@ -361,13 +408,14 @@ class Vector2Text(nn.Module):
         embed = self.model.get_input_embeddings()
         for i, row in enumerate(rows):
             start = width - len(row)
-            embeds[i, start:start + k] = prefix[i]
-            embeds[i, start + k:] = embed(torch.tensor(row, device=prefix.device)).to(prefix.dtype)
+            embeds[i, start : start + k] = prefix[i]
+            embeds[i, start + k :] = embed(torch.tensor(row, device=prefix.device)).to(prefix.dtype)
             mask[i, start:] = 1
         return embeds, mask
 
-    def build_inputs(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     label_mask: torch.Tensor | None = None) -> dict:
+    def build_inputs(
+        self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor | None = None
+    ) -> dict:
         """``inputs_embeds = [P ; wte(tokens)]``, its attention mask, and labels (-100 on P, on padding and
         where ``label_mask`` is 0)."""
         input_ids = input_ids.to(self.device)
@@ -382,11 +430,20 @@ class Vector2Text(nn.Module):
         ignore = torch.full((batch, k), -100, dtype=torch.long, device=self.device)
         learned = attention_mask if label_mask is None else attention_mask * label_mask.to(self.device)
         labels = torch.cat([ignore, input_ids.masked_fill(learned == 0, -100)], dim=1)  # (B, k+T)
-        return {"inputs_embeds": inputs_embeds, "attention_mask": torch.cat([ones, attention_mask], 1),
-                "labels": labels}
+        return {
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": torch.cat([ones, attention_mask], 1),
+            "labels": labels,
+        }
 
-    def forward(self, vectors, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                loss_vocab: torch.Tensor | SubsetLoss | None = None, label_mask: torch.Tensor | None = None):
+    def forward(
+        self,
+        vectors,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        loss_vocab: torch.Tensor | SubsetLoss | None = None,
+        label_mask: torch.Tensor | None = None,
+    ):
         """Run the backbone on ``[P ; wte(tokens)]``; returns the transformers output with ``.loss``.
 
         Args:
@@ -415,8 +472,15 @@ class Vector2Text(nn.Module):
             return encode(texts, show_progress=show_progress)
         return encode(texts)  # a user's Encoder need only take the texts (the Encoder protocol)
 
-    def generate(self, vectors, correct_steps: int = 0, corrector: str | None = None, correct_width: int = 1,
-                 budget: int | None = None, **options):
+    def generate(
+        self,
+        vectors,
+        correct_steps: int = 0,
+        corrector: str | None = None,
+        correct_width: int = 1,
+        budget: int | None = None,
+        **options,
+    ):
         """Decode vectors into text; see :func:`lora_v2t.model.generate.generate` for the options.
 
         ``budget`` N: spend at most N decodes per vector on the beam over corrections the rule of
@@ -433,14 +497,17 @@ class Vector2Text(nn.Module):
         """
         if budget is not None:
             if correct_steps or correct_width != 1:
-                raise V2TError("budget chooses the correction steps and width itself: drop correct_steps and "
-                               "correct_width, or drop budget to set them yourself")
+                raise V2TError(
+                    "budget chooses the correction steps and width itself: drop correct_steps and "
+                    "correct_width, or drop budget to set them yourself"
+                )
             return generate(self, vectors, budget=budget, corrector=corrector, **options)
         if correct_steps == 0 and corrector is None and correct_width == 1:
             return generate(self, vectors, **options)
         rerank = options.pop("rerank", False)
-        cfg = CorrectionConfig(steps=correct_steps, corrector=corrector, width=correct_width,
-                               rerank=reranked_start(options, rerank))
+        cfg = CorrectionConfig(
+            steps=correct_steps, corrector=corrector, width=correct_width, rerank=reranked_start(options, rerank)
+        )
         trace = correct(self, vectors, cfg, **options)
         if rerank:
             return [Reranked(t, float(c)) for t, c in zip(trace.final, trace.cosines[-1], strict=True)]
@@ -481,13 +548,20 @@ class Vector2Text(nn.Module):
         """Save the active adapter as a bundle folder (atomically); ``training`` updates its summary."""
         return save_adapter(self, path, training=training)
 
-    def push_to_hub(self, repo_id: str, private: bool | None = None, revision: str | None = None,
-                    commit_message: str | None = None, token: str | None = None) -> str:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        token: str | None = None,
+    ) -> str:
         """Upload the active adapter as a bundle, with its model card, to the hub repository ``repo_id``
         (``org/name``, created if missing; ``revision``: the branch); returns the commit's URL. See
         :func:`lora_v2t.bundle.push.push_folder`."""
-        return push_adapter(self, repo_id, private=private, revision=revision, commit_message=commit_message,
-                            token=token)
+        return push_adapter(
+            self, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
+        )
 
     def generation_defaults(self) -> GenerationConfig:
         """The active adapter's generation defaults."""

@@ -24,12 +24,16 @@ def check_output_vocab(token_ids, size: int, eos_id: int) -> torch.Tensor:
     ``eos_id`` added; raise V2TError naming what is wrong."""
     array = np.asarray(token_ids.cpu() if isinstance(token_ids, torch.Tensor) else token_ids)
     if array.ndim != 1 or array.size == 0 or (array.dtype.kind not in "iu"):
-        raise V2TError(f"an output vocabulary is a non-empty 1-D list of integer token ids; got shape "
-                       f"{array.shape} of {array.dtype}; pass None to allow every token")
+        raise V2TError(
+            f"an output vocabulary is a non-empty 1-D list of integer token ids; got shape "
+            f"{array.shape} of {array.dtype}; pass None to allow every token"
+        )
     ids = torch.from_numpy(array.astype(np.int64))
     if int(ids.min()) < 0 or int(ids.max()) >= size:
-        raise V2TError(f"output vocabulary ids must lie in [0, {size}) for this backbone; got "
-                       f"[{int(ids.min())}, {int(ids.max())}]: it was made for another tokenizer")
+        raise V2TError(
+            f"output vocabulary ids must lie in [0, {size}) for this backbone; got "
+            f"[{int(ids.min())}, {int(ids.max())}]: it was made for another tokenizer"
+        )
     return torch.unique(torch.cat([ids, torch.tensor([eos_id])]))  # sorted, unique
 
 

@@ -98,8 +98,10 @@ def sample_indices(rows: int, sample: int | None, seed: int) -> np.ndarray:
     if sample is None:
         return np.arange(rows, dtype=np.int64)
     if sample > rows:
-        raise V2TError(f"--sample {sample} is larger than the source ({rows} rows): give --sample {rows} or less, "
-                       "or leave --sample out to audit every row")
+        raise V2TError(
+            f"--sample {sample} is larger than the source ({rows} rows): give --sample {rows} or less, "
+            "or leave --sample out to audit every row"
+        )
     return np.sort(np.random.default_rng(seed).choice(rows, size=sample, replace=False)).astype(np.int64)
 
 
@@ -108,13 +110,16 @@ def read_originals(path: str | Path) -> list[str]:
     original)."""
     path = Path(path)
     if not path.is_file():
-        raise V2TError(f"--originals {path} {'is a folder' if path.is_dir() else 'does not exist'}: give a text "
-                       "file with one original sentence per row of the source")
+        raise V2TError(
+            f"--originals {path} {'is a folder' if path.is_dir() else 'does not exist'}: give a text "
+            "file with one original sentence per row of the source"
+        )
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise V2TError(f"--originals {path} is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to "
-                       "UTF-8") from exc
+        raise V2TError(
+            f"--originals {path} is not UTF-8 text ({exc.reason} at byte {exc.start}): convert it to UTF-8"
+        ) from exc
     except OSError as exc:
         raise V2TError(f"cannot read --originals {path}: {exc.strerror or exc}") from exc
     lines = text.split("\n")
@@ -151,23 +156,36 @@ def plan_audit(job: AuditJob, config: BundleConfig, adapter_dir: str | Path) -> 
     source = open_source(job.source, job.source_options)
     dim, encoder = config.encoder.dim, config.encoder.spec
     if source.dim != dim:
-        raise V2TError(f"{source.describe()} holds {source.dim}-d vectors, but the adapter's encoder {encoder} "
-                       f"makes {dim}-d vectors: audit them with an adapter trained on the encoder that made them")
+        raise V2TError(
+            f"{source.describe()} holds {source.dim}-d vectors, but the adapter's encoder {encoder} "
+            f"makes {dim}-d vectors: audit them with an adapter trained on the encoder that made them"
+        )
     indices = sample_indices(len(source), job.sample, job.seed)
     originals, named = None, None
     if job.originals is not None:
         originals = read_originals(job.originals)
         if len(originals) != len(source):
-            raise V2TError(f"--originals {job.originals} has {len(originals)} lines but {source.describe()} holds "
-                           f"{len(source)} rows: give one original per row of the source, in its order")
-        named = {"file": str(Path(job.originals).resolve()),
-                 "sha256": hashlib.sha256(Path(job.originals).read_bytes()).hexdigest()[:16]}
-    identity = {"format": 1, "source": source.describe(), "source_fingerprint": source.fingerprint(),
-                "rows_in_source": len(source), "sample": job.sample, "seed": job.seed if job.sample else None,
-                "originals": named, "on_nan": job.on_nan,
-                "adapter": job.adapter_label or str(Path(adapter_dir).resolve()),
-                "decoding": job.options | ({"budget": job.budget} if (job.budget or 1) > 1 else {}),
-                "dtype": job.dtype}
+            raise V2TError(
+                f"--originals {job.originals} has {len(originals)} lines but {source.describe()} holds "
+                f"{len(source)} rows: give one original per row of the source, in its order"
+            )
+        named = {
+            "file": str(Path(job.originals).resolve()),
+            "sha256": hashlib.sha256(Path(job.originals).read_bytes()).hexdigest()[:16],
+        }
+    identity = {
+        "format": 1,
+        "source": source.describe(),
+        "source_fingerprint": source.fingerprint(),
+        "rows_in_source": len(source),
+        "sample": job.sample,
+        "seed": job.seed if job.sample else None,
+        "originals": named,
+        "on_nan": job.on_nan,
+        "adapter": job.adapter_label or str(Path(adapter_dir).resolve()),
+        "decoding": job.options | ({"budget": job.budget} if (job.budget or 1) > 1 else {}),
+        "dtype": job.dtype,
+    }
     folder = Path(job.out)
     check_folder(folder, identity)
     return Plan(job, folder, source, indices, originals, identity)
@@ -180,16 +198,17 @@ def check_folder(folder: Path, identity: dict) -> None:
     if not folder.is_dir() or not set(os.listdir(folder)) - {LOCK, EXTRACTING}:
         return
     if not (folder / IDENTITY).is_file():
-        raise V2TError(f"--out {folder} holds other files than an audit's (no {IDENTITY}): give a new or empty "
-                       "folder")
+        raise V2TError(f"--out {folder} holds other files than an audit's (no {IDENTITY}): give a new or empty folder")
     try:
         saved = json.loads((folder / IDENTITY).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise V2TError(f"{folder / IDENTITY} is unreadable ({exc}): delete {folder} to start the audit over") from exc
     for key, value in identity.items():
         if saved.get(key) != value:
-            raise V2TError(f"--out {folder} holds an audit with another {key} ({saved.get(key)!r}, now {value!r}): "
-                           "rerun it with the same options to continue it, or give another --out")
+            raise V2TError(
+                f"--out {folder} holds an audit with another {key} ({saved.get(key)!r}, now {value!r}): "
+                "rerun it with the same options to continue it, or give another --out"
+            )
 
 
 def _replace_text(path: Path, text: str) -> None:
@@ -215,14 +234,16 @@ def extract(plan: Plan, show_progress: bool = True) -> float | None:
     texts: list[str] | None = [] if plan.originals is not None else None
     bar = tqdm(total=n, unit="row", desc="reading", disable=not show_progress)
     for begin in range(0, n, READ_CHUNK):
-        chunk = plan.indices[begin:begin + READ_CHUNK]
+        chunk = plan.indices[begin : begin + READ_CHUNK]
         batch = plan.source.read(chunk)
         bad = ~np.isfinite(batch.vectors).all(axis=1)
         if bad.any() and plan.job.on_nan == "refuse":
             named = [batch.ids[i] for i in np.flatnonzero(bad)[:5]]
-            raise V2TError(f"{plan.source.describe()}: row(s) with id {named} hold NaN or inf: fix them, or pass "
-                           "--on-nan skip to skip such rows (they are counted)")
-        vectors[begin:begin + len(chunk)] = batch.vectors
+            raise V2TError(
+                f"{plan.source.describe()}: row(s) with id {named} hold NaN or inf: fix them, or pass "
+                "--on-nan skip to skip such rows (they are counted)"
+            )
+        vectors[begin : begin + len(chunk)] = batch.vectors
         ids += batch.ids
         new: list[str] | None
         if plan.originals is not None:
@@ -249,8 +270,9 @@ def extract(plan: Plan, show_progress: bool = True) -> float | None:
     return seconds
 
 
-def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: BundleConfig, shard: Shard,
-                show_progress: bool = True) -> dict:
+def invert_rows(
+    load, plan: Plan, adapter_dir: str | Path, config: BundleConfig, shard: Shard, show_progress: bool = True
+) -> dict:
     """Stage 2: the bulk inversion of DIR/vectors.npy into DIR/inverted.jsonl (with several processes, of this
     process's rows into its part), with cosines; ``load()`` gives the loaded adapter, called only when rows are
     left to invert."""
@@ -261,8 +283,16 @@ def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: BundleConfig,
         if start == stop:  # more processes than rows: nothing for this one
             return {"written": 0, "skipped": 0, "resumed_at": 0, "seconds": 0.0}
         write_part(plan.folder / VECTORS, vectors, start, stop)
-    invert_job = InvertJob(source=str(vectors), out=str(inverted), cosine=True, on_nan=job.on_nan,
-                           batch_size=job.batch_size, options=job.options, dtype=job.dtype, budget=job.budget)
+    invert_job = InvertJob(
+        source=str(vectors),
+        out=str(inverted),
+        cosine=True,
+        on_nan=job.on_nan,
+        batch_size=job.batch_size,
+        options=job.options,
+        dtype=job.dtype,
+        budget=job.budget,
+    )
     with output_lock(invert_job.out):
         prepared = prepare_job(invert_job, adapter_dir, plan.identity["adapter"], config)
         if prepared.start >= len(prepared.source):
@@ -270,8 +300,10 @@ def invert_rows(load, plan: Plan, adapter_dir: str | Path, config: BundleConfig,
         v2t = load()
         loaded = v2t.backbone_info["compute_dtype"]
         if job.dtype not in (None, loaded):
-            raise V2TError(f"the audit asks for dtype {job.dtype} but the base was loaded in {loaded}: load it with "
-                           f"load_adapter(..., dtype={job.dtype!r})")
+            raise V2TError(
+                f"the audit asks for dtype {job.dtype} but the base was loaded in {loaded}: load it with "
+                f"load_adapter(..., dtype={job.dtype!r})"
+            )
         started = time.perf_counter()
         counts = run_job(v2t, invert_job, prepared, show_progress)
     return counts | {"seconds": time.perf_counter() - started}
@@ -284,7 +316,7 @@ def read_rows(folder: Path, world: int = 1) -> tuple[list[dict], list[str] | Non
     originals = None
     if (folder / ORIGINALS).is_file():
         originals = [unescape_line(line) for line in (folder / ORIGINALS).read_text(encoding="utf-8").split("\n")]
-        originals = originals[:len(ids)]
+        originals = originals[: len(ids)]
     rows = []
     for path, offset in parts(folder, VECTORS, INVERTED, len(ids), world):
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -306,13 +338,16 @@ def audit(v2t: Vector2Text, job: AuditJob, adapter_dir: str | Path, show_progres
     summary, with ``report`` (the report's path) and ``timings`` added."""
     loaded = v2t.backbone_info["compute_dtype"]
     if job.dtype not in (None, loaded):
-        raise V2TError(f"the job asks for dtype {job.dtype} but the base was loaded in {loaded}: load it with "
-                       f"load_adapter(..., dtype={job.dtype!r})")
+        raise V2TError(
+            f"the job asks for dtype {job.dtype} but the base was loaded in {loaded}: load it with "
+            f"load_adapter(..., dtype={job.dtype!r})"
+        )
     return run_audit(lambda: v2t, replace(job, dtype=loaded), adapter_dir, show_progress=show_progress)
 
 
-def run_audit(load, job: AuditJob, adapter_dir: str | Path, config: BundleConfig | None = None,
-              show_progress: bool = True) -> dict:
+def run_audit(
+    load, job: AuditJob, adapter_dir: str | Path, config: BundleConfig | None = None, show_progress: bool = True
+) -> dict:
     """:func:`audit` with ``load()`` giving the adapter, called only when rows are left to invert (a rerun of a
     finished audit loads nothing). Under ``accelerate launch`` every process inverts its part (see
     :mod:`lora_v2t.tasks.shards`); the main process extracts, reports and returns the summary, the others ``{}``."""
@@ -363,8 +398,9 @@ def _folder_lock(folder: Path):
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise V2TError(f"cannot create --out {folder} ({exc.strerror or exc}): give a folder in a writable "
-                       "place") from exc
+        raise V2TError(
+            f"cannot create --out {folder} ({exc.strerror or exc}): give a folder in a writable place"
+        ) from exc
     lock = FileLock(folder / LOCK)
     try:
         lock.acquire()

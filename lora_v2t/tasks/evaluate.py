@@ -48,26 +48,44 @@ class EvalData:
     name: str = ""  # the file's name, for reports
 
 
-def read_eval_file(path: str | Path, source_column: int | str | None = None, target_column: int | str = 1,
-                   header: bool = False, max_chars: int = 1000, limit: int | None = None) -> EvalData:
+def read_eval_file(
+    path: str | Path,
+    source_column: int | str | None = None,
+    target_column: int | str = 1,
+    header: bool = False,
+    max_chars: int = 1000,
+    limit: int | None = None,
+) -> EvalData:
     """Read a text file (one reference per line) or, with ``source_column``, a TSV whose source column is
     encoded and whose target column is the reference (``header``: its first line names the columns), as every
     command reads sentence files (:mod:`lora_v2t.util.textfile`). Empty, overlong and undecodable lines are skipped
     and counted. ``limit``: keep the first ``limit`` usable lines (None: all)."""
     path = Path(path)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise V2TError(f"limit must be an integer >= 1 (the number of usable lines to evaluate), got {limit!r}; "
-                       "leave it out to evaluate every line")
+        raise V2TError(
+            f"limit must be an integer >= 1 (the number of usable lines to evaluate), got {limit!r}; "
+            "leave it out to evaluate every line"
+        )
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
         raise V2TError(f"max_chars must be an integer >= 1, got {max_chars!r}")
     if header and source_column is None:
-        raise V2TError("--header names the columns of a TSV read with --source-column: give --source-column (and "
-                       "--target-column) too, or drop --header (without them, every line is one sentence)")
-    lines = read_lines(path, "evaluation file", columns=source_column is not None, tsv_fix=TSV_COLUMNS,
-                       fix="give a text file (one sentence per line) or a TSV")
+        raise V2TError(
+            "--header names the columns of a TSV read with --source-column: give --source-column (and "
+            "--target-column) too, or drop --header (without them, every line is one sentence)"
+        )
+    lines = read_lines(
+        path,
+        "evaluation file",
+        columns=source_column is not None,
+        tsv_fix=TSV_COLUMNS,
+        fix="give a text file (one sentence per line) or a TSV",
+    )
     names = header_names(lines, path, "evaluation file") if header else None
-    columns = None if source_column is None else (column_index(source_column, names, path, "source"),
-                                                  column_index(target_column, names, path, "target"))
+    columns = (
+        None
+        if source_column is None
+        else (column_index(source_column, names, path, "source"), column_index(target_column, names, path, "target"))
+    )
     skipped = {"empty": 0, "overlong": 0, "undecodable": 0}
     refs, srcs = [], []
     for number, line in enumerate(lines, start=2 if header else 1):
@@ -86,15 +104,17 @@ def read_eval_file(path: str | Path, source_column: int | str | None = None, tar
             break
     if not refs:
         raise V2TError(f"{path} has no usable line (skipped: {skipped})")
-    return EvalData(references=refs, sources=srcs, skipped={k: v for k, v in skipped.items() if v},
-                    name=Path(path).name)
+    return EvalData(
+        references=refs, sources=srcs, skipped={k: v for k, v in skipped.items() if v}, name=Path(path).name
+    )
 
 
 TSV_COLUMNS = "give --source-column and --target-column (0-based indices, or names with --header) to read its columns"
 
 
-def _fields(line: str, columns: tuple[int, int] | None, names: list[str] | None, path: Path,
-            number: int = 0) -> tuple[str, str]:
+def _fields(
+    line: str, columns: tuple[int, int] | None, names: list[str] | None, path: Path, number: int = 0
+) -> tuple[str, str]:
     """The (source, target) of line ``number``: the line itself, or two of its tab-separated columns ('' for a
     blank)."""
     if columns is None or not line.strip():
@@ -102,9 +122,11 @@ def _fields(line: str, columns: tuple[int, int] | None, names: list[str] | None,
     fields = line.split("\t")
     if max(columns) >= len(fields):
         missing = repr(names[max(columns)]) if names and max(columns) < len(names) else max(columns)
-        existing = ", ".join(names[:len(fields)] if names else (str(i) for i in range(len(fields))))
-        raise V2TError(f"{path}: line {number} has no column {missing}; it has {existing} (0-based indices unless "
-                       "--header names them): give every line the same columns")
+        existing = ", ".join(names[: len(fields)] if names else (str(i) for i in range(len(fields))))
+        raise V2TError(
+            f"{path}: line {number} has no column {missing}; it has {existing} (0-based indices unless "
+            "--header names them): give every line the same columns"
+        )
     return fields[columns[0]].strip(), fields[columns[1]].strip()
 
 
@@ -139,25 +161,40 @@ def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
         raise V2TError(f"report folder {out_dir} is an existing file: give --out a new folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not (out_dir / "summary.json").is_file():
-            raise V2TError(f"report folder {out_dir} exists and holds other files than a report: give --out a new "
-                           "or empty folder")
+            raise V2TError(
+                f"report folder {out_dir} exists and holds other files than a report: give --out a new or empty folder"
+            )
         if not overwrite:
-            raise V2TError(f"report folder {out_dir} holds a report already: pass --overwrite to replace it, or "
-                           "give --out another folder")
+            raise V2TError(
+                f"report folder {out_dir} holds a report already: pass --overwrite to replace it, or "
+                "give --out another folder"
+            )
         refuse_foreign(out_dir, REPORT_FILES, "a report", "move them away, or give --out another folder")
     parent = out_dir.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise V2TError(f"cannot write the report {out_dir}: {parent} is not a writable folder; give --out another "
-                       "folder")
+        raise V2TError(
+            f"cannot write the report {out_dir}: {parent} is not a writable folder; give --out another folder"
+        )
     return out_dir
 
 
-def evaluate(v2t: Vector2Text, data: EvalData, out_dir: str | Path, rerank: int | None = None, batch_size: int = 32,
-             max_new_tokens: int | None = None, resamples: int = 1000, seed: int = 0,
-             show_progress: bool = True, restrict_vocab: bool | None = None, adapter: str | Path | None = None,
-             overwrite: bool = False, correction: CorrectionConfig | None = None) -> dict:
+def evaluate(
+    v2t: Vector2Text,
+    data: EvalData,
+    out_dir: str | Path,
+    rerank: int | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+    show_progress: bool = True,
+    restrict_vocab: bool | None = None,
+    adapter: str | Path | None = None,
+    overwrite: bool = False,
+    correction: CorrectionConfig | None = None,
+) -> dict:
     """Reconstruct and score; write the per-sentence TSV, the summary (JSON + Markdown) and the histogram.
 
     The report is written to a temporary folder and renamed into place at the end: an interrupted evaluation
@@ -185,8 +222,9 @@ def evaluate(v2t: Vector2Text, data: EvalData, out_dir: str | Path, rerank: int 
     """
     plan = correction if correction is not None and correction.budget is not None else None
     if plan is not None and rerank is not None:
-        raise V2TError("a budget chooses its own beams: leave rerank unset (drop --rerank), or evaluate without "
-                       "a budget")
+        raise V2TError(
+            "a budget chooses its own beams: leave rerank unset (drop --rerank), or evaluate without a budget"
+        )
     rerank = (0 if plan is not None else 8) if rerank is None else rerank
     check_evaluation_options(rerank, resamples)
     n = len(data.references)
@@ -214,23 +252,34 @@ def evaluate(v2t: Vector2Text, data: EvalData, out_dir: str | Path, rerank: int 
         systems, trace = _decode_systems(v2t, vectors, rerank, correction, options, show_progress)
     boot = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
-    summary = {"adapter": None if adapter is None else str(adapter), "adapter_config": adapter_summary(v2t),
-               "data": data.name, "sentences": n, "skipped": data.skipped, "encoder": v2t.meta.encoder.spec,
-               "backbone": v2t.backbone_info["name"], "compute_dtype": v2t.backbone_info["compute_dtype"],
-               "bootstrap_resamples": resamples,
-               "output_vocab": v2t.output_vocab.numel() if restrict_vocab and v2t.output_vocab is not None
-               else "full",
-               "scores": {name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]}
-                                 for m, (v, lo, hi) in s.items()} for name, s in scores.items()}}
+    summary = {
+        "adapter": None if adapter is None else str(adapter),
+        "adapter_config": adapter_summary(v2t),
+        "data": data.name,
+        "sentences": n,
+        "skipped": data.skipped,
+        "encoder": v2t.meta.encoder.spec,
+        "backbone": v2t.backbone_info["name"],
+        "compute_dtype": v2t.backbone_info["compute_dtype"],
+        "bootstrap_resamples": resamples,
+        "output_vocab": v2t.output_vocab.numel() if restrict_vocab and v2t.output_vocab is not None else "full",
+        "scores": {
+            name: {m: {"value": round(v, 4), "ci95": [round(lo, 4), round(hi, 4)]} for m, (v, lo, hi) in s.items()}
+            for name, s in scores.items()
+        },
+    }
     if plan is not None and trace is not None:
         summary["budget"] = _budget_summary(v2t, plan, trace)
     elif trace is not None and correction is not None:  # a trace comes only from a correction
-        summary["correction"] = {"corrector": correction.corrector or v2t.meta.corrector,
-                                 "starts_from": "reranked" if rerank > 1 else "greedy",
-                                 "width": correction.width, "steps_asked": correction.steps,
-                                 "steps_run": len(trace.texts) - 1,
-                                 "seconds_per_step": [round(s, 2) for s in trace.seconds],
-                                 "decodes_per_vector_per_step": trace.decodes}
+        summary["correction"] = {
+            "corrector": correction.corrector or v2t.meta.corrector,
+            "starts_from": "reranked" if rerank > 1 else "greedy",
+            "width": correction.width,
+            "steps_asked": correction.steps,
+            "steps_run": len(trace.texts) - 1,
+            "seconds_per_step": [round(s, 2) for s in trace.seconds],
+            "decodes_per_vector_per_step": trace.decodes,
+        }
     written = _write_report(out_dir, overwrite, data, systems, summary)
     if written != out_dir:
         logger.warning("%s was taken while evaluating; the report went to %s", out_dir, written)
@@ -240,8 +289,10 @@ def evaluate(v2t: Vector2Text, data: EvalData, out_dir: str | Path, rerank: int 
 
 def check_evaluation_options(rerank: int, resamples: int) -> None:
     """Raise unless ``rerank`` (beam candidates, >= 0) and ``resamples`` (bootstrap, >= 1) are valid."""
-    for name, value, low, what in (("rerank", rerank, 0, "beam candidates; 0 or 1 = greedy only"),
-                                   ("resamples", resamples, 1, "bootstrap resamples for the 95% intervals")):
+    for name, value, low, what in (
+        ("rerank", rerank, 0, "beam candidates; 0 or 1 = greedy only"),
+        ("resamples", resamples, 1, "bootstrap resamples for the 95% intervals"),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise V2TError(f"{name} must be an integer >= {low} ({what}), got {value!r}")
 
@@ -265,11 +316,11 @@ def _write_report(out_dir: Path, overwrite: bool, data: EvalData, systems: dict,
     try:
         with atomic_folder(out_dir, advice="free some space there, or give --out a folder on another disk") as tmp:
             _write_tsv(tmp / "sentences.tsv", data, systems)
-            (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
-                                              encoding="utf-8")
+            (tmp / "summary.json").write_text(
+                json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
             (tmp / "summary.md").write_text(markdown_table(summary), encoding="utf-8")
-            plot_cosines({name: cos for name, (_, cos) in systems.items() if cos is not None},
-                         tmp / "cosine_hist.png")
+            plot_cosines({name: cos for name, (_, cos) in systems.items() if cos is not None}, tmp / "cosine_hist.png")
     except OSError as exc:
         raise V2TError(f"cannot write the report {out_dir}: {exc.strerror or exc}; give --out another folder") from exc
     return out_dir
@@ -281,8 +332,14 @@ def _reembed_cosines(v2t: Vector2Text, texts: list[str], vectors: np.ndarray) ->
     return reembed_cosines(v2t, texts, vectors, empty=0.0)  # an empty output scores 0
 
 
-def _decode_systems(v2t: Vector2Text, vectors: np.ndarray, rerank: int, correction: CorrectionConfig | None,
-                    options: dict, show_progress: bool) -> tuple[dict, Trace | None]:
+def _decode_systems(
+    v2t: Vector2Text,
+    vectors: np.ndarray,
+    rerank: int,
+    correction: CorrectionConfig | None,
+    options: dict,
+    show_progress: bool,
+) -> tuple[dict, Trace | None]:
     """Every system's texts and cosines by name (greedy, reranked, each correction step) and the correction's
     trace (None without correction). With reranking, correction starts from the reranked candidates."""
     if correction is None or correction.steps == 0:
@@ -291,41 +348,57 @@ def _decode_systems(v2t: Vector2Text, vectors: np.ndarray, rerank: int, correcti
         systems = {"greedy": (greedy, greedy_cos)}
         if rerank > 1 and greedy_cos is not None:
             # candidates: the greedy output and the `rerank` best beams; keep the one closest to the target
-            ranked = v2t.generate(vectors, show_progress=show_progress, rerank=True, num_beams=rerank,
-                                  num_return_sequences=rerank, **options)
+            ranked = v2t.generate(
+                vectors,
+                show_progress=show_progress,
+                rerank=True,
+                num_beams=rerank,
+                num_return_sequences=rerank,
+                **options,
+            )
             texts = [r.text if r.cosine > g_cos else g for r, g, g_cos in zip(ranked, greedy, greedy_cos, strict=True)]
             cos = np.maximum(np.array([r.cosine for r in ranked]), greedy_cos)
             systems[f"reranked (greedy + {rerank} beams)"] = (texts, cos)
         return systems, None
     reranked = rerank > 1
-    trace = correct(v2t, vectors, replace(correction, rerank=rerank if reranked else 0),
-                    show_progress=show_progress, **options)
+    trace = correct(
+        v2t, vectors, replace(correction, rerank=rerank if reranked else 0), show_progress=show_progress, **options
+    )
     # correction re-embedded every step's texts already
     systems = {"greedy": (trace.greedy_texts, _kept_cosines(trace.greedy_texts, trace.greedy_cosines))}
     if reranked:
-        systems[f"reranked (greedy + {rerank} beams)"] = (trace.texts[0], _kept_cosines(trace.texts[0],
-                                                                                         trace.cosines[0]))
+        systems[f"reranked (greedy + {rerank} beams)"] = (
+            trace.texts[0],
+            _kept_cosines(trace.texts[0], trace.cosines[0]),
+        )
     for step in range(1, len(trace.texts)):
         name = f"reranked+corrected-{step}" if reranked else f"corrected-{step}"
         systems[name] = (trace.texts[step], _kept_cosines(trace.texts[step], trace.cosines[step]))
     return systems, trace
 
 
-def _decode_budget(v2t: Vector2Text, vectors: np.ndarray, plan: CorrectionConfig, options: dict, show_progress: bool,
-                   seed: int) -> tuple[dict, Trace]:
+def _decode_budget(
+    v2t: Vector2Text, vectors: np.ndarray, plan: CorrectionConfig, options: dict, show_progress: bool, seed: int
+) -> tuple[dict, Trace]:
     """The greedy texts and the best of a budget's beam over corrections (``plan``), with their cosines."""
     trace = correct(v2t, vectors, plan, show_progress=show_progress, seed=seed, **options)
-    return {"greedy": (trace.greedy_texts, _kept_cosines(trace.greedy_texts, trace.greedy_cosines)),
-            f"budget-{plan.budget}": (trace.final, _kept_cosines(trace.final, trace.cosines[-1]))}, trace
+    return {
+        "greedy": (trace.greedy_texts, _kept_cosines(trace.greedy_texts, trace.greedy_cosines)),
+        f"budget-{plan.budget}": (trace.final, _kept_cosines(trace.final, trace.cosines[-1])),
+    }, trace
 
 
 def _budget_summary(v2t: Vector2Text, plan: CorrectionConfig, trace: Trace) -> dict:
     """What a budget's run spent its decodes on, and how many (summary.json's ``budget``)."""
     spent = trace.spent if trace.spent is not None else np.zeros(1)
     corrector = plan.corrector or v2t.meta.corrector if "corrector" in plan.sources else None
-    return describe(plan) | {"corrector": corrector, "decodes_spent_mean": round(float(spent.mean()), 3),
-                             "decodes_spent_max": int(spent.max()), "steps_run": len(trace.texts) - 1,
-                             "seconds": round(sum(trace.seconds), 2)}
+    return describe(plan) | {
+        "corrector": corrector,
+        "decodes_spent_mean": round(float(spent.mean()), 3),
+        "decodes_spent_max": int(spent.max()),
+        "steps_run": len(trace.texts) - 1,
+        "seconds": round(sum(trace.seconds), 2),
+    }
 
 
 def _kept_cosines(texts: list[str], cosines: np.ndarray | None) -> np.ndarray | None:
@@ -340,6 +413,7 @@ def _kept_cosines(texts: list[str], cosines: np.ndarray | None) -> np.ndarray | 
 def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
     """One line per sentence; texts escaped as :func:`lora_v2t.util.textfile.escape_tsv` does (no quoting)."""
     with open(path, "w", encoding="utf-8", newline="") as handle:
+
         def writerow(row):
             handle.write("\t".join(escape_tsv(str(field)) for field in row) + "\n")
 
@@ -351,8 +425,12 @@ def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
         for i, ref in enumerate(data.references):
             row = [i, ref] + ([data.sources[i]] if data.sources and header[2:3] == ["source"] else [])
             for hyps, cos in systems.values():
-                row += [hyps[i], "" if cos is None else f"{cos[i]:.4f}", f"{token_f1(hyps[i], ref):.4f}",
-                        int(exact_match(hyps[i], ref))]
+                row += [
+                    hyps[i],
+                    "" if cos is None else f"{cos[i]:.4f}",
+                    f"{token_f1(hyps[i], ref):.4f}",
+                    int(exact_match(hyps[i], ref)),
+                ]
             writerow(row)
 
 
@@ -362,33 +440,44 @@ def markdown_table(summary: dict) -> str:
     vocab = summary.get("output_vocab", "full")
     vocab = "every token" if vocab == "full" else f"the adapter's {vocab} output tokens"
     adapter = f"Adapter `{summary['adapter']}`; " if summary.get("adapter") else ""
-    lines = [f"{adapter}{summary['sentences']} sentences; encoder `{summary['encoder']}`; "
-             f"backbone `{summary['backbone']}`; "
-             f"decoding over {vocab}; 95% bootstrap intervals over {summary['bootstrap_resamples']} resamples.",
-             "",
-             "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = [
+        f"{adapter}{summary['sentences']} sentences; encoder `{summary['encoder']}`; "
+        f"backbone `{summary['backbone']}`; "
+        f"decoding over {vocab}; 95% bootstrap intervals over {summary['bootstrap_resamples']} resamples.",
+        "",
+        "| metric | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     for m in metrics:
         cells = []
         for name in names:
             s = summary["scores"][name].get(m)
             fmt = "{:.3f}" if m == "cosine" else "{:.1f}"
-            cells.append(f"{fmt.format(s['value'])} [{fmt.format(s['ci95'][0])}, {fmt.format(s['ci95'][1])}]"
-                         if s else "")
+            cells.append(
+                f"{fmt.format(s['value'])} [{fmt.format(s['ci95'][0])}, {fmt.format(s['ci95'][1])}]" if s else ""
+            )
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary.get("budget"):
         b = summary["budget"]
-        lines += ["", f"Budget {b['budget']} decodes per vector on {' + '.join(b['sources']) or 'greedy'} (beams "
-                      f"{b['beams']}, width {b['width']}, up to {b['steps']} correction steps, {b['steps_run']} run): "
-                      f"{b['decodes_spent_mean']} decodes per vector spent on average, {b['decodes_spent_max']} at "
-                      f"most, in {b['seconds']} s."]
+        lines += [
+            "",
+            f"Budget {b['budget']} decodes per vector on {' + '.join(b['sources']) or 'greedy'} (beams "
+            f"{b['beams']}, width {b['width']}, up to {b['steps']} correction steps, {b['steps_run']} run): "
+            f"{b['decodes_spent_mean']} decodes per vector spent on average, {b['decodes_spent_max']} at "
+            f"most, in {b['seconds']} s.",
+        ]
     if summary.get("correction"):
         c = summary["correction"]
-        cost = ", ".join(f"step {i}: {s} s, {d} decode(s)/vector"
-                         for i, (s, d) in enumerate(zip(c["seconds_per_step"], c["decodes_per_vector_per_step"],
-                                                        strict=True)))
+        cost = ", ".join(
+            f"step {i}: {s} s, {d} decode(s)/vector"
+            for i, (s, d) in enumerate(zip(c["seconds_per_step"], c["decodes_per_vector_per_step"], strict=True))
+        )
         start = "the reranked candidates" if c.get("starts_from") == "reranked" else "the greedy hypothesis"
-        lines += ["", f"Correction with `{c['corrector']}` (width {c['width']}) from {start}: {c['steps_run']} of "
-                      f"{c['steps_asked']} steps run (it stops when the cosine stops rising); {cost}."]
+        lines += [
+            "",
+            f"Correction with `{c['corrector']}` (width {c['width']}) from {start}: {c['steps_run']} of "
+            f"{c['steps_asked']} steps run (it stops when the cosine stops rising); {cost}.",
+        ]
     if summary["skipped"]:
         lines += ["", f"Skipped lines: {summary['skipped']}"]
     return "\n".join(lines) + "\n"
@@ -405,8 +494,13 @@ def plot_cosines(cosines: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, cos in cosines.items():
-        ax.hist(cos, bins=40, range=(min(0.0, float(np.min(cos))), 1.0), alpha=0.6,
-                label=f"{name} (mean {np.mean(cos):.3f})")
+        ax.hist(
+            cos,
+            bins=40,
+            range=(min(0.0, float(np.min(cos))), 1.0),
+            alpha=0.6,
+            label=f"{name} (mean {np.mean(cos):.3f})",
+        )
     ax.set_xlabel("cosine(target vector, re-embedded output)")
     ax.set_ylabel("sentences")
     ax.legend()

@@ -67,11 +67,13 @@ class InvertJob:
             raise V2TError(f"--out {self.out} must end in .jsonl or .tsv (the format of the rows)")
         if self.on_nan not in NAN_POLICIES:
             raise V2TError(f"--on-nan must be one of {list(NAN_POLICIES)}, got {self.on_nan!r}")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                            or self.batch_size < 1):
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
             raise V2TError(f"--batch-size must be an integer >= 1, got {self.batch_size!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not 0 <= self.seed < SEED_LIMIT):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT
+        ):
             raise V2TError(f"--seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
 
 
@@ -86,11 +88,15 @@ class Source:
             self.vectors = load_vectors_file(self.path, mmap=True)
             shape = tuple(self.vectors.shape)
             if self.vectors.ndim != 2:
-                raise V2TError(f"{self.path} holds an array of shape {shape}: it must be 2-D (rows, {dim}), one "
-                               f"vector per row (one vector: save vector.reshape(1, {dim}))")
+                raise V2TError(
+                    f"{self.path} holds an array of shape {shape}: it must be 2-D (rows, {dim}), one "
+                    f"vector per row (one vector: save vector.reshape(1, {dim}))"
+                )
             if shape[1] != dim:
-                raise V2TError(f"{self.path} holds an array of shape {shape}, but the adapter inverts ({dim},) "
-                               f"vectors: give an (N, {dim}) array")
+                raise V2TError(
+                    f"{self.path} holds an array of shape {shape}, but the adapter inverts ({dim},) "
+                    f"vectors: give an (N, {dim}) array"
+                )
             if shape[0] == 0:
                 raise V2TError(f"{self.path} holds no vectors (shape {shape}): give at least one row")
             if on_nan == "refuse":
@@ -135,11 +141,13 @@ class Source:
         """Name the first rows holding NaN or inf (read in chunks: the file may not fit in memory)."""
         vectors = self.vectors if self.vectors is not None else np.zeros((0, self.dim), np.float32)
         for start in range(0, len(vectors), chunk):
-            bad = ~np.isfinite(np.asarray(vectors[start:start + chunk])).all(axis=1)
+            bad = ~np.isfinite(np.asarray(vectors[start : start + chunk])).all(axis=1)
             if bad.any():
                 rows = (np.flatnonzero(bad)[:5] + start).tolist()
-                raise V2TError(f"{self.path}: row(s) {rows} hold NaN or inf: fix them, or pass --on-nan skip to "
-                               "skip such rows (they are counted)")
+                raise V2TError(
+                    f"{self.path}: row(s) {rows} hold NaN or inf: fix them, or pass --on-nan skip to "
+                    "skip such rows (they are counted)"
+                )
 
     def batch(self, v2t: Vector2Text, start: int, stop: int) -> np.ndarray:
         """Vectors of rows [start, stop), float32 (N, d); texts are encoded with the adapter's encoder."""
@@ -164,8 +172,9 @@ class PreparedJob:
     start: int
 
 
-def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = None,
-                config: BundleConfig | None = None) -> PreparedJob:
+def prepare_job(
+    job: InvertJob, adapter_dir: str | Path, label: str | None = None, config: BundleConfig | None = None
+) -> PreparedJob:
     """Check the source, the decoding options and OUT against its meta file, all before the models load.
 
     Args:
@@ -188,11 +197,20 @@ def prepare_job(job: InvertJob, adapter_dir: str | Path, label: str | None = Non
     weights = hashlib.sha256((adapter_dir / "projector.safetensors").read_bytes()).hexdigest()[:16]
     # neither the batch nor the cache changes the rows
     decoding = {k: v for k, v in asdict(options).items() if k not in ("batch_size", "cache")}
-    identity = {"format": 1, "adapter": label or str(adapter_dir.resolve()), "projector_sha256": weights,
-                "decoding": decoding, "source": str(Path(job.source).resolve()), "rows": len(source),
-                "source_file_sha256": source.fingerprint(),
-                "cosine": job.cosine, "on_nan": job.on_nan, "dtype": job.dtype, "seed": job.seed,
-                "budget": job.budget or 1}
+    identity = {
+        "format": 1,
+        "adapter": label or str(adapter_dir.resolve()),
+        "projector_sha256": weights,
+        "decoding": decoding,
+        "source": str(Path(job.source).resolve()),
+        "rows": len(source),
+        "source_file_sha256": source.fingerprint(),
+        "cosine": job.cosine,
+        "on_nan": job.on_nan,
+        "dtype": job.dtype,
+        "seed": job.seed,
+        "budget": job.budget or 1,
+    }
     if plan is not None:  # what the budget is spent on, as the rule of this version chose it
         identity["budget_plan"] = plan
     return PreparedJob(source, identity, prepare_output(job, identity, source))
@@ -204,12 +222,18 @@ def budget_plan(job: InvertJob, config: BundleConfig) -> dict | None:
     from ..model.beam import describe, plan_budget
 
     if job.budget is None and (job.sources is not None or job.sample_proposals or job.corrector is not None):
-        raise V2TError("sources, sample_proposals and corrector choose how a budget is spent: give budget (--budget "
-                       "N) too")
+        raise V2TError(
+            "sources, sample_proposals and corrector choose how a budget is spent: give budget (--budget N) too"
+        )
     if job.budget is None:
         return None
-    plan = plan_budget(job.budget, job.sources, corrector=job.corrector, has_corrector=bool(config.corrector),
-                       sample=job.sample_proposals)
+    plan = plan_budget(
+        job.budget,
+        job.sources,
+        corrector=job.corrector,
+        has_corrector=bool(config.corrector),
+        sample=job.sample_proposals,
+    )
     if not (plan.steps or plan.rerank):
         return None
     described = describe(plan)
@@ -224,8 +248,10 @@ def prepare_output(job: InvertJob, identity: dict, source: Source | None = None)
     if out.exists() and not out.is_file():
         raise V2TError(f"--out {out} is a folder: give a .jsonl or .tsv file")
     if out.exists() and not meta.exists():
-        raise V2TError(f"{out} exists but was not written by `lora-v2t invert` (no {meta.name}): choose another "
-                       "--out, or delete it")
+        raise V2TError(
+            f"{out} exists but was not written by `lora-v2t invert` (no {meta.name}): choose another "
+            "--out, or delete it"
+        )
     if meta.exists():
         try:
             saved = json.loads(meta.read_text(encoding="utf-8"))
@@ -237,8 +263,7 @@ def prepare_output(job: InvertJob, identity: dict, source: Source | None = None)
         try:
             atomic_write(meta, json.dumps(identity, ensure_ascii=False, indent=1), advice=ADVICE)
         except OSError as exc:
-            raise V2TError(f"cannot write {meta} ({exc.strerror or exc}): give an --out in a writable folder") \
-                from exc
+            raise V2TError(f"cannot write {meta} ({exc.strerror or exc}): give an --out in a writable folder") from exc
     return _resume_position(out, source)
 
 
@@ -255,11 +280,15 @@ def check_identity(saved: dict, identity: dict, job: InvertJob, source: Source |
             logger.warning("%s does not record the %s of its rows; continuing with %s", meta, key, value)
             continue
         if key in ("source_file_sha256", "source_sha256") and saved[key] != value:
-            raise V2TError(f"{out} was written from another content of {job.source} (the file changed since): "
-                           f"choose another --out, or delete {out} and {meta.name} to start over")
+            raise V2TError(
+                f"{out} was written from another content of {job.source} (the file changed since): "
+                f"choose another --out, or delete {out} and {meta.name} to start over"
+            )
         if saved.get(key) != value:
-            raise V2TError(f"{out} was written with another {_changed(key, saved.get(key), value)}: choose another "
-                           f"--out, or delete {out} and {meta.name} to start over")
+            raise V2TError(
+                f"{out} was written with another {_changed(key, saved.get(key), value)}: choose another "
+                f"--out, or delete {out} and {meta.name} to start over"
+            )
 
 
 def _changed(key: str, was, now) -> str:
@@ -278,8 +307,9 @@ def output_folder(out: str | Path) -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise V2TError(f"cannot create the folder of --out {out} ({exc.strerror or exc}): give an --out in a "
-                           "writable folder") from exc
+            raise V2TError(
+                f"cannot create the folder of --out {out} ({exc.strerror or exc}): give an --out in a writable folder"
+            ) from exc
         logger.warning("created the folder %s for %s", folder, out)
     return folder
 
@@ -294,8 +324,9 @@ def output_lock(out: str | Path):
         lock.acquire()
     except LockBusy as exc:
         holder = f"process {exc.pid}" if exc.pid else "another process"
-        raise V2TError(f"{out} is being written by {holder} (another `lora-v2t invert`): wait for it to end, or "
-                       "give another --out") from None
+        raise V2TError(
+            f"{out} is being written by {holder} (another `lora-v2t invert`): wait for it to end, or give another --out"
+        ) from None
     except OSError as exc:
         raise V2TError(f"cannot lock {out} ({exc.strerror or exc}): give an --out in a writable folder") from exc
     try:
@@ -314,8 +345,9 @@ def _resume_position(out: Path, source: Source | None = None) -> int:
     data = out.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        logger.warning("%s ends with a row cut short (%d bytes): dropping it and inverting that row again", out,
-                       len(data) - end)
+        logger.warning(
+            "%s ends with a row cut short (%d bytes): dropping it and inverting that row again", out, len(data) - end
+        )
         with open(out, "r+b") as handle:
             handle.truncate(end)
     rows = [line for line in split_lines(data[:end].decode("utf-8")) if line and not line.startswith("index\t")]
@@ -324,8 +356,10 @@ def _resume_position(out: Path, source: Source | None = None) -> int:
     try:
         last = parse_row(out.suffix, rows[-1])[0]
     except (ValueError, KeyError, TypeError) as exc:
-        raise V2TError(f"{out}: its last row is not one `lora-v2t invert` writes ({exc}): choose another --out, or "
-                       f"delete {out} and its .meta.json to start over") from exc
+        raise V2TError(
+            f"{out}: its last row is not one `lora-v2t invert` writes ({exc}): choose another --out, or "
+            f"delete {out} and its .meta.json to start over"
+        ) from exc
     _check_rows(out, rows, source)
     return last + 1
 
@@ -340,16 +374,20 @@ def _check_rows(out: Path, rows: list[str], source: Source | None) -> None:
     except (ValueError, KeyError, TypeError) as exc:
         raise V2TError(f"{out}: a row is not one `lora-v2t invert` writes ({exc}): {fix}") from exc
     if indices[0] < 0 or (np.diff(indices) <= 0).any():
-        raise V2TError(f"{out}: its rows are not those `lora-v2t invert` wrote: they are out of order or repeated "
-                       f"(edited or damaged): {fix}")
+        raise V2TError(
+            f"{out}: its rows are not those `lora-v2t invert` wrote: they are out of order or repeated "
+            f"(edited or damaged): {fix}"
+        )
     gap = np.ones(int(indices[-1]) + 1, dtype=bool)
     gap[indices] = False
     missing = np.flatnonzero(gap)
     if len(missing) and source is not None and source.vectors is not None:
         missing = missing[np.isfinite(np.asarray(source.vectors[missing])).all(axis=1)]  # skipped: NaN or inf
     if len(missing):
-        raise V2TError(f"{out}: its rows are not those `lora-v2t invert` wrote: row(s) {missing[:5].tolist()} are "
-                       f"missing (edited or damaged): {fix}")
+        raise V2TError(
+            f"{out}: its rows are not those `lora-v2t invert` wrote: row(s) {missing[:5].tolist()} are "
+            f"missing (edited or damaged): {fix}"
+        )
 
 
 def parse_row(suffix: str, line: str) -> tuple[int, str, float | None]:
@@ -379,11 +417,16 @@ def append_rows(out: Path, text: str) -> None:
     """Append complete rows in one write; a write that fails (a full disk) leaves the file as it was."""
     complete = "the rows written so far are complete"
     try:
-        append_complete(out, text.encode("utf-8"), advice=f"{complete}; free some space there, then run the same "
-                                                          "command again to continue")
+        append_complete(
+            out,
+            text.encode("utf-8"),
+            advice=f"{complete}; free some space there, then run the same command again to continue",
+        )
     except OSError as exc:
-        raise V2TError(f"cannot write to {out} ({exc.strerror or exc}): {complete}; run the same command again to "
-                       "continue once the cause is fixed") from exc
+        raise V2TError(
+            f"cannot write to {out} ({exc.strerror or exc}): {complete}; run the same command again to "
+            "continue once the cause is fixed"
+        ) from exc
 
 
 def batch_seed(seed: int | None, first_row: int) -> int | None:
@@ -413,8 +456,10 @@ def invert_file(v2t: Vector2Text, job: InvertJob, adapter_dir: str | Path, show_
     """Invert every row of ``job.source`` not yet in ``job.out`` with ``v2t`` (loaded from ``adapter_dir``)."""
     loaded = v2t.backbone_info["compute_dtype"]
     if job.dtype not in (None, loaded):
-        raise V2TError(f"the job asks for dtype {job.dtype} but the base was loaded in {loaded}: load it with "
-                       f"load_adapter(..., dtype={job.dtype!r})")
+        raise V2TError(
+            f"the job asks for dtype {job.dtype} but the base was loaded in {loaded}: load it with "
+            f"load_adapter(..., dtype={job.dtype!r})"
+        )
     job = replace(job, dtype=loaded)
     with output_lock(job.out):
         return run_job(v2t, job, prepare_job(job, adapter_dir), show_progress)
@@ -441,9 +486,15 @@ def run_job(v2t: Vector2Text, job: InvertJob, prepared: PreparedJob, show_progre
         counts["skipped"] += int((~keep).sum())
         indices, vectors = np.arange(begin, stop)[keep], vectors[keep]
         if len(vectors):
-            texts = v2t.generate(vectors, seed=batch_seed(job.seed, begin), budget=job.budget, sources=job.sources,
-                                 corrector=job.corrector, sample_proposals=job.sample_proposals,
-                                 **(job.options | {"batch_size": batch}))
+            texts = v2t.generate(
+                vectors,
+                seed=batch_seed(job.seed, begin),
+                budget=job.budget,
+                sources=job.sources,
+                corrector=job.corrector,
+                sample_proposals=job.sample_proposals,
+                **(job.options | {"batch_size": batch}),
+            )
             cosines = reembed_cosines(v2t, texts, vectors, empty=0.0) if job.cosine else None
             append_rows(out, format_rows(out.suffix, indices, texts, cosines))
             counts["written"] += len(texts)

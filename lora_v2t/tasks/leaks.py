@@ -27,12 +27,27 @@ from .metrics import bootstrap_interval, corpus_interval, exact_match
 ENTITIES = ("PER", "LOC", "ORG")
 RULES = ("NUMBER", "DATE", "EMAIL", "PHONE")
 CATEGORIES = ENTITIES + RULES
-LABELS = {"PER": "person names", "LOC": "places", "ORG": "organisations", "NUMBER": "numbers", "DATE": "dates",
-          "EMAIL": "e-mail addresses", "PHONE": "phone numbers"}
-ONE = {"PER": "a person's name", "LOC": "a place", "ORG": "an organisation", "NUMBER": "a number",
-       "DATE": "a date", "EMAIL": "an e-mail address", "PHONE": "a phone number"}
+LABELS = {
+    "PER": "person names",
+    "LOC": "places",
+    "ORG": "organisations",
+    "NUMBER": "numbers",
+    "DATE": "dates",
+    "EMAIL": "e-mail addresses",
+    "PHONE": "phone numbers",
+}
+ONE = {
+    "PER": "a person's name",
+    "LOC": "a place",
+    "ORG": "an organisation",
+    "NUMBER": "a number",
+    "DATE": "a date",
+    "EMAIL": "an e-mail address",
+    "PHONE": "a phone number",
+}
 
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 и в во не что он на я с со как а то все она так его но да ты к у же вы за бы по только ее мне было вот от меня еще
 нет о из ему теперь когда даже ну вдруг ли если уже или ни быть был него до вас нибудь опять уж вам ведь там потом
 себя ничего ей может они тут где есть надо ней для мы тебя их чем была сам чтоб без будто чего раз тоже себе под
@@ -44,7 +59,8 @@ the a an and or but if of to in on at by for with from as is are was were be bee
 those he she they we you i me my our your his her their them not no so do does did have has had will would can
 could should there here what which who whom when where why how all any some than then too very just also into
 about over after before up down out
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*")
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -55,17 +71,34 @@ _PHONE = re.compile(r"""(?x)(?<![\w+])(?:
     | \d{3}-\d{2}-\d{2}                                                # 123-45-67
     )(?!\w)""")
 _MONTHS = ("январ", "феврал", "март", "апрел", "ма", "июн", "июл", "август", "сентябр", "октябр", "ноябр", "декабр")
-_MONTHS_EN = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-              "november", "december")
-_MONTH = (r"(?P<month>январ[ьяею]|феврал[ьяею]|март[аеу]?|апрел[ьяею]|ма[йяею]|июн[ьяею]|июл[ьяею]|август[аеу]?"
-          r"|сентябр[ьяею]|октябр[ьяею]|ноябр[ьяею]|декабр[ьяею]|" + "|".join(_MONTHS_EN) + ")")
-_DATES = [re.compile(p, re.IGNORECASE) for p in (
-    r"(?<!\d)(?P<year>\d{4})-(?P<mon>\d{2})-(?P<day>\d{2})(?!\d)",  # 2019-05-07
-    r"(?<!\d)(?<!\d\.)(?P<day>\d{1,2})[./](?P<mon>\d{1,2})[./](?P<year>\d{4}|\d{2})(?!\d)(?!\.\d)",  # 07.05.2019
-    rf"(?<!\d)(?P<day>\d{{1,2}})\s+{_MONTH}(?:\s+(?P<year>\d{{4}}))?(?!\w)",  # 7 мая 2019, 7 May 2019
-    rf"(?<!\w){_MONTH}\s+(?P<day>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<year>\d{{4}})(?!\d)",  # May 7, 2019
-    rf"(?<!\w){_MONTH}\s+(?P<year>\d{{4}})(?!\d)",  # мае 2019 года, May 2019
-)]
+_MONTHS_EN = (
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
+_MONTH = (
+    r"(?P<month>январ[ьяею]|феврал[ьяею]|март[аеу]?|апрел[ьяею]|ма[йяею]|июн[ьяею]|июл[ьяею]|август[аеу]?"
+    r"|сентябр[ьяею]|октябр[ьяею]|ноябр[ьяею]|декабр[ьяею]|" + "|".join(_MONTHS_EN) + ")"
+)
+_DATES = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"(?<!\d)(?P<year>\d{4})-(?P<mon>\d{2})-(?P<day>\d{2})(?!\d)",  # 2019-05-07
+        r"(?<!\d)(?<!\d\.)(?P<day>\d{1,2})[./](?P<mon>\d{1,2})[./](?P<year>\d{4}|\d{2})(?!\d)(?!\.\d)",  # 07.05.2019
+        rf"(?<!\d)(?P<day>\d{{1,2}})\s+{_MONTH}(?:\s+(?P<year>\d{{4}}))?(?!\w)",  # 7 мая 2019, 7 May 2019
+        rf"(?<!\w){_MONTH}\s+(?P<day>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<year>\d{{4}})(?!\d)",  # May 7, 2019
+        rf"(?<!\w){_MONTH}\s+(?P<year>\d{{4}})(?!\d)",  # мае 2019 года, May 2019
+    )
+]
 _NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?:,\d+)?(?![\w])|(?<!\w)\d+(?:[.,]\d+)?")
 
 
@@ -184,8 +217,9 @@ def _natasha():
     try:
         from natasha import NewsEmbedding, NewsNERTagger, Segmenter
     except ImportError as exc:
-        raise V2TError(f"the audit finds names with natasha, which does not import here ({exc}): pip install "
-                       "natasha pymorphy3") from exc
+        raise V2TError(
+            f"the audit finds names with natasha, which does not import here ({exc}): pip install natasha pymorphy3"
+        ) from exc
     return Segmenter(), NewsNERTagger(NewsEmbedding())
 
 
@@ -194,8 +228,10 @@ def _morph():
     try:
         import pymorphy3
     except ImportError as exc:
-        raise V2TError(f"the audit compares names by their lemmas with pymorphy3, which does not import here "
-                       f"({exc}): pip install pymorphy3") from exc
+        raise V2TError(
+            f"the audit compares names by their lemmas with pymorphy3, which does not import here "
+            f"({exc}): pip install pymorphy3"
+        ) from exc
     logging.getLogger("pymorphy3").setLevel(logging.WARNING)  # it logs where its dictionaries are, at INFO
     return pymorphy3.MorphAnalyzer(lang="ru")
 
@@ -308,9 +344,14 @@ def leak_figures(rows: list[dict], resamples: np.ndarray) -> dict:
     for category in CATEGORIES:
         found = np.array([len(r["leaks"].get(category, {}).get("found", ())) for r in rows])
         back = np.array([len(r["leaks"].get(category, {}).get("recovered", ())) for r in rows])
-        out[category] = {"label": LABELS[category], "rows_with": int((found > 0).sum()), "items": int(found.sum()),
-                         "recovered": int(back.sum()), "item_recall": ratio(back, found, resamples),
-                         "rows_leaking": share(back > 0, resamples)}
+        out[category] = {
+            "label": LABELS[category],
+            "rows_with": int((found > 0).sum()),
+            "items": int(found.sum()),
+            "recovered": int(back.sum()),
+            "item_recall": ratio(back, found, resamples),
+            "rows_leaking": share(back > 0, resamples),
+        }
     found_any = [bool(r["leaks"]) for r in rows]
     back_any = [any(item["recovered"] for item in r["leaks"].values()) for r in rows]
     out["any"] = {"label": "any of these", "rows_with": sum(found_any), "rows_leaking": share(back_any, resamples)}
@@ -323,8 +364,12 @@ def contained_figures(rows: list[dict], resamples: np.ndarray) -> dict:
     out = {}
     for category in CATEGORIES:
         counts = np.array([len(r["contains"].get(category, ())) for r in rows])
-        out[category] = {"label": LABELS[category], "rows_with": int((counts > 0).sum()),
-                         "items": int(counts.sum()), "rows_share": share(counts > 0, resamples)}
+        out[category] = {
+            "label": LABELS[category],
+            "rows_with": int((counts > 0).sum()),
+            "items": int(counts.sum()),
+            "rows_share": share(counts > 0, resamples),
+        }
     return out
 
 
@@ -343,10 +388,13 @@ def measure(rows: list[dict], originals: list[str] | None, show_progress: bool =
         else:
             original, text = originals[row["index"]], row["reconstruction"]
             recovered, found = content_recall(original, text)
-            record |= {"original": original, "exact": bool(exact_match(text, original)),
-                       "chrf": round(chrf.sentence_score(text, [original]).score, 2),
-                       "content_words": {"found": found, "recovered": recovered},
-                       "leaks": leaked(original, text)}
+            record |= {
+                "original": original,
+                "exact": bool(exact_match(text, original)),
+                "chrf": round(chrf.sentence_score(text, [original]).score, 2),
+                "content_words": {"found": found, "recovered": recovered},
+                "leaks": leaked(original, text),
+            }
         out.append(record)
     return out
 
@@ -364,12 +412,24 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
     boot = np.random.default_rng(0).integers(0, n, size=(resamples, n))
     cosines = np.array([r["cosine"] for r in records], dtype=np.float64)
     mean, low, high = bootstrap_interval(cosines, boot)
-    summary = {"format": 1, "source": identity["source"], "adapter": identity["adapter"],
-               "decoding": identity["decoding"], "rows": n, "rows_in_source": identity["rows_in_source"],
-               "sample": identity["sample"], "seed": identity["seed"], "skipped_nan": extracted - n,
-               "originals": "original" in records[0], "bootstrap_resamples": resamples,
-               "cosine": {"mean": round(mean, 4), "ci95": [round(low, 4), round(high, 4)],
-                          "median": round(float(np.median(cosines)), 4)}}
+    summary = {
+        "format": 1,
+        "source": identity["source"],
+        "adapter": identity["adapter"],
+        "decoding": identity["decoding"],
+        "rows": n,
+        "rows_in_source": identity["rows_in_source"],
+        "sample": identity["sample"],
+        "seed": identity["seed"],
+        "skipped_nan": extracted - n,
+        "originals": "original" in records[0],
+        "bootstrap_resamples": resamples,
+        "cosine": {
+            "mean": round(mean, 4),
+            "ci95": [round(low, 4), round(high, 4)],
+            "median": round(float(np.median(cosines)), 4),
+        },
+    }
     if not summary["originals"]:
         return summary | {"categories": contained_figures(records, boot)}
     hyps, refs = [r["reconstruction"] for r in records], [r["original"] for r in records]
@@ -379,4 +439,5 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
         "exact_match": _shared(*bootstrap_interval(exact, boot)),
         "chrf": _shared(*corpus_interval(CHRF(), hyps, refs, boot)),
         "content_word_recall": ratio([w["recovered"] for w in words], [w["found"] for w in words], boot),
-        "categories": leak_figures(records, boot)}
+        "categories": leak_figures(records, boot),
+    }

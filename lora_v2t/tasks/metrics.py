@@ -75,10 +75,16 @@ def bleu_statistics(metric, hypotheses: list[str], references: list[str]) -> np.
 def bleu_from_statistics(metric, stats: np.ndarray) -> float:
     """Corpus BLEU of summed :func:`bleu_statistics`, with ``metric``'s smoothing."""
     order = metric.max_ngram_order
-    return metric.compute_bleu(correct=stats[2:2 + order].tolist(), total=stats[2 + order:].tolist(),
-                               sys_len=int(stats[0]), ref_len=int(stats[1]), smooth_method=metric.smooth_method,
-                               smooth_value=metric.smooth_value, effective_order=metric.effective_order,
-                               max_ngram_order=order).score
+    return metric.compute_bleu(
+        correct=stats[2 : 2 + order].tolist(),
+        total=stats[2 + order :].tolist(),
+        sys_len=int(stats[0]),
+        ref_len=int(stats[1]),
+        smooth_method=metric.smooth_method,
+        smooth_value=metric.smooth_value,
+        effective_order=metric.effective_order,
+        max_ngram_order=order,
+    ).score
 
 
 def chrf_statistics(metric, hypotheses: list[str], references: list[str]) -> np.ndarray:
@@ -92,8 +98,11 @@ def chrf_statistics(metric, hypotheses: list[str], references: list[str]) -> np.
         if metric.lowercase:
             hyp, ref = hyp.lower(), ref.lower()
         row = []
-        for h, r in zip(extract_all_char_ngrams(hyp, metric.char_order, metric.whitespace),
-                        extract_all_char_ngrams(ref, metric.char_order, metric.whitespace), strict=True):
+        for h, r in zip(
+            extract_all_char_ngrams(hyp, metric.char_order, metric.whitespace),
+            extract_all_char_ngrams(ref, metric.char_order, metric.whitespace),
+            strict=True,
+        ):
             row += [h.total() if r else 0, r.total(), (h & r).total()]
         rows.append(row)
     return np.asarray(rows, dtype=np.float64)
@@ -109,18 +118,20 @@ def chrf_from_statistics(metric, stats: np.ndarray) -> float:
     precision, recall = float((match[seen] / hyp[seen]).mean()), float((match[seen] / ref[seen]).mean())
     if precision + recall == 0:
         return 0.0
-    factor = metric.beta ** 2
+    factor = metric.beta**2
     return 100 * (1 + factor) * precision * recall / (factor * precision + recall)
 
 
 def rescore_resamples(metric, hypotheses: list[str], references: list[str], resamples: np.ndarray) -> np.ndarray:
     """sacrebleu's corpus_score of every resample (rows of sentence indices): the definition, without shortcuts."""
-    return np.array([metric.corpus_score([hypotheses[i] for i in idx], [[references[i] for i in idx]]).score
-                     for idx in resamples])
+    return np.array(
+        [metric.corpus_score([hypotheses[i] for i in idx], [[references[i] for i in idx]]).score for idx in resamples]
+    )
 
 
-def corpus_interval(metric, hypotheses: list[str], references: list[str],
-                    resamples: np.ndarray) -> tuple[float, float, float]:
+def corpus_interval(
+    metric, hypotheses: list[str], references: list[str], resamples: np.ndarray
+) -> tuple[float, float, float]:
     """sacrebleu's corpus score of ``metric`` (a ``BLEU`` or ``CHRF``) and its 95% bootstrap interval."""
     from sacrebleu.metrics import BLEU
 
@@ -132,14 +143,19 @@ def corpus_interval(metric, hypotheses: list[str], references: list[str],
     if abs(from_stats(metric, stats.sum(axis=0)) - point) <= 1e-9 * max(1.0, abs(point)):
         _, low, high = bootstrap_interval(stats, resamples, lambda summed: from_stats(metric, summed))
         return point, low, high
-    logger.warning("%s: per-sentence statistics do not reproduce sacrebleu's corpus score; rescoring each of the "
-                   "%d bootstrap resamples with corpus_score (slower)", type(metric).__name__, len(resamples))
+    logger.warning(
+        "%s: per-sentence statistics do not reproduce sacrebleu's corpus score; rescoring each of the "
+        "%d bootstrap resamples with corpus_score (slower)",
+        type(metric).__name__,
+        len(resamples),
+    )
     low, high = np.percentile(rescore_resamples(metric, hypotheses, references, resamples), [2.5, 97.5])
     return point, float(low), float(high)
 
 
-def score_outputs(hypotheses: list[str], references: list[str], cosines: np.ndarray | None,
-                  resamples: np.ndarray) -> dict:
+def score_outputs(
+    hypotheses: list[str], references: list[str], cosines: np.ndarray | None, resamples: np.ndarray
+) -> dict:
     """Corpus BLEU and chrF, token F1, exact match and cosine, each as (value, low, high)."""
     from sacrebleu.metrics import BLEU, CHRF
 
@@ -147,9 +163,11 @@ def score_outputs(hypotheses: list[str], references: list[str], cosines: np.ndar
         "bleu": corpus_interval(BLEU(), hypotheses, references, resamples),
         "chrf": corpus_interval(CHRF(), hypotheses, references, resamples),
         "token_f1": bootstrap_interval(
-            np.array([token_f1(h, r) for h, r in zip(hypotheses, references, strict=True)]) * 100, resamples),
+            np.array([token_f1(h, r) for h, r in zip(hypotheses, references, strict=True)]) * 100, resamples
+        ),
         "exact_match": bootstrap_interval(
-            np.array([exact_match(h, r) for h, r in zip(hypotheses, references, strict=True)]) * 100, resamples),
+            np.array([exact_match(h, r) for h, r in zip(hypotheses, references, strict=True)]) * 100, resamples
+        ),
     }
     if cosines is not None:
         out["cosine"] = bootstrap_interval(np.asarray(cosines, dtype=np.float64), resamples)

@@ -34,23 +34,30 @@ class PostgresSource(VectorSource):
         self.picked = sql.SQL(", ").join(pick)
         # the row order: the id column (ties broken by ctid in a table), else the table's ctid
         keys = ([sql.Identifier(columns["id"])] if columns.get("id") else []) + ([sql.SQL("t.ctid")] * is_table)
-        ids = sql.SQL("count(*) - count({})").format(sql.Identifier(columns["id"])) if columns.get("id") else \
-            sql.SQL("0")
+        ids = (
+            sql.SQL("count(*) - count({})").format(sql.Identifier(columns["id"])) if columns.get("id") else sql.SQL("0")
+        )
         self.total, null_ids = self._row(sql.SQL("SELECT count(*), {} FROM {} AS t").format(ids, relation))
         if null_ids:
-            raise V2TError(f"--id-column {columns['id']} of PostgreSQL {label} holds {null_ids} NULL value(s): ids "
-                           "name and order the rows; give a column without NULLs, or leave --id-column out (rows are "
-                           "then numbered)")
+            raise V2TError(
+                f"--id-column {columns['id']} of PostgreSQL {label} holds {null_ids} NULL value(s): ids "
+                "name and order the rows; give a column without NULLs, or leave --id-column out (rows are "
+                "then numbered)"
+            )
         self.dim = self._first_dim()
         self.cursor = conn.cursor(name=CURSOR, scrollable=True, binary=True)
-        self._execute(self.cursor, sql.SQL("SELECT {} FROM {} AS t ORDER BY {}").format(
-            self.picked, relation, sql.SQL(", ").join(keys)))
+        self._execute(
+            self.cursor,
+            sql.SQL("SELECT {} FROM {} AS t ORDER BY {}").format(self.picked, relation, sql.SQL(", ").join(keys)),
+        )
         self.position = 0  # the row the cursor's next fetch returns
 
     def describe(self) -> str:
         order = f"ordered by {self.columns['id']}" if self.columns.get("id") else "ordered by ctid"
-        return (f"PostgreSQL {self.label} at {self.where} (column {self.columns['vector']}, {order}), "
-                f"{len(self)} vectors of dim {self.dim}")
+        return (
+            f"PostgreSQL {self.label} at {self.where} (column {self.columns['vector']}, {order}), "
+            f"{len(self)} vectors of dim {self.dim}"
+        )
 
     def __len__(self) -> int:
         return self.total
@@ -63,8 +70,9 @@ class PostgresSource(VectorSource):
             for row, record in zip(run.tolist(), self._fetch(int(run[0]), len(run)), strict=True):
                 rows[row] = record
         records = [rows[row] for row in indices.tolist()]
-        ids = [str(r[0]) if self.columns.get("id") else str(row)
-               for r, row in zip(records, indices.tolist(), strict=True)]
+        ids = [
+            str(r[0]) if self.columns.get("id") else str(row) for r, row in zip(records, indices.tolist(), strict=True)
+        ]
         vectors = np.full((len(records), self.dim), np.nan, dtype=np.float32)
         for out, (key, record) in enumerate(zip(ids, records, strict=True)):
             vectors[out] = self._vector(key, record[1])
@@ -78,9 +86,11 @@ class PostgresSource(VectorSource):
 
         ctid = sql.SQL("") if self.columns.get("id") else sql.SQL(", t.ctid")
         rows = sql.SQL("SELECT {}{} FROM {} AS t").format(self.picked, ctid, self.relation)
-        count, total = self._row(sql.SQL(
-            "SELECT count(*), coalesce(sum(('x' || left(md5(u::text), 15))::bit(60)::bigint), 0) FROM ({}) AS u"
-        ).format(rows))
+        count, total = self._row(
+            sql.SQL(
+                "SELECT count(*), coalesce(sum(('x' || left(md5(u::text), 15))::bit(60)::bigint), 0) FROM ({}) AS u"
+            ).format(rows)
+        )
         digest = hashlib.sha256(f"{self.label}|{sorted(self.columns.items())}|{count}|{total}".encode())
         return digest.hexdigest()[:16]
 
@@ -97,12 +107,16 @@ class PostgresSource(VectorSource):
                 self.cursor.scroll(start, mode="absolute")
             records = self.cursor.fetchmany(count)
         except psycopg.OperationalError as exc:
-            raise V2TError(f"lost the connection to PostgreSQL at {self.where} ({first_line(exc, 200)}): rerun "
-                           "(an audit continues where it stopped)") from exc
+            raise V2TError(
+                f"lost the connection to PostgreSQL at {self.where} ({first_line(exc, 200)}): rerun "
+                "(an audit continues where it stopped)"
+            ) from exc
         self.position = start + len(records)
         if len(records) != count:
-            raise V2TError(f"PostgreSQL {self.label} at {self.where} ended at row {start + len(records)}, before "
-                           f"the {len(self)} rows counted: rerun")
+            raise V2TError(
+                f"PostgreSQL {self.label} at {self.where} ended at row {start + len(records)}, before "
+                f"the {len(self)} rows counted: rerun"
+            )
         return records
 
     def _vector(self, key: str, value) -> np.ndarray:
@@ -110,21 +124,26 @@ class PostgresSource(VectorSource):
             return np.full(self.dim, np.nan, dtype=np.float32)
         vector = np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
         if vector.shape != (self.dim,):
-            raise V2TError(f"row {key} of PostgreSQL {self.label} has a vector of {vector.size} values, the first "
-                           f"has {self.dim}: give a column of one dimension (e.g. vector({self.dim}))")
+            raise V2TError(
+                f"row {key} of PostgreSQL {self.label} has a vector of {vector.size} values, the first "
+                f"has {self.dim}: give a column of one dimension (e.g. vector({self.dim}))"
+            )
         return vector
 
     def _first_dim(self) -> int:
         from psycopg import sql
 
         query = sql.SQL("SELECT {} FROM {} AS t WHERE {} IS NOT NULL LIMIT 1").format(
-            sql.Identifier(self.columns["vector"]), self.relation, sql.Identifier(self.columns["vector"]))
+            sql.Identifier(self.columns["vector"]), self.relation, sql.Identifier(self.columns["vector"])
+        )
         cursor = self.conn.cursor(binary=True)
         self._execute(cursor, query)
         first = cursor.fetchone()
         if first is None:
-            raise V2TError(f"PostgreSQL {self.label} at {self.where} has no vectors in column "
-                           f"{self.columns['vector']} (no rows, or all NULL): there is nothing to audit")
+            raise V2TError(
+                f"PostgreSQL {self.label} at {self.where} has no vectors in column "
+                f"{self.columns['vector']} (no rows, or all NULL): there is nothing to audit"
+            )
         value = first[0]
         return int(np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value).size)
 
@@ -139,11 +158,14 @@ class PostgresSource(VectorSource):
         try:
             cursor.execute(query)
         except psycopg.OperationalError as exc:
-            raise V2TError(f"lost the connection to PostgreSQL at {self.where} ({first_line(exc, 200)}): rerun "
-                           "(an audit continues where it stopped)") from exc
+            raise V2TError(
+                f"lost the connection to PostgreSQL at {self.where} ({first_line(exc, 200)}): rerun "
+                "(an audit continues where it stopped)"
+            ) from exc
         except psycopg.Error as exc:
-            raise V2TError(f"PostgreSQL {self.label} at {self.where} could not be read: {first_line(exc, 300)}") \
-                from exc
+            raise V2TError(
+                f"PostgreSQL {self.label} at {self.where} could not be read: {first_line(exc, 300)}"
+            ) from exc
 
 
 def open_postgres(dsn: str | None, options: SourceOptions) -> PostgresSource:
@@ -154,8 +176,9 @@ def open_postgres(dsn: str | None, options: SourceOptions) -> PostgresSource:
     if dsn and options.dsn and dsn != options.dsn:
         raise V2TError("two PostgreSQL connections given (the source's URI and --dsn): give one")
     if bool(options.table) == bool(options.query):
-        raise V2TError("name the vectors in PostgreSQL with --table T --vector-column C, or give --query SQL "
-                       "(one of the two)")
+        raise V2TError(
+            "name the vectors in PostgreSQL with --table T --vector-column C, or give --query SQL (one of the two)"
+        )
     if not options.vector_column:
         raise V2TError("PostgreSQL vectors need --vector-column: the column that holds them")
     if options.query and not options.id_column:
@@ -179,16 +202,20 @@ def connect(dsn: str | None):
     try:
         params = conninfo_to_dict(dsn or "")
     except psycopg.ProgrammingError as exc:
-        raise V2TError(f"the PostgreSQL connection string is not valid ({first_line(exc, 200)}): give a URI "
-                       "postgresql://USER@HOST:PORT/DB or key=value pairs") from exc
+        raise V2TError(
+            f"the PostgreSQL connection string is not valid ({first_line(exc, 200)}): give a URI "
+            "postgresql://USER@HOST:PORT/DB or key=value pairs"
+        ) from exc
     where = _where(params)
     if "connect_timeout" not in params and "PGCONNECT_TIMEOUT" not in os.environ:
         params["connect_timeout"] = CONNECT_TIMEOUT_S
     try:
         conn = psycopg.connect(make_conninfo("", **params))
     except psycopg.OperationalError as exc:
-        raise V2TError(f"cannot connect to PostgreSQL at {where} ({first_line(exc, 200)}): start the server, or "
-                       "give its host and port in the URI, --dsn or PGHOST/PGPORT") from exc
+        raise V2TError(
+            f"cannot connect to PostgreSQL at {where} ({first_line(exc, 200)}): start the server, or "
+            "give its host and port in the URI, --dsn or PGHOST/PGPORT"
+        ) from exc
     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     conn.read_only = True
     _register_vector(conn)
@@ -196,7 +223,7 @@ def connect(dsn: str | None):
 
 
 def _where(params: dict) -> str:
-    """"host:port" as libpq will use them (the unix-socket folder stands for the host where there is no host)."""
+    """ "host:port" as libpq will use them (the unix-socket folder stands for the host where there is no host)."""
     host = str(params.get("host") or os.environ.get("PGHOST") or "the default unix socket")
     port = str(params.get("port") or os.environ.get("PGPORT") or 5432)
     return f"{host}:{port}"
@@ -231,17 +258,24 @@ def _relation(conn, where: str, options: SourceOptions):
         names, plain = _table_columns(conn, where, relation, options.table)
         label = f"table {options.table}"
         if not plain and not options.id_column:
-            raise V2TError(f"--table {options.table} is a view or a partitioned table, whose rows have no ctid to "
-                           "order them by: give --id-column")
-    for flag, column in (("--vector-column", options.vector_column), ("--id-column", options.id_column),
-                         ("--text-column", options.text_column)):
+            raise V2TError(
+                f"--table {options.table} is a view or a partitioned table, whose rows have no ctid to "
+                "order them by: give --id-column"
+            )
+    for flag, column in (
+        ("--vector-column", options.vector_column),
+        ("--id-column", options.id_column),
+        ("--text-column", options.text_column),
+    ):
         if column and column not in names:
             listed = ", ".join(f"{n} ({t})" if t else n for n, t in names.items())
             raise V2TError(f"{flag} {column}: PostgreSQL {label} has no such column; its columns: {listed}")
     kind = names[options.vector_column]
     if kind and not kind.startswith(VECTOR_TYPES):
-        raise V2TError(f"--vector-column {options.vector_column} of PostgreSQL {label} is of type {kind}, not a "
-                       "vector: name a vector, halfvec or real[] column")
+        raise V2TError(
+            f"--vector-column {options.vector_column} of PostgreSQL {label} is of type {kind}, not a "
+            "vector: name a vector, halfvec or real[] column"
+        )
     return relation, label, plain
 
 
@@ -249,17 +283,24 @@ def _table_columns(conn, where: str, relation, table: str) -> tuple[dict, bool]:
     """{column: type} of ``table`` and whether it is a plain table or materialised view (rows with a ctid); a
     table that does not exist is named with the tables that do."""
     probe = conn.cursor()
-    probe.execute("SELECT c.oid, c.relkind FROM pg_class AS c WHERE c.oid = to_regclass(%s)",
-                  [relation.as_string(conn)])
+    probe.execute(
+        "SELECT c.oid, c.relkind FROM pg_class AS c WHERE c.oid = to_regclass(%s)", [relation.as_string(conn)]
+    )
     oid, kind = probe.fetchone() or (None, None)
     if oid is None:
-        probe.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema "
-                      "NOT IN ('pg_catalog', 'information_schema') ORDER BY 1 LIMIT 30")
+        probe.execute(
+            "SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema "
+            "NOT IN ('pg_catalog', 'information_schema') ORDER BY 1 LIMIT 30"
+        )
         tables = [r[0] for r in probe.fetchall()]
-        raise V2TError(f"--table {table}: no such table in PostgreSQL at {where}; tables there: "
-                       f"{', '.join(tables) or 'none'}")
-    probe.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s AND "
-                  "attnum > 0 AND NOT attisdropped ORDER BY attnum", [oid])
+        raise V2TError(
+            f"--table {table}: no such table in PostgreSQL at {where}; tables there: {', '.join(tables) or 'none'}"
+        )
+    probe.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s AND "
+        "attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        [oid],
+    )
     return dict(probe.fetchall()), kind in ("r", "m")
 
 

@@ -51,19 +51,30 @@ def headline(summary: dict) -> str:
             parts[0] = f"{percent(categories[first]['rows_leaking'])} give back at least one {noun}"
             leaks = "; ".join(parts)
         else:
-            leaks = ("none of the originals holds a name, place, organisation, number, date, e-mail address or "
-                     "phone number that the audit looks for")
-        return (f"Of {n:,} audited vectors, {leaks}. {percent(summary['exact_match'])} are given back word for "
-                f"word, and the reconstructions keep {percent(summary['content_word_recall'])} of the originals' "
-                f"content words (chrF {summary['chrf']['value']:.1f}). The mean cosine between a vector and the "
-                f"re-embedding of its reconstruction is {cosine['mean']:.3f}.{skipped}")
+            leaks = (
+                "none of the originals holds a name, place, organisation, number, date, e-mail address or "
+                "phone number that the audit looks for"
+            )
+        return (
+            f"Of {n:,} audited vectors, {leaks}. {percent(summary['exact_match'])} are given back word for "
+            f"word, and the reconstructions keep {percent(summary['content_word_recall'])} of the originals' "
+            f"content words (chrF {summary['chrf']['value']:.1f}). The mean cosine between a vector and the "
+            f"re-embedding of its reconstruction is {cosine['mean']:.3f}.{skipped}"
+        )
     parts = [f"{ONE[c]} in {percent(categories[c]['rows_share'])}" for c in present]
-    holds = ("hold " + "; ".join(parts)) if parts else ("hold no name, place, organisation, number, date, e-mail "
-                                                         "address or phone number that the audit looks for")
-    return (f"Of {n:,} audited vectors (no originals were given, so nothing is checked against them), the "
-            f"reconstructions {holds}. Their mean re-embedding cosine is {cosine['mean']:.3f} (median "
-            f"{cosine['median']:.3f}): the closer a reconstruction's cosine is to 1, the more closely it says what "
-            f"its vector encodes.{skipped}")
+    holds = (
+        ("hold " + "; ".join(parts))
+        if parts
+        else (
+            "hold no name, place, organisation, number, date, e-mail address or phone number that the audit looks for"
+        )
+    )
+    return (
+        f"Of {n:,} audited vectors (no originals were given, so nothing is checked against them), the "
+        f"reconstructions {holds}. Their mean re-embedding cosine is {cosine['mean']:.3f} (median "
+        f"{cosine['median']:.3f}): the closer a reconstruction's cosine is to 1, the more closely it says what "
+        f"its vector encodes.{skipped}"
+    )
 
 
 def histogram_svg(cosines: list[float]) -> str:
@@ -87,43 +98,75 @@ def histogram_svg(cosines: list[float]) -> str:
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()
-    svg = svg[svg.index("<svg"):]
+    svg = svg[svg.index("<svg") :]
     return svg.replace("<svg ", '<svg id="cosine-histogram" role="img" aria-label="histogram of the cosines" ', 1)
 
 
 def _table(header: list[str], rows: list[list[str]], numeric: range | tuple = range(1, 99)) -> str:
     """An HTML table of cells given as HTML; the ``numeric`` columns right-aligned."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{NUMERIC if i in numeric else ''}>{cell}</td>"
-                                    for i, cell in enumerate(row)) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td{NUMERIC if i in numeric else ''}>{cell}</td>" for i, cell in enumerate(row)) + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def category_table(summary: dict) -> str:
     categories = summary["categories"]
     if summary["originals"]:
-        header = ["what", "rows whose original holds it", "items in the originals", "items given back",
-                  "share of the items given back", "audited rows giving back at least one"]
-        rows = [[escape(LABELS[c]), f"{categories[c]['rows_with']:,}", f"{categories[c]['items']:,}",
-                 f"{categories[c]['recovered']:,}", percent(categories[c]["item_recall"]),
-                 percent(categories[c]["rows_leaking"])] for c in ORDER]
+        header = [
+            "what",
+            "rows whose original holds it",
+            "items in the originals",
+            "items given back",
+            "share of the items given back",
+            "audited rows giving back at least one",
+        ]
+        rows = [
+            [
+                escape(LABELS[c]),
+                f"{categories[c]['rows_with']:,}",
+                f"{categories[c]['items']:,}",
+                f"{categories[c]['recovered']:,}",
+                percent(categories[c]["item_recall"]),
+                percent(categories[c]["rows_leaking"]),
+            ]
+            for c in ORDER
+        ]
         anything = categories["any"]
         rows.append(["any of these", f"{anything['rows_with']:,}", "", "", "", percent(anything["rows_leaking"])])
         return _table(header, rows)
     header = ["what", "rows whose reconstruction holds it", "share of the rows", "items"]
-    return _table(header, [[escape(LABELS[c]), f"{categories[c]['rows_with']:,}",
-                            percent(categories[c]["rows_share"]), f"{categories[c]['items']:,}"] for c in ORDER])
+    return _table(
+        header,
+        [
+            [
+                escape(LABELS[c]),
+                f"{categories[c]['rows_with']:,}",
+                percent(categories[c]["rows_share"]),
+                f"{categories[c]['items']:,}",
+            ]
+            for c in ORDER
+        ],
+    )
 
 
 def sentence_table(summary: dict) -> str:
     cosine = summary["cosine"]
-    rows = [["mean cosine (re-embedding)",
-             f"{cosine['mean']:.4f} (95% CI {cosine['ci95'][0]:.4f}\u2013{cosine['ci95'][1]:.4f})"]]
+    rows = [
+        [
+            "mean cosine (re-embedding)",
+            f"{cosine['mean']:.4f} (95% CI {cosine['ci95'][0]:.4f}\u2013{cosine['ci95'][1]:.4f})",
+        ]
+    ]
     if summary["originals"]:
         chrf = summary["chrf"]
-        rows += [["exact sentence recovery", percent(summary["exact_match"])],
-                 ["content-word recall", percent(summary["content_word_recall"])],
-                 ["chrF", f"{chrf['value']:.2f} (95% CI {chrf['ci95'][0]:.2f}\u2013{chrf['ci95'][1]:.2f})"]]
+        rows += [
+            ["exact sentence recovery", percent(summary["exact_match"])],
+            ["content-word recall", percent(summary["content_word_recall"])],
+            ["chrF", f"{chrf['value']:.2f} (95% CI {chrf['ci95'][0]:.2f}\u2013{chrf['ci95'][1]:.2f})"],
+        ]
     return _table(["measure", "value"], rows)
 
 
@@ -156,37 +199,66 @@ def top_rows(records: list[dict], top: int) -> str:
         rows = []
         for r in picked:
             back = [s for item in r["leaks"].values() for s in item["recovered"]]
-            given = "; ".join(f"{LABELS[c]}: {', '.join(r['leaks'][c]['recovered'])}" for c in CATEGORIES
-                              if r["leaks"].get(c, {}).get("recovered"))
-            rows.append([escape(str(r["id"])), f"{r['cosine']:.3f}", marked(r["original"], back),
-                         marked(r["reconstruction"], []), escape(given or "-")])
-        return _table(["id", "cosine", "original (given back: marked)", "reconstruction", "given back"], rows,
-                      numeric=(1,))
+            given = "; ".join(
+                f"{LABELS[c]}: {', '.join(r['leaks'][c]['recovered'])}"
+                for c in CATEGORIES
+                if r["leaks"].get(c, {}).get("recovered")
+            )
+            rows.append(
+                [
+                    escape(str(r["id"])),
+                    f"{r['cosine']:.3f}",
+                    marked(r["original"], back),
+                    marked(r["reconstruction"], []),
+                    escape(given or "-"),
+                ]
+            )
+        return _table(
+            ["id", "cosine", "original (given back: marked)", "reconstruction", "given back"], rows, numeric=(1,)
+        )
     picked = sorted(records, key=lambda r: r["cosine"], reverse=True)[:top]
-    rows = [[escape(str(r["id"])), f"{r['cosine']:.3f}", escape(r["reconstruction"]),
-             escape("; ".join(f"{LABELS[c]}: {', '.join(v)}" for c, v in r["contains"].items()) or "-")]
-            for r in picked]
+    rows = [
+        [
+            escape(str(r["id"])),
+            f"{r['cosine']:.3f}",
+            escape(r["reconstruction"]),
+            escape("; ".join(f"{LABELS[c]}: {', '.join(v)}" for c, v in r["contains"].items()) or "-"),
+        ]
+        for r in picked
+    ]
     return _table(["id", "cosine", "reconstruction", "holds"], rows, numeric=(1,))
 
 
 def build_html(summary: dict, records: list[dict], top: int = 20) -> str:
     kind = "leak most" if summary["originals"] else "have the highest cosines"
     sample = f"a seeded sample (seed {summary['seed']}) of " if summary["sample"] else ""
-    about = (f"Source: {summary['source']}; {sample}{summary['rows_in_source']:,} rows. Adapter: {summary['adapter']}. "
-             f"95% bootstrap intervals over {summary['bootstrap_resamples']:,} resamples of the rows.")
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>Leakage audit</title>", f"<style>{STYLE}</style></head><body>",
-        "<h1>Leakage audit: what these vectors give away</h1>",
-        f'<p class="headline" id="headline">{escape(headline(summary))}</p>',
-        f'<p class="about">{escape(about)}</p>',
-        "<h2>Re-embedding cosine</h2>", histogram_svg([r["cosine"] for r in records]),
-        "<h2>Sentences</h2>", sentence_table(summary),
-        "<h2>By category</h2>", category_table(summary),
-        f"<h2>The {min(top, len(records))} rows that {kind}</h2>", top_rows(records, top),
-        "</body></html>", ""])
+    about = (
+        f"Source: {summary['source']}; {sample}{summary['rows_in_source']:,} rows. Adapter: {summary['adapter']}. "
+        f"95% bootstrap intervals over {summary['bootstrap_resamples']:,} resamples of the rows."
+    )
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            "<title>Leakage audit</title>",
+            f"<style>{STYLE}</style></head><body>",
+            "<h1>Leakage audit: what these vectors give away</h1>",
+            f'<p class="headline" id="headline">{escape(headline(summary))}</p>',
+            f'<p class="about">{escape(about)}</p>',
+            "<h2>Re-embedding cosine</h2>",
+            histogram_svg([r["cosine"] for r in records]),
+            "<h2>Sentences</h2>",
+            sentence_table(summary),
+            "<h2>By category</h2>",
+            category_table(summary),
+            f"<h2>The {min(top, len(records))} rows that {kind}</h2>",
+            top_rows(records, top),
+            "</body></html>",
+            "",
+        ]
+    )
 
 
 def write_report(path: Path, summary: dict, records: list[dict], top: int = 20) -> None:

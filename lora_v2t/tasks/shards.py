@@ -65,8 +65,7 @@ def part_files(folder: Path, vectors: str, inverted: str, rank: int, world: int)
         return folder / vectors, folder / inverted
     tag = f"-{rank}-of-{world}"
     ours, theirs = Path(vectors), Path(inverted)
-    return (folder / PARTS / f"{ours.stem}{tag}{ours.suffix}",
-            folder / PARTS / f"{theirs.stem}{tag}{theirs.suffix}")
+    return (folder / PARTS / f"{ours.stem}{tag}{ours.suffix}", folder / PARTS / f"{theirs.stem}{tag}{theirs.suffix}")
 
 
 def write_part(all_vectors: Path, part: Path, start: int, stop: int) -> None:
@@ -82,5 +81,8 @@ def write_part(all_vectors: Path, part: Path, start: int, stop: int) -> None:
 
 def parts(folder: Path, vectors: str, inverted: str, rows: int, world: int) -> list[tuple[Path, int]]:
     """Every process's rows file with the offset of its first row, in row order."""
-    return [(part_files(folder, vectors, inverted, rank, world)[1], start)
-            for rank, (start, stop) in enumerate(bounds(rows, world)) if stop > start]
+    return [
+        (part_files(folder, vectors, inverted, rank, world)[1], start)
+        for rank, (start, stop) in enumerate(bounds(rows, world))
+        if stop > start
+    ]

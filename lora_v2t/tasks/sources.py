@@ -26,11 +26,14 @@ class NpySource(VectorSource):
         self.path = Path(path)
         self.array = load_vectors_file(self.path, mmap=True)
         if self.array.ndim != 2:
-            raise V2TError(f"{self.path} holds an array of shape {tuple(self.array.shape)}: give an (N, d) array, "
-                           "one vector per row")
+            raise V2TError(
+                f"{self.path} holds an array of shape {tuple(self.array.shape)}: give an (N, d) array, "
+                "one vector per row"
+            )
         if len(self.array) == 0:
-            raise V2TError(f"{self.path} holds no vectors (shape {tuple(self.array.shape)}): give an (N, d) array "
-                           "with N >= 1")
+            raise V2TError(
+                f"{self.path} holds no vectors (shape {tuple(self.array.shape)}): give an (N, d) array with N >= 1"
+            )
         self.dim = int(self.array.shape[1])
 
     def describe(self) -> str:
@@ -57,13 +60,17 @@ def open_source(spec: str, options: SourceOptions) -> VectorSource:
         return stores.open_postgres(None if spec in POSTGRES_SCHEMES else spec, options)
     given = [f"--{f.name.replace('_', '-')}" for f in fields(options) if getattr(options, f.name) is not None]
     if given:
-        raise V2TError(f"{', '.join(given)} name(s) what to read from a PostgreSQL table: they do not apply to "
-                       f"{spec}; drop them, or give a postgresql:// SOURCE")
+        raise V2TError(
+            f"{', '.join(given)} name(s) what to read from a PostgreSQL table: they do not apply to "
+            f"{spec}; drop them, or give a postgresql:// SOURCE"
+        )
     if spec.startswith("chroma:"):
         folder, _, collection = spec.removeprefix("chroma:").rpartition(":")
         if not folder or not collection:
-            raise V2TError(f"SOURCE {spec} must be chroma:DIR:COLLECTION (a Chroma persistent client's folder and "
-                           "the name of a collection in it)")
+            raise V2TError(
+                f"SOURCE {spec} must be chroma:DIR:COLLECTION (a Chroma persistent client's folder and "
+                "the name of a collection in it)"
+            )
         return stores.open_chroma(Path(folder), collection, options)
     suffix = Path(spec).suffix.lower()
     if suffix == ".npy":

@@ -27,12 +27,18 @@ FINGERPRINT_ROWS = 64  # Chroma rows (evenly spread) whose vectors and documents
 # FAISS index types that keep the vectors themselves (IVFFlat once given a direct map), and the lossy ones named
 _KEEPS_VECTORS = ("IndexFlat", "IndexIVFFlat", "IndexHNSWFlat")
 _LOSSY = {
-    "IndexPQ": "product-quantisation codes", "IndexIVFPQ": "product-quantisation codes",
-    "IndexIVFPQR": "product-quantisation codes", "IndexPQFastScan": "product-quantisation codes",
-    "IndexIVFPQFastScan": "product-quantisation codes", "IndexLSH": "sign bits of random projections (LSH)",
-    "IndexScalarQuantizer": "scalar-quantised codes", "IndexIVFScalarQuantizer": "scalar-quantised codes",
-    "IndexResidualQuantizer": "residual-quantisation codes", "IndexLocalSearchQuantizer": "additive codes",
-    "IndexHNSWPQ": "product-quantisation codes", "IndexHNSWSQ": "scalar-quantised codes",
+    "IndexPQ": "product-quantisation codes",
+    "IndexIVFPQ": "product-quantisation codes",
+    "IndexIVFPQR": "product-quantisation codes",
+    "IndexPQFastScan": "product-quantisation codes",
+    "IndexIVFPQFastScan": "product-quantisation codes",
+    "IndexLSH": "sign bits of random projections (LSH)",
+    "IndexScalarQuantizer": "scalar-quantised codes",
+    "IndexIVFScalarQuantizer": "scalar-quantised codes",
+    "IndexResidualQuantizer": "residual-quantisation codes",
+    "IndexLocalSearchQuantizer": "additive codes",
+    "IndexHNSWPQ": "product-quantisation codes",
+    "IndexHNSWSQ": "scalar-quantised codes",
     "IndexPreTransform": "vectors after a transform (PCA, OPQ ...)",
 }
 
@@ -77,13 +83,17 @@ def open_faiss(path: Path, options: SourceOptions) -> FaissSource:
 
     path = Path(path)
     if not path.is_file():
-        raise V2TError(f"FAISS index {path} {'is not a file' if path.exists() else 'does not exist'}: give a file "
-                       "written by faiss.write_index")
+        raise V2TError(
+            f"FAISS index {path} {'is not a file' if path.exists() else 'does not exist'}: give a file "
+            "written by faiss.write_index"
+        )
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:
-        raise V2TError(f"cannot read {path} as a FAISS index ({_faiss_reason(exc)}): give a file written by "
-                       "faiss.write_index (binary indexes keep bits, not vectors)") from exc
+        raise V2TError(
+            f"cannot read {path} as a FAISS index ({_faiss_reason(exc)}): give a file written by "
+            "faiss.write_index (binary indexes keep bits, not vectors)"
+        ) from exc
     outer, owner, ids = type(index).__name__, None, None
     if isinstance(index, faiss.IndexIDMap):
         ids = faiss.vector_to_array(index.id_map).astype(np.int64)
@@ -107,16 +117,21 @@ def _refuse_lossy(path: Path, kind: str, index, faiss) -> None:
     if isinstance(index, tuple(getattr(faiss, n) for n in _KEEPS_VECTORS)):
         return
     what = _LOSSY.get(name, "compressed codes or a structure this reader does not know")
-    raise V2TError(f"FAISS index {path} is a {kind}, which keeps only {what}, not the vectors: they cannot be "
-                   "read back from it; audit the vectors it was built from (a .npy) or a Flat, IVFFlat or "
-                   "HNSWFlat index")
+    raise V2TError(
+        f"FAISS index {path} is a {kind}, which keeps only {what}, not the vectors: they cannot be "
+        "read back from it; audit the vectors it was built from (a .npy) or a Flat, IVFFlat or "
+        "HNSWFlat index"
+    )
 
 
 def _ivf_keys(index, faiss) -> np.ndarray:
     """An IVF index's ids, ascending, with a direct map made (in memory only) so that each can be reconstructed."""
     lists = index.invlists
-    parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-             for i in range(index.nlist) if lists.list_size(i)]
+    parts = [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+        for i in range(index.nlist)
+        if lists.list_size(i)
+    ]
     keys = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
     if len(keys):
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
@@ -165,12 +180,14 @@ class ChromaSource(VectorSource):
         found: dict = {}
         wanted = [self.ids[row] for row in np.unique(indices).tolist()]
         for start in range(0, len(wanted), PAGE):
-            page = wanted[start:start + PAGE]
+            page = wanted[start : start + PAGE]
             got = self.collection.get(ids=page, include=["embeddings", "documents"])
             if len(got["ids"]) != len(page):
                 gone = sorted(set(page) - set(got["ids"]))[:3]
-                raise V2TError(f"Chroma collection {self.collection.name!r} changed while being read (ids {gone} "
-                               "are gone): rerun once nothing writes to it")
+                raise V2TError(
+                    f"Chroma collection {self.collection.name!r} changed while being read (ids {gone} "
+                    "are gone): rerun once nothing writes to it"
+                )
             docs = got["documents"] or [None] * len(got["ids"])
             found.update(zip(got["ids"], zip(got["embeddings"], docs, strict=True), strict=True))
         vectors = np.zeros((len(indices), self.dim), dtype=np.float32)
@@ -191,11 +208,15 @@ def open_chroma(folder: Path, collection: str, options: SourceOptions) -> Chroma
     stored documents are the originals. Nothing is created: a folder without a Chroma database is refused."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise V2TError(f"Chroma folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}: give "
-                       "the folder chromadb.PersistentClient(path=...) was opened on")
+        raise V2TError(
+            f"Chroma folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}: give "
+            "the folder chromadb.PersistentClient(path=...) was opened on"
+        )
     if not (folder / "chroma.sqlite3").is_file():
-        raise V2TError(f"{folder} holds no Chroma database (no chroma.sqlite3 in it): give the folder "
-                       "chromadb.PersistentClient(path=...) was opened on")
+        raise V2TError(
+            f"{folder} holds no Chroma database (no chroma.sqlite3 in it): give the folder "
+            "chromadb.PersistentClient(path=...) was opened on"
+        )
     import chromadb
     from chromadb.config import Settings
     from chromadb.errors import ChromaError
@@ -206,11 +227,15 @@ def open_chroma(folder: Path, collection: str, options: SourceOptions) -> Chroma
         found = client.get_collection(collection) if collection in names else None
         ids = _list_ids(found) if found is not None else []
     except (ChromaError, sqlite3.Error, ValueError) as exc:  # ValueError: a client of other settings is open
-        raise V2TError(f"cannot read Chroma folder {folder} ({first_line(exc, 200)}): give a folder written by "
-                       f"chromadb.PersistentClient (chromadb {chromadb.__version__} or older)") from exc
+        raise V2TError(
+            f"cannot read Chroma folder {folder} ({first_line(exc, 200)}): give a folder written by "
+            f"chromadb.PersistentClient (chromadb {chromadb.__version__} or older)"
+        ) from exc
     if found is None:
-        raise V2TError(f"Chroma folder {folder} has no collection {collection!r}; it has {names or 'none'}: "
-                       f"write chroma:{folder}:NAME with one of those")
+        raise V2TError(
+            f"Chroma folder {folder} has no collection {collection!r}; it has {names or 'none'}: "
+            f"write chroma:{folder}:NAME with one of those"
+        )
     if not ids:
         raise V2TError(f"Chroma collection {collection!r} in {folder} is empty: there is nothing to audit")
     return ChromaSource(folder, found, ids)

@@ -29,14 +29,20 @@ def load_vectors_file(path: Path, mmap: bool = False):
     try:
         array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except ValueError as exc:
-        raise V2TError(f"{path} is not a plain numeric .npy array ({str(exc).splitlines()[0]}); "
-                       "save it with numpy.save(path, array)") from exc
+        raise V2TError(
+            f"{path} is not a plain numeric .npy array ({str(exc).splitlines()[0]}); "
+            "save it with numpy.save(path, array)"
+        ) from exc
     except (OSError, EOFError) as exc:
-        raise V2TError(f"cannot read {path} as .npy ({str(exc).splitlines()[0] or type(exc).__name__}): it is "
-                       "truncated or damaged; save it again with numpy.save(path, array)") from exc
+        raise V2TError(
+            f"cannot read {path} as .npy ({str(exc).splitlines()[0] or type(exc).__name__}): it is "
+            "truncated or damaged; save it again with numpy.save(path, array)"
+        ) from exc
     if array.dtype.kind == "c":
-        raise V2TError(f"{path} holds complex numbers ({array.dtype}); sentence vectors are real: save a real "
-                       "array (e.g. array.real, if dropping the imaginary part is what you mean)")
+        raise V2TError(
+            f"{path} holds complex numbers ({array.dtype}); sentence vectors are real: save a real "
+            "array (e.g. array.real, if dropping the imaginary part is what you mean)"
+        )
     if array.dtype.kind not in "fiu":
         raise V2TError(f"{path} holds {array.dtype} values, not numbers: save the vectors as a float array")
     return array
@@ -56,6 +62,5 @@ def _not_npy(head: bytes) -> str:
     except UnicodeDecodeError:
         text = None
     if text is not None and all(c.isprintable() or c.isspace() for c in text):
-        return (f"is a text file, not a .npy array: give sentences with --text (or --data when evaluating), "
-                f"or {fix}")
+        return f"is a text file, not a .npy array: give sentences with --text (or --data when evaluating), or {fix}"
     return f"is not a .npy array (it starts with bytes {head[:8].hex(' ')}): {fix}"

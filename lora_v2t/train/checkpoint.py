@@ -40,10 +40,20 @@ logger = logging.getLogger(__name__)
 
 # recipe keys that may change when a run is resumed; any other difference means another recipe (output_dir,
 # run_name and cache_dir only say where things are: a copied or moved run folder resumes under new ones)
-RESUMABLE_CHANGES = {"training.max_steps", "training.max_minutes", "training.eval_every", "training.save_every",
-                     "training.keep_checkpoints", "training.log_every", "training.num_samples",
-                     "training.tensorboard", "training.output_dir", "training.run_name", "data.cache_dir",
-                     "training.gradient_checkpointing"}  # recomputing activations does not change the maths
+RESUMABLE_CHANGES = {
+    "training.max_steps",
+    "training.max_minutes",
+    "training.eval_every",
+    "training.save_every",
+    "training.keep_checkpoints",
+    "training.log_every",
+    "training.num_samples",
+    "training.tensorboard",
+    "training.output_dir",
+    "training.run_name",
+    "data.cache_dir",
+    "training.gradient_checkpointing",
+}  # recomputing activations does not change the maths
 DATA_FILE_KEYS = ("data.train", "data.val")  # compared by content when their paths differ
 TRAINER_STATE_KEYS = ("state", "optimizer_layout", "param_groups", "scheduler", "recipe")
 # the folders a run writes under temporary names (.step-000200.tmp-PID, .final.old-PID ...: see util.files)
@@ -73,12 +83,18 @@ def check_same_recipe(saved: dict, current: dict, where: Path, data_files: dict 
         if key.split(".")[0] == "generation" or key in RESUMABLE_CHANGES:
             continue
         digests = data_files or {}
-        if key in DATA_FILE_KEYS and digests.get(key) and isinstance(b.get(key), str) \
-                and file_digest(b[key]) == digests[key]:
+        if (
+            key in DATA_FILE_KEYS
+            and digests.get(key)
+            and isinstance(b.get(key), str)
+            and file_digest(b[key]) == digests[key]
+        ):
             continue
         if a.get(key) != b.get(key):
-            raise V2TError(f"resume folder {where} was made by another recipe: {key} was {a.get(key)!r}, now "
-                           f"{b.get(key)!r}; resume with the same recipe or start a new --training.run_name")
+            raise V2TError(
+                f"resume folder {where} was made by another recipe: {key} was {a.get(key)!r}, now "
+                f"{b.get(key)!r}; resume with the same recipe or start a new --training.run_name"
+            )
 
 
 def file_digest(path: str | Path) -> str | None:
@@ -95,8 +111,9 @@ def file_digest(path: str | Path) -> str | None:
 
 def data_file_digests(cfg: RunConfig) -> dict[str, str | None]:
     """The digests of a recipe's corpus files, by recipe key, as checkpoints record them."""
-    return {key: file_digest(path) for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val))
-            if path}
+    return {
+        key: file_digest(path) for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)) if path
+    }
 
 
 def check_checkpoint(path: Path) -> dict:
@@ -149,13 +166,19 @@ def newest_good_checkpoint(run_dir: Path) -> tuple[Path, dict]:
             continue
         if damaged:
             moved = [_set_aside(bad) for bad, _ in damaged]
-            logger.warning("resuming from %s, the newest good checkpoint, not from the newer %s (set aside as %s)",
-                           path.name, "; ".join(why for _, why in damaged), ", ".join(p.name for p in moved))
+            logger.warning(
+                "resuming from %s, the newest good checkpoint, not from the newer %s (set aside as %s)",
+                path.name,
+                "; ".join(why for _, why in damaged),
+                ", ".join(p.name for p in moved),
+            )
         return path, trainer_state
     if not damaged:
         raise V2TError(f"nothing to resume in {run_dir}: it holds no step-NNNNNN checkpoint")
-    raise V2TError(f"no checkpoint in {run_dir} can be resumed ({'; '.join(why for _, why in damaged)}): start a "
-                   "new run (another --training.run_name)")
+    raise V2TError(
+        f"no checkpoint in {run_dir} can be resumed ({'; '.join(why for _, why in damaged)}): start a "
+        "new run (another --training.run_name)"
+    )
 
 
 def _set_aside(checkpoint: Path) -> Path:
@@ -178,8 +201,7 @@ def clean_stale_temporaries(run_dir: Path) -> None:
     other name is left alone. Only call this while holding the run folder's lock."""
     for item in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
         temporary = temporary_of(item.name)
-        if temporary is None or not RUN_FOLDER.match(temporary[0]) or not item.is_dir() \
-                or pid_alive(temporary[1]):
+        if temporary is None or not RUN_FOLDER.match(temporary[0]) or not item.is_dir() or pid_alive(temporary[1]):
             continue
         target = run_dir / temporary[0]
         if item.name == f".{target.name}.old-{temporary[1]}" and not target.exists():
@@ -230,17 +252,29 @@ def _rng_of_rank(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch
     """The RNG states saved for process ``rank`` (the main process's when that rank's were not saved)."""
     prefix = _rng_prefix(rank)
     if f"{prefix}torch" not in tensors:
-        logger.warning("the checkpoint holds no RNG state of process %d (it was written when the run stopped): "
-                       "that process resumes from the main process's, so dropout will not repeat exactly", rank)
+        logger.warning(
+            "the checkpoint holds no RNG state of process %d (it was written when the run stopped): "
+            "that process resumes from the main process's, so dropout will not repeat exactly",
+            rank,
+        )
         prefix = _rng_prefix(0)
-    picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    picked = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     return {k: v for k, v in picked.items() if not k.startswith("rank")}  # not the other ranks' states
 
 
 # ---------------------------------------------------------------------- save and load
-def save_checkpoint(run_dir: Path, v2t: Vector2Text, optimizer, scheduler, state: dict, cfg: RunConfig,
-                    rng_states: list[dict[str, torch.Tensor]], summary: dict, scaler=None,
-                    data_files: dict | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    v2t: Vector2Text,
+    optimizer,
+    scheduler,
+    state: dict,
+    cfg: RunConfig,
+    rng_states: list[dict[str, torch.Tensor]],
+    summary: dict,
+    scaler=None,
+    data_files: dict | None = None,
+) -> Path:
     """Write ``step-NNNNNN/`` atomically (bundle + optimizer + RNG + trainer state), then prune old ones.
 
     Args:
@@ -266,11 +300,15 @@ def save_checkpoint(run_dir: Path, v2t: Vector2Text, optimizer, scheduler, state
         for rank, rng in enumerate(rng_states):
             tensors |= {f"{_rng_prefix(rank)}{key}": value.cpu().contiguous() for key, value in rng.items()}
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        trainer_state = {"state": state, "optimizer_layout": layout,
-                         "param_groups": optimizer.state_dict()["param_groups"],
-                         "scheduler": scheduler.state_dict(), "recipe": cfg.to_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else None,
-                         "data_files": data_files}
+        trainer_state = {
+            "state": state,
+            "optimizer_layout": layout,
+            "param_groups": optimizer.state_dict()["param_groups"],
+            "scheduler": scheduler.state_dict(),
+            "recipe": cfg.to_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "data_files": data_files,
+        }
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, default=str))
     for old in list_checkpoints(run_dir)[: -cfg.training.keep_checkpoints]:
         try:
@@ -318,8 +356,9 @@ def _load_weights(path: Path, v2t: Vector2Text) -> None:
     else:  # full fine-tuning: the whole backbone was saved
         from transformers import AutoModelForCausalLM
 
-        saved = AutoModelForCausalLM.from_pretrained(path / "backbone", dtype=v2t.base_model.dtype,
-                                                     use_safetensors=True)  # never a pickle
+        saved = AutoModelForCausalLM.from_pretrained(
+            path / "backbone", dtype=v2t.base_model.dtype, use_safetensors=True
+        )  # never a pickle
         v2t.base_model.load_state_dict(saved.state_dict())
         del saved
     v2t.projector.load_state_dict(load_file(str(path / "projector.safetensors"), device=str(v2t.device)))

@@ -27,8 +27,9 @@ ACTIVATIONS_PER_LAYER_CHECKPOINTED = 2
 HEADROOM = 0.5
 
 
-def describe_cost(v2t: Vector2Text, cfg: RunConfig, checkpointing: bool, loss_vocab: int | None,
-                  row_tokens: int | None = None) -> dict:
+def describe_cost(
+    v2t: Vector2Text, cfg: RunConfig, checkpointing: bool, loss_vocab: int | None, row_tokens: int | None = None
+) -> dict:
     """Trainable and frozen parameter counts and a rough peak memory estimate for one step.
 
     The peak is the weights, the optimizer's state and the larger of a training step (activations kept for the
@@ -62,8 +63,14 @@ def describe_cost(v2t: Vector2Text, cfg: RunConfig, checkpointing: bool, loss_vo
     eval_logits = 3 * batch * seq * info["vocab_size"] * 4  # validation scores over the whole vocabulary
     optimizer = trainable * 4 * 4  # weights, gradients, two AdamW moments in fp32
     peak = weight_bytes + optimizer + max(activations + train_logits, eval_logits)
-    return {"trainable_params": trainable, "frozen_params": frozen, "weights_gib": weight_bytes / 2**30,
-            "estimated_peak_gib": peak / 2**30, "step_gib": (peak - weight_bytes) / 2**30, "tokens_per_row": seq}
+    return {
+        "trainable_params": trainable,
+        "frozen_params": frozen,
+        "weights_gib": weight_bytes / 2**30,
+        "estimated_peak_gib": peak / 2**30,
+        "step_gib": (peak - weight_bytes) / 2**30,
+        "tokens_per_row": seq,
+    }
 
 
 def needs_checkpointing(setting: bool | str, step_gib: float, free_gib: float | None) -> bool:

@@ -47,8 +47,11 @@ class CorpusStats:
     skipped_examples: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        skipped = {k: getattr(self, k) for k in ("empty", "too_short", "too_long", "undecodable", "control_chars")
-                   if getattr(self, k)}
+        skipped = {
+            k: getattr(self, k)
+            for k in ("empty", "too_short", "too_long", "undecodable", "control_chars")
+            if getattr(self, k)
+        }
         parts = ", ".join(f"{v} {k.replace('_', ' ').replace('chars', 'characters')}" for k, v in skipped.items())
         return f"{self.path}: {self.kept} sentences" + (f" (skipped {parts})" if parts else "")
 
@@ -78,13 +81,16 @@ def read_sentences(path: str | Path, min_chars: int = 2, max_chars: int = 400) -
     if not sentences:
         if stats.empty and not (stats.too_short or stats.too_long or stats.undecodable or stats.control_chars):
             raise V2TError(f"corpus {path} is empty: it has no non-blank line")
-        raise V2TError(f"no line of {path} passes the filters ({stats.summary()}): check data.min_chars / "
-                       "data.max_chars and the file's encoding (UTF-8)")
+        raise V2TError(
+            f"no line of {path} passes the filters ({stats.summary()}): check data.min_chars / "
+            "data.max_chars and the file's encoding (UTF-8)"
+        )
     return sentences, stats
 
 
-def sample_and_split(sentences: list[str], val_size: int, max_sentences: int | None, seed: int,
-                     val_sentences: list[str] | None = None) -> tuple[list[str], list[str]]:
+def sample_and_split(
+    sentences: list[str], val_size: int, max_sentences: int | None, seed: int, val_sentences: list[str] | None = None
+) -> tuple[list[str], list[str]]:
     """A seeded sample of at most ``max_sentences`` training sentences and a validation set.
 
     Without ``val_sentences``, ``val_size`` sentences are held out of the corpus first.
@@ -93,8 +99,10 @@ def sample_and_split(sentences: list[str], val_size: int, max_sentences: int | N
     random.Random(seed).shuffle(order)
     if val_sentences is None:
         if len(order) <= val_size:
-            raise V2TError(f"the corpus has {len(order)} sentences, not more than data.val_size={val_size}: "
-                           "lower val_size or give data.val")
+            raise V2TError(
+                f"the corpus has {len(order)} sentences, not more than data.val_size={val_size}: "
+                "lower val_size or give data.val"
+            )
         val = [sentences[i] for i in order[:val_size]]
         order = order[val_size:]
     else:
@@ -116,8 +124,9 @@ def corpus_key(encoder_spec: str, sentences: list[str]) -> str:
     return digest.hexdigest()
 
 
-def embed_corpus(sentences: list[str], encoder, cache_dir: str | Path, name: str, chunk: int = 512,
-                 show_progress: bool = True) -> np.ndarray:
+def embed_corpus(
+    sentences: list[str], encoder, cache_dir: str | Path, name: str, chunk: int = 512, show_progress: bool = True
+) -> np.ndarray:
     """Vectors of ``sentences`` (N, d), computed once and cached on disk; resumes an interrupted fill.
 
     Returns a read-only memory map, so a million-sentence cache is not held in memory. The entry is the one of
@@ -134,12 +143,17 @@ def embed_corpus(sentences: list[str], encoder, cache_dir: str | Path, name: str
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise V2TError(f"cannot create the embedding cache {folder}: {exc.strerror or exc}; set data.cache_dir to "
-                       "a writable folder") from exc
+        raise V2TError(
+            f"cannot create the embedding cache {folder}: {exc.strerror or exc}; set data.cache_dir to "
+            "a writable folder"
+        ) from exc
 
     def waiting(pid):
-        logger.info("waiting for %s to finish filling the embedding cache %s",
-                    f"process {pid}" if pid else "another process", folder)
+        logger.info(
+            "waiting for %s to finish filling the embedding cache %s",
+            f"process {pid}" if pid else "another process",
+            folder,
+        )
 
     with FileLock(folder / ".lock", wait=True, on_wait=waiting):
         cached = _complete_entry(vec_file, meta_file, key, n, dim)  # filled by the process we waited for
@@ -163,8 +177,7 @@ def _complete_entry(vec_file: Path, meta_file: Path, key: str, n: int, dim: int)
     return vectors if vectors.shape == (n, dim) and vectors.dtype == np.float32 else None
 
 
-def _fill(sentences: list[str], encoder, folder: Path, key: str, chunk: int, show_progress: bool,
-          name: str) -> None:
+def _fill(sentences: list[str], encoder, folder: Path, key: str, chunk: int, show_progress: bool, name: str) -> None:
     """Encode into ``vectors.partial.npy`` (continuing an interrupted fill), then rename it ``vectors.npy``.
 
     Only the holder of the entry's lock calls this, so no other process has the partial file open."""
@@ -192,8 +205,8 @@ def _fill(sentences: list[str], encoder, folder: Path, key: str, chunk: int, sho
     bar = tqdm(total=n, initial=meta["done"], desc=f"embedding {name}", unit="sent", disable=not show_progress)
     lines = None if show_progress else ProgressLines(n, meta["done"])  # without the bar, a line now and then
     for start in range(meta["done"], n, chunk):
-        batch = sentences[start:start + chunk]
-        vectors[start:start + len(batch)] = encoder.encode(batch)
+        batch = sentences[start : start + chunk]
+        vectors[start : start + len(batch)] = encoder.encode(batch)
         vectors.flush()
         done = start + len(batch)
         _write_meta(meta_file, meta | {"done": done})
@@ -283,7 +296,7 @@ class TokenizedCorpus:
 
     def rows(self, indices) -> list[list[int]]:
         """The token ids of the sentences at ``indices``."""
-        return [self.ids[self.offsets[i]:self.offsets[i + 1]].tolist() for i in indices]
+        return [self.ids[self.offsets[i] : self.offsets[i + 1]].tolist() for i in indices]
 
 
 def tokenize_corpus(tokenizer, sentences: list[str], max_tokens: int, chunk: int = 10000) -> TokenizedCorpus:
@@ -291,12 +304,13 @@ def tokenize_corpus(tokenizer, sentences: list[str], max_tokens: int, chunk: int
     ``max_tokens``) and the sorted token ids the targets use (EOS included): the corpus vocabulary."""
     rows: list[list[int]] = []
     for start in range(0, len(sentences), chunk):
-        rows += tokenizer(sentences[start:start + chunk], add_special_tokens=False)["input_ids"]
+        rows += tokenizer(sentences[start : start + chunk], add_special_tokens=False)["input_ids"]
     return TokenizedCorpus(rows, max_tokens, tokenizer.eos_token_id)
 
 
-def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                     bucket_batches: int = 50) -> list[np.ndarray]:
+def bucketed_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, bucket_batches: int = 50
+) -> list[np.ndarray]:
     """Batches of indices with similar lengths (little padding), in a seeded random order.
 
     The order depends only on (seed, epoch), so a resumed run sees exactly the batches it would have seen.
@@ -306,9 +320,9 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int
     window = batch_size * bucket_batches
     batches = []
     for start in range(0, len(order), window):
-        chunk = order[start:start + window]
+        chunk = order[start : start + window]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -336,11 +350,13 @@ class BatchOrder:
         an epoch's last batches that are too few for every process are skipped."""
         if state.batch_in_epoch + world > len(self.batches(state.epoch)):
             if world > len(self.batches(state.epoch)):
-                raise V2TError(f"{len(self.lengths)} training sentences make {len(self.batches(state.epoch))} "
-                               f"batches of {self.batch_size}, fewer than the {world} processes: use more "
-                               "sentences or a smaller training.batch_size")
+                raise V2TError(
+                    f"{len(self.lengths)} training sentences make {len(self.batches(state.epoch))} "
+                    f"batches of {self.batch_size}, fewer than the {world} processes: use more "
+                    "sentences or a smaller training.batch_size"
+                )
             state.epoch += 1
             state.batch_in_epoch = 0
-        taken = self.batches(state.epoch)[state.batch_in_epoch:state.batch_in_epoch + world]
+        taken = self.batches(state.epoch)[state.batch_in_epoch : state.batch_in_epoch + world]
         state.batch_in_epoch += world
         return taken

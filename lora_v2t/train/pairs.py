@@ -77,8 +77,10 @@ def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> Train
     dc = cfg.data
     train = dc.check_train()
     if not dc.hypotheses:
-        raise V2TError("training.role=corrector needs data.hypotheses: the `lora-v2t invert --texts DATA.TRAIN` "
-                       "JSONL of its hypothesizer (see lora_v2t.train.pairs)")
+        raise V2TError(
+            "training.role=corrector needs data.hypotheses: the `lora-v2t invert --texts DATA.TRAIN` "
+            "JSONL of its hypothesizer (see lora_v2t.train.pairs)"
+        )
     targets = read_rows(train, "corpus (data.train)")
     hypothesizer = check_hypotheses_source(Path(dc.hypotheses), Path(train), len(targets))
     hypotheses = read_hypotheses(Path(dc.hypotheses), len(targets))
@@ -87,14 +89,16 @@ def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> Train
     pairs = [(t, h) for t, h in zip(targets, hypotheses, strict=True) if h and h.strip()]
     logger.info("corrector pairs: %d of %d sentences have a hypothesis", len(pairs), len(targets))
     if len(pairs) <= dc.val_size:
-        raise V2TError(f"{len(pairs)} sentence/hypothesis pairs, not more than data.val_size={dc.val_size}: invert "
-                       f"more of {dc.train} (`lora-v2t invert` resumes) or lower data.val_size")
+        raise V2TError(
+            f"{len(pairs)} sentence/hypothesis pairs, not more than data.val_size={dc.val_size}: invert "
+            f"more of {dc.train} (`lora-v2t invert` resumes) or lower data.val_size"
+        )
     random.Random(dc.seed).shuffle(pairs)
     if dc.max_sentences is not None:
-        pairs = pairs[:dc.val_size + dc.max_sentences]
+        pairs = pairs[: dc.val_size + dc.max_sentences]
     cache_dir, stem = cache_dir_of(cfg), Path(train).stem
     parts = {}
-    for split, chunk in (("val", pairs[:dc.val_size]), ("train", pairs[dc.val_size:])):
+    for split, chunk in (("val", pairs[: dc.val_size]), ("train", pairs[dc.val_size :])):
         texts, contexts = [t for t, _ in chunk], [h for _, h in chunk]
         v = embed_corpus(texts, encoder, cache_dir, f"{stem}-{split}", show_progress=show_progress)
         e = embed_corpus(contexts, encoder, cache_dir, f"{stem}-{split}-hypotheses", show_progress=show_progress)
@@ -111,12 +115,15 @@ def check_hypotheses_source(path: Path, train: Path, rows: int) -> Path | None:
     sentences of ``train``; return the hypothesizer's bundle folder when it is on this machine."""
     meta_file = path.with_name(path.name + ".meta.json")
     if not meta_file.is_file():
-        raise V2TError(f"{path} has no {meta_file.name}: write the hypotheses with `lora-v2t invert --texts "
-                       f"{train} --out {path}`")
+        raise V2TError(
+            f"{path} has no {meta_file.name}: write the hypotheses with `lora-v2t invert --texts {train} --out {path}`"
+        )
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     if Path(meta.get("source", "")).resolve() != train.resolve() or meta.get("rows") != rows:
-        raise V2TError(f"{path} holds hypotheses for {meta.get('source')} ({meta.get('rows')} rows), not for "
-                       f"data.train {train} ({rows} rows): invert data.train into a new file")
+        raise V2TError(
+            f"{path} holds hypotheses for {meta.get('source')} ({meta.get('rows')} rows), not for "
+            f"data.train {train} ({rows} rows): invert data.train into a new file"
+        )
     folder = Path(str(meta.get("adapter", "")))
     return folder if (folder / "v2t_config.json").is_file() else None
 
@@ -126,36 +133,47 @@ def check_unseen(targets: list[str], hypothesizer: Path) -> None:
     a corrector trained on hypotheses of seen sentences learns to expect better hypotheses than it will get."""
     sample = BundleConfig.from_json(hypothesizer / "v2t_config.json").training.get("sample")
     if not sample or not Path(sample["train"]).is_file():
-        logger.warning("hypothesizer %s does not record the sentences it trained on (or its corpus is not here): "
-                       "cannot check that the corrector's sentences are unseen", hypothesizer)
+        logger.warning(
+            "hypothesizer %s does not record the sentences it trained on (or its corpus is not here): "
+            "cannot check that the corrector's sentences are unseen",
+            hypothesizer,
+        )
         return
     data = DataConfig(**sample)
     seen = seen_sentences(data, read_sentences(sample["train"], data.min_chars, data.max_chars)[0])
     leaked = [t for t in targets if t in seen]
     if leaked:
-        raise V2TError(f"{len(leaked)} of the corrector's sentences were in hypothesizer {hypothesizer}'s training "
-                       f"or validation set (e.g. {leaked[0]!r}): write them with `lora-v2t heldout` and the "
-                       "hypothesizer's recipe")
+        raise V2TError(
+            f"{len(leaked)} of the corrector's sentences were in hypothesizer {hypothesizer}'s training "
+            f"or validation set (e.g. {leaked[0]!r}): write them with `lora-v2t heldout` and the "
+            "hypothesizer's recipe"
+        )
 
 
 def read_hypotheses(path: Path, rows: int) -> list[str | None]:
     """The texts of an ``invert`` JSONL by row (None where a row is missing: an unfinished inversion)."""
     out: list[str | None] = [None] * rows
-    lines = read_lines(path, "hypotheses file", columns=True,
-                       fix=f"write it with `lora-v2t invert --texts ... --out {path}`")
+    lines = read_lines(
+        path, "hypotheses file", columns=True, fix=f"write it with `lora-v2t invert --texts ... --out {path}`"
+    )
     for number, line in enumerate(lines, 1):
         if line is None:
-            raise V2TError(f"{path}:{number} is not UTF-8 text: write the hypotheses with `lora-v2t invert --out "
-                           "FILE.jsonl`")
+            raise V2TError(
+                f"{path}:{number} is not UTF-8 text: write the hypotheses with `lora-v2t invert --out FILE.jsonl`"
+            )
         try:
             row = json.loads(line)
             index, text = int(row["index"]), str(row["text"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise V2TError(f"{path}:{number} is not an `invert` JSONL row ({exc}): write the hypotheses with "
-                           "`lora-v2t invert --out FILE.jsonl`") from exc
+            raise V2TError(
+                f"{path}:{number} is not an `invert` JSONL row ({exc}): write the hypotheses with "
+                "`lora-v2t invert --out FILE.jsonl`"
+            ) from exc
         if not 0 <= index < rows:
-            raise V2TError(f"{path}:{number} names row {index}, but data.train has {rows} lines: the "
-                           "hypotheses were written for another file")
+            raise V2TError(
+                f"{path}:{number} names row {index}, but data.train has {rows} lines: the "
+                "hypotheses were written for another file"
+            )
         out[index] = text
     return out
 

@@ -42,28 +42,39 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
         if not path:
             continue
         if os.path.isdir(path):
-            raise V2TError(f"corpus {path} ({key}) is a folder, not a file: give a UTF-8 text file with one sentence "
-                           "per line")
+            raise V2TError(
+                f"corpus {path} ({key}) is a folder, not a file: give a UTF-8 text file with one sentence per line"
+            )
         refuse_special(path, "corpus", f" ({key})")
         if not os.path.isfile(path):
             raise V2TError(f"corpus {path} ({key}) does not exist: give a UTF-8 text file with one sentence per line")
         if not os.access(path, os.R_OK):
-            raise V2TError(f"cannot read corpus {path} ({key}): permission denied; make it readable "
-                           f"(chmod a+r {path}) or give another file")
-    for what, folder, key in (("run folder", run_dir, "training.output_dir"),
-                              ("embedding cache", cache_dir_of(cfg), "data.cache_dir")):
+            raise V2TError(
+                f"cannot read corpus {path} ({key}): permission denied; make it readable "
+                f"(chmod a+r {path}) or give another file"
+            )
+    for what, folder, key in (
+        ("run folder", run_dir, "training.output_dir"),
+        ("embedding cache", cache_dir_of(cfg), "data.cache_dir"),
+    ):
         existing = Path(folder)
         while not os.path.exists(existing) and existing != existing.parent:
             existing = existing.parent
         home = os.environ.get("LORA_V2T_HOME")
-        cause = f"; it comes from LORA_V2T_HOME={home}: point LORA_V2T_HOME at a folder, or" if home and \
-            Path(folder).is_relative_to(home) else ";"
+        cause = (
+            f"; it comes from LORA_V2T_HOME={home}: point LORA_V2T_HOME at a folder, or"
+            if home and Path(folder).is_relative_to(home)
+            else ";"
+        )
         if not os.path.isdir(existing):
-            raise V2TError(f"cannot create the {what} {folder}: {existing} is a file, not a folder{cause} set {key} "
-                           "to a folder")
+            raise V2TError(
+                f"cannot create the {what} {folder}: {existing} is a file, not a folder{cause} set {key} to a folder"
+            )
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise V2TError(f"cannot write the {what} {folder}: {existing} is not writable (permission denied)"
-                           f"{cause} set {key} to a writable folder or change its permissions")
+            raise V2TError(
+                f"cannot write the {what} {folder}: {existing} is not writable (permission denied)"
+                f"{cause} set {key} to a writable folder or change its permissions"
+            )
 
 
 def check_run_folder(cfg: RunConfig, run_dir: Path, resume: bool | str | Path) -> None:
@@ -72,30 +83,43 @@ def check_run_folder(cfg: RunConfig, run_dir: Path, resume: bool | str | Path) -
     what a run writes (what a run that stopped early left)."""
     if resume:
         if not run_dir.is_dir():
-            raise V2TError(f"nothing to resume: {run_dir} is not a folder; give --resume the folder of a training run "
-                           "(<training.output_dir>/<training.run_name>)")
+            raise V2TError(
+                f"nothing to resume: {run_dir} is not a folder; give --resume the folder of a training run "
+                "(<training.output_dir>/<training.run_name>)"
+            )
         if not is_run_folder(run_dir):
-            raise V2TError(f"{run_dir} is not the folder of a training run (it holds no recipe.yaml, step-NNNNNN "
-                           "checkpoint or final/): give --resume the folder a run wrote; nothing in it was touched")
+            raise V2TError(
+                f"{run_dir} is not the folder of a training run (it holds no recipe.yaml, step-NNNNNN "
+                "checkpoint or final/): give --resume the folder a run wrote; nothing in it was touched"
+            )
         return
-    foreign = [p.name for p in sorted(run_dir.iterdir()) if not is_run_entry(p.name, cfg)] \
-        if run_dir.is_dir() else []
+    foreign = [p.name for p in sorted(run_dir.iterdir()) if not is_run_entry(p.name, cfg)] if run_dir.is_dir() else []
     if foreign:
-        raise V2TError(f"run folder {run_dir} holds files a training run does not write ({', '.join(foreign[:5])}): "
-                       "choose another --training.run_name or --training.output_dir")
+        raise V2TError(
+            f"run folder {run_dir} holds files a training run does not write ({', '.join(foreign[:5])}): "
+            "choose another --training.run_name or --training.output_dir"
+        )
 
 
 def is_run_folder(folder: Path) -> bool:
     """Whether a folder was written by a training run."""
-    return (folder / "recipe.yaml").is_file() or (folder / "final" / "v2t_config.json").is_file() or any(
-        RUN_FOLDER.match(p.name) for p in folder.glob("step-*"))
+    return (
+        (folder / "recipe.yaml").is_file()
+        or (folder / "final" / "v2t_config.json").is_file()
+        or any(RUN_FOLDER.match(p.name) for p in folder.glob("step-*"))
+    )
 
 
 def is_run_entry(name: str, cfg: RunConfig) -> bool:
     """Whether a name in a run folder is one a run writes (TensorBoard's folder is named after the run)."""
     temporary = temporary_of(name)
-    return name in RUN_FILES or name == cfg.training.run_name or bool(RUN_FOLDER.match(name)) \
-        or bool(DAMAGED.match(name)) or (temporary is not None and bool(RUN_FOLDER.match(temporary[0])))
+    return (
+        name in RUN_FILES
+        or name == cfg.training.run_name
+        or bool(RUN_FOLDER.match(name))
+        or bool(DAMAGED.match(name))
+        or (temporary is not None and bool(RUN_FOLDER.match(temporary[0])))
+    )
 
 
 def finished_run(cfg: RunConfig, run_dir: Path) -> Path | None:
@@ -116,9 +140,15 @@ def finished_run(cfg: RunConfig, run_dir: Path) -> Path | None:
     timed_out = tc.max_minutes is not None and state.get("elapsed_s", 0) >= tc.max_minutes * 60
     if steps != state.get("step") or not (state["step"] >= tc.max_steps or timed_out):
         return None
-    logger.info("%s is finished: it trained %d of training.max_steps=%d steps%s, and %s holds its adapter; nothing "
-                "to do (raise training.max_steps or training.max_minutes to train it further)", run_dir,
-                state["step"], tc.max_steps, f" in its {tc.max_minutes:g} minutes" if timed_out else "", final)
+    logger.info(
+        "%s is finished: it trained %d of training.max_steps=%d steps%s, and %s holds its adapter; nothing "
+        "to do (raise training.max_steps or training.max_minutes to train it further)",
+        run_dir,
+        state["step"],
+        tc.max_steps,
+        f" in its {tc.max_minutes:g} minutes" if timed_out else "",
+        final,
+    )
     return final
 
 
@@ -127,14 +157,14 @@ def locate_run(cfg: RunConfig, run_dir: Path, resume: bool | str | Path) -> Path
     in a warning); refuses what cannot work."""
     if not resume:
         if list_checkpoints(run_dir) or (run_dir / "final").exists():
-            raise V2TError(f"run folder {run_dir} already holds a run: pass --resume to continue it, or choose "
-                           "another --training.run_name")
+            raise V2TError(
+                f"run folder {run_dir} already holds a run: pass --resume to continue it, or choose "
+                "another --training.run_name"
+            )
         return None
     checkpoint, trainer_state = newest_good_checkpoint(run_dir)
     check_same_recipe(trainer_state["recipe"], cfg.to_dict(), run_dir, trainer_state.get("data_files"))
     return checkpoint
-
-
 
 
 class RunDirLock:
@@ -153,11 +183,15 @@ class RunDirLock:
             self.lock = FileLock(self.run_dir / RUN_LOCK).acquire()
         except LockBusy as busy:
             holder = f"pid {busy.pid}" if busy.pid else "another process"
-            raise V2TError(f"run folder {self.run_dir} is in use by another training run ({holder}): wait for it to "
-                           "end (or stop it), or choose another --training.run_name") from None
+            raise V2TError(
+                f"run folder {self.run_dir} is in use by another training run ({holder}): wait for it to "
+                "end (or stop it), or choose another --training.run_name"
+            ) from None
         except OSError as exc:
-            raise V2TError(f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}; set "
-                           "training.output_dir to a writable folder") from exc
+            raise V2TError(
+                f"cannot write the run folder {self.run_dir}: {exc.strerror or exc}; set "
+                "training.output_dir to a writable folder"
+            ) from exc
 
     def release(self) -> None:
         """Let go of the lock; remove the folders this run created again where it left them empty."""

@@ -51,12 +51,18 @@ class RunLog:
         if not self.writes or not self.metrics_file.exists():
             return
         lines = split_lines(self.metrics_file.read_text(encoding="utf-8", errors="replace"))
-        kept = [line for line, row in zip(lines, map(_row, lines), strict=True)
-                if row is not None and row["step"] <= step]
+        kept = [
+            line for line, row in zip(lines, map(_row, lines), strict=True) if row is not None and row["step"] <= step
+        ]
         if len(kept) < len(lines):
             atomic_write(self.metrics_file, "".join(line + "\n" for line in kept))
-            logger.info("%s: dropped %d line(s) past step %d or cut short; the resumed run logs from step %d on",
-                        self.metrics_file, len(lines) - len(kept), step, step + 1)
+            logger.info(
+                "%s: dropped %d line(s) past step %d or cut short; the resumed run logs from step %d on",
+                self.metrics_file,
+                len(lines) - len(kept),
+                step,
+                step + 1,
+            )
 
     def append(self, record: dict) -> None:
         """One JSON line, written whole or not at all."""

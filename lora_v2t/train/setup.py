@@ -31,8 +31,10 @@ def training_device(spec: str | None) -> torch.device | None:
     if device.type == "cpu" or device.index is None:
         return device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise V2TError(f"backbone.device={spec} with several processes: each process takes the GPU of its rank; "
-                       "leave backbone.device unset and choose GPUs with `accelerate launch --gpu_ids`")
+        raise V2TError(
+            f"backbone.device={spec} with several processes: each process takes the GPU of its rank; "
+            "leave backbone.device unset and choose GPUs with `accelerate launch --gpu_ids`"
+        )
     torch.cuda.set_device(device)
     return device
 
@@ -45,14 +47,20 @@ def make_accelerator(cfg: RunConfig, device: torch.device | None, run_dir: Path)
     cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
     mixed = mixed_precision(cfg.training.mixed_precision, cuda)
     try:
-        return Accelerator(mixed_precision=mixed, cpu=not cuda,
-                           log_with="tensorboard" if cfg.training.tensorboard else None, project_dir=str(run_dir))
+        return Accelerator(
+            mixed_precision=mixed,
+            cpu=not cuda,
+            log_with="tensorboard" if cfg.training.tensorboard else None,
+            project_dir=str(run_dir),
+        )
     except ValueError as exc:
         if "already been initialized" not in str(exc):
             raise
-        raise V2TError(f"this Python process already trained with another mixed precision or device, and "
-                       f"accelerate cannot change them within a process: run this training (mixed precision "
-                       f"{mixed}) in a new process") from exc
+        raise V2TError(
+            f"this Python process already trained with another mixed precision or device, and "
+            f"accelerate cannot change them within a process: run this training (mixed precision "
+            f"{mixed}) in a new process"
+        ) from exc
 
 
 def mixed_precision(setting: str, cuda: bool) -> str:
@@ -84,6 +92,7 @@ def make_optimizer(v2t: Vector2Text, tc):
     if projector_params:
         groups.append({"params": projector_params, "lr": tc.projector_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, tc.warmup_steps, tc.max_steps,
-                                                            min_lr_rate=tc.min_lr_ratio)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, tc.warmup_steps, tc.max_steps, min_lr_rate=tc.min_lr_ratio
+    )
     return optimizer, scheduler

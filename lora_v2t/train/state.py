@@ -33,8 +33,10 @@ def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = N
         "projector_lr": cfg.training.projector_lr,
         "wall_minutes": round(state.elapsed_s / 60, 1),
         # what it trained on, so that a corrector's data can be checked to be unseen (see lora_v2t.train.pairs)
-        "sample": {k: getattr(cfg.data, k) for k in ("train", "val", "val_size", "max_sentences", "min_chars",
-                                                      "max_chars", "seed")},
+        "sample": {
+            k: getattr(cfg.data, k)
+            for k in ("train", "val", "val_size", "max_sentences", "min_chars", "max_chars", "seed")
+        },
     }
     if metrics:
         summary["metrics"] = metrics

@@ -61,8 +61,7 @@ from ..util.files import DiskFull, atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "Trainer", "run_dir_of", "list_checkpoints", "validation_loss",
-           "TrainingStopped"]
+__all__ = ["train", "Trainer", "run_dir_of", "list_checkpoints", "validation_loss", "TrainingStopped"]
 
 
 class TrainingStopped(V2TError):
@@ -151,7 +150,8 @@ class Trainer:
             except V2TError as exc:
                 problem = exc
         message, resume_from, finished = self.as_main_process_says(
-            [None if problem is None else str(problem), resume_from, finished])
+            [None if problem is None else str(problem), resume_from, finished]
+        )
         problem = problem or (V2TError(message) if message is not None else None)
         if problem is not None:
             self.run_lock.release()
@@ -176,7 +176,8 @@ class Trainer:
         self.release_encoder()
         if self.accelerator.mixed_precision in ("bf16", "fp16"):  # the precision the adapter learns in
             v2t.meta.precision = (v2t.meta.precision or {}) | {
-                "compute_dtype": "bfloat16" if self.accelerator.mixed_precision == "bf16" else "float16"}
+                "compute_dtype": "bfloat16" if self.accelerator.mixed_precision == "bf16" else "float16"
+            }
         v2t.meta.generation = asdict(cfg.generation)
         if tc.role == "corrector":  # it reads hypotheses cut as in training
             v2t.meta.context_tokens = cfg.data.max_tokens
@@ -192,8 +193,11 @@ class Trainer:
         """Tokenise the corpus once (batches are padded from its ids), and build the loss over its vocabulary."""
         cfg, v2t = self.cfg, self.v2t
         self.tokens = tokenize_corpus(v2t.tokenizer, self.train_texts, cfg.data.max_tokens)
-        self.context_tokens = None if self.train_contexts is None else \
-            tokenize_corpus(v2t.tokenizer, self.train_contexts, cfg.data.max_tokens)
+        self.context_tokens = (
+            None
+            if self.train_contexts is None
+            else tokenize_corpus(v2t.tokenizer, self.train_contexts, cfg.data.max_tokens)
+        )
         corpus_vocab = self.tokens.vocab
         if self.extra_vocab is not None:
             corpus_vocab = np.union1d(corpus_vocab, self.extra_vocab)
@@ -202,8 +206,11 @@ class Trainer:
             # built from every training sentence as batches cut them: the labels need no check at each step
             self.loss_vocab = SubsetLoss(v2t.base_model, torch.from_numpy(corpus_vocab), check_labels=False)
             v2t.set_output_vocab(corpus_vocab)  # saved with the adapter: generation keeps to what the loss ranked
-            logger.info("training loss over the %d tokens the corpus uses (of %d)", len(corpus_vocab),
-                        v2t.backbone_info["vocab_size"])
+            logger.info(
+                "training loss over the %d tokens the corpus uses (of %d)",
+                len(corpus_vocab),
+                v2t.backbone_info["vocab_size"],
+            )
 
     def plan_memory(self) -> None:
         """Gradient checkpointing as the recipe says (``auto``: only where the step would not fit otherwise);
@@ -221,12 +228,18 @@ class Trainer:
             self.cost = describe_cost(v2t, cfg, checkpointing=True, loss_vocab=vocab, row_tokens=longest)
         reset_peak(v2t.device)
         if cfg.training.gradient_checkpointing == "auto" and self.checkpointing:
-            logger.info("gradient checkpointing on: a step without it needs about %.2f GiB beyond the weights, more "
-                        "than %.0f%% of the %.2f GiB free", without["step_gib"], 100 * HEADROOM, free)
+            logger.info(
+                "gradient checkpointing on: a step without it needs about %.2f GiB beyond the weights, more "
+                "than %.0f%% of the %.2f GiB free",
+                without["step_gib"],
+                100 * HEADROOM,
+                free,
+            )
 
     def longest_row(self) -> int:
         """The most tokens a training or validation row holds after the prefix: batches are padded to their
         longest row, and a corrector's row is its hypothesis, then its text."""
+
         def rows(tokens, contexts) -> np.ndarray:
             lengths = tokens.lengths.astype(np.int64)
             return lengths if contexts is None else lengths + contexts.lengths
@@ -252,8 +265,14 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resume_from is not None:
-            saved = load_checkpoint(self.resume_from, self.v2t, self.optimizer, self.scheduler,
-                                    rank=self.accelerator.process_index, scaler=self.accelerator.scaler)
+            saved = load_checkpoint(
+                self.resume_from,
+                self.v2t,
+                self.optimizer,
+                self.scheduler,
+                rank=self.accelerator.process_index,
+                scaler=self.accelerator.scaler,
+            )
             self.state = TrainState(**saved)
             self.saved_step = self.state.step
             self.log.resume_at(self.state.step)
@@ -262,15 +281,26 @@ class Trainer:
             import yaml
 
             self.log.start_over()
-            atomic_write(self.run_dir / "recipe.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False,
-                                                                      allow_unicode=True))
+            atomic_write(
+                self.run_dir / "recipe.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+            )
         cost = self.cost
-        logger.info("parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
-                    "%.2f GiB for batch %d x %d tokens", f"{cost['trainable_params']:,}",
-                    f"{cost['frozen_params']:,}", cost["weights_gib"], cost["estimated_peak_gib"],
-                    cfg.training.batch_size, cost["tokens_per_row"])
-        logger.info("training %d sentences, validating on %d; run folder %s", len(self.train_texts),
-                    len(self.val_texts), self.run_dir)
+        logger.info(
+            "parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
+            "%.2f GiB for batch %d x %d tokens",
+            f"{cost['trainable_params']:,}",
+            f"{cost['frozen_params']:,}",
+            cost["weights_gib"],
+            cost["estimated_peak_gib"],
+            cfg.training.batch_size,
+            cost["tokens_per_row"],
+        )
+        logger.info(
+            "training %d sentences, validating on %d; run folder %s",
+            len(self.train_texts),
+            len(self.val_texts),
+            self.run_dir,
+        )
         if self.accelerator.is_main_process and cfg.training.tensorboard:
             self.accelerator.init_trackers(cfg.training.run_name)
         self.batch_order = BatchOrder(self.tokens.lengths, cfg.training.batch_size, cfg.data.seed)
@@ -297,8 +327,14 @@ class Trainer:
         if tc.max_minutes is None:
             return tqdm(total=tc.max_steps, initial=self.state.step, desc="training", unit="step", disable=hide)
         budget = round(tc.max_minutes * 60)
-        return tqdm(total=budget, initial=min(round(self.state.elapsed_s), budget), desc="training", unit="s",
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {remaining} left{postfix}", disable=hide)
+        return tqdm(
+            total=budget,
+            initial=min(round(self.state.elapsed_s), budget),
+            desc="training",
+            unit="s",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {remaining} left{postfix}",
+            disable=hide,
+        )
 
     def out_of_time(self) -> bool:
         """Whether ``training.max_minutes`` is spent; with several processes the main one's clock decides for
@@ -328,19 +364,24 @@ class Trainer:
         for micro in range(tc.grad_accum):
             idx, sentences = self.next_batch()
             vectors = torch.from_numpy(np.asarray(self.train_vectors[idx]))
-            batch = self.v2t.pad_rows(self.tokens.rows(idx), self.cfg.data.max_tokens,
-                                      None if self.context_tokens is None else self.context_tokens.rows(idx))
+            batch = self.v2t.pad_rows(
+                self.tokens.rows(idx),
+                self.cfg.data.max_tokens,
+                None if self.context_tokens is None else self.context_tokens.rows(idx),
+            )
             with contextlib.nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(self.model):
                 with acc.autocast():
-                    loss = self.model(vectors, batch["input_ids"], batch["attention_mask"], self.loss_vocab,
-                                      batch.get("label_mask")).loss
+                    loss = self.model(
+                        vectors, batch["input_ids"], batch["attention_mask"], self.loss_vocab, batch.get("label_mask")
+                    ).loss
                 acc.backward(loss / tc.grad_accum)
             step_loss += loss.detach() / tc.grad_accum
             self.state.sentences_seen += sentences
         step_loss = float(acc.reduce(step_loss, "mean") if acc.num_processes > 1 else step_loss)  # all ranks'
         if not math.isfinite(step_loss):
-            raise V2TError(f"the loss became {step_loss} at step {self.state.step + 1}: lower training.lr / "
-                           "training.projector_lr")
+            raise V2TError(
+                f"the loss became {step_loss} at step {self.state.step + 1}: lower training.lr / training.projector_lr"
+            )
         if tc.max_grad_norm:
             acc.clip_grad_norm_(self.params, tc.max_grad_norm)
         self.phase = "update"  # from here until the step is counted, the weights are half-updated
@@ -358,13 +399,22 @@ class Trainer:
         state.elapsed_s = self.base_elapsed + time.perf_counter() - self.clock
         self.window.add(step_loss)
         timed = tc.max_minutes is not None  # see progress_bar
-        self.bar.update(1 if tc.max_minutes is None else min(round(state.elapsed_s), round(tc.max_minutes * 60))
-                        - self.bar.n)
+        self.bar.update(
+            1 if tc.max_minutes is None else min(round(state.elapsed_s), round(tc.max_minutes * 60)) - self.bar.n
+        )
         self.bar.set_postfix_str(f"step {state.step}, loss {step_loss:.3f}" if timed else f"loss={step_loss:.3f}")
         if state.step % tc.log_every == 0:
-            self.log.append({"kind": "train", "step": state.step, "loss": self.window.mean_loss,
-                             "lr": self.scheduler.get_last_lr()[0], "ms_per_step": self.window.ms_per_step,
-                             "elapsed_s": round(state.elapsed_s, 1), "sentences_seen": state.sentences_seen})
+            self.log.append(
+                {
+                    "kind": "train",
+                    "step": state.step,
+                    "loss": self.window.mean_loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "ms_per_step": self.window.ms_per_step,
+                    "elapsed_s": round(state.elapsed_s, 1),
+                    "sentences_seen": state.sentences_seen,
+                }
+            )
         if state.step % tc.eval_every == 0 and self.accelerator.is_main_process:
             self.evaluate(self.window.mean_loss, self.window.ms_per_step)
         if state.step % tc.log_every == 0 or state.step % tc.eval_every == 0:
@@ -377,19 +427,36 @@ class Trainer:
         """Validation loss and a few greedy reconstructions: logged, recorded, plotted."""
         v2t, state, n = self.v2t, self.state, min(self.cfg.training.num_samples, len(self.val_texts))
         max_tokens = self.cfg.data.max_tokens
-        val_loss = validation_loss(v2t, self.val_texts, self.val_vectors, self.cfg.training.batch_size, max_tokens,
-                                   contexts=self.val_contexts)
+        val_loss = validation_loss(
+            v2t, self.val_texts, self.val_vectors, self.cfg.training.batch_size, max_tokens, contexts=self.val_contexts
+        )
         contexts = None if self.val_contexts is None else self.val_contexts[:n]
-        samples = v2t.generate(self.val_vectors[:n], max_new_tokens=max_tokens, do_sample=False, num_beams=1,
-                               num_return_sequences=1, contexts=contexts) if n else []
+        samples = (
+            v2t.generate(
+                self.val_vectors[:n],
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                num_beams=1,
+                num_return_sequences=1,
+                contexts=contexts,
+            )
+            if n
+            else []
+        )
         parts = [f"step {state.step}"] + ([f"loss {train_loss:.3f}"] if train_loss is not None else [])
         parts += [f"val {val_loss:.3f}"] + ([f"{ms_per_step:.0f} ms/step"] if ms_per_step is not None else [])
         logger.info(" | ".join(parts))
         for original, generated in zip(self.val_texts[:n], samples, strict=True):
             logger.info("    %s ==> %s", original, generated)
-        record = {"kind": "eval", "step": state.step, "val_loss": val_loss, "train_loss": train_loss,
-                  "sentences_seen": state.sentences_seen, "elapsed_s": round(state.elapsed_s, 1),
-                  "samples": [{"text": t, "generated": g} for t, g in zip(self.val_texts[:n], samples, strict=True)]}
+        record = {
+            "kind": "eval",
+            "step": state.step,
+            "val_loss": val_loss,
+            "train_loss": train_loss,
+            "sentences_seen": state.sentences_seen,
+            "elapsed_s": round(state.elapsed_s, 1),
+            "samples": [{"text": t, "generated": g} for t, g in zip(self.val_texts[:n], samples, strict=True)],
+        }
         self.log.append(record)
         self.log.plot()
         self.last_eval = record
@@ -407,9 +474,18 @@ class Trainer:
         self.signals.deliver()  # a Ctrl-C that came during the write stops the run now, the checkpoint complete
 
     def save(self, state: TrainState, rngs: list[dict]) -> Path:
-        return save_checkpoint(self.run_dir, self.v2t, self.optimizer, self.scheduler, asdict(state), self.cfg,
-                               rngs, training_summary(self.cfg, state), scaler=self.accelerator.scaler,
-                               data_files=self.data_files)
+        return save_checkpoint(
+            self.run_dir,
+            self.v2t,
+            self.optimizer,
+            self.scheduler,
+            asdict(state),
+            self.cfg,
+            rngs,
+            training_summary(self.cfg, state),
+            scaler=self.accelerator.scaler,
+            data_files=self.data_files,
+        )
 
     def finish(self) -> Path:
         """Last checkpoint, last evaluation, and the ``final/`` bundle."""
@@ -431,14 +507,25 @@ class Trainer:
     def memory_check(self) -> dict:
         """The peak memory measured so far against the estimate logged at the start; logged and returned."""
         measured, estimated = measured_peak_gib(self.v2t.device), self.cost["estimated_peak_gib"]
-        what = "allocated GPU memory" if self.v2t.device.type == "cuda" else \
-            "resident memory of the whole process, with Python, the tokenizer and the corpus"
+        what = (
+            "allocated GPU memory"
+            if self.v2t.device.type == "cuda"
+            else "resident memory of the whole process, with Python, the tokenizer and the corpus"
+        )
         if measured:
-            logger.info("peak memory: %.2f GiB measured, %.2f GiB estimated (%.2fx the measure); measured: %s",
-                        measured, estimated, estimated / measured, what)
-        return {"estimated_peak_gib": round(estimated, 3), "measured_peak_gib": measured and round(measured, 3),
-                "measured": "cuda_max_allocated" if self.v2t.device.type == "cuda" else "process_max_rss",
-                "gradient_checkpointing": self.checkpointing}
+            logger.info(
+                "peak memory: %.2f GiB measured, %.2f GiB estimated (%.2fx the measure); measured: %s",
+                measured,
+                estimated,
+                estimated / measured,
+                what,
+            )
+        return {
+            "estimated_peak_gib": round(estimated, 3),
+            "measured_peak_gib": measured and round(measured, 3),
+            "measured": "cuda_max_allocated" if self.v2t.device.type == "cuda" else "process_max_rss",
+            "gradient_checkpointing": self.checkpointing,
+        }
 
     # ------------------------------------------------------------------ when something stops the run
     def rescue(self, exc: BaseException) -> BaseException:
@@ -451,8 +538,11 @@ class Trainer:
         saved = self.save_on_stop(exc) if self.accelerator.is_main_process and not full else None
         if not full and (isinstance(exc, (KeyboardInterrupt, V2TError)) or not isinstance(exc, Exception)):
             return exc
-        where = f"checkpoint {saved} holds the work done: fix the cause, then continue with --resume" if saved \
+        where = (
+            f"checkpoint {saved} holds the work done: fix the cause, then continue with --resume"
+            if saved
             else resume_hint(self.run_dir)
+        )
         why = f": {exc}" if full else f" by {type(exc).__name__}: {first_line(exc, 300)}{stop_hint(exc)}"
         stopped = TrainingStopped(f"training stopped at step {self.state.step}{why}; {where}")
         stopped.__cause__ = exc
@@ -466,8 +556,12 @@ class Trainer:
         state, rng = self.state, rng_state()
         if self.phase in ("setup", "update", "checkpoint"):
             if self.phase != "setup":
-                logger.warning("not saving a checkpoint: %s", "the weights were half-updated"
-                               if self.phase == "update" else "writing the checkpoint itself failed")
+                logger.warning(
+                    "not saving a checkpoint: %s",
+                    "the weights were half-updated"
+                    if self.phase == "update"
+                    else "writing the checkpoint itself failed",
+                )
             return None
         if self.snapshot is not None:
             state, rng = self.snapshot
@@ -486,5 +580,3 @@ class Trainer:
         except Exception as save_error:  # e.g. the disk is full: say so, and report the original error
             logger.error("could not save a checkpoint either: %s", first_line(save_error, 300))
             return None
-
-

@@ -65,8 +65,9 @@ def free_bytes(where: Path) -> int | None:
         return None
 
 
-def disk_full(where: Path, needed: int | None = None, advice: str = FREE_SOME_SPACE,
-              free: int | None = None) -> DiskFull:
+def disk_full(
+    where: Path, needed: int | None = None, advice: str = FREE_SOME_SPACE, free: int | None = None
+) -> DiskFull:
     """The one line for a full disk at ``where``."""
     free = free_bytes(where) if free is None else free
     amounts = [f"{human_size(needed)} needed" if needed else "", "" if free is None else f"{human_size(free)} free"]
@@ -96,11 +97,15 @@ def no_space_is_one_line(where: Path, needed: int | None = None, advice: str = F
 def _write_all(fd: int, payload: bytes) -> None:
     view = memoryview(payload)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
-def atomic_write(path: str | Path, data: str | bytes | Callable[[Path], object], advice: str = FREE_SOME_SPACE,
-                 encoding: str = "utf-8") -> Path:
+def atomic_write(
+    path: str | Path,
+    data: str | bytes | Callable[[Path], object],
+    advice: str = FREE_SOME_SPACE,
+    encoding: str = "utf-8",
+) -> Path:
     """Write a file under its temporary name, then rename it to ``path`` (replacing an older one).
 
     Args:

@@ -58,8 +58,10 @@ class FileLock:
         if not _holds_a_pid_or_nothing(self.fd):  # someone else's file by this name: neither rewrite nor remove it
             os.close(self.fd)
             self.fd = None
-            raise V2TError(f"{self.path} exists and is not a lock file (it holds something other than a process "
-                           "id): move it away, lora_v2t needs that name for its lock")
+            raise V2TError(
+                f"{self.path} exists and is not a lock file (it holds something other than a process "
+                "id): move it away, lora_v2t needs that name for its lock"
+            )
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
         return self

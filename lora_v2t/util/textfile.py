@@ -21,8 +21,12 @@ from pathlib import Path
 from .errors import V2TError
 
 # byte-order marks of the encodings a text editor may save instead of UTF-8 (UTF-32 first: it starts like UTF-16)
-FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"), (b"\xff\xfe", "UTF-16LE"),
-                (b"\xfe\xff", "UTF-16BE"))
+FOREIGN_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32LE"),
+    (b"\x00\x00\xfe\xff", "UTF-32BE"),
+    (b"\xff\xfe", "UTF-16LE"),
+    (b"\xfe\xff", "UTF-16BE"),
+)
 UTF8_BOM = b"\xef\xbb\xbf"
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0/C1 controls, not tab (nor newlines)
 SENTENCES = "give a UTF-8 text file with one sentence per line"
@@ -56,20 +60,26 @@ def refuse_special(path: str | Path, what: str = "file", note: str = "") -> None
     """Refuse ``-`` and what exists but is no regular file (a pipe, a FIFO, a device) in one line: files are
     read more than once (hashed, counted, memory-mapped), which a stream cannot be; a FIFO is never opened."""
     if str(path) == "-":
-        raise V2TError(f"{what} -{note} (standard input) is not read: save it to a file first (e.g. cat > FILE) and "
-                       "give that file")
+        raise V2TError(
+            f"{what} -{note} (standard input) is not read: save it to a file first (e.g. cat > FILE) and give that file"
+        )
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
-        raise V2TError(f"{what} {path}{note} is not a regular file (a pipe, FIFO or device): save it to a file first "
-                       "and give that file")
+        raise V2TError(
+            f"{what} {path}{note} is not a regular file (a pipe, FIFO or device): save it to a file first "
+            "and give that file"
+        )
 
 
 def not_utf8(path: Path, what: str, problem: str, encoding: str = "UTF-16") -> V2TError:
-    return V2TError(f"{what} {path} {problem}, not UTF-8 text: convert it to UTF-8, e.g. "
-                    f"iconv -f {encoding} -t UTF-8 {path} > {path.stem}.utf8.txt")
+    return V2TError(
+        f"{what} {path} {problem}, not UTF-8 text: convert it to UTF-8, e.g. "
+        f"iconv -f {encoding} -t UTF-8 {path} > {path.stem}.utf8.txt"
+    )
 
 
-def read_lines(path: str | Path, what: str = "file", columns: bool = False, tsv_fix: str = TSV_FIX,
-               fix: str = SENTENCES) -> list[str | None]:
+def read_lines(
+    path: str | Path, what: str = "file", columns: bool = False, tsv_fix: str = TSV_FIX, fix: str = SENTENCES
+) -> list[str | None]:
     """Every line of a UTF-8 text file (line ``n`` at index ``n - 1``), without its line end; None for a line
     that is not UTF-8. Refused in one line: a missing file, a folder, an empty (0-byte) file (with ``fix`` as the
     fix), another encoding or a binary file, and (unless ``columns``, when the caller splits the lines at tabs) a
@@ -81,8 +91,10 @@ def read_lines(path: str | Path, what: str = "file", columns: bool = False, tsv_
             _check_encoding(path, what, first)
             lines = [_decode(raw) for raw in chain([first.removeprefix(UTF8_BOM)], handle)] if first else []
     except OSError as exc:
-        raise V2TError(f"cannot read {what} {path}: {exc.strerror or exc}; make it readable (chmod a+r {path}) or "
-                       "give another file") from exc
+        raise V2TError(
+            f"cannot read {what} {path}: {exc.strerror or exc}; make it readable (chmod a+r {path}) or "
+            "give another file"
+        ) from exc
     if not lines:
         raise V2TError(f"{what} {path} is empty (0 bytes): {fix}")
     _refuse_binary(path, what, lines)
@@ -100,9 +112,11 @@ def _check_encoding(path: Path, what: str, first: bytes) -> None:
     if b"\x00" in first:  # later lines with NUL are counted with the control characters
         raise not_utf8(path, what, "holds NUL bytes on its first line: it is UTF-16, UTF-32 or binary")
     if b"\n" not in first and b"\r" in first.rstrip(b"\r"):
-        raise V2TError(f"{what} {path} ends its lines with a carriage return alone (\\r, old Mac line ends; it holds "
-                       f"no \\n), so it reads as one line: convert them, e.g. tr '\\r' '\\n' < {path} > "
-                       f"{path.stem}.unix.txt")
+        raise V2TError(
+            f"{what} {path} ends its lines with a carriage return alone (\\r, old Mac line ends; it holds "
+            f"no \\n), so it reads as one line: convert them, e.g. tr '\\r' '\\n' < {path} > "
+            f"{path.stem}.unix.txt"
+        )
 
 
 def _decode(raw: bytes) -> str | None:
@@ -122,8 +136,12 @@ def _refuse_binary(path: Path, what: str, lines: list[str | None]) -> None:
         elif line.strip():
             good += 1
     if bad > good:
-        raise not_utf8(path, what, f"is mostly control characters or bytes that are not UTF-8 ({bad} lines with "
-                                   f"them, {good} without): it is in another encoding or binary")
+        raise not_utf8(
+            path,
+            what,
+            f"is mostly control characters or bytes that are not UTF-8 ({bad} lines with "
+            f"them, {good} without): it is in another encoding or binary",
+        )
 
 
 def _refuse_tsv(path: Path, what: str, lines: list[str | None], fix: str) -> None:
@@ -131,8 +149,9 @@ def _refuse_tsv(path: Path, what: str, lines: list[str | None], fix: str) -> Non
     filled = sum(1 for line in lines if line is not None and line.strip())
     tabbed = sum(1 for line in lines if line is not None and "\t" in line and line.strip())
     if path.suffix.lower() == ".tsv" or (tabbed and tabbed * 2 > filled):
-        raise V2TError(f"{what} {path} is a TSV ({tabbed} of {filled} lines hold a tab), read here as one "
-                       f"sentence per line: {fix}")
+        raise V2TError(
+            f"{what} {path} is a TSV ({tabbed} of {filled} lines hold a tab), read here as one sentence per line: {fix}"
+        )
 
 
 def read_rows(path: str | Path, what: str = "file", fix: str = SENTENCES) -> list[str]:
@@ -141,15 +160,19 @@ def read_rows(path: str | Path, what: str = "file", fix: str = SENTENCES) -> lis
     lines = read_lines(path, what, fix=fix)
     undecodable = [i + 1 for i, line in enumerate(lines) if line is None]
     if undecodable:
-        raise V2TError(f"{what} {path}: line(s) {undecodable[:5]} are not UTF-8: convert the file to UTF-8 (rows "
-                       "are numbered by line)")
+        raise V2TError(
+            f"{what} {path}: line(s) {undecodable[:5]} are not UTF-8: convert the file to UTF-8 (rows "
+            "are numbered by line)"
+        )
     rows = [line for line in lines if line is not None]  # all of them: none is undecodable
     blank = [i + 1 for i, line in enumerate(rows) if not line.strip()]
     if len(blank) == len(lines):
         raise V2TError(f"{what} {path} is empty: it has no non-blank line; give one sentence per line")
     if blank:
-        raise V2TError(f"{what} {path}: line(s) {blank[:5]} are blank: every line must be a sentence (rows are "
-                       "numbered by line), remove them")
+        raise V2TError(
+            f"{what} {path}: line(s) {blank[:5]} are blank: every line must be a sentence (rows are "
+            "numbered by line), remove them"
+        )
     return rows
 
 
@@ -157,8 +180,9 @@ def header_names(lines: list[str | None], path: Path, what: str = "file") -> lis
     """The column names on the first line of a TSV (removed from ``lines``)."""
     first = lines.pop(0) if lines else None
     if first is None:
-        raise V2TError(f"{what} {path} has no header line that is UTF-8 text: convert it to UTF-8, or drop the "
-                       "header option")
+        raise V2TError(
+            f"{what} {path} has no header line that is UTF-8 text: convert it to UTF-8, or drop the header option"
+        )
     return first.split("\t")
 
 
@@ -172,8 +196,10 @@ def column_index(column: int | str, names: list[str] | None, path: Path, role: s
         return names.index(column)
     index = int(column)
     if index < 0:
-        raise V2TError(f"{role} column {index}: columns are counted from 0 (the first column is 0), so give an "
-                       "index >= 0 (or, with --header, a column name)")
+        raise V2TError(
+            f"{role} column {index}: columns are counted from 0 (the first column is 0), so give an "
+            "index >= 0 (or, with --header, a column name)"
+        )
     if names is not None and index >= len(names):
         raise V2TError(f"{path} has no column {index}; its columns are: {', '.join(names)}")
     return index

@@ -17,11 +17,14 @@ def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
     else:
         lengths = row_lengths(vectors)
         if len(lengths) > 1:
-            raise V2TError(f"vectors are rows of different lengths ({lengths[0]} and {lengths[1]}): give N rows of "
-                           f"{embedding_dim} numbers, as an (N, {embedding_dim}) array")
+            raise V2TError(
+                f"vectors are rows of different lengths ({lengths[0]} and {lengths[1]}): give N rows of "
+                f"{embedding_dim} numbers, as an (N, {embedding_dim}) array"
+            )
         if np.iscomplexobj(vectors):  # converting would silently drop the imaginary part
-            raise V2TError(f"vectors are complex ({np.asarray(vectors).dtype}); sentence vectors are real: "
-                           "pass a real array")
+            raise V2TError(
+                f"vectors are complex ({np.asarray(vectors).dtype}); sentence vectors are real: pass a real array"
+            )
         try:
             array = np.asarray(vectors, dtype=np.float32)
             tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
@@ -36,8 +39,10 @@ def to_vectors(vectors, embedding_dim: int) -> torch.Tensor:
     if tensor.shape[0] == 0:
         raise V2TError("empty batch: pass at least one vector")
     if tensor.shape[1] != embedding_dim:
-        raise V2TError(f"vectors have dimension {tensor.shape[1]} but the adapter's encoder makes "
-                       f"{embedding_dim}-d vectors: encode with the encoder named in the adapter")
+        raise V2TError(
+            f"vectors have dimension {tensor.shape[1]} but the adapter's encoder makes "
+            f"{embedding_dim}-d vectors: encode with the encoder named in the adapter"
+        )
     bad = ~torch.isfinite(tensor).all(dim=1)
     if bad.any():
         rows = bad.nonzero().flatten().tolist()
