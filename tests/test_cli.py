@@ -467,7 +467,8 @@ def test_train_refuses_a_file_as_backbone_before_embedding_the_corpus(tmp_path, 
 def test_the_cli_hides_only_the_known_noisy_library_warnings(bundle, capsys):
     """The warnings every command would print and that ask nothing of its user are hidden (peft asks every model
     for transformers' deprecated is_gradient_checkpointing; a prefix of vectors has no prompt tokens for
-    no_repeat_ngram_size); every other warning of transformers and peft (and bitsandbytes' log) reaches the user."""
+    no_repeat_ngram_size; torch's unfused RMSNorm under bf16 autocast); every other warning of transformers and
+    peft (and bitsandbytes' log) reaches the user."""
     import logging
     import warnings
 
@@ -483,6 +484,12 @@ def test_the_cli_hides_only_the_known_noisy_library_warnings(bundle, capsys):
             "n-gram constraints only to newly generated tokens, not to the prompt.",
             UserWarning,
             "transformers.generation.utils",
+        ),
+        (
+            "Mismatch dtype between input and weight: input dtype = c10::BFloat16, weight dtype = float, Cannot "
+            "dispatch to fused implementation.",
+            UserWarning,
+            "torch.nn.functional",
         ),
     ]
     real = [
