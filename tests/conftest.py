@@ -6,6 +6,8 @@ Nothing here touches the network.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -190,3 +192,24 @@ def no_model_load(monkeypatch):
 def no_base_load(monkeypatch):
     """Fail the test if the base model starts loading: the bundle check must come first."""
     refuse_calls(monkeypatch, "lora_v2t.model.backbone.load_backbone", "the base model was loaded")
+
+
+# two processes on this CPU through `accelerate launch`: `--cpu --num_processes 2` starts one process (accelerate's
+# simple launcher, unless MPI is set up); `--multi_gpu` goes through torch.distributed, which on a CPU-only machine
+# means gloo
+TWO_CPU_PROCESSES = [
+    str(Path(sys.executable).parent / "accelerate"),
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    "--main_process_port",
+    "0",
+]
+LAUNCH_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}

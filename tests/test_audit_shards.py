@@ -12,10 +12,9 @@ import pytest
 
 from lora_v2t.tasks.shards import Shard, bounds, parts
 
-from .conftest import SENTENCES
+from .conftest import LAUNCH_ENV, SENTENCES, TWO_CPU_PROCESSES
 
-ACCELERATE = Path(sys.executable).parent / "accelerate"
-ENV = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+ENV = os.environ | LAUNCH_ENV
 
 
 def audit_command(vectors, bundle, out, originals) -> list[str]:
@@ -41,23 +40,7 @@ def audit_command(vectors, bundle, out, originals) -> list[str]:
 
 
 def launch(*command: str) -> subprocess.CompletedProcess:
-    # `--multi_gpu` goes through torch.distributed, which on a CPU-only machine means gloo (see test_multiprocess)
-    launcher = [
-        str(ACCELERATE),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-    ]
-    return subprocess.run(launcher + list(command), capture_output=True, text=True, env=ENV, timeout=300)
+    return subprocess.run(TWO_CPU_PROCESSES + list(command), capture_output=True, text=True, env=ENV, timeout=300)
 
 
 def test_the_rows_are_split_in_contiguous_parts_of_near_equal_size():
@@ -85,7 +68,7 @@ def test_a_process_without_rows_inverts_nothing_and_has_no_part(v2t, tmp_path):
 
 
 def test_two_processes_audit_their_own_parts_and_resume(v2t, tmp_path):
-    if not ACCELERATE.exists():
+    if not Path(TWO_CPU_PROCESSES[0]).exists():
         pytest.skip("the accelerate command is not installed beside this Python")
     bundle = v2t.save_adapter(tmp_path / "bundle")
     np.save(tmp_path / "v.npy", v2t.encode(SENTENCES))

@@ -11,27 +11,13 @@ from safetensors.torch import load_file
 
 from lora_v2t import load_adapter
 
+from .conftest import LAUNCH_ENV, TWO_CPU_PROCESSES
 from .test_train import RECIPE, corpus_file
 
 
 def launch(tmp_path, backbone, encoder, *extra) -> subprocess.CompletedProcess:
-    accelerate = Path(sys.executable).parent / "accelerate"
-    # `--cpu --num_processes 2` starts one process (accelerate's simple launcher, unless MPI is set up);
-    # `--multi_gpu` goes through torch.distributed, which on a CPU-only machine means gloo
     command = [
-        str(accelerate),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
+        *TWO_CPU_PROCESSES,
         "-m",
         "lora_v2t.cli",
         "train",
@@ -47,7 +33,7 @@ def launch(tmp_path, backbone, encoder, *extra) -> subprocess.CompletedProcess:
         "--no-progress",
         *extra,
     ]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = os.environ | LAUNCH_ENV
     # a hang (processes out of step) fails at the timeout
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
 
