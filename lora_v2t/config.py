@@ -242,6 +242,11 @@ class TrainingConfig:
     output_dir: str | None = setting(
         None, "folder of the run folders; None = <checkpoints>/runs (see lora-v2t train --help for <checkpoints>)"
     )
+    init_adapter: str | None = setting(
+        None,
+        "start from this adapter bundle's LoRA and projector weights (folder or hub id) instead of fresh ones; "
+        "the optimizer, schedule and data order start anew (see lora_v2t.train.warmstart)",
+    )
     trainable: Trainable = setting(
         "lora", "lora (LoRA + projector) | full (whole backbone + projector, no LoRA: a baseline)"
     )

@@ -10,6 +10,8 @@ import os
 import re
 from pathlib import Path
 
+from ..bundle.adapter import validate_bundle
+from ..bundle.hub import resolve_adapter
 from ..config import RunConfig
 from ..model.backbone import check_backbone_name, checkpoints_dir
 from ..train.checkpoint import RUN_FOLDER, check_same_recipe, list_checkpoints, newest_good_checkpoint
@@ -38,6 +40,8 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
     folder and the embedding cache can be written (or created)."""
     check_backbone_name(cfg.backbone.name)
     cfg.data.check_train()
+    if cfg.training.init_adapter:  # a bundle that is there and whole, before hours of embedding
+        validate_bundle(resolve_adapter(cfg.training.init_adapter))
     for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if not path:
             continue

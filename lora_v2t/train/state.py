@@ -38,6 +38,8 @@ def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = N
             for k in ("train", "val", "val_size", "max_sentences", "min_chars", "max_chars", "seed")
         },
     }
+    if cfg.training.init_adapter:  # the weights it started from (steps and minutes above are this run's)
+        summary["init_adapter"] = cfg.training.init_adapter
     if metrics:
         summary["metrics"] = metrics
     return summary

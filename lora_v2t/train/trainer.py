@@ -56,6 +56,7 @@ from ..train.runlog import RunLog
 from ..train.setup import _check_tensorboard, make_accelerator, make_optimizer, training_device
 from ..train.signals import StopSignals
 from ..train.state import TrainState, resume_hint, stop_hint, training_summary
+from ..train.warmstart import warm_start
 from ..util.errors import V2TError, first_line
 from ..util.files import DiskFull, atomic_write
 
@@ -183,6 +184,8 @@ class Trainer:
             v2t.meta.context_tokens = cfg.data.max_tokens
         self.prepare_tokens()
         self.plan_memory()
+        if tc.init_adapter and self.resume_from is None:  # a resumed run has its own weights
+            warm_start(v2t, tc.init_adapter)
         self.params = v2t.trainable_parameters()
         for param in self.params:
             param.requires_grad_(True)

@@ -1,0 +1,94 @@
+"""Warm start: begin a training run from a finished adapter bundle's weights instead of fresh ones.
+
+``training.init_adapter`` names a bundle (a folder or hub id). Its LoRA weights and its projector are copied into
+the run's fresh adapter before the first step; the optimizer, the schedule and the data order start anew. This is
+how a run continues past the end of an earlier one whose run folder is gone (``--resume`` needs the run folder, and
+continues its schedule too), and how a corrector starts from its hypothesizer (the hypothesizer's projector becomes
+the corrector's projection of v, see :mod:`lora_v2t.model.projector`).
+
+The bundle must fit the recipe: the same encoder and backbone, the same LoRA rank, targets and layers, and a
+projector of the same kind and shape (or, for a corrector, the hypothesizer's projector as its v part). Anything
+else is refused in one line naming both sides.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..bundle.adapter import check_compatible, validate_bundle
+from ..bundle.format import BundleConfig
+from ..bundle.hub import resolve_adapter
+from ..util.errors import V2TError, first_line
+
+if TYPE_CHECKING:
+    from ..model.vector2text import Vector2Text
+
+logger = logging.getLogger(__name__)
+
+
+def warm_start(v2t: Vector2Text, source: str) -> None:
+    """Copy bundle ``source``'s LoRA and projector weights into ``v2t``'s active (fresh) adapter."""
+    from safetensors.torch import load_file
+
+    path = resolve_adapter(source)
+    config = validate_bundle(path)
+    where = f"training.init_adapter {source}"
+    check_compatible(config, v2t.backbone_info, path)
+    if config.full or not v2t.is_peft:
+        raise V2TError(f"{where}: a warm start copies LoRA adapters; a fully fine-tuned model or run has none")
+    if config.encoder.spec != v2t.meta.encoder.spec:
+        raise V2TError(
+            f"{where} was trained on vectors of {config.encoder.spec!r}, this recipe's encoder is "
+            f"{v2t.meta.encoder.spec!r}: use the same encoder"
+        )
+    _check_lora(config, v2t, where)
+    _load_lora(v2t, load_file(str(path / "adapter_model.safetensors")), where)
+    _load_projector(v2t, load_file(str(path / "projector.safetensors")), where)
+    logger.info("warm start from %s (%s, %s steps)", path, config.role, (config.training or {}).get("steps"))
+
+
+def _check_lora(config: BundleConfig, v2t: Vector2Text, where: str) -> None:
+    """Refuse a bundle whose LoRA differs from the run's in rank, targets or layers."""
+    mine = v2t.model.peft_config[v2t.active_adapter]
+    theirs = config.lora
+    pairs = {
+        "r": (theirs.r, mine.r),
+        "target_modules": (sorted(theirs.target_modules or []), sorted(mine.target_modules or [])),
+        "layers": (theirs.layers, _layers(mine.layers_to_transform)),
+    }
+    for name, (a, b) in pairs.items():
+        if a != b:
+            raise V2TError(f"{where} has LoRA {name}={a}, this recipe lora.{name}={b}: set the recipe's to match")
+
+
+def _layers(value) -> list[int] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, int) else sorted(value)
+
+
+def _load_lora(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str) -> None:
+    """peft's own loader, into the active adapter; every LoRA weight of the run must come from the bundle."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(v2t.model, state, adapter_name=v2t.active_adapter)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        extra = (result.unexpected_keys or missing)[0]
+        raise V2TError(f"{where}: its LoRA weights do not fit this recipe's adapter (first mismatch: {extra})")
+
+
+
+def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str) -> None:
+    """The bundle's projector weights into the run's projector, which must have the same kind and shape."""
+    device = v2t.projector.target_rms.device
+    try:
+        v2t.projector.load_state_dict({k: v.to(device) for k, v in state.items()})
+    except RuntimeError as exc:
+        raise V2TError(
+            f"{where}: its projector does not fit this recipe's ({first_line(exc, 160)}): set projector.kind, "
+            "prefix_length and hidden_dim as the bundle has them (lora-v2t info shows them)"
+        ) from exc
