@@ -17,7 +17,7 @@ from .util.errors import V2TError
 
 # Each choice is one Literal type: fields and signatures are annotated with it, and its tuple of allowed values
 # (for checks and the command line's choices) is read from it.
-ProjectorKind = Literal["zero-pad", "linear", "mlp"]
+ProjectorKind = Literal["zero-pad", "linear", "mlp", "split"]
 Quantization = Literal["auto", "8bit", "4bit", "none"]
 BaseQuantization = Literal["8bit", "4bit", "none"]  # what a loaded base is (auto resolved), as bundles record it
 CacheKind = Literal["dynamic", "static"]
@@ -88,7 +88,11 @@ class BackboneConfig:
 
 @dataclass
 class ProjectorConfig:
-    kind: ProjectorKind = setting("mlp", "zero-pad (the original experiment: pad d -> h, one slot) | linear | mlp")
+    kind: ProjectorKind = setting(
+        "mlp",
+        "zero-pad (the original experiment: pad d -> h, one slot) | linear | mlp | split (a corrector's: v, e "
+        "and v - e each through its own mlp into prefix_length slots)",
+    )
     prefix_length: int = setting(1, "k, the number of prefix slots the vector fills")
     hidden_dim: int | None = setting(None, "width of the MLP's hidden layer; None = the backbone's hidden size")
 
@@ -100,6 +104,11 @@ class ProjectorConfig:
             raise V2TError("the zero-pad projector fills exactly one slot: set prefix_length=1 or use 'mlp'")
         if self.hidden_dim is not None:
             check_range("projector.hidden_dim", self.hidden_dim, low=1)
+
+    @property
+    def slots(self) -> int:
+        """Prefix positions: ``prefix_length``, for each of a split projector's three vectors."""
+        return 3 * self.prefix_length if self.kind == "split" else self.prefix_length
 
 
 @dataclass
@@ -208,6 +217,19 @@ class DataConfig:
         "a corrector's training data: the `lora-v2t invert --texts` JSONL of its hypothesizer on data.train "
         "(sentences the hypothesizer never trained on: `lora-v2t heldout`)",
     )
+    more_hypotheses: list[str] | None = setting(
+        None,
+        "a corrector's: further `lora-v2t invert` JSONLs of data.train (sampled decodes, a corrector's own "
+        "outputs); each adds one training pair per sentence",
+    )
+    no_hypothesis: float = setting(
+        0.0,
+        "a corrector's: for this share of its training sentences, also a pair with no hypothesis (e = 0, empty "
+        "text), so that it keeps writing from v alone",
+    )
+    keep_matching: bool = setting(
+        False, "a corrector's: keep pairs whose hypothesis already is the sentence (dropped by default)"
+    )
     cache_dir: str | None = setting(None, "embedding cache; None = <checkpoints>/cache")
     seed: int = setting(0, "seeds the sample, the split and the batch order")
 
@@ -221,6 +243,7 @@ class DataConfig:
         if self.max_chars < self.min_chars:
             raise V2TError(f"data.max_chars must be >= data.min_chars ({self.min_chars}), got {self.max_chars}")
         check_range("data.seed", self.seed, low=0, high=RECIPE_SEED_LIMIT - 1)
+        check_range("data.no_hypothesis", self.no_hypothesis, low=0, high=1)
 
     def check_train(self) -> str:
         """``data.train``; raise unless a training corpus is named: training, embedding and heldout need one (the
@@ -326,6 +349,16 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self):
+        corrector = self.training.role == "corrector"
+        if self.projector.kind == "split" and not corrector:
+            raise V2TError(
+                "projector.kind=split reads a corrector's three vectors [v, e, v - e]: set training.role=corrector, "
+                "or use the mlp projector"
+            )
+        if not corrector and (self.data.more_hypotheses or self.data.no_hypothesis):
+            raise V2TError("data.more_hypotheses and data.no_hypothesis are a corrector's: set training.role=corrector")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -35,6 +35,8 @@ SHAPES = {
     "labse_rugpt3small.yaml": ("rugpt3small_dir", LABSE),
     "offline_use_gemma270m.yaml": (None, "precomputed:512"),  # offline:gemma-3-270m, the real one
     "offline_use_gemma270m_corrector.yaml": (None, "precomputed:512"),
+    "offline_use_gemma270m_corrector_split.yaml": (None, "precomputed:512"),
+    "offline_use_gemma270m_v3.yaml": (None, "precomputed:512"),
     "tiny_debug.yaml": ("tiny_backbone_dir", None),
 }
 TOLERANCE = {"none": 1e-5, "8bit": 1e-4}  # atol = rtol on logits, per quantization
@@ -139,3 +141,33 @@ def test_recipe_adapter_saves_and_loads_at_the_real_shapes(recipe, request, tmp_
     del loaded
     gc.collect()
     shutil.rmtree(bundle, ignore_errors=True)  # a fully fine-tuned bundle holds the whole backbone
+
+
+@pytest.mark.slow
+def test_the_continuing_recipes_start_from_the_shipped_hypothesizer(monkeypatch):
+    """offline_use_gemma270m_v3 begins with v2's loss exactly; the split corrector's v and e parts are v2's
+    projector (both recipes name checkpoints/adapters/use-gemma270m-ru-v2 as training.init_adapter)."""
+    from lora_v2t.train.warmstart import warm_start
+
+    monkeypatch.chdir(RECIPES_DIR.parent)  # the recipes' paths are relative to the repository root
+    shipped = load_adapter("checkpoints/adapters/use-gemma270m-ru-v2", device="cpu", dtype="float32")
+    vectors = shipped.encode(SENTENCES[:3])
+    expected = shipped.loss(vectors, SENTENCES[:3])
+    source = torch.from_numpy(vectors)
+    expected_prefix = shipped.projector(source)
+    del shipped
+    gc.collect()
+    for recipe in ("offline_use_gemma270m_v3.yaml", "offline_use_gemma270m_corrector_split.yaml"):
+        cfg = load_config(RECIPES_DIR / recipe)
+        assert cfg.training.init_adapter == "checkpoints/adapters/use-gemma270m-ru-v2"
+        v2t = Vector2Text.from_config(cfg, device="cpu")
+        warm_start(v2t, cfg.training.init_adapter)
+        if cfg.training.role == "hypothesizer":
+            assert torch.allclose(v2t.loss(vectors, SENTENCES[:3]), expected, atol=1e-5)
+        else:
+            parts = v2t.projector.parts
+            assert torch.allclose(parts[0](source), expected_prefix) and torch.allclose(
+                parts[1](source), expected_prefix
+            )
+        del v2t
+        gc.collect()

@@ -29,7 +29,7 @@ def model_card(config: BundleConfig, source: str = "path/to/this/folder", revisi
         f"Turns `{enc.spec}` sentence vectors ({enc.dim}-d) back into text with the frozen base model "
         f"`{bb.name}`{hub_note} ({bb.model_type}, hidden {bb.hidden_size}, vocab {bb.vocab_size}).",
         "",
-        f"- projector: `{proj.kind}`, {proj.prefix_length} prefix slot(s)",
+        f"- projector: `{proj.kind}`, {proj.config().slots} prefix slot(s)",
         "- role: corrector: rewrites a hypothesis closer to its target vector (pass it as `corrector=` with its "
         "hypothesizer; see `lora_v2t.model.correct`)"
         if config.role == "corrector"

@@ -223,6 +223,8 @@ def check_config(config: dict, file: Path) -> None:
         ProjectorConfig(kind=config["projector"]["kind"], prefix_length=config["projector"]["prefix_length"])
     except KeyError as exc:
         raise V2TError(f"{file}: projector section lacks {exc}") from exc
+    if config["projector"]["kind"] == "split" and config.get("role", DEFAULT_ROLE) != "corrector":
+        raise V2TError(f"{file}: a split projector belongs to a corrector, but role is not: the file is corrupt")
     _check_precision(config["backbone"], file)
     try:
         GenerationConfig.of_section(config.get("generation"))

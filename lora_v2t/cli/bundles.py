@@ -80,7 +80,7 @@ def cmd_info(args) -> int:
         "unless --quantization or --dtype say otherwise)",
         f"encoder      {enc.spec}  ({enc.dim}-d)",
         f"role         {_describe_role(config)}",
-        f"projector    {proj.kind}, {proj.prefix_length} slot(s), {count('projector.safetensors'):,} params",
+        f"projector    {proj.kind}, {proj.config().slots} slot(s), {count('projector.safetensors'):,} params",
     ]
     if lora:
         targets = ", ".join(lora.target_modules or ["(not recorded)"])

@@ -247,7 +247,7 @@ def _check_decoding(args, config: BundleConfig, options: dict) -> None:
             ", ".join(unused),
         )
     backbone = str(Path(args.adapter) / "backbone") if config.full else args.backbone or config.backbone.name
-    check_length(opts.max_new_tokens, config.projector.prefix_length, peek_max_positions(backbone), backbone)
+    check_length(opts.max_new_tokens, config.projector.config().slots, peek_max_positions(backbone), backbone)
 
 
 def _adapter_label(source, resolved: Path, revision: str | None) -> str:

@@ -96,7 +96,7 @@ def generate(
     context = 0 if contexts is None else v2t.context_tokens or opts.max_new_tokens  # a corrector's hypothesis
     check_length(
         opts.max_new_tokens,
-        v2t.projector.prefix_length + context,
+        v2t.projector.slots + context,
         max_positions(v2t.base_model.config),
         v2t.backbone_info["name"],
     )
@@ -219,13 +219,13 @@ def penalties(opts) -> list:
     return [] if opts.repetition_penalty == 1.0 else [RepetitionPenaltyLogitsProcessor(float(opts.repetition_penalty))]
 
 
-def check_length(max_new_tokens: int, prefix_length: int, positions: int | None, backbone: str) -> None:
+def check_length(max_new_tokens: int, slots: int, positions: int | None, backbone: str) -> None:
     """Raise unless the prefix slots and ``max_new_tokens`` fit the ``positions`` the backbone can read."""
-    if positions is not None and prefix_length + max_new_tokens > positions:
+    if positions is not None and slots + max_new_tokens > positions:
         raise V2TError(
             f"max_new_tokens {max_new_tokens} does not fit backbone {backbone!r}: it reads at most "
-            f"{positions} positions, {prefix_length} of them taken by the prefix; give max_new_tokens "
-            f"<= {positions - prefix_length}"
+            f"{positions} positions, {slots} of them taken by the prefix; give max_new_tokens "
+            f"<= {positions - slots}"
         )
 
 

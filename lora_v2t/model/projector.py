@@ -7,6 +7,8 @@ layer). Kinds:
 - ``zero-pad``: the original experiment: v padded with zeros to h, one slot, rescaled; no trainable weights.
 - ``linear``: one linear map d -> k*h, then an RMS normalisation with a learned gain.
 - ``mlp`` (default): d -> hidden -> k*h with GELU, then the same normalisation.
+- ``split`` (a corrector's, :class:`SplitProjector`): reads the three vectors ``[v, e, v - e]`` of
+  :func:`lora_v2t.model.correct.condition` and maps each through its own ``mlp`` into k slots (3k in all).
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class PrefixProjector(nn.Module):
         out = self.net(vectors).view(vectors.shape[0], self.prefix_length, self.hidden_size)  # (B, k, h)
         return self.norm(out)
 
+    @property
+    def slots(self) -> int:
+        """Prefix positions the projector fills."""
+        return self.prefix_length
+
     def describe(self) -> dict:
         """The fields v2t_config.json stores about this projector."""
         return {
@@ -92,6 +99,79 @@ class PrefixProjector(nn.Module):
             "hidden_dim": self.hidden_dim,
             "target_rms": float(self.target_rms),
         }
+
+
+class SplitProjector(nn.Module):
+    """A corrector's projector: ``[v, e, v - e]`` (B, 3d) -> (B, 3k, h), each vector through its own ``mlp``
+    :class:`PrefixProjector` of k slots (``parts`` 0, 1, 2: v, e, v - e).
+
+    One MLP over the three side by side (the first correctors' ``mlp`` of 3d inputs) mixes them before the
+    backbone sees them; apart, each vector gets the slots and the scale a hypothesizer's prefix has, and the parts
+    for v and e can start as a trained hypothesizer's projector (:mod:`lora_v2t.train.warmstart`).
+    """
+
+    target_rms: torch.Tensor  # a buffer (registered in __init__)
+    kind = "split"
+    PARTS = ("v", "e", "v - e")
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        hidden_size: int,
+        prefix_length: int = 1,
+        target_rms: float = 1.0,
+        hidden_dim: int | None = None,
+    ):
+        super().__init__()
+        if embedding_dim % len(self.PARTS):
+            raise V2TError(
+                f"the split projector reads a corrector's three vectors [v, e, v - e], not {embedding_dim}-d "
+                "rows: use it with training.role=corrector"
+            )
+        self.embedding_dim, self.hidden_size, self.prefix_length = embedding_dim, hidden_size, prefix_length
+        part_dim = embedding_dim // len(self.PARTS)
+        self.parts = nn.ModuleList(
+            PrefixProjector("mlp", part_dim, hidden_size, prefix_length, target_rms, hidden_dim) for _ in self.PARTS
+        )
+        self.hidden_dim = self.parts[0].hidden_dim
+        self.register_buffer("target_rms", torch.tensor(float(target_rms)))
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Map (B, 3d) rows to (B, 3k, h): the slots of v, then of e, then of v - e."""
+        if vectors.shape[-1] != self.embedding_dim:
+            raise V2TError(
+                f"vectors have dimension {vectors.shape[-1]} but this projector expects {self.embedding_dim}"
+            )
+        chunks = vectors.split(self.embedding_dim // len(self.PARTS), dim=-1)
+        return torch.cat([part(chunk) for part, chunk in zip(self.parts, chunks, strict=True)], dim=1)
+
+    @property
+    def slots(self) -> int:
+        """Prefix positions the projector fills: ``prefix_length`` for each of the three vectors."""
+        return len(self.PARTS) * self.prefix_length
+
+    def describe(self) -> dict:
+        """The fields v2t_config.json stores about this projector (``prefix_length``: slots per vector)."""
+        return {
+            "kind": self.kind,
+            "embedding_dim": self.embedding_dim,
+            "hidden_size": self.hidden_size,
+            "prefix_length": self.prefix_length,
+            "hidden_dim": self.hidden_dim,
+            "target_rms": float(self.target_rms),
+        }
+
+
+Projector = PrefixProjector | SplitProjector
+
+
+def make_projector(
+    kind: str, embedding_dim: int, hidden_size: int, prefix_length: int, target_rms: float, hidden_dim: int | None
+) -> Projector:
+    """The projector of ``kind`` (see the module's docstring)."""
+    if kind == SplitProjector.kind:
+        return SplitProjector(embedding_dim, hidden_size, prefix_length, target_rms, hidden_dim)
+    return PrefixProjector(kind, embedding_dim, hidden_size, prefix_length, target_rms, hidden_dim)
 
 
 @torch.no_grad()

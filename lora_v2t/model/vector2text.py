@@ -50,7 +50,7 @@ from ..model.encoders import Encoder, EncoderCache, check_texts, load_encoder
 from ..model.generate import Reranked, generate
 from ..model.lora import check_adapter_name, check_target_modules, make_lora_config
 from ..model.loss import SubsetLoss
-from ..model.projector import PrefixProjector, embedding_rms, projector_input_dim
+from ..model.projector import Projector, embedding_rms, make_projector, projector_input_dim
 from ..model.vocab import DecodingVocab, check_output_vocab
 from ..util.errors import V2TError
 from ..util.vectors import to_vectors
@@ -72,7 +72,7 @@ class Vector2Text(nn.Module):
         super().__init__()
         self.model = peft_model  # peft.PeftModel around the frozen backbone
         self.tokenizer = tokenizer
-        self.projectors = nn.ModuleDict()  # adapter name -> PrefixProjector
+        self.projectors = nn.ModuleDict()  # adapter name -> Projector
         self.adapter_meta: dict[str, AdapterMeta] = {}  # adapter name -> encoder / generation / training metadata
         self.encoders = EncoderCache()  # encoder spec -> loaded encoder (loaded on first use)
         self.output_vocabs: dict[str, torch.Tensor] = {}  # adapter name -> sorted token ids it may emit
@@ -116,7 +116,7 @@ class Vector2Text(nn.Module):
         Args:
             backbone: hub id, local folder, ``.gguf`` file or ``offline:gemma-3-270m``.
             encoder: encoder spec (see :mod:`lora_v2t.model.encoders`) or an Encoder object.
-            projector: ``zero-pad`` | ``linear`` | ``mlp``.
+            projector: ``zero-pad`` | ``linear`` | ``mlp`` | ``split`` (a corrector's).
             prefix_length: number of prefix slots k.
             lora_r, lora_alpha, lora_dropout, target_modules: the LoRA settings (alpha defaults to 2r;
                 target modules default to the attention projections of the architecture).
@@ -219,11 +219,11 @@ class Vector2Text(nn.Module):
         v2t.eval()
         return v2t
 
-    def add_projector(self, name: str, cfg: ProjectorConfig, embedding_dim: int) -> PrefixProjector:
+    def add_projector(self, name: str, cfg: ProjectorConfig, embedding_dim: int) -> Projector:
         """Create the projector of adapter ``name`` on the backbone's device, in fp32."""
         if self._target_rms is None:
             self._target_rms = embedding_rms(self.base_model)
-        projector = PrefixProjector(
+        projector = make_projector(
             cfg.kind,
             embedding_dim,
             self.backbone_info["hidden_size"],
@@ -261,9 +261,9 @@ class Vector2Text(nn.Module):
         return self.model.active_adapter if self.is_peft else next(iter(self.projectors), "default")
 
     @property
-    def projector(self) -> PrefixProjector:
+    def projector(self) -> Projector:
         """The active adapter's projector."""
-        return cast(PrefixProjector, self.projectors[self.active_adapter])  # add_projector is what fills it
+        return cast(Projector, self.projectors[self.active_adapter])  # add_projector is what fills it
 
     @property
     def meta(self) -> AdapterMeta:

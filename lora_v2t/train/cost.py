@@ -53,7 +53,7 @@ def describe_cost(
     layers = num_blocks(base.config) or 12
     if row_tokens is None:
         row_tokens = cfg.data.max_tokens * (2 if cfg.training.role == "corrector" else 1)
-    seq = row_tokens + cfg.projector.prefix_length
+    seq = row_tokens + cfg.projector.slots
     batch = cfg.training.batch_size
     act_bytes = 2 if v2t.device.type == "cuda" else 4
     per_layer = ACTIVATIONS_PER_LAYER_CHECKPOINTED if checkpointing else ACTIVATIONS_PER_LAYER

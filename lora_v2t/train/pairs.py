@@ -1,13 +1,16 @@
 """What a run trains on: sentences and their vectors, and for a corrector also the hypotheses it corrects.
 
 A hypothesizer learns ``vector -> sentence`` from ``data.train``. A corrector learns ``(v, e, v - e, hypothesis)
--> sentence`` (see :mod:`lora_v2t.model.correct`), from three files that must line up:
+-> sentence`` (see :mod:`lora_v2t.model.correct`), from files that must line up:
 
 1. ``lora-v2t heldout RECIPE --out held.txt``: sentences of the corpus that the hypothesizer's recipe never trained
    or validated on (a corrector trained on hypotheses of seen sentences learns to expect better ones);
 2. ``lora-v2t invert --adapter HYPOTHESIZER --texts held.txt --out hyps.jsonl``: its hypotheses (resumable);
 3. a corrector recipe with ``data.train: held.txt``, ``data.hypotheses: hyps.jsonl`` and
    ``training.role: corrector``.
+
+More hypotheses of the same sentences (``invert --do-sample --seed N``, or a corrector's own outputs) go in
+``data.more_hypotheses``: each file gives every sentence one more pair (:func:`pair_up`).
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def prepare_data(cfg: RunConfig, encoder=None, show_progress: bool = True) -> Tr
 
 
 def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> TrainingData:
-    """The (sentence, hypothesis) pairs of ``data.train`` and ``data.hypotheses``, split and embedded."""
+    """The (sentence, hypothesis) pairs of ``data.train`` and its hypotheses files, split by sentence and
+    embedded (see :func:`pair_up` for which pairs)."""
     dc = cfg.data
     train = dc.check_train()
     if not dc.hypotheses:
@@ -82,32 +86,77 @@ def corrector_data(cfg: RunConfig, encoder, show_progress: bool = True) -> Train
             "JSONL of its hypothesizer (see lora_v2t.train.pairs)"
         )
     targets = read_rows(train, "corpus (data.train)")
-    hypothesizer = check_hypotheses_source(Path(dc.hypotheses), Path(train), len(targets))
-    hypotheses = read_hypotheses(Path(dc.hypotheses), len(targets))
-    if hypothesizer is not None:
-        check_unseen(targets, hypothesizer)
-    pairs = [(t, h) for t, h in zip(targets, hypotheses, strict=True) if h and h.strip()]
-    logger.info("corrector pairs: %d of %d sentences have a hypothesis", len(pairs), len(targets))
-    if len(pairs) <= dc.val_size:
-        raise V2TError(
-            f"{len(pairs)} sentence/hypothesis pairs, not more than data.val_size={dc.val_size}: invert "
-            f"more of {dc.train} (`lora-v2t invert` resumes) or lower data.val_size"
-        )
-    random.Random(dc.seed).shuffle(pairs)
-    if dc.max_sentences is not None:
-        pairs = pairs[: dc.val_size + dc.max_sentences]
+    columns, hypothesizers = [], []
+    for file in [dc.hypotheses, *(dc.more_hypotheses or [])]:
+        hypothesizers.append(check_hypotheses_source(Path(file), Path(train), len(targets)))
+        columns.append(read_hypotheses(Path(file), len(targets)))
+    for folder in dict.fromkeys(h for h in hypothesizers if h is not None):
+        check_unseen(targets, folder)
+    val, training = pair_up(targets, columns, dc)
     cache_dir, stem = cache_dir_of(cfg), Path(train).stem
     parts = {}
-    for split, chunk in (("val", pairs[: dc.val_size]), ("train", pairs[dc.val_size :])):
+    for split, chunk in (("val", val), ("train", training)):
         texts, contexts = [t for t, _ in chunk], [h for _, h in chunk]
         v = embed_corpus(texts, encoder, cache_dir, f"{stem}-{split}", show_progress=show_progress)
-        e = embed_corpus(contexts, encoder, cache_dir, f"{stem}-{split}-hypotheses", show_progress=show_progress)
+        e = hypothesis_vectors(contexts, encoder, cache_dir, f"{stem}-{split}-hypotheses", show_progress)
         parts[split] = (texts, condition(v, e), contexts)
     (train_texts, train_vectors, train_contexts), (val_texts, val_vectors, val_contexts) = parts["train"], parts["val"]
     extra = None
+    hypothesizer = hypothesizers[0]
     if hypothesizer is not None and (hypothesizer / OUTPUT_VOCAB_FILE).is_file():
         extra = load_file(str(hypothesizer / OUTPUT_VOCAB_FILE))["token_ids"].numpy()
     return TrainingData(train_texts, val_texts, train_vectors, val_vectors, train_contexts, val_contexts, extra)
+
+
+Pair = tuple[str, str]  # (sentence, hypothesis); an empty hypothesis: none (the corrector reads v alone)
+
+
+def pair_up(targets: list[str], columns: list[list[str | None]], dc: DataConfig) -> tuple[list[Pair], list[Pair]]:
+    """Validation and training pairs, split by sentence (no sentence is in both), seeded by ``data.seed``.
+
+    Each hypotheses file (a column) gives a sentence one pair; a hypothesis it already had, an empty one, and
+    (unless ``data.keep_matching``) one that is the sentence itself are skipped. A validation sentence keeps the
+    pair of the first column that has one. ``data.no_hypothesis`` of the training sentences also get a pair
+    without a hypothesis; ``data.max_sentences`` limits the training sentences.
+    """
+    by_sentence = []
+    for row, target in enumerate(targets):
+        texts = [c[row] for c in columns]
+        kept = [h for h in dict.fromkeys(t for t in texts if t and t.strip()) if dc.keep_matching or h != target]
+        if kept:
+            by_sentence.append((target, kept))
+    matching = sum(1 for row, t in enumerate(targets) for c in columns if c[row] == t)
+    logger.info(
+        "corrector pairs: %d of %d sentences have a hypothesis to correct (%d hypotheses equal to their sentence %s)",
+        len(by_sentence),
+        len(targets),
+        matching,
+        "kept" if dc.keep_matching else "dropped",
+    )
+    if len(by_sentence) <= dc.val_size:
+        raise V2TError(
+            f"{len(by_sentence)} sentences with a hypothesis, not more than data.val_size={dc.val_size}: invert "
+            f"more of {dc.train} (`lora-v2t invert` resumes) or lower data.val_size"
+        )
+    rng = random.Random(dc.seed)
+    rng.shuffle(by_sentence)
+    val = [(t, kept[0]) for t, kept in by_sentence[: dc.val_size]]
+    chosen = by_sentence[dc.val_size :][: dc.max_sentences]
+    training = [(t, h) for t, kept in chosen for h in kept]
+    blank = round(dc.no_hypothesis * len(chosen))
+    training += [(t, "") for t, _ in rng.sample(chosen, blank)]
+    rng.shuffle(training)
+    return val, training
+
+
+def hypothesis_vectors(contexts: list[str], encoder, cache_dir: Path, name: str, show_progress: bool) -> np.ndarray:
+    """The vectors e of the hypotheses (through the cache); zeros where there is none."""
+    present = [i for i, h in enumerate(contexts) if h]
+    vectors = np.zeros((len(contexts), encoder.dim), dtype=np.float32)
+    if present:
+        texts = [contexts[i] for i in present]
+        vectors[present] = embed_corpus(texts, encoder, cache_dir, name, show_progress=show_progress)
+    return vectors
 
 
 def check_hypotheses_source(path: Path, train: Path, rows: int) -> Path | None:

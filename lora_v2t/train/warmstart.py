@@ -4,7 +4,8 @@
 the run's fresh adapter before the first step; the optimizer, the schedule and the data order start anew. This is
 how a run continues past the end of an earlier one whose run folder is gone (``--resume`` needs the run folder, and
 continues its schedule too), and how a corrector starts from its hypothesizer (the hypothesizer's projector becomes
-the corrector's projection of v, see :mod:`lora_v2t.model.projector`).
+the corrector's projections of v and of e, see :class:`lora_v2t.model.projector.SplitProjector`; its projection of
+v - e starts fresh). A corrector that starts so begins where the hypothesizer ends, and learns to use the hypothesis.
 
 The bundle must fit the recipe: the same encoder and backbone, the same LoRA rank, targets and layers, and a
 projector of the same kind and shape (or, for a corrector, the hypothesizer's projector as its v part). Anything
@@ -21,6 +22,7 @@ import torch
 from ..bundle.adapter import check_compatible, validate_bundle
 from ..bundle.format import BundleConfig
 from ..bundle.hub import resolve_adapter
+from ..model.projector import SplitProjector
 from ..util.errors import V2TError, first_line
 
 if TYPE_CHECKING:
@@ -54,6 +56,8 @@ def _check_lora(config: BundleConfig, v2t: Vector2Text, where: str) -> None:
     """Refuse a bundle whose LoRA differs from the run's in rank, targets or layers."""
     mine = v2t.model.peft_config[v2t.active_adapter]
     theirs = config.lora
+    if theirs is None:
+        raise V2TError(f"{where} records no LoRA section: it is not an adapter bundle this version can start from")
     pairs = {
         "r": (theirs.r, mine.r),
         "target_modules": (sorted(theirs.target_modules or []), sorted(mine.target_modules or [])),
@@ -75,20 +79,35 @@ def _load_lora(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str) -> 
     from peft import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(v2t.model, state, adapter_name=v2t.active_adapter)
-    missing = [k for k in result.missing_keys if "lora_" in k]
-    if result.unexpected_keys or missing:
-        extra = (result.unexpected_keys or missing)[0]
+    unexpected: list[str] = list(getattr(result, "unexpected_keys", []))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if unexpected or missing:
+        extra = (unexpected or missing)[0]
         raise V2TError(f"{where}: its LoRA weights do not fit this recipe's adapter (first mismatch: {extra})")
 
 
-
 def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str) -> None:
-    """The bundle's projector weights into the run's projector, which must have the same kind and shape."""
-    device = v2t.projector.target_rms.device
-    try:
-        v2t.projector.load_state_dict({k: v.to(device) for k, v in state.items()})
-    except RuntimeError as exc:
-        raise V2TError(
-            f"{where}: its projector does not fit this recipe's ({first_line(exc, 160)}): set projector.kind, "
-            "prefix_length and hidden_dim as the bundle has them (lora-v2t info shows them)"
-        ) from exc
+    """The bundle's projector weights into the run's projector, which must have the same kind and shape; a
+    corrector's split projector may instead start from a hypothesizer's: its parts for v and e both get it."""
+    projector = v2t.projector
+    device = projector.target_rms.device
+    state = {k: v.to(device) for k, v in state.items()}
+    from_hypothesizer = isinstance(projector, SplitProjector) and not any(k.startswith("parts.") for k in state)
+    targets = (
+        [projector.parts[0], projector.parts[1]]
+        if isinstance(projector, SplitProjector) and from_hypothesizer
+        else [projector]
+    )
+    for target in targets:
+        try:
+            target.load_state_dict(state)
+        except RuntimeError as exc:
+            fix = (
+                "the corrector's projector.prefix_length and hidden_dim must be the hypothesizer's"
+                if from_hypothesizer
+                else "set projector.kind, prefix_length and hidden_dim as the bundle has them"
+            )
+            raise V2TError(
+                f"{where}: its projector does not fit this recipe's ({first_line(exc, 160)}): {fix} "
+                "(lora-v2t info shows them)"
+            ) from exc
