@@ -7,13 +7,14 @@ Every field carries its one-line help as field metadata (see :func:`setting`), w
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal, get_args
 
+from .util.checks import check_choice, check_range
 from .util.errors import V2TError
+from .util.recipefile import coerce, not_a_recipe, read_recipe, suggest, yaml_problem
 
 # Each choice is one Literal type: fields and signatures are annotated with it, and its tuple of allowed values
 # (for checks and the command line's choices) is read from it.
@@ -364,56 +365,6 @@ class RunConfig:
         return asdict(self)
 
 
-def _coerce(value, hint, where: str):
-    """Check ``value`` against a field's type hint; ints are accepted for floats."""
-    args = typing.get_args(hint)
-    if hint is type(None) or value is None:
-        if value is None and (hint is type(None) or type(None) in args):
-            return None
-        raise V2TError(f"{where} must be {_type_name(hint)}, got nothing (an empty value)")
-    if type(None) in args:  # X | None with a value
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return _choice(value, get_args(hint), where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise V2TError(f"{where} must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is str and value is False:  # YAML 1.1 reads an unquoted no (or off) as false: mixed_precision: no
-        return "no"
-    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
-        raise V2TError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def _choice(value, choices: tuple, where: str):
-    """A recipe's word for a choice: YAML 1.1 reads an unquoted no as false (mixed_precision: no); other words are
-    checked by the dataclass, which names the choices."""
-    if value is False and "no" in choices:
-        return "no"
-    if not isinstance(value, str):
-        raise V2TError(f"{where} must be one of {', '.join(choices)}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def _type_name(hint) -> str:
-    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
-
-
-def _suggest(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(known))}"
-
-
 def config_from_dict(data: dict, source: str = "config") -> RunConfig:
     """Build a RunConfig from nested dicts, naming unknown keys (with the nearest known) and wrong types."""
     if data is None:
@@ -425,7 +376,7 @@ def config_from_dict(data: dict, source: str = "config") -> RunConfig:
     built = {}
     for section, values in data.items():
         if section not in sections:
-            raise V2TError(f"{source}: unknown section {section!r}{_suggest(section, sections)}")
+            raise V2TError(f"{source}: unknown section {section!r}{suggest(section, sections)}")
         cls = type(getattr(defaults, section))
         hints = typing.get_type_hints(cls)
         values = values or {}
@@ -434,8 +385,8 @@ def config_from_dict(data: dict, source: str = "config") -> RunConfig:
         kwargs = {}
         for key, value in values.items():
             if key not in hints:
-                raise V2TError(f"{source}: unknown key {section}.{key}{_suggest(key, hints)}")
-            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+                raise V2TError(f"{source}: unknown key {section}.{key}{suggest(key, hints)}")
+            kwargs[key] = coerce(value, hints[key], f"{section}.{key}")
         built[section] = cls(**kwargs)
     return RunConfig(**built)
 
@@ -470,55 +421,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise V2TError(f"recipe {path} does not exist")
         data = read_recipe(path)
         if not isinstance(data, dict):
-            raise V2TError(f"recipe {path} must be a mapping of sections{_not_a_recipe(path)}")
+            raise V2TError(f"recipe {path} must be a mapping of sections{not_a_recipe(path)}")
     for section, values in parse_overrides(overrides or []).items():
         if isinstance(data.get(section), dict):
             data[section] = {**data[section], **values}
         else:
             data[section] = values
     return config_from_dict(data, source=str(path) if path else "overrides")
-
-
-def read_recipe(path: Path):
-    """A recipe file's YAML content; a file that is not UTF-8 text, or not YAML, is one line naming where."""
-    import yaml
-
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise V2TError(
-            f"recipe {path} is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x}): a recipe is "
-            "a YAML text file (see recipes/)"
-        ) from exc
-    try:
-        return yaml.safe_load(text) or {}
-    except yaml.reader.ReaderError as exc:  # a control character: a binary file
-        raise V2TError(
-            f"recipe {path} is not a text file: it holds the control character #x{exc.character:x} at "
-            f"character {exc.position}; a recipe is a YAML text file (see recipes/)"
-        ) from exc
-    except yaml.YAMLError as exc:
-        raise V2TError(f"recipe {path} is not valid YAML: {yaml_problem(exc)}{_not_a_recipe(path)}") from exc
-
-
-def _not_a_recipe(path: Path) -> str:
-    """Where a file that is no recipe, and not named like one (a corpus, say), goes instead."""
-    if Path(path).suffix.lower() in (".yaml", ".yml"):
-        return ""
-    return f"; a recipe is a YAML file of sections (see recipes/); a corpus goes in --data.train={path}"
-
-
-def yaml_problem(exc) -> str:
-    """One line for a YAML error: where (line and column, from 1) and what, with what it was parsing."""
-    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
-    if mark is None or problem is None:
-        return str(exc).splitlines()[0]
-    where = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context and start is not None:
-        where += f" ({context} from line {start.line + 1}, column {start.column + 1})"
-    return where
 
 
 def describe_keys() -> str:
@@ -531,34 +440,6 @@ def describe_keys() -> str:
             default = f.default if f.default is not dataclasses.MISSING else None
             lines.append(f"  {section.name}.{f.name}={default}  {f.metadata.get('help', '')}".rstrip())
     return "\n".join(lines)
-
-
-def check_range(
-    key: str, value, low: float | None = None, high: float | None = None, *, above: bool = False, below: bool = False
-) -> None:
-    """Raise a one-line error naming ``key`` and its valid range unless ``low <= value <= high`` (``above`` /
-    ``below``: strictly); NaN and infinities never pass."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    bad = not number or value != value or value in (float("inf"), float("-inf"))
-    if not bad and low is not None:
-        bad = value <= low if above else value < low
-    if not bad and high is not None:
-        bad = value >= high if below else value > high
-    if bad:
-        limits = ([f"{'>' if above else '>='} {_number(low)}"] if low is not None else []) + (
-            [f"{'<' if below else '<='} {_number(high)}"] if high is not None else []
-        )
-        raise V2TError(f"{key} must be {' and '.join(limits)}, got {value!r}")
-
-
-def _number(limit: float) -> str:
-    return str(limit) if isinstance(limit, int) else f"{limit:g}"
-
-
-def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise a one-line error unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise V2TError(f"unknown {what} {value!r}; choose one of: {', '.join(choices)}")
 
 
 __all__ = [

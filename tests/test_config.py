@@ -326,7 +326,7 @@ def test_the_choices_of_the_command_line_and_load_adapter_are_the_literal_types(
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("--projector.kind=3", "projector.kind must be one of zero-pad, linear, mlp, got 3 (int)"),
+        ("--projector.kind=3", "projector.kind must be one of zero-pad, linear, mlp, split, got 3 (int)"),
         ("--training.mixed_precision=no", None),
     ],
 )

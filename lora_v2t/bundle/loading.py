@@ -11,11 +11,12 @@ from peft import PeftModel
 from ..bundle.adapter import attach, check_compatible, check_encoder, lora_load_errors, validate_bundle
 from ..bundle.format import BundleConfig
 from ..bundle.hub import resolve_adapter
-from ..config import DTYPES, INT8_THRESHOLD, QUANTIZATION_MODES, DType, Quantization, check_choice
+from ..config import DTYPES, INT8_THRESHOLD, QUANTIZATION_MODES, DType, Quantization
 from ..model.backbone import compute_dtype, input_embedding_weight, load_backbone, pick_device, train_every_weight
 from ..model.encoders import load_encoder
 from ..model.lora import check_adapter_name
 from ..model.vector2text import Vector2Text
+from ..util.checks import check_choice
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config import INT8_THRESHOLD, OFFLINE_BACKBONE, QUANTIZATION_MODES, check_choice
+from ..config import INT8_THRESHOLD, OFFLINE_BACKBONE, QUANTIZATION_MODES
+from ..util.checks import check_choice
 from ..util.errors import V2TError
 from ..util.files import atomic_folder
 

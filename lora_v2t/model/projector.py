@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..config import PROJECTOR_KINDS, check_choice
+from ..config import PROJECTOR_KINDS
+from ..util.checks import check_choice
 from ..util.errors import V2TError
 from .backbone import input_embedding_weight
 
