@@ -11,6 +11,7 @@ from lora_v2t import V2TError, load_adapter
 from lora_v2t.bundle.adapter import BUNDLE_FILES
 from lora_v2t.cli import main
 from lora_v2t.config import load_config
+from lora_v2t.train import memory as memory_module
 from lora_v2t.train.cost import needs_checkpointing
 from lora_v2t.train.trainer import TrainingStopped, train
 
@@ -898,7 +899,7 @@ def test_gradient_checkpointing_takes_true_false_or_auto():
 def test_checkpointing_auto_turns_on_where_the_step_would_not_fit(
     tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
 ):
-    monkeypatch.setattr(train_module, "free_gib", lambda device: 1e-6)  # as if a GPU had almost nothing free
+    monkeypatch.setattr(memory_module, "free_gib", lambda device: 1e-6)  # as if a GPU had almost nothing free
     enabled = []
     real = train_module.Trainer.plan_memory
 
@@ -930,9 +931,11 @@ def test_memory_estimate_sizes_rows_by_the_longest_tokenised_sentence_not_the_ca
     def watch(trainer):
         real(trainer)
         vocab = None if trainer.loss_vocab is None else len(trainer.loss_vocab.vocab)
-        capped = train_module.describe_cost(trainer.v2t, trainer.cfg, checkpointing=False, loss_vocab=vocab)
+        capped = memory_module.describe_cost(trainer.v2t, trainer.cfg, checkpointing=False, loss_vocab=vocab)
         planned.append((trainer.cost, capped, int(trainer.tokens.lengths.max())))
-        assert trainer.longest_row() >= int(trainer.tokens.lengths.max())
+        val = (trainer.val_texts, trainer.val_contexts)
+        longest = memory_module.longest_row(trainer.v2t.tokenizer, 99, trainer.tokens, trainer.context_tokens, *val)
+        assert longest >= int(trainer.tokens.lengths.max())
 
     monkeypatch.setattr(train_module.Trainer, "plan_memory", watch)
     cfg = recipe(

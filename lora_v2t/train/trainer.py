@@ -47,9 +47,9 @@ from ..train.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from ..train.cost import HEADROOM, describe_cost, free_gib, measured_peak_gib, needs_checkpointing, reset_peak
 from ..train.data import BatchOrder, tokenize_corpus
 from ..train.evaluation import LossWindow, validation_loss
+from ..train.memory import longest_row, memory_report, plan_memory
 from ..train.pairs import prepare_data
 from ..train.rundir import RunDirLock, check_paths, check_run_folder, finished_run, locate_run, run_dir_of
 from ..train.runlog import RunLog
@@ -216,44 +216,14 @@ class Trainer:
             )
 
     def plan_memory(self) -> None:
-        """Gradient checkpointing as the recipe says (``auto``: only where the step would not fit otherwise);
-        the cost estimate the run logs, and later checks against the measured peak."""
-        cfg, v2t = self.cfg, self.v2t
+        """Gradient checkpointing as the recipe says, and the cost estimate the run logs (see
+        :func:`lora_v2t.train.memory.plan_memory`)."""
+        val = (self.val_texts, self.val_contexts)
+        longest = longest_row(self.v2t.tokenizer, self.cfg.data.max_tokens, self.tokens, self.context_tokens, *val)
         vocab = None if self.loss_vocab is None else len(self.loss_vocab.vocab)
-        longest = self.longest_row()
-        without = describe_cost(v2t, cfg, checkpointing=False, loss_vocab=vocab, row_tokens=longest)
-        free = free_gib(v2t.device)
-        checkpointing = needs_checkpointing(cfg.training.gradient_checkpointing, without["step_gib"], free)
-        self.checkpointing = self.as_main_process_says([checkpointing])[0]  # every GPU's free memory differs
-        self.cost = without
-        if self.checkpointing:
-            v2t.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.cost = describe_cost(v2t, cfg, checkpointing=True, loss_vocab=vocab, row_tokens=longest)
-        reset_peak(v2t.device)
-        if cfg.training.gradient_checkpointing == "auto" and self.checkpointing:
-            logger.info(
-                "gradient checkpointing on: a step without it needs about %.2f GiB beyond the weights, more "
-                "than %.0f%% of the %.2f GiB free",
-                without["step_gib"],
-                100 * HEADROOM,
-                free,
-            )
-
-    def longest_row(self) -> int:
-        """The most tokens a training or validation row holds after the prefix: batches are padded to their
-        longest row, and a corrector's row is its hypothesis, then its text."""
-
-        def rows(tokens, contexts) -> np.ndarray:
-            lengths = tokens.lengths.astype(np.int64)
-            return lengths if contexts is None else lengths + contexts.lengths
-
-        tokenizer, cut = self.v2t.tokenizer, self.cfg.data.max_tokens
-        longest = int(rows(self.tokens, self.context_tokens).max())
-        if self.val_texts:
-            val = tokenize_corpus(tokenizer, self.val_texts, cut)
-            contexts = None if self.val_contexts is None else tokenize_corpus(tokenizer, self.val_contexts, cut)
-            longest = max(longest, int(rows(val, contexts).max()))
-        return longest
+        self.cost, self.checkpointing = plan_memory(
+            self.v2t, self.cfg, vocab, longest, lambda value: self.as_main_process_says([value])[0]
+        )  # the main process's choice: every GPU's free memory differs
 
     def release_encoder(self) -> None:
         """The embedding cache is filled: free the encoder (LaBSE alone is 1.8 GB of GPU memory in fp32)."""
@@ -509,26 +479,7 @@ class Trainer:
 
     def memory_check(self) -> dict:
         """The peak memory measured so far against the estimate logged at the start; logged and returned."""
-        measured, estimated = measured_peak_gib(self.v2t.device), self.cost["estimated_peak_gib"]
-        what = (
-            "allocated GPU memory"
-            if self.v2t.device.type == "cuda"
-            else "resident memory of the whole process, with Python, the tokenizer and the corpus"
-        )
-        if measured:
-            logger.info(
-                "peak memory: %.2f GiB measured, %.2f GiB estimated (%.2fx the measure); measured: %s",
-                measured,
-                estimated,
-                estimated / measured,
-                what,
-            )
-        return {
-            "estimated_peak_gib": round(estimated, 3),
-            "measured_peak_gib": measured and round(measured, 3),
-            "measured": "cuda_max_allocated" if self.v2t.device.type == "cuda" else "process_max_rss",
-            "gradient_checkpointing": self.checkpointing,
-        }
+        return memory_report(self.v2t.device, self.cost, self.checkpointing)
 
     # ------------------------------------------------------------------ when something stops the run
     def rescue(self, exc: BaseException) -> BaseException:
