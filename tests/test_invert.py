@@ -432,7 +432,7 @@ def test_invert_does_not_offer_what_it_refuses(bundle, tmp_path, capsys, option)
 
 
 def test_an_output_begun_before_whole_files_were_hashed_is_checked_as_it_was(v2t, bundle, vectors_file, tmp_path):
-    from lora_v2t.tasks.invert import Source
+    from lora_v2t.tasks.invertsource import Source
 
     out = tmp_path / "old.jsonl"
     job = InvertJob(str(vectors_file), str(out), options={"max_new_tokens": 4}, dtype="float32")

@@ -8,7 +8,7 @@ import pytest
 
 from lora_v2t import V2TError
 from lora_v2t.tasks.evaluate import read_eval_file
-from lora_v2t.tasks.invert import read_texts
+from lora_v2t.tasks.invertsource import read_texts
 from lora_v2t.tasks.vectorfile import load_vectors_file
 from lora_v2t.train.data import read_sentences
 from lora_v2t.train.pairs import read_hypotheses
