@@ -76,7 +76,7 @@ def main() -> None:
     )
     from lora_v2t import load_adapter
     from lora_v2t.model.correct import SHIFT, CorrectionConfig, correct
-    from lora_v2t.tasks.evaluate import read_eval_file
+    from lora_v2t.tasks.evalfile import read_eval_file
     from lora_v2t.tasks.metrics import score_outputs
 
     data = read_eval_file(args.data, limit=args.dev)
@@ -155,7 +155,7 @@ def budget_curve(args, v2t, vectors: np.ndarray, data) -> None:
     another's at that budget is not run again but named (``= beams``)."""
     from lora_v2t.model.beam import describe, plan_budget
     from lora_v2t.model.correct import correct
-    from lora_v2t.tasks.evaluate import score_outputs
+    from lora_v2t.tasks.metrics import score_outputs
     from lora_v2t.util.errors import V2TError
 
     budgets = sorted({int(b) for b in args.budgets.split(",")})

@@ -54,7 +54,8 @@ SCHEME_CODE = """
 from lora_v2t import load_adapter
 from lora_v2t.config import load_config
 from lora_v2t.model.correct import CorrectionConfig
-from lora_v2t.tasks.evaluate import evaluate, read_eval_file
+from lora_v2t.tasks.evalfile import read_eval_file
+from lora_v2t.tasks.evaluate import evaluate
 from lora_v2t.train.trainer import train
 cfg = load_config(ARGS["recipe"], ARGS["overrides"])
 final = train(cfg, show_progress=False)

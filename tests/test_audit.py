@@ -9,7 +9,8 @@ import pytest
 from lora_v2t import V2TError
 from lora_v2t.cli import main
 from lora_v2t.tasks.audit import AuditJob, audit, unescape_line
-from lora_v2t.tasks.evaluate import EvalData, evaluate
+from lora_v2t.tasks.evalfile import EvalData
+from lora_v2t.tasks.evaluate import evaluate
 
 from .conftest import SENTENCES, refuse_calls
 

@@ -354,7 +354,8 @@ def test_an_explicit_corrector_is_loaded_once_and_replaced_when_another_is_asked
 
 
 def test_evaluate_reports_every_correction_step_with_its_cost(v2t, tmp_path):
-    from lora_v2t.tasks.evaluate import EvalData, evaluate, markdown_table
+    from lora_v2t.tasks.evalfile import EvalData
+    from lora_v2t.tasks.evaluate import evaluate, markdown_table
 
     data = EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five")
     summary = evaluate(
@@ -378,7 +379,8 @@ def test_evaluate_reports_every_correction_step_with_its_cost(v2t, tmp_path):
 
 
 def test_evaluate_with_reranking_corrects_from_the_reranked_candidates(v2t, tmp_path):
-    from lora_v2t.tasks.evaluate import EvalData, evaluate
+    from lora_v2t.tasks.evalfile import EvalData
+    from lora_v2t.tasks.evaluate import evaluate
 
     data = EvalData(references=SENTENCES[:5], sources=SENTENCES[:5], name="five")
     plain = evaluate(v2t, data, tmp_path / "plain", rerank=3, resamples=20, show_progress=False, max_new_tokens=10)
@@ -440,7 +442,8 @@ def test_a_wider_correction_from_reranked_beams_corrects_each_kept_candidate(v2t
 def test_evaluate_scores_correction_steps_with_the_cosines_correction_computed(v2t, tmp_path, monkeypatch):
     from lora_v2t.model.correct import correct
     from lora_v2t.model.generate import reembed_cosines
-    from lora_v2t.tasks.evaluate import EvalData, evaluate
+    from lora_v2t.tasks.evalfile import EvalData
+    from lora_v2t.tasks.evaluate import evaluate
 
     cfg = CorrectionConfig(steps=2, corrector=SHIFT, min_gain=0.0)
     vectors = v2t.encode(SENTENCES[:5])

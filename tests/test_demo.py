@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import lora_v2t.train.evaluation as evaluation_module
 import lora_v2t.train.trainer as train_module
 from lora_v2t import load_adapter
 from lora_v2t.bundle.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
@@ -46,7 +47,7 @@ def test_the_demo_validates_on_held_out_sentences_and_is_boxed_in_time():
 def test_demo_code_path_on_tiny_models_and_resume(
     tmp_path, tiny_backbone_dir, tiny_encoder, tiny_encoder_dir, capsys, monkeypatch
 ):
-    real = train_module.validation_loss
+    real = evaluation_module.validation_loss
     calls = {"n": 0}
 
     def interrupt_at_second_evaluation(*args, **kwargs):
@@ -56,7 +57,7 @@ def test_demo_code_path_on_tiny_models_and_resume(
         return real(*args, **kwargs)
 
     shipped = make_v2t(tiny_backbone_dir, tiny_encoder).save_adapter(tmp_path / "shipped")
-    monkeypatch.setattr(train_module, "validation_loss", interrupt_at_second_evaluation)
+    monkeypatch.setattr(evaluation_module, "validation_loss", interrupt_at_second_evaluation)
     monkeypatch.setenv("LORA_V2T_HOME", str(tmp_path / "home"))  # the embedding cache goes there
     cfg = DemoConfig(
         minutes=5.0,

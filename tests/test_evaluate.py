@@ -7,7 +7,8 @@ import pytest
 from lora_v2t import V2TError
 from lora_v2t.bundle.adapter import BUNDLE_FILES
 from lora_v2t.cli import main
-from lora_v2t.tasks.evaluate import EvalData, evaluate, read_eval_file
+from lora_v2t.tasks.evalfile import EvalData, read_eval_file
+from lora_v2t.tasks.evaluate import evaluate
 from lora_v2t.tasks.metrics import bootstrap_interval, exact_match, score_outputs, token_f1
 from lora_v2t.util.textfile import split_lines, unescape_tsv
 from lora_v2t.util.vectors import cosine_rows

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lora_v2t import V2TError
-from lora_v2t.tasks.evaluate import read_eval_file
+from lora_v2t.tasks.evalfile import read_eval_file
 from lora_v2t.tasks.invertsource import read_texts
 from lora_v2t.tasks.vectorfile import load_vectors_file
 from lora_v2t.train.data import read_sentences

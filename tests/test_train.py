@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lora_v2t.train.evaluation as evaluation_module
 import lora_v2t.train.setup as setup
 import lora_v2t.train.trainer as train_module
 from lora_v2t import V2TError, load_adapter
@@ -174,17 +175,17 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(
     straight = train(recipe(tmp_path / "a", tiny_backbone_dir, tiny_encoder_dir, corpus, *common), show_progress=False)
 
     cfg = recipe(tmp_path / "b", tiny_backbone_dir, tiny_encoder_dir, corpus, *common)
-    real = train_module.validation_loss
+    real = evaluation_module.validation_loss
 
     def ctrl_c_at_step_10(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "validation_loss", ctrl_c_at_step_10)
+    monkeypatch.setattr(evaluation_module, "validation_loss", ctrl_c_at_step_10)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, show_progress=False)
     run = tmp_path / "b" / "runs" / "tiny-debug"
     assert [p.name for p in train_module.list_checkpoints(run)] == ["step-000010"]  # Ctrl-C saved it
-    monkeypatch.setattr(train_module, "validation_loss", real)
+    monkeypatch.setattr(evaluation_module, "validation_loss", real)
     resumed = train(cfg, resume=True, show_progress=False)
     a, b = adapter_state(straight), adapter_state(resumed)
     assert a.keys() == b.keys()
@@ -317,7 +318,7 @@ def test_a_second_run_into_a_busy_run_folder_fails_at_once_naming_the_first(
 
     cfg = recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2")
     evaluating, go, done = threading.Event(), threading.Event(), {}
-    real = train_module.validation_loss
+    real = evaluation_module.validation_loss
 
     def first_run_evaluating(*args, **kwargs):
         evaluating.set()
@@ -327,7 +328,7 @@ def test_a_second_run_into_a_busy_run_folder_fails_at_once_naming_the_first(
     def not_before_the_lock(*args, **kwargs):
         raise AssertionError("the second run got as far as reading its data")
 
-    monkeypatch.setattr(train_module, "validation_loss", first_run_evaluating)
+    monkeypatch.setattr(evaluation_module, "validation_loss", first_run_evaluating)
     first = threading.Thread(target=lambda: done.setdefault("final", train(cfg, show_progress=False)))
     first.start()
     try:
@@ -573,7 +574,7 @@ def test_a_failing_write_or_evaluation_saves_the_step_and_says_so_in_one_line(
     target = {
         "metrics": (runlog.RunLog, "append"),
         "plot": (runlog, "plot_losses"),
-        "evaluation": (train_module, "validation_loss"),
+        "evaluation": (evaluation_module, "validation_loss"),
     }[failing]
     monkeypatch.setattr(*target, fail)
     args = [
@@ -609,7 +610,7 @@ def test_the_encoder_is_freed_once_the_cache_is_filled(
     import lora_v2t.model.encoders as encoders
 
     made, during = [], {}
-    real_load, real_validation = encoders.load_encoder, train_module.validation_loss
+    real_load, real_validation = encoders.load_encoder, evaluation_module.validation_loss
 
     def tracked_load(spec):
         encoder = real_load(spec)
@@ -624,7 +625,7 @@ def test_the_encoder_is_freed_once_the_cache_is_filled(
 
     monkeypatch.setattr(encoders, "load_encoder", tracked_load)
     monkeypatch.setattr(train_module, "load_encoder", tracked_load)  # the trainer's own reference
-    monkeypatch.setattr(train_module, "validation_loss", validation_that_looks_around)
+    monkeypatch.setattr(evaluation_module, "validation_loss", validation_that_looks_around)
     train(recipe(tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=2"), show_progress=False)
     assert made and during == {"registered": 0, "alive": [False] * len(made)}
 
@@ -707,7 +708,7 @@ def test_a_second_ctrl_c_during_the_save_does_not_cut_the_checkpoint_short(
         raise KeyboardInterrupt
 
     before = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(train_module, "validation_loss", ctrl_c)
+    monkeypatch.setattr(evaluation_module, "validation_loss", ctrl_c)
     monkeypatch.setattr(train_module, "save_checkpoint", impatient_user)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, show_progress=False)
@@ -957,8 +958,6 @@ def test_memory_estimate_sizes_rows_by_the_longest_tokenised_sentence_not_the_ca
 
 
 def test_the_longest_row_counts_a_correctors_hypothesis_and_the_validation_rows(tiny_backbone_dir):
-    from types import SimpleNamespace
-
     from transformers import AutoTokenizer
 
     from lora_v2t.train.data import tokenize_corpus
@@ -966,19 +965,11 @@ def test_the_longest_row_counts_a_correctors_hypothesis_and_the_validation_rows(
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone_dir)
     texts, hypotheses = ["Где лодка?", "Мы идём домой."], ["Где дом моей лодки?", "Домой."]
     tokens, contexts = (tokenize_corpus(tokenizer, rows, 40) for rows in (texts, hypotheses))
-    trainer = SimpleNamespace(
-        v2t=SimpleNamespace(tokenizer=tokenizer),
-        tokens=tokens,
-        context_tokens=None,
-        cfg=load_config(RECIPE, ["--data.max_tokens=40"]),
-        val_texts=[],
-        val_contexts=None,
-    )
-    assert train_module.Trainer.longest_row(trainer) == tokens.lengths.max()
-    trainer.context_tokens = contexts
-    assert train_module.Trainer.longest_row(trainer) == (tokens.lengths + contexts.lengths).max()
-    trainer.context_tokens, trainer.val_texts = None, ["Очень длинное предложение для проверки, длиннее всех прочих."]
-    assert train_module.Trainer.longest_row(trainer) == tokenize_corpus(tokenizer, trainer.val_texts, 40).lengths[0]
+    longest = memory_module.longest_row
+    assert longest(tokenizer, 40, tokens, None, [], None) == tokens.lengths.max()
+    assert longest(tokenizer, 40, tokens, contexts, [], None) == (tokens.lengths + contexts.lengths).max()
+    val = ["Очень длинное предложение для проверки, длиннее всех прочих."]
+    assert longest(tokenizer, 40, tokens, None, val, None) == tokenize_corpus(tokenizer, val, 40).lengths[0]
 
 
 def files_under(folder: Path) -> dict:

@@ -190,13 +190,13 @@ def cmd_evaluate(args) -> int:
     from ..bundle.adapter import validate_bundle
     from ..bundle.hub import resolve_adapter
     from ..model.correct import check_role
+    from ..tasks.evalfile import read_eval_file
     from ..tasks.evaluate import (
         check_evaluation_options,
         check_report_dir,
         default_report_dir,
         evaluate,
         markdown_table,
-        read_eval_file,
     )
     from ..util.vectors import to_vectors
 

@@ -1,13 +1,19 @@
-"""What a training run records as it goes: ``metrics.jsonl``, ``loss.png`` and, optionally, TensorBoard."""
+"""What a training run records and shows as it goes: ``metrics.jsonl``, ``loss.png``, optionally TensorBoard, and
+its progress bar."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..util.files import append_complete, atomic_write
 from ..util.textfile import split_lines
+
+if TYPE_CHECKING:
+    from ..config import TrainingConfig
+    from ..train.state import TrainState
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +107,21 @@ def plot_losses(metrics_file: Path, out: Path) -> None:
     fig.tight_layout()
     atomic_write(out, lambda path: fig.savefig(path, dpi=100, format="png"))
     plt.close(fig)
+
+
+def progress_bar(tc: TrainingConfig, state: TrainState, show: bool):
+    """Steps out of ``max_steps``; or, for a run boxed by ``max_minutes``, the minutes left (such a run rarely
+    reaches its step count, so a step bar would show an ETA it will not keep)."""
+    from tqdm.auto import tqdm
+
+    if tc.max_minutes is None:
+        return tqdm(total=tc.max_steps, initial=state.step, desc="training", unit="step", disable=not show)
+    budget = round(tc.max_minutes * 60)
+    return tqdm(
+        total=budget,
+        initial=min(round(state.elapsed_s), budget),
+        desc="training",
+        unit="s",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {remaining} left{postfix}",
+        disable=not show,
+    )

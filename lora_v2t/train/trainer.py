@@ -48,11 +48,11 @@ from ..train.checkpoint import (
     save_checkpoint,
 )
 from ..train.data import BatchOrder, tokenize_corpus
-from ..train.evaluation import LossWindow, validation_loss
+from ..train.evaluation import LossWindow, evaluation_record
 from ..train.memory import longest_row, memory_report, plan_memory
 from ..train.pairs import prepare_data
 from ..train.rundir import RunDirLock, check_paths, check_run_folder, finished_run, locate_run, run_dir_of
-from ..train.runlog import RunLog
+from ..train.runlog import RunLog, progress_bar
 from ..train.setup import _check_tensorboard, make_accelerator, make_optimizer, training_device
 from ..train.signals import StopSignals
 from ..train.state import TrainState, resume_hint, stop_hint, training_summary
@@ -62,7 +62,7 @@ from ..util.files import DiskFull, atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "Trainer", "run_dir_of", "list_checkpoints", "validation_loss", "TrainingStopped"]
+__all__ = ["train", "Trainer", "run_dir_of", "list_checkpoints", "TrainingStopped"]
 
 
 class TrainingStopped(V2TError):
@@ -163,7 +163,7 @@ class Trainer:
         """Read and embed the corpus (the main process fills the cache, then the others read it)."""
         with self.accelerator.main_process_first():
             self.encoder: Encoder | None = load_encoder(self.cfg.encoder.spec)
-            data = prepare_data(self.cfg, self.encoder, self.show_progress)
+            self.data = data = prepare_data(self.cfg, self.encoder, self.show_progress)
         self.train_texts, self.val_texts = data.train_texts, data.val_texts
         self.train_vectors, self.val_vectors = data.train_vectors, data.val_vectors
         self.train_contexts, self.val_contexts = data.train_contexts, data.val_contexts  # a corrector's hypotheses
@@ -283,31 +283,13 @@ class Trainer:
         tc = self.cfg.training
         self.clock, self.base_elapsed = time.perf_counter(), self.state.elapsed_s
         self.window = LossWindow()
-        self.bar = self.progress_bar()
+        self.bar = progress_bar(self.cfg.training, self.state, self.show_progress)
         while self.state.step < tc.max_steps:
             if self.out_of_time():
                 logger.info("time budget of %.1f minutes reached at step %d", tc.max_minutes, self.state.step)
                 break
             self.after_step(self.train_step())
         self.bar.close()
-
-    def progress_bar(self):
-        """Steps out of ``max_steps``; or, for a run boxed by ``max_minutes``, the minutes left (such a run
-        rarely reaches its step count, so a step bar would show an ETA it will not keep)."""
-        from tqdm.auto import tqdm
-
-        tc, hide = self.cfg.training, not self.show_progress
-        if tc.max_minutes is None:
-            return tqdm(total=tc.max_steps, initial=self.state.step, desc="training", unit="step", disable=hide)
-        budget = round(tc.max_minutes * 60)
-        return tqdm(
-            total=budget,
-            initial=min(round(self.state.elapsed_s), budget),
-            desc="training",
-            unit="s",
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {remaining} left{postfix}",
-            disable=hide,
-        )
 
     def out_of_time(self) -> bool:
         """Whether ``training.max_minutes`` is spent; with several processes the main one's clock decides for
@@ -398,38 +380,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation and checkpoints
     def evaluate(self, train_loss: float | None, ms_per_step: float | None) -> dict:
         """Validation loss and a few greedy reconstructions: logged, recorded, plotted."""
-        v2t, state, n = self.v2t, self.state, min(self.cfg.training.num_samples, len(self.val_texts))
-        max_tokens = self.cfg.data.max_tokens
-        val_loss = validation_loss(
-            v2t, self.val_texts, self.val_vectors, self.cfg.training.batch_size, max_tokens, contexts=self.val_contexts
-        )
-        contexts = None if self.val_contexts is None else self.val_contexts[:n]
-        samples = (
-            v2t.generate(
-                self.val_vectors[:n],
-                max_new_tokens=max_tokens,
-                do_sample=False,
-                num_beams=1,
-                num_return_sequences=1,
-                contexts=contexts,
-            )
-            if n
-            else []
-        )
-        parts = [f"step {state.step}"] + ([f"loss {train_loss:.3f}"] if train_loss is not None else [])
-        parts += [f"val {val_loss:.3f}"] + ([f"{ms_per_step:.0f} ms/step"] if ms_per_step is not None else [])
-        logger.info(" | ".join(parts))
-        for original, generated in zip(self.val_texts[:n], samples, strict=True):
-            logger.info("    %s ==> %s", original, generated)
-        record = {
-            "kind": "eval",
-            "step": state.step,
-            "val_loss": val_loss,
-            "train_loss": train_loss,
-            "sentences_seen": state.sentences_seen,
-            "elapsed_s": round(state.elapsed_s, 1),
-            "samples": [{"text": t, "generated": g} for t, g in zip(self.val_texts[:n], samples, strict=True)],
-        }
+        record = evaluation_record(self.v2t, self.cfg, self.state, self.data, train_loss, ms_per_step)
         self.log.append(record)
         self.log.plot()
         self.last_eval = record
