@@ -12,7 +12,7 @@ Each audit shows its own progress bars on stderr. Per source it prints one JSON 
 whole command, rows/s over it, the audit's timings.json (read, invert, measure seconds), the time to open the
 source and take its fingerprint (measured here, the libraries already imported; timings.json leaves it out), and
 the read share of the audit's time. Then a Markdown table of the sources and one of the first source's leak rates
-(summary.json, 95% intervals). Everything lands in WORK/results.json too.
+(summary.json, 95% intervals). Everything lands in --out too (default bench/results/audit_dev-DEV.json).
 
     OMP_NUM_THREADS=1 python bench/audit_dev.py --dev ../shared/data/ru/dev_conversational.txt --work /tmp/a
 """
@@ -197,6 +197,7 @@ def main() -> None:
     parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated, of {','.join(SOURCES)}")
     parser.add_argument("--work", type=Path, help="folder for the stores and audits (kept; default: a temporary one)")
     parser.add_argument("--budget", help="decodes per vector (default: the audit's default)")
+    parser.add_argument("--out", type=Path, help="the figures as JSON (default bench/results/audit_dev-DEV.json)")
     args = parser.parse_args()
     wanted = [s.strip() for s in args.sources.split(",") if s.strip()]
     if not wanted or set(wanted) - set(SOURCES):
@@ -236,11 +237,12 @@ def main() -> None:
     print(f"\n{source_table(records)}\n")
     print(f"leak rates ({wanted[0]}; the audit's own answer: {first['printed'].splitlines()[0]})\n")
     print(leak_table(first["summary"]))
-    if args.work is not None:
-        results = {"args": {k: str(v) for k, v in vars(args).items()}, "encode_s": encode_s, "sources": records}
-        results["summary"] = first["summary"]
-        (work / "results.json").write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n")
-        print(f"\nwrote {work / 'results.json'}")
+    out = args.out or ROOT / "bench" / "results" / f"audit_dev-{dev.stem}.json"
+    results = {"args": {k: str(v) for k, v in vars(args).items()}, "encode_s": encode_s, "sources": records}
+    results["summary"] = first["summary"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
