@@ -108,3 +108,20 @@ def test_only_a_runs_own_temporaries_are_tidied(tmp_path):
     clean_stale_temporaries(run)
     assert sorted(p.name for p in run.iterdir()) == [f".notes.tmp-{dead}", f".photos.old-{dead}", "final"]
     assert (run / f".photos.old-{dead}" / "file").read_text() == "x"
+
+
+def test_a_held_lock_refuses_a_second_holder_and_an_unwritable_place_in_one_line(tmp_path):
+    from lora_v2t.util.locks import held
+
+    path = tmp_path / "odd {name}" / "job.lock"  # braces in a path are not a format string
+    path.parent.mkdir()
+    busy, cannot = (lambda holder: f"{path.parent} is used by {holder}"), (lambda reason: f"no lock: {reason}")
+    with held(path, busy, cannot) as lock:
+        assert path.is_file() and lock is not None
+        with pytest.raises(V2TError, match=r"odd \{name\} is used by process \d+"):
+            with held(path, busy, cannot):
+                pass
+    assert not path.exists()  # let go and removed
+    with pytest.raises(V2TError, match="no lock: No such file or directory"):
+        with held(tmp_path / "missing" / "job.lock", busy, cannot):
+            pass

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..util.errors import V2TError
-from ..util.locks import FileLock, LockBusy
+from ..util.locks import held
 from . import leaks
 from .invert import NAN_POLICIES, InvertJob, output_lock, prepare_job, run_job
 from .report import write_report
@@ -401,16 +401,12 @@ def _folder_lock(folder: Path):
         raise V2TError(
             f"cannot create --out {folder} ({exc.strerror or exc}): give a folder in a writable place"
         ) from exc
-    lock = FileLock(folder / LOCK)
-    try:
-        lock.acquire()
-    except LockBusy as exc:
-        holder = f"process {exc.pid}" if exc.pid else "another process"
-        raise V2TError(f"{folder} is being audited by {holder}: wait for it to end, or give another --out") from None
-    try:
+    with held(
+        folder / LOCK,
+        lambda holder: f"{folder} is being audited by {holder}: wait for it to end, or give another --out",
+        lambda reason: f"cannot lock --out {folder} ({reason}): give a folder in a writable place",
+    ):
         yield
-    finally:
-        lock.release()
 
 
 def _add_timings(folder: Path, invert_seconds: float, measure_seconds: float) -> dict:

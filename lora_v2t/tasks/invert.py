@@ -26,7 +26,7 @@ from ..config import SEED_LIMIT
 from ..tasks.invertsource import Source
 from ..util.errors import V2TError
 from ..util.files import append_complete, atomic_write
-from ..util.locks import FileLock, LockBusy
+from ..util.locks import held
 from ..util.textfile import escape_tsv, split_lines, unescape_tsv
 
 if TYPE_CHECKING:
@@ -231,20 +231,14 @@ def output_lock(out: str | Path):
     """Hold OUT's lock (``OUT.lock``) for the ``with`` block: a second invert writing the same OUT is refused,
     naming the process that writes it, instead of interleaving its rows."""
     output_folder(out)
-    lock = FileLock(str(out) + ".lock")
-    try:
-        lock.acquire()
-    except LockBusy as exc:
-        holder = f"process {exc.pid}" if exc.pid else "another process"
-        raise V2TError(
+    with held(
+        str(out) + ".lock",
+        lambda holder: (
             f"{out} is being written by {holder} (another `lora-v2t invert`): wait for it to end, or give another --out"
-        ) from None
-    except OSError as exc:
-        raise V2TError(f"cannot lock {out} ({exc.strerror or exc}): give an --out in a writable folder") from exc
-    try:
+        ),
+        lambda reason: f"cannot lock {out} ({reason}): give an --out in a writable folder",
+    ):
         yield
-    finally:
-        lock.release()
 
 
 def _resume_position(out: Path, source: Source | None = None) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import V2TError
@@ -128,3 +130,21 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextmanager
+def held(path: str | Path, busy: Callable[[str], str], cannot: Callable[[str], str]) -> Iterator[FileLock]:
+    """Hold the lock file ``path`` for the ``with`` block, or refuse in one line: ``busy(holder)`` when another
+    process holds it (``holder``: "process PID", or "another process"), ``cannot(reason)`` when the file cannot
+    be made."""
+    lock = FileLock(path)
+    try:
+        lock.acquire()
+    except LockBusy as exc:
+        raise V2TError(busy(f"process {exc.pid}" if exc.pid else "another process")) from None
+    except OSError as exc:
+        raise V2TError(cannot(str(exc.strerror or exc))) from exc
+    try:
+        yield lock
+    finally:
+        lock.release()
