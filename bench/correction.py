@@ -48,6 +48,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", required=True, help="the hypothesizer")
     parser.add_argument("--corrector", help="its corrector (default: the one it names; none: skip)")
+    parser.add_argument(
+        "--also-corrector",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another corrector bundle to compare on the same vectors (repeatable; not with --budgets)",
+    )
     parser.add_argument("--data", type=Path, default=DEV, help="dev file, one sentence per line")
     parser.add_argument("--dev", type=int, default=300, help="sentences to decode (default 300)")
     parser.add_argument("--steps", type=int, default=5, help="correction steps (default 5)")
@@ -116,6 +123,9 @@ def main() -> None:
             f"greedy + {beams} beams reranked", trace.final, trace.cosines[-1], 1 + beams, time.perf_counter() - clock
         )
     trained = None
+    for corrector in args.also_corrector:  # other correctors of the same hypothesizer, on the same vectors
+        other = CorrectionConfig(steps=args.steps, corrector=corrector, min_gain=0.0, width=args.width)
+        traced(f"corrector {Path(corrector).name}", other, with_greedy=False)
     if args.corrector != "none" and (args.corrector or v2t.meta.corrector):
         trained = CorrectionConfig(steps=args.steps, corrector=args.corrector, min_gain=0.0, width=args.width)
         traced("corrector", trained, with_greedy=False)
