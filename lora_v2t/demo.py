@@ -48,6 +48,8 @@ SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" /
 # the run folder's name: a new one whenever the demo's recipe changes, since an older demo's folder would be
 # refused on resume (another recipe) or reused as it is
 DEMO_RUN = "demo-4slots"
+# what a demo user types (or can set) for the recipe keys its messages would otherwise name
+DEMO_NAMES = {"data.train": "--corpus", "training.output_dir": "--output-dir", "data.cache_dir": "LORA_V2T_HOME"}
 
 
 @dataclass
@@ -102,7 +104,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     from .model.backbone import convert_offline_gemma
 
     recipe = demo_recipe(cfg)
-    check_paths(recipe, run_dir_of(recipe))  # the corpus, the backbone and the run folder, before any model loads
+    # the corpus, the backbone and the run folder, before any model loads, in the words of the demo's options
+    check_paths(recipe, run_dir_of(recipe), DEMO_NAMES)
     if cfg.corpus:  # the user's corpus is read once before too: its encoding or line ends may not do
         read_sentences(cfg.corpus, recipe.data.min_chars, recipe.data.max_chars)
     held_out = [s for s in split_lines(HELD_OUT.read_text(encoding="utf-8")) if s.strip()]
