@@ -66,6 +66,34 @@ def test_generate_from_vectors_as_json_with_rerank(bundle, v2t, tmp_path, capsys
     assert record["generated"] == best.text and record["cosine"] == pytest.approx(best.cosine, abs=1e-4)
 
 
+def test_generate_rerank_takes_a_number_as_evaluate_does(bundle, v2t, capsys):
+    """``--rerank N`` reranks N beams (as ``--num-beams N --num-return-sequences N --rerank``); the bare flag keeps
+    its meaning; options that say otherwise are one line each."""
+    args = ["generate", "--adapter", str(bundle), "--text", "Где лодка?", "--json", "--max-new-tokens", "5"]
+    assert main([*args, "--rerank", "3"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    best = v2t.generate(v2t.encode(["Где лодка?"]), max_new_tokens=5, num_beams=3, num_return_sequences=3, rerank=True)
+    assert record["generated"] == best[0].text and record["cosine"] == pytest.approx(best[0].cosine, abs=1e-4)
+    assert main([*args, "--num-beams", "4", "--rerank", "3"]) == 0  # 3 of 4 beams
+    assert "cosine" in json.loads(capsys.readouterr().out)
+    for extra in (
+        ["--rerank"],
+        ["--do-sample", "--seed", "1", "--rerank", "3"],
+        ["--correct-steps", "1", "--corrector", "shift", "--rerank", "3"],
+    ):
+        assert main([*args, *extra]) == 0, extra  # one greedy candidate; 3 samples; correction from 3 beams
+        assert "cosine" in json.loads(capsys.readouterr().out)
+    for extra, message in (
+        (["--num-beams", "2", "--rerank", "3"], "--rerank 3 reranks 3 beams, --num-beams 2 searches fewer"),
+        (["--num-return-sequences", "2", "--rerank", "3"], "--num-return-sequences asks for 2"),
+        (["--rerank", "-1"], "--rerank N takes N >= 0"),
+        (["--rerank", "3", "--budget", "4"], "drop --rerank"),
+    ):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
 def test_generate_keeps_to_the_output_vocabulary_unless_full_vocab(v2t, tmp_path, capsys):
     token, piece = first_token_vocab(v2t, v2t.encode(["Где лодка?", "Кошка спит."]))
     v2t.set_output_vocab([token])

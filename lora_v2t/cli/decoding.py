@@ -20,6 +20,7 @@ from .options import (
     _correction,
     _decoding_options,
     _load,
+    _rerank_options,
 )
 
 logger = logging.getLogger("lora_v2t")
@@ -144,11 +145,12 @@ def cmd_generate(args) -> int:
     if args.vectors:  # check the file before the slow base load
         vectors = to_vectors(load_vectors_file(args.vectors), config.encoder.dim).numpy()
     options = _decoding_options(args, "batch_size")
+    rerank = _rerank_options(args, config, options)
     _check_decoding(args, config, options)
     plan = _budget(args, config)
     correction = plan or _correction(args, config)
     if correction.steps and plan is None:
-        reranked_start(dict(options), args.rerank)  # the candidates correction starts from, checked
+        reranked_start(dict(options), rerank)  # the candidates correction starts from, checked
     v2t = _load(args)
     if texts is not None:
         vectors = v2t.encode(texts)
@@ -166,11 +168,11 @@ def cmd_generate(args) -> int:
             "corrector": correction.corrector,
             "correct_width": correction.width,
         }
-    outputs = v2t.generate(vectors, rerank=args.rerank, seed=args.seed, show_progress=len(vectors) > 64, **options)
+    outputs = v2t.generate(vectors, rerank=rerank, seed=args.seed, show_progress=len(vectors) > 64, **options)
     for i, out in enumerate(outputs):
         original = texts[i] if texts else None
         record: dict[str, object] = {"index": i, "original": original}
-        if args.rerank:
+        if rerank:
             record |= {"generated": out.text, "cosine": round(out.cosine, 4)}
             shown = f"{out.text}    [cos {out.cosine:.3f}]"
         elif isinstance(out, list):
