@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -219,6 +220,25 @@ def test_bad_input_is_refused_before_the_models_load(bundle, tmp_path, capsys, n
     assert main(make_args(bundle, tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_evaluate_out_where_nothing_can_be_written_is_refused_before_the_models_load(
+    bundle, tmp_path, capsys, no_model_load
+):
+    """/proc passes the permission check (root may write there), yet takes no new folder: refused in one line
+    before anything loads, and a writable --out is checked without leaving anything behind."""
+    from lora_v2t.tasks.evaluate import check_report_dir
+
+    (tmp_path / "dev.txt").write_text("Где лодка?\n", encoding="utf-8")
+    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--out", "/proc/evx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the report /proc/evx: ") and len(err.splitlines()) == 1
+    if os.access("/proc", os.W_OK | os.X_OK):  # as root; others are refused by the permission check
+        assert "nothing can be written in /proc (" in err and err.endswith("give --out a folder on a writable disk\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert check_report_dir(tmp_path / "new" / "report") == tmp_path / "new" / "report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_a_missing_backbone_folder_is_called_a_missing_folder(bundle, capsys):
