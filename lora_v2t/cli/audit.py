@@ -60,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     store.add_argument("--table", help="the table holding the vectors")
     store.add_argument("--vector-column", help="its pgvector column")
     store.add_argument("--text-column", help="a column holding the originals (optional)")
-    store.add_argument("--id-column", help="a column holding the rows' ids (optional)")
+    store.add_argument("--id-column", help="a column holding the rows' ids, unique and not NULL (optional)")
     store.add_argument("--query", help="a SQL query giving the rows instead of --table")
     store.add_argument("--dsn", help="connection string (default: SOURCE, and the usual PG* variables)")
     run_group = audit.add_argument_group("running")
