@@ -101,7 +101,7 @@ class PostgresSource(VectorSource):
         vectors = np.full((len(records), self.dim), np.nan, dtype=np.float32)
         for out, (key, record) in enumerate(zip(ids, records, strict=True)):
             vectors[out] = self._vector(key, record[1])
-        texts = [r[2] or "" for r in records] if self.columns.get("text") else None
+        texts = [r[2] for r in records] if self.columns.get("text") else None  # a NULL: the row has no original
         return Batch(ids=ids, vectors=vectors, texts=texts)
 
     def fingerprint(self) -> str:
