@@ -34,6 +34,7 @@ from .config import (
 from .model.backbone import checkpoints_dir
 from .train.data import read_sentences
 from .train.rundir import check_paths, run_dir_of
+from .util.terminal import shown
 from .util.textfile import split_lines
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def print_reconstructions(v2t: Vector2Text, texts: list[str]) -> None:
     outputs = v2t.generate(vectors)
     cosines = reembed_cosines(v2t, outputs, vectors, empty=0.0)
     for original, generated, cosine in zip(texts, outputs, cosines, strict=True):
-        print(f"   {original} ==> {generated}    [cos {cosine:.2f}]")
+        print(f"   {shown(original)} ==> {shown(generated)}    [cos {cosine:.2f}]")
     print(flush=True)
 
 

@@ -113,6 +113,37 @@ def test_generate_keeps_to_the_output_vocabulary_unless_full_vocab(v2t, tmp_path
     assert free == v2t.invert(["Где лодка?", "Кошка спит."], max_new_tokens=6)
 
 
+def test_terminal_escapes_in_texts_are_shown_escaped_not_sent_to_the_terminal(bundle, v2t, tmp_path, capsys):
+    """A sentence, a bundle's field or a name holding an escape sequence is printed with its control characters
+    written \\xNN (the --json lines decode to the exact texts); what goes to files is untouched."""
+    hostile = "a\x1b[31mred\x07\rover\x9b2J\x7f"
+    args = ["generate", "--adapter", str(bundle), "--text", hostile, "--max-new-tokens", "4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("a\\x1b[31mred\\x07\\rover\\x9b2J\\x7f ==> ") and not set(out) & set("\x1b\x07\r\x9b\x7f")
+    assert main([*args, "--json"]) == 0
+    line = capsys.readouterr().out
+    assert json.loads(line)["original"] == hostile and not set(line) & set("\x1b\x07\r\x9b\x7f")
+    import logging
+
+    from lora_v2t.cli import ShownFormatter
+    from lora_v2t.util.terminal import shown, shown_json
+
+    assert shown("a\tb\nc\x00", lines=True) == "a\tb\nc\\x00" and shown("b\nc") == "b\\nc"
+    assert json.loads(shown_json({"t": "\x85\x1b"})) == {"t": "\x85\x1b"}
+    named = v2t.save_adapter(tmp_path / "named", training={"note": "x\x1b]0;pwned\x07"})
+    assert main(["info", str(named)]) == 0
+    assert "training     note: x\\x1b]0;pwned\\x07" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "no\x1b[2Jsuch")]) == 2
+    err = capsys.readouterr().err
+    assert "no\\x1b[2Jsuch" in err and "\x1b" not in err
+    with pytest.raises(SystemExit):
+        main(["generate", "--adapter", str(bundle), "--text", "a", "--bogus\x1b[2J"])
+    assert "--bogus\\x1b[2J" in capsys.readouterr().err
+    record = logging.LogRecord("lora_v2t", logging.INFO, __file__, 1, "    %s ==> %s", ("a\x1bb", "c\nd"), None)
+    assert ShownFormatter("%(message)s").format(record) == "    a\\x1bb ==> c\nd"
+
+
 def test_info_describes_the_bundle(bundle, capsys):
     assert main(["info", str(bundle)]) == 0
     out = capsys.readouterr().out

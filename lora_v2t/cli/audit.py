@@ -8,6 +8,7 @@ from pathlib import Path
 from ..bundle.format import BundleConfig
 from ..config import DTYPES
 from ..util.errors import V2TError
+from ..util.terminal import shown
 
 DESCRIPTION = (
     "Invert the vectors of SOURCE (all rows, or a seeded --sample) and report what they give away: DIR/report.html "
@@ -154,6 +155,6 @@ def run(args) -> int:
     )
     if not summary:  # another process than the main one: the main one reports
         return 0
-    print(headline(summary))
-    print(f"report: {summary['report']} (figures in summary.json, each row in rows.jsonl)")
+    print(shown(headline(summary)))
+    print(f"report: {shown(summary['report'])} (figures in summary.json, each row in rows.jsonl)")
     return 0

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
+from ..util.terminal import shown, shown_json
 from .options import (
     _adapter_label,
     _add_budget_options,
@@ -174,17 +174,17 @@ def cmd_generate(args) -> int:
         record: dict[str, object] = {"index": i, "original": original}
         if rerank:
             record |= {"generated": out.text, "cosine": round(out.cosine, 4)}
-            shown = f"{out.text}    [cos {out.cosine:.3f}]"
+            text = f"{shown(out.text)}    [cos {out.cosine:.3f}]"
         elif isinstance(out, list):
             record["candidates"] = out
-            shown = " | ".join(out)
+            text = " | ".join(shown(c) for c in out)
         else:
             record["generated"] = out
-            shown = out
-        if args.json:
-            print(json.dumps(record, ensure_ascii=False))
+            text = shown(out)
+        if args.json:  # the same values, with no raw control character (see util/terminal.py)
+            print(shown_json(record))
         else:
-            print(f"{original} ==> {shown}" if original is not None else f"[{i}] {shown}")
+            print(f"{shown(original)} ==> {text}" if original is not None else f"[{i}] {text}")
     return 0
 
 
@@ -267,8 +267,8 @@ def cmd_evaluate(args) -> int:
         overwrite=args.overwrite,
         correction=correction,
     )
-    print(markdown_table(summary), end="")
-    print(f"report: {summary['report']}/summary.md, sentences.tsv, cosine_hist.png")
+    print(shown(markdown_table(summary), lines=True), end="")
+    print(f"report: {shown(summary['report'])}/summary.md, sentences.tsv, cosine_hist.png")
     return 0
 
 
@@ -305,7 +305,7 @@ def cmd_invert(args) -> int:
     with output_lock(args.out):
         prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision), config)
         if prepared.start >= len(prepared.source):  # nothing left: no need to load the models
-            print(f"{args.out} is complete: it holds all {len(prepared.source)} rows")
+            print(f"{shown(args.out)} is complete: it holds all {len(prepared.source)} rows")
             return 0
         v2t = _load(args)
         counts = run_job(v2t, job, prepared, show_progress=not args.no_progress)
@@ -314,5 +314,5 @@ def cmd_invert(args) -> int:
         notes.append(f"continued from row {counts['resumed_at']}")
     if counts["skipped"]:
         notes.append(f"{counts['skipped']} rows skipped for NaN or inf")
-    print(f"{counts['written']} rows written to {args.out} ({', '.join(notes)})")
+    print(f"{counts['written']} rows written to {shown(args.out)} ({', '.join(notes)})")
     return 0
