@@ -34,6 +34,7 @@ from .config import (
 from .model.backbone import checkpoints_dir
 from .train.data import read_sentences
 from .train.rundir import check_paths, run_dir_of
+from .util.terminal import shown
 from .util.textfile import split_lines
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" /
 # the run folder's name: a new one whenever the demo's recipe changes, since an older demo's folder would be
 # refused on resume (another recipe) or reused as it is
 DEMO_RUN = "demo-4slots"
+# what a demo user types (or can set) for the recipe keys its messages would otherwise name
+DEMO_NAMES = {"data.train": "--corpus", "training.output_dir": "--output-dir", "data.cache_dir": "LORA_V2T_HOME"}
 
 
 @dataclass
@@ -102,7 +105,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     from .model.backbone import convert_offline_gemma
 
     recipe = demo_recipe(cfg)
-    check_paths(recipe, run_dir_of(recipe))  # the corpus, the backbone and the run folder, before any model loads
+    # the corpus, the backbone and the run folder, before any model loads, in the words of the demo's options
+    check_paths(recipe, run_dir_of(recipe), DEMO_NAMES)
     if cfg.corpus:  # the user's corpus is read once before too: its encoding or line ends may not do
         read_sentences(cfg.corpus, recipe.data.min_chars, recipe.data.max_chars)
     held_out = [s for s in split_lines(HELD_OUT.read_text(encoding="utf-8")) if s.strip()]
@@ -164,7 +168,7 @@ def print_reconstructions(v2t: Vector2Text, texts: list[str]) -> None:
     outputs = v2t.generate(vectors)
     cosines = reembed_cosines(v2t, outputs, vectors, empty=0.0)
     for original, generated, cosine in zip(texts, outputs, cosines, strict=True):
-        print(f"   {original} ==> {generated}    [cos {cosine:.2f}]")
+        print(f"   {shown(original)} ==> {shown(generated)}    [cos {cosine:.2f}]")
     print(flush=True)
 
 

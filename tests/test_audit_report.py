@@ -116,6 +116,39 @@ def test_the_headline_says_what_leaks_with_intervals(tmp_path):
     assert "no originals were given" in blind and "mean re-embedding cosine is" in blind
 
 
+def test_rows_without_an_original_are_counted_not_scored_against_an_empty_one(tmp_path):
+    """A store that keeps no original for a row (a NULL text column): the row is not scored as if its original
+    were empty (exact false, chrF 0); the measures against originals are of the other rows, and it is counted."""
+    rows = [
+        {"id": f"row-{i}", "index": i, "reconstruction": text, "cosine": round(0.55 + 0.07 * i, 4)}
+        for i, text in enumerate(RECONSTRUCTIONS)
+    ]
+    identity = {"source": "s", "adapter": "a", "decoding": {}, "rows_in_source": 6, "sample": None, "seed": None}
+    some = [None, *ORIGINALS[1:3], None, *ORIGINALS[4:]]
+    records = measure(rows, some, show_progress=False)
+    assert records[0]["original"] is None and "exact" not in records[0] and "chrf" not in records[0]
+    assert "contains" in records[0] and records[1]["original"] == ORIGINALS[1]
+    summary = summarise(records, identity, 6, resamples=200)
+    assert summary["originals"] is True and summary["rows_without_original"] == 2 and summary["rows"] == 6
+    reference = summarise(
+        measure([rows[i] | {"index": j} for j, i in enumerate((1, 2, 4, 5))], [some[i] for i in (1, 2, 4, 5)], False),
+        identity,
+        4,
+        200,
+    )
+    for key in ("exact_match", "chrf", "content_word_recall", "categories"):
+        assert summary[key] == reference[key], key  # as if the rows without an original were not there
+    assert records[1]["chrf"] > 0
+    assert headline(summary).startswith("Of the 4 audited vectors with an original (2 more have none in the store")
+    write_results(tmp_path, records, summary, top=20)
+    assert "The 4 rows that leak most" in (tmp_path / "report.html").read_text(encoding="utf-8")
+    none = summarise(measure(rows, [None] * 6, False), identity, 6, 200)
+    assert none["originals"] is False and none["rows_without_original"] == 6 and "exact_match" not in none
+    assert "no row has an original in the store" in headline(none)
+    blind = summarise(measure(rows, None, False), identity, 6, 200)
+    assert blind["rows_without_original"] is None and "no originals were given" in headline(blind)
+
+
 @pytest.mark.skipif(chromium() is None, reason="no chromium binary on this machine (Debian: apt-get install chromium)")
 def test_chromium_renders_the_report_without_a_network_request(tmp_path):
     from PIL import Image

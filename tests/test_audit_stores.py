@@ -116,3 +116,23 @@ def test_an_audit_of_a_pgvector_table_with_its_text_column(tmp_path, bundle, vec
         "id",
     )
     assert same_rows(rows, reference) and [r["id"] for r in rows] == [str(i) for i in range(10)]
+
+
+def test_a_null_text_is_a_row_without_an_original_not_an_empty_one(tmp_path, bundle, vectors, pg_table):
+    """A NULL in --text-column: the row is audited (its cosine and what the reconstruction holds) but not scored
+    against an empty original; summary.json counts it, and the other rows are scored as from a .npy."""
+    import psycopg
+
+    with psycopg.connect(pg_table, autocommit=True) as conn:
+        conn.execute("UPDATE notes SET body = NULL WHERE id IN (3, 7)")
+    reference = npy_rows(tmp_path, bundle, vectors)
+    extra = ("--table", "notes", "--vector-column", "v", "--text-column", "body", "--id-column", "id")
+    rows = audit_rows(tmp_path, bundle, pg_table, "pg", *extra)
+    kept = [i for i in range(10) if i not in (3, 7)]
+    assert same_rows([rows[i] for i in kept], [reference[i] for i in kept])
+    for i in (3, 7):
+        assert rows[i]["original"] is None and "exact" not in rows[i] and "chrf" not in rows[i]
+        assert rows[i]["cosine"] == reference[i]["cosine"]
+    summary = json.loads((tmp_path / "pg" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["rows"] == 10 and summary["rows_without_original"] == 2 and summary["originals"] is True
+    assert (tmp_path / "pg" / "originals.txt").read_text(encoding="utf-8").splitlines()[3] == "\\N"

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -66,6 +67,34 @@ def test_generate_from_vectors_as_json_with_rerank(bundle, v2t, tmp_path, capsys
     assert record["generated"] == best.text and record["cosine"] == pytest.approx(best.cosine, abs=1e-4)
 
 
+def test_generate_rerank_takes_a_number_as_evaluate_does(bundle, v2t, capsys):
+    """``--rerank N`` reranks N beams (as ``--num-beams N --num-return-sequences N --rerank``); the bare flag keeps
+    its meaning; options that say otherwise are one line each."""
+    args = ["generate", "--adapter", str(bundle), "--text", "Где лодка?", "--json", "--max-new-tokens", "5"]
+    assert main([*args, "--rerank", "3"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    best = v2t.generate(v2t.encode(["Где лодка?"]), max_new_tokens=5, num_beams=3, num_return_sequences=3, rerank=True)
+    assert record["generated"] == best[0].text and record["cosine"] == pytest.approx(best[0].cosine, abs=1e-4)
+    assert main([*args, "--num-beams", "4", "--rerank", "3"]) == 0  # 3 of 4 beams
+    assert "cosine" in json.loads(capsys.readouterr().out)
+    for extra in (
+        ["--rerank"],
+        ["--do-sample", "--seed", "1", "--rerank", "3"],
+        ["--correct-steps", "1", "--corrector", "shift", "--rerank", "3"],
+    ):
+        assert main([*args, *extra]) == 0, extra  # one greedy candidate; 3 samples; correction from 3 beams
+        assert "cosine" in json.loads(capsys.readouterr().out)
+    for extra, message in (
+        (["--num-beams", "2", "--rerank", "3"], "--rerank 3 reranks 3 beams, --num-beams 2 searches fewer"),
+        (["--num-return-sequences", "2", "--rerank", "3"], "--num-return-sequences asks for 2"),
+        (["--rerank", "-1"], "--rerank N takes N >= 0"),
+        (["--rerank", "3", "--budget", "4"], "drop --rerank"),
+    ):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
 def test_generate_keeps_to_the_output_vocabulary_unless_full_vocab(v2t, tmp_path, capsys):
     token, piece = first_token_vocab(v2t, v2t.encode(["Где лодка?", "Кошка спит."]))
     v2t.set_output_vocab([token])
@@ -82,6 +111,37 @@ def test_generate_keeps_to_the_output_vocabulary_unless_full_vocab(v2t, tmp_path
     assert main(args + ["--full-vocab"]) == 0
     free = [line.split(" ==> ", 1)[-1] for line in capsys.readouterr().out.splitlines()]
     assert free == v2t.invert(["Где лодка?", "Кошка спит."], max_new_tokens=6)
+
+
+def test_terminal_escapes_in_texts_are_shown_escaped_not_sent_to_the_terminal(bundle, v2t, tmp_path, capsys):
+    """A sentence, a bundle's field or a name holding an escape sequence is printed with its control characters
+    written \\xNN (the --json lines decode to the exact texts); what goes to files is untouched."""
+    hostile = "a\x1b[31mred\x07\rover\x9b2J\x7f"
+    args = ["generate", "--adapter", str(bundle), "--text", hostile, "--max-new-tokens", "4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("a\\x1b[31mred\\x07\\rover\\x9b2J\\x7f ==> ") and not set(out) & set("\x1b\x07\r\x9b\x7f")
+    assert main([*args, "--json"]) == 0
+    line = capsys.readouterr().out
+    assert json.loads(line)["original"] == hostile and not set(line) & set("\x1b\x07\r\x9b\x7f")
+    import logging
+
+    from lora_v2t.cli import ShownFormatter
+    from lora_v2t.util.terminal import shown, shown_json
+
+    assert shown("a\tb\nc\x00", lines=True) == "a\tb\nc\\x00" and shown("b\nc") == "b\\nc"
+    assert json.loads(shown_json({"t": "\x85\x1b"})) == {"t": "\x85\x1b"}
+    named = v2t.save_adapter(tmp_path / "named", training={"note": "x\x1b]0;pwned\x07"})
+    assert main(["info", str(named)]) == 0
+    assert "training     note: x\\x1b]0;pwned\\x07" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "no\x1b[2Jsuch")]) == 2
+    err = capsys.readouterr().err
+    assert "no\\x1b[2Jsuch" in err and "\x1b" not in err
+    with pytest.raises(SystemExit):
+        main(["generate", "--adapter", str(bundle), "--text", "a", "--bogus\x1b[2J"])
+    assert "--bogus\\x1b[2J" in capsys.readouterr().err
+    record = logging.LogRecord("lora_v2t", logging.INFO, __file__, 1, "    %s ==> %s", ("a\x1bb", "c\nd"), None)
+    assert ShownFormatter("%(message)s").format(record) == "    a\\x1bb ==> c\nd"
 
 
 def test_info_describes_the_bundle(bundle, capsys):
@@ -191,6 +251,25 @@ def test_bad_input_is_refused_before_the_models_load(bundle, tmp_path, capsys, n
     assert main(make_args(bundle, tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_evaluate_out_where_nothing_can_be_written_is_refused_before_the_models_load(
+    bundle, tmp_path, capsys, no_model_load
+):
+    """/proc passes the permission check (root may write there), yet takes no new folder: refused in one line
+    before anything loads, and a writable --out is checked without leaving anything behind."""
+    from lora_v2t.tasks.evaluate import check_report_dir
+
+    (tmp_path / "dev.txt").write_text("Где лодка?\n", encoding="utf-8")
+    assert main(["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--out", "/proc/evx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the report /proc/evx: ") and len(err.splitlines()) == 1
+    if os.access("/proc", os.W_OK | os.X_OK):  # as root; others are refused by the permission check
+        assert "nothing can be written in /proc (" in err and err.endswith("give --out a folder on a writable disk\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert check_report_dir(tmp_path / "new" / "report") == tmp_path / "new" / "report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_a_missing_backbone_folder_is_called_a_missing_folder(bundle, capsys):

@@ -111,13 +111,43 @@ def test_a_missing_corpus_or_a_file_as_backbone_is_refused_before_anything_loads
     assert main(["demo", "--corpus", str(missing), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"error: corpus {missing} (data.train) does not exist: give a UTF-8 text file with one sentence per line\n"
+        f"error: corpus {missing} (--corpus) does not exist: give a UTF-8 text file with one sentence per line\n"
     )
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"not a model folder")
     with pytest.raises(V2TError, match="backbone '.*model.safetensors' is a file; give a model folder, a .gguf file"):
         run_demo(DemoConfig(backbone=str(weights), corpus=str(corpus_file(tmp_path)), output_dir=str(tmp_path)))
     assert not (tmp_path / DEMO_RUN).exists()
+
+
+def test_a_file_as_output_dir_is_refused_naming_the_demo_option(tmp_path, monkeypatch, capsys):
+    """A demo user typed --output-dir (and may set LORA_V2T_HOME), never training.output_dir or data.cache_dir:
+    the one line names what they can change."""
+    from lora_v2t.cli import main
+
+    from .conftest import refuse_calls
+
+    for target in (
+        "lora_v2t.model.backbone.convert_offline_gemma",
+        "lora_v2t.bundle.loading.load_adapter",
+        "lora_v2t.model.backbone.load_backbone",
+    ):
+        refuse_calls(monkeypatch, target, "a model was loaded")
+    homefile = tmp_path / "homefile"
+    homefile.write_text("mine\n")
+    corpus = str(corpus_file(tmp_path))
+    assert main(["demo", "--corpus", corpus, "--output-dir", str(homefile)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot create the run folder {homefile / DEMO_RUN}: {homefile} is a file, not a folder; "
+        "set --output-dir to a folder\n"
+    )
+    monkeypatch.setenv("LORA_V2T_HOME", str(homefile))  # the embedding cache goes under it
+    assert main(["demo", "--corpus", corpus, "--output-dir", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot create the embedding cache {homefile / 'cache'}: {homefile} is a file, not a folder; "
+        "set LORA_V2T_HOME to a folder\n"
+    )
+    assert homefile.read_text() == "mine\n" and not (tmp_path / "runs").exists()
 
 
 def test_a_corpus_that_cannot_be_read_is_refused_before_anything_loads(tmp_path, monkeypatch, capsys):

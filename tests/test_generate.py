@@ -286,3 +286,21 @@ def test_vectors_far_from_unit_length_are_warned_about(v2t, caplog):
     with caplog.at_level("WARNING", logger="lora_v2t.model.generate"):
         v2t.generate(scaled, max_new_tokens=2)
     assert "1 of 2 vectors are not unit length (rows [1]..., norms 1 to 10)" in caplog.text
+
+
+def test_all_zero_vectors_are_named_not_told_to_divide_by_their_norm(caplog):
+    """A zero row has no norm to divide by: the warning names those rows and says to drop them; the advice to
+    normalise is kept for the other rows far from unit length, and their norms exclude the zero rows."""
+    from lora_v2t.model.generate import warn_unless_unit_length
+
+    vectors = torch.zeros(4, 3)
+    with caplog.at_level("WARNING", logger="lora_v2t.model.generate"):
+        warn_unless_unit_length(vectors, "sentence-transformers:x")
+    assert "4 of 4 vectors are all zeros (rows [0, 1, 2, 3])" in caplog.text and "drop those rows" in caplog.text
+    assert "divide each by its norm" not in caplog.text
+    caplog.clear()
+    vectors[1, 0], vectors[2, 0] = 1.0, 3.0
+    with caplog.at_level("WARNING", logger="lora_v2t.model.generate"):
+        warn_unless_unit_length(vectors, "sentence-transformers:x")
+    assert "2 of 4 vectors are all zeros (rows [0, 3])" in caplog.text
+    assert "1 of 4 vectors are not unit length (rows [2]..., norms 1 to 3)" in caplog.text

@@ -369,3 +369,30 @@ def test_postgres_null_ids_are_refused_not_read_as_the_id_none(pg_uri):
                 assert source.read(np.arange(2)).ids == ["0", "1"]  # without --id-column: row numbers
         finally:
             conn.execute("DROP TABLE nullid")
+
+
+def test_postgres_repeated_ids_are_refused_naming_one(pg_uri):
+    """Ids name the audited rows and order them: a repeated id would leave a row ambiguous in the report, and the
+    order among its rows to the server; refused in one line naming an example and the fix."""
+    import psycopg
+
+    x = unit_vectors(4)
+    with psycopg.connect(pg_uri, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE dup (id int, e vector({DIM}))")
+        try:
+            for i, key in enumerate([0, 0, 1, 1]):
+                conn.execute("INSERT INTO dup VALUES (%s, %s::vector)", [key, str(x[i].tolist())])
+            with pytest.raises(V2TError) as caught:
+                open_postgres(pg_uri, SourceOptions(table="dup", vector_column="e", id_column="id"))
+            assert str(caught.value) == (
+                "--id-column id of PostgreSQL table dup repeats ids (2 row(s) share another's id; e.g. '0' names 2 "
+                "rows): ids name and order the audited rows; give a column of unique ids, or leave --id-column out "
+                "(rows are then numbered)"
+            )
+            query = SourceOptions(query="SELECT id, e FROM dup", vector_column="e", id_column="id")
+            with pytest.raises(V2TError, match=r"repeats ids .*give a column of unique ids \(a primary key, say\)$"):
+                open_postgres(pg_uri, query)
+            with open_postgres(pg_uri, SourceOptions(table="dup", vector_column="e")) as source:
+                assert source.read(np.arange(4)).ids == ["0", "1", "2", "3"]  # without --id-column: row numbers
+        finally:
+            conn.execute("DROP TABLE dup")

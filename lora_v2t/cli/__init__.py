@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..util.errors import V2TError
 from ..util.files import NO_SPACE, disk_full
+from ..util.terminal import shown
 from . import audit
 from .bundles import _add_info_command, _add_push_command
 from .decoding import _add_evaluate_command, _add_generate_command, _add_invert_command
@@ -21,8 +22,23 @@ from .training import _add_demo_command, _add_embed_command, _add_heldout_comman
 __all__ = ["build_parser", "main"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser (every subcommand's too), whose error line shows the user's text with its control
+    characters escaped."""
+
+    def error(self, message: str):
+        super().error(shown(message))
+
+
+class ShownFormatter(logging.Formatter):
+    """Log lines as ``%(message)s``, control characters escaped (a logged sentence may hold terminal escapes)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown(super().format(record), lines=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lora-v2t",
         description="Turn sentence-embedding vectors back into text with a frozen LM, a prefix projector "
         "and LoRA adapters.",
@@ -86,23 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     level = logging.DEBUG if args.verbose else logging.INFO if _process_rank() == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s")  # with several processes the main one logs
+    handler = logging.StreamHandler()
+    handler.setFormatter(ShownFormatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])  # with several processes the main one logs
     _quiet_libraries()
     try:
         return args.func(args)
     except V2TError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown(exc)}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # a file or folder the checks above did not name; still the user's to fix
         print(
-            f"error: permission denied on {exc.filename or exc}: fix its permissions or choose another path",
+            f"error: permission denied on {shown(exc.filename or exc)}: fix its permissions or choose another path",
             file=sys.stderr,
         )
         return 2
     except OSError as exc:
         if exc.errno not in NO_SPACE:
             raise
-        print(f"error: {disk_full(exc.filename or Path.cwd())}", file=sys.stderr)  # a write the checks did not cover
+        # a write the checks did not cover
+        print(f"error: {shown(disk_full(exc.filename or Path.cwd()))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

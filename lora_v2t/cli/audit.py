@@ -8,6 +8,7 @@ from pathlib import Path
 from ..bundle.format import BundleConfig
 from ..config import DTYPES
 from ..util.errors import V2TError
+from ..util.terminal import shown
 
 DESCRIPTION = (
     "Invert the vectors of SOURCE (all rows, or a seeded --sample) and report what they give away: DIR/report.html "
@@ -60,7 +61,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     store.add_argument("--table", help="the table holding the vectors")
     store.add_argument("--vector-column", help="its pgvector column")
     store.add_argument("--text-column", help="a column holding the originals (optional)")
-    store.add_argument("--id-column", help="a column holding the rows' ids (optional)")
+    store.add_argument("--id-column", help="a column holding the rows' ids, unique and not NULL (optional)")
     store.add_argument("--query", help="a SQL query giving the rows instead of --table")
     store.add_argument("--dsn", help="connection string (default: SOURCE, and the usual PG* variables)")
     run_group = audit.add_argument_group("running")
@@ -154,6 +155,6 @@ def run(args) -> int:
     )
     if not summary:  # another process than the main one: the main one reports
         return 0
-    print(headline(summary))
-    print(f"report: {summary['report']} (figures in summary.json, each row in rows.jsonl)")
+    print(shown(headline(summary)))
+    print(f"report: {shown(summary['report'])} (figures in summary.json, each row in rows.jsonl)")
     return 0

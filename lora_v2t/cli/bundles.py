@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from ..bundle.format import BundleConfig
+from ..util.terminal import shown, shown_json
 
 
 def _add_info_command(sub) -> None:
@@ -58,7 +58,7 @@ def cmd_info(args) -> int:
     args.adapter = resolve_adapter(source, args.revision)
     config = validate_bundle(args.adapter)
     if args.json:
-        print(json.dumps(config.to_dict(), indent=2, ensure_ascii=False))
+        print(shown_json(config.to_dict(), indent=2))
         return 0
     from safetensors import safe_open
 
@@ -68,11 +68,11 @@ def cmd_info(args) -> int:
 
     enc, bb, proj, lora = config.encoder, config.backbone, config.projector, config.lora
     size = sum(p.stat().st_size for p in args.adapter.rglob("*") if p.is_file())
-    shown = source if Path(source).expanduser() == args.adapter else f"{source} (hub, cached in {args.adapter})"
+    named = source if Path(source).expanduser() == args.adapter else f"{source} (hub, cached in {args.adapter})"
     hub_id = bb.hub_id
     threshold = "" if bb.int8_threshold is None else f", int8 threshold {bb.int8_threshold}"
     lines = [
-        f"adapter      {shown}  (bundle format {config.format_version}, {size / 2**20:.2f} MiB)",
+        f"adapter      {named}  (bundle format {config.format_version}, {size / 2**20:.2f} MiB)",
         f"base         {bb.name}{f' (from {hub_id} on the hub)' if hub_id and hub_id != bb.name else ''}"
         f"  ({bb.model_type}, hidden {bb.hidden_size}, vocab {bb.vocab_size})",
         f"trained on   quantization {bb.precision.get('quantization', 'unrecorded')}, compute dtype "
@@ -95,7 +95,7 @@ def cmd_info(args) -> int:
     for key, value in training.items():
         if key != "samples":
             lines.append(f"training     {key}: {value}")
-    print("\n".join(lines))
+    print("\n".join(shown(line) for line in lines))
     return 0
 
 
@@ -120,7 +120,10 @@ def cmd_push(args) -> int:
     )
     at = f", revision={args.revision!r}" if args.revision else ""
     print(
-        f"pushed {args.folder} to {args.repo_id}: {url}\nload it with:  from lora_v2t import load_adapter; "
-        f"v2t = load_adapter({args.repo_id!r}{at})"
+        shown(
+            f"pushed {args.folder} to {args.repo_id}: {url}\nload it with:  from lora_v2t import load_adapter; "
+            f"v2t = load_adapter({args.repo_id!r}{at})",
+            lines=True,
+        )
     )
     return 0

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from ..tasks.vectorfile import load_vectors_file
 from ..util.errors import V2TError
+from ..util.terminal import shown, shown_json
 from .options import (
     _adapter_label,
     _add_budget_options,
@@ -20,6 +20,7 @@ from .options import (
     _correction,
     _decoding_options,
     _load,
+    _rerank_options,
 )
 
 logger = logging.getLogger("lora_v2t")
@@ -144,11 +145,12 @@ def cmd_generate(args) -> int:
     if args.vectors:  # check the file before the slow base load
         vectors = to_vectors(load_vectors_file(args.vectors), config.encoder.dim).numpy()
     options = _decoding_options(args, "batch_size")
+    rerank = _rerank_options(args, config, options)
     _check_decoding(args, config, options)
     plan = _budget(args, config)
     correction = plan or _correction(args, config)
     if correction.steps and plan is None:
-        reranked_start(dict(options), args.rerank)  # the candidates correction starts from, checked
+        reranked_start(dict(options), rerank)  # the candidates correction starts from, checked
     v2t = _load(args)
     if texts is not None:
         vectors = v2t.encode(texts)
@@ -166,23 +168,23 @@ def cmd_generate(args) -> int:
             "corrector": correction.corrector,
             "correct_width": correction.width,
         }
-    outputs = v2t.generate(vectors, rerank=args.rerank, seed=args.seed, show_progress=len(vectors) > 64, **options)
+    outputs = v2t.generate(vectors, rerank=rerank, seed=args.seed, show_progress=len(vectors) > 64, **options)
     for i, out in enumerate(outputs):
         original = texts[i] if texts else None
         record: dict[str, object] = {"index": i, "original": original}
-        if args.rerank:
+        if rerank:
             record |= {"generated": out.text, "cosine": round(out.cosine, 4)}
-            shown = f"{out.text}    [cos {out.cosine:.3f}]"
+            text = f"{shown(out.text)}    [cos {out.cosine:.3f}]"
         elif isinstance(out, list):
             record["candidates"] = out
-            shown = " | ".join(out)
+            text = " | ".join(shown(c) for c in out)
         else:
             record["generated"] = out
-            shown = out
-        if args.json:
-            print(json.dumps(record, ensure_ascii=False))
+            text = shown(out)
+        if args.json:  # the same values, with no raw control character (see util/terminal.py)
+            print(shown_json(record))
         else:
-            print(f"{original} ==> {shown}" if original is not None else f"[{i}] {shown}")
+            print(f"{shown(original)} ==> {text}" if original is not None else f"[{i}] {text}")
     return 0
 
 
@@ -265,8 +267,8 @@ def cmd_evaluate(args) -> int:
         overwrite=args.overwrite,
         correction=correction,
     )
-    print(markdown_table(summary), end="")
-    print(f"report: {summary['report']}/summary.md, sentences.tsv, cosine_hist.png")
+    print(shown(markdown_table(summary), lines=True), end="")
+    print(f"report: {shown(summary['report'])}/summary.md, sentences.tsv, cosine_hist.png")
     return 0
 
 
@@ -303,7 +305,7 @@ def cmd_invert(args) -> int:
     with output_lock(args.out):
         prepared = prepare_job(job, args.adapter, _adapter_label(source_arg, args.adapter, args.revision), config)
         if prepared.start >= len(prepared.source):  # nothing left: no need to load the models
-            print(f"{args.out} is complete: it holds all {len(prepared.source)} rows")
+            print(f"{shown(args.out)} is complete: it holds all {len(prepared.source)} rows")
             return 0
         v2t = _load(args)
         counts = run_job(v2t, job, prepared, show_progress=not args.no_progress)
@@ -312,5 +314,5 @@ def cmd_invert(args) -> int:
         notes.append(f"continued from row {counts['resumed_at']}")
     if counts["skipped"]:
         notes.append(f"{counts['skipped']} rows skipped for NaN or inf")
-    print(f"{counts['written']} rows written to {args.out} ({', '.join(notes)})")
+    print(f"{counts['written']} rows written to {shown(args.out)} ({', '.join(notes)})")
     return 0

@@ -24,8 +24,15 @@ def _add_generation_options(parser: argparse.ArgumentParser, candidates: bool = 
     if candidates:
         g.add_argument(
             "--rerank",
-            action="store_true",
-            help="re-embed the candidates and keep the one closest to the target vector (prints cosine)",
+            nargs="?",
+            type=int,
+            const=True,
+            default=False,
+            metavar="N",
+            help="re-embed the candidates and keep the one closest to the target vector (prints cosine). "
+            "Alone: the candidates --num-beams and --num-return-sequences (or --do-sample) make; --rerank N, "
+            "as evaluate's: N candidates (N >= 0; 0 or 1 = one), N beams (at least N with --num-beams; N "
+            "samples with --do-sample)",
         )
     g.add_argument("--seed", type=seed_value, help="seed for reproducible sampling (0 to 2**63 - 1)")
 
@@ -61,8 +68,8 @@ def _add_correction_options(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="correct the outputs up to N times (>= 0; default 0): re-embed, rewrite, keep the text "
         "closest to the vector; stops early when the cosine stops rising. With reranking it starts "
-        "from the best of the greedy text and the beams (generate: --rerank --num-beams K "
-        "--num-return-sequences K; evaluate: --rerank K, 0 to start from the greedy text)",
+        "from the best of the greedy text and the beams (--rerank K, 0 to start from the greedy text; "
+        "generate also takes --rerank --num-beams K --num-return-sequences K)",
     )
     g.add_argument(
         "--corrector",
@@ -127,7 +134,7 @@ def _budget(args, config: BundleConfig):
         )
         if getattr(args, name, unset) != unset
     ]
-    if type(getattr(args, "rerank", None)) is int:  # evaluate's beam candidates (generate's --rerank is a switch)
+    if type(getattr(args, "rerank", None)) is int:  # beam candidates: evaluate's --rerank, generate's --rerank N
         given.append("--rerank")
     if given:
         raise V2TError(
@@ -230,6 +237,34 @@ def _decoding_options(args, *extra: str) -> dict:
     """The decoding options given on the command line (unset ones stay the adapter's), plus ``extra`` ones."""
     names = DECODING_OPTIONS + extra
     return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
+def _rerank_options(args, config: BundleConfig, options: dict) -> bool:
+    """Whether generate reranks. A bare ``--rerank`` reranks the candidates the decoding options make; ``--rerank
+    N`` (as evaluate's) sets them: N candidates (``num_return_sequences``), found by N beams (``num_beams``, unless
+    --num-beams gives more) or by sampling when decoding samples; refuses options that say otherwise."""
+    n = args.rerank
+    if isinstance(n, bool):
+        return n
+    if n < 0:
+        raise V2TError(f"--rerank N takes N >= 0 candidates (0 or 1 = one), got {n}")
+    k = max(n, 1)
+    given = options.get("num_return_sequences")
+    if given is not None and given != k:
+        raise V2TError(
+            f"--rerank {n} reranks {k} candidates, --num-return-sequences asks for {given}: drop one of them "
+            "(--rerank alone reranks the --num-return-sequences candidates)"
+        )
+    others = {key: value for key, value in options.items() if key not in ("num_beams", "num_return_sequences")}
+    options["num_return_sequences"] = k
+    if not GenerationConfig.of_bundle(config, **others).do_sample:
+        beams = options.setdefault("num_beams", k)
+        if beams < k:
+            raise V2TError(
+                f"--rerank {n} reranks {k} beams, --num-beams {beams} searches fewer: give --num-beams {k} or "
+                "more, or leave --num-beams out"
+            )
+    return True
 
 
 def _check_decoding(args, config: BundleConfig, options: dict) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import describe_keys
 from ..util.errors import V2TError
+from ..util.terminal import shown
 from .options import _process_rank
 
 
@@ -111,7 +112,9 @@ def cmd_train(args) -> int:
     if _process_rank() != 0:  # with several processes, the main one reports
         return 0
     saved = "adapter (unchanged):" if before is not None and _bundle_stamp(final) == before else "adapter saved to"
-    print(f"{saved} {final}\nload it with:  from lora_v2t import load_adapter; v2t = load_adapter({str(final)!r})")
+    print(
+        f"{saved} {shown(final)}\nload it with:  from lora_v2t import load_adapter; v2t = load_adapter({str(final)!r})"
+    )
     return 0
 
 
@@ -164,7 +167,7 @@ def cmd_heldout(args) -> int:
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(args.out), "\n".join(sentences) + "\n")
-    print(f"wrote {len(sentences)} unseen sentences of {cfg.data.train} to {args.out}")
+    print(f"wrote {len(sentences)} unseen sentences of {shown(cfg.data.train)} to {shown(args.out)}")
     return 0
 
 

@@ -161,11 +161,22 @@ def budgeted(v2t, vectors, plan, rerank: bool, show_progress: bool, seed: int | 
 def warn_unless_unit_length(target: torch.Tensor, encoder_spec: str, tolerance: float = 0.05) -> None:
     """Log a warning when rows are far from unit length: every encoder lora_v2t loads L2-normalises its vectors,
     so an adapter trained on one has seen only unit vectors, and a scaled one decodes into nonsense. (An adapter
-    trained on precomputed vectors is left alone: those may have any length.)"""
+    trained on precomputed vectors is left alone: those may have any length.) All-zero rows get their own
+    warning: they have no direction, so no norm can fix them and nothing can be read from them."""
     if encoder_spec.startswith("precomputed:"):
         return
     norms = target.float().norm(dim=1)
-    off = (norms - 1).abs() > tolerance
+    zero = norms == 0
+    if bool(zero.any()):
+        logger.warning(
+            "%d of %d vectors are all zeros (rows %s%s): a zero vector has no direction and cannot be "
+            "inverted; drop those rows",
+            int(zero.sum()),
+            len(norms),
+            torch.nonzero(zero).flatten()[:5].tolist(),
+            "..." if int(zero.sum()) > 5 else "",
+        )
+    off = ((norms - 1).abs() > tolerance) & ~zero
     if bool(off.any()):
         rows = torch.nonzero(off).flatten()[:5].tolist()
         logger.warning(
@@ -174,8 +185,8 @@ def warn_unless_unit_length(target: torch.Tensor, encoder_spec: str, tolerance: 
             int(off.sum()),
             len(norms),
             rows,
-            float(norms.min()),
-            float(norms.max()),
+            float(norms[~zero].min()),
+            float(norms[~zero].max()),
         )
 
 

@@ -3,9 +3,10 @@
 Three stages, each resumable, in the audit's folder DIR:
 
 1. extract: the source (see :mod:`lora_v2t.tasks.sources`) is read once, all rows or a seeded sample, into
-   ``vectors.npy``, ``ids.jsonl`` and, with originals, ``originals.txt`` (one per row, ``\\n`` escaped); written in a
-   temporary folder and moved in at the end, with ``audit.json`` (the options and the source's fingerprint: a
-   rerun with others is refused).
+   ``vectors.npy``, ``ids.jsonl`` and, with originals, ``originals.txt`` (one per row, ``\\n`` escaped; ``\\N`` for a
+   row the store keeps no original for, e.g. a NULL text column: it is left out of the measures against originals);
+   written in a temporary folder and moved in at the end, with ``audit.json`` (the options and the source's
+   fingerprint: a rerun with others is refused).
 2. invert: the bulk inversion of :mod:`lora_v2t.tasks.invert` on ``vectors.npy`` into ``inverted.jsonl``, with
    cosines; stopped and rerun, it continues after its last complete row. Under ``accelerate launch`` each process
    inverts its own rows into its own part (:mod:`lora_v2t.tasks.shards`).
@@ -40,6 +41,7 @@ from .sources import open_source
 from .vectorsource import SourceOptions, VectorSource
 
 IDENTITY, VECTORS, IDS, ORIGINALS = "audit.json", "vectors.npy", "ids.jsonl", "originals.txt"
+NO_ORIGINAL = "\\N"  # the line of originals.txt for a row without one (escape_line doubles every backslash)
 INVERTED, ROWS, SUMMARY, REPORT, TIMINGS = "inverted.jsonl", "rows.jsonl", "summary.json", "report.html", "timings.json"
 LOCK, EXTRACTING = "audit.lock", ".extract.tmp"
 READ_CHUNK = 1024
@@ -231,7 +233,7 @@ def extract(plan: Plan, show_progress: bool = True) -> float | None:
     n, started = len(plan.indices), time.perf_counter()
     vectors = np.lib.format.open_memmap(tmp / VECTORS, mode="w+", dtype=np.float32, shape=(n, plan.source.dim))
     ids: list = []
-    texts: list[str] | None = [] if plan.originals is not None else None
+    texts: list[str | None] | None = [] if plan.originals is not None else None
     bar = tqdm(total=n, unit="row", desc="reading", disable=not show_progress)
     for begin in range(0, n, READ_CHUNK):
         chunk = plan.indices[begin : begin + READ_CHUNK]
@@ -245,11 +247,11 @@ def extract(plan: Plan, show_progress: bool = True) -> float | None:
             )
         vectors[begin : begin + len(chunk)] = batch.vectors
         ids += batch.ids
-        new: list[str] | None
+        new: list[str | None] | None
         if plan.originals is not None:
             new = [plan.originals[i] for i in chunk]
         else:  # the store's documents, where it has them
-            new = None if batch.texts is None else ["" if t is None else str(t) for t in batch.texts]
+            new = None if batch.texts is None else [None if t is None else str(t) for t in batch.texts]
         if new is not None:
             texts = [] if texts is None else texts
             texts += new
@@ -260,7 +262,8 @@ def extract(plan: Plan, show_progress: bool = True) -> float | None:
     seconds = time.perf_counter() - started
     (tmp / IDS).write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in ids), encoding="utf-8")
     if texts is not None:
-        (tmp / ORIGINALS).write_text("".join(escape_line(t) + "\n" for t in texts), encoding="utf-8")
+        lines = (NO_ORIGINAL if t is None else escape_line(t) for t in texts)
+        (tmp / ORIGINALS).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     _replace_text(folder / IDENTITY, json.dumps(plan.identity, ensure_ascii=False, indent=1) + "\n")
     _replace_text(folder / TIMINGS, json.dumps({"read_seconds": round(seconds, 3), "rows_read": n}) + "\n")
     for name in (IDS, ORIGINALS, VECTORS):  # vectors.npy last: it says the stage is done
@@ -309,13 +312,14 @@ def invert_rows(
     return counts | {"seconds": time.perf_counter() - started}
 
 
-def read_rows(folder: Path, world: int = 1) -> tuple[list[dict], list[str] | None]:
+def read_rows(folder: Path, world: int = 1) -> tuple[list[dict], list[str | None] | None]:
     """The inverted rows of every part (index, id, reconstruction, cosine), in row order, and the originals of
-    all extracted rows (or None)."""
+    all extracted rows (or None; None for a row without one)."""
     ids = [json.loads(line) for line in (folder / IDS).read_text(encoding="utf-8").splitlines()]
-    originals = None
+    originals: list[str | None] | None = None
     if (folder / ORIGINALS).is_file():
-        originals = [unescape_line(line) for line in (folder / ORIGINALS).read_text(encoding="utf-8").split("\n")]
+        lines = (folder / ORIGINALS).read_text(encoding="utf-8").split("\n")
+        originals = [None if line == NO_ORIGINAL else unescape_line(line) for line in lines]
         originals = originals[: len(ids)]
     rows = []
     for path, offset in parts(folder, VECTORS, INVERTED, len(ids), world):

@@ -23,7 +23,7 @@ from ..model.correct import CorrectionConfig, Trace, correct
 from ..model.encoders import PrecomputedEncoder
 from ..model.generate import reembed_cosines
 from ..util.errors import V2TError
-from ..util.files import atomic_folder, refuse_foreign
+from ..util.files import atomic_folder, refuse_foreign, try_writing_in
 from ..util.textfile import escape_tsv
 from ..util.vectors import to_vectors
 from .evalfile import EvalData
@@ -84,6 +84,13 @@ def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
         raise V2TError(
             f"cannot write the report {out_dir}: {parent} is not a writable folder; give --out another folder"
         )
+    try:
+        try_writing_in(parent)  # a special or read-only filesystem passes the permission check
+    except OSError as exc:
+        raise V2TError(
+            f"cannot write the report {out_dir}: nothing can be written in {parent} ({exc.strerror or exc}); "
+            "give --out a folder on a writable disk"
+        ) from None
     return out_dir
 
 

@@ -374,19 +374,22 @@ def contained_figures(rows: list[dict], resamples: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------------- the audit's rows and summary
-def measure(rows: list[dict], originals: list[str] | None, show_progress: bool = True) -> list[dict]:
+def measure(rows: list[dict], originals: list[str | None] | None, show_progress: bool = True) -> list[dict]:
     """Stage 3, per row: with originals, exact match, sentence chrF, content words and the items recovered; without,
-    the items the reconstruction holds."""
+    the items the reconstruction holds. A row whose original is None (a store that keeps none for it: a NULL text
+    column) is measured as a row without one, with ``original`` None: nothing is scored against an empty text."""
     from sacrebleu.metrics import CHRF
     from tqdm.auto import tqdm
 
     chrf, out = CHRF(), []
     for row in tqdm(rows, unit="row", desc="measuring", disable=not show_progress):
         record = {"id": row["id"], "reconstruction": row["reconstruction"], "cosine": row["cosine"]}
-        if originals is None:
+        original = None if originals is None else originals[row["index"]]
+        if original is None:
+            record |= {} if originals is None else {"original": None}
             record["contains"] = contained(row["reconstruction"])
         else:
-            original, text = originals[row["index"]], row["reconstruction"]
+            text = row["reconstruction"]
             recovered, found = content_recall(original, text)
             record |= {
                 "original": original,
@@ -410,6 +413,7 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
 
     n = len(records)
     boot = np.random.default_rng(0).integers(0, n, size=(resamples, n))
+    scored = [r for r in records if r.get("original") is not None]  # the rows with an original
     cosines = np.array([r["cosine"] for r in records], dtype=np.float64)
     mean, low, high = bootstrap_interval(cosines, boot)
     summary = {
@@ -422,7 +426,9 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
         "sample": identity["sample"],
         "seed": identity["seed"],
         "skipped_nan": extracted - n,
-        "originals": "original" in records[0],
+        "originals": bool(scored),
+        # rows the store keeps no original for (left out of the measures against originals); None: none given
+        "rows_without_original": n - len(scored) if any("original" in r for r in records) else None,
         "bootstrap_resamples": resamples,
         "cosine": {
             "mean": round(mean, 4),
@@ -430,8 +436,11 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
             "median": round(float(np.median(cosines)), 4),
         },
     }
-    if not summary["originals"]:
+    if not scored:
         return summary | {"categories": contained_figures(records, boot)}
+    if len(scored) < n:  # the measures against originals resample the rows that have one
+        boot = np.random.default_rng(0).integers(0, len(scored), size=(resamples, len(scored)))
+    records = scored
     hyps, refs = [r["reconstruction"] for r in records], [r["original"] for r in records]
     exact = np.array([exact_match(h, r) for h, r in zip(hyps, refs, strict=True)]) * 100
     words = [r["content_words"] for r in records]

@@ -3,9 +3,9 @@ rows of a SELECT, read in batches through one server-side (named, scrollable) cu
 
 The reader holds one read-only REPEATABLE READ transaction for its life: every batch (and the fingerprint) sees
 the same snapshot of the table, whatever is written to it meanwhile. Rows are numbered in the order of the id
-column (``--id-column``; its values are the row ids) or, without one, of the table's ``ctid`` (the ids are then
-the row numbers). A NULL vector is read as a row of NaN, which the audit's NaN policy then skips or refuses.
-Identifiers are quoted with ``psycopg.sql``, never pasted into the SQL.
+column (``--id-column``; its values are the row ids, which must be unique and not NULL) or, without one, of the
+table's ``ctid`` (the ids are then the row numbers). A NULL vector is read as a row of NaN, which the audit's
+NaN policy then skips or refuses. Identifiers are quoted with ``psycopg.sql``, never pasted into the SQL.
 """
 
 from __future__ import annotations
@@ -35,15 +35,19 @@ class PostgresSource(VectorSource):
         # the row order: the id column (ties broken by ctid in a table), else the table's ctid
         keys = ([sql.Identifier(columns["id"])] if columns.get("id") else []) + ([sql.SQL("t.ctid")] * is_table)
         ids = (
-            sql.SQL("count(*) - count({})").format(sql.Identifier(columns["id"])) if columns.get("id") else sql.SQL("0")
+            sql.SQL("count(*) - count({0}), count({0}) - count(DISTINCT {0})").format(sql.Identifier(columns["id"]))
+            if columns.get("id")
+            else sql.SQL("0, 0")
         )
-        self.total, null_ids = self._row(sql.SQL("SELECT count(*), {} FROM {} AS t").format(ids, relation))
+        self.total, null_ids, repeats = self._row(sql.SQL("SELECT count(*), {} FROM {} AS t").format(ids, relation))
         if null_ids:
             raise V2TError(
                 f"--id-column {columns['id']} of PostgreSQL {label} holds {null_ids} NULL value(s): ids "
                 "name and order the rows; give a column without NULLs, or leave --id-column out (rows are "
                 "then numbered)"
             )
+        if repeats:
+            self._refuse_repeated_ids(repeats, is_table)
         self.dim = self._first_dim()
         self.cursor = conn.cursor(name=CURSOR, scrollable=True, binary=True)
         self._execute(
@@ -51,6 +55,27 @@ class PostgresSource(VectorSource):
             sql.SQL("SELECT {} FROM {} AS t ORDER BY {}").format(self.picked, relation, sql.SQL(", ").join(keys)),
         )
         self.position = 0  # the row the cursor's next fetch returns
+
+    def _refuse_repeated_ids(self, repeats: int, is_table: bool) -> None:
+        """Ids name the audited rows (rows.jsonl, the report) and order them: a repeated one would leave a leaking
+        row ambiguous, and the order among its rows to the server (a query has no ctid to break the tie)."""
+        from psycopg import sql
+
+        column = self.columns["id"]
+        example, count = self._row(
+            sql.SQL(
+                "SELECT {0}, count(*) FROM {1} AS t GROUP BY {0} HAVING count(*) > 1 ORDER BY 2 DESC, 1 LIMIT 1"
+            ).format(sql.Identifier(column), self.relation)
+        )
+        fix = (
+            "give a column of unique ids, or leave --id-column out (rows are then numbered)"
+            if is_table
+            else "give a column of unique ids (a primary key, say)"
+        )
+        raise V2TError(
+            f"--id-column {column} of PostgreSQL {self.label} repeats ids ({repeats} row(s) share another's id; "
+            f"e.g. {str(example)!r} names {count} rows): ids name and order the audited rows; {fix}"
+        )
 
     def describe(self) -> str:
         order = f"ordered by {self.columns['id']}" if self.columns.get("id") else "ordered by ctid"
@@ -76,7 +101,7 @@ class PostgresSource(VectorSource):
         vectors = np.full((len(records), self.dim), np.nan, dtype=np.float32)
         for out, (key, record) in enumerate(zip(ids, records, strict=True)):
             vectors[out] = self._vector(key, record[1])
-        texts = [r[2] or "" for r in records] if self.columns.get("text") else None
+        texts = [r[2] for r in records] if self.columns.get("text") else None  # a NULL: the row has no original
         return Batch(ids=ids, vectors=vectors, texts=texts)
 
     def fingerprint(self) -> str:

@@ -43,7 +43,14 @@ def headline(summary: dict) -> str:
     present = [c for c in ORDER if categories[c]["rows_with"]]
     cosine = summary["cosine"]
     skipped = f" ({summary['skipped_nan']:,} rows with NaN or inf were skipped.)" if summary["skipped_nan"] else ""
+    missing = summary.get("rows_without_original") or 0  # None: no originals given; older summaries lack it
     if summary["originals"]:
+        audited = f"{n:,} audited vectors"
+        if missing:  # rows the store keeps no original for: the figures below are of the others
+            audited = (
+                f"the {n - missing:,} audited vectors with an original ({missing:,} more have none in the store "
+                "and are left out of what is checked against originals)"
+            )
         parts = [f"{percent(categories[c]['rows_leaking'])} {ONE[c]}" for c in present]
         if parts:  # "23.0% (95% CI ...) give back at least one person's name; 12.5% (...) a place; ..."
             first = present[0]
@@ -56,7 +63,7 @@ def headline(summary: dict) -> str:
                 "phone number that the audit looks for"
             )
         return (
-            f"Of {n:,} audited vectors, {leaks}. {percent(summary['exact_match'])} are given back word for "
+            f"Of {audited}, {leaks}. {percent(summary['exact_match'])} are given back word for "
             f"word, and the reconstructions keep {percent(summary['content_word_recall'])} of the originals' "
             f"content words (chrF {summary['chrf']['value']:.1f}). The mean cosine between a vector and the "
             f"re-embedding of its reconstruction is {cosine['mean']:.3f}.{skipped}"
@@ -69,8 +76,9 @@ def headline(summary: dict) -> str:
             "hold no name, place, organisation, number, date, e-mail address or phone number that the audit looks for"
         )
     )
+    given = "no row has an original in the store" if missing else "no originals were given"
     return (
-        f"Of {n:,} audited vectors (no originals were given, so nothing is checked against them), the "
+        f"Of {n:,} audited vectors ({given}, so nothing is checked against them), the "
         f"reconstructions {holds}. Their mean re-embedding cosine is {cosine['mean']:.3f} (median "
         f"{cosine['median']:.3f}): the closer a reconstruction's cosine is to 1, the more closely it says what "
         f"its vector encodes.{skipped}"
@@ -194,8 +202,9 @@ def leak_score(record: dict) -> tuple:
 
 def top_rows(records: list[dict], top: int) -> str:
     """The ``top`` rows that leak most (with originals) or have the highest cosines (without), side by side."""
-    if "original" in records[0]:
-        picked = sorted(records, key=leak_score, reverse=True)[:top]
+    scored = [r for r in records if r.get("original") is not None]  # a row without an original cannot leak one
+    if scored:
+        picked = sorted(scored, key=leak_score, reverse=True)[:top]
         rows = []
         for r in picked:
             back = [s for item in r["leaks"].values() for s in item["recovered"]]
@@ -231,6 +240,7 @@ def top_rows(records: list[dict], top: int) -> str:
 
 def build_html(summary: dict, records: list[dict], top: int = 20) -> str:
     kind = "leak most" if summary["originals"] else "have the highest cosines"
+    shown = sum(r.get("original") is not None for r in records) if summary["originals"] else len(records)
     sample = f"a seeded sample (seed {summary['seed']}) of " if summary["sample"] else ""
     about = (
         f"Source: {summary['source']}; {sample}{summary['rows_in_source']:,} rows. Adapter: {summary['adapter']}. "
@@ -253,7 +263,7 @@ def build_html(summary: dict, records: list[dict], top: int = 20) -> str:
             sentence_table(summary),
             "<h2>By category</h2>",
             category_table(summary),
-            f"<h2>The {min(top, len(records))} rows that {kind}</h2>",
+            f"<h2>The {min(top, shown)} rows that {kind}</h2>",
             top_rows(records, top),
             "</body></html>",
             "",

@@ -163,7 +163,7 @@ class ChromaSource(VectorSource):
     def read(self, indices) -> Batch:
         indices = check_indices(indices, len(self))
         vectors, docs = self._fetch(indices)
-        texts = [doc or "" for doc in docs] if self.has_texts else None
+        texts = list(docs) if self.has_texts else None  # None: a row stored without its document
         return Batch(ids=[self.ids[row] for row in indices.tolist()], vectors=vectors, texts=texts)
 
     def fingerprint(self) -> str:

@@ -30,7 +30,7 @@ class Batch:
 
     ids: list[str]
     vectors: np.ndarray  # (n, dim) float32
-    texts: list[str] | None = None  # the stored originals, when the store keeps them
+    texts: list[str | None] | None = None  # the stored originals, when the store keeps them (None: not for this row)
 
 
 class VectorSource:

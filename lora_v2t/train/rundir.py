@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..bundle.adapter import validate_bundle
@@ -35,9 +36,14 @@ def cache_dir_of(cfg: RunConfig) -> Path:
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else checkpoints_dir() / "cache"
 
 
-def check_paths(cfg: RunConfig, run_dir: Path) -> None:
+def check_paths(cfg: RunConfig, run_dir: Path, names: Mapping[str, str] | None = None) -> None:
     """Before anything loads: the backbone names a base that can exist, the corpus files can be read, and the run
-    folder and the embedding cache can be written (or created)."""
+    folder and the embedding cache can be written (or created). ``names``: what the user typed for a recipe key,
+    named in the messages instead of the key (the demo's ``--corpus``, ``--output-dir``)."""
+
+    def name(key: str) -> str:
+        return (names or {}).get(key, key)
+
     check_backbone_name(cfg.backbone.name)
     cfg.data.check_train()
     if cfg.training.init_adapter:  # a bundle that is there and whole, before hours of embedding
@@ -45,6 +51,7 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
     for key, path in (("data.train", cfg.data.train), ("data.val", cfg.data.val)):
         if not path:
             continue
+        key = name(key)
         if os.path.isdir(path):
             raise V2TError(
                 f"corpus {path} ({key}) is a folder, not a file: give a UTF-8 text file with one sentence per line"
@@ -58,8 +65,8 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
                 f"(chmod a+r {path}) or give another file"
             )
     for what, folder, key in (
-        ("run folder", run_dir, "training.output_dir"),
-        ("embedding cache", cache_dir_of(cfg), "data.cache_dir"),
+        ("run folder", run_dir, name("training.output_dir")),
+        ("embedding cache", cache_dir_of(cfg), name("data.cache_dir")),
     ):
         existing = Path(folder)
         while not os.path.exists(existing) and existing != existing.parent:
@@ -67,7 +74,7 @@ def check_paths(cfg: RunConfig, run_dir: Path) -> None:
         home = os.environ.get("LORA_V2T_HOME")
         cause = (
             f"; it comes from LORA_V2T_HOME={home}: point LORA_V2T_HOME at a folder, or"
-            if home and Path(folder).is_relative_to(home)
+            if home and Path(folder).is_relative_to(home) and key != "LORA_V2T_HOME"
             else ";"
         )
         if not os.path.isdir(existing):

@@ -178,6 +178,18 @@ def atomic_folder(path: str | Path, needed: int | None = None, advice: str = FRE
         raise
 
 
+def try_writing_in(folder: Path) -> None:
+    """Create a temporary folder (``.NAME.tmp-PID``) holding a small file in the existing ``folder``, then remove
+    both: raises the ``OSError`` of a place that looks writable but takes nothing (``/proc``, ``/sys``, a read-only
+    mount), before hours of work that end in writing there."""
+    probe = temporary_sibling(Path(folder) / "lora_v2t-write-check")
+    try:
+        probe.mkdir()
+        (probe / "check").write_bytes(b"")
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
 def replace_dir(src: Path, dst: Path) -> None:
     """Move the finished folder ``src`` to ``dst``; an older ``dst`` is removed only after the swap."""
     old = temporary_sibling(dst, "old")
