@@ -27,10 +27,47 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-class PrefixProjector(nn.Module):
+class Projector(nn.Module):
+    """What every projector has: the fields ``v2t_config.json`` records (:meth:`describe`), the slots it fills,
+    and a one-line refusal of vectors of another dimension."""
+
+    target_rms: torch.Tensor  # a buffer: the backbone's embedding scale, kept with the weights
+    kind: str
+
+    def record(
+        self, kind: str, embedding_dim: int, hidden_size: int, prefix_length: int, target_rms: float, hidden_dim
+    ) -> None:
+        """Set the recorded fields (``hidden_dim`` None: the backbone's hidden size)."""
+        self.kind, self.embedding_dim, self.hidden_size = kind, embedding_dim, hidden_size
+        self.prefix_length, self.hidden_dim = prefix_length, hidden_dim or hidden_size
+        self.register_buffer("target_rms", torch.tensor(float(target_rms)))
+
+    @property
+    def slots(self) -> int:
+        """Prefix positions the projector fills."""
+        return self.prefix_length
+
+    def check_input(self, vectors: torch.Tensor) -> None:
+        if vectors.shape[-1] != self.embedding_dim:
+            raise V2TError(
+                f"vectors have dimension {vectors.shape[-1]} but this projector expects {self.embedding_dim}"
+            )
+
+    def describe(self) -> dict:
+        """The fields v2t_config.json stores about this projector."""
+        return {
+            "kind": self.kind,
+            "embedding_dim": self.embedding_dim,
+            "hidden_size": self.hidden_size,
+            "prefix_length": self.prefix_length,
+            "hidden_dim": self.hidden_dim,
+            "target_rms": float(self.target_rms),
+        }
+
+
+class PrefixProjector(Projector):
     """Sentence vector (B, d) -> prefix embeddings (B, k, h) at the backbone's embedding scale."""
 
-    target_rms: torch.Tensor  # a buffer (registered in __init__)
     net: nn.Module
 
     def __init__(
@@ -52,13 +89,7 @@ class PrefixProjector(nn.Module):
                     f"zero-pad needs embedding_dim <= hidden_size, got {embedding_dim} > {hidden_size}; "
                     "use the 'linear' or 'mlp' projector"
                 )
-        self.kind = kind
-        self.embedding_dim = embedding_dim
-        self.hidden_size = hidden_size
-        self.prefix_length = prefix_length
-        self.hidden_dim = hidden_dim or hidden_size
-        # the RMS of the backbone's token embeddings, kept with the weights so a bundle is self-contained
-        self.register_buffer("target_rms", torch.tensor(float(target_rms)))
+        self.record(kind, embedding_dim, hidden_size, prefix_length, target_rms, hidden_dim)
         if kind == "linear":
             self.net = nn.Linear(embedding_dim, prefix_length * hidden_size)
         elif kind == "mlp":
@@ -74,10 +105,7 @@ class PrefixProjector(nn.Module):
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         """Map (B, d) vectors to (B, k, h) prefix embeddings."""
-        if vectors.shape[-1] != self.embedding_dim:
-            raise V2TError(
-                f"vectors have dimension {vectors.shape[-1]} but this projector expects {self.embedding_dim}"
-            )
+        self.check_input(vectors)
         if self.kind == "zero-pad":
             padded = nn.functional.pad(vectors, (0, self.hidden_size - self.embedding_dim))  # (B, h)
             rms = padded.pow(2).mean(-1, keepdim=True).clamp_min(1e-12).sqrt()
@@ -85,24 +113,8 @@ class PrefixProjector(nn.Module):
         out = self.net(vectors).view(vectors.shape[0], self.prefix_length, self.hidden_size)  # (B, k, h)
         return self.norm(out)
 
-    @property
-    def slots(self) -> int:
-        """Prefix positions the projector fills."""
-        return self.prefix_length
 
-    def describe(self) -> dict:
-        """The fields v2t_config.json stores about this projector."""
-        return {
-            "kind": self.kind,
-            "embedding_dim": self.embedding_dim,
-            "hidden_size": self.hidden_size,
-            "prefix_length": self.prefix_length,
-            "hidden_dim": self.hidden_dim,
-            "target_rms": float(self.target_rms),
-        }
-
-
-class SplitProjector(nn.Module):
+class SplitProjector(Projector):
     """A corrector's projector: ``[v, e, v - e]`` (B, 3d) -> (B, 3k, h), each vector through its own ``mlp``
     :class:`PrefixProjector` of k slots (``parts`` 0, 1, 2: v, e, v - e).
 
@@ -111,8 +123,7 @@ class SplitProjector(nn.Module):
     for v and e can start as a trained hypothesizer's projector (:mod:`lora_v2t.train.warmstart`).
     """
 
-    target_rms: torch.Tensor  # a buffer (registered in __init__)
-    kind = "split"
+    KIND = "split"
     PARTS = ("v", "e", "v - e")
 
     def __init__(
@@ -129,20 +140,15 @@ class SplitProjector(nn.Module):
                 f"the split projector reads a corrector's three vectors [v, e, v - e], not {embedding_dim}-d "
                 "rows: use it with training.role=corrector"
             )
-        self.embedding_dim, self.hidden_size, self.prefix_length = embedding_dim, hidden_size, prefix_length
+        self.record(self.KIND, embedding_dim, hidden_size, prefix_length, target_rms, hidden_dim)
         part_dim = embedding_dim // len(self.PARTS)
         self.parts = nn.ModuleList(
             PrefixProjector("mlp", part_dim, hidden_size, prefix_length, target_rms, hidden_dim) for _ in self.PARTS
         )
-        self.hidden_dim = self.parts[0].hidden_dim
-        self.register_buffer("target_rms", torch.tensor(float(target_rms)))
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         """Map (B, 3d) rows to (B, 3k, h): the slots of v, then of e, then of v - e."""
-        if vectors.shape[-1] != self.embedding_dim:
-            raise V2TError(
-                f"vectors have dimension {vectors.shape[-1]} but this projector expects {self.embedding_dim}"
-            )
+        self.check_input(vectors)
         chunks = vectors.split(self.embedding_dim // len(self.PARTS), dim=-1)
         return torch.cat([part(chunk) for part, chunk in zip(self.parts, chunks, strict=True)], dim=1)
 
@@ -151,26 +157,12 @@ class SplitProjector(nn.Module):
         """Prefix positions the projector fills: ``prefix_length`` for each of the three vectors."""
         return len(self.PARTS) * self.prefix_length
 
-    def describe(self) -> dict:
-        """The fields v2t_config.json stores about this projector (``prefix_length``: slots per vector)."""
-        return {
-            "kind": self.kind,
-            "embedding_dim": self.embedding_dim,
-            "hidden_size": self.hidden_size,
-            "prefix_length": self.prefix_length,
-            "hidden_dim": self.hidden_dim,
-            "target_rms": float(self.target_rms),
-        }
-
-
-Projector = PrefixProjector | SplitProjector
-
 
 def make_projector(
     kind: str, embedding_dim: int, hidden_size: int, prefix_length: int, target_rms: float, hidden_dim: int | None
 ) -> Projector:
     """The projector of ``kind`` (see the module's docstring)."""
-    if kind == SplitProjector.kind:
+    if kind == SplitProjector.KIND:
         return SplitProjector(embedding_dim, hidden_size, prefix_length, target_rms, hidden_dim)
     return PrefixProjector(kind, embedding_dim, hidden_size, prefix_length, target_rms, hidden_dim)
 
