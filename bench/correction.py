@@ -169,7 +169,7 @@ def budget_curve(args, v2t, vectors: np.ndarray, data) -> None:
     from lora_v2t.util.errors import V2TError
 
     budgets = sorted({int(b) for b in args.budgets.split(",")})
-    has_corrector = args.corrector != "none" and bool(args.corrector or v2t.meta.get("corrector"))
+    has_corrector = args.corrector != "none" and bool(args.corrector or v2t.meta.corrector)
     corrector = None if args.corrector in (None, "none") else args.corrector
     boot = np.random.default_rng(0).integers(0, len(vectors), (200, len(vectors)))
     v2t.generate(vectors[:2])  # warm up (the first call builds the decoding vocabulary)

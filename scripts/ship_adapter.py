@@ -51,7 +51,7 @@ def main() -> None:
         train_texts = prepare_data(cfg, v2t.encoder, show_progress=False).train_texts
         v2t.set_output_vocab(tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens).vocab)
         print(f"output vocabulary rebuilt from the corpus: {v2t.output_vocab.numel()} tokens")
-    metrics = {"val_loss": v2t.meta["training"].get("metrics", {}).get("val_loss")}
+    metrics = {"val_loss": v2t.meta.training.get("metrics", {}).get("val_loss")}
     for report in args.eval:
         summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
         decoded = summary.get("output_vocab", "full")
@@ -67,23 +67,23 @@ def main() -> None:
             for metric in ("bleu", "chrf", "cosine"):
                 if metric in scores:
                     metrics[f"{data} {name} {metric} (n={summary['sentences']})"] = round(scores[metric]["value"], 4)
-    v2t.meta["training"]["metrics"] = metrics
+    v2t.meta.training["metrics"] = metrics
     # what it trained on (runs of lora_v2t before it recorded this): lets a corrector's data be checked unseen
-    sample = v2t.meta["training"].setdefault(
+    sample = v2t.meta.training.setdefault(
         "sample",
         {
             k: getattr(cfg.data, k)
             for k in ("train", "val", "val_size", "max_sentences", "min_chars", "max_chars", "seed")
         },
     )
-    portable_paths(v2t.meta["training"], sample, cfg.data)
+    portable_paths(v2t.meta.training, sample, cfg.data)
     if args.corrector:
-        v2t.meta["corrector"] = args.corrector
+        v2t.meta.corrector = args.corrector
     training = {}
     if v2t.role == "hypothesizer":
         training["samples"] = [{"text": t, "generated": g} for t, g in zip(SAMPLES, v2t.invert(SAMPLES), strict=True)]
     v2t.save_adapter(args.out, training=training)
-    print(json.dumps(v2t.meta["training"], indent=1, ensure_ascii=False))
+    print(json.dumps(v2t.meta.training, indent=1, ensure_ascii=False))
     print(f"shipped: {args.out}")
 
 

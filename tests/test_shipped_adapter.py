@@ -16,7 +16,8 @@ ADAPTERS = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters"
 SHIPPED = ADAPTERS / "use-gemma270m-ru"  # the first one (prefix 1, fp32); the demo shows it
 V2 = ADAPTERS / "use-gemma270m-ru-v2"  # the retuned hypothesizer (prefix 4, bf16), with its corrector
 CORRECTOR = ADAPTERS / "use-gemma270m-ru-v2-corrector"
-HYPOTHESIZERS = {SHIPPED: "float32", V2: "bfloat16"}  # each with the compute dtype it trained in
+V3 = ADAPTERS / "use-gemma270m-ru-v3"  # v2 continued (training.init_adapter), no corrector of its own yet
+HYPOTHESIZERS = {SHIPPED: "float32", V2: "bfloat16", V3: "bfloat16"}  # each with the compute dtype it trained in
 
 
 @pytest.mark.parametrize("folder", HYPOTHESIZERS, ids=lambda p: p.name)
