@@ -119,13 +119,13 @@ def pair_up(targets: list[str], columns: list[list[str | None]], dc: DataConfig)
     pair of the first column that has one. ``data.no_hypothesis`` of the training sentences also get a pair
     without a hypothesis; ``data.max_sentences`` limits the training sentences.
     """
-    by_sentence = []
+    by_sentence, matching = [], 0
     for row, target in enumerate(targets):
         texts = [c[row] for c in columns]
+        matching += texts.count(target)
         kept = [h for h in dict.fromkeys(t for t in texts if t and t.strip()) if dc.keep_matching or h != target]
         if kept:
             by_sentence.append((target, kept))
-    matching = sum(1 for row, t in enumerate(targets) for c in columns if c[row] == t)
     logger.info(
         "corrector pairs: %d of %d sentences have a hypothesis to correct (%d hypotheses equal to their sentence %s)",
         len(by_sentence),
