@@ -73,6 +73,12 @@ def main() -> None:
         "instead of the comparison above, e.g. 1,4,8,16",
     )
     parser.add_argument(
+        "--systems",
+        default=",".join(CURVE_SYSTEMS),
+        help=f"with --budgets: the systems to run, comma-separated among {', '.join(CURVE_SYSTEMS)} "
+        "(default: all; budget 1 is always the greedy hypothesis)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         help="results (default: bench/results/correction.json, correction_budgets.json with --budgets)",
@@ -169,6 +175,9 @@ def budget_curve(args, v2t, vectors: np.ndarray, data) -> None:
     from lora_v2t.util.errors import V2TError
 
     budgets = sorted({int(b) for b in args.budgets.split(",")})
+    systems = {n.strip() for n in args.systems.split(",")}
+    if not systems <= set(CURVE_SYSTEMS):
+        raise SystemExit(f"--systems: names among {', '.join(CURVE_SYSTEMS)}, got {args.systems!r}")
     has_corrector = args.corrector != "none" and bool(args.corrector or v2t.meta.corrector)
     corrector = None if args.corrector in (None, "none") else args.corrector
     boot = np.random.default_rng(0).integers(0, len(vectors), (200, len(vectors)))
@@ -178,6 +187,8 @@ def budget_curve(args, v2t, vectors: np.ndarray, data) -> None:
         done = {}
         for name, sources in CURVE_SYSTEMS.items():
             if budget == 1 and name != "rule" or name in ("corrector", "mixed") and not has_corrector:
+                continue
+            if budget > 1 and name not in systems:
                 continue
             try:
                 plan = plan_budget(budget, sources, corrector=corrector, has_corrector=has_corrector)
@@ -202,6 +213,7 @@ def budget_curve(args, v2t, vectors: np.ndarray, data) -> None:
                     "spent": round(float(trace.spent.mean()), 2),
                     "seconds_per_sentence": round(seconds / len(vectors), 3),
                     **{m: round(scores[m][0], 4) for m in ("cosine", "chrf", "exact_match")},
+                    "cosine_interval": [round(x, 4) for x in scores["cosine"][1:]],
                 }
             )
             done[key] = rows[-1]

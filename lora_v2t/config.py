@@ -37,6 +37,9 @@ DTYPES = get_args(DType)
 TRAINABLE = get_args(Trainable)
 LOSS_VOCABS = get_args(LossVocab)
 MIXED_PRECISIONS = get_args(MixedPrecision)
+# decodes per vector the commands generate, invert and evaluate spend when no option chooses the candidates
+# (the measured curve behind it: lora_v2t.model.beam)
+DEFAULT_BUDGET = 8
 SEED_LIMIT = 2**63  # torch.manual_seed takes 0 .. SEED_LIMIT - 1
 RECIPE_SEED_LIMIT = 2**32  # a recipe's seeds also seed numpy, which takes 0 .. 2**32 - 1
 INT8_THRESHOLD = 6.0  # bitsandbytes' own LLM.int8 outlier threshold

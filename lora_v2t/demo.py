@@ -1,8 +1,9 @@
 """The offline main job: what the toolkit is for, then an adapter trained here, with no internet.
 
-1. The shipped adapter (``checkpoints/adapters/use-gemma270m-ru-v2``) writes back sentences it never saw (a
-   held-out list written for this project), each with the cosine between its vector and the vector of what
-   came back.
+1. The shipped adapter (``checkpoints/adapters/use-gemma270m-ru-v3``) writes back sentences it never saw (a
+   held-out list written for this project): its greedy text beside the text at the commands' default budget
+   (:data:`~lora_v2t.config.DEFAULT_BUDGET` decodes per vector), each with the cosine between its vector and
+   the vector of what came back.
 2. A new adapter trains for the announced minutes on Russian sentences (``../shared/data/ru/train.txt`` when it
    is there, else the small sample shipped with the package), validating on the held-out sentences and printing
    their reconstructions as they get closer. Interrupted, it resumes on the next run.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import (
+    DEFAULT_BUDGET,
     OFFLINE_BACKBONE,
     OFFLINE_ENCODER,
     BackboneConfig,
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_SENTENCES = files("lora_v2t") / "resources" / "demo_ru.txt"  # a small sample written for the project
 HELD_OUT = files("lora_v2t") / "resources" / "heldout_ru.txt"  # in no training file, nor in the dev sets
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru-v2"
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru-v3"
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "train.txt"
 # the run folder's name: a new one whenever the demo's recipe changes, since an older demo's folder would be
 # refused on resume (another recipe) or reused as it is
@@ -146,18 +148,30 @@ def shipped_minutes(v2t: Vector2Text | None) -> str:
 
 
 def show_shipped(shipped: Path | None, held_out: list[str]):
-    """Part 1: the shipped adapter on sentences it never saw, with cosines; returns it loaded (or None)."""
+    """Part 1: the shipped adapter on sentences it never saw, its greedy text beside the text at the commands'
+    default budget, with cosines; returns it loaded (or None)."""
     from .bundle.loading import load_adapter
 
     if shipped is None:
         print("(No shipped adapter in this installation: part 1 is skipped.)\n")
         return None
     print(
-        f"1. The shipped adapter {shipped.name} writes back sentences it never saw, from their vectors alone:",
+        f"1. The shipped adapter {shipped.name} writes back sentences it never saw, from their vectors alone: "
+        f"its greedy text (1 decode per vector), then the text `lora-v2t generate` gives by default (a budget "
+        f"of {DEFAULT_BUDGET} decodes: the greedy text and {DEFAULT_BUDGET - 1} beams, keeping the one whose "
+        "vector is closest):",
         flush=True,
     )
     v2t = load_adapter(shipped, device="cpu")
-    print_reconstructions(v2t, held_out)
+    vectors = v2t.encode(held_out)
+    greedy = v2t.generate(vectors, rerank=True)
+    budgeted = v2t.generate(vectors, rerank=True, budget=DEFAULT_BUDGET)
+    for original, first, best in zip(held_out, greedy, budgeted, strict=True):
+        print(f"   {shown(original)}")
+        print(f"      greedy    ==> {shown(first.text)}    [cos {first.cosine:.2f}]")
+        print(f"      budget {DEFAULT_BUDGET:<2} ==> {shown(best.text)}    [cos {best.cosine:.2f}]")
+    mean = sum(r.cosine for r in greedy) / len(greedy), sum(r.cosine for r in budgeted) / len(budgeted)
+    print(f"   mean cosine: greedy {mean[0]:.3f}, budget {DEFAULT_BUDGET} {mean[1]:.3f}\n", flush=True)
     return v2t
 
 

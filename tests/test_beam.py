@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lora_v2t import V2TError, load_adapter
+from lora_v2t.config import DEFAULT_BUDGET
 from lora_v2t.model import correct as correct_module
 from lora_v2t.model.beam import SOURCES, least_budget, parse_sources, plan_budget
 from lora_v2t.model.correct import SHIFT, Beam, CorrectionConfig, condition, correct
@@ -236,7 +237,8 @@ def test_a_budget_with_explicit_correction_knobs_is_refused(v2t):
         ),
         (["--budget", "6", "--sources", "beams,shift,corrector"], "the least budget that works is 7"),
         (["--budget", "4", "--correct-steps", "1"], "drop --correct-steps"),
-        (["--sources", "beams"], "give --budget N too"),
+        (["--sources", "beams", "--num-beams", "2"], "--num-beams chooses the candidates itself"),
+        (["--sample-proposals", "--rerank", "2"], "--rerank chooses the candidates itself"),
         (["--budget", "8", "--sources", "beams", "--sample-proposals"], "sampled proposals are the corrector's"),
     ],
 )
@@ -389,7 +391,7 @@ def test_invert_outputs_begun_before_budgets_continue_at_one_decode(bundles, tmp
         "--batch-size",
         "2",
     ]
-    assert main(base) == 0
+    assert main(base + ["--budget", "1"]) == 0
     meta_file = tmp_path / "rows.jsonl.meta.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     assert meta["budget"] == 1 and "budget_plan" not in meta
@@ -397,10 +399,30 @@ def test_invert_outputs_begun_before_budgets_continue_at_one_decode(bundles, tmp
     meta_file.write_text(json.dumps(meta), encoding="utf-8")
     lines = out.read_text(encoding="utf-8").splitlines()
     out.write_text("\n".join(lines[:2]) + "\n", encoding="utf-8")
-    assert main(base + ["--budget", "1"]) == 0
+    assert main(base) == 0  # the same command again, without --budget: it continues as the file was begun
     assert out.read_text(encoding="utf-8").splitlines() == lines
     assert main(base[:-2] + ["--budget", "5", "--sources", "beams"]) == 2
     assert "another budget (1, now 5)" in one_error(capsys)
+
+
+def test_invert_spends_the_default_budget_on_new_outputs_unless_the_candidates_are_chosen(bundles, tmp_path):
+    from lora_v2t.cli import main
+
+    hyp_dir, _ = bundles
+    data = tmp_path / "two.txt"
+    data.write_text("\n".join(SENTENCES[:2]) + "\n", encoding="utf-8")
+    base = ["invert", "--adapter", str(hyp_dir), "--texts", str(data), "--max-new-tokens", "4", "--no-progress"]
+    for name, extra, budget in (
+        ("plain", [], DEFAULT_BUDGET),
+        ("sampled", ["--do-sample", "--seed", "1"], 1),  # sampling chooses the candidates: no budget
+        ("beams", ["--num-beams", "2"], 1),
+        ("asked", ["--budget", "3"], 3),
+    ):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(base + ["--out", str(out), *extra]) == 0
+        meta = json.loads(out.with_name(out.name + ".meta.json").read_text(encoding="utf-8"))
+        assert meta["budget"] == budget, name
+        assert ("budget_plan" in meta) == (budget > 1), name
 
 
 def test_audit_passes_its_budget_to_the_inversion(bundles, tmp_path, capsys):

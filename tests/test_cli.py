@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lora_v2t.cli import main
-from lora_v2t.config import GenerationConfig
+from lora_v2t.config import DEFAULT_BUDGET, GenerationConfig
 
 from .conftest import first_token_vocab, only_made_of
 
@@ -35,7 +35,8 @@ def test_generate_from_text(bundle, v2t, capsys):
         == 0
     )
     lines = capsys.readouterr().out.strip().splitlines()
-    expected = v2t.invert(["Где лодка?", "Кошка спит."], max_new_tokens=6)
+    # unasked, the command spends the default budget (the greedy text and reranked beams)
+    expected = v2t.invert(["Где лодка?", "Кошка спит."], max_new_tokens=6, budget=DEFAULT_BUDGET)
     assert lines == [f"Где лодка? ==> {expected[0]}", f"Кошка спит. ==> {expected[1]}"]
 
 
@@ -103,6 +104,7 @@ def test_generate_keeps_to_the_output_vocabulary_unless_full_vocab(v2t, tmp_path
     finally:
         v2t.set_output_vocab(None)
     args = ["generate", "--adapter", str(bundle), "--text", "Где лодка?", "Кошка спит.", "--max-new-tokens", "6"]
+    args += ["--budget", "1"]  # greedy, as v2t.invert below
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" ==>")[0] for line in lines] == ["Где лодка?", "Кошка спит."]
@@ -353,6 +355,8 @@ def test_no_repeat_ngram_size_reaches_decoding(bundle, v2t, capsys):
                 "--max-new-tokens",
                 "12",
                 "--no-repeat-ngram-size",
+                "1",
+                "--budget",
                 "1",
                 "--json",
             ]

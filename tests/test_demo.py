@@ -6,6 +6,7 @@ import lora_v2t.train.evaluation as evaluation_module
 import lora_v2t.train.trainer as train_module
 from lora_v2t import load_adapter
 from lora_v2t.bundle.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
+from lora_v2t.config import DEFAULT_BUDGET
 from lora_v2t.demo import (
     DEMO_RUN,
     DEMO_SENTENCES,
@@ -77,6 +78,10 @@ def test_demo_code_path_on_tiny_models_and_resume(
     out = capsys.readouterr().out
     assert out.startswith("lora_v2t demo: about 7 minutes")
     assert "1. The shipped adapter shipped writes back sentences it never saw" in out and "[cos " in out
+    # each held-out sentence: the greedy text, then the text at the default budget, both with their cosines
+    held = [s for s in HELD_OUT.read_text(encoding="utf-8").splitlines() if s.strip()]
+    assert out.count("      greedy    ==> ") == out.count(f"      budget {DEFAULT_BUDGET:<2} ==> ") == len(held)
+    assert "mean cosine: greedy " in out and f", budget {DEFAULT_BUDGET} " in out
     final = run_demo(cfg)  # picks up where it stopped
     out = capsys.readouterr().out
     assert "Resuming the interrupted demo from step-000008" in out
@@ -87,7 +92,7 @@ def test_demo_code_path_on_tiny_models_and_resume(
     assert shown and shown <= held_out  # validation and samples are held-out sentences only
     assert sorted(p.name for p in final.iterdir()) == sorted(BUNDLE_FILES + (OUTPUT_VOCAB_FILE,))  # corpus loss
     assert "3. Both adapters on one base: switching between them takes" in out and " ms (median of 10" in out
-    assert "load_adapter(" in out and out.count("[cos ") == 2 * len(held_out)
+    assert "load_adapter(" in out and out.count("[cos ") == 3 * len(held_out)  # parts 1 (twice) and 3
     assert not list((tmp_path / DEMO_RUN).glob(".*"))  # nothing half-written left behind
     assert out.rstrip().endswith("make a rough adapter.")  # the tiny shipped adapter records no training
     assert shipped_minutes(load_adapter(final, device="cpu")) == "; the shipped one trained for 0 minutes"

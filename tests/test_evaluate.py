@@ -7,6 +7,7 @@ import pytest
 from lora_v2t import V2TError
 from lora_v2t.bundle.adapter import BUNDLE_FILES
 from lora_v2t.cli import main
+from lora_v2t.config import DEFAULT_BUDGET
 from lora_v2t.tasks.evalfile import EvalData, read_eval_file
 from lora_v2t.tasks.evaluate import evaluate
 from lora_v2t.tasks.metrics import bootstrap_interval, exact_match, score_outputs, token_f1
@@ -208,6 +209,20 @@ def test_evaluate_cli_default_report_folder(v2t, tmp_path, capsys, monkeypatch):
     )
     assert (tmp_path / "eval" / f"{tmp_path.name}-bundle-dev" / "summary.md").is_file()
     assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)  # nothing added to the bundle
+
+
+def test_evaluate_cli_spends_the_default_budget_unless_rerank_is_given(v2t, tmp_path):
+    bundle = v2t.save_adapter(tmp_path / "bundle")
+    (tmp_path / "dev.txt").write_text("Где лодка?\nКошка спит.\n")
+    base = ["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--max-new-tokens", "4"]
+    base += ["--resamples", "10", "--no-progress"]
+    for name, extra, systems in (
+        ("plain", [], ["greedy", f"budget-{DEFAULT_BUDGET}"]),
+        ("reranked", ["--rerank", "3"], ["greedy", "reranked (greedy + 3 beams)"]),
+    ):
+        assert main(base + ["--out", str(tmp_path / name)] + extra) == 0
+        summary = json.loads((tmp_path / name / "summary.json").read_text(encoding="utf-8"))
+        assert list(summary["scores"]) == systems, name
 
 
 def test_evaluate_from_vectors_of_the_wrong_dimension(v2t, tmp_path, capsys):

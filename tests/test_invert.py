@@ -7,6 +7,7 @@ import pytest
 
 from lora_v2t import V2TError
 from lora_v2t.cli import main
+from lora_v2t.config import DEFAULT_BUDGET
 from lora_v2t.tasks.invert import InvertJob, format_rows, invert_file, prepare_job
 from lora_v2t.util.textfile import split_lines, unescape_tsv
 
@@ -269,7 +270,10 @@ def test_cli_inverts_a_text_file_and_refuses_a_wrong_output_name(bundle, v2t, tm
         == 0
     )
     assert "3 rows written to" in capsys.readouterr().out
-    assert [r["text"] for r in rows_of(tmp_path / "o.jsonl")] == v2t.invert(SENTENCES[:3], max_new_tokens=4)
+    # unasked, the default budget: the rows are the texts Vector2Text.generate gives at that budget
+    assert [r["text"] for r in rows_of(tmp_path / "o.jsonl")] == v2t.invert(
+        SENTENCES[:3], max_new_tokens=4, budget=DEFAULT_BUDGET
+    )
     assert main(["invert", "--adapter", str(bundle), "--texts", str(texts), "--out", str(tmp_path / "o.csv")]) == 2
     assert "must end in .jsonl or .tsv" in capsys.readouterr().err
     texts.write_text("Где лодка?\n\nКошка спит.\n", encoding="utf-8")

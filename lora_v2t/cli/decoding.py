@@ -20,6 +20,7 @@ from .options import (
     _correction,
     _decoding_options,
     _load,
+    _own_candidates,
     _rerank_options,
 )
 
@@ -126,7 +127,7 @@ def _add_invert_command(sub) -> None:
     inv.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_loading_options(inv)
     _add_generation_options(inv, candidates=False)  # one text per row: no candidates, no reranking
-    _add_budget_options(inv, corrector=True)
+    _add_budget_options(inv, corrector=True, resumable=True)
     inv.set_defaults(func=cmd_invert, num_return_sequences=None, rerank=False)
 
 
@@ -276,7 +277,7 @@ def cmd_invert(args) -> int:
     from ..bundle.adapter import validate_bundle
     from ..bundle.hub import resolve_adapter
     from ..bundle.loading import load_dtype
-    from ..tasks.invert import InvertJob, output_lock, prepare_job, run_job
+    from ..tasks.invert import InvertJob, output_lock, prepare_job, recorded_budget, run_job
 
     if args.vectors is not None and args.vectors.suffix != ".npy":
         raise V2TError(f"--vectors takes a .npy file, got {args.vectors}: give sentences with --texts")
@@ -286,6 +287,8 @@ def cmd_invert(args) -> int:
     args.adapter = resolve_adapter(args.adapter, args.revision)
     config = validate_bundle(args.adapter)
     options = _decoding_options(args)  # the batch size is the job's own (chosen from free memory if unset)
+    if args.budget is None and not _own_candidates(args):  # an output begun before continues as begun
+        args.budget = recorded_budget(args.out)
     plan = _budget(args, config)  # checks the corrector a budget uses, with the explicit knobs beside it
     job = InvertJob(
         source=str(args.vectors or args.texts),

@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..bundle.format import BundleConfig
-from ..config import DTYPES, QUANTIZATION_MODES, SEED_LIMIT, GenerationConfig
+from ..config import DEFAULT_BUDGET, DTYPES, QUANTIZATION_MODES, SEED_LIMIT, GenerationConfig
 from ..util.errors import V2TError
 
 logger = logging.getLogger("lora_v2t")
@@ -81,16 +81,19 @@ def _add_correction_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False) -> None:
-    """--budget and how it is spent; ``corrector``: also --corrector (a command without correction options)."""
+def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False, resumable: bool = False) -> None:
+    """--budget and how it is spent; ``corrector``: also --corrector (a command without correction options);
+    ``resumable``: the command continues an output with the budget it was begun with."""
     g = parser.add_argument_group("budget (see lora_v2t.model.beam)")
     g.add_argument(
         "--budget",
         metavar="N",
-        help="decodes per vector (an integer >= 1; default 1 = greedy), keeping the text closest to "
-        "the vector: by the measured rule of lora_v2t.model.beam, the greedy text and N - 1 reranked "
-        "beams (N = 2: one step of the corrector the adapter names); with --sources, beams, then "
-        "correction steps whose width and proposals follow from N",
+        help="decodes per vector (an integer >= 1; 1 = the greedy text alone, the fastest), keeping the "
+        "text closest to the vector: by the measured rule of lora_v2t.model.beam, the greedy text and N - 1 "
+        "reranked beams (N = 2: one step of the corrector the adapter names); with --sources, beams, then "
+        f"correction steps whose width and proposals follow from N. Default: {DEFAULT_BUDGET}, unless options "
+        "that choose the candidates themselves are given (beams, sampling, reranking, correction steps)"
+        + (" or --out was begun with another budget (it continues with that one)" if resumable else ""),
     )
     g.add_argument(
         "--sources",
@@ -113,18 +116,23 @@ def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False
 
 
 def _budget(args, config: BundleConfig):
-    """The plan of the command line's --budget (None without one), checked with the corrector's bundle before any
-    model loads; refuses the explicit correction knobs beside it."""
+    """The plan of the command line's --budget, checked with the corrector's bundle before any model loads;
+    refuses the explicit correction knobs beside it. Without --budget: the default budget
+    (:data:`lora_v2t.config.DEFAULT_BUDGET`) unless options that choose the candidates themselves are
+    given (then None: the expert's own decoding)."""
     from ..model.beam import CORRECTOR, parse_budget, plan_budget
 
     if args.budget is None:
-        corrector_alone = args.corrector and not hasattr(args, "correct_steps")  # invert's: only for a budget
-        if args.sources is not None or args.sample_proposals or corrector_alone:
-            raise V2TError(
-                "--sources, --sample-proposals and --corrector choose how a budget is spent: give --budget N too"
-            )
-        return None
-    budget = parse_budget(args.budget)
+        own = _own_candidates(args)
+        if own:
+            corrector_alone = args.corrector and not hasattr(args, "correct_steps")  # invert's: only for a budget
+            if args.sources is not None or args.sample_proposals or corrector_alone:
+                raise V2TError(
+                    f"--sources, --sample-proposals and --corrector choose how a budget is spent, {own[0]} "
+                    "chooses the candidates itself: drop one of them (or give --budget N)"
+                )
+            return None
+    budget = DEFAULT_BUDGET if args.budget is None else parse_budget(args.budget)
     given = [
         flag
         for flag, name, unset in (
@@ -151,6 +159,21 @@ def _budget(args, config: BundleConfig):
     if CORRECTOR in plan.proposers and plan.steps:
         _corrector_bundle(args.adapter, config, plan.corrector)
     return plan
+
+
+def _own_candidates(args) -> list[str]:
+    """The options given that choose the candidates without a budget (beams, sampling, reranking, correction
+    steps): with any of them a command decodes as they say instead of spending the default budget."""
+    rerank = getattr(args, "rerank", None)
+    given = [
+        ("--num-beams", getattr(args, "num_beams", None) is not None),
+        ("--do-sample", bool(getattr(args, "do_sample", None))),
+        ("--num-return-sequences", getattr(args, "num_return_sequences", None) is not None),
+        ("--rerank", rerank is not None and rerank is not False),
+        ("--correct-steps", bool(getattr(args, "correct_steps", 0))),
+        ("--correct-width", getattr(args, "correct_width", 1) != 1),
+    ]
+    return [flag for flag, on in given if on]
 
 
 def _correction(args, config: BundleConfig):

@@ -154,6 +154,16 @@ def budget_plan(job: InvertJob, config: BundleConfig) -> dict | None:
     return described
 
 
+def recorded_budget(out: str | Path) -> int | None:
+    """The budget an existing output was begun with (1 for one begun before budgets), so that running the same
+    command again continues it; None when OUT has no readable meta file (a new output)."""
+    try:
+        saved = json.loads(Path(str(out) + ".meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # prepare_output names what is wrong with it
+    return saved.get("budget", 1) if isinstance(saved, dict) else None
+
+
 def prepare_output(job: InvertJob, identity: dict, source: Source | None = None) -> int:
     """Check OUT against its meta file, drop a row cut short by a crash; return the next source row to invert."""
     out, meta = Path(job.out), Path(job.out + ".meta.json")
