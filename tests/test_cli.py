@@ -40,6 +40,16 @@ def test_generate_from_text(bundle, v2t, capsys):
     assert lines == [f"Где лодка? ==> {expected[0]}", f"Кошка спит. ==> {expected[1]}"]
 
 
+def test_a_bare_rerank_prints_the_cosine_of_the_default_budgets_text(bundle, v2t, capsys):
+    argv = ["generate", "--adapter", str(bundle), "--text", "Где лодка?", "--max-new-tokens", "6", "--json"]
+    assert main(argv + ["--rerank"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = v2t.invert(["Где лодка?"], max_new_tokens=6, budget=DEFAULT_BUDGET, rerank=True)[0]
+    assert printed["generated"] == expected.text and printed["cosine"] == round(expected.cosine, 4)
+    assert main(argv + ["--rerank", "1"]) == 0  # --rerank N chooses the candidates itself: one, greedy
+    assert json.loads(capsys.readouterr().out)["generated"] == v2t.invert(["Где лодка?"], max_new_tokens=6)[0]
+
+
 def test_generate_from_vectors_as_json_with_rerank(bundle, v2t, tmp_path, capsys):
     vectors = v2t.encode(["Где лодка?"])
     np.save(tmp_path / "v.npy", vectors)

@@ -92,7 +92,7 @@ def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False
         "text closest to the vector: by the measured rule of lora_v2t.model.beam, the greedy text and N - 1 "
         "reranked beams (N = 2: one step of the corrector the adapter names); with --sources, beams, then "
         f"correction steps whose width and proposals follow from N. Default: {DEFAULT_BUDGET}, unless options "
-        "that choose the candidates themselves are given (beams, sampling, reranking, correction steps)"
+        "that choose the candidates themselves are given (beams, sampling, --rerank N, correction steps)"
         + (" or --out was begun with another budget (it continues with that one)" if resumable else ""),
     )
     g.add_argument(
@@ -169,7 +169,7 @@ def _own_candidates(args) -> list[str]:
         ("--num-beams", getattr(args, "num_beams", None) is not None),
         ("--do-sample", bool(getattr(args, "do_sample", None))),
         ("--num-return-sequences", getattr(args, "num_return_sequences", None) is not None),
-        ("--rerank", rerank is not None and rerank is not False),
+        ("--rerank", type(rerank) is int),  # --rerank N; a bare --rerank only asks generate for the cosine
         ("--correct-steps", bool(getattr(args, "correct_steps", 0))),
         ("--correct-width", getattr(args, "correct_width", 1) != 1),
     ]
