@@ -84,6 +84,8 @@ def main() -> None:
         help="results (default: bench/results/correction.json, correction_budgets.json with --budgets)",
     )
     args = parser.parse_args()
+    if args.systems != ",".join(CURVE_SYSTEMS) and not args.budgets:
+        parser.error("--systems chooses among the systems of the cost-quality curve: give --budgets too")
     args.out = args.out or ROOT / "bench" / "results" / (
         "correction_budgets.json" if args.budgets else "correction.json"
     )

@@ -63,7 +63,7 @@ def main() -> None:
             )
         data = Path(summary.get("data") or report.name).stem
         for system, scores in summary["scores"].items():
-            name = system.split()[0]  # greedy, reranked, corrected-N or reranked+corrected-N
+            name = system.split()[0]  # greedy, reranked, corrected-N, reranked+corrected-N or budget-N
             for metric in ("bleu", "chrf", "cosine"):
                 if metric in scores:
                     metrics[f"{data} {name} {metric} (n={summary['sentences']})"] = round(scores[metric]["value"], 4)

@@ -237,9 +237,15 @@ def test_a_budget_with_explicit_correction_knobs_is_refused(v2t):
         ),
         (["--budget", "6", "--sources", "beams,shift,corrector"], "the least budget that works is 7"),
         (["--budget", "4", "--correct-steps", "1"], "drop --correct-steps"),
-        (["--sources", "beams", "--num-beams", "2"], "--num-beams chooses the candidates itself"),
-        (["--sample-proposals", "--rerank", "2"], "--rerank chooses the candidates itself"),
+        (["--sources", "beams", "--num-beams", "2"], "--num-beams chooses the candidates without one"),
+        (["--sample-proposals", "--rerank", "2"], "--rerank chooses the candidates without one"),
         (["--budget", "8", "--sources", "beams", "--sample-proposals"], "sampled proposals are the corrector's"),
+        (["--budget", "4", "--num-beams", "2"], "drop --num-beams, or drop --budget"),
+        (["--budget", "4", "--do-sample"], "drop --do-sample, or drop --budget"),
+        (
+            ["--budget", "8", "--corrector", "../corr"],
+            "--corrector ../corr would not be used: budget 8 is spent on beams",
+        ),
     ],
 )
 def test_bad_budgets_on_the_command_line_are_one_line_before_loading(bundles, extra, message, capsys, no_model_load):
@@ -403,6 +409,56 @@ def test_invert_outputs_begun_before_budgets_continue_at_one_decode(bundles, tmp
     assert out.read_text(encoding="utf-8").splitlines() == lines
     assert main(base[:-2] + ["--budget", "5", "--sources", "beams"]) == 2
     assert "another budget (1, now 5)" in one_error(capsys)
+
+
+def test_an_encoder_that_cannot_embed_text_decodes_greedily_unless_a_budget_is_asked(
+    bundles, tmp_path, capsys, no_model_load
+):
+    from lora_v2t.cli import main
+
+    hyp_dir, _ = bundles
+    config = json.loads((hyp_dir / "v2t_config.json").read_text(encoding="utf-8"))
+    config["encoder"]["spec"] = f"precomputed:{config['encoder']['dim']}"
+    (hyp_dir / "v2t_config.json").write_text(json.dumps(config), encoding="utf-8")
+    np.save(tmp_path / "v.npy", np.ones((1, config["encoder"]["dim"]), dtype=np.float32))
+    argv = [
+        "invert",
+        "--adapter",
+        str(hyp_dir),
+        "--vectors",
+        str(tmp_path / "v.npy"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+    ]
+    assert main(argv + ["--budget", "4"]) == 2
+    assert "cannot embed text: give --encoder SPEC (the encoder that made the vectors) or --budget 1" in one_error(
+        capsys
+    )
+    with pytest.raises(AssertionError, match="the models were loaded"):  # unasked: greedy, and it loads
+        main(argv)
+    meta = json.loads((tmp_path / "o.jsonl.meta.json").read_text(encoding="utf-8"))
+    assert meta["budget"] == 1
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"budget": "8"}, "records budget '8', not a number of decodes >= 1"),
+        ({"budget": 0}, "records budget 0, not a number"),
+        ([1, 2], "is not the meta file `lora-v2t invert` writes"),
+    ],
+)
+def test_a_damaged_invert_meta_file_is_refused_in_one_line(bundles, tmp_path, capsys, no_model_load, meta, message):
+    from lora_v2t.cli import main
+
+    hyp_dir, _ = bundles
+    (tmp_path / "s.txt").write_text("кот\n", encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    out.write_text("", encoding="utf-8")
+    (tmp_path / "o.jsonl.meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert main(["invert", "--adapter", str(hyp_dir), "--texts", str(tmp_path / "s.txt"), "--out", str(out)]) == 2
+    assert message in one_error(capsys)
+    assert out.read_text(encoding="utf-8") == ""  # left as it was
 
 
 def test_invert_spends_the_default_budget_on_new_outputs_unless_the_candidates_are_chosen(bundles, tmp_path):

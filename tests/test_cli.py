@@ -93,7 +93,7 @@ def test_generate_rerank_takes_a_number_as_evaluate_does(bundle, v2t, capsys):
         ["--do-sample", "--seed", "1", "--rerank", "3"],
         ["--correct-steps", "1", "--corrector", "shift", "--rerank", "3"],
     ):
-        assert main([*args, *extra]) == 0, extra  # one greedy candidate; 3 samples; correction from 3 beams
+        assert main([*args, *extra]) == 0, extra  # the default budget's text; 3 samples; correction from 3 beams
         assert "cosine" in json.loads(capsys.readouterr().out)
     for extra, message in (
         (["--num-beams", "2", "--rerank", "3"], "--rerank 3 reranks 3 beams, --num-beams 2 searches fewer"),
@@ -306,6 +306,8 @@ def test_repetition_penalty_reaches_decoding(bundle, v2t, capsys):
                 "8",
                 "--repetition-penalty",
                 "0.1",
+                "--budget",
+                "1",
                 "--json",
             ]
         )

@@ -225,6 +225,8 @@ def test_heldout_then_invert_then_a_trained_corrector_that_corrects(
                 "--max-new-tokens",
                 "8",
                 "--no-progress",
+                "--budget",
+                "1",
             ]
         )
         == 0
@@ -499,6 +501,8 @@ def test_corrector_data_must_be_the_hypotheses_of_its_sentences_and_unseen(
                 "--max-new-tokens",
                 "4",
                 "--no-progress",
+                "--budget",
+                "1",
             ]
         )
         == 0
@@ -540,6 +544,8 @@ def test_corrector_options_without_steps_are_refused(bundles, no_model_load, cap
 
     hyp_dir, corr_dir = bundles
     assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--corrector", str(corr_dir)]) == 2
+    assert "would not be used: budget 8 is spent on beams" in capsys.readouterr().err
+    assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--correct-width", "2"]) == 2
     assert "give --correct-steps N" in capsys.readouterr().err
 
 

@@ -144,7 +144,7 @@ def test_cli_info_and_generate_take_a_hub_id(v2t, cached, capsys):
     assert main(["info", REPO]) == 0
     out = capsys.readouterr().out
     assert f"adapter      {REPO} (hub, cached in " in out and "steps: 7" in out
-    assert main(["generate", "--adapter", REPO, "--text", *TEXTS, "--max-new-tokens", "6"]) == 0
+    assert main(["generate", "--adapter", REPO, "--text", *TEXTS, "--max-new-tokens", "6", "--budget", "1"]) == 0
     expected = v2t.invert(TEXTS, max_new_tokens=6)
     assert capsys.readouterr().out.splitlines() == [f"{t} ==> {e}" for t, e in zip(TEXTS, expected, strict=True)]
 
@@ -267,6 +267,7 @@ def test_card_metrics_come_from_the_training_summary(bundle):
         "news reranked chrf (n=10)": 30.5,
         "dev corrected-3 cosine (n=10)": 0.8,
         "dev reranked+corrected-2 chrf (n=10)": 40.5,
+        "dev budget-8 exact_match (n=10)": 10.0,
         "dev sampled bleu (n=1)": 1.0,
     }
     results = card_metadata(config)["model-index"][0]["results"]
@@ -277,6 +278,7 @@ def test_card_metrics_come_from_the_training_summary(bundle):
         ("news", "chrf", 30.5),
         ("dev", "cosine", 0.8),
         ("dev", "chrf", 40.5),
+        ("dev", "exact_match", 10.0),
         ("validation", "dev sampled bleu (n=1)", 1.0),
     }  # not a decoding lora_v2t reports
 

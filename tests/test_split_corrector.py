@@ -172,7 +172,7 @@ def test_a_split_corrector_trains_on_several_hypotheses_from_its_hypothesizer_an
     held = tmp_path / "held.txt"
     assert main(["heldout", str(RECIPE), "--out", str(held), *common, *sample]) == 0
     files = []
-    for name, extra in (("greedy", []), ("sampled", ["--do-sample", "--seed", "1"])):
+    for name, extra in (("greedy", ["--budget", "1"]), ("sampled", ["--do-sample", "--seed", "1"])):
         files.append(tmp_path / f"{name}.jsonl")
         invert = ["invert", "--adapter", str(hypothesizer), "--texts", str(held), "--out", str(files[-1])]
         assert main(invert + ["--max-new-tokens", "8", "--no-progress", *extra]) == 0

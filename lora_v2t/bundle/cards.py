@@ -11,7 +11,7 @@ from ..bundle.hub import backbone_hub_id
 LIBRARY_NAME = "lora_v2t"
 TAGS = ["lora_v2t", "embedding-inversion", "peft", "lora"]  # the last two only for LoRA adapters
 _METRIC_KEY = re.compile(
-    r"(?P<data>\S+) (?P<decoding>greedy|(?:reranked\+)?corrected-\d+|reranked) "
+    r"(?P<data>\S+) (?P<decoding>greedy|(?:reranked\+)?corrected-\d+|reranked|budget-\d+) "
     r"(?P<metric>\w+) \(n=\d+\)"
 )
 

@@ -50,7 +50,8 @@ def _add_evaluate_command(sub) -> None:
         "evaluate",
         help="reconstruct a file's sentences from their embeddings and score them",
         description="Encode every sentence of --data with the adapter's encoder (or read --vectors), decode it "
-        "greedily and with reranking (and with --correct-steps N, corrected after each step), and "
+        "greedily and at the default budget of 8 decodes per vector (or as --budget, --rerank N or "
+        "--correct-steps N say, corrected after each step), and "
         "report corpus BLEU and chrF, token F1, exact match and "
         "re-embedding cosine with bootstrap 95% intervals. Writes sentences.tsv, summary.json (which "
         "records the adapter and its configuration), summary.md and cosine_hist.png into --out, or into "
@@ -76,9 +77,9 @@ def _add_evaluate_command(sub) -> None:
     ev.add_argument(
         "--rerank",
         type=int,
-        help="beam candidates for the reranked column (>= 0; default 8; 0 or 1 = greedy only); with "
-        "--correct-steps, correction starts from the reranked candidates (with --budget, the budget "
-        "chooses its beams)",
+        help="a reranked column instead of the default budget's: greedy plus N beam candidates, the closest "
+        "kept (>= 0; 0 or 1 = greedy only); with --correct-steps, correction starts from the reranked "
+        "candidates (default there 8)",
     )
     ev.add_argument("--limit", type=int, help="evaluate only the first N usable lines (N >= 1; default: all)")
     ev.add_argument("--max-chars", type=int, default=1000, help="skip (and count) longer lines (>= 1; default 1000)")

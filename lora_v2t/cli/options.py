@@ -92,7 +92,7 @@ def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False
         "text closest to the vector: by the measured rule of lora_v2t.model.beam, the greedy text and N - 1 "
         "reranked beams (N = 2: one step of the corrector the adapter names); with --sources, beams, then "
         f"correction steps whose width and proposals follow from N. Default: {DEFAULT_BUDGET}, unless options "
-        "that choose the candidates themselves are given (beams, sampling, --rerank N, correction steps)"
+        "that choose the candidates themselves are given (beams, sampling, reranking N, correction steps)"
         + (" or --out was begun with another budget (it continues with that one)" if resumable else ""),
     )
     g.add_argument(
@@ -116,39 +116,27 @@ def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False
 
 
 def _budget(args, config: BundleConfig):
-    """The plan of the command line's --budget, checked with the corrector's bundle before any model loads;
-    refuses the explicit correction knobs beside it. Without --budget: the default budget
-    (:data:`lora_v2t.config.DEFAULT_BUDGET`) unless options that choose the candidates themselves are
-    given (then None: the expert's own decoding)."""
+    """The plan of the command line's --budget, checked (with the corrector's bundle) before any model loads.
+    Without --budget: the default budget (:func:`_default_budget`), unless options that choose the candidates
+    themselves are given (then None: the expert's own decoding); beside --budget those are refused."""
     from ..model.beam import CORRECTOR, parse_budget, plan_budget
 
-    if args.budget is None:
-        own = _own_candidates(args)
-        if own:
-            corrector_alone = args.corrector and not hasattr(args, "correct_steps")  # invert's: only for a budget
-            if args.sources is not None or args.sample_proposals or corrector_alone:
-                raise V2TError(
-                    f"--sources, --sample-proposals and --corrector choose how a budget is spent, {own[0]} "
-                    "chooses the candidates itself: drop one of them (or give --budget N)"
-                )
-            return None
-    budget = DEFAULT_BUDGET if args.budget is None else parse_budget(args.budget)
-    given = [
-        flag
-        for flag, name, unset in (
-            ("--correct-steps", "correct_steps", 0),
-            ("--correct-width", "correct_width", 1),
-            ("--num-return-sequences", "num_return_sequences", None),
-        )
-        if getattr(args, name, unset) != unset
-    ]
-    if type(getattr(args, "rerank", None)) is int:  # beam candidates: evaluate's --rerank, generate's --rerank N
-        given.append("--rerank")
-    if given:
+    own = _own_candidates(args)
+    if args.budget is None and own:
+        corrector_alone = args.corrector and not hasattr(args, "correct_steps")  # invert's: only for a budget
+        if args.sources is not None or args.sample_proposals or corrector_alone:
+            raise V2TError(
+                f"--sources, --sample-proposals and --corrector choose how a budget is spent, and {own[0]} "
+                "chooses the candidates without one: drop one or the other"
+            )
+        return None
+    if own:
         raise V2TError(
-            f"--budget chooses the beams, correction steps and width itself: drop {', '.join(given)}, "
+            f"--budget chooses the beams, correction steps and width itself: drop {', '.join(own)}, "
             "or drop --budget to set them yourself"
         )
+    budget = _default_budget(args, config) if args.budget is None else parse_budget(args.budget)
+    _check_reembedding(args, config, budget)
     plan = plan_budget(
         budget,
         args.sources,
@@ -156,14 +144,43 @@ def _budget(args, config: BundleConfig):
         has_corrector=bool(config.corrector),
         sample=args.sample_proposals,
     )
-    if CORRECTOR in plan.proposers and plan.steps:
+    used = bool(plan.steps) and CORRECTOR in plan.proposers
+    if args.corrector not in (None, "shift") and not used:
+        raise V2TError(
+            f"--corrector {args.corrector} would not be used: budget {budget} is spent on "
+            f"{' + '.join(plan.sources) or 'the greedy text'}; name it in --sources (e.g. --budget 16 --sources "
+            "beams,corrector)" + (" or give --correct-steps N" if hasattr(args, "correct_steps") else "")
+        )
+    if used:
         _corrector_bundle(args.adapter, config, plan.corrector)
     return plan
 
 
+def _default_budget(args, config: BundleConfig) -> int:
+    """:data:`~lora_v2t.config.DEFAULT_BUDGET`, or 1 for an adapter whose encoder cannot embed the candidates
+    (precomputed vectors, no --encoder): there is nothing to choose between them by."""
+    return 1 if _cannot_reembed(args, config) else DEFAULT_BUDGET
+
+
+def _cannot_reembed(args, config: BundleConfig) -> bool:
+    return args.encoder is None and config.encoder.spec.startswith("precomputed:")
+
+
+def _check_reembedding(args, config: BundleConfig, budget: int) -> None:
+    """A budget above 1 keeps the candidate whose re-embedding is closest: refused for an encoder that cannot
+    embed text."""
+    if budget > 1 and _cannot_reembed(args, config):
+        raise V2TError(
+            f"--budget {budget} keeps the candidate whose re-embedding is closest to the vector, and the adapter's "
+            f"encoder {config.encoder.spec!r} cannot embed text: give --encoder SPEC (the encoder that made the "
+            "vectors) or --budget 1"
+        )
+
+
 def _own_candidates(args) -> list[str]:
     """The options given that choose the candidates without a budget (beams, sampling, reranking, correction
-    steps): with any of them a command decodes as they say instead of spending the default budget."""
+    steps): with any of them a command decodes as they say instead of spending the default budget, and beside
+    --budget they are refused."""
     rerank = getattr(args, "rerank", None)
     given = [
         ("--num-beams", getattr(args, "num_beams", None) is not None),

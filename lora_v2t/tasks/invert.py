@@ -156,12 +156,22 @@ def budget_plan(job: InvertJob, config: BundleConfig) -> dict | None:
 
 def recorded_budget(out: str | Path) -> int | None:
     """The budget an existing output was begun with (1 for one begun before budgets), so that running the same
-    command again continues it; None when OUT has no readable meta file (a new output)."""
+    command again continues it; None when OUT has no readable meta file (a new output, or one
+    :func:`prepare_output` refuses, naming why)."""
+    meta = Path(str(out) + ".meta.json")
     try:
-        saved = json.loads(Path(str(out) + ".meta.json").read_text(encoding="utf-8"))
+        saved = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None  # prepare_output names what is wrong with it
-    return saved.get("budget", 1) if isinstance(saved, dict) else None
+        return None
+    if not isinstance(saved, dict):
+        return None
+    budget = saved.get("budget", 1)
+    if type(budget) is not int or budget < 1:
+        raise V2TError(
+            f"{meta} records budget {budget!r}, not a number of decodes >= 1 (edited or damaged): delete {out} "
+            f"and {meta.name} to start over"
+        )
+    return budget
 
 
 def prepare_output(job: InvertJob, identity: dict, source: Source | None = None) -> int:
@@ -179,6 +189,11 @@ def prepare_output(job: InvertJob, identity: dict, source: Source | None = None)
             saved = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise V2TError(f"{meta} is unreadable ({exc}): delete {out} and {meta.name} to start over") from exc
+        if not isinstance(saved, dict):
+            raise V2TError(
+                f"{meta} is not the meta file `lora-v2t invert` writes (not a JSON object): delete {out} and "
+                f"{meta.name} to start over"
+            )
         check_identity(saved, identity, job, source)
     if not meta.exists():
         output_folder(out)
