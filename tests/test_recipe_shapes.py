@@ -37,6 +37,7 @@ SHAPES = {
     "offline_use_gemma270m_corrector.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_corrector_split.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v3.yaml": (None, "precomputed:512"),
+    "offline_use_gemma270m_v3_corrector.yaml": (None, "precomputed:512"),
     "tiny_debug.yaml": ("tiny_backbone_dir", None),
 }
 TOLERANCE = {"none": 1e-5, "8bit": 1e-4}  # atol = rtol on logits, per quantization
@@ -171,3 +172,24 @@ def test_the_continuing_recipes_start_from_the_shipped_hypothesizer(monkeypatch)
             )
         del v2t
         gc.collect()
+
+
+@pytest.mark.slow
+def test_the_v3_corrector_recipe_starts_from_the_shipped_split_corrector(monkeypatch):
+    """offline_use_gemma270m_v3_corrector continues the shipped split corrector: its warm-started projector maps
+    (v, e, v - e) as the bundle's does (a fresh one does not)."""
+    from lora_v2t.model.correct import condition
+    from lora_v2t.train.warmstart import warm_start
+
+    monkeypatch.chdir(RECIPES_DIR.parent)
+    cfg = load_config(RECIPES_DIR / "offline_use_gemma270m_v3_corrector.yaml")
+    shipped = load_adapter(cfg.training.init_adapter, device="cpu", dtype="float32")
+    targets = shipped.encode(SENTENCES[:3])
+    source = torch.from_numpy(condition(targets, shipped.encode(SENTENCES[1:4])))
+    expected = shipped.projector(source)
+    del shipped
+    gc.collect()
+    v2t = Vector2Text.from_config(cfg, device="cpu")
+    before = v2t.projector(source)
+    warm_start(v2t, cfg.training.init_adapter)
+    assert torch.allclose(v2t.projector(source), expected) and not torch.allclose(before, expected)
