@@ -35,7 +35,8 @@ def test_shipped_bundles_are_read_as_typed_sections():
     assert v2.generation_defaults(num_beams=2).num_beams == 2 and v2.generation_defaults().restrict_vocab
     assert (split.role, split.projector.kind, split.projector.config().prefix_length) == ("corrector", "split", 4)
     assert split.training["init_adapter"] == "checkpoints/adapters/use-gemma270m-ru-v2"  # begun from its hypothesizer
-    assert v3.corrector is None and v3.training["init_adapter"] == "checkpoints/adapters/use-gemma270m-ru-v2"
+    assert v3.corrector == "../use-gemma270m-ru-v2-corrector-split"
+    assert v3.training["init_adapter"] == "checkpoints/adapters/use-gemma270m-ru-v2"
     assert (v3.projector.prefix_length, v3.lora.r) == (v2.projector.prefix_length, v2.lora.r)  # a warm start's shapes
 
 
