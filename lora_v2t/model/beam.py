@@ -10,23 +10,21 @@ than N on any vector. The sources:
 - ``shift``: the training-free correction, decoding v + a (v - e) for a = 0.5, 1, 2 (3 decodes per candidate);
 - ``corrector``: the trained corrector the adapter names (or the one given), K proposals per candidate.
 
-The rule (:func:`plan_budget`; its constants in :data:`RULE`) follows ``bench/correction.py --budgets 1,4,8,16``
-on the first 40 sentences of ``dev_conversational.txt`` with the shipped ``use-gemma270m-ru-v2`` and its
-corrector (one run, 2 shared CPU cores, one torch thread, load average 2.0 to 3.6; mean cosine / chrF / exact %,
-the decodes spent per vector in brackets where fewer than the budget):
+The rule (:func:`plan_budget`; its constants in :data:`RULE`) follows ``bench/correction.py --budgets
+1,2,4,8,16`` on the first 300 sentences of ``dev_conversational.txt`` with the shipped ``use-gemma270m-ru-v3`` and
+the split corrector it names (bf16, one torch thread on a shared 2-core CPU; mean cosine / chrF / exact %, the
+decodes spent per vector in brackets where fewer than the budget; BENCHMARKS.md has the seconds and 32 and 64):
 
     budget   beams alone          shift                      corrector                  beams+shift+corrector
-    1        0.772 / 35.8 / 5.0 (greedy)
-    4        0.873 / 48.2 / 12.5  0.858 / 46.2 / 12.5        0.779 / 36.4 / 5.0 (3.2)   -
-    8        0.900 / 51.3 / 12.5  0.863 / 46.9 / 12.5 (6.9)  0.779 / 36.4 / 5.0 (3.5)   0.887 / 50.3 / 15.0
-    16       0.914 / 53.5 / 17.5  0.879 / 46.7 / 12.5 (12.4) 0.779 / 36.4 / 5.0 (3.5)   0.905 / 51.0 / 12.5 (13)
+    1        0.782 / 39.5 / 6.3 (greedy)
+    2        -                    -                          0.810 / 41.5 / 7.7         -
+    4        0.844 / 47.2 / 11.3  0.829 / 44.0 / 9.0         0.814 / 41.7 / 7.7 (3.7)   -
+    8        0.869 / 50.5 / 13.3  0.834 / 44.7 / 9.3 (6.8)   0.814 / 41.6 / 7.7 (4.0)   0.867 / 48.6 / 12.0
+    16       0.887 / 53.8 / 16.0  0.850 / 47.3 / 10.7 (12.7) 0.814 / 41.6 / 7.7 (4.0)   0.884 / 52.2 / 14.0 (13)
 
-Reranked beams gave the most per decode at every budget; the corrector mostly returns its input (+0.008 cosine
-over greedy, then its candidates stop changing) and shift stops gaining after a step or two. Exploratory runs on
-16 sentences agreed (at 16 decodes: 0.923 for 15 beams, 0.916 for 4 beams + shift, 0.909 for 8 beams + shift +
-corrector). Seconds per sentence at 16 decodes: 1.64 (beams), 1.75 (shift), 1.43 (mixed); greedy 0.13. The
-evidence is thin: 40 sentences, one run, no intervals on the differences (beams against the mixed beam is 0.009
-cosine, one or two sentences of exact match either way), so:
+Reranked beams gave the most per decode from 4 up (the mixed beam is level within the intervals, about +-0.013);
+the corrector's one step is the best use of 2 decodes, and both corrections stop gaining after a step or two. The
+first measurement (v2, its first corrector, 40 sentences: docs/benchmarks-history.md) agreed. So:
 
 - N = 1: the greedy hypothesis alone, as without a budget. N = 2: one step of the trained corrector from it where
   the adapter names one (else the greedy hypothesis alone: 2 beams cost 3).
@@ -36,6 +34,9 @@ cosine, one or two sentences of exact match either way), so:
   to correction steps keeping W = 2 candidates per vector (1 when the rest pays for fewer than two candidates'
   proposals), each proposing K = 1 corrector text and the 3 shift decodes, for as long as the budget pays and the
   candidates change.
+
+The commands' default budget (:data:`lora_v2t.config.DEFAULT_BUDGET`, 8) sits at the knee of the curve: 4 to 8
+decodes add +0.025 cosine, 8 to 16 add +0.018, each doubling costing about twice the time.
 """
 
 from __future__ import annotations
