@@ -288,5 +288,5 @@ def test_the_readme_python_quickstart_runs(tmp_path):
     done = run_in_a_fresh_folder(tmp_path, [sys.executable, "-c", readme_block("Quickstart: Python", "python")])
     assert done.returncode == 0, done.stderr[-3000:]
     printed = done.stdout.splitlines()
-    assert len(printed) == 5
-    assert "Reranked(text=" in printed[2] and "['default', 'first'] first" in printed[4]
+    assert len(printed) == 6
+    assert "Reranked(text=" in printed[3] and "['default', 'first'] first" in printed[5]
