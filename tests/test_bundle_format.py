@@ -21,8 +21,8 @@ def test_shipped_bundle_configs_round_trip_unchanged(file):
 
 
 def test_shipped_bundles_are_read_as_typed_sections():
-    assert len(SHIPPED) == 5
-    first, v2, corrector, split, v3 = (BundleConfig.from_json(f) for f in SHIPPED)
+    assert len(SHIPPED) == 6
+    first, v2, corrector, split, v3, v3_corrector = (BundleConfig.from_json(f) for f in SHIPPED)
     assert (first.encoder.spec, first.encoder.dim, first.backbone.hidden_size) == ("offline:use-multilingual", 512, 640)
     assert first.role == "hypothesizer" and "role" in first.absent  # written before correctors existed
     assert "int8_threshold" not in first.backbone.to_dict() and first.backbone.precision == {
@@ -36,6 +36,8 @@ def test_shipped_bundles_are_read_as_typed_sections():
     assert (split.role, split.projector.kind, split.projector.config().prefix_length) == ("corrector", "split", 4)
     assert split.training["init_adapter"] == "checkpoints/adapters/use-gemma270m-ru-v2"  # begun from its hypothesizer
     assert v3.corrector == "../use-gemma270m-ru-v2-corrector-split"
+    assert v3_corrector.training["init_adapter"] == "checkpoints/adapters/use-gemma270m-ru-v2-corrector-split"
+    assert (v3_corrector.role, v3_corrector.projector.kind) == ("corrector", "split")
     assert v3.training["init_adapter"] == "checkpoints/adapters/use-gemma270m-ru-v2"
     assert (v3.projector.prefix_length, v3.lora.r) == (v2.projector.prefix_length, v2.lora.r)  # a warm start's shapes
 
