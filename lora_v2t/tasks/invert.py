@@ -154,22 +154,35 @@ def budget_plan(job: InvertJob, config: BundleConfig) -> dict | None:
     return described
 
 
-def recorded_budget(out: str | Path) -> int | None:
-    """The budget an existing output was begun with (1 for one begun before budgets), so that running the same
-    command again continues it; None when OUT has no readable meta file (a new output, or one
-    :func:`prepare_output` refuses, naming why)."""
+def read_meta(out: str | Path) -> dict | None:
+    """OUT's meta file as ``invert`` wrote it; None when there is none. Raises, naming the file, when it cannot be
+    read or is not a JSON object."""
     meta = Path(str(out) + ".meta.json")
+    if not meta.exists():
+        return None
     try:
         saved = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as exc:
+        raise V2TError(f"{meta} is unreadable ({exc}): delete {out} and {meta.name} to start over") from exc
     if not isinstance(saved, dict):
+        raise V2TError(
+            f"{meta} is not the meta file `lora-v2t invert` writes (not a JSON object): delete {out} and "
+            f"{meta.name} to start over"
+        )
+    return saved
+
+
+def recorded_budget(out: str | Path) -> int | None:
+    """The budget an existing output was begun with (1 for one begun before budgets), so that running the same
+    command again continues it; None for a new output."""
+    saved = read_meta(out)
+    if saved is None:
         return None
     budget = saved.get("budget", 1)
     if type(budget) is not int or budget < 1:
         raise V2TError(
-            f"{meta} records budget {budget!r}, not a number of decodes >= 1 (edited or damaged): delete {out} "
-            f"and {meta.name} to start over"
+            f"{out}.meta.json records budget {budget!r}, not a number of decodes >= 1 (edited or damaged): delete "
+            f"{out} and {Path(out).name}.meta.json to start over"
         )
     return budget
 
@@ -184,16 +197,8 @@ def prepare_output(job: InvertJob, identity: dict, source: Source | None = None)
             f"{out} exists but was not written by `lora-v2t invert` (no {meta.name}): choose another "
             "--out, or delete it"
         )
-    if meta.exists():
-        try:
-            saved = json.loads(meta.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise V2TError(f"{meta} is unreadable ({exc}): delete {out} and {meta.name} to start over") from exc
-        if not isinstance(saved, dict):
-            raise V2TError(
-                f"{meta} is not the meta file `lora-v2t invert` writes (not a JSON object): delete {out} and "
-                f"{meta.name} to start over"
-            )
+    saved = read_meta(out)
+    if saved is not None:
         check_identity(saved, identity, job, source)
     if not meta.exists():
         output_folder(out)
