@@ -236,6 +236,11 @@ class DataConfig:
     )
     cache_dir: str | None = setting(None, "embedding cache; None = <checkpoints>/cache")
     seed: int = setting(0, "seeds the sample, the split and the batch order")
+    order_seed: int | None = setting(
+        None,
+        "seeds the batch order alone; None = data.seed. A run going on from another's bundle "
+        "(training.init_adapter) on the same sample gives another, or it sees first what the first run saw",
+    )
 
     def __post_init__(self):
         if self.max_tokens < 2:
@@ -247,7 +252,14 @@ class DataConfig:
         if self.max_chars < self.min_chars:
             raise V2TError(f"data.max_chars must be >= data.min_chars ({self.min_chars}), got {self.max_chars}")
         check_range("data.seed", self.seed, low=0, high=RECIPE_SEED_LIMIT - 1)
+        if self.order_seed is not None:
+            check_range("data.order_seed", self.order_seed, low=0, high=RECIPE_SEED_LIMIT - 1)
         check_range("data.no_hypothesis", self.no_hypothesis, low=0, high=1)
+
+    @property
+    def batch_seed(self) -> int:
+        """The seed of the batch order: ``order_seed``, or ``seed`` when that is None."""
+        return self.seed if self.order_seed is None else self.order_seed
 
     def check_train(self) -> str:
         """``data.train``; raise unless a training corpus is named: training, embedding and heldout need one (the

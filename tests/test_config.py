@@ -99,6 +99,7 @@ def test_bad_recipe_values(override, message):
         ("--training.seed=-1", "training.seed must be >= 0 and <= 4294967295, got -1"),
         ("--training.seed=4294967296", "training.seed must be >= 0 and <= 4294967295, got 4294967296"),
         ("--data.seed=-1", "data.seed must be >= 0 and <= 4294967295, got -1"),
+        ("--data.order_seed=-1", "data.order_seed must be >= 0 and <= 4294967295, got -1"),
         ("--training.num_samples=-1", "training.num_samples must be >= 0, got -1"),
     ],
 )
@@ -111,6 +112,12 @@ def test_values_out_of_range_name_the_key_and_the_range(override, message):
 def test_seeds_accept_their_edges():
     cfg = load_config(None, ["--training.seed=4294967295", "--data.seed=0", "--projector.hidden_dim=1"])
     assert cfg.training.seed == 2**32 - 1 and cfg.projector.hidden_dim == 1
+
+
+def test_the_batch_order_follows_data_seed_unless_order_seed_is_given():
+    assert load_config(None, ["--data.seed=3"]).data.batch_seed == 3
+    both = load_config(None, ["--data.seed=3", "--data.order_seed=0"]).data
+    assert (both.seed, both.batch_seed) == (3, 0)
 
 
 @pytest.mark.parametrize(

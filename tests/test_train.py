@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -765,8 +766,6 @@ def test_ctrl_c_while_weights_update_or_a_checkpoint_is_written_waits_for_it_the
 def test_each_process_trains_on_its_own_batch_of_each_turn():
     from types import SimpleNamespace
 
-    import numpy as np
-
     from lora_v2t.train.data import BatchOrder
     from lora_v2t.train.trainer import Trainer, TrainState
 
@@ -779,6 +778,26 @@ def test_each_process_trains_on_its_own_batch_of_each_turn():
         taken[rank] = [trainer.next_batch() for _ in range(3)]
     for (mine, together0), (theirs, together1) in zip(taken[0], taken[1], strict=True):
         assert not set(mine) & set(theirs) and together0 == together1 == len(mine) + len(theirs) == 16
+
+
+def test_order_seed_reorders_the_batches_of_the_same_sample(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir, corpus, monkeypatch
+):
+    orders = []
+
+    class RecordedOrder(train_module.BatchOrder):
+        def __init__(self, lengths, batch_size, seed):
+            super().__init__(lengths, batch_size, seed)
+            orders.append(self)
+
+    monkeypatch.setattr(train_module, "BatchOrder", RecordedOrder)
+    for name, extra in (("same", []), ("other", ["--data.order_seed=7"])):
+        cfg = recipe(tmp_path / name, tiny_backbone_dir, tiny_encoder_dir, corpus, "--training.max_steps=1", *extra)
+        train(cfg, show_progress=False)
+    same, other = orders
+    assert same.seed == cfg.data.seed != 7 == other.seed
+    assert np.array_equal(same.lengths, other.lengths)  # the same sample, tokenised alike
+    assert [b.tolist() for b in same.batches(0)] != [b.tolist() for b in other.batches(0)]
 
 
 def test_a_set_aside_damaged_checkpoint_never_makes_pruning_delete_good_ones(

@@ -276,7 +276,7 @@ class Trainer:
         )
         if self.accelerator.is_main_process and cfg.training.tensorboard:
             self.accelerator.init_trackers(cfg.training.run_name)
-        self.batch_order = BatchOrder(self.tokens.lengths, cfg.training.batch_size, cfg.data.seed)
+        self.batch_order = BatchOrder(self.tokens.lengths, cfg.training.batch_size, cfg.data.batch_seed)
 
     # ------------------------------------------------------------------ the loop
     def loop(self) -> None:
