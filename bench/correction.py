@@ -23,7 +23,7 @@ alone (``beams``), ``shift``, the ``corrector``, the mixed beam (all three) and 
 what ``--budget N`` does), each where the budget pays for it, on the same sentences in one run: cosine, chrF,
 exact match, the decodes spent per vector and seconds per sentence.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/correction.py --adapter checkpoints/adapters/use-gemma270m-ru-v2 \
+    OMP_NUM_THREADS=1 .venv/bin/python bench/correction.py --adapter checkpoints/adapters/use-gemma270m-ru-v3 \\
         --dev 40 --budgets 1,4,8,16
 """
 

@@ -151,6 +151,8 @@ def show_shipped(shipped: Path | None, held_out: list[str]):
     """Part 1: the shipped adapter on sentences it never saw, its greedy text beside the text at the commands'
     default budget, with cosines; returns it loaded (or None)."""
     from .bundle.loading import load_adapter
+    from .model.beam import plan_budget
+    from .model.correct import correct
 
     if shipped is None:
         print("(No shipped adapter in this installation: part 1 is skipped.)\n")
@@ -164,14 +166,15 @@ def show_shipped(shipped: Path | None, held_out: list[str]):
     )
     v2t = load_adapter(shipped, device="cpu")
     vectors = v2t.encode(held_out)
-    greedy = v2t.generate(vectors, rerank=True)
-    budgeted = v2t.generate(vectors, rerank=True, budget=DEFAULT_BUDGET)
-    for original, first, best in zip(held_out, greedy, budgeted, strict=True):
+    # one search gives both: its greedy hypothesis is where the budget's beam starts
+    trace = correct(v2t, vectors, plan_budget(DEFAULT_BUDGET, has_corrector=bool(v2t.meta.corrector)))
+    rows = zip(held_out, trace.greedy_texts, trace.greedy_cosines, trace.final, trace.cosines[-1], strict=True)
+    for original, first, first_cosine, best, best_cosine in rows:
         print(f"   {shown(original)}")
-        print(f"      greedy    ==> {shown(first.text)}    [cos {first.cosine:.2f}]")
-        print(f"      budget {DEFAULT_BUDGET:<2} ==> {shown(best.text)}    [cos {best.cosine:.2f}]")
-    mean = sum(r.cosine for r in greedy) / len(greedy), sum(r.cosine for r in budgeted) / len(budgeted)
-    print(f"   mean cosine: greedy {mean[0]:.3f}, budget {DEFAULT_BUDGET} {mean[1]:.3f}\n", flush=True)
+        print(f"      greedy    ==> {shown(first)}    [cos {first_cosine:.2f}]")
+        print(f"      budget {DEFAULT_BUDGET:<2} ==> {shown(best)}    [cos {best_cosine:.2f}]")
+    means = float(trace.greedy_cosines.mean()), float(trace.cosines[-1].mean())
+    print(f"   mean cosine: greedy {means[0]:.3f}, budget {DEFAULT_BUDGET} {means[1]:.3f}\n", flush=True)
     return v2t
 
 

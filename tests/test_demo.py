@@ -16,6 +16,7 @@ from lora_v2t.demo import (
     demo_recipe,
     run_demo,
     shipped_minutes,
+    show_shipped,
 )
 
 from .conftest import make_v2t
@@ -43,6 +44,26 @@ def test_the_demo_validates_on_held_out_sentences_and_is_boxed_in_time():
     recipe = demo_recipe(DemoConfig(minutes=3, corpus="corpus.txt"))
     assert recipe.data.val == str(HELD_OUT) and recipe.data.train == "corpus.txt"
     assert recipe.training.max_minutes == 3 and recipe.training.max_steps > 10_000  # the minutes end it
+
+
+def test_part_one_shows_what_generate_gives_greedily_and_at_the_default_budget(
+    tmp_path, tiny_backbone_dir, tiny_encoder, capsys
+):
+    from lora_v2t.util.terminal import shown
+
+    shipped = make_v2t(tiny_backbone_dir, tiny_encoder).save_adapter(tmp_path / "shipped")
+    held = [s for s in HELD_OUT.read_text(encoding="utf-8").splitlines() if s.strip()][:4]
+    v2t = show_shipped(shipped, held)
+    out = capsys.readouterr().out
+    vectors = v2t.encode(held)
+    for label, results in (
+        ("greedy   ", v2t.generate(vectors, rerank=True)),
+        (f"budget {DEFAULT_BUDGET:<2}", v2t.generate(vectors, rerank=True, budget=DEFAULT_BUDGET)),
+    ):
+        lines = [line for line in out.splitlines() if line.startswith(f"      {label} ==> ")]
+        assert lines == [f"      {label} ==> {shown(r.text)}    [cos {r.cosine:.2f}]" for r in results]
+        mean = sum(r.cosine for r in results) / len(results)
+        assert f"{label.strip()} {mean:.3f}" in out.splitlines()[-2]  # the means line
 
 
 def test_demo_code_path_on_tiny_models_and_resume(
