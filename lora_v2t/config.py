@@ -235,11 +235,11 @@ class DataConfig:
         False, "a corrector's: keep pairs whose hypothesis already is the sentence (dropped by default)"
     )
     cache_dir: str | None = setting(None, "embedding cache; None = <checkpoints>/cache")
-    seed: int = setting(0, "seeds the sample, the split and the batch order")
+    seed: int = setting(0, "seeds the sample, the split and the batch order (unless data.order_seed)")
     order_seed: int | None = setting(
         None,
         "seeds the batch order alone; None = data.seed. A run going on from another's bundle "
-        "(training.init_adapter) on the same sample gives another, or it sees first what the first run saw",
+        "(training.init_adapter) on the same sample gives another, or it goes over the first run's batches again",
     )
 
     def __post_init__(self):

@@ -77,6 +77,8 @@ def main() -> None:
         },
     )
     portable_paths(v2t.meta.training, sample, cfg.data)
+    if cfg.data.order_seed is not None:  # its batch order (runs of lora_v2t before it recorded this)
+        v2t.meta.training.setdefault("order_seed", cfg.data.order_seed)
     if args.corrector:
         v2t.meta.corrector = args.corrector
     training = {}

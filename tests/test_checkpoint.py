@@ -145,3 +145,16 @@ def test_a_run_saved_before_a_setting_existed_resumes():
     current["backbone"]["int8_threshold"] = 0.0
     with pytest.raises(V2TError, match="backbone.int8_threshold was 6.0, now 0.0"):
         check_same_recipe(saved, current, Path("run"))
+
+
+def test_a_resume_with_another_batch_order_is_refused():
+    """The saved position (epoch, batch in epoch) points into one order: another data.order_seed would skip
+    and repeat sentences. A run saved before order_seed existed had None, and resumes."""
+    from lora_v2t.config import load_config
+    from lora_v2t.train.checkpoint import check_same_recipe
+
+    saved = load_config(None, []).to_dict()
+    del saved["data"]["order_seed"]
+    check_same_recipe(saved, load_config(None, []).to_dict(), Path("run"))
+    with pytest.raises(V2TError, match="data.order_seed was None, now 4"):
+        check_same_recipe(saved, load_config(None, ["--data.order_seed=4"]).to_dict(), Path("run"))

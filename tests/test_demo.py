@@ -56,10 +56,9 @@ def test_part_one_shows_what_generate_gives_greedily_and_at_the_default_budget(
     v2t = show_shipped(shipped, held)
     out = capsys.readouterr().out
     vectors = v2t.encode(held)
-    for label, results in (
-        ("greedy   ", v2t.generate(vectors, rerank=True)),
-        (f"budget {DEFAULT_BUDGET:<2}", v2t.generate(vectors, rerank=True, budget=DEFAULT_BUDGET)),
-    ):
+    greedy, budgeted = v2t.generate(vectors, rerank=True), v2t.generate(vectors, rerank=True, budget=DEFAULT_BUDGET)
+    assert [r.text for r in greedy] != [r.text for r in budgeted]  # so that swapped rows would show
+    for label, results in (("greedy   ", greedy), (f"budget {DEFAULT_BUDGET:<2}", budgeted)):
         lines = [line for line in out.splitlines() if line.startswith(f"      {label} ==> ")]
         assert lines == [f"      {label} ==> {shown(r.text)}    [cos {r.cosine:.2f}]" for r in results]
         mean = sum(r.cosine for r in results) / len(results)

@@ -28,7 +28,7 @@ def report(folder: Path, output_vocab="full") -> Path:
         "sentences": 10,
         "output_vocab": output_vocab,
         "scores": {
-            "greedy": {"chrf": {"value": 30.123456}, "cosine": {"value": 0.71234}},
+            "greedy": {"bleu": {"value": 9.87}, "chrf": {"value": 30.123456}, "cosine": {"value": 0.71234}},
             "budget-8 (greedy + 7 beams)": {"chrf": {"value": 41.0}, "exact": {"value": 3.0}},
         },
     }
@@ -61,6 +61,7 @@ def test_shipping_files_the_reports_scores_the_samples_and_the_corrector(tmp_pat
     shipped = load_adapter(out, device="cpu", dtype="float32")
     metrics = shipped.meta.training["metrics"]
     assert metrics["dev_conversational greedy chrf (n=10)"] == 30.1235
+    assert metrics["dev_conversational greedy bleu (n=10)"] == 9.87
     assert metrics["dev_conversational greedy cosine (n=10)"] == 0.7123
     assert metrics["dev_conversational budget-8 chrf (n=10)"] == 41.0
     assert not any("exact" in key for key in metrics)  # only BLEU, chrF and cosine are filed

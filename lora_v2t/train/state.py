@@ -38,6 +38,8 @@ def training_summary(cfg: RunConfig, state: TrainState, metrics: dict | None = N
             for k in ("train", "val", "val_size", "max_sentences", "min_chars", "max_chars", "seed")
         },
     }
+    if cfg.data.order_seed is not None:  # the batch order, when not data.seed's (outside "sample": not what it saw)
+        summary["order_seed"] = cfg.data.order_seed
     if cfg.training.init_adapter:  # the weights it started from (steps and minutes above are this run's)
         summary["init_adapter"] = cfg.training.init_adapter
     if metrics:

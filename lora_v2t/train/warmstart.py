@@ -1,7 +1,8 @@
 """Warm start: begin a training run from a finished adapter bundle's weights instead of fresh ones.
 
 ``training.init_adapter`` names a bundle (a folder or hub id). Its LoRA weights and its projector are copied into
-the run's fresh adapter before the first step; the optimizer, the schedule and the data order start anew. This is
+the run's fresh adapter before the first step; the optimizer and the schedule start anew (the batch order is
+``data.seed``'s, the first run's on the same sample, unless ``data.order_seed`` gives another). This is
 how a run continues past the end of an earlier one whose run folder is gone (``--resume`` needs the run folder, and
 continues its schedule too), and how a corrector starts from its hypothesizer (the hypothesizer's projector becomes
 the corrector's projections of v and of e, see :class:`lora_v2t.model.projector.SplitProjector`; its projection of
