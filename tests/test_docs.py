@@ -275,7 +275,8 @@ def test_the_readme_command_line_quickstart_runs(tmp_path):
     block = readme_block("Quickstart: command line", "bash")
     done = run_in_a_fresh_folder(tmp_path, ["bash", "-euo", "pipefail", "-c", block])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "use-gemma270m-ru-v2" in done.stdout and "hypothesizer" in done.stdout  # info
+    adapter = re.search(r"^A=(\S+)$", block, re.MULTILINE).group(1)  # the shipped adapter the block shows
+    assert f"adapter      {adapter}  " in done.stdout and "hypothesizer" in done.stdout  # info
     for text in ("Вы сегодня проверяли почту? ==> ", "Где лодка? ==> "):  # generate
         assert any(line.startswith(text) and line[len(text) :].strip() for line in done.stdout.splitlines())
     rows = [json.loads(line) for line in (tmp_path / "texts.jsonl").read_text(encoding="utf-8").splitlines()]
