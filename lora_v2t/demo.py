@@ -168,14 +168,13 @@ def show_shipped(shipped: Path | None, held_out: list[str]):
     vectors = v2t.encode(held_out)
     # one search gives both: its greedy hypothesis is where the budget's beam starts
     trace = correct(v2t, vectors, plan_budget(DEFAULT_BUDGET, has_corrector=bool(v2t.meta.corrector)))
-    greedy_cosines = trace.greedy_cosines
-    assert greedy_cosines is not None  # correct() sets it before its first step
-    rows = zip(held_out, trace.greedy_texts, greedy_cosines, trace.final, trace.cosines[-1], strict=True)
-    for original, first, first_cosine, best, best_cosine in rows:
+    (greedy, greedy_cosines), (best, best_cosines) = trace.greedy(), trace.step()
+    for row in zip(held_out, greedy, greedy_cosines, best, best_cosines, strict=True):
+        original, first, first_cosine, final, final_cosine = row
         print(f"   {shown(original)}")
         print(f"      greedy    ==> {shown(first)}    [cos {first_cosine:.2f}]")
-        print(f"      budget {DEFAULT_BUDGET:<2} ==> {shown(best)}    [cos {best_cosine:.2f}]")
-    means = float(greedy_cosines.mean()), float(trace.cosines[-1].mean())
+        print(f"      budget {DEFAULT_BUDGET:<2} ==> {shown(final)}    [cos {final_cosine:.2f}]")
+    means = float(greedy_cosines.mean()), float(best_cosines.mean())
     print(f"   mean cosine: greedy {means[0]:.3f}, budget {DEFAULT_BUDGET} {means[1]:.3f}\n", flush=True)
     return v2t
 

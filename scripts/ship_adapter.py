@@ -64,8 +64,6 @@ def main() -> None:
         data = Path(summary.get("data") or report.name).stem
         for system, scores in summary["scores"].items():
             name = system.split()[0]  # greedy, reranked, corrected-N, reranked+corrected-N or budget-N
-            if name == "budget-1":  # `evaluate --budget 1`: the greedy column again
-                continue
             for metric in ("bleu", "chrf", "cosine"):
                 if metric in scores:
                     metrics[f"{data} {name} {metric} (n={summary['sentences']})"] = round(scores[metric]["value"], 4)

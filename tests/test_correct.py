@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.model.correct import SHIFT, CorrectionConfig, condition, correct
+from lora_v2t.model.correct import SHIFT, CorrectionConfig, Trace, condition, correct
 from lora_v2t.model.generate import reembed_cosines
 from lora_v2t.util.vectors import cosine_rows
 
@@ -578,3 +578,15 @@ def test_shift_correction_warns_only_about_the_vectors_the_user_gave(v2t, caplog
         v2t.generate(scaled, rerank=True, num_beams=2, num_return_sequences=2, **options)
     assert caplog.text.count("not unit length") == 1
     assert "1 of 3 vectors are not unit length (rows [1]..., norms 1 to 10)" in caplog.text
+
+
+def test_a_traces_texts_score_an_empty_text_zero_as_re_embedding_scores_it():
+    trace = Trace(
+        texts=[["a", ""], ["b", "c"]],
+        cosines=[np.array([0.5, -1.0]), np.array([0.6, 0.7])],
+        greedy_texts=["", "d"],
+        greedy_cosines=np.array([-1.0, 0.4], dtype=np.float32),
+    )
+    assert trace.greedy() == (["", "d"], pytest.approx([0.0, 0.4]))
+    assert trace.step(0) == (["a", ""], pytest.approx([0.5, 0.0]))
+    assert trace.step() == (["b", "c"], pytest.approx([0.6, 0.7])) and trace.final == ["b", "c"]

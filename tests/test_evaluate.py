@@ -211,7 +211,7 @@ def test_evaluate_cli_default_report_folder(v2t, tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)  # nothing added to the bundle
 
 
-def test_evaluate_cli_spends_the_default_budget_unless_rerank_is_given(v2t, tmp_path):
+def test_evaluate_cli_spends_the_default_budget_unless_rerank_or_budget_is_given(v2t, tmp_path):
     bundle = v2t.save_adapter(tmp_path / "bundle")
     (tmp_path / "dev.txt").write_text("Где лодка?\nКошка спит.\n")
     base = ["evaluate", "--adapter", str(bundle), "--data", str(tmp_path / "dev.txt"), "--max-new-tokens", "4"]
@@ -219,6 +219,7 @@ def test_evaluate_cli_spends_the_default_budget_unless_rerank_is_given(v2t, tmp_
     for name, extra, systems in (
         ("plain", [], ["greedy", f"budget-{DEFAULT_BUDGET}"]),
         ("reranked", ["--rerank", "3"], ["greedy", "reranked (greedy + 3 beams)"]),
+        ("budget 1", ["--budget", "1"], ["greedy"]),  # not the greedy column twice
     ):
         assert main(base + ["--out", str(tmp_path / name)] + extra) == 0
         summary = json.loads((tmp_path / name / "summary.json").read_text(encoding="utf-8"))

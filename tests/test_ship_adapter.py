@@ -30,7 +30,6 @@ def report(folder: Path, output_vocab="full") -> Path:
         "scores": {
             "greedy": {"bleu": {"value": 9.87}, "chrf": {"value": 30.123456}, "cosine": {"value": 0.71234}},
             "budget-8 (greedy + 7 beams)": {"chrf": {"value": 41.0}, "exact": {"value": 3.0}},
-            "budget-1 (greedy)": {"chrf": {"value": 30.123456}},
         },
     }
     (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
@@ -66,7 +65,6 @@ def test_shipping_files_the_reports_scores_the_samples_and_the_corrector(tmp_pat
     assert metrics["dev_conversational greedy cosine (n=10)"] == 0.7123
     assert metrics["dev_conversational budget-8 chrf (n=10)"] == 41.0
     assert not any("exact" in key for key in metrics)  # only BLEU, chrF and cosine are filed
-    assert not any("budget-1" in key for key in metrics)  # the greedy column again
     assert shipped.meta.corrector == "../tiny-corrector"
     assert shipped.meta.training["sample"]["max_sentences"] == 20  # what it trained on, for heldout checks
     samples = shipped.meta.training["samples"]

@@ -144,12 +144,27 @@ class Trace:
     seconds: list[float] = field(default_factory=list)  # [step] wall time of the step
     decodes: list[int] = field(default_factory=list)  # [step] decodes per vector (the most any vector spent)
     greedy_texts: list[str] = field(default_factory=list)  # the greedy hypothesis (step 0 without reranking)
-    greedy_cosines: np.ndarray | None = None
+    greedy_cosines: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # (N,)
     spent: np.ndarray | None = None  # (N,) decodes each vector cost in all
 
     @property
     def final(self) -> list[str]:
         return self.texts[-1]
+
+    def greedy(self) -> tuple[list[str], np.ndarray]:
+        """The greedy hypothesis per vector and its cosine, as :meth:`step` scores them."""
+        return self.greedy_texts, scored_cosines(self.greedy_texts, self.greedy_cosines)
+
+    def step(self, index: int = -1) -> tuple[list[str], np.ndarray]:
+        """The best text per vector after step ``index`` (default: the last) and its cosine: an empty text (no
+        candidate kept) scores 0, as :func:`lora_v2t.model.generate.reembed_cosines` scores it with ``empty=0``."""
+        return self.texts[index], scored_cosines(self.texts[index], self.cosines[index])
+
+
+def scored_cosines(texts: list[str], cosines: np.ndarray) -> np.ndarray:
+    """``cosines`` (float64) with an empty text's set to 0."""
+    empty = np.array([not text for text in texts], dtype=bool)
+    return np.where(empty, 0.0, cosines).astype(np.float64)
 
 
 def condition(targets: np.ndarray, embedded: np.ndarray) -> np.ndarray:

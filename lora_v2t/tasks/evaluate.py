@@ -279,27 +279,24 @@ def _decode_systems(
         v2t, vectors, replace(correction, rerank=rerank if reranked else 0), show_progress=show_progress, **options
     )
     # correction re-embedded every step's texts already
-    systems = {"greedy": (trace.greedy_texts, _kept_cosines(trace.greedy_texts, trace.greedy_cosines))}
+    systems = {"greedy": trace.greedy()}
     if reranked:
-        systems[f"reranked (greedy + {rerank} beams)"] = (
-            trace.texts[0],
-            _kept_cosines(trace.texts[0], trace.cosines[0]),
-        )
+        systems[f"reranked (greedy + {rerank} beams)"] = trace.step(0)
     for step in range(1, len(trace.texts)):
-        name = f"reranked+corrected-{step}" if reranked else f"corrected-{step}"
-        systems[name] = (trace.texts[step], _kept_cosines(trace.texts[step], trace.cosines[step]))
+        systems[f"reranked+corrected-{step}" if reranked else f"corrected-{step}"] = trace.step(step)
     return systems, trace
 
 
 def _decode_budget(
     v2t: Vector2Text, vectors: np.ndarray, plan: CorrectionConfig, options: dict, show_progress: bool, seed: int
 ) -> tuple[dict, Trace]:
-    """The greedy texts and the best of a budget's beam over corrections (``plan``), with their cosines."""
+    """The greedy texts and the best of a budget's beam over corrections (``plan``), with their cosines; a budget
+    of 1 is the greedy column alone."""
     trace = correct(v2t, vectors, plan, show_progress=show_progress, seed=seed, **options)
-    return {
-        "greedy": (trace.greedy_texts, _kept_cosines(trace.greedy_texts, trace.greedy_cosines)),
-        f"budget-{plan.budget}": (trace.final, _kept_cosines(trace.final, trace.cosines[-1])),
-    }, trace
+    systems = {"greedy": trace.greedy()}
+    if plan.budget is not None and plan.budget > 1:
+        systems[f"budget-{plan.budget}"] = trace.step()
+    return systems, trace
 
 
 def _budget_summary(v2t: Vector2Text, plan: CorrectionConfig, trace: Trace) -> dict:
@@ -313,15 +310,6 @@ def _budget_summary(v2t: Vector2Text, plan: CorrectionConfig, trace: Trace) -> d
         "steps_run": len(trace.texts) - 1,
         "seconds": round(sum(trace.seconds), 2),
     }
-
-
-def _kept_cosines(texts: list[str], cosines: np.ndarray | None) -> np.ndarray | None:
-    """A correction trace's cosines as :func:`_reembed_cosines` gives them: an empty output (no candidate kept,
-    -1 in the trace) scores 0."""
-    if cosines is None:
-        return None
-    empty = np.array([not text for text in texts], dtype=bool)
-    return np.where(empty, 0.0, cosines).astype(np.float64)
 
 
 def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
