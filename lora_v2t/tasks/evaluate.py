@@ -130,8 +130,8 @@ def evaluate(
             the reranked candidates (columns ``reranked+corrected-N``), else from the greedy output
             (``corrected-N``); ``rerank`` replaces the ``CorrectionConfig``'s own. A budget's plan
             (:func:`lora_v2t.model.beam.plan_budget`, ``correction.budget`` set) is reported as one column
-            ``budget-N`` beside greedy, with the decodes it spent; it chooses its own beams (leave ``rerank`` unset)
-            and samples (``sample``) from ``seed``.
+            ``budget-N`` beside greedy (none for a budget of 1), with the decodes it spent; it chooses its own
+            beams (leave ``rerank`` unset) and samples (``sample``) from ``seed``.
         seed: seeds the bootstrap resamples, and a budget's sampled proposals.
     """
     plan = correction if correction is not None and correction.budget is not None else None
