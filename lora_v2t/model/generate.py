@@ -74,22 +74,10 @@ def generate(
         ``list[str]`` (one text per vector); ``list[list[str]]`` when ``num_return_sequences > 1``
         without reranking; ``list[Reranked]`` with ``rerank=True``.
     """
-    from tqdm.auto import tqdm
-    from transformers import LogitsProcessorList
-
     check_role(v2t.meta, "hypothesizer" if contexts is None else "corrector", v2t.active_adapter)
-    if budget is None and (sources is not None or sample_proposals):
-        raise V2TError("sources and sample_proposals shape how a budget is spent: give budget=N (--budget N) too")
-    if budget is not None:
-        plan = plan_budget(
-            budget, sources, corrector=corrector, has_corrector=bool(v2t.meta.corrector), sample=sample_proposals
-        )
-        if plan.steps or plan.rerank:
-            return budgeted(v2t, vectors, plan, rerank, show_progress, seed, options)
-    elif corrector is not None:
-        raise V2TError(
-            "corrector= is used by correction: give budget=N (or correct_steps=N to Vector2Text.generate) too"
-        )
+    plan = spending_plan(v2t, budget, sources, corrector, sample_proposals)
+    if plan is not None:
+        return budgeted(v2t, vectors, plan, rerank, show_progress, seed, options)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
         raise V2TError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     opts = v2t.generation_defaults().updated(**options)
@@ -107,6 +95,40 @@ def generate(
         raise V2TError(
             f"a corrector takes one context per vector ({len(contexts)} for {target.shape[0]}) and does not rerank"
         )
+    texts = decode_batches(v2t, target, contexts, context, opts, show_progress, seed)
+    n = opts.num_return_sequences
+    groups = [texts[i * n : (i + 1) * n] for i in range(target.shape[0])]
+    if rerank:
+        return rerank_candidates(v2t, target.numpy(), groups)
+    return [g[0] for g in groups] if n == 1 else groups
+
+
+def spending_plan(v2t: Vector2Text, budget, sources, corrector, sample_proposals: bool):
+    """The beam over corrections a ``budget`` pays for (:func:`lora_v2t.model.beam.plan_budget`), or None where
+    there is nothing to spend beyond one greedy decode; refuses the budget's knobs without a budget."""
+    if budget is None:
+        if sources is not None or sample_proposals:
+            raise V2TError("sources and sample_proposals shape how a budget is spent: give budget=N (--budget N) too")
+        if corrector is not None:
+            raise V2TError(
+                "corrector= is used by correction: give budget=N (or correct_steps=N to Vector2Text.generate) too"
+            )
+        return None
+    plan = plan_budget(
+        budget, sources, corrector=corrector, has_corrector=bool(v2t.meta.corrector), sample=sample_proposals
+    )
+    return plan if plan.steps or plan.rerank else None
+
+
+def decode_batches(
+    v2t: Vector2Text, target: torch.Tensor, contexts, context: int, opts, show_progress: bool, seed: int | None
+) -> list[str]:
+    """The decoded texts of ``target``'s rows (``opts.num_return_sequences`` per row, each row's together), in
+    batches of ``opts.batch_size`` through transformers' ``generate`` from the prefix (and a corrector's
+    ``contexts``, ``context`` tokens each)."""
+    from tqdm.auto import tqdm
+    from transformers import LogitsProcessorList
+
     tok = v2t.tokenizer
     vocab = v2t.decoding_vocab(opts.restrict_vocab)
     gen_config = hf_generation_config(opts, vocab)
@@ -140,11 +162,7 @@ def generate(
                 texts += [t.strip() for t in tok.batch_decode(vocab.tokens(out), skip_special_tokens=True)]
     finally:
         v2t.train(was_training)
-    n = opts.num_return_sequences
-    groups = [texts[i * n : (i + 1) * n] for i in range(target.shape[0])]
-    if rerank:
-        return rerank_candidates(v2t, target.numpy(), groups)
-    return [g[0] for g in groups] if n == 1 else groups
+    return texts
 
 
 def budgeted(v2t, vectors, plan, rerank: bool, show_progress: bool, seed: int | None, options: dict):

@@ -151,14 +151,7 @@ def evaluate(
     if max_new_tokens is not None:
         options["max_new_tokens"] = max_new_tokens
     v2t.generation_defaults().updated(**options)  # bad options fail here, before any encoding or decoding
-    if data.vectors is not None:
-        if len(data.vectors) != n:
-            raise V2TError(f"{len(data.vectors)} vectors for {n} reference sentences: give one vector per line")
-        vectors = to_vectors(data.vectors, v2t.embedding_dim).numpy()
-    else:
-        logger.info("encoding %d sentences with %s", n, v2t.meta.encoder.spec)
-        sources = data.references if data.sources is None else data.sources  # see EvalData.sources
-        vectors = v2t.encode(sources, show_progress=show_progress)
+    vectors = _target_vectors(v2t, data, show_progress)
     trace: Trace | None
     if plan is not None:
         systems, trace = _decode_budget(v2t, vectors, plan, options, show_progress, seed)
@@ -166,11 +159,37 @@ def evaluate(
         systems, trace = _decode_systems(v2t, vectors, rerank, correction, options, show_progress)
     boot = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
-    summary = {
+    summary = _summary(v2t, data, adapter, restrict_vocab, resamples, scores)
+    if plan is not None and trace is not None:
+        summary["budget"] = _budget_summary(v2t, plan, trace)
+    elif trace is not None and correction is not None:  # a trace comes only from a correction
+        summary["correction"] = _correction_summary(v2t, correction, rerank, trace)
+    written = _write_report(out_dir, overwrite, data, systems, summary)
+    if written != out_dir:
+        logger.warning("%s was taken while evaluating; the report went to %s", out_dir, written)
+    summary["report"] = str(written)
+    return summary
+
+
+def _target_vectors(v2t: Vector2Text, data: EvalData, show_progress: bool) -> np.ndarray:
+    """The vectors to invert: the data's own (one per reference), else its sources (or references) encoded."""
+    n = len(data.references)
+    if data.vectors is not None:
+        if len(data.vectors) != n:
+            raise V2TError(f"{len(data.vectors)} vectors for {n} reference sentences: give one vector per line")
+        return to_vectors(data.vectors, v2t.embedding_dim).numpy()
+    logger.info("encoding %d sentences with %s", n, v2t.meta.encoder.spec)
+    sources = data.references if data.sources is None else data.sources  # see EvalData.sources
+    return v2t.encode(sources, show_progress=show_progress)
+
+
+def _summary(v2t: Vector2Text, data: EvalData, adapter, restrict_vocab: bool, resamples: int, scores: dict) -> dict:
+    """The report's summary: what was evaluated, how, and each system's scores with their 95% intervals."""
+    return {
         "adapter": None if adapter is None else str(adapter),
         "adapter_config": adapter_summary(v2t),
         "data": data.name,
-        "sentences": n,
+        "sentences": len(data.references),
         "skipped": data.skipped,
         "encoder": v2t.meta.encoder.spec,
         "backbone": v2t.backbone_info["name"],
@@ -182,23 +201,19 @@ def evaluate(
             for name, s in scores.items()
         },
     }
-    if plan is not None and trace is not None:
-        summary["budget"] = _budget_summary(v2t, plan, trace)
-    elif trace is not None and correction is not None:  # a trace comes only from a correction
-        summary["correction"] = {
-            "corrector": correction.corrector or v2t.meta.corrector,
-            "starts_from": "reranked" if rerank > 1 else "greedy",
-            "width": correction.width,
-            "steps_asked": correction.steps,
-            "steps_run": len(trace.texts) - 1,
-            "seconds_per_step": [round(s, 2) for s in trace.seconds],
-            "decodes_per_vector_per_step": trace.decodes,
-        }
-    written = _write_report(out_dir, overwrite, data, systems, summary)
-    if written != out_dir:
-        logger.warning("%s was taken while evaluating; the report went to %s", out_dir, written)
-    summary["report"] = str(written)
-    return summary
+
+
+def _correction_summary(v2t: Vector2Text, correction: CorrectionConfig, rerank: int, trace: Trace) -> dict:
+    """What a correction asked for and what it ran: steps, seconds and decodes per vector per step."""
+    return {
+        "corrector": correction.corrector or v2t.meta.corrector,
+        "starts_from": "reranked" if rerank > 1 else "greedy",
+        "width": correction.width,
+        "steps_asked": correction.steps,
+        "steps_run": len(trace.texts) - 1,
+        "seconds_per_step": [round(s, 2) for s in trace.seconds],
+        "decodes_per_vector_per_step": trace.decodes,
+    }
 
 
 def check_evaluation_options(rerank: int, resamples: int) -> None:
