@@ -194,7 +194,6 @@ def cmd_evaluate(args) -> int:
     from ..bundle.adapter import validate_bundle
     from ..bundle.hub import resolve_adapter
     from ..model.correct import check_role
-    from ..tasks.evalfile import read_eval_file
     from ..tasks.evaluate import (
         check_evaluation_options,
         check_report_dir,
@@ -202,7 +201,6 @@ def cmd_evaluate(args) -> int:
         evaluate,
         markdown_table,
     )
-    from ..util.vectors import to_vectors
 
     source = args.adapter  # as given: a folder or a hub id (not the cache's commit folder)
     args.adapter = resolve_adapter(args.adapter, args.revision)
@@ -221,27 +219,7 @@ def cmd_evaluate(args) -> int:
         if args.out
         else check_report_dir(default_report_dir(source, args.data))
     )
-    data = read_eval_file(
-        args.data,
-        source_column=args.source_column,
-        target_column=1 if args.target_column is None else args.target_column,
-        header=args.header,
-        max_chars=args.max_chars,
-        limit=args.limit,
-    )
-    if data.skipped:
-        logger.info("skipped lines: %s", data.skipped)
-    if args.vectors:  # checked before the slow base load
-        vectors = load_vectors_file(args.vectors)
-        if args.limit is not None:  # the first N usable lines: their vectors are the first N
-            vectors = vectors[: args.limit]
-        data.vectors = to_vectors(vectors, config.encoder.dim).numpy()
-        if len(data.vectors) != len(data.references):
-            kept = f"the first {args.limit} " if args.limit is not None else ""
-            raise V2TError(
-                f"{args.vectors} holds {len(data.vectors)} vectors for {kept}{len(data.references)} "
-                f"usable lines of {args.data}: give one vector per usable line, in order"
-            )
+    data = _eval_data(args, config)  # the vectors are checked before the slow base load
     beams = {"num_beams": rerank, "num_return_sequences": rerank} if rerank > 1 else {}
     _check_decoding(
         args,
@@ -272,6 +250,35 @@ def cmd_evaluate(args) -> int:
     print(shown(markdown_table(summary), lines=True), end="")
     print(f"report: {shown(summary['report'])}/summary.md, sentences.tsv, cosine_hist.png")
     return 0
+
+
+def _eval_data(args, config):
+    """``--data``'s references (and sources), with ``--vectors``' rows when given, one per usable line."""
+    from ..tasks.evalfile import read_eval_file
+    from ..util.vectors import to_vectors
+
+    data = read_eval_file(
+        args.data,
+        source_column=args.source_column,
+        target_column=1 if args.target_column is None else args.target_column,
+        header=args.header,
+        max_chars=args.max_chars,
+        limit=args.limit,
+    )
+    if data.skipped:
+        logger.info("skipped lines: %s", data.skipped)
+    if args.vectors:
+        vectors = load_vectors_file(args.vectors)
+        if args.limit is not None:  # the first N usable lines: their vectors are the first N
+            vectors = vectors[: args.limit]
+        data.vectors = to_vectors(vectors, config.encoder.dim).numpy()
+        if len(data.vectors) != len(data.references):
+            kept = f"the first {args.limit} " if args.limit is not None else ""
+            raise V2TError(
+                f"{args.vectors} holds {len(data.vectors)} vectors for {kept}{len(data.references)} "
+                f"usable lines of {args.data}: give one vector per usable line, in order"
+            )
+    return data
 
 
 def cmd_invert(args) -> int:
