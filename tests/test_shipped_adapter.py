@@ -20,9 +20,10 @@ V3 = ADAPTERS / "use-gemma270m-ru-v3"  # v2 continued (training.init_adapter), n
 SPLIT = ADAPTERS / "use-gemma270m-ru-v2-corrector-split"  # v, e and v - e apart; begun from v2
 V4 = ADAPTERS / "use-gemma270m-ru-v4"  # v3 continued
 V4_CORRECTOR = ADAPTERS / "use-gemma270m-ru-v4-corrector"  # the split corrector continued twice, on new sentences
-V5 = ADAPTERS / "use-gemma270m-ru-v5"  # v4 continued, naming v4's corrector; the demo shows it
+V5 = ADAPTERS / "use-gemma270m-ru-v5"  # v4 continued, naming v4's corrector
+V6 = ADAPTERS / "use-gemma270m-ru-v6"  # v5 continued, naming v4's corrector; the demo shows it
 # each with the compute dtype it trained in
-HYPOTHESIZERS = {SHIPPED: "float32", V2: "bfloat16", V3: "bfloat16", V4: "bfloat16", V5: "bfloat16"}
+HYPOTHESIZERS = {SHIPPED: "float32", V2: "bfloat16", V3: "bfloat16", V4: "bfloat16", V5: "bfloat16", V6: "bfloat16"}
 
 
 @pytest.mark.parametrize("folder", HYPOTHESIZERS, ids=lambda p: p.name)
@@ -59,8 +60,9 @@ def test_auto_dtype_is_bf16_for_a_bf16_adapter_on_a_cpu_with_bf16_units(monkeypa
         (V3, SPLIT, "split", 30),
         (V4, V4_CORRECTOR, "split", 30),
         (V5, V4_CORRECTOR, "split", 30),
+        (V6, V4_CORRECTOR, "split", 30),
     ],
-    ids=["v2", "v3", "v4", "v5"],  # three projections make the split ones bigger
+    ids=["v2", "v3", "v4", "v5", "v6"],  # three projections make the split ones bigger
 )
 def test_the_hypothesizers_name_the_correctors_shipped_beside_them(hypothesizer, shipped, kind, megabytes):
     config = validate_bundle(hypothesizer)
@@ -86,7 +88,7 @@ def test_the_shipped_adapters_reproduce_their_model_cards(folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hypothesizer", [V2, V3, V4, V5], ids=["v2", "v3", "v4", "v5"])
+@pytest.mark.parametrize("hypothesizer", [V2, V3, V4, V5, V6], ids=["v2", "v3", "v4", "v5", "v6"])
 def test_the_shipped_correctors_never_lower_the_cosine(hypothesizer):
     v2t = load_adapter(hypothesizer, device="cpu")
     texts = [s["text"] for s in v2t.meta.training["samples"]]
@@ -99,7 +101,7 @@ def test_the_shipped_correctors_never_lower_the_cosine(hypothesizer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hypothesizer", [V3, V4, V5], ids=["v3", "v4", "v5"])
+@pytest.mark.parametrize("hypothesizer", [V3, V4, V5, V6], ids=["v3", "v4", "v5", "v6"])
 def test_the_split_corrector_raises_the_cosine_in_one_step(hypothesizer):
     """On 40 sentences of dev_conversational.txt (all 1000 in BENCHMARKS.md: +0.027 for v3's, +0.031 for v4's,
     +0.030 for v5's), in fp32: one step of the corrector each names lifts the mean cosine clearly, and changes texts
