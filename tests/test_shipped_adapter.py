@@ -10,7 +10,7 @@ from lora_v2t import V2TError, load_adapter
 from lora_v2t.bundle.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, validate_bundle
 from lora_v2t.bundle.format import AdapterMeta
 from lora_v2t.bundle.loading import load_dtype, load_precision
-from lora_v2t.model.correct import check_pair, corrector_path
+from lora_v2t.model.correct import CorrectionConfig, check_pair, correct, corrector_path
 
 ADAPTERS = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters"
 SHIPPED = ADAPTERS / "use-gemma270m-ru"  # the first one (prefix 1, fp32); the demo shows it
@@ -24,6 +24,10 @@ V5 = ADAPTERS / "use-gemma270m-ru-v5"  # v4 continued, naming v4's corrector
 V6 = ADAPTERS / "use-gemma270m-ru-v6"  # v5 continued, naming v4's corrector; the demo shows it
 # each with the compute dtype it trained in
 HYPOTHESIZERS = {SHIPPED: "float32", V2: "bfloat16", V3: "bfloat16", V4: "bfloat16", V5: "bfloat16", V6: "bfloat16"}
+# each hypothesizer that names a corrector, with the corrector it names; a new adapter is one entry here
+NAMES_CORRECTOR = {V2: CORRECTOR, V3: SPLIT, V4: V4_CORRECTOR, V5: V4_CORRECTOR, V6: V4_CORRECTOR}
+SPLIT_NAMERS = [h for h, c in NAMES_CORRECTOR.items() if c != CORRECTOR]  # those naming a split corrector
+CORRECTOR_MB = {"mlp": 20, "split": 30}  # three projections make the split ones bigger
 
 
 @pytest.mark.parametrize("folder", HYPOTHESIZERS, ids=lambda p: p.name)
@@ -53,18 +57,10 @@ def test_auto_dtype_is_bf16_for_a_bf16_adapter_on_a_cpu_with_bf16_units(monkeypa
         load_dtype(v2, "fp8", "cpu")
 
 
-@pytest.mark.parametrize(
-    "hypothesizer, shipped, kind, megabytes",
-    [
-        (V2, CORRECTOR, "mlp", 20),
-        (V3, SPLIT, "split", 30),
-        (V4, V4_CORRECTOR, "split", 30),
-        (V5, V4_CORRECTOR, "split", 30),
-        (V6, V4_CORRECTOR, "split", 30),
-    ],
-    ids=["v2", "v3", "v4", "v5", "v6"],  # three projections make the split ones bigger
-)
-def test_the_hypothesizers_name_the_correctors_shipped_beside_them(hypothesizer, shipped, kind, megabytes):
+@pytest.mark.parametrize("hypothesizer", NAMES_CORRECTOR, ids=lambda p: p.name)
+def test_the_hypothesizers_name_the_correctors_shipped_beside_them(hypothesizer):
+    shipped = NAMES_CORRECTOR[hypothesizer]
+    kind = "mlp" if shipped == CORRECTOR else "split"
     config = validate_bundle(hypothesizer)
     meta = AdapterMeta.of_bundle(config, source=str(hypothesizer))
     path = corrector_path(meta, "default", None, None)
@@ -72,7 +68,7 @@ def test_the_hypothesizers_name_the_correctors_shipped_beside_them(hypothesizer,
     corrector = validate_bundle(path)
     check_pair(corrector, config.encoder, config.backbone.to_dict(), path)
     assert corrector.role == "corrector" and corrector.format_version == 3 and corrector.projector.kind == kind
-    assert sum(p.stat().st_size for p in shipped.iterdir()) < megabytes * 2**20
+    assert sum(p.stat().st_size for p in shipped.iterdir()) < CORRECTOR_MB[kind] * 2**20
 
 
 @pytest.mark.slow
@@ -88,12 +84,10 @@ def test_the_shipped_adapters_reproduce_their_model_cards(folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hypothesizer", [V2, V3, V4, V5, V6], ids=["v2", "v3", "v4", "v5", "v6"])
+@pytest.mark.parametrize("hypothesizer", NAMES_CORRECTOR, ids=lambda p: p.name)
 def test_the_shipped_correctors_never_lower_the_cosine(hypothesizer):
     v2t = load_adapter(hypothesizer, device="cpu")
     texts = [s["text"] for s in v2t.meta.training["samples"]]
-    from lora_v2t.model.correct import CorrectionConfig, correct
-
     trace = correct(v2t, v2t.encode(texts), CorrectionConfig(steps=2))
     assert "default-corrector" in v2t.adapters
     steps = zip(trace.cosines, trace.cosines[1:], strict=False)  # strict=False: consecutive steps
@@ -101,13 +95,11 @@ def test_the_shipped_correctors_never_lower_the_cosine(hypothesizer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hypothesizer", [V3, V4, V5, V6], ids=["v3", "v4", "v5", "v6"])
+@pytest.mark.parametrize("hypothesizer", SPLIT_NAMERS, ids=lambda p: p.name)
 def test_the_split_corrector_raises_the_cosine_in_one_step(hypothesizer):
     """On 40 sentences of dev_conversational.txt (all 1000 in BENCHMARKS.md: +0.027 for v3's, +0.031 for v4's,
     +0.030 for v5's, +0.028 for v6's), in fp32: one step of the corrector each names lifts the mean cosine clearly,
     and changes texts rather than copying them."""
-    from lora_v2t.model.correct import CorrectionConfig, correct
-
     dev = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "dev_conversational.txt"
     if not dev.is_file():
         pytest.skip(f"{dev} is not here")
