@@ -43,6 +43,7 @@ SHAPES = {
     "offline_use_gemma270m_v5.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v5_corrector.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v6.yaml": (None, "precomputed:512"),
+    "offline_use_gemma270m_v7.yaml": (None, "precomputed:512"),
     "tiny_debug.yaml": ("tiny_backbone_dir", None),
 }
 TOLERANCE = {"none": 1e-5, "8bit": 1e-4}  # atol = rtol on logits, per quantization
@@ -189,6 +190,7 @@ def test_the_continuing_recipes_start_from_the_shipped_hypothesizer(monkeypatch)
         "offline_use_gemma270m_v5.yaml",
         "offline_use_gemma270m_v5_corrector.yaml",
         "offline_use_gemma270m_v6.yaml",
+        "offline_use_gemma270m_v7.yaml",
     ],
 )
 def test_a_recipe_continuing_a_shipped_adapter_starts_where_it_ended(recipe, monkeypatch):
