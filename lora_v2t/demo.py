@@ -20,6 +20,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .bundle.format import BundleConfig
 from .config import (
     DEFAULT_BUDGET,
     OFFLINE_BACKBONE,
@@ -142,9 +143,25 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 
 def shipped_minutes(v2t: Vector2Text | None) -> str:
-    """ "; the shipped one trained for N minutes", as its bundle records it (nothing when it does not)."""
-    minutes = None if v2t is None else v2t.meta.training.get("wall_minutes")
-    return f"; the shipped one trained for {minutes:.0f} minutes" if isinstance(minutes, (int, float)) else ""
+    """ "; the shipped one trained for N minutes", as its bundle records it, counting the runs it continued
+    (``training.init_adapter``, bundles beside it: a continued adapter's own run is only its last part); nothing
+    when it records no time."""
+    training = {} if v2t is None else v2t.meta.training
+    minutes = training.get("wall_minutes")
+    if not isinstance(minutes, (int, float)):
+        return ""
+    runs, total, earlier = 1, minutes, training.get("init_adapter")
+    seen: set[str] = set()
+    while isinstance(earlier, str) and earlier not in seen:
+        seen.add(earlier)
+        config = SHIPPED.parent / Path(earlier).name / "v2t_config.json"
+        if not config.is_file():
+            break
+        before = BundleConfig.from_json(config).training
+        runs, total, earlier = runs + 1, total + (before.get("wall_minutes") or 0), before.get("init_adapter")
+    if runs == 1:
+        return f"; the shipped one trained for {minutes:.0f} minutes"
+    return f"; the shipped one trained for {total:.0f} minutes in {runs} runs, the last of {minutes:.0f}"
 
 
 def show_shipped(shipped: Path | None, held_out: list[str]):

@@ -1,4 +1,6 @@
 import json
+import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -6,12 +8,14 @@ import lora_v2t.train.evaluation as evaluation_module
 import lora_v2t.train.trainer as train_module
 from lora_v2t import load_adapter
 from lora_v2t.bundle.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
+from lora_v2t.bundle.format import AdapterMeta, BundleConfig
 from lora_v2t.config import DEFAULT_BUDGET
 from lora_v2t.demo import (
     DEMO_RUN,
     DEMO_SENTENCES,
     HELD_OUT,
     SHARED_CORPUS,
+    SHIPPED,
     DemoConfig,
     demo_recipe,
     run_demo,
@@ -190,3 +194,14 @@ def test_a_corpus_that_cannot_be_read_is_refused_before_anything_loads(tmp_path,
     corpus.write_bytes("Где лодка?\rКошка спит.\r".encode())
     assert main(["demo", "--corpus", str(corpus), "--output-dir", str(tmp_path / "runs")]) == 2
     assert capsys.readouterr().err.startswith(f"error: corpus {corpus} ends its lines with a carriage return alone")
+
+
+def test_the_shipped_adapters_minutes_count_the_runs_it_continued():
+    """The shipped adapter continues others (training.init_adapter): its own run is only its last part, and the
+    demo's closing line must not say that part made it."""
+    config = BundleConfig.from_json(SHIPPED / "v2t_config.json")
+    line = shipped_minutes(SimpleNamespace(meta=AdapterMeta.of_bundle(config)))
+    found = re.fullmatch(r"; the shipped one trained for (\d+) minutes in (\d+) runs, the last of (\d+)", line)
+    assert found, line
+    total, runs, last = map(int, found.groups())
+    assert last == round(config.training["wall_minutes"]) and runs >= 2 and total >= last + 240  # v2 ran 240
