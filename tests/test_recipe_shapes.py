@@ -43,6 +43,7 @@ SHAPES = {
     "offline_use_gemma270m_v5.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v5_corrector.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v6.yaml": (None, "precomputed:512"),
+    "offline_use_gemma270m_v6_corrector.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v7.yaml": (None, "precomputed:512"),
     "tiny_debug.yaml": ("tiny_backbone_dir", None),
 }
@@ -151,33 +152,38 @@ def test_recipe_adapter_saves_and_loads_at_the_real_shapes(recipe, request, tmp_
 
 
 @pytest.mark.slow
-def test_the_continuing_recipes_start_from_the_shipped_hypothesizer(monkeypatch):
-    """offline_use_gemma270m_v3 begins with v2's loss exactly; the split corrector's v and e parts are v2's
-    projector (both recipes name checkpoints/adapters/use-gemma270m-ru-v2 as training.init_adapter)."""
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "offline_use_gemma270m_v3.yaml",
+        "offline_use_gemma270m_corrector_split.yaml",
+        "offline_use_gemma270m_v6_corrector.yaml",
+    ],
+)
+def test_a_recipe_starting_from_a_shipped_hypothesizer_begins_as_it(recipe, monkeypatch):
+    """A hypothesizer that continues one begins with its loss exactly; a split corrector's v and e parts begin as
+    its projector, whose slots repeat as often as the corrector has more (v6_corrector: 8 slots from v6's 4)."""
     from lora_v2t.train.warmstart import warm_start
 
     monkeypatch.chdir(RECIPES_DIR.parent)  # the recipes' paths are relative to the repository root
-    shipped = load_adapter("checkpoints/adapters/use-gemma270m-ru-v2", device="cpu", dtype="float32")
+    cfg = load_config(RECIPES_DIR / recipe)
+    shipped = load_adapter(cfg.training.init_adapter, device="cpu", dtype="float32")
+    assert shipped.meta.role == "hypothesizer"
     vectors = shipped.encode(SENTENCES[:3])
     expected = shipped.loss(vectors, SENTENCES[:3])
     source = torch.from_numpy(vectors)
-    expected_prefix = shipped.projector(source)
+    prefix = shipped.projector(source)
     del shipped
     gc.collect()
-    for recipe in ("offline_use_gemma270m_v3.yaml", "offline_use_gemma270m_corrector_split.yaml"):
-        cfg = load_config(RECIPES_DIR / recipe)
-        assert cfg.training.init_adapter == "checkpoints/adapters/use-gemma270m-ru-v2"
-        v2t = Vector2Text.from_config(cfg, device="cpu")
-        warm_start(v2t, cfg.training.init_adapter)
-        if cfg.training.role == "hypothesizer":
-            assert torch.allclose(v2t.loss(vectors, SENTENCES[:3]), expected, atol=1e-5)
-        else:
-            parts = v2t.projector.parts
-            assert torch.allclose(parts[0](source), expected_prefix) and torch.allclose(
-                parts[1](source), expected_prefix
-            )
-        del v2t
-        gc.collect()
+    v2t = Vector2Text.from_config(cfg, device="cpu")
+    warm_start(v2t, cfg.training.init_adapter)
+    if cfg.training.role == "hypothesizer":
+        assert torch.allclose(v2t.loss(vectors, SENTENCES[:3]), expected, atol=1e-5)
+        return
+    repeats = cfg.projector.prefix_length // prefix.shape[1]
+    assert repeats * prefix.shape[1] == cfg.projector.prefix_length
+    for part in v2t.projector.parts[:2]:
+        assert torch.allclose(part(source), torch.cat([prefix] * repeats, dim=1))
 
 
 @pytest.mark.slow

@@ -94,17 +94,17 @@ def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str
     device = projector.target_rms.device
     state = {k: v.to(device) for k, v in state.items()}
     from_hypothesizer = isinstance(projector, SplitProjector) and not any(k.startswith("parts.") for k in state)
-    targets = (
-        [projector.parts[0], projector.parts[1]]
-        if isinstance(projector, SplitProjector) and from_hypothesizer
-        else [projector]
-    )
+    targets = [projector]
+    if from_hypothesizer:
+        targets = [projector.parts[0], projector.parts[1]]
+        state = tile_slots(state, projector.prefix_length, projector.hidden_size, where)
     for target in targets:
         try:
             target.load_state_dict(state)
         except RuntimeError as exc:
             fix = (
-                "the corrector's projector.prefix_length and hidden_dim must be the hypothesizer's"
+                "the corrector's projector.prefix_length must be a multiple of the hypothesizer's, and its "
+                "hidden_dim the hypothesizer's"
                 if from_hypothesizer
                 else "set projector.kind, prefix_length and hidden_dim as the bundle has them"
             )
@@ -112,3 +112,29 @@ def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str
                 f"{where}: its projector does not fit this recipe's ({first_line(exc, 160)}): {fix} "
                 "(lora-v2t info shows them)"
             ) from exc
+
+
+OUTPUT_LAYER = "net.2"  # an mlp projector's last linear layer: hidden_dim -> k * hidden_size
+
+
+def tile_slots(state: dict[str, torch.Tensor], slots: int, hidden_size: int, where: str) -> dict[str, torch.Tensor]:
+    """A hypothesizer's mlp projector ``state`` widened to ``slots`` prefix slots: its k slots repeated
+    ``slots // k`` times (each group of k starts as the hypothesizer's whole prefix; training sets them apart).
+    ``slots`` equal to k returns ``state`` as it is; one that is not a multiple of k is refused."""
+    weight = state.get(f"{OUTPUT_LAYER}.weight")
+    if weight is None or weight.shape[0] % hidden_size:
+        return state  # not an mlp projector of this backbone: load_state_dict names the mismatch
+    have = weight.shape[0] // hidden_size
+    if slots == have:
+        return state
+    if slots % have:
+        raise V2TError(
+            f"{where}: its projector fills {have} slot(s) and this corrector's prefix_length is {slots}: "
+            f"set projector.prefix_length to a multiple of {have}"
+        )
+    repeats = slots // have
+    tiled = dict(state)
+    for name in ("weight", "bias"):
+        key = f"{OUTPUT_LAYER}.{name}"
+        tiled[key] = state[key].repeat(repeats, *[1] * (state[key].dim() - 1))  # slot-major rows, k * hidden_size
+    return tiled
