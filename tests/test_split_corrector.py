@@ -131,45 +131,51 @@ def test_a_warm_start_begins_exactly_where_the_bundle_ended(tmp_path, tiny_backb
             warm_start(other, str(tmp_path / "hyp"))
 
 
-def test_a_split_corrector_starts_from_its_hypothesizer(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
+def saved_hypothesizer_and_corrector(tmp_path, backbone_dir, encoder_dir):
+    """A tiny 2-slot hypothesizer saved to ``tmp_path/hyp``, and a maker of fresh split correctors on its base
+    (``--projector.*`` overrides as arguments)."""
     from lora_v2t.model.vector2text import Vector2Text
+
+    source = make_v2t(backbone_dir, encoder_dir, seed=5, prefix_length=2, lora_r=8)
+    source.save_adapter(tmp_path / "hyp")
+    common = [f"--backbone.name={backbone_dir}", f"--encoder.spec={encoder_dir}"]
+    common += ["--projector.kind=split", "--training.role=corrector"]
+
+    def corrector(*overrides: str):
+        return Vector2Text.from_config(load_config(RECIPE, common + list(overrides)), device="cpu")
+
+    return source, corrector
+
+
+def test_a_split_corrector_starts_from_its_hypothesizer(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
     from lora_v2t.train.warmstart import warm_start
 
-    source = make_v2t(tiny_backbone_dir, tiny_encoder_dir, seed=5, prefix_length=2, lora_r=8)
-    source.save_adapter(tmp_path / "hyp")
-    overrides = ["--projector.prefix_length=2", "--projector.kind=split", "--training.role=corrector"]
-    common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}"]
-    corrector = Vector2Text.from_config(load_config(RECIPE, common + overrides), device="cpu")
+    source, make = saved_hypothesizer_and_corrector(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
+    corrector = make("--projector.prefix_length=2")
     warm_start(corrector, str(tmp_path / "hyp"))
     v = torch.from_numpy(source.encode(["кот спит"]))
     parts = corrector.projector.parts
     assert torch.equal(parts[0](v), source.projector(v)) and torch.equal(parts[1](v), source.projector(v))
     assert not torch.equal(parts[2](v), source.projector(v))  # v - e starts fresh
-    odd = Vector2Text.from_config(load_config(RECIPE, common + overrides[1:] + ["--projector.prefix_length=3"]))
     with pytest.raises(V2TError, match="fills 2 slot.s. and this corrector's prefix_length is 3: .* multiple of 2"):
-        warm_start(odd, str(tmp_path / "hyp"))
+        warm_start(make("--projector.prefix_length=3"), str(tmp_path / "hyp"))
 
 
 def test_a_corrector_with_more_slots_starts_with_its_hypothesizers_prefix_repeated(
     tmp_path, tiny_backbone_dir, tiny_encoder_dir
 ):
-    from lora_v2t.model.vector2text import Vector2Text
     from lora_v2t.train.warmstart import warm_start
 
-    source = make_v2t(tiny_backbone_dir, tiny_encoder_dir, seed=5, prefix_length=2, lora_r=8)
-    source.save_adapter(tmp_path / "hyp")
-    overrides = ["--projector.prefix_length=6", "--projector.kind=split", "--training.role=corrector"]
-    common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}"]
-    corrector = Vector2Text.from_config(load_config(RECIPE, common + overrides), device="cpu")
+    source, make = saved_hypothesizer_and_corrector(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
+    corrector = make("--projector.prefix_length=6")
     warm_start(corrector, str(tmp_path / "hyp"))
     v = torch.from_numpy(source.encode(["кот спит", "где лодка"]))
     prefix = source.projector(v)  # (2, 2, h)
     for part in corrector.projector.parts[:2]:
         assert torch.equal(part(v), torch.cat([prefix] * 3, dim=1))  # (2, 6, h): the 2 slots, three times
     assert corrector.projector.slots == 18
-    narrow = overrides + ["--projector.hidden_dim=7"]
     with pytest.raises(V2TError, match="hidden_dim the hypothesizer's"):
-        warm_start(Vector2Text.from_config(load_config(RECIPE, common + narrow)), str(tmp_path / "hyp"))
+        warm_start(make("--projector.prefix_length=6", "--projector.hidden_dim=7"), str(tmp_path / "hyp"))
 
 
 def test_a_missing_init_adapter_is_refused_before_anything_loads(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
