@@ -94,8 +94,8 @@ def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str
     device = projector.target_rms.device
     state = {k: v.to(device) for k, v in state.items()}
     from_hypothesizer = isinstance(projector, SplitProjector) and not any(k.startswith("parts.") for k in state)
-    targets = [projector]
-    if from_hypothesizer:
+    targets: list[torch.nn.Module] = [projector]
+    if isinstance(projector, SplitProjector) and from_hypothesizer:
         targets = [projector.parts[0], projector.parts[1]]
         state = tile_slots(state, projector.prefix_length, projector.hidden_size, where)
     for target in targets:
