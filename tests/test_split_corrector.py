@@ -14,7 +14,9 @@ from lora_v2t import V2TError, load_adapter
 from lora_v2t.config import DataConfig, ProjectorConfig, load_config
 from lora_v2t.model.correct import condition
 from lora_v2t.model.projector import SplitProjector
+from lora_v2t.model.vector2text import Vector2Text
 from lora_v2t.train.pairs import pair_up
+from lora_v2t.train.warmstart import warm_start
 
 from .conftest import make_v2t
 from .test_correct import tiny_run
@@ -110,9 +112,6 @@ def test_too_few_sentences_with_a_hypothesis_are_refused():
 
 # ---------------------------------------------------------------------- warm start, and the whole recipe
 def test_a_warm_start_begins_exactly_where_the_bundle_ended(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
-    from lora_v2t.model.vector2text import Vector2Text
-    from lora_v2t.train.warmstart import warm_start
-
     source = make_v2t(tiny_backbone_dir, tiny_encoder_dir, seed=5, prefix_length=2, lora_r=8)
     source.save_adapter(tmp_path / "hyp")
     common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}"]
@@ -134,8 +133,6 @@ def test_a_warm_start_begins_exactly_where_the_bundle_ended(tmp_path, tiny_backb
 def saved_hypothesizer_and_corrector(tmp_path, backbone_dir, encoder_dir):
     """A tiny 2-slot hypothesizer saved to ``tmp_path/hyp``, and a maker of fresh split correctors on its base
     (``--projector.*`` overrides as arguments)."""
-    from lora_v2t.model.vector2text import Vector2Text
-
     source = make_v2t(backbone_dir, encoder_dir, seed=5, prefix_length=2, lora_r=8)
     source.save_adapter(tmp_path / "hyp")
     common = [f"--backbone.name={backbone_dir}", f"--encoder.spec={encoder_dir}"]
@@ -148,8 +145,6 @@ def saved_hypothesizer_and_corrector(tmp_path, backbone_dir, encoder_dir):
 
 
 def test_a_split_corrector_starts_from_its_hypothesizer(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
-    from lora_v2t.train.warmstart import warm_start
-
     source, make = saved_hypothesizer_and_corrector(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
     corrector = make("--projector.prefix_length=2")
     warm_start(corrector, str(tmp_path / "hyp"))
@@ -164,8 +159,6 @@ def test_a_split_corrector_starts_from_its_hypothesizer(tmp_path, tiny_backbone_
 def test_a_corrector_with_more_slots_starts_with_its_hypothesizers_prefix_repeated(
     tmp_path, tiny_backbone_dir, tiny_encoder_dir
 ):
-    from lora_v2t.train.warmstart import warm_start
-
     source, make = saved_hypothesizer_and_corrector(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
     corrector = make("--projector.prefix_length=6")
     warm_start(corrector, str(tmp_path / "hyp"))

@@ -69,6 +69,7 @@ class PrefixProjector(Projector):
     """Sentence vector (B, d) -> prefix embeddings (B, k, h) at the backbone's embedding scale."""
 
     net: nn.Module
+    MLP_OUTPUT = "net.2"  # the mlp's last linear layer (hidden_dim -> k * hidden_size), as built below
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ import torch
 from ..bundle.adapter import check_compatible, validate_bundle
 from ..bundle.format import BundleConfig
 from ..bundle.hub import resolve_adapter
-from ..model.projector import SplitProjector
+from ..model.projector import PrefixProjector, SplitProjector
 from ..util.errors import V2TError, first_line
 
 if TYPE_CHECKING:
@@ -93,9 +93,10 @@ def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str
     projector = v2t.projector
     device = projector.target_rms.device
     state = {k: v.to(device) for k, v in state.items()}
-    from_hypothesizer = isinstance(projector, SplitProjector) and not any(k.startswith("parts.") for k in state)
     targets: list[torch.nn.Module] = [projector]
-    if isinstance(projector, SplitProjector) and from_hypothesizer:
+    from_hypothesizer = False
+    if isinstance(projector, SplitProjector) and not any(k.startswith("parts.") for k in state):
+        from_hypothesizer = True
         targets = [projector.parts[0], projector.parts[1]]
         state = tile_slots(state, projector.prefix_length, projector.hidden_size, where)
     for target in targets:
@@ -114,14 +115,11 @@ def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str
             ) from exc
 
 
-OUTPUT_LAYER = "net.2"  # an mlp projector's last linear layer: hidden_dim -> k * hidden_size
-
-
 def tile_slots(state: dict[str, torch.Tensor], slots: int, hidden_size: int, where: str) -> dict[str, torch.Tensor]:
     """A hypothesizer's mlp projector ``state`` widened to ``slots`` prefix slots: its k slots repeated
     ``slots // k`` times (each group of k starts as the hypothesizer's whole prefix; training sets them apart).
     ``slots`` equal to k returns ``state`` as it is; one that is not a multiple of k is refused."""
-    weight = state.get(f"{OUTPUT_LAYER}.weight")
+    weight = state.get(f"{PrefixProjector.MLP_OUTPUT}.weight")
     if weight is None or weight.shape[0] % hidden_size:
         return state  # not an mlp projector of this backbone: load_state_dict names the mismatch
     have = weight.shape[0] // hidden_size
@@ -135,6 +133,6 @@ def tile_slots(state: dict[str, torch.Tensor], slots: int, hidden_size: int, whe
     repeats = slots // have
     tiled = dict(state)
     for name in ("weight", "bias"):
-        key = f"{OUTPUT_LAYER}.{name}"
+        key = f"{PrefixProjector.MLP_OUTPUT}.{name}"
         tiled[key] = state[key].repeat(repeats, *[1] * (state[key].dim() - 1))  # slot-major rows, k * hidden_size
     return tiled
