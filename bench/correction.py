@@ -13,7 +13,9 @@ vectors in one run:
 Every correction keeps --width candidates per vector between steps.
 
 Every system's text is scored by corpus chrF and BLEU (sacrebleu), exact match and the re-embedding cosine, with
-its decodes per vector and seconds.
+its decodes per vector and seconds, and its cosine gain over greedy with a paired 95% bootstrap interval (the same
+resamples of the same sentences for both). Every two corrector step-1 rows are compared the same way, and the
+JSON keeps each system's per-sentence cosines for any other comparison.
 
     .venv/bin/python bench/correction.py --adapter checkpoints/adapters/use-gemma270m-ru-v2 --dev 300 --steps 5
 
@@ -100,15 +102,19 @@ def main() -> None:
     if args.budgets:
         return budget_curve(args, v2t, vectors, data)
     rows, boot = [], np.random.default_rng(0).integers(0, len(vectors), (200, len(vectors)))
+    per_sentence: dict[str, np.ndarray] = {}
 
     def record(name: str, texts: list[str], cosines, decodes: int, seconds: float) -> None:
         scores = score_outputs(texts, data.references, cosines, boot)
+        per_sentence[name] = np.asarray(cosines, dtype=np.float64)
+        gain = paired_gain(per_sentence[name], per_sentence["greedy"], boot)
         rows.append(
             {
                 "system": name,
                 "decodes": decodes,
                 "seconds": round(seconds, 1),
                 **{m: round(scores[m][0], 4) for m in ("chrf", "bleu", "exact_match", "cosine")},
+                "cosine_gain": gain,
             }
         )
         print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
@@ -133,7 +139,7 @@ def main() -> None:
     trained = None
     for corrector in args.also_corrector:  # other correctors of the same hypothesizer, on the same vectors
         other = CorrectionConfig(steps=args.steps, corrector=corrector, min_gain=0.0, width=args.width)
-        traced(f"corrector {Path(corrector).name}", other, with_greedy=False)
+        traced(f"corrector {corrector_label(corrector)}", other, with_greedy=False)
     if args.corrector != "none" and (args.corrector or v2t.meta.corrector):
         trained = CorrectionConfig(steps=args.steps, corrector=args.corrector, min_gain=0.0, width=args.width)
         traced("corrector", trained, with_greedy=False)
@@ -146,17 +152,60 @@ def main() -> None:
                     with_greedy=False,
                 )
     print(f"\n{len(vectors)} sentences of {args.data.name}; adapter {args.adapter}\n")
-    print("| system | decodes per vector | seconds | chrF | BLEU | exact % | cosine |\n|---|---|---|---|---|---|---|")
+    print(
+        "| system | decodes per vector | seconds | chrF | BLEU | exact % | cosine | gain over greedy [95%] |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
         print(
             f"| {r['system']} | {r['decodes']} | {r['seconds']} | {r['chrf']:.1f} | {r['bleu']:.1f} | "
-            f"{r['exact_match']:.1f} | {r['cosine']:.4f} |"
+            f"{r['exact_match']:.1f} | {r['cosine']:.4f} | {format_gain(r['cosine_gain'])} |"
         )
+    comparisons = compare_correctors(per_sentence, boot)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"adapter": str(args.adapter), "data": str(args.data), "rows": rows}, indent=1, ensure_ascii=False),
+        json.dumps(
+            {
+                "adapter": str(args.adapter),
+                "data": str(args.data),
+                "rows": rows,
+                "corrector_comparisons": comparisons,
+                "per_sentence_cosine": {k: [round(float(x), 4) for x in v] for k, v in per_sentence.items()},
+            },
+            indent=1,
+            ensure_ascii=False,
+        ),
         encoding="utf-8",
     )
+
+
+def corrector_label(path: str) -> str:
+    """A bundle's folder name, with its run's name when it is a run's ``final`` (two runs' ends stay apart)."""
+    where = Path(path)
+    return f"{where.parent.name}/{where.name}" if where.name == "final" else where.name
+
+
+def paired_gain(cosines: np.ndarray, baseline: np.ndarray, boot: np.ndarray) -> list[float]:
+    """Mean per-sentence cosine gain of ``cosines`` over ``baseline`` (the same sentences), with its 95% interval
+    over the bootstrap resamples ``boot``: [gain, low, high]."""
+    from lora_v2t.tasks.metrics import bootstrap_interval
+
+    return [round(float(x), 4) for x in bootstrap_interval(cosines - baseline, boot)]
+
+
+def format_gain(gain: list[float]) -> str:
+    return f"{gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}]"
+
+
+def compare_correctors(per_sentence: dict[str, np.ndarray], boot: np.ndarray) -> list[dict]:
+    """Every two corrector step-1 rows, paired on the same sentences: the first's cosine gain over the second."""
+    step1 = [name for name in per_sentence if name.startswith("corrector") and name.endswith(", step 1")]
+    out = []
+    for i, a in enumerate(step1):
+        for b in step1[i + 1 :]:
+            out.append({"a": a, "b": b, "cosine_gain": paired_gain(per_sentence[a], per_sentence[b], boot)})
+            print(f"{a} against {b}: cosine {format_gain(out[-1]['cosine_gain'])}")
+    return out
 
 
 CURVE_SYSTEMS = {
