@@ -38,6 +38,13 @@ def main() -> None:
         help="a hypothesizer's corrector, as its bundle names it (a folder relative "
         "to --out, e.g. ../use-gemma270m-ru-v2-corrector, or a hub id)",
     )
+    parser.add_argument(
+        "--projector-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="how the projector's weight matrices are stored: bfloat16 halves them (a split corrector's are most of "
+        "its bundle); they load back into fp32 (default float32)",
+    )
     args = parser.parse_args()
 
     from lora_v2t import load_adapter
@@ -84,7 +91,7 @@ def main() -> None:
     training = {}
     if v2t.role == "hypothesizer":
         training["samples"] = [{"text": t, "generated": g} for t, g in zip(SAMPLES, v2t.invert(SAMPLES), strict=True)]
-    v2t.save_adapter(args.out, training=training)
+    v2t.save_adapter(args.out, training=training, projector_dtype=args.projector_dtype)
     print(json.dumps(v2t.meta.training, indent=1, ensure_ascii=False))
     print(f"shipped: {args.out}")
 

@@ -52,6 +52,31 @@ def test_save_then_load_gives_identical_logits_and_greedy_text(v2t, bundle):
     assert loaded.meta.training["steps"] == 3
 
 
+def test_a_bf16_projector_stores_its_matrices_at_half_size_and_loads_them_back_rounded(v2t, bundle, tmp_path):
+    small = v2t.save_adapter(tmp_path / "small", projector_dtype="bfloat16")
+    state = v2t.projector.state_dict()
+    with safe_open(str(small / "projector.safetensors"), framework="pt") as handle:
+        stored = {k: handle.get_tensor(k) for k in handle.keys()}
+    assert {k: t.dtype for k, t in stored.items()} == {
+        k: torch.bfloat16 if t.ndim >= 2 else torch.float32 for k, t in state.items()
+    }
+    matrices = sum(t.numel() for t in state.values() if t.ndim >= 2)
+    saved = (bundle / "projector.safetensors").stat().st_size - (small / "projector.safetensors").stat().st_size
+    assert saved >= 2 * matrices
+    loaded = load_adapter(small, device="cpu").projector.state_dict()
+    for key, value in state.items():
+        assert loaded[key].dtype == torch.float32
+        expected = value.to(torch.bfloat16).float() if value.ndim >= 2 else value
+        assert torch.equal(loaded[key], expected), key
+
+
+@pytest.mark.parametrize("dtype", ["float16", "fp32", "int8"])
+def test_a_projector_dtype_not_offered_is_refused_before_anything_is_written(v2t, tmp_path, dtype):
+    with pytest.raises(V2TError, match=f"projector_dtype must be one of float32, bfloat16, got '{dtype}'"):
+        v2t.save_adapter(tmp_path / "bundle", projector_dtype=dtype)
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_plain_peft_loads_the_lora_part(v2t, bundle, tiny_backbone_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 
 from lora_v2t import load_adapter
 
@@ -82,3 +84,28 @@ def test_a_report_decoded_over_another_vocabulary_is_refused_and_nothing_is_ship
             *("--eval", str(report(tmp_path / "eval" / "conv", output_vocab=1234))),
         )
     assert not out.exists()
+
+
+def test_a_bf16_projector_is_shipped_with_its_matrices_rounded(tmp_path, run, monkeypatch):
+    adapter, recipe = run
+    out = tmp_path / "adapters" / "tiny"
+    ship(
+        monkeypatch,
+        "--adapter",
+        str(adapter),
+        "--recipe",
+        str(recipe),
+        "--out",
+        str(out),
+        "--projector-dtype",
+        "bfloat16",
+    )
+    with safe_open(str(out / "projector.safetensors"), framework="pt") as handle:
+        dtypes = {handle.get_slice(k).get_dtype() for k in handle.keys() if len(handle.get_slice(k).get_shape()) >= 2}
+    assert dtypes == {"BF16"}
+    shipped = load_adapter(out, device="cpu", dtype="float32")
+    original = load_adapter(adapter, device="cpu", dtype="float32").projector
+    assert all(
+        torch.equal(got, want.to(torch.bfloat16).float() if want.ndim >= 2 else want)
+        for got, want in zip(shipped.projector.state_dict().values(), original.state_dict().values(), strict=True)
+    )

@@ -53,13 +53,21 @@ SAFETENSORS_MAX_HEADER = 100 * 2**20  # safetensors refuses JSON headers above 1
 PICKLE_PROTOCOLS = range(2, 6)  # a binary pickle starts with 0x80 and its protocol byte (torch.save's legacy format)
 REWRITE = "save or copy the adapter again"
 NO_PICKLE = "lora_v2t never loads pickle; convert it with safetensors.torch.save_file"
+PROJECTOR_DTYPES = ("float32", "bfloat16")  # how save_adapter may store a projector
 
 
 # ---------------------------------------------------------------------- saving
-def save_adapter(v2t: Vector2Text, path: str | Path, training: dict | None = None) -> Path:
-    """Write the active adapter of ``v2t`` as a bundle at ``path`` (replacing an older bundle there)."""
+def save_adapter(
+    v2t: Vector2Text, path: str | Path, training: dict | None = None, projector_dtype: str = "float32"
+) -> Path:
+    """Write the active adapter of ``v2t`` as a bundle at ``path`` (replacing an older bundle there).
+    ``projector_dtype`` ``bfloat16`` stores the projector's weight matrices at half their size (a split corrector's
+    are most of its bundle); loading puts them back in fp32, rounded to bf16's 8 significant bits."""
+    import torch
     from safetensors.torch import save_file
 
+    if projector_dtype not in PROJECTOR_DTYPES:
+        raise V2TError(f"projector_dtype must be one of {', '.join(PROJECTOR_DTYPES)}, got {projector_dtype!r}")
     path = Path(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "v2t_config.json").exists())):
         raise V2TError(f"{path} exists and is not an adapter bundle: choose a new or empty folder")
@@ -82,7 +90,7 @@ def save_adapter(v2t: Vector2Text, path: str | Path, training: dict | None = Non
             for item in (tmp / name).iterdir():
                 item.replace(tmp / item.name)
             (tmp / name).rmdir()
-        state = {k: v.detach().to("cpu").contiguous() for k, v in v2t.projector.state_dict().items()}
+        state = {k: _stored(v, getattr(torch, projector_dtype)) for k, v in v2t.projector.state_dict().items()}
         save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
         if v2t.output_vocab is not None:
             save_file(
@@ -101,6 +109,12 @@ def save_adapter(v2t: Vector2Text, path: str | Path, training: dict | None = Non
                 item.unlink()
     logger.debug("saved adapter %r to %s", name, path)
     return path
+
+
+def _stored(tensor, dtype):
+    """A projector tensor as a bundle stores it: its weight matrices in ``dtype``, every vector (biases, norms, the
+    embedding scale) in fp32, as small as it is exact."""
+    return tensor.detach().to("cpu", dtype if tensor.ndim >= 2 else tensor.dtype).contiguous()
 
 
 def _save_lora(peft_model, name: str, folder: Path) -> None:

@@ -66,6 +66,11 @@ def cmd_info(args) -> int:
         with safe_open(str(args.adapter / file), framework="pt") as handle:
             return sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
 
+    def stored(file: str) -> str:
+        with safe_open(str(args.adapter / file), framework="pt") as handle:
+            dtypes = sorted({handle.get_slice(k).get_dtype() for k in handle.keys()} - {"F32"})
+        return f", weight matrices stored in {', '.join(dtypes)} (loaded into fp32)" if dtypes else ""
+
     enc, bb, proj, lora = config.encoder, config.backbone, config.projector, config.lora
     size = sum(p.stat().st_size for p in args.adapter.rglob("*") if p.is_file())
     named = source if Path(source).expanduser() == args.adapter else f"{source} (hub, cached in {args.adapter})"
@@ -80,7 +85,8 @@ def cmd_info(args) -> int:
         "unless --quantization or --dtype say otherwise)",
         f"encoder      {enc.spec}  ({enc.dim}-d)",
         f"role         {_describe_role(config)}",
-        f"projector    {proj.kind}, {proj.config().slots} slot(s), {count('projector.safetensors'):,} params",
+        f"projector    {proj.kind}, {proj.config().slots} slot(s), {count('projector.safetensors'):,} params"
+        f"{stored('projector.safetensors')}",
     ]
     if lora:
         targets = ", ".join(lora.target_modules or ["(not recorded)"])

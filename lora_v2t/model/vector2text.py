@@ -451,9 +451,10 @@ class Vector2Text(PrefixInputs, nn.Module):
         self.output_vocabs.pop(name, None)
         self.decoding_vocabs.clear()
 
-    def save_adapter(self, path: str | Path, training: dict | None = None) -> Path:
-        """Save the active adapter as a bundle folder (atomically); ``training`` updates its summary."""
-        return save_adapter(self, path, training=training)
+    def save_adapter(self, path: str | Path, training: dict | None = None, projector_dtype: str = "float32") -> Path:
+        """Save the active adapter as a bundle folder (atomically); ``training`` updates its summary;
+        ``projector_dtype="bfloat16"`` stores the projector at half its size (it loads back into fp32)."""
+        return save_adapter(self, path, training=training, projector_dtype=projector_dtype)
 
     def push_to_hub(
         self,
