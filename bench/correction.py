@@ -105,9 +105,11 @@ def main() -> None:
     per_sentence: dict[str, np.ndarray] = {}
 
     def record(name: str, texts: list[str], cosines, decodes: int, seconds: float) -> None:
+        if name in per_sentence:
+            raise SystemExit(f"two systems are named {name!r}: give correctors in folders of different names")
         scores = score_outputs(texts, data.references, cosines, boot)
         per_sentence[name] = np.asarray(cosines, dtype=np.float64)
-        gain = paired_gain(per_sentence[name], per_sentence["greedy"], boot)
+        gain = paired_gain(per_sentence[name], per_sentence["greedy"], boot)  # greedy is always the first row
         rows.append(
             {
                 "system": name,
@@ -151,7 +153,12 @@ def main() -> None:
                     replace(cfg, rerank=args.start_beams),
                     with_greedy=False,
                 )
-    print(f"\n{len(vectors)} sentences of {args.data.name}; adapter {args.adapter}\n")
+    report(args, len(vectors), rows, per_sentence, boot)
+
+
+def report(args, sentences: int, rows: list[dict], per_sentence: dict[str, np.ndarray], boot: np.ndarray) -> None:
+    """The comparison's table, its correctors compared pairwise, and the JSON of both with per-sentence cosines."""
+    print(f"\n{sentences} sentences of {args.data.name}; adapter {args.adapter}\n")
     print(
         "| system | decodes per vector | seconds | chrF | BLEU | exact % | cosine | gain over greedy [95%] |\n"
         "|---|---|---|---|---|---|---|---|"
@@ -162,6 +169,8 @@ def main() -> None:
             f"{r['exact_match']:.1f} | {r['cosine']:.4f} | {format_gain(r['cosine_gain'])} |"
         )
     comparisons = compare_correctors(per_sentence, boot)
+    for c in comparisons:
+        print(f"{c['a']} against {c['b']}: cosine {format_gain(c['cosine_gain'])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -182,7 +191,7 @@ def main() -> None:
 def corrector_label(path: str) -> str:
     """A bundle's folder name, with its run's name when it is a run's ``final`` (two runs' ends stay apart)."""
     where = Path(path)
-    return f"{where.parent.name}/{where.name}" if where.name == "final" else where.name
+    return f"{where.parent.name}/{where.name}" if where.name == "final" and where.parent.name else where.name
 
 
 def paired_gain(cosines: np.ndarray, baseline: np.ndarray, boot: np.ndarray) -> list[float]:
@@ -200,12 +209,11 @@ def format_gain(gain: list[float]) -> str:
 def compare_correctors(per_sentence: dict[str, np.ndarray], boot: np.ndarray) -> list[dict]:
     """Every two corrector step-1 rows, paired on the same sentences: the first's cosine gain over the second."""
     step1 = [name for name in per_sentence if name.startswith("corrector") and name.endswith(", step 1")]
-    out = []
-    for i, a in enumerate(step1):
-        for b in step1[i + 1 :]:
-            out.append({"a": a, "b": b, "cosine_gain": paired_gain(per_sentence[a], per_sentence[b], boot)})
-            print(f"{a} against {b}: cosine {format_gain(out[-1]['cosine_gain'])}")
-    return out
+    return [
+        {"a": a, "b": b, "cosine_gain": paired_gain(per_sentence[a], per_sentence[b], boot)}
+        for i, a in enumerate(step1)
+        for b in step1[i + 1 :]
+    ]
 
 
 CURVE_SYSTEMS = {

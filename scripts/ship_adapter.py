@@ -19,6 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from lora_v2t.bundle.adapter import PROJECTOR_DTYPES, stored_projector_state  # noqa: E402 (after the hub setting)
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = [
     "Я знаю много людей, у которых нет прав.",
@@ -40,10 +42,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--projector-dtype",
-        choices=("float32", "bfloat16"),
+        choices=PROJECTOR_DTYPES,
         default="float32",
         help="how the projector's weight matrices are stored: bfloat16 halves them (a split corrector's are most of "
-        "its bundle); they load back into fp32 (default float32)",
+        "its bundle) and rounds them, before the card's samples are decoded; give --eval reports of the rounded "
+        "weights (default float32)",
     )
     args = parser.parse_args()
 
@@ -54,6 +57,7 @@ def main() -> None:
 
     cfg = load_config(args.recipe)
     v2t = load_adapter(args.adapter, quantization="none", device="cpu", dtype="float32")  # card samples in fp32
+    v2t.projector.load_state_dict(stored_projector_state(v2t.projector, args.projector_dtype))  # rounded as shipped
     if v2t.output_vocab is None and cfg.training.loss_vocab == "corpus":
         train_texts = prepare_data(cfg, v2t.encoder, show_progress=False).train_texts
         v2t.set_output_vocab(tokenize_corpus(v2t.tokenizer, train_texts, cfg.data.max_tokens).vocab)

@@ -62,7 +62,7 @@ def test_a_bf16_projector_stores_its_matrices_at_half_size_and_loads_them_back_r
     }
     matrices = sum(t.numel() for t in state.values() if t.ndim >= 2)
     saved = (bundle / "projector.safetensors").stat().st_size - (small / "projector.safetensors").stat().st_size
-    assert saved >= 2 * matrices
+    assert saved >= 2 * matrices - 64  # 2 bytes a matrix entry, less what the longer dtype names add to the header
     loaded = load_adapter(small, device="cpu").projector.state_dict()
     for key, value in state.items():
         assert loaded[key].dtype == torch.float32

@@ -104,6 +104,8 @@ def test_a_bf16_projector_is_shipped_with_its_matrices_rounded(tmp_path, run, mo
         dtypes = {handle.get_slice(k).get_dtype() for k in handle.keys() if len(handle.get_slice(k).get_shape()) >= 2}
     assert dtypes == {"BF16"}
     shipped = load_adapter(out, device="cpu", dtype="float32")
+    samples = shipped.meta.training["samples"]  # decoded with the rounded weights the bundle holds
+    assert [s["generated"] for s in samples] == shipped.invert([s["text"] for s in samples])
     original = load_adapter(adapter, device="cpu", dtype="float32").projector
     assert all(
         torch.equal(got, want.to(torch.bfloat16).float() if want.ndim >= 2 else want)

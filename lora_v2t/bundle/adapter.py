@@ -6,7 +6,7 @@ A bundle is a folder:
 | file | what |
 |---|---|
 | ``adapter_config.json``, ``adapter_model.safetensors`` | LoRA in peft's own format |
-| ``projector.safetensors`` | projector weights |
+| ``projector.safetensors`` | projector weights (fp32, or its weight matrices in bf16) |
 | ``v2t_config.json`` | format version, encoder, backbone, projector, LoRA, generation defaults, training |
 | ``README.md`` | model card |
 | ``output_vocab.safetensors`` | optional: the token ids the adapter may emit (trained with ``loss_vocab: corpus``) |
@@ -44,6 +44,8 @@ from ..util.errors import V2TError, first_line
 from ..util.files import atomic_folder, refuse_foreign
 
 if TYPE_CHECKING:
+    import torch
+
     from ..model.vector2text import Vector2Text
 
 logger = logging.getLogger(__name__)
@@ -63,11 +65,9 @@ def save_adapter(
     """Write the active adapter of ``v2t`` as a bundle at ``path`` (replacing an older bundle there).
     ``projector_dtype`` ``bfloat16`` stores the projector's weight matrices at half their size (a split corrector's
     are most of its bundle); loading puts them back in fp32, rounded to bf16's 8 significant bits."""
-    import torch
     from safetensors.torch import save_file
 
-    if projector_dtype not in PROJECTOR_DTYPES:
-        raise V2TError(f"projector_dtype must be one of {', '.join(PROJECTOR_DTYPES)}, got {projector_dtype!r}")
+    state = stored_projector_state(v2t.projector, projector_dtype)
     path = Path(path)
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "v2t_config.json").exists())):
         raise V2TError(f"{path} exists and is not an adapter bundle: choose a new or empty folder")
@@ -90,7 +90,6 @@ def save_adapter(
             for item in (tmp / name).iterdir():
                 item.replace(tmp / item.name)
             (tmp / name).rmdir()
-        state = {k: _stored(v, getattr(torch, projector_dtype)) for k, v in v2t.projector.state_dict().items()}
         save_file(state, str(tmp / "projector.safetensors"), metadata={"format": "pt"})
         if v2t.output_vocab is not None:
             save_file(
@@ -111,10 +110,19 @@ def save_adapter(
     return path
 
 
-def _stored(tensor, dtype):
-    """A projector tensor as a bundle stores it: its weight matrices in ``dtype``, every vector (biases, norms, the
-    embedding scale) in fp32, as small as it is exact."""
-    return tensor.detach().to("cpu", dtype if tensor.ndim >= 2 else tensor.dtype).contiguous()
+def stored_projector_state(projector: torch.nn.Module, projector_dtype: str = "float32") -> dict[str, torch.Tensor]:
+    """``projector``'s state as a bundle stores it, on the CPU: with ``projector_dtype`` ``bfloat16`` its floating
+    weight matrices in bf16, every other tensor (biases, norms, the embedding scale) as it is. Loading it into the
+    projector rounds the matrices in place, so what is decoded before saving is what the bundle will decode."""
+    import torch
+
+    if projector_dtype not in PROJECTOR_DTYPES:
+        raise V2TError(f"projector_dtype must be one of {', '.join(PROJECTOR_DTYPES)}, got {projector_dtype!r}")
+    dtype = getattr(torch, projector_dtype)
+    return {
+        key: tensor.detach().to("cpu", dtype if tensor.ndim >= 2 and tensor.is_floating_point() else None).contiguous()
+        for key, tensor in projector.state_dict().items()
+    }
 
 
 def _save_lora(peft_model, name: str, folder: Path) -> None:

@@ -62,14 +62,13 @@ def cmd_info(args) -> int:
         return 0
     from safetensors import safe_open
 
-    def count(file: str) -> int:
+    def count(file: str) -> str:
+        """The file's parameter count, and the dtypes it stores other than fp32 (a bf16 projector's)."""
         with safe_open(str(args.adapter / file), framework="pt") as handle:
-            return sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
-
-    def stored(file: str) -> str:
-        with safe_open(str(args.adapter / file), framework="pt") as handle:
-            dtypes = sorted({handle.get_slice(k).get_dtype() for k in handle.keys()} - {"F32"})
-        return f", weight matrices stored in {', '.join(dtypes)} (loaded into fp32)" if dtypes else ""
+            slices = [handle.get_slice(k) for k in handle.keys()]
+            params = sum(math.prod(s.get_shape()) for s in slices)
+            other = sorted({s.get_dtype().lower() for s in slices} - {"f32"})
+        return f"{params:,} params" + (f" ({', '.join(other)} weights, loaded into fp32)" if other else "")
 
     enc, bb, proj, lora = config.encoder, config.backbone, config.projector, config.lora
     size = sum(p.stat().st_size for p in args.adapter.rglob("*") if p.is_file())
@@ -85,14 +84,11 @@ def cmd_info(args) -> int:
         "unless --quantization or --dtype say otherwise)",
         f"encoder      {enc.spec}  ({enc.dim}-d)",
         f"role         {_describe_role(config)}",
-        f"projector    {proj.kind}, {proj.config().slots} slot(s), {count('projector.safetensors'):,} params"
-        f"{stored('projector.safetensors')}",
+        f"projector    {proj.kind}, {proj.config().slots} slot(s), {count('projector.safetensors')}",
     ]
     if lora:
         targets = ", ".join(lora.target_modules or ["(not recorded)"])
-        lines.append(
-            f"LoRA         r={lora.r} alpha={lora.alpha} on {targets}, {count('adapter_model.safetensors'):,} params"
-        )
+        lines.append(f"LoRA         r={lora.r} alpha={lora.alpha} on {targets}, {count('adapter_model.safetensors')}")
     else:
         lines.append("LoRA         none: a fully fine-tuned backbone is saved in backbone/ (a baseline)")
     training = config.training
