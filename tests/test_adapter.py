@@ -44,6 +44,11 @@ def test_bundle_has_exactly_the_documented_files_and_no_base_weights(v2t, bundle
     assert not list(bundle.parent.glob(".bundle*"))  # no temporary folder left behind
 
 
+def test_every_file_of_a_bundle_has_the_permissions_of_its_config(bundle):
+    mode = (bundle / "v2t_config.json").stat().st_mode
+    assert {p.name: p.stat().st_mode for p in bundle.iterdir()} == {p.name: mode for p in bundle.iterdir()}
+
+
 def test_save_then_load_gives_identical_logits_and_greedy_text(v2t, bundle):
     vectors = vectors_for(v2t)
     loaded = load_adapter(bundle, device="cpu")

@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import re
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,6 +107,8 @@ def save_adapter(
         for item in tmp.iterdir():
             if item.name not in expected:
                 item.unlink()
+            elif item.suffix == ".safetensors":  # safetensors writes 0600: readable as the other files are (umask)
+                shutil.copymode(tmp / "v2t_config.json", item)
     logger.debug("saved adapter %r to %s", name, path)
     return path
 
