@@ -685,3 +685,22 @@ def test_the_info_chatter_of_faiss_and_sentence_transformers_is_hidden(bundle, c
 def test_demo_minutes_out_of_range_is_one_line_naming_the_option(minutes, capsys, no_model_load):
     assert main(["demo", "--minutes", minutes]) == 2
     assert capsys.readouterr().err == f"error: --minutes must be a positive number of minutes, got {float(minutes)}\n"
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(bundle):
+    """`lora-v2t info BUNDLE | head -1`: the pipe's reader is gone before the output is written."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from lora_v2t.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "info", str(bundle)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
+    process.stdout.close()  # before the command has imported what it needs to write anything
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 141
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr[-2000:]

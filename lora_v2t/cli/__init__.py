@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except BrokenPipeError:  # the reader went away (`lora-v2t info ... | head`): no traceback, nothing more to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush would raise again
+        return 141  # as a process that SIGPIPE ended
     except OSError as exc:
         if exc.errno not in NO_SPACE:
             raise
