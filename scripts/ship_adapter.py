@@ -19,7 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lora_v2t.bundle.adapter import PROJECTOR_DTYPES, stored_projector_state  # noqa: E402 (after the hub setting)
+from lora_v2t.bundle.saving import PROJECTOR_DTYPES, stored_projector_state  # noqa: E402 (after the hub setting)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = [

@@ -8,8 +8,8 @@ import torch
 from safetensors import safe_open
 
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.bundle.adapter import BUNDLE_FILES, FORMAT_VERSION, OUTPUT_VOCAB_FILE, validate_bundle
-from lora_v2t.bundle.layout import CORRECTOR_FORMAT_VERSION
+from lora_v2t.bundle.adapter import validate_bundle
+from lora_v2t.bundle.layout import BUNDLE_FILES, CORRECTOR_FORMAT_VERSION, FORMAT_VERSION, OUTPUT_VOCAB_FILE
 
 from .conftest import make_v2t
 

@@ -7,8 +7,8 @@ import pytest
 import lora_v2t.train.evaluation as evaluation_module
 import lora_v2t.train.trainer as train_module
 from lora_v2t import load_adapter
-from lora_v2t.bundle.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE
 from lora_v2t.bundle.format import AdapterMeta, BundleConfig
+from lora_v2t.bundle.layout import BUNDLE_FILES, OUTPUT_VOCAB_FILE
 from lora_v2t.config import DEFAULT_BUDGET
 from lora_v2t.demo import (
     DEMO_RUN,

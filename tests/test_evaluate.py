@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lora_v2t import V2TError
-from lora_v2t.bundle.adapter import BUNDLE_FILES
+from lora_v2t.bundle.layout import BUNDLE_FILES
 from lora_v2t.cli import main
 from lora_v2t.config import DEFAULT_BUDGET
 from lora_v2t.tasks.evalfile import EvalData, read_eval_file

@@ -13,9 +13,10 @@ import pytest
 from huggingface_hub import HfApi, ModelCard, constants
 
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.bundle.adapter import BUNDLE_FILES, validate_bundle
+from lora_v2t.bundle.adapter import validate_bundle
 from lora_v2t.bundle.cards import card_metadata, model_card
 from lora_v2t.bundle.hub import backbone_hub_id, peft_base_name, resolve_adapter
+from lora_v2t.bundle.layout import BUNDLE_FILES
 from lora_v2t.cli import main
 
 from .conftest import make_v2t

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lora_v2t import Vector2Text, load_adapter
-from lora_v2t.bundle.adapter import BUNDLE_FILES
+from lora_v2t.bundle.layout import BUNDLE_FILES
 from lora_v2t.model.projector import embedding_rms
 
 pytestmark = pytest.mark.slow

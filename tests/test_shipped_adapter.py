@@ -7,8 +7,9 @@ import torch
 
 import lora_v2t.model.backbone as backbone
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.bundle.adapter import BUNDLE_FILES, OUTPUT_VOCAB_FILE, validate_bundle
+from lora_v2t.bundle.adapter import validate_bundle
 from lora_v2t.bundle.format import AdapterMeta
+from lora_v2t.bundle.layout import BUNDLE_FILES, OUTPUT_VOCAB_FILE
 from lora_v2t.bundle.loading import load_dtype, load_precision
 from lora_v2t.model.correct import CorrectionConfig, check_pair, correct, corrector_path
 

@@ -10,7 +10,7 @@ import lora_v2t.train.evaluation as evaluation_module
 import lora_v2t.train.setup as setup
 import lora_v2t.train.trainer as train_module
 from lora_v2t import V2TError, load_adapter
-from lora_v2t.bundle.adapter import BUNDLE_FILES
+from lora_v2t.bundle.layout import BUNDLE_FILES
 from lora_v2t.cli import main
 from lora_v2t.config import load_config
 from lora_v2t.train import memory as memory_module

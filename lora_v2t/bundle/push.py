@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..bundle.adapter import save_adapter, validate_bundle
+from ..bundle.adapter import validate_bundle
 from ..bundle.cards import LIBRARY_NAME, bundle_card, complete_card
 from ..bundle.hub import LOGIN, is_hub_id, network_error, offline_mode
 from ..bundle.layout import BUNDLE_FILES, OUTPUT_VOCAB_FILE
+from ..bundle.saving import save_adapter
 from ..util.errors import V2TError, first_line
 
 if TYPE_CHECKING:

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
-from ..bundle.adapter import load_into, save_adapter
+from ..bundle.adapter import load_into
 from ..bundle.format import AdapterMeta, EncoderInfo, LoraInfo
 from ..bundle.push import push_adapter
+from ..bundle.saving import save_adapter
 from ..config import (
     INT8_THRESHOLD,
     PRECISION_KEYS,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..bundle.adapter import bundle_config
+from ..bundle.saving import bundle_config
 from ..model.beam import describe
 from ..model.correct import CorrectionConfig, Trace, correct
 from ..model.encoders import PrecomputedEncoder
