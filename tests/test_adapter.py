@@ -57,6 +57,41 @@ def test_save_then_load_gives_identical_logits_and_greedy_text(v2t, bundle):
     assert loaded.meta.training["steps"] == 3
 
 
+def test_creating_and_loading_from_python_show_no_notice_meant_for_peft(bundle, tiny_backbone_dir, tiny_encoder):
+    """peft asks every model it wraps for transformers' deprecated ``is_gradient_checkpointing``: the FutureWarning
+    is transformers' notice to peft, hidden where lora_v2t wraps a model; a script calling load_adapter saw it."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_v2t(tiny_backbone_dir, tiny_encoder, perturb=False)
+        load_adapter(bundle, device="cpu").load_adapter(bundle, name="second")  # a second one onto its base
+    assert [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)] == []
+
+
+def test_only_the_notice_to_peft_is_hidden_while_wrapping():
+    import warnings
+
+    from lora_v2t.model.lora import wrapping_in_peft
+
+    notice = "`is_gradient_checkpointing` is deprecated and will be removed in v6."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with wrapping_in_peft():
+            for message, category in (
+                (notice, FutureWarning),
+                ("`torch_dtype` is deprecated! Use `dtype` instead!", FutureWarning),
+                ("`is_gradient_checkpointing` is deprecated, said as a UserWarning", UserWarning),
+            ):
+                warnings.warn(message, category, stacklevel=1)
+        warnings.warn(notice, FutureWarning, stacklevel=1)
+    assert [(type(w.message), str(w.message)[:12]) for w in caught] == [
+        (FutureWarning, "`torch_dtype"),
+        (UserWarning, "`is_gradient"),
+        (FutureWarning, "`is_gradient"),
+    ]
+
+
 def test_a_bf16_projector_stores_its_matrices_at_half_size_and_loads_them_back_rounded(v2t, bundle, tmp_path):
     small = v2t.save_adapter(tmp_path / "small", projector_dtype="bfloat16")
     state = v2t.projector.state_dict()

@@ -567,20 +567,14 @@ def test_train_refuses_a_file_as_backbone_before_embedding_the_corpus(tmp_path, 
 
 
 def test_the_cli_hides_only_the_known_noisy_library_warnings(bundle, capsys):
-    """The warnings every command would print and that ask nothing of its user are hidden (peft asks every model
-    for transformers' deprecated is_gradient_checkpointing; a prefix of vectors has no prompt tokens for
-    no_repeat_ngram_size; torch's unfused RMSNorm under bf16 autocast); every other warning of transformers and
-    peft (and bitsandbytes' log) reaches the user."""
+    """The warnings every command would print and that ask nothing of its user are hidden (a prefix of vectors has
+    no prompt tokens for no_repeat_ngram_size; torch's unfused RMSNorm under bf16 autocast); every other warning of
+    transformers and peft (and bitsandbytes' log) reaches the user. (transformers' notice to peft about
+    is_gradient_checkpointing is hidden where peft wraps a model: test_adapter.)"""
     import logging
     import warnings
 
     noisy = [
-        (
-            "`is_gradient_checkpointing` is deprecated and will be removed in v6. Use `is_activation_checkpointing` "
-            "instead.",
-            FutureWarning,
-            "transformers.modeling_utils",
-        ),
         (
             "Passing `no_repeat_ngram_size` with `inputs_embeds` and without `input_ids` to `generate` will apply "
             "n-gram constraints only to newly generated tokens, not to the prompt.",

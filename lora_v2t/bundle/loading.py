@@ -14,7 +14,7 @@ from ..bundle.hub import resolve_adapter
 from ..config import DTYPES, INT8_THRESHOLD, QUANTIZATION_MODES, DType, Quantization
 from ..model.backbone import compute_dtype, input_embedding_weight, load_backbone, pick_device, train_every_weight
 from ..model.encoders import load_encoder
-from ..model.lora import check_adapter_name
+from ..model.lora import check_adapter_name, wrapping_in_peft
 from ..model.vector2text import Vector2Text
 from ..util.checks import check_choice
 
@@ -76,7 +76,7 @@ def load_adapter(
     if full:
         v2t = Vector2Text(train_every_weight(base, trainable), tokenizer, config.backbone.name)
     else:
-        with lora_load_errors(path, name):
+        with lora_load_errors(path, name), wrapping_in_peft():
             peft_model = PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=trainable)
         v2t = Vector2Text(peft_model, tokenizer, backbone_name)
     attach(v2t, path, name, config)

@@ -61,10 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Library warnings that every command would print and that ask nothing of its user: (category, message regex,
 # module regex). Every other warning is shown. (bitsandbytes' and kernels' notices about an optional CPU kernel
-# are dropped by lora_v2t/__init__.py.)
+# are dropped by lora_v2t/__init__.py; transformers' notice to peft by lora_v2t.model.lora.wrapping_in_peft.)
 NOISY_WARNINGS = [
-    # peft asks every model whether it checkpoints activations through transformers' deprecated property
-    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
     # the prompt is the vector's prefix, which has no tokens to constrain: only the generated ones are meant
     (
         UserWarning,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from ..config import LoRAConfig
 from ..model.backbone import num_blocks
 from ..util.errors import V2TError
@@ -77,6 +81,20 @@ def make_lora_config(cfg: LoRAConfig, model_config):
         fan_in_fan_out=model_type == "gpt2",
         bias="none",
     )
+
+
+# peft asks every model it wraps whether it checkpoints activations through transformers' deprecated property: a
+# notice to peft, not to our user, printed on every load from the Python API as well as the CLI
+PEFT_ASKS_DEPRECATED = r"`is_gradient_checkpointing` is deprecated"
+
+
+@contextmanager
+def wrapping_in_peft() -> Iterator[None]:
+    """Wrap a model in peft (``get_peft_model``, ``PeftModel.from_pretrained``) without transformers' notice to
+    peft (:data:`PEFT_ASKS_DEPRECATED`); every other warning still reaches the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PEFT_ASKS_DEPRECATED, category=FutureWarning)
+        yield
 
 
 def check_target_modules(model, targets) -> None:

@@ -50,7 +50,7 @@ from ..model.correct import CorrectionConfig, correct, reranked_start
 from ..model.encoders import Encoder, EncoderCache, load_encoder
 from ..model.generate import Reranked, generate
 from ..model.inputs import PrefixInputs
-from ..model.lora import check_adapter_name, check_target_modules, make_lora_config
+from ..model.lora import check_adapter_name, check_target_modules, make_lora_config, wrapping_in_peft
 from ..model.loss import SubsetLoss
 from ..model.projector import Projector, embedding_rms, make_projector, projector_input_dim
 from ..model.vocab import DecodingVocab, check_output_vocab
@@ -200,7 +200,9 @@ class Vector2Text(PrefixInputs, nn.Module):
         else:
             peft_config = make_lora_config(cfg.lora, base.config)
             check_target_modules(base, peft_config.target_modules)
-            v2t = cls(get_peft_model(base, peft_config, adapter_name=adapter_name), tokenizer, cfg.backbone.name)
+            with wrapping_in_peft():
+                wrapped = get_peft_model(base, peft_config, adapter_name=adapter_name)
+            v2t = cls(wrapped, tokenizer, cfg.backbone.name)
             lora_meta = LoraInfo(
                 **asdict(cfg.lora)
                 | {"alpha": peft_config.lora_alpha, "target_modules": sorted(peft_config.target_modules)}
