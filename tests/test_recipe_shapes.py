@@ -45,6 +45,7 @@ SHAPES = {
     "offline_use_gemma270m_v6.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v6_corrector.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v6_corrector2.yaml": (None, "precomputed:512"),
+    "offline_use_gemma270m_v6_corrector3.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v7.yaml": (None, "precomputed:512"),
     "tiny_debug.yaml": ("tiny_backbone_dir", None),
 }

@@ -114,7 +114,9 @@ def test_a_few_steps_make_the_documented_run_folder(tmp_path, tiny_backbone_dir,
     assert v2t.meta.training["steps"] == 12 and len(v2t.meta.training["samples"]) == 2  # num_samples
     memory = v2t.meta.training["memory"]  # the estimate checked against the measured peak (the process's, here)
     assert memory["measured"] == "process_max_rss" and memory["gradient_checkpointing"] is False
-    assert 0 < memory["estimated_peak_gib"] < memory["measured_peak_gib"] < 64
+    assert 0 < memory["measured_peak_gib"] < 64
+    # on a CPU the estimate counts the whole process as the measure does (the tiny model's weights alone: ~0x)
+    assert 0.7 < memory["estimated_peak_gib"] / memory["measured_peak_gib"] < 1.3
     assert torch.equal(
         adapter_state(final)["projector.norm.weight"], adapter_state(run / "step-000012")["projector.norm.weight"]
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+import psutil
 import torch
 
 from ..config import RunConfig
@@ -32,11 +33,16 @@ def describe_cost(
 ) -> dict:
     """Trainable and frozen parameter counts and a rough peak memory estimate for one step.
 
-    The peak is the weights, the optimizer's state and the larger of a training step (activations kept for the
-    backward pass, fp32 logits over the loss's vocabulary at the labelled positions, or over every position and
-    token without ``loss_vocab``) and a validation batch (fp32 logits over the whole vocabulary). On a CPU the
-    process also holds the Python runtime, the tokenizer and the corpus, which the estimate leaves out; the
-    trainer logs the measured peak beside it at the end (:func:`measured_peak_gib`).
+    The peak is what is loaded, the optimizer's state, a training step (activations kept for the backward pass,
+    fp32 logits over the loss's vocabulary at the labelled positions, or over every position and token without
+    ``loss_vocab``) and a validation batch (fp32 logits over the whole vocabulary). On a GPU, where the measure is
+    torch's allocated memory, what is loaded is the weights, and the step and the validation batch take turns (the
+    larger counts). On a CPU the measure is the process's peak resident memory: what is loaded is the resident
+    memory when the estimate is made (the weights, the Python runtime and its libraries, the tokenizer and the
+    corpus), and the two add up, because the C allocator keeps a step's freed activations for the next step (a
+    corrector run of offline:gemma-3-270m rose from 1.5 to 4.1 GiB in its first step and stayed there; its
+    validation batches took it to 8.2). The trainer logs the measured peak beside the estimate at the end
+    (:func:`measured_peak_gib`).
 
     Args:
         checkpointing: whether the step recomputes activations (gradient checkpointing).
@@ -62,15 +68,27 @@ def describe_cost(
     train_logits = 3 * batch * seq * (loss_vocab // 2 if loss_vocab else info["vocab_size"]) * 4
     eval_logits = 3 * batch * seq * info["vocab_size"] * 4  # validation scores over the whole vocabulary
     optimizer = trainable * 4 * 4  # weights, gradients, two AdamW moments in fp32
-    peak = weight_bytes + optimizer + max(activations + train_logits, eval_logits)
+    if v2t.device.type == "cuda":  # measured as torch's live tensors: a validation batch reuses the step's memory
+        step, loaded = optimizer + max(activations + train_logits, eval_logits), weight_bytes
+    else:  # measured as resident memory: the C allocator keeps the step's freed activations for the next step
+        step, loaded = optimizer + activations + train_logits + eval_logits, max(weight_bytes, resident_bytes())
     return {
         "trainable_params": trainable,
         "frozen_params": frozen,
         "weights_gib": weight_bytes / 2**30,
-        "estimated_peak_gib": peak / 2**30,
-        "step_gib": (peak - weight_bytes) / 2**30,
+        "loaded_gib": loaded / 2**30,
+        "estimated_peak_gib": (loaded + step) / 2**30,
+        "step_gib": step / 2**30,
         "tokens_per_row": seq,
     }
+
+
+def resident_bytes() -> int:
+    """The process's resident memory now (0 where psutil cannot tell)."""
+    try:
+        return int(psutil.Process().memory_info().rss)
+    except psutil.Error:
+        return 0
 
 
 def needs_checkpointing(setting: bool | str, step_gib: float, free_gib: float | None) -> bool:

@@ -260,11 +260,13 @@ class Trainer:
         cost = self.cost
         logger.info(
             "parameters: %s trainable, %s frozen; backbone weights %.2f GiB; estimated peak memory "
-            "%.2f GiB for batch %d x %d tokens",
+            "%.2f GiB (%.2f loaded + %.2f a step) for batch %d x %d tokens",
             f"{cost['trainable_params']:,}",
             f"{cost['frozen_params']:,}",
             cost["weights_gib"],
             cost["estimated_peak_gib"],
+            cost["loaded_gib"],
+            cost["step_gib"],
             cfg.training.batch_size,
             cost["tokens_per_row"],
         )
