@@ -1,4 +1,5 @@
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,7 @@ def test_a_few_steps_make_the_documented_run_folder(tmp_path, tiny_backbone_dir,
         "--training.keep_checkpoints=2",
         "--training.eval_every=6",
     )
+    np.ones(2**27).sum()  # 1 GiB held and freed before the run: the process's old peak, not the run's
     final = train(cfg, show_progress=False)
     run = tmp_path / "runs" / "tiny-debug"
     assert final == run / "final"
@@ -115,8 +117,10 @@ def test_a_few_steps_make_the_documented_run_folder(tmp_path, tiny_backbone_dir,
     memory = v2t.meta.training["memory"]  # the estimate checked against the measured peak (the process's, here)
     assert memory["measured"] == "process_max_rss" and memory["gradient_checkpointing"] is False
     assert 0 < memory["measured_peak_gib"] < 64
-    # on a CPU the estimate counts the whole process as the measure does (the tiny model's weights alone: ~0x)
-    assert 0.7 < memory["estimated_peak_gib"] / memory["measured_peak_gib"] < 1.3
+    # on a CPU the estimate counts the whole process as the measure does (the tiny model's weights alone: ~0x),
+    # and the measure starts at the model's load (Linux): an earlier peak of the same process is not the run's
+    if sys.platform == "linux":
+        assert 0.7 < memory["estimated_peak_gib"] / memory["measured_peak_gib"] < 1.3
     assert torch.equal(
         adapter_state(final)["projector.norm.weight"], adapter_state(run / "step-000012")["projector.norm.weight"]
     )

@@ -35,6 +35,12 @@ first measurement (v2, its first corrector, 40 sentences: docs/benchmarks-histor
   proposals), each proposing K = 1 corrector text and the 3 shift decodes, for as long as the budget pays and the
   candidates change.
 
+With v6 and its 8-slot corrector (+0.036 cosine in one step, against v3's +0.027), ``bench/budget_plans.py`` put
+plans of 16 decodes beside the 15 beams on the first 150 sentences: 11 beams and one corrector step from the best 2
+(2 proposals each) gained +0.003 cosine [-0.001, +0.009] and lost 0.6 chrF; fewer beams and more correction did
+worse, and sampled candidates worse still (-0.013). The corrector adds little to the best of many beams, so the rule
+stays.
+
 The commands' default budget (:data:`lora_v2t.config.DEFAULT_BUDGET`, 8) sits at the knee of the curve: 4 to 8
 decodes add +0.025 cosine, 8 to 16 add +0.018, each doubling costing about twice the time.
 """

@@ -121,6 +121,14 @@ def measured_peak_gib(device: torch.device) -> float | None:
 
 
 def reset_peak(device: torch.device) -> None:
-    """Start measuring the peak from here on CUDA (the encoder, freed by now, is not the step's)."""
+    """Start measuring the peak from here: on CUDA (the encoder, freed by now, is not the step's), and on a Linux
+    CPU, where the kernel resets the process's peak resident memory (else an earlier model or run of the same
+    Python process, a notebook's or a test session's, would stand as this run's peak)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # 5: reset the peak resident set size (proc(5))
+    except OSError:
+        pass  # not Linux, or not allowed: the peak counts from the process's start

@@ -76,7 +76,7 @@ def memory_report(device: torch.device, cost: dict, checkpointing: bool) -> dict
     what = (
         "allocated GPU memory"
         if device.type == "cuda"
-        else "resident memory of the whole process, with Python, the tokenizer and the corpus"
+        else "resident memory of the whole process (Python, the tokenizer, the corpus) from the model's load on"
     )
     if measured:
         logger.info(
