@@ -76,7 +76,8 @@ def memory_report(device: torch.device, cost: dict, checkpointing: bool) -> dict
     what = (
         "allocated GPU memory"
         if device.type == "cuda"
-        else "resident memory of the whole process (Python, the tokenizer, the corpus) from the model's load on"
+        else "resident memory of the whole process (Python, the tokenizer, the corpus), from the model's load on "
+        "(Linux; elsewhere over the process's life)"
     )
     if measured:
         logger.info(
