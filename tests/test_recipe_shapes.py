@@ -44,6 +44,7 @@ SHAPES = {
     "offline_use_gemma270m_v5_corrector.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v6.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v6_corrector.yaml": (None, "precomputed:512"),
+    "offline_use_gemma270m_v6_corrector16.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v6_corrector2.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v6_corrector3.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v7.yaml": (None, "precomputed:512"),
@@ -160,11 +161,13 @@ def test_recipe_adapter_saves_and_loads_at_the_real_shapes(recipe, request, tmp_
         "offline_use_gemma270m_v3.yaml",
         "offline_use_gemma270m_corrector_split.yaml",
         "offline_use_gemma270m_v6_corrector.yaml",
+        "offline_use_gemma270m_v6_corrector16.yaml",
     ],
 )
 def test_a_recipe_starting_from_a_shipped_hypothesizer_begins_as_it(recipe, monkeypatch):
     """A hypothesizer that continues one begins with its loss exactly; a split corrector's v and e parts begin as
-    its projector, whose slots repeat as often as the corrector has more (v6_corrector: 8 slots from v6's 4)."""
+    its projector, whose slots repeat as often as the corrector has more (v6_corrector: 8 slots from v6's 4;
+    v6_corrector16: 16)."""
     from lora_v2t.train.warmstart import warm_start
 
     monkeypatch.chdir(RECIPES_DIR.parent)  # the recipes' paths are relative to the repository root
