@@ -13,7 +13,8 @@ than N on any vector. The sources:
 The rule (:func:`plan_budget`; its constants in :data:`RULE`) follows ``bench/correction.py --budgets
 1,2,4,8,16`` on the first 300 sentences of ``dev_conversational.txt`` with the shipped ``use-gemma270m-ru-v3`` and
 the split corrector it names (bf16, one torch thread on a shared 2-core CPU; mean cosine / chrF / exact %, the
-decodes spent per vector in brackets where fewer than the budget; BENCHMARKS.md has the seconds and 32 and 64):
+decodes spent per vector in brackets where fewer than the budget; the seconds and 32 and 64 are in
+docs/benchmarks-history.md, v6's curve in BENCHMARKS.md):
 
     budget   beams alone          shift                      corrector                  beams+shift+corrector
     1        0.782 / 39.5 / 6.3 (greedy)
