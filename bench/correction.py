@@ -14,8 +14,8 @@ Every correction keeps --width candidates per vector between steps.
 
 Every system's text is scored by corpus chrF and BLEU (sacrebleu), exact match and the re-embedding cosine, with
 its decodes per vector and seconds, and its cosine gain over greedy with a paired 95% bootstrap interval (the same
-resamples of the same sentences for both). Every two corrector step-1 rows are compared the same way, and the
-JSON keeps each system's per-sentence cosines for any other comparison.
+resamples of the same sentences for both). Every two correctors' rows at the same step are compared the same way,
+and the JSON keeps each system's per-sentence cosines for any other comparison.
 
     .venv/bin/python bench/correction.py --adapter checkpoints/adapters/use-gemma270m-ru-v2 --dev 300 --steps 5
 
@@ -207,12 +207,17 @@ def format_gain(gain: list[float]) -> str:
 
 
 def compare_correctors(per_sentence: dict[str, np.ndarray], boot: np.ndarray) -> list[dict]:
-    """Every two corrector step-1 rows, paired on the same sentences: the first's cosine gain over the second."""
-    step1 = [name for name in per_sentence if name.startswith("corrector") and name.endswith(", step 1")]
+    """Every two correctors' rows at the same step from the greedy text, paired on the same sentences: the first's
+    cosine gain over the second, step 1's pairs first."""
+    by_step: dict[int, list[str]] = {}
+    for name in per_sentence:
+        if name.startswith("corrector") and ", step " in name:
+            by_step.setdefault(int(name.rsplit(", step ", 1)[1]), []).append(name)
     return [
         {"a": a, "b": b, "cosine_gain": paired_gain(per_sentence[a], per_sentence[b], boot)}
-        for i, a in enumerate(step1)
-        for b in step1[i + 1 :]
+        for step in sorted(by_step)
+        for i, a in enumerate(by_step[step])
+        for b in by_step[step][i + 1 :]
     ]
 
 

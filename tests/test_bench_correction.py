@@ -37,7 +37,7 @@ def test_scores_that_differ_by_a_constant_gain_it_with_no_width(bench):
     assert bench.paired_gain(base + 0.01, base, resamples(50)) == pytest.approx([0.01, 0.01, 0.01], abs=1e-4)
 
 
-def test_only_the_correctors_first_steps_are_compared_pairwise(bench):
+def test_the_correctors_are_compared_pairwise_at_each_step_from_the_greedy_text(bench):
     n = 30
     scores = {
         "greedy": np.full(n, 0.5),
@@ -45,6 +45,7 @@ def test_only_the_correctors_first_steps_are_compared_pairwise(bench):
         "corrector a/final, step 2": np.full(n, 0.7),
         "corrector b, step 1": np.full(n, 0.55),
         "corrector, step 1": np.full(n, 0.58),
+        "corrector, step 2": np.full(n, 0.66),
         "6 beams reranked + corrector, step 1": np.full(n, 0.9),
     }
     out = bench.compare_correctors(scores, resamples(n))
@@ -52,9 +53,11 @@ def test_only_the_correctors_first_steps_are_compared_pairwise(bench):
         ("corrector a/final, step 1", "corrector b, step 1"),
         ("corrector a/final, step 1", "corrector, step 1"),
         ("corrector b, step 1", "corrector, step 1"),
+        ("corrector a/final, step 2", "corrector, step 2"),
     ]
     assert out[0]["cosine_gain"] == pytest.approx([0.05, 0.05, 0.05], abs=1e-4)
     assert bench.format_gain(out[2]["cosine_gain"]) == "-0.0300 [-0.0300, -0.0300]"
+    assert out[3]["cosine_gain"] == pytest.approx([0.04, 0.04, 0.04], abs=1e-4)
 
 
 def test_two_runs_final_bundles_get_apart_names(bench):

@@ -123,11 +123,25 @@ def test_a_warm_start_begins_exactly_where_the_bundle_ended(tmp_path, tiny_backb
     assert torch.allclose(fresh.loss(vectors, texts), source.loss(vectors, texts))
     for override, message in (
         ("--lora.r=4", "has LoRA r=8, this recipe lora.r=4"),
-        ("--projector.prefix_length=3", "its projector does not fit this recipe's"),
+        ("--projector.prefix_length=3", "fills 2 slot.s. and this recipe's projector.prefix_length is 3"),
+        ("--projector.hidden_dim=7", "its projector does not fit this recipe's"),
     ):
         other = Vector2Text.from_config(load_config(RECIPE, common + ["--projector.prefix_length=2", override]))
         with pytest.raises(V2TError, match=message):
             warm_start(other, str(tmp_path / "hyp"))
+
+
+def test_a_hypothesizer_with_more_slots_starts_with_the_bundles_prefix_repeated(
+    tmp_path, tiny_backbone_dir, tiny_encoder_dir
+):
+    source = make_v2t(tiny_backbone_dir, tiny_encoder_dir, seed=5, prefix_length=2, lora_r=8)
+    source.save_adapter(tmp_path / "hyp")
+    common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}"]
+    wider = Vector2Text.from_config(load_config(RECIPE, common + ["--projector.prefix_length=4"]), device="cpu")
+    warm_start(wider, str(tmp_path / "hyp"))
+    v = torch.from_numpy(source.encode(["кот спит", "где лодка"]))
+    assert torch.equal(wider.projector(v), torch.cat([source.projector(v)] * 2, dim=1))  # (2, 4, h)
+    assert wider.projector.slots == 4
 
 
 def saved_hypothesizer_and_corrector(tmp_path, backbone_dir, encoder_dir):
@@ -152,7 +166,7 @@ def test_a_split_corrector_starts_from_its_hypothesizer(tmp_path, tiny_backbone_
     parts = corrector.projector.parts
     assert torch.equal(parts[0](v), source.projector(v)) and torch.equal(parts[1](v), source.projector(v))
     assert not torch.equal(parts[2](v), source.projector(v))  # v - e starts fresh
-    with pytest.raises(V2TError, match="fills 2 slot.s. and this corrector's prefix_length is 3: .* multiple of 2"):
+    with pytest.raises(V2TError, match="fills 2 slot.s. and this recipe's projector.prefix_length is 3: .* of 2"):
         warm_start(make("--projector.prefix_length=3"), str(tmp_path / "hyp"))
 
 

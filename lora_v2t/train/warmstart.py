@@ -88,8 +88,9 @@ def _load_lora(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str) -> 
 
 
 def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str) -> None:
-    """The bundle's projector weights into the run's projector, which must have the same kind and shape; a
-    corrector's split projector may instead start from a hypothesizer's: its parts for v and e both get it."""
+    """The bundle's projector weights into the run's projector, which must have the same kind and shape, or an
+    mlp projector with a multiple of the bundle's slots (its slots repeated, :func:`tile_slots`); a corrector's
+    split projector may instead start from a hypothesizer's: its parts for v and e both get it."""
     projector = v2t.projector
     device = projector.target_rms.device
     state = {k: v.to(device) for k, v in state.items()}
@@ -98,6 +99,7 @@ def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str
     if isinstance(projector, SplitProjector) and not any(k.startswith("parts.") for k in state):
         from_hypothesizer = True
         targets = [projector.parts[0], projector.parts[1]]
+    if from_hypothesizer or isinstance(projector, PrefixProjector):
         state = tile_slots(state, projector.prefix_length, projector.hidden_size, where)
     for target in targets:
         try:
@@ -107,7 +109,7 @@ def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str
                 "the corrector's projector.prefix_length must be a multiple of the hypothesizer's, and its "
                 "hidden_dim the hypothesizer's"
                 if from_hypothesizer
-                else "set projector.kind, prefix_length and hidden_dim as the bundle has them"
+                else "set projector.kind and hidden_dim as the bundle has them, prefix_length a multiple of its"
             )
             raise V2TError(
                 f"{where}: its projector does not fit this recipe's ({first_line(exc, 160)}): {fix} "
@@ -118,7 +120,8 @@ def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str
 def tile_slots(state: dict[str, torch.Tensor], slots: int, hidden_size: int, where: str) -> dict[str, torch.Tensor]:
     """A hypothesizer's mlp projector ``state`` widened to ``slots`` prefix slots: its k slots repeated
     ``slots // k`` times (each group of k starts as the hypothesizer's whole prefix; training sets them apart).
-    ``slots`` equal to k returns ``state`` as it is; one that is not a multiple of k is refused."""
+    ``slots`` equal to k returns ``state`` as it is; one that is not a multiple of k is refused. A corrector's
+    parts for v and e start so, and so does a hypothesizer with more slots than the bundle it continues."""
     weight = state.get(f"{PrefixProjector.MLP_OUTPUT}.weight")
     if weight is None or weight.shape[0] % hidden_size:
         return state  # not an mlp projector of this backbone: load_state_dict names the mismatch
@@ -127,7 +130,7 @@ def tile_slots(state: dict[str, torch.Tensor], slots: int, hidden_size: int, whe
         return state
     if slots % have:
         raise V2TError(
-            f"{where}: its projector fills {have} slot(s) and this corrector's prefix_length is {slots}: "
+            f"{where}: its projector fills {have} slot(s) and this recipe's projector.prefix_length is {slots}: "
             f"set projector.prefix_length to a multiple of {have}"
         )
     repeats = slots // have
