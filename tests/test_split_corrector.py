@@ -111,10 +111,15 @@ def test_too_few_sentences_with_a_hypothesis_are_refused():
 
 
 # ---------------------------------------------------------------------- warm start, and the whole recipe
-def test_a_warm_start_begins_exactly_where_the_bundle_ended(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
-    source = make_v2t(tiny_backbone_dir, tiny_encoder_dir, seed=5, prefix_length=2, lora_r=8)
+def saved_hypothesizer(tmp_path, backbone_dir, encoder_dir):
+    """A tiny 2-slot hypothesizer saved to ``tmp_path/hyp``, and the overrides that put a recipe on its base."""
+    source = make_v2t(backbone_dir, encoder_dir, seed=5, prefix_length=2, lora_r=8)
     source.save_adapter(tmp_path / "hyp")
-    common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}"]
+    return source, [f"--backbone.name={backbone_dir}", f"--encoder.spec={encoder_dir}"]
+
+
+def test_a_warm_start_begins_exactly_where_the_bundle_ended(tmp_path, tiny_backbone_dir, tiny_encoder_dir):
+    source, common = saved_hypothesizer(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
     cfg = load_config(RECIPE, common + ["--projector.prefix_length=2"])
     fresh = Vector2Text.from_config(cfg, device="cpu")
     texts = ["кот спит", "где лодка"]
@@ -134,9 +139,7 @@ def test_a_warm_start_begins_exactly_where_the_bundle_ended(tmp_path, tiny_backb
 def test_a_hypothesizer_with_more_slots_starts_with_the_bundles_prefix_repeated(
     tmp_path, tiny_backbone_dir, tiny_encoder_dir
 ):
-    source = make_v2t(tiny_backbone_dir, tiny_encoder_dir, seed=5, prefix_length=2, lora_r=8)
-    source.save_adapter(tmp_path / "hyp")
-    common = [f"--backbone.name={tiny_backbone_dir}", f"--encoder.spec={tiny_encoder_dir}"]
+    source, common = saved_hypothesizer(tmp_path, tiny_backbone_dir, tiny_encoder_dir)
     wider = Vector2Text.from_config(load_config(RECIPE, common + ["--projector.prefix_length=4"]), device="cpu")
     warm_start(wider, str(tmp_path / "hyp"))
     v = torch.from_numpy(source.encode(["кот спит", "где лодка"]))
@@ -147,9 +150,7 @@ def test_a_hypothesizer_with_more_slots_starts_with_the_bundles_prefix_repeated(
 def saved_hypothesizer_and_corrector(tmp_path, backbone_dir, encoder_dir):
     """A tiny 2-slot hypothesizer saved to ``tmp_path/hyp``, and a maker of fresh split correctors on its base
     (``--projector.*`` overrides as arguments)."""
-    source = make_v2t(backbone_dir, encoder_dir, seed=5, prefix_length=2, lora_r=8)
-    source.save_adapter(tmp_path / "hyp")
-    common = [f"--backbone.name={backbone_dir}", f"--encoder.spec={encoder_dir}"]
+    source, common = saved_hypothesizer(tmp_path, backbone_dir, encoder_dir)
     common += ["--projector.kind=split", "--training.role=corrector"]
 
     def corrector(*overrides: str):
@@ -166,7 +167,9 @@ def test_a_split_corrector_starts_from_its_hypothesizer(tmp_path, tiny_backbone_
     parts = corrector.projector.parts
     assert torch.equal(parts[0](v), source.projector(v)) and torch.equal(parts[1](v), source.projector(v))
     assert not torch.equal(parts[2](v), source.projector(v))  # v - e starts fresh
-    with pytest.raises(V2TError, match="fills 2 slot.s. and this recipe's projector.prefix_length is 3: .* of 2"):
+    with pytest.raises(
+        V2TError, match="fills 2 slot.s. and this recipe's projector.prefix_length is 3: .* multiple of 2"
+    ):
         warm_start(make("--projector.prefix_length=3"), str(tmp_path / "hyp"))
 
 

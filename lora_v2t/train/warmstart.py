@@ -99,8 +99,7 @@ def _load_projector(v2t: Vector2Text, state: dict[str, torch.Tensor], where: str
     if isinstance(projector, SplitProjector) and not any(k.startswith("parts.") for k in state):
         from_hypothesizer = True
         targets = [projector.parts[0], projector.parts[1]]
-    if from_hypothesizer or isinstance(projector, PrefixProjector):
-        state = tile_slots(state, projector.prefix_length, projector.hidden_size, where)
+    state = tile_slots(state, projector.prefix_length, projector.hidden_size, where)  # as it is but for mlp states
     for target in targets:
         try:
             target.load_state_dict(state)
