@@ -1,4 +1,4 @@
-"""The ``lora-v2t`` command line: train, embed, generate, invert, evaluate, info, push, demo.
+"""The ``lora-v2t`` command line: train, embed, heldout, generate, invert, evaluate, compare, info, push, demo, audit.
 
 Every user error is printed as one line ``error: ...`` with exit status 2.
 """
@@ -16,6 +16,7 @@ from ..util.files import NO_SPACE, disk_full
 from ..util.terminal import shown
 from . import audit
 from .bundles import _add_info_command, _add_push_command
+from .compare import _add_compare_command
 from .decoding import _add_evaluate_command, _add_generate_command, _add_invert_command
 from .options import _process_rank
 from .training import _add_demo_command, _add_embed_command, _add_heldout_command, _add_train_command
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_heldout_command(sub)
     _add_demo_command(sub)
     _add_evaluate_command(sub)
+    _add_compare_command(sub)
     _add_invert_command(sub)
     _add_info_command(sub)
     _add_push_command(sub)

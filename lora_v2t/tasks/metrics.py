@@ -129,28 +129,61 @@ def rescore_resamples(metric, hypotheses: list[str], references: list[str], resa
     )
 
 
-def corpus_interval(
-    metric, hypotheses: list[str], references: list[str], resamples: np.ndarray
-) -> tuple[float, float, float]:
-    """sacrebleu's corpus score of ``metric`` (a ``BLEU`` or ``CHRF``) and its 95% bootstrap interval."""
+def _statistics(metric, hypotheses: list[str], references: list[str], point: float, resamples: int):
+    """Per-sentence statistics of ``metric`` and the function that scores their sum, or None where that sum does
+    not reproduce sacrebleu's corpus score ``point`` (another sacrebleu, other metric options): then each of the
+    ``resamples`` is rescored."""
     from sacrebleu.metrics import BLEU
 
-    point = float(metric.corpus_score(hypotheses, [references]).score)
     if isinstance(metric, BLEU):
         stats, from_stats = bleu_statistics(metric, hypotheses, references), bleu_from_statistics
     else:
         stats, from_stats = chrf_statistics(metric, hypotheses, references), chrf_from_statistics
-    if abs(from_stats(metric, stats.sum(axis=0)) - point) <= 1e-9 * max(1.0, abs(point)):
-        _, low, high = bootstrap_interval(stats, resamples, lambda summed: from_stats(metric, summed))
+    if abs(from_stats(metric, stats.sum(axis=0)) - point) > 1e-9 * max(1.0, abs(point)):
+        logger.warning(
+            "%s: per-sentence statistics do not reproduce sacrebleu's corpus score; rescoring each of the "
+            "%d bootstrap resamples with corpus_score (slower)",
+            type(metric).__name__,
+            resamples,
+        )
+        return None
+    return stats, lambda summed: from_stats(metric, summed)
+
+
+def corpus_interval(
+    metric, hypotheses: list[str], references: list[str], resamples: np.ndarray
+) -> tuple[float, float, float]:
+    """sacrebleu's corpus score of ``metric`` (a ``BLEU`` or ``CHRF``) and its 95% bootstrap interval."""
+    point = float(metric.corpus_score(hypotheses, [references]).score)
+    found = _statistics(metric, hypotheses, references, point, len(resamples))
+    if found is not None:
+        _, low, high = bootstrap_interval(found[0], resamples, found[1])
         return point, low, high
-    logger.warning(
-        "%s: per-sentence statistics do not reproduce sacrebleu's corpus score; rescoring each of the "
-        "%d bootstrap resamples with corpus_score (slower)",
-        type(metric).__name__,
-        len(resamples),
-    )
     low, high = np.percentile(rescore_resamples(metric, hypotheses, references, resamples), [2.5, 97.5])
     return point, float(low), float(high)
+
+
+def paired_corpus_interval(
+    metric, first: list[str], second: list[str], references: list[str], resamples: np.ndarray
+) -> tuple[float, float, float]:
+    """``second``'s corpus score minus ``first``'s (both against the same ``references``) and its paired 95%
+    bootstrap interval: every resample scores both on the same sentences."""
+    points = [float(metric.corpus_score(hyps, [references]).score) for hyps in (first, second)]
+    found = [
+        _statistics(metric, hyps, references, point, len(resamples))
+        for hyps, point in zip((first, second), points, strict=True)
+    ]
+    if found[0] is not None and found[1] is not None:
+        width, score = found[0][0].shape[1], found[0][1]
+        _, low, high = bootstrap_interval(
+            np.hstack([found[0][0], found[1][0]]),
+            resamples,
+            lambda summed: score(summed[width:]) - score(summed[:width]),
+        )
+    else:
+        differences = [rescore_resamples(metric, hyps, references, resamples) for hyps in (first, second)]
+        low, high = (float(x) for x in np.percentile(differences[1] - differences[0], [2.5, 97.5]))
+    return points[1] - points[0], low, high
 
 
 def score_outputs(
