@@ -6,9 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from lora_v2t import V2TError
 from lora_v2t.cli import main
-from lora_v2t.tasks.compare import compare_reports, read_report
+from lora_v2t.tasks.compare import compare_reports, comparison_table, read_report
 from lora_v2t.tasks.evalfile import EvalData
 from lora_v2t.tasks.evaluate import evaluate
 from lora_v2t.tasks.metrics import paired_corpus_interval, rescore_resamples
@@ -64,11 +63,10 @@ def test_the_paired_interval_is_sacrebleus_score_of_every_resample():
 
     resamples = np.random.default_rng(5).integers(0, len(REFS), size=(60, len(REFS)))
     for metric in (BLEU(), CHRF()):
-        difference, low, high = paired_corpus_interval(metric, FIRST, SECOND, REFS, resamples)
+        first, second, low, high = paired_corpus_interval(metric, FIRST, SECOND, REFS, resamples)
         exact = rescore_resamples(metric, SECOND, REFS, resamples) - rescore_resamples(metric, FIRST, REFS, resamples)
         assert (low, high) == pytest.approx(tuple(np.percentile(exact, [2.5, 97.5])), abs=1e-9)
-        second, first = (metric.corpus_score(hyps, [REFS]).score for hyps in (SECOND, FIRST))
-        assert difference == pytest.approx(second - first, abs=1e-12)
+        assert (first, second) == tuple(metric.corpus_score(hyps, [REFS]).score for hyps in (FIRST, SECOND))
 
 
 def test_the_command_prints_the_table_and_json(reports, capsys):
@@ -108,10 +106,20 @@ def test_two_systems_of_one_report_compare_by_name(tmp_path):
     assert list(result["systems"]) == ["greedy:budget-16"]
 
 
-def test_a_report_without_cosines_is_compared_on_the_rest(tmp_path):
+def test_a_report_without_cosines_is_compared_on_the_rest_and_says_so(tmp_path):
     folder = write_tsv(tmp_path / "r", REFS, {"greedy": (FIRST, [""] * 5)})
     result = compare_reports(read_report(folder), read_report(folder), resamples=10)
     assert "cosine" not in result["systems"]["greedy"] and "chrf" in result["systems"]["greedy"]
+    assert "No cosine for greedy: a report holds no re-embedding cosines" in comparison_table(result)
+
+
+def test_a_byte_order_mark_and_crlf_lines_are_read_as_evaluate_writes(reports, tmp_path):
+    original = (reports[0] / "sentences.tsv").read_text(encoding="utf-8")
+    (tmp_path / "bom").mkdir()
+    (tmp_path / "bom" / "sentences.tsv").write_bytes(b"\xef\xbb\xbf" + original.replace("\n", "\r\n").encode())
+    copy, first = read_report(tmp_path / "bom"), read_report(reports[0])
+    assert (copy.references, copy.outputs, list(copy.cosines)) == (first.references, first.outputs, ["greedy"])
+    assert (copy.cosines["greedy"] == first.cosines["greedy"]).all()
 
 
 @pytest.mark.parametrize(
@@ -135,6 +143,28 @@ def test_a_report_without_cosines_is_compared_on_the_rest(tmp_path):
             lambda d: write_tsv(d, REFS, {"budget-16": (FIRST, ["0.1"] * 5)}),
             "share no system \\(greedy against budget-16\\): name the pair with --system FIRST:SECOND",
         ),
+        (lambda d: None, "does not exist: give a report folder that `lora-v2t evaluate` wrote"),
+        (lambda d: write_tsv(d, [], {"greedy": ([], [])}), "holds no sentences: compare reports of at least one"),
+        (
+            lambda d: (d.mkdir(), (d / "sentences.tsv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")),
+            "is not UTF-8 text",
+        ),
+        (
+            lambda d: (
+                write_tsv(d, REFS, {"greedy": (FIRST, ["0.1"] * 5)}),
+                (d / "sentences.tsv").write_text(
+                    (d / "sentences.tsv").read_text().replace("\tgreedy_cosine", "\tgreedy_other")
+                ),
+            ),
+            "is not a sentences.tsv of `lora-v2t evaluate`",
+        ),
+        (
+            lambda d: (
+                write_tsv(d, REFS, {"greedy": (FIRST, ["0.1"] * 5)}),
+                (d / "sentences.tsv").write_text((d / "sentences.tsv").read_text() + "5\tx\n"),
+            ),
+            "sentences.tsv, line 7: not 6 columns as its header says",
+        ),
     ],
 )
 def test_bad_reports_are_refused_in_one_line(reports, tmp_path, capsys, make, message):
@@ -150,16 +180,14 @@ def test_bad_reports_are_refused_in_one_line(reports, tmp_path, capsys, make, me
     [
         (["--system", "budget-16"], "has no system 'budget-16': choose among greedy"),
         (["--system", "greedy:beams"], "has no system 'beams': choose among greedy"),
-        (["--resamples", "0"], "--resamples must be at least 1 \\(got 0\\)"),
+        (["--system", "greedy:"], "--system 'greedy:' is not NAME or FIRST:SECOND"),
+        (["--system", ":greedy"], "--system ':greedy' is not NAME or FIRST:SECOND"),
+        (["--system", "a:b:c"], "--system 'a:b:c' is not NAME or FIRST:SECOND"),
+        (["--resamples", "0"], "--resamples must be >= 1 and --seed >= 0 \\(got 0 and 0\\)"),
+        (["--seed", "-1"], "--resamples must be >= 1 and --seed >= 0 \\(got 1000 and -1\\)"),
     ],
 )
 def test_bad_options_are_refused_in_one_line(reports, capsys, extra, message):
-    with pytest.raises(V2TError, match=message):
-        compare_reports(
-            read_report(reports[0]),
-            read_report(reports[1]),
-            [extra[1]] if extra[0] == "--system" else None,
-            resamples=int(extra[1]) if extra[0] == "--resamples" else 10,
-        )
     assert main(["compare", str(reports[0]), str(reports[1]), *extra]) == 2
-    assert capsys.readouterr().err.startswith("error: ")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and re.search(message, err), err

@@ -15,10 +15,11 @@ import numpy as np
 
 from ..util.errors import V2TError
 from ..util.textfile import unescape_tsv
-from .metrics import bootstrap_interval, exact_match, paired_corpus_interval, token_f1
+from .metrics import bootstrap_interval, exact_match, paired_corpus_interval, resample_indices, token_f1
 
 SENTENCES_FILE = "sentences.tsv"
-COLUMNS = ("output", "cosine", "token_f1", "exact")
+COLUMNS = ("output", "cosine", "token_f1", "exact")  # each system's columns, as evaluate writes them
+NOT_A_REPORT = "give a report folder that `lora-v2t evaluate` wrote"
 
 
 @dataclass
@@ -32,22 +33,30 @@ class Report:
 
 
 def read_report(folder: str | Path) -> Report:
-    """The sentences.tsv that ``lora-v2t evaluate`` wrote into ``folder``."""
+    """The sentences.tsv that ``lora-v2t evaluate`` wrote into ``folder`` (or that file itself)."""
     folder = Path(folder)
     path = folder / SENTENCES_FILE if folder.is_dir() else folder
+    if not folder.exists():
+        raise V2TError(f"{folder} does not exist: {NOT_A_REPORT}")
     if not path.is_file():
-        raise V2TError(f"{folder} holds no {SENTENCES_FILE}: give a report folder that `lora-v2t evaluate` wrote")
-    lines = path.read_text(encoding="utf-8").split("\n")
-    header = lines[0].split("\t")
-    rows = [line.split("\t") for line in lines[1:] if line]
+        raise V2TError(f"{folder} holds no {SENTENCES_FILE}: {NOT_A_REPORT}")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n").split("\n")
+    except UnicodeDecodeError:
+        raise V2TError(f"{path} is not UTF-8 text: {NOT_A_REPORT}") from None
+    header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:] if line]
     systems = [name[: -len("_output")] for name in header if name.endswith("_output")]
-    if header[:2] != ["index", "reference"] or not systems or any(len(row) != len(header) for row in rows):
-        raise V2TError(f"{path} is not a sentences.tsv of `lora-v2t evaluate`: give the report folder it wrote")
+    wanted = {f"{name}_{column}" for name in systems for column in COLUMNS}
+    if header[:2] != ["index", "reference"] or not systems or not wanted <= set(header):
+        raise V2TError(f"{path} is not a sentences.tsv of `lora-v2t evaluate`: {NOT_A_REPORT}")
+    if not rows:
+        raise V2TError(f"{path} holds no sentences: compare reports of at least one sentence")
+    bad = next((i for i, row in enumerate(rows, start=2) if len(row) != len(header)), None)
+    if bad is not None:
+        raise V2TError(f"{path}, line {bad}: not {len(header)} columns as its header says: {NOT_A_REPORT}")
     column = {name: i for i, name in enumerate(header)}
-    outputs, cosines = {}, {}
-    for name in systems:
-        outputs[name] = [unescape_tsv(row[column[f"{name}_output"]]) for row in rows]
-        cosines[name] = _cosines(path, name, [row[column.get(f"{name}_cosine", -1)] for row in rows])
+    outputs = {name: [unescape_tsv(row[column[f"{name}_output"]]) for row in rows] for name in systems}
+    cosines = {name: _cosines(path, name, [row[column[f"{name}_cosine"]] for row in rows]) for name in systems}
     return Report(folder, [unescape_tsv(row[1]) for row in rows], outputs, cosines)
 
 
@@ -74,13 +83,18 @@ def system_pairs(first: Report, second: Report, wanted: list[str] | None) -> lis
                 "name the pair with --system FIRST:SECOND"
             )
         return pairs
-    pairs = []
-    for spec in wanted:
-        a, _, b = spec.partition(":")
-        pairs.append((a, b or a))
+    pairs = [_system_pair(spec) for spec in wanted]
+    for a, b in pairs:
         _check_system(a, first)
-        _check_system(b or a, second)
+        _check_system(b, second)
     return pairs
+
+
+def _system_pair(spec: str) -> tuple[str, str]:
+    names = spec.split(":")
+    if len(names) > 2 or not all(names):
+        raise V2TError(f"--system {spec!r} is not NAME or FIRST:SECOND (e.g. budget-16, or greedy:budget-16)")
+    return names[0], names[-1]
 
 
 def _check_system(name: str, report: Report) -> None:
@@ -93,13 +107,13 @@ def compare_reports(
 ) -> dict:
     """Per system pair: each metric of both, the difference second - first with its paired 95% interval, and the
     sentences where the second is better and worse."""
-    if resamples < 1:
-        raise V2TError(f"--resamples must be at least 1 (got {resamples})")
+    if resamples < 1 or seed < 0:
+        raise V2TError(f"--resamples must be >= 1 and --seed >= 0 (got {resamples} and {seed})")
     if first.references != second.references:
         raise V2TError(_mismatch(first, second))
     pairs = system_pairs(first, second, wanted)
     n = len(first.references)
-    boot = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    boot = resample_indices(n, resamples, seed)
     return {
         "first": str(first.folder),
         "second": str(second.folder),
@@ -136,17 +150,17 @@ def _compare_pair(first: Report, second: Report, a: str, b: str, boot: np.ndarra
         per_sentence = {"cosine": [cosines[0], cosines[1]], **per_sentence}
     out = {}
     for name, (x, y) in per_sentence.items():
-        out[name] = _figure(float(x.mean()), float(y.mean()), bootstrap_interval(y - x, boot))
+        _, low, high = bootstrap_interval(y - x, boot)
+        out[name] = _figure(float(x.mean()), float(y.mean()), low, high)
         out[name]["second_better"], out[name]["second_worse"] = int((y > x).sum()), int((y < x).sum())
     for name, metric in (("chrf", CHRF()), ("bleu", BLEU())):
-        difference = paired_corpus_interval(metric, hyps[0], hyps[1], refs, boot)
-        one, two = (float(metric.corpus_score(side, [refs]).score) for side in hyps)
-        out[name] = _figure(one, two, difference)
+        one, two, low, high = paired_corpus_interval(metric, hyps[0], hyps[1], refs, boot)
+        out[name] = _figure(one, two, low, high)
     return out
 
 
-def _figure(first: float, second: float, difference: tuple[float, float, float]) -> dict:
-    return {"first": first, "second": second, "difference": difference[0], "ci95": [difference[1], difference[2]]}
+def _figure(first: float, second: float, low: float, high: float) -> dict:
+    return {"first": first, "second": second, "difference": second - first, "ci95": [low, high]}
 
 
 METRIC_LABELS = {
@@ -178,4 +192,7 @@ def comparison_table(result: dict) -> str:
                 f"| {pair} | {label} | {m['first']:.{digits}f} | {m['second']:.{digits}f} | "
                 f"{m['difference']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] | {wins} |"
             )
+    missing = [pair for pair, metrics in result["systems"].items() if "cosine" not in metrics]
+    if missing:
+        lines += ["", f"No cosine for {', '.join(missing)}: a report holds no re-embedding cosines for it."]
     return "\n".join(lines) + "\n"

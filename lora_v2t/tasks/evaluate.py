@@ -27,7 +27,7 @@ from ..util.files import atomic_folder, refuse_foreign, try_writing_in
 from ..util.textfile import escape_tsv
 from ..util.vectors import to_vectors
 from .evalfile import EvalData
-from .metrics import exact_match, score_outputs, token_f1
+from .metrics import exact_match, resample_indices, score_outputs, token_f1
 
 if TYPE_CHECKING:
     from ..model.vector2text import Vector2Text
@@ -157,7 +157,7 @@ def evaluate(
         systems, trace = _decode_budget(v2t, vectors, plan, options, show_progress, seed)
     else:
         systems, trace = _decode_systems(v2t, vectors, rerank, correction, options, show_progress)
-    boot = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    boot = resample_indices(n, resamples, seed)
     scores = {name: score_outputs(hyps, data.references, cos, boot) for name, (hyps, cos) in systems.items()}
     summary = _summary(v2t, data, adapter, restrict_vocab, resamples, scores)
     if plan is not None and trace is not None:

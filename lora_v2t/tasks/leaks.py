@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..util.errors import V2TError
-from .metrics import bootstrap_interval, corpus_interval, exact_match
+from .metrics import bootstrap_interval, corpus_interval, exact_match, resample_indices
 
 ENTITIES = ("PER", "LOC", "ORG")
 RULES = ("NUMBER", "DATE", "EMAIL", "PHONE")
@@ -412,7 +412,7 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
     from sacrebleu.metrics import CHRF
 
     n = len(records)
-    boot = np.random.default_rng(0).integers(0, n, size=(resamples, n))
+    boot = resample_indices(n, resamples)
     scored = [r for r in records if r.get("original") is not None]  # the rows with an original
     cosines = np.array([r["cosine"] for r in records], dtype=np.float64)
     mean, low, high = bootstrap_interval(cosines, boot)
@@ -439,7 +439,7 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
     if not scored:
         return summary | {"categories": contained_figures(records, boot)}
     if len(scored) < n:  # the measures against originals resample the rows that have one
-        boot = np.random.default_rng(0).integers(0, len(scored), size=(resamples, len(scored)))
+        boot = resample_indices(len(scored), resamples)
     records = scored
     hyps, refs = [r["reconstruction"] for r in records], [r["original"] for r in records]
     exact = np.array([exact_match(h, r) for h, r in zip(hyps, refs, strict=True)]) * 100

@@ -41,6 +41,12 @@ def token_f1(hypothesis: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def resample_indices(n: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """(resamples, n) sentence indices drawn with replacement by numpy's ``default_rng(seed)``: every report's
+    bootstrap (evaluate, compare and the audit draw them alike, so their intervals reproduce one another)."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
 def bootstrap_interval(values: np.ndarray, resamples: np.ndarray, score=None) -> tuple[float, float, float]:
     """Score and 95% bootstrap interval. ``values`` (N, ...) are per-sentence values or sufficient
     statistics; ``score`` maps a column sum to a corpus score (default: the mean)."""
@@ -165,25 +171,23 @@ def corpus_interval(
 
 def paired_corpus_interval(
     metric, first: list[str], second: list[str], references: list[str], resamples: np.ndarray
-) -> tuple[float, float, float]:
-    """``second``'s corpus score minus ``first``'s (both against the same ``references``) and its paired 95%
-    bootstrap interval: every resample scores both on the same sentences."""
+) -> tuple[float, float, float, float]:
+    """Both corpus scores (against the same ``references``) and a paired 95% bootstrap interval of the second's
+    minus the first's: every resample scores both on the same sentences."""
     points = [float(metric.corpus_score(hyps, [references]).score) for hyps in (first, second)]
-    found = [
-        _statistics(metric, hyps, references, point, len(resamples))
-        for hyps, point in zip((first, second), points, strict=True)
-    ]
-    if found[0] is not None and found[1] is not None:
-        width, score = found[0][0].shape[1], found[0][1]
+    one, two = (
+        _statistics(metric, h, references, p, len(resamples)) for h, p in zip((first, second), points, strict=True)
+    )
+    if one is not None and two is not None:
+        (stats_one, score), (stats_two, _) = one, two
+        width = stats_one.shape[1]
         _, low, high = bootstrap_interval(
-            np.hstack([found[0][0], found[1][0]]),
-            resamples,
-            lambda summed: score(summed[width:]) - score(summed[:width]),
+            np.hstack([stats_one, stats_two]), resamples, lambda summed: score(summed[width:]) - score(summed[:width])
         )
     else:
-        differences = [rescore_resamples(metric, hyps, references, resamples) for hyps in (first, second)]
-        low, high = (float(x) for x in np.percentile(differences[1] - differences[0], [2.5, 97.5]))
-    return points[1] - points[0], low, high
+        rescored = [rescore_resamples(metric, hyps, references, resamples) for hyps in (first, second)]
+        low, high = (float(x) for x in np.percentile(rescored[1] - rescored[0], [2.5, 97.5]))
+    return points[0], points[1], low, high
 
 
 def score_outputs(
