@@ -1,6 +1,6 @@
 """The offline main job: what the toolkit is for, then an adapter trained here, with no internet.
 
-1. The shipped adapter (``checkpoints/adapters/use-gemma270m-ru-v6``) writes back sentences it never saw (a
+1. The shipped adapter (``checkpoints/adapters/use-gemma270m-ru-v8``) writes back sentences it never saw (a
    held-out list written for this project): its greedy text beside the text at the commands' default budget
    (:data:`~lora_v2t.config.DEFAULT_BUDGET` decodes per vector), each with the cosine between its vector and
    the vector of what came back.
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_SENTENCES = files("lora_v2t") / "resources" / "demo_ru.txt"  # a small sample written for the project
 HELD_OUT = files("lora_v2t") / "resources" / "heldout_ru.txt"  # in no training file, nor in the dev sets
-SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru-v6"
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "adapters" / "use-gemma270m-ru-v8"
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ru" / "train.txt"
 # the run folder's name: a new one whenever the demo's recipe changes, since an older demo's folder would be
 # refused on resume (another recipe) or reused as it is

@@ -21,8 +21,8 @@ def test_shipped_bundle_configs_round_trip_unchanged(file):
 
 
 def test_shipped_bundles_are_read_as_typed_sections():
-    assert len(SHIPPED) == 11
-    first, v2, corrector, split, v3, v3_corrector, v4, v4_corrector, v5, v6, v6_corrector = (
+    assert len(SHIPPED) == 12
+    first, v2, corrector, split, v3, v3_corrector, v4, v4_corrector, v5, v6, v6_corrector, v8 = (
         BundleConfig.from_json(f) for f in SHIPPED
     )
     assert (first.encoder.spec, first.encoder.dim, first.backbone.hidden_size) == ("offline:use-multilingual", 512, 640)
@@ -52,6 +52,9 @@ def test_shipped_bundles_are_read_as_typed_sections():
     assert v6.training["sample"] == v3.training["sample"] and v6.corrector == "../use-gemma270m-ru-v6-corrector2"
     assert (v6_corrector.projector.kind, v6_corrector.projector.prefix_length) == ("split", 8)  # 8 slots a vector
     assert v6_corrector.training["init_adapter"] == "checkpoints/runs/use-gemma270m-ru-v6-corrector/final"
+    assert v8.training["init_adapter"] == "checkpoints/adapters/use-gemma270m-ru-v6" and v8.training["order_seed"] == 7
+    assert v8.training["sample"] == v3.training["sample"] and v8.corrector == v6.corrector  # v6's corrector serves it
+    assert (v8.projector.prefix_length, v6.projector.prefix_length, v8.lora.r) == (8, 4, v6.lora.r)  # v6's slots twice
 
 
 def test_keys_of_a_newer_writer_are_kept(tmp_path):

@@ -22,12 +22,21 @@ SPLIT = ADAPTERS / "use-gemma270m-ru-v2-corrector-split"  # v, e and v - e apart
 V4 = ADAPTERS / "use-gemma270m-ru-v4"  # v3 continued
 V4_CORRECTOR = ADAPTERS / "use-gemma270m-ru-v4-corrector"  # the split corrector continued twice, on new sentences
 V5 = ADAPTERS / "use-gemma270m-ru-v5"  # v4 continued, naming v4's corrector
-V6 = ADAPTERS / "use-gemma270m-ru-v6"  # v5 continued, naming v6's corrector; the demo shows it
+V6 = ADAPTERS / "use-gemma270m-ru-v6"  # v5 continued, naming v6's corrector
 V6_CORRECTOR = ADAPTERS / "use-gemma270m-ru-v6-corrector2"  # 8 slots a vector, begun from v6; bf16 projector
+V8 = ADAPTERS / "use-gemma270m-ru-v8"  # v6 continued into 8 prefix slots, naming v6's corrector; the demo shows it
 # each with the compute dtype it trained in
-HYPOTHESIZERS = {SHIPPED: "float32", V2: "bfloat16", V3: "bfloat16", V4: "bfloat16", V5: "bfloat16", V6: "bfloat16"}
+HYPOTHESIZERS = {
+    SHIPPED: "float32",
+    V2: "bfloat16",
+    V3: "bfloat16",
+    V4: "bfloat16",
+    V5: "bfloat16",
+    V6: "bfloat16",
+    V8: "bfloat16",
+}
 # each hypothesizer that names a corrector, with the corrector it names; a new adapter is one entry here
-NAMES_CORRECTOR = {V2: CORRECTOR, V3: SPLIT, V4: V4_CORRECTOR, V5: V4_CORRECTOR, V6: V6_CORRECTOR}
+NAMES_CORRECTOR = {V2: CORRECTOR, V3: SPLIT, V4: V4_CORRECTOR, V5: V4_CORRECTOR, V6: V6_CORRECTOR, V8: V6_CORRECTOR}
 SPLIT_NAMERS = [h for h, c in NAMES_CORRECTOR.items() if c != CORRECTOR]  # those naming a split corrector
 CORRECTOR_MB = {"mlp": 20, "split": 30}  # three projections make the split ones bigger
 
