@@ -15,10 +15,19 @@ import numpy as np
 
 from ..util.errors import V2TError
 from ..util.textfile import unescape_tsv
-from .metrics import bootstrap_interval, exact_match, paired_corpus_interval, resample_indices, token_f1
+from .metrics import (
+    bootstrap_interval,
+    exact_match,
+    paired_corpus_interval,
+    percent_per_sentence,
+    resample_indices,
+    token_f1,
+)
 
+# sentences.tsv's layout, which evaluate writes with these and compare reads: index, reference (and source), then
+# for each system (its tag: greedy, budget-16, ...) the columns <tag>_output, <tag>_cosine, <tag>_token_f1, <tag>_exact
 SENTENCES_FILE = "sentences.tsv"
-COLUMNS = ("output", "cosine", "token_f1", "exact")  # each system's columns, as evaluate writes them
+SYSTEM_COLUMNS = ("output", "cosine", "token_f1", "exact")
 NOT_A_REPORT = "give a report folder that `lora-v2t evaluate` wrote"
 
 
@@ -46,7 +55,7 @@ def read_report(folder: str | Path) -> Report:
         raise V2TError(f"{path} is not UTF-8 text: {NOT_A_REPORT}") from None
     header, rows = lines[0].split("\t"), [line.split("\t") for line in lines[1:] if line]
     systems = [name[: -len("_output")] for name in header if name.endswith("_output")]
-    wanted = {f"{name}_{column}" for name in systems for column in COLUMNS}
+    wanted = {f"{name}_{column}" for name in systems for column in SYSTEM_COLUMNS}
     if header[:2] != ["index", "reference"] or not systems or not wanted <= set(header):
         raise V2TError(f"{path} is not a sentences.tsv of `lora-v2t evaluate`: {NOT_A_REPORT}")
     if not rows:
@@ -142,8 +151,8 @@ def _compare_pair(first: Report, second: Report, a: str, b: str, boot: np.ndarra
 
     refs, hyps = first.references, (first.outputs[a], second.outputs[b])
     per_sentence = {
-        "token_f1": [np.array([token_f1(h, r) for h, r in zip(side, refs, strict=True)]) * 100 for side in hyps],
-        "exact_match": [np.array([exact_match(h, r) for h, r in zip(side, refs, strict=True)]) * 100 for side in hyps],
+        "token_f1": [percent_per_sentence(token_f1, side, refs) for side in hyps],
+        "exact_match": [percent_per_sentence(exact_match, side, refs) for side in hyps],
     }
     cosines = first.cosines[a], second.cosines[b]
     if cosines[0] is not None and cosines[1] is not None:

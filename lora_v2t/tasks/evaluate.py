@@ -26,6 +26,7 @@ from ..util.errors import V2TError
 from ..util.files import atomic_folder, refuse_foreign, try_writing_in
 from ..util.textfile import escape_tsv
 from ..util.vectors import to_vectors
+from .compare import SENTENCES_FILE, SYSTEM_COLUMNS
 from .evalfile import EvalData
 from .metrics import exact_match, resample_indices, score_outputs, token_f1
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILES = ("sentences.tsv", "summary.json", "summary.md", "cosine_hist.png")  # what --overwrite replaces
+REPORT_FILES = (SENTENCES_FILE, "summary.json", "summary.md", "cosine_hist.png")  # what --overwrite replaces
 
 
 # ---------------------------------------------------------------------- the run
@@ -244,7 +245,7 @@ def _write_report(out_dir: Path, overwrite: bool, data: EvalData, systems: dict,
             out_dir = _unused(out_dir)
     try:
         with atomic_folder(out_dir, advice="free some space there, or give --out a folder on another disk") as tmp:
-            _write_tsv(tmp / "sentences.tsv", data, systems)
+            _write_tsv(tmp / SENTENCES_FILE, data, systems)
             (tmp / "summary.json").write_text(
                 json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
@@ -337,7 +338,7 @@ def _write_tsv(path: Path, data: EvalData, systems: dict) -> None:
         header = ["index", "reference"] + (["source"] if data.sources and data.sources != data.references else [])
         for name in systems:
             tag = name.split()[0]
-            header += [f"{tag}_output", f"{tag}_cosine", f"{tag}_token_f1", f"{tag}_exact"]
+            header += [f"{tag}_{column}" for column in SYSTEM_COLUMNS]
         writerow(header)
         for i, ref in enumerate(data.references):
             row = [i, ref] + ([data.sources[i]] if data.sources and header[2:3] == ["source"] else [])

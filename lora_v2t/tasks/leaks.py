@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..util.errors import V2TError
-from .metrics import bootstrap_interval, corpus_interval, exact_match, resample_indices
+from .metrics import bootstrap_interval, corpus_interval, exact_match, percent_per_sentence, resample_indices
 
 ENTITIES = ("PER", "LOC", "ORG")
 RULES = ("NUMBER", "DATE", "EMAIL", "PHONE")
@@ -442,7 +442,7 @@ def summarise(records: list[dict], identity: dict, extracted: int, resamples: in
         boot = resample_indices(len(scored), resamples)
     records = scored
     hyps, refs = [r["reconstruction"] for r in records], [r["original"] for r in records]
-    exact = np.array([exact_match(h, r) for h, r in zip(hyps, refs, strict=True)]) * 100
+    exact = percent_per_sentence(exact_match, hyps, refs)
     words = [r["content_words"] for r in records]
     return summary | {
         "exact_match": _shared(*bootstrap_interval(exact, boot)),

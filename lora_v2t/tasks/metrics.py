@@ -41,6 +41,12 @@ def token_f1(hypothesis: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def percent_per_sentence(score, hypotheses: list[str], references: list[str]) -> np.ndarray:
+    """``score(hypothesis, reference)`` (a fraction: :func:`token_f1`, :func:`exact_match`) of each sentence, in
+    percent."""
+    return np.array([score(h, r) for h, r in zip(hypotheses, references, strict=True)], dtype=np.float64) * 100
+
+
 def resample_indices(n: int, resamples: int, seed: int = 0) -> np.ndarray:
     """(resamples, n) sentence indices drawn with replacement by numpy's ``default_rng(seed)``: every report's
     bootstrap (evaluate, compare and the audit draw them alike, so their intervals reproduce one another)."""
@@ -199,12 +205,8 @@ def score_outputs(
     out = {
         "bleu": corpus_interval(BLEU(), hypotheses, references, resamples),
         "chrf": corpus_interval(CHRF(), hypotheses, references, resamples),
-        "token_f1": bootstrap_interval(
-            np.array([token_f1(h, r) for h, r in zip(hypotheses, references, strict=True)]) * 100, resamples
-        ),
-        "exact_match": bootstrap_interval(
-            np.array([exact_match(h, r) for h, r in zip(hypotheses, references, strict=True)]) * 100, resamples
-        ),
+        "token_f1": bootstrap_interval(percent_per_sentence(token_f1, hypotheses, references), resamples),
+        "exact_match": bootstrap_interval(percent_per_sentence(exact_match, hypotheses, references), resamples),
     }
     if cosines is not None:
         out["cosine"] = bootstrap_interval(np.asarray(cosines, dtype=np.float64), resamples)
