@@ -4,10 +4,14 @@ The budget rule (:mod:`lora_v2t.model.beam`) spends every budget from 3 up on re
 other plans of the same cost beside them, each written as ``key=value`` pairs joined by commas:
 
 - ``beams=N``: the greedy text and N beams of the hypothesizer, reranked by cosine (1 + N decodes);
-- ``beams=N,corrector=WxK,steps=S``: then S steps of the corrector the adapter names, each keeping the W best
-  candidates and decoding K proposals (beam search) from each (1 + N + S x W x K decodes);
+- ``beams=N,corrector=WxK,steps=S``: then S steps of the corrector (``--corrector``, else the one the adapter
+  names), each keeping the W best candidates and decoding K proposals (beam search) from each
+  (1 + N + S x W x K decodes);
 - ``beams=N,samples=M@T``: and M sampled texts at temperature T (seeded), all reranked (1 + N + M decodes;
-  ``beams=0`` for samples alone).
+  ``beams=0`` for samples alone);
+- ``beams=N,partner=P``: and the greedy text and P beams of a second hypothesizer (``--partner``, loaded on the
+  same base: two adapters' candidates pooled), all reranked (1 + N + 1 + P decodes; ``partner=0`` for its greedy
+  text alone).
 
 Every plan's text is scored by corpus chrF, exact match and the re-embedding cosine, with its decodes per vector
 and seconds per sentence, and its cosine gain over the first plan with a paired 95% bootstrap interval (the same
@@ -33,6 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "ru" / "dev_conversational.txt"
 SAMPLE_SEED = 0
+COUNTS = ("beams", "steps", "samples", "partner")
+KEYS = ("beams", "corrector", "steps", "samples", "partner")
+PARTNER = "partner"  # the second hypothesizer's adapter name on the shared base
 
 
 @dataclass(frozen=True)
@@ -46,11 +53,13 @@ class Plan:
     steps: int = 0
     samples: int = 0
     temperature: float = 0.8
+    partner: int | None = None  # the second hypothesizer's beams (0: its greedy text alone; None: no partner)
 
     @property
     def decodes(self) -> int:
         """Decodes per vector at most: the greedy text, the beams, the samples and every corrector proposal."""
-        return 1 + self.beams + self.samples + self.steps * self.width * self.proposals
+        partner = 0 if self.partner is None else 1 + self.partner
+        return 1 + self.beams + self.samples + self.steps * self.width * self.proposals + partner
 
 
 def parse_plan(spec: str) -> Plan:
@@ -63,8 +72,8 @@ def parse_plan(spec: str) -> Plan:
     for part in spec.split(","):
         key, _, value = part.partition("=")
         key = key.strip()
-        if key in fields or key not in ("beams", "corrector", "steps", "samples"):
-            fail(f"{key!r} is not one of beams, corrector, steps, samples (each once)")
+        if key in fields or key not in KEYS:
+            fail(f"{key!r} is not one of {', '.join(KEYS)} (each once)")
         try:
             if key == "corrector":
                 width, proposals = (int(x) for x in value.split("x"))
@@ -78,25 +87,27 @@ def parse_plan(spec: str) -> Plan:
             fail(f"{key}={value!r} is not a number (corrector=WxK, samples=M@T)")
     if fields.pop("corrector", False) != bool(fields.get("steps")):
         fail("corrector=WxK and steps=S go together")
-    if fields.get("beams", 0) == 1 or any(fields.get(k, 0) < 0 for k in ("beams", "steps", "samples")):
-        fail("beams is 0 or at least 2 (one beam is the greedy text again); counts are >= 0")
+    if 1 in (fields.get("beams"), fields.get("partner")) or any(fields.get(k, 0) < 0 for k in COUNTS):
+        fail("beams and partner are 0 or at least 2 (one beam is the greedy text again); counts are >= 0")
     if fields.get("steps") and (fields["width"] < 1 or fields["proposals"] < 1):
         fail("the corrector keeps at least 1 candidate and proposes at least 1 text from each")
-    if fields.get("steps") and fields.get("samples"):
-        fail("samples and the corrector in one plan are not measured here")
+    if fields.get("steps") and (fields.get("samples") or "partner" in fields):
+        fail("the corrector with samples or a partner in one plan is not measured here")
     if not fields.get("temperature", 0.8) > 0:
         fail("a sampling temperature is > 0")
     return Plan(spec=spec, **fields)
 
 
-def run_plan(v2t, vectors: np.ndarray, plan: Plan) -> tuple[list[str], np.ndarray, float]:
-    """The best text per vector under ``plan``, its cosine, and the maximum decodes any vector spent."""
+def run_plan(v2t, vectors: np.ndarray, plan: Plan, corrector: str | None = None) -> tuple[list[str], np.ndarray, float]:
+    """The best text per vector under ``plan``, its cosine, and the maximum decodes any vector spent
+    (``corrector``: a corrector bundle, else the one the adapter names)."""
     from lora_v2t.model.correct import CorrectionConfig, correct
 
-    if not plan.samples:
+    if not plan.samples and plan.partner is None:
         cfg = CorrectionConfig(
             rerank=plan.beams,
             steps=plan.steps,
+            corrector=corrector,
             width=max(plan.width, 1),
             proposals=max(plan.proposals, 1),
             min_gain=None,
@@ -108,17 +119,17 @@ def run_plan(v2t, vectors: np.ndarray, plan: Plan) -> tuple[list[str], np.ndarra
 
 
 def reranked_pool(v2t, vectors: np.ndarray, plan: Plan) -> tuple[list[str], np.ndarray, float]:
-    """The greedy text, ``plan.beams`` beams and ``plan.samples`` seeded samples per vector, reranked by cosine."""
+    """The greedy text, ``plan.beams`` beams, ``plan.samples`` seeded samples and the partner's greedy text and
+    beams per vector, reranked by cosine."""
     from lora_v2t.model.generate import reembed_cosines
 
-    pools = [[text] for text in v2t.generate(vectors)]
-    calls = [{"num_beams": plan.beams, "num_return_sequences": plan.beams}] if plan.beams else []
-    calls.append(
-        {"do_sample": True, "temperature": plan.temperature, "num_return_sequences": plan.samples, "seed": SAMPLE_SEED}
-    )
-    for options in calls:
+    main = v2t.active_adapter
+    pools = [[] for _ in vectors]
+    for adapter, options in pool_calls(plan, main):
+        v2t.set_adapter(adapter)
         for pool, texts in zip(pools, v2t.generate(vectors, **options), strict=True):
             pool.extend([texts] if isinstance(texts, str) else texts)  # one sequence comes back as a text
+    v2t.set_adapter(main)
     sizes = [len(pool) for pool in pools]
     cosines = reembed_cosines(v2t, [t for pool in pools for t in pool], np.repeat(vectors, sizes, axis=0), 0.0)
     flat, starts = [t for pool in pools for t in pool], np.cumsum([0, *sizes[:-1]])
@@ -126,9 +137,26 @@ def reranked_pool(v2t, vectors: np.ndarray, plan: Plan) -> tuple[list[str], np.n
     return [flat[i] for i in best], cosines[best], float(max(sizes))
 
 
+def pool_calls(plan: Plan, main: str) -> list[tuple[str, dict]]:
+    """The ``generate`` calls of a pooled plan: (adapter name, options), the greedy text's first."""
+    calls: list[tuple[str, dict]] = [(main, {})]
+    if plan.beams:
+        calls.append((main, {"num_beams": plan.beams, "num_return_sequences": plan.beams}))
+    if plan.samples:
+        sampling = {"do_sample": True, "temperature": plan.temperature, "seed": SAMPLE_SEED}
+        calls.append((main, sampling | {"num_return_sequences": plan.samples}))
+    if plan.partner is not None:
+        calls.append((PARTNER, {}))
+    if plan.partner:
+        calls.append((PARTNER, {"num_beams": plan.partner, "num_return_sequences": plan.partner}))
+    return calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapter", required=True, help="the hypothesizer (its corrector: the one it names)")
+    parser.add_argument("--adapter", required=True, help="the hypothesizer")
+    parser.add_argument("--corrector", help="the corrector of corrector=WxK plans (default: the one it names)")
+    parser.add_argument("--partner", help="a second hypothesizer on the same base, for plans with partner=P")
     parser.add_argument("--data", type=Path, default=DEV, help="dev file, one sentence per line")
     parser.add_argument("--dev", type=int, default=150, help="sentences to decode (default 150)")
     parser.add_argument(
@@ -137,19 +165,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "budget_plans.json")
     args = parser.parse_args()
     plans = [parse_plan(spec) for spec in args.plan]
+    if not args.partner and any(plan.partner is not None for plan in plans):
+        parser.error("a plan with partner=P needs --partner DIR (the second hypothesizer)")
     from lora_v2t import load_adapter
     from lora_v2t.tasks.evalfile import read_eval_file
     from lora_v2t.tasks.metrics import bootstrap_interval, score_outputs
 
     data = read_eval_file(args.data, limit=args.dev)
     v2t = load_adapter(args.adapter, device="cpu")
+    if args.partner:
+        v2t.load_adapter(args.partner, name=PARTNER)
     vectors = v2t.encode(data.sources)
     v2t.generate(vectors[:2])  # warm up (the first call builds the decoding vocabulary)
     boot = np.random.default_rng(0).integers(0, len(vectors), (200, len(vectors)))
     rows, per_sentence = [], {}
     for plan in plans:
         clock = time.perf_counter()
-        texts, cosines, spent = run_plan(v2t, vectors, plan)
+        texts, cosines, spent = run_plan(v2t, vectors, plan, args.corrector)
         seconds = time.perf_counter() - clock
         assert spent <= plan.decodes, f"{plan.spec} spent {spent} decodes, more than its {plan.decodes}"
         scores = score_outputs(texts, data.references, cosines, boot)

@@ -30,6 +30,9 @@ def bench():
         ("beams=0,samples=15@0.5", 16, {"beams": 0, "samples": 15, "temperature": 0.5}),
         ("samples=3", 4, {"samples": 3, "temperature": 0.8}),
         ("beams=7,samples=8@0.7", 16, {"beams": 7, "samples": 8, "temperature": 0.7}),
+        ("beams=7,partner=7", 16, {"beams": 7, "partner": 7, "steps": 0}),
+        ("beams=14,partner=0", 16, {"beams": 14, "partner": 0}),
+        ("beams=15", 16, {"partner": None}),
     ],
 )
 def test_a_plan_counts_every_decode_it_may_spend(bench, spec, decodes, fields):
@@ -41,15 +44,18 @@ def test_a_plan_counts_every_decode_it_may_spend(bench, spec, decodes, fields):
 @pytest.mark.parametrize(
     "spec, problem",
     [
-        ("beams=1", "beams is 0 or at least 2"),
+        ("beams=1", "beams and partner are 0 or at least 2"),
+        ("beams=7,partner=1", "beams and partner are 0 or at least 2"),
         ("beams=-2", "counts are >= 0"),
+        ("beams=3,partner=-2", "counts are >= 0"),
         ("beams=4,beams=5", "'beams' is not one of"),
         ("width=2", "'width' is not one of"),
         ("beams=3,corrector=2x", "corrector='2x' is not a number"),
         ("beams=3,corrector=2x2", "corrector=WxK and steps=S go together"),
         ("beams=3,steps=1", "corrector=WxK and steps=S go together"),
         ("beams=3,corrector=0x2,steps=1", "keeps at least 1 candidate"),
-        ("corrector=1x1,steps=1,samples=2", "samples and the corrector in one plan"),
+        ("corrector=1x1,steps=1,samples=2", "the corrector with samples or a partner in one plan"),
+        ("beams=3,corrector=1x1,steps=1,partner=0", "the corrector with samples or a partner in one plan"),
         ("samples=4@0", "temperature is > 0"),
         ("samples=many", "samples='many' is not a number"),
     ],
@@ -59,3 +65,26 @@ def test_a_plan_written_wrong_is_one_line_naming_it(bench, spec, problem):
         bench.parse_plan(spec)
     message = str(raised.value)
     assert problem in message and message.startswith(f"plan {spec!r}: ") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "spec, calls",
+    [
+        ("beams=15", [("main", {}), ("main", {"num_beams": 15, "num_return_sequences": 15})]),
+        ("beams=0,partner=0", [("main", {}), ("partner", {})]),
+        (
+            "beams=7,partner=7",
+            [
+                ("main", {}),
+                ("main", {"num_beams": 7, "num_return_sequences": 7}),
+                ("partner", {}),
+                ("partner", {"num_beams": 7, "num_return_sequences": 7}),
+            ],
+        ),
+    ],
+)
+def test_a_pooled_plan_decodes_what_it_counts_from_each_hypothesizer(bench, spec, calls):
+    plan = bench.parse_plan(spec)
+    made = bench.pool_calls(plan, "main")
+    assert made == calls
+    assert sum(options.get("num_return_sequences", 1) for _, options in made) == plan.decodes
