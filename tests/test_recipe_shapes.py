@@ -49,6 +49,7 @@ SHAPES = {
     "offline_use_gemma270m_v6_corrector3.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v7.yaml": (None, "precomputed:512"),
     "offline_use_gemma270m_v8.yaml": (None, "precomputed:512"),
+    "offline_use_gemma270m_v8_corrector.yaml": (None, "precomputed:512"),
     "tiny_debug.yaml": ("tiny_backbone_dir", None),
 }
 TOLERANCE = {"none": 1e-5, "8bit": 1e-4}  # atol = rtol on logits, per quantization
@@ -205,6 +206,7 @@ def test_a_recipe_starting_from_a_shipped_hypothesizer_begins_as_it(recipe, monk
         "offline_use_gemma270m_v5_corrector.yaml",
         "offline_use_gemma270m_v6.yaml",
         "offline_use_gemma270m_v7.yaml",
+        "offline_use_gemma270m_v8_corrector.yaml",
     ],
 )
 def test_a_recipe_continuing_a_shipped_adapter_starts_where_it_ended(recipe, monkeypatch):
