@@ -57,7 +57,8 @@ class Plan:
 
     @property
     def decodes(self) -> int:
-        """Decodes per vector at most: the greedy text, the beams, the samples and every corrector proposal."""
+        """Decodes per vector at most: the greedy text, the beams, the samples, every corrector proposal and the
+        partner's greedy text and beams."""
         partner = 0 if self.partner is None else 1 + self.partner
         return 1 + self.beams + self.samples + self.steps * self.width * self.proposals + partner
 
@@ -66,7 +67,8 @@ def parse_plan(spec: str) -> Plan:
     """A :class:`Plan` from ``beams=11,corrector=2x2,steps=1``; a one-line SystemExit naming what is wrong."""
 
     def fail(problem: str):
-        raise SystemExit(f"plan {spec!r}: {problem} (e.g. beams=15, beams=11,corrector=2x2,steps=1, samples=15@0.8)")
+        examples = "beams=15, beams=11,corrector=2x2,steps=1, samples=15@0.8, beams=7,partner=7"
+        raise SystemExit(f"plan {spec!r}: {problem} (e.g. {examples})")
 
     fields: dict = {}
     for part in spec.split(","):
@@ -87,8 +89,10 @@ def parse_plan(spec: str) -> Plan:
             fail(f"{key}={value!r} is not a number (corrector=WxK, samples=M@T)")
     if fields.pop("corrector", False) != bool(fields.get("steps")):
         fail("corrector=WxK and steps=S go together")
-    if 1 in (fields.get("beams"), fields.get("partner")) or any(fields.get(k, 0) < 0 for k in COUNTS):
-        fail("beams and partner are 0 or at least 2 (one beam is the greedy text again); counts are >= 0")
+    if any(fields.get(k, 0) < 0 for k in COUNTS):
+        fail(f"counts ({', '.join(COUNTS)}) are >= 0")
+    if 1 in (fields.get("beams"), fields.get("partner")):
+        fail("beams and partner are 0 or at least 2 (one beam is the greedy text again)")
     if fields.get("steps") and (fields["width"] < 1 or fields["proposals"] < 1):
         fail("the corrector keeps at least 1 candidate and proposes at least 1 text from each")
     if fields.get("steps") and (fields.get("samples") or "partner" in fields):
@@ -125,11 +129,13 @@ def reranked_pool(v2t, vectors: np.ndarray, plan: Plan) -> tuple[list[str], np.n
 
     main = v2t.active_adapter
     pools = [[] for _ in vectors]
-    for adapter, options in pool_calls(plan, main):
-        v2t.set_adapter(adapter)
-        for pool, texts in zip(pools, v2t.generate(vectors, **options), strict=True):
-            pool.extend([texts] if isinstance(texts, str) else texts)  # one sequence comes back as a text
-    v2t.set_adapter(main)
+    try:
+        for adapter, options in pool_calls(plan, main):
+            v2t.set_adapter(adapter)
+            for pool, texts in zip(pools, v2t.generate(vectors, **options), strict=True):
+                pool.extend([texts] if isinstance(texts, str) else texts)  # one sequence comes back as a text
+    finally:
+        v2t.set_adapter(main)
     sizes = [len(pool) for pool in pools]
     cosines = reembed_cosines(v2t, [t for pool in pools for t in pool], np.repeat(vectors, sizes, axis=0), 0.0)
     flat, starts = [t for pool in pools for t in pool], np.cumsum([0, *sizes[:-1]])
@@ -165,8 +171,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "budget_plans.json")
     args = parser.parse_args()
     plans = [parse_plan(spec) for spec in args.plan]
-    if not args.partner and any(plan.partner is not None for plan in plans):
-        parser.error("a plan with partner=P needs --partner DIR (the second hypothesizer)")
+    if bool(args.partner) != any(plan.partner is not None for plan in plans):
+        parser.error("--partner DIR (the second hypothesizer) and plans with partner=P go together")
+    if args.corrector and not any(plan.steps for plan in plans):
+        parser.error("--corrector is the corrector of corrector=WxK plans: give one, or drop --corrector")
     from lora_v2t import load_adapter
     from lora_v2t.tasks.evalfile import read_eval_file
     from lora_v2t.tasks.metrics import bootstrap_interval, score_outputs
@@ -175,6 +183,8 @@ def main() -> None:
     v2t = load_adapter(args.adapter, device="cpu")
     if args.partner:
         v2t.load_adapter(args.partner, name=PARTNER)
+        if v2t.adapter_meta[PARTNER].encoder.spec != v2t.meta.encoder.spec:
+            raise SystemExit(f"--partner {args.partner} reads another encoder's vectors: pair one encoder's")
     vectors = v2t.encode(data.sources)
     v2t.generate(vectors[:2])  # warm up (the first call builds the decoding vocabulary)
     boot = np.random.default_rng(0).integers(0, len(vectors), (200, len(vectors)))
@@ -202,7 +212,8 @@ def main() -> None:
 
 def report(args, rows: list[dict], per_sentence: dict[str, np.ndarray]) -> None:
     """The table, and the JSON with per-sentence cosines."""
-    print(f"\n{len(next(iter(per_sentence.values())))} sentences of {args.data.name}; adapter {args.adapter}\n")
+    extra = "".join(f"; {k} {v}" for k, v in (("corrector", args.corrector), ("partner", args.partner)) if v)
+    print(f"\n{len(next(iter(per_sentence.values())))} sentences of {args.data.name}; adapter {args.adapter}{extra}\n")
     print("| plan | decodes | s / sentence | cosine | gain over the first [95%] | chrF | exact % |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -214,6 +225,8 @@ def report(args, rows: list[dict], per_sentence: dict[str, np.ndarray]) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "adapter": str(args.adapter),
+        "corrector": args.corrector,
+        "partner": args.partner,
         "data": str(args.data),
         "rows": rows,
         "per_sentence_cosines": {k: [round(float(x), 5) for x in v] for k, v in per_sentence.items()},

@@ -46,8 +46,8 @@ def test_a_plan_counts_every_decode_it_may_spend(bench, spec, decodes, fields):
     [
         ("beams=1", "beams and partner are 0 or at least 2"),
         ("beams=7,partner=1", "beams and partner are 0 or at least 2"),
-        ("beams=-2", "counts are >= 0"),
-        ("beams=3,partner=-2", "counts are >= 0"),
+        ("beams=-2", "counts (beams, steps, samples, partner) are >= 0"),
+        ("beams=3,partner=-2", "counts (beams, steps, samples, partner) are >= 0"),
         ("beams=4,beams=5", "'beams' is not one of"),
         ("width=2", "'width' is not one of"),
         ("beams=3,corrector=2x", "corrector='2x' is not a number"),
@@ -88,3 +88,20 @@ def test_a_pooled_plan_decodes_what_it_counts_from_each_hypothesizer(bench, spec
     made = bench.pool_calls(plan, "main")
     assert made == calls
     assert sum(options.get("num_return_sequences", 1) for _, options in made) == plan.decodes
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--plan", "beams=7,partner=7"], "--partner DIR (the second hypothesizer) and plans with partner=P go"),
+        (["--partner", "P", "--plan", "beams=15"], "--partner DIR (the second hypothesizer) and plans with partner"),
+        (["--corrector", "C", "--plan", "beams=15"], "--corrector is the corrector of corrector=WxK plans"),
+    ],
+)
+def test_an_option_without_its_plan_or_a_plan_without_its_option_is_refused_before_loading(
+    bench, monkeypatch, capsys, argv, problem
+):
+    monkeypatch.setattr(sys, "argv", ["budget_plans.py", "--adapter", "A", *argv])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert problem in capsys.readouterr().err
