@@ -167,24 +167,25 @@ def shipped_minutes(v2t: Vector2Text | None) -> str:
 def show_shipped(shipped: Path | None, held_out: list[str]):
     """Part 1: the shipped adapter on sentences it never saw, its greedy text beside the text at the commands'
     default budget, with cosines; returns it loaded (or None)."""
+    from .bundle.adapter import validate_bundle
     from .bundle.loading import load_adapter
-    from .model.beam import plan_budget
+    from .model.beam import explain, plan_budget
     from .model.correct import correct
 
     if shipped is None:
         print("(No shipped adapter in this installation: part 1 is skipped.)\n")
         return None
+    plan = plan_budget(DEFAULT_BUDGET, has_corrector=bool(validate_bundle(shipped).corrector))
     print(
         f"1. The shipped adapter {shipped.name} writes back sentences it never saw, from their vectors alone: "
         f"its greedy text (1 decode per vector), then the text `lora-v2t generate` gives by default (a budget "
-        f"of {DEFAULT_BUDGET} decodes: the greedy text and {DEFAULT_BUDGET - 1} beams, keeping the one whose "
-        "vector is closest):",
+        f"of {DEFAULT_BUDGET} decodes: {explain(plan)}, keeping the text whose vector is closest):",
         flush=True,
     )
     v2t = load_adapter(shipped, device="cpu")
     vectors = v2t.encode(held_out)
     # one search gives both: its greedy hypothesis is where the budget's beam starts
-    trace = correct(v2t, vectors, plan_budget(DEFAULT_BUDGET, has_corrector=bool(v2t.meta.corrector)))
+    trace = correct(v2t, vectors, plan)
     (greedy, greedy_cosines), (best, best_cosines) = trace.greedy(), trace.step()
     for row in zip(held_out, greedy, greedy_cosines, best, best_cosines, strict=True):
         original, first, first_cosine, final, final_cosine = row

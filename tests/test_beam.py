@@ -73,10 +73,17 @@ def test_budget_one_is_greedy_and_the_rule_spends_the_rest_as_measured():
     assert plan_budget(1, has_corrector=True).sources == ()
     assert plan_budget(2, has_corrector=False).sources == ()  # nothing but greedy fits in 2 without a corrector
     assert plan_budget(2, has_corrector=True).sources == ("corrector",)
-    for budget in (3, 8, 16, 64):  # reranked beams gave the most per decode (see lora_v2t.model.beam)
-        plan = plan_budget(budget, has_corrector=True)
+    for budget in (3, 8, 16, 64):  # without a corrector, reranked beams (see lora_v2t.model.beam)
+        plan = plan_budget(budget, has_corrector=False)
         assert plan.sources == ("beams",) and plan.rerank == budget - 1 and plan.steps == 0
+    for budget, beams, proposals in ((2, 0, 1), (3, 0, 2), (4, 0, 3), (5, 2, 2), (8, 5, 2), (16, 11, 4), (64, 47, 16)):
+        plan = plan_budget(budget, has_corrector=True)  # with one: a step of corrector beams, after beams from 5
+        shape = (plan.rerank, plan.steps, plan.width, plan.proposals, plan.min_gain)
+        assert shape == (beams, 1, 1, proposals, None) and plan.start_decodes + proposals == budget, budget
+        assert plan.sources == (("beams",) if beams else ()) + ("corrector",)
     assert plan_budget(16, "beams").rerank == 15
+    assert (plan_budget(16, "corrector").rerank, plan_budget(16, "corrector").proposals) == (0, 15)
+    assert (plan_budget(4, "beams,corrector").rerank, plan_budget(4, "beams,corrector").proposals) == (2, 1)
     mixed = plan_budget(16, "beams,shift,corrector")
     assert (mixed.rerank, mixed.width, mixed.proposals, mixed.per_candidate) == (8, 1, 1, 4)
     assert plan_budget(64, "beams,shift").width == 2
@@ -243,7 +250,7 @@ def test_a_budget_with_explicit_correction_knobs_is_refused(v2t):
         (["--budget", "4", "--num-beams", "2"], "drop --num-beams, or drop --budget"),
         (["--budget", "4", "--do-sample"], "drop --do-sample, or drop --budget"),
         (
-            ["--budget", "8", "--corrector", "../corr"],
+            ["--budget", "8", "--sources", "beams", "--corrector", "../corr"],
             "--corrector ../corr would not be used: budget 8 is spent on beams",
         ),
     ],

@@ -543,7 +543,8 @@ def test_corrector_options_without_steps_are_refused(bundles, no_model_load, cap
     from lora_v2t.cli import main
 
     hyp_dir, corr_dir = bundles
-    assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--corrector", str(corr_dir)]) == 2
+    sources = ["--sources", "beams", "--corrector", str(corr_dir)]  # the default budget alone would use it
+    assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", *sources]) == 2
     assert "would not be used: budget 8 is spent on beams" in capsys.readouterr().err
     assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--correct-width", "2"]) == 2
     assert "give --correct-steps N" in capsys.readouterr().err

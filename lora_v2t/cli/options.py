@@ -89,9 +89,11 @@ def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False
         "--budget",
         metavar="N",
         help="decodes per vector (an integer >= 1; 1 = the greedy text alone, the fastest), keeping the "
-        "text closest to the vector: by the measured rule of lora_v2t.model.beam, the greedy text and N - 1 "
-        "reranked beams (N = 2: one step of the corrector the adapter names); with --sources, beams, then "
-        f"correction steps whose width and proposals follow from N. Default: {DEFAULT_BUDGET}, unless options "
+        "text closest to the vector: by the measured rule of lora_v2t.model.beam, with a corrector (the one "
+        "the adapter names, or --corrector) one corrector step from the greedy text (N - 1 beams) up to N = 4, "
+        "and from N = 5 the greedy text and N - 1 - K beams, then K = N // 4 corrector beams from the closest; "
+        "without one, the greedy text and N - 1 reranked beams; --sources names what N is spent on. "
+        f"Default: {DEFAULT_BUDGET}, unless options "
         "that choose the candidates themselves are given (beams, sampling, reranking N, correction steps)"
         + (" or --out was begun with another budget (it continues with that one)" if resumable else ""),
     )

@@ -7,43 +7,47 @@ search of width 4 returning 4 sequences is 4, a shift step from 2 kept candidate
 than N on any vector. The sources:
 
 - ``beams``: step 0's beam search of the hypothesizer (B beams, reranked by cosine with the greedy text);
-- ``shift``: the training-free correction, decoding v + a (v - e) for a = 0.5, 1, 2 (3 decodes per candidate);
-- ``corrector``: the trained corrector the adapter names (or the one given), K proposals per candidate.
+- ``corrector``: the trained corrector the adapter names (or the one given): one step from the closest candidate,
+  a beam search of K corrector texts (or K samples);
+- ``shift``: the training-free correction, decoding v + a (v - e) for a = 0.5, 1, 2 (3 decodes per candidate).
 
-The rule (:func:`plan_budget`; its constants in :data:`RULE`) follows ``bench/correction.py --budgets
-1,2,4,8,16`` on the first 300 sentences of ``dev_conversational.txt`` with the shipped ``use-gemma270m-ru-v3`` and
-the split corrector it names (bf16, one torch thread on a shared 2-core CPU; mean cosine / chrF / exact %, the
-decodes spent per vector in brackets where fewer than the budget; the seconds and 32 and 64 are in
-docs/benchmarks-history.md, v6's curve in BENCHMARKS.md):
+The rule (:func:`plan_budget`; its constants in :data:`RULE`) follows ``bench/budget_plans.py`` on all 1000
+sentences of ``dev_conversational.txt`` with the shipped ``use-gemma270m-ru-v8`` and the corrector it names
+(``use-gemma270m-ru-v6-corrector2``; bf16, two torch threads on a 2-core CPU, 2026-12-08; cosine gain over the
+greedy text and N - 1 reranked beams, paired 95% interval; BENCHMARKS.md has the chrF, exact match and seconds):
 
-    budget   beams alone          shift                      corrector                  beams+shift+corrector
-    1        0.782 / 39.5 / 6.3 (greedy)
-    2        -                    -                          0.810 / 41.5 / 7.7         -
-    4        0.844 / 47.2 / 11.3  0.829 / 44.0 / 9.0         0.814 / 41.7 / 7.7 (3.7)   -
-    8        0.869 / 50.5 / 13.3  0.834 / 44.7 / 9.3 (6.8)   0.814 / 41.6 / 7.7 (4.0)   0.867 / 48.6 / 12.0
-    16       0.887 / 53.8 / 16.0  0.850 / 47.3 / 10.7 (12.7) 0.814 / 41.6 / 7.7 (4.0)   0.884 / 52.2 / 14.0 (13)
+    budget   greedy + N - 1 beams   the rule with a corrector                      gain over the beams
+    3        0.838                  one step of 2 corrector beams from greedy       +0.0057 [+0.0017, +0.0097]
+    4        0.853                  one step of 3 corrector beams from greedy       +0.0012 [-0.0029, +0.0051]
+    8        0.876                  5 beams, then 2 corrector beams from the best   +0.0028 [+0.0004, +0.0052]
+    16       0.894                  11 beams, then 4 corrector beams from the best  +0.0021 [+0.0003, +0.0041]
+    32       0.901 (every third)    23 beams, then 8 corrector beams from the best  +0.0063 [+0.0035, +0.0093]
 
-Reranked beams gave the most per decode from 4 up (the mixed beam is level within the intervals, about +-0.013);
-the corrector's one step is the best use of 2 decodes, and both corrections stop gaining after a step or two. The
-first measurement (v2, its first corrector, 40 sentences: docs/benchmarks-history.md) agreed. So:
+The other splits measured were level with these or below them: at 4, 2 beams and one corrector text (-0.0011 over
+the beams); at 8, 3 beams and 4 corrector beams (+0.0018); at 16, 7 beams and 8 corrector beams (+0.0030, 1.5 times
+the seconds of the rule's split, paired against it +0.0008 [-0.0013, +0.0029]). chrF stays within 0.7 of the beams'
+at every budget and exact match within 1.6 points (below the beams' by 0.5 at 8 and 0.8 at 16); the corrector's
+step costs 5-50% more seconds than as many beams. Budget 32 was measured on every third line (334 sentences).
+Budget 2 is the corrector's one step (+0.034 over greedy).
 
-- N = 1: the greedy hypothesis alone, as without a budget. N = 2: one step of the trained corrector from it where
-  the adapter names one (else the greedy hypothesis alone: 2 beams cost 3).
-- N >= 3, no sources named: the greedy text and N - 1 beams, reranked by cosine.
-- Sources named (``sources``; the corrector and shift stay there until a corrector that corrects changes the
-  measurement): ``beams`` take half the budget (B = N // 2, at least 2, leaving one correction step), the rest goes
-  to correction steps keeping W = 2 candidates per vector (1 when the rest pays for fewer than two candidates'
-  proposals), each proposing K = 1 corrector text and the 3 shift decodes, for as long as the budget pays and the
-  candidates change.
+So, with no sources named:
 
-With v6 and its 8-slot corrector (+0.036 cosine in one step, against v3's +0.027), ``bench/budget_plans.py`` put
-plans of 16 decodes beside the 15 beams on the first 150 sentences: 11 beams and one corrector step from the best 2
-(2 proposals each) gained +0.003 cosine [-0.001, +0.009] and lost 0.6 chrF; fewer beams and more correction did
-worse, and sampled candidates worse still (-0.013). The corrector adds little to the best of many beams, so the rule
-stays.
+- N = 1: the greedy hypothesis alone, as without a budget.
+- With a trained corrector (the adapter names one, or one is given): N = 2 to 4, one step of N - 1 corrector
+  beams from the greedy text; N >= 5, the greedy text and B beams, then one step of K corrector beams from the
+  closest of them, K = N // 4 (at least 2) and B = N - 1 - K.
+- Without one: N >= 3, the greedy text and N - 1 beams, reranked by cosine (N = 2: the greedy text alone, as 2
+  beams cost 3).
+
+Named sources (``sources``) follow the same shapes: ``corrector`` alone is one step of N - 1 corrector beams from
+the greedy text; ``beams,corrector`` the split above, with at least 2 beams; ``shift`` with or without the others
+keeps the older rule, measured with v3 (docs/benchmarks-history.md: the mixed beam was level with the beams from 4
+decodes up): the beams take half the budget (at least 2, leaving one step), the rest goes to correction steps
+keeping W = 2 candidates per vector (1 when the rest pays for fewer), each proposing the 3 shift decodes and one
+corrector text where the corrector is named, for as long as the budget pays and the candidates change.
 
 The commands' default budget (:data:`lora_v2t.config.DEFAULT_BUDGET`, 8) sits at the knee of the curve: 4 to 8
-decodes add +0.025 cosine, 8 to 16 add +0.018, each doubling costing about twice the time.
+decodes add about +0.025 cosine, 8 to 16 about +0.018, each doubling costing about twice the time.
 """
 
 from __future__ import annotations
@@ -62,9 +66,11 @@ MIN_BEAMS = 2  # a beam search of one beam is the greedy hypothesis again
 class BudgetRule:
     """The constants of :func:`plan_budget` (see the module's docstring for the measurement behind them)."""
 
-    beam_share: float = 0.5  # of the budget, to step 0's beams when named correction sources share it
-    width: int = 2  # candidates kept per vector between steps, when the budget pays for their proposals
-    proposals: int = 1  # the corrector's proposals per kept candidate and step
+    beams_from: int = 5  # with a trained corrector, the least budget whose default adds beams before its step
+    corrector_part: int = 4  # beside beams, the corrector's beams are budget // corrector_part (at least 2)
+    beam_share: float = 0.5  # with shift: of the budget, to step 0's beams
+    width: int = 2  # with shift: candidates kept per vector between steps, when the budget pays for their proposals
+    proposals: int = 1  # with shift: the corrector's proposals per kept candidate and step
     shifts: tuple[float, ...] = (0.5, 1.0, 2.0)
 
 
@@ -134,7 +140,7 @@ def plan_budget(
             "the sources name the corrector but corrector='shift' (--corrector shift) asks for none: drop one of them"
         )
     if asked is None:
-        chosen = default_sources(budget, trained)
+        chosen = default_sources(budget, trained, rule)
     else:
         chosen, least = asked, least_budget(asked, rule)
         if budget < least:
@@ -155,12 +161,13 @@ def plan_budget(
     return configure(budget, chosen, corrector, sample, rule)
 
 
-def default_sources(budget: int, trained: bool) -> tuple[str, ...]:
-    """What a budget is spent on when no sources are named: nothing at 1; the corrector's one step at 2 (where
-    there is a ``trained`` corrector); from 3 on, the beams (the measurement in the module's docstring)."""
-    if budget >= 1 + MIN_BEAMS:
-        return (BEAMS,)
-    return (CORRECTOR,) if budget == 2 and trained else ()
+def default_sources(budget: int, trained: bool, rule: BudgetRule = RULE) -> tuple[str, ...]:
+    """What a budget is spent on when no sources are named (the measurement in the module's docstring): nothing
+    at 1; with a ``trained`` corrector, its step from 2 on and beams before it from ``rule.beams_from``; without
+    one, beams from 3."""
+    if trained and budget >= 2:
+        return (BEAMS, CORRECTOR) if budget >= rule.beams_from else (CORRECTOR,)
+    return (BEAMS,) if budget >= 1 + MIN_BEAMS else ()
 
 
 def configure(
@@ -171,6 +178,8 @@ def configure(
     if not proposers:
         beams = budget - 1 if BEAMS in sources and budget - 1 >= MIN_BEAMS else 0
         return CorrectionConfig(rerank=beams, budget=budget)
+    if SHIFT not in proposers:
+        return corrector_step(budget, BEAMS in sources, corrector, sample, rule)
     cost = step_cost(sources, rule)
     beams = 0
     if BEAMS in sources:  # the rule's share, as long as one correction step still fits after it
@@ -189,6 +198,33 @@ def configure(
         sample=sample,
         shift=SHIFT in proposers and CORRECTOR in proposers,
     )
+
+
+def corrector_step(
+    budget: int, beams: bool, corrector: str | None, sample: bool, rule: BudgetRule = RULE
+) -> CorrectionConfig:
+    """One step of K corrector beams (or samples) from the closest of the greedy text and B reranked beams:
+    without ``beams``, K = budget - 1 from the greedy text; with them, K = budget // ``rule.corrector_part`` (at
+    least 2, leaving at least 2 beams) and B = budget - 1 - K."""
+    k = budget - 1
+    if beams:
+        k = min(max(2, budget // rule.corrector_part), budget - 1 - MIN_BEAMS)
+    return CorrectionConfig(
+        steps=1, corrector=corrector, min_gain=None, rerank=budget - 1 - k, budget=budget, proposals=k, sample=sample
+    )
+
+
+def explain(cfg: CorrectionConfig) -> str:
+    """A budget's plan in words, as the demo prints it: "the greedy text and 5 beams, then one corrector step
+    from the closest (2 beams)"."""
+    start = "the greedy text" + (f" and {cfg.rerank} beams" if cfg.rerank > 1 else "")
+    if not cfg.steps:
+        return start
+    if cfg.proposers == (CORRECTOR,) and (cfg.steps, cfg.width) == (1, 1):
+        source = "the closest" if cfg.rerank > 1 else "it"
+        several = f" ({cfg.proposals} {'samples' if cfg.sample else 'beams'})" if cfg.proposals > 1 else ""
+        return f"{start}, then one corrector step from {source}{several}"
+    return f"{start}, then up to {cfg.steps} correction steps ({' and '.join(cfg.proposers)}, keeping {cfg.width})"
 
 
 def describe(cfg: CorrectionConfig) -> dict:
