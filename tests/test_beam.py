@@ -11,7 +11,7 @@ import pytest
 from lora_v2t import V2TError, load_adapter
 from lora_v2t.config import DEFAULT_BUDGET
 from lora_v2t.model import correct as correct_module
-from lora_v2t.model.beam import SOURCES, least_budget, parse_sources, plan_budget
+from lora_v2t.model.beam import SOURCES, explain, least_budget, parse_sources, plan_budget
 from lora_v2t.model.correct import SHIFT, Beam, CorrectionConfig, condition, correct
 from lora_v2t.util.vectors import cosine_rows
 
@@ -87,6 +87,21 @@ def test_budget_one_is_greedy_and_the_rule_spends_the_rest_as_measured():
     mixed = plan_budget(16, "beams,shift,corrector")
     assert (mixed.rerank, mixed.width, mixed.proposals, mixed.per_candidate) == (8, 1, 1, 4)
     assert plan_budget(64, "beams,shift").width == 2
+
+
+def test_a_plan_is_named_in_words_as_the_demo_prints_it():
+    assert explain(plan_budget(1)) == "the greedy text"
+    assert explain(plan_budget(8)) == "the greedy text and 7 beams"  # no corrector: beams
+    assert explain(plan_budget(2, has_corrector=True)) == "the greedy text, then one corrector step from it"
+    assert explain(plan_budget(3, has_corrector=True)) == "the greedy text, then one corrector step from it (2 beams)"
+    with_beams = "the greedy text and 5 beams, then one corrector step from the closest (2 beams)"
+    assert explain(plan_budget(8, has_corrector=True)) == with_beams
+    assert "(2 samples)" in explain(plan_budget(3, has_corrector=True, sample=True))
+    mixed = plan_budget(16, "beams,shift,corrector")
+    assert (
+        explain(mixed)
+        == f"the greedy text and 8 beams, then up to {mixed.steps} correction steps (shift and corrector, keeping 1)"
+    )
 
 
 @pytest.mark.parametrize("budget", [0, -3, 1.5, "x", True, None, "2.0"])
