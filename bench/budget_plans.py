@@ -1,7 +1,8 @@
 """Ways to spend one budget of decodes per vector, compared on the same vectors: which plan the rule should pick.
 
-The budget rule (:mod:`lora_v2t.model.beam`) spends every budget from 3 up on reranked beams. This script puts
-other plans of the same cost beside them, each written as ``key=value`` pairs joined by commas:
+The budget rule (:mod:`lora_v2t.model.beam`) was chosen with it: with a corrector, part of every budget goes to
+one step of corrector beams. This script puts plans of the same cost beside each other, each written as
+``key=value`` pairs joined by commas:
 
 - ``beams=N``: the greedy text and N beams of the hypothesizer, reranked by cosine (1 + N decodes);
 - ``beams=N,corrector=WxK,steps=S``: then S steps of the corrector (``--corrector``, else the one the adapter

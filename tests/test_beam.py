@@ -93,15 +93,20 @@ def test_a_plan_is_named_in_words_as_the_demo_prints_it():
     assert explain(plan_budget(1)) == "the greedy text"
     assert explain(plan_budget(8)) == "the greedy text and 7 beams"  # no corrector: beams
     assert explain(plan_budget(2, has_corrector=True)) == "the greedy text, then one corrector step from it"
-    assert explain(plan_budget(3, has_corrector=True)) == "the greedy text, then one corrector step from it (2 beams)"
-    with_beams = "the greedy text and 5 beams, then one corrector step from the closest (2 beams)"
+    assert explain(plan_budget(2, has_corrector=True, sample=True)).endswith("one step of 1 corrector sample from it")
+    assert explain(plan_budget(3, has_corrector=True)) == "the greedy text, then one step of 2 corrector beams from it"
+    with_beams = "the greedy text and 5 beams, then one step of 2 corrector beams from the closest"
     assert explain(plan_budget(8, has_corrector=True)) == with_beams
-    assert "(2 samples)" in explain(plan_budget(3, has_corrector=True, sample=True))
+    assert (
+        explain(plan_budget(6, "beams,shift"))
+        == "the greedy text and 2 beams, then up to 1 correction step (shift, keeping 1)"
+    )
     mixed = plan_budget(16, "beams,shift,corrector")
     assert (
-        explain(mixed)
-        == f"the greedy text and 8 beams, then up to {mixed.steps} correction steps (shift and corrector, keeping 1)"
+        explain(mixed) == "the greedy text and 8 beams, then up to 1 correction step (shift and corrector, keeping 1)"
     )
+    wide = plan_budget(64, "beams,shift")
+    assert explain(wide) == "the greedy text and 32 beams, then up to 10 correction steps (shift, keeping 2)"
 
 
 @pytest.mark.parametrize("budget", [0, -3, 1.5, "x", True, None, "2.0"])
@@ -129,6 +134,9 @@ def test_bad_sources_are_refused(sources, message):
 def test_sampled_proposals_need_the_corrector():
     with pytest.raises(V2TError, match="sampled proposals are the corrector's"):
         plan_budget(8, "beams,shift", sample=True)
+    with pytest.raises(V2TError, match="budget 1 has no corrector step to sample: .*need a budget of 2 or more"):
+        plan_budget(1, has_corrector=True, sample=True)
+    assert plan_budget(2, has_corrector=True, sample=True).sample
     with pytest.raises(V2TError, match="the sources name the corrector but corrector='shift'"):
         plan_budget(8, "corrector", corrector=SHIFT)
 

@@ -89,10 +89,11 @@ def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False
         "--budget",
         metavar="N",
         help="decodes per vector (an integer >= 1; 1 = the greedy text alone, the fastest), keeping the "
-        "text closest to the vector: by the measured rule of lora_v2t.model.beam, with a corrector (the one "
-        "the adapter names, or --corrector) one corrector step from the greedy text (N - 1 beams) up to N = 4, "
-        "and from N = 5 the greedy text and N - 1 - K beams, then K = N // 4 corrector beams from the closest; "
-        "without one, the greedy text and N - 1 reranked beams; --sources names what N is spent on. "
+        "text closest to the vector. By the measured rule of lora_v2t.model.beam: with a corrector (the one "
+        "the adapter names, or --corrector DIR), N = 2 to 4 is one step of N - 1 corrector beams from the "
+        "greedy text, and from N = 5 the greedy text and N - 1 - K beams, then K = N // 4 (at least 2) "
+        "corrector beams from the closest; without one (or with --corrector shift), N >= 3 is the greedy text "
+        "and N - 1 reranked beams; --sources names what N is spent on. "
         f"Default: {DEFAULT_BUDGET}, unless options "
         "that choose the candidates themselves are given (beams, sampling, reranking N, correction steps)"
         + (" or --out was begun with another budget (it continues with that one)" if resumable else ""),
@@ -112,8 +113,9 @@ def _add_budget_options(parser: argparse.ArgumentParser, corrector: bool = False
     if corrector:
         g.add_argument(
             "--corrector",
-            help="with --budget: corrector bundle folder or hub id (default: the one the adapter names), "
-            "or 'shift' for no trained corrector",
+            help="the trained corrector that correction uses (a budget's corrector step, or --correct-steps "
+            "where the command has it): bundle folder or hub id (default: the one the adapter names), or "
+            "'shift' for no trained corrector",
         )
 
 

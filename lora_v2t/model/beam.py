@@ -27,7 +27,7 @@ The other splits measured were level with these or below them: at 4, 2 beams and
 the beams); at 8, 3 beams and 4 corrector beams (+0.0018); at 16, 7 beams and 8 corrector beams (+0.0030, 1.5 times
 the seconds of the rule's split, paired against it +0.0008 [-0.0013, +0.0029]). chrF stays within 0.7 of the beams'
 at every budget and exact match within 1.6 points (below the beams' by 0.5 at 8 and 0.8 at 16); the corrector's
-step costs 5-50% more seconds than as many beams. Budget 32 was measured on every third line (334 sentences).
+step costs 6-51% more seconds than as many beams. Budget 32 was measured on every third line (334 sentences).
 Budget 2 is the corrector's one step (+0.034 over greedy).
 
 So, with no sources named:
@@ -40,7 +40,8 @@ So, with no sources named:
   beams cost 3).
 
 Named sources (``sources``) follow the same shapes: ``corrector`` alone is one step of N - 1 corrector beams from
-the greedy text; ``beams,corrector`` the split above, with at least 2 beams; ``shift`` with or without the others
+the greedy text (measured up to 15); ``beams,corrector`` the split above, keeping at least 2 beams (so at N = 4, 2
+beams and one corrector text); ``shift`` with or without the others
 keeps the older rule, measured with v3 (docs/benchmarks-history.md: the mixed beam was level with the beams from 4
 decodes up): the beams take half the budget (at least 2, leaving one step), the rest goes to correction steps
 keeping W = 2 candidates per vector (1 when the rest pays for fewer), each proposing the 3 shift decodes and one
@@ -154,6 +155,11 @@ def plan_budget(
                 f"decodes per vector; the least budget that works is {least} (--budget {least})"
             )
     if sample and CORRECTOR not in chosen:
+        if asked is None and trained:
+            raise V2TError(
+                f"budget {budget} has no corrector step to sample: sampled proposals (--sample-proposals) need a "
+                "budget of 2 or more"
+            )
         raise V2TError(
             "sampled proposals are the corrector's: enable it (an adapter that names a corrector, "
             "--corrector DIR, --sources ...,corrector) or drop sample_proposals (--sample-proposals)"
@@ -204,8 +210,8 @@ def corrector_step(
     budget: int, beams: bool, corrector: str | None, sample: bool, rule: BudgetRule = RULE
 ) -> CorrectionConfig:
     """One step of K corrector beams (or samples) from the closest of the greedy text and B reranked beams:
-    without ``beams``, K = budget - 1 from the greedy text; with them, K = budget // ``rule.corrector_part`` (at
-    least 2, leaving at least 2 beams) and B = budget - 1 - K."""
+    without ``beams``, K = budget - 1 from the greedy text; with them, K = budget // ``rule.corrector_part``, at
+    least 2 where 2 beams still fit (1 at budget 4), and B = budget - 1 - K."""
     k = budget - 1
     if beams:
         k = min(max(2, budget // rule.corrector_part), budget - 1 - MIN_BEAMS)
@@ -215,16 +221,24 @@ def corrector_step(
 
 
 def explain(cfg: CorrectionConfig) -> str:
-    """A budget's plan in words, as the demo prints it: "the greedy text and 5 beams, then one corrector step
-    from the closest (2 beams)"."""
+    """A budget's plan in words, as the demo prints it: "the greedy text and 5 beams, then one step of 2
+    corrector beams from the closest"."""
     start = "the greedy text" + (f" and {cfg.rerank} beams" if cfg.rerank > 1 else "")
     if not cfg.steps:
         return start
     if cfg.proposers == (CORRECTOR,) and (cfg.steps, cfg.width) == (1, 1):
         source = "the closest" if cfg.rerank > 1 else "it"
-        several = f" ({cfg.proposals} {'samples' if cfg.sample else 'beams'})" if cfg.proposals > 1 else ""
-        return f"{start}, then one corrector step from {source}{several}"
-    return f"{start}, then up to {cfg.steps} correction steps ({' and '.join(cfg.proposers)}, keeping {cfg.width})"
+        if cfg.proposals == 1 and not cfg.sample:
+            return f"{start}, then one corrector step from {source}"
+        proposals = counted(cfg.proposals, "corrector sample" if cfg.sample else "corrector beam")
+        return f"{start}, then one step of {proposals} from {source}"
+    steps = counted(cfg.steps, "correction step")
+    return f"{start}, then up to {steps} ({' and '.join(cfg.proposers)}, keeping {cfg.width})"
+
+
+def counted(n: int, noun: str) -> str:
+    """``3 correction steps``, ``1 correction step``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def describe(cfg: CorrectionConfig) -> dict:
