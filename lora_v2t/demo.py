@@ -170,12 +170,12 @@ def show_shipped(shipped: Path | None, held_out: list[str]):
     from .bundle.adapter import validate_bundle
     from .bundle.loading import load_adapter
     from .model.beam import explain, plan_budget
-    from .model.correct import correct
+    from .model.correct import correct, corrector_at_hand
 
     if shipped is None:
         print("(No shipped adapter in this installation: part 1 is skipped.)\n")
         return None
-    plan = plan_budget(DEFAULT_BUDGET, has_corrector=bool(validate_bundle(shipped).corrector))
+    plan = plan_budget(DEFAULT_BUDGET, has_corrector=corrector_at_hand(validate_bundle(shipped).corrector, shipped))
     print(
         f"1. The shipped adapter {shipped.name} writes back sentences it never saw, from their vectors alone: "
         f"its greedy text (1 decode per vector), then the text `lora-v2t generate` gives by default (a budget "

@@ -286,14 +286,31 @@ def test_bad_budgets_on_the_command_line_are_one_line_before_loading(bundles, ex
     assert __import__("re").search(message, one_error(capsys))
 
 
-def test_a_budget_needs_a_corrector_that_exists(bundles, capsys, no_model_load):
+def test_a_budget_that_names_the_corrector_needs_one_that_exists(bundles, capsys, no_model_load):
     from lora_v2t.cli import main
 
     hyp_dir, corr_dir = bundles
     corr_dir.rename(corr_dir.with_name("moved"))
-    for extra in (["--budget", "2"], ["--budget", "8", "--sources", "beams,corrector"]):
-        assert main(["generate", "--adapter", str(hyp_dir), "--text", "кот", *extra]) == 2
+    for sources in ("corrector", "beams,corrector"):
+        assert (
+            main(["generate", "--adapter", str(hyp_dir), "--text", "кот", "--budget", "8", "--sources", sources]) == 2
+        )
         assert "names its corrector '../corr'" in one_error(capsys)
+
+
+def test_the_rule_spends_the_budget_without_a_named_corrector_that_is_missing(bundles, caplog):
+    from lora_v2t.model.correct import corrector_at_hand
+
+    hyp_dir, corr_dir = bundles
+    assert corrector_at_hand("../corr", hyp_dir) and not corrector_at_hand(None, hyp_dir)
+    corr_dir.rename(corr_dir.with_name("moved"))
+    with caplog.at_level("WARNING", logger="lora_v2t.model.correct"):
+        assert not corrector_at_hand("../corr", hyp_dir) and not corrector_at_hand("../corr", hyp_dir)
+    warned = [r.getMessage() for r in caplog.records if "names its corrector '../corr'" in r.getMessage()]
+    assert len(warned) == 1 and "budgets are spent without it" in warned[0]  # once
+    v2t = load_adapter(hyp_dir, device="cpu")
+    texts = v2t.generate(v2t.encode(SENTENCES[:2]), budget=8, max_new_tokens=4)
+    assert len(texts) == 2 and "default-corrector" not in v2t.adapters  # beams alone: nothing to load
 
 
 def test_generate_evaluate_and_invert_spend_the_budget(bundles, tmp_path, capsys):

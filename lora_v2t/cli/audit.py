@@ -96,12 +96,13 @@ def budget_value(text: str | None, adapter: Path, config: BundleConfig) -> int |
     """``--budget``, checked with the corrector it spends decodes on (the one the adapter names), before anything
     is read or loaded."""
     from ..model.beam import CORRECTOR, parse_budget, plan_budget
+    from ..model.correct import corrector_at_hand
     from .options import _corrector_bundle
 
     if text is None:
         return None
     budget = parse_budget(text)
-    plan = plan_budget(budget, has_corrector=bool(config.corrector))
+    plan = plan_budget(budget, has_corrector=corrector_at_hand(config.corrector, adapter))
     if CORRECTOR in plan.proposers and plan.steps:
         _corrector_bundle(adapter, config, None)
     return budget

@@ -124,6 +124,7 @@ def _budget(args, config: BundleConfig):
     Without --budget: the default budget (:func:`_default_budget`), unless options that choose the candidates
     themselves are given (then None: the expert's own decoding); beside --budget those are refused."""
     from ..model.beam import CORRECTOR, parse_budget, plan_budget
+    from ..model.correct import corrector_at_hand
 
     own = _own_candidates(args)
     if args.budget is None and own:
@@ -145,7 +146,7 @@ def _budget(args, config: BundleConfig):
         budget,
         args.sources,
         corrector=args.corrector,
-        has_corrector=bool(config.corrector),
+        has_corrector=corrector_at_hand(config.corrector, args.adapter),
         sample=args.sample_proposals,
     )
     used = bool(plan.steps) and CORRECTOR in plan.proposers

@@ -34,9 +34,10 @@ Budget 2 is the corrector's one step (+0.034 over greedy).
 So, with no sources named:
 
 - N = 1: the greedy hypothesis alone, as without a budget.
-- With a trained corrector (the adapter names one, or one is given): N = 2 to 4, one step of N - 1 corrector
-  beams from the greedy text; N >= 5, the greedy text and B beams, then one step of K corrector beams from the
-  closest of them, K = N // 4 (at least 2) and B = N - 1 - K.
+- With a trained corrector (the adapter names one that is at hand, or one is given; a named folder that is
+  missing is warned about and counts as none: :func:`~lora_v2t.model.correct.corrector_at_hand`): N = 2 to 4, one
+  step of N - 1 corrector beams from the greedy text; N >= 5, the greedy text and B beams, then one step of K
+  corrector beams from the closest of them, K = N // 4 (at least 2) and B = N - 1 - K.
 - Without one: N >= 3, the greedy text and N - 1 beams, reranked by cosine (N = 2: the greedy text alone, as 2
   beams cost 3).
 

@@ -202,6 +202,30 @@ def use_corrector(v2t: Vector2Text, source: str | Path | None, revision: str | N
     return name
 
 
+def corrector_at_hand(named: str | None, home) -> bool:
+    """Whether the budget rule may spend decodes on the corrector ``named`` by the adapter whose bundle folder is
+    ``home``: named, and, where it names a folder beside the bundle, there (a hub id counts: it is fetched when
+    used). A missing folder is warned about once; the rule then spends budgets as for an adapter without one."""
+    if not named:
+        return False
+    path = Path(str(home)) / named if home else None
+    if path is not None and named.startswith((".", "/")) and not path.is_dir():
+        if str(path) not in _MISSING_WARNED:
+            _MISSING_WARNED.add(str(path))
+            logger.warning(
+                "adapter %s names its corrector %r, but %s is not a folder: budgets are spent without it (copy "
+                "the corrector there, or pass --corrector DIR)",
+                home,
+                named,
+                path.resolve(),
+            )
+        return False
+    return True
+
+
+_MISSING_WARNED: set[str] = set()
+
+
 def corrector_path(meta: AdapterMeta, hypothesizer: str, source, revision: str | None) -> Path:
     """Where the corrector lives: ``source``, else what the hypothesizer's bundle names."""
     if source is not None:

@@ -16,7 +16,7 @@ import torch
 from ..config import SEED_LIMIT
 from ..model.backbone import max_positions
 from ..model.beam import plan_budget
-from ..model.correct import check_role, correct
+from ..model.correct import check_role, correct, corrector_at_hand
 from ..model.vocab import DecodingVocab
 from ..util.errors import V2TError
 from ..util.vectors import cosine_rows, to_vectors
@@ -115,7 +115,11 @@ def spending_plan(v2t: Vector2Text, budget, sources, corrector, sample_proposals
             )
         return None
     plan = plan_budget(
-        budget, sources, corrector=corrector, has_corrector=bool(v2t.meta.corrector), sample=sample_proposals
+        budget,
+        sources,
+        corrector=corrector,
+        has_corrector=corrector_at_hand(v2t.meta.corrector, v2t.meta.source),
+        sample=sample_proposals,
     )
     return plan if plan.steps or plan.rerank else None
 

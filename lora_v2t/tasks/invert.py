@@ -105,7 +105,7 @@ def prepare_job(
     options = GenerationConfig.of_bundle(config, **job.options)
     if options.num_return_sequences > 1:
         raise V2TError("invert writes one text per row: leave num_return_sequences at 1")
-    plan = budget_plan(job, config)
+    plan = budget_plan(job, config, adapter_dir)
     weights = hashlib.sha256((adapter_dir / "projector.safetensors").read_bytes()).hexdigest()[:16]
     # neither the batch nor the cache changes the rows
     decoding = {k: v for k, v in asdict(options).items() if k not in ("batch_size", "cache")}
@@ -128,10 +128,11 @@ def prepare_job(
     return PreparedJob(source, identity, prepare_output(job, identity, source))
 
 
-def budget_plan(job: InvertJob, config: BundleConfig) -> dict | None:
+def budget_plan(job: InvertJob, config: BundleConfig, adapter_dir: Path) -> dict | None:
     """How the job's budget is spent (:func:`lora_v2t.model.beam.describe`, with the corrector it uses), checked;
     None for one greedy decode per row."""
     from ..model.beam import describe, plan_budget
+    from ..model.correct import corrector_at_hand
 
     if job.budget is None and (job.sources is not None or job.sample_proposals or job.corrector is not None):
         raise V2TError(
@@ -143,7 +144,7 @@ def budget_plan(job: InvertJob, config: BundleConfig) -> dict | None:
         job.budget,
         job.sources,
         corrector=job.corrector,
-        has_corrector=bool(config.corrector),
+        has_corrector=corrector_at_hand(config.corrector, adapter_dir),
         sample=job.sample_proposals,
     )
     if not (plan.steps or plan.rerank):
