@@ -175,7 +175,9 @@ def show_shipped(shipped: Path | None, held_out: list[str]):
     if shipped is None:
         print("(No shipped adapter in this installation: part 1 is skipped.)\n")
         return None
-    plan = plan_budget(DEFAULT_BUDGET, has_corrector=corrector_at_hand(validate_bundle(shipped).corrector, shipped))
+    plan = plan_budget(
+        DEFAULT_BUDGET, has_corrector=lambda: corrector_at_hand(validate_bundle(shipped).corrector, shipped)
+    )
     print(
         f"1. The shipped adapter {shipped.name} writes back sentences it never saw, from their vectors alone: "
         f"its greedy text (1 decode per vector), then the text `lora-v2t generate` gives by default (a budget "

@@ -313,6 +313,25 @@ def test_the_rule_spends_the_budget_without_a_named_corrector_that_is_missing(bu
     assert len(texts) == 2 and "default-corrector" not in v2t.adapters  # beams alone: nothing to load
 
 
+def test_the_commands_spend_budgets_on_beams_when_the_named_corrector_is_missing(bundles, tmp_path, caplog):
+    from lora_v2t.cli import main
+
+    hyp_dir, corr_dir = bundles
+    moved = corr_dir.rename(corr_dir.with_name("moved"))
+    text = ["generate", "--adapter", str(hyp_dir), "--text", "кот", "--max-new-tokens", "4"]
+    with caplog.at_level("WARNING", logger="lora_v2t.model.correct"):
+        assert main([*text, "--corrector", str(moved)]) == 0  # given: the named one is never looked for
+        assert "names its corrector" not in caplog.text
+        assert main(text) == 0 and main([*text, "--budget", "2"]) == 0  # the default budget, and 2: greedy
+    assert caplog.text.count("names its corrector '../corr'") == 1
+    np.save(tmp_path / "one.npy", load_adapter(hyp_dir, device="cpu").encode(SENTENCES[:1]))
+    out = tmp_path / "rows.jsonl"
+    invert = ["invert", "--adapter", str(hyp_dir), "--vectors", str(tmp_path / "one.npy"), "--out", str(out)]
+    assert main([*invert, "--max-new-tokens", "4", "--no-progress"]) == 0
+    meta = json.loads((tmp_path / "rows.jsonl.meta.json").read_text(encoding="utf-8"))
+    assert meta["budget"] == 8 and meta["budget_plan"]["sources"] == ["beams"]  # what it decoded, recorded
+
+
 def test_generate_evaluate_and_invert_spend_the_budget(bundles, tmp_path, capsys):
     from lora_v2t.cli import main
 

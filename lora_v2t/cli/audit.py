@@ -102,7 +102,7 @@ def budget_value(text: str | None, adapter: Path, config: BundleConfig) -> int |
     if text is None:
         return None
     budget = parse_budget(text)
-    plan = plan_budget(budget, has_corrector=corrector_at_hand(config.corrector, adapter))
+    plan = plan_budget(budget, has_corrector=lambda: corrector_at_hand(config.corrector, adapter))
     if CORRECTOR in plan.proposers and plan.steps:
         _corrector_bundle(adapter, config, None)
     return budget

@@ -146,7 +146,7 @@ def _budget(args, config: BundleConfig):
         budget,
         args.sources,
         corrector=args.corrector,
-        has_corrector=corrector_at_hand(config.corrector, args.adapter),
+        has_corrector=lambda: corrector_at_hand(config.corrector, args.adapter),
         sample=args.sample_proposals,
     )
     used = bool(plan.steps) and CORRECTOR in plan.proposers

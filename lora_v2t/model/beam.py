@@ -55,6 +55,7 @@ decodes add about +0.025 cosine, 8 to 16 about +0.018, each doubling costing abo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..util.errors import V2TError
@@ -120,7 +121,7 @@ def plan_budget(
     sources=None,
     *,
     corrector: str | None = None,
-    has_corrector: bool = False,
+    has_corrector: bool | Callable[[], bool] = False,
     sample: bool = False,
     rule: BudgetRule = RULE,
 ) -> CorrectionConfig:
@@ -132,12 +133,14 @@ def plan_budget(
             for them all; None: the rule's choice (:func:`default_sources`).
         corrector: a corrector bundle folder or hub id (None: the one the adapter names); ``"shift"``: no trained
             corrector.
-        has_corrector: whether the adapter names a corrector (used when ``corrector`` is None).
+        has_corrector: whether the adapter names a corrector at hand, or a callable that says so (called only when
+            the rule chooses: no ``sources``, no ``corrector``).
         sample: the corrector samples its proposals instead of searching beams (needs the corrector).
     """
     budget = check_budget(budget)
     asked = parse_sources(sources)
-    trained = corrector != SHIFT and (corrector is not None or has_corrector)
+    chooses = asked is None and corrector is None
+    trained = corrector != SHIFT and (corrector is not None or (chooses and ask(has_corrector)))
     if asked is not None and CORRECTOR in asked and corrector == SHIFT:
         raise V2TError(
             "the sources name the corrector but corrector='shift' (--corrector shift) asks for none: drop one of them"
@@ -167,6 +170,11 @@ def plan_budget(
             "--corrector DIR, --sources ...,corrector) or drop sample_proposals (--sample-proposals)"
         )
     return configure(budget, chosen, corrector, sample, rule)
+
+
+def ask(answer: bool | Callable[[], bool]) -> bool:
+    """``answer``, called first where it is a callable."""
+    return bool(answer()) if callable(answer) else bool(answer)
 
 
 def default_sources(budget: int, trained: bool, rule: BudgetRule = RULE) -> tuple[str, ...]:

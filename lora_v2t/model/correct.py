@@ -208,22 +208,25 @@ def corrector_at_hand(named: str | None, home) -> bool:
     used). A missing folder is warned about once; the rule then spends budgets as for an adapter without one."""
     if not named:
         return False
-    path = Path(str(home)) / named if home else None
-    if path is not None and named.startswith((".", "/")) and not path.is_dir():
-        if str(path) not in _MISSING_WARNED:
-            _MISSING_WARNED.add(str(path))
-            logger.warning(
-                "adapter %s names its corrector %r, but %s is not a folder: budgets are spent without it (copy "
-                "the corrector there, or pass --corrector DIR)",
-                home,
-                named,
-                path.resolve(),
-            )
+    if not (named.startswith("/") or (home and named.startswith("."))):
+        return True  # a hub id, or a folder that cannot be placed without its bundle's
+    path = (Path(str(home or "")) / named).resolve()
+    if str(path) in _MISSING:  # missing once, missing for the process: one run never mixes two plans
+        return False
+    if not path.is_dir():
+        _MISSING.add(str(path))
+        logger.warning(
+            "adapter %s names its corrector %r, but %s is not a folder: budgets are spent without it (copy the "
+            "corrector there, or pass --corrector DIR)",
+            home,
+            named,
+            path,
+        )
         return False
     return True
 
 
-_MISSING_WARNED: set[str] = set()
+_MISSING: set[str] = set()  # named corrector folders found missing (each warned about once)
 
 
 def corrector_path(meta: AdapterMeta, hypothesizer: str, source, revision: str | None) -> Path:

@@ -118,7 +118,7 @@ def spending_plan(v2t: Vector2Text, budget, sources, corrector, sample_proposals
         budget,
         sources,
         corrector=corrector,
-        has_corrector=corrector_at_hand(v2t.meta.corrector, v2t.meta.source),
+        has_corrector=lambda: corrector_at_hand(v2t.meta.corrector, v2t.meta.source),
         sample=sample_proposals,
     )
     return plan if plan.steps or plan.rerank else None

@@ -144,7 +144,7 @@ def budget_plan(job: InvertJob, config: BundleConfig, adapter_dir: Path) -> dict
         job.budget,
         job.sources,
         corrector=job.corrector,
-        has_corrector=corrector_at_hand(config.corrector, adapter_dir),
+        has_corrector=lambda: corrector_at_hand(config.corrector, adapter_dir),
         sample=job.sample_proposals,
     )
     if not (plan.steps or plan.rerank):
