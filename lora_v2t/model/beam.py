@@ -140,7 +140,8 @@ def plan_budget(
     budget = check_budget(budget)
     asked = parse_sources(sources)
     chooses = asked is None and corrector is None
-    trained = corrector != SHIFT and (corrector is not None or (chooses and ask(has_corrector)))
+    at_hand = chooses and (has_corrector() if callable(has_corrector) else has_corrector)
+    trained = corrector != SHIFT and (corrector is not None or bool(at_hand))
     if asked is not None and CORRECTOR in asked and corrector == SHIFT:
         raise V2TError(
             "the sources name the corrector but corrector='shift' (--corrector shift) asks for none: drop one of them"
@@ -170,11 +171,6 @@ def plan_budget(
             "--corrector DIR, --sources ...,corrector) or drop sample_proposals (--sample-proposals)"
         )
     return configure(budget, chosen, corrector, sample, rule)
-
-
-def ask(answer: bool | Callable[[], bool]) -> bool:
-    """``answer``, called first where it is a callable."""
-    return bool(answer()) if callable(answer) else bool(answer)
 
 
 def default_sources(budget: int, trained: bool, rule: BudgetRule = RULE) -> tuple[str, ...]:

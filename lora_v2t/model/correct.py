@@ -208,9 +208,9 @@ def corrector_at_hand(named: str | None, home) -> bool:
     used). A missing folder is warned about once; the rule then spends budgets as for an adapter without one."""
     if not named:
         return False
-    if not (named.startswith("/") or (home and named.startswith("."))):
-        return True  # a hub id, or a folder that cannot be placed without its bundle's
-    path = (Path(str(home or "")) / named).resolve()
+    path = named_folder(named, home)
+    if path is None:
+        return True  # a hub id: fetched when used
     if str(path) in _MISSING:  # missing once, missing for the process: one run never mixes two plans
         return False
     if not path.is_dir():
@@ -229,6 +229,16 @@ def corrector_at_hand(named: str | None, home) -> bool:
 _MISSING: set[str] = set()  # named corrector folders found missing (each warned about once)
 
 
+def named_folder(named: str, home) -> Path | None:
+    """The folder (resolved, maybe missing) that the corrector name ``named`` in the bundle folder ``home`` stands
+    for, or None where it is a hub id: an absolute path, or beside a bundle a name beginning with "." or one that
+    exists there, is a folder."""
+    beside = bool(home) and (named.startswith(".") or (Path(str(home)) / named).exists())
+    if named.startswith("/") or beside:
+        return (Path(str(home or "")) / named).resolve()
+    return None
+
+
 def corrector_path(meta: AdapterMeta, hypothesizer: str, source, revision: str | None) -> Path:
     """Where the corrector lives: ``source``, else what the hypothesizer's bundle names."""
     if source is not None:
@@ -239,15 +249,15 @@ def corrector_path(meta: AdapterMeta, hypothesizer: str, source, revision: str |
             f"adapter {hypothesizer!r} names no corrector: pass corrector=<corrector bundle folder or "
             "hub id> (--corrector DIR), or corrector='shift' for the training-free correction"
         )
-    if home and (named.startswith((".", "/")) or (Path(home) / named).exists()):  # a folder beside the bundle
-        path = (Path(home) / named).resolve()
-        if not path.is_dir():
-            raise V2TError(
-                f"adapter {home} names its corrector {named!r}, but {path} is not a folder: copy the "
-                "corrector there, or pass corrector=DIR (--corrector DIR)"
-            )
-        return path
-    return resolve_adapter(named, revision)  # a hub id
+    path = named_folder(named, home)
+    if path is None:
+        return resolve_adapter(named, revision)  # a hub id
+    if not path.is_dir():
+        raise V2TError(
+            f"adapter {home or hypothesizer} names its corrector {named!r}, but {path} is not a folder: copy the "
+            "corrector there, or pass corrector=DIR (--corrector DIR)"
+        )
+    return path
 
 
 def check_role(meta: AdapterMeta | BundleConfig, role: Role, name: str) -> None:
